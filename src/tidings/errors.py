@@ -1,0 +1,77 @@
+"""The one exception tree of tidings.
+
+Every error a user can meet is a :class:`TidingsError`. Each class carries the AMQP 0-9-1
+reply code and the HTTP status the faces answer with, so the AMQP server and the HTTP gateway
+map errors from this table instead of keeping their own. Messages name the thing and the rule,
+as RabbitMQ's do: ``no queue 'orders' in vhost '/'``.
+"""
+
+from __future__ import annotations
+
+
+class TidingsError(Exception):
+    """Base of every tidings error."""
+
+    #: AMQP reply code (0-9-1 §1.9 constants); 541 INTERNAL_ERROR when nothing better fits.
+    reply_code: int = 541
+    #: HTTP status the gateway answers with.
+    status: int = 500
+    #: Stable machine-readable code for JSON bodies.
+    code: str = "internal_error"
+    #: True when the error closes the whole connection rather than one channel.
+    closes_connection: bool = False
+
+
+class NotFoundError(TidingsError):
+    """A queue, exchange, message or other named thing does not exist."""
+
+    reply_code, status, code = 404, 404, "not_found"
+
+
+class PreconditionFailedError(TidingsError):
+    """A request contradicts existing state (inequivalent redeclare, queue in use, timeout)."""
+
+    reply_code, status, code = 406, 409, "precondition_failed"
+
+
+class AccessRefusedError(TidingsError):
+    """The caller may not do this (reserved names, permissions, wrong password)."""
+
+    reply_code, status, code = 403, 403, "access_refused"
+
+
+class ResourceLockedError(TidingsError):
+    """Someone else holds the thing exclusively (exclusive queue, data directory in use)."""
+
+    reply_code, status, code = 405, 423, "resource_locked"
+
+
+class NotAllowedError(TidingsError):
+    """The operation is not allowed in this state (e.g. binding to the default exchange)."""
+
+    reply_code, status, code = 530, 405, "not_allowed"
+    closes_connection = True
+
+
+class InvalidArgumentError(TidingsError):
+    """An argument has the wrong type or value (queue arguments, TTLs, priorities)."""
+
+    reply_code, status, code = 406, 400, "invalid_argument"
+
+
+class ClosedResourceError(TidingsError):
+    """Raised when *your* code uses a client, broker or store after closing it."""
+
+    reply_code, status, code = 504, 409, "closed"
+
+
+class BrokenResourceError(TidingsError):
+    """The other side went away (server down, child process died); the cause is in __cause__."""
+
+    reply_code, status, code = 320, 503, "broken"
+
+
+class ConfigError(TidingsError):
+    """Configuration given to tidings is invalid (bad URL, bad flag, bad data directory)."""
+
+    reply_code, status, code = 541, 400, "config_error"

@@ -1,0 +1,142 @@
+"""The one protocol-neutral message inside tidings, and its bytes form for storage.
+
+Faces convert at their edges (AMQP Basic.Properties, HTTP JSON, client arguments) into
+:class:`Message`; routing and queues see nothing else. Property names follow AMQP 0-9-1's
+``basic`` class because that is the richest face, so the AMQP server maps them one to one.
+
+The bytes form is ``len(meta) (4 bytes, big endian) + meta (JSON) + body``. Header values that
+JSON cannot carry (bytes, nested bytes) are tagged, so a round trip gives back equal values.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+_LEN = struct.Struct(">I")
+
+#: Property fields kept in the bytes form (only when set, to keep records small).
+_PROPERTY_FIELDS = (
+    "content_type",
+    "content_encoding",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "type",
+    "user_id",
+    "app_id",
+)
+
+
+@dataclass(slots=True)
+class Message:
+    """A message as published: body, routing information and properties."""
+
+    body: bytes
+    routing_key: str = ""
+    exchange: str = ""
+    headers: dict[str, Any] | None = None
+    persistent: bool = True
+    content_type: str | None = None
+    content_encoding: str | None = None
+    priority: int | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    #: Per-message TTL in milliseconds, as a decimal string (AMQP's convention).
+    expiration: str | None = None
+    message_id: str | None = None
+    #: Seconds since the epoch.
+    timestamp: int | None = None
+    type: str | None = None
+    user_id: str | None = None
+    app_id: str | None = None
+
+
+@dataclass(slots=True)
+class Record:
+    """A message together with what a queue remembers about it across restarts."""
+
+    message: Message
+    #: Wall-clock seconds when the message entered the queue (waiting time starts here).
+    enqueued_at: float
+    #: Deliveries so far (RabbitMQ's ``x-delivery-count`` counts the ones before this one).
+    delivery_count: int = 0
+    #: Wall-clock seconds after which the message is dead (TTL), or None.
+    expires_at: float | None = None
+    #: For delayed entries: when they are due, and where they go then.
+    due_at: float | None = None
+    target: dict[str, str] = field(default_factory=dict)
+
+
+def _tag(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return {"$b": base64.b64encode(value).decode()}
+    if isinstance(value, dict):
+        return {k: _tag(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_tag(v) for v in value]
+    return value
+
+
+def _untag(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1 and "$b" in value:
+            return base64.b64decode(value["$b"])
+        return {k: _untag(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_untag(v) for v in value]
+    return value
+
+
+def encode_record(record: Record) -> bytes:
+    """Bytes form of a record, for the store."""
+    m = record.message
+    meta: dict[str, Any] = {"k": m.routing_key, "t0": record.enqueued_at}
+    if m.exchange:
+        meta["x"] = m.exchange
+    if not m.persistent:
+        meta["np"] = 1
+    if m.headers:
+        meta["h"] = _tag(m.headers)
+    for name in _PROPERTY_FIELDS:
+        value = getattr(m, name)
+        if value is not None:
+            meta[name] = value
+    if record.delivery_count:
+        meta["dc"] = record.delivery_count
+    if record.expires_at is not None:
+        meta["exp_at"] = record.expires_at
+    if record.due_at is not None:
+        meta["due"] = record.due_at
+        meta["to"] = record.target
+    raw = json.dumps(meta, separators=(",", ":")).encode()
+    return _LEN.pack(len(raw)) + raw + m.body
+
+
+def decode_record(data: bytes) -> Record:
+    """Inverse of :func:`encode_record`."""
+    (n,) = _LEN.unpack_from(data)
+    meta = json.loads(data[4 : 4 + n])
+    props = {name: meta[name] for name in _PROPERTY_FIELDS if name in meta}
+    message = Message(
+        body=bytes(data[4 + n :]),
+        routing_key=meta["k"],
+        exchange=meta.get("x", ""),
+        headers=_untag(meta["h"]) if "h" in meta else None,
+        persistent="np" not in meta,
+        **props,
+    )
+    return Record(
+        message=message,
+        enqueued_at=meta["t0"],
+        delivery_count=meta.get("dc", 0),
+        expires_at=meta.get("exp_at"),
+        due_at=meta.get("due"),
+        target=meta.get("to", {}),
+    )

@@ -1,0 +1,105 @@
+"""Queue arguments (``x-*``) parsed and checked once, at declare time.
+
+Names and meanings are RabbitMQ's; a bad value is refused with the argument and queue named,
+as RabbitMQ does (PRECONDITION_FAILED, 406).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tidings.errors import InvalidArgumentError
+
+OVERFLOWS = ("drop-head", "reject-publish", "reject-publish-dlx")
+QUEUE_TYPES = ("classic", "quorum")
+#: Highest x-max-priority RabbitMQ accepts.
+MAX_PRIORITY = 255
+
+
+@dataclass(frozen=True, slots=True)
+class QueueOptions:
+    message_ttl_ms: int | None = None
+    expires_ms: int | None = None
+    max_length: int | None = None
+    max_length_bytes: int | None = None
+    overflow: str = "drop-head"
+    dead_letter_exchange: str | None = None
+    dead_letter_routing_key: str | None = None
+    max_priority: int | None = None
+    delivery_limit: int | None = None
+    single_active_consumer: bool = False
+    consumer_timeout_ms: int | None = None
+    queue_type: str = "classic"
+
+
+def _int(name: str, value: Any, queue: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidArgumentError(
+            f"invalid arg '{name}' for queue '{queue}': {value!r} is not an integer >= {minimum}"
+        )
+    return value
+
+
+def _choice(name: str, value: Any, queue: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise InvalidArgumentError(
+            f"invalid arg '{name}' for queue '{queue}': {value!r} is not one of {allowed}"
+        )
+    return str(value)
+
+
+def parse_queue_arguments(queue: str, arguments: dict[str, Any]) -> QueueOptions:
+    """Check and parse queue arguments; unknown ``x-`` arguments are ignored, as RabbitMQ does."""
+    a = arguments
+    ints = {
+        "x-message-ttl": ("message_ttl_ms", 0),
+        "x-expires": ("expires_ms", 1),
+        "x-max-length": ("max_length", 0),
+        "x-max-length-bytes": ("max_length_bytes", 0),
+        "x-max-priority": ("max_priority", 0),
+        "x-delivery-limit": ("delivery_limit", 0),
+        "x-consumer-timeout": ("consumer_timeout_ms", 1),
+    }
+    values: dict[str, Any] = {}
+    for arg, (field_name, minimum) in ints.items():
+        if a.get(arg) is not None:
+            values[field_name] = _int(arg, a[arg], queue, minimum)
+    if values.get("max_priority", 0) > MAX_PRIORITY:
+        raise InvalidArgumentError(
+            f"invalid arg 'x-max-priority' for queue '{queue}': {a['x-max-priority']} > 255"
+        )
+    if "x-overflow" in a:
+        values["overflow"] = _choice("x-overflow", a["x-overflow"], queue, OVERFLOWS)
+    if "x-queue-type" in a:
+        values["queue_type"] = _choice("x-queue-type", a["x-queue-type"], queue, QUEUE_TYPES)
+    for arg, field_name in (
+        ("x-dead-letter-exchange", "dead_letter_exchange"),
+        ("x-dead-letter-routing-key", "dead_letter_routing_key"),
+    ):
+        if arg in a:
+            if not isinstance(a[arg], str):
+                raise InvalidArgumentError(
+                    f"invalid arg '{arg}' for queue '{queue}': {a[arg]!r} is not a string"
+                )
+            values[field_name] = a[arg]
+    if "x-single-active-consumer" in a:
+        if not isinstance(a["x-single-active-consumer"], bool):
+            raise InvalidArgumentError(
+                f"invalid arg 'x-single-active-consumer' for queue '{queue}': not a boolean"
+            )
+        values["single_active_consumer"] = a["x-single-active-consumer"]
+    return QueueOptions(**values)
+
+
+def message_ttl_ms(expiration: str | None) -> int | None:
+    """Per-message TTL from the ``expiration`` property (a decimal string of milliseconds)."""
+    if expiration is None:
+        return None
+    try:
+        ttl = int(expiration)
+    except ValueError as e:
+        raise InvalidArgumentError(f"invalid expiration '{expiration}': not an integer") from e
+    if ttl < 0:
+        raise InvalidArgumentError(f"invalid expiration '{expiration}': negative")
+    return ttl

@@ -1,0 +1,697 @@
+"""Broker: the one object the faces call. Declare, bind, publish, consume, settle, observe.
+
+Everything here is synchronous and runs on the event loop's thread; durability is asked for
+separately with :meth:`Broker.sync` (one future per batch, not per message), which is what a
+publisher confirm waits on. Exchanges and queues live per vhost, keyed by name, as in RabbitMQ.
+Recovery from the store happens in the constructor (see :mod:`tidings.routing.recovery`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from tidings.clock import Clock, LoopClock, Timer
+from tidings.errors import (
+    AccessRefusedError,
+    NotAllowedError,
+    NotFoundError,
+    PreconditionFailedError,
+    ResourceLockedError,
+)
+from tidings.message import Message, Record, encode_record
+from tidings.routing import definitions as defs
+from tidings.routing.arguments import message_ttl_ms, parse_queue_arguments
+from tidings.routing.dead_letter import dead_letter_message
+from tidings.routing.delayed import STORE_KEY as DELAYED_KEY
+from tidings.routing.delayed import DelayedMessages
+from tidings.routing.exchange import DELAYED, Binding, Exchange, freeze_arguments
+from tidings.routing.queue import DEFAULT_WINDOW, Entry, Queue
+from tidings.routing.session import Consumer, Delivery, Session
+from tidings.routing.stats import COUNTERS, BrokerStatistics, Counters, QueueStatistics
+from tidings.storage.base import Store
+
+DEFAULT_VHOST = "/"
+#: Exchanges every vhost has, as in RabbitMQ.
+PREDECLARED = {
+    "amq.direct": "direct",
+    "amq.fanout": "fanout",
+    "amq.topic": "topic",
+    "amq.headers": "headers",
+    "amq.match": "headers",
+}
+#: Seconds between housekeeping ticks (rates, x-expires, consumer timeouts).
+TICK_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    #: Number of queues the message was enqueued in (or 1 for a delayed message).
+    routed: int
+    #: True when a queue refused it (``x-overflow: reject-publish``): confirm with a nack.
+    refused: bool = False
+    #: True when it was mandatory and routed nowhere: return it to the publisher.
+    returned: bool = False
+
+
+class VHost:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.exchanges: dict[str, Exchange] = {"": Exchange("", "direct", name)}
+        for ex_name, kind in PREDECLARED.items():
+            self.exchanges[ex_name] = Exchange(ex_name, kind, name)
+        self.queues: dict[str, Queue] = {}
+
+
+class Broker:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock | None = None,
+        *,
+        queue_window: int = DEFAULT_WINDOW,
+        default_consumer_timeout_ms: int | None = 30 * 60 * 1000,
+    ) -> None:
+        self.store = store
+        self.clock: Clock = clock or LoopClock()
+        self.queue_window = queue_window
+        self.default_consumer_timeout_ms = default_consumer_timeout_ms
+        self.vhosts: dict[str, VHost] = {DEFAULT_VHOST: VHost(DEFAULT_VHOST)}
+        self.sessions: set[Session] = set()
+        self.delayed = DelayedMessages()
+        self.counters = Counters()
+        self._seq = store.max_seq()
+        self._expiry_timers: dict[str, tuple[float, Timer]] = {}
+        self._delay_timer: tuple[float, Timer] | None = None
+        self._tick_timer: Timer | None = None
+        self._server_named = 0
+        self.closed = False
+        from tidings.routing.recovery import recover  # recovery builds on the methods below
+
+        recover(self)
+
+    # -- small helpers ---------------------------------------------------------------------
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def sync(self) -> asyncio.Future[None]:
+        """A future resolved when everything done so far is durable (publisher confirms)."""
+        return self.store.sync()
+
+    def start(self) -> None:
+        """Start housekeeping timers (call from inside the running event loop)."""
+        if self._tick_timer is None:
+            self._tick_timer = self.clock.call_at(self.clock.time() + TICK_S, self._tick)
+        self._arm_delay_timer()
+        for vhost in self.vhosts.values():
+            for queue in vhost.queues.values():
+                queue.expire_head()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for session in list(self.sessions):
+            session.close()
+        for _, timer in self._expiry_timers.values():
+            timer.cancel()
+        if self._delay_timer:
+            self._delay_timer[1].cancel()
+        if self._tick_timer:
+            self._tick_timer.cancel()
+        self.store.close()
+
+    def get_vhost(self, vhost: str) -> VHost:
+        found = self.vhosts.get(vhost)
+        if found is None:
+            raise NotFoundError(f"no vhost '{vhost}'")
+        return found
+
+    def declare_vhost(self, name: str) -> None:
+        if name not in self.vhosts:
+            self.vhosts[name] = VHost(name)
+            self.store.put_definition("vhost", name, b"{}")
+
+    def get_exchange(self, vhost: str, name: str) -> Exchange:
+        found = self.get_vhost(vhost).exchanges.get(name)
+        if found is None:
+            raise NotFoundError(f"no exchange '{name}' in vhost '{vhost}'")
+        return found
+
+    def get_queue(self, vhost: str, name: str) -> Queue:
+        found = self.get_vhost(vhost).queues.get(name)
+        if found is None:
+            raise NotFoundError(f"no queue '{name}' in vhost '{vhost}'")
+        return found
+
+    def find_queue(self, vhost: str, name: str) -> Queue | None:
+        v = self.vhosts.get(vhost)
+        return v.queues.get(name) if v else None
+
+    # -- exchanges -------------------------------------------------------------------------
+
+    def declare_exchange(
+        self,
+        vhost: str,
+        name: str,
+        kind: str = "direct",
+        *,
+        durable: bool = True,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: dict[str, Any] | None = None,
+        passive: bool = False,
+    ) -> Exchange:
+        v = self.get_vhost(vhost)
+        existing = v.exchanges.get(name)
+        if passive:
+            if existing is None:
+                raise NotFoundError(f"no exchange '{name}' in vhost '{vhost}'")
+            return existing
+        if name == "" or (name.startswith("amq.") and existing is None):
+            raise AccessRefusedError(
+                f"exchange name '{name}' contains reserved prefix 'amq.'"
+                if name else "operation not permitted on the default exchange"
+            )
+        arguments = dict(arguments or {})
+        if existing is not None:
+            _check_equivalent("exchange", name, vhost, [
+                ("type", existing.kind, kind),
+                ("durable", existing.durable, durable),
+                ("auto_delete", existing.auto_delete, auto_delete),
+                ("internal", existing.internal, internal),
+                ("arguments", freeze_arguments(existing.arguments), freeze_arguments(arguments)),
+            ])
+            return existing
+        ex = Exchange(name, kind, vhost, durable, auto_delete, internal, arguments)
+        v.exchanges[name] = ex
+        if durable:
+            self.store.put_definition("exchange", *defs.exchange_record(ex))
+        return ex
+
+    def delete_exchange(self, vhost: str, name: str, *, if_unused: bool = False) -> None:
+        v = self.get_vhost(vhost)
+        if name == "" or name in PREDECLARED:
+            raise AccessRefusedError(f"cannot delete predeclared exchange '{name}'")
+        ex = self.get_exchange(vhost, name)
+        incoming = [b for e in v.exchanges.values() for b in e.bindings
+                    if b.to_exchange and b.destination == name]
+        if if_unused and (ex.bindings or incoming):
+            raise PreconditionFailedError(f"exchange '{name}' in vhost '{vhost}' in use")
+        for b in list(ex.bindings) + incoming:
+            self._unbind(vhost, b)
+        del v.exchanges[name]
+        if ex.durable:
+            self.store.delete_definition("exchange", f"{vhost}{defs.SEP}{name}")
+
+    # -- bindings --------------------------------------------------------------------------
+
+    def bind(self, vhost: str, source: str, destination: str, routing_key: str = "",
+             arguments: dict[str, Any] | None = None, *, to_exchange: bool = False) -> None:
+        """Bind a queue (or, with ``to_exchange``, an exchange) to the exchange ``source``."""
+        if source == "":
+            raise AccessRefusedError(
+                f"operation not permitted on the default exchange (bind to queue '{destination}')"
+            )
+        src = self.get_exchange(vhost, source)
+        if to_exchange:
+            if destination == "":
+                raise AccessRefusedError("operation not permitted on the default exchange")
+            dest_durable = self.get_exchange(vhost, destination).durable
+        else:
+            dest_durable = self.get_queue(vhost, destination).durable
+        b = Binding(source, destination, routing_key, freeze_arguments(arguments), to_exchange)
+        if src.add_binding(b) and src.durable and dest_durable:
+            self.store.put_definition("binding", *defs.binding_record(vhost, b))
+
+    def unbind(self, vhost: str, source: str, destination: str, routing_key: str = "",
+               arguments: dict[str, Any] | None = None, *, to_exchange: bool = False) -> None:
+        if source == "":
+            raise AccessRefusedError("operation not permitted on the default exchange")
+        self.get_exchange(vhost, source)
+        if to_exchange:
+            self.get_exchange(vhost, destination)
+        else:
+            self.get_queue(vhost, destination)
+        b = Binding(source, destination, routing_key, freeze_arguments(arguments), to_exchange)
+        self._unbind(vhost, b)
+
+    def _unbind(self, vhost: str, b: Binding) -> None:
+        src = self.vhosts[vhost].exchanges.get(b.source)
+        if src is not None and src.remove_binding(b):
+            self.store.delete_definition("binding", defs.binding_record(vhost, b)[0])
+            if src.auto_delete and not src.bindings:
+                self.delete_exchange(vhost, src.name)
+
+    # -- queues ----------------------------------------------------------------------------
+
+    def declare_queue(
+        self,
+        vhost: str,
+        name: str = "",
+        *,
+        durable: bool = True,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: dict[str, Any] | None = None,
+        passive: bool = False,
+        connection_id: str | None = None,
+    ) -> Queue:
+        v = self.get_vhost(vhost)
+        if passive:
+            queue = self.get_queue(vhost, name)
+            self._check_exclusive(queue, connection_id)
+            return queue
+        if not name:
+            self._server_named += 1
+            name = f"amq.gen-{self._seq:x}-{self._server_named}"
+        elif name.startswith("amq.") and name not in v.queues:
+            raise AccessRefusedError(
+                f"queue name '{name}' contains reserved prefix 'amq.'"
+            )
+        arguments = dict(arguments or {})
+        existing = v.queues.get(name)
+        if existing is not None:
+            self._check_exclusive(existing, connection_id)
+            _check_equivalent("queue", name, vhost, [
+                ("durable", existing.durable, durable),
+                ("exclusive", existing.exclusive_owner is not None, exclusive),
+                ("auto_delete", existing.auto_delete, auto_delete),
+                *[(k, existing.arguments.get(k), arguments.get(k))
+                  for k in sorted(set(existing.arguments) | set(arguments))
+                  if k.startswith("x-") and k not in ("x-expires",)],
+            ])
+            existing.last_used = self.clock.time()
+            return existing
+        options = parse_queue_arguments(name, arguments)
+        if options.queue_type == "quorum" and (not durable or exclusive or auto_delete):
+            raise PreconditionFailedError(
+                f"invalid property for quorum queue '{name}' in vhost '{vhost}': "
+                f"quorum queues must be durable, non-exclusive and not auto-delete"
+            )
+        queue = self._make_queue(vhost, name, durable, auto_delete, arguments,
+                                 connection_id if exclusive else None)
+        if durable and not exclusive:
+            self.store.put_definition("queue", *defs.queue_record(vhost, name, auto_delete,
+                                                                  arguments))
+        return queue
+
+    def _make_queue(self, vhost: str, name: str, durable: bool, auto_delete: bool,
+                    arguments: dict[str, Any], owner: str | None) -> Queue:
+        queue = Queue(
+            name, vhost, parse_queue_arguments(name, arguments), store=self.store,
+            dead_letter=self._dead_letter, now=self.clock.time, durable=durable,
+            exclusive_owner=owner, auto_delete=auto_delete, arguments=arguments,
+            window=self.queue_window,
+        )
+        queue.on_head_expiry = self._arm_expiry
+        queue.on_page_wait = self._retry_after_commit
+        self.vhosts[vhost].queues[name] = queue
+        return queue
+
+    def _check_exclusive(self, queue: Queue, connection_id: str | None) -> None:
+        if queue.exclusive_owner is not None and queue.exclusive_owner != connection_id:
+            raise ResourceLockedError(
+                f"cannot obtain exclusive access to locked queue '{queue.name}' "
+                f"in vhost '{queue.vhost}'. It could be originally declared on another "
+                f"connection or the exclusive property value does not match that of the "
+                f"original declaration."
+            )
+
+    def delete_queue(self, vhost: str, name: str, *, if_unused: bool = False,
+                     if_empty: bool = False, connection_id: str | None = None) -> int:
+        queue = self.get_queue(vhost, name)
+        self._check_exclusive(queue, connection_id)
+        if if_unused and queue.consumers:
+            raise PreconditionFailedError(f"queue '{name}' in vhost '{vhost}' in use")
+        if if_empty and queue.ready_count:
+            raise PreconditionFailedError(f"queue '{name}' in vhost '{vhost}' is not empty")
+        return self._delete_queue(queue)
+
+    def _delete_queue(self, queue: Queue) -> int:
+        count = queue.ready_count
+        queue.deleted = True
+        for consumer in list(queue.consumers):
+            consumer.session.consumers.pop(consumer.tag, None)
+            if consumer.on_cancel is not None:
+                consumer.on_cancel(consumer.tag)
+        queue.consumers.clear()
+        queue.unacked.clear()
+        self.store.remove_after(queue.store_key, -1)
+        v = self.vhosts[queue.vhost]
+        for ex in v.exchanges.values():
+            for b in [b for b in ex.bindings if not b.to_exchange and b.destination == queue.name]:
+                self._unbind(queue.vhost, b)
+        del v.queues[queue.name]
+        if queue.durable:
+            self.store.delete_definition("queue", queue.store_key)
+        timer = self._expiry_timers.pop(queue.store_key, None)
+        if timer:
+            timer[1].cancel()
+        return count
+
+    def purge_queue(self, vhost: str, name: str, connection_id: str | None = None) -> int:
+        queue = self.get_queue(vhost, name)
+        self._check_exclusive(queue, connection_id)
+        return queue.purge()
+
+    def close_connection(self, connection_id: str) -> None:
+        """Delete the exclusive queues a closed connection owned."""
+        for v in self.vhosts.values():
+            for queue in [q for q in v.queues.values() if q.exclusive_owner == connection_id]:
+                self._delete_queue(queue)
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def publish(self, vhost: str, exchange: str, message: Message, *,
+                mandatory: bool = False, delay_ms: int | None = None) -> PublishResult:
+        """Route and enqueue ``message``; call :meth:`sync` to wait until it is durable."""
+        ex = self.get_exchange(vhost, exchange)
+        if ex.internal:
+            raise AccessRefusedError(
+                f"cannot publish to internal exchange '{exchange}' in vhost '{vhost}'"
+            )
+        message.exchange = exchange
+        self.counters.published += 1
+        now = self.clock.time()
+        if delay_ms is None and ex.kind == DELAYED and message.headers:
+            delay = message.headers.get("x-delay")
+            if isinstance(delay, int) and not isinstance(delay, bool) and delay > 0:
+                delay_ms = delay
+        if delay_ms:
+            target = {"vhost": vhost, "exchange": exchange}
+            if exchange == "":
+                target = {"vhost": vhost, "queue": message.routing_key}
+            self.delay(Record(message, now), target, now + delay_ms / 1000.0)
+            return PublishResult(1)
+        queues = self.route(vhost, ex, message)
+        if not queues:
+            return PublishResult(0, returned=mandatory)
+        refused = False
+        for queue in queues:
+            refused |= not self._enqueue(queue, Record(message, now), now)
+        return PublishResult(len(queues), refused=refused)
+
+    def route(self, vhost: str, ex: Exchange, message: Message) -> list[Queue]:
+        """The queues ``message`` goes to, following e2e bindings and alternate exchanges."""
+        v = self.vhosts[vhost]
+        if ex.name == "":
+            q = v.queues.get(message.routing_key)
+            return [q] if q is not None else []
+        found: dict[str, Queue] = {}
+        stack, seen = [ex], set()
+        while stack:
+            e = stack.pop()
+            if e.name in seen:
+                continue
+            seen.add(e.name)
+            bindings = e.route(message)
+            for b in bindings:
+                if b.to_exchange:
+                    nxt = v.exchanges.get(b.destination)
+                    if nxt is not None:
+                        stack.append(nxt)
+                elif (q := v.queues.get(b.destination)) is not None:
+                    found[q.name] = q
+            alternate = e.arguments.get("alternate-exchange")
+            if not bindings and isinstance(alternate, str) and alternate in v.exchanges:
+                stack.append(v.exchanges[alternate])
+        return list(found.values())
+
+    def _enqueue(self, queue: Queue, record: Record, now: float) -> bool:
+        """Put a record in a queue honouring TTL and overflow; False when refused."""
+        message = record.message
+        ttls = [t for t in (queue.options.message_ttl_ms, message_ttl_ms(message.expiration))
+                if t is not None]
+        record.expires_at = now + min(ttls) / 1000.0 if ttls else None
+        overflow = queue.make_room(len(message.body))
+        if overflow in ("reject-publish", "reject-publish-dlx"):
+            if overflow == "reject-publish-dlx":
+                self._dead_letter(queue, Entry(0, record, False), "maxlen")
+            return False
+        if overflow == "drop-head":  # x-max-length 0: the message itself is the head
+            self._dead_letter(queue, Entry(0, record, False), "maxlen")
+            return True
+        queue.enqueue(self.next_seq(), record)
+        return True
+
+    def _dead_letter(self, queue: Queue, entry: Entry, reason: str) -> None:
+        queue.remove_stored(entry)
+        queue.counters.dead_lettered += 1
+        self.counters.dead_lettered += 1
+        dlx = queue.options.dead_letter_exchange
+        if dlx is None:
+            return
+        ex = self.vhosts[queue.vhost].exchanges.get(dlx)
+        if ex is None:
+            return
+        now = self.clock.time()
+        message = dead_letter_message(entry.record.message, queue.name, reason, now,
+                                      queue.options.dead_letter_routing_key)
+        for target in self.route(queue.vhost, ex, message):
+            if _is_cycle(message, target.name, reason):
+                continue
+            self._enqueue(target, Record(replace(message), now), now)
+
+    # -- delays ----------------------------------------------------------------------------
+
+    def delay(self, record: Record, target: dict[str, str], due_at: float) -> None:
+        record.due_at, record.target = due_at, target
+        seq = self.next_seq()
+        self.store.append(DELAYED_KEY, seq, encode_record(record))
+        self.delayed.add(seq, record)
+        self._arm_delay_timer()
+
+    def requeue_later(self, queue: Queue, entry: Entry, delay_ms: int) -> None:
+        """nack with a delay: back into ``queue`` no earlier than ``delay_ms`` from now."""
+        record = queue.release_for_delay(entry)
+        if record is not None:
+            now = self.clock.time()
+            target = {"vhost": queue.vhost, "queue": queue.name}
+            self.delay(Record(record.message, now, record.delivery_count), target,
+                       now + delay_ms / 1000.0)
+
+    def cancel_delayed(self, seq: int) -> Record | None:
+        record = self.delayed.remove(seq)
+        if record is not None:
+            self.store.remove(DELAYED_KEY, seq)
+        return record
+
+    def _arm_delay_timer(self) -> None:
+        due = self.delayed.next_due()
+        if due is None:
+            return
+        if self._delay_timer is not None:
+            if self._delay_timer[0] <= due:
+                return
+            self._delay_timer[1].cancel()
+        try:
+            self._delay_timer = (due, self.clock.call_at(due, self._release_delayed))
+        except RuntimeError:  # no running loop yet: start() arms it
+            self._delay_timer = None
+
+    def _release_delayed(self) -> None:
+        self._delay_timer = None
+        now = self.clock.time()
+        for seq, record in self.delayed.pop_due(now):
+            self.store.remove(DELAYED_KEY, seq)
+            self._release_one(record, now)
+        self._arm_delay_timer()
+
+    def _release_one(self, record: Record, now: float) -> None:
+        vhost = record.target.get("vhost", DEFAULT_VHOST)
+        v = self.vhosts.get(vhost)
+        if v is None:
+            return
+        fresh = Record(record.message, now, record.delivery_count)
+        if "queue" in record.target:
+            queue = v.queues.get(record.target["queue"])
+            if queue is not None:
+                self._enqueue(queue, fresh, now)
+            return
+        ex = v.exchanges.get(record.target.get("exchange", ""))
+        if ex is not None:
+            for queue in self.route(vhost, ex, record.message):
+                self._enqueue(queue, Record(record.message, now, record.delivery_count), now)
+
+    # -- timers ----------------------------------------------------------------------------
+
+    def _arm_expiry(self, queue: Queue, at: float) -> None:
+        current = self._expiry_timers.get(queue.store_key)
+        if current is not None:
+            if current[0] <= at:
+                return
+            current[1].cancel()
+        try:
+            timer = self.clock.call_at(at, lambda: self._expire(queue))
+        except RuntimeError:  # no running loop yet: start() expires and re-arms
+            return
+        self._expiry_timers[queue.store_key] = (at, timer)
+
+    def _expire(self, queue: Queue) -> None:
+        self._expiry_timers.pop(queue.store_key, None)
+        if not queue.deleted:
+            queue.expire_head()
+
+    def _retry_after_commit(self, queue: Queue) -> None:
+        try:
+            future = self.store.sync()
+        except RuntimeError:
+            return
+        future.add_done_callback(lambda _: queue.dispatch() if not queue.deleted else None)
+
+    def _tick(self) -> None:
+        now = self.clock.time()
+        self.counters.sample(now)
+        for v in self.vhosts.values():
+            for queue in list(v.queues.values()):
+                queue.counters.sample(now)
+                expires_ms = queue.options.expires_ms
+                if (expires_ms is not None and not queue.consumers
+                        and now - queue.last_used >= expires_ms / 1000.0):
+                    self._delete_queue(queue)
+        self._check_consumer_timeouts(now)
+        if not self.closed:
+            self._tick_timer = self.clock.call_at(now + TICK_S, self._tick)
+
+    def _check_consumer_timeouts(self, now: float) -> None:
+        for session in list(self.sessions):
+            for queue, entry, _ in list(session.unacked.values()):
+                timeout_ms = queue.options.consumer_timeout_ms or self.default_consumer_timeout_ms
+                if timeout_ms is None or (now - entry.delivered_at) * 1000.0 < timeout_ms:
+                    continue
+                error = PreconditionFailedError(
+                    f"delivery acknowledgement timed out: a message from queue '{queue.name}' "
+                    f"in vhost '{queue.vhost}' was not acknowledged within the consumer "
+                    f"timeout of {timeout_ms} ms; its channel is closed and the message requeued"
+                )
+                session.close()
+                if session.on_error is not None:
+                    session.on_error(error)
+                break
+
+    # -- sessions and consumers ------------------------------------------------------------
+
+    def open_session(self, vhost: str = DEFAULT_VHOST, connection_id: str = "local") -> Session:
+        self.get_vhost(vhost)
+        session = Session(self, vhost, connection_id)
+        self.sessions.add(session)
+        return session
+
+    def forget_session(self, session: Session) -> None:
+        self.sessions.discard(session)
+
+    def consume(
+        self,
+        session: Session,
+        queue_name: str,
+        on_delivery: Callable[[Delivery], None],
+        *,
+        prefetch_count: int = 0,
+        no_ack: bool = False,
+        exclusive: bool = False,
+        consumer_tag: str = "",
+        arguments: dict[str, Any] | None = None,
+    ) -> Consumer:
+        queue = self.get_queue(session.vhost, queue_name)
+        self._check_exclusive(queue, session.connection_id)
+        tag = consumer_tag or session.new_consumer_tag()
+        if tag in session.consumers:
+            raise NotAllowedError(f"attempt to reuse consumer tag '{tag}'")
+        if any(c.exclusive for c in queue.consumers) or (exclusive and queue.consumers):
+            raise AccessRefusedError(
+                f"queue '{queue_name}' in vhost '{session.vhost}' in exclusive use"
+            )
+        consumer = Consumer(tag, queue, session, on_delivery, prefetch_count=prefetch_count,
+                            no_ack=no_ack, exclusive=exclusive, arguments=arguments or {})
+        session.consumers[tag] = consumer
+        queue.consumers.append(consumer)
+        queue.had_consumer = True
+        queue.last_used = self.clock.time()
+        queue.dispatch()
+        return consumer
+
+    def cancel(self, session: Session, consumer_tag: str) -> None:
+        consumer = session.consumers.pop(consumer_tag, None)
+        if consumer is None:
+            return
+        queue = consumer.queue
+        if consumer in queue.consumers:
+            queue.consumers.remove(consumer)
+        queue.last_used = self.clock.time()
+        if queue.auto_delete and not queue.consumers and not queue.deleted:
+            self._delete_queue(queue)
+
+    def get(self, session: Session, queue_name: str, *, no_ack: bool = False) -> Delivery | None:
+        queue = self.get_queue(session.vhost, queue_name)
+        self._check_exclusive(queue, session.connection_id)
+        queue.last_used = now = self.clock.time()
+        entry = queue.take()
+        if entry is None:
+            return None
+        queue.mark_delivered(entry, now)
+        return session.register_get(queue, entry, no_ack)
+
+    def dispatch_session(self, session: Session) -> None:
+        for consumer in list(session.consumers.values()):
+            consumer.queue.dispatch()
+
+    # -- statistics ------------------------------------------------------------------------
+
+    def queue_statistics(self, queue: Queue) -> QueueStatistics:
+        oldest = queue.oldest_ready_at()
+        c = queue.counters
+        return QueueStatistics(
+            vhost=queue.vhost,
+            name=queue.name,
+            ready=queue.ready_count,
+            unacked=len(queue.unacked),
+            delayed=self.delayed.per_queue.get((queue.vhost, queue.name), 0),
+            consumers=len(queue.consumers),
+            ready_bytes=queue.ready_bytes + queue.paged_bytes,
+            oldest_ready_age_s=None if oldest is None else max(0.0, self.clock.time() - oldest),
+            counts=dict(zip(COUNTERS, c.values(), strict=True)),
+            rates=c.rates(),
+            waiting_time=queue.waiting.summary(),
+            processing_time=queue.processing.summary(),
+        )
+
+    def statistics(self) -> BrokerStatistics:
+        queues = tuple(self.queue_statistics(q) for v in self.vhosts.values()
+                       for q in v.queues.values())
+        counts = {name: sum(q.counts[name] for q in queues) for name in COUNTERS}
+        counts["published"] = self.counters.published
+        return BrokerStatistics(
+            queues=queues,
+            exchanges=sum(len(v.exchanges) for v in self.vhosts.values()),
+            sessions=len(self.sessions),
+            consumers=sum(q.consumers for q in queues),
+            ready=sum(q.ready for q in queues),
+            unacked=sum(q.unacked for q in queues),
+            delayed=len(self.delayed),
+            counts=counts,
+            rates=self.counters.rates(),
+        )
+
+
+def _check_equivalent(kind: str, name: str, vhost: str,
+                      pairs: list[tuple[str, Any, Any]]) -> None:
+    for field_name, current, received in pairs:
+        if current != received:
+            raise PreconditionFailedError(
+                f"inequivalent arg '{field_name}' for {kind} '{name}' in vhost '{vhost}': "
+                f"received {received!r} but current is {current!r}"
+            )
+
+
+def _is_cycle(message: Message, target: str, reason: str) -> bool:
+    """RabbitMQ drops a dead letter that would cycle back without any rejection on the way."""
+    deaths = (message.headers or {}).get("x-death") or []
+    if reason == "rejected":
+        return False
+    seen_target = any(d.get("queue") == target for d in deaths)
+    return seen_target and all(d.get("reason") != "rejected" for d in deaths)

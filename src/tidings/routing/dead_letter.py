@@ -1,0 +1,51 @@
+"""Dead-lettering: the message a DLX receives, with RabbitMQ's ``x-death`` history.
+
+``x-death`` is a list of tables, newest first, one per (queue, reason) with a ``count``;
+``x-first-death-*`` and ``x-last-death-*`` name the first and latest deaths. The dead letter
+loses its ``expiration`` (kept as ``original-expiration``) so it does not expire again at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from tidings.message import Message
+
+
+def dead_letter_message(message: Message, queue: str, reason: str, now: float,
+                        routing_key: str | None) -> Message:
+    headers: dict[str, Any] = dict(message.headers or {})
+    deaths: list[dict[str, Any]] = [dict(d) for d in headers.get("x-death") or []]
+    for i, death in enumerate(deaths):
+        if death.get("queue") == queue and death.get("reason") == reason:
+            death["count"] = int(death.get("count", 1)) + 1
+            death["time"] = int(now)
+            deaths.insert(0, deaths.pop(i))
+            break
+    else:
+        death = {
+            "count": 1,
+            "reason": reason,
+            "queue": queue,
+            "time": int(now),
+            "exchange": message.exchange,
+            "routing-keys": [message.routing_key],
+        }
+        if message.expiration is not None:
+            death["original-expiration"] = message.expiration
+        deaths.insert(0, death)
+    headers["x-death"] = deaths
+    if "x-first-death-reason" not in headers:
+        headers["x-first-death-reason"] = reason
+        headers["x-first-death-queue"] = queue
+        headers["x-first-death-exchange"] = message.exchange
+    headers["x-last-death-reason"] = reason
+    headers["x-last-death-queue"] = queue
+    headers["x-last-death-exchange"] = message.exchange
+    return replace(
+        message,
+        headers=headers,
+        expiration=None,
+        routing_key=routing_key if routing_key is not None else message.routing_key,
+    )

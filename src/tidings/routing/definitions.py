@@ -1,0 +1,44 @@
+"""Durable definitions (exchanges, queues, bindings) as store records, and back.
+
+The store keeps them as opaque ``(kind, key) -> bytes``; this module owns the JSON shape.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tidings.routing.exchange import Binding, Exchange
+
+SEP = "\x1f"
+
+
+def exchange_record(ex: Exchange) -> tuple[str, bytes]:
+    data = {"kind": ex.kind, "auto_delete": ex.auto_delete, "internal": ex.internal,
+            "arguments": ex.arguments}
+    return f"{ex.vhost}{SEP}{ex.name}", json.dumps(data).encode()
+
+
+def queue_record(vhost: str, name: str, auto_delete: bool,
+                 arguments: dict[str, Any]) -> tuple[str, bytes]:
+    data = {"auto_delete": auto_delete, "arguments": arguments}
+    return f"{vhost}{SEP}{name}", json.dumps(data).encode()
+
+
+def binding_record(vhost: str, b: Binding) -> tuple[str, bytes]:
+    data = {"source": b.source, "destination": b.destination, "routing_key": b.routing_key,
+            "arguments": b.args, "to_exchange": b.to_exchange}
+    raw = json.dumps(data, sort_keys=True)
+    return f"{vhost}{SEP}{raw}", raw.encode()
+
+
+def split_key(key: str) -> tuple[str, str]:
+    vhost, _, name = key.partition(SEP)
+    return vhost, name
+
+
+def load(data: bytes) -> dict[str, Any]:
+    value = json.loads(data)
+    if not isinstance(value, dict):
+        raise ValueError("definition record is not a JSON object")
+    return value

@@ -1,0 +1,197 @@
+"""Sessions (AMQP channels) and consumers: delivery tags, prefetch, ack / nack / reject.
+
+A :class:`Session` owns the delivery tags it hands out and the unacked messages behind them; when
+it closes, they go back to their queues in tag order, marked redelivered. A :class:`Consumer`
+holds a prefetch window; the queue offers it messages round robin while it has room.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tidings.errors import PreconditionFailedError
+from tidings.message import Message
+
+if TYPE_CHECKING:  # the broker owns sessions; sessions only call back into it
+    from tidings.routing.broker import Broker
+    from tidings.routing.queue import Entry, Queue
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A message handed to a consumer or returned by ``get``."""
+
+    delivery_tag: int
+    message: Message
+    queue: str
+    redelivered: bool
+    #: Failed deliveries before this one (RabbitMQ's ``x-delivery-count``).
+    delivery_count: int
+    consumer_tag: str | None = None
+    #: Ready messages left in the queue (``basic.get-ok``'s message-count).
+    message_count: int = 0
+
+
+class Consumer:
+    __slots__ = ("arguments", "exclusive", "no_ack", "on_cancel", "on_delivery", "outstanding",
+                 "prefetch_count", "queue", "session", "tag")
+
+    def __init__(
+        self,
+        tag: str,
+        queue: Queue,
+        session: Session,
+        on_delivery: Callable[[Delivery], None],
+        *,
+        prefetch_count: int,
+        no_ack: bool,
+        exclusive: bool,
+        arguments: dict[str, Any],
+    ) -> None:
+        self.tag, self.queue, self.session = tag, queue, session
+        self.on_delivery = on_delivery
+        self.prefetch_count, self.no_ack, self.exclusive = prefetch_count, no_ack, exclusive
+        self.arguments = arguments
+        self.outstanding = 0
+        #: Called when the server cancels the consumer (its queue was deleted).
+        self.on_cancel: Callable[[str], None] | None = None
+
+    def has_room(self) -> bool:
+        if self.no_ack:
+            return self.session.flow_active
+        if self.prefetch_count and self.outstanding >= self.prefetch_count:
+            return False
+        return self.session.has_room()
+
+    def deliver(self, queue: Queue, entry: Entry) -> None:
+        self.session.deliver(self, queue, entry)
+
+
+class Session:
+    """One channel's worth of delivery state."""
+
+    def __init__(self, broker: Broker, vhost: str, connection_id: str) -> None:
+        self.broker, self.vhost, self.connection_id = broker, vhost, connection_id
+        self.next_tag = 1
+        self.unacked: dict[int, tuple[Queue, Entry, Consumer | None]] = {}
+        self.consumers: dict[str, Consumer] = {}
+        #: Channel-wide prefetch (``basic.qos`` with global=true in RabbitMQ); 0 = unlimited.
+        self.prefetch_count = 0
+        self.flow_active = True
+        self.closed = False
+        self._consumer_serial = 0
+        #: Called with the error when the broker closes the session (e.g. consumer timeout).
+        self.on_error: Callable[[Exception], None] | None = None
+
+    def has_room(self) -> bool:
+        if not self.flow_active:
+            return False
+        return not self.prefetch_count or len(self.unacked) < self.prefetch_count
+
+    def new_consumer_tag(self) -> str:
+        self._consumer_serial += 1
+        return f"ctag-{self.connection_id}-{self._consumer_serial}"
+
+    def deliver(self, consumer: Consumer, queue: Queue, entry: Entry) -> None:
+        tag = self.next_tag
+        self.next_tag += 1
+        if consumer.no_ack:
+            queue.ack(entry)
+        else:
+            consumer.outstanding += 1
+            self.unacked[tag] = (queue, entry, consumer)
+        consumer.on_delivery(self._delivery(tag, queue, entry, consumer.tag))
+
+    def _delivery(self, tag: int, queue: Queue, entry: Entry, ctag: str | None) -> Delivery:
+        return Delivery(
+            tag, entry.record.message, queue.name, entry.redelivered,
+            entry.record.delivery_count, ctag,
+        )
+
+    def register_get(self, queue: Queue, entry: Entry, no_ack: bool) -> Delivery:
+        tag = self.next_tag
+        self.next_tag += 1
+        if no_ack:
+            queue.ack(entry)
+        else:
+            self.unacked[tag] = (queue, entry, None)
+        delivery = self._delivery(tag, queue, entry, None)
+        delivery.message_count = queue.ready_count
+        return delivery
+
+    # -- settling --------------------------------------------------------------------------
+
+    def _settle(self, tag: int, multiple: bool) -> list[tuple[Queue, Entry, Consumer | None]]:
+        if multiple:
+            if tag == 0:
+                tags = list(self.unacked)
+            else:
+                if tag not in self.unacked:
+                    raise PreconditionFailedError(f"unknown delivery tag {tag}")
+                tags = []
+                for t in self.unacked:
+                    if t > tag:
+                        break
+                    tags.append(t)
+            return [self.unacked.pop(t) for t in tags]
+        found = self.unacked.pop(tag, None)
+        if found is None:
+            raise PreconditionFailedError(f"unknown delivery tag {tag}")
+        return [found]
+
+    def _release(self, settled: list[tuple[Queue, Entry, Consumer | None]]) -> None:
+        touched: dict[int, Queue] = {}
+        for queue, _, consumer in settled:
+            if consumer is not None:
+                consumer.outstanding -= 1
+            touched[id(queue)] = queue
+        for queue in touched.values():
+            if queue.consumers:
+                queue.dispatch()
+        if self.prefetch_count:
+            self.broker.dispatch_session(self)
+
+    def ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        settled = self._settle(delivery_tag, multiple)
+        for queue, entry, _ in settled:
+            queue.ack(entry)
+        self._release(settled)
+
+    def nack(self, delivery_tag: int, multiple: bool = False, requeue: bool = True,
+             delay_ms: int | None = None) -> None:
+        settled = self._settle(delivery_tag, multiple)
+        for queue, entry, _ in settled:
+            if requeue and delay_ms:
+                self.broker.requeue_later(queue, entry, delay_ms)
+            elif requeue:
+                queue.requeue(entry)
+            else:
+                queue.discard(entry, "rejected")
+        self._release(settled)
+
+    def reject(self, delivery_tag: int, requeue: bool = True) -> None:
+        self.nack(delivery_tag, False, requeue)
+
+    def extend(self, delivery_tag: int) -> None:
+        """Restart the consumer-timeout clock of an unacked delivery (extend its lease)."""
+        found = self.unacked.get(delivery_tag)
+        if found is None:
+            raise PreconditionFailedError(f"unknown delivery tag {delivery_tag}")
+        found[1].delivered_at = self.broker.clock.time()
+
+    def recover(self) -> None:
+        """``basic.recover``: requeue everything unacked (RabbitMQ always requeues)."""
+        self.nack(0, multiple=True, requeue=True)
+
+    def close(self) -> None:
+        """Cancel consumers and return every unacked message to its queue, in tag order."""
+        if self.closed:
+            return
+        self.closed = True
+        for tag in list(self.consumers):
+            self.broker.cancel(self, tag)
+        if self.unacked:
+            self.nack(0, multiple=True, requeue=True)
+        self.broker.forget_session(self)

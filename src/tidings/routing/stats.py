@@ -1,0 +1,131 @@
+"""Numbers you can see: counters, latency histograms and rates, per queue and broker-wide.
+
+Hot paths only increment integers and drop one sample into a log-scale bucket. Percentiles are
+read from the buckets (relative error under 5%); rates come from counter samples taken by the
+broker once a second, so nothing per message touches a clock or a lock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+#: Bucket growth factor: each bucket covers 10% more than the previous one.
+_GROWTH = 1.1
+_LOG_GROWTH = math.log(_GROWTH)
+#: Values below 10 µs share the first bucket.
+_FLOOR_MS = 0.01
+
+COUNTERS = ("published", "delivered", "acked", "redelivered", "dead_lettered", "expired")
+#: Seconds of counter samples kept for rates.
+RATE_WINDOW_S = 5
+
+
+class Histogram:
+    """Log-bucketed histogram of milliseconds."""
+
+    __slots__ = ("buckets", "count", "total_ms")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, int] = {}
+        self.count = 0
+        self.total_ms = 0.0
+
+    def observe(self, ms: float) -> None:
+        index = 0 if ms <= _FLOOR_MS else 1 + int(math.log(ms / _FLOOR_MS) / _LOG_GROWTH)
+        self.buckets[index] = self.buckets.get(index, 0) + 1
+        self.count += 1
+        self.total_ms += ms
+
+    def percentile(self, q: float) -> float | None:
+        """Upper edge of the bucket holding the q-th quantile (0 < q <= 1), or None if empty."""
+        if not self.count:
+            return None
+        rank = q * self.count
+        seen = 0
+        for index in sorted(self.buckets):
+            seen += self.buckets[index]
+            if seen >= rank:
+                return _FLOOR_MS * _GROWTH**index
+        return None
+
+    def summary(self) -> LatencySummary:
+        return LatencySummary(
+            count=self.count,
+            mean_ms=self.total_ms / self.count if self.count else None,
+            p50_ms=self.percentile(0.5),
+            p95_ms=self.percentile(0.95),
+            p99_ms=self.percentile(0.99),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LatencySummary:
+    count: int
+    mean_ms: float | None
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+
+
+class Counters:
+    """Monotonic event counts with a short history of samples for rates."""
+
+    __slots__ = ("acked", "dead_lettered", "delivered", "expired", "published", "redelivered",
+                 "samples")
+
+    def __init__(self) -> None:
+        self.published = self.delivered = self.acked = 0
+        self.redelivered = self.dead_lettered = self.expired = 0
+        self.samples: deque[tuple[float, tuple[int, ...]]] = deque(maxlen=RATE_WINDOW_S + 1)
+
+    def values(self) -> tuple[int, ...]:
+        return tuple(getattr(self, name) for name in COUNTERS)
+
+    def sample(self, now: float) -> None:
+        self.samples.append((now, self.values()))
+
+    def rates(self) -> dict[str, float]:
+        if len(self.samples) < 2:
+            return {name: 0.0 for name in COUNTERS}
+        (t0, v0), (t1, v1) = self.samples[0], self.samples[-1]
+        span = max(t1 - t0, 1e-9)
+        return {name: (b - a) / span for name, a, b in zip(COUNTERS, v0, v1, strict=True)}
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatistics:
+    vhost: str
+    name: str
+    ready: int
+    unacked: int
+    delayed: int
+    consumers: int
+    ready_bytes: int
+    #: Age in seconds of the oldest ready message (backlog age), or None when empty.
+    oldest_ready_age_s: float | None
+    counts: dict[str, int]
+    #: Per-second rates over the last few seconds.
+    rates: dict[str, float]
+    waiting_time: LatencySummary
+    processing_time: LatencySummary
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerStatistics:
+    queues: tuple[QueueStatistics, ...]
+    exchanges: int
+    sessions: int
+    consumers: int
+    ready: int
+    unacked: int
+    delayed: int
+    counts: dict[str, int]
+    rates: dict[str, float]
+
+    def queue(self, name: str, vhost: str = "/") -> QueueStatistics:
+        for q in self.queues:
+            if q.name == name and q.vhost == vhost:
+                return q
+        raise KeyError(name)

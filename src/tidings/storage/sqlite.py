@@ -1,0 +1,269 @@
+"""SqliteStore: the default durable store, one SQLite file with group commit.
+
+Shape: writes are appended to a list on the event loop's thread (no lock, no syscall). Once per
+loop turn that list is handed to one writer thread, which takes *everything* handed over since
+its last commit and applies it in one transaction: one commit, one fsync (WAL with
+``synchronous=FULL``). While it fsyncs, the next batch gathers. Each batch's future resolves on
+the loop when its transaction is durable; that is when publisher confirms go out.
+
+Reads (recovery, paging) use a second connection on the loop's thread; WAL lets it read while
+the writer writes, and it sees only committed transactions.
+
+``seq`` is the table's rowid: unique across queues and increasing, so removes are by rowid and
+paging is an index range scan on ``(queue, seq)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from tidings.errors import ClosedResourceError, ConfigError
+from tidings.storage.base import TRANSIENT
+from tidings.storage.lock import DirectoryLock
+
+DB_NAME = "tidings.sqlite3"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    flags INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_queue ON messages (queue, seq);
+CREATE TABLE IF NOT EXISTS definitions (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+CREATE TABLE IF NOT EXISTS marks (queue TEXT PRIMARY KEY, delivered_seq INTEGER NOT NULL);
+"""
+
+_SQL = {
+    "append": "INSERT OR REPLACE INTO messages (seq, queue, flags, data) VALUES (?, ?, ?, ?)",
+    "replace": "UPDATE messages SET data = ? WHERE seq = ?",
+    "remove": "DELETE FROM messages WHERE seq = ?",
+    "remove_after": "DELETE FROM messages WHERE queue = ? AND seq > ?",
+    "put_definition": "INSERT OR REPLACE INTO definitions (kind, key, data) VALUES (?, ?, ?)",
+    "delete_definition": "DELETE FROM definitions WHERE kind = ? AND key = ?",
+    "mark": "INSERT OR REPLACE INTO marks (queue, delivered_seq) VALUES (?, ?)",
+}
+
+Op = tuple[str, tuple[Any, ...]]
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA cache_size=-65536")
+    return conn
+
+
+class SqliteStore:
+    durable = True
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create data directory '{directory}': {e}") from e
+        self._lock = DirectoryLock(self.directory)
+        path = self.directory / DB_NAME
+        self._writer = _connect(path)
+        self._writer.executescript(SCHEMA)
+        self._writer.execute("DELETE FROM messages WHERE flags & ?", (TRANSIENT,))
+        self._reader = _connect(path)
+        self._pending: list[Op] = []
+        self._marks: dict[str, int] = {}
+        self._next_future: asyncio.Future[None] | None = None
+        self._last_future: asyncio.Future[None] | None = None
+        self._handoff_scheduled = False
+        self._cond = threading.Condition()
+        self._handed: list[tuple[list[Op], dict[str, int], asyncio.Future[None] | None]] = []
+        self._closing = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._run_writer, name="tidings-writer", daemon=True)
+        self._thread.start()
+
+    # -- writes (event loop thread) -------------------------------------------------------
+
+    def _submit(self, op: Op) -> None:
+        if self._closed:
+            raise ClosedResourceError(f"the store in '{self.directory}' is closed")
+        self._pending.append(op)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._handoff_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._handoff()
+            return
+        self._handoff_scheduled = True
+        loop.call_soon(self._handoff)
+
+    def append(self, queue: str, seq: int, data: bytes, flags: int = 0) -> None:
+        self._submit(("append", (seq, queue, flags, data)))
+
+    def replace(self, queue: str, seq: int, data: bytes) -> None:
+        self._submit(("replace", (data, seq)))
+
+    def remove(self, queue: str, seq: int) -> None:
+        self._submit(("remove", (seq,)))
+
+    def remove_after(self, queue: str, seq: int) -> None:
+        self._submit(("remove_after", (queue, seq)))
+
+    def mark_delivered(self, queue: str, seq: int) -> None:
+        if seq > self._marks.get(queue, -1):
+            self._marks[queue] = seq
+            self._schedule()
+
+    def put_definition(self, kind: str, key: str, data: bytes) -> None:
+        self._submit(("put_definition", (kind, key, data)))
+
+    def delete_definition(self, kind: str, key: str) -> None:
+        self._submit(("delete_definition", (kind, key)))
+
+    def sync(self) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        if self._pending or self._marks:
+            if self._next_future is None:
+                self._next_future = loop.create_future()
+            return self._next_future
+        if self._last_future is not None and not self._last_future.done():
+            return self._last_future
+        done: asyncio.Future[None] = loop.create_future()
+        done.set_result(None)
+        return done
+
+    def _handoff(self) -> None:
+        self._handoff_scheduled = False
+        if not self._pending and not self._marks:
+            return
+        ops, self._pending = self._pending, []
+        marks, self._marks = self._marks, {}
+        future, self._next_future = self._next_future, None
+        if future is None:
+            try:
+                future = asyncio.get_running_loop().create_future()
+            except RuntimeError:
+                future = None
+        if future is not None:
+            self._last_future = future
+        with self._cond:
+            self._handed.append((ops, marks, future))
+            self._cond.notify()
+
+    # -- the writer thread -----------------------------------------------------------------
+
+    def _run_writer(self) -> None:
+        while True:
+            with self._cond:
+                while not self._handed and not self._closing:
+                    self._cond.wait()
+                batch, self._handed = self._handed, []
+                if not batch and self._closing:
+                    return
+            error: BaseException | None = None
+            try:
+                self._write(batch)
+            except Exception as e:  # a failed commit fails every waiter of the batch
+                error = e
+                self._writer.execute("ROLLBACK") if self._writer.in_transaction else None
+            self._resolve([f for _, _, f in batch if f is not None], error)
+
+    def _write(self, batch: list[tuple[list[Op], dict[str, int], Any]]) -> None:
+        conn = self._writer
+        conn.execute("BEGIN")
+        for ops, marks, _ in batch:
+            for kind, rows in _runs(ops):
+                conn.executemany(_SQL[kind], rows)
+            if marks:
+                conn.executemany(_SQL["mark"], marks.items())
+        conn.execute("COMMIT")
+
+    @staticmethod
+    def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+        for f in futures:
+            by_loop.setdefault(f.get_loop(), []).append(f)
+        for loop, fs in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop has nobody waiting
+                loop.call_soon_threadsafe(_settle, fs, error)
+
+    # -- reads (event loop thread) ---------------------------------------------------------
+
+    def load(self, queue: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
+        cur = self._reader.execute(
+            "SELECT seq, data FROM messages WHERE queue = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (queue, after_seq, limit),
+        )
+        return cur.fetchall()
+
+    def count(self, queue: str) -> int:
+        cur = self._reader.execute("SELECT count(*) FROM messages WHERE queue = ?", (queue,))
+        return int(cur.fetchone()[0])
+
+    def queues(self) -> list[str]:
+        return [r[0] for r in self._reader.execute("SELECT DISTINCT queue FROM messages")]
+
+    def definitions(self, kind: str) -> list[tuple[str, bytes]]:
+        cur = self._reader.execute("SELECT key, data FROM definitions WHERE kind = ?", (kind,))
+        return cur.fetchall()
+
+    def delivered_marks(self) -> dict[str, int]:
+        return dict(self._reader.execute("SELECT queue, delivered_seq FROM marks").fetchall())
+
+    def max_seq(self) -> int:
+        row = self._reader.execute("SELECT max(seq) FROM messages").fetchone()
+        return int(row[0] or 0)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._handoff()
+        self._closed = True
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+        self._writer.close()
+        self._reader.close()
+        self._lock.release()
+
+
+def _settle(futures: Iterable[asyncio.Future[None]], error: BaseException | None) -> None:
+    for f in futures:
+        if f.done():
+            continue
+        if error is None:
+            f.set_result(None)
+        else:
+            f.set_exception(error)
+
+
+def _runs(ops: list[Op]) -> Iterable[tuple[str, list[tuple[Any, ...]]]]:
+    """Consecutive ops of one kind, grouped for executemany (order is kept)."""
+    kind: str | None = None
+    rows: list[tuple[Any, ...]] = []
+    for k, row in ops:
+        if k != kind:
+            if rows:
+                yield kind, rows  # type: ignore[misc]
+            kind, rows = k, []
+        rows.append(row)
+    if rows:
+        yield kind, rows  # type: ignore[misc]
