@@ -1,0 +1,47 @@
+"""tidings: a message queue and event bus for Python, embedded and durable by default.
+
+    async with tidings.connect("./data") as client:
+        await client.send("jobs", {"id": 1})
+"""
+
+from tidings.client import (
+    BlockingClient,
+    Client,
+    ReceivedMessage,
+    connect,
+    connect_blocking,
+)
+from tidings.errors import (
+    AccessRefusedError,
+    BrokenResourceError,
+    ClosedResourceError,
+    ConfigError,
+    InvalidArgumentError,
+    NotAllowedError,
+    NotFoundError,
+    PreconditionFailedError,
+    ResourceLockedError,
+    TidingsError,
+)
+from tidings.message import Message
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AccessRefusedError",
+    "BlockingClient",
+    "BrokenResourceError",
+    "Client",
+    "ClosedResourceError",
+    "ConfigError",
+    "InvalidArgumentError",
+    "Message",
+    "NotAllowedError",
+    "NotFoundError",
+    "PreconditionFailedError",
+    "ReceivedMessage",
+    "ResourceLockedError",
+    "TidingsError",
+    "connect",
+    "connect_blocking",
+]

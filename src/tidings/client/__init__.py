@@ -1,0 +1,16 @@
+"""The Python client API: producers, consumers, queues, messages, events, handlers, the bus."""
+
+from tidings.client.blocking import BlockingClient, connect_blocking
+from tidings.client.client import Client, ReceivedMessage, connect
+from tidings.client.transport import Incoming, QueueSpec, Transport
+
+__all__ = [
+    "BlockingClient",
+    "Client",
+    "Incoming",
+    "QueueSpec",
+    "ReceivedMessage",
+    "Transport",
+    "connect",
+    "connect_blocking",
+]

@@ -1,0 +1,455 @@
+"""Client: queues and events in the product's own words, over any :class:`Transport`.
+
+Queues: ``send`` / ``get`` / ``receive`` and ``message.ack()``; a queue is declared on first use
+(durable, with a delivery limit and a ``<name>.dead`` queue). Events: ``publish`` to a topic,
+``@client.subscribe(pattern, group=...)`` handlers, ``await client.run()``; a handler that raises
+is retried with exponential backoff until the delivery limit, then dead-lettered.
+
+``tidings.connect(url)`` picks the transport from the URL. It is used as
+``async with tidings.connect(url) as client:`` (or ``client = await tidings.connect(url)`` and
+``await client.close()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tidings.client.transport import Incoming, QueueSpec, Subscription, Transport
+from tidings.errors import ClosedResourceError, InvalidArgumentError
+from tidings.message import Message
+
+log = logging.getLogger("tidings.client")
+
+Handler = Callable[["ReceivedMessage"], Awaitable[Any]]
+CallNext = Callable[["ReceivedMessage"], Awaitable[Any]]
+Middleware = Callable[["ReceivedMessage", CallNext], Awaitable[Any]]
+
+#: Default retry policy of event handlers (Dramatiq-like, bounded: complaint #4).
+DEFAULT_RETRIES = 5
+DEFAULT_MIN_BACKOFF_MS = 1_000
+DEFAULT_MAX_BACKOFF_MS = 5 * 60 * 1_000
+DEFAULT_PREFETCH = 100
+
+
+def encode_body(body: Any, content_type: str | None) -> tuple[bytes, str | None]:
+    """bytes pass through; str is UTF-8 text; anything else is JSON."""
+    if isinstance(body, bytes | bytearray | memoryview):
+        return bytes(body), content_type
+    if isinstance(body, str):
+        return body.encode(), content_type or "text/plain; charset=utf-8"
+    try:
+        return json.dumps(body, separators=(",", ":")).encode(), content_type or "application/json"
+    except TypeError as e:
+        raise InvalidArgumentError(
+            f"message body of type {type(body).__name__} is not bytes, str or JSON-able"
+        ) from e
+
+
+def backoff_ms(attempt: int, min_ms: int, max_ms: int) -> int:
+    """Exponential backoff for the ``attempt``-th failure (1-based), capped."""
+    return int(min(max_ms, min_ms * 2 ** max(0, attempt - 1)))
+
+
+class ReceivedMessage:
+    """A message handed to you by a queue or a subscription. Settle it once."""
+
+    __slots__ = ("_client", "_incoming", "settled")
+
+    def __init__(self, client: Client, incoming: Incoming) -> None:
+        self._client, self._incoming = client, incoming
+        self.settled = False
+
+    @property
+    def body(self) -> bytes:
+        return self._incoming.message.body
+
+    def text(self) -> str:
+        return self.body.decode()
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return self._incoming.message.headers or {}
+
+    @property
+    def id(self) -> str | None:
+        return self._incoming.message.message_id
+
+    @property
+    def routing_key(self) -> str:
+        return self._incoming.message.routing_key
+
+    @property
+    def topic(self) -> str:
+        """The event's topic (for queue messages: the queue name it was sent to)."""
+        return self._incoming.message.routing_key
+
+    @property
+    def queue(self) -> str:
+        return self._incoming.queue
+
+    @property
+    def content_type(self) -> str | None:
+        return self._incoming.message.content_type
+
+    @property
+    def priority(self) -> int | None:
+        return self._incoming.message.priority
+
+    @property
+    def redelivered(self) -> bool:
+        return self._incoming.redelivered
+
+    @property
+    def delivery_count(self) -> int:
+        """Deliveries so far, this one included (1 on the first delivery)."""
+        return self._incoming.delivery_count + 1
+
+    @property
+    def timestamp(self) -> float | None:
+        ts = self._incoming.message.timestamp
+        return None if ts is None else float(ts)
+
+    @property
+    def message(self) -> Message:
+        return self._incoming.message
+
+    def _settle(self) -> Any:
+        if self.settled:
+            raise InvalidArgumentError(f"message {self.id!r} is already settled")
+        self.settled = True
+        return self._incoming.token
+
+    async def ack(self) -> None:
+        """Done with it: the message is gone for good."""
+        await self._client.transport.ack([self._settle()])
+
+    async def nack(self, requeue: bool = True, delay_ms: int | None = None) -> None:
+        """Failed: back to its place in the queue (after ``delay_ms``), or dead-lettered."""
+        await self._client.transport.nack(self._settle(), requeue, delay_ms)
+
+    async def reject(self) -> None:
+        """Refuse it for good: it is dead-lettered (or dropped when the queue has none)."""
+        await self._client.transport.nack(self._settle(), False)
+
+    async def extend(self) -> None:
+        """Still working on it: restart its consumer-timeout clock."""
+        await self._client.transport.extend(self._incoming.token)
+
+    def __repr__(self) -> str:
+        return f"<ReceivedMessage id={self.id!r} topic={self.topic!r} bytes={len(self.body)}>"
+
+
+@dataclass
+class _Subscriber:
+    pattern: str
+    group: str | None
+    handler: Handler
+    retries: int
+    min_backoff_ms: int
+    max_backoff_ms: int
+    prefetch: int
+    queue: str = ""
+    stats: dict[str, int] = field(default_factory=lambda: {"handled": 0, "failed": 0})
+
+
+class Client:
+    """A connection to a tidings broker (embedded or remote) through one :class:`Transport`."""
+
+    def __init__(self, url: str | None = None, *,
+                 transport_factory: Callable[[], Awaitable[Transport]] | None = None) -> None:
+        self.url = url
+        self._factory = transport_factory
+        self._transport: Transport | None = None
+        self._declared: set[str] = set()
+        self._subscribers: list[_Subscriber] = []
+        self._middleware: list[Middleware] = []
+        self._subscriptions: list[Subscription] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> Client:
+        if self._transport is None:
+            if self._factory is None:
+                from tidings.client.urls import open_transport  # imports backends lazily
+
+                self._transport = await open_transport(self.url or "")
+            else:
+                self._transport = await self._factory()
+        return self
+
+    def __await__(self) -> Generator[Any, None, Client]:
+        return self.open().__await__()
+
+    async def __aenter__(self) -> Client:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for subscription in self._subscriptions:
+            with contextlib.suppress(Exception):
+                await subscription.cancel()
+        if self._transport is not None:
+            await self._transport.close()
+
+    @property
+    def transport(self) -> Transport:
+        if self._closed:
+            raise ClosedResourceError("the client is closed")
+        if self._transport is None:
+            raise ClosedResourceError(
+                "the client is not open: use 'async with tidings.connect(...)'"
+            )
+        return self._transport
+
+    # -- queues ----------------------------------------------------------------------------
+
+    async def declare_queue(self, name: str, *, durable: bool = True,
+                            delivery_limit: int | None = 10, dead_letters: bool = True,
+                            max_length: int | None = None, max_priority: int | None = None,
+                            message_ttl_ms: int | None = None,
+                            consumer_timeout_ms: int | None = None,
+                            arguments: dict[str, Any] | None = None) -> str:
+        """Declare a queue with options (idempotent; a different redeclare raises)."""
+        spec = QueueSpec(durable, delivery_limit, dead_letters, max_length, max_priority,
+                         message_ttl_ms, consumer_timeout_ms, False,
+                         tuple(sorted((arguments or {}).items())))
+        name = await self.transport.declare_queue(name, spec)
+        self._declared.add(name)
+        return name
+
+    async def _ensure_queue(self, name: str) -> None:
+        if name in self._declared:
+            return
+        if not await self.transport.queue_exists(name):
+            await self.transport.declare_queue(name, QueueSpec())
+        self._declared.add(name)
+
+    def _message(self, body: Any, *, headers: dict[str, Any] | None, priority: int | None,
+                 ttl_ms: int | None, message_id: str | None, content_type: str | None,
+                 persistent: bool, correlation_id: str | None = None,
+                 reply_to: str | None = None) -> Message:
+        data, ctype = encode_body(body, content_type)
+        return Message(
+            data, headers=dict(headers) if headers else None, persistent=persistent,
+            content_type=ctype, priority=priority,
+            expiration=None if ttl_ms is None else str(int(ttl_ms)),
+            message_id=message_id or uuid.uuid4().hex, timestamp=int(time.time()),
+            correlation_id=correlation_id, reply_to=reply_to,
+        )
+
+    async def send(self, queue: str, body: Any, *, headers: dict[str, Any] | None = None,
+                   priority: int | None = None, delay_ms: int | None = None,
+                   ttl_ms: int | None = None, message_id: str | None = None,
+                   content_type: str | None = None, persistent: bool = True,
+                   correlation_id: str | None = None, reply_to: str | None = None) -> str:
+        """Put a message in ``queue``; returns its id once it is durable."""
+        await self._ensure_queue(queue)
+        message = self._message(body, headers=headers, priority=priority, ttl_ms=ttl_ms,
+                                message_id=message_id, content_type=content_type,
+                                persistent=persistent, correlation_id=correlation_id,
+                                reply_to=reply_to)
+        await self.transport.send(queue, [message], delay_ms)
+        return message.message_id or ""
+
+    async def send_many(self, queue: str, bodies: Iterable[Any], *,
+                        delay_ms: int | None = None, persistent: bool = True,
+                        headers: dict[str, Any] | None = None) -> list[str]:
+        """Batch form of :meth:`send`: one durable commit for all; returns the ids."""
+        await self._ensure_queue(queue)
+        messages = [self._message(b, headers=headers, priority=None, ttl_ms=None,
+                                  message_id=None, content_type=None, persistent=persistent)
+                    for b in bodies]
+        await self.transport.send(queue, messages, delay_ms)
+        return [m.message_id or "" for m in messages]
+
+    async def get(self, queue: str) -> ReceivedMessage | None:
+        """The next message of ``queue``, or None when it is empty. Settle it."""
+        await self._ensure_queue(queue)
+        incoming = await self.transport.get(queue)
+        return None if incoming is None else ReceivedMessage(self, incoming)
+
+    async def receive(self, queue: str, *,
+                      prefetch: int = DEFAULT_PREFETCH) -> AsyncIterator[ReceivedMessage]:
+        """Messages of ``queue`` as they come; at most ``prefetch`` unsettled at once.
+
+        Leaving the loop cancels the consumer; messages received but not yet yielded go back.
+        """
+        if prefetch < 1:
+            raise InvalidArgumentError(f"prefetch must be >= 1, got {prefetch}")
+        await self._ensure_queue(queue)
+        buffer: asyncio.Queue[Incoming] = asyncio.Queue()
+        subscription = await self.transport.consume(queue, prefetch, buffer.put_nowait)
+        try:
+            while True:
+                yield ReceivedMessage(self, await buffer.get())
+        finally:
+            await subscription.cancel()
+            while not buffer.empty():
+                await self.transport.nack(buffer.get_nowait().token, True)
+
+    async def ack(self, messages: Sequence[ReceivedMessage]) -> None:
+        """Batch form of ``message.ack()``."""
+        await self.transport.ack([m._settle() for m in messages])
+
+    async def delete(self, queue: str, message_id: str) -> bool:
+        """Cancel a waiting (ready or delayed) message; False when it is not waiting."""
+        return await self.transport.take(queue, message_id) is not None
+
+    async def purge(self, queue: str) -> int:
+        return await self.transport.purge(queue)
+
+    async def statistics(self) -> Any:
+        """Broker statistics (a frozen record; see :mod:`tidings.routing.stats`)."""
+        return await self.transport.statistics()
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[Message]:
+        """Dead letters of ``queue`` (oldest first), with their ``x-death`` history."""
+        await self._ensure_queue(queue)
+        return await self.transport.browse(f"{queue}.dead", limit)
+
+    async def replay_dead_letters(self, queue: str, ids: Iterable[str] | None = None) -> int:
+        """Move dead letters (all, or those with ``ids``) back into ``queue``; returns how many."""
+        dead = f"{queue}.dead"
+        wanted = set(ids) if ids is not None else None
+        count = 0
+        for message in await self.transport.browse(dead, 1 << 30):
+            mid = message.message_id
+            if mid is None or (wanted is not None and mid not in wanted):
+                continue
+            taken = await self.transport.take(dead, mid)
+            if taken is not None:
+                taken.headers = {k: v for k, v in (taken.headers or {}).items()
+                                 if not k.startswith("x-")} or None
+                await self.transport.send(queue, [taken])
+                count += 1
+        return count
+
+    async def purge_dead_letters(self, queue: str) -> int:
+        await self._ensure_queue(queue)
+        return await self.transport.purge(f"{queue}.dead")
+
+    # -- events ----------------------------------------------------------------------------
+
+    async def publish(self, topic: str, event: Any, *, headers: dict[str, Any] | None = None,
+                      message_id: str | None = None, content_type: str | None = None) -> str:
+        """Publish an event to ``topic``; returns its id once it is durable."""
+        message = self._message(event, headers=headers, priority=None, ttl_ms=None,
+                                message_id=message_id, content_type=content_type,
+                                persistent=True)
+        await self.transport.publish(topic, [message])
+        return message.message_id or ""
+
+    async def publish_many(self, topic: str, events: Iterable[Any]) -> list[str]:
+        messages = [self._message(e, headers=None, priority=None, ttl_ms=None, message_id=None,
+                                  content_type=None, persistent=True) for e in events]
+        await self.transport.publish(topic, messages)
+        return [m.message_id or "" for m in messages]
+
+    def subscribe(self, pattern: str, *, group: str | None = None,
+                  retries: int = DEFAULT_RETRIES, min_backoff_ms: int = DEFAULT_MIN_BACKOFF_MS,
+                  max_backoff_ms: int = DEFAULT_MAX_BACKOFF_MS,
+                  prefetch: int = DEFAULT_PREFETCH) -> Callable[[Handler], Handler]:
+        """Decorator: call the handler for every event whose topic matches ``pattern``.
+
+        Each ``group`` gets each event once, shared among its handlers (in this and other
+        processes) and kept while nobody runs (a durable subscription). Without a group the
+        subscription is private and lives as long as this client.
+        """
+        from tidings.routing.topic import validate_pattern
+
+        validate_pattern(pattern)
+
+        def register(handler: Handler) -> Handler:
+            self._subscribers.append(_Subscriber(pattern, group, handler, retries,
+                                                 min_backoff_ms, max_backoff_ms, prefetch))
+            return handler
+
+        return register
+
+    def use(self, middleware: Middleware) -> Middleware:
+        """Add middleware around every handler call: ``async def mw(message, call_next)``."""
+        self._middleware.append(middleware)
+        return middleware
+
+    async def start(self) -> None:
+        """Declare and start every subscription (``run`` calls this, then waits)."""
+        for sub in self._subscribers:
+            if sub.queue:
+                continue
+            if sub.group is None:
+                spec = QueueSpec(durable=False, delivery_limit=sub.retries, dead_letters=False,
+                                 exclusive=True)
+                sub.queue = await self.transport.declare_queue("", spec)
+            else:
+                name = f"{sub.group}:{sub.pattern}"
+                spec = QueueSpec(durable=True, delivery_limit=sub.retries)
+                sub.queue = await self.transport.declare_queue(name, spec)
+            await self.transport.bind_events(sub.queue, sub.pattern)
+            self._subscriptions.append(await self.transport.consume(
+                sub.queue, sub.prefetch, self._on_event(sub)))
+
+    def _on_event(self, sub: _Subscriber) -> Callable[[Incoming], None]:
+        def on_event(incoming: Incoming) -> None:
+            task = asyncio.get_running_loop().create_task(self._handle(sub, incoming))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        return on_event
+
+    async def _handle(self, sub: _Subscriber, incoming: Incoming) -> None:
+        message = ReceivedMessage(self, incoming)
+        call: CallNext = sub.handler
+        for mw in reversed(self._middleware):
+            call = _wrap(mw, call)
+        try:
+            await call(message)
+        except Exception:
+            sub.stats["failed"] += 1
+            attempt = message.delivery_count
+            delay = backoff_ms(attempt, sub.min_backoff_ms, sub.max_backoff_ms)
+            log.exception("handler %s failed on %r (attempt %d of %d); retry in %d ms",
+                          getattr(sub.handler, "__name__", sub.handler), message, attempt,
+                          sub.retries + 1, delay)
+            if not message.settled:
+                await message.nack(requeue=True, delay_ms=delay)
+            return
+        sub.stats["handled"] += 1
+        if not message.settled:
+            await message.ack()
+
+    async def run(self) -> None:
+        """Start the subscriptions and handle events until cancelled."""
+        await self.start()
+        await asyncio.Event().wait()
+
+
+def _wrap(mw: Middleware, call_next: CallNext) -> CallNext:
+    async def call(message: ReceivedMessage) -> Any:
+        return await mw(message, call_next)
+
+    return call
+
+
+def connect(url: str) -> Client:
+    """A client for ``url``: a path or ``file:`` URL (embedded, durable), ``memory://``."""
+    return Client(url)

@@ -1,0 +1,159 @@
+"""LocalTransport: the client over an in-process :class:`~tidings.routing.broker.Broker`.
+
+No sockets, no copies: the client's calls become broker calls on the same event loop. Sends wait
+on the broker's group commit, so ``await send`` returns once the message is durable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tidings.client.transport import EVENTS_EXCHANGE, Incoming, QueueSpec
+from tidings.errors import NotFoundError, PreconditionFailedError
+from tidings.message import Message
+from tidings.routing.broker import DEFAULT_VHOST, Broker
+from tidings.routing.session import Consumer, Delivery
+
+VHOST = DEFAULT_VHOST
+
+
+def spec_arguments(name: str, spec: QueueSpec) -> dict[str, Any]:
+    """RabbitMQ-style queue arguments for a :class:`QueueSpec` (shared with the AMQP adapter)."""
+    args: dict[str, Any] = dict(spec.arguments)
+    pairs = (
+        ("x-delivery-limit", spec.delivery_limit),
+        ("x-max-length", spec.max_length),
+        ("x-max-priority", spec.max_priority),
+        ("x-message-ttl", spec.message_ttl_ms),
+        ("x-consumer-timeout", spec.consumer_timeout_ms),
+    )
+    args.update({k: v for k, v in pairs if v is not None})
+    if spec.dead_letters:
+        args.setdefault("x-dead-letter-exchange", "")
+        args.setdefault("x-dead-letter-routing-key", f"{name}.dead")
+    return args
+
+
+class _LocalSubscription:
+    def __init__(self, transport: LocalTransport, consumer: Consumer) -> None:
+        self._transport, self._consumer = transport, consumer
+
+    async def cancel(self) -> None:
+        self._transport.broker.cancel(self._consumer.session, self._consumer.tag)
+
+
+class LocalTransport:
+    def __init__(self, broker: Broker, *, owns_broker: bool = True) -> None:
+        self.broker = broker
+        self._owns = owns_broker
+        self._session = broker.open_session(VHOST, connection_id=f"local-{id(self):x}")
+        self._events_ready = False
+
+    async def declare_queue(self, name: str, spec: QueueSpec) -> str:
+        args = spec_arguments(name, spec) if name else dict(spec.arguments)
+        queue = self.broker.declare_queue(
+            VHOST, name, durable=spec.durable and not spec.exclusive, exclusive=spec.exclusive,
+            auto_delete=spec.exclusive, arguments=args,
+            connection_id=self._session.connection_id,
+        )
+        if spec.dead_letters and name:
+            self.broker.declare_queue(VHOST, f"{name}.dead", durable=spec.durable)
+        return queue.name
+
+    async def queue_exists(self, name: str) -> bool:
+        return self.broker.find_queue(VHOST, name) is not None
+
+    def _declare_events(self) -> None:
+        if not self._events_ready:
+            self.broker.declare_exchange(VHOST, EVENTS_EXCHANGE, "topic", durable=True)
+            self._events_ready = True
+
+    async def bind_events(self, queue: str, pattern: str) -> None:
+        self._declare_events()
+        self.broker.bind(VHOST, EVENTS_EXCHANGE, queue, pattern)
+
+    async def send(self, queue: str, messages: Sequence[Message],
+                   delay_ms: int | None = None) -> None:
+        publish = self.broker.publish
+        for message in messages:
+            message.routing_key = queue
+            result = publish(VHOST, "", message, delay_ms=delay_ms)
+            if result.refused:
+                raise PreconditionFailedError(
+                    f"queue '{queue}' in vhost '{VHOST}' refused a message: it is full "
+                    f"(x-overflow reject-publish)"
+                )
+            if not result.routed:
+                raise NotFoundError(f"no queue '{queue}' in vhost '{VHOST}'")
+        await self.broker.sync()
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+        self._declare_events()
+        publish = self.broker.publish
+        for message in messages:
+            message.routing_key = topic
+            publish(VHOST, EVENTS_EXCHANGE, message)
+        await self.broker.sync()
+
+    @staticmethod
+    def _incoming(delivery: Delivery, session: Any) -> Incoming:
+        return Incoming(delivery.message, delivery.queue, (session, delivery.delivery_tag),
+                        delivery.redelivered, delivery.delivery_count)
+
+    async def get(self, queue: str) -> Incoming | None:
+        delivery = self.broker.get(self._session, queue)
+        return None if delivery is None else self._incoming(delivery, self._session)
+
+    async def consume(self, queue: str, prefetch: int,
+                      on_message: Callable[[Incoming], None]) -> _LocalSubscription:
+        session = self._session
+        incoming = self._incoming
+
+        def deliver(delivery: Delivery) -> None:
+            on_message(incoming(delivery, session))
+
+        consumer = self.broker.consume(session, queue, deliver, prefetch_count=prefetch)
+        return _LocalSubscription(self, consumer)
+
+    async def ack(self, tokens: Sequence[Any]) -> None:
+        for session, tag in tokens:
+            session.ack(tag)
+
+    async def nack(self, token: Any, requeue: bool, delay_ms: int | None = None) -> None:
+        session, tag = token
+        session.nack(tag, requeue=requeue, delay_ms=delay_ms)
+
+    async def extend(self, token: Any) -> None:
+        session, tag = token
+        session.extend(tag)
+
+    async def browse(self, queue: str, limit: int) -> list[Message]:
+        return [e.record.message for e in self.broker.get_queue(VHOST, queue).browse(limit)]
+
+    async def take(self, queue: str, message_id: str) -> Message | None:
+        q = self.broker.get_queue(VHOST, queue)
+        for entry in q.browse(q.ready_count):
+            if entry.record.message.message_id == message_id:
+                removed = q.remove_ready(entry.seq)
+                if removed is not None:
+                    return removed.record.message
+        for seq, record in self.broker.delayed.entries():
+            target = record.target
+            if target.get("queue") == queue and record.message.message_id == message_id:
+                self.broker.cancel_delayed(seq)
+                return record.message
+        return None
+
+    async def purge(self, queue: str) -> int:
+        return self.broker.purge_queue(VHOST, queue)
+
+    async def statistics(self) -> Any:
+        return self.broker.statistics()
+
+    async def close(self) -> None:
+        self._session.close()
+        self.broker.close_connection(self._session.connection_id)
+        if self._owns:
+            await self.broker.sync()
+            self.broker.close()

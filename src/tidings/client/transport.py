@@ -1,0 +1,99 @@
+"""The Transport protocol: the contract every backend of the client meets.
+
+The client speaks producers, consumers, queues and events; a transport turns that into one
+broker's operations. The embedded broker (:mod:`tidings.client.local`) is the first; AMQP,
+NATS JetStream and Redis Streams adapters implement the same protocol and pass the same
+conformance suite (:func:`tidings.testing.check_transport`).
+
+Messages cross this boundary as :class:`tidings.message.Message`; a received one comes with an
+opaque ``token`` that only the transport that made it understands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tidings.message import Message
+
+#: The topic exchange every event is published to.
+EVENTS_EXCHANGE = "tidings.events"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """How the client declares a queue (translated to each broker's arguments)."""
+
+    durable: bool = True
+    #: Failed deliveries allowed before a message is dead-lettered (None: unlimited).
+    delivery_limit: int | None = 10
+    #: Keep a ``<name>.dead`` queue for dead letters.
+    dead_letters: bool = True
+    max_length: int | None = None
+    max_priority: int | None = None
+    message_ttl_ms: int | None = None
+    consumer_timeout_ms: int | None = None
+    #: Private subscription queue: deleted when the client goes away.
+    exclusive: bool = False
+    arguments: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(slots=True)
+class Incoming:
+    message: Message
+    queue: str
+    token: Any
+    redelivered: bool
+    #: Failed deliveries before this one.
+    delivery_count: int
+
+
+class Subscription(Protocol):
+    async def cancel(self) -> None: ...
+
+
+class Transport(Protocol):
+    async def declare_queue(self, name: str, spec: QueueSpec) -> str:
+        """Create ``name`` if missing (a blank name gets a server-made one); return the name."""
+        ...
+
+    async def queue_exists(self, name: str) -> bool: ...
+
+    async def bind_events(self, queue: str, pattern: str) -> None:
+        """Route events whose topic matches ``pattern`` to ``queue``."""
+        ...
+
+    async def send(self, queue: str, messages: Sequence[Message],
+                   delay_ms: int | None = None) -> None:
+        """Enqueue; returns once every message is durable. Raises if a queue refused one."""
+        ...
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+        """Publish events; returns once durable."""
+        ...
+
+    async def get(self, queue: str) -> Incoming | None: ...
+
+    async def consume(self, queue: str, prefetch: int,
+                      on_message: Callable[[Incoming], None]) -> Subscription: ...
+
+    async def ack(self, tokens: Sequence[Any]) -> None: ...
+
+    async def nack(self, token: Any, requeue: bool, delay_ms: int | None = None) -> None: ...
+
+    async def extend(self, token: Any) -> None:
+        """Restart the consumer-timeout clock of a delivery (extend its lease)."""
+        ...
+
+    async def browse(self, queue: str, limit: int) -> list[Message]: ...
+
+    async def take(self, queue: str, message_id: str) -> Message | None:
+        """Remove a waiting (ready or delayed) message by id; None when none is waiting."""
+        ...
+
+    async def purge(self, queue: str) -> int: ...
+
+    async def statistics(self) -> Any: ...
+
+    async def close(self) -> None: ...

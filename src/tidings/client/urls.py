@@ -1,0 +1,56 @@
+"""From a URL to a transport: the one place that knows which schemes exist.
+
+A path or ``file:`` URL opens the embedded durable broker on that directory; ``memory://`` the
+embedded non-durable one. Adapters for ``amqp://``, ``nats://`` and ``redis://`` plug in here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from tidings.client.transport import Transport
+from tidings.errors import ConfigError
+
+#: Schemes that later issues add adapters for.
+PLANNED = ("amqp", "amqps", "nats", "redis", "rediss")
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """``(scheme, rest)``: ``('file', directory)``, ``('memory', '')`` or a remote scheme."""
+    if not url:
+        raise ConfigError("empty broker URL: give a directory, 'file:DIR' or 'memory://'")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in ("", "file") or (len(scheme) == 1 and url[1:3] in (":\\", ":/")):
+        path = unquote(parts.path if scheme == "file" else url)
+        if scheme == "file" and parts.netloc:
+            path = unquote(parts.netloc + parts.path)
+        return "file", path
+    if scheme == "memory":
+        return "memory", ""
+    return scheme, url
+
+
+async def open_transport(url: str) -> Transport:
+    scheme, rest = parse_url(url)
+    from tidings.client.local import LocalTransport
+    from tidings.routing.broker import Broker
+
+    if scheme == "file":
+        from tidings.storage.sqlite import SqliteStore
+
+        broker = Broker(SqliteStore(Path(rest)))
+    elif scheme == "memory":
+        from tidings.storage.memory import MemoryStore
+
+        broker = Broker(MemoryStore())
+    elif scheme in PLANNED:
+        raise ConfigError(f"the '{scheme}://' transport is not available yet in this version")
+    else:
+        raise ConfigError(
+            f"unknown broker URL scheme '{scheme}' in '{url}': use a directory, 'file:DIR' "
+            f"or 'memory://'"
+        )
+    broker.start()
+    return LocalTransport(broker)
