@@ -92,6 +92,8 @@ class SqliteStore:
         self._handed: list[tuple[list[Op], dict[str, int], asyncio.Future[None] | None]] = []
         self._closing = False
         self._closed = False
+        #: Transactions committed so far (group commit makes this far below the writes).
+        self.commits = 0
         self._thread = threading.Thread(target=self._run_writer, name="tidings-writer", daemon=True)
         self._thread.start()
 
@@ -194,6 +196,7 @@ class SqliteStore:
             if marks:
                 conn.executemany(_SQL["mark"], marks.items())
         conn.execute("COMMIT")
+        self.commits += 1
 
     @staticmethod
     def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:

@@ -1,0 +1,65 @@
+"""Shared fixtures: a fake clock, both stores, and a broker built on them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tidings.routing.broker import Broker
+from tidings.storage import MemoryStore, SqliteStore, Store
+from tidings.testing import FakeClock
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def _opener(kind: str, tmp_path: Path) -> Callable[[Store | None], Store]:
+    def open_store(previous: Store | None) -> Store:
+        if kind == "memory":
+            return MemoryStore() if previous is None else previous.reopen()  # type: ignore[attr-defined]
+        if previous is not None:
+            previous.close()
+        return SqliteStore(tmp_path / "data")
+
+    return open_store
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[Store | None], Store]:
+    return _opener(request.param, tmp_path)
+
+
+class BrokerFactory:
+    """Builds a broker on a store and can 'restart' it on the same store."""
+
+    def __init__(self, open_store: Callable[[Store | None], Store], clock: FakeClock) -> None:
+        self.open_store, self.clock = open_store, clock
+        self.store: Store | None = None
+        self.broker: Broker | None = None
+
+    def start(self, **options: object) -> Broker:
+        self.store = self.open_store(None)
+        self.broker = Broker(self.store, self.clock, **options)  # type: ignore[arg-type]
+        self.broker.start()
+        return self.broker
+
+    async def restart(self, **options: object) -> Broker:
+        """Stop without a clean session close (like a crash after the last commit)."""
+        assert self.broker is not None and self.store is not None
+        await self.broker.sync()
+        self.store = self.open_store(self.store)
+        self.broker = Broker(self.store, self.clock, **options)  # type: ignore[arg-type]
+        self.broker.start()
+        return self.broker
+
+
+@pytest.fixture
+def brokers(open_store: Callable[[Store | None], Store], clock: FakeClock) -> Iterator[BrokerFactory]:
+    factory = BrokerFactory(open_store, clock)
+    yield factory
+    if factory.store is not None:
+        factory.store.close()

@@ -1,0 +1,353 @@
+"""Queue semantics on a fake clock: acks, requeue order, TTL, dead letters, priorities,
+delays, delivery limits, overflow, consumers, timeouts and paging."""
+
+from __future__ import annotations
+
+import pytest
+
+from tidings.errors import (
+    AccessRefusedError,
+    InvalidArgumentError,
+    PreconditionFailedError,
+    ResourceLockedError,
+)
+from tidings.message import Message
+from tidings.routing.broker import Broker
+from tidings.routing.session import Delivery
+from tidings.storage import MemoryStore
+from tidings.testing import FakeClock
+
+from .helpers import bodies, drain, pub
+
+
+@pytest.fixture
+def broker(clock: FakeClock) -> Broker:
+    b = Broker(MemoryStore(), clock)
+    b.start()
+    return b
+
+
+def consume(broker: Broker, queue: str, prefetch: int = 0, session=None):  # type: ignore[no-untyped-def]
+    session = session or broker.open_session()
+    got: list[Delivery] = []
+    consumer = broker.consume(session, queue, got.append, prefetch_count=prefetch)
+    return session, got, consumer
+
+
+async def test_requeued_message_goes_back_to_its_place_marked_redelivered(broker: Broker) -> None:
+    broker.declare_queue("/", "q")
+    for body in "abc":
+        pub(broker, "", "q", body)
+    s = broker.open_session()
+    a = broker.get(s, "q")
+    b = broker.get(s, "q")
+    assert a and b and not a.redelivered
+    s.nack(b.delivery_tag, requeue=True)
+    s.reject(a.delivery_tag, requeue=True)
+    again = [broker.get(s, "q") for _ in range(3)]
+    assert [d.message.body for d in again if d] == [b"a", b"b", b"c"]
+    assert [d.redelivered for d in again if d] == [True, True, False]
+    assert [d.delivery_count for d in again if d] == [1, 1, 0]
+
+
+async def test_session_close_requeues_unacked_in_order(broker: Broker) -> None:
+    broker.declare_queue("/", "q")
+    for i in range(5):
+        pub(broker, "", "q", str(i))
+    s, got, _ = consume(broker, "q", prefetch=3)
+    assert bodies(got) == [b"0", b"1", b"2"]
+    s.ack(got[1].delivery_tag)
+    s.close()
+    assert drain(broker, broker.open_session(), "q") == [b"0", b"2", b"3", b"4"]
+
+
+async def test_ack_multiple_and_unknown_tag(broker: Broker) -> None:
+    broker.declare_queue("/", "q")
+    for i in range(4):
+        pub(broker, "", "q", str(i))
+    s, got, _ = consume(broker, "q", prefetch=10)
+    s.ack(got[2].delivery_tag, multiple=True)
+    assert list(s.unacked) == [got[3].delivery_tag]
+    with pytest.raises(PreconditionFailedError, match="unknown delivery tag 1"):
+        s.ack(1)
+    stats = broker.statistics().queue("q")
+    assert stats.unacked == 1 and stats.counts["acked"] == 3
+
+
+async def test_prefetch_bounds_outstanding_and_dispatch_is_round_robin(broker: Broker) -> None:
+    broker.declare_queue("/", "q")
+    s1, got1, _ = consume(broker, "q", prefetch=2)
+    s2, got2, _ = consume(broker, "q", prefetch=2)
+    for i in range(6):
+        pub(broker, "", "q", str(i))
+    assert bodies(got1) == [b"0", b"2"] and bodies(got2) == [b"1", b"3"]
+    assert broker.statistics().queue("q").ready == 2
+    s1.ack(got1[0].delivery_tag)
+    assert bodies(got1) == [b"0", b"2", b"4"]
+
+
+async def test_single_active_consumer_gets_everything_until_it_leaves(broker: Broker) -> None:
+    broker.declare_queue("/", "q", arguments={"x-single-active-consumer": True})
+    s1, got1, c1 = consume(broker, "q")
+    _, got2, _ = consume(broker, "q")
+    for i in range(3):
+        pub(broker, "", "q", str(i))
+    assert len(got1) == 3 and got2 == []
+    broker.cancel(s1, c1.tag)
+    s1.close()
+    assert len(got2) == 3
+
+
+async def test_queue_ttl_dead_letters_with_x_death(broker: Broker, clock: FakeClock) -> None:
+    broker.declare_queue("/", "dead")
+    broker.declare_queue("/", "q", arguments={
+        "x-message-ttl": 1000, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead",
+    })
+    pub(broker, "", "q", "old")
+    clock.advance(0.5)
+    pub(broker, "", "q", "new", expiration="100")
+    clock.advance(0.2)  # "new" is not at the head: RabbitMQ expires at the head only
+    assert broker.statistics().queue("q").ready == 2
+    clock.advance(0.4)
+    s = broker.open_session()
+    dead = broker.get(s, "dead")
+    assert dead is not None and dead.message.body == b"old"
+    death = dead.message.headers["x-death"][0]  # type: ignore[index]
+    assert death["reason"] == "expired" and death["queue"] == "q" and death["count"] == 1
+    assert dead.message.headers["x-first-death-reason"] == "expired"  # type: ignore[index]
+    nxt = broker.get(s, "dead")
+    assert nxt is not None and nxt.message.body == b"new"
+    assert nxt.message.expiration is None
+    assert nxt.message.headers["x-death"][0]["original-expiration"] == "100"  # type: ignore[index]
+    assert broker.statistics().queue("q").counts["expired"] == 2
+
+
+async def test_reject_dead_letters_and_counts_deaths(broker: Broker) -> None:
+    broker.declare_exchange("/", "dlx", "fanout")
+    broker.declare_queue("/", "dead")
+    broker.bind("/", "dlx", "dead")
+    broker.declare_queue("/", "work", arguments={"x-dead-letter-exchange": "dlx"})
+    pub(broker, "", "work", "job")
+    s = broker.open_session()
+    for _ in range(2):
+        d = broker.get(s, "work")
+        assert d is not None
+        s.reject(d.delivery_tag, requeue=False)
+        back = broker.get(s, "dead")
+        assert back is not None
+        s.ack(back.delivery_tag)
+        broker.publish("/", "", Message(back.message.body, "work", headers=back.message.headers))
+    d = broker.get(s, "work")
+    assert d is not None
+    assert d.message.headers["x-death"][0]["count"] == 2  # type: ignore[index]
+
+
+async def test_delivery_limit_dead_letters_poison_message(broker: Broker) -> None:
+    broker.declare_queue("/", "q.dead")
+    broker.declare_queue("/", "q", arguments={
+        "x-delivery-limit": 2, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "q.dead",
+    })
+    pub(broker, "", "q", "poison")
+    s = broker.open_session()
+    deliveries = 0
+    while (d := broker.get(s, "q")) is not None:
+        deliveries += 1
+        s.nack(d.delivery_tag, requeue=True)
+    assert deliveries == 3  # the first delivery plus two allowed failures
+    dead = broker.get(s, "q.dead")
+    assert dead is not None
+    assert dead.message.headers["x-death"][0]["reason"] == "delivery_limit"  # type: ignore[index]
+
+
+async def test_priorities_deliver_highest_first_fifo_within(broker: Broker) -> None:
+    broker.declare_queue("/", "p", arguments={"x-max-priority": 5})
+    for body, priority in [("l1", 1), ("h1", 9), ("m1", 3), ("h2", 5), ("n", None), ("m2", 3)]:
+        pub(broker, "", "p", body, priority=priority)
+    assert drain(broker, broker.open_session(), "p") == [b"h1", b"h2", b"m1", b"m2", b"l1", b"n"]
+
+
+async def test_delayed_exchange_delivers_when_due_in_due_order(
+    broker: Broker, clock: FakeClock
+) -> None:
+    broker.declare_queue("/", "q")
+    broker.declare_exchange("/", "later", "x-delayed-message",
+                            arguments={"x-delayed-type": "direct"})
+    broker.bind("/", "later", "q", "k")
+    pub(broker, "later", "k", "b", headers={"x-delay": 2000})
+    pub(broker, "later", "k", "a", headers={"x-delay": 1000})
+    pub(broker, "later", "k", "now")
+    s = broker.open_session()
+    assert drain(broker, s, "q") == [b"now"]
+    clock.advance(0.999)
+    assert drain(broker, s, "q") == []
+    clock.advance(0.002)
+    assert drain(broker, s, "q") == [b"a"]
+    clock.advance(1.0)
+    assert drain(broker, s, "q") == [b"b"]
+    clock.advance(10)
+    assert drain(broker, s, "q") == []
+
+
+async def test_nack_with_delay_requeues_later(broker: Broker, clock: FakeClock) -> None:
+    broker.declare_queue("/", "q")
+    pub(broker, "", "q", "retry me")
+    s = broker.open_session()
+    d = broker.get(s, "q")
+    assert d is not None
+    s.nack(d.delivery_tag, requeue=True, delay_ms=500)
+    assert broker.get(s, "q") is None
+    assert broker.statistics().queue("q").delayed == 1
+    clock.advance(0.5)
+    again = broker.get(s, "q")
+    assert again is not None and again.redelivered and again.delivery_count == 1
+
+
+@pytest.mark.parametrize(("overflow", "kept", "refused", "dead"), [
+    ("drop-head", [b"2", b"3"], False, [b"1"]),
+    ("reject-publish", [b"1", b"2"], True, []),
+    ("reject-publish-dlx", [b"1", b"2"], True, [b"3"]),
+])
+async def test_max_length_overflow_modes(
+    broker: Broker, overflow: str, kept: list[bytes], refused: bool, dead: list[bytes]
+) -> None:
+    broker.declare_queue("/", "dead")
+    broker.declare_queue("/", "q", arguments={
+        "x-max-length": 2, "x-overflow": overflow,
+        "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead",
+    })
+    results = [pub(broker, "", "q", str(i)) for i in (1, 2, 3)]
+    assert [r.refused for r in results] == [False, False, refused]
+    s = broker.open_session()
+    assert drain(broker, s, "q") == kept
+    assert drain(broker, s, "dead") == dead
+
+
+async def test_max_length_bytes(broker: Broker) -> None:
+    broker.declare_queue("/", "q", arguments={"x-max-length-bytes": 10})
+    for body in ("aaaa", "bbbb", "cccc"):
+        pub(broker, "", "q", body)
+    assert drain(broker, broker.open_session(), "q") == [b"bbbb", b"cccc"]
+
+
+async def test_bad_queue_arguments_are_refused_naming_the_argument(broker: Broker) -> None:
+    with pytest.raises(InvalidArgumentError, match="invalid arg 'x-max-length' for queue 'q'"):
+        broker.declare_queue("/", "q", arguments={"x-max-length": -1})
+    with pytest.raises(InvalidArgumentError, match="x-overflow"):
+        broker.declare_queue("/", "q", arguments={"x-overflow": "explode"})
+    broker.declare_queue("/", "q", arguments={"x-max-length": 5})
+    with pytest.raises(PreconditionFailedError, match="inequivalent arg 'x-max-length'"):
+        broker.declare_queue("/", "q", arguments={"x-max-length": 6})
+    with pytest.raises(PreconditionFailedError, match="quorum"):
+        broker.declare_queue("/", "qq", durable=False, arguments={"x-queue-type": "quorum"})
+
+
+async def test_exclusive_auto_delete_and_server_named_queues(broker: Broker) -> None:
+    q = broker.declare_queue("/", "", exclusive=True, connection_id="c1")
+    assert q.name.startswith("amq.gen-")
+    other = broker.open_session(connection_id="c2")
+    with pytest.raises(ResourceLockedError, match="exclusive access to locked queue"):
+        broker.get(other, q.name)
+    broker.close_connection("c1")
+    assert broker.find_queue("/", q.name) is None
+    broker.declare_queue("/", "ad", auto_delete=True)
+    s, _, c = consume(broker, "ad")
+    broker.cancel(s, c.tag)
+    assert broker.find_queue("/", "ad") is None
+
+
+async def test_exclusive_consumer_refuses_others(broker: Broker) -> None:
+    broker.declare_queue("/", "q")
+    s = broker.open_session()
+    broker.consume(s, "q", lambda d: None, exclusive=True)
+    with pytest.raises(AccessRefusedError, match="in exclusive use"):
+        broker.consume(broker.open_session(), "q", lambda d: None)
+
+
+async def test_queue_expires_when_unused(broker: Broker, clock: FakeClock) -> None:
+    broker.declare_queue("/", "tmp", arguments={"x-expires": 2000})
+    clock.advance(1.5)
+    assert broker.find_queue("/", "tmp") is not None
+    clock.advance(1.0)
+    assert broker.find_queue("/", "tmp") is None
+
+
+async def test_consumer_timeout_closes_session_and_requeues(
+    broker: Broker, clock: FakeClock
+) -> None:
+    broker.declare_queue("/", "slow", arguments={"x-consumer-timeout": 5000})
+    pub(broker, "", "slow", "job")
+    s, got, _ = consume(broker, "slow", prefetch=1)
+    errors: list[Exception] = []
+    s.on_error = errors.append
+    clock.advance(3)
+    s.extend(got[0].delivery_tag)  # the lease is extended: the clock restarts
+    clock.advance(4)
+    assert not errors
+    clock.advance(2)
+    assert errors and "slow" in str(errors[0]) and "5000 ms" in str(errors[0])
+    again = broker.get(broker.open_session(), "slow")
+    assert again is not None and again.redelivered
+
+
+async def test_deleting_a_queue_cancels_its_consumers(broker: Broker) -> None:
+    broker.declare_queue("/", "q")
+    s, _, consumer = consume(broker, "q")
+    cancelled: list[str] = []
+    consumer.on_cancel = cancelled.append
+    pub(broker, "", "q", "x")
+    with pytest.raises(PreconditionFailedError, match="in use"):
+        broker.delete_queue("/", "q", if_unused=True)
+    broker.delete_queue("/", "q")
+    assert cancelled == [consumer.tag] and not s.consumers
+
+
+async def test_purge_removes_ready_but_keeps_unacked(broker: Broker) -> None:
+    broker.declare_queue("/", "q")
+    for i in range(3):
+        pub(broker, "", "q", str(i))
+    s = broker.open_session()
+    d = broker.get(s, "q")
+    assert broker.purge_queue("/", "q") == 2
+    assert d is not None
+    s.nack(d.delivery_tag)
+    assert drain(broker, s, "q") == [b"0"]
+
+
+async def test_waiting_and_processing_time_are_measured(broker: Broker, clock: FakeClock) -> None:
+    broker.declare_queue("/", "q")
+    pub(broker, "", "q", "x")
+    clock.advance(0.250)
+    s = broker.open_session()
+    d = broker.get(s, "q")
+    clock.advance(0.100)
+    assert d is not None
+    s.ack(d.delivery_tag)
+    stats = broker.statistics().queue("q")
+    assert stats.waiting_time.count == 1 and stats.processing_time.count == 1
+    assert 250 <= (stats.waiting_time.p50_ms or 0) <= 250 * 1.11
+    assert 100 <= (stats.processing_time.p99_ms or 0) <= 100 * 1.11
+    clock.advance(3)
+    assert broker.statistics().queue("q").counts["delivered"] == 1
+
+
+async def test_backlog_age_is_visible(broker: Broker, clock: FakeClock) -> None:
+    broker.declare_queue("/", "q")
+    pub(broker, "", "q", "x")
+    clock.advance(42)
+    assert broker.statistics().queue("q").oldest_ready_age_s == pytest.approx(42)
+
+
+async def test_paging_keeps_memory_bounded_and_order_exact(clock: FakeClock) -> None:
+    broker = Broker(MemoryStore(), clock, queue_window=10)
+    broker.start()
+    broker.declare_queue("/", "deep")
+    for i in range(100):
+        pub(broker, "", "deep", str(i))
+    queue = broker.get_queue("/", "deep")
+    assert len(queue._ready) <= 10 and queue.ready_count == 100
+    s, got, _ = consume(broker, "deep", prefetch=7)
+    while len(got) < 100:
+        before = len(got)
+        s.ack(got[-1].delivery_tag, multiple=True)
+        assert len(got) > before
+    assert bodies(got) == [str(i).encode() for i in range(100)]

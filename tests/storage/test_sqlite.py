@@ -1,0 +1,72 @@
+"""SQLite-only behaviour: the directory lock, group commit, what a second process sees."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tidings.errors import ResourceLockedError
+from tidings.storage import SqliteStore
+
+HOLD = """
+import sys, time
+from tidings.storage import SqliteStore
+store = SqliteStore(sys.argv[1])
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_sqlite_store_refuses_second_process_naming_directory_and_holder(tmp_path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        with pytest.raises(ResourceLockedError) as info:
+            SqliteStore(tmp_path)
+        assert str(tmp_path) in str(info.value)
+        assert str(holder.pid) in str(info.value)
+        assert "database is locked" not in str(info.value)
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+    SqliteStore(tmp_path).close()  # the kernel released the lock of the killed holder
+
+
+def test_sqlite_store_second_open_in_same_process_is_refused(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path)
+    with pytest.raises(ResourceLockedError):
+        SqliteStore(tmp_path)
+    store.close()
+
+
+async def test_sqlite_store_group_commits_concurrent_writers(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path)
+
+    async def writer(seq: int) -> None:
+        store.append("q", seq, b"x" * 256)
+        await store.sync()
+
+    await asyncio.gather(*(writer(seq) for seq in range(1, 2001)))
+    assert store.count("q") == 2000
+    assert store.commits < 200, f"{store.commits} commits for 2000 writers: no group commit"
+    store.close()
+
+
+async def test_sqlite_store_sync_fails_when_commit_fails(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path)
+    store.append("q", 1, b"ok")
+    await store.sync()
+    store._writer.execute("CREATE TRIGGER no_more BEFORE INSERT ON messages "
+                          "BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+    store.append("q", 2, b"refused")
+    with pytest.raises(Exception, match="disk says no"):
+        await store.sync()
+    assert store.load("q", -1, 10) == [(1, b"ok")]
+    store.close()
