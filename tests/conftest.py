@@ -58,7 +58,9 @@ class BrokerFactory:
 
 
 @pytest.fixture
-def brokers(open_store: Callable[[Store | None], Store], clock: FakeClock) -> Iterator[BrokerFactory]:
+def brokers(
+    open_store: Callable[[Store | None], Store], clock: FakeClock
+) -> Iterator[BrokerFactory]:
     factory = BrokerFactory(open_store, clock)
     yield factory
     if factory.store is not None:

@@ -77,7 +77,7 @@ async def test_ack_multiple_and_unknown_tag(broker: Broker) -> None:
 async def test_prefetch_bounds_outstanding_and_dispatch_is_round_robin(broker: Broker) -> None:
     broker.declare_queue("/", "q")
     s1, got1, _ = consume(broker, "q", prefetch=2)
-    s2, got2, _ = consume(broker, "q", prefetch=2)
+    _, got2, _ = consume(broker, "q", prefetch=2)
     for i in range(6):
         pub(broker, "", "q", str(i))
     assert bodies(got1) == [b"0", b"2"] and bodies(got2) == [b"1", b"3"]
