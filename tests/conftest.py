@@ -51,6 +51,7 @@ class BrokerFactory:
         """Stop without a clean session close (like a crash after the last commit)."""
         assert self.broker is not None and self.store is not None
         await self.broker.sync()
+        self.broker.stop_timers()
         self.store = self.open_store(self.store)
         self.broker = Broker(self.store, self.clock, **options)  # type: ignore[arg-type]
         self.broker.start()

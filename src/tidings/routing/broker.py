@@ -117,13 +117,20 @@ class Broker:
         self.closed = True
         for session in list(self.sessions):
             session.close()
+        self.stop_timers()
+        self.store.close()
+
+    def stop_timers(self) -> None:
+        """Cancel every timer (close does this; tests use it to play a crashed process)."""
         for _, timer in self._expiry_timers.values():
             timer.cancel()
+        self._expiry_timers.clear()
         if self._delay_timer:
             self._delay_timer[1].cancel()
+            self._delay_timer = None
         if self._tick_timer:
             self._tick_timer.cancel()
-        self.store.close()
+            self._tick_timer = None
 
     def get_vhost(self, vhost: str) -> VHost:
         found = self.vhosts.get(vhost)

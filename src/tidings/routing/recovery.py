@@ -3,8 +3,10 @@
 Order: vhosts, exchanges, queues, bindings, then messages. Rows of queues that are no longer
 durable definitions are dropped. Each durable queue gets its first window of messages in seq
 order; the rest stay paged out. Messages at or below the queue's delivered mark may have been
-delivered before the crash: they come back marked redelivered with one more delivery counted
-(AMQP allows a false "redelivered"; it never allows a silent duplicate).
+delivered before the crash: they come back marked redelivered (AMQP allows a false
+"redelivered"; it never allows a silent duplicate), with at least one failed delivery counted.
+A requeue rewrites the record with its count, so counts are exact except for a delivery in
+flight at the moment of a crash, which may go uncounted once.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def _recover_messages(broker: Broker) -> None:
             entry = Entry(seq, decode_record(data), True)
             if seq <= mark:
                 entry.redelivered = True
-                entry.record.delivery_count += 1
+                entry.record.delivery_count = max(entry.record.delivery_count, 1)
             entries.append(entry)
         size = sum(e.size for e in entries)
         paged = total - len(entries)

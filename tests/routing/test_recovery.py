@@ -1,0 +1,101 @@
+"""What survives a restart, over both stores: definitions, persistent messages, unacked
+messages (back in order, redelivered), delays; and what does not: acked and transient ones."""
+
+from __future__ import annotations
+
+from tidings.message import Message
+from tidings.testing import FakeClock
+
+from ..conftest import BrokerFactory
+from .helpers import drain, pub
+
+
+async def test_durable_definitions_survive_and_transient_ones_do_not(
+    brokers: BrokerFactory,
+) -> None:
+    b = brokers.start()
+    b.declare_exchange("/", "orders", "topic")
+    b.declare_exchange("/", "scratch", "fanout", durable=False)
+    b.declare_queue("/", "billing", arguments={"x-max-length": 100})
+    b.declare_queue("/", "temp", durable=False)
+    b.bind("/", "orders", "billing", "orders.#")
+    b.bind("/", "orders", "temp", "orders.#")
+    b.declare_vhost("tenant")
+    b.declare_queue("tenant", "q")
+    b = await brokers.restart()
+    assert b.get_exchange("/", "orders").kind == "topic"
+    assert b.find_queue("/", "temp") is None
+    assert "scratch" not in b.vhosts["/"].exchanges
+    assert b.get_queue("/", "billing").options.max_length == 100
+    assert b.find_queue("tenant", "q") is not None
+    assert pub(b, "orders", "orders.created", "x").routed == 1
+
+
+async def test_persistent_messages_survive_transient_do_not(brokers: BrokerFactory) -> None:
+    b = brokers.start()
+    b.declare_queue("/", "q")
+    b.declare_queue("/", "t", durable=False)
+    pub(b, "", "q", "keep")
+    b.publish("/", "", Message(b"lose", "q", persistent=False))
+    pub(b, "", "t", "lose too")
+    b = await brokers.restart()
+    assert drain(b, b.open_session(), "q") == [b"keep"]
+
+
+async def test_unacked_come_back_redelivered_in_order_acked_do_not(
+    brokers: BrokerFactory,
+) -> None:
+    b = brokers.start()
+    b.declare_queue("/", "q")
+    for i in range(6):
+        pub(b, "", "q", str(i))
+    s = b.open_session()
+    got = [b.get(s, "q") for _ in range(4)]
+    s.ack(got[1].delivery_tag)  # type: ignore[union-attr]
+    s.ack(got[3].delivery_tag)  # type: ignore[union-attr]
+    b = await brokers.restart()
+    s = b.open_session()
+    after = []
+    while (d := b.get(s, "q")) is not None:
+        after.append((d.message.body, d.redelivered))
+    assert after == [(b"0", True), (b"2", True), (b"4", False), (b"5", False)]
+
+
+async def test_delivery_count_survives_restart(brokers: BrokerFactory) -> None:
+    b = brokers.start()
+    b.declare_queue("/", "q")
+    pub(b, "", "q", "x")
+    s = b.open_session()
+    for _ in range(2):
+        d = b.get(s, "q")
+        s.nack(d.delivery_tag)  # type: ignore[union-attr]
+    b = await brokers.restart()
+    d = b.get(b.open_session(), "q")
+    assert d is not None and d.delivery_count == 2 and d.redelivered
+
+
+async def test_delayed_messages_survive_restart_and_fire_once(
+    brokers: BrokerFactory, clock: FakeClock
+) -> None:
+    b = brokers.start()
+    b.declare_queue("/", "q")
+    b.publish("/", "", Message(b"later", "q"), delay_ms=5000)
+    b = await brokers.restart()
+    s = b.open_session()
+    assert drain(b, s, "q") == []
+    assert b.statistics().queue("q").delayed == 1
+    clock.advance(5)
+    assert drain(b, s, "q") == [b"later"]
+    b = await brokers.restart()
+    clock.advance(10)
+    assert drain(b, b.open_session(), "q") == []
+
+
+async def test_paged_out_messages_survive_restart(brokers: BrokerFactory) -> None:
+    b = brokers.start(queue_window=8)
+    b.declare_queue("/", "deep")
+    for i in range(50):
+        pub(b, "", "deep", str(i))
+    b = await brokers.restart(queue_window=8)
+    assert b.statistics().queue("deep").ready == 50
+    assert drain(b, b.open_session(), "deep") == [str(i).encode() for i in range(50)]
