@@ -92,7 +92,7 @@ class BlockingClient:
         try:
             while True:
                 try:
-                    message = self._call(asyncio.wait_for(anext(iterator), timeout_s))
+                    message = self._call(asyncio.wait_for(iterator.__anext__(), timeout_s))
                 except TimeoutError:
                     return
                 yield BlockingMessage(self, message)

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,6 +150,49 @@ class ReceivedMessage:
         return f"<ReceivedMessage id={self.id!r} topic={self.topic!r} bytes={len(self.body)}>"
 
 
+class Receiver:
+    """An open consumer on one queue: an async iterator and an async context manager."""
+
+    def __init__(self, client: Client, queue: str, prefetch: int) -> None:
+        self._client, self.queue, self.prefetch = client, queue, prefetch
+        self._buffer: asyncio.Queue[Incoming] = asyncio.Queue()
+        self._subscription: Subscription | None = None
+        self._closed = False
+
+    async def _start(self) -> None:
+        if self._subscription is None and not self._closed:
+            await self._client._ensure_queue(self.queue)
+            self._subscription = await self._client.transport.consume(
+                self.queue, self.prefetch, self._buffer.put_nowait)
+
+    def __aiter__(self) -> Receiver:
+        return self
+
+    async def __anext__(self) -> ReceivedMessage:
+        await self._start()
+        if self._closed:
+            raise StopAsyncIteration
+        return ReceivedMessage(self._client, await self._buffer.get())
+
+    async def __aenter__(self) -> Receiver:
+        await self._start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop receiving; messages not yet handed out go back to the queue."""
+        if self._closed:
+            return
+        self._closed = True
+        self._client._receivers.discard(self)
+        if self._subscription is not None:
+            await self._subscription.cancel()
+        while not self._buffer.empty():
+            await self._client.transport.nack(self._buffer.get_nowait().token, True)
+
+
 @dataclass
 class _Subscriber:
     pattern: str
@@ -176,6 +219,7 @@ class Client:
         self._middleware: list[Middleware] = []
         self._subscriptions: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._receivers: set[Receiver] = set()
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -202,6 +246,8 @@ class Client:
     async def close(self) -> None:
         if self._closed:
             return
+        for receiver in list(self._receivers):
+            await receiver.aclose()
         self._closed = True
         for subscription in self._subscriptions:
             with contextlib.suppress(Exception):
@@ -286,24 +332,19 @@ class Client:
         incoming = await self.transport.get(queue)
         return None if incoming is None else ReceivedMessage(self, incoming)
 
-    async def receive(self, queue: str, *,
-                      prefetch: int = DEFAULT_PREFETCH) -> AsyncIterator[ReceivedMessage]:
+    def receive(self, queue: str, *, prefetch: int = DEFAULT_PREFETCH) -> Receiver:
         """Messages of ``queue`` as they come; at most ``prefetch`` unsettled at once.
 
-        Leaving the loop cancels the consumer; messages received but not yet yielded go back.
+        Use ``async with client.receive(q) as messages: async for m in messages: ...`` so that
+        leaving the block stops the consumer at once; messages received but not yet handed to
+        you go back to the queue. (A bare ``async for`` works too; the consumer then stops when
+        the client closes.)
         """
         if prefetch < 1:
             raise InvalidArgumentError(f"prefetch must be >= 1, got {prefetch}")
-        await self._ensure_queue(queue)
-        buffer: asyncio.Queue[Incoming] = asyncio.Queue()
-        subscription = await self.transport.consume(queue, prefetch, buffer.put_nowait)
-        try:
-            while True:
-                yield ReceivedMessage(self, await buffer.get())
-        finally:
-            await subscription.cancel()
-            while not buffer.empty():
-                await self.transport.nack(buffer.get_nowait().token, True)
+        receiver = Receiver(self, queue, prefetch)
+        self._receivers.add(receiver)
+        return receiver
 
     async def ack(self, messages: Sequence[ReceivedMessage]) -> None:
         """Batch form of ``message.ack()``."""
