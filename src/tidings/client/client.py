@@ -357,6 +357,10 @@ class Client:
     async def purge(self, queue: str) -> int:
         return await self.transport.purge(queue)
 
+    async def sync(self) -> None:
+        """Wait until everything done so far is durable, acks included (sends already are)."""
+        await self.transport.sync()
+
     async def statistics(self) -> Any:
         """Broker statistics (a frozen record; see :mod:`tidings.routing.stats`)."""
         return await self.transport.statistics()

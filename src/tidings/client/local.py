@@ -148,6 +148,9 @@ class LocalTransport:
     async def purge(self, queue: str) -> int:
         return self.broker.purge_queue(VHOST, queue)
 
+    async def sync(self) -> None:
+        await self.broker.sync()
+
     async def statistics(self) -> Any:
         return self.broker.statistics()
 
