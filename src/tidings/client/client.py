@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import time
@@ -220,6 +221,9 @@ class Client:
         self._subscriptions: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._receivers: set[Receiver] = set()
+        #: Message ids: a random per-client prefix and a counter (unique, and cheap to make).
+        self._id_prefix = uuid.uuid4().hex[:16]
+        self._ids = itertools.count(1)
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -297,7 +301,8 @@ class Client:
             data, headers=dict(headers) if headers else None, persistent=persistent,
             content_type=ctype, priority=priority,
             expiration=None if ttl_ms is None else str(int(ttl_ms)),
-            message_id=message_id or uuid.uuid4().hex, timestamp=int(time.time()),
+            message_id=message_id or f"{self._id_prefix}-{next(self._ids):x}",
+            timestamp=int(time.time()),
             correlation_id=correlation_id, reply_to=reply_to,
         )
 

@@ -117,8 +117,15 @@ class LocalTransport:
         return _LocalSubscription(self, consumer)
 
     async def ack(self, tokens: Sequence[Any]) -> None:
-        for session, tag in tokens:
+        if len(tokens) == 1:
+            session, tag = tokens[0]
             session.ack(tag)
+            return
+        by_session: dict[int, tuple[Any, list[int]]] = {}
+        for session, tag in tokens:
+            by_session.setdefault(id(session), (session, []))[1].append(tag)
+        for session, tags in by_session.values():
+            session.ack_many(tags)
 
     async def nack(self, token: Any, requeue: bool, delay_ms: int | None = None) -> None:
         session, tag = token

@@ -44,7 +44,7 @@ async def open_transport(url: str) -> Transport:
     elif scheme == "memory":
         from tidings.storage.memory import MemoryStore
 
-        broker = Broker(MemoryStore())
+        broker = Broker(MemoryStore(keeps_messages=False))
     elif scheme in PLANNED:
         raise ConfigError(f"the '{scheme}://' transport is not available yet in this version")
     else:

@@ -469,7 +469,8 @@ class Broker:
     def delay(self, record: Record, target: dict[str, str], due_at: float) -> None:
         record.due_at, record.target = due_at, target
         seq = self.next_seq()
-        self.store.append(DELAYED_KEY, seq, encode_record(record))
+        if self.store.keeps_messages:
+            self.store.append(DELAYED_KEY, seq, encode_record(record))
         self.delayed.add(seq, record)
         self._arm_delay_timer()
 

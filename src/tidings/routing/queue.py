@@ -67,7 +67,10 @@ class Queue:
         self.arguments = arguments or {}
         self.store_key = f"{vhost}\x1f{name}"
         self._store, self._dead_letter, self._now = store, dead_letter, now
-        self.window = window if options.max_priority is None else 1 << 62
+        self._keep = store.keeps_messages
+        # Priority queues do not page (see above); a store that keeps no messages cannot.
+        pages = options.max_priority is None and self._keep
+        self.window = window if pages else 1 << 62
         self._ready: list[tuple[int, int, Entry]] = []
         self.ready_bytes = 0
         self.paged_out = 0
@@ -132,7 +135,7 @@ class Queue:
 
     def enqueue(self, seq: int, record: Record) -> None:
         """Add a message (overflow already checked by :meth:`make_room`)."""
-        persistent = self.durable and record.message.persistent
+        persistent = self.durable and record.message.persistent and self._keep
         entry = Entry(seq, record, persistent)
         entry.redelivered = record.delivery_count > 0
         self.counters.published += 1

@@ -159,6 +159,17 @@ class Session:
             queue.ack(entry)
         self._release(settled)
 
+    def ack_many(self, delivery_tags: list[int]) -> None:
+        """Ack several deliveries at once (one dispatch pass instead of one per tag)."""
+        settled = []
+        for tag in delivery_tags:
+            found = self.unacked.pop(tag, None)
+            if found is None:
+                raise PreconditionFailedError(f"unknown delivery tag {tag}")
+            found[0].ack(found[1])
+            settled.append(found)
+        self._release(settled)
+
     def nack(self, delivery_tag: int, multiple: bool = False, requeue: bool = True,
              delay_ms: int | None = None) -> None:
         settled = self._settle(delivery_tag, multiple)

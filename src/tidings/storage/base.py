@@ -26,6 +26,9 @@ TRANSIENT = 1
 class Store(Protocol):
     #: True when records survive the process (SQLite); False for the memory store.
     durable: bool
+    #: False when the broker should not write messages at all (``memory://``: records in RAM
+    #: would only duplicate the queue). Definitions are written either way.
+    keeps_messages: bool
 
     def append(self, queue: str, seq: int, data: bytes, flags: int = 0) -> None:
         """Add a record to ``queue``."""

@@ -1,8 +1,9 @@
 """MemoryStore: the reference implementation of :class:`~tidings.storage.base.Store`.
 
-Everything lives in dicts; writes apply at once and :meth:`sync` is always done. It is the fast
-non-durable mode (``memory://``) and the fake that makes restart tests exact: a broker reopened
-on the same MemoryStore object recovers exactly as one reopened on the same SQLite file.
+Everything lives in dicts; writes apply at once and :meth:`sync` is always done. It is the fake
+that makes restart tests exact (a broker reopened on the same MemoryStore object recovers exactly
+as one reopened on the same SQLite file) and, with ``keeps_messages=False``, the fast
+non-durable mode (``memory://``), where the broker writes no messages at all.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from tidings.storage.base import TRANSIENT
 class MemoryStore:
     durable = False
 
-    def __init__(self) -> None:
+    def __init__(self, *, keeps_messages: bool = True) -> None:
+        #: ``memory://`` passes False: nothing survives the process, so nothing is copied here.
+        self.keeps_messages = keeps_messages
         self._queues: dict[str, dict[int, tuple[bytes, int]]] = {}
         self._definitions: dict[str, dict[str, bytes]] = {}
         self._marks: dict[str, int] = {}

@@ -70,6 +70,7 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 class SqliteStore:
     durable = True
+    keeps_messages = True
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
