@@ -17,6 +17,7 @@ import datetime
 import decimal
 import json
 import marshal
+import operator
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,16 +109,18 @@ def _untag(value: Any) -> Any:
 
 
 _JSON, _MARSHAL = b"\x00", b"\x01"
+_get_properties = operator.attrgetter(*_PROPERTY_FIELDS)
+_NO_PROPERTIES = (None,) * len(_PROPERTY_FIELDS)
 
 
 def encode_record(record: Record) -> bytes:
     """Bytes form of a record, for the store."""
     m = record.message
-    props = tuple(getattr(m, name) for name in _PROPERTY_FIELDS)
+    props = _get_properties(m)
     try:
         return _MARSHAL + marshal.dumps((
             m.body, m.routing_key, m.exchange, m.persistent, m.headers,
-            props if any(p is not None for p in props) else None,
+            None if props == _NO_PROPERTIES else props,
             record.enqueued_at, record.delivery_count, record.expires_at, record.due_at,
             record.target or None,
         ))

@@ -56,6 +56,10 @@ class PublishResult:
     returned: bool = False
 
 
+#: Shared results for the common case (routed to a few queues, nothing refused).
+_ROUTED = [PublishResult(n) for n in range(16)]
+
+
 class VHost:
     def __init__(self, name: str) -> None:
         self.name = name
@@ -401,7 +405,9 @@ class Broker:
         refused = False
         for queue in queues:
             refused |= not self._enqueue(queue, Record(message, now), now)
-        return PublishResult(len(queues), refused=refused)
+        if refused:
+            return PublishResult(len(queues), refused=True)
+        return _ROUTED[len(queues)] if len(queues) < len(_ROUTED) else PublishResult(len(queues))
 
     def route(self, vhost: str, ex: Exchange, message: Message) -> list[Queue]:
         """The queues ``message`` goes to, following e2e bindings and alternate exchanges."""
@@ -431,19 +437,22 @@ class Broker:
 
     def _enqueue(self, queue: Queue, record: Record, now: float) -> bool:
         """Put a record in a queue honouring TTL and overflow; False when refused."""
-        message = record.message
-        ttls = [t for t in (queue.options.message_ttl_ms, message_ttl_ms(message.expiration))
-                if t is not None]
-        record.expires_at = now + min(ttls) / 1000.0 if ttls else None
-        overflow = queue.make_room(len(message.body))
-        if overflow in ("reject-publish", "reject-publish-dlx"):
-            if overflow == "reject-publish-dlx":
+        options, expiration = queue.options, record.message.expiration
+        if options.message_ttl_ms is not None or expiration is not None:
+            ttls = [t for t in (options.message_ttl_ms, message_ttl_ms(expiration))
+                    if t is not None]
+            record.expires_at = now + min(ttls) / 1000.0
+        if options.max_length is not None or options.max_length_bytes is not None:
+            overflow = queue.make_room(len(record.message.body))
+            if overflow in ("reject-publish", "reject-publish-dlx"):
+                if overflow == "reject-publish-dlx":
+                    self._dead_letter(queue, Entry(0, record, False), "maxlen")
+                return False
+            if overflow == "drop-head":  # x-max-length 0: the message itself is the head
                 self._dead_letter(queue, Entry(0, record, False), "maxlen")
-            return False
-        if overflow == "drop-head":  # x-max-length 0: the message itself is the head
-            self._dead_letter(queue, Entry(0, record, False), "maxlen")
-            return True
-        queue.enqueue(self.next_seq(), record)
+                return True
+        self._seq += 1
+        queue.enqueue(self._seq, record)
         return True
 
     def _dead_letter(self, queue: Queue, entry: Entry, reason: str) -> None:
