@@ -26,7 +26,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 BODY_256 = b"x" * 256
@@ -328,7 +327,8 @@ def main() -> None:
         if "error" in r:
             print(f"  error: {r['error']}")
         else:
-            print(f"  enqueue {r['enqueue_per_s']:,.0f} msg/s, drain {r['drain_per_s']:,.0f} msg/s, "
+            print(f"  enqueue {r['enqueue_per_s']:,.0f} msg/s, "
+                  f"drain {r['drain_per_s']:,.0f} msg/s, "
                   f"RSS after enqueue {r['rss_after_enqueue_mb']:.0f} MB, "
                   f"peak RSS {r['peak_rss_mb']:.0f} MB")
 

@@ -1,0 +1,89 @@
+"""The ``tidings`` command: the composition root (config → store → broker → what runs).
+
+Until ``tidings serve`` lands this offers inspection of a data directory that no process holds:
+``tidings queues``, ``tidings stats``, ``tidings dead-letters QUEUE [--replay | --purge]``.
+Bad flags give one line and exit code 2; broker errors give one line and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any, NoReturn
+
+import tidings
+from tidings.errors import TidingsError
+
+#: Where the embedded broker keeps its data unless told otherwise.
+DEFAULT_DATA_DIR = "./tidings-data"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tidings", description="A message queue and event bus for Python.")
+    parser.add_argument("--version", action="version", version=f"tidings {tidings.__version__}")
+    parser.add_argument(
+        "--data-dir", default=os.environ.get("TIDINGS_DATA_DIR", DEFAULT_DATA_DIR),
+        help="data directory of the embedded broker (env TIDINGS_DATA_DIR; "
+             f"default {DEFAULT_DATA_DIR})",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands.add_parser("queues", help="list queues with their depth and consumers")
+    stats = commands.add_parser("stats", help="broker statistics as JSON")
+    stats.add_argument("--queue", help="only this queue")
+    dead = commands.add_parser("dead-letters", help="list, replay or purge a queue's dead letters")
+    dead.add_argument("queue")
+    action = dead.add_mutually_exclusive_group()
+    action.add_argument("--replay", action="store_true", help="move them back into the queue")
+    action.add_argument("--purge", action="store_true", help="delete them")
+    return parser
+
+
+async def _run(args: argparse.Namespace) -> int:
+    if not os.path.isdir(args.data_dir):
+        raise tidings.ConfigError(f"no data directory '{args.data_dir}' (see --data-dir)")
+    async with tidings.connect(args.data_dir) as client:
+        if args.command == "queues":
+            stats = await client.statistics()
+            print(f"{'queue':<40}{'ready':>10}{'unacked':>10}{'delayed':>10}{'oldest_s':>10}")
+            for q in stats.queues:
+                age = "" if q.oldest_ready_age_s is None else f"{q.oldest_ready_age_s:.1f}"
+                print(f"{q.name:<40}{q.ready:>10}{q.unacked:>10}{q.delayed:>10}{age:>10}")
+        elif args.command == "stats":
+            stats = await client.statistics()
+            data: Any = asdict(stats.queue(args.queue)) if args.queue else asdict(stats)
+            print(json.dumps(data, indent=2))
+        elif args.command == "dead-letters":
+            if args.replay:
+                print(f"replayed {await client.replay_dead_letters(args.queue)}")
+            elif args.purge:
+                print(f"purged {await client.purge_dead_letters(args.queue)}")
+            else:
+                for m in await client.dead_letters(args.queue, limit=1000):
+                    death = ((m.headers or {}).get("x-death") or [{}])[0]
+                    print(f"{m.message_id}\t{death.get('reason', '?')}\t{m.body[:60]!r}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(_run(args))
+    except KeyError as e:
+        print(f"tidings: error: no queue {e}", file=sys.stderr)
+    except TidingsError as e:
+        print(f"tidings: error: {e}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

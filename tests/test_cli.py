@@ -1,0 +1,49 @@
+"""The tidings command, run as a real process: output, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import tidings
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tidings", *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_bad_flag_is_one_line_and_exit_code_2() -> None:
+    out = run("--no-such-flag", "queues")
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "unrecognized arguments" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_missing_data_dir_is_one_line_and_exit_code_1(tmp_path: Path) -> None:
+    out = run("--data-dir", str(tmp_path / "nope"), "queues")
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"tidings: error: no data directory '{tmp_path / 'nope'}' " \
+                                 "(see --data-dir)"
+
+
+def test_queues_stats_and_dead_letters(tmp_path: Path) -> None:
+    with tidings.connect_blocking(str(tmp_path)) as client:
+        client.send("jobs", {"n": 1})
+        client.send("jobs", {"n": 2})
+        m = client.get("jobs")
+        assert m is not None
+        m.reject()
+    out = run("--data-dir", str(tmp_path), "queues")
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines()[1:]}
+    assert lines["jobs"][:2] == ["1", "0"] and lines["jobs.dead"][:2] == ["1", "0"]
+    out = run("--data-dir", str(tmp_path), "stats", "--queue", "jobs")
+    assert out.returncode == 0 and '"ready": 1' in out.stdout
+    out = run("--data-dir", str(tmp_path), "dead-letters", "jobs")
+    assert "rejected" in out.stdout
+    out = run("--data-dir", str(tmp_path), "dead-letters", "jobs", "--replay")
+    assert out.stdout.strip() == "replayed 1"
+    out = run("--data-dir", str(tmp_path), "stats", "--queue", "nope")
+    assert out.returncode == 1 and out.stderr.strip() == "tidings: error: no queue 'nope'"
