@@ -120,12 +120,14 @@ class LocalTransport:
         if len(tokens) == 1:
             session, tag = tokens[0]
             session.ack(tag)
-            return
-        by_session: dict[int, tuple[Any, list[int]]] = {}
-        for session, tag in tokens:
-            by_session.setdefault(id(session), (session, []))[1].append(tag)
-        for session, tags in by_session.values():
-            session.ack_many(tags)
+        else:
+            by_session: dict[int, tuple[Any, list[int]]] = {}
+            for session, tag in tokens:
+                by_session.setdefault(id(session), (session, []))[1].append(tag)
+            for session, tags in by_session.values():
+                session.ack_many(tags)
+        if self.broker.write_backlog_exceeded():
+            await self.broker.sync()
 
     async def nack(self, token: Any, requeue: bool, delay_ms: int | None = None) -> None:
         session, tag = token

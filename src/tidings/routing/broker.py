@@ -42,6 +42,8 @@ PREDECLARED = {
     "amq.headers": "headers",
     "amq.match": "headers",
 }
+#: Uncommitted writes tolerated before acks and unconfirmed publishes wait for the store.
+MAX_WRITE_BACKLOG = 50_000
 #: Seconds between housekeeping ticks (rates, x-expires, consumer timeouts).
 TICK_S = 1.0
 
@@ -105,6 +107,14 @@ class Broker:
     def sync(self) -> asyncio.Future[None]:
         """A future resolved when everything done so far is durable (publisher confirms)."""
         return self.store.sync()
+
+    def write_backlog_exceeded(self) -> bool:
+        """True when the store lags behind by more than :data:`MAX_WRITE_BACKLOG` writes.
+
+        Faces that settle or publish without waiting for durability (acks, unconfirmed
+        publishes) then await :meth:`sync` before taking more, so memory stays bounded.
+        """
+        return self.store.backlog() > MAX_WRITE_BACKLOG
 
     def start(self) -> None:
         """Start housekeeping timers (call from inside the running event loop)."""

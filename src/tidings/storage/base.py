@@ -58,6 +58,10 @@ class Store(Protocol):
         """A future resolved when every write submitted so far is durable."""
         ...
 
+    def backlog(self) -> int:
+        """Writes submitted but not yet durable; producers of writes wait when it is large."""
+        ...
+
     def load(self, queue: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to ``limit`` records of ``queue`` with seq > ``after_seq``, in seq order."""
         ...

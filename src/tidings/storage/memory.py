@@ -66,6 +66,9 @@ class MemoryStore:
     def delete_definition(self, kind: str, key: str) -> None:
         self._definitions.get(kind, {}).pop(key, None)
 
+    def backlog(self) -> int:
+        return 0
+
     def sync(self) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         future.set_result(None)

@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS marks (queue TEXT PRIMARY KEY, delivered_seq INTEGER 
 _SQL = {
     "append": "INSERT OR REPLACE INTO messages (seq, queue, flags, data) VALUES (?, ?, ?, ?)",
     "replace": "UPDATE messages SET data = ? WHERE seq = ?",
-    "remove": "DELETE FROM messages WHERE seq = ?",
+    "remove": "DELETE FROM messages WHERE seq BETWEEN ? AND ?",
     "remove_after": "DELETE FROM messages WHERE queue = ? AND seq > ?",
     "put_definition": "INSERT OR REPLACE INTO definitions (kind, key, data) VALUES (?, ?, ?)",
     "delete_definition": "DELETE FROM definitions WHERE kind = ? AND key = ?",
@@ -59,12 +59,18 @@ _SQL = {
 Op = tuple[str, tuple[Any, ...]]
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+#: SQLite page cache per connection, KiB: the writer's holds the hot index pages; the reader
+#: only scans forward when paging in.
+WRITER_CACHE_KIB = 65_536
+READER_CACHE_KIB = 8_192
+
+
+def _connect(path: Path, cache_kib: int) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=10000")
-    conn.execute("PRAGMA cache_size=-65536")
+    conn.execute(f"PRAGMA cache_size=-{cache_kib}")
     return conn
 
 
@@ -80,10 +86,10 @@ class SqliteStore:
             raise ConfigError(f"cannot create data directory '{directory}': {e}") from e
         self._lock = DirectoryLock(self.directory)
         path = self.directory / DB_NAME
-        self._writer = _connect(path)
+        self._writer = _connect(path, WRITER_CACHE_KIB)
         self._writer.executescript(SCHEMA)
         self._writer.execute("DELETE FROM messages WHERE flags & ?", (TRANSIENT,))
-        self._reader = _connect(path)
+        self._reader = _connect(path, READER_CACHE_KIB)
         self._pending: list[Op] = []
         self._marks: dict[str, int] = {}
         self._next_future: asyncio.Future[None] | None = None
@@ -95,6 +101,9 @@ class SqliteStore:
         self._closed = False
         #: Transactions committed so far (group commit makes this far below the writes).
         self.commits = 0
+        # Writes submitted (loop thread) and written (writer thread); each has one writer.
+        self._submitted = 0
+        self._written = 0
         self._thread = threading.Thread(target=self._run_writer, name="tidings-writer", daemon=True)
         self._thread.start()
 
@@ -104,6 +113,7 @@ class SqliteStore:
         if self._closed:
             raise ClosedResourceError(f"the store in '{self.directory}' is closed")
         self._pending.append(op)
+        self._submitted += 1
         self._schedule()
 
     def _schedule(self) -> None:
@@ -124,7 +134,7 @@ class SqliteStore:
         self._submit(("replace", (data, seq)))
 
     def remove(self, queue: str, seq: int) -> None:
-        self._submit(("remove", (seq,)))
+        self._submit(("remove", (seq, seq)))
 
     def remove_after(self, queue: str, seq: int) -> None:
         self._submit(("remove_after", (queue, seq)))
@@ -139,6 +149,10 @@ class SqliteStore:
 
     def delete_definition(self, kind: str, key: str) -> None:
         self._submit(("delete_definition", (kind, key)))
+
+    def backlog(self) -> int:
+        """Writes submitted but not yet committed (callers slow down when it grows)."""
+        return self._submitted - self._written
 
     def sync(self) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
@@ -193,11 +207,12 @@ class SqliteStore:
         conn.execute("BEGIN")
         for ops, marks, _ in batch:
             for kind, rows in _runs(ops):
-                conn.executemany(_SQL[kind], rows)
+                conn.executemany(_SQL[kind], _ranges(rows) if kind == "remove" else rows)
             if marks:
                 conn.executemany(_SQL["mark"], marks.items())
         conn.execute("COMMIT")
         self.commits += 1
+        self._written += sum(len(ops) for ops, _, _ in batch)
 
     @staticmethod
     def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
@@ -257,6 +272,23 @@ def _settle(futures: Iterable[asyncio.Future[None]], error: BaseException | None
             f.set_result(None)
         else:
             f.set_exception(error)
+
+
+def _ranges(rows: list[tuple[Any, ...]]) -> list[tuple[int, int]]:
+    """Removals of consecutive seqs as (first, last) ranges: acks mostly come in seq order.
+
+    A range only ever covers seqs that are all being removed, so it is exact.
+    """
+    seqs = sorted({row[0] for row in rows})
+    out: list[tuple[int, int]] = []
+    first = last = seqs[0]
+    for seq in seqs[1:]:
+        if seq != last + 1:
+            out.append((first, last))
+            first = seq
+        last = seq
+    out.append((first, last))
+    return out
 
 
 def _runs(ops: list[Op]) -> Iterable[tuple[str, list[tuple[Any, ...]]]]:
