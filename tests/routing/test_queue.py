@@ -299,6 +299,11 @@ async def test_deleting_a_queue_cancels_its_consumers(broker: Broker) -> None:
         broker.delete_queue("/", "q", if_unused=True)
     broker.delete_queue("/", "q")
     assert cancelled == [consumer.tag] and not s.consumers
+    broker.declare_queue("/", "full")
+    pub(broker, "", "full", "waiting")
+    with pytest.raises(PreconditionFailedError, match="not empty"):
+        broker.delete_queue("/", "full", if_empty=True)
+    assert broker.delete_queue("/", "full") == 1
 
 
 async def test_purge_removes_ready_but_keeps_unacked(broker: Broker) -> None:
@@ -327,7 +332,9 @@ async def test_waiting_and_processing_time_are_measured(broker: Broker, clock: F
     assert 250 <= (stats.waiting_time.p50_ms or 0) <= 250 * 1.11
     assert 100 <= (stats.processing_time.p99_ms or 0) <= 100 * 1.11
     clock.advance(3)
-    assert broker.statistics().queue("q").counts["delivered"] == 1
+    stats = broker.statistics()
+    assert stats.queue("q").counts["delivered"] == 1
+    assert stats.counts["acked"] == 1 and stats.counts["published"] == 1
 
 
 async def test_backlog_age_is_visible(broker: Broker, clock: FakeClock) -> None:

@@ -38,6 +38,8 @@ DEFAULT_RETRIES = 5
 DEFAULT_MIN_BACKOFF_MS = 1_000
 DEFAULT_MAX_BACKOFF_MS = 5 * 60 * 1_000
 DEFAULT_PREFETCH = 100
+#: Event handler calls in flight per subscription.
+DEFAULT_CONCURRENCY = 8
 
 
 def encode_body(body: Any, content_type: str | None) -> tuple[bytes, str | None]:
@@ -203,6 +205,7 @@ class _Subscriber:
     min_backoff_ms: int
     max_backoff_ms: int
     prefetch: int
+    concurrency: int
     queue: str = ""
     stats: dict[str, int] = field(default_factory=lambda: {"handled": 0, "failed": 0})
 
@@ -252,6 +255,8 @@ class Client:
             return
         for receiver in list(self._receivers):
             await receiver.aclose()
+        for task in self._tasks:
+            task.cancel()
         self._closed = True
         for subscription in self._subscriptions:
             with contextlib.suppress(Exception):
@@ -418,20 +423,25 @@ class Client:
     def subscribe(self, pattern: str, *, group: str | None = None,
                   retries: int = DEFAULT_RETRIES, min_backoff_ms: int = DEFAULT_MIN_BACKOFF_MS,
                   max_backoff_ms: int = DEFAULT_MAX_BACKOFF_MS,
-                  prefetch: int = DEFAULT_PREFETCH) -> Callable[[Handler], Handler]:
+                  prefetch: int = DEFAULT_PREFETCH,
+                  concurrency: int = DEFAULT_CONCURRENCY) -> Callable[[Handler], Handler]:
         """Decorator: call the handler for every event whose topic matches ``pattern``.
 
         Each ``group`` gets each event once, shared among its handlers (in this and other
         processes) and kept while nobody runs (a durable subscription). Without a group the
-        subscription is private and lives as long as this client.
+        subscription is private and lives as long as this client. Up to ``concurrency``
+        events are handled at once; ``prefetch`` bounds how many wait in this process.
         """
+        if concurrency < 1:
+            raise InvalidArgumentError(f"concurrency must be >= 1, got {concurrency}")
         from tidings.routing.topic import validate_pattern
 
         validate_pattern(pattern)
 
         def register(handler: Handler) -> Handler:
             self._subscribers.append(_Subscriber(pattern, group, handler, retries,
-                                                 min_backoff_ms, max_backoff_ms, prefetch))
+                                                 min_backoff_ms, max_backoff_ms, prefetch,
+                                                 concurrency))
             return handler
 
         return register
@@ -455,22 +465,23 @@ class Client:
                 spec = QueueSpec(durable=True, delivery_limit=sub.retries)
                 sub.queue = await self.transport.declare_queue(name, spec)
             await self.transport.bind_events(sub.queue, sub.pattern)
+            call: CallNext = sub.handler
+            for mw in reversed(self._middleware):
+                call = _wrap(mw, call)
+            buffer: asyncio.Queue[Incoming] = asyncio.Queue()
+            loop = asyncio.get_running_loop()
+            for _ in range(sub.concurrency):
+                self._tasks.add(loop.create_task(self._work(sub, call, buffer)))
             self._subscriptions.append(await self.transport.consume(
-                sub.queue, sub.prefetch, self._on_event(sub)))
+                sub.queue, max(sub.prefetch, sub.concurrency), buffer.put_nowait))
 
-    def _on_event(self, sub: _Subscriber) -> Callable[[Incoming], None]:
-        def on_event(incoming: Incoming) -> None:
-            task = asyncio.get_running_loop().create_task(self._handle(sub, incoming))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    async def _work(self, sub: _Subscriber, call: CallNext,
+                    buffer: asyncio.Queue[Incoming]) -> None:
+        """One of a subscription's ``concurrency`` workers: handle events one at a time."""
+        while True:
+            await self._handle(sub, call, ReceivedMessage(self, await buffer.get()))
 
-        return on_event
-
-    async def _handle(self, sub: _Subscriber, incoming: Incoming) -> None:
-        message = ReceivedMessage(self, incoming)
-        call: CallNext = sub.handler
-        for mw in reversed(self._middleware):
-            call = _wrap(mw, call)
+    async def _handle(self, sub: _Subscriber, call: CallNext, message: ReceivedMessage) -> None:
         try:
             await call(message)
         except Exception:

@@ -304,7 +304,7 @@ class Broker:
                 ("auto_delete", existing.auto_delete, auto_delete),
                 *[(k, existing.arguments.get(k), arguments.get(k))
                   for k in sorted(set(existing.arguments) | set(arguments))
-                  if k.startswith("x-") and k not in ("x-expires",)],
+                  if k.startswith("x-")],
             ])
             existing.last_used = self.clock.time()
             return existing
@@ -692,6 +692,8 @@ class Broker:
                        for q in v.queues.values())
         counts = {name: sum(q.counts[name] for q in queues) for name in COUNTERS}
         counts["published"] = self.counters.published
+        rates = {name: sum(q.rates[name] for q in queues) for name in COUNTERS}
+        rates["published"] = self.counters.rates()["published"]
         return BrokerStatistics(
             queues=queues,
             exchanges=sum(len(v.exchanges) for v in self.vhosts.values()),
@@ -701,7 +703,7 @@ class Broker:
             unacked=sum(q.unacked for q in queues),
             delayed=len(self.delayed),
             counts=counts,
-            rates=self.counters.rates(),
+            rates=rates,
         )
 
 
