@@ -42,9 +42,12 @@ DEFAULT_PREFETCH = 100
 DEFAULT_CONCURRENCY = 8
 
 
+_BINARY = (bytes, bytearray, memoryview)
+
+
 def encode_body(body: Any, content_type: str | None) -> tuple[bytes, str | None]:
     """bytes pass through; str is UTF-8 text; anything else is JSON."""
-    if isinstance(body, bytes | bytearray | memoryview):
+    if isinstance(body, _BINARY):
         return bytes(body), content_type
     if isinstance(body, str):
         return body.encode(), content_type or "text/plain; charset=utf-8"
