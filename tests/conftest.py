@@ -28,6 +28,14 @@ def _opener(kind: str, tmp_path: Path) -> Callable[[Store | None], Store]:
     return open_store
 
 
+@pytest.fixture
+def broker(clock: FakeClock) -> Broker:
+    """A started broker on the memory store and the fake clock."""
+    b = Broker(MemoryStore(), clock)
+    b.start()
+    return b
+
+
 @pytest.fixture(params=["memory", "sqlite"])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[Store | None], Store]:
     return _opener(request.param, tmp_path)

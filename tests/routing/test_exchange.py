@@ -13,17 +13,8 @@ from tidings.errors import (
 from tidings.message import Message
 from tidings.routing.broker import Broker
 from tidings.routing.exchange import headers_match
-from tidings.storage import MemoryStore
-from tidings.testing import FakeClock
 
 from .helpers import drain, pub
-
-
-@pytest.fixture
-def broker(clock: FakeClock) -> Broker:
-    b = Broker(MemoryStore(), clock)
-    b.start()
-    return b
 
 
 def queues(broker: Broker, *names: str) -> None:

@@ -20,13 +20,6 @@ from tidings.testing import FakeClock
 from .helpers import bodies, drain, pub
 
 
-@pytest.fixture
-def broker(clock: FakeClock) -> Broker:
-    b = Broker(MemoryStore(), clock)
-    b.start()
-    return b
-
-
 def consume(broker: Broker, queue: str, prefetch: int = 0, session=None):  # type: ignore[no-untyped-def]
     session = session or broker.open_session()
     got: list[Delivery] = []
