@@ -1,8 +1,9 @@
-"""The ``tidings`` command: the composition root (config → store → broker → what runs).
+"""The ``tidings`` command: the composition root (config → store → broker → servers).
 
-Until ``tidings serve`` lands this offers inspection of a data directory that no process holds:
-``tidings queues``, ``tidings stats``, ``tidings dead-letters QUEUE [--replay | --purge]``.
-Bad flags give one line and exit code 2; broker errors give one line and exit code 1.
+``tidings serve`` runs the broker with its AMQP listener; ``users`` and ``vhosts`` edit the
+users file (a running server rereads it); ``queues``, ``stats`` and ``dead-letters`` inspect a
+data directory that no process holds. Bad flags give one line and exit code 2; errors at run
+time give one line and exit code 1.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import asdict
 from typing import Any, NoReturn
 
 import tidings
+from tidings.cli_serve import add_serve_parser, serve
+from tidings.cli_users import add_users_parsers, run_users_command
 from tidings.errors import TidingsError
 
 #: Where the embedded broker keeps its data unless told otherwise.
@@ -37,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
              f"default {DEFAULT_DATA_DIR})",
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    add_serve_parser(commands)
+    add_users_parsers(commands)
     commands.add_parser("queues", help="list queues with their depth and consumers")
     stats = commands.add_parser("stats", help="broker statistics as JSON")
     stats.add_argument("--queue", help="only this queue")
@@ -49,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        return await serve(args)
+    if args.command in ("users", "vhosts"):
+        return run_users_command(args)
     if not os.path.isdir(args.data_dir):
         raise tidings.ConfigError(f"no data directory '{args.data_dir}' (see --data-dir)")
     async with tidings.connect(args.data_dir) as client:
@@ -78,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return asyncio.run(_run(args))
+    except KeyboardInterrupt:
+        return 130
     except KeyError as e:
         print(f"tidings: error: no queue {e}", file=sys.stderr)
     except TidingsError as e:

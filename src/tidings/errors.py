@@ -53,6 +53,13 @@ class NotAllowedError(TidingsError):
     closes_connection = True
 
 
+class CommandInvalidError(TidingsError):
+    """A request names something that cannot exist (e.g. an unknown exchange type)."""
+
+    reply_code, status, code = 503, 400, "command_invalid"
+    closes_connection = True
+
+
 class InvalidArgumentError(TidingsError):
     """An argument has the wrong type or value (queue arguments, TTLs, priorities)."""
 

@@ -6,6 +6,7 @@ import pytest
 
 from tidings.errors import (
     AccessRefusedError,
+    CommandInvalidError,
     InvalidArgumentError,
     NotFoundError,
     PreconditionFailedError,
@@ -107,7 +108,7 @@ async def test_declare_rules_match_rabbitmq(broker: Broker) -> None:
         broker.declare_exchange("/", "amq.mine", "direct")
     with pytest.raises(NotFoundError, match="no exchange 'missing' in vhost '/'"):
         broker.declare_exchange("/", "missing", passive=True)
-    with pytest.raises(NotFoundError, match="unknown exchange type"):
+    with pytest.raises(CommandInvalidError, match="unknown exchange type"):
         broker.declare_exchange("/", "y", "nonsense")
     with pytest.raises(AccessRefusedError):
         broker.bind("/", "", "q")

@@ -281,6 +281,7 @@ class Broker:
         arguments: dict[str, Any] | None = None,
         passive: bool = False,
         connection_id: str | None = None,
+        reserved_ok: bool = False,
     ) -> Queue:
         v = self.get_vhost(vhost)
         if passive:
@@ -623,7 +624,10 @@ class Broker:
         exclusive: bool = False,
         consumer_tag: str = "",
         arguments: dict[str, Any] | None = None,
+        dispatch: bool = True,
     ) -> Consumer:
+        """Add a consumer; with ``dispatch=False`` the caller starts deliveries itself
+        (``consumer.queue.dispatch()``) after answering consume-ok."""
         queue = self.get_queue(session.vhost, queue_name)
         self._check_exclusive(queue, session.connection_id)
         tag = consumer_tag or session.new_consumer_tag()
@@ -639,7 +643,8 @@ class Broker:
         queue.consumers.append(consumer)
         queue.had_consumer = True
         queue.last_used = self.clock.time()
-        queue.dispatch()
+        if dispatch:
+            queue.dispatch()
         return consumer
 
     def cancel(self, session: Session, consumer_tag: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tidings.errors import InvalidArgumentError, NotFoundError
+from tidings.errors import CommandInvalidError, InvalidArgumentError
 from tidings.message import Message
 from tidings.routing.topic import topic_matches, validate_pattern
 
@@ -63,7 +63,7 @@ class Exchange:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise NotFoundError(f"unknown exchange type '{self.kind}'")
+            raise CommandInvalidError(f"unknown exchange type '{self.kind}'")
         if self.kind == DELAYED:
             inner = self.arguments.get("x-delayed-type")
             if inner not in (DIRECT, FANOUT, TOPIC, HEADERS):

@@ -1,0 +1,373 @@
+"""One AMQP channel on the server: methods in, broker calls, replies out.
+
+Each incoming method is looked up in ``HANDLERS`` (method class → handler); a handler calls
+the broker and queues the reply on the sans-IO connection. Errors are raised as
+:class:`TidingsError` and turned into channel.close or connection.close by the driver. Names
+follow the AMQP spec (``delivery_tag``, ``consumer_tag``, ``prefetch_count``).
+
+Publisher confirms are collected per channel and sent by the driver once the broker's group
+commit that holds them is durable; transactions (``tx``) buffer publishes and settlements
+until commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pamqp import commands
+from pamqp.base import Frame as Method
+
+from tidings.amqp.connection import ContentReceived, ProtocolError
+from tidings.amqp.properties import to_message, to_properties
+from tidings.errors import NotFoundError, PreconditionFailedError
+from tidings.routing.session import Consumer, Delivery
+
+if TYPE_CHECKING:
+    from tidings.amqp.server import AmqpLink
+
+B, Q, E, Ch = commands.Basic, commands.Queue, commands.Exchange, commands.Channel
+Tx, Confirm = commands.Tx, commands.Confirm
+
+REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+class AmqpChannel:
+    def __init__(self, link: AmqpLink, number: int) -> None:
+        self.link, self.number = link, number
+        self.broker = link.broker
+        self.vhost = link.vhost
+        self.session = self.broker.open_session(link.vhost, link.connection_id)
+        self.session.on_error = self._session_failed
+        self.consumers: dict[str, Consumer] = {}
+        self.prefetch_count = 0
+        self.confirming = False
+        self.publish_seq = 0
+        self.unconfirmed: list[tuple[int, bool]] = []
+        self.tx: list[Callable[[], None]] | None = None
+        self.last_queue = ""
+        self.reply_queue: str | None = None
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    def handle(self, method: Method) -> None:
+        handler = HANDLERS.get(type(method))
+        if handler is None:
+            raise ProtocolError(540, f"method {method.name} is not implemented",
+                                method=type(method))
+        handler(self, method)
+
+    def reply(self, method: Method, nowait: bool = False) -> None:
+        if not nowait:
+            self.link.conn.send_method(self.number, method)
+
+    def close(self) -> None:
+        """Release everything: consumers are cancelled, unacked messages requeued."""
+        self.session.close()
+        self.consumers.clear()
+
+    def _session_failed(self, error: Exception) -> None:
+        from tidings.errors import TidingsError
+
+        if isinstance(error, TidingsError):
+            self.link.channel_error(self.number, error, None)
+
+    def _queue_name(self, name: str) -> str:
+        if name:
+            return name
+        if not self.last_queue:
+            raise NotFoundError("no previously declared queue on this channel")
+        return self.last_queue
+
+    def _check(self, permission: str, kind: str, name: str) -> None:
+        self.link.check_permission(permission, kind, name)
+
+    # -- channel ---------------------------------------------------------------------------
+
+    def flow(self, m: Ch.Flow) -> None:
+        self.session.flow_active = bool(m.active)
+        self.reply(Ch.FlowOk(m.active))
+        if m.active:
+            self.broker.dispatch_session(self.session)
+
+    # -- exchanges -------------------------------------------------------------------------
+
+    def exchange_declare(self, m: E.Declare) -> None:
+        if not m.passive:
+            self._check("configure", "exchange", m.exchange)
+        self.broker.declare_exchange(
+            self.vhost, m.exchange, m.exchange_type, durable=m.durable,
+            auto_delete=m.auto_delete, internal=m.internal, arguments=dict(m.arguments or {}),
+            passive=m.passive,
+        )
+        self.reply(E.DeclareOk(), m.nowait)
+
+    def exchange_delete(self, m: E.Delete) -> None:
+        self._check("configure", "exchange", m.exchange)
+        with contextlib.suppress(NotFoundError):  # RabbitMQ: deleting nothing succeeds
+            self.broker.delete_exchange(self.vhost, m.exchange, if_unused=m.if_unused)
+        self.reply(E.DeleteOk(), m.nowait)
+
+    def exchange_bind(self, m: E.Bind) -> None:
+        self._check("write", "exchange", m.destination)
+        self._check("read", "exchange", m.source)
+        self.broker.bind(self.vhost, m.source, m.destination, m.routing_key,
+                         dict(m.arguments or {}), to_exchange=True)
+        self.reply(E.BindOk(), m.nowait)
+
+    def exchange_unbind(self, m: E.Unbind) -> None:
+        self._check("write", "exchange", m.destination)
+        self._check("read", "exchange", m.source)
+        self.broker.unbind(self.vhost, m.source, m.destination, m.routing_key,
+                           dict(m.arguments or {}), to_exchange=True)
+        self.reply(E.UnbindOk(), m.nowait)
+
+    # -- queues ----------------------------------------------------------------------------
+
+    def queue_declare(self, m: Q.Declare) -> None:
+        if m.queue == REPLY_TO and m.passive:
+            self.reply(Q.DeclareOk(REPLY_TO, 0, 0), m.nowait)
+            return
+        if not m.passive and m.queue:
+            self._check("configure", "queue", m.queue)
+        queue = self.broker.declare_queue(
+            self.vhost, m.queue, durable=m.durable, exclusive=m.exclusive,
+            auto_delete=m.auto_delete, arguments=dict(m.arguments or {}), passive=m.passive,
+            connection_id=self.link.connection_id,
+        )
+        self.last_queue = queue.name
+        self.reply(Q.DeclareOk(queue.name, queue.ready_count, len(queue.consumers)), m.nowait)
+
+    def queue_bind(self, m: Q.Bind) -> None:
+        name = self._queue_name(m.queue)
+        self._check("write", "queue", name)
+        self._check("read", "exchange", m.exchange)
+        self.broker.bind(self.vhost, m.exchange, name, m.routing_key, dict(m.arguments or {}))
+        self.reply(Q.BindOk(), m.nowait)
+
+    def queue_unbind(self, m: Q.Unbind) -> None:
+        name = self._queue_name(m.queue)
+        self._check("write", "queue", name)
+        self._check("read", "exchange", m.exchange)
+        self.broker.unbind(self.vhost, m.exchange, name, m.routing_key, dict(m.arguments or {}))
+        self.reply(Q.UnbindOk())
+
+    def queue_purge(self, m: Q.Purge) -> None:
+        name = self._queue_name(m.queue)
+        self._check("read", "queue", name)
+        count = self.broker.purge_queue(self.vhost, name, self.link.connection_id)
+        self.reply(Q.PurgeOk(count), m.nowait)
+
+    def queue_delete(self, m: Q.Delete) -> None:
+        name = self._queue_name(m.queue)
+        self._check("configure", "queue", name)
+        try:
+            count = self.broker.delete_queue(self.vhost, name, if_unused=m.if_unused,
+                                             if_empty=m.if_empty,
+                                             connection_id=self.link.connection_id)
+        except NotFoundError:
+            count = 0  # RabbitMQ: deleting a missing queue succeeds
+        self.reply(Q.DeleteOk(count), m.nowait)
+
+    # -- basic -----------------------------------------------------------------------------
+
+    def basic_qos(self, m: B.Qos) -> None:
+        # RabbitMQ's reading: global=false limits each new consumer, global=true the channel.
+        if m.global_:
+            self.session.prefetch_count = m.prefetch_count
+            self.broker.dispatch_session(self.session)
+        else:
+            self.prefetch_count = m.prefetch_count
+        self.reply(B.QosOk())
+
+    def basic_consume(self, m: B.Consume) -> None:
+        name = self._queue_name(m.queue)
+        if name == REPLY_TO:
+            name = self._reply_queue(m)
+        self._check("read", "queue", name)
+        tag = m.consumer_tag or f"amq.ctag-{secrets.token_urlsafe(16)}"
+        consumer = self.broker.consume(
+            self.session, name, self._deliverer(tag), prefetch_count=self.prefetch_count,
+            no_ack=m.no_ack, exclusive=m.exclusive, consumer_tag=tag,
+            arguments=dict(m.arguments or {}), dispatch=False,
+        )
+        consumer.on_cancel = self._cancelled_by_server
+        self.consumers[tag] = consumer
+        self.reply(B.ConsumeOk(tag), m.nowait)
+        consumer.queue.dispatch()
+
+    def _reply_queue(self, m: B.Consume) -> str:
+        if not m.no_ack:
+            raise PreconditionFailedError("reply consumer cannot acknowledge")
+        if self.reply_queue is None:
+            name = f"{REPLY_TO}.{secrets.token_urlsafe(18)}"
+            self.broker.declare_queue(self.vhost, name, durable=False, exclusive=True,
+                                      auto_delete=True, connection_id=self.link.connection_id,
+                                      reserved_ok=True)
+            self.reply_queue = name
+        return self.reply_queue
+
+    def _deliverer(self, consumer_tag: str) -> Callable[[Delivery], None]:
+        conn, number, link = self.link.conn, self.number, self.link
+
+        def deliver(d: Delivery) -> None:
+            m = d.message
+            extra = {"x-delivery-count": d.delivery_count} if d.delivery_count else None
+            conn.send_content(number, B.Deliver(consumer_tag, d.delivery_tag, d.redelivered,
+                                                m.exchange, m.routing_key),
+                              to_properties(m, extra), m.body)
+            link.flush_soon()
+
+        return deliver
+
+    def _cancelled_by_server(self, consumer_tag: str) -> None:
+        self.consumers.pop(consumer_tag, None)
+        if self.link.capability("consumer_cancel_notify"):
+            self.link.conn.send_method(self.number, B.Cancel(consumer_tag, True))
+            self.link.flush_soon()
+
+    def basic_cancel(self, m: B.Cancel) -> None:
+        self.consumers.pop(m.consumer_tag, None)
+        self.broker.cancel(self.session, m.consumer_tag)
+        self.reply(B.CancelOk(m.consumer_tag), m.nowait)
+
+    def basic_get(self, m: B.Get) -> None:
+        name = self._queue_name(m.queue)
+        self._check("read", "queue", name)
+        d = self.broker.get(self.session, name, no_ack=m.no_ack)
+        if d is None:
+            self.reply(B.GetEmpty())
+            return
+        msg = d.message
+        extra = {"x-delivery-count": d.delivery_count} if d.delivery_count else None
+        self.link.conn.send_content(
+            self.number,
+            B.GetOk(d.delivery_tag, d.redelivered, msg.exchange, msg.routing_key,
+                    d.message_count),
+            to_properties(msg, extra), msg.body,
+        )
+
+    def publish(self, event: ContentReceived) -> None:
+        m = event.method
+        if m.immediate:
+            raise ProtocolError(540, "immediate=true", method=B.Publish)
+        self._check("write", "exchange", m.exchange)
+        message = to_message(event.properties, event.body, m.exchange, m.routing_key)
+        if message.user_id is not None and message.user_id != self.link.username:
+            raise PreconditionFailedError(
+                f"user_id property set to '{message.user_id}' but authenticated user was "
+                f"'{self.link.username}'"
+            )
+        if message.reply_to == REPLY_TO:
+            if self.reply_queue is None:
+                raise PreconditionFailedError("fast reply consumer does not exist")
+            message.reply_to = self.reply_queue
+        if self.tx is not None:
+            self.tx.append(lambda: self._publish(message, m))
+            return
+        self._publish(message, m)
+
+    def _publish(self, message: Any, m: B.Publish) -> None:
+        result = self.broker.publish(self.vhost, m.exchange, message, mandatory=m.mandatory)
+        if result.returned:
+            self.link.conn.send_content(
+                self.number, B.Return(312, "NO_ROUTE", m.exchange, m.routing_key),
+                to_properties(message), message.body,
+            )
+        if self.confirming:
+            self.publish_seq += 1
+            self.unconfirmed.append((self.publish_seq, not result.refused))
+            self.link.confirm_later(self)
+
+    def send_confirms(self, pending: list[tuple[int, bool]], failed: bool) -> None:
+        """Ack runs of durable publishes with one multiple=true ack; nack refused ones."""
+        conn, number = self.link.conn, self.number
+        run_end = None
+        for seq, ok in pending:
+            if ok and not failed:
+                run_end = seq
+                continue
+            if run_end is not None:
+                conn.send_method(number, B.Ack(run_end, True))
+                run_end = None
+            conn.send_method(number, B.Nack(seq, False, False))
+        if run_end is not None:
+            conn.send_method(number, B.Ack(run_end, True))
+
+    def _settle(self, action: Callable[[], None]) -> None:
+        if self.tx is not None:
+            self.tx.append(action)
+        else:
+            action()
+
+    def basic_ack(self, m: B.Ack) -> None:
+        self._settle(lambda: self.session.ack(m.delivery_tag, m.multiple))
+
+    def basic_nack(self, m: B.Nack) -> None:
+        self._settle(lambda: self.session.nack(m.delivery_tag, m.multiple, m.requeue))
+
+    def basic_reject(self, m: B.Reject) -> None:
+        self._settle(lambda: self.session.reject(m.delivery_tag, m.requeue))
+
+    def basic_recover(self, m: B.Recover | B.RecoverAsync) -> None:
+        self.session.recover()
+        if isinstance(m, B.Recover):
+            self.reply(B.RecoverOk())
+
+    # -- confirm and tx --------------------------------------------------------------------
+
+    def confirm_select(self, m: Confirm.Select) -> None:
+        if self.tx is not None:
+            raise PreconditionFailedError("cannot switch from tx to confirm mode")
+        self.confirming = True
+        self.reply(Confirm.SelectOk(), m.nowait)
+
+    def tx_select(self, m: Tx.Select) -> None:
+        if self.confirming:
+            raise PreconditionFailedError("cannot switch from confirm to tx mode")
+        if self.tx is None:
+            self.tx = []
+        self.reply(Tx.SelectOk())
+
+    def tx_commit(self, m: Tx.Commit) -> None:
+        if self.tx is None:
+            raise PreconditionFailedError("channel is not transactional")
+        actions, self.tx = self.tx, []
+        for action in actions:
+            action()
+        self.link.after_durable(lambda: self.reply(Tx.CommitOk()))
+
+    def tx_rollback(self, m: Tx.Rollback) -> None:
+        if self.tx is None:
+            raise PreconditionFailedError("channel is not transactional")
+        self.tx = []
+        self.reply(Tx.RollbackOk())
+
+
+HANDLERS: dict[type[Method], Callable[[AmqpChannel, Any], None]] = {
+    Ch.Flow: AmqpChannel.flow,
+    E.Declare: AmqpChannel.exchange_declare,
+    E.Delete: AmqpChannel.exchange_delete,
+    E.Bind: AmqpChannel.exchange_bind,
+    E.Unbind: AmqpChannel.exchange_unbind,
+    Q.Declare: AmqpChannel.queue_declare,
+    Q.Bind: AmqpChannel.queue_bind,
+    Q.Unbind: AmqpChannel.queue_unbind,
+    Q.Purge: AmqpChannel.queue_purge,
+    Q.Delete: AmqpChannel.queue_delete,
+    B.Qos: AmqpChannel.basic_qos,
+    B.Consume: AmqpChannel.basic_consume,
+    B.Cancel: AmqpChannel.basic_cancel,
+    B.Get: AmqpChannel.basic_get,
+    B.Ack: AmqpChannel.basic_ack,
+    B.Nack: AmqpChannel.basic_nack,
+    B.Reject: AmqpChannel.basic_reject,
+    B.Recover: AmqpChannel.basic_recover,
+    B.RecoverAsync: AmqpChannel.basic_recover,
+    Confirm.Select: AmqpChannel.confirm_select,
+    Tx.Select: AmqpChannel.tx_select,
+    Tx.Commit: AmqpChannel.tx_commit,
+    Tx.Rollback: AmqpChannel.tx_rollback,
+}

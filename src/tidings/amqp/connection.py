@@ -1,0 +1,384 @@
+"""The sans-IO AMQP 0-9-1 server connection: bytes in, events out, bytes back.
+
+``receive_data(bytes)`` parses frames and queues events; ``next_event()`` hands them out one at
+a time; the ``send_*`` methods and the ``accept_*`` / ``refuse_*`` answers queue bytes that
+``data_to_send()`` returns. No sockets, no asyncio, no broker: ``amqp/server.py`` drives it.
+
+Theory of operation (h11's shape):
+
+- The connection walks ``CONNECTION_STATES``; which methods are legal in which state is the
+  ``LEGAL`` table below and nowhere else. Anything else is a connection error (503/505).
+- Login and vhost access are decisions for the driver: the core emits :class:`Login` and
+  :class:`OpenVhost` and waits for ``accept_login`` / ``accept_open`` (or a close).
+- Each channel is ``OPEN`` or ``CLOSING`` (we sent channel.close and drop everything but
+  close / close-ok until the peer answers, AMQP 0-9-1 §2.2.4). On an open channel,
+  ``basic.publish`` starts content assembly: exactly one content header, then body frames
+  until ``body_size`` bytes; anything else in between is 505 UNEXPECTED_FRAME.
+- Every error the peer causes is raised as a :class:`TidingsError` with its reply code;
+  ``receive_data`` turns it into channel.close or connection.close, as the code demands, and
+  never lets it escape. Parsing stops at a connection error: nothing after it is read.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from pamqp import body, commands, constants, exceptions, heartbeat
+from pamqp import header as pheader
+from pamqp.base import Frame as Method
+from pamqp.decode import field_table
+
+from tidings.amqp.frames import (
+    PROTOCOL_HEADER,
+    FrameReader,
+    ProtocolHeaderMismatch,
+    encode_content,
+    encode_method,
+)
+from tidings.errors import TidingsError
+
+C, Ch, B = commands.Connection, commands.Channel, commands.Basic
+
+AWAIT_HEADER, AWAIT_START_OK, AWAIT_LOGIN = "AWAIT_HEADER", "AWAIT_START_OK", "AWAIT_LOGIN"
+AWAIT_TUNE_OK, AWAIT_OPEN, AWAIT_OPEN_OK = "AWAIT_TUNE_OK", "AWAIT_OPEN", "AWAIT_OPEN_OK"
+OPEN, CLOSING, CLOSED = "OPEN", "CLOSING", "CLOSED"
+CONNECTION_STATES = (AWAIT_HEADER, AWAIT_START_OK, AWAIT_LOGIN, AWAIT_TUNE_OK, AWAIT_OPEN,
+                     AWAIT_OPEN_OK, OPEN, CLOSING, CLOSED)
+
+#: Connection-class methods legal in each state (channel 0). Channel traffic needs OPEN.
+LEGAL: dict[str, tuple[type[Method], ...]] = {
+    AWAIT_START_OK: (C.StartOk,),
+    AWAIT_LOGIN: (),
+    AWAIT_TUNE_OK: (C.TuneOk,),
+    AWAIT_OPEN: (C.Open,),
+    AWAIT_OPEN_OK: (),
+    OPEN: (C.Close, C.CloseOk, C.UpdateSecret, C.Blocked, C.Unblocked),
+    CLOSING: (C.Close, C.CloseOk),
+    CLOSED: (),
+}
+
+#: Our limits, offered in connection.tune; the client may lower them.
+CHANNEL_MAX = 2047
+FRAME_MAX = 131072
+HEARTBEAT_S = 60
+
+
+class ProtocolError(TidingsError):
+    """A peer broke the protocol; ``reply_code`` says how (503, 504, 505, 540)."""
+
+    def __init__(self, reply_code: int, message: str, *, closes_connection: bool = True,
+                 method: type[Method] | None = None) -> None:
+        super().__init__(message)
+        self.reply_code = reply_code
+        self.closes_connection = closes_connection
+        self.method = method
+
+
+def reply_text(error: TidingsError) -> str:
+    """RabbitMQ's reply text: ``NOT_FOUND - no queue 'orders' in vhost '/'``."""
+    cls = exceptions.CLASS_MAPPING.get(error.reply_code)
+    name = cls.name.replace("-", "_") if cls else "INTERNAL_ERROR"
+    return f"{name} - {error}"[:255]
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Login:
+    mechanism: str
+    username: str
+    password: str
+    client_properties: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class OpenVhost:
+    vhost: str
+
+
+@dataclass(frozen=True)
+class MethodReceived:
+    channel: int
+    method: Method
+
+
+@dataclass(frozen=True)
+class ContentReceived:
+    channel: int
+    method: B.Publish
+    properties: B.Properties
+    body: bytes
+
+
+@dataclass(frozen=True)
+class ChannelOpened:
+    channel: int
+
+
+@dataclass(frozen=True)
+class ChannelClosed:
+    """The peer closed the channel, or answered our close: release its resources."""
+
+    channel: int
+
+
+@dataclass(frozen=True)
+class ConnectionClosed:
+    """Nothing more will be read or sent after the pending bytes: close the socket."""
+
+    reply_code: int
+    reply_text: str
+
+
+Event = Login | OpenVhost | MethodReceived | ContentReceived | ChannelOpened | ChannelClosed \
+    | ConnectionClosed
+
+
+@dataclass
+class _Channel:
+    state: str = OPEN
+    publish: B.Publish | None = None
+    properties: B.Properties | None = None
+    body_size: int = 0
+    parts: list[bytes] = field(default_factory=list)
+    received: int = 0
+
+
+class ServerConnection:
+    def __init__(self, server_properties: dict[str, Any], *, channel_max: int = CHANNEL_MAX,
+                 frame_max: int = FRAME_MAX, heartbeat_s: int = HEARTBEAT_S) -> None:
+        self.state = AWAIT_HEADER
+        self.server_properties = server_properties
+        self.channel_max, self.frame_max, self.heartbeat_s = channel_max, frame_max, heartbeat_s
+        self.channels: dict[int, _Channel] = {}
+        self.client_properties: dict[str, Any] = {}
+        self._reader = FrameReader(frame_max)
+        self._events: deque[Event] = deque()
+        self._out: list[bytes] = []
+
+    # -- input -----------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        if self.state == CLOSED:
+            return
+        self._reader.feed(data)
+        try:
+            if self.state == AWAIT_HEADER:
+                if not self._reader.read_protocol_header():
+                    return
+                self._start()
+            while self.state != CLOSED and (item := self._reader.next_frame()) is not None:
+                self._handle_frame(*item)
+        except ProtocolHeaderMismatch:
+            self._out.append(PROTOCOL_HEADER)
+            self._closed(501, "protocol header mismatch")
+        except TidingsError as e:
+            self.close(e)
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def data_to_send(self) -> bytes:
+        out, self._out = self._out, []
+        return b"".join(out)
+
+    def _start(self) -> None:
+        self.state = AWAIT_START_OK
+        self._send(0, C.Start(0, 9, self.server_properties, "PLAIN AMQPLAIN", "en_US"))
+
+    def _handle_frame(self, channel: int, frame: Any) -> None:
+        if isinstance(frame, heartbeat.Heartbeat):
+            return
+        if channel == 0:
+            if not isinstance(frame, Method):
+                raise ProtocolError(505, "content frame on channel 0")
+            self._connection_method(frame)
+            return
+        if self.state == CLOSING:
+            return  # after our connection.close only close / close-ok matter (§2.2.4)
+        if self.state != OPEN:
+            raise ProtocolError(504, f"channel {channel} used before the connection is open")
+        self._channel_frame(channel, frame)
+
+    def _connection_method(self, method: Method) -> None:
+        if not isinstance(method, LEGAL.get(self.state, ())):
+            raise ProtocolError(503, f"can't handle {method.name} when state={self.state}",
+                                method=type(method))
+        if isinstance(method, C.StartOk):
+            self._login(method)
+        elif isinstance(method, C.TuneOk):
+            self._tune_ok(method)
+        elif isinstance(method, C.Open):
+            self.state = AWAIT_OPEN_OK
+            self._events.append(OpenVhost(method.virtual_host))
+        elif isinstance(method, C.Close):
+            self._send(0, C.CloseOk())
+            self._closed(method.reply_code or 200, method.reply_text or "")
+        elif isinstance(method, C.CloseOk):
+            self._closed(200, "closed")
+        elif isinstance(method, C.UpdateSecret):
+            self._send(0, C.UpdateSecretOk())
+
+    def _login(self, method: C.StartOk) -> None:
+        self.client_properties = dict(method.client_properties or {})
+        response = method.response
+        raw = response.encode("latin-1") if isinstance(response, str) else bytes(response)
+        if method.mechanism == "PLAIN":
+            parts = raw.split(b"\x00")
+            if len(parts) != 3:
+                raise ProtocolError(403, "malformed PLAIN response")
+            user, password = parts[1].decode(), parts[2].decode()
+        elif method.mechanism == "AMQPLAIN":
+            try:
+                _, table = field_table(struct.pack(">I", len(raw)) + raw)
+            except (ValueError, struct.error) as e:
+                raise ProtocolError(403, "malformed AMQPLAIN response") from e
+            user, password = str(table.get("LOGIN", "")), str(table.get("PASSWORD", ""))
+        else:
+            raise ProtocolError(403, f"unsupported authentication mechanism "
+                                     f"'{method.mechanism}'; use PLAIN or AMQPLAIN")
+        self.state = AWAIT_LOGIN
+        self._events.append(Login(method.mechanism, user, password, self.client_properties))
+
+    def _tune_ok(self, method: C.TuneOk) -> None:
+        if method.frame_max and method.frame_max < constants.FRAME_MIN_SIZE:
+            raise ProtocolError(530, f"frame_max={method.frame_max} < "
+                                     f"{constants.FRAME_MIN_SIZE} min size")
+        if method.frame_max:
+            self.frame_max = min(self.frame_max, method.frame_max)
+        if method.channel_max:
+            self.channel_max = min(self.channel_max, method.channel_max)
+        self.heartbeat_s = method.heartbeat
+        self._reader.frame_max = self.frame_max
+        self.state = AWAIT_OPEN
+
+    def _channel_frame(self, channel: int, frame: Any) -> None:
+        ch = self.channels.get(channel)
+        if isinstance(frame, Ch.Open):
+            if ch is not None:
+                raise ProtocolError(504, f"second 'channel.open' seen on channel {channel}")
+            if channel > self.channel_max:
+                raise ProtocolError(530, f"channel {channel} is above channel_max "
+                                         f"{self.channel_max}")
+            self.channels[channel] = _Channel()
+            self._send(channel, Ch.OpenOk())
+            self._events.append(ChannelOpened(channel))
+            return
+        if ch is None:
+            raise ProtocolError(504, f"expected 'channel.open' on channel {channel}")
+        if ch.state == CLOSING:
+            if isinstance(frame, Ch.CloseOk | Ch.Close):
+                if isinstance(frame, Ch.Close):
+                    self._send(channel, Ch.CloseOk())
+                del self.channels[channel]
+                self._events.append(ChannelClosed(channel))
+            return
+        if ch.publish is not None:
+            self._content(channel, ch, frame)
+            return
+        if not isinstance(frame, Method):
+            raise ProtocolError(505, f"unexpected content frame on channel {channel}")
+        if isinstance(frame, Ch.Close):
+            del self.channels[channel]
+            self._send(channel, Ch.CloseOk())
+            self._events.append(ChannelClosed(channel))
+        elif isinstance(frame, Ch.CloseOk):
+            raise ProtocolError(505, f"unexpected 'channel.close-ok' on channel {channel}")
+        elif isinstance(frame, B.Publish):
+            ch.publish = frame
+        elif frame.index >> 16 == C.frame_id:  # the connection class (10)
+            raise ProtocolError(503, f"connection method {frame.name} on channel {channel}")
+        else:
+            self._events.append(MethodReceived(channel, frame))
+
+    def _content(self, channel: int, ch: _Channel, frame: Any) -> None:
+        if ch.properties is None:
+            if not isinstance(frame, pheader.ContentHeader):
+                raise ProtocolError(505, f"expected content header for 'basic.publish' on "
+                                         f"channel {channel}, got {type(frame).__name__}")
+            ch.properties, ch.body_size = frame.properties, frame.body_size
+        elif isinstance(frame, body.ContentBody):
+            ch.parts.append(frame.value)
+            ch.received += len(frame.value)
+            if ch.received > ch.body_size:
+                raise ProtocolError(505, f"content body larger than its header's "
+                                         f"{ch.body_size} bytes on channel {channel}")
+        else:
+            raise ProtocolError(505, f"expected content body on channel {channel}, got "
+                                     f"{type(frame).__name__}")
+        if ch.received == ch.body_size:
+            publish, props = ch.publish, ch.properties
+            payload = ch.parts[0] if len(ch.parts) == 1 else b"".join(ch.parts)
+            ch.publish, ch.properties, ch.parts, ch.received = None, None, [], 0
+            self._events.append(ContentReceived(channel, publish, props, payload))  # type: ignore[arg-type]
+
+    # -- decisions -------------------------------------------------------------------------
+
+    def accept_login(self) -> None:
+        self.state = AWAIT_TUNE_OK
+        self._send(0, C.Tune(self.channel_max, self.frame_max, self.heartbeat_s))
+
+    def accept_open(self) -> None:
+        self.state = OPEN
+        self._send(0, C.OpenOk())
+
+    # -- output ----------------------------------------------------------------------------
+
+    def _send(self, channel: int, method: Method) -> None:
+        self._out.append(encode_method(channel, method))
+
+    def send_method(self, channel: int, method: Method) -> None:
+        if channel == 0 or channel in self.channels:
+            self._send(channel, method)
+
+    def send_content(self, channel: int, method: Method, properties: B.Properties,
+                     payload: bytes) -> None:
+        if channel in self.channels:
+            self._out.append(encode_method(channel, method))
+            self._out.append(encode_content(channel, properties, payload, self.frame_max))
+
+    def send_raw(self, data: bytes) -> None:
+        self._out.append(data)
+
+    def close_channel(self, channel: int, error: TidingsError,
+                      method: type[Method] | None = None) -> None:
+        """Close one channel with ``error``'s reply code (a channel exception)."""
+        ch = self.channels.get(channel)
+        if ch is None or ch.state == CLOSING:
+            return
+        ch.state = CLOSING
+        ch.publish, ch.properties, ch.parts, ch.received = None, None, [], 0
+        class_id, method_id = _ids(method)
+        self._send(channel, Ch.Close(error.reply_code, reply_text(error), class_id, method_id))
+
+    def close(self, error: TidingsError, method: type[Method] | None = None) -> None:
+        """Close the connection with ``error``, or just the channel if the error allows."""
+        if self.state in (CLOSING, CLOSED):
+            return
+        if isinstance(error, ProtocolError) and error.method is not None:
+            method = error.method
+        if self.state in (AWAIT_START_OK, AWAIT_LOGIN, AWAIT_TUNE_OK) and \
+                error.reply_code == 403:
+            # authentication_failure_close: tell the client why, then hang up.
+            class_id, method_id = _ids(method)
+            self._send(0, C.Close(403, reply_text(error), class_id, method_id))
+            self._closed(403, str(error))
+            return
+        class_id, method_id = _ids(method)
+        self._send(0, C.Close(error.reply_code, reply_text(error), class_id, method_id))
+        self.state = CLOSING
+        self._reader = FrameReader(self.frame_max)  # drop whatever is buffered
+
+    def _closed(self, code: int, text: str) -> None:
+        self.state = CLOSED
+        self._events.append(ConnectionClosed(code, text))
+
+
+def _ids(method: type[Method] | None) -> tuple[int, int]:
+    if method is None:
+        return 0, 0
+    return method.index >> 16, method.index & 0xFFFF

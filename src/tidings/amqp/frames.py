@@ -1,0 +1,103 @@
+"""Bytes ⇄ frames: a buffer that yields whole frames and never half-parses one.
+
+``FrameReader.feed(data)`` appends; ``next_frame()`` returns ``(channel, frame)`` when a whole
+frame is buffered, ``None`` when more bytes are needed, and raises ``FrameError`` (501) when the
+bytes cannot be a frame: a bad frame-end octet, an unknown type, a frame above the negotiated
+frame-max, or a method pamqp cannot decode. The protocol header (``AMQP\\x00\\x00\\x09\\x01``) is
+read first, by ``read_protocol_header``.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from pamqp import body, constants, exceptions, frame, header, heartbeat
+from pamqp.base import Frame as Method
+
+from tidings.errors import TidingsError
+
+PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
+_FRAME_HEAD = struct.Struct(">BHI")
+#: Frame header (7) + frame end (1).
+FRAME_OVERHEAD = 8
+
+AnyFrame = Method | header.ContentHeader | body.ContentBody | heartbeat.Heartbeat
+
+
+class FrameError(TidingsError):
+    """The peer sent bytes that are not a valid frame (AMQP 501 FRAME_ERROR)."""
+
+    reply_code, status, code = 501, 400, "frame_error"
+    closes_connection = True
+
+
+class ProtocolHeaderMismatch(TidingsError):
+    """The peer opened with something other than the AMQP 0-9-1 protocol header."""
+
+    reply_code, status, code = 501, 400, "protocol_header"
+    closes_connection = True
+
+
+class FrameReader:
+    def __init__(self, frame_max: int = constants.FRAME_MAX_SIZE) -> None:
+        self._buffer = bytearray()
+        self.frame_max = frame_max
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def read_protocol_header(self) -> bool:
+        """True once the protocol header is consumed; raises on any other opening."""
+        if len(self._buffer) < len(PROTOCOL_HEADER):
+            if not PROTOCOL_HEADER.startswith(bytes(self._buffer)):
+                raise ProtocolHeaderMismatch("the peer did not send the AMQP 0-9-1 header")
+            return False
+        if self._buffer[:8] != PROTOCOL_HEADER:
+            raise ProtocolHeaderMismatch("the peer did not send the AMQP 0-9-1 header")
+        del self._buffer[:8]
+        return True
+
+    def next_frame(self) -> tuple[int, AnyFrame] | None:
+        buf = self._buffer
+        if len(buf) < 7:
+            return None
+        frame_type, channel, size = _FRAME_HEAD.unpack_from(buf)
+        if size + FRAME_OVERHEAD > self.frame_max:
+            raise FrameError(f"frame size {size} exceeds the negotiated frame-max "
+                             f"{self.frame_max}")
+        end = 7 + size
+        if len(buf) < end + 1:
+            return None
+        if buf[end] != constants.FRAME_END:
+            raise FrameError(f"frame end octet is {buf[end]:#x}, expected 0xce")
+        if frame_type == constants.FRAME_BODY:  # the hot path: no copy through pamqp
+            value: AnyFrame = body.ContentBody(bytes(buf[7:end]))
+        elif frame_type == constants.FRAME_HEARTBEAT:
+            value = heartbeat.Heartbeat()
+        elif frame_type in (constants.FRAME_METHOD, constants.FRAME_HEADER):
+            try:
+                _, channel, value = frame.unmarshal(bytes(buf[: end + 1]))
+            except (exceptions.UnmarshalingException, ValueError, KeyError, IndexError,
+                    TypeError, UnicodeDecodeError, struct.error) as e:
+                raise FrameError(f"cannot decode frame on channel {channel}: {e}") from e
+        else:
+            raise FrameError(f"unknown frame type {frame_type}")
+        del buf[: end + 1]
+        return channel, value
+
+
+def encode_method(channel: int, method: Method) -> bytes:
+    return frame.marshal(method, channel)
+
+
+def encode_content(channel: int, properties: object, payload: bytes, frame_max: int) -> bytes:
+    """Content header plus body frames, split so that no frame exceeds ``frame_max``."""
+    parts = [frame.marshal(header.ContentHeader(0, len(payload), properties), channel)]  # type: ignore[arg-type]
+    chunk = frame_max - FRAME_OVERHEAD
+    for start in range(0, len(payload), chunk):
+        piece = payload[start : start + chunk]
+        parts.append(_FRAME_HEAD.pack(constants.FRAME_BODY, channel, len(piece)) + piece + b"\xce")
+    return b"".join(parts)
+
+
+HEARTBEAT_FRAME = heartbeat.Heartbeat().marshal()

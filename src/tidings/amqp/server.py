@@ -1,0 +1,388 @@
+"""The asyncio driver: sockets ⇄ :class:`ServerConnection` ⇄ :class:`Broker`.
+
+One :class:`AmqpLink` (an ``asyncio.Protocol``, not streams, on the hot path) per client
+connection. ``data_received`` feeds the sans-IO connection, handles every event it yields,
+asks the broker for one durability future for all publisher confirms of that read, and writes
+what the connection queued. Deliveries that happen later (another client's publish, a timer)
+are flushed once per loop turn.
+
+Also here: heartbeats (sent when we are idle, a silent peer is dropped and its unacked messages
+requeued), flow control (a slow reader stops deliveries to it; memory and disk alarms block
+publishers with connection.blocked), and a clean shutdown (connection.close 320).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import platform
+import shutil
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pamqp import commands
+
+import tidings
+from tidings.amqp.channel import AmqpChannel
+from tidings.amqp.connection import (
+    OPEN,
+    ChannelClosed,
+    ChannelOpened,
+    ConnectionClosed,
+    ContentReceived,
+    Login,
+    MethodReceived,
+    OpenVhost,
+    ServerConnection,
+    reply_text,
+)
+from tidings.amqp.frames import HEARTBEAT_FRAME
+from tidings.auth import UserStore
+from tidings.errors import AccessRefusedError, BrokenResourceError, NotAllowedError, TidingsError
+from tidings.routing.broker import Broker
+
+log = logging.getLogger("tidings.amqp")
+
+CAPABILITIES = {
+    "publisher_confirms": True,
+    "exchange_exchange_bindings": True,
+    "basic.nack": True,
+    "consumer_cancel_notify": True,
+    "connection.blocked": True,
+    "authentication_failure_close": True,
+    "per_consumer_qos": True,
+    "direct_reply_to": True,
+}
+#: Seconds between checks of the memory and disk alarms.
+ALARM_CHECK_S = 1.0
+_ids = itertools.count(1)
+
+
+def server_properties() -> dict[str, Any]:
+    return {
+        "product": "tidings",
+        "version": tidings.__version__,
+        "platform": f"Python {platform.python_version()}",
+        "copyright": "tidings contributors",
+        "information": "https://pypi.org/project/tidings/",
+        "capabilities": CAPABILITIES,
+        "cluster_name": f"tidings@{platform.node()}",
+    }
+
+
+class AmqpLink(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, server: AmqpServer) -> None:
+        self.server, self.broker = server, server.broker
+        self.connection_id = f"c{next(_ids)}"
+        self.conn = ServerConnection(server_properties(), frame_max=server.frame_max,
+                                     heartbeat_s=server.heartbeat_s)
+        self.channels: dict[int, AmqpChannel] = {}
+        self.username = ""
+        self.vhost = "/"
+        self.peer = "?"
+        self.transport: asyncio.Transport | None = None
+        self._flush_scheduled = False
+        self._confirming: dict[int, AmqpChannel] = {}
+        self._last_recv = self._last_send = time.monotonic()
+        self._heartbeat: asyncio.TimerHandle | None = None
+        self.published = False
+        self.blocked = False
+        self._writing_paused = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer_host = peer[0] if isinstance(peer, tuple) else None
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.server.links.add(self)
+        self._arm_heartbeat()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_recv = time.monotonic()
+        self.conn.receive_data(data)
+        self._process()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.links.discard(self)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        for channel in list(self.channels.values()):
+            channel.close()
+        self.channels.clear()
+        self.broker.close_connection(self.connection_id)
+        if self.username:
+            log.info("connection closed %s (user '%s'%s)", self.peer, self.username,
+                     f": {exc}" if exc else "")
+
+    def pause_writing(self) -> None:
+        """The peer reads slower than we deliver: stop deliveries until it catches up."""
+        self._writing_paused = True
+        for channel in self.channels.values():
+            channel.session.flow_active = False
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        for channel in self.channels.values():
+            channel.session.flow_active = True
+            self.broker.dispatch_session(channel.session)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        conn = self.conn
+        while (event := conn.next_event()) is not None:
+            channel = getattr(event, "channel", 0)
+            try:
+                self._handle(event)
+            except TidingsError as e:
+                method = getattr(getattr(event, "method", None), "__class__", None)
+                if e.closes_connection or channel == 0:
+                    log.warning("connection error %s: %s", self.peer, reply_text(e))
+                    conn.close(e, method)
+                else:
+                    self.channel_error(channel, e, method)
+        self._send_confirms()
+        self.flush()
+
+    def _handle(self, event: Any) -> None:
+        if isinstance(event, ContentReceived):
+            self.published = True
+            self.channels[event.channel].publish(event)
+        elif isinstance(event, MethodReceived):
+            self.channels[event.channel].handle(event.method)
+        elif isinstance(event, ChannelOpened):
+            self.channels[event.channel] = AmqpChannel(self, event.channel)
+        elif isinstance(event, ChannelClosed):
+            channel = self.channels.pop(event.channel, None)
+            if channel is not None:
+                channel.close()
+        elif isinstance(event, Login):
+            self._login(event)
+        elif isinstance(event, OpenVhost):
+            self._open(event.vhost)
+        elif isinstance(event, ConnectionClosed):
+            self.flush()
+            if self.transport is not None:
+                self.transport.close()
+
+    def _login(self, event: Login) -> None:
+        try:
+            self.username = self.server.users.authenticate(event.username, event.password,
+                                                           self.peer_host)
+        except AccessRefusedError as e:
+            log.warning("login refused %s: %s", self.peer, e)
+            raise AccessRefusedError(
+                f"Login was refused using authentication mechanism {event.mechanism}. "
+                f"For details see the broker logfile."
+            ) from e
+        self.conn.accept_login()
+
+    def _open(self, vhost: str) -> None:
+        try:
+            self.server.users.check_vhost(self.username, vhost)
+        except TidingsError as e:
+            raise NotAllowedError(
+                f"access to vhost '{vhost}' refused for user '{self.username}'"
+            ) from e
+        self.broker.declare_vhost(vhost)
+        self.vhost = vhost
+        self.conn.accept_open()
+        self._arm_heartbeat()
+        log.info("connection opened %s (user '%s', vhost '%s')", self.peer, self.username,
+                 vhost)
+
+    def channel_error(self, number: int, error: TidingsError, method: Any) -> None:
+        log.info("channel error %s channel %d: %s", self.peer, number, reply_text(error))
+        if error.closes_connection:
+            self.conn.close(error, method)
+        else:
+            self.conn.close_channel(number, error, method)
+        channel = self.channels.pop(number, None)
+        if channel is not None:
+            channel.close()
+        self.flush_soon()
+
+    def check_permission(self, permission: str, kind: str, name: str) -> None:
+        if name == "" and kind == "exchange":
+            return  # the default exchange: writing to it needs no permission in RabbitMQ
+        self.server.users.check(self.username, self.vhost, permission, kind, name)  # type: ignore[arg-type]
+
+    def capability(self, name: str) -> bool:
+        caps = self.conn.client_properties.get("capabilities") or {}
+        return bool(caps.get(name))
+
+    # -- confirms and durability -----------------------------------------------------------
+
+    def confirm_later(self, channel: AmqpChannel) -> None:
+        self._confirming[channel.number] = channel
+
+    def _send_confirms(self) -> None:
+        if not self._confirming:
+            return
+        batches = [(ch, ch.unconfirmed) for ch in self._confirming.values()]
+        for ch, _ in batches:
+            ch.unconfirmed = []
+        self._confirming.clear()
+
+        def done(future: asyncio.Future[None]) -> None:
+            failed = future.cancelled() or future.exception() is not None
+            for ch, pending in batches:
+                ch.send_confirms(pending, failed)
+            self.flush()
+
+        self.broker.sync().add_done_callback(done)
+
+    def after_durable(self, action: Callable[[], None]) -> None:
+        def done(_: asyncio.Future[None]) -> None:
+            action()
+            self.flush()
+
+        self.broker.sync().add_done_callback(done)
+
+    # -- output ----------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        data = self.conn.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+            self._last_send = time.monotonic()
+
+    def flush_soon(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def close(self, error: TidingsError) -> None:
+        self.conn.close(error)
+        self.flush()
+
+    # -- heartbeats and alarms -------------------------------------------------------------
+
+    def _arm_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        interval = self.conn.heartbeat_s if self.conn.state == OPEN else 30
+        if interval:
+            self._heartbeat = asyncio.get_running_loop().call_later(
+                interval / 2, self._beat, interval)
+
+    def _beat(self, interval: int) -> None:
+        now = time.monotonic()
+        if now - self._last_recv > 2 * interval:
+            log.warning("connection %s missed heartbeats for %.0f s: closing it", self.peer,
+                        now - self._last_recv)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        if self.conn.state == OPEN and now - self._last_send >= interval / 2:
+            self.conn.send_raw(HEARTBEAT_FRAME)
+            self.flush()
+        self._arm_heartbeat()
+
+    def set_blocked(self, reason: str | None) -> None:
+        if self.transport is None or self.conn.state != OPEN:
+            return
+        if reason is not None and not self.blocked and self.published:
+            self.blocked = True
+            if self.capability("connection.blocked"):
+                self.conn.send_method(0, commands.Connection.Blocked(reason))
+                self.flush()
+            self.transport.pause_reading()
+        elif reason is None and self.blocked:
+            self.blocked = False
+            if self.capability("connection.blocked"):
+                self.conn.send_method(0, commands.Connection.Unblocked())
+                self.flush()
+            self.transport.resume_reading()
+
+
+class AmqpServer:
+    """Listens for AMQP connections and owns their links."""
+
+    def __init__(self, broker: Broker, users: UserStore, *, heartbeat_s: int = 60,
+                 frame_max: int = 131072, memory_high_watermark_mb: float | None = None,
+                 disk_free_limit_mb: float | None = None, data_dir: Path | None = None) -> None:
+        self.broker, self.users = broker, users
+        self.heartbeat_s, self.frame_max = heartbeat_s, frame_max
+        self.memory_high_watermark_mb = memory_high_watermark_mb
+        self.disk_free_limit_mb = disk_free_limit_mb
+        self.data_dir = data_dir
+        self.links: set[AmqpLink] = set()
+        self.servers: list[asyncio.Server] = []
+        self.alarm: str | None = None
+        self._alarm_task: asyncio.Task[None] | None = None
+
+    async def listen(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
+        """Start listening; returns the bound port (useful with port 0)."""
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(lambda: AmqpLink(self), host, port, ssl=tls,
+                                              reuse_address=True)
+        except OSError as e:
+            raise BrokenResourceError(f"cannot listen on {host}:{port}: {e.strerror}") from e
+        self.servers.append(server)
+        if self._alarm_task is None and (self.memory_high_watermark_mb or
+                                         self.disk_free_limit_mb):
+            self._alarm_task = loop.create_task(self._watch_alarms())
+        return int(server.sockets[0].getsockname()[1])
+
+    async def _watch_alarms(self) -> None:
+        while True:
+            await asyncio.sleep(ALARM_CHECK_S)
+            alarm = self.check_alarms()
+            if alarm != self.alarm:
+                log.warning("%s", f"alarm raised: {alarm}" if alarm else "alarm cleared")
+                self.alarm = alarm
+            for link in list(self.links):
+                link.set_blocked(alarm)
+
+    def check_alarms(self) -> str | None:
+        if self.memory_high_watermark_mb is not None:
+            rss_mb = _rss_mb()
+            if rss_mb > self.memory_high_watermark_mb:
+                return f"low on memory: {rss_mb:.0f} MB used, watermark " \
+                       f"{self.memory_high_watermark_mb:.0f} MB"
+        if self.disk_free_limit_mb is not None and self.data_dir is not None:
+            free_mb = shutil.disk_usage(self.data_dir).free / 2**20
+            if free_mb < self.disk_free_limit_mb:
+                return (f"low on disk: {free_mb:.0f} MB free, "
+                        f"limit {self.disk_free_limit_mb:.0f} MB")
+        return None
+
+    async def close(self) -> None:
+        """Stop listening and close every connection with 320 CONNECTION_FORCED."""
+        if self._alarm_task is not None:
+            self._alarm_task.cancel()
+        for server in self.servers:
+            server.close()
+        forced = BrokenResourceError("broker shutdown")
+        for link in list(self.links):
+            link.close(forced)
+        await self.broker.sync()
+        for link in list(self.links):
+            if link.transport is not None:
+                link.transport.close()
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 5)
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        import resource
+
+        return pages * resource.getpagesize() / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0

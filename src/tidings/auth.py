@@ -1,0 +1,212 @@
+"""Users, vhosts and permissions: the ``users.json`` file in the data directory.
+
+Shared by every face (AMQP now, HTTP later). Passwords are stored as salted PBKDF2-SHA256
+hashes. Permissions follow RabbitMQ: per user and vhost, three regular expressions
+(configure, write, read) matched against the full resource name. The default ``guest`` user
+(password ``guest``, all permissions on ``/``) may only connect from loopback, as in RabbitMQ.
+
+The file is reread when it changes, so ``tidings users ...`` takes effect on a running server
+without a restart. Writes go to a temporary file renamed over the old one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tidings.errors import AccessRefusedError, ConfigError, NotFoundError
+
+USERS_FILE = "users.json"
+#: PBKDF2 iterations: slow enough to resist guessing, fast enough for a login per connection.
+PBKDF2_ITERATIONS = 100_000
+DEFAULT_USER = "guest"
+Permission = Literal["configure", "write", "read"]
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, PBKDF2_ITERATIONS)
+    encoded_salt, encoded = base64.b64encode(salt).decode(), base64.b64encode(digest).decode()
+    return f"pbkdf2-sha256${PBKDF2_ITERATIONS}${encoded_salt}${encoded}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    try:
+        scheme, iterations, salt, digest = stored.split("$")
+    except ValueError:
+        return False
+    if scheme != "pbkdf2-sha256":
+        return False
+    got = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(salt),
+                              int(iterations))
+    return hmac.compare_digest(got, base64.b64decode(digest))
+
+
+@dataclass
+class Users:
+    """The users file's content."""
+
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    vhosts: list[str] = field(default_factory=lambda: ["/"])
+    #: vhost -> user -> {"configure": re, "write": re, "read": re}
+    permissions: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
+
+    @classmethod
+    def default(cls) -> Users:
+        users = cls()
+        users.users[DEFAULT_USER] = {"password": hash_password("guest"), "loopback_only": True}
+        users.permissions["/"] = {DEFAULT_USER: {"configure": ".*", "write": ".*", "read": ".*"}}
+        return users
+
+    def to_json(self) -> dict[str, Any]:
+        return {"users": self.users, "vhosts": self.vhosts, "permissions": self.permissions}
+
+
+class UserStore:
+    """Loads, checks and edits the users file of one data directory."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.path = Path(directory) / USERS_FILE
+        self._mtime: float | None = None
+        self._users = Users.default()
+        self._login_cache: dict[tuple[str, str], bool] = {}
+        self.reload()
+
+    def reload(self) -> Users:
+        """Reread the file if it changed; a missing file means the defaults."""
+        try:
+            mtime = self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return self._users
+        if mtime != self._mtime:
+            try:
+                data = json.loads(self.path.read_text())
+                self._users = Users(data["users"], data["vhosts"], data["permissions"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise ConfigError(f"users file '{self.path}' is not valid: {e}") from e
+            self._mtime = mtime
+            self._login_cache.clear()
+        return self._users
+
+    def save(self, users: Users) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(users.to_json(), indent=2, sort_keys=True))
+        os.replace(tmp, self.path)
+        self._users = users
+        self._mtime = None
+
+    # -- checks ----------------------------------------------------------------------------
+
+    def authenticate(self, username: str, password: str, peer_host: str | None) -> str:
+        """The user's name when the login is good; raises AccessRefusedError otherwise."""
+        users = self.reload()
+        user = users.users.get(username)
+        key = (username, password)
+        ok = self._login_cache.get(key)
+        if ok is None and user is not None:
+            ok = check_password(password, user.get("password", ""))
+            self._login_cache[key] = ok
+        if not ok or user is None:
+            raise AccessRefusedError(f"login was refused for user '{username}'")
+        if user.get("loopback_only") and not _is_loopback(peer_host):
+            raise AccessRefusedError(
+                f"user '{username}' can only connect via localhost"
+            )
+        return username
+
+    def check_vhost(self, username: str, vhost: str) -> None:
+        users = self.reload()
+        if vhost not in users.vhosts:
+            raise NotFoundError(f"no vhost '{vhost}'")
+        if username not in users.permissions.get(vhost, {}):
+            raise AccessRefusedError(f"access to vhost '{vhost}' refused for user '{username}'")
+
+    def check(self, username: str, vhost: str, permission: Permission, kind: str,
+              name: str) -> None:
+        """Raise AccessRefusedError unless ``username`` may ``permission`` the resource."""
+        perms = self.reload().permissions.get(vhost, {}).get(username)
+        pattern = perms.get(permission, "") if perms else ""
+        if name.startswith("amq.gen-") or name.startswith("amq.rabbitmq.reply-to"):
+            return  # server-named resources belong to whoever made them, as in RabbitMQ
+        if not pattern or re.fullmatch(pattern, name) is None:
+            raise AccessRefusedError(
+                f"{permission} access to {kind} '{name}' in vhost '{vhost}' "
+                f"refused for user '{username}'"
+            )
+
+    # -- edits (the CLI) -------------------------------------------------------------------
+
+    def add_user(self, username: str, password: str) -> None:
+        users = self.reload()
+        if username in users.users:
+            raise ConfigError(f"user '{username}' already exists")
+        users.users[username] = {"password": hash_password(password)}
+        self.save(users)
+
+    def delete_user(self, username: str) -> None:
+        users = self.reload()
+        if users.users.pop(username, None) is None:
+            raise NotFoundError(f"no user '{username}'")
+        for perms in users.permissions.values():
+            perms.pop(username, None)
+        self.save(users)
+
+    def set_permissions(self, username: str, vhost: str, configure: str, write: str,
+                        read: str) -> None:
+        users = self.reload()
+        if username not in users.users:
+            raise NotFoundError(f"no user '{username}'")
+        if vhost not in users.vhosts:
+            raise NotFoundError(f"no vhost '{vhost}'")
+        for pattern in (configure, write, read):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ConfigError(f"bad permission pattern '{pattern}': {e}") from e
+        users.permissions.setdefault(vhost, {})[username] = {
+            "configure": configure, "write": write, "read": read,
+        }
+        self.save(users)
+
+    def add_vhost(self, vhost: str) -> None:
+        users = self.reload()
+        if vhost in users.vhosts:
+            raise ConfigError(f"vhost '{vhost}' already exists")
+        users.vhosts.append(vhost)
+        self.save(users)
+
+    def delete_vhost(self, vhost: str) -> None:
+        users = self.reload()
+        if vhost not in users.vhosts:
+            raise NotFoundError(f"no vhost '{vhost}'")
+        users.vhosts.remove(vhost)
+        users.permissions.pop(vhost, None)
+        self.save(users)
+
+    def list_users(self) -> list[str]:
+        return sorted(self.reload().users)
+
+    def list_vhosts(self) -> list[str]:
+        return list(self.reload().vhosts)
+
+    def permissions_of(self, username: str) -> dict[str, dict[str, str]]:
+        return {v: p[username] for v, p in self.reload().permissions.items() if username in p}
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return True  # a Unix socket or an in-process peer
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -1,0 +1,91 @@
+"""``tidings serve``: the broker on its data directory with its network listeners.
+
+Wiring only: SqliteStore → Broker → AmqpServer (plain and TLS). SIGINT / SIGTERM close every
+connection with 320 CONNECTION_FORCED, flush pending confirms and close the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import ssl
+import sys
+from pathlib import Path
+from typing import Any
+
+from tidings.errors import BrokenResourceError, ConfigError
+
+
+def add_serve_parser(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="run the broker with its AMQP 0-9-1 listener")
+    serve.add_argument("--host", default=os.environ.get("TIDINGS_HOST", "0.0.0.0"),
+                       help="address to listen on (default 0.0.0.0)")
+    serve.add_argument("--amqp-port", type=int, default=5672, help="AMQP port (default 5672)")
+    serve.add_argument("--amqps-port", type=int, default=5671,
+                       help="AMQP over TLS port, with --tls-cert and --tls-key (default 5671)")
+    serve.add_argument("--tls-cert", help="PEM certificate (chain) for TLS")
+    serve.add_argument("--tls-key", help="PEM private key for TLS")
+    serve.add_argument("--heartbeat-s", type=int, default=60,
+                       help="heartbeat interval offered to clients (0 disables)")
+    serve.add_argument("--frame-max", type=int, default=131072, help="largest frame, bytes")
+    serve.add_argument("--memory-high-watermark-mb", type=float,
+                       help="block publishers while the server's memory is above this")
+    serve.add_argument("--disk-free-limit-mb", type=float, default=50.0,
+                       help="block publishers while free disk is below this (default 50)")
+    serve.add_argument("--log-level", default="INFO",
+                       choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if not args.tls_cert and not args.tls_key:
+        return None
+    if not (args.tls_cert and args.tls_key):
+        raise ConfigError("TLS needs both --tls-cert and --tls-key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"cannot load TLS certificate '{args.tls_cert}': {e}") from e
+    return context
+
+
+async def serve(args: argparse.Namespace) -> int:
+    from tidings.amqp.server import AmqpServer
+    from tidings.auth import UserStore
+    from tidings.routing.broker import Broker
+    from tidings.storage.sqlite import SqliteStore
+
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tls = _tls(args)
+    data_dir = Path(args.data_dir)
+    broker = Broker(SqliteStore(data_dir))
+    broker.start()
+    server = AmqpServer(broker, UserStore(data_dir), heartbeat_s=args.heartbeat_s,
+                        frame_max=args.frame_max,
+                        memory_high_watermark_mb=args.memory_high_watermark_mb,
+                        disk_free_limit_mb=args.disk_free_limit_mb, data_dir=data_dir)
+    try:
+        listening = [("amqp", args.amqp_port, None, "--amqp-port")]
+        if tls is not None:
+            listening.append(("amqps", args.amqps_port, tls, "--amqps-port"))
+        for scheme, port, context, flag in listening:
+            try:
+                bound = await server.listen(args.host, port, context)
+            except BrokenResourceError as e:
+                raise ConfigError(f"port {port} is not available ({flag}): {e}") from e
+            print(f"tidings: {scheme} listening on {args.host}:{bound} (data: {data_dir})",
+                  flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print("tidings: shutting down", flush=True)
+    finally:
+        await server.close()
+        broker.close()
+    return 0

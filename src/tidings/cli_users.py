@@ -1,0 +1,67 @@
+"""``tidings users ...`` and ``tidings vhosts ...``: edit the users file of a data directory.
+
+A running ``tidings serve`` rereads the file on the next login or permission check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from typing import Any
+
+from tidings.auth import UserStore
+
+
+def add_users_parsers(commands: Any) -> None:
+    users = commands.add_parser("users", help="manage users and their permissions")
+    sub = users.add_subparsers(dest="action", required=True)
+    add = sub.add_parser("add", help="add a user")
+    add.add_argument("name")
+    add.add_argument("password", nargs="?", help="omit to be asked (or give --password-stdin)")
+    add.add_argument("--password-stdin", action="store_true")
+    delete = sub.add_parser("delete", help="delete a user")
+    delete.add_argument("name")
+    sub.add_parser("list", help="list users and their permissions")
+    perms = sub.add_parser("set-permissions", help="set a user's permissions in a vhost")
+    perms.add_argument("name")
+    perms.add_argument("configure", help="regular expression, e.g. '.*' or '^$'")
+    perms.add_argument("write")
+    perms.add_argument("read")
+    perms.add_argument("--vhost", default="/")
+
+    vhosts = commands.add_parser("vhosts", help="manage virtual hosts")
+    vsub = vhosts.add_subparsers(dest="action", required=True)
+    for action in ("add", "delete"):
+        vsub.add_parser(action, help=f"{action} a vhost").add_argument("name")
+    vsub.add_parser("list", help="list vhosts")
+
+
+def run_users_command(args: argparse.Namespace) -> int:
+    store = UserStore(args.data_dir)
+    if args.command == "vhosts":
+        if args.action == "add":
+            store.add_vhost(args.name)
+        elif args.action == "delete":
+            store.delete_vhost(args.name)
+        else:
+            print("\n".join(store.list_vhosts()))
+        return 0
+    if args.action == "add":
+        password = args.password
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        elif password is None:
+            password = getpass.getpass(f"password for '{args.name}': ")
+        store.add_user(args.name, password)
+    elif args.action == "delete":
+        store.delete_user(args.name)
+    elif args.action == "set-permissions":
+        store.set_permissions(args.name, args.vhost, args.configure, args.write, args.read)
+    else:
+        for name in store.list_users():
+            perms = store.permissions_of(name)
+            shown = "; ".join(f"{v}: {p['configure']} {p['write']} {p['read']}"
+                              for v, p in perms.items())
+            print(f"{name}\t{shown}")
+    return 0
