@@ -78,6 +78,13 @@ class BrokenResourceError(TidingsError):
     reply_code, status, code = 320, 503, "broken"
 
 
+class InternalError(TidingsError):
+    """Something went wrong inside tidings (a bug); the connection that met it is closed."""
+
+    reply_code, status, code = 541, 500, "internal_error"
+    closes_connection = True
+
+
 class ConfigError(TidingsError):
     """Configuration given to tidings is invalid (bad URL, bad flag, bad data directory)."""
 

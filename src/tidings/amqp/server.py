@@ -43,7 +43,13 @@ from tidings.amqp.connection import (
 )
 from tidings.amqp.frames import HEARTBEAT_FRAME
 from tidings.auth import UserStore
-from tidings.errors import AccessRefusedError, BrokenResourceError, NotAllowedError, TidingsError
+from tidings.errors import (
+    AccessRefusedError,
+    BrokenResourceError,
+    InternalError,
+    NotAllowedError,
+    TidingsError,
+)
 from tidings.routing.broker import Broker
 
 log = logging.getLogger("tidings.amqp")
@@ -143,8 +149,12 @@ class AmqpLink(asyncio.Protocol):
             channel = getattr(event, "channel", 0)
             try:
                 self._handle(event)
-            except TidingsError as e:
-                method = getattr(getattr(event, "method", None), "__class__", None)
+            except Exception as e:
+                method = type(event.method) if isinstance(event, MethodReceived |
+                                                           ContentReceived) else None
+                if not isinstance(e, TidingsError):  # a bug of ours: fail this connection only
+                    log.exception("internal error on %s", self.peer)
+                    e = InternalError(f"internal error: {type(e).__name__}")
                 if e.closes_connection or channel == 0:
                     log.warning("connection error %s: %s", self.peer, reply_text(e))
                     conn.close(e, method)

@@ -291,7 +291,7 @@ class Broker:
         if not name:
             self._server_named += 1
             name = f"amq.gen-{self._seq:x}-{self._server_named}"
-        elif name.startswith("amq.") and name not in v.queues:
+        elif name.startswith("amq.") and name not in v.queues and not reserved_ok:
             raise AccessRefusedError(
                 f"queue name '{name}' contains reserved prefix 'amq.'"
             )

@@ -1,0 +1,200 @@
+"""pika (blocking and asyncio adapters) against a real tidings serve."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pika
+import pytest
+from pika.adapters.asyncio_connection import AsyncioConnection
+
+from ..serverproc import ServerProcess
+
+SEED = Path(__file__).resolve().parents[3] / "shared" / "acceptance" / "seed_send.py"
+
+
+def params(server: ServerProcess, **kw: object) -> pika.ConnectionParameters:
+    return pika.ConnectionParameters("127.0.0.1", server.port, **kw)  # type: ignore[arg-type]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def test_seed_producer_runs_unchanged_and_a_consumer_gets_hello_world(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    if not SEED.exists():
+        pytest.skip(f"acceptance program not found at {SEED}")
+    source = SEED.read_text()
+    changed = source.replace("pika.ConnectionParameters('localhost')",
+                             f"pika.ConnectionParameters('localhost', {server.port})")
+    assert changed.count(str(server.port)) == 1, "only the port may change"
+    copy = tmp_path / "seed_send.py"
+    copy.write_text(changed)
+    out = subprocess.run([sys.executable, str(copy)], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    with pika.BlockingConnection(params(server)) as conn:
+        ch = conn.channel()
+        method, _, body = ch.basic_get("hello", auto_ack=True)
+        assert method is not None and body == b"Hello World!"
+
+
+def test_blocking_publish_with_confirms_consume_and_ack(server: ServerProcess) -> None:
+    queue = unique("pika")
+    with pika.BlockingConnection(params(server)) as conn:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.queue_declare(queue, durable=True)
+        for i in range(50):
+            ch.basic_publish("", queue, f"m{i}".encode(),
+                             pika.BasicProperties(delivery_mode=2, headers={"i": i}))
+        got: list[bytes] = []
+
+        def on_message(c: object, method: object, props: pika.BasicProperties,
+                       body: bytes) -> None:
+            got.append(body)
+            ch.basic_ack(method.delivery_tag)  # type: ignore[attr-defined]
+            if len(got) == 50:
+                ch.stop_consuming()
+
+        ch.basic_qos(prefetch_count=10)
+        ch.basic_consume(queue, on_message)
+        ch.start_consuming()
+        assert got == [f"m{i}".encode() for i in range(50)]
+
+
+def test_mandatory_unroutable_is_returned(server: ServerProcess) -> None:
+    with pika.BlockingConnection(params(server)) as conn:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        with pytest.raises(pika.exceptions.UnroutableError):
+            ch.basic_publish("amq.direct", unique("nowhere"), b"x", mandatory=True)
+
+
+def test_errors_close_the_channel_with_rabbitmq_codes(server: ServerProcess) -> None:
+    with pika.BlockingConnection(params(server)) as conn:
+        ch = conn.channel()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+            ch.queue_declare("orders-missing", passive=True)
+        assert info.value.reply_code == 404
+        assert info.value.reply_text == "NOT_FOUND - no queue 'orders-missing' in vhost '/'"
+        ch = conn.channel()
+        ch.exchange_declare(unique("x"), "direct")
+        name = unique("x")
+        ch.exchange_declare(name, "direct")
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+            ch.exchange_declare(name, "fanout")
+        assert info.value.reply_code == 406
+        ch = conn.channel()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+            ch.basic_ack(99)
+            ch.queue_declare(unique("after"))  # the close arrives with the next round trip
+        assert info.value.reply_code == 406 and "unknown delivery tag 99" in info.value.reply_text
+        assert conn.is_open  # the connection keeps serving
+
+
+def test_wrong_password_is_access_refused(server: ServerProcess) -> None:
+    creds = pika.PlainCredentials("guest", "wrong")
+    with pytest.raises(pika.exceptions.ProbableAuthenticationError) as info:
+        pika.BlockingConnection(params(server, credentials=creds))
+    assert "ACCESS_REFUSED" in str(info.value)
+
+
+def test_nack_requeue_redelivers_and_reject_drops(server: ServerProcess) -> None:
+    queue = unique("nack")
+    with pika.BlockingConnection(params(server)) as conn:
+        ch = conn.channel()
+        ch.queue_declare(queue)
+        ch.basic_publish("", queue, b"again")
+        method, _, _ = ch.basic_get(queue)
+        ch.basic_nack(method.delivery_tag, requeue=True)
+        method, props, body = ch.basic_get(queue)
+        assert body == b"again" and method.redelivered
+        assert props.headers == {"x-delivery-count": 1}
+        ch.basic_reject(method.delivery_tag, requeue=False)
+        assert ch.basic_get(queue) == (None, None, None)
+
+
+def test_large_body_is_split_and_joined_at_frame_max(server: ServerProcess) -> None:
+    queue = unique("big")
+    payload = bytes(range(256)) * 4000  # about 1 MB: many body frames each way
+    with pika.BlockingConnection(params(server, frame_max=8192)) as conn:
+        ch = conn.channel()
+        ch.queue_declare(queue)
+        ch.basic_publish("", queue, payload)
+        _, _, body = ch.basic_get(queue, auto_ack=True)
+        assert body == payload
+
+
+def test_tx_commit_and_rollback(server: ServerProcess) -> None:
+    queue = unique("tx")
+    with pika.BlockingConnection(params(server)) as conn:
+        ch = conn.channel()
+        ch.queue_declare(queue)
+        ch.tx_select()
+        ch.basic_publish("", queue, b"rolled back")
+        ch.tx_rollback()
+        ch.basic_publish("", queue, b"committed")
+        ch.tx_commit()
+        _, _, body = ch.basic_get(queue, auto_ack=True)
+        assert body == b"committed"
+        assert ch.basic_get(queue) == (None, None, None)
+
+
+def test_deleting_a_queue_cancels_its_consumer(server: ServerProcess) -> None:
+    queue = unique("cancel")
+    cancelled: list[object] = []
+    with pika.BlockingConnection(params(server)) as conn:
+        ch = conn.channel()
+        ch.queue_declare(queue)
+        ch.add_on_cancel_callback(cancelled.append)
+        ch.basic_consume(queue, lambda *a: None)
+        other = conn.channel()
+        other.queue_delete(queue)
+        conn.process_data_events(time_limit=0.5)
+        assert cancelled
+
+
+def test_direct_reply_to_round_trip(server: ServerProcess) -> None:
+    service_queue = unique("rpc")
+    with pika.BlockingConnection(params(server)) as conn:
+        server_ch = conn.channel()
+        server_ch.queue_declare(service_queue)
+        client_ch = conn.channel()
+        replies: list[bytes] = []
+        client_ch.basic_consume("amq.rabbitmq.reply-to", lambda c, m, p, b: replies.append(b),
+                                auto_ack=True)
+        client_ch.basic_publish("", service_queue, b"2+2",
+                                pika.BasicProperties(reply_to="amq.rabbitmq.reply-to"))
+        method, props, body = server_ch.basic_get(service_queue, auto_ack=True)
+        assert props.reply_to.startswith("amq.rabbitmq.reply-to.")
+        server_ch.basic_publish("", props.reply_to, b"4")
+        conn.process_data_events(time_limit=0.5)
+        assert replies == [b"4"]
+
+
+async def test_pika_asyncio_adapter(server: ServerProcess) -> None:
+    loop = asyncio.get_running_loop()
+    opened: asyncio.Future[AsyncioConnection] = loop.create_future()
+    conn = AsyncioConnection(params(server), on_open_callback=opened.set_result,
+                             on_open_error_callback=lambda c, e: opened.set_exception(e),
+                             custom_ioloop=loop)
+    connection = await asyncio.wait_for(opened, 10)
+    channel_ready: asyncio.Future[object] = loop.create_future()
+    connection.channel(on_open_callback=channel_ready.set_result)
+    ch = await asyncio.wait_for(channel_ready, 10)
+    queue = unique("aio")
+    declared: asyncio.Future[object] = loop.create_future()
+    ch.queue_declare(queue, callback=declared.set_result)  # type: ignore[attr-defined]
+    await asyncio.wait_for(declared, 10)
+    got: asyncio.Future[bytes] = loop.create_future()
+    ch.basic_consume(queue, lambda c, m, p, b: got.set_result(b), auto_ack=True)  # type: ignore[attr-defined]
+    ch.basic_publish("", queue, b"over asyncio")  # type: ignore[attr-defined]
+    assert await asyncio.wait_for(got, 10) == b"over asyncio"
+    conn.close()

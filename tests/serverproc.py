@@ -1,0 +1,54 @@
+"""Run a real ``tidings serve`` process on an ephemeral port, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class ServerProcess:
+    def __init__(self, data_dir: Path, *extra: str) -> None:
+        self.data_dir, self.extra = data_dir, extra
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+        self.tls_port = 0
+        self.log = data_dir.parent / f"{data_dir.name}-server.log"
+
+    def start(self, port: int = 0) -> ServerProcess:
+        args = [sys.executable, "-m", "tidings", "--data-dir", str(self.data_dir), "serve",
+                "--host", "127.0.0.1", "--amqp-port", str(port), *self.extra]
+        stderr = open(self.log, "a")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        stderr.close()
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"server did not start: {self.log.read_text()[-2000:]}")
+            found = re.search(r"(amqps?) listening on [^:]+:(\d+)", line)
+            if found and found.group(1) == "amqp":
+                self.port = int(found.group(2))
+            elif found:
+                self.tls_port = int(found.group(2))
+            if self.port and (self.tls_port or "--tls-cert" not in self.extra):
+                return self
+        raise RuntimeError("server did not print its port in time")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=30)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
