@@ -80,8 +80,9 @@ def open_connection(how: str = "whole") -> ServerConnection:
 @pytest.mark.parametrize("how", ["whole", "bytewise"])
 def test_handshake_and_channel_lifecycle(how: str) -> None:
     conn = open_connection(how)
-    got = feed(conn, client_frames((1, Ch.Open()), (1, Q.Declare(queue="q")), (1, Ch.Close(200, "bye", 0, 0))),
-               how)
+    data = client_frames((1, Ch.Open()), (1, Q.Declare(queue="q")),
+                         (1, Ch.Close(200, "bye", 0, 0)))
+    got = feed(conn, data, how)
     assert got[0] == ChannelOpened(1)
     assert isinstance(got[1], MethodReceived) and got[1].method.queue == "q"
     assert got[2] == ChannelClosed(1)

@@ -172,7 +172,7 @@ def test_direct_reply_to_round_trip(server: ServerProcess) -> None:
                                 auto_ack=True)
         client_ch.basic_publish("", service_queue, b"2+2",
                                 pika.BasicProperties(reply_to="amq.rabbitmq.reply-to"))
-        method, props, body = server_ch.basic_get(service_queue, auto_ack=True)
+        _, props, _ = server_ch.basic_get(service_queue, auto_ack=True)
         assert props.reply_to.startswith("amq.rabbitmq.reply-to.")
         server_ch.basic_publish("", props.reply_to, b"4")
         conn.process_data_events(time_limit=0.5)
