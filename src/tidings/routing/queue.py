@@ -27,6 +27,8 @@ if TYPE_CHECKING:  # the consumer type is only named in annotations
 
 #: Ready messages held in memory per (non-priority) queue before paging to the store.
 DEFAULT_WINDOW = 20_000
+#: ... and at most this many body bytes of them (large messages page out sooner).
+WINDOW_BYTES = 32 * 2**20
 
 
 class Entry:
@@ -71,6 +73,7 @@ class Queue:
         # Priority queues do not page (see above); a store that keeps no messages cannot.
         pages = options.max_priority is None and self._keep
         self.window = window if pages else 1 << 62
+        self.window_bytes = WINDOW_BYTES if pages else 1 << 62
         self._ready: list[tuple[int, int, Entry]] = []
         self.ready_bytes = 0
         self.paged_out = 0
@@ -139,7 +142,8 @@ class Queue:
         entry = Entry(seq, record, persistent)
         entry.redelivered = record.delivery_count > 0
         self.counters.published += 1
-        if self.paged_out or len(self._ready) >= self.window:
+        if self.paged_out or len(self._ready) >= self.window or \
+                self.ready_bytes >= self.window_bytes:
             flags = 0 if persistent else TRANSIENT
             self._store.append(self.store_key, seq, encode_record(record), flags)
             self.paged_out += 1
@@ -180,7 +184,9 @@ class Queue:
     # -- taking ----------------------------------------------------------------------------
 
     def _page_in(self) -> None:
-        rows = self._store.load(self.store_key, self._boundary, max(1, self.window // 2))
+        average = self.paged_bytes // self.paged_out if self.paged_out else 1
+        limit = min(self.window // 2, self.window_bytes // 2 // max(average, 1))
+        rows = self._store.load(self.store_key, self._boundary, max(1, limit))
         for seq, data in rows:
             if seq in self._removed_paged:
                 self._removed_paged.discard(seq)

@@ -64,7 +64,9 @@ def _recover_messages(broker: Broker) -> None:
         total = store.count(key)
         if not total:
             continue
-        rows = store.load(key, -1, queue.window)
+        sample = store.load(key, -1, 100)
+        average = sum(len(data) for _, data in sample) // max(len(sample), 1)
+        rows = store.load(key, -1, max(1, min(queue.window, queue.window_bytes // max(average, 1))))
         mark = marks.get(key, -1)
         entries = []
         for seq, data in rows:
