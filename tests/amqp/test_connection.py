@@ -208,3 +208,16 @@ def test_well_framed_garbage_payloads_never_escape(parts: list[tuple[int, bytes]
         frame_type = (1, 2, 3, 8)[kind]
         conn.receive_data(struct.pack(">BHI", frame_type, 1, len(payload)) + payload + b"\xce")
         events(conn)
+
+
+def test_publish_followed_by_channel_close_in_one_read_is_delivered() -> None:
+    conn = open_connection()
+    data = client_frames(
+        (1, Ch.Open()),
+        (1, B.Publish(exchange="", routing_key="q")),
+        (1, header.ContentHeader(0, 2, B.Properties())),
+        (1, body.ContentBody(b"hi")),
+        (1, Ch.Close(200, "bye", 0, 0)),
+    )
+    got = feed(conn, data, "whole")
+    assert [type(e) for e in got] == [ChannelOpened, ContentReceived, ChannelClosed]

@@ -180,7 +180,15 @@ class ServerConnection:
             self.close(e)
 
     def next_event(self) -> Event | None:
-        return self._events.popleft() if self._events else None
+        """The next event; work for a channel we closed since it was parsed is dropped."""
+        while self._events:
+            event = self._events.popleft()
+            if isinstance(event, MethodReceived | ContentReceived):
+                ch = self.channels.get(event.channel)
+                if ch is not None and ch.state == CLOSING:
+                    continue
+            return event
+        return None
 
     def data_to_send(self) -> bytes:
         out, self._out = self._out, []

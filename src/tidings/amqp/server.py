@@ -164,11 +164,15 @@ class AmqpLink(asyncio.Protocol):
         self.flush()
 
     def _handle(self, event: Any) -> None:
-        if isinstance(event, ContentReceived):
-            self.published = True
-            self.channels[event.channel].publish(event)
-        elif isinstance(event, MethodReceived):
-            self.channels[event.channel].handle(event.method)
+        if isinstance(event, ContentReceived | MethodReceived):
+            channel = self.channels.get(event.channel)
+            if channel is None:
+                return  # closed by an error earlier in this read; the peer will hear of it
+            if isinstance(event, ContentReceived):
+                self.published = True
+                channel.publish(event)
+            else:
+                channel.handle(event.method)
         elif isinstance(event, ChannelOpened):
             self.channels[event.channel] = AmqpChannel(self, event.channel)
         elif isinstance(event, ChannelClosed):

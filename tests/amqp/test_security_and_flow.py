@@ -1,0 +1,238 @@
+"""Heartbeats, users and permissions, vhosts, TLS and flow control, over real sockets."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pika
+import pytest
+from pamqp import commands, frame
+
+from tidings.amqp.frames import PROTOCOL_HEADER, FrameReader
+from tidings.auth import UserStore
+from tidings.errors import AccessRefusedError
+
+from ..serverproc import ServerProcess
+
+C, Ch, B = commands.Connection, commands.Channel, commands.Basic
+
+
+def tidings_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tidings", "--data-dir", str(data_dir), *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def params(server: ServerProcess, **kw: object) -> pika.ConnectionParameters:
+    return pika.ConnectionParameters("127.0.0.1", server.port, **kw)  # type: ignore[arg-type]
+
+
+class RawClient:
+    """A minimal hand-driven AMQP client: handshake, then frames of our choosing."""
+
+    def __init__(self, port: int, heartbeat_s: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.reader = FrameReader()
+        self.sock.sendall(PROTOCOL_HEADER)
+        self.expect(C.Start)
+        self.send(0, C.StartOk({}, "PLAIN", "\x00guest\x00guest"))
+        self.expect(C.Tune)
+        self.send(0, C.TuneOk(0, 131072, heartbeat_s))
+        self.send(0, C.Open("/"))
+        self.expect(C.OpenOk)
+
+    def send(self, channel: int, value: object) -> None:
+        self.sock.sendall(frame.marshal(value, channel))  # type: ignore[arg-type]
+
+    def expect(self, kind: type) -> object:
+        while True:
+            item = self.reader.next_frame()
+            if item is not None:
+                if isinstance(item[1], kind):
+                    return item[1]
+                continue
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed")
+            self.reader.feed(data)
+
+
+def test_silent_peer_is_dropped_and_its_unacked_message_requeued(
+    server: ServerProcess,
+) -> None:
+    with pika.BlockingConnection(params(server)) as conn:
+        ch = conn.channel()
+        ch.queue_declare("hb")
+        ch.basic_publish("", "hb", b"held by a silent peer")
+    raw = RawClient(server.port, heartbeat_s=1)
+    raw.send(1, Ch.Open())
+    raw.expect(Ch.OpenOk)
+    raw.send(1, B.Get(queue="hb"))
+    raw.expect(B.GetOk)
+    started = time.monotonic()
+    raw.sock.settimeout(10)
+    with pytest.raises((ConnectionError, OSError)):  # we stay silent: the server hangs up
+        while True:
+            if not raw.sock.recv(65536):
+                raise ConnectionError("closed by server")
+    raw.sock.close()
+    assert 1.5 < time.monotonic() - started < 8
+    with pika.BlockingConnection(params(server)) as conn:
+        method, _, body = conn.channel().basic_get("hb", auto_ack=True)
+        assert body == b"held by a silent peer" and method.redelivered
+
+
+def test_server_sends_heartbeats_to_an_idle_client(server: ServerProcess) -> None:
+    with pika.BlockingConnection(params(server, heartbeat=1)) as conn:
+        conn.sleep(3.5)  # pika drops the connection if it hears nothing for too long
+        assert conn.is_open
+        conn.channel().queue_declare("still-here")
+
+
+def test_users_permissions_and_vhosts(server: ServerProcess) -> None:
+    data = server.data_dir
+    assert tidings_cli(data, "users", "add", "alice", "wonderland").returncode == 0
+    out = tidings_cli(data, "users", "set-permissions", "alice", "^alice-.*", "^alice-.*|amq.direct",
+                      "^alice-.*")
+    assert out.returncode == 0, out.stderr
+    assert "alice" in tidings_cli(data, "users", "list").stdout
+    assert "wonderland" not in (data / "users.json").read_text()  # stored hashed
+
+    alice = pika.PlainCredentials("alice", "wonderland")
+    with pika.BlockingConnection(params(server, credentials=alice)) as conn:
+        ch = conn.channel()
+        ch.queue_declare("alice-jobs")
+        ch.basic_publish("amq.direct", "k", b"allowed")
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+            ch.queue_declare("bob-jobs")
+        assert info.value.reply_code == 403
+        assert "configure access to queue 'bob-jobs'" in info.value.reply_text
+        ch = conn.channel()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+            ch.basic_publish("amq.fanout", "k", b"forbidden")
+            ch.queue_declare("alice-after")
+        assert info.value.reply_code == 403 and "write access" in info.value.reply_text
+
+    assert tidings_cli(data, "vhosts", "add", "/staging").returncode == 0
+    with pytest.raises(pika.exceptions.ProbableAccessDeniedError) as closed:
+        pika.BlockingConnection(params(server, virtual_host="/staging"))
+    assert "(530) \"NOT_ALLOWED - access to vhost '/staging' refused for user 'guest'\"" \
+        in str(closed.value)
+    tidings_cli(data, "users", "set-permissions", "guest", ".*", ".*", ".*", "--vhost",
+                "/staging")
+    with pika.BlockingConnection(params(server, virtual_host="/staging")) as conn:
+        conn.channel().queue_declare("staged")
+    out = tidings_cli(data, "users", "set-permissions", "nobody", ".*", ".*", ".*")
+    assert out.returncode == 1 and out.stderr.strip() == "tidings: error: no user 'nobody'"
+
+
+def test_guest_is_refused_from_anywhere_but_loopback(tmp_path: Path) -> None:
+    users = UserStore(tmp_path)
+    assert users.authenticate("guest", "guest", "127.0.0.1") == "guest"
+    assert users.authenticate("guest", "guest", "::1") == "guest"
+    with pytest.raises(AccessRefusedError, match="only connect via localhost"):
+        users.authenticate("guest", "guest", "192.0.2.10")
+    with pytest.raises(AccessRefusedError, match="login was refused"):
+        users.authenticate("guest", "nope", "127.0.0.1")
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_amqps_with_a_certificate_the_test_makes(tmp_path: Path) -> None:
+    cert, key = make_certificate(tmp_path)
+    server = ServerProcess(tmp_path / "data", "--tls-cert", str(cert), "--tls-key", str(key),
+                           "--amqps-port", "0").start()
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        tls = pika.ConnectionParameters("localhost", server.tls_port,
+                                        ssl_options=pika.SSLOptions(context, "localhost"))
+        with pika.BlockingConnection(tls) as conn:
+            ch = conn.channel()
+            ch.queue_declare("secure")
+            ch.basic_publish("", "secure", b"over tls")
+            _, _, body = ch.basic_get("secure", auto_ack=True)
+            assert body == b"over tls"
+    finally:
+        server.stop()
+
+
+def test_memory_alarm_blocks_publishers_with_connection_blocked(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", "--memory-high-watermark-mb", "1").start()
+    conn = pika.BlockingConnection(params(server, blocked_connection_timeout=30))
+    try:
+        blocked: list[object] = []
+        conn.add_on_connection_blocked_callback(lambda c, m: blocked.append(m))
+        ch = conn.channel()
+        ch.queue_declare("flow")
+        ch.basic_publish("", "flow", b"x")
+        deadline = time.monotonic() + 10
+        while not blocked and time.monotonic() < deadline:
+            conn.process_data_events(time_limit=0.2)
+        assert blocked
+        assert "low on memory" in blocked[0].method.reason  # type: ignore[attr-defined]
+    finally:
+        server.stop()  # a blocked connection is not read from, as in RabbitMQ: stop first
+        with contextlib.suppress(pika.exceptions.AMQPError):
+            conn.close()
+
+
+def test_port_in_use_is_a_one_line_error(server: ServerProcess, tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "tidings", "--data-dir", str(tmp_path / "d2"),
+                          "serve", "--host", "127.0.0.1", "--amqp-port", str(server.port)],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"port {server.port}" in lines[0] and "--amqp-port" in lines[0]
+    assert "Traceback" not in out.stderr
+
+
+def test_sigterm_closes_connections_with_320_and_keeps_confirmed_messages(
+    tmp_path: Path,
+) -> None:
+    server = ServerProcess(tmp_path / "data").start()
+    conn = pika.BlockingConnection(params(server))
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.queue_declare("kept", durable=True)
+    ch.basic_publish("", "kept", b"durable", pika.BasicProperties(delivery_mode=2))
+    assert server.stop() == 0
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as info:
+        conn.process_data_events(time_limit=1)
+        ch.queue_declare("kept", durable=True)
+    assert info.value.reply_code == 320
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        with pika.BlockingConnection(params(server)) as conn2:
+            _, _, body = conn2.channel().basic_get("kept", auto_ack=True)
+            assert body == b"durable"
+    finally:
+        server.stop()
