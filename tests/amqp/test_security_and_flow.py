@@ -98,8 +98,8 @@ def test_server_sends_heartbeats_to_an_idle_client(server: ServerProcess) -> Non
 def test_users_permissions_and_vhosts(server: ServerProcess) -> None:
     data = server.data_dir
     assert tidings_cli(data, "users", "add", "alice", "wonderland").returncode == 0
-    out = tidings_cli(data, "users", "set-permissions", "alice", "^alice-.*", "^alice-.*|amq.direct",
-                      "^alice-.*")
+    out = tidings_cli(data, "users", "set-permissions", "alice", "^alice-.*",
+                      "^alice-.*|amq.direct", "^alice-.*")
     assert out.returncode == 0, out.stderr
     assert "alice" in tidings_cli(data, "users", "list").stdout
     assert "wonderland" not in (data / "users.json").read_text()  # stored hashed
