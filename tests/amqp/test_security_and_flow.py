@@ -236,3 +236,35 @@ def test_sigterm_closes_connections_with_320_and_keeps_confirmed_messages(
             assert body == b"durable"
     finally:
         server.stop()
+
+
+def test_slow_no_ack_consumer_cannot_grow_server_memory(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data").start()
+    assert server.proc is not None
+    try:
+        raw = RawClient(server.port, heartbeat_s=0)
+        raw.send(1, Ch.Open())
+        raw.expect(Ch.OpenOk)
+        raw.send(1, commands.Queue.Declare(queue="firehose"))
+        raw.expect(commands.Queue.DeclareOk)
+        raw.send(1, B.Consume(queue="firehose", no_ack=True))
+        raw.expect(B.ConsumeOk)  # ... and from now on this client never reads again
+        body = b"z" * 4096
+        with pika.BlockingConnection(params(server)) as conn:
+            ch = conn.channel()
+            for _ in range(40_000):  # 160 MB for a consumer that reads nothing
+                ch.basic_publish("", "firehose", body)
+            ch.queue_declare("firehose", passive=True)  # a round trip: all were processed
+        rss_mb = _rss_mb(server.proc.pid)
+        assert rss_mb < 140, f"server grew to {rss_mb:.0f} MB"
+        raw.sock.close()
+    finally:
+        server.stop()
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0

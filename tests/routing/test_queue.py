@@ -351,3 +351,12 @@ async def test_paging_keeps_memory_bounded_and_order_exact(clock: FakeClock) -> 
         s.ack(got[-1].delivery_tag, multiple=True)
         assert len(got) > before
     assert bodies(got) == [str(i).encode() for i in range(100)]
+
+
+async def test_deleting_a_queue_can_auto_delete_its_exchange(broker: Broker) -> None:
+    broker.declare_exchange("/", "ad", "fanout", auto_delete=True)
+    broker.declare_exchange("/", "other", "fanout")
+    broker.declare_queue("/", "q", exclusive=True, connection_id="c1")
+    broker.bind("/", "ad", "q")
+    broker.close_connection("c1")
+    assert "ad" not in broker.vhosts["/"].exchanges and "other" in broker.vhosts["/"].exchanges

@@ -365,7 +365,7 @@ class Broker:
         queue.unacked.clear()
         self.store.remove_after(queue.store_key, -1)
         v = self.vhosts[queue.vhost]
-        for ex in v.exchanges.values():
+        for ex in list(v.exchanges.values()):
             for b in [b for b in ex.bindings if not b.to_exchange and b.destination == queue.name]:
                 self._unbind(queue.vhost, b)
         del v.queues[queue.name]
