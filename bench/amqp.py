@@ -9,7 +9,10 @@ A1 pika BlockingConnection: persistent messages, publisher confirms; consumer wi
 A2 aio-pika: confirms awaited in windows of 100; and a transient variant without confirms.
 A3 fan-out: one publisher, a fanout exchange, four consumers (deliveries/s).
 A4 latency: 2,000 messages/s for 10 s, publish -> deliver p50 / p99 / p99.9.
-A5 1,000 idle connections plus one busy pair: server RSS and the pair's rate.
+A5 idle connections plus one busy pair: server RSS and the pair's rate. The issue asks for
+   1,000; the RabbitMQ on this machine runs with a 1,024 file-descriptor limit and raises its
+   fd alarm (blocking every publisher) near 1,000 connections, so the default is 800 for
+   both (``--idle`` changes it).
 
 tidings runs as a real ``tidings serve`` on a free port with a fresh data directory; RabbitMQ
 is the one already running. Server CPU time per message is read from /proc for both.
@@ -274,7 +277,7 @@ async def run_a5(url: str, pid: int | None, idle: int = 1000, n: int = 20_000
                                           for _ in range(min(100, idle - i))))
     await asyncio.sleep(1)
     rss = rss_mb(pid) if pid else 0.0
-    busy = await run_a2(url, n, confirms=False)
+    busy = await asyncio.wait_for(run_a2(url, n, confirms=False), 120)
     for w in writers:
         w.close()
     return {"rate": busy["rate"], "rss_mb": rss}
@@ -307,6 +310,7 @@ def main() -> None:
     parser.add_argument("--only", default="A1,A2,A3,A4,A5")
     parser.add_argument("--rabbitmq", default="amqp://guest:guest@127.0.0.1:5672/")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--idle", type=int, default=800, help="A5 idle connections")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--queue", help=argparse.SUPPRESS)
@@ -342,8 +346,8 @@ def main() -> None:
                     rows[title][name] = measure(name, url, pid, lambda w=work, u=url: w(u),
                                                 messages)
             if "A5" in only:
-                title = "A5 1000 idle conns + busy pair"
-                rows[title] = {name: asyncio.run(run_a5(url, pid, 1000 // q, 20000 // q))
+                title = f"A5 {args.idle // q} idle conns + busy pair"
+                rows[title] = {name: asyncio.run(run_a5(url, pid, args.idle // q, 20000 // q))
                                for name, url, pid in targets}
         finally:
             proc.terminate()
