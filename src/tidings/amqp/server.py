@@ -101,6 +101,7 @@ class AmqpLink(asyncio.Protocol):
         self.published = False
         self.blocked = False
         self._writing_paused = False
+        self._store_wait = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -162,6 +163,23 @@ class AmqpLink(asyncio.Protocol):
                     self.channel_error(channel, e, method)
         self._send_confirms()
         self.flush()
+        if self.broker.write_backlog_exceeded():
+            self._wait_for_store()
+
+    def _wait_for_store(self) -> None:
+        """The store lags: read nothing more from this client until it has caught up."""
+        if self.transport is None or self._store_wait:
+            return
+        self._store_wait = True
+        self.transport.pause_reading()
+
+        def resume(_: asyncio.Future[None]) -> None:
+            self._store_wait = False
+            if self.transport is not None and not self.transport.is_closing() and \
+                    not self.blocked:
+                self.transport.resume_reading()
+
+        self.broker.sync().add_done_callback(resume)
 
     def _handle(self, event: Any) -> None:
         if isinstance(event, ContentReceived | MethodReceived):
@@ -317,7 +335,8 @@ class AmqpLink(asyncio.Protocol):
             if self.capability("connection.blocked"):
                 self.conn.send_method(0, commands.Connection.Unblocked())
                 self.flush()
-            self.transport.resume_reading()
+            if not self._store_wait:
+                self.transport.resume_reading()
 
 
 class AmqpServer:

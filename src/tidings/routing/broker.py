@@ -42,8 +42,9 @@ PREDECLARED = {
     "amq.headers": "headers",
     "amq.match": "headers",
 }
-#: Uncommitted writes tolerated before acks and unconfirmed publishes wait for the store.
-MAX_WRITE_BACKLOG = 50_000
+#: Bytes of uncommitted writes tolerated before acks and unconfirmed publishes wait for the
+#: store (each write counts its payload plus a fixed overhead).
+MAX_WRITE_BACKLOG_BYTES = 16 * 2**20
 #: Seconds between housekeeping ticks (rates, x-expires, consumer timeouts).
 TICK_S = 1.0
 
@@ -109,12 +110,12 @@ class Broker:
         return self.store.sync()
 
     def write_backlog_exceeded(self) -> bool:
-        """True when the store lags behind by more than :data:`MAX_WRITE_BACKLOG` writes.
+        """True when the store lags behind by more than :data:`MAX_WRITE_BACKLOG_BYTES`.
 
         Faces that settle or publish without waiting for durability (acks, unconfirmed
         publishes) then await :meth:`sync` before taking more, so memory stays bounded.
         """
-        return self.store.backlog() > MAX_WRITE_BACKLOG
+        return self.store.backlog() > MAX_WRITE_BACKLOG_BYTES
 
     def start(self) -> None:
         """Start housekeeping timers (call from inside the running event loop)."""

@@ -57,6 +57,8 @@ _SQL = {
 }
 
 Op = tuple[str, tuple[Any, ...]]
+#: What one write costs in the backlog besides its payload (tuples, SQL work).
+OP_OVERHEAD_BYTES = 128
 
 
 #: SQLite page cache per connection, KiB: the writer's holds the hot index pages; the reader
@@ -96,24 +98,28 @@ class SqliteStore:
         self._last_future: asyncio.Future[None] | None = None
         self._handoff_scheduled = False
         self._cond = threading.Condition()
-        self._handed: list[tuple[list[Op], dict[str, int], asyncio.Future[None] | None]] = []
+        self._handed: list[tuple[list[Op], dict[str, int], asyncio.Future[None] | None, int]] = []
         self._closing = False
         self._closed = False
         #: Transactions committed so far (group commit makes this far below the writes).
         self.commits = 0
-        # Writes submitted (loop thread) and written (writer thread); each has one writer.
+        # Bytes of writes submitted (loop thread) and written (writer thread); each counter
+        # has exactly one writer, so no lock is needed to read the difference.
         self._submitted = 0
         self._written = 0
+        self._pending_bytes = 0
         self._thread = threading.Thread(target=self._run_writer, name="tidings-writer", daemon=True)
         self._thread.start()
 
     # -- writes (event loop thread) -------------------------------------------------------
 
-    def _submit(self, op: Op) -> None:
+    def _submit(self, op: Op, size: int = 0) -> None:
         if self._closed:
             raise ClosedResourceError(f"the store in '{self.directory}' is closed")
         self._pending.append(op)
-        self._submitted += 1
+        weight = OP_OVERHEAD_BYTES + size
+        self._submitted += weight
+        self._pending_bytes += weight
         self._schedule()
 
     def _schedule(self) -> None:
@@ -128,10 +134,10 @@ class SqliteStore:
         loop.call_soon(self._handoff)
 
     def append(self, queue: str, seq: int, data: bytes, flags: int = 0) -> None:
-        self._submit(("append", (seq, queue, flags, data)))
+        self._submit(("append", (seq, queue, flags, data)), len(data))
 
     def replace(self, queue: str, seq: int, data: bytes) -> None:
-        self._submit(("replace", (data, seq)))
+        self._submit(("replace", (data, seq)), len(data))
 
     def remove(self, queue: str, seq: int) -> None:
         self._submit(("remove", (seq, seq)))
@@ -151,7 +157,7 @@ class SqliteStore:
         self._submit(("delete_definition", (kind, key)))
 
     def backlog(self) -> int:
-        """Writes submitted but not yet committed (callers slow down when it grows)."""
+        """Bytes of writes submitted but not yet committed (callers slow down when it grows)."""
         return self._submitted - self._written
 
     def sync(self) -> asyncio.Future[None]:
@@ -171,6 +177,7 @@ class SqliteStore:
         if not self._pending and not self._marks:
             return
         ops, self._pending = self._pending, []
+        weight, self._pending_bytes = self._pending_bytes, 0
         marks, self._marks = self._marks, {}
         future, self._next_future = self._next_future, None
         if future is None:
@@ -181,7 +188,7 @@ class SqliteStore:
         if future is not None:
             self._last_future = future
         with self._cond:
-            self._handed.append((ops, marks, future))
+            self._handed.append((ops, marks, future, weight))
             self._cond.notify()
 
     # -- the writer thread -----------------------------------------------------------------
@@ -200,19 +207,19 @@ class SqliteStore:
             except Exception as e:  # a failed commit fails every waiter of the batch
                 error = e
                 self._writer.execute("ROLLBACK") if self._writer.in_transaction else None
-            self._resolve([f for _, _, f in batch if f is not None], error)
+            self._resolve([item[2] for item in batch if item[2] is not None], error)
 
-    def _write(self, batch: list[tuple[list[Op], dict[str, int], Any]]) -> None:
+    def _write(self, batch: list[tuple[list[Op], dict[str, int], Any, int]]) -> None:
         conn = self._writer
         conn.execute("BEGIN")
-        for ops, marks, _ in batch:
+        for ops, marks, _, _ in batch:
             for kind, rows in _runs(ops):
                 conn.executemany(_SQL[kind], _ranges(rows) if kind == "remove" else rows)
             if marks:
                 conn.executemany(_SQL["mark"], marks.items())
         conn.execute("COMMIT")
         self.commits += 1
-        self._written += sum(len(ops) for ops, _, _ in batch)
+        self._written += sum(item[3] for item in batch)
 
     @staticmethod
     def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
