@@ -17,11 +17,15 @@ class ServerProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.tls_port = 0
+        self.http_port = 0
         self.log = data_dir.parent / f"{data_dir.name}-server.log"
 
     def start(self, port: int = 0) -> ServerProcess:
+        http = [] if "--http-port" in self.extra else ["--http-port", "0"]  # never 15672
         args = [sys.executable, "-m", "tidings", "--data-dir", str(self.data_dir), "serve",
-                "--host", "127.0.0.1", "--amqp-port", str(port), *self.extra]
+                "--host", "127.0.0.1", "--amqp-port", str(port), *http, *self.extra]
+        want_http = "-1" not in [self.extra[i + 1] for i, a in enumerate(self.extra[:-1])
+                                 if a == "--http-port"]
         stderr = open(self.log, "a")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, text=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -32,12 +36,15 @@ class ServerProcess:
             line = self.proc.stdout.readline()
             if not line:
                 raise RuntimeError(f"server did not start: {self.log.read_text()[-2000:]}")
-            found = re.search(r"(amqps?) listening on [^:]+:(\d+)", line)
+            found = re.search(r"(amqps?|https?) listening on [^:]+:(\d+)", line)
             if found and found.group(1) == "amqp":
                 self.port = int(found.group(2))
+            elif found and found.group(1).startswith("http"):
+                self.http_port = int(found.group(2))
             elif found:
                 self.tls_port = int(found.group(2))
-            if self.port and (self.tls_port or "--tls-cert" not in self.extra):
+            if self.port and (self.tls_port or "--tls-cert" not in self.extra) and \
+                    (self.http_port or not want_http):
                 return self
         raise RuntimeError("server did not print its port in time")
 

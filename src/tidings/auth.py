@@ -59,6 +59,8 @@ class Users:
     vhosts: list[str] = field(default_factory=lambda: ["/"])
     #: vhost -> user -> {"configure": re, "write": re, "read": re}
     permissions: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
+    #: sha256(token) -> {"user": name, "name": label}: bearer tokens for the HTTP gateway
+    tokens: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
     def default(cls) -> Users:
@@ -68,7 +70,8 @@ class Users:
         return users
 
     def to_json(self) -> dict[str, Any]:
-        return {"users": self.users, "vhosts": self.vhosts, "permissions": self.permissions}
+        return {"users": self.users, "vhosts": self.vhosts, "permissions": self.permissions,
+                "tokens": self.tokens}
 
 
 class UserStore:
@@ -90,7 +93,8 @@ class UserStore:
         if mtime != self._mtime:
             try:
                 data = json.loads(self.path.read_text())
-                self._users = Users(data["users"], data["vhosts"], data["permissions"])
+                self._users = Users(data["users"], data["vhosts"], data["permissions"],
+                                    data.get("tokens", {}))
             except (ValueError, KeyError, TypeError) as e:
                 raise ConfigError(f"users file '{self.path}' is not valid: {e}") from e
             self._mtime = mtime
@@ -123,6 +127,13 @@ class UserStore:
                 f"user '{username}' can only connect via localhost"
             )
         return username
+
+    def authenticate_token(self, token: str) -> str:
+        """The user a bearer token belongs to; raises AccessRefusedError otherwise."""
+        found = self.reload().tokens.get(hashlib.sha256(token.encode()).hexdigest())
+        if found is None or found.get("user") not in self._users.users:
+            raise AccessRefusedError("unknown or revoked bearer token")
+        return found["user"]
 
     def check_vhost(self, username: str, vhost: str) -> None:
         users = self.reload()
@@ -177,6 +188,29 @@ class UserStore:
             "configure": configure, "write": write, "read": read,
         }
         self.save(users)
+
+    def create_token(self, username: str, name: str) -> str:
+        """A new bearer token for ``username``; only its hash is stored."""
+        users = self.reload()
+        if username not in users.users:
+            raise NotFoundError(f"no user '{username}'")
+        token = secrets.token_urlsafe(32)
+        users.tokens[hashlib.sha256(token.encode()).hexdigest()] = {"user": username,
+                                                                    "name": name}
+        self.save(users)
+        return token
+
+    def delete_token(self, name: str) -> None:
+        users = self.reload()
+        found = [h for h, t in users.tokens.items() if t.get("name") == name]
+        if not found:
+            raise NotFoundError(f"no token named '{name}'")
+        for h in found:
+            del users.tokens[h]
+        self.save(users)
+
+    def list_tokens(self) -> list[tuple[str, str]]:
+        return sorted((t["name"], t["user"]) for t in self.reload().tokens.values())
 
     def add_vhost(self, vhost: str) -> None:
         users = self.reload()

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 async def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return await serve(args)
-    if args.command in ("users", "vhosts"):
+    if args.command in ("users", "vhosts", "tokens"):
         return run_users_command(args)
     if not os.path.isdir(args.data_dir):
         raise tidings.ConfigError(f"no data directory '{args.data_dir}' (see --data-dir)")

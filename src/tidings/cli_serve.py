@@ -24,6 +24,12 @@ def add_serve_parser(commands: Any) -> None:
     serve.add_argument("--host", default=os.environ.get("TIDINGS_HOST", "0.0.0.0"),
                        help="address to listen on (default 0.0.0.0)")
     serve.add_argument("--amqp-port", type=int, default=5672, help="AMQP port (default 5672)")
+    serve.add_argument("--http-port", type=int, default=15672,
+                       help="HTTP gateway port (default 15672; -1 disables it)")
+    serve.add_argument("--http-max-body-bytes", type=int, default=1 << 20,
+                       help="largest HTTP request body accepted (default 1 MiB)")
+    serve.add_argument("--sse-buffer-events", type=int, default=1000,
+                       help="events an SSE reader may fall behind before it is cut off")
     serve.add_argument("--amqps-port", type=int, default=5671,
                        help="AMQP over TLS port, with --tls-cert and --tls-key (default 5671)")
     serve.add_argument("--tls-cert", help="PEM certificate (chain) for TLS")
@@ -79,6 +85,9 @@ async def serve(args: argparse.Namespace) -> int:
                 raise ConfigError(f"port {port} is not available ({flag}): {e}") from e
             print(f"tidings: {scheme} listening on {args.host}:{bound} (data: {data_dir})",
                   flush=True)
+        http = None
+        if args.http_port >= 0:
+            http = await _start_http(args, broker, server, tls)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -86,6 +95,72 @@ async def serve(args: argparse.Namespace) -> int:
         await stop.wait()
         print("tidings: shutting down", flush=True)
     finally:
+        if http is not None:
+            http.should_exit = True
+            await http_task_done(http)
         await server.close()
         broker.close()
     return 0
+
+
+async def _start_http(args: argparse.Namespace, broker: Any, amqp: Any,
+                      tls: ssl.SSLContext | None) -> Any:
+    """The gateway on its own port, in this event loop, served by uvicorn."""
+    import socket
+
+    import uvicorn
+
+    from tidings.http.app import build_app
+
+    def server_stats() -> dict[str, float]:
+        return {"connections": float(len(amqp.links)),
+                "channels": float(sum(len(link.channels) for link in amqp.links))}
+
+    app = build_app(broker, amqp.users, max_body_bytes=args.http_max_body_bytes,
+                    server_stats=server_stats, stream_buffer=args.sse_buffer_events)
+    app.state.gateway.events.start()
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.http_port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"port {args.http_port} is not available (--http-port): "
+                          f"{e.strerror}") from e
+    sock.listen(512)
+    sock.setblocking(False)
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
+                            ssl_certfile=args.tls_cert if tls else None,
+                            ssl_keyfile=args.tls_key if tls else None)
+    http = _Uvicorn(config)
+    http.task = asyncio.get_running_loop().create_task(http._serve(sockets=[sock]))
+    while not http.started and not http.task.done():
+        await asyncio.sleep(0.01)
+    if http.task.done():
+        http.task.result()
+    scheme = "https" if tls else "http"
+    print(f"tidings: {scheme} listening on {args.host}:{sock.getsockname()[1]} "
+          f"(dashboard at /)", flush=True)
+    return http
+
+
+class _Uvicorn:
+    """uvicorn's Server without its own signal handling (``tidings serve`` owns SIGTERM)."""
+
+    def __new__(cls, config: Any) -> Any:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            task: asyncio.Task[None]
+
+            def install_signal_handlers(self) -> None:
+                pass
+
+        return Server(config)
+
+
+async def http_task_done(http: Any) -> None:
+    try:
+        await asyncio.wait_for(http.task, 10)
+    except (TimeoutError, asyncio.CancelledError):
+        http.task.cancel()

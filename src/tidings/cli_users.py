@@ -1,4 +1,4 @@
-"""``tidings users ...`` and ``tidings vhosts ...``: edit the users file of a data directory.
+"""``tidings users|vhosts|tokens ...``: edit the users file of a data directory.
 
 A running ``tidings serve`` rereads the file on the next login or permission check.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import secrets
 import sys
 from typing import Any
 
@@ -30,6 +31,14 @@ def add_users_parsers(commands: Any) -> None:
     perms.add_argument("read")
     perms.add_argument("--vhost", default="/")
 
+    tokens = commands.add_parser("tokens", help="manage bearer tokens for the HTTP gateway")
+    tsub = tokens.add_subparsers(dest="action", required=True)
+    create = tsub.add_parser("create", help="create a token for a user (printed once)")
+    create.add_argument("user")
+    create.add_argument("--name", help="a label to find and delete it by (default: random)")
+    tsub.add_parser("delete", help="revoke a token by its name").add_argument("name")
+    tsub.add_parser("list", help="list token names and their users")
+
     vhosts = commands.add_parser("vhosts", help="manage virtual hosts")
     vsub = vhosts.add_subparsers(dest="action", required=True)
     for action in ("add", "delete"):
@@ -39,6 +48,16 @@ def add_users_parsers(commands: Any) -> None:
 
 def run_users_command(args: argparse.Namespace) -> int:
     store = UserStore(args.data_dir)
+    if args.command == "tokens":
+        if args.action == "create":
+            name = args.name or f"token-{secrets.token_hex(4)}"
+            print(store.create_token(args.user, name))
+        elif args.action == "delete":
+            store.delete_token(args.name)
+        else:
+            for name, user in store.list_tokens():
+                print(f"{name}\t{user}")
+        return 0
     if args.command == "vhosts":
         if args.action == "add":
             store.add_vhost(args.name)

@@ -207,7 +207,8 @@ def test_memory_alarm_blocks_publishers_with_connection_blocked(tmp_path: Path) 
 
 def test_port_in_use_is_a_one_line_error(server: ServerProcess, tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "tidings", "--data-dir", str(tmp_path / "d2"),
-                          "serve", "--host", "127.0.0.1", "--amqp-port", str(server.port)],
+                          "serve", "--host", "127.0.0.1", "--amqp-port", str(server.port),
+                          "--http-port", "0"],
                          capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()

@@ -1,0 +1,423 @@
+"""``build_app(broker, users)``: the gateway's route table and one small handler per endpoint.
+
+Handlers convert HTTP to broker calls (through :mod:`tidings.http.schemas`) and back; every
+error is a :class:`TidingsError` turned into JSON by :mod:`tidings.http.errors`. A vhost in a
+path is written ``%2F`` for ``/``, as in RabbitMQ's management API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from tidings.auth import UserStore
+from tidings.client.transport import EVENTS_EXCHANGE
+from tidings.errors import NotFoundError, PreconditionFailedError
+from tidings.http import schemas as sch
+from tidings.http.errors import EXCEPTION_HANDLERS, BadRequestError
+from tidings.http.events import STREAM_BUFFER, EventLog, IdempotencyKeys
+from tidings.http.leases import MAX_VISIBILITY_MS, Leases
+from tidings.http.metrics import metrics_text, overview
+from tidings.http.middleware import AuthMiddleware, EncodedSlashMiddleware, user_of
+from tidings.http.openapi import openapi_document
+from tidings.routing.broker import DEFAULT_VHOST, Broker
+from tidings.routing.topic import MAX_TOPIC_BYTES, validate_pattern
+
+STATIC = Path(__file__).with_name("static")
+#: Largest request body accepted, bytes (``--http-max-body-bytes``).
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+#: Longest a receive may wait for a message.
+MAX_WAIT_MS = 30_000
+
+
+@dataclass
+class Gateway:
+    broker: Broker
+    users: UserStore
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    server_stats: Callable[[], dict[str, float]] | None = None
+    events: EventLog = field(init=False)
+    leases: Leases = field(init=False)
+    idempotency: IdempotencyKeys = field(default_factory=IdempotencyKeys)
+
+    def __post_init__(self) -> None:
+        self.events = EventLog(self.broker)
+        self.leases = Leases(self.broker)
+
+    def check(self, request: Request, permission: str, kind: str, name: str,
+              vhost: str = DEFAULT_VHOST) -> None:
+        user = user_of(request)
+        self.users.check_vhost(user, vhost)
+        if name:
+            self.users.check(user, vhost, permission, kind, name)  # type: ignore[arg-type]
+
+
+def _vhost(request: Request) -> str:
+    vhost = unquote(request.path_params.get("vhost", DEFAULT_VHOST))
+    return vhost
+
+
+def _name(request: Request) -> str:
+    return unquote(request.path_params["name"])
+
+
+def _topic(topic: str) -> str:
+    if not topic or len(topic.encode()) > MAX_TOPIC_BYTES:
+        raise BadRequestError(f"topic must be 1 to {MAX_TOPIC_BYTES} bytes")
+    return topic
+
+
+def routes(gw: Gateway) -> list[Any]:
+    broker = gw.broker
+
+    # -- health, overview, metrics, dashboard ------------------------------------------------
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def api_overview(request: Request) -> JSONResponse:
+        extra = gw.server_stats() if gw.server_stats else {}
+        return JSONResponse(overview(broker, extra))
+
+    async def metrics(request: Request) -> Response:
+        return Response(metrics_text(broker, gw.server_stats),
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def dashboard(request: Request) -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    async def openapi(request: Request) -> JSONResponse:
+        return JSONResponse(openapi_document())
+
+    # -- events ------------------------------------------------------------------------------
+
+    async def _publish_event(request: Request, topic: str, body: bytes,
+                             content_type: str | None) -> tuple[str, bool]:
+        gw.check(request, "write", "exchange", EVENTS_EXCHANGE)
+        key = request.headers.get("idempotency-key")
+        if key:
+            seen = gw.idempotency.find(key)
+            if seen is not None:
+                return seen, True
+        broker.declare_exchange(DEFAULT_VHOST, EVENTS_EXCHANGE, "topic")
+        message = sch.new_message(body, content_type)
+        message.routing_key = topic
+        broker.publish(DEFAULT_VHOST, EVENTS_EXCHANGE, message)
+        await broker.sync()
+        if key:
+            gw.idempotency.remember(key, message.message_id or "")
+        return message.message_id or "", False
+
+    async def post_event_topic(request: Request) -> JSONResponse:
+        topic = _topic(request.path_params["topic"])
+        ctype = request.headers.get("content-type") or "application/octet-stream"
+        body = await sch.read_body(request, gw.max_body_bytes)
+        if ctype.split(";")[0].strip() == "application/json" or ctype.endswith("+json"):
+            try:
+                import json
+
+                json.loads(body)
+            except ValueError as e:
+                raise BadRequestError(f"request body is not valid JSON: {e}") from e
+        event_id, replayed = await _publish_event(request, topic, body, ctype)
+        return JSONResponse({"id": event_id, "topic": topic, "status": "accepted"},
+                            status_code=200 if replayed else 202,
+                            headers={"Idempotent-Replayed": "true"} if replayed else None)
+
+    async def post_event(request: Request) -> JSONResponse:
+        data = sch.obj(await sch.read_json(request, gw.max_body_bytes))
+        event_type = _topic(sch.string(data, "type", required=True) or "")
+        if "data" not in data:
+            raise BadRequestError("field 'data' is required")
+        import json
+
+        body = json.dumps(data["data"]).encode()
+        event_id, replayed = await _publish_event(request, event_type, body,
+                                                  "application/json")
+        return JSONResponse({"id": event_id, "type": event_type,
+                             "message": f"Event '{event_type}' accepted"},
+                            status_code=200 if replayed else 202)
+
+    async def stream_events(request: Request) -> StreamingResponse:
+        pattern = request.query_params.get("topic", "#")
+        try:
+            validate_pattern(pattern)
+        except Exception as e:
+            raise BadRequestError(str(e)) from e
+        gw.check(request, "read", "exchange", EVENTS_EXCHANGE)
+        last = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+        return StreamingResponse(gw.events.stream(pattern, last),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache",
+                                          "X-Accel-Buffering": "no"})
+
+    # -- queues ------------------------------------------------------------------------------
+
+    def queue_json(vhost: str, name: str) -> dict[str, Any]:
+        q = broker.get_queue(vhost, name)
+        s = broker.queue_statistics(q)
+        return {
+            "vhost": vhost, "name": name, "durable": q.durable, "auto_delete": q.auto_delete,
+            "exclusive": q.exclusive_owner is not None, "arguments": q.arguments,
+            "ready": s.ready, "unacked": s.unacked, "delayed": s.delayed,
+            "consumers": s.consumers, "ready_bytes": s.ready_bytes,
+            "oldest_ready_age_s": s.oldest_ready_age_s, "counts": s.counts, "rates": s.rates,
+            "waiting_time_ms": _summary(s.waiting_time),
+            "processing_time_ms": _summary(s.processing_time),
+        }
+
+    async def list_queues(request: Request) -> JSONResponse:
+        vhost = request.query_params.get("vhost")
+        vhosts = [vhost] if vhost else list(broker.vhosts)
+        out = []
+        for v in vhosts:
+            for name in list(broker.get_vhost(v).queues):
+                out.append(queue_json(v, name))
+        return JSONResponse(out)
+
+    async def get_queue(request: Request) -> JSONResponse:
+        vhost, name = _vhost(request), _name(request)
+        gw.check(request, "read", "queue", name, vhost)
+        return JSONResponse(queue_json(vhost, name))
+
+    async def put_queue(request: Request) -> JSONResponse:
+        vhost, name = _vhost(request), _name(request)
+        gw.check(request, "configure", "queue", name, vhost)
+        data = sch.obj(await sch.read_json(request, gw.max_body_bytes, required=False))
+        existed = broker.find_queue(vhost, name) is not None
+        if vhost not in broker.vhosts and vhost in gw.users.list_vhosts():
+            broker.declare_vhost(vhost)
+        broker.declare_queue(vhost, name, durable=sch.boolean(data, "durable", True),
+                             auto_delete=sch.boolean(data, "auto_delete", False),
+                             arguments=sch.table(data, "arguments"))
+        return JSONResponse(queue_json(vhost, name), status_code=200 if existed else 201)
+
+    async def delete_queue(request: Request) -> JSONResponse:
+        vhost, name = _vhost(request), _name(request)
+        gw.check(request, "configure", "queue", name, vhost)
+        q = request.query_params
+        count = broker.delete_queue(vhost, name, if_unused=q.get("if_unused") == "true",
+                                    if_empty=q.get("if_empty") == "true")
+        return JSONResponse({"deleted": name, "messages": count})
+
+    async def purge_queue(request: Request) -> JSONResponse:
+        vhost, name = _vhost(request), _name(request)
+        gw.check(request, "read", "queue", name, vhost)
+        return JSONResponse({"purged": broker.purge_queue(vhost, name)})
+
+    async def send(request: Request) -> JSONResponse:
+        vhost, name = _vhost(request), _name(request)
+        gw.check(request, "write", "exchange", "", vhost)
+        data = sch.obj(await sch.read_json(request, gw.max_body_bytes))
+        message = sch.message_from_json(data)
+        delay_ms = sch.integer(data, "delay_ms", None, 0, 2**31)
+        broker.get_queue(vhost, name)
+        message.routing_key = name
+        result = broker.publish(vhost, "", message, delay_ms=delay_ms)
+        if result.refused:
+            raise PreconditionFailedError(f"queue '{name}' in vhost '{vhost}' refused the "
+                                          f"message: it is full (x-overflow reject-publish)")
+        await broker.sync()
+        return JSONResponse({"id": message.message_id, "queue": name}, status_code=201)
+
+    async def receive(request: Request) -> JSONResponse:
+        vhost, name = _vhost(request), _name(request)
+        gw.check(request, "read", "queue", name, vhost)
+        data = sch.obj(await sch.read_json(request, gw.max_body_bytes, required=False))
+        count = sch.integer(data, "max", 1, 1, 1000) or 1
+        visibility = sch.integer(data, "visibility_ms", 30_000, 1, MAX_VISIBILITY_MS) or 30_000
+        wait_ms = sch.integer(data, "wait_ms", 0, 0, MAX_WAIT_MS) or 0
+        session = gw.leases.session(vhost)
+        deadline = asyncio.get_running_loop().time() + wait_ms / 1000.0
+        out: list[dict[str, Any]] = []
+        while True:
+            while len(out) < count and (d := broker.get(session, name)) is not None:
+                receipt = gw.leases.grant(session, d, visibility)
+                out.append(sch.message_to_json(
+                    d.message, receipt=receipt, redelivered=d.redelivered,
+                    delivery_count=d.delivery_count + 1))
+            if out or asyncio.get_running_loop().time() >= deadline:
+                return JSONResponse({"messages": out})
+            await asyncio.sleep(0.02)
+
+    async def ack(request: Request) -> JSONResponse:
+        gw.leases.ack(request.path_params["receipt"])
+        return JSONResponse({"status": "acked"})
+
+    async def nack(request: Request) -> JSONResponse:
+        data = sch.obj(await sch.read_json(request, gw.max_body_bytes, required=False))
+        gw.leases.nack(request.path_params["receipt"], sch.boolean(data, "requeue", True),
+                       sch.integer(data, "delay_ms", None, 1, 2**31))
+        return JSONResponse({"status": "nacked"})
+
+    async def extend(request: Request) -> JSONResponse:
+        data = sch.obj(await sch.read_json(request, gw.max_body_bytes, required=False))
+        visibility = sch.integer(data, "visibility_ms", 30_000, 1, MAX_VISIBILITY_MS) or 30_000
+        gw.leases.extend(request.path_params["receipt"], visibility)
+        return JSONResponse({"status": "extended", "visibility_ms": visibility})
+
+    # -- dead letters ------------------------------------------------------------------------
+
+    def dead_queue(vhost: str, name: str) -> str:
+        broker.get_queue(vhost, name)
+        dead = f"{name}.dead"
+        if broker.find_queue(vhost, dead) is None:
+            raise NotFoundError(f"queue '{name}' in vhost '{vhost}' has no dead-letter queue "
+                                f"'{dead}'")
+        return dead
+
+    async def list_dead(request: Request) -> JSONResponse:
+        vhost, name = _vhost(request), _name(request)
+        gw.check(request, "read", "queue", name, vhost)
+        limit = int(request.query_params.get("limit", "100")) \
+            if request.query_params.get("limit", "100").isdigit() else 100
+        entries = broker.get_queue(vhost, dead_queue(vhost, name)).browse(min(limit, 10_000))
+        return JSONResponse([sch.message_to_json(e.record.message) for e in entries])
+
+    async def replay_dead(request: Request) -> JSONResponse:
+        vhost, name = _vhost(request), _name(request)
+        gw.check(request, "write", "queue", name, vhost)
+        data = sch.obj(await sch.read_json(request, gw.max_body_bytes, required=False))
+        ids = data.get("ids")
+        if ids is not None and (not isinstance(ids, list) or
+                                not all(isinstance(i, str) for i in ids)):
+            raise BadRequestError("field 'ids' must be a list of message ids")
+        dead = broker.get_queue(vhost, dead_queue(vhost, name))
+        replayed = 0
+        for entry in dead.browse(dead.ready_count):
+            message = entry.record.message
+            if ids is not None and message.message_id not in ids:
+                continue
+            if dead.remove_ready(entry.seq) is None:
+                continue
+            message.headers = {k: v for k, v in (message.headers or {}).items()
+                               if not k.startswith("x-")} or None
+            message.routing_key = name
+            broker.publish(vhost, "", message)
+            replayed += 1
+        await broker.sync()
+        return JSONResponse({"replayed": replayed})
+
+    async def purge_dead(request: Request) -> JSONResponse:
+        vhost, name = _vhost(request), _name(request)
+        gw.check(request, "configure", "queue", name, vhost)
+        return JSONResponse({"purged": broker.purge_queue(vhost, dead_queue(vhost, name))})
+
+    # -- exchanges and bindings --------------------------------------------------------------
+
+    async def list_exchanges(request: Request) -> JSONResponse:
+        return JSONResponse([
+            {"vhost": v.name, "name": e.name, "type": e.kind, "durable": e.durable,
+             "auto_delete": e.auto_delete, "internal": e.internal, "arguments": e.arguments}
+            for v in broker.vhosts.values() for e in v.exchanges.values()
+        ])
+
+    async def put_exchange(request: Request) -> JSONResponse:
+        vhost, name = _vhost(request), _name(request)
+        gw.check(request, "configure", "exchange", name, vhost)
+        data = sch.obj(await sch.read_json(request, gw.max_body_bytes, required=False))
+        ex = broker.declare_exchange(vhost, name, sch.string(data, "type", "direct") or "direct",
+                                     durable=sch.boolean(data, "durable", True),
+                                     auto_delete=sch.boolean(data, "auto_delete", False),
+                                     internal=sch.boolean(data, "internal", False),
+                                     arguments=sch.table(data, "arguments"))
+        return JSONResponse({"vhost": vhost, "name": ex.name, "type": ex.kind}, status_code=201)
+
+    async def delete_exchange(request: Request) -> JSONResponse:
+        vhost, name = _vhost(request), _name(request)
+        gw.check(request, "configure", "exchange", name, vhost)
+        broker.delete_exchange(vhost, name,
+                               if_unused=request.query_params.get("if_unused") == "true")
+        return JSONResponse({"deleted": name})
+
+    def binding_fields(data: dict[str, Any]) -> tuple[str, str, str, bool, dict[str, Any]]:
+        source = sch.string(data, "source", required=True) or ""
+        destination = sch.string(data, "destination", required=True) or ""
+        kind = sch.string(data, "destination_type", "queue")
+        if kind not in ("queue", "exchange"):
+            raise BadRequestError("field 'destination_type' must be 'queue' or 'exchange'")
+        return (source, destination, sch.string(data, "routing_key", "") or "",
+                kind == "exchange", sch.table(data, "arguments") or {})
+
+    async def list_bindings(request: Request) -> JSONResponse:
+        return JSONResponse([
+            {"vhost": v.name, "source": b.source, "destination": b.destination,
+             "destination_type": "exchange" if b.to_exchange else "queue",
+             "routing_key": b.routing_key, "arguments": b.args}
+            for v in broker.vhosts.values() for e in v.exchanges.values() for b in e.bindings
+        ])
+
+    async def change_binding(request: Request) -> JSONResponse:
+        vhost = _vhost(request)
+        data = sch.obj(await sch.read_json(request, gw.max_body_bytes))
+        source, dest, key, to_exchange, args = binding_fields(data)
+        gw.check(request, "read", "exchange", source, vhost)
+        gw.check(request, "write", "exchange" if to_exchange else "queue", dest, vhost)
+        if request.method == "POST":
+            broker.bind(vhost, source, dest, key, args, to_exchange=to_exchange)
+            return JSONResponse({"bound": True}, status_code=201)
+        broker.unbind(vhost, source, dest, key, args, to_exchange=to_exchange)
+        return JSONResponse({"unbound": True})
+
+    q = "/api/queues/{vhost}/{name}"
+    return [
+        Route("/healthz", healthz),
+        Route("/", dashboard),
+        Route("/openapi.json", openapi),
+        Route("/metrics", metrics),
+        Route("/api/overview", api_overview),
+        Route("/events/stream", stream_events),
+        Route("/events/{topic}", post_event_topic, methods=["POST"]),
+        Route("/event", post_event, methods=["POST"]),
+        Route("/api/queues", list_queues),
+        Route(q, get_queue, methods=["GET"]),
+        Route(q, put_queue, methods=["PUT"]),
+        Route(q, delete_queue, methods=["DELETE"]),
+        Route(f"{q}/contents", purge_queue, methods=["DELETE"]),
+        Route(f"{q}/messages", send, methods=["POST"]),
+        Route(f"{q}/receive", receive, methods=["POST"]),
+        Route(f"{q}/dead-letters", list_dead, methods=["GET"]),
+        Route(f"{q}/dead-letters", purge_dead, methods=["DELETE"]),
+        Route(f"{q}/dead-letters/replay", replay_dead, methods=["POST"]),
+        Route("/api/receipts/{receipt}/ack", ack, methods=["POST"]),
+        Route("/api/receipts/{receipt}/nack", nack, methods=["POST"]),
+        Route("/api/receipts/{receipt}/extend", extend, methods=["POST"]),
+        Route("/api/exchanges", list_exchanges),
+        Route("/api/exchanges/{vhost}/{name}", put_exchange, methods=["PUT"]),
+        Route("/api/exchanges/{vhost}/{name}", delete_exchange, methods=["DELETE"]),
+        Route("/api/bindings", list_bindings, methods=["GET"]),
+        Route("/api/bindings/{vhost}", change_binding, methods=["POST", "DELETE"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+
+
+def _summary(s: Any) -> dict[str, Any]:
+    return {"count": s.count, "mean": s.mean_ms, "p50": s.p50_ms, "p95": s.p95_ms,
+            "p99": s.p99_ms}
+
+
+def build_app(broker: Broker, users: UserStore, *,
+              max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+              server_stats: Callable[[], dict[str, float]] | None = None,
+              stream_buffer: int = STREAM_BUFFER) -> Starlette:
+    """The gateway app; call ``app.state.gateway.events.start()`` inside the running loop."""
+    gw = Gateway(broker, users, max_body_bytes, server_stats)
+    gw.events.stream_buffer = stream_buffer
+    app = Starlette(
+        routes=routes(gw),
+        middleware=[Middleware(EncodedSlashMiddleware), Middleware(AuthMiddleware, users=users)],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+    )
+    app.state.gateway = gw
+    return app

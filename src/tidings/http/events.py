@@ -1,0 +1,140 @@
+"""Events over HTTP: ``POST /events/{topic}`` and ``POST /event`` in, ``GET /events/stream``
+out as server-sent events.
+
+:class:`EventLog` keeps the most recent events (all topics) in order, each with an id
+``<epoch>-<seq>``; a stream that reconnects with ``Last-Event-ID`` gets what it missed while
+those events are still retained. It is fed by an exclusive queue bound to the events exchange
+with ``#``, so events published over AMQP or the Python API show up too. Each stream has a
+bounded buffer: a reader that falls that far behind is cut off with an ``event: error``
+naming the limit, never allowed to grow the server's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from tidings.client.transport import EVENTS_EXCHANGE
+from tidings.http.schemas import message_to_json
+from tidings.message import Message
+from tidings.routing.broker import DEFAULT_VHOST, Broker
+from tidings.routing.session import Delivery
+from tidings.routing.topic import topic_matches
+
+#: Events kept for resuming streams.
+DEFAULT_RETAIN = 10_000
+#: Events a stream may fall behind before it is cut off.
+STREAM_BUFFER = 1_000
+#: Seconds between keep-alive comments on an idle stream.
+KEEPALIVE_S = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    seq: int
+    topic: str
+    message: Message
+
+
+class Stream:
+    def __init__(self, pattern: str, limit: int) -> None:
+        self.pattern = pattern
+        self.queue: asyncio.Queue[LoggedEvent] = asyncio.Queue(maxsize=limit)
+        self.overflowed = False
+
+    def push(self, event: LoggedEvent) -> None:
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+
+class EventLog:
+    def __init__(self, broker: Broker, retain: int = DEFAULT_RETAIN,
+                 stream_buffer: int = STREAM_BUFFER) -> None:
+        self.broker = broker
+        self.epoch = str(int(time.time() * 1000))
+        self.events: deque[LoggedEvent] = deque(maxlen=retain)
+        self.streams: set[Stream] = set()
+        self.stream_buffer = stream_buffer
+        self._seq = 0
+        self._session = broker.open_session(DEFAULT_VHOST, "http-event-log")
+
+    def start(self) -> None:
+        self.broker.declare_exchange(DEFAULT_VHOST, EVENTS_EXCHANGE, "topic")
+        queue = self.broker.declare_queue(DEFAULT_VHOST, "", durable=False, exclusive=True,
+                                          auto_delete=True, connection_id="http-event-log")
+        self.broker.bind(DEFAULT_VHOST, EVENTS_EXCHANGE, queue.name, "#")
+        self.broker.consume(self._session, queue.name, self._on_delivery, no_ack=True)
+
+    def _on_delivery(self, delivery: Delivery) -> None:
+        self._seq += 1
+        event = LoggedEvent(self._seq, delivery.message.routing_key, delivery.message)
+        self.events.append(event)
+        for stream in self.streams:
+            if topic_matches(stream.pattern, event.topic):
+                stream.push(event)
+
+    def event_id(self, event: LoggedEvent) -> str:
+        return f"{self.epoch}-{event.seq}"
+
+    def missed(self, last_event_id: str, pattern: str) -> list[LoggedEvent]:
+        """Retained events after ``last_event_id`` (all retained ones if it is unknown)."""
+        epoch, _, seq_text = last_event_id.partition("-")
+        after = int(seq_text) if epoch == self.epoch and seq_text.isdigit() else 0
+        return [e for e in self.events if e.seq > after and topic_matches(pattern, e.topic)]
+
+    async def stream(self, pattern: str, last_event_id: str | None) -> AsyncIterator[str]:
+        stream = Stream(pattern, self.stream_buffer)
+        backlog = self.missed(last_event_id, pattern) if last_event_id else []
+        self.streams.add(stream)
+        try:
+            yield "retry: 2000\n\n"
+            for event in backlog:
+                yield self.format(event)
+            while True:
+                try:
+                    event = await asyncio.wait_for(stream.queue.get(), KEEPALIVE_S)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                yield self.format(event)
+                if stream.overflowed and stream.queue.empty():
+                    data = {"error": "too_slow", "message": f"this stream fell more than "
+                            f"{self.stream_buffer} events behind and was closed; reconnect "
+                            f"with Last-Event-ID to resume"}
+                    yield f"event: error\ndata: {json.dumps(data)}\n\n"
+                    return
+        finally:
+            self.streams.discard(stream)
+
+    def format(self, event: LoggedEvent) -> str:
+        data = message_to_json(event.message, topic=event.topic)
+        return f"id: {self.event_id(event)}\nevent: message\ndata: {json.dumps(data)}\n\n"
+
+
+class IdempotencyKeys:
+    """Keys seen within ``window_s``: the same key is accepted once (bounded memory)."""
+
+    def __init__(self, window_s: float = 24 * 3600, capacity: int = 100_000) -> None:
+        self.window_s, self.capacity = window_s, capacity
+        self._seen: OrderedDict[str, tuple[float, str]] = OrderedDict()
+
+    def find(self, key: str) -> str | None:
+        now = time.monotonic()
+        while self._seen:
+            oldest_key, (at, _) = next(iter(self._seen.items()))
+            if now - at <= self.window_s and len(self._seen) <= self.capacity:
+                break
+            del self._seen[oldest_key]
+        found = self._seen.get(key)
+        return found[1] if found else None
+
+    def remember(self, key: str, event_id: str) -> None:
+        self._seen[key] = (time.monotonic(), event_id)

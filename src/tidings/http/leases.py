@@ -1,0 +1,82 @@
+"""Receive with a lease: messages handed out over REST stay unacked until their receipt is
+acked, nacked or its lease runs out (then the message goes back to its queue, redelivered).
+
+A receipt is an opaque random string mapped to a delivery tag of the gateway's own broker
+session; ``extend`` moves the deadline and restarts the broker's consumer-timeout clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+
+from tidings.errors import NotFoundError
+from tidings.routing.broker import Broker
+from tidings.routing.session import Delivery, Session
+
+#: Longest lease a client may ask for (the broker's default consumer timeout).
+MAX_VISIBILITY_MS = 30 * 60 * 1000
+
+
+@dataclass
+class Lease:
+    session: Session
+    delivery_tag: int
+    timer: asyncio.TimerHandle
+
+
+class Leases:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self._sessions: dict[str, Session] = {}
+        self._leases: dict[str, Lease] = {}
+
+    def session(self, vhost: str) -> Session:
+        found = self._sessions.get(vhost)
+        if found is None or found.closed:
+            found = self.broker.open_session(vhost, f"http-{vhost}")
+            self._sessions[vhost] = found
+        return found
+
+    def grant(self, session: Session, delivery: Delivery, visibility_ms: int) -> str:
+        receipt = secrets.token_urlsafe(18)
+        timer = self._arm(receipt, visibility_ms)
+        self._leases[receipt] = Lease(session, delivery.delivery_tag, timer)
+        return receipt
+
+    def _arm(self, receipt: str, visibility_ms: int) -> asyncio.TimerHandle:
+        return asyncio.get_running_loop().call_later(visibility_ms / 1000.0, self._expire,
+                                                     receipt)
+
+    def _expire(self, receipt: str) -> None:
+        lease = self._leases.pop(receipt, None)
+        if lease is not None and lease.delivery_tag in lease.session.unacked:
+            lease.session.nack(lease.delivery_tag, requeue=True)
+
+    def _take(self, receipt: str) -> Lease:
+        lease = self._leases.pop(receipt, None)
+        if lease is None or lease.delivery_tag not in lease.session.unacked:
+            raise NotFoundError(f"no lease with receipt '{receipt}' (settled or expired)")
+        lease.timer.cancel()
+        return lease
+
+    def ack(self, receipt: str) -> None:
+        lease = self._take(receipt)
+        lease.session.ack(lease.delivery_tag)
+
+    def nack(self, receipt: str, requeue: bool, delay_ms: int | None) -> None:
+        lease = self._take(receipt)
+        lease.session.nack(lease.delivery_tag, requeue=requeue, delay_ms=delay_ms)
+
+    def extend(self, receipt: str, visibility_ms: int) -> None:
+        lease = self._take(receipt)
+        lease.session.extend(lease.delivery_tag)
+        lease.timer = self._arm(receipt, visibility_ms)
+        self._leases[receipt] = lease
+
+    def close(self) -> None:
+        for lease in self._leases.values():
+            lease.timer.cancel()
+        for session in self._sessions.values():
+            session.close()

@@ -1,0 +1,101 @@
+"""``GET /metrics``: Prometheus text from prometheus-client, collected from broker statistics
+at scrape time (nothing is updated on the hot path).
+
+Log-scale latency buckets are folded into fixed Prometheus buckets (seconds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from tidings.routing.broker import Broker
+from tidings.routing.stats import COUNTERS, Histogram
+
+#: Bucket bounds, seconds, for waiting and processing time.
+BUCKETS_S = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0)
+
+
+def fold(histogram: Histogram) -> tuple[list[tuple[str, float]], float]:
+    """Cumulative (le, count) pairs and the sum in seconds."""
+    from tidings.routing.stats import _FLOOR_MS, _GROWTH
+
+    edges = sorted((_FLOOR_MS * _GROWTH**i / 1000.0, n) for i, n in histogram.buckets.items())
+    out, seen, i = [], 0, 0
+    for bound in BUCKETS_S:
+        while i < len(edges) and edges[i][0] <= bound:
+            seen += edges[i][1]
+            i += 1
+        out.append((repr(bound), float(seen)))
+    out.append(("+Inf", float(histogram.count)))
+    return out, histogram.total_ms / 1000.0
+
+
+class BrokerCollector(Collector):
+    def __init__(self, broker: Broker, extra: Callable[[], dict[str, float]] | None) -> None:
+        self.broker, self.extra = broker, extra
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["vhost", "queue"]
+        gauges = {name: GaugeMetricFamily(f"tidings_queue_{name}", help_, labels=labels)
+                  for name, help_ in (("messages_ready", "Messages ready for delivery"),
+                                      ("messages_unacked", "Delivered, not yet acknowledged"),
+                                      ("messages_delayed", "Waiting for their due time"),
+                                      ("consumers", "Consumers"),
+                                      ("oldest_ready_age_seconds", "Age of the oldest ready "
+                                                                   "message"))}
+        counters = {name: CounterMetricFamily(f"tidings_queue_{name}", f"Messages {name}",
+                                              labels=labels) for name in COUNTERS}
+        waiting = HistogramMetricFamily("tidings_queue_waiting_seconds",
+                                        "Enqueue to first delivery", labels=labels)
+        processing = HistogramMetricFamily("tidings_queue_processing_seconds",
+                                           "Delivery to acknowledgement", labels=labels)
+        for v in self.broker.vhosts.values():
+            for q in v.queues.values():
+                s = self.broker.queue_statistics(q)
+                key = [s.vhost, s.name]
+                gauges["messages_ready"].add_metric(key, s.ready)
+                gauges["messages_unacked"].add_metric(key, s.unacked)
+                gauges["messages_delayed"].add_metric(key, s.delayed)
+                gauges["consumers"].add_metric(key, s.consumers)
+                gauges["oldest_ready_age_seconds"].add_metric(key, s.oldest_ready_age_s or 0.0)
+                for name in COUNTERS:
+                    counters[name].add_metric(key, s.counts[name])
+                for family, hist in ((waiting, q.waiting), (processing, q.processing)):
+                    buckets, total = fold(hist)
+                    family.add_metric(key, buckets, total)
+        yield from gauges.values()
+        yield from counters.values()
+        yield waiting
+        yield processing
+        for name, value in (self.extra() if self.extra else {}).items():
+            g = GaugeMetricFamily(f"tidings_{name}", name.replace("_", " "))
+            g.add_metric([], value)
+            yield g
+
+
+def metrics_text(broker: Broker, extra: Callable[[], dict[str, float]] | None = None) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BrokerCollector(broker, extra))
+    from prometheus_client import ProcessCollector
+
+    ProcessCollector(registry=registry)
+    return generate_latest(registry)
+
+
+def overview(broker: Broker, extra: dict[str, Any]) -> dict[str, Any]:
+    stats = broker.statistics()
+    return {
+        "queues": len(stats.queues), "exchanges": stats.exchanges, "sessions": stats.sessions,
+        "consumers": stats.consumers, "ready": stats.ready, "unacked": stats.unacked,
+        "delayed": stats.delayed, "counts": stats.counts, "rates": stats.rates, **extra,
+    }

@@ -1,0 +1,174 @@
+"""The OpenAPI 3.0 document of the gateway, served at ``/openapi.json``.
+
+Written out here (not generated from the handlers) so that it says what the API promises; the
+test suite fuzzes every operation in it with schemathesis and asserts no 5xx.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tidings
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+ANY_JSON: dict[str, Any] = {}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _ok(description: str, schema: dict[str, Any] | None = None,
+        code: str = "200") -> dict[str, Any]:
+    responses: dict[str, Any] = {
+        code: {"description": description, **(_json(schema) if schema is not None else {})},
+        "400": {"description": "bad request", **_json(ERROR)},
+        "401": {"description": "no or bad credentials", **_json(ERROR)},
+        "403": {"description": "not permitted", **_json(ERROR)},
+        "404": {"description": "not found", **_json(ERROR)},
+        "409": {"description": "conflicts with the broker's state", **_json(ERROR)},
+    }
+    return responses
+
+
+def _path(*names: str) -> list[dict[str, Any]]:
+    return [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+            for n in names]
+
+
+MESSAGE_IN = {
+    "type": "object",
+    "properties": {
+        "body": {"type": "string"}, "json": ANY_JSON, "body_base64": {"type": "string"},
+        "headers": {"type": "object"}, "priority": {"type": "integer", "minimum": 0,
+                                                    "maximum": 255},
+        "ttl_ms": {"type": "integer", "minimum": 0}, "delay_ms": {"type": "integer",
+                                                                  "minimum": 0},
+        "message_id": {"type": "string"}, "content_type": {"type": "string"},
+        "persistent": {"type": "boolean"}, "correlation_id": {"type": "string"},
+        "reply_to": {"type": "string"},
+    },
+}
+RECEIVE = {"type": "object", "properties": {
+    "max": {"type": "integer", "minimum": 1, "maximum": 1000},
+    "visibility_ms": {"type": "integer", "minimum": 1},
+    "wait_ms": {"type": "integer", "minimum": 0, "maximum": 30000}}}
+QUEUE_IN = {"type": "object", "properties": {
+    "durable": {"type": "boolean"}, "auto_delete": {"type": "boolean"},
+    "arguments": {"type": "object"}}}
+EXCHANGE_IN = {"type": "object", "properties": {
+    "type": {"type": "string", "enum": ["direct", "fanout", "topic", "headers"]},
+    "durable": {"type": "boolean"}, "auto_delete": {"type": "boolean"},
+    "internal": {"type": "boolean"}, "arguments": {"type": "object"}}}
+BINDING = {"type": "object", "required": ["source", "destination"], "properties": {
+    "source": {"type": "string"}, "destination": {"type": "string"},
+    "destination_type": {"type": "string", "enum": ["queue", "exchange"]},
+    "routing_key": {"type": "string"}, "arguments": {"type": "object"}}}
+EVENT = {"type": "object", "required": ["type", "data"],
+         "properties": {"type": {"type": "string"}, "data": ANY_JSON}}
+
+
+def openapi_document() -> dict[str, Any]:
+    q = "/api/queues/{vhost}/{name}"
+    qp = _path("vhost", "name")
+    paths: dict[str, Any] = {
+        "/healthz": {"get": {"summary": "Liveness (no credentials needed)",
+                             "responses": {"200": {"description": "ok"}}, "security": []}},
+        "/api/overview": {"get": {"summary": "Broker-wide numbers", "responses": _ok("ok",
+                                                                                   ANY_JSON)}},
+        "/metrics": {"get": {"summary": "Prometheus metrics",
+                             "responses": {"200": {"description": "text exposition format"}}}},
+        "/events/{topic}": {"post": {
+            "summary": "Publish an event (any body; JSON checked when declared JSON)",
+            "parameters": [*_path("topic"), {"name": "Idempotency-Key", "in": "header",
+                                             "schema": {"type": "string"}}],
+            "requestBody": {"content": {"application/json": {"schema": ANY_JSON},
+                                        "text/plain": {"schema": {"type": "string"}}}},
+            "responses": _ok("accepted, durable", {"type": "object"}, "202")}},
+        "/event": {"post": {"summary": "Publish {type, data} as an event of topic `type`",
+                            "requestBody": {"required": True, **_json(EVENT)},
+                            "responses": _ok("accepted, durable", {"type": "object"}, "202")}},
+        "/events/stream": {"get": {
+            "summary": "Server-sent events whose topic matches `topic` (a pattern)",
+            "parameters": [{"name": "topic", "in": "query", "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "text/event-stream"},
+                          "400": {"description": "bad pattern", **_json(ERROR)}}}},
+        "/api/queues": {"get": {"summary": "List queues", "parameters": [
+            {"name": "vhost", "in": "query", "schema": {"type": "string"}}],
+            "responses": _ok("ok", {"type": "array"})}},
+        q: {
+            "get": {"summary": "Inspect a queue", "parameters": qp, "responses": _ok("ok")},
+            "put": {"summary": "Declare a queue", "parameters": qp,
+                    "requestBody": _json(QUEUE_IN), "responses": _ok("exists", None)},
+            "delete": {"summary": "Delete a queue", "parameters": [
+                *qp, {"name": "if_unused", "in": "query", "schema": {"type": "boolean"}},
+                {"name": "if_empty", "in": "query", "schema": {"type": "boolean"}}],
+                "responses": _ok("deleted")},
+        },
+        f"{q}/contents": {"delete": {"summary": "Purge ready messages", "parameters": qp,
+                                     "responses": _ok("purged")}},
+        f"{q}/messages": {"post": {"summary": "Send a message (201 once durable)",
+                                   "parameters": qp,
+                                   "requestBody": {"required": True, **_json(MESSAGE_IN)},
+                                   "responses": _ok("sent", None, "201")}},
+        f"{q}/receive": {"post": {"summary": "Receive messages with a lease",
+                                  "parameters": qp, "requestBody": _json(RECEIVE),
+                                  "responses": _ok("messages (possibly none)")}},
+        f"{q}/dead-letters": {
+            "get": {"summary": "List dead letters", "parameters": [
+                *qp, {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+                "responses": _ok("dead letters")},
+            "delete": {"summary": "Purge dead letters", "parameters": qp,
+                       "responses": _ok("purged")}},
+        f"{q}/dead-letters/replay": {"post": {
+            "summary": "Move dead letters (all or by id) back into the queue",
+            "parameters": qp, "requestBody": _json({"type": "object", "properties": {
+                "ids": {"type": "array", "items": {"type": "string"}}}}),
+            "responses": _ok("replayed")}},
+        "/api/receipts/{receipt}/ack": {"post": {"summary": "Acknowledge a leased message",
+                                                  "parameters": _path("receipt"),
+                                                  "responses": _ok("acked")}},
+        "/api/receipts/{receipt}/nack": {"post": {
+            "summary": "Return a leased message (requeue, optional delay) or dead-letter it",
+            "parameters": _path("receipt"), "requestBody": _json({"type": "object", "properties": {
+                "requeue": {"type": "boolean"}, "delay_ms": {"type": "integer", "minimum": 1}}}),
+            "responses": _ok("nacked")}},
+        "/api/receipts/{receipt}/extend": {"post": {
+            "summary": "Extend a lease", "parameters": _path("receipt"),
+            "requestBody": _json({"type": "object", "properties": {
+                "visibility_ms": {"type": "integer", "minimum": 1}}}),
+            "responses": _ok("extended")}},
+        "/api/exchanges": {"get": {"summary": "List exchanges",
+                                   "responses": _ok("ok", {"type": "array"})}},
+        "/api/exchanges/{vhost}/{name}": {
+            "put": {"summary": "Declare an exchange", "parameters": qp,
+                    "requestBody": _json(EXCHANGE_IN), "responses": _ok("declared", None,
+                                                                         "201")},
+            "delete": {"summary": "Delete an exchange", "parameters": qp,
+                       "responses": _ok("deleted")}},
+        "/api/bindings": {"get": {"summary": "List bindings",
+                                  "responses": _ok("ok", {"type": "array"})}},
+        "/api/bindings/{vhost}": {
+            "post": {"summary": "Bind", "parameters": _path("vhost"),
+                     "requestBody": {"required": True, **_json(BINDING)},
+                     "responses": _ok("bound", None, "201")},
+            "delete": {"summary": "Unbind", "parameters": _path("vhost"),
+                       "requestBody": {"required": True, **_json(BINDING)},
+                       "responses": _ok("unbound")}},
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "tidings HTTP gateway", "version": tidings.__version__,
+                 "description": "Events in and out, queues over REST, metrics. Every error "
+                                "is {\"error\": code, \"message\": text}. A vhost in a path "
+                                "is URL-encoded: %2F for /."},
+        "paths": paths,
+        "components": {
+            "schemas": {"Error": {"type": "object", "required": ["error", "message"],
+                                  "properties": {"error": {"type": "string"},
+                                                 "message": {"type": "string"}}}},
+            "securitySchemes": {"basic": {"type": "http", "scheme": "basic"},
+                                "bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"basic": []}, {"bearer": []}],
+    }

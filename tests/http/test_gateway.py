@@ -1,0 +1,293 @@
+"""The HTTP gateway over a real socket: events in, SSE out, queues over REST, errors, auth,
+metrics."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pika
+import pytest
+
+from ..serverproc import ServerProcess
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def is_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == code and isinstance(body["message"], str) and body["message"]
+    return body
+
+
+def test_only_healthz_answers_without_credentials(server: ServerProcess) -> None:
+    base = f"http://127.0.0.1:{server.http_port}"
+    assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+    for path in ("/", "/api/overview", "/metrics", "/api/queues", "/openapi.json"):
+        is_error(httpx.get(f"{base}{path}"), 401, "unauthorized")
+    is_error(httpx.get(f"{base}/api/overview", auth=("guest", "bad")), 401, "unauthorized")
+    is_error(httpx.get(f"{base}/api/overview", headers={"Authorization": "Bearer nope"}),
+             401, "unauthorized")
+
+
+def test_bearer_token_from_the_cli(server: ServerProcess) -> None:
+    out = subprocess.run([sys.executable, "-m", "tidings", "--data-dir", str(server.data_dir),
+                          "tokens", "create", "guest", "--name", "ci"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    token = out.stdout.strip()
+    r = httpx.get(f"http://127.0.0.1:{server.http_port}/api/overview",
+                  headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200 and "ready" in r.json()
+
+
+def test_post_event_is_durable_and_acknowledged_by_name(http: httpx.Client) -> None:
+    r = http.post("/event", json={"type": "orders.created", "data": {"order": 42}})
+    assert r.status_code == 202
+    body = r.json()
+    assert body["type"] == "orders.created" and "orders.created" in body["message"]
+    assert len(body["id"]) >= 16
+    r = http.post("/events/orders.shipped", json={"order": 42})
+    assert r.status_code == 202 and r.json()["topic"] == "orders.shipped"
+    r = http.post("/events/raw.bytes", content=b"\x00\x01", headers={"Content-Type":
+                                                                    "application/octet-stream"})
+    assert r.status_code == 202
+
+
+def test_idempotency_key_accepts_an_event_once(http: httpx.Client) -> None:
+    key = {"Idempotency-Key": unique("key")}
+    first = http.post("/events/payments.taken", json={"n": 1}, headers=key)
+    again = http.post("/events/payments.taken", json={"n": 1}, headers=key)
+    assert first.status_code == 202 and again.status_code == 200
+    assert first.json()["id"] == again.json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+
+
+@pytest.mark.parametrize(("kwargs", "status", "code"), [
+    ({"content": b"{not json", "headers": {"Content-Type": "application/json"}}, 400,
+     "bad_request"),
+    ({"content": b"<x/>", "headers": {"Content-Type": "application/xml"}}, 415,
+     "unsupported_media_type"),
+    ({"json": {"type": "t"}}, 400, "bad_request"),
+    ({"json": ["not", "an", "object"]}, 400, "bad_request"),
+    ({"json": {"type": "x" * 300, "data": 1}}, 400, "bad_request"),
+    ({"content": b"{" + b" " * 70_000 + b"}", "headers": {"Content-Type": "application/json"}},
+     413, "payload_too_large"),
+])
+def test_bad_event_input_is_a_clear_json_4xx(http: httpx.Client, kwargs: dict[str, Any],
+                                              status: int, code: str) -> None:
+    is_error(http.post("/event", **kwargs), status, code)
+
+
+def read_sse(response: httpx.Response, count: int) -> list[dict[str, Any]]:
+    events, current = [], {}
+    for line in response.iter_lines():
+        if not line:
+            if current.get("data") is not None:
+                events.append(current)
+                if len(events) == count:
+                    return events
+            current = {}
+            continue
+        field, _, value = line.partition(": ")
+        current[field] = value
+    return events
+
+
+def test_sse_streams_matching_events_and_resumes_with_last_event_id(
+    server: ServerProcess, http: httpx.Client
+) -> None:
+    topic = unique("sse")
+    got: list[dict[str, Any]] = []
+    opened = threading.Event()
+
+    def listen(count: int, last: str | None = None) -> None:
+        headers = {"Last-Event-ID": last} if last else {}
+        with http.stream("GET", "/events/stream", params={"topic": f"{topic}.*"},
+                         headers=headers, timeout=20) as r:
+            assert r.status_code == 200
+            assert r.headers["content-type"].startswith("text/event-stream")
+            opened.set()
+            got.extend(read_sse(r, count))
+
+    t = threading.Thread(target=listen, args=(2,))
+    t.start()
+    assert opened.wait(10)
+    time.sleep(0.2)
+    http.post(f"/events/{topic}.created", json={"n": 1})
+    http.post("/events/other.created", json={"n": 0})
+    with pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", server.port)) as conn:
+        ch = conn.channel()  # an event published over AMQP shows up on the stream too
+        ch.basic_publish("tidings.events", f"{topic}.updated", b'{"n": 2}',
+                         pika.BasicProperties(content_type="application/json"))
+    t.join(20)
+    assert [json.loads(e["data"])["json"]["n"] for e in got] == [1, 2]
+    assert [json.loads(e["data"])["topic"] for e in got] == [f"{topic}.created",
+                                                              f"{topic}.updated"]
+    first_id = got[0]["id"]
+    http.post(f"/events/{topic}.deleted", json={"n": 3})
+    got.clear()
+    opened.clear()
+    t = threading.Thread(target=listen, args=(2, first_id))
+    t.start()
+    t.join(20)
+    assert [json.loads(e["data"])["json"]["n"] for e in got] == [2, 3]
+
+
+def test_sse_bad_pattern_is_400(http: httpx.Client) -> None:
+    is_error(http.get("/events/stream", params={"topic": "orders.*x"}), 400, "bad_request")
+
+
+def test_slow_sse_reader_is_cut_off_with_a_clear_event(server: ServerProcess) -> None:
+    import socket
+
+    topic = unique("slow")
+    sock = socket.create_connection(("127.0.0.1", server.http_port))
+    try:
+        sock.sendall(f"GET /events/stream?topic={topic} HTTP/1.1\r\nHost: x\r\n"
+                     f"Authorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n\r\n".encode())
+        time.sleep(0.3)  # ... and read nothing while 24 MB of events go by
+        with pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1",
+                                                               server.port)) as conn:
+            ch = conn.channel()
+            for _ in range(400):
+                ch.basic_publish("tidings.events", topic, b"e" * 60_000)
+        sock.settimeout(10)
+        data = b""
+        while b"event: error" not in data:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+        assert b"event: error" in data and b"too_slow" in data
+        assert data.count(b"event: message") < 400
+    finally:
+        sock.close()
+
+
+def test_queue_rest_round_trip_with_leases(http: httpx.Client) -> None:
+    name = unique("jobs")
+    q = f"/api/queues/%2F/{name}"
+    assert http.put(q, json={"arguments": {"x-dead-letter-exchange": ""}}).status_code == 201
+    assert http.put(q, json={"arguments": {"x-dead-letter-exchange": ""}}).status_code == 200
+    for n in range(3):
+        r = http.post(f"{q}/messages", json={"json": {"n": n}, "headers": {"h": "v"}})
+        assert r.status_code == 201 and r.json()["id"]
+    r = http.post(f"{q}/receive", json={"max": 2, "visibility_ms": 60_000})
+    first, second = r.json()["messages"]
+    assert first["json"] == {"n": 0} and first["headers"] == {"h": "v"}
+    assert first["delivery_count"] == 1 and not first["redelivered"]
+    assert http.post(f"/api/receipts/{first['receipt']}/ack").json() == {"status": "acked"}
+    is_error(http.post(f"/api/receipts/{first['receipt']}/ack"), 404, "not_found")
+    assert http.post(f"/api/receipts/{second['receipt']}/extend",
+                     json={"visibility_ms": 60_000}).status_code == 200
+    assert http.post(f"/api/receipts/{second['receipt']}/nack",
+                     json={"requeue": True}).status_code == 200
+    r = http.post(f"{q}/receive", json={"max": 5, "visibility_ms": 200})
+    again = r.json()["messages"]
+    assert [m["json"]["n"] for m in again] == [1, 2] and again[0]["redelivered"]
+    time.sleep(0.5)  # the leases run out: both come back
+    info = http.get(q).json()
+    assert info["ready"] == 2 and info["unacked"] == 0
+    assert info["waiting_time_ms"]["count"] >= 3
+
+
+def test_receive_long_polls_until_a_message_arrives(http: httpx.Client) -> None:
+    name = unique("poll")
+    q = f"/api/queues/%2F/{name}"
+    http.put(q, json={})
+    threading.Timer(0.3, lambda: http.post(f"{q}/messages", json={"body": "late"})).start()
+    started = time.monotonic()
+    r = http.post(f"{q}/receive", json={"wait_ms": 5000})
+    assert r.json()["messages"][0]["body"] == "late"
+    assert 0.2 < time.monotonic() - started < 4
+    assert http.post(f"{q}/receive", json={"wait_ms": 100}).json() == {"messages": []}
+
+
+def test_dead_letters_list_replay_purge(http: httpx.Client) -> None:
+    name = unique("work")
+    q = f"/api/queues/%2F/{name}"
+    http.put(f"/api/queues/%2F/{name}.dead", json={})
+    http.put(q, json={"arguments": {"x-dead-letter-exchange": "",
+                                    "x-dead-letter-routing-key": f"{name}.dead"}})
+    for n in range(2):
+        http.post(f"{q}/messages", json={"json": {"n": n}})
+    for m in http.post(f"{q}/receive", json={"max": 2}).json()["messages"]:
+        http.post(f"/api/receipts/{m['receipt']}/nack", json={"requeue": False})
+    dead = http.get(f"{q}/dead-letters").json()
+    assert [d["json"]["n"] for d in dead] == [0, 1]
+    assert dead[0]["headers"]["x-death"][0]["reason"] == "rejected"
+    assert http.post(f"{q}/dead-letters/replay", json={"ids": [dead[1]["id"]]}).json() == \
+        {"replayed": 1}
+    assert http.delete(f"{q}/dead-letters").json() == {"purged": 1}
+    assert http.get(q).json()["ready"] == 1
+
+
+def test_rest_errors_name_the_thing(http: httpx.Client) -> None:
+    body = is_error(http.get("/api/queues/%2F/no-such-queue"), 404, "not_found")
+    assert body["message"] == "no queue 'no-such-queue' in vhost '/'"
+    is_error(http.post("/api/queues/%2F/no-such-queue/messages", json={"body": "x"}), 404,
+             "not_found")
+    name = unique("q")
+    http.put(f"/api/queues/%2F/{name}", json={"durable": True})
+    is_error(http.put(f"/api/queues/%2F/{name}", json={"durable": False}), 409,
+             "precondition_failed")
+    is_error(http.post(f"/api/queues/%2F/{name}/messages", json={"body": "x", "json": 1}),
+             400, "bad_request")
+    is_error(http.post(f"/api/queues/%2F/{name}/receive", json={"max": 0}), 400, "bad_request")
+    is_error(http.get("/no/such/path"), 404, "not_found")
+    is_error(http.delete("/healthz"), 405, "method_not_allowed")
+    is_error(http.put("/api/exchanges/%2F/amq.bad", json={}), 403, "access_refused")
+
+
+def test_exchanges_and_bindings_over_rest(http: httpx.Client) -> None:
+    ex, queue = unique("ex"), unique("bound")
+    assert http.put(f"/api/exchanges/%2F/{ex}", json={"type": "topic"}).status_code == 201
+    http.put(f"/api/queues/%2F/{queue}", json={})
+    binding = {"source": ex, "destination": queue, "routing_key": "a.#"}
+    assert http.post("/api/bindings/%2F", json=binding).status_code == 201
+    assert binding["source"] in [b["source"] for b in http.get("/api/bindings").json()]
+    assert ex in [e["name"] for e in http.get("/api/exchanges").json()]
+    assert http.request("DELETE", "/api/bindings/%2F", json=binding).status_code == 200
+    assert http.delete(f"/api/exchanges/%2F/{ex}").status_code == 200
+
+
+def test_metrics_and_overview_show_queue_numbers(server: ServerProcess,
+                                                 http: httpx.Client) -> None:
+    name = unique("metered")
+    with pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", server.port)) as conn:
+        ch = conn.channel()
+        ch.queue_declare(name)
+        for _ in range(3):
+            ch.basic_publish("", name, b"x")
+        ch.queue_declare(name, passive=True)
+        text = http.get("/metrics").text
+        assert f'tidings_queue_messages_ready{{queue="{name}",vhost="/"}} 3.0' in text
+        assert "tidings_connections 1.0" in text
+        assert "tidings_queue_waiting_seconds_bucket" in text
+        assert "process_resident_memory_bytes" in text
+        overview = http.get("/api/overview").json()
+        assert overview["connections"] >= 1 and overview["ready"] >= 3
+
+
+def test_permissions_apply_over_http(server: ServerProcess, http: httpx.Client) -> None:
+    data = str(server.data_dir)
+    run = [sys.executable, "-m", "tidings", "--data-dir", data, "users"]
+    subprocess.run([*run, "add", "reader", "pw"], check=True, timeout=60)
+    subprocess.run([*run, "set-permissions", "reader", "^$", "^$", ".*"], check=True,
+                   timeout=60)
+    with httpx.Client(base_url=f"http://127.0.0.1:{server.http_port}", auth=("reader", "pw"),
+                      timeout=10) as reader:
+        body = is_error(reader.post("/event", json={"type": "t", "data": 1}), 403,
+                        "access_refused")
+        assert "write access to exchange 'tidings.events'" in body["message"]
+        is_error(reader.put("/api/queues/%2F/mine", json={}), 403, "access_refused")
+        assert reader.get("/api/overview").status_code == 200
