@@ -74,6 +74,7 @@ async def serve(args: argparse.Namespace) -> int:
                         frame_max=args.frame_max,
                         memory_high_watermark_mb=args.memory_high_watermark_mb,
                         disk_free_limit_mb=args.disk_free_limit_mb, data_dir=data_dir)
+    http = None
     try:
         listening = [("amqp", args.amqp_port, None, "--amqp-port")]
         if tls is not None:
@@ -85,7 +86,6 @@ async def serve(args: argparse.Namespace) -> int:
                 raise ConfigError(f"port {port} is not available ({flag}): {e}") from e
             print(f"tidings: {scheme} listening on {args.host}:{bound} (data: {data_dir})",
                   flush=True)
-        http = None
         if args.http_port >= 0:
             http = await _start_http(args, broker, server, tls)
         stop = asyncio.Event()
@@ -126,7 +126,7 @@ async def _start_http(args: argparse.Namespace, broker: Any, amqp: Any,
     except OSError as e:
         sock.close()
         raise ConfigError(f"port {args.http_port} is not available (--http-port): "
-                          f"{e.strerror}") from e
+                          f"{os.strerror(e.errno or 0)}") from e
     sock.listen(512)
     sock.setblocking(False)
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import platform
 import shutil
 import ssl
@@ -362,7 +363,8 @@ class AmqpServer:
             server = await loop.create_server(lambda: AmqpLink(self), host, port, ssl=tls,
                                               reuse_address=True)
         except OSError as e:
-            raise BrokenResourceError(f"cannot listen on {host}:{port}: {e.strerror}") from e
+            raise BrokenResourceError(
+                f"cannot listen on {host}:{port}: {os.strerror(e.errno or 0)}") from e
         self.servers.append(server)
         if self._alarm_task is None and (self.memory_high_watermark_mb or
                                          self.disk_free_limit_mb):
