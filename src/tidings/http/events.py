@@ -29,6 +29,8 @@ from tidings.routing.topic import topic_matches
 DEFAULT_RETAIN = 10_000
 #: Events a stream may fall behind before it is cut off.
 STREAM_BUFFER = 1_000
+#: The gateway's own queue feeding the event log (hidden on the dashboard).
+EVENT_LOG_QUEUE = "tidings.http.event-log"
 #: Seconds between keep-alive comments on an idle stream.
 KEEPALIVE_S = 15.0
 
@@ -68,8 +70,9 @@ class EventLog:
 
     def start(self) -> None:
         self.broker.declare_exchange(DEFAULT_VHOST, EVENTS_EXCHANGE, "topic")
-        queue = self.broker.declare_queue(DEFAULT_VHOST, "", durable=False, exclusive=True,
-                                          auto_delete=True, connection_id="http-event-log")
+        queue = self.broker.declare_queue(DEFAULT_VHOST, EVENT_LOG_QUEUE, durable=False,
+                                          exclusive=True, auto_delete=True,
+                                          connection_id="http-event-log")
         self.broker.bind(DEFAULT_VHOST, EVENTS_EXCHANGE, queue.name, "#")
         self.broker.consume(self._session, queue.name, self._on_delivery, no_ack=True)
 

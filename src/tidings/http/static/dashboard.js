@@ -24,7 +24,7 @@ function draw(canvas, series, colors) {
   series.forEach((points, k) => {
     ctx.strokeStyle = colors[k]; ctx.lineWidth = 2; ctx.beginPath();
     points.forEach((v, i) => {
-      const x = (i / (HISTORY - 1)) * w, y = h - 4 - (v / max) * (h - 8);
+      const x = (i / Math.max(points.length - 1, 1)) * w, y = h - 4 - (v / max) * (h - 8);
       i ? ctx.lineTo(x, y) : ctx.moveTo(x, y);
     });
     ctx.stroke();
@@ -95,8 +95,9 @@ async function refresh() {
     draw(document.getElementById("chart-rates"), [history.publish, history.deliver], ["#3b6fe0", "#15803d"]);
     const dead = {};
     queues.filter(q => q.name.endsWith(".dead")).forEach(q => { dead[q.name.slice(0, -5)] = q.ready; });
+    const shown = queues.filter(q => !q.name.endsWith(".dead") && !q.name.startsWith("tidings.http."));
     const body = document.querySelector("#queues tbody");
-    body.replaceChildren(...queues.filter(q => !q.name.endsWith(".dead")).map(q => row(q, dead[q.name])));
+    body.replaceChildren(...shown.map(q => row(q, dead[q.name])));
     status.textContent = `live · ${new Date().toLocaleTimeString()}`; status.className = "status live";
   } catch (e) {
     status.textContent = `unreachable (${e})`; status.className = "status down";

@@ -1,0 +1,59 @@
+"""The dashboard in Debian's Chromium, driven by Playwright: messages published over AMQP
+show up on the page, and the numbers change as more arrive. A screenshot is saved to
+``test-artifacts/dashboard.png``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pika
+import pytest
+
+from ..serverproc import ServerProcess
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+def publish(server: ServerProcess, queue: str, count: int) -> None:
+    with pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", server.port)) as conn:
+        ch = conn.channel()
+        ch.queue_declare(queue)
+        for i in range(count):
+            ch.basic_publish("", queue, f"m{i}".encode())
+        ch.queue_declare(queue, passive=True)
+
+
+def test_dashboard_shows_live_queue_numbers(server: ServerProcess) -> None:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("TIDINGS_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
+        pytest.skip("Chromium not installed (apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    publish(server, "dashboard-orders", 5)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        try:
+            context = browser.new_context(
+                http_credentials={"username": "guest", "password": "guest"},
+                viewport={"width": 1400, "height": 800})
+            page = context.new_page()
+            page.goto(f"http://127.0.0.1:{server.http_port}/")
+            ready = page.locator('tr[data-queue="dashboard-orders"] td.ready')
+            expect(ready).to_have_text("5", timeout=15_000)
+            expect(page.locator("#status")).to_contain_text("live")
+            publish(server, "dashboard-orders", 3)
+            expect(ready).to_have_text("8", timeout=15_000)
+            expect(page.locator("#connections")).not_to_have_text("–")
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
