@@ -119,7 +119,10 @@ async def _start_http(args: argparse.Namespace, broker: Any, amqp: Any,
     app = build_app(broker, amqp.users, max_body_bytes=args.http_max_body_bytes,
                     server_stats=server_stats, stream_buffer=args.sse_buffer_events)
     app.state.gateway.events.start()
-    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    # proto must be IPPROTO_TCP: asyncio only sets TCP_NODELAY on such sockets, and without it
+    # keep-alive responses wait ~40 ms for delayed ACKs (Nagle)
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET,
+                         socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((args.host, args.http_port))

@@ -1,8 +1,8 @@
 """HTTP gateway benchmarks: POST /events with wrk against tidings serve and against RabbitMQ's
 management API (``POST /api/exchanges/{vhost}/{exchange}/publish``), and SSE fan-out.
 
-    python bench/http.py             # 1, 16 and 64 connections, 10 s each; SSE to 100 streams
-    python bench/http.py --quick     # 3 s each
+    python bench/gateway.py             # 1, 16 and 64 connections, 10 s each; SSE to 100 streams
+    python bench/gateway.py --quick     # 3 s each
 
 Both brokers store what they are sent: tidings routes events to a durable queue bound to
 ``tidings.events`` and answers 202 only once the event is durable; RabbitMQ routes persistent
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
-        sys.exit("bench/http.py needs wrk: apt-get install wrk")
+        sys.exit("bench/gateway.py needs wrk: apt-get install wrk")
     seconds = 3 if args.quick else 10
     with tempfile.TemporaryDirectory(prefix="tidings-http-bench-") as tmp:
         amqp_port, http_port = free_port(), free_port()
