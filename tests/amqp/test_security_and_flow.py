@@ -181,6 +181,11 @@ def test_amqps_with_a_certificate_the_test_makes(tmp_path: Path) -> None:
             ch.basic_publish("", "secure", b"over tls")
             _, _, body = ch.basic_get("secure", auto_ack=True)
             assert body == b"over tls"
+        import httpx  # the HTTP gateway serves HTTPS with the same certificate
+
+        r = httpx.get(f"https://localhost:{server.http_port}/api/queues/%2F/secure",
+                      auth=("guest", "guest"), verify=context)
+        assert r.status_code == 200 and r.json()["name"] == "secure"
     finally:
         server.stop()
 
