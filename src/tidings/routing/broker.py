@@ -21,16 +21,17 @@ from tidings.errors import (
     PreconditionFailedError,
     ResourceLockedError,
 )
-from tidings.message import Message, Record, encode_record
+from tidings.message import Message, Record
 from tidings.routing import definitions as defs
 from tidings.routing.arguments import message_ttl_ms, parse_queue_arguments
 from tidings.routing.dead_letter import dead_letter_message
-from tidings.routing.delayed import STORE_KEY as DELAYED_KEY
 from tidings.routing.delayed import DelayedMessages
+from tidings.routing.delays import DelaysMixin
 from tidings.routing.exchange import DELAYED, Binding, Exchange, freeze_arguments
 from tidings.routing.queue import DEFAULT_WINDOW, Entry, Queue
 from tidings.routing.session import Consumer, Delivery, Session
-from tidings.routing.stats import COUNTERS, BrokerStatistics, Counters, QueueStatistics
+from tidings.routing.stats import Counters
+from tidings.routing.upkeep import TICK_S, UpkeepMixin
 from tidings.storage.base import Store
 
 DEFAULT_VHOST = "/"
@@ -45,8 +46,6 @@ PREDECLARED = {
 #: Bytes of uncommitted writes tolerated before acks and unconfirmed publishes wait for the
 #: store (each write counts its payload plus a fixed overhead).
 MAX_WRITE_BACKLOG_BYTES = 16 * 2**20
-#: Seconds between housekeeping ticks (rates, x-expires, consumer timeouts).
-TICK_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +71,7 @@ class VHost:
         self.queues: dict[str, Queue] = {}
 
 
-class Broker:
+class Broker(DelaysMixin, UpkeepMixin):
     def __init__(
         self,
         store: Store,
@@ -485,124 +484,6 @@ class Broker:
                 continue
             self._enqueue(target, Record(replace(message), now), now)
 
-    # -- delays ----------------------------------------------------------------------------
-
-    def delay(self, record: Record, target: dict[str, str], due_at: float) -> None:
-        record.due_at, record.target = due_at, target
-        seq = self.next_seq()
-        if self.store.keeps_messages:
-            self.store.append(DELAYED_KEY, seq, encode_record(record))
-        self.delayed.add(seq, record)
-        self._arm_delay_timer()
-
-    def requeue_later(self, queue: Queue, entry: Entry, delay_ms: int) -> None:
-        """nack with a delay: back into ``queue`` no earlier than ``delay_ms`` from now."""
-        record = queue.release_for_delay(entry)
-        if record is not None:
-            now = self.clock.time()
-            target = {"vhost": queue.vhost, "queue": queue.name}
-            self.delay(Record(record.message, now, record.delivery_count), target,
-                       now + delay_ms / 1000.0)
-
-    def cancel_delayed(self, seq: int) -> Record | None:
-        record = self.delayed.remove(seq)
-        if record is not None:
-            self.store.remove(DELAYED_KEY, seq)
-        return record
-
-    def _arm_delay_timer(self) -> None:
-        due = self.delayed.next_due()
-        if due is None:
-            return
-        if self._delay_timer is not None:
-            if self._delay_timer[0] <= due:
-                return
-            self._delay_timer[1].cancel()
-        try:
-            self._delay_timer = (due, self.clock.call_at(due, self._release_delayed))
-        except RuntimeError:  # no running loop yet: start() arms it
-            self._delay_timer = None
-
-    def _release_delayed(self) -> None:
-        self._delay_timer = None
-        now = self.clock.time()
-        for seq, record in self.delayed.pop_due(now):
-            self.store.remove(DELAYED_KEY, seq)
-            self._release_one(record, now)
-        self._arm_delay_timer()
-
-    def _release_one(self, record: Record, now: float) -> None:
-        vhost = record.target.get("vhost", DEFAULT_VHOST)
-        v = self.vhosts.get(vhost)
-        if v is None:
-            return
-        fresh = Record(record.message, now, record.delivery_count)
-        if "queue" in record.target:
-            queue = v.queues.get(record.target["queue"])
-            if queue is not None:
-                self._enqueue(queue, fresh, now)
-            return
-        ex = v.exchanges.get(record.target.get("exchange", ""))
-        if ex is not None:
-            for queue in self.route(vhost, ex, record.message):
-                self._enqueue(queue, Record(record.message, now, record.delivery_count), now)
-
-    # -- timers ----------------------------------------------------------------------------
-
-    def _arm_expiry(self, queue: Queue, at: float) -> None:
-        current = self._expiry_timers.get(queue.store_key)
-        if current is not None:
-            if current[0] <= at:
-                return
-            current[1].cancel()
-        try:
-            timer = self.clock.call_at(at, lambda: self._expire(queue))
-        except RuntimeError:  # no running loop yet: start() expires and re-arms
-            return
-        self._expiry_timers[queue.store_key] = (at, timer)
-
-    def _expire(self, queue: Queue) -> None:
-        self._expiry_timers.pop(queue.store_key, None)
-        if not queue.deleted:
-            queue.expire_head()
-
-    def _retry_after_commit(self, queue: Queue) -> None:
-        try:
-            future = self.store.sync()
-        except RuntimeError:
-            return
-        future.add_done_callback(lambda _: queue.dispatch() if not queue.deleted else None)
-
-    def _tick(self) -> None:
-        now = self.clock.time()
-        self.counters.sample(now)
-        for v in self.vhosts.values():
-            for queue in list(v.queues.values()):
-                queue.counters.sample(now)
-                expires_ms = queue.options.expires_ms
-                if (expires_ms is not None and not queue.consumers
-                        and now - queue.last_used >= expires_ms / 1000.0):
-                    self._delete_queue(queue)
-        self._check_consumer_timeouts(now)
-        if not self.closed:
-            self._tick_timer = self.clock.call_at(now + TICK_S, self._tick)
-
-    def _check_consumer_timeouts(self, now: float) -> None:
-        for session in list(self.sessions):
-            for queue, entry, _ in list(session.unacked.values()):
-                timeout_ms = queue.options.consumer_timeout_ms or self.default_consumer_timeout_ms
-                if timeout_ms is None or (now - entry.delivered_at) * 1000.0 < timeout_ms:
-                    continue
-                error = PreconditionFailedError(
-                    f"delivery acknowledgement timed out: a message from queue '{queue.name}' "
-                    f"in vhost '{queue.vhost}' was not acknowledged within the consumer "
-                    f"timeout of {timeout_ms} ms; its channel is closed and the message requeued"
-                )
-                session.close()
-                if session.on_error is not None:
-                    session.on_error(error)
-                break
-
     # -- sessions and consumers ------------------------------------------------------------
 
     def open_session(self, vhost: str = DEFAULT_VHOST, connection_id: str = "local") -> Session:
@@ -672,46 +553,6 @@ class Broker:
     def dispatch_session(self, session: Session) -> None:
         for consumer in list(session.consumers.values()):
             consumer.queue.dispatch()
-
-    # -- statistics ------------------------------------------------------------------------
-
-    def queue_statistics(self, queue: Queue) -> QueueStatistics:
-        oldest = queue.oldest_ready_at()
-        c = queue.counters
-        return QueueStatistics(
-            vhost=queue.vhost,
-            name=queue.name,
-            ready=queue.ready_count,
-            unacked=len(queue.unacked),
-            delayed=self.delayed.per_queue.get((queue.vhost, queue.name), 0),
-            consumers=len(queue.consumers),
-            ready_bytes=queue.ready_bytes + queue.paged_bytes,
-            oldest_ready_age_s=None if oldest is None else max(0.0, self.clock.time() - oldest),
-            counts=dict(zip(COUNTERS, c.values(), strict=True)),
-            rates=c.rates(),
-            waiting_time=queue.waiting.summary(),
-            processing_time=queue.processing.summary(),
-        )
-
-    def statistics(self) -> BrokerStatistics:
-        queues = tuple(self.queue_statistics(q) for v in self.vhosts.values()
-                       for q in v.queues.values())
-        counts = {name: sum(q.counts[name] for q in queues) for name in COUNTERS}
-        counts["published"] = self.counters.published
-        rates = {name: sum(q.rates[name] for q in queues) for name in COUNTERS}
-        rates["published"] = self.counters.rates()["published"]
-        return BrokerStatistics(
-            queues=queues,
-            exchanges=sum(len(v.exchanges) for v in self.vhosts.values()),
-            sessions=len(self.sessions),
-            consumers=sum(q.consumers for q in queues),
-            ready=sum(q.ready for q in queues),
-            unacked=sum(q.unacked for q in queues),
-            delayed=len(self.delayed),
-            counts=counts,
-            rates=rates,
-        )
-
 
 def _check_equivalent(kind: str, name: str, vhost: str,
                       pairs: list[tuple[str, Any, Any]]) -> None:
