@@ -47,3 +47,9 @@ def test_queues_stats_and_dead_letters(tmp_path: Path) -> None:
     assert out.stdout.strip() == "replayed 1"
     out = run("--data-dir", str(tmp_path), "stats", "--queue", "nope")
     assert out.returncode == 1 and out.stderr.strip() == "tidings: error: no queue 'nope'"
+
+
+def test_serve_bad_flag_value_is_one_line_exit_2() -> None:
+    out = run("serve", "--amqp-port", "not-a-port")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "--amqp-port" in out.stderr and "invalid int value" in out.stderr

@@ -203,3 +203,27 @@ async def test_pika_asyncio_adapter(server: ServerProcess) -> None:
     ch.basic_publish("", queue, b"over asyncio")  # type: ignore[attr-defined]
     assert await asyncio.wait_for(got, 10) == b"over asyncio"
     conn.close()
+
+
+@pytest.mark.parametrize("garbage", [
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"AMQP\x00\x00\x09\x01" + bytes(range(256)) * 4,
+    b"AMQP\x00\x00\x09\x01\x01\x00\x00\xff\xff\xff\xff" + b"\x00" * 64,
+])
+def test_garbage_from_one_client_closes_it_and_others_carry_on(server: ServerProcess,
+                                                               garbage: bytes) -> None:
+    import socket
+
+    queue = unique("survivor")
+    with pika.BlockingConnection(params(server)) as conn:
+        ch = conn.channel()
+        ch.queue_declare(queue)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as bad:
+            bad.sendall(garbage)
+            received = b""
+            while chunk := bad.recv(65536):  # the server answers and hangs up: no hang
+                received += chunk
+        assert received  # our protocol header, or a connection.close with a reply code
+        ch.basic_publish("", queue, b"still serving")
+        _, _, body = ch.basic_get(queue, auto_ack=True)
+        assert body == b"still serving"

@@ -369,15 +369,13 @@ class ServerConnection:
             return
         if isinstance(error, ProtocolError) and error.method is not None:
             method = error.method
-        if self.state in (AWAIT_START_OK, AWAIT_LOGIN, AWAIT_TUNE_OK) and \
-                error.reply_code == 403:
-            # authentication_failure_close: tell the client why, then hang up.
-            class_id, method_id = _ids(method)
-            self._send(0, C.Close(403, reply_text(error), class_id, method_id))
-            self._closed(403, str(error))
-            return
         class_id, method_id = _ids(method)
         self._send(0, C.Close(error.reply_code, reply_text(error), class_id, method_id))
+        if self.state != OPEN:
+            # Before the connection is open there is nobody to wait for: say why and hang up
+            # (also RabbitMQ's authentication_failure_close).
+            self._closed(error.reply_code, str(error))
+            return
         self.state = CLOSING
         self._reader = FrameReader(self.frame_max)  # drop whatever is buffered
 

@@ -31,6 +31,7 @@ from pamqp import commands
 import tidings
 from tidings.amqp.channel import AmqpChannel
 from tidings.amqp.connection import (
+    CLOSING,
     OPEN,
     ChannelClosed,
     ChannelOpened,
@@ -65,6 +66,8 @@ CAPABILITIES = {
     "per_consumer_qos": True,
     "direct_reply_to": True,
 }
+#: Seconds a peer has to answer our connection.close with close-ok before it is dropped.
+CLOSE_TIMEOUT_S = 2.0
 #: Seconds between checks of the memory and disk alarms.
 ALARM_CHECK_S = 1.0
 _ids = itertools.count(1)
@@ -103,6 +106,7 @@ class AmqpLink(asyncio.Protocol):
         self.blocked = False
         self._writing_paused = False
         self._store_wait = False
+        self._close_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -121,8 +125,9 @@ class AmqpLink(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.links.discard(self)
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+        for timer in (self._heartbeat, self._close_timer):
+            if timer is not None:
+                timer.cancel()
         for channel in list(self.channels.values()):
             channel.close()
         self.channels.clear()
@@ -164,6 +169,10 @@ class AmqpLink(asyncio.Protocol):
                     self.channel_error(channel, e, method)
         self._send_confirms()
         self.flush()
+        if conn.state == CLOSING and self._close_timer is None:
+            # We sent connection.close: a peer that never answers close-ok is dropped.
+            self._close_timer = asyncio.get_running_loop().call_later(
+                CLOSE_TIMEOUT_S, lambda: self.transport.abort() if self.transport else None)
         if self.broker.write_backlog_exceeded():
             self._wait_for_store()
 
