@@ -118,6 +118,11 @@ def test_users_permissions_and_vhosts(server: ServerProcess) -> None:
             ch.basic_publish("amq.fanout", "k", b"forbidden")
             ch.queue_declare("alice-after")
         assert info.value.reply_code == 403 and "write access" in info.value.reply_text
+        ch = conn.channel()  # the default exchange is 'amq.default' for permissions
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+            ch.basic_publish("", "alice-jobs", b"forbidden too")
+            ch.queue_declare("alice-after")
+        assert "write access to exchange 'amq.default'" in info.value.reply_text
 
     assert tidings_cli(data, "vhosts", "add", "/staging").returncode == 0
     with pytest.raises(pika.exceptions.ProbableAccessDeniedError) as closed:

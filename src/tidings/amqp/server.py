@@ -255,7 +255,7 @@ class AmqpLink(asyncio.Protocol):
 
     def check_permission(self, permission: str, kind: str, name: str) -> None:
         if name == "" and kind == "exchange":
-            return  # the default exchange: writing to it needs no permission in RabbitMQ
+            name = "amq.default"  # the default exchange's name for permissions, as in RabbitMQ
         self.server.users.check(self.username, self.vhost, permission, kind, name)  # type: ignore[arg-type]
 
     def capability(self, name: str) -> bool:

@@ -218,7 +218,7 @@ def routes(gw: Gateway) -> list[Any]:
 
     async def send(request: Request) -> JSONResponse:
         vhost, name = _vhost(request), _name(request)
-        gw.check(request, "write", "exchange", "", vhost)
+        gw.check(request, "write", "exchange", "amq.default", vhost)
         data = sch.obj(await sch.read_json(request, gw.max_body_bytes))
         message = sch.message_from_json(data)
         delay_ms = sch.integer(data, "delay_ms", None, 0, 2**31)
