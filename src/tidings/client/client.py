@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tidings.client.message import ReceivedMessage, Receiver
 from tidings.client.transport import Incoming, QueueSpec, Subscription, Transport
 from tidings.errors import ClosedResourceError, InvalidArgumentError
 from tidings.message import Message
@@ -62,141 +63,6 @@ def encode_body(body: Any, content_type: str | None) -> tuple[bytes, str | None]
 def backoff_ms(attempt: int, min_ms: int, max_ms: int) -> int:
     """Exponential backoff for the ``attempt``-th failure (1-based), capped."""
     return int(min(max_ms, min_ms * 2 ** max(0, attempt - 1)))
-
-
-class ReceivedMessage:
-    """A message handed to you by a queue or a subscription. Settle it once."""
-
-    __slots__ = ("_client", "_incoming", "settled")
-
-    def __init__(self, client: Client, incoming: Incoming) -> None:
-        self._client, self._incoming = client, incoming
-        self.settled = False
-
-    @property
-    def body(self) -> bytes:
-        return self._incoming.message.body
-
-    def text(self) -> str:
-        return self.body.decode()
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def headers(self) -> dict[str, Any]:
-        return self._incoming.message.headers or {}
-
-    @property
-    def id(self) -> str | None:
-        return self._incoming.message.message_id
-
-    @property
-    def routing_key(self) -> str:
-        return self._incoming.message.routing_key
-
-    @property
-    def topic(self) -> str:
-        """The event's topic (for queue messages: the queue name it was sent to)."""
-        return self._incoming.message.routing_key
-
-    @property
-    def queue(self) -> str:
-        return self._incoming.queue
-
-    @property
-    def content_type(self) -> str | None:
-        return self._incoming.message.content_type
-
-    @property
-    def priority(self) -> int | None:
-        return self._incoming.message.priority
-
-    @property
-    def redelivered(self) -> bool:
-        return self._incoming.redelivered
-
-    @property
-    def delivery_count(self) -> int:
-        """Deliveries so far, this one included (1 on the first delivery)."""
-        return self._incoming.delivery_count + 1
-
-    @property
-    def timestamp(self) -> float | None:
-        ts = self._incoming.message.timestamp
-        return None if ts is None else float(ts)
-
-    @property
-    def message(self) -> Message:
-        return self._incoming.message
-
-    def _settle(self) -> Any:
-        if self.settled:
-            raise InvalidArgumentError(f"message {self.id!r} is already settled")
-        self.settled = True
-        return self._incoming.token
-
-    async def ack(self) -> None:
-        """Done with it: the message is gone for good."""
-        await self._client.transport.ack([self._settle()])
-
-    async def nack(self, requeue: bool = True, delay_ms: int | None = None) -> None:
-        """Failed: back to its place in the queue (after ``delay_ms``), or dead-lettered."""
-        await self._client.transport.nack(self._settle(), requeue, delay_ms)
-
-    async def reject(self) -> None:
-        """Refuse it for good: it is dead-lettered (or dropped when the queue has none)."""
-        await self._client.transport.nack(self._settle(), False)
-
-    async def extend(self) -> None:
-        """Still working on it: restart its consumer-timeout clock."""
-        await self._client.transport.extend(self._incoming.token)
-
-    def __repr__(self) -> str:
-        return f"<ReceivedMessage id={self.id!r} topic={self.topic!r} bytes={len(self.body)}>"
-
-
-class Receiver:
-    """An open consumer on one queue: an async iterator and an async context manager."""
-
-    def __init__(self, client: Client, queue: str, prefetch: int) -> None:
-        self._client, self.queue, self.prefetch = client, queue, prefetch
-        self._buffer: asyncio.Queue[Incoming] = asyncio.Queue()
-        self._subscription: Subscription | None = None
-        self._closed = False
-
-    async def _start(self) -> None:
-        if self._subscription is None and not self._closed:
-            await self._client._ensure_queue(self.queue)
-            self._subscription = await self._client.transport.consume(
-                self.queue, self.prefetch, self._buffer.put_nowait)
-
-    def __aiter__(self) -> Receiver:
-        return self
-
-    async def __anext__(self) -> ReceivedMessage:
-        await self._start()
-        if self._closed:
-            raise StopAsyncIteration
-        return ReceivedMessage(self._client, await self._buffer.get())
-
-    async def __aenter__(self) -> Receiver:
-        await self._start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Stop receiving; messages not yet handed out go back to the queue."""
-        if self._closed:
-            return
-        self._closed = True
-        self._client._receivers.discard(self)
-        if self._subscription is not None:
-            await self._subscription.cancel()
-        while not self._buffer.empty():
-            await self._client.transport.nack(self._buffer.get_nowait().token, True)
 
 
 @dataclass

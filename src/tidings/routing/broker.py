@@ -18,16 +18,14 @@ from tidings.errors import (
     AccessRefusedError,
     NotAllowedError,
     NotFoundError,
-    PreconditionFailedError,
-    ResourceLockedError,
 )
 from tidings.message import Message, Record
-from tidings.routing import definitions as defs
-from tidings.routing.arguments import message_ttl_ms, parse_queue_arguments
+from tidings.routing.arguments import message_ttl_ms
 from tidings.routing.dead_letter import dead_letter_message
+from tidings.routing.declarations import DeclarationsMixin
 from tidings.routing.delayed import DelayedMessages
 from tidings.routing.delays import DelaysMixin
-from tidings.routing.exchange import DELAYED, Binding, Exchange, freeze_arguments
+from tidings.routing.exchange import DELAYED, PREDECLARED, Exchange
 from tidings.routing.queue import DEFAULT_WINDOW, Entry, Queue
 from tidings.routing.session import Consumer, Delivery, Session
 from tidings.routing.stats import Counters
@@ -35,14 +33,6 @@ from tidings.routing.upkeep import TICK_S, UpkeepMixin
 from tidings.storage.base import Store
 
 DEFAULT_VHOST = "/"
-#: Exchanges every vhost has, as in RabbitMQ.
-PREDECLARED = {
-    "amq.direct": "direct",
-    "amq.fanout": "fanout",
-    "amq.topic": "topic",
-    "amq.headers": "headers",
-    "amq.match": "headers",
-}
 #: Bytes of uncommitted writes tolerated before acks and unconfirmed publishes wait for the
 #: store (each write counts its payload plus a fixed overhead).
 MAX_WRITE_BACKLOG_BYTES = 16 * 2**20
@@ -71,7 +61,7 @@ class VHost:
         self.queues: dict[str, Queue] = {}
 
 
-class Broker(DelaysMixin, UpkeepMixin):
+class Broker(DeclarationsMixin, DelaysMixin, UpkeepMixin):
     def __init__(
         self,
         store: Store,
@@ -172,220 +162,6 @@ class Broker(DelaysMixin, UpkeepMixin):
     def find_queue(self, vhost: str, name: str) -> Queue | None:
         v = self.vhosts.get(vhost)
         return v.queues.get(name) if v else None
-
-    # -- exchanges -------------------------------------------------------------------------
-
-    def declare_exchange(
-        self,
-        vhost: str,
-        name: str,
-        kind: str = "direct",
-        *,
-        durable: bool = True,
-        auto_delete: bool = False,
-        internal: bool = False,
-        arguments: dict[str, Any] | None = None,
-        passive: bool = False,
-    ) -> Exchange:
-        v = self.get_vhost(vhost)
-        existing = v.exchanges.get(name)
-        if passive:
-            if existing is None:
-                raise NotFoundError(f"no exchange '{name}' in vhost '{vhost}'")
-            return existing
-        if name == "" or (name.startswith("amq.") and existing is None):
-            raise AccessRefusedError(
-                f"exchange name '{name}' contains reserved prefix 'amq.'"
-                if name else "operation not permitted on the default exchange"
-            )
-        arguments = dict(arguments or {})
-        if existing is not None:
-            _check_equivalent("exchange", name, vhost, [
-                ("type", existing.kind, kind),
-                ("durable", existing.durable, durable),
-                ("auto_delete", existing.auto_delete, auto_delete),
-                ("internal", existing.internal, internal),
-                ("arguments", freeze_arguments(existing.arguments), freeze_arguments(arguments)),
-            ])
-            return existing
-        ex = Exchange(name, kind, vhost, durable, auto_delete, internal, arguments)
-        v.exchanges[name] = ex
-        if durable:
-            self.store.put_definition("exchange", *defs.exchange_record(ex))
-        return ex
-
-    def delete_exchange(self, vhost: str, name: str, *, if_unused: bool = False) -> None:
-        v = self.get_vhost(vhost)
-        if name == "" or name in PREDECLARED:
-            raise AccessRefusedError(f"cannot delete predeclared exchange '{name}'")
-        ex = self.get_exchange(vhost, name)
-        incoming = [b for e in v.exchanges.values() for b in e.bindings
-                    if b.to_exchange and b.destination == name]
-        if if_unused and (ex.bindings or incoming):
-            raise PreconditionFailedError(f"exchange '{name}' in vhost '{vhost}' in use")
-        for b in list(ex.bindings) + incoming:
-            self._unbind(vhost, b)
-        del v.exchanges[name]
-        if ex.durable:
-            self.store.delete_definition("exchange", f"{vhost}{defs.SEP}{name}")
-
-    # -- bindings --------------------------------------------------------------------------
-
-    def bind(self, vhost: str, source: str, destination: str, routing_key: str = "",
-             arguments: dict[str, Any] | None = None, *, to_exchange: bool = False) -> None:
-        """Bind a queue (or, with ``to_exchange``, an exchange) to the exchange ``source``."""
-        if source == "":
-            raise AccessRefusedError(
-                f"operation not permitted on the default exchange (bind to queue '{destination}')"
-            )
-        src = self.get_exchange(vhost, source)
-        if to_exchange:
-            if destination == "":
-                raise AccessRefusedError("operation not permitted on the default exchange")
-            dest_durable = self.get_exchange(vhost, destination).durable
-        else:
-            dest_durable = self.get_queue(vhost, destination).durable
-        b = Binding(source, destination, routing_key, freeze_arguments(arguments), to_exchange)
-        if src.add_binding(b) and src.durable and dest_durable:
-            self.store.put_definition("binding", *defs.binding_record(vhost, b))
-
-    def unbind(self, vhost: str, source: str, destination: str, routing_key: str = "",
-               arguments: dict[str, Any] | None = None, *, to_exchange: bool = False) -> None:
-        if source == "":
-            raise AccessRefusedError("operation not permitted on the default exchange")
-        self.get_exchange(vhost, source)
-        if to_exchange:
-            self.get_exchange(vhost, destination)
-        else:
-            self.get_queue(vhost, destination)
-        b = Binding(source, destination, routing_key, freeze_arguments(arguments), to_exchange)
-        self._unbind(vhost, b)
-
-    def _unbind(self, vhost: str, b: Binding) -> None:
-        src = self.vhosts[vhost].exchanges.get(b.source)
-        if src is not None and src.remove_binding(b):
-            self.store.delete_definition("binding", defs.binding_record(vhost, b)[0])
-            if src.auto_delete and not src.bindings:
-                self.delete_exchange(vhost, src.name)
-
-    # -- queues ----------------------------------------------------------------------------
-
-    def declare_queue(
-        self,
-        vhost: str,
-        name: str = "",
-        *,
-        durable: bool = True,
-        exclusive: bool = False,
-        auto_delete: bool = False,
-        arguments: dict[str, Any] | None = None,
-        passive: bool = False,
-        connection_id: str | None = None,
-        reserved_ok: bool = False,
-    ) -> Queue:
-        v = self.get_vhost(vhost)
-        if passive:
-            queue = self.get_queue(vhost, name)
-            self._check_exclusive(queue, connection_id)
-            return queue
-        if not name:
-            self._server_named += 1
-            name = f"amq.gen-{self._seq:x}-{self._server_named}"
-        elif name.startswith("amq.") and name not in v.queues and not reserved_ok:
-            raise AccessRefusedError(
-                f"queue name '{name}' contains reserved prefix 'amq.'"
-            )
-        arguments = dict(arguments or {})
-        existing = v.queues.get(name)
-        if existing is not None:
-            self._check_exclusive(existing, connection_id)
-            _check_equivalent("queue", name, vhost, [
-                ("durable", existing.durable, durable),
-                ("exclusive", existing.exclusive_owner is not None, exclusive),
-                ("auto_delete", existing.auto_delete, auto_delete),
-                *[(k, existing.arguments.get(k), arguments.get(k))
-                  for k in sorted(set(existing.arguments) | set(arguments))
-                  if k.startswith("x-")],
-            ])
-            existing.last_used = self.clock.time()
-            return existing
-        options = parse_queue_arguments(name, arguments)
-        if options.queue_type == "quorum" and (not durable or exclusive or auto_delete):
-            raise PreconditionFailedError(
-                f"invalid property for quorum queue '{name}' in vhost '{vhost}': "
-                f"quorum queues must be durable, non-exclusive and not auto-delete"
-            )
-        queue = self._make_queue(vhost, name, durable, auto_delete, arguments,
-                                 connection_id if exclusive else None)
-        if durable and not exclusive:
-            self.store.put_definition("queue", *defs.queue_record(vhost, name, auto_delete,
-                                                                  arguments))
-        return queue
-
-    def _make_queue(self, vhost: str, name: str, durable: bool, auto_delete: bool,
-                    arguments: dict[str, Any], owner: str | None) -> Queue:
-        queue = Queue(
-            name, vhost, parse_queue_arguments(name, arguments), store=self.store,
-            dead_letter=self._dead_letter, now=self.clock.time, durable=durable,
-            exclusive_owner=owner, auto_delete=auto_delete, arguments=arguments,
-            window=self.queue_window,
-        )
-        queue.on_head_expiry = self._arm_expiry
-        queue.on_page_wait = self._retry_after_commit
-        self.vhosts[vhost].queues[name] = queue
-        return queue
-
-    def _check_exclusive(self, queue: Queue, connection_id: str | None) -> None:
-        if queue.exclusive_owner is not None and queue.exclusive_owner != connection_id:
-            raise ResourceLockedError(
-                f"cannot obtain exclusive access to locked queue '{queue.name}' "
-                f"in vhost '{queue.vhost}'. It could be originally declared on another "
-                f"connection or the exclusive property value does not match that of the "
-                f"original declaration."
-            )
-
-    def delete_queue(self, vhost: str, name: str, *, if_unused: bool = False,
-                     if_empty: bool = False, connection_id: str | None = None) -> int:
-        queue = self.get_queue(vhost, name)
-        self._check_exclusive(queue, connection_id)
-        if if_unused and queue.consumers:
-            raise PreconditionFailedError(f"queue '{name}' in vhost '{vhost}' in use")
-        if if_empty and queue.ready_count:
-            raise PreconditionFailedError(f"queue '{name}' in vhost '{vhost}' is not empty")
-        return self._delete_queue(queue)
-
-    def _delete_queue(self, queue: Queue) -> int:
-        count = queue.ready_count
-        queue.deleted = True
-        for consumer in list(queue.consumers):
-            consumer.session.consumers.pop(consumer.tag, None)
-            if consumer.on_cancel is not None:
-                consumer.on_cancel(consumer.tag)
-        queue.consumers.clear()
-        queue.unacked.clear()
-        self.store.remove_after(queue.store_key, -1)
-        v = self.vhosts[queue.vhost]
-        for ex in list(v.exchanges.values()):
-            for b in [b for b in ex.bindings if not b.to_exchange and b.destination == queue.name]:
-                self._unbind(queue.vhost, b)
-        del v.queues[queue.name]
-        if queue.durable:
-            self.store.delete_definition("queue", queue.store_key)
-        timer = self._expiry_timers.pop(queue.store_key, None)
-        if timer:
-            timer[1].cancel()
-        return count
-
-    def purge_queue(self, vhost: str, name: str, connection_id: str | None = None) -> int:
-        queue = self.get_queue(vhost, name)
-        self._check_exclusive(queue, connection_id)
-        return queue.purge()
-
-    def close_connection(self, connection_id: str) -> None:
-        """Delete the exclusive queues a closed connection owned."""
-        for v in self.vhosts.values():
-            for queue in [q for q in v.queues.values() if q.exclusive_owner == connection_id]:
-                self._delete_queue(queue)
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -553,16 +329,6 @@ class Broker(DelaysMixin, UpkeepMixin):
     def dispatch_session(self, session: Session) -> None:
         for consumer in list(session.consumers.values()):
             consumer.queue.dispatch()
-
-def _check_equivalent(kind: str, name: str, vhost: str,
-                      pairs: list[tuple[str, Any, Any]]) -> None:
-    for field_name, current, received in pairs:
-        if current != received:
-            raise PreconditionFailedError(
-                f"inequivalent arg '{field_name}' for {kind} '{name}' in vhost '{vhost}': "
-                f"received {received!r} but current is {current!r}"
-            )
-
 
 def _is_cycle(message: Message, target: str, reason: str) -> bool:
     """RabbitMQ drops a dead letter that would cycle back without any rejection on the way."""

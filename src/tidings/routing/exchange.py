@@ -18,6 +18,14 @@ DIRECT, FANOUT, TOPIC, HEADERS = "direct", "fanout", "topic", "headers"
 DELAYED = "x-delayed-message"
 KINDS = (DIRECT, FANOUT, TOPIC, HEADERS, DELAYED)
 
+#: Exchanges every vhost has, as in RabbitMQ.
+PREDECLARED = {
+    "amq.direct": "direct",
+    "amq.fanout": "fanout",
+    "amq.topic": "topic",
+    "amq.headers": "headers",
+    "amq.match": "headers",
+}
 #: Routing results cached per routing key on topic exchanges (cleared on any binding change).
 TOPIC_CACHE_SIZE = 10_000
 

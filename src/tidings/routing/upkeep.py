@@ -33,7 +33,8 @@ class UpkeepMixin:
     _expiry_timers: dict[str, tuple[float, Timer]]
     _tick_timer: Timer | None
 
-    def _delete_queue(self, queue: Queue) -> int: ...  # provided by Broker
+    if TYPE_CHECKING:  # provided by Broker or a sibling mixin; never defined here
+        def _delete_queue(self, queue: Queue) -> int: ...
 
     # -- timers ----------------------------------------------------------------------------
 
