@@ -254,23 +254,26 @@ class Queue:
     def dispatch(self) -> None:
         """Deliver ready messages to consumers with room, round robin."""
         consumers = self.consumers
+        single = self.options.single_active_consumer
         while consumers and (self._ready or self.paged_out):
-            candidates = consumers[:1] if self.options.single_active_consumer else consumers
-            n = len(candidates)
-            chosen = None
-            for i in range(n):
-                c = candidates[(self._rr + i) % n]
-                if c.has_room():
-                    chosen = c
-                    self._rr = (self._rr + i + 1) % n
-                    break
-            if chosen is None:
-                return
+            if single or len(consumers) == 1:
+                chosen = consumers[0]
+                if not chosen.has_room():
+                    return
+            else:
+                n = len(consumers)
+                for i in range(n):
+                    c = consumers[(self._rr + i) % n]
+                    if c.has_room():
+                        chosen = c
+                        self._rr = (self._rr + i + 1) % n
+                        break
+                else:
+                    return
             entry = self.take()
             if entry is None:
                 return
-            now = self._now()
-            self.mark_delivered(entry, now)
+            self.mark_delivered(entry, self._now())
             chosen.deliver(self, entry)
 
     # -- settling --------------------------------------------------------------------------
