@@ -27,6 +27,7 @@ from tidings.client.message import ReceivedMessage, Receiver
 from tidings.client.transport import Incoming, QueueSpec, Subscription, Transport
 from tidings.errors import ClosedResourceError, InvalidArgumentError
 from tidings.message import Message
+from tidings.patterns import validate_pattern
 
 log = logging.getLogger("tidings.client")
 
@@ -303,8 +304,6 @@ class Client:
         """
         if concurrency < 1:
             raise InvalidArgumentError(f"concurrency must be >= 1, got {concurrency}")
-        from tidings.routing.topic import validate_pattern
-
         validate_pattern(pattern)
 
         def register(handler: Handler) -> Handler:

@@ -8,23 +8,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from tidings.errors import InvalidArgumentError
+from tidings.patterns import MAX_TOPIC_BYTES, validate_pattern
 
-#: Longest pattern or key accepted (AMQP short strings are at most 255 bytes).
-MAX_TOPIC_BYTES = 255
-
-
-def validate_pattern(pattern: str) -> str:
-    """Return ``pattern`` if it is a valid topic pattern, else raise InvalidArgumentError."""
-    if len(pattern.encode()) > MAX_TOPIC_BYTES:
-        raise InvalidArgumentError(f"topic pattern '{pattern[:40]}...' is longer than 255 bytes")
-    for word in pattern.split("."):
-        if word not in ("*", "#") and ("*" in word or "#" in word):
-            raise InvalidArgumentError(
-                f"bad topic pattern '{pattern}': '*' and '#' must be whole words"
-            )
-    return pattern
-
+__all__ = ["MAX_TOPIC_BYTES", "topic_matches", "validate_pattern"]
 
 @lru_cache(maxsize=4096)
 def _words(text: str) -> tuple[str, ...]:
