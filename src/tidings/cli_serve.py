@@ -116,8 +116,18 @@ async def _start_http(args: argparse.Namespace, broker: Any, amqp: Any,
         return {"connections": float(len(amqp.links)),
                 "channels": float(sum(len(link.channels) for link in amqp.links))}
 
+    def connections() -> list[dict[str, Any]]:
+        return [{
+            "peer": link.peer, "user": link.username, "vhost": link.vhost,
+            "client": str(link.conn.client_properties.get("product", "")),
+            "channels": len(link.channels),
+            "consumers": sum(len(ch.consumers) for ch in link.channels.values()),
+            "blocked": link.blocked,
+        } for link in amqp.links if link.username]
+
     app = build_app(broker, amqp.users, max_body_bytes=args.http_max_body_bytes,
-                    server_stats=server_stats, stream_buffer=args.sse_buffer_events)
+                    server_stats=server_stats, connections=connections,
+                    stream_buffer=args.sse_buffer_events)
     app.state.gateway.events.start()
     # proto must be IPPROTO_TCP: asyncio only sets TCP_NODELAY on such sockets, and without it
     # keep-alive responses wait ~40 ms for delayed ACKs (Nagle)

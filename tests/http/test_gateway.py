@@ -276,6 +276,9 @@ def test_metrics_and_overview_show_queue_numbers(server: ServerProcess,
         assert "process_resident_memory_bytes" in text
         overview = http.get("/api/overview").json()
         assert overview["connections"] >= 1 and overview["ready"] >= 3
+        [mine] = [c for c in http.get("/api/connections").json() if c["channels"] == 1]
+        assert mine["user"] == "guest" and mine["vhost"] == "/"
+        assert mine["client"] == "Pika Python Client Library"
 
 
 def test_permissions_apply_over_http(server: ServerProcess, http: httpx.Client) -> None:

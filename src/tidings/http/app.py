@@ -47,6 +47,7 @@ class Gateway:
     users: UserStore
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     server_stats: Callable[[], dict[str, float]] | None = None
+    connections: Callable[[], list[dict[str, Any]]] | None = None
     events: EventLog = field(init=False)
     leases: Leases = field(init=False)
     idempotency: IdempotencyKeys = field(default_factory=IdempotencyKeys)
@@ -89,6 +90,9 @@ def routes(gw: Gateway) -> list[Any]:
     async def api_overview(request: Request) -> JSONResponse:
         extra = gw.server_stats() if gw.server_stats else {}
         return JSONResponse(overview(broker, extra))
+
+    async def list_connections(request: Request) -> JSONResponse:
+        return JSONResponse(gw.connections() if gw.connections else [])
 
     async def metrics(request: Request) -> Response:
         return Response(metrics_text(broker, gw.server_stats),
@@ -377,6 +381,7 @@ def routes(gw: Gateway) -> list[Any]:
         Route("/openapi.json", openapi),
         Route("/metrics", metrics),
         Route("/api/overview", api_overview),
+        Route("/api/connections", list_connections),
         Route("/events/stream", stream_events),
         Route("/events/{topic}", post_event_topic, methods=["POST"]),
         Route("/event", post_event, methods=["POST"]),
@@ -410,9 +415,10 @@ def _summary(s: Any) -> dict[str, Any]:
 def build_app(broker: Broker, users: UserStore, *,
               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
               server_stats: Callable[[], dict[str, float]] | None = None,
+              connections: Callable[[], list[dict[str, Any]]] | None = None,
               stream_buffer: int = STREAM_BUFFER) -> Starlette:
     """The gateway app; call ``app.state.gateway.events.start()`` inside the running loop."""
-    gw = Gateway(broker, users, max_body_bytes, server_stats)
+    gw = Gateway(broker, users, max_body_bytes, server_stats, connections)
     gw.events.stream_buffer = stream_buffer
     app = Starlette(
         routes=routes(gw),

@@ -76,6 +76,8 @@ def openapi_document() -> dict[str, Any]:
                              "responses": {"200": {"description": "ok"}}, "security": []}},
         "/api/overview": {"get": {"summary": "Broker-wide numbers", "responses": _ok("ok",
                                                                                    ANY_JSON)}},
+        "/api/connections": {"get": {"summary": "Open AMQP connections",
+                                     "responses": _ok("ok", {"type": "array"})}},
         "/metrics": {"get": {"summary": "Prometheus metrics",
                              "responses": {"200": {"description": "text exposition format"}}}},
         "/events/{topic}": {"post": {

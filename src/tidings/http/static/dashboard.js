@@ -77,10 +77,19 @@ function row(q, deadCount) {
 async function refresh() {
   const status = document.getElementById("status");
   try {
-    const [overview, queues] = await Promise.all([
+    const [overview, queues, connections] = await Promise.all([
       fetch("/api/overview").then(r => r.json()),
       fetch("/api/queues").then(r => r.json()),
+      fetch("/api/connections").then(r => r.json()),
     ]);
+    document.querySelector("#connections-table tbody").replaceChildren(...connections.map(c => {
+      const tr = document.createElement("tr");
+      [c.peer, c.user, c.vhost, c.client || "–", fmt(c.channels), fmt(c.consumers),
+       c.blocked ? "blocked" : "running"].forEach(text => {
+        const td = document.createElement("td"); td.textContent = text; tr.appendChild(td);
+      });
+      return tr;
+    }));
     document.getElementById("ready").textContent = fmt(overview.ready);
     document.getElementById("unacked").textContent = fmt(overview.unacked);
     document.getElementById("delayed").textContent = fmt(overview.delayed);
