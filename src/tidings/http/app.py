@@ -32,6 +32,7 @@ from tidings.http.metrics import metrics_text, overview
 from tidings.http.middleware import AuthMiddleware, EncodedSlashMiddleware, user_of
 from tidings.http.openapi import openapi_document
 from tidings.routing.broker import DEFAULT_VHOST, Broker
+from tidings.routing.session import Delivery, Session
 from tidings.routing.topic import MAX_TOPIC_BYTES, validate_pattern
 
 STATIC = Path(__file__).with_name("static")
@@ -243,17 +244,39 @@ def routes(gw: Gateway) -> list[Any]:
         visibility = sch.integer(data, "visibility_ms", 30_000, 1, MAX_VISIBILITY_MS) or 30_000
         wait_ms = sch.integer(data, "wait_ms", 0, 0, MAX_WAIT_MS) or 0
         session = gw.leases.session(vhost)
-        deadline = asyncio.get_running_loop().time() + wait_ms / 1000.0
-        out: list[dict[str, Any]] = []
-        while True:
-            while len(out) < count and (d := broker.get(session, name)) is not None:
-                receipt = gw.leases.grant(session, d, visibility)
-                out.append(sch.message_to_json(
-                    d.message, receipt=receipt, redelivered=d.redelivered,
-                    delivery_count=d.delivery_count + 1))
-            if out or asyncio.get_running_loop().time() >= deadline:
-                return JSONResponse({"messages": out})
-            await asyncio.sleep(0.02)
+        got: list[Delivery] = []
+        while len(got) < count and (d := broker.get(session, name)) is not None:
+            got.append(d)
+        if not got and wait_ms:
+            got = await wait_for_deliveries(session, name, count, wait_ms)
+        return JSONResponse({"messages": [
+            sch.message_to_json(d.message, receipt=gw.leases.grant(session, d, visibility),
+                                redelivered=d.redelivered, delivery_count=d.delivery_count + 1)
+            for d in got
+        ]})
+
+    async def wait_for_deliveries(session: Session, name: str, count: int,
+                                  wait_ms: int) -> list[Delivery]:
+        """Long-poll: a temporary consumer, woken by the first delivery (no polling)."""
+        got: list[Delivery] = []
+        arrived = asyncio.Event()
+
+        def on_delivery(d: Delivery) -> None:
+            got.append(d)
+            arrived.set()
+
+        consumer = broker.consume(session, name, on_delivery, prefetch_count=count)
+        try:
+            await asyncio.wait_for(arrived.wait(), wait_ms / 1000.0)
+        except TimeoutError:
+            pass
+        except asyncio.CancelledError:  # the client went away: give the messages back
+            broker.cancel(session, consumer.tag)
+            for d in got:
+                session.nack(d.delivery_tag, requeue=True)
+            raise
+        broker.cancel(session, consumer.tag)
+        return got
 
     async def ack(request: Request) -> JSONResponse:
         gw.leases.ack(request.path_params["receipt"])
