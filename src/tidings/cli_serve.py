@@ -143,6 +143,7 @@ async def _start_http(args: argparse.Namespace, broker: Any, amqp: Any,
     sock.listen(512)
     sock.setblocking(False)
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
+                            ws="wsproto",
                             ssl_certfile=args.tls_cert if tls else None,
                             ssl_keyfile=args.tls_key if tls else None)
     http = _Uvicorn(config)

@@ -294,3 +294,27 @@ def test_permissions_apply_over_http(server: ServerProcess, http: httpx.Client) 
         assert "write access to exchange 'tidings.events'" in body["message"]
         is_error(reader.put("/api/queues/%2F/mine", json={}), 403, "access_refused")
         assert reader.get("/api/overview").status_code == 200
+
+
+async def test_websocket_twin_streams_events_and_refuses_strangers(server: ServerProcess) -> None:
+    import asyncio
+    import base64
+
+    import websockets
+
+    topic = unique("ws")
+    url = f"ws://127.0.0.1:{server.http_port}/events/ws?topic={topic}.%23"
+    auth = {"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()}
+    async with websockets.connect(url, additional_headers=auth) as ws:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.http_port}",
+                                     auth=("guest", "guest")) as client:
+            await client.post(f"/events/{topic}.a", json={"n": 1})
+            await client.post(f"/events/other.{topic}", json={"n": 0})
+            await client.post(f"/events/{topic}.b.c", json={"n": 2})
+        got = [json.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(2)]
+        assert [g["json"]["n"] for g in got] == [1, 2]
+        assert got[0]["topic"] == f"{topic}.a" and got[0]["event_id"]
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+        async with websockets.connect(url):
+            pass
+    assert refused.value.response.status_code == 403

@@ -18,15 +18,16 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tidings.auth import UserStore
 from tidings.client.transport import EVENTS_EXCHANGE
 from tidings.errors import NotFoundError, PreconditionFailedError
 from tidings.http import schemas as sch
 from tidings.http.errors import EXCEPTION_HANDLERS, BadRequestError
-from tidings.http.events import STREAM_BUFFER, EventLog, IdempotencyKeys
+from tidings.http.events import STREAM_BUFFER, TOO_SLOW, EventLog, IdempotencyKeys, LoggedEvent
 from tidings.http.leases import MAX_VISIBILITY_MS, Leases
 from tidings.http.metrics import metrics_text, overview
 from tidings.http.middleware import AuthMiddleware, EncodedSlashMiddleware, user_of
@@ -166,6 +167,43 @@ def routes(gw: Gateway) -> list[Any]:
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache",
                                           "X-Accel-Buffering": "no"})
+
+    async def websocket_events(websocket: WebSocket) -> None:
+        """The WebSocket twin of the SSE stream: one JSON text frame per event."""
+        pattern = websocket.query_params.get("topic", "#")
+        try:
+            validate_pattern(pattern)
+            user = str(websocket.scope.get("state", {}).get("user", ""))
+            gw.users.check_vhost(user, DEFAULT_VHOST)
+            gw.users.check(user, DEFAULT_VHOST, "read", "exchange", EVENTS_EXCHANGE)
+        except Exception as e:
+            await websocket.close(code=1008, reason=str(e)[:120])
+            return
+        await websocket.accept()
+        last = websocket.query_params.get("last_event_id")
+        sender = asyncio.current_task()
+
+        async def until_closed() -> None:  # the client's close must not wait for an event
+            try:
+                while (await websocket.receive())["type"] != "websocket.disconnect":
+                    pass
+            finally:
+                if sender is not None:
+                    sender.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(until_closed())
+        try:
+            async for item in gw.events.follow(pattern, last):
+                if item == TOO_SLOW:
+                    await websocket.send_json(gw.events.too_slow())
+                    await websocket.close(code=1013)
+                    return
+                if isinstance(item, LoggedEvent):
+                    await websocket.send_json(gw.events.as_json(item))
+        except (WebSocketDisconnect, asyncio.CancelledError):
+            return
+        finally:
+            watcher.cancel()
 
     # -- queues ------------------------------------------------------------------------------
 
@@ -406,6 +444,7 @@ def routes(gw: Gateway) -> list[Any]:
         Route("/api/overview", api_overview),
         Route("/api/connections", list_connections),
         Route("/events/stream", stream_events),
+        WebSocketRoute("/events/ws", websocket_events),
         Route("/events/{topic}", post_event_topic, methods=["POST"]),
         Route("/event", post_event, methods=["POST"]),
         Route("/api/queues", list_queues),

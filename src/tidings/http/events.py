@@ -33,6 +33,7 @@ STREAM_BUFFER = 1_000
 EVENT_LOG_QUEUE = "tidings.http.event-log"
 #: Seconds between keep-alive comments on an idle stream.
 KEEPALIVE_S = 15.0
+KEEPALIVE, TOO_SLOW = "keepalive", "too_slow"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,29 +94,47 @@ class EventLog:
         after = int(seq_text) if epoch == self.epoch and seq_text.isdigit() else 0
         return [e for e in self.events if e.seq > after and topic_matches(pattern, e.topic)]
 
-    async def stream(self, pattern: str, last_event_id: str | None) -> AsyncIterator[str]:
+    async def follow(self, pattern: str, last_event_id: str | None
+                     ) -> AsyncIterator[LoggedEvent | str]:
+        """Missed events, then live ones; ``KEEPALIVE`` when idle, ``TOO_SLOW`` at the end
+        of a stream that fell too far behind. Shared by the SSE and WebSocket endpoints."""
         stream = Stream(pattern, self.stream_buffer)
         backlog = self.missed(last_event_id, pattern) if last_event_id else []
         self.streams.add(stream)
         try:
-            yield "retry: 2000\n\n"
             for event in backlog:
-                yield self.format(event)
+                yield event
             while True:
                 try:
-                    event = await asyncio.wait_for(stream.queue.get(), KEEPALIVE_S)
+                    yield await asyncio.wait_for(stream.queue.get(), KEEPALIVE_S)
                 except TimeoutError:
-                    yield ": keep-alive\n\n"
+                    yield KEEPALIVE
                     continue
-                yield self.format(event)
                 if stream.overflowed and stream.queue.empty():
-                    data = {"error": "too_slow", "message": f"this stream fell more than "
-                            f"{self.stream_buffer} events behind and was closed; reconnect "
-                            f"with Last-Event-ID to resume"}
-                    yield f"event: error\ndata: {json.dumps(data)}\n\n"
+                    yield TOO_SLOW
                     return
         finally:
             self.streams.discard(stream)
+
+    def too_slow(self) -> dict[str, str]:
+        return {"error": "too_slow", "message": f"this stream fell more than "
+                f"{self.stream_buffer} events behind and was closed; reconnect with the last "
+                f"event id to resume"}
+
+    def as_json(self, event: LoggedEvent) -> dict[str, object]:
+        return {"event_id": self.event_id(event),
+                **message_to_json(event.message, topic=event.topic)}
+
+    async def stream(self, pattern: str, last_event_id: str | None) -> AsyncIterator[str]:
+        """The SSE text of :meth:`follow`."""
+        yield "retry: 2000\n\n"
+        async for item in self.follow(pattern, last_event_id):
+            if item == KEEPALIVE:
+                yield ": keep-alive\n\n"
+            elif item == TOO_SLOW:
+                yield f"event: error\ndata: {json.dumps(self.too_slow())}\n\n"
+            elif isinstance(item, LoggedEvent):
+                yield self.format(item)
 
     def format(self, event: LoggedEvent) -> str:
         data = message_to_json(event.message, topic=event.topic)

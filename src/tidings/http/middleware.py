@@ -30,12 +30,16 @@ class AuthMiddleware:
         self.app, self.users = app, users
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         try:
             user = self._authenticate(scope)
         except TidingsError as e:
+            if scope["type"] == "websocket":  # refuse the upgrade (the client sees 403)
+                await receive()
+                await send({"type": "websocket.close", "code": 1008, "reason": str(e)[:120]})
+                return
             response = error_response(401, "unauthorized", str(e),
                                       {"WWW-Authenticate": 'Basic realm="tidings"'})
             await response(scope, receive, send)
