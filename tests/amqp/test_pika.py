@@ -227,3 +227,51 @@ def test_garbage_from_one_client_closes_it_and_others_carry_on(server: ServerPro
         ch.basic_publish("", queue, b"still serving")
         _, _, body = ch.basic_get(queue, auto_ack=True)
         assert body == b"still serving"
+
+
+def test_queue_arguments_over_the_wire_ttl_dead_letters_priorities(server: ServerProcess) -> None:
+    work, dead, prio = unique("work"), unique("dead"), unique("prio")
+    with pika.BlockingConnection(params(server)) as conn:
+        ch = conn.channel()
+        ch.queue_declare(dead)
+        ch.queue_declare(work, arguments={"x-dead-letter-exchange": "",
+                                          "x-dead-letter-routing-key": dead,
+                                          "x-message-ttl": 50})
+        ch.basic_publish("", work, b"expires", pika.BasicProperties(headers={"k": [1, "a"]}))
+        ch.basic_publish("", work, b"rejected")
+        conn.sleep(0.3)  # the first one expires at the head
+        # x-message-ttl took "expires"; "rejected" expired too: both are dead letters now
+        bodies, reasons = [], []
+        while True:
+            method, props, body = ch.basic_get(dead, auto_ack=True)
+            if method is None:
+                break
+            bodies.append(body)
+            death = props.headers["x-death"][0]
+            reasons.append((death["reason"], death["queue"], death["count"]))
+            assert death["routing-keys"] == [work]
+        assert bodies == [b"expires", b"rejected"]
+        assert reasons == [("expired", work, 1), ("expired", work, 1)]
+
+        ch.queue_declare(prio, arguments={"x-max-priority": 10})
+        for body, priority in (("low", 1), ("high", 9), ("mid", 5)):
+            ch.basic_publish("", prio, body.encode(), pika.BasicProperties(priority=priority))
+        got = [ch.basic_get(prio, auto_ack=True)[2] for _ in range(3)]
+        assert got == [b"high", b"mid", b"low"]
+
+
+def test_delayed_message_exchange_as_the_rabbitmq_plugin_defines_it(
+    server: ServerProcess,
+) -> None:
+    ex, queue = unique("delayed"), unique("later")
+    with pika.BlockingConnection(params(server)) as conn:
+        ch = conn.channel()
+        ch.exchange_declare(ex, "x-delayed-message", arguments={"x-delayed-type": "direct"})
+        ch.queue_declare(queue)
+        ch.queue_bind(queue, ex, "k")
+        ch.basic_publish(ex, "k", b"in 300 ms", pika.BasicProperties(headers={"x-delay": 300}))
+        ch.basic_publish(ex, "k", b"now")
+        assert ch.basic_get(queue, auto_ack=True)[2] == b"now"
+        assert ch.basic_get(queue, auto_ack=True)[2] is None
+        conn.sleep(0.5)
+        assert ch.basic_get(queue, auto_ack=True)[2] == b"in 300 ms"
