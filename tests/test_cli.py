@@ -53,3 +53,16 @@ def test_serve_bad_flag_value_is_one_line_exit_2() -> None:
     out = run("serve", "--amqp-port", "not-a-port")
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert "--amqp-port" in out.stderr and "invalid int value" in out.stderr
+
+
+def test_inspecting_a_directory_a_server_holds_points_to_the_http_api(tmp_path: Path) -> None:
+    from tests.serverproc import ServerProcess
+
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        out = run("--data-dir", str(tmp_path / "data"), "queues")
+        assert out.returncode == 1 and out.stderr.count("\n") == 1
+        assert f"in use by process {server.proc.pid}" in out.stderr  # type: ignore[union-attr]
+        assert "GET /api/queues" in out.stderr
+    finally:
+        server.stop()

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import tidings
 from tidings.cli_serve import add_serve_parser, serve
 from tidings.cli_users import add_users_parsers, run_users_command
-from tidings.errors import TidingsError
+from tidings.errors import ResourceLockedError, TidingsError
 
 #: Where the embedded broker keeps its data unless told otherwise.
 DEFAULT_DATA_DIR = "./tidings-data"
@@ -60,7 +60,12 @@ async def _run(args: argparse.Namespace) -> int:
         return run_users_command(args)
     if not os.path.isdir(args.data_dir):
         raise tidings.ConfigError(f"no data directory '{args.data_dir}' (see --data-dir)")
-    async with tidings.connect(args.data_dir) as client:
+    try:
+        client = await tidings.connect(args.data_dir)
+    except ResourceLockedError as e:
+        raise ResourceLockedError(f"{e}; if it is a running 'tidings serve', ask its HTTP "
+                                  f"API instead (GET /api/queues, /api/overview)") from e
+    async with client:
         if args.command == "queues":
             stats = await client.statistics()
             print(f"{'queue':<40}{'ready':>10}{'unacked':>10}{'delayed':>10}{'oldest_s':>10}")
