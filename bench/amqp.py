@@ -33,6 +33,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from tidings.resources import rss_mb
+
 BODY = b"x" * 256
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,14 +90,6 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def rabbitmq_pid() -> int | None:
@@ -290,6 +284,7 @@ def start_tidings(tmp: str) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tidings", "--data-dir", f"{tmp}/data",
                              "serve", "--host", "127.0.0.1", "--amqp-port", str(port),
+                             "--http-port", "-1",
                              "--log-level", "WARNING"],
                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert proc.stdout is not None

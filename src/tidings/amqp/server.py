@@ -52,6 +52,7 @@ from tidings.errors import (
     NotAllowedError,
     TidingsError,
 )
+from tidings.resources import rss_mb as process_rss_mb
 from tidings.routing.broker import Broker
 
 log = logging.getLogger("tidings.amqp")
@@ -392,7 +393,7 @@ class AmqpServer:
 
     def check_alarms(self) -> str | None:
         if self.memory_high_watermark_mb is not None:
-            rss_mb = _rss_mb()
+            rss_mb = process_rss_mb()
             if rss_mb > self.memory_high_watermark_mb:
                 return f"low on memory: {rss_mb:.0f} MB used, watermark " \
                        f"{self.memory_high_watermark_mb:.0f} MB"
@@ -419,14 +420,3 @@ class AmqpServer:
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 5)
-
-
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            pages = int(f.read().split()[1])
-        import resource
-
-        return pages * resource.getpagesize() / 2**20
-    except (OSError, ValueError, IndexError):
-        return 0.0
