@@ -275,3 +275,18 @@ def test_slow_no_ack_consumer_cannot_grow_server_memory(tmp_path: Path) -> None:
     finally:
         raw.sock.close()
         server.stop()
+
+
+def test_peer_that_never_answers_close_ok_is_dropped(server: ServerProcess) -> None:
+    raw = RawClient(server.port, heartbeat_s=0)
+    try:
+        raw.sock.sendall(b"\x01\x00\x01\x00\x00\x00\x04\x00\x14\x00\x0a\x00")  # bad frame end
+        close = raw.expect(C.Close)
+        assert close.reply_code == 501  # type: ignore[attr-defined]
+        started = time.monotonic()
+        raw.sock.settimeout(10)
+        while raw.sock.recv(65536):  # we never send close-ok
+            pass
+        assert time.monotonic() - started < 5
+    finally:
+        raw.sock.close()
