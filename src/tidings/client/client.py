@@ -42,6 +42,8 @@ DEFAULT_MAX_BACKOFF_MS = 5 * 60 * 1_000
 DEFAULT_PREFETCH = 100
 #: Event handler calls in flight per subscription.
 DEFAULT_CONCURRENCY = 8
+#: Handled events a worker acknowledges in one batch while more are waiting.
+ACK_BATCH = 32
 
 
 _BINARY = (bytes, bytearray, memoryview)
@@ -345,11 +347,26 @@ class Client:
 
     async def _work(self, sub: _Subscriber, call: CallNext,
                     buffer: asyncio.Queue[Incoming]) -> None:
-        """One of a subscription's ``concurrency`` workers: handle events one at a time."""
-        while True:
-            await self._handle(sub, call, ReceivedMessage(self, await buffer.get()))
+        """One of a subscription's ``concurrency`` workers: handle events one at a time.
 
-    async def _handle(self, sub: _Subscriber, call: CallNext, message: ReceivedMessage) -> None:
+        Acks of handled events are sent in batches: at once when no event is waiting, else
+        every :data:`ACK_BATCH` events (one broker round instead of one per event).
+        """
+        done: list[ReceivedMessage] = []
+        try:
+            while True:
+                message = ReceivedMessage(self, await buffer.get())
+                if await self._handle(sub, call, message) and not message.settled:
+                    done.append(message)
+                if done and (buffer.empty() or len(done) >= ACK_BATCH):
+                    batch, done = done, []
+                    await self.ack(batch)
+        finally:
+            if done and not self._closed:
+                await self.ack(done)
+
+    async def _handle(self, sub: _Subscriber, call: CallNext, message: ReceivedMessage) -> bool:
+        """Run the handler; True when it succeeded and the message still needs its ack."""
         try:
             await call(message)
         except Exception:
@@ -361,10 +378,9 @@ class Client:
                           sub.retries + 1, delay)
             if not message.settled:
                 await message.nack(requeue=True, delay_ms=delay)
-            return
+            return False
         sub.stats["handled"] += 1
-        if not message.settled:
-            await message.ack()
+        return True
 
     async def run(self) -> None:
         """Start the subscriptions and handle events until cancelled."""
