@@ -293,3 +293,20 @@ async def test_bad_body_and_bad_pattern_are_refused() -> None:
             await client.send("q", object())
         with pytest.raises(InvalidArgumentError, match="whole words"):
             client.subscribe("orders.*x")
+
+
+async def test_handled_events_are_not_redelivered_after_close(tmp_path: Path) -> None:
+    async with tidings.connect(str(tmp_path)) as client:
+        handled: list[int] = []
+
+        @client.subscribe("load.*", group="g", concurrency=4)
+        async def handler(event: tidings.ReceivedMessage) -> None:
+            handled.append(event.json())
+            await asyncio.sleep(0)
+
+        await client.start()
+        await client.publish_many("load.x", range(300))
+        await eventually(lambda: len(handled) == 300)
+    async with tidings.connect(str(tmp_path)) as client:
+        stats = (await client.statistics()).queue("g:load.*")
+        assert stats.ready == 0 and stats.unacked == 0

@@ -96,6 +96,7 @@ class Client:
         self._subscriptions: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._receivers: set[Receiver] = set()
+        self._unacked_batches: list[list[ReceivedMessage]] = []
         #: Message ids: a random per-client prefix and a counter (unique, and cheap to make).
         self._id_prefix = uuid.uuid4().hex[:16]
         self._ids = itertools.count(1)
@@ -129,6 +130,10 @@ class Client:
             await receiver.aclose()
         for task in self._tasks:
             task.cancel()
+        for done in self._unacked_batches:  # handled events whose batched ack is pending
+            if done and self._transport is not None:
+                await self._transport.ack([m._settle() for m in done])
+            done.clear()
         self._closed = True
         for subscription in self._subscriptions:
             with contextlib.suppress(Exception):
@@ -353,17 +358,15 @@ class Client:
         every :data:`ACK_BATCH` events (one broker round instead of one per event).
         """
         done: list[ReceivedMessage] = []
-        try:
-            while True:
-                message = ReceivedMessage(self, await buffer.get())
-                if await self._handle(sub, call, message) and not message.settled:
-                    done.append(message)
-                if done and (buffer.empty() or len(done) >= ACK_BATCH):
-                    batch, done = done, []
-                    await self.ack(batch)
-        finally:
-            if done and not self._closed:
-                await self.ack(done)
+        self._unacked_batches.append(done)  # close() acks what is left in it
+        while True:
+            message = ReceivedMessage(self, await buffer.get())
+            if await self._handle(sub, call, message) and not message.settled:
+                done.append(message)
+            if done and (buffer.empty() or len(done) >= ACK_BATCH):
+                batch = list(done)
+                done.clear()
+                await self.ack(batch)
 
     async def _handle(self, sub: _Subscriber, call: CallNext, message: ReceivedMessage) -> bool:
         """Run the handler; True when it succeeded and the message still needs its ack."""
