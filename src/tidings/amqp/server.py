@@ -105,7 +105,6 @@ class AmqpLink(asyncio.Protocol):
         self._heartbeat: asyncio.TimerHandle | None = None
         self.published = False
         self.blocked = False
-        self._writing_paused = False
         self._store_wait = False
         self._close_timer: asyncio.TimerHandle | None = None
 
@@ -139,12 +138,10 @@ class AmqpLink(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         """The peer reads slower than we deliver: stop deliveries until it catches up."""
-        self._writing_paused = True
         for channel in self.channels.values():
             channel.session.flow_active = False
 
     def resume_writing(self) -> None:
-        self._writing_paused = False
         for channel in self.channels.values():
             channel.session.flow_active = True
             self.broker.dispatch_session(channel.session)

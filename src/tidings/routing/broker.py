@@ -299,7 +299,6 @@ class Broker(DeclarationsMixin, DelaysMixin, UpkeepMixin):
                             no_ack=no_ack, exclusive=exclusive, arguments=arguments or {})
         session.consumers[tag] = consumer
         queue.consumers.append(consumer)
-        queue.had_consumer = True
         queue.last_used = self.clock.time()
         if dispatch:
             queue.dispatch()

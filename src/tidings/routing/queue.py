@@ -81,7 +81,6 @@ class Queue:
         self.unacked: dict[int, Entry] = {}
         self.consumers: list[Consumer] = []
         self._rr = 0
-        self.had_consumer = False
         self.deleted = False
         self.counters = Counters()
         self.waiting = Histogram()
