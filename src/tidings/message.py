@@ -80,6 +80,15 @@ class Record:
     target: dict[str, str] = field(default_factory=dict)
 
 
+def revive(message: Message, routing_key: str) -> Message:
+    """A dead letter made ready to replay: its broker (``x-``) headers, the death history
+    included, are dropped and it is addressed to ``routing_key``."""
+    message.headers = {k: v for k, v in (message.headers or {}).items()
+                       if not k.startswith("x-")} or None
+    message.routing_key = routing_key
+    return message
+
+
 def _tag(value: Any) -> Any:
     if isinstance(value, bytes | bytearray):
         return {"$b": base64.b64encode(value).decode()}

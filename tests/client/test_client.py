@@ -241,15 +241,30 @@ async def test_middleware_wraps_every_handler_call() -> None:
         assert log == ["before ping", "handled", "after"]
 
 
-async def test_private_subscription_ends_with_its_client() -> None:
-    async with tidings.connect("memory://") as client:
+async def test_private_subscription_ends_with_its_client(tmp_path: Path) -> None:
+    from tidings.client.local import LocalTransport
+    from tidings.routing.broker import Broker
+    from tidings.storage import MemoryStore
+
+    broker = Broker(MemoryStore())
+    broker.start()
+
+    async def shared() -> LocalTransport:
+        return LocalTransport(broker, owns_broker=False)
+
+    async with tidings.Client(transport_factory=shared) as client:
+        got: list[str] = []
+
         @client.subscribe("news.*")
         async def handler(event: tidings.ReceivedMessage) -> None:
-            pass
+            got.append(event.text())
 
         await client.start()
-        stats = await client.statistics()
-        assert any(q.name.startswith("amq.gen-") for q in stats.queues)
+        [private] = [q for q in broker.statistics().queues if q.name.startswith("amq.gen-")]
+        await client.publish("news.today", "hello")
+        await eventually(lambda: got == ["hello"])
+    assert broker.find_queue("/", private.name) is None  # gone with its client
+    broker.close()
 
 
 def test_blocking_facade_sends_receives_and_acks(tmp_path: Path) -> None:

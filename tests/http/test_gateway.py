@@ -318,3 +318,21 @@ async def test_websocket_twin_streams_events_and_refuses_strangers(server: Serve
         async with websockets.connect(url):
             pass
     assert refused.value.response.status_code == 403
+
+
+def test_dead_letters_follow_the_queues_dead_letter_routing_key(http: httpx.Client) -> None:
+    name, grave = unique("work"), unique("graveyard")
+    q = f"/api/queues/%2F/{name}"
+    http.put(f"/api/queues/%2F/{grave}", json={})
+    http.put(q, json={"arguments": {"x-dead-letter-exchange": "",
+                                    "x-dead-letter-routing-key": grave}})
+    http.post(f"{q}/messages", json={"body": "doomed"})
+    [m] = http.post(f"{q}/receive", json={}).json()["messages"]
+    http.post(f"/api/receipts/{m['receipt']}/nack", json={"requeue": False})
+    [dead] = http.get(f"{q}/dead-letters").json()
+    assert dead["body"] == "doomed" and "x-death" in dead["headers"]
+    assert http.post(f"{q}/dead-letters/replay", json={}).json() == {"replayed": 1}
+    [back] = http.post(f"{q}/receive", json={}).json()["messages"]
+    assert back["body"] == "doomed" and "x-death" not in back["headers"]
+    is_error(http.get(f"{q}/dead-letters", params={"limit": "many"}), 400, "bad_request")
+    is_error(http.get(f"/api/queues/%2F/{grave}/dead-letters"), 404, "not_found")

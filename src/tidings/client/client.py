@@ -26,7 +26,7 @@ from typing import Any
 from tidings.client.message import ReceivedMessage, Receiver
 from tidings.client.transport import Incoming, QueueSpec, Subscription, Transport
 from tidings.errors import ClosedResourceError, InvalidArgumentError
-from tidings.message import Message
+from tidings.message import Message, revive
 from tidings.patterns import validate_pattern
 
 log = logging.getLogger("tidings.client")
@@ -270,9 +270,7 @@ class Client:
                 continue
             taken = await self.transport.take(dead, mid)
             if taken is not None:
-                taken.headers = {k: v for k, v in (taken.headers or {}).items()
-                                 if not k.startswith("x-")} or None
-                await self.transport.send(queue, [taken])
+                await self.transport.send(queue, [revive(taken, queue)])
                 count += 1
         return count
 

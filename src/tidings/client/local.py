@@ -19,7 +19,7 @@ VHOST = DEFAULT_VHOST
 
 
 def spec_arguments(name: str, spec: QueueSpec) -> dict[str, Any]:
-    """RabbitMQ-style queue arguments for a :class:`QueueSpec` (shared with the AMQP adapter)."""
+    """RabbitMQ-style queue arguments for a :class:`QueueSpec` (an AMQP adapter can reuse it)."""
     args: dict[str, Any] = dict(spec.arguments)
     pairs = (
         ("x-delivery-limit", spec.delivery_limit),

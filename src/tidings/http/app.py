@@ -8,6 +8,7 @@ path is written ``%2F`` for ``/``, as in RabbitMQ's management API.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from tidings.http.leases import MAX_VISIBILITY_MS, Leases
 from tidings.http.metrics import metrics_text, overview
 from tidings.http.middleware import AuthMiddleware, EncodedSlashMiddleware, user_of
 from tidings.http.openapi import openapi_document
+from tidings.message import revive
 from tidings.routing.broker import DEFAULT_VHOST, Broker
 from tidings.routing.session import Delivery, Session
 from tidings.routing.topic import MAX_TOPIC_BYTES, validate_pattern
@@ -131,8 +133,6 @@ def routes(gw: Gateway) -> list[Any]:
         body = await sch.read_body(request, gw.max_body_bytes)
         if ctype.split(";")[0].strip() == "application/json" or ctype.endswith("+json"):
             try:
-                import json
-
                 json.loads(body)
             except ValueError as e:
                 raise BadRequestError(f"request body is not valid JSON: {e}") from e
@@ -146,8 +146,6 @@ def routes(gw: Gateway) -> list[Any]:
         event_type = _topic(sch.string(data, "type", required=True) or "")
         if "data" not in data:
             raise BadRequestError("field 'data' is required")
-        import json
-
         body = json.dumps(data["data"]).encode()
         event_id, replayed = await _publish_event(request, event_type, body,
                                                   "application/json")
@@ -335,8 +333,12 @@ def routes(gw: Gateway) -> list[Any]:
     # -- dead letters ------------------------------------------------------------------------
 
     def dead_queue(vhost: str, name: str) -> str:
-        broker.get_queue(vhost, name)
+        """Where a queue's dead letters wait: the queue its dead-letter routing key names on
+        the default exchange, else ``<name>.dead`` (the client API's convention)."""
+        options = broker.get_queue(vhost, name).options
         dead = f"{name}.dead"
+        if options.dead_letter_exchange == "" and options.dead_letter_routing_key:
+            dead = options.dead_letter_routing_key
         if broker.find_queue(vhost, dead) is None:
             raise NotFoundError(f"queue '{name}' in vhost '{vhost}' has no dead-letter queue "
                                 f"'{dead}'")
@@ -345,8 +347,10 @@ def routes(gw: Gateway) -> list[Any]:
     async def list_dead(request: Request) -> JSONResponse:
         vhost, name = _vhost(request), _name(request)
         gw.check(request, "read", "queue", name, vhost)
-        limit = int(request.query_params.get("limit", "100")) \
-            if request.query_params.get("limit", "100").isdigit() else 100
+        limit_text = request.query_params.get("limit", "100")
+        if not limit_text.isdigit():
+            raise BadRequestError("query parameter 'limit' must be a whole number")
+        limit = int(limit_text)
         entries = broker.get_queue(vhost, dead_queue(vhost, name)).browse(min(limit, 10_000))
         return JSONResponse([sch.message_to_json(e.record.message) for e in entries])
 
@@ -366,10 +370,7 @@ def routes(gw: Gateway) -> list[Any]:
                 continue
             if dead.remove_ready(entry.seq) is None:
                 continue
-            message.headers = {k: v for k, v in (message.headers or {}).items()
-                               if not k.startswith("x-")} or None
-            message.routing_key = name
-            broker.publish(vhost, "", message)
+            broker.publish(vhost, "", revive(message, name))
             replayed += 1
         await broker.sync()
         return JSONResponse({"replayed": replayed})
