@@ -155,13 +155,26 @@ class Queue:
         if self.consumers:
             self.dispatch()
 
-    def restore(self, entries: list[Entry], paged_out: int, paged_bytes: int, max_seq: int) -> None:
-        """Recovery: the first window of stored messages plus counts of the rest."""
+    def restore(self, entries: list[Entry], paged_out: int, paged_bytes: int, max_seq: int,
+                mark: int = -1) -> None:
+        """Recovery: the first window of stored messages plus counts of the rest.
+
+        ``mark`` is the stored delivered high-water mark: messages at or below it were
+        delivered before the restart, so they come back marked redelivered, including the
+        ones paged in later."""
+        self._marked = max(self._marked, mark)
         for entry in entries:
+            self._revisit(entry)
             self._push(entry)
         self.paged_out, self.paged_bytes = paged_out, paged_bytes
         if paged_out:
             self._paged_max = max_seq
+
+    def _revisit(self, entry: Entry) -> None:
+        """A stored message at or below the delivered mark was delivered before a restart."""
+        if entry.seq <= self._marked and not entry.redelivered:
+            entry.redelivered = True
+            entry.record.delivery_count = max(entry.record.delivery_count, 1)
 
     def _push(self, entry: Entry) -> None:
         priority = entry.record.message.priority or 0
@@ -191,6 +204,7 @@ class Queue:
                 self._removed_paged.discard(seq)
                 continue
             entry = Entry(seq, decode_record(data), True)
+            self._revisit(entry)
             self.paged_out -= 1
             self.paged_bytes -= entry.size
             self._push(entry)

@@ -67,16 +67,10 @@ def _recover_messages(broker: Broker) -> None:
         sample = store.load(key, -1, 100)
         average = sum(len(data) for _, data in sample) // max(len(sample), 1)
         rows = store.load(key, -1, max(1, min(queue.window, queue.window_bytes // max(average, 1))))
-        mark = marks.get(key, -1)
-        entries = []
-        for seq, data in rows:
-            entry = Entry(seq, decode_record(data), True)
-            if seq <= mark:
-                entry.redelivered = True
-                entry.record.delivery_count = max(entry.record.delivery_count, 1)
-            entries.append(entry)
+        entries = [Entry(seq, decode_record(data), True) for seq, data in rows]
         size = sum(e.size for e in entries)
         paged = total - len(entries)
-        queue.restore(entries, paged, (size // max(len(entries), 1)) * paged, max_seq)
+        queue.restore(entries, paged, (size // max(len(entries), 1)) * paged, max_seq,
+                      marks.get(key, -1))
     for seq, data in store.load(DELAYED_KEY, -1, 1 << 62):
         broker.delayed.add(seq, decode_record(data))
