@@ -1,15 +1,26 @@
-"""Shared fixtures: a fake clock, both stores, and a broker built on them."""
+"""Shared fixtures: a fake clock, both stores, and a broker built on them; Hypothesis profiles."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tidings.routing.broker import Broker
 from tidings.storage import MemoryStore, SqliteStore, Store
 from tidings.testing import FakeClock
+
+# Hypothesis profiles. "ci" (chosen when CI is set) replays the same examples on every run,
+# so a submission's CI passes or fails on its code, not on the draw; a failing example is
+# printed with its blob. "explore" is for a developer hunting bugs: many more examples, fresh
+# ones each run (TIDINGS_HYPOTHESIS_PROFILE=explore python -m pytest tests/routing).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", max_examples=2000, print_blob=True)
+settings.load_profile(os.environ.get("TIDINGS_HYPOTHESIS_PROFILE",
+                                     "ci" if os.environ.get("CI") else "default"))
 
 
 @pytest.fixture

@@ -98,5 +98,6 @@ class QueueMachine(RuleBasedStateMachine):
 
 
 TestQueueAgainstModel = QueueMachine.TestCase
-TestQueueAgainstModel.settings = settings(max_examples=150, stateful_step_count=40,
-                                          deadline=None)
+TestQueueAgainstModel.settings = settings(
+    max_examples=max(150, settings.default.max_examples), stateful_step_count=40, deadline=None
+)
