@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -250,6 +252,9 @@ def test_queue_arguments_over_the_wire_ttl_dead_letters_priorities(server: Serve
             death = props.headers["x-death"][0]
             reasons.append((death["reason"], death["queue"], death["count"]))
             assert death["routing-keys"] == [work]
+            # an AMQP timestamp, as RabbitMQ sends it: pika decodes it to a datetime
+            assert isinstance(death["time"], datetime.datetime)
+            assert abs(death["time"].replace(tzinfo=datetime.UTC).timestamp() - time.time()) < 60
         assert bodies == [b"expires", b"rejected"]
         assert reasons == [("expired", work, 1), ("expired", work, 1)]
 

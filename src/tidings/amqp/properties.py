@@ -2,6 +2,7 @@
 
 The one place AMQP properties are converted. ``delivery_mode`` 2 is persistent; the AMQP
 ``timestamp`` is a datetime on the wire and seconds inside; ``type`` is ``message_type`` in pamqp.
+So is the ``time`` of each ``x-death`` entry: an AMQP timestamp on the wire, as RabbitMQ sends it.
 """
 
 from __future__ import annotations
@@ -17,13 +18,37 @@ _SAME = ("content_type", "content_encoding", "priority", "correlation_id", "repl
          "expiration", "message_id", "user_id", "app_id")
 
 
+def _to_wire_time(seconds: int) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).replace(tzinfo=None)
+
+
+def _to_seconds(ts: datetime.datetime) -> int:
+    return int(ts.replace(tzinfo=datetime.UTC).timestamp())
+
+
+def _deaths(headers: dict[str, Any], convert: Any, kind: type) -> dict[str, Any]:
+    """``headers`` with each x-death ``time`` of type ``kind`` converted."""
+    deaths = headers.get("x-death")
+    if not isinstance(deaths, list):
+        return headers
+    converted = [
+        {**d, "time": convert(d["time"])}
+        if isinstance(d, dict) and isinstance(d.get("time"), kind) else d
+        for d in deaths
+    ]
+    return {**headers, "x-death": converted}
+
+
 def to_message(props: Basic.Properties, body: bytes, exchange: str, routing_key: str) -> Message:
     ts = props.timestamp
+    headers = dict(props.headers) if props.headers else None
+    if headers and "x-death" in headers:
+        headers = _deaths(headers, _to_seconds, datetime.datetime)
     return Message(
         body, routing_key, exchange,
-        headers=dict(props.headers) if props.headers else None,
+        headers=headers,
         persistent=props.delivery_mode == 2,
-        timestamp=int(ts.replace(tzinfo=datetime.UTC).timestamp()) if ts else None,
+        timestamp=_to_seconds(ts) if ts else None,
         type=props.message_type,
         **{name: getattr(props, name) for name in _SAME},
     )
@@ -34,6 +59,8 @@ def to_properties(message: Message, extra_headers: dict[str, Any] | None = None
     headers = message.headers
     if extra_headers:
         headers = {**(headers or {}), **extra_headers}
+    if headers and "x-death" in headers:
+        headers = _deaths(headers, _to_wire_time, int)
     ts = message.timestamp
     return Basic.Properties(
         content_type=message.content_type,
@@ -45,8 +72,7 @@ def to_properties(message: Message, extra_headers: dict[str, Any] | None = None
         reply_to=message.reply_to,
         expiration=message.expiration,
         message_id=message.message_id,
-        timestamp=datetime.datetime.fromtimestamp(ts, datetime.UTC).replace(tzinfo=None)
-        if ts is not None else None,
+        timestamp=_to_wire_time(ts) if ts is not None else None,
         message_type=message.type,
         user_id=message.user_id,
         app_id=message.app_id,
