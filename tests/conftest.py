@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -85,3 +86,11 @@ def brokers(
     yield factory
     if factory.store is not None:
         factory.store.close()
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test() -> Iterator[None]:
+    """A socket or file left open is reported (as an error: warnings are errors here) in the
+    test that leaked it, not in whichever later test the garbage collector happens to run."""
+    yield
+    gc.collect()

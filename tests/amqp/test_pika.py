@@ -189,8 +189,10 @@ def test_direct_reply_to_round_trip(server: ServerProcess) -> None:
 async def test_pika_asyncio_adapter(server: ServerProcess) -> None:
     loop = asyncio.get_running_loop()
     opened: asyncio.Future[AsyncioConnection] = loop.create_future()
+    closed: asyncio.Future[object] = loop.create_future()
     conn = AsyncioConnection(params(server), on_open_callback=opened.set_result,
                              on_open_error_callback=lambda c, e: opened.set_exception(e),
+                             on_close_callback=lambda c, e: closed.set_result(e),
                              custom_ioloop=loop)
     connection = await asyncio.wait_for(opened, 10)
     channel_ready: asyncio.Future[object] = loop.create_future()
@@ -205,6 +207,7 @@ async def test_pika_asyncio_adapter(server: ServerProcess) -> None:
     ch.basic_publish("", queue, b"over asyncio")  # type: ignore[attr-defined]
     assert await asyncio.wait_for(got, 10) == b"over asyncio"
     conn.close()
+    await asyncio.wait_for(closed, 10)  # the socket is closed before the loop goes away
 
 
 @pytest.mark.parametrize("garbage", [
