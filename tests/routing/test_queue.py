@@ -353,6 +353,54 @@ async def test_paging_keeps_memory_bounded_and_order_exact(clock: FakeClock) -> 
     assert bodies(got) == [str(i).encode() for i in range(100)]
 
 
+async def test_priority_queues_page_too_and_keep_priority_order(clock: FakeClock) -> None:
+    """A deep priority queue is not bounded by RAM either: each level pages on its own, and a
+    paged-out urgent message still overtakes the low-priority ones held in memory."""
+    store = MemoryStore()
+    broker = Broker(store, clock, queue_window=10)
+    broker.start()
+    broker.declare_queue("/", "jobs", arguments={"x-max-priority": 9})
+    for i in range(200):  # the window fills with priority 0 first
+        pub(broker, "", "jobs", f"low-{i}", priority=0)
+    for i in range(50):
+        pub(broker, "", "jobs", f"high-{i}", priority=7)
+    for i in range(50):
+        pub(broker, "", "jobs", f"top-{i}", priority=200)  # capped at x-max-priority
+    queue = broker.get_queue("/", "jobs")
+    assert len(queue._ready) <= 10 and queue.ready_count == 300
+    assert sorted(store.queues()) == ["/\x1fjobs", "/\x1fjobs\x1e7", "/\x1fjobs\x1e9"]
+    s = broker.open_session()
+    got, peak = [], 0
+    while (d := broker.get(s, "jobs")) is not None:
+        got.append(d.message.body.decode())
+        s.ack(d.delivery_tag)
+        peak = max(peak, len(queue._ready))
+    assert got == ([f"top-{i}" for i in range(50)] + [f"high-{i}" for i in range(50)]
+                   + [f"low-{i}" for i in range(200)])
+    assert peak <= 10 + 5 * 2  # the window plus one half-window page per level paged in
+
+
+async def test_priority_lanes_purge_browse_and_delete(clock: FakeClock) -> None:
+    store = MemoryStore()
+    broker = Broker(store, clock, queue_window=4)
+    broker.start()
+    broker.declare_queue("/", "p", arguments={"x-max-priority": 5})
+    for i in range(8):
+        pub(broker, "", "p", f"a{i}", priority=1)
+        pub(broker, "", "p", f"b{i}", priority=5)
+    queue = broker.get_queue("/", "p")
+    browsed = [e.record.message.body.decode() for e in queue.browse(10)]
+    assert browsed == [f"b{i}" for i in range(8)] + ["a0", "a1"]
+    assert broker.purge_queue("/", "p") == 16
+    assert queue.ready_count == 0 and store.count("/\x1fp\x1e5") == 0
+    pub(broker, "", "p", "after", priority=5)
+    assert drain(broker, broker.open_session(), "p") == [b"after"]
+    for i in range(8):
+        pub(broker, "", "p", str(i), priority=i % 6)
+    broker.delete_queue("/", "p")
+    assert store.queues() == []
+
+
 async def test_deleting_a_queue_can_auto_delete_its_exchange(broker: Broker) -> None:
     broker.declare_exchange("/", "ad", "fanout", auto_delete=True)
     broker.declare_exchange("/", "other", "fanout")

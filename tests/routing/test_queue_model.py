@@ -1,7 +1,9 @@
 """A Hypothesis state machine drives one queue (small paging window, restarts included) and
-checks it against a plain reference model: a list of ready ids in publish order plus a map
+checks it against a plain reference model: a list of ready ids in delivery order plus a map
 of unacked ones. Whatever the interleaving, gets return the oldest ready message, nothing is
-lost or duplicated, and restarts bring unacked messages back marked redelivered."""
+lost or duplicated, and restarts bring unacked messages back marked redelivered. The second
+machine does the same on a priority queue (each level pages on its own): the highest priority
+first, oldest first within it."""
 
 from __future__ import annotations
 
@@ -17,27 +19,36 @@ from tidings.testing import FakeClock
 
 
 class QueueMachine(RuleBasedStateMachine):
+    max_priority: int | None = None
+
     def __init__(self) -> None:
         super().__init__()
         self.clock = FakeClock()
         self.store = MemoryStore()
         self._open()
-        self.broker.declare_queue("/", "q")
+        arguments = {} if self.max_priority is None else {"x-max-priority": self.max_priority}
+        self.broker.declare_queue("/", "q", arguments=arguments)
         self.next_id = 0
-        self.ready: list[int] = []  # ids in publish order
+        self.ready: list[int] = []  # ids in delivery order
         self.unacked: dict[int, int] = {}  # delivery tag -> id
         self.delivered_once: set[int] = set()
+        self.priority: dict[int, int] = {}  # id -> effective priority
+
+    def _in_order(self, ids: list[int]) -> list[int]:
+        return sorted(ids, key=lambda i: (-self.priority[i], i))
 
     def _open(self) -> None:
         self.broker = Broker(self.store, self.clock, queue_window=4)
         self.broker.start()
         self.session: Session = self.broker.open_session()
 
-    @rule(n=st.integers(1, 5))
-    def publish(self, n: int) -> None:
-        for _ in range(n):
-            self.broker.publish("/", "", Message(str(self.next_id).encode(), "q"))
-            self.ready.append(self.next_id)
+    @rule(priorities=st.lists(st.integers(0, 5), min_size=1, max_size=5))
+    def publish(self, priorities: list[int]) -> None:
+        for priority in priorities:
+            message = Message(str(self.next_id).encode(), "q", priority=priority)
+            self.broker.publish("/", "", message)
+            self.priority[self.next_id] = min(priority, self.max_priority or 0)
+            self.ready = self._in_order([*self.ready, self.next_id])
             self.next_id += 1
 
     @rule()
@@ -67,7 +78,7 @@ class QueueMachine(RuleBasedStateMachine):
     def nack_requeue(self, data: st.DataObject) -> None:
         tag, mid = self._settle(data)
         self.session.nack(tag, requeue=True)
-        self.ready = sorted([*self.ready, mid])
+        self.ready = self._in_order([*self.ready, mid])
 
     @precondition(lambda self: self.unacked)
     @rule(data=st.data())
@@ -78,7 +89,7 @@ class QueueMachine(RuleBasedStateMachine):
     @rule()
     def close_session(self) -> None:
         self.session.close()
-        self.ready = sorted([*self.ready, *self.unacked.values()])
+        self.ready = self._in_order([*self.ready, *self.unacked.values()])
         self.unacked.clear()
         self.session = self.broker.open_session()
 
@@ -87,7 +98,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.broker.stop_timers()
         self.store = self.store.reopen()
         self._open()
-        self.ready = sorted([*self.ready, *self.unacked.values()])
+        self.ready = self._in_order([*self.ready, *self.unacked.values()])
         self.unacked.clear()
 
     @invariant()
@@ -97,7 +108,14 @@ class QueueMachine(RuleBasedStateMachine):
         assert stats.unacked == len(self.unacked)
 
 
-TestQueueAgainstModel = QueueMachine.TestCase
-TestQueueAgainstModel.settings = settings(
+class PriorityQueueMachine(QueueMachine):
+    max_priority = 3  # priorities above it count as 3, as in RabbitMQ
+
+
+_settings = settings(
     max_examples=max(150, settings.default.max_examples), stateful_step_count=40, deadline=None
 )
+TestQueueAgainstModel = QueueMachine.TestCase
+TestQueueAgainstModel.settings = _settings
+TestPriorityQueueAgainstModel = PriorityQueueMachine.TestCase
+TestPriorityQueueAgainstModel.settings = _settings

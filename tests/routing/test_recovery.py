@@ -120,3 +120,27 @@ async def test_unacked_beyond_the_first_window_come_back_redelivered(
     while (d := b.get(s, "q")) is not None:
         after.append((d.message.body.decode(), d.redelivered, d.delivery_count))
     assert after == [(str(i), i < 5, int(i < 5)) for i in range(7)]
+
+
+async def test_deep_priority_queue_survives_restart_in_priority_order(
+    brokers: BrokerFactory,
+) -> None:
+    b = brokers.start(queue_window=8)
+    b.declare_queue("/", "p", arguments={"x-max-priority": 5})
+    for i in range(30):
+        pub(b, "", "p", f"low-{i}", priority=1)
+    for i in range(30):
+        pub(b, "", "p", f"high-{i}", priority=5)
+    await b.sync()
+    s = b.open_session()
+    first = [b.get(s, "p") for _ in range(3)]  # delivered, never acked
+    assert [d.message.body for d in first if d] == [b"high-0", b"high-1", b"high-2"]
+    b = await brokers.restart(queue_window=8)
+    assert b.statistics().queue("p").ready == 60
+    s = b.open_session()
+    got = []
+    while (d := b.get(s, "p")) is not None:
+        got.append((d.message.body.decode(), d.redelivered))
+        s.ack(d.delivery_tag)
+    assert got == ([(f"high-{i}", i < 3) for i in range(30)]
+                   + [(f"low-{i}", False) for i in range(30)])

@@ -237,7 +237,8 @@ class DeclarationsMixin:
                 consumer.on_cancel(consumer.tag)
         queue.consumers.clear()
         queue.unacked.clear()
-        self.store.remove_after(queue.store_key, -1)
+        for key in queue.store_keys():
+            self.store.remove_after(key, -1)
         v = self.vhosts[queue.vhost]
         for ex in list(v.exchanges.values()):
             for b in [b for b in ex.bindings if not b.to_exchange and b.destination == queue.name]:

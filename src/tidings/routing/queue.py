@@ -3,9 +3,13 @@
 Ready messages sit in a heap keyed ``(-priority, seq)``: FIFO within a priority, and a requeued
 message (its old seq) goes back to its place. Only a bounded *window* of ready messages is kept
 in memory; once it is full, newer messages live only in the store ("paged out") and are read
-back a page at a time as the window drains. Invariant: every paged-out message has a greater
-seq than every message in memory, so paging in is one index range scan. (Priority queues do not
-page: the priority order would need one scan per level.)
+back a page at a time as the window drains.
+
+Paging is per *lane*: a plain queue has one, a priority queue one per level (RabbitMQ's classic
+priority queue is likewise one sub-queue per level), each under its own store key. Invariant:
+every paged-out message of a lane has a greater seq than every message of that lane in memory,
+so paging a lane in is one index range scan; and the head is never taken while a lane of a
+higher level has messages paged out (that lane is paged in first).
 
 The queue never awaits. It calls ``deliver`` on consumers and tells the broker to dead-letter;
 the store calls it makes join the current group commit.
@@ -31,18 +35,53 @@ DEFAULT_WINDOW = 20_000
 WINDOW_BYTES = 32 * 2**20
 
 
+#: Separates a queue's store key from a priority level's lane (level 0 uses the bare key).
+LANE_SEPARATOR = "\x1e"
+
+
 class Entry:
     """One message in one queue."""
 
-    __slots__ = ("delivered_at", "record", "redelivered", "seq", "size", "stored")
+    __slots__ = ("delivered_at", "level", "record", "redelivered", "seq", "size", "stored")
 
-    def __init__(self, seq: int, record: Record, stored: bool) -> None:
+    def __init__(self, seq: int, record: Record, stored: bool, level: int = 0) -> None:
         self.seq = seq
         self.record = record
         self.size = len(record.message.body)
         self.stored = stored
+        self.level = level
         self.redelivered = False
         self.delivered_at = 0.0
+
+
+class Lane:
+    """The paging state of one priority level (all of a plain queue's messages)."""
+
+    __slots__ = ("boundary", "key", "level", "marked", "paged_bytes", "paged_max", "paged_out",
+                 "removed")
+
+    def __init__(self, key: str, level: int) -> None:
+        self.key, self.level = key, level
+        self.paged_out = 0
+        self.paged_bytes = 0
+        #: Greatest seq of this lane ever held in memory; its paged-out messages lie above it.
+        self.boundary = -1
+        #: Greatest seq ever paged out (an upper bound after recovery).
+        self.paged_max = -1
+        #: Paged-out seqs removed while their rows may still be pending removal.
+        self.removed: set[int] = set()
+        #: Delivered high-water mark (delivery is in seq order within a lane).
+        self.marked = -1
+
+
+def lane_key(store_key: str, level: int) -> str:
+    return store_key if level == 0 else f"{store_key}{LANE_SEPARATOR}{level}"
+
+
+def split_lane_key(key: str) -> tuple[str, int]:
+    """A store key -> (the queue's store key, priority level)."""
+    base, sep, level = key.partition(LANE_SEPARATOR)
+    return base, int(level) if sep and level.isdigit() else 0
 
 
 DeadLetter = Callable[["Queue", Entry, str], None]
@@ -70,14 +109,19 @@ class Queue:
         self.store_key = f"{vhost}\x1f{name}"
         self._store, self._dead_letter, self._now = store, dead_letter, now
         self._keep = store.keeps_messages
-        # Priority queues do not page (see above); a store that keeps no messages cannot.
-        pages = options.max_priority is None and self._keep
-        self.window = window if pages else 1 << 62
-        self.window_bytes = WINDOW_BYTES if pages else 1 << 62
+        # A store that keeps no messages cannot page.
+        self.window = window if self._keep else 1 << 62
+        self.window_bytes = WINDOW_BYTES if self._keep else 1 << 62
         self._ready: list[tuple[int, int, Entry]] = []
         self.ready_bytes = 0
+        #: Totals over the lanes.
         self.paged_out = 0
         self.paged_bytes = 0
+        self._max_level = options.max_priority or 0
+        self.lanes = [Lane(lane_key(self.store_key, level), level)
+                      for level in range(self._max_level + 1)]
+        #: Levels whose lane has messages paged out.
+        self._paged: set[int] = set()
         self.unacked: dict[int, Entry] = {}
         self.consumers: list[Consumer] = []
         self._rr = 0
@@ -85,13 +129,6 @@ class Queue:
         self.counters = Counters()
         self.waiting = Histogram()
         self.processing = Histogram()
-        self._marked = -1
-        #: Greatest seq ever held in memory; paged-out messages all lie above it.
-        self._boundary = -1
-        #: Greatest seq ever paged out (an upper bound after recovery).
-        self._paged_max = -1
-        #: Paged-out seqs removed while their rows may still be pending removal.
-        self._removed_paged: set[int] = set()
         #: Called when paged-out messages are not readable yet (their commit is pending).
         self.on_page_wait: Callable[[Queue], None] | None = None
         self.last_used = now()
@@ -131,59 +168,75 @@ class Queue:
             return o.overflow
         while over() and self.ready_count:
             entry = self._pop()
-            if entry is not None:
-                self._dead_letter(self, entry, "maxlen")
+            if entry is None:  # the head is paged out and not readable until the commit
+                break
+            self._dead_letter(self, entry, "maxlen")
         return "drop-head" if over() else None
+
+    def level_of(self, record: Record) -> int:
+        """The priority level (lane) of a message: its priority capped at x-max-priority."""
+        if not self._max_level:
+            return 0
+        return min(record.message.priority or 0, self._max_level)
 
     def enqueue(self, seq: int, record: Record) -> None:
         """Add a message (overflow already checked by :meth:`make_room`)."""
         persistent = self.durable and record.message.persistent and self._keep
-        entry = Entry(seq, record, persistent)
+        level = self.level_of(record) if self._max_level else 0
+        entry = Entry(seq, record, persistent, level)
         entry.redelivered = record.delivery_count > 0
         self.counters.published += 1
-        if self.paged_out or len(self._ready) >= self.window or \
+        lane = self.lanes[level]
+        if lane.paged_out or len(self._ready) >= self.window or \
                 self.ready_bytes >= self.window_bytes:
             flags = 0 if persistent else TRANSIENT
-            self._store.append(self.store_key, seq, encode_record(record), flags)
+            self._store.append(lane.key, seq, encode_record(record), flags)
+            lane.paged_out += 1
+            lane.paged_bytes += entry.size
+            lane.paged_max = seq
             self.paged_out += 1
             self.paged_bytes += entry.size
-            self._paged_max = seq
+            self._paged.add(level)
             return
         if persistent:
-            self._store.append(self.store_key, seq, encode_record(record))
+            self._store.append(lane.key, seq, encode_record(record))
         self._push(entry)
         if self.consumers:
             self.dispatch()
 
-    def restore(self, entries: list[Entry], paged_out: int, paged_bytes: int, max_seq: int,
-                mark: int = -1) -> None:
-        """Recovery: the first window of stored messages plus counts of the rest.
+    def restore(self, level: int, entries: list[Entry], paged_out: int, paged_bytes: int,
+                max_seq: int, mark: int = -1) -> None:
+        """Recovery of one lane: its first stored messages plus counts of the rest.
 
-        ``mark`` is the stored delivered high-water mark: messages at or below it were
+        ``mark`` is the lane's stored delivered high-water mark: messages at or below it were
         delivered before the restart, so they come back marked redelivered, including the
         ones paged in later."""
-        self._marked = max(self._marked, mark)
+        lane = self.lanes[level]
+        lane.marked = max(lane.marked, mark)
         for entry in entries:
-            self._revisit(entry)
+            entry.level = level
+            self._revisit(lane, entry)
             self._push(entry)
-        self.paged_out, self.paged_bytes = paged_out, paged_bytes
         if paged_out:
-            self._paged_max = max_seq
+            lane.paged_out, lane.paged_bytes = paged_out, paged_bytes
+            lane.paged_max = max_seq
+            self.paged_out += paged_out
+            self.paged_bytes += paged_bytes
+            self._paged.add(level)
 
-    def _revisit(self, entry: Entry) -> None:
+    @staticmethod
+    def _revisit(lane: Lane, entry: Entry) -> None:
         """A stored message at or below the delivered mark was delivered before a restart."""
-        if entry.seq <= self._marked and not entry.redelivered:
+        if entry.seq <= lane.marked and not entry.redelivered:
             entry.redelivered = True
             entry.record.delivery_count = max(entry.record.delivery_count, 1)
 
     def _push(self, entry: Entry) -> None:
-        priority = entry.record.message.priority or 0
-        max_priority = self.options.max_priority
-        key = -min(priority, max_priority) if max_priority else 0
-        heapq.heappush(self._ready, (key, entry.seq, entry))
+        heapq.heappush(self._ready, (-entry.level, entry.seq, entry))
         self.ready_bytes += entry.size
-        if entry.seq > self._boundary:
-            self._boundary = entry.seq
+        lane = self.lanes[entry.level]
+        if entry.seq > lane.boundary:
+            lane.boundary = entry.seq
         if entry.record.expires_at is not None and self._ready[0][2] is entry:
             self._arm_expiry()
 
@@ -195,30 +248,44 @@ class Queue:
 
     # -- taking ----------------------------------------------------------------------------
 
-    def _page_in(self) -> None:
-        average = self.paged_bytes // self.paged_out if self.paged_out else 1
+    def _page_in(self, lane: Lane) -> None:
+        average = lane.paged_bytes // lane.paged_out if lane.paged_out else 1
         limit = min(self.window // 2, self.window_bytes // 2 // max(average, 1))
-        rows = self._store.load(self.store_key, self._boundary, max(1, limit))
+        rows = self._store.load(lane.key, lane.boundary, max(1, limit))
+        level = lane.level
         for seq, data in rows:
-            if seq in self._removed_paged:
-                self._removed_paged.discard(seq)
+            if seq in lane.removed:
+                lane.removed.discard(seq)
                 continue
-            entry = Entry(seq, decode_record(data), True)
-            self._revisit(entry)
+            entry = Entry(seq, decode_record(data), True, level)
+            self._revisit(lane, entry)
+            lane.paged_out -= 1
+            lane.paged_bytes -= entry.size
             self.paged_out -= 1
             self.paged_bytes -= entry.size
             self._push(entry)
         if rows:
-            self._boundary = max(self._boundary, rows[-1][0])
-        if self.paged_out <= 0:
-            self.paged_out = self.paged_bytes = 0
-        elif not self._ready and self.on_page_wait is not None:
-            self.on_page_wait(self)
+            lane.boundary = max(lane.boundary, rows[-1][0])
+        if lane.paged_out <= 0:
+            self.paged_out -= lane.paged_out
+            self.paged_bytes -= lane.paged_bytes
+            lane.paged_out = lane.paged_bytes = 0
+            self._paged.discard(level)
+        elif not rows and self.on_page_wait is not None:
+            self.on_page_wait(self)  # not readable until the pending commit
+
+    def _head(self) -> Entry | None:
+        """The head ready message, paging in first when it is (or outranks it) in the store."""
+        if self._paged:
+            top = max(self._paged)
+            if not self._ready or top > self._ready[0][2].level:
+                self._page_in(self.lanes[top])
+        return self._ready[0][2] if self._ready else None
 
     def _pop(self) -> Entry | None:
         """Remove and return the head ready message (paging in if needed)."""
-        if not self._ready and self.paged_out:
-            self._page_in()
+        if self._paged:
+            self._head()
         if not self._ready:
             return None
         _, _, entry = heapq.heappop(self._ready)
@@ -228,8 +295,7 @@ class Queue:
     def expire_head(self) -> None:
         """Dead-letter every expired message at the head (RabbitMQ expires at the head only)."""
         now = self._now()
-        while self._ready:
-            head = self._ready[0][2]
+        while (head := self._head()) is not None:
             expires_at = head.record.expires_at
             if expires_at is None or expires_at > now:
                 break
@@ -260,9 +326,11 @@ class Queue:
         self.counters.delivered += 1
         if entry.redelivered:
             self.counters.redelivered += 1
-        if entry.stored and entry.seq > self._marked:
-            self._marked = entry.seq
-            self._store.mark_delivered(self.store_key, entry.seq)
+        if entry.stored:
+            lane = self.lanes[entry.level]
+            if entry.seq > lane.marked:
+                lane.marked = entry.seq
+                self._store.mark_delivered(lane.key, entry.seq)
 
     def dispatch(self) -> None:
         """Deliver ready messages to consumers with room, round robin."""
@@ -295,7 +363,7 @@ class Queue:
         if self.unacked.pop(entry.seq, None) is None:
             return
         if entry.stored:
-            self._store.remove(self.store_key, entry.seq)
+            self._store.remove(self.lanes[entry.level].key, entry.seq)
         self.counters.acked += 1
         self.processing.observe((self._now() - entry.delivered_at) * 1000.0)
 
@@ -316,7 +384,8 @@ class Queue:
             return
         entry.redelivered = True
         if entry.stored:
-            self._store.replace(self.store_key, entry.seq, encode_record(entry.record))
+            self._store.replace(self.lanes[entry.level].key, entry.seq,
+                                encode_record(entry.record))
         self._push(entry)
 
     def release_for_delay(self, entry: Entry) -> Record | None:
@@ -334,21 +403,23 @@ class Queue:
 
     def remove_stored(self, entry: Entry) -> None:
         if entry.stored:
-            self._store.remove(self.store_key, entry.seq)
+            self._store.remove(self.lanes[entry.level].key, entry.seq)
 
     # -- browsing and removal --------------------------------------------------------------
 
     def browse(self, limit: int) -> list[Entry]:
         """Ready messages in delivery order, without delivering them."""
-        entries = [e for _, _, e in sorted(self._ready, key=lambda t: (t[0], t[1]))][:limit]
-        if len(entries) < limit and self.paged_out:
-            rows = self._store.load(self.store_key, self._boundary, limit - len(entries))
-            entries += [
-                Entry(seq, decode_record(data), True)
-                for seq, data in rows
-                if seq not in self._removed_paged
+        ready = sorted(self._ready, key=lambda t: (t[0], t[1]))[:limit]
+        for level in self._paged:  # merged by (level, seq): the store rows follow memory's
+            lane = self.lanes[level]
+            ready += [
+                (-level, seq, Entry(seq, decode_record(data), True, level))
+                for seq, data in self._store.load(lane.key, lane.boundary, limit)
+                if seq not in lane.removed
             ]
-        return entries
+        if self._paged:
+            ready.sort(key=lambda t: (t[0], t[1]))
+        return [e for _, _, e in ready[:limit]]
 
     def remove_ready(self, seq: int) -> Entry | None:
         """Remove one ready message by seq (cancelling a waiting job)."""
@@ -360,12 +431,17 @@ class Queue:
                 self.ready_bytes -= entry.size
                 self.remove_stored(entry)
                 return entry
-        if seq > self._boundary and self.paged_out and seq not in self._removed_paged:
-            rows = self._store.load(self.store_key, seq - 1, 1)
+        for level in self._paged:
+            lane = self.lanes[level]
+            if seq <= lane.boundary or seq in lane.removed:
+                continue
+            rows = self._store.load(lane.key, seq - 1, 1)
             if rows and rows[0][0] == seq:
-                entry = Entry(seq, decode_record(rows[0][1]), True)
-                self._store.remove(self.store_key, seq)
-                self._removed_paged.add(seq)
+                entry = Entry(seq, decode_record(rows[0][1]), True, level)
+                self._store.remove(lane.key, seq)
+                lane.removed.add(seq)
+                lane.paged_out -= 1
+                lane.paged_bytes -= entry.size
                 self.paged_out -= 1
                 self.paged_bytes -= entry.size
                 return entry
@@ -376,10 +452,17 @@ class Queue:
         count = self.ready_count
         for _, _, entry in self._ready:
             self.remove_stored(entry)
-        if self.paged_out:
-            self._store.remove_after(self.store_key, self._boundary)
-            self._boundary = max(self._boundary, self._paged_max)
+        for level in self._paged:
+            lane = self.lanes[level]
+            self._store.remove_after(lane.key, lane.boundary)
+            lane.boundary = max(lane.boundary, lane.paged_max)
+            lane.removed.clear()
+            lane.paged_out = lane.paged_bytes = 0
+        self._paged.clear()
         self._ready.clear()
-        self._removed_paged.clear()
         self.ready_bytes = self.paged_out = self.paged_bytes = 0
         return count
+
+    def store_keys(self) -> list[str]:
+        """The store keys of this queue's messages (one per lane)."""
+        return [lane.key for lane in self.lanes]

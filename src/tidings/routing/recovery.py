@@ -17,7 +17,7 @@ from tidings.message import decode_record
 from tidings.routing import definitions as defs
 from tidings.routing.delayed import STORE_KEY as DELAYED_KEY
 from tidings.routing.exchange import Binding, Exchange, freeze_arguments
-from tidings.routing.queue import Entry
+from tidings.routing.queue import Entry, lane_key, split_lane_key
 
 if TYPE_CHECKING:
     from tidings.routing.broker import Broker
@@ -55,22 +55,34 @@ def recover(broker: Broker) -> None:
 def _recover_messages(broker: Broker) -> None:
     store = broker.store
     live = {q.store_key: q for v in broker.vhosts.values() for q in v.queues.values()}
+    lanes: dict[str, list[int]] = {}
     for key in store.queues():
-        if key not in live and key != DELAYED_KEY:
+        base, level = split_lane_key(key)
+        queue = live.get(base)
+        if queue is not None and level < len(queue.lanes):
+            lanes.setdefault(base, []).append(level)
+        elif key != DELAYED_KEY:
             store.remove_after(key, -1)
     marks = store.delivered_marks()
     max_seq = store.max_seq()
-    for key, queue in live.items():
-        total = store.count(key)
-        if not total:
-            continue
-        sample = store.load(key, -1, 100)
-        average = sum(len(data) for _, data in sample) // max(len(sample), 1)
-        rows = store.load(key, -1, max(1, min(queue.window, queue.window_bytes // max(average, 1))))
-        entries = [Entry(seq, decode_record(data), True) for seq, data in rows]
-        size = sum(e.size for e in entries)
-        paged = total - len(entries)
-        queue.restore(entries, paged, (size // max(len(entries), 1)) * paged, max_seq,
-                      marks.get(key, -1))
+    for base, levels in lanes.items():
+        queue = live[base]
+        # The window is shared: the highest levels are loaded first, the rest stay paged.
+        room, room_bytes = queue.window, queue.window_bytes
+        for level in sorted(levels, reverse=True):
+            key = lane_key(base, level)
+            total = store.count(key)
+            if not total:
+                continue
+            sample = store.load(key, -1, 100)
+            average = max(sum(len(data) for _, data in sample) // max(len(sample), 1), 1)
+            limit = min(room, room_bytes // average)
+            rows = store.load(key, -1, limit) if limit > 0 else []
+            entries = [Entry(seq, decode_record(data), True) for seq, data in rows]
+            size = sum(e.size for e in entries)
+            room -= len(entries)
+            room_bytes -= size
+            paged = total - len(entries)
+            queue.restore(level, entries, paged, average * paged, max_seq, marks.get(key, -1))
     for seq, data in store.load(DELAYED_KEY, -1, 1 << 62):
         broker.delayed.add(seq, decode_record(data))
