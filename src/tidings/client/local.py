@@ -147,10 +147,10 @@ class LocalTransport:
                 removed = q.remove_ready(entry.seq)
                 if removed is not None:
                     return removed.record.message
+        await self.broker.sync()  # far delayed messages are listed from committed rows
         for seq, record in self.broker.delayed.entries():
-            target = record.target
-            if target.get("queue") == queue and record.message.message_id == message_id:
-                self.broker.cancel_delayed(seq)
+            if (record.target.get("queue") == queue and record.message.message_id == message_id
+                    and self.broker.cancel_delayed(seq, record)):
                 return record.message
         return None
 

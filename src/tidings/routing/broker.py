@@ -76,7 +76,7 @@ class Broker(DeclarationsMixin, DelaysMixin, UpkeepMixin):
         self.default_consumer_timeout_ms = default_consumer_timeout_ms
         self.vhosts: dict[str, VHost] = {DEFAULT_VHOST: VHost(DEFAULT_VHOST)}
         self.sessions: set[Session] = set()
-        self.delayed = DelayedMessages()
+        self.delayed = DelayedMessages(store, self.clock.time)
         self.counters = Counters()
         self._seq = store.max_seq()
         self._expiry_timers: dict[str, tuple[float, Timer]] = {}

@@ -1,71 +1,183 @@
 """Delayed messages: held durably until due, then moved into their queue or exchange once.
 
-Each delayed message is one store record under :data:`STORE_KEY`, carrying its due time and
-target. Moving it is a remove plus an append submitted in the same loop turn, so both land in
-one transaction: a delayed message is never lost and never delivered twice, across restarts
-too (the peers' complaint #3). Due order is ``(due_at, seq)``.
+Each delayed message is one store record carrying its due time and target, stored under the
+key of its due-time *bucket* (one per :data:`BUCKET_SECONDS`). Only the buckets that fall due
+within the next bucket are held in memory, in a heap by ``(due_at, seq)``; later buckets stay on
+disk, merely counted, and are read in one bucket ahead of their time. A backlog of scheduled
+jobs is therefore bounded by disk, not RAM (with ``memory://`` everything stays in memory).
+
+Reading a bucket in waits until every write submitted before is committed (reads see only
+committed state), and nothing is released meanwhile, so due order holds across buckets.
+Moving a message into its queue is a remove plus an append submitted in the same loop turn, so
+both land in one transaction: a delayed message is never lost and never delivered twice,
+across restarts too (the peers' complaint #3).
 """
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable, Iterator
 
-from tidings.message import Record
+from tidings.message import Record, decode_record, encode_record
+from tidings.storage.base import Store
 
+#: The key of every delayed record before buckets existed (recovery moves such rows).
 STORE_KEY = "\x00delayed"
+#: The width of a due-time bucket.
+BUCKET_SECONDS = 60.0
+_SEPARATOR = "\x1e"
+_READ_CHUNK = 10_000
+
+
+def bucket_of(due_at: float) -> int:
+    return int(due_at // BUCKET_SECONDS)
+
+
+def bucket_key(bucket: int) -> str:
+    return f"{STORE_KEY}{_SEPARATOR}{bucket}"
+
+
+def is_delayed_key(key: str) -> bool:
+    return key == STORE_KEY or key.startswith(STORE_KEY + _SEPARATOR)
 
 
 class DelayedMessages:
-    def __init__(self) -> None:
+    def __init__(self, store: Store, now: Callable[[], float]) -> None:
+        self._store = store
+        self._keep = store.keeps_messages
         self._heap: list[tuple[float, int, Record]] = []
         self._removed: set[int] = set()
+        #: Buckets on disk only: bucket -> how many messages it holds.
+        self._cold: dict[int, int] = {}
+        self._cold_total = 0
+        #: Buckets up to this one are held in memory.
+        self._hot_bucket = bucket_of(now()) + 1 if self._keep else 1 << 62
+        #: Cold buckets turned hot whose rows are not read in yet (waiting for a commit).
+        self._promoting: set[int] = set()
         self.per_queue: dict[tuple[str, str], int] = {}
 
     def __len__(self) -> int:
-        return len(self._heap) - len(self._removed)
+        return len(self._heap) - len(self._removed) + self._cold_total
+
+    # -- adding ----------------------------------------------------------------------------
 
     def add(self, seq: int, record: Record) -> None:
-        heapq.heappush(self._heap, (record.due_at or 0.0, seq, record))
-        key = _queue_key(record)
-        if key is not None:
-            self.per_queue[key] = self.per_queue.get(key, 0) + 1
+        """Hold a new delayed message (``record.due_at`` set) and store it."""
+        if self._keep:
+            self._store.append(bucket_key(bucket_of(record.due_at or 0.0)), seq,
+                               encode_record(record))
+        self._index(seq, record)
+
+    def _index(self, seq: int, record: Record) -> None:
+        self._count(record, 1)
+        bucket = bucket_of(record.due_at or 0.0)
+        if bucket <= self._hot_bucket:
+            heapq.heappush(self._heap, (record.due_at or 0.0, seq, record))
+        else:
+            self._cold[bucket] = self._cold.get(bucket, 0) + 1
+            self._cold_total += 1
+
+    def recover(self) -> None:
+        """Read the stored delayed messages: near buckets into memory, the rest counted."""
+        for key in [k for k in self._store.queues() if is_delayed_key(k)]:
+            legacy = key == STORE_KEY
+            for seq, data in _rows(self._store, key):
+                record = decode_record(data)
+                if legacy:  # moved under its bucket key, in the same transaction
+                    self._store.remove(STORE_KEY, seq)
+                    self.add(seq, record)
+                else:
+                    self._index(seq, record)
+
+    # -- releasing -------------------------------------------------------------------------
 
     def next_due(self) -> float | None:
+        """When to look again: the earliest due time, or when a cold bucket should be read."""
         self._skip_removed()
-        return self._heap[0][0] if self._heap else None
+        due = self._heap[0][0] if self._heap else None
+        if self._cold:
+            read_at = (min(self._cold) - 1) * BUCKET_SECONDS
+            due = read_at if due is None else min(due, read_at)
+        return due
+
+    def promote(self, now: float) -> bool:
+        """Read in the buckets due by the end of the next one; False while a commit is awaited
+        (call again after ``store.sync()``; release nothing meanwhile)."""
+        target = bucket_of(now) + 1
+        if target > self._hot_bucket:
+            self._hot_bucket = target  # from here on new messages for them stay in memory
+            self._promoting.update(b for b in self._cold if b <= target)
+        if not self._promoting:
+            return True
+        if self._store.backlog():
+            return False
+        held = {seq for _, seq, _ in self._heap}
+        for bucket in sorted(self._promoting):
+            self._cold_total -= self._cold.pop(bucket, 0)
+            for seq, data in _rows(self._store, bucket_key(bucket)):
+                if seq not in held:
+                    record = decode_record(data)
+                    heapq.heappush(self._heap, (record.due_at or 0.0, seq, record))
+        self._promoting.clear()
+        return True
 
     def pop_due(self, now: float) -> list[tuple[int, Record]]:
+        """Take the messages due by ``now`` (after :meth:`promote`), removing their records."""
         out: list[tuple[int, Record]] = []
         while True:
             self._skip_removed()
             if not self._heap or self._heap[0][0] > now:
                 return out
-            _, seq, record = heapq.heappop(self._heap)
-            self._forget(record)
+            due_at, seq, record = heapq.heappop(self._heap)
+            self._count(record, -1)
+            if self._keep:
+                self._store.remove(bucket_key(bucket_of(due_at)), seq)
             out.append((seq, record))
 
+    # -- looking and cancelling ------------------------------------------------------------
+
     def entries(self) -> list[tuple[int, Record]]:
-        return [(seq, r) for _, seq, r in sorted(self._heap) if seq not in self._removed]
+        """Every delayed message in due order. Cold buckets are read from the store, which
+        shows committed rows only: await ``store.sync()`` first to see every one."""
+        found = [(due, seq, r) for due, seq, r in self._heap if seq not in self._removed]
+        for bucket in self._cold:
+            for seq, data in _rows(self._store, bucket_key(bucket)):
+                record = decode_record(data)
+                found.append((record.due_at or 0.0, seq, record))
+        return [(seq, r) for _, seq, r in sorted(found, key=lambda t: (t[0], t[1]))]
 
-    def remove(self, seq: int) -> Record | None:
-        for _, s, record in self._heap:
-            if s == seq and s not in self._removed:
-                self._removed.add(seq)
-                self._forget(record)
-                return record
-        return None
+    def remove(self, seq: int, record: Record) -> bool:
+        """Cancel one delayed message (as found by :meth:`entries`); False if it is gone."""
+        bucket = bucket_of(record.due_at or 0.0)
+        if bucket in self._cold:
+            # The removal is submitted before any read of the bucket, which waits for it.
+            self._cold[bucket] -= 1
+            self._cold_total -= 1
+            if not self._cold[bucket]:
+                del self._cold[bucket]
+        else:
+            if seq in self._removed or not any(s == seq for _, s, _ in self._heap):
+                return False
+            self._removed.add(seq)
+        self._count(record, -1)
+        if self._keep:
+            self._store.remove(bucket_key(bucket), seq)
+        return True
 
-    def _forget(self, record: Record) -> None:
-        key = _queue_key(record)
-        if key is not None:
-            self.per_queue[key] -= 1
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _count(self, record: Record, delta: int) -> None:
+        if "queue" in record.target:
+            key = (record.target["vhost"], record.target["queue"])
+            self.per_queue[key] = self.per_queue.get(key, 0) + delta
 
     def _skip_removed(self) -> None:
         while self._heap and self._heap[0][1] in self._removed:
             self._removed.discard(heapq.heappop(self._heap)[1])
 
 
-def _queue_key(record: Record) -> tuple[str, str] | None:
-    if "queue" in record.target:
-        return (record.target["vhost"], record.target["queue"])
-    return None
+def _rows(store: Store, key: str) -> Iterator[tuple[int, bytes]]:
+    after = -1
+    while rows := store.load(key, after, _READ_CHUNK):
+        yield from rows
+        after = rows[-1][0]

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tidings.message import Record, encode_record
-from tidings.routing.delayed import STORE_KEY as DELAYED_KEY
+from tidings.message import Record
 
 if TYPE_CHECKING:
     from tidings.clock import Clock, Timer
@@ -40,10 +39,7 @@ class DelaysMixin:
 
     def delay(self, record: Record, target: dict[str, str], due_at: float) -> None:
         record.due_at, record.target = due_at, target
-        seq = self.next_seq()
-        if self.store.keeps_messages:
-            self.store.append(DELAYED_KEY, seq, encode_record(record))
-        self.delayed.add(seq, record)
+        self.delayed.add(self.next_seq(), record)
         self._arm_delay_timer()
 
     def requeue_later(self, queue: Queue, entry: Entry, delay_ms: int) -> None:
@@ -55,11 +51,9 @@ class DelaysMixin:
             self.delay(Record(record.message, now, record.delivery_count), target,
                        now + delay_ms / 1000.0)
 
-    def cancel_delayed(self, seq: int) -> Record | None:
-        record = self.delayed.remove(seq)
-        if record is not None:
-            self.store.remove(DELAYED_KEY, seq)
-        return record
+    def cancel_delayed(self, seq: int, record: Record) -> bool:
+        """Cancel a delayed message found by ``delayed.entries()``; False if it is gone."""
+        return self.delayed.remove(seq, record)
 
     def _arm_delay_timer(self) -> None:
         due = self.delayed.next_due()
@@ -77,8 +71,10 @@ class DelaysMixin:
     def _release_delayed(self) -> None:
         self._delay_timer = None
         now = self.clock.time()
-        for seq, record in self.delayed.pop_due(now):
-            self.store.remove(DELAYED_KEY, seq)
+        if not self.delayed.promote(now):  # a bucket must be read in first, once committed
+            self.store.sync().add_done_callback(lambda _: self._release_delayed())
+            return
+        for _, record in self.delayed.pop_due(now):
             self._release_one(record, now)
         self._arm_delay_timer()
 

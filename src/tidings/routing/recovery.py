@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from tidings.message import decode_record
 from tidings.routing import definitions as defs
-from tidings.routing.delayed import STORE_KEY as DELAYED_KEY
+from tidings.routing.delayed import is_delayed_key
 from tidings.routing.exchange import Binding, Exchange, freeze_arguments
 from tidings.routing.queue import Entry, lane_key, split_lane_key
 
@@ -61,7 +61,7 @@ def _recover_messages(broker: Broker) -> None:
         queue = live.get(base)
         if queue is not None and level < len(queue.lanes):
             lanes.setdefault(base, []).append(level)
-        elif key != DELAYED_KEY:
+        elif not is_delayed_key(key):
             store.remove_after(key, -1)
     marks = store.delivered_marks()
     max_seq = store.max_seq()
@@ -84,5 +84,4 @@ def _recover_messages(broker: Broker) -> None:
             room_bytes -= size
             paged = total - len(entries)
             queue.restore(level, entries, paged, average * paged, max_seq, marks.get(key, -1))
-    for seq, data in store.load(DELAYED_KEY, -1, 1 << 62):
-        broker.delayed.add(seq, decode_record(data))
+    broker.delayed.recover()
