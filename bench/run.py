@@ -55,19 +55,19 @@ async def tidings_round_trip(url: str, n: int, *, batch: bool, window: int = 100
 
         async def consume() -> None:
             got = 0
-            pending: list[Any] = []
             async with client.receive("bench", prefetch=prefetch) as messages:
-                async for message in messages:
-                    got += 1
-                    if batch:
-                        pending.append(message)
-                        if len(pending) >= 100 or got == n:
-                            await client.ack(pending)
-                            pending = []
-                    else:
+                if batch:
+                    async for received in messages.batches(100):
+                        await client.ack(received)
+                        got += len(received)
+                        if got >= n:
+                            break
+                else:
+                    async for message in messages:
                         await message.ack()
-                    if got == n:
-                        break
+                        got += 1
+                        if got == n:
+                            break
             await client.sync()
             done.set()
 

@@ -72,6 +72,40 @@ async def test_receive_iterates_with_prefetch_and_returns_unyielded(tmp_path: Pa
         assert stats.ready == 5 and stats.unacked == 0
 
 
+async def test_receive_in_batches_bounded_by_prefetch_and_acked_at_once() -> None:
+    async with tidings.connect("memory://") as client:
+        await client.send_many("work", range(25))
+        sizes, seen = [], []
+        async with client.receive("work", prefetch=10) as messages:
+            async for batch in messages.batches(max_count=8):
+                sizes.append(len(batch))
+                seen += [m.json() for m in batch]
+                await client.ack(batch)
+                if len(seen) == 25:
+                    break
+        assert seen == list(range(25))
+        assert max(sizes) <= 8 and sum(sizes) == 25
+        stats = (await client.statistics()).queue("work")
+        assert stats.ready == 0 and stats.unacked == 0
+        with pytest.raises(InvalidArgumentError, match="max_count"):
+            await anext(aiter(client.receive("work").batches(0)))
+
+
+async def test_closing_a_receiver_ends_a_consumer_waiting_in_another_task() -> None:
+    async with tidings.connect("memory://") as client:
+        receiver = client.receive("idle")
+        await receiver.__aenter__()
+
+        async def consume() -> list[Any]:
+            return [m async for m in receiver]
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.05)
+        assert not task.done()
+        await receiver.aclose()
+        assert await asyncio.wait_for(task, 2) == []
+
+
 async def test_nack_with_delay_and_delayed_send(tmp_path: Path) -> None:
     async with tidings.connect("memory://") as client:
         await client.send("q", "later", delay_ms=80)

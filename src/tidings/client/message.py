@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import deque
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from tidings.client.transport import Incoming, Subscription
@@ -109,28 +111,69 @@ class ReceivedMessage:
 
 
 class Receiver:
-    """An open consumer on one queue: an async iterator and an async context manager."""
+    """An open consumer on one queue: an async iterator and an async context manager.
+
+    ``async for message in receiver`` hands out one message at a time;
+    ``async for batch in receiver.batches(100)`` hands out lists of whatever has arrived (at
+    least one, at most 100), which is cheaper per message. Settle each message either way, or
+    use ``client.ack(batch)``.
+    """
 
     def __init__(self, client: Client, queue: str, prefetch: int) -> None:
         self._client, self.queue, self.prefetch = client, queue, prefetch
-        self._buffer: asyncio.Queue[Incoming] = asyncio.Queue()
+        self._buffer: deque[Incoming] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self._subscription: Subscription | None = None
         self._closed = False
+
+    def _arrived(self, incoming: Incoming) -> None:
+        self._buffer.append(incoming)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _start(self) -> None:
         if self._subscription is None and not self._closed:
             await self._client._ensure_queue(self.queue)
             self._subscription = await self._client.transport.consume(
-                self.queue, self.prefetch, self._buffer.put_nowait)
+                self.queue, self.prefetch, self._arrived)
+
+    async def _wait(self) -> None:
+        """Until a message is buffered; StopAsyncIteration once the receiver is closed."""
+        if self._subscription is None:
+            await self._start()
+        while not self._buffer:
+            if self._closed:
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
 
     def __aiter__(self) -> Receiver:
         return self
 
     async def __anext__(self) -> ReceivedMessage:
-        await self._start()
         if self._closed:
             raise StopAsyncIteration
-        return ReceivedMessage(self._client, await self._buffer.get())
+        if not self._buffer:
+            await self._wait()
+        return ReceivedMessage(self._client, self._buffer.popleft())
+
+    async def batches(self, max_count: int = 100) -> AsyncIterator[list[ReceivedMessage]]:
+        """Lists of received messages: waits for the first, then takes up to ``max_count``
+        of those already here (never more than ``prefetch``, which bounds the buffer)."""
+        if max_count < 1:
+            raise InvalidArgumentError(f"max_count must be >= 1, got {max_count}")
+        client, buffer = self._client, self._buffer
+        while not self._closed:
+            try:
+                await self._wait()
+            except StopAsyncIteration:
+                return
+            n = min(max_count, len(buffer))
+            yield [ReceivedMessage(client, buffer.popleft()) for _ in range(n)]
 
     async def __aenter__(self) -> Receiver:
         await self._start()
@@ -144,8 +187,9 @@ class Receiver:
         if self._closed:
             return
         self._closed = True
+        self._wake()  # a consumer waiting in another task stops iterating
         self._client._receivers.discard(self)
         if self._subscription is not None:
             await self._subscription.cancel()
-        while not self._buffer.empty():
-            await self._client.transport.nack(self._buffer.get_nowait().token, True)
+        while self._buffer:
+            await self._client.transport.nack(self._buffer.popleft().token, True)
