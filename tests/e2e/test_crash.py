@@ -8,6 +8,7 @@ with acks; then check what survived.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import subprocess
@@ -46,9 +47,11 @@ def run_and_kill(data_dir: Path, log: Path, run: int, rng: random.Random) -> Non
     assert child.returncode == -9, f"child ended on its own: {child.returncode}"
 
 
-def parse(log: Path) -> tuple[set[str], dict[str, list[int]], dict[str, int]]:
-    """Confirmed ids, where each id was received, and where each id's ack was durable."""
+def parse(log: Path) -> tuple[set[str], dict[str, list[int]], dict[str, int], set[str]]:
+    """Confirmed ids, where each id was received, where each id's ack was durable, and the
+    confirmed ids of messages delayed an hour."""
     confirmed: set[str] = set()
+    far: set[str] = set()
     received: dict[str, list[int]] = defaultdict(list)
     acked: dict[str, int] = {}
     for position, raw in enumerate(log.read_text().splitlines()):
@@ -61,7 +64,9 @@ def parse(log: Path) -> tuple[set[str], dict[str, list[int]], dict[str, int]]:
             received[parts[1]].append(position)
         elif parts[0] == "A":
             acked[parts[1]] = position
-    return confirmed, received, acked
+        elif parts[0] == "F":
+            far.add(parts[1])
+    return confirmed, received, acked, far
 
 
 @pytest.mark.crash
@@ -73,11 +78,15 @@ async def test_kill_9_loses_no_confirmed_message_and_undoes_no_durable_ack(
     for run in range(KILLS):
         run_and_kill(data_dir, log, run, rng)
 
-    confirmed, received, acked = parse(log)
+    confirmed, received, acked, far = parse(log)
     assert len(confirmed) > KILLS, "the children confirmed too little to prove anything"
 
     broker = Broker(SqliteStore(data_dir))
     broker.start()
+    await asyncio.sleep(0.3)  # messages delayed a little fall due
+    waiting = [r.message.message_id for _, r in broker.delayed.entries()]
+    assert len(waiting) == len(set(waiting)), "a delayed message is stored twice"
+    assert far <= set(waiting), f"delayed messages lost: {sorted(far - set(waiting))[:5]}"
     session = broker.open_session()
     remaining: list[str] = []
     while (d := broker.get(session, "crash")) is not None:
@@ -96,4 +105,5 @@ async def test_kill_9_loses_no_confirmed_message_and_undoes_no_durable_ack(
         later = [p for p in received[mid] if p > ack_at]
         assert not later, f"message {mid} delivered again after its ack was durable"
     print(f"{KILLS} kills: {len(confirmed)} confirmed, {len(acked)} acks durable, "
-          f"{len(left)} left, {sum(len(v) > 1 for v in received.values())} redelivered")
+          f"{len(left)} left, {sum(len(v) > 1 for v in received.values())} redelivered, "
+          f"{len(far)} delayed an hour still waiting")
