@@ -91,3 +91,38 @@ async def test_a_bucket_is_read_only_after_its_writes_commit(
     await asyncio.sleep(0)
     await b.sync()
     assert drain(b, b.open_session(), "q") == [str(i).encode() for i in range(5)]
+
+
+class BusyStore(MemoryStore):
+    """A store that always has writes in flight, and commits when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.commits: list[asyncio.Future[None]] = []
+
+    def backlog(self) -> int:
+        return 1
+
+    def sync(self) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.commits.append(future)
+        return future
+
+
+async def test_a_store_that_is_never_idle_does_not_starve_far_delays(clock: FakeClock) -> None:
+    """A bucket waits for the writes made before it was due, not for an idle store."""
+    store = BusyStore()
+    broker = Broker(store, clock)
+    broker.start()
+    broker.declare_queue("/", "q")
+    for i in range(3):
+        broker.publish("/", "", Message(str(i).encode(), "q"), delay_ms=HOUR_MS + i)
+    clock.advance(2 * 3600)
+    s = broker.open_session()
+    assert drain(broker, s, "q") == []  # the bucket's writes are not committed yet
+    waiting = [f for f in store.commits if not f.done()]
+    assert waiting, "the bucket should wait for a commit"
+    for future in waiting:
+        future.set_result(None)  # that commit lands; the store stays busy
+    await asyncio.sleep(0)
+    assert drain(broker, s, "q") == [b"0", b"1", b"2"]

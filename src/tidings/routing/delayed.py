@@ -6,8 +6,9 @@ within the next bucket are held in memory, in a heap by ``(due_at, seq)``; later
 disk, merely counted, and are read in one bucket ahead of their time. A backlog of scheduled
 jobs is therefore bounded by disk, not RAM (with ``memory://`` everything stays in memory).
 
-Reading a bucket in waits until every write submitted before is committed (reads see only
-committed state), and nothing is released meanwhile, so due order holds across buckets.
+Reading a bucket in waits until every write submitted before the decision to read it is
+committed (reads see only committed state; later writes to it go to memory directly), and
+nothing is released meanwhile, so due order holds across buckets.
 Moving a message into its queue is a remove plus an append submitted in the same loop turn, so
 both land in one transaction: a delayed message is never lost and never delivered twice,
 across restarts too (the peers' complaint #3).
@@ -15,6 +16,7 @@ across restarts too (the peers' complaint #3).
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 from collections.abc import Callable, Iterator
 
@@ -54,6 +56,10 @@ class DelayedMessages:
         self._hot_bucket = bucket_of(now()) + 1 if self._keep else 1 << 62
         #: Cold buckets turned hot whose rows are not read in yet (waiting for a commit).
         self._promoting: set[int] = set()
+        #: Resolved once the writes made before the promotion decision are committed.
+        self._promote_after: asyncio.Future[None] | None = None
+        #: Rows of promoting buckets cancelled while their removal may be uncommitted.
+        self._skip: set[int] = set()
         self.per_queue: dict[tuple[str, str], int] = {}
 
     def __len__(self) -> int:
@@ -100,18 +106,24 @@ class DelayedMessages:
             due = read_at if due is None else min(due, read_at)
         return due
 
-    def promote(self, now: float) -> bool:
-        """Read in the buckets due by the end of the next one; False while a commit is awaited
-        (call again after ``store.sync()``; release nothing meanwhile)."""
+    def promote(self, now: float) -> asyncio.Future[None] | None:
+        """Read in the buckets due by the end of the next one. While the writes made before
+        are not all committed, returns the future to wait for (release nothing meanwhile,
+        then call again); None once done."""
         target = bucket_of(now) + 1
         if target > self._hot_bucket:
             self._hot_bucket = target  # from here on new messages for them stay in memory
-            self._promoting.update(b for b in self._cold if b <= target)
+            newly = [b for b in self._cold if b <= target and b not in self._promoting]
+            if newly:
+                self._promoting.update(newly)
+                # A later commit covers every earlier write: wait for the newest.
+                self._promote_after = self._store.sync() if self._store.backlog() else None
         if not self._promoting:
-            return True
-        if self._store.backlog():
-            return False
-        held = {seq for _, seq, _ in self._heap}
+            return None
+        after = self._promote_after
+        if after is not None and not after.done():
+            return after
+        held = {seq for _, seq, _ in self._heap} | self._skip
         for bucket in sorted(self._promoting):
             self._cold_total -= self._cold.pop(bucket, 0)
             for seq, data in _rows(self._store, bucket_key(bucket)):
@@ -119,7 +131,9 @@ class DelayedMessages:
                     record = decode_record(data)
                     heapq.heappush(self._heap, (record.due_at or 0.0, seq, record))
         self._promoting.clear()
-        return True
+        self._skip.clear()
+        self._promote_after = None
+        return None
 
     def pop_due(self, now: float) -> list[tuple[int, Record]]:
         """Take the messages due by ``now`` (after :meth:`promote`), removing their records."""
@@ -150,7 +164,8 @@ class DelayedMessages:
         """Cancel one delayed message (as found by :meth:`entries`); False if it is gone."""
         bucket = bucket_of(record.due_at or 0.0)
         if bucket in self._cold:
-            # The removal is submitted before any read of the bucket, which waits for it.
+            if bucket in self._promoting:  # its read may come before this removal commits
+                self._skip.add(seq)
             self._cold[bucket] -= 1
             self._cold_total -= 1
             if not self._cold[bucket]:

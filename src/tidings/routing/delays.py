@@ -71,8 +71,9 @@ class DelaysMixin:
     def _release_delayed(self) -> None:
         self._delay_timer = None
         now = self.clock.time()
-        if not self.delayed.promote(now):  # a bucket must be read in first, once committed
-            self.store.sync().add_done_callback(lambda _: self._release_delayed())
+        wait = self.delayed.promote(now)
+        if wait is not None:  # a bucket is read in once the writes before it are committed
+            wait.add_done_callback(lambda _: self._release_delayed())
             return
         for _, record in self.delayed.pop_due(now):
             self._release_one(record, now)
