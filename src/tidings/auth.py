@@ -19,6 +19,7 @@ import json
 import os
 import re
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -74,22 +75,33 @@ class Users:
                 "tokens": self.tokens}
 
 
+#: How long resource checks (every publish, declare, consume) trust the users file before
+#: looking at it again; logins always look. RabbitMQ caches such checks per channel for good.
+CHECK_FRESH_S = 1.0
+#: Remembered check results (dropped whenever the file changes).
+_DECISIONS_MAX = 10_000
+
+
 class UserStore:
     """Loads, checks and edits the users file of one data directory."""
 
     def __init__(self, directory: str | Path) -> None:
         self.path = Path(directory) / USERS_FILE
-        self._mtime: float | None = None
+        self._mtime: tuple[int, int, int] | None = None
         self._users = Users.default()
         self._login_cache: dict[tuple[str, str], bool] = {}
+        self._decisions: dict[tuple[str, str, str, str], bool] = {}
+        self._looked_at = 0.0
         self.reload()
 
     def reload(self) -> Users:
         """Reread the file if it changed; a missing file means the defaults."""
         try:
-            mtime = self.path.stat().st_mtime_ns
+            st = self.path.stat()
         except FileNotFoundError:
             return self._users
+        # Saves replace the file, so the inode tells two saves within one mtime tick apart.
+        mtime = (st.st_mtime_ns, st.st_ino, st.st_size)
         if mtime != self._mtime:
             try:
                 data = json.loads(self.path.read_text())
@@ -99,6 +111,7 @@ class UserStore:
                 raise ConfigError(f"users file '{self.path}' is not valid: {e}") from e
             self._mtime = mtime
             self._login_cache.clear()
+            self._decisions.clear()
         return self._users
 
     def save(self, users: Users) -> None:
@@ -108,6 +121,7 @@ class UserStore:
         os.replace(tmp, self.path)
         self._users = users
         self._mtime = None
+        self._decisions.clear()
 
     # -- checks ----------------------------------------------------------------------------
 
@@ -145,15 +159,29 @@ class UserStore:
     def check(self, username: str, vhost: str, permission: Permission, kind: str,
               name: str) -> None:
         """Raise AccessRefusedError unless ``username`` may ``permission`` the resource."""
-        perms = self.reload().permissions.get(vhost, {}).get(username)
-        pattern = perms.get(permission, "") if perms else ""
-        if name.startswith("amq.gen-") or name.startswith("amq.rabbitmq.reply-to"):
-            return  # server-named resources belong to whoever made them, as in RabbitMQ
-        if not pattern or re.fullmatch(pattern, name) is None:
+        now = time.monotonic()
+        if now - self._looked_at >= CHECK_FRESH_S:
+            self._looked_at = now
+            self.reload()
+        key = (username, vhost, permission, name)
+        allowed = self._decisions.get(key)
+        if allowed is None:
+            allowed = self._allowed(username, vhost, permission, name)
+            if len(self._decisions) >= _DECISIONS_MAX:
+                self._decisions.clear()
+            self._decisions[key] = allowed
+        if not allowed:
             raise AccessRefusedError(
                 f"{permission} access to {kind} '{name}' in vhost '{vhost}' "
                 f"refused for user '{username}'"
             )
+
+    def _allowed(self, username: str, vhost: str, permission: Permission, name: str) -> bool:
+        perms = self._users.permissions.get(vhost, {}).get(username)
+        pattern = perms.get(permission, "") if perms else ""
+        if name.startswith("amq.gen-") or name.startswith("amq.rabbitmq.reply-to"):
+            return True  # server-named resources belong to whoever made them, as in RabbitMQ
+        return bool(pattern) and re.fullmatch(pattern, name) is not None
 
     # -- edits (the CLI) -------------------------------------------------------------------
 
