@@ -3,6 +3,7 @@ delays, delivery limits, overflow, consumers, timeouts and paging."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -422,6 +423,35 @@ async def test_drop_head_does_not_spin_while_the_head_is_not_yet_committed(
     await broker.sync()
     s = broker.open_session()
     assert len(drain(broker, s, "q")) == 10 and len(drain(broker, s, "dead")) == 20
+
+
+async def test_a_consumer_gets_paged_out_messages_once_their_commit_lands(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    """Published in one turn past the window: the rest is on disk but uncommitted. The
+    consumer gets the window at once and the rest, in order, right after the commit (one
+    retry per commit, not one store read per delivery attempt)."""
+    broker = Broker(SqliteStore(tmp_path / "data"), clock, queue_window=4)
+    broker.start()
+    broker.declare_queue("/", "q", arguments={"x-max-priority": 3})
+    queue = broker.get_queue("/", "q")
+    waits: list[object] = []
+    retry = queue.on_page_wait
+    assert retry is not None
+    queue.on_page_wait = lambda q: (waits.append(q), retry(q))  # type: ignore[func-returns-value]
+    for i in range(20):
+        pub(broker, "", "q", str(i), priority=i % 2)
+    _, got, _ = consume(broker, "q", prefetch=100)
+    assert len(got) == 4  # the window; the rest waits for the commit
+    assert len(waits) == 1
+    await broker.sync()
+    await asyncio.sleep(0)
+    await broker.sync()
+    await asyncio.sleep(0)
+    delivered = [int(b) for b in bodies(got)]
+    assert sorted(delivered) == list(range(20))
+    assert delivered[4:] == [i for i in range(1, 20, 2) if i not in delivered[:4]] + [
+        i for i in range(0, 20, 2) if i not in delivered[:4]]
 
 
 async def test_deleting_a_queue_can_auto_delete_its_exchange(broker: Broker) -> None:

@@ -131,6 +131,8 @@ class Queue:
         self.processing = Histogram()
         #: Called when paged-out messages are not readable yet (their commit is pending).
         self.on_page_wait: Callable[[Queue], None] | None = None
+        #: Set while paged-out rows are awaited: no store reads until :meth:`after_commit`.
+        self._awaiting_commit = False
         self.last_used = now()
         #: Called when the head of the queue will expire (the broker arms a timer).
         self.on_head_expiry: Callable[[Queue, float], None] | None = None
@@ -272,11 +274,18 @@ class Queue:
             lane.paged_out = lane.paged_bytes = 0
             self._paged.discard(level)
         elif not rows and self.on_page_wait is not None:
-            self.on_page_wait(self)  # not readable until the pending commit
+            self._awaiting_commit = True  # not readable until the pending commit
+            self.on_page_wait(self)
+
+    def after_commit(self, deliver: bool = True) -> None:
+        """The commit awaited for paged-out rows has landed: read them (and deliver)."""
+        self._awaiting_commit = False
+        if deliver and not self.deleted:
+            self.dispatch()
 
     def _head(self) -> Entry | None:
         """The head ready message, paging in first when it is (or outranks it) in the store."""
-        if self._paged:
+        if self._paged and not self._awaiting_commit:
             top = max(self._paged)
             if not self._ready or top > self._ready[0][2].level:
                 self._page_in(self.lanes[top])

@@ -58,9 +58,10 @@ class UpkeepMixin:
     def _retry_after_commit(self, queue: Queue) -> None:
         try:
             future = self.store.sync()
-        except RuntimeError:
+        except RuntimeError:  # no running loop: the next call reads again
+            queue.after_commit(deliver=False)
             return
-        future.add_done_callback(lambda _: queue.dispatch() if not queue.deleted else None)
+        future.add_done_callback(lambda _: queue.after_commit())
 
     def _tick(self) -> None:
         now = self.clock.time()
