@@ -126,3 +126,30 @@ async def test_a_store_that_is_never_idle_does_not_starve_far_delays(clock: Fake
         future.set_result(None)  # that commit lands; the store stays busy
     await asyncio.sleep(0)
     assert drain(broker, s, "q") == [b"0", b"1", b"2"]
+
+
+async def test_delayed_rows_of_the_single_key_layout_are_moved_into_buckets(
+    brokers: BrokerFactory, clock: FakeClock
+) -> None:
+    """Data written before buckets existed kept every delayed message under one key."""
+    from tidings.message import Record, encode_record
+    from tidings.routing.delayed import STORE_KEY, bucket_key, bucket_of
+
+    b = brokers.start()
+    b.declare_queue("/", "q")
+    store = brokers.store
+    assert store is not None
+    due = clock.time() + 7200
+    legacy = Record(Message(b"old", "q"), clock.time(), due_at=due,
+                    target={"vhost": "/", "queue": "q"})
+    store.append(STORE_KEY, 10_000, encode_record(legacy))
+    b = await brokers.restart()
+    assert len(b.delayed) == 1 and b.statistics().queue("q").delayed == 1
+    await b.sync()
+    store = brokers.store
+    assert store is not None
+    assert store.count(STORE_KEY) == 0 and store.count(bucket_key(bucket_of(due))) == 1
+    clock.advance(7200)
+    await b.sync()
+    await asyncio.sleep(0)
+    assert drain(b, b.open_session(), "q") == [b"old"]
