@@ -144,3 +144,20 @@ async def test_deep_priority_queue_survives_restart_in_priority_order(
         s.ack(d.delivery_tag)
     assert got == ([(f"high-{i}", i < 3) for i in range(30)]
                    + [(f"low-{i}", False) for i in range(30)])
+
+
+async def test_queue_names_with_the_lane_separator_keep_their_messages(
+    brokers: BrokerFactory,
+) -> None:
+    """Priority lanes are stored as '<queue>\\x1e<level>'; a queue named like that is still
+    itself, and a priority queue with such a name still finds its lanes."""
+    b = brokers.start()
+    b.declare_queue("/", "odd\x1e5")
+    b.declare_queue("/", "odd\x1ep", arguments={"x-max-priority": 5})
+    pub(b, "", "odd\x1e5", "plain")
+    pub(b, "", "odd\x1ep", "urgent", priority=5)
+    pub(b, "", "odd\x1ep", "calm", priority=0)
+    b = await brokers.restart()
+    s = b.open_session()
+    assert drain(b, s, "odd\x1e5") == [b"plain"]
+    assert drain(b, s, "odd\x1ep") == [b"urgent", b"calm"]

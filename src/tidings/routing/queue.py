@@ -79,9 +79,10 @@ def lane_key(store_key: str, level: int) -> str:
 
 
 def split_lane_key(key: str) -> tuple[str, int]:
-    """A store key -> (the queue's store key, priority level)."""
-    base, sep, level = key.partition(LANE_SEPARATOR)
-    return base, int(level) if sep and level.isdigit() else 0
+    """A store key -> (the queue's store key, priority level), if it names a lane above 0.
+    (A queue name may itself contain the separator: callers try the whole key first.)"""
+    base, sep, level = key.rpartition(LANE_SEPARATOR)
+    return (base, int(level)) if sep and level.isdigit() else (key, 0)
 
 
 DeadLetter = Callable[["Queue", Entry, str], None]

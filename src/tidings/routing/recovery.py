@@ -57,7 +57,7 @@ def _recover_messages(broker: Broker) -> None:
     live = {q.store_key: q for v in broker.vhosts.values() for q in v.queues.values()}
     lanes: dict[str, list[int]] = {}
     for key in store.queues():
-        base, level = split_lane_key(key)
+        base, level = (key, 0) if key in live else split_lane_key(key)
         queue = live.get(base)
         if queue is not None and level < len(queue.lanes):
             lanes.setdefault(base, []).append(level)
