@@ -8,6 +8,7 @@ So is the ``time`` of each ``x-death`` entry: an AMQP timestamp on the wire, as 
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from typing import Any
 
 from pamqp.commands import Basic
@@ -26,7 +27,7 @@ def _to_seconds(ts: datetime.datetime) -> int:
     return int(ts.replace(tzinfo=datetime.UTC).timestamp())
 
 
-def _deaths(headers: dict[str, Any], convert: Any, kind: type) -> dict[str, Any]:
+def _deaths(headers: dict[str, Any], convert: Callable[[Any], Any], kind: type) -> dict[str, Any]:
     """``headers`` with each x-death ``time`` of type ``kind`` converted."""
     deaths = headers.get("x-death")
     if not isinstance(deaths, list):
