@@ -153,3 +153,22 @@ async def test_delayed_rows_of_the_single_key_layout_are_moved_into_buckets(
     await b.sync()
     await asyncio.sleep(0)
     assert drain(b, b.open_session(), "q") == [b"old"]
+
+
+async def test_cancelling_a_far_job_twice_counts_it_once(
+    brokers: BrokerFactory, clock: FakeClock
+) -> None:
+    b = brokers.start()
+    b.declare_queue("/", "q")
+    for i in range(3):
+        b.publish("/", "", Message(str(i).encode(), "q"), delay_ms=HOUR_MS + i)
+    await b.sync()
+    [(seq, record), *_] = b.delayed.entries()
+    assert b.cancel_delayed(seq, record)
+    assert not b.cancel_delayed(seq, record)  # before its removal is committed
+    assert [r.message.body for _, r in b.delayed.entries()] == [b"1", b"2"]
+    assert len(b.delayed) == 2 and b.statistics().queue("q").delayed == 2
+    clock.advance(2 * 3600)
+    await b.sync()
+    await asyncio.sleep(0)
+    assert drain(b, b.open_session(), "q") == [b"1", b"2"]

@@ -58,8 +58,9 @@ class DelayedMessages:
         self._promoting: set[int] = set()
         #: Resolved once the writes made before the promotion decision are committed.
         self._promote_after: asyncio.Future[None] | None = None
-        #: Rows of promoting buckets cancelled while their removal may be uncommitted.
-        self._skip: set[int] = set()
+        #: Cold rows cancelled and not read since (their removal may be uncommitted): seq ->
+        #: bucket. Reads skip them; a second cancel of one finds it gone.
+        self._cancelled: dict[int, int] = {}
         self.per_queue: dict[tuple[str, str], int] = {}
 
     def __len__(self) -> int:
@@ -123,15 +124,15 @@ class DelayedMessages:
         after = self._promote_after
         if after is not None and not after.done():
             return after
-        held = {seq for _, seq, _ in self._heap} | self._skip
+        held = {seq for _, seq, _ in self._heap} | self._cancelled.keys()
         for bucket in sorted(self._promoting):
             self._cold_total -= self._cold.pop(bucket, 0)
             for seq, data in _rows(self._store, bucket_key(bucket)):
                 if seq not in held:
                     record = decode_record(data)
                     heapq.heappush(self._heap, (record.due_at or 0.0, seq, record))
+        self._cancelled = {s: b for s, b in self._cancelled.items() if b not in self._promoting}
         self._promoting.clear()
-        self._skip.clear()
         self._promote_after = None
         return None
 
@@ -156,6 +157,8 @@ class DelayedMessages:
         found = [(due, seq, r) for due, seq, r in self._heap if seq not in self._removed]
         for bucket in self._cold:
             for seq, data in _rows(self._store, bucket_key(bucket)):
+                if seq in self._cancelled:
+                    continue
                 record = decode_record(data)
                 found.append((record.due_at or 0.0, seq, record))
         return [(seq, r) for _, seq, r in sorted(found, key=lambda t: (t[0], t[1]))]
@@ -164,12 +167,15 @@ class DelayedMessages:
         """Cancel one delayed message (as found by :meth:`entries`); False if it is gone."""
         bucket = bucket_of(record.due_at or 0.0)
         if bucket in self._cold:
-            if bucket in self._promoting:  # its read may come before this removal commits
-                self._skip.add(seq)
+            if seq in self._cancelled:
+                return False
+            self._cancelled[seq] = bucket  # reads may come before this removal commits
             self._cold[bucket] -= 1
             self._cold_total -= 1
             if not self._cold[bucket]:
                 del self._cold[bucket]
+                if bucket not in self._promoting:  # nothing reads it any more
+                    self._cancelled = {s: b for s, b in self._cancelled.items() if b != bucket}
         else:
             if seq in self._removed or not any(s == seq for _, s, _ in self._heap):
                 return False
