@@ -18,6 +18,18 @@ from .helpers import drain
 HOUR_MS = 3_600_000
 
 
+def schedule_in_order(broker: Broker, n: int) -> None:
+    """n messages due an hour from now, a millisecond apart, bodies "0".."n-1"."""
+    for i in range(n):
+        broker.publish("/", "", Message(str(i).encode(), "q"), delay_ms=HOUR_MS + i)
+
+
+async def commit_and_run_timers(broker: Broker) -> None:
+    """Let the pending commit land and the callbacks waiting on it run."""
+    await broker.sync()
+    await asyncio.sleep(0)
+
+
 def schedule(broker: Broker, n: int, seed: int = 7) -> list[tuple[int, bytes]]:
     """n messages due over the next three hours, in random order; returns (delay, body)."""
     rng = random.Random(seed)
@@ -68,8 +80,7 @@ async def test_far_delays_survive_restart_and_cancel_exactly_once(
     got: list[bytes] = []
     for minute in range(3 * 60 + 1):
         clock.advance(60)
-        await b.sync()  # a bucket is read in once the writes before it are committed
-        await asyncio.sleep(0)
+        await commit_and_run_timers(b)  # a bucket is read once earlier writes commit
         got += drain(b, s, "q")
         if minute == 90:  # a crash in the middle: nothing twice, nothing lost
             b = await brokers.restart()
@@ -84,11 +95,9 @@ async def test_a_bucket_is_read_only_after_its_writes_commit(
     """Scheduled and then reached before the commit (a clock jump): nothing is skipped."""
     b = brokers.start()
     b.declare_queue("/", "q")
-    for i in range(5):
-        b.publish("/", "", Message(str(i).encode(), "q"), delay_ms=HOUR_MS + i)
+    schedule_in_order(b, 5)
     clock.advance(2 * 3600)  # no await: the writes are still pending on SQLite
-    await b.sync()
-    await asyncio.sleep(0)
+    await commit_and_run_timers(b)
     await b.sync()
     assert drain(b, b.open_session(), "q") == [str(i).encode() for i in range(5)]
 
@@ -115,8 +124,7 @@ async def test_a_store_that_is_never_idle_does_not_starve_far_delays(clock: Fake
     broker = Broker(store, clock)
     broker.start()
     broker.declare_queue("/", "q")
-    for i in range(3):
-        broker.publish("/", "", Message(str(i).encode(), "q"), delay_ms=HOUR_MS + i)
+    schedule_in_order(broker, 3)
     clock.advance(2 * 3600)
     s = broker.open_session()
     assert drain(broker, s, "q") == []  # the bucket's writes are not committed yet
@@ -150,8 +158,7 @@ async def test_delayed_rows_of_the_single_key_layout_are_moved_into_buckets(
     assert store is not None
     assert store.count(STORE_KEY) == 0 and store.count(bucket_key(bucket_of(due))) == 1
     clock.advance(7200)
-    await b.sync()
-    await asyncio.sleep(0)
+    await commit_and_run_timers(b)
     assert drain(b, b.open_session(), "q") == [b"old"]
 
 
@@ -160,8 +167,7 @@ async def test_cancelling_a_far_job_twice_counts_it_once(
 ) -> None:
     b = brokers.start()
     b.declare_queue("/", "q")
-    for i in range(3):
-        b.publish("/", "", Message(str(i).encode(), "q"), delay_ms=HOUR_MS + i)
+    schedule_in_order(b, 3)
     await b.sync()
     [(seq, record), *_] = b.delayed.entries()
     assert b.cancel_delayed(seq, record)
@@ -169,6 +175,5 @@ async def test_cancelling_a_far_job_twice_counts_it_once(
     assert [r.message.body for _, r in b.delayed.entries()] == [b"1", b"2"]
     assert len(b.delayed) == 2 and b.statistics().queue("q").delayed == 2
     clock.advance(2 * 3600)
-    await b.sync()
-    await asyncio.sleep(0)
+    await commit_and_run_timers(b)
     assert drain(b, b.open_session(), "q") == [b"1", b"2"]

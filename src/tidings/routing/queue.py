@@ -176,16 +176,11 @@ class Queue:
             self._dead_letter(self, entry, "maxlen")
         return "drop-head" if over() else None
 
-    def level_of(self, record: Record) -> int:
-        """The priority level (lane) of a message: its priority capped at x-max-priority."""
-        if not self._max_level:
-            return 0
-        return min(record.message.priority or 0, self._max_level)
-
     def enqueue(self, seq: int, record: Record) -> None:
         """Add a message (overflow already checked by :meth:`make_room`)."""
         persistent = self.durable and record.message.persistent and self._keep
-        level = self.level_of(record) if self._max_level else 0
+        # The lane: the priority capped at x-max-priority (as in RabbitMQ); 0 for plain queues.
+        level = min(record.message.priority or 0, self._max_level) if self._max_level else 0
         entry = Entry(seq, record, persistent, level)
         entry.redelivered = record.delivery_count > 0
         self.counters.published += 1
