@@ -66,3 +66,39 @@ def test_inspecting_a_directory_a_server_holds_points_to_the_http_api(tmp_path: 
         assert "GET /api/queues" in out.stderr
     finally:
         server.stop()
+
+
+def test_an_unreadable_record_is_quarantined_listed_and_exported(tmp_path: Path) -> None:
+    import json
+    import struct
+
+    from tidings.storage import SqliteStore
+
+    data = tmp_path / "data"
+    with tidings.connect_blocking(str(data)) as client:
+        for n in range(3):
+            client.send("jobs", {"n": n})
+    store = SqliteStore(data)
+    key = "/\x1fjobs"
+    seq = store.load(key, -1, 10)[1][0]
+    meta = b'{"k":"jobs","t0":1,"h":{"$b":"!"}}'
+    store.replace(key, seq, b"\x00" + struct.pack(">I", len(meta)) + meta)
+    store.close()
+
+    out = run("--data-dir", str(data), "queues")  # opening the broker moves the record aside
+    assert out.returncode == 0, out.stderr
+    ready = {line.split()[0]: line.split()[1] for line in out.stdout.splitlines()[1:]}
+    assert ready["jobs"] == "2"
+    assert "moved to the quarantine" in out.stderr
+    out = run("--data-dir", str(data), "quarantine")
+    assert out.returncode == 0, out.stderr
+    [row] = out.stdout.splitlines()[1:]
+    assert row.split()[:3] == [str(seq), "/", "jobs"] and "unreadable record" in row
+    out = run("--data-dir", str(data), "quarantine", "--export", str(tmp_path / "out"), "--drop")
+    assert out.returncode == 0, out.stderr
+    [entry] = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert (entry["queue"], entry["seq"]) == ("jobs", seq)
+    assert (tmp_path / "out" / entry["file"]).read_bytes()[5:] == meta
+    assert run("--data-dir", str(data), "quarantine").stdout.splitlines()[1:] == []
+    with tidings.connect_blocking(str(data)) as client:
+        assert [client.get("jobs").json() for _ in range(2)] == [{"n": 0}, {"n": 2}]  # type: ignore[union-attr]

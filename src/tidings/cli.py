@@ -1,9 +1,9 @@
 """The ``tidings`` command: the composition root (config → store → broker → servers).
 
 ``tidings serve`` runs the broker with its AMQP listener; ``users`` and ``vhosts`` edit the
-users file (a running server rereads it); ``queues``, ``stats`` and ``dead-letters`` inspect a
-data directory that no process holds. Bad flags give one line and exit code 2; errors at run
-time give one line and exit code 1.
+users file (a running server rereads it); ``queues``, ``stats``, ``dead-letters`` and
+``quarantine`` inspect a data directory that no process holds. Bad flags give one line and
+exit code 2; errors at run time give one line and exit code 1.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, NoReturn
 
 import tidings
@@ -50,7 +51,45 @@ def build_parser() -> argparse.ArgumentParser:
     action = dead.add_mutually_exclusive_group()
     action.add_argument("--replay", action="store_true", help="move them back into the queue")
     action.add_argument("--purge", action="store_true", help="delete them")
+    quarantine = commands.add_parser(
+        "quarantine", help="list stored records that could not be read (moved aside on start)")
+    quarantine.add_argument("--export", metavar="DIR",
+                            help="write each record's bytes and an index.json into DIR")
+    quarantine.add_argument("--drop", action="store_true",
+                            help="delete them from the data directory (after --export, say)")
     return parser
+
+
+def _quarantine(args: argparse.Namespace) -> int:
+    """Reads the store directly: no broker is started, so nothing is recovered or moved."""
+    from tidings.routing import quarantine
+    from tidings.storage import SqliteStore
+
+    store = SqliteStore(args.data_dir)
+    try:
+        found = quarantine.records(store)
+        if args.export:
+            out = Path(args.export)
+            out.mkdir(parents=True, exist_ok=True)
+            index = []
+            for r in found:
+                name = f"{r.seq}.record"
+                (out / name).write_bytes(r.data)
+                index.append({"file": name, "vhost": r.vhost, "queue": r.queue, "seq": r.seq,
+                              "reason": r.reason, "quarantined_at": r.quarantined_at})
+            (out / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+            print(f"exported {len(found)} record(s) to {out}")
+        else:
+            print(f"{'seq':>12}  {'vhost':<10}{'queue':<30}{'bytes':>10}  reason")
+            for r in found:
+                print(f"{r.seq:>12}  {r.vhost:<10}{r.queue:<30}{len(r.data):>10}  {r.reason}")
+        if args.drop:
+            for r in found:
+                quarantine.drop(store, r.id)
+            print(f"dropped {len(found)} record(s)")
+    finally:
+        store.close()
+    return 0
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -60,6 +99,8 @@ async def _run(args: argparse.Namespace) -> int:
         return run_users_command(args)
     if not os.path.isdir(args.data_dir):
         raise tidings.ConfigError(f"no data directory '{args.data_dir}' (see --data-dir)")
+    if args.command == "quarantine":
+        return _quarantine(args)
     try:
         client = await tidings.connect(args.data_dir)
     except ResourceLockedError as e:

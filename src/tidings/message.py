@@ -7,7 +7,8 @@ Faces convert at their edges (AMQP Basic.Properties, HTTP JSON, client arguments
 The bytes form starts with a format byte. Format 1 (the default) is one :mod:`marshal`ed tuple
 (the C codec is 5x faster than JSON on the publish path; marshal's format 4 has been stable since
 Python 3.4 and loading it runs no code). Values marshal cannot carry fall back to format 0:
-``len(meta) (4 bytes) + meta (JSON, bytes tagged) + body``. Both are always readable.
+``len(meta) (4 bytes) + meta (JSON, bytes tagged) + body``. Both are always readable, and
+the JSON form is unambiguous: a user table shaped like a tag is wrapped, never taken for one.
 """
 
 from __future__ import annotations
@@ -89,6 +90,11 @@ def revive(message: Message, routing_key: str) -> Message:
     return message
 
 
+#: Tags of the JSON form for values JSON has no type for. A user table that has a key of this
+#: shape is wrapped as ``{"$t": table}``, so no user value can be read back as a tag.
+_TAGS = ("$b", "$dt", "$dec", "$t")
+
+
 def _tag(value: Any) -> Any:
     if isinstance(value, bytes | bytearray):
         return {"$b": base64.b64encode(value).decode()}
@@ -97,7 +103,8 @@ def _tag(value: Any) -> Any:
     if isinstance(value, decimal.Decimal):
         return {"$dec": str(value)}
     if isinstance(value, dict):
-        return {k: _tag(v) for k, v in value.items()}
+        table = {k: _tag(v) for k, v in value.items()}
+        return {"$t": table} if any(k in _TAGS for k in value) else table
     if isinstance(value, list | tuple):
         return [_tag(v) for v in value]
     return value
@@ -105,16 +112,24 @@ def _tag(value: Any) -> Any:
 
 def _untag(value: Any) -> Any:
     if isinstance(value, dict):
-        if len(value) == 1 and "$b" in value:
-            return base64.b64decode(value["$b"])
-        if len(value) == 1 and "$dt" in value:
-            return datetime.datetime.fromisoformat(value["$dt"])
-        if len(value) == 1 and "$dec" in value:
-            return decimal.Decimal(value["$dec"])
+        if len(value) == 1:
+            ((key, inner),) = value.items()
+            if key == "$b":
+                return base64.b64decode(inner, validate=True)
+            if key == "$dt":
+                return datetime.datetime.fromisoformat(inner)
+            if key == "$dec":
+                return decimal.Decimal(inner)
+            if key == "$t":
+                return {k: _untag(v) for k, v in inner.items()}
         return {k: _untag(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_untag(v) for v in value]
     return value
+
+
+class RecordError(ValueError):
+    """Stored bytes that are not a readable record (they are quarantined, never delivered)."""
 
 
 _JSON, _MARSHAL = b"\x00", b"\x01"
@@ -138,7 +153,14 @@ def encode_record(record: Record) -> bytes:
 
 
 def decode_record(data: bytes) -> Record:
-    """Inverse of :func:`encode_record`."""
+    """Inverse of :func:`encode_record`; raises :class:`RecordError` for unreadable bytes."""
+    try:
+        return _decode(data)
+    except Exception as e:  # any damage, of any kind, is one error: the caller moves it aside
+        raise RecordError(f"unreadable record ({type(e).__name__}: {e})") from e
+
+
+def _decode(data: bytes) -> Record:
     if data[:1] == _MARSHAL:
         (body, key, exchange, persistent, headers, props, t0, dc, exp_at, due, target
          ) = marshal.loads(memoryview(data)[1:])
@@ -147,7 +169,9 @@ def decode_record(data: bytes) -> Record:
             for name, value in zip(_PROPERTY_FIELDS, props, strict=True):
                 setattr(message, name, value)
         return Record(message, t0, dc, exp_at, due, target or {})
-    return _decode_json(memoryview(data)[1:])
+    if data[:1] == _JSON:
+        return _decode_json(memoryview(data)[1:])
+    raise ValueError(f"unknown record format {bytes(data[:1])!r}")
 
 
 def _encode_json(record: Record) -> bytes:

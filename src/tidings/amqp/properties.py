@@ -40,6 +40,21 @@ def _deaths(headers: dict[str, Any], convert: Callable[[Any], Any], kind: type) 
     return {**headers, "x-death": converted}
 
 
+def _for_wire(value: Any) -> Any:
+    """A header value as pamqp encodes it: byte strings as byte arrays (``x``), at any depth.
+    (The store gives ``bytes`` back for what arrived as a ``bytearray``.)"""
+    if isinstance(value, bytes):
+        return bytearray(value)
+    if isinstance(value, dict):
+        return {k: _for_wire(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_for_wire(v) for v in value]
+    return value
+
+
+_NEEDS_CONVERSION = (bytes, dict, list, tuple)
+
+
 def to_message(props: Basic.Properties, body: bytes, exchange: str, routing_key: str) -> Message:
     ts = props.timestamp
     headers = dict(props.headers) if props.headers else None
@@ -60,8 +75,11 @@ def to_properties(message: Message, extra_headers: dict[str, Any] | None = None
     headers = message.headers
     if extra_headers:
         headers = {**(headers or {}), **extra_headers}
-    if headers and "x-death" in headers:
-        headers = _deaths(headers, _to_wire_time, int)
+    if headers:
+        if "x-death" in headers:
+            headers = _deaths(headers, _to_wire_time, int)
+        if any(isinstance(v, _NEEDS_CONVERSION) for v in headers.values()):
+            headers = _for_wire(headers)
     ts = message.timestamp
     return Basic.Properties(
         content_type=message.content_type,

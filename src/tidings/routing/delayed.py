@@ -20,7 +20,8 @@ import asyncio
 import heapq
 from collections.abc import Callable, Iterator
 
-from tidings.message import Record, decode_record, encode_record
+from tidings.message import Record, RecordError, decode_record, encode_record
+from tidings.routing.quarantine import decode_or_quarantine
 from tidings.storage.base import Store
 
 #: The key of every delayed record before buckets existed (recovery moves such rows).
@@ -45,7 +46,7 @@ def is_delayed_key(key: str) -> bool:
 
 class DelayedMessages:
     def __init__(self, store: Store, now: Callable[[], float]) -> None:
-        self._store = store
+        self._store, self._now = store, now
         self._keep = store.keeps_messages
         self._heap: list[tuple[float, int, Record]] = []
         self._removed: set[int] = set()
@@ -89,7 +90,9 @@ class DelayedMessages:
         for key in [k for k in self._store.queues() if is_delayed_key(k)]:
             legacy = key == STORE_KEY
             for seq, data in _rows(self._store, key):
-                record = decode_record(data)
+                record = decode_or_quarantine(self._store, key, seq, data, self._now())
+                if record is None:
+                    continue
                 if legacy:  # moved under its bucket key, in the same transaction
                     self._store.remove(STORE_KEY, seq)
                     self.add(seq, record)
@@ -128,8 +131,8 @@ class DelayedMessages:
         for bucket in sorted(self._promoting):
             self._cold_total -= self._cold.pop(bucket, 0)
             for seq, data in _rows(self._store, bucket_key(bucket)):
-                if seq not in held:
-                    record = decode_record(data)
+                if seq not in held and (record := decode_or_quarantine(
+                        self._store, bucket_key(bucket), seq, data, now)) is not None:
                     heapq.heappush(self._heap, (record.due_at or 0.0, seq, record))
         self._cancelled = {s: b for s, b in self._cancelled.items() if b not in self._promoting}
         self._promoting.clear()
@@ -159,7 +162,10 @@ class DelayedMessages:
             for seq, data in _rows(self._store, bucket_key(bucket)):
                 if seq in self._cancelled:
                     continue
-                record = decode_record(data)
+                try:
+                    record = decode_record(data)
+                except RecordError:  # quarantined when its bucket is read in
+                    continue
                 found.append((record.due_at or 0.0, seq, record))
         return [(seq, r) for _, seq, r in sorted(found, key=lambda t: (t[0], t[1]))]
 

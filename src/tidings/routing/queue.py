@@ -21,8 +21,9 @@ import heapq
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from tidings.message import Record, decode_record, encode_record
+from tidings.message import Record, encode_record
 from tidings.routing.arguments import QueueOptions
+from tidings.routing.quarantine import decode_or_quarantine
 from tidings.routing.stats import Counters, Histogram
 from tidings.storage.base import TRANSIENT, Store
 
@@ -203,14 +204,18 @@ class Queue:
             self.dispatch()
 
     def restore(self, level: int, entries: list[Entry], paged_out: int, paged_bytes: int,
-                max_seq: int, mark: int = -1) -> None:
+                max_seq: int, mark: int = -1, read_up_to: int = -1) -> None:
         """Recovery of one lane: its first stored messages plus counts of the rest.
+
+        ``read_up_to`` is the last seq recovery read (quarantined rows included): paging in
+        resumes after it.
 
         ``mark`` is the lane's stored delivered high-water mark: messages at or below it were
         delivered before the restart, so they come back marked redelivered, including the
         ones paged in later."""
         lane = self.lanes[level]
         lane.marked = max(lane.marked, mark)
+        lane.boundary = max(lane.boundary, read_up_to)
         for entry in entries:
             entry.level = level
             self._revisit(lane, entry)
@@ -247,31 +252,52 @@ class Queue:
     # -- taking ----------------------------------------------------------------------------
 
     def _page_in(self, lane: Lane) -> None:
-        average = lane.paged_bytes // lane.paged_out if lane.paged_out else 1
-        limit = min(self.window // 2, self.window_bytes // 2 // max(average, 1))
-        rows = self._store.load(lane.key, lane.boundary, max(1, limit))
+        """Read the next page of ``lane``; pages whose rows were all removed meanwhile (or
+        quarantined) are passed over, so one call leaves a message ready if there is one."""
         level = lane.level
-        for seq, data in rows:
-            if seq in lane.removed:
-                lane.removed.discard(seq)
-                continue
-            entry = Entry(seq, decode_record(data), True, level)
-            self._revisit(lane, entry)
-            lane.paged_out -= 1
-            lane.paged_bytes -= entry.size
-            self.paged_out -= 1
-            self.paged_bytes -= entry.size
-            self._push(entry)
-        if rows:
-            lane.boundary = max(lane.boundary, rows[-1][0])
-        if lane.paged_out <= 0:
-            self.paged_out -= lane.paged_out
-            self.paged_bytes -= lane.paged_bytes
-            lane.paged_out = lane.paged_bytes = 0
-            self._paged.discard(level)
-        elif not rows and self.on_page_wait is not None:
-            self._awaiting_commit = True  # not readable until the pending commit
-            self.on_page_wait(self)
+        while True:
+            average = lane.paged_bytes // lane.paged_out if lane.paged_out > 0 else 1
+            limit = min(self.window // 2, self.window_bytes // 2 // max(average, 1))
+            rows = self._store.load(lane.key, lane.boundary, max(1, limit))
+            pushed = False
+            for seq, data in rows:
+                if seq in lane.removed:
+                    lane.removed.discard(seq)
+                    continue
+                record = self._decode(lane, seq, data)
+                if record is None:  # moved to the quarantine: no longer paged out
+                    self._unpage(lane, len(data))
+                    continue
+                entry = Entry(seq, record, True, level)
+                self._revisit(lane, entry)
+                self._unpage(lane, entry.size)
+                self._push(entry)
+                pushed = True
+            if rows:
+                lane.boundary = max(lane.boundary, rows[-1][0])
+            if lane.paged_out <= 0:
+                self.paged_out -= lane.paged_out
+                self.paged_bytes -= lane.paged_bytes
+                lane.paged_out = lane.paged_bytes = 0
+                self._paged.discard(level)
+                return
+            if not rows:
+                if self.on_page_wait is not None:
+                    self._awaiting_commit = True  # not readable until the pending commit
+                    self.on_page_wait(self)
+                return
+            if pushed:
+                return
+
+    def _decode(self, lane: Lane, seq: int, data: bytes) -> Record | None:
+        return decode_or_quarantine(self._store, lane.key, seq, data, self._now())
+
+    def _unpage(self, lane: Lane, size: int) -> None:
+        """Count one paged-out message of ``lane`` as no longer in the store."""
+        lane.paged_out -= 1
+        lane.paged_bytes -= size
+        self.paged_out -= 1
+        self.paged_bytes -= size
 
     def after_commit(self, deliver: bool = True) -> None:
         """The commit awaited for paged-out rows has landed: read them (and deliver)."""
@@ -417,11 +443,15 @@ class Queue:
         ready = sorted(self._ready, key=lambda t: (t[0], t[1]))[:limit]
         for level in self._paged:  # merged by (level, seq): the store rows follow memory's
             lane = self.lanes[level]
-            ready += [
-                (-level, seq, Entry(seq, decode_record(data), True, level))
-                for seq, data in self._store.load(lane.key, lane.boundary, limit)
-                if seq not in lane.removed
-            ]
+            for seq, data in self._store.load(lane.key, lane.boundary, limit):
+                if seq in lane.removed:
+                    continue
+                record = self._decode(lane, seq, data)
+                if record is None:
+                    lane.removed.add(seq)
+                    self._unpage(lane, len(data))
+                else:
+                    ready.append((-level, seq, Entry(seq, record, True, level)))
         if self._paged:
             ready.sort(key=lambda t: (t[0], t[1]))
         return [e for _, _, e in ready[:limit]]
@@ -442,13 +472,14 @@ class Queue:
                 continue
             rows = self._store.load(lane.key, seq - 1, 1)
             if rows and rows[0][0] == seq:
-                entry = Entry(seq, decode_record(rows[0][1]), True, level)
-                self._store.remove(lane.key, seq)
+                record = self._decode(lane, seq, rows[0][1])
                 lane.removed.add(seq)
-                lane.paged_out -= 1
-                lane.paged_bytes -= entry.size
-                self.paged_out -= 1
-                self.paged_bytes -= entry.size
+                if record is None:
+                    self._unpage(lane, len(rows[0][1]))
+                    return None
+                entry = Entry(seq, record, True, level)
+                self._store.remove(lane.key, seq)
+                self._unpage(lane, entry.size)
                 return entry
         return None
 

@@ -2,7 +2,8 @@
 
 Order: vhosts, exchanges, queues, bindings, then messages. Rows of queues that are no longer
 durable definitions are dropped. Each durable queue gets its first window of messages in seq
-order; the rest stay paged out. Messages at or below the queue's delivered mark may have been
+order; the rest stay paged out. A record that cannot be read is quarantined, never allowed to stop
+recovery (``routing/quarantine.py``). Messages at or below the queue's delivered mark may have been
 delivered before the crash: they come back marked redelivered (AMQP allows a false
 "redelivered"; it never allows a silent duplicate), with at least one failed delivery counted.
 A requeue rewrites the record with its count, so counts are exact except for a delivery in
@@ -13,10 +14,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tidings.message import decode_record
 from tidings.routing import definitions as defs
 from tidings.routing.delayed import is_delayed_key
 from tidings.routing.exchange import Binding, Exchange, freeze_arguments
+from tidings.routing.quarantine import decode_or_quarantine
 from tidings.routing.queue import Entry, lane_key, split_lane_key
 
 if TYPE_CHECKING:
@@ -74,14 +75,17 @@ def _recover_messages(broker: Broker) -> None:
             total = store.count(key)
             if not total:
                 continue
-            sample = store.load(key, -1, 100)
-            average = max(sum(len(data) for _, data in sample) // max(len(sample), 1), 1)
+            sample = store.record_sizes(key, 100)
+            average = max(sum(sample) // max(len(sample), 1), 1)
             limit = min(room, room_bytes // average)
             rows = store.load(key, -1, limit) if limit > 0 else []
-            entries = [Entry(seq, decode_record(data), True) for seq, data in rows]
+            now = broker.clock.time()
+            entries = [Entry(seq, record, True) for seq, data in rows
+                       if (record := decode_or_quarantine(store, key, seq, data, now))]
             size = sum(e.size for e in entries)
             room -= len(entries)
             room_bytes -= size
-            paged = total - len(entries)
-            queue.restore(level, entries, paged, average * paged, max_seq, marks.get(key, -1))
+            paged = total - len(rows)
+            queue.restore(level, entries, paged, average * paged, max_seq, marks.get(key, -1),
+                          rows[-1][0] if rows else -1)
     broker.delayed.recover()

@@ -123,6 +123,8 @@ class BrokerStatistics:
     delayed: int
     counts: dict[str, int]
     rates: dict[str, float]
+    #: Stored records that could not be read and were moved aside (``tidings quarantine``).
+    quarantined: int = 0
 
     def queue(self, name: str, vhost: str = "/") -> QueueStatistics:
         for q in self.queues:

@@ -4,9 +4,11 @@ the once-a-second tick (rates, ``x-expires``, consumer timeouts) and the statist
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from tidings.errors import PreconditionFailedError
+from tidings.routing import quarantine
 from tidings.routing.stats import COUNTERS, BrokerStatistics, Counters, QueueStatistics
 
 if TYPE_CHECKING:
@@ -16,6 +18,8 @@ if TYPE_CHECKING:
     from tidings.routing.queue import Queue
     from tidings.routing.session import Session
     from tidings.storage.base import Store
+
+log = logging.getLogger("tidings.broker")
 
 #: Seconds between housekeeping ticks (rates, x-expires, consumer timeouts).
 TICK_S = 1.0
@@ -64,7 +68,18 @@ class UpkeepMixin:
         future.add_done_callback(lambda _: queue.after_commit())
 
     def _tick(self) -> None:
+        """Once a second: rates, queue expiry, consumer timeouts. A failure is logged and the
+        next tick still comes: upkeep must never stop for good."""
         now = self.clock.time()
+        try:
+            self._upkeep(now)
+        except Exception:
+            log.exception("broker upkeep failed; retrying at the next tick")
+        finally:
+            if not self.closed:
+                self._tick_timer = self.clock.call_at(now + TICK_S, self._tick)
+
+    def _upkeep(self, now: float) -> None:
         self.counters.sample(now)
         for v in self.vhosts.values():
             for queue in list(v.queues.values()):
@@ -74,8 +89,6 @@ class UpkeepMixin:
                         and now - queue.last_used >= expires_ms / 1000.0):
                     self._delete_queue(queue)
         self._check_consumer_timeouts(now)
-        if not self.closed:
-            self._tick_timer = self.clock.call_at(now + TICK_S, self._tick)
 
     def _check_consumer_timeouts(self, now: float) -> None:
         for session in list(self.sessions):
@@ -94,6 +107,13 @@ class UpkeepMixin:
                 break
 
     # -- statistics ------------------------------------------------------------------------
+
+    def quarantined(self) -> list[quarantine.QuarantinedRecord]:
+        """Stored records that could not be read, moved aside (see ``routing/quarantine``)."""
+        return quarantine.records(self.store)
+
+    def drop_quarantined(self, ident: str) -> None:
+        quarantine.drop(self.store, ident)
 
     def queue_statistics(self, queue: Queue) -> QueueStatistics:
         oldest = queue.oldest_ready_at()
@@ -130,6 +150,7 @@ class UpkeepMixin:
             delayed=len(self.delayed),
             counts=counts,
             rates=rates,
+            quarantined=len(self.quarantined()),
         )
 
 

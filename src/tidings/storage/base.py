@@ -68,6 +68,10 @@ class Store(Protocol):
 
     def count(self, queue: str) -> int: ...
 
+    def record_sizes(self, queue: str, limit: int) -> list[int]:
+        """Byte sizes of the first ``limit`` records of ``queue`` (without reading them)."""
+        ...
+
     def queues(self) -> list[str]:
         """Names of queues that hold at least one record."""
         ...

@@ -85,6 +85,9 @@ class MemoryStore:
     def count(self, queue: str) -> int:
         return len(self._queues.get(queue, {}))
 
+    def record_sizes(self, queue: str, limit: int) -> list[int]:
+        return [len(data) for _, data in self.load(queue, -1, limit)]
+
     def queues(self) -> list[str]:
         return [name for name, records in self._queues.items() if records]
 

@@ -243,6 +243,14 @@ class SqliteStore:
         cur = self._reader.execute("SELECT count(*) FROM messages WHERE queue = ?", (queue,))
         return int(cur.fetchone()[0])
 
+    def record_sizes(self, queue: str, limit: int) -> list[int]:
+        # length() of a BLOB column reads its size from the record header, not the overflow
+        # pages, so a queue of large messages is sized without loading them.
+        cur = self._reader.execute(
+            "SELECT length(data) FROM messages WHERE queue = ? ORDER BY seq LIMIT ?",
+            (queue, limit))
+        return [int(r[0]) for r in cur]
+
     def queues(self) -> list[str]:
         return [r[0] for r in self._reader.execute("SELECT DISTINCT queue FROM messages")]
 
