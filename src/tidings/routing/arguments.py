@@ -15,6 +15,10 @@ OVERFLOWS = ("drop-head", "reject-publish", "reject-publish-dlx")
 QUEUE_TYPES = ("classic", "quorum")
 #: Highest x-max-priority RabbitMQ accepts.
 MAX_PRIORITY = 255
+#: Longest timer RabbitMQ accepts, ms (``x-message-ttl``, ``x-expires``, ``expiration``).
+MAX_EXPIRY_MS = 2**32 - 1
+#: Every other integer argument fits AMQP's signed 64-bit integer.
+MAX_LONG = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +37,16 @@ class QueueOptions:
     queue_type: str = "classic"
 
 
-def _int(name: str, value: Any, queue: str, minimum: int) -> int:
+def _int(name: str, value: Any, queue: str, minimum: int, maximum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise InvalidArgumentError(
-            f"invalid arg '{name}' for queue '{queue}': {value!r} is not an integer >= {minimum}"
+            f"invalid arg '{name}' for queue '{queue}': {str(value)[:40]} is not an integer "
+            f">= {minimum}"
+        )
+    if value > maximum:
+        raise InvalidArgumentError(
+            f"invalid arg '{name}' for queue '{queue}': {str(value)[:40]} is larger than "
+            f"{maximum}"
         )
     return value
 
@@ -53,22 +63,18 @@ def parse_queue_arguments(queue: str, arguments: dict[str, Any]) -> QueueOptions
     """Check and parse queue arguments; unknown ``x-`` arguments are ignored, as RabbitMQ does."""
     a = arguments
     ints = {
-        "x-message-ttl": ("message_ttl_ms", 0),
-        "x-expires": ("expires_ms", 1),
-        "x-max-length": ("max_length", 0),
-        "x-max-length-bytes": ("max_length_bytes", 0),
-        "x-max-priority": ("max_priority", 0),
-        "x-delivery-limit": ("delivery_limit", 0),
-        "x-consumer-timeout": ("consumer_timeout_ms", 1),
+        "x-message-ttl": ("message_ttl_ms", 0, MAX_EXPIRY_MS),
+        "x-expires": ("expires_ms", 1, MAX_EXPIRY_MS),
+        "x-max-length": ("max_length", 0, MAX_LONG),
+        "x-max-length-bytes": ("max_length_bytes", 0, MAX_LONG),
+        "x-max-priority": ("max_priority", 0, MAX_PRIORITY),
+        "x-delivery-limit": ("delivery_limit", 0, MAX_LONG),
+        "x-consumer-timeout": ("consumer_timeout_ms", 1, MAX_EXPIRY_MS),
     }
     values: dict[str, Any] = {}
-    for arg, (field_name, minimum) in ints.items():
+    for arg, (field_name, minimum, maximum) in ints.items():
         if a.get(arg) is not None:
-            values[field_name] = _int(arg, a[arg], queue, minimum)
-    if values.get("max_priority", 0) > MAX_PRIORITY:
-        raise InvalidArgumentError(
-            f"invalid arg 'x-max-priority' for queue '{queue}': {a['x-max-priority']} > 255"
-        )
+            values[field_name] = _int(arg, a[arg], queue, minimum, maximum)
     if "x-overflow" in a:
         values["overflow"] = _choice("x-overflow", a["x-overflow"], queue, OVERFLOWS)
     if "x-queue-type" in a:
@@ -96,10 +102,12 @@ def message_ttl_ms(expiration: str | None) -> int | None:
     """Per-message TTL from the ``expiration`` property (a decimal string of milliseconds)."""
     if expiration is None:
         return None
+    shown = expiration[:40]
     try:
-        ttl = int(expiration)
+        ttl = int(expiration) if len(expiration) <= 20 else -1
     except ValueError as e:
-        raise InvalidArgumentError(f"invalid expiration '{expiration}': not an integer") from e
-    if ttl < 0:
-        raise InvalidArgumentError(f"invalid expiration '{expiration}': negative")
+        raise InvalidArgumentError(f"invalid expiration '{shown}': not an integer") from e
+    if not 0 <= ttl <= MAX_EXPIRY_MS:
+        raise InvalidArgumentError(f"invalid expiration '{shown}': not an integer from 0 to "
+                                   f"{MAX_EXPIRY_MS}")
     return ttl
