@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tidings.amqp.connection import MAX_MESSAGE_BYTES
 from tidings.errors import BrokenResourceError, ConfigError
 
 
@@ -37,6 +38,9 @@ def add_serve_parser(commands: Any) -> None:
     serve.add_argument("--heartbeat-s", type=int, default=60,
                        help="heartbeat interval offered to clients (0 disables)")
     serve.add_argument("--frame-max", type=int, default=131072, help="largest frame, bytes")
+    serve.add_argument("--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES,
+                       help="largest message body accepted over AMQP; a larger one closes its "
+                            f"channel with 406 (default {MAX_MESSAGE_BYTES} = 64 MiB)")
     serve.add_argument("--memory-high-watermark-mb", type=float,
                        help="block publishers while the server's memory is above this")
     serve.add_argument("--disk-free-limit-mb", type=float, default=50.0,
@@ -73,7 +77,8 @@ async def serve(args: argparse.Namespace) -> int:
     server = AmqpServer(broker, UserStore(data_dir), heartbeat_s=args.heartbeat_s,
                         frame_max=args.frame_max,
                         memory_high_watermark_mb=args.memory_high_watermark_mb,
-                        disk_free_limit_mb=args.disk_free_limit_mb, data_dir=data_dir)
+                        disk_free_limit_mb=args.disk_free_limit_mb, data_dir=data_dir,
+                        max_message_bytes=args.max_message_bytes)
     http = None
     try:
         listening = [("amqp", args.amqp_port, None, "--amqp-port")]

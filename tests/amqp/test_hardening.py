@@ -8,8 +8,15 @@ import decimal
 from pathlib import Path
 
 import pika
+import pytest
+from pamqp import commands, header
+
+from tidings.resources import rss_mb
 
 from ..serverproc import ServerProcess
+from .raw import RawClient
+
+B, Ch = commands.Basic, commands.Channel
 
 
 def params(server: ServerProcess, **kw: object) -> pika.ConnectionParameters:
@@ -37,6 +44,45 @@ def test_a_confirmed_message_with_tag_shaped_headers_survives_kill_9(tmp_path: P
             method, props, body = conn.channel().basic_get("tagged", auto_ack=True)
             assert method is not None and body == b"payload"
             assert props.headers == headers
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_a_message_above_the_max_size_is_refused_on_its_header(tmp_path: Path) -> None:
+    """A header announcing 2^62 bytes followed by endless body frames: the channel is closed
+    with 406 at once, the body is never buffered, and the connection goes on serving."""
+    server = ServerProcess(tmp_path / "data", "--max-message-bytes", str(2**20)).start()
+    assert server.proc is not None
+    try:
+        raw = RawClient(server.port, 0)
+        raw.open_channel(1)
+        raw.send(1, B.Publish(exchange="", routing_key="big"))
+        raw.send(1, header.ContentHeader(0, 2**62, B.Properties()))
+        before = rss_mb(server.proc.pid)
+        for _ in range(400):  # 52 MB the server must not keep
+            raw.send_body(1, b"x" * 131_000)
+        close = raw.expect(Ch.Close)
+        assert close.reply_code == 406  # type: ignore[attr-defined]
+        assert close.reply_text == (  # type: ignore[attr-defined]
+            f"PRECONDITION_FAILED - message size {2**62} is larger than configured max size "
+            f"{2**20}")
+        assert rss_mb(server.proc.pid) - before < 30
+        raw.send(1, Ch.CloseOk())
+        raw.open_channel(2)  # the connection still serves
+        raw.send(2, commands.Queue.Declare(queue="small"))
+        raw.expect(commands.Queue.DeclareOk)
+        raw.sock.close()
+        with pika.BlockingConnection(params(server)) as conn:
+            ch = conn.channel()
+            ch.queue_declare("small")
+            ch.basic_publish("", "small", b"y" * 2**20)  # exactly the limit: accepted
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+                ch.basic_publish("", "small", b"y" * (2**20 + 1))
+                ch.queue_declare("small", passive=True)
+            assert e.value.reply_code == 406
+            method, _, body = conn.channel().basic_get("small", auto_ack=True)
+            assert method is not None and len(body) == 2**20
     finally:
         server.stop()
     assert "Traceback" not in server.log.read_text()

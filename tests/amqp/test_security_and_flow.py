@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import socket
 import ssl
 import subprocess
 import sys
@@ -13,14 +12,14 @@ from pathlib import Path
 
 import pika
 import pytest
-from pamqp import commands, frame
+from pamqp import commands
 
-from tidings.amqp.frames import PROTOCOL_HEADER, FrameReader
 from tidings.auth import UserStore
 from tidings.errors import AccessRefusedError
 from tidings.resources import rss_mb
 
 from ..serverproc import ServerProcess
+from .raw import RawClient
 
 C, Ch, B = commands.Connection, commands.Channel, commands.Basic
 
@@ -32,36 +31,6 @@ def tidings_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def params(server: ServerProcess, **kw: object) -> pika.ConnectionParameters:
     return pika.ConnectionParameters("127.0.0.1", server.port, **kw)  # type: ignore[arg-type]
-
-
-class RawClient:
-    """A minimal hand-driven AMQP client: handshake, then frames of our choosing."""
-
-    def __init__(self, port: int, heartbeat_s: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.reader = FrameReader()
-        self.sock.sendall(PROTOCOL_HEADER)
-        self.expect(C.Start)
-        self.send(0, C.StartOk({}, "PLAIN", "\x00guest\x00guest"))
-        self.expect(C.Tune)
-        self.send(0, C.TuneOk(0, 131072, heartbeat_s))
-        self.send(0, C.Open("/"))
-        self.expect(C.OpenOk)
-
-    def send(self, channel: int, value: object) -> None:
-        self.sock.sendall(frame.marshal(value, channel))  # type: ignore[arg-type]
-
-    def expect(self, kind: type) -> object:
-        while True:
-            item = self.reader.next_frame()
-            if item is not None:
-                if isinstance(item[1], kind):
-                    return item[1]
-                continue
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError("closed")
-            self.reader.feed(data)
 
 
 def test_silent_peer_is_dropped_and_its_unacked_message_requeued(

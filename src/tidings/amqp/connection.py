@@ -38,7 +38,7 @@ from tidings.amqp.frames import (
     encode_content,
     encode_method,
 )
-from tidings.errors import TidingsError
+from tidings.errors import PreconditionFailedError, TidingsError
 
 C, Ch, B = commands.Connection, commands.Channel, commands.Basic
 
@@ -64,6 +64,9 @@ LEGAL: dict[str, tuple[type[Method], ...]] = {
 CHANNEL_MAX = 2047
 FRAME_MAX = 131072
 HEARTBEAT_S = 60
+#: Largest message body accepted (RabbitMQ's ``max_message_size`` defaults to 128 MiB; ours is
+#: lower because Python holds a body two or three times over while it is assembled and stored).
+MAX_MESSAGE_BYTES = 64 * 2**20
 
 
 class ProtocolError(TidingsError):
@@ -150,8 +153,10 @@ class _Channel:
 
 class ServerConnection:
     def __init__(self, server_properties: dict[str, Any], *, channel_max: int = CHANNEL_MAX,
-                 frame_max: int = FRAME_MAX, heartbeat_s: int = HEARTBEAT_S) -> None:
+                 frame_max: int = FRAME_MAX, heartbeat_s: int = HEARTBEAT_S,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self.state = AWAIT_HEADER
+        self.max_message_bytes = max_message_bytes
         self.server_properties = server_properties
         self.channel_max, self.frame_max, self.heartbeat_s = channel_max, frame_max, heartbeat_s
         self.channels: dict[int, _Channel] = {}
@@ -308,6 +313,14 @@ class ServerConnection:
             if not isinstance(frame, pheader.ContentHeader):
                 raise ProtocolError(505, f"expected content header for 'basic.publish' on "
                                          f"channel {channel}, got {type(frame).__name__}")
+            if frame.body_size > self.max_message_bytes:
+                # Refused on the announced size, before a byte of the body is buffered; the
+                # body frames that follow are dropped unread while the channel closes.
+                self.close_channel(channel, PreconditionFailedError(
+                    f"message size {frame.body_size} is larger than configured max size "
+                    f"{self.max_message_bytes}"), B.Publish)
+                self._events.append(ChannelClosed(channel))
+                return
             ch.properties, ch.body_size = frame.properties, frame.body_size
         elif isinstance(frame, body.ContentBody):
             ch.parts.append(frame.value)

@@ -32,6 +32,7 @@ import tidings
 from tidings.amqp.channel import AmqpChannel
 from tidings.amqp.connection import (
     CLOSING,
+    MAX_MESSAGE_BYTES,
     OPEN,
     ChannelClosed,
     ChannelOpened,
@@ -93,7 +94,8 @@ class AmqpLink(asyncio.Protocol):
         self.server, self.broker = server, server.broker
         self.connection_id = f"c{next(_ids)}"
         self.conn = ServerConnection(server_properties(), frame_max=server.frame_max,
-                                     heartbeat_s=server.heartbeat_s)
+                                     heartbeat_s=server.heartbeat_s,
+                                     max_message_bytes=server.max_message_bytes)
         self.channels: dict[int, AmqpChannel] = {}
         self.username = ""
         self.vhost = "/"
@@ -352,8 +354,10 @@ class AmqpServer:
 
     def __init__(self, broker: Broker, users: UserStore, *, heartbeat_s: int = 60,
                  frame_max: int = 131072, memory_high_watermark_mb: float | None = None,
-                 disk_free_limit_mb: float | None = None, data_dir: Path | None = None) -> None:
+                 disk_free_limit_mb: float | None = None, data_dir: Path | None = None,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self.broker, self.users = broker, users
+        self.max_message_bytes = max_message_bytes
         self.heartbeat_s, self.frame_max = heartbeat_s, frame_max
         self.memory_high_watermark_mb = memory_high_watermark_mb
         self.disk_free_limit_mb = disk_free_limit_mb
