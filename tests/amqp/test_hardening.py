@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import time
 from pathlib import Path
 
 import pika
@@ -86,3 +87,36 @@ def test_a_message_above_the_max_size_is_refused_on_its_header(tmp_path: Path) -
     finally:
         server.stop()
     assert "Traceback" not in server.log.read_text()
+
+
+def test_a_prefetch_0_consumer_that_reads_nothing_does_not_pull_the_queue_into_memory(
+    tmp_path: Path,
+) -> None:
+    """pika's default prefetch is 0 (unlimited): dispatch stops at the connection's output
+    bound and waits for the socket, instead of moving the whole queue into memory at once."""
+    server = ServerProcess(tmp_path / "data").start()
+    assert server.proc is not None
+    n, body = 50_000, b"m" * 1024
+    try:
+        with pika.BlockingConnection(params(server)) as conn:
+            ch = conn.channel()
+            ch.queue_declare("deep")
+            for _ in range(n):
+                ch.basic_publish("", "deep", body)
+            assert ch.queue_declare("deep", passive=True).method.message_count == n
+        before = rss_mb(server.proc.pid)
+        raw = RawClient(server.port, 0)
+        raw.open_channel(1)
+        raw.send(1, B.Consume(queue="deep"))
+        raw.expect(B.ConsumeOk)  # ... and from now on this client reads nothing
+        time.sleep(1.0)
+        with pika.BlockingConnection(params(server)) as conn:
+            started = time.monotonic()
+            ready = conn.channel().queue_declare("deep", passive=True).method.message_count
+            answered_s = time.monotonic() - started
+        assert ready > n * 0.8, f"{n - ready} of {n} messages were pulled out for one reader"
+        assert answered_s < 1.0
+        assert rss_mb(server.proc.pid) - before < 40
+        raw.sock.close()
+    finally:
+        server.stop()

@@ -218,7 +218,7 @@ class AmqpChannel:
             conn.send_content(number, B.Deliver(consumer_tag, d.delivery_tag, d.redelivered,
                                                 m.exchange, m.routing_key),
                               to_properties(m, extra), m.body)
-            link.flush_soon()
+            link.delivered()
 
         return deliver
 

@@ -164,6 +164,8 @@ class ServerConnection:
         self._reader = FrameReader(frame_max)
         self._events: deque[Event] = deque()
         self._out: list[bytes] = []
+        #: Bytes queued in ``_out``: the driver stops deliveries while it is large.
+        self.pending_bytes = 0
 
     # -- input -----------------------------------------------------------------------------
 
@@ -197,6 +199,7 @@ class ServerConnection:
 
     def data_to_send(self) -> bytes:
         out, self._out = self._out, []
+        self.pending_bytes = 0
         return b"".join(out)
 
     def _start(self) -> None:
@@ -350,7 +353,11 @@ class ServerConnection:
     # -- output ----------------------------------------------------------------------------
 
     def _send(self, channel: int, method: Method) -> None:
-        self._out.append(encode_method(channel, method))
+        self._queue(encode_method(channel, method))
+
+    def _queue(self, data: bytes) -> None:
+        self._out.append(data)
+        self.pending_bytes += len(data)
 
     def send_method(self, channel: int, method: Method) -> None:
         if channel == 0 or channel in self.channels:
@@ -359,11 +366,11 @@ class ServerConnection:
     def send_content(self, channel: int, method: Method, properties: B.Properties,
                      payload: bytes) -> None:
         if channel in self.channels:
-            self._out.append(encode_method(channel, method))
-            self._out.append(encode_content(channel, properties, payload, self.frame_max))
+            self._queue(encode_method(channel, method))
+            self._queue(encode_content(channel, properties, payload, self.frame_max))
 
     def send_raw(self, data: bytes) -> None:
-        self._out.append(data)
+        self._queue(data)
 
     def close_channel(self, channel: int, error: TidingsError,
                       method: type[Method] | None = None) -> None:

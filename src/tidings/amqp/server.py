@@ -70,6 +70,10 @@ CAPABILITIES = {
 }
 #: Seconds a peer has to answer our connection.close with close-ok before it is dropped.
 CLOSE_TIMEOUT_S = 2.0
+#: Bytes of deliveries a connection may have queued for its peer before dispatch to it pauses
+#: (resumed once they are handed to the socket and the socket keeps up). Without it a consumer
+#: with prefetch 0 or no_ack pulls a whole queue into memory in one pass of the loop.
+OUTPUT_LIMIT_BYTES = 1 << 20
 #: Seconds between checks of the memory and disk alarms.
 ALARM_CHECK_S = 1.0
 _ids = itertools.count(1)
@@ -109,6 +113,10 @@ class AmqpLink(asyncio.Protocol):
         self.blocked = False
         self._store_wait = False
         self._close_timer: asyncio.TimerHandle | None = None
+        #: Why deliveries to this peer are paused: the socket's buffer is full (asyncio said
+        #: so), or more than OUTPUT_LIMIT_BYTES wait to be written.
+        self._socket_full = False
+        self._output_full = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -140,12 +148,29 @@ class AmqpLink(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         """The peer reads slower than we deliver: stop deliveries until it catches up."""
-        for channel in self.channels.values():
-            channel.session.flow_active = False
+        self._socket_full = True
+        self._set_output(False)
 
     def resume_writing(self) -> None:
+        self._socket_full = False
+        self._reopen_output()
+
+    def delivered(self) -> None:
+        """After each delivery: past the output limit, deliveries pause until it is written."""
+        if self.conn.pending_bytes >= OUTPUT_LIMIT_BYTES and not self._output_full:
+            self._output_full = True
+            self._set_output(False)
+        self.flush_soon()
+
+    def _set_output(self, open_: bool) -> None:
         for channel in self.channels.values():
-            channel.session.flow_active = True
+            channel.session.output_open = open_
+
+    def _reopen_output(self) -> None:
+        if self._socket_full or self._output_full or self.transport is None:
+            return
+        self._set_output(True)
+        for channel in list(self.channels.values()):
             self.broker.dispatch_session(channel.session)
 
     # -- events ----------------------------------------------------------------------------
@@ -202,7 +227,8 @@ class AmqpLink(asyncio.Protocol):
             else:
                 channel.handle(event.method)
         elif isinstance(event, ChannelOpened):
-            self.channels[event.channel] = AmqpChannel(self, event.channel)
+            channel = self.channels[event.channel] = AmqpChannel(self, event.channel)
+            channel.session.output_open = not (self._socket_full or self._output_full)
         elif isinstance(event, ChannelClosed):
             channel = self.channels.pop(event.channel, None)
             if channel is not None:
@@ -296,8 +322,13 @@ class AmqpLink(asyncio.Protocol):
         self._flush_scheduled = False
         data = self.conn.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+            self.transport.write(data)  # may call pause_writing
             self._last_send = time.monotonic()
+        if self._output_full:
+            # Written out: deliver more in a later turn, so one consumer cannot hold the loop
+            # (or, while the socket is full, once asyncio calls resume_writing).
+            self._output_full = False
+            asyncio.get_running_loop().call_soon(self._reopen_output)
 
     def flush_soon(self) -> None:
         if not self._flush_scheduled:

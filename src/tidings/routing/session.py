@@ -60,7 +60,7 @@ class Consumer:
 
     def has_room(self) -> bool:
         if self.no_ack:
-            return self.session.flow_active
+            return self.session.flow_active and self.session.output_open
         if self.prefetch_count and self.outstanding >= self.prefetch_count:
             return False
         return self.session.has_room()
@@ -79,14 +79,18 @@ class Session:
         self.consumers: dict[str, Consumer] = {}
         #: Channel-wide prefetch (``basic.qos`` with global=true in RabbitMQ); 0 = unlimited.
         self.prefetch_count = 0
+        #: The client's ``channel.flow``.
         self.flow_active = True
+        #: False while the face's output to this session's peer is full (a slow reader, or
+        #: more than a bound buffered): deliveries wait, whatever the prefetch.
+        self.output_open = True
         self.closed = False
         self._consumer_serial = 0
         #: Called with the error when the broker closes the session (e.g. consumer timeout).
         self.on_error: Callable[[Exception], None] | None = None
 
     def has_room(self) -> bool:
-        if not self.flow_active:
+        if not (self.flow_active and self.output_open):
             return False
         return not self.prefetch_count or len(self.unacked) < self.prefetch_count
 
