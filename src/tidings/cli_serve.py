@@ -18,6 +18,12 @@ from typing import Any
 
 from tidings.amqp.connection import MAX_MESSAGE_BYTES
 from tidings.errors import BrokenResourceError, ConfigError
+from tidings.resources import total_memory_mb
+
+#: Share of the machine's RAM that held messages and buffers may reach before publishers are
+#: blocked (RabbitMQ's default watermark is 0.4 of RAM measured as its whole process; Python
+#: objects cost about twice their bytes, hence less here).
+DEFAULT_WATERMARK_SHARE = 0.2
 
 
 def add_serve_parser(commands: Any) -> None:
@@ -42,7 +48,9 @@ def add_serve_parser(commands: Any) -> None:
                        help="largest message body accepted over AMQP; a larger one closes its "
                             f"channel with 406 (default {MAX_MESSAGE_BYTES} = 64 MiB)")
     serve.add_argument("--memory-high-watermark-mb", type=float,
-                       help="block publishers while the server's memory is above this")
+                       help="block publishers while the messages and buffers the server holds "
+                            "in memory exceed this many MiB (default: a fifth of the "
+                            "machine's RAM; 0 disables)")
     serve.add_argument("--disk-free-limit-mb", type=float, default=50.0,
                        help="block publishers while free disk is below this (default 50)")
     serve.add_argument("--log-level", default="INFO",
@@ -74,9 +82,12 @@ async def serve(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir)
     broker = Broker(SqliteStore(data_dir))
     broker.start()
+    watermark_mb = args.memory_high_watermark_mb
+    if watermark_mb is None:
+        watermark_mb = DEFAULT_WATERMARK_SHARE * total_memory_mb() or None
     server = AmqpServer(broker, UserStore(data_dir), heartbeat_s=args.heartbeat_s,
                         frame_max=args.frame_max,
-                        memory_high_watermark_mb=args.memory_high_watermark_mb,
+                        memory_high_watermark_mb=watermark_mb or None,
                         disk_free_limit_mb=args.disk_free_limit_mb, data_dir=data_dir,
                         max_message_bytes=args.max_message_bytes)
     http = None

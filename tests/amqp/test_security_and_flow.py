@@ -10,9 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pika
 import pytest
-from pamqp import commands
+from pamqp import commands, header
 
 from tidings.auth import UserStore
 from tidings.errors import AccessRefusedError
@@ -165,24 +166,61 @@ def test_amqps_with_a_certificate_the_test_makes(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_memory_alarm_blocks_publishers_with_connection_blocked(tmp_path: Path) -> None:
+def test_memory_alarm_blocks_publishers_and_clears_when_the_queue_drains(
+    tmp_path: Path,
+) -> None:
+    """The alarm measures what the broker holds (queued bytes, buffers), not the process RSS,
+    which Python rarely gives back: so it clears, and connection.unblocked follows a purge."""
     server = ServerProcess(tmp_path / "data", "--memory-high-watermark-mb", "1").start()
     conn = pika.BlockingConnection(params(server, blocked_connection_timeout=30))
     try:
-        blocked: list[object] = []
-        conn.add_on_connection_blocked_callback(lambda c, m: blocked.append(m))
+        events: list[str] = []
+        conn.add_on_connection_blocked_callback(
+            lambda c, m: events.append(m.method.reason))  # type: ignore[attr-defined]
+        conn.add_on_connection_unblocked_callback(lambda c, m: events.append("unblocked"))
         ch = conn.channel()
         ch.queue_declare("flow")
-        ch.basic_publish("", "flow", b"x")
+        for _ in range(3):
+            ch.basic_publish("", "flow", b"x" * 2**20)
         deadline = time.monotonic() + 10
-        while not blocked and time.monotonic() < deadline:
+        while not events and time.monotonic() < deadline:
             conn.process_data_events(time_limit=0.2)
-        assert blocked
-        assert "low on memory" in blocked[0].method.reason  # type: ignore[attr-defined]
+        assert events and "low on memory" in events[0], events
+        with pika.BlockingConnection(params(server)) as other:  # it publishes nothing: served
+            assert other.channel().queue_purge("flow").method.message_count == 3
+        deadline = time.monotonic() + 10
+        while events[-1] != "unblocked" and time.monotonic() < deadline:
+            conn.process_data_events(time_limit=0.2)
+        assert events[-1] == "unblocked", events
+        ch.basic_publish("", "flow", b"after")
+        assert ch.queue_declare("flow", passive=True).method.message_count == 1
     finally:
-        server.stop()  # a blocked connection is not read from, as in RabbitMQ: stop first
         with contextlib.suppress(pika.exceptions.AMQPError):
             conn.close()
+        server.stop()
+
+
+def test_a_connection_is_blocked_in_the_middle_of_a_message(tmp_path: Path) -> None:
+    """A body still arriving counts against the watermark and its sender is paused at once,
+    before its first message is complete."""
+    server = ServerProcess(tmp_path / "data", "--memory-high-watermark-mb", "1").start()
+    try:
+        raw = RawClient(server.port, 0)
+        raw.open_channel(1)
+        raw.send(1, B.Publish(exchange="", routing_key="nowhere"))
+        raw.send(1, header.ContentHeader(0, 8 * 2**20, B.Properties()))
+        for _ in range(12):  # 1.5 MB of a 8 MB message
+            raw.send_body(1, b"x" * 131_000)
+        url = f"http://127.0.0.1:{server.http_port}/api/connections"
+        deadline = time.monotonic() + 10
+        blocked = False
+        while not blocked and time.monotonic() < deadline:
+            time.sleep(0.2)
+            blocked = any(c["blocked"] for c in httpx.get(url, auth=("guest", "guest")).json())
+        assert blocked
+    finally:
+        raw.sock.close()
+        server.stop()
 
 
 def test_port_in_use_is_a_one_line_error(server: ServerProcess, tmp_path: Path) -> None:

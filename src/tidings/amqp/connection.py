@@ -186,6 +186,15 @@ class ServerConnection:
         except TidingsError as e:
             self.close(e)
 
+    def buffered_bytes(self) -> int:
+        """Bytes held for this peer: unparsed input, bodies being assembled, unsent output."""
+        assembling = sum(ch.received for ch in self.channels.values())
+        return self._reader.buffered() + assembling + self.pending_bytes
+
+    def receiving_content(self) -> bool:
+        """True while a published message's header or body frames are still arriving."""
+        return any(ch.publish is not None for ch in self.channels.values())
+
     def next_event(self) -> Event | None:
         """The next event; work for a channel we closed since it was parsed is dropped."""
         while self._events:

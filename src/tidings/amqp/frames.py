@@ -46,6 +46,9 @@ class FrameReader:
     def feed(self, data: bytes) -> None:
         self._buffer += data
 
+    def buffered(self) -> int:
+        return len(self._buffer)
+
     def read_protocol_header(self) -> bool:
         """True once the protocol header is consumed; raises on any other opening."""
         if len(self._buffer) < len(PROTOCOL_HEADER):

@@ -365,7 +365,8 @@ class AmqpLink(asyncio.Protocol):
     def set_blocked(self, reason: str | None) -> None:
         if self.transport is None or self.conn.state != OPEN:
             return
-        if reason is not None and not self.blocked and self.published:
+        if reason is not None and not self.blocked and (self.published or
+                                                         self.conn.receiving_content()):
             self.blocked = True
             if self.capability("connection.blocked"):
                 self.conn.send_method(0, commands.Connection.Blocked(reason))
@@ -423,12 +424,23 @@ class AmqpServer:
             for link in list(self.links):
                 link.set_blocked(alarm)
 
+    def held_mb(self) -> float:
+        """What the broker holds in memory for its clients, MiB: queued message bytes plus
+        every connection's buffers. Unlike RSS it falls when queues drain, so the alarm clears."""
+        held = self.broker.held_bytes()
+        for link in self.links:
+            held += link.conn.buffered_bytes()
+            if link.transport is not None:
+                held += link.transport.get_write_buffer_size()
+        return held / 2**20
+
     def check_alarms(self) -> str | None:
         if self.memory_high_watermark_mb is not None:
-            rss_mb = process_rss_mb()
-            if rss_mb > self.memory_high_watermark_mb:
-                return f"low on memory: {rss_mb:.0f} MB used, watermark " \
-                       f"{self.memory_high_watermark_mb:.0f} MB"
+            held_mb = self.held_mb()
+            if held_mb > self.memory_high_watermark_mb:
+                return f"low on memory: {held_mb:.0f} MB of messages and buffers held " \
+                       f"(watermark {self.memory_high_watermark_mb:.0f} MB, process RSS " \
+                       f"{process_rss_mb():.0f} MB)"
         if self.disk_free_limit_mb is not None and self.data_dir is not None:
             free_mb = shutil.disk_usage(self.data_dir).free / 2**20
             if free_mb < self.disk_free_limit_mb:

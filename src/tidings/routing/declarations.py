@@ -237,6 +237,7 @@ class DeclarationsMixin:
                 consumer.on_cancel(consumer.tag)
         queue.consumers.clear()
         queue.unacked.clear()
+        queue.unacked_bytes = 0
         for key in queue.store_keys():
             self.store.remove_after(key, -1)
         v = self.vhosts[queue.vhost]

@@ -125,6 +125,8 @@ class Queue:
         #: Levels whose lane has messages paged out.
         self._paged: set[int] = set()
         self.unacked: dict[int, Entry] = {}
+        #: Body bytes of the unacked messages (what the memory alarm counts, with ready_bytes).
+        self.unacked_bytes = 0
         self.consumers: list[Consumer] = []
         self._rr = 0
         self.deleted = False
@@ -351,6 +353,7 @@ class Queue:
     def mark_delivered(self, entry: Entry, now: float) -> None:
         """Bookkeeping for a delivery (consumer or get)."""
         self.unacked[entry.seq] = entry
+        self.unacked_bytes += entry.size
         if entry.delivered_at == 0.0 and not entry.redelivered:
             self.waiting.observe((now - entry.record.enqueued_at) * 1000.0)
         entry.delivered_at = now
@@ -390,8 +393,14 @@ class Queue:
 
     # -- settling --------------------------------------------------------------------------
 
-    def ack(self, entry: Entry) -> None:
+    def _take_unacked(self, entry: Entry) -> bool:
         if self.unacked.pop(entry.seq, None) is None:
+            return False
+        self.unacked_bytes -= entry.size
+        return True
+
+    def ack(self, entry: Entry) -> None:
+        if not self._take_unacked(entry):
             return
         if entry.stored:
             self._store.remove(self.lanes[entry.level].key, entry.seq)
@@ -400,7 +409,7 @@ class Queue:
 
     def _returned(self, entry: Entry) -> bool:
         """Count a failed delivery; False if the message is gone (deleted, dead-lettered)."""
-        if self.unacked.pop(entry.seq, None) is None or self.deleted:
+        if not self._take_unacked(entry) or self.deleted:
             return False
         entry.record.delivery_count += 1
         limit = self.options.delivery_limit
@@ -428,7 +437,7 @@ class Queue:
 
     def discard(self, entry: Entry, reason: str) -> None:
         """Reject without requeue: dead-letter (or drop) an unacked message."""
-        if self.unacked.pop(entry.seq, None) is None:
+        if not self._take_unacked(entry):
             return
         self._dead_letter(self, entry, reason)
 

@@ -108,6 +108,12 @@ class UpkeepMixin:
 
     # -- statistics ------------------------------------------------------------------------
 
+    def held_bytes(self) -> int:
+        """Message bytes the broker holds in memory: every queue's ready window and unacked
+        messages (what the memory alarm measures; paged-out messages are on disk only)."""
+        return sum(q.ready_bytes + q.unacked_bytes for v in self.vhosts.values()
+                   for q in v.queues.values())
+
     def quarantined(self) -> list[quarantine.QuarantinedRecord]:
         """Stored records that could not be read, moved aside (see ``routing/quarantine``)."""
         return quarantine.records(self.store)
