@@ -5,8 +5,9 @@ out as server-sent events.
 ``<epoch>-<seq>``; a stream that reconnects with ``Last-Event-ID`` gets what it missed while
 those events are still retained. It is fed by an exclusive queue bound to the events exchange
 with ``#``, so events published over AMQP or the Python API show up too. Each stream has a
-bounded buffer: a reader that falls that far behind is cut off with an ``event: error``
-naming the limit, never allowed to grow the server's memory.
+bounded buffer (in events and in bytes): a reader that falls that far behind is cut off with an
+``event: error`` naming the limit, never allowed to grow the server's memory. The history is
+bounded in bytes as well as in events, so large events cannot make it grow past its budget.
 """
 
 from __future__ import annotations
@@ -25,10 +26,14 @@ from tidings.routing.broker import DEFAULT_VHOST, Broker
 from tidings.routing.session import Delivery
 from tidings.routing.topic import topic_matches
 
-#: Events kept for resuming streams.
+#: Events kept for resuming streams ...
 DEFAULT_RETAIN = 10_000
-#: Events a stream may fall behind before it is cut off.
+#: ... and at most this many bytes of their bodies (large events are forgotten sooner).
+DEFAULT_RETAIN_BYTES = 32 * 2**20
+#: Events a stream may fall behind before it is cut off ...
 STREAM_BUFFER = 1_000
+#: ... or bytes of their bodies.
+STREAM_BUFFER_BYTES = 16 * 2**20
 #: The gateway's own queue feeding the event log (hidden on the dashboard).
 EVENT_LOG_QUEUE = "tidings.http.event-log"
 #: Seconds between keep-alive comments on an idle stream.
@@ -44,26 +49,42 @@ class LoggedEvent:
 
 
 class Stream:
-    def __init__(self, pattern: str, limit: int) -> None:
+    def __init__(self, pattern: str, limit: int, limit_bytes: int = STREAM_BUFFER_BYTES) -> None:
         self.pattern = pattern
         self.queue: asyncio.Queue[LoggedEvent] = asyncio.Queue(maxsize=limit)
+        self.limit_bytes = limit_bytes
+        #: Body bytes waiting in ``queue`` (an upper bound: taken events are not subtracted
+        #: until the reader catches up, see :meth:`taken`).
+        self.queued_bytes = 0
         self.overflowed = False
 
     def push(self, event: LoggedEvent) -> None:
         if self.overflowed:
             return
+        size = len(event.message.body)
+        if self.queued_bytes + size > self.limit_bytes and not self.queue.empty():
+            self.overflowed = True
+            return
         try:
             self.queue.put_nowait(event)
+            self.queued_bytes += size
         except asyncio.QueueFull:
             self.overflowed = True
+
+    def taken(self, event: LoggedEvent) -> None:
+        self.queued_bytes -= len(event.message.body)
 
 
 class EventLog:
     def __init__(self, broker: Broker, retain: int = DEFAULT_RETAIN,
-                 stream_buffer: int = STREAM_BUFFER) -> None:
+                 stream_buffer: int = STREAM_BUFFER,
+                 retain_bytes: int = DEFAULT_RETAIN_BYTES) -> None:
         self.broker = broker
         self.epoch = str(int(time.time() * 1000))
-        self.events: deque[LoggedEvent] = deque(maxlen=retain)
+        self.events: deque[LoggedEvent] = deque()
+        self.retain, self.retain_bytes = retain, retain_bytes
+        #: Body bytes of the retained events.
+        self.retained_bytes = 0
         self.streams: set[Stream] = set()
         self.stream_buffer = stream_buffer
         self._seq = 0
@@ -81,6 +102,10 @@ class EventLog:
         self._seq += 1
         event = LoggedEvent(self._seq, delivery.message.routing_key, delivery.message)
         self.events.append(event)
+        self.retained_bytes += len(event.message.body)
+        while len(self.events) > self.retain or (self.retained_bytes > self.retain_bytes and
+                                                 len(self.events) > 1):
+            self.retained_bytes -= len(self.events.popleft().message.body)
         for stream in self.streams:
             if topic_matches(stream.pattern, event.topic):
                 stream.push(event)
@@ -106,10 +131,12 @@ class EventLog:
                 yield event
             while True:
                 try:
-                    yield await asyncio.wait_for(stream.queue.get(), KEEPALIVE_S)
+                    event = await asyncio.wait_for(stream.queue.get(), KEEPALIVE_S)
                 except TimeoutError:
                     yield KEEPALIVE
                     continue
+                stream.taken(event)
+                yield event
                 if stream.overflowed and stream.queue.empty():
                     yield TOO_SLOW
                     return
@@ -118,8 +145,8 @@ class EventLog:
 
     def too_slow(self) -> dict[str, str]:
         return {"error": "too_slow", "message": f"this stream fell more than "
-                f"{self.stream_buffer} events behind and was closed; reconnect with the last "
-                f"event id to resume"}
+                f"{self.stream_buffer} events or {STREAM_BUFFER_BYTES // 2**20} MiB behind "
+                f"and was closed; reconnect with the last event id to resume"}
 
     def as_json(self, event: LoggedEvent) -> dict[str, object]:
         return {"event_id": self.event_id(event),
