@@ -3,6 +3,7 @@ and a change made by another process (the CLI) applies within CHECK_FRESH_S."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,59 @@ def test_checks_follow_the_patterns_and_a_cli_change_applies_soon(
     with pytest.raises(AccessRefusedError, match="refused for user 'alice'"):
         server.check("alice", "/", "write", "exchange", "alice-events")
     server.check("alice", "/", "read", "queue", "alice-jobs")
+
+
+# -- logins: nothing remembered of failures, hashing off the loop, guessers slowed ---------
+
+async def test_failed_logins_leave_nothing_behind_and_long_passwords_are_not_hashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    users = UserStore(tmp_path)
+    hashed: list[str] = []
+    real = auth.check_password
+    monkeypatch.setattr(auth, "check_password", lambda p, s: hashed.append(p) or real(p, s))
+    for i in range(20):
+        with pytest.raises(AccessRefusedError):
+            await users.authenticate_async("guest", f"wrong-{i}", f"10.0.0.{i}")
+    with pytest.raises(AccessRefusedError):
+        await users.authenticate_async("guest", "x" * 120_000, "10.0.1.1")
+    assert len(hashed) == 20  # the 120 KB password was refused before any hashing
+    assert users._logins == {}
+    assert await users.authenticate_async("guest", "guest", "127.0.0.1") == "guest"
+    assert await users.authenticate_async("guest", "guest", "127.0.0.1") == "guest"
+    assert len(hashed) == 21  # a good login is remembered (by a keyed hash), not rehashed
+    [(name, digest)] = users._logins
+    assert name == "guest" and len(digest) == 32 and b"guest" not in digest
+
+
+async def test_hashing_runs_off_the_event_loop_and_for_unknown_users_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    users = UserStore(tmp_path)
+    threads: list[str] = []
+    real = auth.check_password
+    monkeypatch.setattr(auth, "check_password", lambda p, s: threads.append(
+        threading.current_thread().name) or real(p, s))
+    with pytest.raises(AccessRefusedError):
+        await users.authenticate_async("nobody", "guess", "127.0.0.1")
+    with pytest.raises(AccessRefusedError):
+        await users.authenticate_async("guest", "guess", "127.0.0.1")
+    assert len(threads) == 2  # an unknown name costs a hash too: timing does not tell
+    assert threading.main_thread().name not in threads
+
+
+async def test_a_peer_whose_logins_keep_failing_is_answered_later_and_later(
+    tmp_path: Path,
+) -> None:
+    users = UserStore(tmp_path)
+    for _ in range(4):
+        with pytest.raises(AccessRefusedError):
+            users.authenticate("guest", "wrong", "192.0.2.7")
+    assert users._failure_delay("192.0.2.7") == pytest.approx(0.8)
+    assert users._failure_delay("192.0.2.8") == 0.0  # other peers are not slowed
+    for _ in range(10):
+        with pytest.raises(AccessRefusedError):
+            users.authenticate("guest", "wrong", "192.0.2.7")
+    assert users._failure_delay("192.0.2.7") == auth.FAILURE_DELAY_MAX_S
+    assert users.authenticate("guest", "guest", "127.0.0.1") == "guest"
+    assert users._failure_delay("127.0.0.1") == 0.0

@@ -11,7 +11,9 @@ without a restart. Writes go to a temporary file renamed over the old one.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -75,6 +77,28 @@ class Users:
                 "tokens": self.tokens}
 
 
+#: Good logins remembered (by user and a keyed hash of the password, never the password), so a
+#: connection or HTTP request with known credentials costs no PBKDF2 round. Failures are never
+#: remembered: a guesser's attempts cost it a full hash each.
+_LOGINS_MAX = 1_000
+#: Longest password or user name looked at; longer ones are refused without hashing.
+MAX_CREDENTIAL_CHARS = 1_024
+#: Hashes computed at once (in threads, off the event loop): guessers queue behind each other
+#: instead of taking every core from the broker.
+HASHING_THREADS = 1
+#: Delay before answering a peer's next login after its failures: 0.1 s doubling per failure,
+#: at most 5 s, forgotten after a good login or a quiet minute.
+FAILURE_DELAY_S, FAILURE_DELAY_MAX_S, FAILURE_MEMORY_S = 0.1, 5.0, 60.0
+_FAILURES_MAX = 10_000
+
+
+@functools.cache
+def _no_user_hash() -> str:
+    """Hashed instead of a stored hash when the user does not exist, so the answer takes as
+    long as for a real user and timing does not tell which names exist."""
+    return hash_password(secrets.token_urlsafe(16))
+
+
 #: How long resource checks (every publish, declare, consume) trust the users file before
 #: looking at it again; logins always look. RabbitMQ caches such checks per channel for good.
 CHECK_FRESH_S = 1.0
@@ -89,7 +113,11 @@ class UserStore:
         self.path = Path(directory) / USERS_FILE
         self._mtime: tuple[int, int, int] | None = None
         self._users = Users.default()
-        self._login_cache: dict[tuple[str, str], bool] = {}
+        self._logins: dict[tuple[str, bytes], None] = {}
+        self._login_key_salt = secrets.token_bytes(16)
+        #: peer host -> (failures, time of the last one)
+        self._failures: dict[str, tuple[int, float]] = {}
+        self._hashing: asyncio.Semaphore | None = None
         self._decisions: dict[tuple[str, str, str, str], bool] = {}
         self._looked_at = 0.0
         self.reload()
@@ -110,7 +138,7 @@ class UserStore:
             except (ValueError, KeyError, TypeError) as e:
                 raise ConfigError(f"users file '{self.path}' is not valid: {e}") from e
             self._mtime = mtime
-            self._login_cache.clear()
+            self._logins.clear()
             self._decisions.clear()
         return self._users
 
@@ -126,16 +154,63 @@ class UserStore:
     # -- checks ----------------------------------------------------------------------------
 
     def authenticate(self, username: str, password: str, peer_host: str | None) -> str:
-        """The user's name when the login is good; raises AccessRefusedError otherwise."""
-        users = self.reload()
-        user = users.users.get(username)
-        key = (username, password)
-        ok = self._login_cache.get(key)
-        if ok is None and user is not None:
-            ok = check_password(password, user.get("password", ""))
-            self._login_cache[key] = ok
-        if not ok or user is None:
+        """The user's name when the login is good; raises AccessRefusedError otherwise.
+        Hashes on the calling thread: servers use :meth:`authenticate_async`."""
+        user, key = self._login_user(username, password)
+        if key not in self._logins:
+            ok = check_password(password, user.get("password", "") if user else _no_user_hash())
+            self._login_result(user is not None and ok, username, key, peer_host)
+        return self._admit(username, user, peer_host)
+
+    async def authenticate_async(self, username: str, password: str,
+                                 peer_host: str | None) -> str:
+        """As :meth:`authenticate`, with the hash off the event loop (one at a time) and a
+        growing delay for a peer whose logins keep failing."""
+        user, key = self._login_user(username, password)
+        if key not in self._logins:
+            delay = self._failure_delay(peer_host)
+            if delay:
+                await asyncio.sleep(delay)
+            if self._hashing is None:
+                self._hashing = asyncio.Semaphore(HASHING_THREADS)
+            stored = user.get("password", "") if user else _no_user_hash()
+            async with self._hashing:
+                ok = await asyncio.to_thread(check_password, password, stored)
+            self._login_result(user is not None and ok, username, key, peer_host)
+        return self._admit(username, user, peer_host)
+
+    def _login_user(self, username: str, password: str
+                    ) -> tuple[dict[str, Any] | None, tuple[str, bytes]]:
+        if len(username) > MAX_CREDENTIAL_CHARS or len(password) > MAX_CREDENTIAL_CHARS:
+            raise AccessRefusedError(f"login was refused for user '{username[:64]}'")
+        user = self.reload().users.get(username)
+        digest = hmac.new(self._login_key_salt, password.encode(errors="surrogatepass"),
+                          hashlib.sha256).digest()
+        return user, (username, digest)
+
+    def _login_result(self, ok: bool, username: str, key: tuple[str, bytes],
+                      peer_host: str | None) -> None:
+        peer = peer_host or ""
+        if not ok:
+            failures, _ = self._failures.pop(peer, (0, 0.0))
+            if len(self._failures) >= _FAILURES_MAX:
+                self._failures.pop(next(iter(self._failures)))
+            self._failures[peer] = (failures + 1, time.monotonic())
             raise AccessRefusedError(f"login was refused for user '{username}'")
+        self._failures.pop(peer, None)
+        if len(self._logins) >= _LOGINS_MAX:
+            self._logins.pop(next(iter(self._logins)))
+        self._logins[key] = None
+
+    def _failure_delay(self, peer_host: str | None) -> float:
+        failures, last = self._failures.get(peer_host or "", (0, 0.0))
+        if not failures or time.monotonic() - last > FAILURE_MEMORY_S:
+            return 0.0
+        return min(FAILURE_DELAY_S * 2 ** (failures - 1), FAILURE_DELAY_MAX_S)
+
+    @staticmethod
+    def _admit(username: str, user: dict[str, Any] | None, peer_host: str | None) -> str:
+        assert user is not None  # a good login has a user
         if user.get("loopback_only") and not _is_loopback(peer_host):
             raise AccessRefusedError(
                 f"user '{username}' can only connect via localhost"

@@ -31,6 +31,7 @@ from pamqp import commands
 import tidings
 from tidings.amqp.channel import AmqpChannel
 from tidings.amqp.connection import (
+    CLOSED,
     CLOSING,
     MAX_MESSAGE_BYTES,
     OPEN,
@@ -113,6 +114,7 @@ class AmqpLink(asyncio.Protocol):
         self.blocked = False
         self._store_wait = False
         self._close_timer: asyncio.TimerHandle | None = None
+        self._login_task: asyncio.Task[None] | None = None
         #: Why deliveries to this peer are paused: the socket's buffer is full (asyncio said
         #: so), or more than OUTPUT_LIMIT_BYTES wait to be written.
         self._socket_full = False
@@ -135,6 +137,8 @@ class AmqpLink(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.links.discard(self)
+        if self._login_task is not None:
+            self._login_task.cancel()
         for timer in (self._heartbeat, self._close_timer):
             if timer is not None:
                 timer.cancel()
@@ -243,16 +247,23 @@ class AmqpLink(asyncio.Protocol):
                 self.transport.close()
 
     def _login(self, event: Login) -> None:
+        """Checked in a task: the password hash runs off the loop, and a peer whose logins
+        keep failing is answered later and later (``auth.UserStore.authenticate_async``)."""
+        self._login_task = asyncio.get_running_loop().create_task(self._check_login(event))
+
+    async def _check_login(self, event: Login) -> None:
         try:
-            self.username = self.server.users.authenticate(event.username, event.password,
-                                                           self.peer_host)
+            self.username = await self.server.users.authenticate_async(
+                event.username, event.password, self.peer_host)
         except AccessRefusedError as e:
             log.warning("login refused %s: %s", self.peer, e)
-            raise AccessRefusedError(
+            self.conn.close(AccessRefusedError(
                 f"Login was refused using authentication mechanism {event.mechanism}. "
-                f"For details see the broker logfile."
-            ) from e
-        self.conn.accept_login()
+                f"For details see the broker logfile."))
+        else:
+            if self.conn.state != CLOSED:
+                self.conn.accept_login()
+        self._process()
 
     def _open(self, vhost: str) -> None:
         try:

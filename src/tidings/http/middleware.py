@@ -34,7 +34,7 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            user = self._authenticate(scope)
+            user = await self._authenticate(scope)
         except TidingsError as e:
             if scope["type"] == "websocket":  # refuse the upgrade (the client sees 403)
                 await receive()
@@ -47,7 +47,7 @@ class AuthMiddleware:
         scope.setdefault("state", {})["user"] = user
         await self.app(scope, receive, send)
 
-    def _authenticate(self, scope: Scope) -> str:
+    async def _authenticate(self, scope: Scope) -> str:
         header = ""
         for name, value in scope.get("headers", []):
             if name == b"authorization":
@@ -65,7 +65,8 @@ class AuthMiddleware:
             if not sep:
                 raise UnauthorizedError("malformed Basic credentials")
             client = scope.get("client")
-            return self.users.authenticate(username, password, client[0] if client else None)
+            return await self.users.authenticate_async(username, password,
+                                                       client[0] if client else None)
         raise UnauthorizedError("credentials required: HTTP Basic or a bearer token")
 
 
