@@ -27,11 +27,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tidings.errors import AccessRefusedError, ConfigError, NotFoundError
+from tidings.files import PRIVATE_FILE_MODE, make_private_directory
 
 USERS_FILE = "users.json"
 #: PBKDF2 iterations: slow enough to resist guessing, fast enough for a login per connection.
 PBKDF2_ITERATIONS = 100_000
 DEFAULT_USER = "guest"
+#: RabbitMQ's management tags. administrator and monitoring see every vhost in listings and
+#: metrics; everyone else sees the vhosts they have permissions in.
+TAGS = ("administrator", "monitoring", "policymaker", "management", "impersonator")
+SEES_ALL_TAGS = frozenset({"administrator", "monitoring"})
 Permission = Literal["configure", "write", "read"]
 
 
@@ -68,7 +73,8 @@ class Users:
     @classmethod
     def default(cls) -> Users:
         users = cls()
-        users.users[DEFAULT_USER] = {"password": hash_password("guest"), "loopback_only": True}
+        users.users[DEFAULT_USER] = {"password": hash_password("guest"), "loopback_only": True,
+                                     "tags": ["administrator"]}
         users.permissions["/"] = {DEFAULT_USER: {"configure": ".*", "write": ".*", "read": ".*"}}
         return users
 
@@ -143,9 +149,12 @@ class UserStore:
         return self._users
 
     def save(self, users: Users) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_directory(self.path.parent)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(users.to_json(), indent=2, sort_keys=True))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(users.to_json(), indent=2, sort_keys=True))
+        os.chmod(tmp, PRIVATE_FILE_MODE)  # an older .tmp left by a crash kept its mode
         os.replace(tmp, self.path)
         self._users = users
         self._mtime = None
@@ -254,8 +263,8 @@ class UserStore:
     def _allowed(self, username: str, vhost: str, permission: Permission, name: str) -> bool:
         perms = self._users.permissions.get(vhost, {}).get(username)
         pattern = perms.get(permission, "") if perms else ""
-        if name.startswith("amq.gen-") or name.startswith("amq.rabbitmq.reply-to"):
-            return True  # server-named resources belong to whoever made them, as in RabbitMQ
+        if name.startswith("amq.rabbitmq.reply-to"):
+            return True  # direct reply-to is a pseudo-queue of the channel, as in RabbitMQ
         return bool(pattern) and re.fullmatch(pattern, name) is not None
 
     # -- edits (the CLI) -------------------------------------------------------------------
@@ -329,6 +338,27 @@ class UserStore:
         users.vhosts.remove(vhost)
         users.permissions.pop(vhost, None)
         self.save(users)
+
+    def set_tags(self, username: str, tags: list[str]) -> None:
+        users = self.reload()
+        if username not in users.users:
+            raise NotFoundError(f"no user '{username}'")
+        unknown = [t for t in tags if t not in TAGS]
+        if unknown:
+            raise ConfigError(f"unknown tag '{unknown[0]}' (tags: {', '.join(TAGS)})")
+        users.users[username]["tags"] = sorted(set(tags))
+        self.save(users)
+
+    def tags_of(self, username: str) -> list[str]:
+        return list(self.reload().users.get(username, {}).get("tags", []))
+
+    def visible_vhosts(self, username: str) -> set[str] | None:
+        """The vhosts ``username`` may see in listings: None for all (administrator and
+        monitoring), else those the user has permissions in."""
+        users = self.reload()
+        if SEES_ALL_TAGS.intersection(users.users.get(username, {}).get("tags", [])):
+            return None
+        return {v for v, perms in users.permissions.items() if username in perms}
 
     def list_users(self) -> list[str]:
         return sorted(self.reload().users)

@@ -30,6 +30,11 @@ def add_users_parsers(commands: Any) -> None:
     perms.add_argument("write")
     perms.add_argument("read")
     perms.add_argument("--vhost", default="/")
+    tags = sub.add_parser("set-tags", help="set a user's management tags (administrator and "
+                                           "monitoring see every vhost over HTTP)")
+    tags.add_argument("name")
+    tags.add_argument("tags", nargs="*", help="administrator, monitoring, management, ...; "
+                                              "none to clear")
 
     tokens = commands.add_parser("tokens", help="manage bearer tokens for the HTTP gateway")
     tsub = tokens.add_subparsers(dest="action", required=True)
@@ -77,10 +82,12 @@ def run_users_command(args: argparse.Namespace) -> int:
         store.delete_user(args.name)
     elif args.action == "set-permissions":
         store.set_permissions(args.name, args.vhost, args.configure, args.write, args.read)
+    elif args.action == "set-tags":
+        store.set_tags(args.name, args.tags)
     else:
         for name in store.list_users():
             perms = store.permissions_of(name)
             shown = "; ".join(f"{v}: {p['configure']} {p['write']} {p['read']}"
                               for v, p in perms.items())
-            print(f"{name}\t{shown}")
+            print(f"{name}\t[{','.join(store.tags_of(name))}]\t{shown}")
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -118,5 +120,36 @@ def test_a_prefetch_0_consumer_that_reads_nothing_does_not_pull_the_queue_into_m
         assert answered_s < 1.0
         assert rss_mb(server.proc.pid) - before < 40
         raw.sock.close()
+    finally:
+        server.stop()
+
+
+def test_server_named_queues_are_unguessable_and_checked_like_any_queue(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    run = [sys.executable, "-m", "tidings", "--data-dir", str(data), "users"]
+    for args in (["add", "alice", "pw"], ["add", "eve", "pw"],
+                 ["set-permissions", "alice", "^(alice-.*|amq\\.gen-.*)$", "^alice-.*", ".*"],
+                 ["set-permissions", "eve", "^eve-.*", "^eve-.*", "^eve-.*"]):
+        subprocess.run([*run, *args], check=True, timeout=60, capture_output=True)
+    server = ServerProcess(data).start()
+    creds = {"alice": pika.PlainCredentials("alice", "pw"),
+             "eve": pika.PlainCredentials("eve", "pw")}
+    try:
+        with pika.BlockingConnection(params(server, credentials=creds["alice"])) as conn:
+            ch = conn.channel()
+            names = [ch.queue_declare("", exclusive=True).method.queue for _ in range(3)]
+            assert all(n.startswith("amq.gen-") and len(n) >= len("amq.gen-") + 22
+                       for n in names)
+            assert len(set(names)) == 3 and len({n[:12] for n in names}) > 1
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+                ch.queue_declare("alice-q", arguments={"x-dead-letter-exchange": "eve-ex"})
+            assert e.value.reply_code == 403 and "eve-ex" in e.value.reply_text
+            with pika.BlockingConnection(params(server, credentials=creds["eve"])) as other:
+                with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+                    other.channel().queue_declare("", exclusive=True)
+                assert e.value.reply_code == 403 and "amq.gen-" in e.value.reply_text
+                with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+                    other.channel().basic_get(names[0])
+                assert e.value.reply_code == 403
     finally:
         server.stop()

@@ -70,3 +70,17 @@ async def test_sqlite_store_sync_fails_when_commit_fails(tmp_path: Path) -> None
         await store.sync()
     assert store.load("q", -1, 10) == [(1, b"ok")]
     store.close()
+
+
+def test_the_data_directory_and_its_files_are_owner_only(tmp_path: Path) -> None:
+    import stat
+
+    from tidings.auth import UserStore
+
+    data = tmp_path / "fresh" / "data"
+    store = SqliteStore(data)
+    UserStore(data).add_user("alice", "pw")
+    store.close()
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    for name in ("tidings.sqlite3", "users.json", "LOCK"):
+        assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name

@@ -130,12 +130,19 @@ class AmqpChannel:
         if m.queue == REPLY_TO and m.passive:
             self.reply(Q.DeclareOk(REPLY_TO, 0, 0), m.nowait)
             return
-        if not m.passive and m.queue:
-            self._check("configure", "queue", m.queue)
+        name, arguments = m.queue, dict(m.arguments or {})
+        if not m.passive:
+            # A server-named queue is checked under the name it will get, as in RabbitMQ.
+            name = name or self.broker.new_queue_name()
+            self._check("configure", "queue", name)
+            dlx = arguments.get("x-dead-letter-exchange")
+            if isinstance(dlx, str):  # its dead letters are published there
+                self._check("read", "queue", name)
+                self._check("write", "exchange", dlx)
         queue = self.broker.declare_queue(
-            self.vhost, m.queue, durable=m.durable, exclusive=m.exclusive,
-            auto_delete=m.auto_delete, arguments=dict(m.arguments or {}), passive=m.passive,
-            connection_id=self.link.connection_id,
+            self.vhost, name, durable=m.durable, exclusive=m.exclusive,
+            auto_delete=m.auto_delete, arguments=arguments, passive=m.passive,
+            connection_id=self.link.connection_id, reserved_ok=not m.queue,
         )
         self.last_queue = queue.name
         self.reply(Q.DeclareOk(queue.name, queue.ready_count, len(queue.consumers)), m.nowait)

@@ -28,7 +28,14 @@ from tidings.client.transport import EVENTS_EXCHANGE
 from tidings.errors import NotFoundError, PreconditionFailedError
 from tidings.http import schemas as sch
 from tidings.http.errors import EXCEPTION_HANDLERS, BadRequestError
-from tidings.http.events import STREAM_BUFFER, TOO_SLOW, EventLog, IdempotencyKeys, LoggedEvent
+from tidings.http.events import (
+    STREAM_BUFFER,
+    TOO_SLOW,
+    EventLog,
+    IdempotencyKeys,
+    LoggedEvent,
+)
+from tidings.http.events import is_internal_queue as internal
 from tidings.http.leases import MAX_VISIBILITY_MS, Leases
 from tidings.http.metrics import metrics_text, overview
 from tidings.http.middleware import AuthMiddleware, EncodedSlashMiddleware, user_of
@@ -59,6 +66,14 @@ class Gateway:
     def __post_init__(self) -> None:
         self.events = EventLog(self.broker)
         self.leases = Leases(self.broker)
+
+    def visible(self, request: Request) -> set[str] | None:
+        """Vhosts the caller may see in listings (None: all, for administrator/monitoring)."""
+        return self.users.visible_vhosts(user_of(request))
+
+    def vhosts(self, request: Request) -> list[str]:
+        seen = self.visible(request)
+        return [v for v in self.broker.vhosts if seen is None or v in seen]
 
     def check(self, request: Request, permission: str, kind: str, name: str,
               vhost: str = DEFAULT_VHOST) -> None:
@@ -93,13 +108,15 @@ def routes(gw: Gateway) -> list[Any]:
 
     async def api_overview(request: Request) -> JSONResponse:
         extra = gw.server_stats() if gw.server_stats else {}
-        return JSONResponse(overview(broker, extra))
+        return JSONResponse(overview(broker, extra, gw.visible(request)))
 
     async def list_connections(request: Request) -> JSONResponse:
-        return JSONResponse(gw.connections() if gw.connections else [])
+        seen = gw.visible(request)
+        return JSONResponse([c for c in (gw.connections() if gw.connections else [])
+                             if seen is None or c["vhost"] in seen])
 
     async def metrics(request: Request) -> Response:
-        return Response(metrics_text(broker, gw.server_stats),
+        return Response(metrics_text(broker, gw.server_stats, gw.visible(request)),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def dashboard(request: Request) -> FileResponse:
@@ -220,12 +237,9 @@ def routes(gw: Gateway) -> list[Any]:
 
     async def list_queues(request: Request) -> JSONResponse:
         vhost = request.query_params.get("vhost")
-        vhosts = [vhost] if vhost else list(broker.vhosts)
-        out = []
-        for v in vhosts:
-            for name in list(broker.get_vhost(v).queues):
-                out.append(queue_json(v, name))
-        return JSONResponse(out)
+        vhosts = [v for v in gw.vhosts(request) if vhost is None or v == vhost]
+        return JSONResponse([queue_json(v, name) for v in vhosts
+                             for name in list(broker.get_vhost(v).queues) if not internal(name)])
 
     async def get_queue(request: Request) -> JSONResponse:
         vhost, name = _vhost(request), _name(request)
@@ -236,12 +250,17 @@ def routes(gw: Gateway) -> list[Any]:
         vhost, name = _vhost(request), _name(request)
         gw.check(request, "configure", "queue", name, vhost)
         data = sch.obj(await sch.read_json(request, gw.max_body_bytes, required=False))
+        arguments = sch.table(data, "arguments")
+        dlx = (arguments or {}).get("x-dead-letter-exchange")
+        if isinstance(dlx, str):  # dead letters are published there: as RabbitMQ checks
+            gw.check(request, "read", "queue", name, vhost)
+            gw.check(request, "write", "exchange", dlx or "amq.default", vhost)
         existed = broker.find_queue(vhost, name) is not None
         if vhost not in broker.vhosts and vhost in gw.users.list_vhosts():
             broker.declare_vhost(vhost)
         broker.declare_queue(vhost, name, durable=sch.boolean(data, "durable", True),
                              auto_delete=sch.boolean(data, "auto_delete", False),
-                             arguments=sch.table(data, "arguments"))
+                             arguments=arguments)
         return JSONResponse(queue_json(vhost, name), status_code=200 if existed else 201)
 
     async def delete_queue(request: Request) -> JSONResponse:
@@ -279,14 +298,15 @@ def routes(gw: Gateway) -> list[Any]:
         count = sch.integer(data, "max", 1, 1, 1000) or 1
         visibility = sch.integer(data, "visibility_ms", 30_000, 1, MAX_VISIBILITY_MS) or 30_000
         wait_ms = sch.integer(data, "wait_ms", 0, 0, MAX_WAIT_MS) or 0
-        session = gw.leases.session(vhost)
+        user = user_of(request)
+        session = gw.leases.session(user, vhost)
         got: list[Delivery] = []
         while len(got) < count and (d := broker.get(session, name)) is not None:
             got.append(d)
         if not got and wait_ms:
             got = await wait_for_deliveries(session, name, count, wait_ms)
         return JSONResponse({"messages": [
-            sch.message_to_json(d.message, receipt=gw.leases.grant(session, d, visibility),
+            sch.message_to_json(d.message, receipt=gw.leases.grant(user, session, d, visibility),
                                 redelivered=d.redelivered, delivery_count=d.delivery_count + 1)
             for d in got
         ]})
@@ -315,19 +335,20 @@ def routes(gw: Gateway) -> list[Any]:
         return got
 
     async def ack(request: Request) -> JSONResponse:
-        gw.leases.ack(request.path_params["receipt"])
+        gw.leases.ack(user_of(request), request.path_params["receipt"])
         return JSONResponse({"status": "acked"})
 
     async def nack(request: Request) -> JSONResponse:
         data = sch.obj(await sch.read_json(request, gw.max_body_bytes, required=False))
-        gw.leases.nack(request.path_params["receipt"], sch.boolean(data, "requeue", True),
+        gw.leases.nack(user_of(request), request.path_params["receipt"],
+                       sch.boolean(data, "requeue", True),
                        sch.integer(data, "delay_ms", None, 1, 2**31))
         return JSONResponse({"status": "nacked"})
 
     async def extend(request: Request) -> JSONResponse:
         data = sch.obj(await sch.read_json(request, gw.max_body_bytes, required=False))
         visibility = sch.integer(data, "visibility_ms", 30_000, 1, MAX_VISIBILITY_MS) or 30_000
-        gw.leases.extend(request.path_params["receipt"], visibility)
+        gw.leases.extend(user_of(request), request.path_params["receipt"], visibility)
         return JSONResponse({"status": "extended", "visibility_ms": visibility})
 
     # -- dead letters ------------------------------------------------------------------------
@@ -344,25 +365,32 @@ def routes(gw: Gateway) -> list[Any]:
                                 f"'{dead}'")
         return dead
 
-    async def list_dead(request: Request) -> JSONResponse:
+    def dead_queue_to_read(request: Request) -> tuple[str, str, str]:
+        """vhost, queue and its dead-letter queue, after checking read on both."""
         vhost, name = _vhost(request), _name(request)
         gw.check(request, "read", "queue", name, vhost)
+        dead = dead_queue(vhost, name)
+        gw.check(request, "read", "queue", dead, vhost)
+        return vhost, name, dead
+
+    async def list_dead(request: Request) -> JSONResponse:
+        vhost, _, dead = dead_queue_to_read(request)
         limit_text = request.query_params.get("limit", "100")
         if not limit_text.isdigit():
             raise BadRequestError("query parameter 'limit' must be a whole number")
         limit = int(limit_text)
-        entries = broker.get_queue(vhost, dead_queue(vhost, name)).browse(min(limit, 10_000))
+        entries = broker.get_queue(vhost, dead).browse(min(limit, 10_000))
         return JSONResponse([sch.message_to_json(e.record.message) for e in entries])
 
     async def replay_dead(request: Request) -> JSONResponse:
-        vhost, name = _vhost(request), _name(request)
-        gw.check(request, "write", "queue", name, vhost)
+        vhost, name, dead_name = dead_queue_to_read(request)
+        gw.check(request, "write", "exchange", "amq.default", vhost)  # replayed through it
         data = sch.obj(await sch.read_json(request, gw.max_body_bytes, required=False))
         ids = data.get("ids")
         if ids is not None and (not isinstance(ids, list) or
                                 not all(isinstance(i, str) for i in ids)):
             raise BadRequestError("field 'ids' must be a list of message ids")
-        dead = broker.get_queue(vhost, dead_queue(vhost, name))
+        dead = broker.get_queue(vhost, dead_name)
         replayed = 0
         for entry in dead.browse(dead.ready_count):
             message = entry.record.message
@@ -376,9 +404,8 @@ def routes(gw: Gateway) -> list[Any]:
         return JSONResponse({"replayed": replayed})
 
     async def purge_dead(request: Request) -> JSONResponse:
-        vhost, name = _vhost(request), _name(request)
-        gw.check(request, "configure", "queue", name, vhost)
-        return JSONResponse({"purged": broker.purge_queue(vhost, dead_queue(vhost, name))})
+        vhost, _, dead = dead_queue_to_read(request)  # purging is reading, as in RabbitMQ
+        return JSONResponse({"purged": broker.purge_queue(vhost, dead)})
 
     # -- exchanges and bindings --------------------------------------------------------------
 
@@ -386,7 +413,7 @@ def routes(gw: Gateway) -> list[Any]:
         return JSONResponse([
             {"vhost": v.name, "name": e.name, "type": e.kind, "durable": e.durable,
              "auto_delete": e.auto_delete, "internal": e.internal, "arguments": e.arguments}
-            for v in broker.vhosts.values() for e in v.exchanges.values()
+            for v in map(broker.get_vhost, gw.vhosts(request)) for e in v.exchanges.values()
         ])
 
     async def put_exchange(request: Request) -> JSONResponse:
@@ -421,7 +448,8 @@ def routes(gw: Gateway) -> list[Any]:
             {"vhost": v.name, "source": b.source, "destination": b.destination,
              "destination_type": "exchange" if b.to_exchange else "queue",
              "routing_key": b.routing_key, "arguments": b.args}
-            for v in broker.vhosts.values() for e in v.exchanges.values() for b in e.bindings
+            for v in map(broker.get_vhost, gw.vhosts(request)) for e in v.exchanges.values()
+            for b in e.bindings if not internal(b.destination)
         ])
 
     async def change_binding(request: Request) -> JSONResponse:

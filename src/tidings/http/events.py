@@ -36,6 +36,13 @@ STREAM_BUFFER = 1_000
 STREAM_BUFFER_BYTES = 16 * 2**20
 #: The gateway's own queue feeding the event log (hidden on the dashboard).
 EVENT_LOG_QUEUE = "tidings.http.event-log"
+
+
+def is_internal_queue(name: str) -> bool:
+    """The gateway's own queues: not shown in listings, counts or metrics."""
+    return name == EVENT_LOG_QUEUE
+
+
 #: Seconds between keep-alive comments on an idle stream.
 KEEPALIVE_S = 15.0
 KEEPALIVE, TOO_SLOW = "keepalive", "too_slow"

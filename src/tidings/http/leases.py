@@ -1,8 +1,10 @@
 """Receive with a lease: messages handed out over REST stay unacked until their receipt is
 acked, nacked or its lease runs out (then the message goes back to its queue, redelivered).
 
-A receipt is an opaque random string mapped to a delivery tag of the gateway's own broker
-session; ``extend`` moves the deadline and restarts the broker's consumer-timeout clock.
+A receipt is an opaque random string mapped to a delivery tag of a broker session of the
+gateway's, one per user and vhost: one user's leases, their timeouts and their settlements never
+touch another user's deliveries, and a receipt is only honoured for the user it was given to.
+``extend`` moves the deadline and restarts the broker's consumer-timeout clock.
 """
 
 from __future__ import annotations
@@ -24,25 +26,27 @@ class Lease:
     session: Session
     delivery_tag: int
     timer: asyncio.TimerHandle
+    user: str
 
 
 class Leases:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
-        self._sessions: dict[str, Session] = {}
+        self._sessions: dict[tuple[str, str], Session] = {}
         self._leases: dict[str, Lease] = {}
 
-    def session(self, vhost: str) -> Session:
-        found = self._sessions.get(vhost)
+    def session(self, user: str, vhost: str) -> Session:
+        found = self._sessions.get((user, vhost))
         if found is None or found.closed:
-            found = self.broker.open_session(vhost, f"http-{vhost}")
-            self._sessions[vhost] = found
+            found = self.broker.open_session(vhost, f"http-{user}-{vhost}")
+            self._sessions[(user, vhost)] = found
         return found
 
-    def grant(self, session: Session, delivery: Delivery, visibility_ms: int) -> str:
+    def grant(self, user: str, session: Session, delivery: Delivery,
+              visibility_ms: int) -> str:
         receipt = secrets.token_urlsafe(18)
         timer = self._arm(receipt, visibility_ms)
-        self._leases[receipt] = Lease(session, delivery.delivery_tag, timer)
+        self._leases[receipt] = Lease(session, delivery.delivery_tag, timer, user)
         return receipt
 
     def _arm(self, receipt: str, visibility_ms: int) -> asyncio.TimerHandle:
@@ -54,23 +58,25 @@ class Leases:
         if lease is not None and lease.delivery_tag in lease.session.unacked:
             lease.session.nack(lease.delivery_tag, requeue=True)
 
-    def _take(self, receipt: str) -> Lease:
-        lease = self._leases.pop(receipt, None)
-        if lease is None or lease.delivery_tag not in lease.session.unacked:
+    def _take(self, user: str, receipt: str) -> Lease:
+        lease = self._leases.get(receipt)
+        if lease is None or lease.user != user or \
+                lease.delivery_tag not in lease.session.unacked:
             raise NotFoundError(f"no lease with receipt '{receipt}' (settled or expired)")
+        del self._leases[receipt]
         lease.timer.cancel()
         return lease
 
-    def ack(self, receipt: str) -> None:
-        lease = self._take(receipt)
+    def ack(self, user: str, receipt: str) -> None:
+        lease = self._take(user, receipt)
         lease.session.ack(lease.delivery_tag)
 
-    def nack(self, receipt: str, requeue: bool, delay_ms: int | None) -> None:
-        lease = self._take(receipt)
+    def nack(self, user: str, receipt: str, requeue: bool, delay_ms: int | None) -> None:
+        lease = self._take(user, receipt)
         lease.session.nack(lease.delivery_tag, requeue=requeue, delay_ms=delay_ms)
 
-    def extend(self, receipt: str, visibility_ms: int) -> None:
-        lease = self._take(receipt)
+    def extend(self, user: str, receipt: str, visibility_ms: int) -> None:
+        lease = self._take(user, receipt)
         lease.session.extend(lease.delivery_tag)
         lease.timer = self._arm(receipt, visibility_ms)
         self._leases[receipt] = lease

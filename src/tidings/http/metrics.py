@@ -18,7 +18,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from tidings.http.events import is_internal_queue
 from tidings.routing.broker import Broker
+from tidings.routing.queue import Queue
 from tidings.routing.stats import COUNTERS, Histogram
 
 #: Bucket bounds, seconds, for waiting and processing time.
@@ -40,9 +42,16 @@ def fold(histogram: Histogram) -> tuple[list[tuple[str, float]], float]:
     return out, histogram.total_ms / 1000.0
 
 
+def visible_queues(broker: Broker, vhosts: set[str] | None) -> list[Queue]:
+    """The user-facing queues of ``vhosts`` (None: every vhost)."""
+    return [q for v in broker.vhosts.values() if vhosts is None or v.name in vhosts
+            for q in v.queues.values() if not is_internal_queue(q.name)]
+
+
 class BrokerCollector(Collector):
-    def __init__(self, broker: Broker, extra: Callable[[], dict[str, float]] | None) -> None:
-        self.broker, self.extra = broker, extra
+    def __init__(self, broker: Broker, extra: Callable[[], dict[str, float]] | None,
+                 vhosts: set[str] | None = None) -> None:
+        self.broker, self.extra, self.vhosts = broker, extra, vhosts
 
     def collect(self) -> Iterator[Metric]:
         labels = ["vhost", "queue"]
@@ -59,20 +68,19 @@ class BrokerCollector(Collector):
                                         "Enqueue to first delivery", labels=labels)
         processing = HistogramMetricFamily("tidings_queue_processing_seconds",
                                            "Delivery to acknowledgement", labels=labels)
-        for v in self.broker.vhosts.values():
-            for q in v.queues.values():
-                s = self.broker.queue_statistics(q)
-                key = [s.vhost, s.name]
-                gauges["messages_ready"].add_metric(key, s.ready)
-                gauges["messages_unacked"].add_metric(key, s.unacked)
-                gauges["messages_delayed"].add_metric(key, s.delayed)
-                gauges["consumers"].add_metric(key, s.consumers)
-                gauges["oldest_ready_age_seconds"].add_metric(key, s.oldest_ready_age_s or 0.0)
-                for name in COUNTERS:
-                    counters[name].add_metric(key, s.counts[name])
-                for family, hist in ((waiting, q.waiting), (processing, q.processing)):
-                    buckets, total = fold(hist)
-                    family.add_metric(key, buckets, total)
+        for q in visible_queues(self.broker, self.vhosts):
+            s = self.broker.queue_statistics(q)
+            key = [s.vhost, s.name]
+            gauges["messages_ready"].add_metric(key, s.ready)
+            gauges["messages_unacked"].add_metric(key, s.unacked)
+            gauges["messages_delayed"].add_metric(key, s.delayed)
+            gauges["consumers"].add_metric(key, s.consumers)
+            gauges["oldest_ready_age_seconds"].add_metric(key, s.oldest_ready_age_s or 0.0)
+            for name in COUNTERS:
+                counters[name].add_metric(key, s.counts[name])
+            for family, hist in ((waiting, q.waiting), (processing, q.processing)):
+                buckets, total = fold(hist)
+                family.add_metric(key, buckets, total)
         yield from gauges.values()
         yield from counters.values()
         yield waiting
@@ -83,19 +91,33 @@ class BrokerCollector(Collector):
             yield g
 
 
-def metrics_text(broker: Broker, extra: Callable[[], dict[str, float]] | None = None) -> bytes:
+def metrics_text(broker: Broker, extra: Callable[[], dict[str, float]] | None = None,
+                 vhosts: set[str] | None = None) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(BrokerCollector(broker, extra))
+    registry.register(BrokerCollector(broker, extra, vhosts))
     from prometheus_client import ProcessCollector
 
     ProcessCollector(registry=registry)
     return generate_latest(registry)
 
 
-def overview(broker: Broker, extra: dict[str, Any]) -> dict[str, Any]:
-    stats = broker.statistics()
+def overview(broker: Broker, extra: dict[str, Any], vhosts: set[str] | None = None
+             ) -> dict[str, Any]:
+    """Totals over the queues of ``vhosts`` (None: all) that users see."""
+    queues = [broker.queue_statistics(q) for q in visible_queues(broker, vhosts)]
+    shown = [v for v in broker.vhosts.values() if vhosts is None or v.name in vhosts]
+    counts = {name: sum(q.counts[name] for q in queues) for name in COUNTERS}
+    rates = {name: sum(q.rates[name] for q in queues) for name in COUNTERS}
+    if vhosts is None:  # publishes counted at the exchanges, routed or not
+        counts["published"] = broker.counters.published
+        rates["published"] = broker.counters.rates()["published"]
     return {
-        "queues": len(stats.queues), "exchanges": stats.exchanges, "sessions": stats.sessions,
-        "consumers": stats.consumers, "ready": stats.ready, "unacked": stats.unacked,
-        "delayed": stats.delayed, "counts": stats.counts, "rates": stats.rates, **extra,
+        "queues": len(queues), "exchanges": sum(len(v.exchanges) for v in shown),
+        "sessions": len(broker.sessions) if vhosts is None else
+        sum(1 for s in broker.sessions if s.vhost in vhosts),
+        "consumers": sum(q.consumers for q in queues), "ready": sum(q.ready for q in queues),
+        "unacked": sum(q.unacked for q in queues),
+        "delayed": sum(q.delayed for q in queues) if vhosts is not None
+        else len(broker.delayed),
+        "counts": counts, "rates": rates, **extra,
     }

@@ -82,7 +82,6 @@ class Broker(DeclarationsMixin, DelaysMixin, UpkeepMixin):
         self._expiry_timers: dict[str, tuple[float, Timer]] = {}
         self._delay_timer: tuple[float, Timer] | None = None
         self._tick_timer: Timer | None = None
-        self._server_named = 0
         self.closed = False
         from tidings.routing.recovery import recover  # recovery builds on the methods below
 

@@ -5,6 +5,7 @@ if-unused / if-empty, and durable definitions written to the store.
 
 from __future__ import annotations
 
+import secrets
 from typing import TYPE_CHECKING, Any
 
 from tidings.errors import (
@@ -31,7 +32,6 @@ class DeclarationsMixin:
     vhosts: dict[str, VHost]
     queue_window: int
     _seq: int
-    _server_named: int
     _expiry_timers: dict[str, tuple[float, Timer]]
 
     if TYPE_CHECKING:  # provided by Broker or a sibling mixin; never defined here
@@ -163,8 +163,7 @@ class DeclarationsMixin:
             self._check_exclusive(queue, connection_id)
             return queue
         if not name:
-            self._server_named += 1
-            name = f"amq.gen-{self._seq:x}-{self._server_named}"
+            name = self.new_queue_name()
         elif name.startswith("amq.") and name not in v.queues and not reserved_ok:
             raise AccessRefusedError(
                 f"queue name '{name}' contains reserved prefix 'amq.'"
@@ -195,6 +194,12 @@ class DeclarationsMixin:
             self.store.put_definition("queue", *defs.queue_record(vhost, name, auto_delete,
                                                                   arguments))
         return queue
+
+    @staticmethod
+    def new_queue_name() -> str:
+        """A server-generated queue name: ``amq.gen-`` and 128 random bits, as RabbitMQ's, so
+        nobody can guess another client's queue."""
+        return f"amq.gen-{secrets.token_urlsafe(16)}"
 
     def _make_queue(self, vhost: str, name: str, durable: bool, auto_delete: bool,
                     arguments: dict[str, Any], owner: str | None) -> Queue:

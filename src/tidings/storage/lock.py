@@ -11,7 +11,8 @@ import fcntl
 import os
 from pathlib import Path
 
-from tidings.errors import ResourceLockedError
+from tidings.errors import ConfigError, ResourceLockedError
+from tidings.files import PRIVATE_FILE_MODE
 
 LOCK_NAME = "LOCK"
 
@@ -19,7 +20,11 @@ LOCK_NAME = "LOCK"
 class DirectoryLock:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self._fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
+        except OSError as e:
+            raise ConfigError(f"cannot use data directory '{directory}': "
+                              f"{e.strerror or e}") from e
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as e:

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tidings.errors import ClosedResourceError, ConfigError
+from tidings.errors import ClosedResourceError
+from tidings.files import PRIVATE_FILE_MODE, make_private_directory
 from tidings.storage.base import TRANSIENT
 from tidings.storage.lock import DirectoryLock
 
@@ -82,12 +84,11 @@ class SqliteStore:
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"cannot create data directory '{directory}': {e}") from e
+        make_private_directory(self.directory)
         self._lock = DirectoryLock(self.directory)
         path = self.directory / DB_NAME
+        # Created owner-only before SQLite opens it: its -wal and -shm files copy its mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE))
         self._writer = _connect(path, WRITER_CACHE_KIB)
         self._writer.executescript(SCHEMA)
         self._writer.execute("DELETE FROM messages WHERE flags & ?", (TRANSIENT,))
