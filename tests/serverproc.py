@@ -18,6 +18,7 @@ class ServerProcess:
         self.port = 0
         self.tls_port = 0
         self.http_port = 0
+        self.metrics_port = 0
         self.log = data_dir.parent / f"{data_dir.name}-server.log"
 
     def start(self, port: int = 0) -> ServerProcess:
@@ -37,14 +38,17 @@ class ServerProcess:
             if not line:
                 raise RuntimeError(f"server did not start: {self.log.read_text()[-2000:]}")
             found = re.search(r"(amqps?|https?) listening on [^:]+:(\d+)", line)
-            if found and found.group(1) == "amqp":
+            if found and "metrics at /metrics" in line:
+                self.metrics_port = int(found.group(2))
+            elif found and found.group(1) == "amqp":
                 self.port = int(found.group(2))
             elif found and found.group(1).startswith("http"):
                 self.http_port = int(found.group(2))
             elif found:
                 self.tls_port = int(found.group(2))
             if self.port and (self.tls_port or "--tls-cert" not in self.extra) and \
-                    (self.http_port or not want_http):
+                    (self.http_port or not want_http) and \
+                    (self.metrics_port or "--prometheus-port" not in self.extra):
                 return self
         raise RuntimeError("server did not print its port in time")
 

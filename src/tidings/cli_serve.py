@@ -13,6 +13,7 @@ import os
 import signal
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,9 @@ def add_serve_parser(commands: Any) -> None:
                        help="HTTP gateway port (default 15672; -1 disables it)")
     serve.add_argument("--http-max-body-bytes", type=int, default=1 << 20,
                        help="largest HTTP request body accepted (default 1 MiB)")
+    serve.add_argument("--prometheus-port", type=int, default=-1,
+                       help="also serve GET /metrics without credentials on this port, as "
+                            "RabbitMQ's Prometheus plugin does on 15692 (default -1: off)")
     serve.add_argument("--sse-buffer-events", type=int, default=1000,
                        help="events an SSE reader may fall behind before it is cut off")
     serve.add_argument("--amqps-port", type=int, default=5671,
@@ -90,7 +94,7 @@ async def serve(args: argparse.Namespace) -> int:
                         memory_high_watermark_mb=watermark_mb or None,
                         disk_free_limit_mb=args.disk_free_limit_mb, data_dir=data_dir,
                         max_message_bytes=args.max_message_bytes)
-    http = None
+    http: list[Any] = []
     try:
         listening = [("amqp", args.amqp_port, None, "--amqp-port")]
         if tls is not None:
@@ -111,26 +115,28 @@ async def serve(args: argparse.Namespace) -> int:
         await stop.wait()
         print("tidings: shutting down", flush=True)
     finally:
-        if http is not None:
-            http.should_exit = True
-            await http_task_done(http)
+        for each in http:
+            each.should_exit = True
+        for each in http:
+            await http_task_done(each)
         await server.close()
         broker.close()
     return 0
 
 
-async def _start_http(args: argparse.Namespace, broker: Any, amqp: Any,
-                      tls: ssl.SSLContext | None) -> Any:
-    """The gateway on its own port, in this event loop, served by uvicorn."""
-    import socket
-
-    import uvicorn
-
-    from tidings.http.app import build_app
-
+def _server_stats(amqp: Any) -> Callable[[], dict[str, float]]:
     def server_stats() -> dict[str, float]:
         return {"connections": float(len(amqp.links)),
                 "channels": float(sum(len(link.channels) for link in amqp.links))}
+
+    return server_stats
+
+
+async def _start_http(args: argparse.Namespace, broker: Any, amqp: Any,
+                      tls: ssl.SSLContext | None) -> list[Any]:
+    """The gateway on its own port (and /metrics alone on --prometheus-port), in this event
+    loop, served by uvicorn."""
+    from tidings.http.app import build_app, build_metrics_app
 
     def connections() -> list[dict[str, Any]]:
         return [{
@@ -142,19 +148,34 @@ async def _start_http(args: argparse.Namespace, broker: Any, amqp: Any,
         } for link in amqp.links if link.username]
 
     app = build_app(broker, amqp.users, max_body_bytes=args.http_max_body_bytes,
-                    server_stats=server_stats, connections=connections,
+                    server_stats=_server_stats(amqp), connections=connections,
                     stream_buffer=args.sse_buffer_events)
     app.state.gateway.events.start()
+    servers = [await _serve_app(app, args.host, args.http_port, "--http-port", args, tls,
+                                "dashboard at /")]
+    if args.prometheus_port >= 0:
+        metrics = build_metrics_app(broker, _server_stats(amqp))
+        servers.append(await _serve_app(metrics, args.host, args.prometheus_port,
+                                        "--prometheus-port", args, None, "metrics at /metrics"))
+    return servers
+
+
+async def _serve_app(app: Any, host: str, port: int, flag: str, args: argparse.Namespace,
+                     tls: ssl.SSLContext | None, what: str) -> Any:
+    import socket
+
+    import uvicorn
+
     # proto must be IPPROTO_TCP: asyncio only sets TCP_NODELAY on such sockets, and without it
     # keep-alive responses wait ~40 ms for delayed ACKs (Nagle)
-    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET,
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
                          socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((args.host, args.http_port))
+        sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise ConfigError(f"port {args.http_port} is not available (--http-port): "
+        raise ConfigError(f"port {port} is not available ({flag}): "
                           f"{os.strerror(e.errno or 0)}") from e
     sock.listen(512)
     sock.setblocking(False)
@@ -169,8 +190,8 @@ async def _start_http(args: argparse.Namespace, broker: Any, amqp: Any,
     if http.task.done():
         http.task.result()
     scheme = "https" if tls else "http"
-    print(f"tidings: {scheme} listening on {args.host}:{sock.getsockname()[1]} "
-          f"(dashboard at /)", flush=True)
+    print(f"tidings: {scheme} listening on {host}:{sock.getsockname()[1]} ({what})",
+          flush=True)
     return http
 
 

@@ -96,3 +96,18 @@ def test_listings_show_only_the_callers_vhosts_unless_tagged(server: ServerProce
             names = {q["name"] for q in seer.get("/api/queues").json()}
             assert {"guest-visible", "carol-q"} <= names
             assert "tidings.http.event-log" not in names  # the gateway's own queue is hidden
+
+
+def test_metrics_on_their_own_port_need_no_credentials(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", "--prometheus-port", "0").start()
+    try:
+        with client(server, "guest", "guest") as guest:
+            guest.put("/api/queues/%2F/scraped", json={}).raise_for_status()
+        base = f"http://127.0.0.1:{server.metrics_port}"
+        text = httpx.get(f"{base}/metrics", timeout=10).text
+        assert 'tidings_queue_messages_ready{queue="scraped",vhost="/"} 0.0' in text
+        assert httpx.get(f"{base}/api/queues", timeout=10).status_code == 404  # nothing else
+        assert httpx.get(f"http://127.0.0.1:{server.http_port}/metrics",
+                         timeout=10).status_code == 401  # the gateway still asks
+    finally:
+        server.stop()

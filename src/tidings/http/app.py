@@ -518,3 +518,17 @@ def build_app(broker: Broker, users: UserStore, *,
     )
     app.state.gateway = gw
     return app
+
+
+def build_metrics_app(broker: Broker,
+                      server_stats: Callable[[], dict[str, float]] | None = None) -> Starlette:
+    """Only ``GET /metrics``, every vhost, without credentials: for ``--prometheus-port``, as
+    RabbitMQ's Prometheus endpoint is served on its own port. Bind it where only the scraper
+    reaches."""
+
+    async def metrics(request: Request) -> Response:
+        return Response(metrics_text(broker, server_stats),
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return Starlette(routes=[Route("/metrics", metrics)],
+                     exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
