@@ -23,3 +23,26 @@ def test_the_embedded_quickstart_runs_as_pasted(tmp_path: Path) -> None:
     assert "mail to ada@example.com" in out.stdout
     assert "billing orders.created {'order': 42}" in out.stdout
     assert (tmp_path / "tidings-data").is_dir()  # durable: one directory on disk
+
+
+def test_the_pika_quickstart_runs_as_pasted_against_tidings_serve(tmp_path: Path) -> None:
+    """The producer and the consumer of the README, with only the port changed (this
+    machine's 5672 may be RabbitMQ's): the consumer prints what the producer sent."""
+    from tests.serverproc import ServerProcess
+
+    text = README.read_text()
+    section = text.split("## Quickstart: a RabbitMQ client against `tidings serve`", 1)[1]
+    producer, consumer = re.findall(r"```python\n(.*?)```", section, re.S)[:2]
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        for program in (producer, consumer):
+            changed = program.replace('pika.ConnectionParameters("localhost")',
+                                      f'pika.ConnectionParameters("localhost", {server.port})')
+            assert changed.count(str(server.port)) == 1, "only the port may change"
+            out = subprocess.run([sys.executable, "-c", changed], env=env, capture_output=True,
+                                 text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "received b'Hello World!'"
+    finally:
+        server.stop()

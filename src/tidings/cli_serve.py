@@ -47,6 +47,9 @@ def add_serve_parser(commands: Any) -> None:
     serve.add_argument("--tls-key", help="PEM private key for TLS")
     serve.add_argument("--heartbeat-s", type=int, default=60,
                        help="heartbeat interval offered to clients (0 disables)")
+    serve.add_argument("--handshake-timeout-s", type=float, default=10.0,
+                       help="a client that has not opened its connection (TLS and login "
+                            "included) this long after connecting is dropped (default 10)")
     serve.add_argument("--frame-max", type=int, default=131072, help="largest frame, bytes")
     serve.add_argument("--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES,
                        help="largest message body accepted over AMQP; a larger one closes its "
@@ -93,7 +96,8 @@ async def serve(args: argparse.Namespace) -> int:
                         frame_max=args.frame_max,
                         memory_high_watermark_mb=watermark_mb or None,
                         disk_free_limit_mb=args.disk_free_limit_mb, data_dir=data_dir,
-                        max_message_bytes=args.max_message_bytes)
+                        max_message_bytes=args.max_message_bytes,
+                        handshake_timeout_s=args.handshake_timeout_s)
     http: list[Any] = []
     try:
         listening = [("amqp", args.amqp_port, None, "--amqp-port")]

@@ -3,8 +3,11 @@ directory, never grows the server's memory past its bounds, and the server keeps
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import decimal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -14,6 +17,7 @@ import pika
 import pytest
 from pamqp import commands, header
 
+from tidings.amqp.frames import PROTOCOL_HEADER, FrameReader
 from tidings.resources import rss_mb
 
 from ..serverproc import ServerProcess
@@ -153,3 +157,50 @@ def test_server_named_queues_are_unguessable_and_checked_like_any_queue(tmp_path
                 assert e.value.reply_code == 403
     finally:
         server.stop()
+
+
+def _nested_table(depth: int) -> bytes:
+    """Field-table bytes nested ``depth`` levels ({"a": {"a": ...}}), built without recursion."""
+    inner = b""
+    for _ in range(depth):
+        inner = b"\x01aF" + struct.pack(">I", len(inner)) + inner
+    return struct.pack(">I", len(inner)) + inner
+
+
+def test_deep_tables_get_a_clean_protocol_error_and_the_server_goes_on(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        # before login: client-properties nested 3,000 levels in connection.start-ok
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(PROTOCOL_HEADER)
+            reader = FrameReader()
+            while reader.next_frame() is None:
+                reader.feed(sock.recv(65536))
+            args = _nested_table(3000) + b"\x05PLAIN" + struct.pack(">I", 12) + \
+                b"\x00guest\x00guest" + b"\x05en_US"
+            payload = struct.pack(">HH", 10, 11) + args
+            sock.sendall(struct.pack(">BHI", 1, 0, len(payload)) + payload + b"\xce")
+            got = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    got += chunk
+            reader.feed(got)
+            item = reader.next_frame()
+            assert item is not None and isinstance(item[1], commands.Connection.Close)
+            assert item[1].reply_code == 501 and "nested too deeply" in item[1].reply_text
+        # after login: headers deeper than the limit are refused at the edge (502)
+        with pika.BlockingConnection(params(server)) as conn:
+            headers: dict[str, object] = {}
+            for _ in range(20):
+                headers = {"a": headers}
+            ch = conn.channel()
+            ch.queue_declare("deep")
+            with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as e:
+                ch.basic_publish("", "deep", b"x", pika.BasicProperties(headers=headers))
+                ch.queue_declare("deep", passive=True)
+            assert e.value.reply_code == 502 and "nested deeper than 16" in e.value.reply_text
+        with pika.BlockingConnection(params(server)) as conn:  # everyone else is served
+            assert conn.channel().queue_declare("deep", passive=True).method.message_count == 0
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log.read_text()

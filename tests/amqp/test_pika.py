@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import os
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pika
 import pytest
 from pika.adapters.asyncio_connection import AsyncioConnection
 
 from ..serverproc import ServerProcess
-
-#: ../shared/acceptance beside the checkout (TIDINGS_SHARED_DIR overrides).
-SHARED = Path(os.environ.get("TIDINGS_SHARED_DIR", Path(__file__).resolve().parents[3] / "shared"))
-SEED = SHARED / "acceptance" / "seed_send.py"
 
 
 def params(server: ServerProcess, **kw: object) -> pika.ConnectionParameters:
@@ -28,28 +20,6 @@ def params(server: ServerProcess, **kw: object) -> pika.ConnectionParameters:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def test_seed_producer_runs_unchanged_and_a_consumer_gets_hello_world(
-    server: ServerProcess, tmp_path: Path
-) -> None:
-    if not SEED.exists():
-        if os.environ.get("TIDINGS_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"acceptance program not found at {SEED}")
-        pytest.skip(f"acceptance program not found at {SEED} (set TIDINGS_SHARED_DIR)")
-    source = SEED.read_text()
-    changed = source.replace("pika.ConnectionParameters('localhost')",
-                             f"pika.ConnectionParameters('localhost', {server.port})")
-    assert changed.count(str(server.port)) == 1, "only the port may change"
-    copy = tmp_path / "seed_send.py"
-    copy.write_text(changed)
-    out = subprocess.run([sys.executable, str(copy)], capture_output=True, text=True,
-                         timeout=60, check=False)
-    assert out.returncode == 0, out.stderr
-    with pika.BlockingConnection(params(server)) as conn:
-        ch = conn.channel()
-        method, _, body = ch.basic_get("hello", auto_ack=True)
-        assert method is not None and body == b"Hello World!"
 
 
 def test_blocking_publish_with_confirms_consume_and_ack(server: ServerProcess) -> None:

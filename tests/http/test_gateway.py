@@ -336,3 +336,22 @@ def test_dead_letters_follow_the_queues_dead_letter_routing_key(http: httpx.Clie
     assert back["body"] == "doomed" and "x-death" not in back["headers"]
     is_error(http.get(f"{q}/dead-letters", params={"limit": "many"}), 400, "bad_request")
     is_error(http.get(f"/api/queues/%2F/{grave}/dead-letters"), 404, "not_found")
+
+
+def test_deep_or_unsendable_json_is_a_400_not_a_500(http: httpx.Client) -> None:
+    name = unique("deepq")
+    http.put(f"/api/queues/%2F/{name}", json={}).raise_for_status()
+    deep = "[" * 5000 + "]" * 5000
+    for path in ("/event", f"/api/queues/%2F/{name}/messages"):
+        body = is_error(http.post(path, content=deep,
+                                  headers={"content-type": "application/json"}), 400,
+                        "bad_request")
+        assert "nested too deeply" in body["message"]
+    nested: dict[str, Any] = {}
+    for _ in range(20):
+        nested = {"a": nested}
+    for headers, says in ((nested, "nested deeper than 16"), ({"n": 2**70}, "beyond 64 bits")):
+        body = is_error(http.post(f"/api/queues/%2F/{name}/messages",
+                                  json={"body": "x", "headers": headers}), 400, "bad_request")
+        assert says in body["message"]
+    assert http.get(f"/api/queues/%2F/{name}").json()["ready"] == 0

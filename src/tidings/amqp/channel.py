@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pamqp import commands
 from pamqp.base import Frame as Method
 
+from tidings.amqp import frames as wire
 from tidings.amqp.connection import ContentReceived, ProtocolError
 from tidings.amqp.properties import to_message, to_properties
 from tidings.errors import NotFoundError, PreconditionFailedError
@@ -145,7 +146,8 @@ class AmqpChannel:
             connection_id=self.link.connection_id, reserved_ok=not m.queue,
         )
         self.last_queue = queue.name
-        self.reply(Q.DeclareOk(queue.name, queue.ready_count, len(queue.consumers)), m.nowait)
+        self.reply(wire.DeclareOk(queue.name, queue.ready_count, len(queue.consumers)),
+                   m.nowait)
 
     def queue_bind(self, m: Q.Bind) -> None:
         name = self._queue_name(m.queue)
@@ -222,8 +224,8 @@ class AmqpChannel:
         def deliver(d: Delivery) -> None:
             m = d.message
             extra = {"x-delivery-count": d.delivery_count} if d.delivery_count else None
-            conn.send_content(number, B.Deliver(consumer_tag, d.delivery_tag, d.redelivered,
-                                                m.exchange, m.routing_key),
+            conn.send_content(number, wire.Deliver(consumer_tag, d.delivery_tag, d.redelivered,
+                                                   m.exchange, m.routing_key),
                               to_properties(m, extra), m.body)
             link.delivered()
 
@@ -251,8 +253,8 @@ class AmqpChannel:
         extra = {"x-delivery-count": d.delivery_count} if d.delivery_count else None
         self.link.conn.send_content(
             self.number,
-            B.GetOk(d.delivery_tag, d.redelivered, msg.exchange, msg.routing_key,
-                    d.message_count),
+            wire.GetOk(d.delivery_tag, d.redelivered, msg.exchange, msg.routing_key,
+                       d.message_count),
             to_properties(msg, extra), msg.body,
         )
 
@@ -280,7 +282,7 @@ class AmqpChannel:
         result = self.broker.publish(self.vhost, m.exchange, message, mandatory=m.mandatory)
         if result.returned:
             self.link.conn.send_content(
-                self.number, B.Return(312, "NO_ROUTE", m.exchange, m.routing_key),
+                self.number, wire.Return(312, "NO_ROUTE", m.exchange, m.routing_key),
                 to_properties(message), message.body,
             )
         if self.confirming:

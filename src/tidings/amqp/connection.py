@@ -39,6 +39,7 @@ from tidings.amqp.frames import (
     encode_method,
 )
 from tidings.errors import PreconditionFailedError, TidingsError
+from tidings.message import header_problem
 
 C, Ch, B = commands.Connection, commands.Channel, commands.Basic
 
@@ -64,6 +65,8 @@ LEGAL: dict[str, tuple[type[Method], ...]] = {
 CHANNEL_MAX = 2047
 FRAME_MAX = 131072
 HEARTBEAT_S = 60
+#: Channel frames a client may pipeline behind connection.open before it is answered.
+MAX_HELD_FRAMES = 64
 #: Largest message body accepted (RabbitMQ's ``max_message_size`` defaults to 128 MiB; ours is
 #: lower because Python holds a body two or three times over while it is assembled and stored).
 MAX_MESSAGE_BYTES = 64 * 2**20
@@ -84,7 +87,8 @@ def reply_text(error: TidingsError) -> str:
     """RabbitMQ's reply text: ``NOT_FOUND - no queue 'orders' in vhost '/'``."""
     cls = exceptions.CLASS_MAPPING.get(error.reply_code)
     name = cls.name.replace("-", "_") if cls else "INTERNAL_ERROR"
-    return f"{name} - {error}"[:255]
+    text = f"{name} - {error}".encode()[:255]  # a short string: 255 bytes, not characters
+    return text.decode(errors="ignore")
 
 
 # -- events -----------------------------------------------------------------------------------
@@ -164,6 +168,8 @@ class ServerConnection:
         self._reader = FrameReader(frame_max)
         self._events: deque[Event] = deque()
         self._out: list[bytes] = []
+        #: Channel frames that arrived before connection.open was answered.
+        self._held: list[tuple[int, Any]] = []
         #: Bytes queued in ``_out``: the driver stops deliveries while it is large.
         self.pending_bytes = 0
 
@@ -225,6 +231,10 @@ class ServerConnection:
             return
         if self.state == CLOSING:
             return  # after our connection.close only close / close-ok matter (§2.2.4)
+        if self.state == AWAIT_OPEN_OK and len(self._held) < MAX_HELD_FRAMES:
+            # Pipelined after connection.open (as RabbitMQ accepts): handled once it is open.
+            self._held.append((channel, frame))
+            return
         if self.state != OPEN:
             raise ProtocolError(504, f"channel {channel} used before the connection is open")
         self._channel_frame(channel, frame)
@@ -260,7 +270,7 @@ class ServerConnection:
         elif method.mechanism == "AMQPLAIN":
             try:
                 _, table = field_table(struct.pack(">I", len(raw)) + raw)
-            except (ValueError, struct.error) as e:
+            except Exception as e:  # whatever pamqp raises on a malformed or too deep table
                 raise ProtocolError(403, "malformed AMQPLAIN response") from e
             user, password = str(table.get("LOGIN", "")), str(table.get("PASSWORD", ""))
         else:
@@ -286,14 +296,17 @@ class ServerConnection:
         if isinstance(frame, Ch.Open):
             if ch is not None:
                 raise ProtocolError(504, f"second 'channel.open' seen on channel {channel}")
-            if channel > self.channel_max:
-                raise ProtocolError(530, f"channel {channel} is above channel_max "
-                                         f"{self.channel_max}")
+            if len(self.channels) >= self.channel_max:  # a count, as RabbitMQ checks it
+                raise ProtocolError(530, f"number of channels opened ({len(self.channels)}) "
+                                         f"has reached the negotiated channel_max "
+                                         f"({self.channel_max})")
             self.channels[channel] = _Channel()
             self._send(channel, Ch.OpenOk())
             self._events.append(ChannelOpened(channel))
             return
         if ch is None:
+            if isinstance(frame, Ch.CloseOk):
+                return  # both sides closed the channel at once: ours was answered already
             raise ProtocolError(504, f"expected 'channel.open' on channel {channel}")
         if ch.state == CLOSING:
             if isinstance(frame, Ch.CloseOk | Ch.Close):
@@ -333,6 +346,9 @@ class ServerConnection:
                     f"{self.max_message_bytes}"), B.Publish)
                 self._events.append(ChannelClosed(channel))
                 return
+            headers = frame.properties.headers
+            if headers and (problem := header_problem(headers)):
+                raise ProtocolError(502, f"content header on channel {channel}: {problem}")
             ch.properties, ch.body_size = frame.properties, frame.body_size
         elif isinstance(frame, body.ContentBody):
             ch.parts.append(frame.value)
@@ -358,6 +374,13 @@ class ServerConnection:
     def accept_open(self) -> None:
         self.state = OPEN
         self._send(0, C.OpenOk())
+        held, self._held = self._held, []
+        try:
+            for channel, frame in held:
+                if self.state == OPEN:
+                    self._channel_frame(channel, frame)
+        except TidingsError as e:
+            self.close(e)
 
     # -- output ----------------------------------------------------------------------------
 

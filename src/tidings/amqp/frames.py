@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 
-from pamqp import body, constants, exceptions, frame, header, heartbeat
+from pamqp import body, commands, constants, frame, header, heartbeat
 from pamqp.base import Frame as Method
 
 from tidings.errors import TidingsError
@@ -80,13 +80,39 @@ class FrameReader:
         elif frame_type in (constants.FRAME_METHOD, constants.FRAME_HEADER):
             try:
                 _, channel, value = frame.unmarshal(bytes(buf[: end + 1]))
-            except (exceptions.UnmarshalingException, ValueError, KeyError, IndexError,
-                    TypeError, UnicodeDecodeError, struct.error) as e:
-                raise FrameError(f"cannot decode frame on channel {channel}: {e}") from e
+            except RecursionError as e:
+                raise FrameError(f"cannot decode frame on channel {channel}: field tables "
+                                 f"nested too deeply") from e
+            except Exception as e:  # pamqp may raise anything on bytes it was not made for
+                raise FrameError(f"cannot decode frame on channel {channel}: "
+                                 f"{type(e).__name__}: {str(e)[:80]}") from e
         else:
             raise FrameError(f"unknown frame type {frame_type}")
         del buf[: end + 1]
         return channel, value
+
+
+def _any_utf8_names(cls: type[Method]) -> type[Method]:
+    """``cls`` without pamqp's name check: pamqp allows only ``[a-zA-Z0-9-_.:@#,/+ ]`` in the
+    exchange and queue names it sends, RabbitMQ (and tidings) any UTF-8 of up to 255 bytes.
+    Same wire form (the index and marshalling are inherited); received frames never go
+    through these."""
+
+    def validate(self: Method) -> None:
+        for attr in ("exchange", "queue"):
+            value = getattr(self, attr, None)
+            if value is not None and len(value.encode()) > 255:
+                raise ValueError(f"{attr} is longer than 255 bytes")
+
+    return type(cls.__name__, (cls,), {"validate": validate,  # fields: the parent's __slots__
+                                       "__qualname__": cls.__qualname__})
+
+
+#: The methods tidings sends with user-chosen exchange or queue names.
+DeclareOk = _any_utf8_names(commands.Queue.DeclareOk)
+Deliver = _any_utf8_names(commands.Basic.Deliver)
+GetOk = _any_utf8_names(commands.Basic.GetOk)
+Return = _any_utf8_names(commands.Basic.Return)
 
 
 def encode_method(channel: int, method: Method) -> bytes:

@@ -69,6 +69,9 @@ CAPABILITIES = {
     "per_consumer_qos": True,
     "direct_reply_to": True,
 }
+#: Seconds a client has from connecting (TLS handshake included) to an open connection, as
+#: RabbitMQ's handshake_timeout; then it is dropped.
+HANDSHAKE_TIMEOUT_S = 10.0
 #: Seconds a peer has to answer our connection.close with close-ok before it is dropped.
 CLOSE_TIMEOUT_S = 2.0
 #: Bytes of deliveries a connection may have queued for its peer before dispatch to it pauses
@@ -115,6 +118,7 @@ class AmqpLink(asyncio.Protocol):
         self._store_wait = False
         self._close_timer: asyncio.TimerHandle | None = None
         self._login_task: asyncio.Task[None] | None = None
+        self._handshake_timer: asyncio.TimerHandle | None = None
         #: Why deliveries to this peer are paused: the socket's buffer is full (asyncio said
         #: so), or more than OUTPUT_LIMIT_BYTES wait to be written.
         self._socket_full = False
@@ -129,17 +133,29 @@ class AmqpLink(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.server.links.add(self)
         self._arm_heartbeat()
+        self._handshake_timer = asyncio.get_running_loop().call_later(
+            self.server.handshake_timeout_s, self._handshake_timed_out)
+
+    def _handshake_timed_out(self) -> None:
+        if self.conn.state != OPEN and self.transport is not None:
+            log.warning("connection %s did not complete the AMQP handshake within %.0f s: "
+                        "dropped", self.peer, self.server.handshake_timeout_s)
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         self._last_recv = time.monotonic()
-        self.conn.receive_data(data)
+        try:
+            self.conn.receive_data(data)
+        except Exception:  # a bug of ours: this connection fails, the server goes on
+            log.exception("internal error reading from %s", self.peer)
+            self.conn.close(InternalError("internal error reading the client's frames"))
         self._process()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.links.discard(self)
         if self._login_task is not None:
             self._login_task.cancel()
-        for timer in (self._heartbeat, self._close_timer):
+        for timer in (self._heartbeat, self._close_timer, self._handshake_timer):
             if timer is not None:
                 timer.cancel()
         for channel in list(self.channels.values()):
@@ -398,8 +414,10 @@ class AmqpServer:
     def __init__(self, broker: Broker, users: UserStore, *, heartbeat_s: int = 60,
                  frame_max: int = 131072, memory_high_watermark_mb: float | None = None,
                  disk_free_limit_mb: float | None = None, data_dir: Path | None = None,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = MAX_MESSAGE_BYTES,
+                 handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S) -> None:
         self.broker, self.users = broker, users
+        self.handshake_timeout_s = handshake_timeout_s
         self.max_message_bytes = max_message_bytes
         self.heartbeat_s, self.frame_max = heartbeat_s, frame_max
         self.memory_high_watermark_mb = memory_high_watermark_mb
@@ -414,8 +432,9 @@ class AmqpServer:
         """Start listening; returns the bound port (useful with port 0)."""
         loop = asyncio.get_running_loop()
         try:
-            server = await loop.create_server(lambda: AmqpLink(self), host, port, ssl=tls,
-                                              reuse_address=True)
+            server = await loop.create_server(
+                lambda: AmqpLink(self), host, port, ssl=tls, reuse_address=True,
+                ssl_handshake_timeout=self.handshake_timeout_s if tls else None)
         except OSError as e:
             raise BrokenResourceError(
                 f"cannot listen on {host}:{port}: {os.strerror(e.errno or 0)}") from e

@@ -15,7 +15,7 @@ from typing import Any
 from starlette.requests import Request
 
 from tidings.http.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
-from tidings.message import Message
+from tidings.message import Message, header_problem
 
 JSON_TYPES = ("application/json",)
 
@@ -47,6 +47,8 @@ async def read_json(request: Request, limit_bytes: int, *, required: bool = True
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequestError(f"request body is not valid JSON: {e}") from e
+    except RecursionError as e:
+        raise BadRequestError("request body is nested too deeply") from e
 
 
 def obj(value: Any, what: str = "request body") -> dict[str, Any]:
@@ -117,7 +119,11 @@ def message_from_json(data: dict[str, Any]) -> Message:
         except ValueError as e:
             raise BadRequestError("field 'body_base64' is not valid base64") from e
         ctype = None
-    message = new_message(body, string(data, "content_type", ctype), table(data, "headers"),
+    headers = table(data, "headers")
+    problem = header_problem(headers) if headers else None
+    if problem:
+        raise BadRequestError(f"field 'headers': {problem}")
+    message = new_message(body, string(data, "content_type", ctype), headers,
                           string(data, "message_id"), boolean(data, "persistent", True))
     message.priority = integer(data, "priority", None, 0, 255)
     ttl = integer(data, "ttl_ms", None, 0, 2**31)

@@ -64,6 +64,8 @@ class DeclarationsMixin:
         v = self.get_vhost(vhost)
         existing = v.exchanges.get(name)
         if passive:
+            if name == "":
+                raise AccessRefusedError("operation not permitted on the default exchange")
             if existing is None:
                 raise NotFoundError(f"no exchange '{name}' in vhost '{vhost}'")
             return existing
@@ -125,13 +127,14 @@ class DeclarationsMixin:
 
     def unbind(self, vhost: str, source: str, destination: str, routing_key: str = "",
                arguments: dict[str, Any] | None = None, *, to_exchange: bool = False) -> None:
+        """Remove a binding; one that does not exist (nor its source or destination) is no
+        error, as in RabbitMQ."""
         if source == "":
             raise AccessRefusedError("operation not permitted on the default exchange")
-        self.get_exchange(vhost, source)
-        if to_exchange:
-            self.get_exchange(vhost, destination)
-        else:
-            self.get_queue(vhost, destination)
+        v = self.get_vhost(vhost)
+        if source not in v.exchanges or \
+                destination not in (v.exchanges if to_exchange else v.queues):
+            return
         b = Binding(source, destination, routing_key, freeze_arguments(arguments), to_exchange)
         self._unbind(vhost, b)
 
@@ -171,10 +174,9 @@ class DeclarationsMixin:
         arguments = dict(arguments or {})
         existing = v.queues.get(name)
         if existing is not None:
-            self._check_exclusive(existing, connection_id)
+            self._check_exclusive(existing, connection_id, exclusive)
             _check_equivalent("queue", name, vhost, [
                 ("durable", existing.durable, durable),
-                ("exclusive", existing.exclusive_owner is not None, exclusive),
                 ("auto_delete", existing.auto_delete, auto_delete),
                 *[(k, existing.arguments.get(k), arguments.get(k))
                   for k in sorted(set(existing.arguments) | set(arguments))
@@ -214,8 +216,13 @@ class DeclarationsMixin:
         self.vhosts[vhost].queues[name] = queue
         return queue
 
-    def _check_exclusive(self, queue: Queue, connection_id: str | None) -> None:
-        if queue.exclusive_owner is not None and queue.exclusive_owner != connection_id:
+    def _check_exclusive(self, queue: Queue, connection_id: str | None,
+                         exclusive: bool | None = None) -> None:
+        """Another connection's exclusive queue, or (on redeclare) a different ``exclusive``
+        flag, is 405 RESOURCE_LOCKED with RabbitMQ's text."""
+        owned = queue.exclusive_owner is not None
+        if (owned and queue.exclusive_owner != connection_id) or \
+                (exclusive is not None and exclusive != owned):
             raise ResourceLockedError(
                 f"cannot obtain exclusive access to locked queue '{queue.name}' "
                 f"in vhost '{queue.vhost}'. It could be originally declared on another "

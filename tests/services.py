@@ -1,0 +1,29 @@
+"""The machine's shared services for tests that compare tidings with the real thing.
+
+A test needing one skips with the reason when it is not running, and fails instead when
+``TIDINGS_REQUIRE_SERVICES=1`` (CI sets it). Tests never restart or reconfigure these.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+RABBITMQ = ("127.0.0.1", int(os.environ.get("TIDINGS_RABBITMQ_PORT", "5672")))
+
+
+def require(name: str, address: tuple[str, int]) -> tuple[str, int]:
+    try:
+        socket.create_connection(address, timeout=2).close()
+    except OSError as e:
+        reason = f"{name} is not running on {address[0]}:{address[1]} ({e.strerror or e})"
+        if os.environ.get("TIDINGS_REQUIRE_SERVICES") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return address
+
+
+def rabbitmq_port() -> int:
+    return require("RabbitMQ", RABBITMQ)[1]
