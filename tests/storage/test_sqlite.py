@@ -59,17 +59,24 @@ async def test_sqlite_store_group_commits_concurrent_writers(tmp_path: Path) -> 
     store.close()
 
 
-async def test_sqlite_store_sync_fails_when_commit_fails(tmp_path: Path) -> None:
+async def test_a_commit_that_never_succeeds_fails_its_waiters_only_at_close(
+    tmp_path: Path,
+) -> None:
+    """Nothing is confirmed that is not on disk: the waiters of a write that keeps failing wait
+    (it is retried), and get the error when the store closes without having written it."""
     store = SqliteStore(tmp_path)
     store.append("q", 1, b"ok")
     await store.sync()
     store._writer.execute("CREATE TRIGGER no_more BEFORE INSERT ON messages "
                           "BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
     store.append("q", 2, b"refused")
-    with pytest.raises(Exception, match="disk says no"):
-        await store.sync()
+    done = store.sync()
+    await asyncio.sleep(0.2)
+    assert not done.done()
     assert store.load("q", -1, 10) == [(1, b"ok")]
     store.close()
+    with pytest.raises(Exception, match="disk says no"):
+        await asyncio.wait_for(done, 5)
 
 
 def test_the_data_directory_and_its_files_are_owner_only(tmp_path: Path) -> None:
@@ -84,3 +91,40 @@ def test_the_data_directory_and_its_files_are_owner_only(tmp_path: Path) -> None
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     for name in ("tidings.sqlite3", "users.json", "LOCK"):
         assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
+
+
+async def test_a_failing_disk_delays_writes_and_drops_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A full disk: the batch is retried until it lands, its waiters are not failed, and the
+    log has one line for the trouble and one for the recovery, not one per attempt."""
+    import logging
+    import sqlite3
+
+    store = SqliteStore(tmp_path / "data")
+    store.append("q", 1, b"first")
+    await store.sync()
+    real = store._write
+    failures = [0]
+
+    def full_disk(batch: object) -> None:
+        if failures[0] < 6:
+            failures[0] += 1
+            raise sqlite3.OperationalError("database or disk is full")
+        real(batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "_write", full_disk)
+    with caplog.at_level(logging.WARNING, "tidings.storage"):
+        store.append("q", 2, b"second")
+        store.remove("q", 1)  # an ack made while the disk is full is not lost either
+        done = store.sync()
+        await asyncio.sleep(0.2)
+        assert not done.done()  # neither confirmed nor failed while the disk is full
+        await asyncio.wait_for(done, 10)
+    assert done.exception() is None and failures[0] == 6
+    assert [r.levelname for r in caplog.records] == ["ERROR", "WARNING"]
+    assert "database or disk is full" in caplog.records[0].getMessage()
+    store.close()
+    store = SqliteStore(tmp_path / "data")
+    assert store.load("q", -1, 10) == [(2, b"second")]
+    store.close()

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,11 @@ from tidings.files import PRIVATE_FILE_MODE, make_private_directory
 from tidings.storage.base import TRANSIENT
 from tidings.storage.lock import DirectoryLock
 
+log = logging.getLogger("tidings.storage")
+
 DB_NAME = "tidings.sqlite3"
+#: A failed commit is retried after this many seconds, doubling up to RETRY_MAX_S.
+RETRY_FIRST_S, RETRY_MAX_S = 0.05, 2.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -202,13 +208,38 @@ class SqliteStore:
                 batch, self._handed = self._handed, []
                 if not batch and self._closing:
                     return
-            error: BaseException | None = None
+            error = self._write_until_done(batch)
+            self._resolve([item[2] for item in batch if item[2] is not None], error)
+
+    def _write_until_done(self, batch: list[tuple[list[Op], dict[str, int], Any, int]]
+                          ) -> BaseException | None:
+        """Commit ``batch``; while that fails (a full disk, an I/O error) keep it and try
+        again, backing off, so no publish, ack or definition is dropped and nothing waiting
+        on it is told it failed. Logged once when writes stop and once when they resume.
+        Only a close gives up: then the batch's waiters get the error."""
+        delay, failing_since = RETRY_FIRST_S, 0.0
+        while True:
             try:
                 self._write(batch)
-            except Exception as e:  # a failed commit fails every waiter of the batch
-                error = e
-                self._writer.execute("ROLLBACK") if self._writer.in_transaction else None
-            self._resolve([item[2] for item in batch if item[2] is not None], error)
+            except Exception as e:
+                if self._writer.in_transaction:
+                    self._writer.execute("ROLLBACK")
+                if self._closing:
+                    log.error("the store in '%s' closed with writes it could not make: %s",
+                              self.directory, e)
+                    return e
+                if not failing_since:
+                    failing_since = time.monotonic()
+                    log.error("cannot write to the store in '%s': %s; retrying (confirms and "
+                              "acks wait, nothing is dropped)", self.directory, e)
+                with self._cond:
+                    self._cond.wait(delay)  # a close wakes it
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            if failing_since:
+                log.warning("writes to the store in '%s' resumed after %.1f s", self.directory,
+                            time.monotonic() - failing_since)
+            return None
 
     def _write(self, batch: list[tuple[list[Op], dict[str, int], Any, int]]) -> None:
         conn = self._writer
