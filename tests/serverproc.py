@@ -19,6 +19,8 @@ class ServerProcess:
         self.tls_port = 0
         self.http_port = 0
         self.metrics_port = 0
+        #: What the server printed at start.
+        self.banner: list[str] = []
         self.log = data_dir.parent / f"{data_dir.name}-server.log"
 
     def start(self, port: int = 0) -> ServerProcess:
@@ -35,6 +37,7 @@ class ServerProcess:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
+            self.banner.append(line)
             if not line:
                 raise RuntimeError(f"server did not start: {self.log.read_text()[-2000:]}")
             found = re.search(r"(amqps?|https?) listening on [^:]+:(\d+)", line)

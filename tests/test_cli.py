@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -37,8 +38,12 @@ def test_queues_stats_and_dead_letters(tmp_path: Path) -> None:
         m.reject()
     out = run("--data-dir", str(tmp_path), "queues")
     assert out.returncode == 0, out.stderr
-    lines = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines()[1:]}
-    assert lines["jobs"][:2] == ["1", "0"] and lines["jobs.dead"][:2] == ["1", "0"]
+    assert out.stdout.split()[:7] == ["vhost", "queue", "ready", "unacked", "delayed",
+                                      "consumers", "oldest_s"]
+    lines = {line.split()[1]: line.split()[2:] for line in out.stdout.splitlines()[1:]}
+    assert lines["jobs"][:4] == ["1", "0", "0", "0"] and lines["jobs.dead"][:2] == ["1", "0"]
+    out = run("--data-dir", str(tmp_path), "queues", "--json")
+    assert {q["name"]: q["ready"] for q in json.loads(out.stdout)} == {"jobs": 1, "jobs.dead": 1}
     out = run("--data-dir", str(tmp_path), "stats", "--queue", "jobs")
     assert out.returncode == 0 and '"ready": 1' in out.stdout
     out = run("--data-dir", str(tmp_path), "dead-letters", "jobs")
@@ -52,7 +57,9 @@ def test_queues_stats_and_dead_letters(tmp_path: Path) -> None:
 def test_serve_bad_flag_value_is_one_line_exit_2() -> None:
     out = run("serve", "--amqp-port", "not-a-port")
     assert out.returncode == 2 and out.stderr.count("\n") == 1
-    assert "--amqp-port" in out.stderr and "invalid int value" in out.stderr
+    assert "--amqp-port" in out.stderr and "is not a port number" in out.stderr
+    out = run("serve", "--http-port", "70000")
+    assert out.returncode == 2 and "port 70000 is out of range" in out.stderr
 
 
 def test_inspecting_a_directory_a_server_holds_points_to_the_http_api(tmp_path: Path) -> None:
@@ -87,7 +94,7 @@ def test_an_unreadable_record_is_quarantined_listed_and_exported(tmp_path: Path)
 
     out = run("--data-dir", str(data), "queues")  # opening the broker moves the record aside
     assert out.returncode == 0, out.stderr
-    ready = {line.split()[0]: line.split()[1] for line in out.stdout.splitlines()[1:]}
+    ready = {line.split()[1]: line.split()[2] for line in out.stdout.splitlines()[1:]}
     assert ready["jobs"] == "2"
     assert "moved to the quarantine" in out.stderr
     out = run("--data-dir", str(data), "quarantine")
@@ -102,3 +109,51 @@ def test_an_unreadable_record_is_quarantined_listed_and_exported(tmp_path: Path)
     assert run("--data-dir", str(data), "quarantine").stdout.splitlines()[1:] == []
     with tidings.connect_blocking(str(data)) as client:
         assert [client.get("jobs").json() for _ in range(2)] == [{"n": 0}, {"n": 2}]  # type: ignore[union-attr]
+
+
+def test_first_contact(tmp_path: Path) -> None:
+    """What a newcomer meets: help on a bare command, --data-dir after the command, defaults
+    in every flag's help, any case for --log-level, one line for every failure."""
+    out = run()
+    assert out.returncode == 0 and "usage: tidings" in out.stdout and "serve" in out.stdout
+    out = run("serve", "--help")
+    assert out.returncode == 0 and "(default: 5672)" in out.stdout
+    assert "(default: INFO)" in out.stdout
+    data = tmp_path / "data"
+    with tidings.connect_blocking(str(data)) as client:
+        client.send("jobs", {"n": 1})
+    out = run("queues", "--data-dir", str(data))  # the flag after the command
+    assert out.returncode == 0 and "jobs" in out.stdout
+    out = run("dead-letters", "nope", "--data-dir", str(data))
+    assert out.returncode == 1 and out.stderr == "tidings: error: no queue 'nope' in vhost '/'\n"
+    assert "nope" not in run("queues", "--data-dir", str(data)).stdout  # nothing was made
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    for args in (("serve", "--data-dir", str(not_a_dir), "--amqp-port", "0",
+                  "--http-port", "-1", "--log-level", "warning"),
+                 ("users", "add", "bob", "--data-dir", str(not_a_dir / "x"))):
+        out = run(*args)
+        assert out.returncode == 1, out
+        assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
+    added = subprocess.run([sys.executable, "-m", "tidings", "--data-dir", str(data), "users",
+                            "add", "carol"], input="s3cret\n", capture_output=True, text=True,
+                           timeout=60, check=False)  # no terminal: the password from stdin
+    assert added.returncode == 0, added.stderr
+    from tidings.auth import UserStore
+
+    assert UserStore(data).authenticate("carol", "s3cret", "127.0.0.1") == "carol"
+    piped = subprocess.run(f"'{sys.executable}' -m tidings --data-dir '{data}' stats | head -1",
+                           shell=True, capture_output=True, text=True, timeout=60, check=False)
+    assert piped.stdout.strip() == "{" and "Traceback" not in piped.stderr
+
+
+def test_the_banner_prints_urls_to_paste(tmp_path: Path) -> None:
+    from tests.serverproc import ServerProcess
+
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        banner = "".join(server.banner)
+        assert f"amqp://guest:guest@127.0.0.1:{server.port}/" in banner
+        assert f"http://127.0.0.1:{server.http_port}/" in banner
+    finally:
+        server.stop()

@@ -21,29 +21,47 @@ from typing import Any, NoReturn
 import tidings
 from tidings.cli_serve import add_serve_parser, serve
 from tidings.cli_users import add_users_parsers, run_users_command
-from tidings.errors import ResourceLockedError, TidingsError
+from tidings.errors import NotFoundError, ResourceLockedError, TidingsError
 
 #: Where the embedded broker keeps its data unless told otherwise.
 DEFAULT_DATA_DIR = "./tidings-data"
 
 
 class _Parser(argparse.ArgumentParser):
+    """Every (sub)command: one-line errors with exit code 2, defaults shown in its help, and
+    ``--data-dir`` accepted before or after the command (``tidings serve --data-dir DIR``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.add_argument("--data-dir", default=argparse.SUPPRESS,
+                          help="data directory of the broker (env TIDINGS_DATA_DIR; default "
+                               f"{DEFAULT_DATA_DIR})")
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+def _port(text: str) -> int:
+    """A TCP port for a flag (0: any free one; -1 where a flag documents it as off)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number") from None
+    if not -1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range (0-65535)")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tidings", description="A message queue and event bus for Python.")
+    parser.set_defaults(data_dir=os.environ.get("TIDINGS_DATA_DIR", DEFAULT_DATA_DIR))
     parser.add_argument("--version", action="version", version=f"tidings {tidings.__version__}")
-    parser.add_argument(
-        "--data-dir", default=os.environ.get("TIDINGS_DATA_DIR", DEFAULT_DATA_DIR),
-        help="data directory of the embedded broker (env TIDINGS_DATA_DIR; "
-             f"default {DEFAULT_DATA_DIR})",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    add_serve_parser(commands)
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+    add_serve_parser(commands, _port)
     add_users_parsers(commands)
-    commands.add_parser("queues", help="list queues with their depth and consumers")
+    queues = commands.add_parser("queues", help="list queues with their depth and consumers")
+    queues.add_argument("--json", action="store_true", help="one JSON array, every number")
     stats = commands.add_parser("stats", help="broker statistics as JSON")
     stats.add_argument("--queue", help="only this queue")
     dead = commands.add_parser("dead-letters", help="list, replay or purge a queue's dead letters")
@@ -109,15 +127,23 @@ async def _run(args: argparse.Namespace) -> int:
     async with client:
         if args.command == "queues":
             stats = await client.statistics()
-            print(f"{'queue':<40}{'ready':>10}{'unacked':>10}{'delayed':>10}{'oldest_s':>10}")
+            if args.json:
+                print(json.dumps([asdict(q) for q in stats.queues], indent=2))
+                return 0
+            print(f"{'vhost':<12}{'queue':<40}{'ready':>10}{'unacked':>10}{'delayed':>10}"
+                  f"{'consumers':>10}{'oldest_s':>10}")
             for q in stats.queues:
                 age = "" if q.oldest_ready_age_s is None else f"{q.oldest_ready_age_s:.1f}"
-                print(f"{q.name:<40}{q.ready:>10}{q.unacked:>10}{q.delayed:>10}{age:>10}")
+                print(f"{q.vhost:<12}{q.name:<40}{q.ready:>10}{q.unacked:>10}{q.delayed:>10}"
+                      f"{q.consumers:>10}{age:>10}")
         elif args.command == "stats":
             stats = await client.statistics()
             data: Any = asdict(stats.queue(args.queue)) if args.queue else asdict(stats)
             print(json.dumps(data, indent=2))
         elif args.command == "dead-letters":
+            names = {q.name for q in (await client.statistics()).queues if q.vhost == "/"}
+            if args.queue not in names:
+                raise NotFoundError(f"no queue '{args.queue}' in vhost '/'")
             if args.replay:
                 print(f"replayed {await client.replay_dead_letters(args.queue)}")
             elif args.purge:
@@ -130,15 +156,25 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare `tidings`
+        parser.print_help()
+        return 0
     try:
         return asyncio.run(_run(args))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `tidings stats | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyError as e:
         print(f"tidings: error: no queue {e}", file=sys.stderr)
     except TidingsError as e:
         print(f"tidings: error: {e}", file=sys.stderr)
+    except OSError as e:  # a data directory that is a file, read-only, on a full disk, ...
+        where = f" '{e.filename}'" if e.filename else ""
+        print(f"tidings: error: {e.strerror or e}{where}", file=sys.stderr)
     return 1
 
 

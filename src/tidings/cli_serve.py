@@ -27,41 +27,49 @@ from tidings.resources import total_memory_mb
 DEFAULT_WATERMARK_SHARE = 0.2
 
 
-def add_serve_parser(commands: Any) -> None:
+def add_serve_parser(commands: Any, port: Callable[[str], int]) -> None:
     serve = commands.add_parser("serve", help="run the broker with its AMQP 0-9-1 listener")
     serve.add_argument("--host", default=os.environ.get("TIDINGS_HOST", "0.0.0.0"),
-                       help="address to listen on (default 0.0.0.0)")
-    serve.add_argument("--amqp-port", type=int, default=5672, help="AMQP port (default 5672)")
-    serve.add_argument("--http-port", type=int, default=15672,
-                       help="HTTP gateway port (default 15672; -1 disables it)")
+                       help="address to listen on")
+    serve.add_argument("--amqp-port", type=port, default=5672, help="AMQP port")
+    serve.add_argument("--http-port", type=port, default=15672,
+                       help="HTTP gateway port (-1 disables it)")
     serve.add_argument("--http-max-body-bytes", type=int, default=1 << 20,
-                       help="largest HTTP request body accepted (default 1 MiB)")
-    serve.add_argument("--prometheus-port", type=int, default=-1,
+                       help="largest HTTP request body accepted")
+    serve.add_argument("--prometheus-port", type=port, default=-1,
                        help="also serve GET /metrics without credentials on this port, as "
-                            "RabbitMQ's Prometheus plugin does on 15692 (default -1: off)")
+                            "RabbitMQ's Prometheus plugin does on 15692")
     serve.add_argument("--sse-buffer-events", type=int, default=1000,
                        help="events an SSE reader may fall behind before it is cut off")
-    serve.add_argument("--amqps-port", type=int, default=5671,
-                       help="AMQP over TLS port, with --tls-cert and --tls-key (default 5671)")
+    serve.add_argument("--amqps-port", type=port, default=5671,
+                       help="AMQP over TLS port, with --tls-cert and --tls-key")
     serve.add_argument("--tls-cert", help="PEM certificate (chain) for TLS")
     serve.add_argument("--tls-key", help="PEM private key for TLS")
     serve.add_argument("--heartbeat-s", type=int, default=60,
                        help="heartbeat interval offered to clients (0 disables)")
     serve.add_argument("--handshake-timeout-s", type=float, default=10.0,
                        help="a client that has not opened its connection (TLS and login "
-                            "included) this long after connecting is dropped (default 10)")
+                            "included) this long after connecting is dropped")
     serve.add_argument("--frame-max", type=int, default=131072, help="largest frame, bytes")
     serve.add_argument("--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES,
                        help="largest message body accepted over AMQP; a larger one closes its "
-                            f"channel with 406 (default {MAX_MESSAGE_BYTES} = 64 MiB)")
+                            "channel with 406")
     serve.add_argument("--memory-high-watermark-mb", type=float,
                        help="block publishers while the messages and buffers the server holds "
                             "in memory exceed this many MiB (default: a fifth of the "
                             "machine's RAM; 0 disables)")
     serve.add_argument("--disk-free-limit-mb", type=float, default=50.0,
-                       help="block publishers while free disk is below this (default 50)")
-    serve.add_argument("--log-level", default="INFO",
-                       choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+                       help="block publishers while free disk is below this")
+    serve.add_argument("--log-level", default="INFO", type=str.upper,
+                       choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                       help="how much to log (any case)")
+
+
+def _url_host(host: str) -> str:
+    """Where a person on this machine reaches a listener bound to ``host``."""
+    if host in ("0.0.0.0", "::", ""):
+        return "localhost"
+    return f"[{host}]" if ":" in host else host
 
 
 def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -108,8 +116,8 @@ async def serve(args: argparse.Namespace) -> int:
                 bound = await server.listen(args.host, port, context)
             except BrokenResourceError as e:
                 raise ConfigError(f"port {port} is not available ({flag}): {e}") from e
-            print(f"tidings: {scheme} listening on {args.host}:{bound} (data: {data_dir})",
-                  flush=True)
+            print(f"tidings: {scheme} listening on {args.host}:{bound} (data: {data_dir}): "
+                  f"{scheme}://guest:guest@{_url_host(args.host)}:{bound}/", flush=True)
         if args.http_port >= 0:
             http = await _start_http(args, broker, server, tls)
         stop = asyncio.Event()
@@ -194,8 +202,9 @@ async def _serve_app(app: Any, host: str, port: int, flag: str, args: argparse.N
     if http.task.done():
         http.task.result()
     scheme = "https" if tls else "http"
-    print(f"tidings: {scheme} listening on {host}:{sock.getsockname()[1]} ({what})",
-          flush=True)
+    bound = sock.getsockname()[1]
+    print(f"tidings: {scheme} listening on {host}:{bound} ({what}): "
+          f"{scheme}://{_url_host(host)}:{bound}/", flush=True)
     return http
 
 

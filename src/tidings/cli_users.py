@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from tidings.auth import UserStore
+from tidings.errors import ConfigError
 
 
 def add_users_parsers(commands: Any) -> None:
@@ -73,10 +74,13 @@ def run_users_command(args: argparse.Namespace) -> int:
         return 0
     if args.action == "add":
         password = args.password
-        if args.password_stdin:
-            password = sys.stdin.readline().rstrip("\n")
+        if args.password_stdin or (password is None and not sys.stdin.isatty()):
+            password = sys.stdin.readline().rstrip("\n")  # a pipe, or no terminal to ask on
         elif password is None:
             password = getpass.getpass(f"password for '{args.name}': ")
+        if not password:
+            raise ConfigError("the password is empty: give it, type it, or pipe it to "
+                              "--password-stdin")
         store.add_user(args.name, password)
     elif args.action == "delete":
         store.delete_user(args.name)
