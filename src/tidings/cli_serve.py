@@ -127,6 +127,8 @@ async def serve(args: argparse.Namespace) -> int:
         await stop.wait()
         print("tidings: shutting down", flush=True)
     finally:
+        if http:
+            http[0].config.app.state.gateway.shutdown()  # streams and long-polls end now
         for each in http:
             each.should_exit = True
         for each in http:
@@ -192,7 +194,7 @@ async def _serve_app(app: Any, host: str, port: int, flag: str, args: argparse.N
     sock.listen(512)
     sock.setblocking(False)
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
-                            ws="wsproto",
+                            ws="wsproto", timeout_graceful_shutdown=2,
                             ssl_certfile=args.tls_cert if tls else None,
                             ssl_keyfile=args.tls_key if tls else None)
     http = _Uvicorn(config)

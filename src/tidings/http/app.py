@@ -66,6 +66,12 @@ class Gateway:
     def __post_init__(self) -> None:
         self.events = EventLog(self.broker)
         self.leases = Leases(self.broker)
+        self.closing = asyncio.Event()
+
+    def shutdown(self) -> None:
+        """Before the server stops: end streams and long-polls so it need not wait for them."""
+        self.closing.set()
+        self.events.close()
 
     def visible(self, request: Request) -> set[str] | None:
         """Vhosts the caller may see in listings (None: all, for administrator/monitoring)."""
@@ -215,6 +221,7 @@ def routes(gw: Gateway) -> list[Any]:
                     return
                 if isinstance(item, LoggedEvent):
                     await websocket.send_json(gw.events.as_json(item))
+            await websocket.close(code=1001, reason="server shutting down")
         except (WebSocketDisconnect, asyncio.CancelledError):
             return
         finally:
@@ -322,15 +329,18 @@ def routes(gw: Gateway) -> list[Any]:
             arrived.set()
 
         consumer = broker.consume(session, name, on_delivery, prefetch_count=count)
+        waits = [asyncio.ensure_future(arrived.wait()), asyncio.ensure_future(gw.closing.wait())]
         try:
-            await asyncio.wait_for(arrived.wait(), wait_ms / 1000.0)
-        except TimeoutError:
-            pass
+            await asyncio.wait(waits, timeout=wait_ms / 1000.0,
+                               return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:  # the client went away: give the messages back
             broker.cancel(session, consumer.tag)
             for d in got:
                 session.nack(d.delivery_tag, requeue=True)
             raise
+        finally:
+            for waiting in waits:
+                waiting.cancel()
         broker.cancel(session, consumer.tag)
         return got
 

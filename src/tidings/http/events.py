@@ -58,7 +58,8 @@ class LoggedEvent:
 class Stream:
     def __init__(self, pattern: str, limit: int, limit_bytes: int = STREAM_BUFFER_BYTES) -> None:
         self.pattern = pattern
-        self.queue: asyncio.Queue[LoggedEvent] = asyncio.Queue(maxsize=limit)
+        #: None ends the stream (the server is shutting down).
+        self.queue: asyncio.Queue[LoggedEvent | None] = asyncio.Queue(maxsize=limit)
         self.limit_bytes = limit_bytes
         #: Body bytes waiting in ``queue`` (an upper bound: taken events are not subtracted
         #: until the reader catches up, see :meth:`taken`).
@@ -77,6 +78,16 @@ class Stream:
             self.queued_bytes += size
         except asyncio.QueueFull:
             self.overflowed = True
+
+    def end(self) -> None:
+        """Make the reader's next read return: the stream ends after what it already has."""
+        self.overflowed = True  # nothing more is pushed
+        while True:
+            try:
+                self.queue.put_nowait(None)
+                return
+            except asyncio.QueueFull:
+                self.queue.get_nowait()  # the reader is cut off anyway: drop one to make room
 
     def taken(self, event: LoggedEvent) -> None:
         self.queued_bytes -= len(event.message.body)
@@ -117,6 +128,11 @@ class EventLog:
             if topic_matches(stream.pattern, event.topic):
                 stream.push(event)
 
+    def close(self) -> None:
+        """End every live stream (shutdown): SSE responses finish, WebSockets close."""
+        for stream in list(self.streams):
+            stream.end()
+
     def event_id(self, event: LoggedEvent) -> str:
         return f"{self.epoch}-{event.seq}"
 
@@ -142,6 +158,8 @@ class EventLog:
                 except TimeoutError:
                     yield KEEPALIVE
                     continue
+                if event is None:
+                    return
                 stream.taken(event)
                 yield event
                 if stream.overflowed and stream.queue.empty():
