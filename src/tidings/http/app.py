@@ -26,6 +26,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from tidings.auth import UserStore
 from tidings.client.transport import EVENTS_EXCHANGE
 from tidings.errors import NotFoundError, PreconditionFailedError
+from tidings.http import management
 from tidings.http import schemas as sch
 from tidings.http.errors import EXCEPTION_HANDLERS, BadRequestError
 from tidings.http.events import (
@@ -231,22 +232,27 @@ def routes(gw: Gateway) -> list[Any]:
 
     def queue_json(vhost: str, name: str) -> dict[str, Any]:
         q = broker.get_queue(vhost, name)
-        s = broker.queue_statistics(q)
         return {
-            "vhost": vhost, "name": name, "durable": q.durable, "auto_delete": q.auto_delete,
+            **management.queue_fields(broker.queue_statistics(q), q.options.queue_type),
+            "durable": q.durable, "auto_delete": q.auto_delete,
             "exclusive": q.exclusive_owner is not None, "arguments": q.arguments,
-            "ready": s.ready, "unacked": s.unacked, "delayed": s.delayed,
-            "consumers": s.consumers, "ready_bytes": s.ready_bytes,
-            "oldest_ready_age_s": s.oldest_ready_age_s, "counts": s.counts, "rates": s.rates,
-            "waiting_time_ms": _summary(s.waiting_time),
-            "processing_time_ms": _summary(s.processing_time),
         }
 
     async def list_queues(request: Request) -> JSONResponse:
-        vhost = request.query_params.get("vhost")
+        vhost = request.path_params.get("vhost") or request.query_params.get("vhost")
+        vhost = unquote(vhost) if vhost else None
         vhosts = [v for v in gw.vhosts(request) if vhost is None or v == vhost]
         return JSONResponse([queue_json(v, name) for v in vhosts
                              for name in list(broker.get_vhost(v).queues) if not internal(name)])
+
+    async def list_vhosts(request: Request) -> JSONResponse:
+        out = []
+        for v in gw.vhosts(request):
+            queues = [broker.queue_statistics(q) for q in broker.get_vhost(v).queues.values()
+                      if not internal(q.name)]
+            out.append({"name": v, **management.totals(sum(q.ready for q in queues),
+                                                        sum(q.unacked for q in queues))})
+        return JSONResponse(out)
 
     async def get_queue(request: Request) -> JSONResponse:
         vhost, name = _vhost(request), _name(request)
@@ -487,6 +493,8 @@ def routes(gw: Gateway) -> list[Any]:
         Route("/events/{topic}", post_event_topic, methods=["POST"]),
         Route("/event", post_event, methods=["POST"]),
         Route("/api/queues", list_queues),
+        Route("/api/queues/{vhost}", list_queues, methods=["GET"]),
+        Route("/api/vhosts", list_vhosts),
         Route(q, get_queue, methods=["GET"]),
         Route(q, put_queue, methods=["PUT"]),
         Route(q, delete_queue, methods=["DELETE"]),
@@ -506,11 +514,6 @@ def routes(gw: Gateway) -> list[Any]:
         Route("/api/bindings/{vhost}", change_binding, methods=["POST", "DELETE"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-
-
-def _summary(s: Any) -> dict[str, Any]:
-    return {"count": s.count, "mean": s.mean_ms, "p50": s.p50_ms, "p95": s.p95_ms,
-            "p99": s.p99_ms}
 
 
 def build_app(broker: Broker, users: UserStore, *,

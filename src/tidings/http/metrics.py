@@ -19,6 +19,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from tidings.http.events import is_internal_queue
+from tidings.http.management import message_stats, totals
 from tidings.routing.broker import Broker
 from tidings.routing.queue import Queue
 from tidings.routing.stats import COUNTERS, Histogram
@@ -120,4 +121,12 @@ def overview(broker: Broker, extra: dict[str, Any], vhosts: set[str] | None = No
         "delayed": sum(q.delayed for q in queues) if vhosts is not None
         else len(broker.delayed),
         "counts": counts, "rates": rates, **extra,
+        # RabbitMQ's management API names for the same numbers
+        "queue_totals": totals(sum(q.ready for q in queues), sum(q.unacked for q in queues)),
+        "object_totals": {"queues": len(queues), "exchanges": sum(len(v.exchanges)
+                                                                   for v in shown),
+                          "consumers": sum(q.consumers for q in queues),
+                          **{k: int(v) for k, v in extra.items()
+                             if k in ("connections", "channels")}},
+        "message_stats": message_stats(counts, rates),
     }

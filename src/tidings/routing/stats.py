@@ -25,21 +25,29 @@ RATE_WINDOW_S = 5
 class Histogram:
     """Log-bucketed histogram of milliseconds."""
 
-    __slots__ = ("buckets", "count", "total_ms")
+    __slots__ = ("buckets", "count", "max_ms", "min_ms", "total_ms")
 
     def __init__(self) -> None:
         self.buckets: dict[int, int] = {}
         self.count = 0
         self.total_ms = 0.0
+        self.min_ms = math.inf
+        self.max_ms = 0.0
 
     def observe(self, ms: float) -> None:
         index = 0 if ms <= _FLOOR_MS else 1 + int(math.log(ms / _FLOOR_MS) / _LOG_GROWTH)
         self.buckets[index] = self.buckets.get(index, 0) + 1
         self.count += 1
         self.total_ms += ms
+        if ms < self.min_ms:
+            self.min_ms = ms
+        if ms > self.max_ms:
+            self.max_ms = ms
 
     def percentile(self, q: float) -> float | None:
-        """Upper edge of the bucket holding the q-th quantile (0 < q <= 1), or None if empty."""
+        """Upper edge of the bucket holding the q-th quantile (0 < q <= 1), kept within the
+        smallest and largest samples (so one sample's percentiles are that sample), or None
+        if empty."""
         if not self.count:
             return None
         rank = q * self.count
@@ -47,7 +55,7 @@ class Histogram:
         for index in sorted(self.buckets):
             seen += self.buckets[index]
             if seen >= rank:
-                return _FLOOR_MS * _GROWTH**index
+                return min(max(_FLOOR_MS * _GROWTH**index, self.min_ms), self.max_ms)
         return None
 
     def summary(self) -> LatencySummary:

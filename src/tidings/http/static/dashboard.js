@@ -54,8 +54,8 @@ function row(q, deadCount) {
     q.name, fmt(q.ready), fmt(q.unacked), fmt(q.delayed), fmt(q.consumers),
     q.oldest_ready_age_s === null ? "–" : `${q.oldest_ready_age_s.toFixed(1)} s`,
     fmt(q.rates.published, 1), fmt(q.rates.delivered, 1), fmt(q.rates.acked, 1),
-    `${ms(q.waiting_time_ms.p50)} / ${ms(q.waiting_time_ms.p99)} ms`,
-    `${ms(q.processing_time_ms.p50)} / ${ms(q.processing_time_ms.p99)} ms`,
+    `${ms(q.waiting_time.p50_ms)} / ${ms(q.waiting_time.p99_ms)} ms`,
+    `${ms(q.processing_time.p50_ms)} / ${ms(q.processing_time.p99_ms)} ms`,
   ];
   cells.forEach((text, i) => {
     const td = document.createElement("td"); td.textContent = text;

@@ -1,0 +1,44 @@
+"""RabbitMQ management API field shapes, beside tidings' own fields.
+
+Where the gateway's paths mirror RabbitMQ's management API (``/api/queues``,
+``/api/queues/{vhost}``, ``/api/queues/{vhost}/{name}``, ``/api/vhosts``, ``/api/overview``),
+its JSON carries the fields the tools people already run read: rabbitmqadmin, KEDA's RabbitMQ
+scaler (``messages``, ``messages_ready``, ``message_stats.publish_details.rate``), Grafana's
+RabbitMQ dashboards. tidings' own names (those of the Python API's statistics) stay alongside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from tidings.routing.stats import QueueStatistics
+
+#: RabbitMQ's message_stats names for tidings' counters.
+_MESSAGE_STATS = (("publish", "published"), ("deliver_get", "delivered"), ("ack", "acked"),
+                  ("redeliver", "redelivered"))
+
+
+def message_stats(counts: dict[str, int], rates: dict[str, float]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for theirs, ours in _MESSAGE_STATS:
+        out[theirs] = counts[ours]
+        out[f"{theirs}_details"] = {"rate": rates[ours]}
+    return out
+
+
+def totals(ready: int, unacked: int) -> dict[str, int]:
+    return {"messages": ready + unacked, "messages_ready": ready,
+            "messages_unacknowledged": unacked}
+
+
+def queue_fields(s: QueueStatistics, queue_type: str) -> dict[str, Any]:
+    """Everything a queue listing says: tidings' statistics plus RabbitMQ's fields."""
+    ours = asdict(s)
+    return {
+        **ours,
+        **totals(s.ready, s.unacked),
+        "message_bytes": s.ready_bytes, "message_bytes_ready": s.ready_bytes,
+        "state": "running", "type": queue_type,
+        "message_stats": message_stats(s.counts, s.rates),
+    }
