@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
+
+from tidings.errors import PreconditionFailedError
 from tidings.message import Message
 from tidings.routing.broker import Broker
 from tidings.routing.delayed import BUCKET_SECONDS
@@ -177,3 +180,33 @@ async def test_cancelling_a_far_job_twice_counts_it_once(
     clock.advance(2 * 3600)
     await commit_and_run_timers(b)
     assert drain(b, b.open_session(), "q") == [b"1", b"2"]
+
+
+async def test_deleting_a_queue_cancels_its_delayed_messages_for_good(
+    brokers: BrokerFactory,
+) -> None:
+    """They never reappear in a later queue of the same name, across a restart too; with
+    if_empty the delete is refused while any are waiting."""
+    b = brokers.start()
+    b.declare_queue("/", "q")
+    b.publish("/", "", Message(b"near", "q"), delay_ms=1000)
+    schedule_in_order(b, 3)  # an hour away: on disk, in a cold bucket
+    with pytest.raises(PreconditionFailedError):
+        b.delete_queue("/", "q", if_empty=True)
+    b.delete_queue("/", "q")
+    b.declare_queue("/", "q")
+    assert b.statistics().queue("q").delayed == 0
+    b.publish("/", "", Message(b"new", "q"), delay_ms=2 * HOUR_MS)
+    await commit_and_run_timers(b)
+    assert [r.message.body for _, r in b.delayed.entries()] == [b"new"]
+    b = await brokers.restart()
+    assert b.statistics().queue("q").delayed == 1
+    s = b.open_session()
+    got: list[bytes] = []
+    for _ in range(3 * 60):
+        brokers.clock.advance(60)
+        await commit_and_run_timers(b)
+        got += drain(b, s, "q")
+    assert got == [b"new"]
+    await b.sync()
+    assert brokers.store is not None and brokers.store.definitions("delayed-void") == []

@@ -22,6 +22,7 @@ from tidings.routing.queue import Queue
 if TYPE_CHECKING:
     from tidings.clock import Clock, Timer
     from tidings.routing.broker import VHost
+    from tidings.routing.delayed import DelayedMessages
     from tidings.routing.queue import Entry
     from tidings.storage.base import Store
 
@@ -31,6 +32,7 @@ class DeclarationsMixin:
     clock: Clock
     vhosts: dict[str, VHost]
     queue_window: int
+    delayed: DelayedMessages
     _seq: int
     _expiry_timers: dict[str, tuple[float, Timer]]
 
@@ -236,7 +238,7 @@ class DeclarationsMixin:
         self._check_exclusive(queue, connection_id)
         if if_unused and queue.consumers:
             raise PreconditionFailedError(f"queue '{name}' in vhost '{vhost}' in use")
-        if if_empty and queue.ready_count:
+        if if_empty and (queue.ready_count or self.delayed.per_queue.get((vhost, name))):
             raise PreconditionFailedError(f"queue '{name}' in vhost '{vhost}' is not empty")
         return self._delete_queue(queue)
 
@@ -257,6 +259,8 @@ class DeclarationsMixin:
             for b in [b for b in ex.bindings if not b.to_exchange and b.destination == queue.name]:
                 self._unbind(queue.vhost, b)
         del v.queues[queue.name]
+        # Messages delayed for it are cancelled: never delivered to a later queue of its name.
+        self.delayed.void_queue(queue.vhost, queue.name, self._seq)
         if queue.durable:
             self.store.delete_definition("queue", queue.store_key)
         timer = self._expiry_timers.pop(queue.store_key, None)

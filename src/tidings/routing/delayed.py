@@ -63,9 +63,45 @@ class DelayedMessages:
         #: bucket. Reads skip them; a second cancel of one finds it gone.
         self._cancelled: dict[int, int] = {}
         self.per_queue: dict[tuple[str, str], int] = {}
+        #: Queues deleted while messages were delayed for them: (vhost, queue) -> [greatest
+        #: voided seq, how many voided messages are still stored]. Those messages are dropped
+        #: when due instead of entering a later queue of the same name.
+        self._void: dict[tuple[str, str], list[int]] = {}
 
     def __len__(self) -> int:
         return len(self._heap) - len(self._removed) + self._cold_total
+
+    # -- queues deleted with messages delayed for them ---------------------------------------
+
+    def void_queue(self, vhost: str, queue: str, up_to_seq: int) -> int:
+        """The queue was deleted: its delayed messages (seq <= ``up_to_seq``) will never be
+        delivered. Durable (a definition), so a restart does not bring them back. Returns how
+        many were voided."""
+        key = (vhost, queue)
+        count = self.per_queue.pop(key, 0)
+        if count <= 0:
+            return 0
+        void = self._void.setdefault(key, [up_to_seq, 0])
+        void[0], void[1] = up_to_seq, void[1] + count
+        self._store.put_definition(VOID_KIND, _void_key(key), str(up_to_seq).encode())
+        return count
+
+    def is_void(self, seq: int, record: Record) -> bool:
+        """True (and forgotten) for a message of a queue deleted since it was delayed."""
+        key = _queue_of(record)
+        void = self._void.get(key) if key else None
+        if void is None or seq > void[0]:
+            return False
+        void[1] -= 1
+        if void[1] <= 0 and key is not None:
+            del self._void[key]
+            self._store.delete_definition(VOID_KIND, _void_key(key))
+        return True
+
+    def _voided(self, seq: int, record: Record) -> bool:
+        key = _queue_of(record)
+        void = self._void.get(key) if key else None
+        return void is not None and seq <= void[0]
 
     # -- adding ----------------------------------------------------------------------------
 
@@ -77,7 +113,7 @@ class DelayedMessages:
         self._index(seq, record)
 
     def _index(self, seq: int, record: Record) -> None:
-        self._count(record, 1)
+        self._count(seq, record, 1)
         bucket = bucket_of(record.due_at or 0.0)
         if bucket <= self._hot_bucket:
             heapq.heappush(self._heap, (record.due_at or 0.0, seq, record))
@@ -87,17 +123,26 @@ class DelayedMessages:
 
     def recover(self) -> None:
         """Read the stored delayed messages: near buckets into memory, the rest counted."""
+        for ident, data in self._store.definitions(VOID_KIND):
+            vhost, _, queue = ident.partition("\x1f")
+            self._void[(vhost, queue)] = [int(data), 0]
         for key in [k for k in self._store.queues() if is_delayed_key(k)]:
             legacy = key == STORE_KEY
             for seq, data in _rows(self._store, key):
                 record = decode_or_quarantine(self._store, key, seq, data, self._now())
                 if record is None:
                     continue
+                if self._voided(seq, record):
+                    self._void[_queue_of(record)][1] += 1  # type: ignore[index]
                 if legacy:  # moved under its bucket key, in the same transaction
                     self._store.remove(STORE_KEY, seq)
                     self.add(seq, record)
                 else:
                     self._index(seq, record)
+        for key, (_, left) in list(self._void.items()):
+            if not left:  # all of them went before the restart
+                del self._void[key]
+                self._store.delete_definition(VOID_KIND, _void_key(key))
 
     # -- releasing -------------------------------------------------------------------------
 
@@ -147,7 +192,7 @@ class DelayedMessages:
             if not self._heap or self._heap[0][0] > now:
                 return out
             due_at, seq, record = heapq.heappop(self._heap)
-            self._count(record, -1)
+            self._count(seq, record, -1)
             if self._keep:
                 self._store.remove(bucket_key(bucket_of(due_at)), seq)
             out.append((seq, record))
@@ -157,7 +202,8 @@ class DelayedMessages:
     def entries(self) -> list[tuple[int, Record]]:
         """Every delayed message in due order. Cold buckets are read from the store, which
         shows committed rows only: await ``store.sync()`` first to see every one."""
-        found = [(due, seq, r) for due, seq, r in self._heap if seq not in self._removed]
+        found = [(due, seq, r) for due, seq, r in self._heap
+                 if seq not in self._removed and not self._voided(seq, r)]
         for bucket in self._cold:
             for seq, data in _rows(self._store, bucket_key(bucket)):
                 if seq in self._cancelled:
@@ -165,6 +211,8 @@ class DelayedMessages:
                 try:
                     record = decode_record(data)
                 except RecordError:  # quarantined when its bucket is read in
+                    continue
+                if self._voided(seq, record):
                     continue
                 found.append((record.due_at or 0.0, seq, record))
         return [(seq, r) for _, seq, r in sorted(found, key=lambda t: (t[0], t[1]))]
@@ -186,21 +234,34 @@ class DelayedMessages:
             if seq in self._removed or not any(s == seq for _, s, _ in self._heap):
                 return False
             self._removed.add(seq)
-        self._count(record, -1)
+        self._count(seq, record, -1)
         if self._keep:
             self._store.remove(bucket_key(bucket), seq)
         return True
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _count(self, record: Record, delta: int) -> None:
-        if "queue" in record.target:
-            key = (record.target["vhost"], record.target["queue"])
+    def _count(self, seq: int, record: Record, delta: int) -> None:
+        key = _queue_of(record)
+        if key is not None and not self._voided(seq, record):
             self.per_queue[key] = self.per_queue.get(key, 0) + delta
 
     def _skip_removed(self) -> None:
         while self._heap and self._heap[0][1] in self._removed:
             self._removed.discard(heapq.heappop(self._heap)[1])
+
+
+#: Definition kind of the voided-queue marks.
+VOID_KIND = "delayed-void"
+
+
+def _queue_of(record: Record) -> tuple[str, str] | None:
+    target = record.target
+    return (target.get("vhost", "/"), target["queue"]) if "queue" in target else None
+
+
+def _void_key(key: tuple[str, str]) -> str:
+    return f"{key[0]}\x1f{key[1]}"
 
 
 def _rows(store: Store, key: str) -> Iterator[tuple[int, bytes]]:

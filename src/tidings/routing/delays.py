@@ -75,8 +75,9 @@ class DelaysMixin:
         if wait is not None:  # a bucket is read in once the writes before it are committed
             wait.add_done_callback(lambda _: self._release_delayed())
             return
-        for _, record in self.delayed.pop_due(now):
-            self._release_one(record, now)
+        for seq, record in self.delayed.pop_due(now):
+            if not self.delayed.is_void(seq, record):  # its queue was deleted meanwhile
+                self._release_one(record, now)
         self._arm_delay_timer()
 
     def _release_one(self, record: Record, now: float) -> None:
