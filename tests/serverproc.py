@@ -22,6 +22,7 @@ class ServerProcess:
         #: What the server printed at start.
         self.banner: list[str] = []
         self.log = data_dir.parent / f"{data_dir.name}-server.log"
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
 
     def start(self, port: int = 0) -> ServerProcess:
         http = [] if "--http-port" in self.extra else ["--http-port", "0"]  # never 15672

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pika
 import pytest
-from pamqp import commands, header
+from pamqp import commands, frame, header
 
 from tidings.amqp.frames import PROTOCOL_HEADER, FrameReader
 from tidings.resources import rss_mb
@@ -201,6 +201,28 @@ def test_deep_tables_get_a_clean_protocol_error_and_the_server_goes_on(tmp_path:
             assert e.value.reply_code == 502 and "nested deeper than 16" in e.value.reply_text
         with pika.BlockingConnection(params(server)) as conn:  # everyone else is served
             assert conn.channel().queue_declare("deep", passive=True).method.message_count == 0
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_a_plain_login_that_is_not_utf8_is_refused_cleanly(tmp_path: Path) -> None:
+    """Found by the AMQP fuzzer: a PLAIN response with bytes that are not UTF-8 was a 541 and
+    a traceback."""
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            response = b"\x00gu\xe5st\x00guest".decode("latin-1")
+            sock.sendall(PROTOCOL_HEADER + frame.marshal(
+                commands.Connection.StartOk({}, "PLAIN", response), 0))
+            reader = FrameReader()
+            closed = None
+            while closed is None and (data := sock.recv(65536)):
+                reader.feed(data)
+                while (item := reader.next_frame()) is not None:
+                    if isinstance(item[1], commands.Connection.Close):
+                        closed = item[1]
+            assert closed is not None and closed.reply_code == 403
     finally:
         server.stop()
     assert "Traceback" not in server.log.read_text()

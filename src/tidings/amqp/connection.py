@@ -264,9 +264,12 @@ class ServerConnection:
         raw = response.encode("latin-1") if isinstance(response, str) else bytes(response)
         if method.mechanism == "PLAIN":
             parts = raw.split(b"\x00")
-            if len(parts) != 3:
-                raise ProtocolError(403, "malformed PLAIN response")
-            user, password = parts[1].decode(), parts[2].decode()
+            try:
+                if len(parts) != 3:
+                    raise ValueError("not three parts")
+                user, password = parts[1].decode(), parts[2].decode()
+            except ValueError as e:  # also bytes that are not UTF-8
+                raise ProtocolError(403, "malformed PLAIN response") from e
         elif method.mechanism == "AMQPLAIN":
             try:
                 _, table = field_table(struct.pack(">I", len(raw)) + raw)
