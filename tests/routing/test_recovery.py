@@ -3,7 +3,14 @@ messages (back in order, redelivered), delays; and what does not: acked and tran
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from tidings.message import Message
+from tidings.routing.broker import Broker
+from tidings.routing.queue import WINDOW_BYTES
+from tidings.storage import SqliteStore
 from tidings.testing import FakeClock
 
 from ..conftest import BrokerFactory
@@ -161,3 +168,34 @@ async def test_queue_names_with_the_lane_separator_keep_their_messages(
     s = b.open_session()
     assert drain(b, s, "odd\x1e5") == [b"plain"]
     assert drain(b, s, "odd\x1ep") == [b"urgent", b"calm"]
+
+
+async def test_start_up_sizes_a_queue_of_large_messages_without_reading_them(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """20 x 4 MB messages: recovery reads what fits its window, not every body to estimate."""
+    store = SqliteStore(tmp_path / "data")
+    b = Broker(store, clock)
+    b.start()
+    b.declare_queue("/", "big")
+    for i in range(20):
+        b.publish("/", "", Message(bytes([i]) * (4 * 2**20), "big"))
+    await b.sync()
+    b.stop_timers()
+    store.close()
+    store = SqliteStore(tmp_path / "data")
+    read: list[int] = []
+    real = store.load
+
+    def counting_load(*args: object) -> list[tuple[int, bytes]]:
+        rows = real(*args)  # type: ignore[arg-type]
+        read.append(sum(len(data) for _, data in rows))
+        return rows
+
+    monkeypatch.setattr(store, "load", counting_load)
+    b = Broker(store, clock)
+    assert b.get_queue("/", "big").ready_count == 20
+    assert sum(read) <= WINDOW_BYTES + 4 * 2**20, f"{sum(read) / 2**20:.0f} MB read at start"
+    s = b.open_session()
+    assert [d[0] for d in drain(b, s, "big")] == list(range(20))
+    store.close()
