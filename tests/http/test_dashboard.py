@@ -57,3 +57,36 @@ def test_dashboard_shows_live_queue_numbers(server: ServerProcess) -> None:
         finally:
             browser.close()
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+
+
+def test_dashboard_with_credentials_in_the_url_gets_purges_and_deletes(
+    server: ServerProcess,
+) -> None:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("TIDINGS_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
+        pytest.skip("Chromium not installed (apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    publish(server, "dashboard-acts", 2)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        try:
+            page = browser.new_context(viewport={"width": 1600, "height": 800}).new_page()
+            page.on("dialog", lambda dialog: dialog.accept())
+            page.goto(f"http://guest:guest@127.0.0.1:{server.http_port}/")
+            row = page.locator('tr[data-queue="dashboard-acts"]')
+            expect(row.locator("td.ready")).to_have_text("2", timeout=15_000)
+            row.locator("button.action-get").click()
+            expect(page.locator("#peek")).to_have_text("dashboard-acts: m0", timeout=10_000)
+            expect(row.locator("td.ready")).to_have_text("2", timeout=15_000)  # put back
+            row.locator("button.action-purge").click()
+            expect(row.locator("td.ready")).to_have_text("0", timeout=15_000)
+            row.locator("button.action-delete").click()
+            expect(row).to_have_count(0, timeout=15_000)
+        finally:
+            browser.close()

@@ -12,24 +12,57 @@ function fmt(n, digits = 0) {
 
 function ms(v) { return v === null || v === undefined ? "–" : v < 10 ? v.toFixed(2) : v.toFixed(0); }
 
+// API URLs are built on location.origin: a page opened as http://user:pass@host/ has the
+// credentials in its own URL, and fetch() refuses URLs that carry credentials.
+function api(path, options = {}) {
+  return fetch(new URL(path, location.origin), { credentials: "same-origin", ...options });
+}
+
+function queuePath(q, rest = "") {
+  return `/api/queues/${encodeURIComponent(q.vhost)}/${encodeURIComponent(q.name)}${rest}`;
+}
+
 function push(list, value) { list.push(value); if (list.length > HISTORY) list.shift(); }
 
-function draw(canvas, series, colors) {
+// A line chart with a y axis (0 to the largest value, 4 ticks, in `unit`), an x axis over the
+// last HISTORY seconds, and a legend naming each series.
+function draw(canvas, series, colors, names = [], unit = "") {
   const ctx = canvas.getContext("2d");
   const w = canvas.width, h = canvas.height;
+  const small = names.length === 0;  // sparklines: no axes
+  const left = small ? 0 : 48, bottom = small ? 0 : 18, top = small ? 0 : 18;
   ctx.clearRect(0, 0, w, h);
   const max = Math.max(1, ...series.flat());
-  ctx.strokeStyle = "#eef0f5";
-  for (let i = 1; i < 4; i++) { ctx.beginPath(); ctx.moveTo(0, h * i / 4); ctx.lineTo(w, h * i / 4); ctx.stroke(); }
+  const plotW = w - left, plotH = h - bottom - top;
+  ctx.font = "11px system-ui"; ctx.lineWidth = 1;
+  for (let i = 0; i <= 4; i++) {
+    const y = top + plotH * i / 4;
+    ctx.strokeStyle = "#eef0f5"; ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(w, y); ctx.stroke();
+    if (!small) {
+      ctx.fillStyle = "#6b7385"; ctx.textAlign = "right";
+      ctx.fillText(fmt(max * (4 - i) / 4, max < 10 ? 2 : 0), left - 6, y + 4);
+    }
+  }
   series.forEach((points, k) => {
     ctx.strokeStyle = colors[k]; ctx.lineWidth = 2; ctx.beginPath();
     points.forEach((v, i) => {
-      const x = (i / Math.max(points.length - 1, 1)) * w, y = h - 4 - (v / max) * (h - 8);
+      const x = left + (i / Math.max(HISTORY - 1, 1)) * plotW + (HISTORY - points.length) / HISTORY * plotW;
+      const y = top + plotH - (v / max) * plotH;
       i ? ctx.lineTo(x, y) : ctx.moveTo(x, y);
     });
     ctx.stroke();
   });
-  ctx.fillStyle = "#6b7385"; ctx.font = "11px system-ui"; ctx.fillText(fmt(max), 4, 12);
+  if (small) return;
+  ctx.fillStyle = "#6b7385"; ctx.textAlign = "left";
+  ctx.fillText(`−${HISTORY} s`, left, h - 4);
+  ctx.textAlign = "right"; ctx.fillText("now", w, h - 4);
+  ctx.textAlign = "left"; ctx.fillText(unit, 0, 11);
+  let x = Math.max(left, ctx.measureText(unit).width) + 16;
+  names.forEach((name, k) => {
+    ctx.fillStyle = colors[k]; ctx.fillRect(x, 4, 10, 10);
+    ctx.fillStyle = "#333"; ctx.fillText(name, x + 14, 13);
+    x += 24 + ctx.measureText(name).width;
+  });
 }
 
 function sparkline(name, value) {
@@ -40,10 +73,34 @@ function sparkline(name, value) {
   return c;
 }
 
-async function replay(vhost, name, button) {
+const JSON_POST = { method: "POST", headers: { "Content-Type": "application/json" } };
+
+async function replay(q, button) {
   button.disabled = true;
-  const url = `/api/queues/${encodeURIComponent(vhost)}/${encodeURIComponent(name)}/dead-letters/replay`;
-  await fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" });
+  await api(queuePath(q, "/dead-letters/replay"), { ...JSON_POST, body: "{}" });
+  refresh();
+}
+
+// Queue actions. "get" shows the next message and puts it straight back (nack, requeue).
+async function act(q, action) {
+  const shown = document.getElementById("peek");
+  if (action === "purge" && confirm(`Purge every ready message of '${q.name}'?`)) {
+    await api(queuePath(q, "/contents"), { method: "DELETE" });
+  } else if (action === "delete" && confirm(`Delete queue '${q.name}' and its messages?`)) {
+    await api(queuePath(q), { method: "DELETE" });
+  } else if (action === "get") {
+    const got = await api(queuePath(q, "/receive"),
+                          { ...JSON_POST, body: JSON.stringify({ max: 1, visibility_ms: 5000 }) })
+      .then(r => r.json());
+    const m = (got.messages || [])[0];
+    if (m) {
+      await api(`/api/receipts/${encodeURIComponent(m.receipt)}/nack`,
+                { ...JSON_POST, body: JSON.stringify({ requeue: true }) });
+      shown.textContent = `${q.name}: ${m.body ?? JSON.stringify(m.json) ?? m.body_base64}`;
+    } else {
+      shown.textContent = `${q.name}: no ready message`;
+    }
+  }
   refresh();
 }
 
@@ -67,10 +124,18 @@ function row(q, deadCount) {
   if (deadCount !== undefined) {
     const b = document.createElement("button");
     b.textContent = `replay ${deadCount}`; b.disabled = deadCount === 0;
-    b.onclick = () => replay(q.vhost, q.name, b);
+    b.onclick = () => replay(q, b);
     dead.appendChild(b);
   }
   tr.appendChild(dead);
+  const actions = document.createElement("td");
+  for (const action of ["get", "purge", "delete"]) {
+    const b = document.createElement("button");
+    b.textContent = action; b.className = `action-${action}`;
+    b.onclick = () => act(q, action);
+    actions.appendChild(b);
+  }
+  tr.appendChild(actions);
   return tr;
 }
 
@@ -78,9 +143,9 @@ async function refresh() {
   const status = document.getElementById("status");
   try {
     const [overview, queues, connections] = await Promise.all([
-      fetch("/api/overview").then(r => r.json()),
-      fetch("/api/queues").then(r => r.json()),
-      fetch("/api/connections").then(r => r.json()),
+      api("/api/overview").then(r => r.json()),
+      api("/api/queues").then(r => r.json()),
+      api("/api/connections").then(r => r.json()),
     ]);
     document.querySelector("#connections-table tbody").replaceChildren(...connections.map(c => {
       const tr = document.createElement("tr");
@@ -100,8 +165,10 @@ async function refresh() {
     push(history.ready, overview.ready);
     push(history.publish, overview.rates.published);
     push(history.deliver, overview.rates.delivered);
-    draw(document.getElementById("chart-ready"), [history.ready], ["#3b6fe0"]);
-    draw(document.getElementById("chart-rates"), [history.publish, history.deliver], ["#3b6fe0", "#15803d"]);
+    draw(document.getElementById("chart-ready"), [history.ready], ["#3b6fe0"], ["ready"],
+         "messages");
+    draw(document.getElementById("chart-rates"), [history.publish, history.deliver],
+         ["#3b6fe0", "#15803d"], ["published", "delivered"], "messages / s");
     const dead = {};
     queues.filter(q => q.name.endsWith(".dead")).forEach(q => { dead[q.name.slice(0, -5)] = q.ready; });
     const shown = queues.filter(q => !q.name.endsWith(".dead") && !q.name.startsWith("tidings.http."));
