@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import tidings
 
@@ -62,12 +64,14 @@ def test_serve_bad_flag_value_is_one_line_exit_2() -> None:
     assert out.returncode == 2 and "port 70000 is out of range" in out.stderr
 
 
-def test_inspecting_a_directory_a_server_holds_points_to_the_http_api(tmp_path: Path) -> None:
+def test_commands_that_need_the_directory_itself_name_the_server_holding_it(
+    tmp_path: Path,
+) -> None:
     from tests.serverproc import ServerProcess
 
     server = ServerProcess(tmp_path / "data").start()
     try:
-        out = run("--data-dir", str(tmp_path / "data"), "queues")
+        out = run("--data-dir", str(tmp_path / "data"), "stats")
         assert out.returncode == 1 and out.stderr.count("\n") == 1
         assert f"in use by process {server.proc.pid}" in out.stderr  # type: ignore[union-attr]
         assert "GET /api/queues" in out.stderr
@@ -157,3 +161,61 @@ def test_the_banner_prints_urls_to_paste(tmp_path: Path) -> None:
         assert f"http://127.0.0.1:{server.http_port}/" in banner
     finally:
         server.stop()
+
+
+def test_the_cli_operates_a_running_server_and_a_stopped_directory(tmp_path: Path) -> None:
+    """As rabbitmqctl against a live node: list, publish, purge, delete, export and import
+    definitions, through the running server's API when one holds the directory."""
+    from tests.serverproc import ServerProcess
+
+    data = tmp_path / "data"
+    server = ServerProcess(data).start()
+    try:
+        for _ in range(100):  # written just after the HTTP listener starts
+            if (data / "control.json").exists():
+                break
+            time.sleep(0.05)
+        assert oct((data / "control.json").stat().st_mode & 0o777) == "0o600"
+        with httpx_client(server) as http:
+            http.put("/api/queues/%2F/jobs", json={"arguments": {"x-max-length": 5}})
+            http.put("/api/exchanges/%2F/orders", json={"type": "topic"})
+            http.post("/api/bindings/%2F", json={"source": "orders", "destination": "jobs",
+                                                 "routing_key": "orders.#"})
+        assert run("--data-dir", str(data), "publish", "jobs", "hello").returncode == 0
+        out = run("--data-dir", str(data), "queues", "--json")
+        assert out.returncode == 0, out.stderr
+        assert {q["name"]: q["ready"] for q in json.loads(out.stdout)}["jobs"] == 1
+        out = run("--data-dir", str(data), "connections")
+        assert out.returncode == 0 and out.stdout.startswith("peer\tuser")
+        assert "orders" in run("--data-dir", str(data), "exchanges").stdout
+        assert "orders.#" in run("--data-dir", str(data), "bindings").stdout
+        out = run("--data-dir", str(data), "delete", "jobs", "--if-empty")
+        assert out.returncode == 1 and "not empty" in out.stderr
+        assert json.loads(run("--data-dir", str(data), "purge", "jobs").stdout) == {"purged": 1}
+        exported = tmp_path / "defs.json"
+        out = run("--data-dir", str(data), "definitions", "export", str(exported))
+        assert out.returncode == 0, out.stderr
+        defs = json.loads(exported.read_text())
+        assert {q["name"] for q in defs["queues"]} == {"jobs"}
+        assert "orders" in [e["name"] for e in defs["exchanges"]]
+        out = run("--data-dir", str(data), "publish", "nope", "x")
+        assert out.returncode == 1 and "no queue 'nope'" in out.stderr
+        assert run("--data-dir", str(data), "delete", "jobs").returncode == 0
+    finally:
+        server.stop()
+    assert not (data / "control.json").exists()
+    fresh = tmp_path / "fresh"  # no server: the same commands open the directory
+    out = run("--data-dir", str(fresh), "definitions", "import", str(exported))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["imported"]["queues"] == 1
+    assert run("--data-dir", str(fresh), "publish", "jobs", "offline").returncode == 0
+    out = run("--data-dir", str(fresh), "queues")
+    assert out.stdout.splitlines()[1].split()[1:3] == ["jobs", "1"]
+    assert "orders.#" in run("--data-dir", str(fresh), "bindings").stdout
+
+
+def httpx_client(server: object) -> Any:
+    import httpx
+
+    return httpx.Client(base_url=f"http://127.0.0.1:{server.http_port}",  # type: ignore[attr-defined]
+                        auth=("guest", "guest"), timeout=10)

@@ -37,6 +37,10 @@ DEFAULT_USER = "guest"
 #: metrics; everyone else sees the vhosts they have permissions in.
 TAGS = ("administrator", "monitoring", "policymaker", "management", "impersonator")
 SEES_ALL_TAGS = frozenset({"administrator", "monitoring"})
+#: The identity of the local operator: the CLI talking to the running server it shares a data
+#: directory with (``control.json``, owner-only, holds its token). Every permission, every
+#: vhost. A users-file user cannot take this name.
+CONTROL_USER = "tidings:control"
 Permission = Literal["configure", "write", "read"]
 
 
@@ -124,6 +128,7 @@ class UserStore:
         #: peer host -> (failures, time of the last one)
         self._failures: dict[str, tuple[int, float]] = {}
         self._hashing: asyncio.Semaphore | None = None
+        self._control_token: str | None = None
         self._decisions: dict[tuple[str, str, str, str], bool] = {}
         self._looked_at = 0.0
         self.reload()
@@ -226,8 +231,15 @@ class UserStore:
             )
         return username
 
+    def control_token(self) -> str:
+        """A new token for :data:`CONTROL_USER`, valid while this process runs."""
+        self._control_token = secrets.token_urlsafe(32)
+        return self._control_token
+
     def authenticate_token(self, token: str) -> str:
         """The user a bearer token belongs to; raises AccessRefusedError otherwise."""
+        if self._control_token is not None and hmac.compare_digest(token, self._control_token):
+            return CONTROL_USER
         found = self.reload().tokens.get(hashlib.sha256(token.encode()).hexdigest())
         if found is None or found.get("user") not in self._users.users:
             raise AccessRefusedError("unknown or revoked bearer token")
@@ -235,6 +247,10 @@ class UserStore:
 
     def check_vhost(self, username: str, vhost: str) -> None:
         users = self.reload()
+        if username == CONTROL_USER:
+            if vhost not in users.vhosts:
+                raise NotFoundError(f"no vhost '{vhost}'")
+            return
         if vhost not in users.vhosts:
             raise NotFoundError(f"no vhost '{vhost}'")
         if username not in users.permissions.get(vhost, {}):
@@ -243,6 +259,8 @@ class UserStore:
     def check(self, username: str, vhost: str, permission: Permission, kind: str,
               name: str) -> None:
         """Raise AccessRefusedError unless ``username`` may ``permission`` the resource."""
+        if username == CONTROL_USER:
+            return
         now = time.monotonic()
         if now - self._looked_at >= CHECK_FRESH_S:
             self._looked_at = now
@@ -270,6 +288,8 @@ class UserStore:
     # -- edits (the CLI) -------------------------------------------------------------------
 
     def add_user(self, username: str, password: str) -> None:
+        if username == CONTROL_USER:
+            raise ConfigError(f"'{CONTROL_USER}' is reserved for the local operator")
         users = self.reload()
         if username in users.users:
             raise ConfigError(f"user '{username}' already exists")
@@ -349,6 +369,9 @@ class UserStore:
         users.users[username]["tags"] = sorted(set(tags))
         self.save(users)
 
+    def is_administrator(self, username: str) -> bool:
+        return username == CONTROL_USER or "administrator" in self.tags_of(username)
+
     def tags_of(self, username: str) -> list[str]:
         return list(self.reload().users.get(username, {}).get("tags", []))
 
@@ -356,6 +379,8 @@ class UserStore:
         """The vhosts ``username`` may see in listings: None for all (administrator and
         monitoring), else those the user has permissions in."""
         users = self.reload()
+        if username == CONTROL_USER:
+            return None
         if SEES_ALL_TAGS.intersection(users.users.get(username, {}).get("tags", [])):
             return None
         return {v for v, perms in users.permissions.items() if username in perms}

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import tidings
+from tidings.cli_control import COMMANDS, add_control_parsers, find_server, run_control_command
 from tidings.cli_serve import add_serve_parser, serve
 from tidings.cli_users import add_users_parsers, run_users_command
 from tidings.errors import NotFoundError, ResourceLockedError, TidingsError
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     action = dead.add_mutually_exclusive_group()
     action.add_argument("--replay", action="store_true", help="move them back into the queue")
     action.add_argument("--purge", action="store_true", help="delete them")
+    add_control_parsers(commands)
     quarantine = commands.add_parser(
         "quarantine", help="list stored records that could not be read (moved aside on start)")
     quarantine.add_argument("--export", metavar="DIR",
@@ -115,10 +117,17 @@ async def _run(args: argparse.Namespace) -> int:
         return await serve(args)
     if args.command in ("users", "vhosts", "tokens"):
         return run_users_command(args)
-    if not os.path.isdir(args.data_dir):
+    creates = args.command == "definitions" and args.action == "import"
+    if not os.path.isdir(args.data_dir) and not creates:
         raise tidings.ConfigError(f"no data directory '{args.data_dir}' (see --data-dir)")
     if args.command == "quarantine":
         return _quarantine(args)
+    if args.command in COMMANDS:
+        return await run_control_command(args)
+    remote = find_server(args.data_dir)
+    if args.command == "queues" and remote is not None:
+        _print_queues(remote.call("GET", "/api/queues"), args.json)
+        return 0
     try:
         client = await tidings.connect(args.data_dir)
     except ResourceLockedError as e:
@@ -127,15 +136,7 @@ async def _run(args: argparse.Namespace) -> int:
     async with client:
         if args.command == "queues":
             stats = await client.statistics()
-            if args.json:
-                print(json.dumps([asdict(q) for q in stats.queues], indent=2))
-                return 0
-            print(f"{'vhost':<12}{'queue':<40}{'ready':>10}{'unacked':>10}{'delayed':>10}"
-                  f"{'consumers':>10}{'oldest_s':>10}")
-            for q in stats.queues:
-                age = "" if q.oldest_ready_age_s is None else f"{q.oldest_ready_age_s:.1f}"
-                print(f"{q.vhost:<12}{q.name:<40}{q.ready:>10}{q.unacked:>10}{q.delayed:>10}"
-                      f"{q.consumers:>10}{age:>10}")
+            _print_queues([asdict(q) for q in stats.queues], args.json)
         elif args.command == "stats":
             stats = await client.statistics()
             data: Any = asdict(stats.queue(args.queue)) if args.queue else asdict(stats)
@@ -153,6 +154,20 @@ async def _run(args: argparse.Namespace) -> int:
                     death = ((m.headers or {}).get("x-death") or [{}])[0]
                     print(f"{m.message_id}\t{death.get('reason', '?')}\t{m.body[:60]!r}")
     return 0
+
+
+def _print_queues(queues: list[dict[str, Any]], as_json: bool) -> None:
+    """One line per queue (the same from a running server's API or the data directory)."""
+    if as_json:
+        print(json.dumps(queues, indent=2))
+        return
+    print(f"{'vhost':<12}{'queue':<40}{'ready':>10}{'unacked':>10}{'delayed':>10}"
+          f"{'consumers':>10}{'oldest_s':>10}")
+    for q in queues:
+        age = q["oldest_ready_age_s"]
+        shown = "" if age is None else f"{age:.1f}"
+        print(f"{q['vhost']:<12}{q['name']:<40}{q['ready']:>10}{q['unacked']:>10}"
+              f"{q['delayed']:>10}{q['consumers']:>10}{shown:>10}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

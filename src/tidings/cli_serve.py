@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import signal
@@ -120,6 +122,7 @@ async def serve(args: argparse.Namespace) -> int:
                   f"{scheme}://guest:guest@{_url_host(args.host)}:{bound}/", flush=True)
         if args.http_port >= 0:
             http = await _start_http(args, broker, server, tls)
+            write_control_file(data_dir, args.host, http[0], server.users, tls is not None)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -135,7 +138,25 @@ async def serve(args: argparse.Namespace) -> int:
             await http_task_done(each)
         await server.close()
         broker.close()
+        with contextlib.suppress(FileNotFoundError):
+            (data_dir / CONTROL_FILE).unlink()
     return 0
+
+
+#: Written into the data directory while the server runs: where the CLI reaches it, and the
+#: token that makes it the local operator (owner-only, like the directory).
+CONTROL_FILE = "control.json"
+
+
+def write_control_file(data_dir: Path, host: str, http: Any, users: Any, tls: bool) -> None:
+    port = http.servers[0].sockets[0].getsockname()[1]
+    scheme = "https" if tls else "http"
+    reach = "127.0.0.1" if host in ("0.0.0.0", "::", "") else _url_host(host)
+    control = {"pid": os.getpid(), "url": f"{scheme}://{reach}:{port}",
+               "token": users.control_token()}
+    fd = os.open(data_dir / CONTROL_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(control, f)
 
 
 def _server_stats(amqp: Any) -> Callable[[], dict[str, float]]:

@@ -25,7 +25,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tidings.auth import UserStore
 from tidings.client.transport import EVENTS_EXCHANGE
-from tidings.errors import NotFoundError, PreconditionFailedError
+from tidings.errors import AccessRefusedError, NotFoundError, PreconditionFailedError
 from tidings.http import management
 from tidings.http import schemas as sch
 from tidings.http.errors import EXCEPTION_HANDLERS, BadRequestError
@@ -43,6 +43,7 @@ from tidings.http.middleware import AuthMiddleware, EncodedSlashMiddleware, user
 from tidings.http.openapi import openapi_document
 from tidings.message import revive
 from tidings.routing.broker import DEFAULT_VHOST, Broker
+from tidings.routing.definitions_io import SECTIONS, export_definitions, import_definitions
 from tidings.routing.session import Delivery, Session
 from tidings.routing.topic import MAX_TOPIC_BYTES, validate_pattern
 
@@ -480,8 +481,26 @@ def routes(gw: Gateway) -> list[Any]:
         broker.unbind(vhost, source, dest, key, args, to_exchange=to_exchange)
         return JSONResponse({"unbound": True})
 
+    async def get_definitions(request: Request) -> JSONResponse:
+        return JSONResponse(export_definitions(broker, gw.visible(request)))
+
+    async def post_definitions(request: Request) -> JSONResponse:
+        if not gw.users.is_administrator(user_of(request)):
+            raise AccessRefusedError("importing definitions needs the administrator tag")
+        data = sch.obj(await sch.read_json(request, gw.max_body_bytes))
+        for section in SECTIONS:
+            if not isinstance(data.get(section, []), list) or \
+                    not all(isinstance(x, dict) for x in data.get(section, [])):
+                raise BadRequestError(f"field '{section}' must be a list of objects")
+        try:
+            return JSONResponse({"imported": import_definitions(broker, data)})
+        except KeyError as e:
+            raise BadRequestError(f"a definition lacks the field {e}") from e
+
     q = "/api/queues/{vhost}/{name}"
     return [
+        Route("/api/definitions", get_definitions, methods=["GET"]),
+        Route("/api/definitions", post_definitions, methods=["POST"]),
         Route("/healthz", healthz),
         Route("/", dashboard),
         Route("/openapi.json", openapi),

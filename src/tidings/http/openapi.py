@@ -98,6 +98,16 @@ def openapi_document() -> dict[str, Any]:
         "/api/queues": {"get": {"summary": "List queues", "parameters": [
             {"name": "vhost", "in": "query", "schema": {"type": "string"}}],
             "responses": _ok("ok", {"type": "array"})}},
+        "/api/queues/{vhost}": {"get": {"summary": "List the queues of one vhost",
+                                        "parameters": qp[:1],
+                                        "responses": _ok("ok", {"type": "array"})}},
+        "/api/vhosts": {"get": {"summary": "List vhosts with their message totals",
+                                "responses": _ok("ok", {"type": "array"})}},
+        "/api/definitions": {
+            "get": {"summary": "Export durable definitions (RabbitMQ's format)",
+                    "responses": _ok("ok")},
+            "post": {"summary": "Import definitions (administrator)",
+                     "requestBody": _json({"type": "object"}), "responses": _ok("imported")}},
         q: {
             "get": {"summary": "Inspect a queue", "parameters": qp, "responses": _ok("ok")},
             "put": {"summary": "Declare a queue", "parameters": qp,
