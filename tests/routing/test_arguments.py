@@ -53,3 +53,12 @@ def test_a_failing_tick_is_logged_and_upkeep_goes_on(
     monkeypatch.undo()
     clock.advance(5)
     assert broker.find_queue("/", "short") is None  # x-expires still runs
+
+
+def test_names_are_short_strings_of_any_utf8(broker: Broker) -> None:
+    broker.declare_queue("/", "é" * 127)  # 254 bytes
+    broker.declare_exchange("/", "😀" * 63, "fanout")  # 252 bytes
+    for declare in (lambda: broker.declare_queue("/", "é" * 128),
+                    lambda: broker.declare_exchange("/", "x" * 256, "direct")):
+        with pytest.raises(InvalidArgumentError, match="longer than 255 bytes"):
+            declare()

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from tidings.errors import (
     AccessRefusedError,
+    InvalidArgumentError,
     NotFoundError,
     PreconditionFailedError,
     ResourceLockedError,
@@ -64,6 +65,7 @@ class DeclarationsMixin:
         passive: bool = False,
     ) -> Exchange:
         v = self.get_vhost(vhost)
+        _check_name("exchange", name)
         existing = v.exchanges.get(name)
         if passive:
             if name == "":
@@ -167,6 +169,7 @@ class DeclarationsMixin:
             queue = self.get_queue(vhost, name)
             self._check_exclusive(queue, connection_id)
             return queue
+        _check_name("queue", name)
         if not name:
             name = self.new_queue_name()
         elif name.startswith("amq.") and name not in v.queues and not reserved_ok:
@@ -278,6 +281,12 @@ class DeclarationsMixin:
         for v in self.vhosts.values():
             for queue in [q for q in v.queues.values() if q.exclusive_owner == connection_id]:
                 self._delete_queue(queue)
+
+
+def _check_name(kind: str, name: str) -> None:
+    """Names are AMQP short strings: any UTF-8 of up to 255 bytes, as in RabbitMQ."""
+    if len(name.encode(errors="surrogatepass")) > 255:
+        raise InvalidArgumentError(f"{kind} name '{name[:40]}…' is longer than 255 bytes")
 
 
 def _check_equivalent(kind: str, name: str, vhost: str,
