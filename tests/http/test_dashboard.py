@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pika
 import pytest
@@ -26,67 +28,62 @@ def publish(server: ServerProcess, queue: str, count: int) -> None:
         ch.queue_declare(queue, passive=True)
 
 
-def test_dashboard_shows_live_queue_numbers(server: ServerProcess) -> None:
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Debian's Chromium under Playwright (never a browser download)."""
     if not Path(CHROMIUM).exists():
         if os.environ.get("TIDINGS_REQUIRE_SERVICES") == "1":
             pytest.fail(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
         pytest.skip("Chromium not installed (apt-get install chromium)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
-    publish(server, "dashboard-orders", 5)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
+        launched = p.chromium.launch(
             executable_path=CHROMIUM,
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"],
         )
         try:
-            context = browser.new_context(
-                http_credentials={"username": "guest", "password": "guest"},
-                viewport={"width": 1400, "height": 800})
-            page = context.new_page()
-            page.goto(f"http://127.0.0.1:{server.http_port}/")
-            ready = page.locator('tr[data-queue="dashboard-orders"] td.ready')
-            expect(ready).to_have_text("5", timeout=15_000)
-            expect(page.locator("#status")).to_contain_text("live")
-            publish(server, "dashboard-orders", 3)
-            expect(ready).to_have_text("8", timeout=15_000)
-            expect(page.locator("#connections")).not_to_have_text("\u2013")  # the placeholder
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+            yield launched
         finally:
-            browser.close()
+            launched.close()
+
+
+def test_dashboard_shows_live_queue_numbers(server: ServerProcess, browser: Any) -> None:
+    from playwright.sync_api import expect
+
+    publish(server, "dashboard-orders", 5)
+    context = browser.new_context(
+        http_credentials={"username": "guest", "password": "guest"},
+        viewport={"width": 1400, "height": 800})
+    page = context.new_page()
+    page.goto(f"http://127.0.0.1:{server.http_port}/")
+    ready = page.locator('tr[data-queue="dashboard-orders"] td.ready')
+    expect(ready).to_have_text("5", timeout=15_000)
+    expect(page.locator("#status")).to_contain_text("live")
+    publish(server, "dashboard-orders", 3)
+    expect(ready).to_have_text("8", timeout=15_000)
+    expect(page.locator("#connections")).not_to_have_text("\u2013")  # the placeholder
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
 
 
 def test_dashboard_with_credentials_in_the_url_gets_purges_and_deletes(
-    server: ServerProcess,
+    server: ServerProcess, browser: Any,
 ) -> None:
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("TIDINGS_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
-        pytest.skip("Chromium not installed (apt-get install chromium)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     publish(server, "dashboard-acts", 2)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )
-        try:
-            page = browser.new_context(viewport={"width": 1600, "height": 800}).new_page()
-            page.on("dialog", lambda dialog: dialog.accept())
-            page.goto(f"http://guest:guest@127.0.0.1:{server.http_port}/")
-            row = page.locator('tr[data-queue="dashboard-acts"]')
-            expect(row.locator("td.ready")).to_have_text("2", timeout=15_000)
-            row.locator("button.action-get").click()
-            expect(page.locator("#peek")).to_have_text("dashboard-acts: m0", timeout=10_000)
-            expect(row.locator("td.ready")).to_have_text("2", timeout=15_000)  # put back
-            row.locator("button.action-purge").click()
-            expect(row.locator("td.ready")).to_have_text("0", timeout=15_000)
-            row.locator("button.action-delete").click()
-            expect(row).to_have_count(0, timeout=15_000)
-        finally:
-            browser.close()
+    page = browser.new_context(viewport={"width": 1600, "height": 800}).new_page()
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(f"http://guest:guest@127.0.0.1:{server.http_port}/")
+    row = page.locator('tr[data-queue="dashboard-acts"]')
+    expect(row.locator("td.ready")).to_have_text("2", timeout=15_000)
+    row.locator("button.action-get").click()
+    expect(page.locator("#peek")).to_have_text("dashboard-acts: m0", timeout=10_000)
+    expect(row.locator("td.ready")).to_have_text("2", timeout=15_000)  # put back
+    row.locator("button.action-purge").click()
+    expect(row.locator("td.ready")).to_have_text("0", timeout=15_000)
+    row.locator("button.action-delete").click()
+    expect(row).to_have_count(0, timeout=15_000)
