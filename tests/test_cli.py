@@ -219,3 +219,39 @@ def httpx_client(server: object) -> Any:
 
     return httpx.Client(base_url=f"http://127.0.0.1:{server.http_port}",  # type: ignore[attr-defined]
                         auth=("guest", "guest"), timeout=10)
+
+
+def test_the_quarantine_of_a_running_server_is_listed_and_exported(tmp_path: Path) -> None:
+    import struct
+
+    from tests.serverproc import ServerProcess
+    from tidings.storage import SqliteStore
+
+    data = tmp_path / "data"
+    with tidings.connect_blocking(str(data)) as client:
+        client.send("jobs", {"n": 1})
+    store = SqliteStore(data)
+    seq = store.load("/\x1fjobs", -1, 10)[0][0]
+    meta = b'{"k":"jobs","t0":1,"h":{"$b":"!"}}'
+    store.replace("/\x1fjobs", seq, b"\x00" + struct.pack(">I", len(meta)) + meta)
+    store.close()
+    server = ServerProcess(data).start()  # recovery moves the record aside
+    try:
+        for _ in range(100):
+            if (data / "control.json").exists():
+                break
+            time.sleep(0.05)
+        out = run("--data-dir", str(data), "quarantine")
+        assert out.returncode == 0, out.stderr
+        [row] = out.stdout.splitlines()[1:]
+        assert row.split()[:3] == [str(seq), "/", "jobs"]
+        out = run("--data-dir", str(data), "quarantine", "--export", str(tmp_path / "q"))
+        assert out.returncode == 0, out.stderr
+        [entry] = json.loads((tmp_path / "q" / "index.json").read_text())
+        assert (tmp_path / "q" / entry["file"]).read_bytes()[5:] == meta
+        out = run("--data-dir", str(data), "quarantine", "--drop")
+        assert out.returncode == 1 and "server stopped" in out.stderr
+        with httpx_client(server) as http:
+            assert http.get("/api/quarantine").status_code == 200
+    finally:
+        server.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -81,28 +82,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quarantine(args: argparse.Namespace) -> int:
-    """Reads the store directly: no broker is started, so nothing is recovered or moved."""
+    """From the running server's API when one holds the directory, else from the store
+    itself (no broker is started, so nothing is recovered or moved)."""
     from tidings.routing import quarantine
+    from tidings.routing.quarantine import QuarantinedRecord
     from tidings.storage import SqliteStore
 
+    remote = find_server(args.data_dir)
+    if remote is not None:
+        if args.drop:
+            raise tidings.ConfigError("--drop needs the server stopped (it edits the directory)")
+        found = [QuarantinedRecord(r["id"], f"{r['vhost']}\x1f{r['queue']}", r["seq"],
+                                   r["reason"], r["quarantined_at"],
+                                   base64.b64decode(r["data_base64"]))
+                 for r in remote.call("GET", "/api/quarantine")]
+        _show_quarantine(args, found)
+        return 0
     store = SqliteStore(args.data_dir)
     try:
         found = quarantine.records(store)
-        if args.export:
-            out = Path(args.export)
-            out.mkdir(parents=True, exist_ok=True)
-            index = []
-            for r in found:
-                name = f"{r.seq}.record"
-                (out / name).write_bytes(r.data)
-                index.append({"file": name, "vhost": r.vhost, "queue": r.queue, "seq": r.seq,
-                              "reason": r.reason, "quarantined_at": r.quarantined_at})
-            (out / "index.json").write_text(json.dumps(index, indent=2) + "\n")
-            print(f"exported {len(found)} record(s) to {out}")
-        else:
-            print(f"{'seq':>12}  {'vhost':<10}{'queue':<30}{'bytes':>10}  reason")
-            for r in found:
-                print(f"{r.seq:>12}  {r.vhost:<10}{r.queue:<30}{len(r.data):>10}  {r.reason}")
+        _show_quarantine(args, found)
         if args.drop:
             for r in found:
                 quarantine.drop(store, r.id)
@@ -110,6 +109,24 @@ def _quarantine(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def _show_quarantine(args: argparse.Namespace, found: list[Any]) -> None:
+    if args.export:
+        out = Path(args.export)
+        out.mkdir(parents=True, exist_ok=True)
+        index = []
+        for r in found:
+            name = f"{r.seq}.record"
+            (out / name).write_bytes(r.data)
+            index.append({"file": name, "vhost": r.vhost, "queue": r.queue, "seq": r.seq,
+                          "reason": r.reason, "quarantined_at": r.quarantined_at})
+        (out / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+        print(f"exported {len(found)} record(s) to {out}")
+        return
+    print(f"{'seq':>12}  {'vhost':<10}{'queue':<30}{'bytes':>10}  reason")
+    for r in found:
+        print(f"{r.seq:>12}  {r.vhost:<10}{r.queue:<30}{len(r.data):>10}  {r.reason}")
 
 
 async def _run(args: argparse.Namespace) -> int:

@@ -89,6 +89,9 @@ def test_listings_show_only_the_callers_vhosts_unless_tagged(server: ServerProce
         assert {e["vhost"] for e in carol.get("/api/exchanges").json()} == {"other"}
         assert {b["vhost"] for b in carol.get("/api/bindings").json()} <= {"other"}
         assert carol.get("/api/overview").json()["queues"] == 1
+        is_error(carol.get("/api/quarantine"), 403, "access_refused")  # administrators only
+        is_error(carol.post("/api/definitions", json={}), 403, "access_refused")
+        assert {v["name"] for v in carol.get("/api/definitions").json()["vhosts"]} == {"other"}
         metrics = carol.get("/metrics").text
         assert 'queue="carol-q"' in metrics and 'queue="guest-visible"' not in metrics
     for user, password in (("guest", "guest"), ("mon", "pw-m")):  # administrator, monitoring

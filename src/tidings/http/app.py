@@ -8,6 +8,7 @@ path is written ``%2F`` for ``/``, as in RabbitMQ's management API.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -481,6 +482,18 @@ def routes(gw: Gateway) -> list[Any]:
         broker.unbind(vhost, source, dest, key, args, to_exchange=to_exchange)
         return JSONResponse({"unbound": True})
 
+    async def list_quarantine(request: Request) -> JSONResponse:
+        """Stored records that could not be read (administrator: they may hold anyone's)."""
+        if not gw.users.is_administrator(user_of(request)):
+            raise AccessRefusedError("the quarantine needs the administrator tag")
+        await broker.sync()
+        return JSONResponse([
+            {"id": r.id, "vhost": r.vhost, "queue": r.queue, "seq": r.seq, "reason": r.reason,
+             "quarantined_at": r.quarantined_at,
+             "data_base64": base64.b64encode(r.data).decode()}
+            for r in broker.quarantined()
+        ])
+
     async def get_definitions(request: Request) -> JSONResponse:
         return JSONResponse(export_definitions(broker, gw.visible(request)))
 
@@ -500,6 +513,7 @@ def routes(gw: Gateway) -> list[Any]:
     q = "/api/queues/{vhost}/{name}"
     return [
         Route("/api/definitions", get_definitions, methods=["GET"]),
+        Route("/api/quarantine", list_quarantine, methods=["GET"]),
         Route("/api/definitions", post_definitions, methods=["POST"]),
         Route("/healthz", healthz),
         Route("/", dashboard),

@@ -103,6 +103,8 @@ def openapi_document() -> dict[str, Any]:
                                         "responses": _ok("ok", {"type": "array"})}},
         "/api/vhosts": {"get": {"summary": "List vhosts with their message totals",
                                 "responses": _ok("ok", {"type": "array"})}},
+        "/api/quarantine": {"get": {"summary": "Records that could not be read (administrator)",
+                                    "responses": _ok("ok", {"type": "array"})}},
         "/api/definitions": {
             "get": {"summary": "Export durable definitions (RabbitMQ's format)",
                     "responses": _ok("ok")},
