@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pika
 import pytest
 
 from ..serverproc import ServerProcess
@@ -80,15 +81,19 @@ def test_leases_belong_to_the_user_who_received(server: ServerProcess) -> None:
 
 
 def test_listings_show_only_the_callers_vhosts_unless_tagged(server: ServerProcess) -> None:
-    with client(server, "guest", "guest") as guest:
+    amqp = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", server.port))
+    with amqp, client(server, "guest", "guest") as guest, \
+            client(server, "carol", "pw-c") as carol:  # guest's AMQP connection is in '/'
         guest.put("/api/queues/%2F/guest-visible", json={}).raise_for_status()
-    with client(server, "carol", "pw-c") as carol:
+        assert len(guest.get("/api/connections").json()) == 1
         carol.put("/api/queues/other/carol-q", json={}).raise_for_status()
         queues = carol.get("/api/queues").json()
         assert {q["vhost"] for q in queues} == {"other"}
         assert {e["vhost"] for e in carol.get("/api/exchanges").json()} == {"other"}
         assert {b["vhost"] for b in carol.get("/api/bindings").json()} <= {"other"}
-        assert carol.get("/api/overview").json()["queues"] == 1
+        overview = carol.get("/api/overview").json()
+        assert overview["queues"] == 1 and overview["connections"] == 0  # none in 'other'
+        assert carol.get("/api/connections").json() == []
         is_error(carol.get("/api/quarantine"), 403, "access_refused")  # administrators only
         is_error(carol.post("/api/definitions", json={}), 403, "access_refused")
         assert {v["name"] for v in carol.get("/api/definitions").json()["vhosts"]} == {"other"}

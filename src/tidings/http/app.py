@@ -115,14 +115,21 @@ def routes(gw: Gateway) -> list[Any]:
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
+    def visible_connections(seen: set[str] | None) -> list[dict[str, Any]]:
+        return [c for c in (gw.connections() if gw.connections else [])
+                if seen is None or c["vhost"] in seen]
+
     async def api_overview(request: Request) -> JSONResponse:
+        seen = gw.visible(request)
         extra = gw.server_stats() if gw.server_stats else {}
-        return JSONResponse(overview(broker, extra, gw.visible(request)))
+        if seen is not None and extra:  # count only the caller's vhosts' connections
+            mine = visible_connections(seen)
+            extra = {**extra, "connections": float(len(mine)),
+                     "channels": float(sum(c["channels"] for c in mine))}
+        return JSONResponse(overview(broker, extra, seen))
 
     async def list_connections(request: Request) -> JSONResponse:
-        seen = gw.visible(request)
-        return JSONResponse([c for c in (gw.connections() if gw.connections else [])
-                             if seen is None or c["vhost"] in seen])
+        return JSONResponse(visible_connections(gw.visible(request)))
 
     async def metrics(request: Request) -> Response:
         return Response(metrics_text(broker, gw.server_stats, gw.visible(request)),
