@@ -11,7 +11,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from pamqp import commands, decode, encode
 
-from tidings.amqp.properties import to_message, to_properties
+from tidings.basic_properties import to_message, to_properties
 from tidings.message import Message, Record, RecordError, decode_record, encode_record
 
 header_values = st.recursive(

@@ -89,3 +89,14 @@ class ConfigError(TidingsError):
     """Configuration given to tidings is invalid (bad URL, bad flag, bad data directory)."""
 
     reply_code, status, code = 541, 400, "config_error"
+
+
+class NotSupportedError(TidingsError):
+    """The broker behind a transport cannot do this; the message names the broker, the
+    operation and what to use instead (never a silent no-op)."""
+
+    reply_code, status, code = 540, 501, "not_supported"
+
+    def __init__(self, broker: str, operation: str, alternative: str) -> None:
+        super().__init__(f"{broker} cannot {operation}: {alternative}")
+        self.broker, self.operation, self.alternative = broker, operation, alternative

@@ -6,7 +6,7 @@ import datetime
 
 from pamqp.commands import Basic
 
-from tidings.amqp.properties import to_message, to_properties
+from tidings.basic_properties import to_message, to_properties
 from tidings.message import Message
 from tidings.routing.dead_letter import dead_letter_message
 

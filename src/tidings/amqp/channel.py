@@ -22,7 +22,7 @@ from pamqp.base import Frame as Method
 
 from tidings.amqp import frames as wire
 from tidings.amqp.connection import ContentReceived, ProtocolError
-from tidings.amqp.properties import to_message, to_properties
+from tidings.basic_properties import to_message, to_properties
 from tidings.errors import NotFoundError, PreconditionFailedError
 from tidings.routing.session import Consumer, Delivery
 

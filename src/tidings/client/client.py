@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import json
 import logging
+import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
@@ -24,9 +25,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tidings.client.message import ReceivedMessage, Receiver
-from tidings.client.transport import Incoming, QueueSpec, Subscription, Transport
+from tidings.client.transport import (
+    Incoming,
+    QueueSpec,
+    Subscription,
+    Transport,
+    dead_letter_queue,
+)
 from tidings.errors import ClosedResourceError, InvalidArgumentError
-from tidings.message import Message, revive
+from tidings.message import Message
 from tidings.patterns import validate_pattern
 
 log = logging.getLogger("tidings.client")
@@ -86,8 +93,10 @@ class Client:
     """A connection to a tidings broker (embedded or remote) through one :class:`Transport`."""
 
     def __init__(self, url: str | None = None, *,
-                 transport_factory: Callable[[], Awaitable[Transport]] | None = None) -> None:
+                 transport_factory: Callable[[], Awaitable[Transport]] | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.url = url
+        self._ssl = ssl_context
         self._factory = transport_factory
         self._transport: Transport | None = None
         self._declared: set[str] = set()
@@ -109,7 +118,7 @@ class Client:
             if self._factory is None:
                 from tidings.client.urls import open_transport  # imports backends lazily
 
-                self._transport = await open_transport(self.url or "")
+                self._transport = await open_transport(self.url or "", ssl_context=self._ssl)
             else:
                 self._transport = await self._factory()
         return self
@@ -257,26 +266,17 @@ class Client:
     async def dead_letters(self, queue: str, limit: int = 100) -> list[Message]:
         """Dead letters of ``queue`` (oldest first), with their ``x-death`` history."""
         await self._ensure_queue(queue)
-        return await self.transport.browse(f"{queue}.dead", limit)
+        return await self.transport.dead_letters(queue, limit)
 
     async def replay_dead_letters(self, queue: str, ids: Iterable[str] | None = None) -> int:
         """Move dead letters (all, or those with ``ids``) back into ``queue``; returns how many."""
-        dead = f"{queue}.dead"
-        wanted = set(ids) if ids is not None else None
-        count = 0
-        for message in await self.transport.browse(dead, 1 << 30):
-            mid = message.message_id
-            if mid is None or (wanted is not None and mid not in wanted):
-                continue
-            taken = await self.transport.take(dead, mid)
-            if taken is not None:
-                await self.transport.send(queue, [revive(taken, queue)])
-                count += 1
-        return count
+        await self._ensure_queue(queue)
+        return await self.transport.replay_dead_letters(
+            queue, set(ids) if ids is not None else None)
 
     async def purge_dead_letters(self, queue: str) -> int:
         await self._ensure_queue(queue)
-        return await self.transport.purge(f"{queue}.dead")
+        return await self.transport.purge(dead_letter_queue(queue))
 
     # -- events ----------------------------------------------------------------------------
 
@@ -396,6 +396,9 @@ def _wrap(mw: Middleware, call_next: CallNext) -> CallNext:
     return call
 
 
-def connect(url: str) -> Client:
-    """A client for ``url``: a path or ``file:`` URL (embedded, durable), ``memory://``."""
-    return Client(url)
+def connect(url: str, *, ssl_context: ssl.SSLContext | None = None) -> Client:
+    """A client for ``url``: a path or ``file:`` URL (embedded, durable; shared with other
+    processes through its owner), ``memory://`` (embedded, in memory), or
+    ``amqp://user:password@host:port/vhost`` / ``amqps://...`` (tidings serve or RabbitMQ;
+    ``ssl_context`` for TLS, or aiormq's ``?cafile=...&certfile=...&keyfile=...``)."""
+    return Client(url, ssl_context=ssl_context)

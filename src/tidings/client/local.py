@@ -9,9 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tidings.client.transport import EVENTS_EXCHANGE, Incoming, QueueSpec
+from tidings.client.transport import (
+    EVENTS_EXCHANGE,
+    Capabilities,
+    Incoming,
+    QueueSpec,
+    dead_letter_queue,
+)
 from tidings.errors import NotFoundError, PreconditionFailedError
-from tidings.message import Message
+from tidings.message import Message, revive
 from tidings.routing.broker import DEFAULT_VHOST, Broker
 from tidings.routing.session import Consumer, Delivery
 
@@ -31,7 +37,7 @@ def spec_arguments(name: str, spec: QueueSpec) -> dict[str, Any]:
     args.update({k: v for k, v in pairs if v is not None})
     if spec.dead_letters:
         args.setdefault("x-dead-letter-exchange", "")
-        args.setdefault("x-dead-letter-routing-key", f"{name}.dead")
+        args.setdefault("x-dead-letter-routing-key", dead_letter_queue(name))
     return args
 
 
@@ -49,6 +55,8 @@ class LocalTransport:
         self._owns = owns_broker
         self._session = broker.open_session(VHOST, connection_id=f"local-{id(self):x}")
         self._events_ready = False
+        self.capabilities = Capabilities(
+            "the embedded broker", durable=broker.store.durable)
 
     async def declare_queue(self, name: str, spec: QueueSpec) -> str:
         args = spec_arguments(name, spec) if name else dict(spec.arguments)
@@ -58,7 +66,7 @@ class LocalTransport:
             connection_id=self._session.connection_id,
         )
         if spec.dead_letters and name:
-            self.broker.declare_queue(VHOST, f"{name}.dead", durable=spec.durable)
+            self.broker.declare_queue(VHOST, dead_letter_queue(name), durable=spec.durable)
         return queue.name
 
     async def queue_exists(self, name: str) -> bool:
@@ -153,6 +161,22 @@ class LocalTransport:
                     and self.broker.cancel_delayed(seq, record)):
                 return record.message
         return None
+
+    async def dead_letters(self, queue: str, limit: int) -> list[Message]:
+        return await self.browse(dead_letter_queue(queue), limit)
+
+    async def replay_dead_letters(self, queue: str, ids: set[str] | None) -> int:
+        dead = dead_letter_queue(queue)
+        count = 0
+        for message in await self.browse(dead, 1 << 30):
+            mid = message.message_id
+            if mid is None or (ids is not None and mid not in ids):
+                continue
+            taken = await self.take(dead, mid)
+            if taken is not None:
+                await self.send(queue, [revive(taken, queue)])
+                count += 1
+        return count
 
     async def purge(self, queue: str) -> int:
         return self.broker.purge_queue(VHOST, queue)

@@ -15,10 +15,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tidings.errors import NotSupportedError
 from tidings.message import Message
 
 #: The topic exchange every event is published to.
 EVENTS_EXCHANGE = "tidings.events"
+
+
+def dead_letter_queue(queue: str) -> str:
+    """Where the client's queues keep their dead letters."""
+    return f"{queue}.dead"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +45,40 @@ class QueueSpec:
     arguments: tuple[tuple[str, Any], ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a transport's broker can do. The conformance suite skips a check only by these,
+    and the docs' capability table is printed from them (``python -m tidings.testing``)."""
+
+    #: The broker as users know it, for error messages: "RabbitMQ 3.10.7", "tidings serve".
+    broker: str
+    #: A confirmed send survives a crash of the broker.
+    durable: bool = True
+    #: ``send(delay_ms=...)`` and ``nack(delay_ms=...)``.
+    delays: bool = True
+    priorities: bool = True
+    #: ``browse`` leaves messages in place, unmarked.
+    browse: bool = True
+    #: ``take`` (``client.delete``) of a ready message by id.
+    take: bool = True
+    #: ``take`` of a delayed message by id.
+    take_delayed: bool = True
+    #: ``extend`` restarts a delivery's consumer-timeout clock.
+    extend: bool = True
+    #: Waiting and processing time percentiles in ``statistics()``.
+    latency_statistics: bool = True
+    #: For each capability that is False: why, and what to do instead.
+    reasons: tuple[tuple[str, str], ...] = ()
+
+    def reason(self, name: str) -> str:
+        return dict(self.reasons).get(name, "not available on this broker")
+
+    def require(self, name: str, operation: str) -> None:
+        """Raise :class:`NotSupportedError` unless capability ``name`` is there."""
+        if not getattr(self, name):
+            raise NotSupportedError(self.broker, operation, self.reason(name))
+
+
 @dataclass(slots=True)
 class Incoming:
     message: Message
@@ -54,6 +94,8 @@ class Subscription(Protocol):
 
 
 class Transport(Protocol):
+    capabilities: Capabilities
+
     async def declare_queue(self, name: str, spec: QueueSpec) -> str:
         """Create ``name`` if missing (a blank name gets a server-made one); return the name."""
         ...
@@ -93,6 +135,14 @@ class Transport(Protocol):
         ...
 
     async def purge(self, queue: str) -> int: ...
+
+    async def dead_letters(self, queue: str, limit: int) -> list[Message]:
+        """Up to ``limit`` dead letters of ``queue``, oldest first, left in place."""
+        ...
+
+    async def replay_dead_letters(self, queue: str, ids: set[str] | None) -> int:
+        """Move dead letters (all, or those with ``ids``) back into ``queue``."""
+        ...
 
     async def sync(self) -> None:
         """Wait until everything done so far (acks included) is durable."""

@@ -6,6 +6,7 @@ embedded non-durable one. Adapters for ``amqp://``, ``nats://`` and ``redis://``
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -13,7 +14,7 @@ from tidings.client.transport import Transport
 from tidings.errors import ConfigError
 
 #: Schemes that later issues add adapters for.
-PLANNED = ("amqp", "amqps", "nats", "redis", "rediss")
+PLANNED = ("nats", "redis", "rediss")
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -32,8 +33,14 @@ def parse_url(url: str) -> tuple[str, str]:
     return scheme, url
 
 
-async def open_transport(url: str) -> Transport:
+async def open_transport(url: str, *, ssl_context: ssl.SSLContext | None = None) -> Transport:
     scheme, rest = parse_url(url)
+    if scheme in ("amqp", "amqps"):
+        from tidings.client.amqp import AmqpTransport
+        from tidings.client.resilient import ResilientTransport
+
+        return await ResilientTransport(
+            lambda: AmqpTransport(url, ssl_context=ssl_context).open()).open()
     from tidings.client.local import LocalTransport
     from tidings.routing.broker import Broker
 
@@ -49,8 +56,8 @@ async def open_transport(url: str) -> Transport:
         raise ConfigError(f"the '{scheme}://' transport is not available yet in this version")
     else:
         raise ConfigError(
-            f"unknown broker URL scheme '{scheme}' in '{url}': use a directory, 'file:DIR' "
-            f"or 'memory://'"
+            f"unknown broker URL scheme '{scheme}' in '{url}': use a directory, 'file:DIR', "
+            f"'memory://' or 'amqp://user:password@host:port/vhost'"
         )
     broker.start()
     return LocalTransport(broker)

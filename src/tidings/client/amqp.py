@@ -1,0 +1,611 @@
+"""AmqpTransport: the client over any AMQP 0-9-1 broker (``tidings serve`` or RabbitMQ).
+
+Built on aiormq, the pamqp-based core of aio-pika (measured against aio-pika itself: the same
+protocol code with fewer objects per message, see docs/benchmarks.md). One connection, one
+confirming channel for sends and gets, one channel per consumer (so each has its own prefetch).
+Reconnection is not here: :class:`tidings.client.resilient.ResilientTransport` wraps this class
+and replays declarations and consumers on a new connection.
+
+What AMQP 0-9-1 has no method for is mapped onto what each broker offers:
+
+- **Delays**: ``tidings serve`` (and RabbitMQ with the delayed-message plugin) take an
+  ``x-delay`` header on an ``x-delayed-message`` exchange. Plain RabbitMQ gets a durable
+  scheme of its own queues: one quorum queue per distinct delay (``tidings.delay.<ms>``) with
+  that message TTL, dead-lettering at least once to the default exchange under the message's
+  own routing key, that is, into the target queue when the delay has passed.
+- **Retries with a delay** (``nack(delay_ms=...)``) publish a copy on the delay path (confirmed)
+  and then ack the original; the failed deliveries so far travel in the
+  ``x-tidings-delivery-count`` header, and the queue's delivery limit is applied here.
+- **Dead letters** are read from ``<queue>.dead`` by taking them without an ack and closing the
+  channel, which returns them in order (they are marked redelivered; a dead-letter queue has
+  no delivery limit, so nothing else changes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import logging
+import re
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import aiormq
+from aiormq.abc import DeliveredMessage
+from pamqp import commands as spec
+
+from tidings.basic_properties import to_message, to_properties
+from tidings.client.transport import (
+    EVENTS_EXCHANGE,
+    Capabilities,
+    Incoming,
+    QueueSpec,
+    dead_letter_queue,
+)
+from tidings.errors import (
+    AccessRefusedError,
+    BrokenResourceError,
+    NotFoundError,
+    NotSupportedError,
+    PreconditionFailedError,
+    ResourceLockedError,
+    TidingsError,
+)
+from tidings.message import Message, revive
+from tidings.routing.stats import BrokerStatistics, LatencySummary, QueueStatistics
+
+log = logging.getLogger("tidings.client.amqp")
+
+#: Failed deliveries of a message before this copy, carried across delayed retries.
+COUNT_HEADER = "x-tidings-delivery-count"
+#: The exchange that delays messages on brokers with ``x-delayed-message``.
+DELAYED_EXCHANGE = "tidings.delayed"
+#: The headers exchange in front of the per-delay queues on RabbitMQ without the plugin.
+DELAY_EXCHANGE = "tidings.delay"
+#: Not ``x-``: RabbitMQ's headers exchange ignores ``x-`` headers when it matches.
+DELAY_HEADER = "tidings-delay-ms"
+DELAY_QUEUE_PREFIX = "tidings.delay."
+#: A delay queue lives this long past its delay without use, then RabbitMQ deletes it.
+DELAY_QUEUE_IDLE_MS = 10 * 60 * 1000
+#: Delivery limit assumed for queues this client did not declare (QueueSpec's default).
+DEFAULT_LIMIT = QueueSpec().delivery_limit
+
+_ERRORS: dict[type[Exception], type[TidingsError]] = {
+    aiormq.exceptions.ChannelNotFoundEntity: NotFoundError,
+    aiormq.exceptions.ChannelPreconditionFailed: PreconditionFailedError,
+    aiormq.exceptions.ChannelAccessRefused: AccessRefusedError,
+    aiormq.exceptions.ChannelLockedResource: ResourceLockedError,
+}
+
+
+def translate(error: BaseException) -> TidingsError:
+    """An aiormq exception as the tidings error a user catches."""
+    if isinstance(error, TidingsError):
+        return error
+    for kind, ours in _ERRORS.items():
+        if isinstance(error, kind):
+            text = str(error.args[1]) if len(error.args) > 1 else str(error)
+            return ours(re.sub(r"^[A-Z_]+ - ", "", text))
+    if isinstance(error, aiormq.exceptions.ChannelClosed):
+        return TidingsError(str(error))
+    return BrokenResourceError(f"connection to the broker lost: {error!r}")
+
+
+class UnixSocketFactory(aiormq.connection.TransportFactory):
+    """Connects aiormq to a Unix socket (a shared data directory's owner listens on one)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    async def create(self, url: Any, **kwargs: Any) -> tuple[Any, Any]:
+        kwargs.pop("ssl_context_provider", None)
+        try:
+            return await asyncio.open_unix_connection(self.path, **kwargs)
+        except OSError as e:
+            raise aiormq.exceptions.AMQPConnectionError(*e.args) from e
+
+
+def _incoming(raw: DeliveredMessage, queue: str) -> Incoming:
+    props = raw.header.properties
+    d = raw.delivery
+    message = to_message(props, raw.body, d.exchange, d.routing_key)
+    count = 0
+    headers = message.headers
+    if headers:
+        count = _int(headers.pop("x-delivery-count", 0)) + _int(headers.pop(COUNT_HEADER, 0))
+        if DELAY_HEADER in headers:
+            _forget_delay(headers)
+        if not headers:
+            message.headers = None
+    token = _Token(raw.channel, d.delivery_tag, message, queue, count)
+    return Incoming(message, queue, token, bool(d.redelivered) or count > 0, count)
+
+
+class _Token:
+    """What an AMQP delivery needs to be settled (and, for a delayed retry, copied)."""
+
+    __slots__ = ("channel", "delivery_count", "message", "queue", "tag")
+
+    def __init__(self, channel: Any, tag: int, message: Message, queue: str,
+                 delivery_count: int) -> None:
+        self.channel, self.tag, self.message = channel, tag, message
+        self.queue, self.delivery_count = queue, delivery_count
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _is_delay_death(death: Any) -> bool:
+    return isinstance(death, dict) and str(death.get("queue", "")).startswith(DELAY_QUEUE_PREFIX)
+
+
+def _forget_delay(headers: dict[str, Any]) -> None:
+    """Drop what the delay path left in ``headers``: its header and the delay queue's expiry,
+    which is not a death of the message."""
+    del headers[DELAY_HEADER]
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list):
+        kept = [x for x in deaths if not _is_delay_death(x)]
+        if kept:
+            headers["x-death"] = kept
+        else:
+            del headers["x-death"]
+    if str(headers.get("x-first-death-queue", "")).startswith(DELAY_QUEUE_PREFIX):
+        for key in ("x-first-death-queue", "x-first-death-reason", "x-first-death-exchange"):
+            headers.pop(key, None)
+
+
+class _Consumer:
+    def __init__(self, transport: AmqpTransport, channel: Any, tag: str) -> None:
+        self._transport, self._channel, self._tag = transport, channel, tag
+
+    async def cancel(self) -> None:
+        """Stop deliveries; what was delivered and not settled goes back to the queue."""
+        if self._channel.is_closed:
+            return
+        with contextlib.suppress(Exception):
+            await self._channel.basic_cancel(self._tag)
+        with contextlib.suppress(Exception):
+            await self._channel.close()
+
+
+class AmqpTransport:
+    """The client's :class:`~tidings.client.transport.Transport` over one AMQP connection."""
+
+    def __init__(self, url: str, *, ssl_context: ssl.SSLContext | None = None,
+                 unix_socket: str | None = None, connection_name: str = "tidings") -> None:
+        self.url = url
+        self._ssl = ssl_context
+        self._unix = unix_socket
+        self._name = connection_name
+        self._conn: aiormq.Connection | None = None
+        self._channel: Any = None
+        self._specs: dict[str, QueueSpec] = {}
+        self._bound_delayed: set[str] = set()
+        self._delay_queues: dict[int, float] = {}
+        self._events_ready = False
+        self._delay_plugin: bool | None = None
+        self._consumer_ids = itertools.count(1)
+        self.capabilities = Capabilities("an AMQP broker")
+        self.product = ""
+        self.version = ""
+
+    # -- connection ------------------------------------------------------------------------
+
+    async def open(self) -> AmqpTransport:
+        factory = UnixSocketFactory(self._unix) if self._unix else None
+        conn = aiormq.Connection(self.url, context=self._ssl, transport_factory=factory,
+                                 client_properties={"connection_name": self._name})
+        try:
+            await conn.connect()
+        except aiormq.exceptions.AuthenticationError as e:
+            raise AccessRefusedError(f"login refused by {self._where()}: {e}") from e
+        except (aiormq.exceptions.AMQPError, OSError) as e:
+            raise BrokenResourceError(f"cannot connect to {self._where()}: {e}") from e
+        self._conn = conn
+        props = conn.server_properties or {}
+        self.product = str(props.get("product", ""))
+        self.version = str(props.get("version", ""))
+        self.is_tidings = self.product.lower().startswith("tidings")
+        self._delay_plugin = True if self.is_tidings else None
+        self.capabilities = self._capabilities()
+        self._channel = await conn.channel(publisher_confirms=True)
+        return self
+
+    def _where(self) -> str:
+        return f"Unix socket {self._unix}" if self._unix else _redact(self.url)
+
+    def _broker(self) -> str:
+        if self.is_tidings:
+            return "tidings serve" if not self._unix else "the directory's owner process"
+        return f"{self.product} {self.version}".strip()
+
+    def _capabilities(self) -> Capabilities:
+        no_browse = ("AMQP 0-9-1 cannot read a message without taking it; dead letters are "
+                     "listed with client.dead_letters(), other queues over the broker's HTTP "
+                     "API")
+        no_take = ("AMQP 0-9-1 cannot remove a message by id; consume it and reject it, or "
+                   "give messages a TTL")
+        no_extend = ("AMQP 0-9-1 has no lease extension; declare the queue with a longer "
+                     "consumer_timeout_ms")
+        no_latency = ("waiting and processing times are kept by the broker itself: read them "
+                      "from its HTTP API or Prometheus metrics")
+        return Capabilities(
+            self._broker(), browse=False, take=False, take_delayed=False, extend=False,
+            latency_statistics=False,
+            reasons=(("browse", no_browse), ("take", no_take), ("take_delayed", no_take),
+                     ("extend", no_extend), ("latency_statistics", no_latency)),
+        )
+
+    @property
+    def closing(self) -> asyncio.Future[Any]:
+        """Done when the connection is gone (what the reconnecting wrapper waits on)."""
+        assert self._conn is not None
+        return self._conn.closing
+
+    async def _main(self) -> Any:
+        """The confirming channel; a channel error closed the last one, so open another."""
+        if self._channel is None or self._channel.is_closed:
+            assert self._conn is not None
+            try:
+                self._channel = await self._conn.channel(publisher_confirms=True)
+            except Exception as e:
+                raise translate(e) from e
+        return self._channel
+
+    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        channel = await self._main()
+        try:
+            return await getattr(channel, method)(*args, **kwargs)
+        except Exception as e:
+            raise translate(e) from e
+
+    # -- declarations ----------------------------------------------------------------------
+
+    def _queue_arguments(self, name: str, spec_: QueueSpec) -> dict[str, Any]:
+        args: dict[str, Any] = {}
+        pairs = (("x-max-length", spec_.max_length), ("x-max-priority", spec_.max_priority),
+                 ("x-message-ttl", spec_.message_ttl_ms),
+                 ("x-consumer-timeout", spec_.consumer_timeout_ms))
+        args.update({k: v for k, v in pairs if v is not None})
+        if spec_.dead_letters and name:
+            args["x-dead-letter-exchange"] = ""
+            args["x-dead-letter-routing-key"] = dead_letter_queue(name)
+        args.update(dict(spec_.arguments))
+        if self.is_tidings:
+            if spec_.delivery_limit is not None:
+                args["x-delivery-limit"] = spec_.delivery_limit
+            return args
+        # RabbitMQ: durable queues are quorum queues (a delivery limit, at-least-once
+        # dead-lettering), unless asked otherwise or a classic feature is wanted.
+        quorum = (spec_.durable and not spec_.exclusive and spec_.max_priority is None
+                  and "x-queue-type" not in args)
+        if quorum:
+            args["x-queue-type"] = "quorum"
+            # 4.x defaults quorum queues to 20 deliveries; -1 would mean unlimited there
+            args["x-delivery-limit"] = (spec_.delivery_limit
+                                        if spec_.delivery_limit is not None else -1)
+            if spec_.dead_letters and name:
+                args.setdefault("x-dead-letter-strategy", "at-least-once")
+                args.setdefault("x-overflow", "reject-publish")
+        if spec_.consumer_timeout_ms is not None and self._older_than(3, 12):
+            raise NotSupportedError(
+                self._broker(), "apply a per-queue consumer timeout",
+                "RabbitMQ 3.12 or later takes x-consumer-timeout; on older ones set "
+                "consumer_timeout in rabbitmq.conf")
+        return args
+
+    def _older_than(self, major: int, minor: int) -> bool:
+        found = re.match(r"(\d+)\.(\d+)", self.version)
+        return bool(found) and (int(found.group(1)), int(found.group(2))) < (major, minor)
+
+    async def declare_queue(self, name: str, spec_: QueueSpec) -> str:
+        args = self._queue_arguments(name, spec_)
+        ok = await self._call("queue_declare", name, durable=spec_.durable and not spec_.exclusive,
+                              exclusive=spec_.exclusive, auto_delete=spec_.exclusive,
+                              arguments=args)
+        declared = ok.queue
+        self._specs[declared] = spec_
+        if spec_.dead_letters and name:
+            # classic: a dead-letter queue is read by taking and returning (no delivery limit)
+            dead_args = {} if self.is_tidings else {"x-queue-type": "classic"}
+            await self._call("queue_declare", dead_letter_queue(name), durable=spec_.durable,
+                             arguments=dead_args)
+        return declared
+
+    async def queue_exists(self, name: str) -> bool:
+        return await self._passive(name) is not None
+
+    async def _passive(self, name: str) -> Any:
+        """queue.declare-ok for ``name``, or None; a throwaway channel takes the 404."""
+        assert self._conn is not None
+        channel = await self._conn.channel()
+        try:
+            return await channel.queue_declare(name, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return None
+        except Exception as e:
+            raise translate(e) from e
+        finally:
+            if not channel.is_closed:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+
+    async def bind_events(self, queue: str, pattern: str) -> None:
+        if not self._events_ready:
+            await self._call("exchange_declare", EVENTS_EXCHANGE, exchange_type="topic",
+                             durable=True)
+            self._events_ready = True
+        await self._call("queue_bind", queue, EVENTS_EXCHANGE, routing_key=pattern)
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def _confirm(self, publishes: list[tuple[str, str, Message, bool]]) -> None:
+        """Publish every ``(exchange, routing key, message, mandatory)`` and wait for all their
+        confirms at once (one round trip for the batch). A nack or a return raises."""
+        channel = await self._main()
+        publish = channel.basic_publish
+        waits = [publish(m.body, exchange=ex, routing_key=rk, properties=to_properties(m),
+                         mandatory=mandatory) for ex, rk, m, mandatory in publishes]
+        results = await asyncio.gather(*waits, return_exceptions=True)
+        for (_ex, rk, _m, _), result in zip(publishes, results, strict=True):
+            if isinstance(result, aiormq.exceptions.PublishError):
+                raise NotFoundError(f"no queue '{rk}' on {self._broker()}")
+            if isinstance(result, BaseException):
+                raise translate(result) from result
+            if isinstance(result, spec.Basic.Nack):
+                raise PreconditionFailedError(
+                    f"{self._broker()} refused a message for '{rk}' (queue full, or the "
+                    f"broker is out of resources)")
+
+    async def send(self, queue: str, messages: Sequence[Message],
+                   delay_ms: int | None = None) -> None:
+        if delay_ms is not None and delay_ms > 0:
+            await self._publish_delayed(queue, list(messages), delay_ms)
+            return
+        for message in messages:
+            message.routing_key = queue
+        await self._confirm([("", queue, m, True) for m in messages])
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+        if not self._events_ready:
+            await self._call("exchange_declare", EVENTS_EXCHANGE, exchange_type="topic",
+                             durable=True)
+            self._events_ready = True
+        for message in messages:
+            message.routing_key = topic
+        await self._confirm([(EVENTS_EXCHANGE, topic, m, False) for m in messages])
+
+    async def _publish_delayed(self, queue: str, messages: list[Message], delay_ms: int) -> None:
+        if self._delay_plugin is None:
+            self._delay_plugin = await self._probe_delay_plugin()
+        for message in messages:
+            message.routing_key = queue
+        if self._delay_plugin:
+            if queue not in self._bound_delayed:
+                await self._call("exchange_declare", DELAYED_EXCHANGE,
+                                 exchange_type="x-delayed-message", durable=True,
+                                 arguments={"x-delayed-type": "direct"})
+                await self._call("queue_bind", queue, DELAYED_EXCHANGE, routing_key=queue)
+                self._bound_delayed.add(queue)
+            for message in messages:
+                message.headers = {**(message.headers or {}), "x-delay": int(delay_ms)}
+            await self._confirm([(DELAYED_EXCHANGE, queue, m, False) for m in messages])
+            return
+        await self._declare_delay_queue(delay_ms)
+        for message in messages:
+            message.headers = {**(message.headers or {}), DELAY_HEADER: int(delay_ms)}
+        await self._confirm([(DELAY_EXCHANGE, queue, m, True) for m in messages])
+
+    async def _probe_delay_plugin(self) -> bool:
+        """Whether RabbitMQ knows ``x-delayed-message`` (an unknown exchange type closes the
+        connection, so the probe uses one of its own)."""
+        probe = aiormq.Connection(self.url, context=self._ssl)
+        try:
+            await probe.connect()
+            channel = await probe.channel()
+            await channel.exchange_declare(DELAYED_EXCHANGE, exchange_type="x-delayed-message",
+                                           durable=True, arguments={"x-delayed-type": "direct"})
+            return True
+        except aiormq.exceptions.AMQPError:
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                await probe.close()
+
+    async def _declare_delay_queue(self, delay_ms: int) -> None:
+        """The quorum queue that holds messages for ``delay_ms`` (redeclared well before its
+        idle expiry, so it cannot vanish under a message)."""
+        now = time.monotonic()
+        if now - self._delay_queues.get(delay_ms, -1e18) < DELAY_QUEUE_IDLE_MS / 2000:
+            return
+        if not self._delay_queues:
+            await self._call("exchange_declare", DELAY_EXCHANGE, exchange_type="headers",
+                             durable=True)
+        name = f"{DELAY_QUEUE_PREFIX}{delay_ms}"
+        await self._call("queue_declare", name, durable=True, arguments={
+            "x-queue-type": "quorum", "x-message-ttl": int(delay_ms),
+            "x-expires": int(delay_ms) + DELAY_QUEUE_IDLE_MS,
+            "x-dead-letter-exchange": "", "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        })
+        await self._call("queue_bind", name, DELAY_EXCHANGE,
+                         arguments={"x-match": "all", DELAY_HEADER: int(delay_ms)})
+        self._delay_queues[delay_ms] = now
+
+    # -- receiving -------------------------------------------------------------------------
+
+    async def get(self, queue: str) -> Incoming | None:
+        raw = await self._call("basic_get", queue)
+        if isinstance(raw.delivery, spec.Basic.GetEmpty):
+            return None
+        return _incoming(raw, queue)
+
+    async def consume(self, queue: str, prefetch: int,
+                      on_message: Callable[[Incoming], None]) -> _Consumer:
+        assert self._conn is not None
+        channel = await self._conn.channel()
+        try:
+            await channel.basic_qos(prefetch_count=prefetch)
+
+            async def deliver(raw: DeliveredMessage) -> None:
+                on_message(_incoming(raw, queue))
+
+            ok = await channel.basic_consume(queue, deliver,
+                                             consumer_tag=f"tidings.{next(self._consumer_ids)}")
+        except Exception as e:
+            with contextlib.suppress(Exception):
+                await channel.close()
+            raise translate(e) from e
+        return _Consumer(self, channel, ok.consumer_tag)
+
+    async def ack(self, tokens: Sequence[Any]) -> None:
+        try:
+            for token in tokens:
+                await token.channel.basic_ack(token.tag)
+        except Exception as e:
+            raise translate(e) from e
+
+    async def nack(self, token: Any, requeue: bool, delay_ms: int | None = None) -> None:
+        try:
+            if requeue and delay_ms:
+                await self._retry_later(token, delay_ms)
+            else:
+                await token.channel.basic_nack(token.tag, requeue=requeue)
+        except TidingsError:
+            raise
+        except Exception as e:
+            raise translate(e) from e
+
+    async def _retry_later(self, token: _Token, delay_ms: int) -> None:
+        """A failed delivery retried after ``delay_ms``: a delayed copy carrying the count of
+        failed deliveries, then the ack of the original; past the queue's delivery limit, a
+        reject (which dead-letters it)."""
+        failures = token.delivery_count + 1
+        spec_ = self._specs.get(token.queue)
+        limit = spec_.delivery_limit if spec_ is not None else DEFAULT_LIMIT
+        if limit is not None and failures > limit:
+            await token.channel.basic_reject(token.tag, requeue=False)
+            return
+        copy = revive(dataclasses.replace(token.message), token.queue)  # x- headers go
+        copy.headers = {**(copy.headers or {}), COUNT_HEADER: failures}
+        await self._publish_delayed(token.queue, [copy], delay_ms)
+        await token.channel.basic_ack(token.tag)
+
+    async def extend(self, token: Any) -> None:
+        self.capabilities.require("extend", "extend a delivery's lease")
+
+    async def browse(self, queue: str, limit: int) -> list[Message]:
+        self.capabilities.require("browse", "browse a queue")
+        return []
+
+    async def take(self, queue: str, message_id: str) -> Message | None:
+        self.capabilities.require("take", "remove a waiting message by id")
+        return None
+
+    async def purge(self, queue: str) -> int:
+        ok = await self._call("queue_purge", queue)
+        return int(ok.message_count)
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    async def dead_letters(self, queue: str, limit: int) -> list[Message]:
+        found: list[Message] = []
+
+        async def each(raw: DeliveredMessage, channel: Any) -> bool:
+            found.append(_incoming(raw, queue).message)
+            return len(found) < limit
+
+        await self._scan(dead_letter_queue(queue), each)
+        return found
+
+    async def replay_dead_letters(self, queue: str, ids: set[str] | None) -> int:
+        moved = 0
+
+        async def each(raw: DeliveredMessage, channel: Any) -> bool:
+            nonlocal moved
+            message = _incoming(raw, queue).message
+            if ids is None or message.message_id in ids:
+                await self._confirm([("", queue, revive(message, queue), True)])
+                await channel.basic_ack(raw.delivery.delivery_tag)
+                moved += 1
+            return True
+
+        await self._scan(dead_letter_queue(queue), each)
+        return moved
+
+    async def _scan(self, queue: str, each: Callable[[DeliveredMessage, Any],
+                                                      Any]) -> None:
+        """Take the messages of ``queue`` one by one (as many as it held at the start) and hand
+        each to ``each`` until it returns False; closing the channel returns the rest."""
+        assert self._conn is not None
+        channel = await self._conn.channel()
+        try:
+            remaining = None
+            while remaining is None or remaining > 0:
+                raw = await channel.basic_get(queue)
+                if isinstance(raw.delivery, spec.Basic.GetEmpty):
+                    break
+                if remaining is None:
+                    remaining = int(raw.delivery.message_count) + 1
+                remaining -= 1
+                if not await each(raw, channel):
+                    break
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return
+        except TidingsError:
+            raise
+        except Exception as e:
+            raise translate(e) from e
+        finally:
+            if not channel.is_closed:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+
+    # -- the rest --------------------------------------------------------------------------
+
+    async def sync(self) -> None:
+        """A round trip on the main channel: every ack sent before it has reached the broker."""
+        await self._call("basic_qos", prefetch_count=0)
+
+    async def statistics(self) -> BrokerStatistics:
+        """What ``queue.declare`` tells of each queue this client used: messages ready and
+        consumers (waiting and processing times live in the broker's own API)."""
+        queues = []
+        for name in sorted(self._specs):
+            ok = await self._passive(name)
+            if ok is None:
+                continue
+            queues.append(QueueStatistics(
+                vhost=self._vhost(), name=name, ready=int(ok.message_count), unacked=0,
+                delayed=0, consumers=int(ok.consumer_count), ready_bytes=0,
+                oldest_ready_age_s=None, counts={}, rates={},
+                waiting_time=_NO_LATENCY, processing_time=_NO_LATENCY))
+        return BrokerStatistics(
+            queues=tuple(queues), exchanges=0, sessions=1,
+            consumers=sum(q.consumers for q in queues), ready=sum(q.ready for q in queues),
+            unacked=0, delayed=0, counts={}, rates={})
+
+    def _vhost(self) -> str:
+        return self._conn.vhost if self._conn is not None else "/"
+
+    async def close(self) -> None:
+        if self._conn is not None and not self._conn.is_closed:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+
+
+_NO_LATENCY = LatencySummary(0, None, None, None, None)
+
+
+def _redact(url: str) -> str:
+    """``url`` without its password, for messages."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
