@@ -1,30 +1,67 @@
-"""The transport conformance suite over the embedded transport, on both stores."""
+"""The transport conformance suite over every transport: the embedded broker on both stores,
+``amqp://`` to a ``tidings serve`` of the test's own, and ``amqp://`` to the machine's RabbitMQ.
+A check is skipped only when the transport declares it lacks a capability, with its reason."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tidings.client.local import LocalTransport
 from tidings.client.transport import Transport
+from tidings.client.urls import open_transport
 from tidings.routing.broker import Broker
 from tidings.storage import MemoryStore, SqliteStore
 from tidings.testing import TRANSPORT_CHECKS
+from tidings.testing.contracts import run_transport_check
+
+from ..serverproc import ServerProcess
+from ..services import rabbitmq_port
+
+KINDS = ["memory", "sqlite", "amqp-tidings", "amqp-rabbitmq"]
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@pytest.fixture(scope="module")
+def tidings_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = ServerProcess(Path(tmp_path_factory.mktemp("contract")) / "data").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def opener(request: pytest.FixtureRequest, tmp_path: Path
+           ) -> Callable[[], Awaitable[Transport]]:
+    kind = request.param
+    if kind == "amqp-tidings":
+        server = request.getfixturevalue("tidings_server")
+        url = f"amqp://guest:guest@127.0.0.1:{server.port}/"
+    elif kind == "amqp-rabbitmq":
+        url = f"amqp://guest:guest@127.0.0.1:{rabbitmq_port()}/"
+    else:
+        async def local() -> Transport:
+            store = MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "data")
+            broker = Broker(store)
+            broker.start()
+            return LocalTransport(broker)
+
+        return local
+
+    async def remote() -> Transport:
+        return await open_transport(url)
+
+    return remote
+
+
+@pytest.mark.parametrize("opener", KINDS, indirect=True)
 @pytest.mark.parametrize("check", TRANSPORT_CHECKS, ids=lambda c: c.__name__)
-async def test_local_transport_meets_contract(
-    check: Callable[[Callable[[], Awaitable[Transport]]], Awaitable[None]],
-    kind: str,
-    tmp_path: Path,
+async def test_transport_meets_contract(
+    check: Callable[[Transport], Awaitable[None]],
+    opener: Callable[[], Awaitable[Transport]],
 ) -> None:
-    async def open_transport() -> Transport:
-        store = MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "data")
-        broker = Broker(store)
-        broker.start()
-        return LocalTransport(broker)
+    reason = await run_transport_check(check, opener)
+    if reason is not None:
+        pytest.skip(reason)
 
-    await check(open_transport)
+

@@ -10,15 +10,17 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tidings.client.transport import Incoming, QueueSpec, Transport
+from tidings.client.transport import Capabilities, Incoming, QueueSpec, Transport
 from tidings.message import Message
 from tidings.storage.base import TRANSIENT, Store
 
 OpenStore = Callable[[Store | None], Store]
 OpenTransport = Callable[[], Awaitable[Transport]]
+Check = Callable[[Transport], Awaitable[None]]
 
 
 async def store_keeps_records_in_seq_order(open_store: OpenStore) -> None:
@@ -97,93 +99,206 @@ async def check_store(open_store: OpenStore) -> None:
 
 
 # -- transports -------------------------------------------------------------------------------
+#
+# Each check uses queue names of its own run (brokers such as RabbitMQ keep queues between runs)
+# and names the capabilities it needs in ``needs``; a runner skips it when the transport's
+# ``capabilities`` lack one, with the reason the transport gives.
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def needs(*capabilities: str) -> Callable[[Check], Check]:
+    def mark(check: Check) -> Check:
+        check.needs = capabilities  # type: ignore[attr-defined]
+        return check
+
+    return mark
+
+
+def missing(check: Any, capabilities: Capabilities) -> str | None:
+    """Why ``check`` cannot run on a transport with ``capabilities`` (None: it can)."""
+    for name in getattr(check, "needs", ()):
+        if not getattr(capabilities, name):
+            return f"{capabilities.broker} lacks '{name}': {capabilities.reason(name)}"
+    return None
 
 
 def _msg(body: bytes, message_id: str | None = None) -> Message:
     return Message(body, message_id=message_id)
 
 
-async def transport_round_trips_a_message(open_transport: OpenTransport) -> None:
-    t = await open_transport()
-    await t.declare_queue("rt", QueueSpec())
-    await t.send("rt", [_msg(b"one"), _msg(b"two")])
-    first = await t.get("rt")
+async def transport_round_trips_a_message(t: Transport) -> None:
+    q = unique("rt")
+    await t.declare_queue(q, QueueSpec())
+    await t.send(q, [_msg(b"one"), _msg(b"two")])
+    first = await t.get(q)
     assert first is not None and first.message.body == b"one" and not first.redelivered
     await t.ack([first.token])
-    second = await t.get("rt")
+    second = await t.get(q)
     assert second is not None and second.message.body == b"two"
     await t.nack(second.token, requeue=True)
-    again = await t.get("rt")
+    again = await t.get(q)
     assert again is not None and again.message.body == b"two" and again.redelivered
     assert again.delivery_count == 1
     await t.ack([again.token])
-    assert await t.get("rt") is None
-    await t.close()
+    assert await t.get(q) is None
 
 
-async def transport_consumes_with_prefetch(open_transport: OpenTransport) -> None:
-    t = await open_transport()
-    await t.declare_queue("pf", QueueSpec())
-    await t.send("pf", [_msg(str(i).encode()) for i in range(10)])
-    got: list[Incoming] = []
-    sub = await t.consume("pf", 3, got.append)
-    for _ in range(50):
+async def _until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
         await asyncio.sleep(0.01)
-        if len(got) >= 3:
-            break
+
+
+async def transport_consumes_with_prefetch(t: Transport) -> None:
+    q = unique("pf")
+    await t.declare_queue(q, QueueSpec())
+    await t.send(q, [_msg(str(i).encode()) for i in range(10)])
+    got: list[Incoming] = []
+    sub = await t.consume(q, 3, got.append)
+    await _until(lambda: len(got) >= 3)
+    await asyncio.sleep(0.1)  # no fourth may come while three are unsettled
     assert [m.message.body for m in got] == [b"0", b"1", b"2"]
     await t.ack([got[0].token])
-    for _ in range(50):
-        await asyncio.sleep(0.01)
-        if len(got) >= 4:
-            break
+    await _until(lambda: len(got) >= 4)
     assert len(got) == 4 and got[3].message.body == b"3"
     await sub.cancel()
-    await t.close()
 
 
-async def transport_routes_events_by_pattern(open_transport: OpenTransport) -> None:
-    t = await open_transport()
-    await t.declare_queue("ev-all", QueueSpec())
-    await t.declare_queue("ev-created", QueueSpec())
-    await t.bind_events("ev-all", "orders.#")
-    await t.bind_events("ev-created", "orders.*.created")
-    await t.publish("orders.eu.created", [_msg(b"a")])
-    await t.publish("orders.eu.shipped", [_msg(b"b")])
+async def transport_routes_events_by_pattern(t: Transport) -> None:
+    everything, created = unique("ev-all"), unique("ev-created")
+    topic = unique("orders")
+    await t.declare_queue(everything, QueueSpec())
+    await t.declare_queue(created, QueueSpec())
+    await t.bind_events(everything, f"{topic}.#")
+    await t.bind_events(created, f"{topic}.*.created")
+    await t.publish(f"{topic}.eu.created", [_msg(b"a")])
+    await t.publish(f"{topic}.eu.shipped", [_msg(b"b")])
     await t.publish("users.created", [_msg(b"c")])
-    bodies: dict[str, list[bytes]] = {"ev-all": [], "ev-created": []}
+    bodies: dict[str, list[bytes]] = {everything: [], created: []}
     for queue, found in bodies.items():
         while (m := await t.get(queue)) is not None:
             found.append(m.message.body)
             await t.ack([m.token])
-    assert bodies == {"ev-all": [b"a", b"b"], "ev-created": [b"a"]}
-    await t.close()
+    assert bodies == {everything: [b"a", b"b"], created: [b"a"]}
 
 
-async def transport_takes_and_browses_waiting_messages(open_transport: OpenTransport) -> None:
-    t = await open_transport()
-    await t.declare_queue("tk", QueueSpec())
-    await t.send("tk", [_msg(b"keep", "k1"), _msg(b"drop", "d1")])
-    await t.send("tk", [_msg(b"later", "l1")], delay_ms=60_000)
-    assert [m.body for m in await t.browse("tk", 10)] == [b"keep", b"drop"]
-    taken = await t.take("tk", "d1")
+async def transport_delays_a_message(t: Transport) -> None:
+    q = unique("dl")
+    await t.declare_queue(q, QueueSpec())
+    await t.send(q, [_msg(b"later")], delay_ms=400)
+    await t.send(q, [_msg(b"now")])
+    first = await t.get(q)
+    assert first is not None and first.message.body == b"now"
+    await t.ack([first.token])
+    assert await t.get(q) is None
+    later: list[Incoming] = []
+    sub = await t.consume(q, 10, later.append)
+    await _until(lambda: bool(later))
+    assert later[0].message.body == b"later" and later[0].delivery_count == 0
+    await t.ack([later[0].token])
+    await sub.cancel()
+transport_delays_a_message = needs("delays")(transport_delays_a_message)
+
+
+async def transport_dead_letters_after_the_delivery_limit(t: Transport) -> None:
+    q = unique("lim")
+    await t.declare_queue(q, QueueSpec(delivery_limit=1))
+    await t.send(q, [_msg(b"poison", "p1")])
+    for attempt in range(2):  # the second failed delivery is past the limit of one
+        m = await _poll(lambda: t.get(q))
+        assert m.message.body == b"poison" and m.delivery_count == attempt
+        await t.nack(m.token, requeue=True, delay_ms=50)
+    dead = await _poll(lambda: t.dead_letters(q, 10))
+    assert [m.message_id for m in dead] == ["p1"]
+    assert await t.dead_letters(q, 10) == dead  # listing leaves them in place
+    assert await t.replay_dead_letters(q, {"nope"}) == 0
+    assert await t.replay_dead_letters(q, {"p1"}) == 1
+    assert await t.dead_letters(q, 10) == []
+    again = await t.get(q)
+    assert again is not None and again.message.body == b"poison"
+    await t.ack([again.token])
+
+
+async def _poll(read: Callable[[], Awaitable[Any]], timeout_s: float = 5.0) -> Any:
+    """The first truthy result of ``read``, called until ``timeout_s`` has passed."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not (found := await read()):
+        assert asyncio.get_running_loop().time() < deadline, "nothing arrived in time"
+        await asyncio.sleep(0.02)
+    return found
+transport_dead_letters_after_the_delivery_limit = needs("delays")(
+    transport_dead_letters_after_the_delivery_limit)
+
+
+async def transport_takes_and_browses_waiting_messages(t: Transport) -> None:
+    q = unique("tk")
+    await t.declare_queue(q, QueueSpec())
+    await t.send(q, [_msg(b"keep", "k1"), _msg(b"drop", "d1")])
+    assert [m.body for m in await t.browse(q, 10)] == [b"keep", b"drop"]
+    taken = await t.take(q, "d1")
     assert taken is not None and taken.body == b"drop"
-    assert await t.take("tk", "d1") is None
-    delayed = await t.take("tk", "l1")
+    assert await t.take(q, "d1") is None
+    first = await t.get(q)
+    assert first is not None and first.message.body == b"keep" and not first.redelivered
+    await t.ack([first.token])
+transport_takes_and_browses_waiting_messages = needs("browse", "take")(
+    transport_takes_and_browses_waiting_messages)
+
+
+async def transport_takes_a_delayed_message(t: Transport) -> None:
+    q = unique("tkd")
+    await t.declare_queue(q, QueueSpec())
+    await t.send(q, [_msg(b"later", "l1")], delay_ms=60_000)
+    delayed = await t.take(q, "l1")
     assert delayed is not None and delayed.body == b"later"
-    assert await t.purge("tk") == 1
-    assert await t.get("tk") is None
-    await t.close()
+    assert await t.take(q, "l1") is None
+transport_takes_a_delayed_message = needs("take_delayed")(transport_takes_a_delayed_message)
 
 
-TRANSPORT_CHECKS: list[Callable[[OpenTransport], Awaitable[None]]] = [
+async def transport_purges_and_counts(t: Transport) -> None:
+    q = unique("pg")
+    await t.declare_queue(q, QueueSpec())
+    await t.send(q, [_msg(b"x") for _ in range(3)])
+    stats = await t.statistics()
+    assert next(s for s in stats.queues if s.name == q).ready == 3
+    assert await t.purge(q) == 3
+    assert await t.get(q) is None
+
+
+TRANSPORT_CHECKS: list[Callable[[Transport], Awaitable[None]]] = [
     transport_round_trips_a_message,
     transport_consumes_with_prefetch,
     transport_routes_events_by_pattern,
+    transport_delays_a_message,
+    transport_dead_letters_after_the_delivery_limit,
     transport_takes_and_browses_waiting_messages,
+    transport_takes_a_delayed_message,
+    transport_purges_and_counts,
 ]
 
 
-async def check_transport(open_transport: OpenTransport) -> Any:
+async def run_transport_check(check: Callable[[Transport], Awaitable[None]],
+                              open_transport: OpenTransport) -> str | None:
+    """Run one check on a new transport; returns why it was skipped, or None when it ran."""
+    t = await open_transport()
+    try:
+        reason = missing(check, t.capabilities)
+        if reason is None:
+            await check(t)
+        return reason
+    finally:
+        await t.close()
+
+
+async def check_transport(open_transport: OpenTransport) -> list[str]:
+    """Every check; returns the reasons of those skipped by capability."""
+    skipped = []
     for check in TRANSPORT_CHECKS:
-        await check(open_transport)
+        reason = await run_transport_check(check, open_transport)
+        if reason is not None:
+            skipped.append(f"{check.__name__}: {reason}")
+    return skipped
