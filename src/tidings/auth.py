@@ -179,7 +179,10 @@ class UserStore:
     async def authenticate_async(self, username: str, password: str,
                                  peer_host: str | None) -> str:
         """As :meth:`authenticate`, with the hash off the event loop (one at a time) and a
-        growing delay for a peer whose logins keep failing."""
+        growing delay for a peer whose logins keep failing. :data:`CONTROL_USER` logs in with
+        the token of :meth:`control_token` (processes sharing the data directory)."""
+        if username == CONTROL_USER:
+            return self.authenticate_token(password) if password else self._refuse(username)
         user, key = self._login_user(username, password)
         if key not in self._logins:
             delay = self._failure_delay(peer_host)
@@ -231,9 +234,14 @@ class UserStore:
             )
         return username
 
+    @staticmethod
+    def _refuse(username: str) -> str:
+        raise AccessRefusedError(f"login was refused for user '{username}'")
+
     def control_token(self) -> str:
-        """A new token for :data:`CONTROL_USER`, valid while this process runs."""
-        self._control_token = secrets.token_urlsafe(32)
+        """The token of :data:`CONTROL_USER`, valid while this process runs (made once)."""
+        if self._control_token is None:
+            self._control_token = secrets.token_urlsafe(32)
         return self._control_token
 
     def authenticate_token(self, token: str) -> str:

@@ -120,6 +120,9 @@ async def serve(args: argparse.Namespace) -> int:
                 raise ConfigError(f"port {port} is not available ({flag}): {e}") from e
             print(f"tidings: {scheme} listening on {args.host}:{bound} (data: {data_dir}): "
                   f"{scheme}://guest:guest@{_url_host(args.host)}:{bound}/", flush=True)
+        from tidings.client.shared import start_owner_socket
+
+        await start_owner_socket(server, data_dir)  # embedded processes join through it
         if args.http_port >= 0:
             http = await _start_http(args, broker, server, tls)
             write_control_file(data_dir, args.host, http[0], server.users, tls is not None)
@@ -138,8 +141,9 @@ async def serve(args: argparse.Namespace) -> int:
             await http_task_done(each)
         await server.close()
         broker.close()
-        with contextlib.suppress(FileNotFoundError):
-            (data_dir / CONTROL_FILE).unlink()
+        for name in (CONTROL_FILE, "owner.json"):
+            with contextlib.suppress(FileNotFoundError):
+                (data_dir / name).unlink()
     return 0
 
 

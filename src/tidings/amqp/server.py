@@ -444,6 +444,18 @@ class AmqpServer:
             self._alarm_task = loop.create_task(self._watch_alarms())
         return int(server.sockets[0].getsockname()[1])
 
+    async def listen_unix(self, path: Path) -> None:
+        """Listen on a Unix socket (owner-only, like the data directory that holds it)."""
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # left by an owner that died; we hold the directory's lock now
+        try:
+            server = await loop.create_unix_server(lambda: AmqpLink(self), str(path))
+        except OSError as e:
+            raise BrokenResourceError(f"cannot listen on {path}: {e.strerror or e}") from e
+        os.chmod(path, 0o600)
+        self.servers.append(server)
+
     async def _watch_alarms(self) -> None:
         while True:
             await asyncio.sleep(ALARM_CHECK_S)

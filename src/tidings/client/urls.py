@@ -45,10 +45,10 @@ async def open_transport(url: str, *, ssl_context: ssl.SSLContext | None = None)
     from tidings.routing.broker import Broker
 
     if scheme == "file":
-        from tidings.storage.sqlite import SqliteStore
+        from tidings.client.shared import open_shared
 
-        broker = Broker(SqliteStore(Path(rest)))
-    elif scheme == "memory":
+        return await open_shared(Path(rest))
+    if scheme == "memory":
         from tidings.storage.memory import MemoryStore
 
         broker = Broker(MemoryStore(keeps_messages=False))
