@@ -409,6 +409,9 @@ class AmqpTransport:
         """Whether RabbitMQ knows ``x-delayed-message`` (an unknown exchange type closes the
         connection, so the probe uses one of its own)."""
         probe = aiormq.Connection(self.url, context=self._ssl)
+        quiet = _Quiet()
+        for name in _AIORMQ_LOGGERS:  # the refusal is the expected answer, not an error
+            logging.getLogger(name).addFilter(quiet)
         try:
             await probe.connect()
             channel = await probe.channel()
@@ -420,6 +423,8 @@ class AmqpTransport:
         finally:
             with contextlib.suppress(Exception):
                 await probe.close()
+            for name in _AIORMQ_LOGGERS:
+                logging.getLogger(name).removeFilter(quiet)
 
     async def _declare_delay_queue(self, delay_ms: int) -> None:
         """The quorum queue that holds messages for ``delay_ms`` (redeclared well before its
@@ -601,6 +606,14 @@ class AmqpTransport:
         if self._conn is not None and not self._conn.is_closed:
             with contextlib.suppress(Exception):
                 await self._conn.close()
+
+
+_AIORMQ_LOGGERS = ("aiormq.connection", "aiormq.channel")
+
+
+class _Quiet(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
 
 
 _NO_LATENCY = LatencySummary(0, None, None, None, None)

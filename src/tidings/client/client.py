@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tidings.client.message import ReceivedMessage, Receiver
+from tidings.client.tasks import Results, Task, TaskQueue
 from tidings.client.transport import (
     Incoming,
     QueueSpec,
@@ -87,6 +88,12 @@ class _Subscriber:
     concurrency: int
     queue: str = ""
     stats: dict[str, int] = field(default_factory=lambda: {"handled": 0, "failed": 0})
+    #: Set for a queue handler (and tasks): consume this queue instead of a subscription's.
+    queue_name: str | None = None
+    #: Called once a message has failed for the last time, before it is dead-lettered.
+    on_failure: Callable[[ReceivedMessage, BaseException], Awaitable[None]] | None = None
+    #: Retries allowed for one message, when they differ per message (tasks).
+    retries_for: Callable[[ReceivedMessage], int] | None = None
 
 
 class Client:
@@ -110,6 +117,11 @@ class Client:
         self._id_prefix = uuid.uuid4().hex[:16]
         self._ids = itertools.count(1)
         self._closed = False
+        self._task_queues: dict[str, TaskQueue] = {}
+        #: Handler calls running now; :meth:`stop` waits for them.
+        self._in_flight = 0
+        self._stopping = False
+        self._results = Results(self)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -144,6 +156,7 @@ class Client:
                 await self._transport.ack([m._settle() for m in done])
             done.clear()
         self._closed = True
+        await self._results.close()
         for subscription in self._subscriptions:
             with contextlib.suppress(Exception):
                 await subscription.cancel()
@@ -192,7 +205,7 @@ class Client:
             data, headers=dict(headers) if headers else None, persistent=persistent,
             content_type=ctype, priority=priority,
             expiration=None if ttl_ms is None else str(int(ttl_ms)),
-            message_id=message_id or f"{self._id_prefix}-{next(self._ids):x}",
+            message_id=message_id or self._new_id(),
             timestamp=int(time.time()),
             correlation_id=correlation_id, reply_to=reply_to,
         )
@@ -319,6 +332,78 @@ class Client:
 
         return register
 
+    def handler(self, queue: str, *, retries: int = DEFAULT_RETRIES,
+                min_backoff_ms: int = DEFAULT_MIN_BACKOFF_MS,
+                max_backoff_ms: int = DEFAULT_MAX_BACKOFF_MS, prefetch: int = DEFAULT_PREFETCH,
+                concurrency: int = DEFAULT_CONCURRENCY) -> Callable[[Handler], Handler]:
+        """Decorator: call the handler for every message of ``queue`` (competing with every
+        other handler of that queue, in this and other processes). It is acknowledged once the
+        handler returns; a handler that raises is retried with backoff, then dead-lettered.
+        What it returns is the reply to :meth:`request`."""
+        if concurrency < 1:
+            raise InvalidArgumentError(f"concurrency must be >= 1, got {concurrency}")
+
+        def register(handler: Handler) -> Handler:
+            self._subscribers.append(_Subscriber(
+                "", None, handler, retries, min_backoff_ms, max_backoff_ms, prefetch,
+                concurrency, queue_name=queue))
+            return handler
+
+        return register
+
+    def task(self, function: Callable[..., Any] | None = None, *, queue: str = "default",
+             name: str | None = None, retries: int = DEFAULT_RETRIES,
+             timeout_s: float | None = None, min_backoff_ms: int = DEFAULT_MIN_BACKOFF_MS,
+             max_backoff_ms: int = DEFAULT_MAX_BACKOFF_MS,
+             concurrency: int = DEFAULT_CONCURRENCY) -> Any:
+        """Decorator: make a function (async or plain) a task. ``await f.send(*args)`` enqueues
+        a call; a worker runs it; ``await (await f.send(...)).result()`` is its return value."""
+
+        def register(fn: Callable[..., Any]) -> Task:
+            task = Task(self, fn, name=name or f"{fn.__module__}.{fn.__qualname__}",
+                        queue=queue, retries=retries, timeout_s=timeout_s)
+            runner = self._task_queues.get(queue)
+            if runner is None:
+                runner = self._task_queues[queue] = TaskQueue(self, queue)
+                tasks = runner.tasks
+
+                def retries_of(message: ReceivedMessage) -> int:
+                    found = tasks.get(message.headers.get("task", ""))
+                    return found.retries if found is not None else 0
+
+                self._subscribers.append(_Subscriber(
+                    "", None, runner, retries, min_backoff_ms, max_backoff_ms,
+                    DEFAULT_PREFETCH, concurrency, queue_name=queue,
+                    on_failure=runner.failed_for_good, retries_for=retries_of))
+            runner.tasks[task.name] = task
+            return task
+
+        return register(function) if function is not None else register
+
+    @property
+    def tasks(self) -> dict[str, Task]:
+        """Every registered task by name."""
+        return {n: t for q in self._task_queues.values() for n, t in q.tasks.items()}
+
+    async def request(self, queue: str, body: Any, *, timeout_s: float | None = 30.0,
+                      headers: dict[str, Any] | None = None) -> Any:
+        """Send ``body`` to ``queue`` and wait for the reply of its handler (plain RPC): JSON
+        replies come back decoded, text as ``str``, anything else as ``bytes``."""
+        reply_to = await self._results.reply_queue()
+        call_id = self._new_id()
+        self._results.expect(call_id)
+        await self.send(queue, body, message_id=call_id, correlation_id=call_id,
+                        reply_to=reply_to, headers=headers)
+        reply = await self._results.reply(call_id, timeout_s)
+        if reply.content_type == "application/json":
+            return json.loads(reply.body)
+        if (reply.content_type or "").startswith("text/"):
+            return reply.body.decode()
+        return reply.body
+
+    def _new_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._ids):x}"
+
     def use(self, middleware: Middleware) -> Middleware:
         """Add middleware around every handler call: ``async def mw(message, call_next)``."""
         self._middleware.append(middleware)
@@ -329,7 +414,12 @@ class Client:
         for sub in self._subscribers:
             if sub.queue:
                 continue
-            if sub.group is None:
+            if sub.queue_name is not None:
+                if not await self.transport.queue_exists(sub.queue_name):
+                    await self.transport.declare_queue(
+                        sub.queue_name, QueueSpec(delivery_limit=None))
+                sub.queue = sub.queue_name
+            elif sub.group is None:
                 spec = QueueSpec(durable=False, delivery_limit=sub.retries, dead_letters=False,
                                  exclusive=True)
                 sub.queue = await self.transport.declare_queue("", spec)
@@ -337,7 +427,8 @@ class Client:
                 name = f"{sub.group}:{sub.pattern}"
                 spec = QueueSpec(durable=True, delivery_limit=sub.retries)
                 sub.queue = await self.transport.declare_queue(name, spec)
-            await self.transport.bind_events(sub.queue, sub.pattern)
+            if sub.queue_name is None:
+                await self.transport.bind_events(sub.queue, sub.pattern)
             call: CallNext = sub.handler
             for mw in reversed(self._middleware):
                 call = _wrap(mw, call)
@@ -359,7 +450,15 @@ class Client:
         self._unacked_batches.append(done)  # close() acks what is left in it
         while True:
             message = ReceivedMessage(self, await buffer.get())
-            if await self._handle(sub, call, message) and not message.settled:
+            if self._stopping:  # stop() was called: back to the queue, unhandled
+                await message.nack(requeue=True)
+                continue
+            self._in_flight += 1
+            try:
+                handled = await self._handle(sub, call, message)
+            finally:
+                self._in_flight -= 1
+            if handled and not message.settled:
                 done.append(message)
             if done and (buffer.empty() or len(done) >= ACK_BATCH):
                 batch = list(done)
@@ -369,19 +468,63 @@ class Client:
     async def _handle(self, sub: _Subscriber, call: CallNext, message: ReceivedMessage) -> bool:
         """Run the handler; True when it succeeded and the message still needs its ack."""
         try:
-            await call(message)
-        except Exception:
+            value = await call(message)
+        except Exception as error:
             sub.stats["failed"] += 1
             attempt = message.delivery_count
+            retries = sub.retries if sub.retries_for is None else sub.retries_for(message)
+            name = getattr(sub.handler, "__name__", sub.handler)
+            if attempt > retries:
+                log.exception("handler %s failed on %r (attempt %d of %d); dead-lettered",
+                              name, message, attempt, retries + 1)
+                if sub.on_failure is not None:
+                    await sub.on_failure(message, error)
+                if not message.settled:
+                    await message.reject()
+                return False
+            sub.stats["retried"] = sub.stats.get("retried", 0) + 1
             delay = backoff_ms(attempt, sub.min_backoff_ms, sub.max_backoff_ms)
             log.exception("handler %s failed on %r (attempt %d of %d); retry in %d ms",
-                          getattr(sub.handler, "__name__", sub.handler), message, attempt,
-                          sub.retries + 1, delay)
+                          name, message, attempt, retries + 1, delay)
             if not message.settled:
                 await message.nack(requeue=True, delay_ms=delay)
             return False
         sub.stats["handled"] += 1
+        if value is not None and sub.queue_name is not None and message.message.reply_to \
+                and not isinstance(sub.handler, TaskQueue):
+            await self._respond(message, value)
         return True
+
+    async def _respond(self, message: ReceivedMessage, value: Any) -> None:
+        """A queue handler's return value goes to the caller of :meth:`request`."""
+        data, ctype = encode_body(value, None)
+        await self.transport.send(message.message.reply_to or "", [Message(
+            data, content_type=ctype, persistent=False,
+            correlation_id=message.message.correlation_id or message.id)])
+
+    async def stop(self, grace_s: float = 30.0) -> bool:
+        """Stop taking new work, let handlers in flight finish within ``grace_s``, acknowledge
+        what they finished and return the rest to the queue (then close). True when every
+        handler finished in time."""
+        self._stopping = True
+        for subscription in self._subscriptions:
+            with contextlib.suppress(Exception):
+                await subscription.cancel()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while self._in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        finished = not self._in_flight
+        await self.close()
+        return finished
+
+    def handler_stats(self) -> dict[str, int]:
+        """Handled, failed and retried messages over every handler, task and subscription."""
+        total = {"handled": 0, "failed": 0, "retried": 0}
+        for sub in self._subscribers:
+            for key, value in sub.stats.items():
+                total[key] = total.get(key, 0) + value
+        return total
 
     async def run(self) -> None:
         """Start the subscriptions and handle events until cancelled."""

@@ -1,0 +1,205 @@
+"""Tasks: functions called through a queue, the idiom of Celery, Dramatiq and Huey.
+
+``@client.task(queue="default")`` registers a function; ``await add.send(2, 3)`` enqueues a
+call durably (arguments as JSON) and returns a :class:`TaskHandle`; a worker (``tidings worker``
+or ``client.run()``) runs it and acknowledges the message only once the function has returned.
+A call that raises is retried with exponential backoff up to ``retries`` times, then the message
+is dead-lettered (``<queue>.dead``) and the caller's ``result()`` raises :class:`TaskError`
+with the remote exception's type, message and traceback.
+
+Results travel by request/reply, not a result store: each client that sends calls keeps one
+private reply queue (exclusive, server-named) and the worker sends the outcome there, matched by
+the message id (``correlation_id``). This works the same on every transport; a result whose
+caller has gone is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import json
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tidings.client.transport import QueueSpec
+from tidings.errors import InvalidArgumentError, NotFoundError, TidingsError
+from tidings.message import Message
+
+if TYPE_CHECKING:
+    from tidings.client.client import Client
+    from tidings.client.message import ReceivedMessage
+
+
+class TaskError(TidingsError):
+    """A task raised in its worker; ``remote_type`` and ``remote_traceback`` say what and where."""
+
+    code = "task_failed"
+
+    def __init__(self, message: str, remote_type: str = "", remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.remote_type, self.remote_traceback = remote_type, remote_traceback
+
+
+class TaskTimeoutError(TidingsError, TimeoutError):
+    """No result within the time asked for (the call may still run later)."""
+
+    code = "timeout"
+
+
+@dataclass(frozen=True)
+class TaskHandle:
+    """A sent call: its message id, and the way to its result."""
+
+    id: str
+    task: str
+    _results: Results
+
+    async def result(self, timeout_s: float | None = 60.0) -> Any:
+        """The task's return value; raises :class:`TaskError` if it failed for good."""
+        return await self._results.wait(self.id, timeout_s)
+
+
+class Results:
+    """The client's reply queue and the calls waiting on it."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self.queue: str | None = None
+        self._waiting: dict[str, asyncio.Future[Any]] = {}
+        self._lock = asyncio.Lock()
+        self._consumer: Any = None
+
+    async def reply_queue(self) -> str:
+        async with self._lock:
+            if self.queue is None:
+                transport = self._client.transport
+                spec = QueueSpec(durable=False, delivery_limit=None, dead_letters=False,
+                                 exclusive=True)
+                self.queue = await transport.declare_queue("", spec)
+                self._consumer = await transport.consume(self.queue, 1000, self._arrived)
+        return self.queue
+
+    def expect(self, call_id: str) -> None:
+        self._waiting[call_id] = asyncio.get_running_loop().create_future()
+
+    def _arrived(self, incoming: Any) -> None:
+        message = incoming.message
+        future = self._waiting.get(message.correlation_id or "")
+        if future is not None and not future.done():
+            future.set_result(message)
+        task = asyncio.get_running_loop().create_task(self._client.transport.ack([incoming.token]))
+        self._client._tasks.add(task)
+        task.add_done_callback(self._client._tasks.discard)
+
+    async def reply(self, call_id: str, timeout_s: float | None) -> Message:
+        """The reply to ``call_id`` (a message), once it arrives."""
+        future = self._waiting.get(call_id)
+        if future is None:
+            raise InvalidArgumentError(f"no call '{call_id}' is waiting for a result here")
+        try:
+            message = await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            raise TaskTimeoutError(f"no reply to call '{call_id}' within {timeout_s} s") \
+                from None
+        self._waiting.pop(call_id, None)
+        return message
+
+    async def wait(self, call_id: str, timeout_s: float | None) -> Any:
+        outcome = json.loads((await self.reply(call_id, timeout_s)).body)
+        if "error" in outcome:
+            error = outcome["error"]
+            raise TaskError(f"{error['type']}: {error['message']}", error["type"],
+                            error.get("traceback", ""))
+        return outcome.get("value")
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._consumer.cancel()
+        for future in self._waiting.values():
+            future.cancel()
+
+
+class Task:
+    """A function registered with ``@client.task``; call it directly, or ``await send(...)``."""
+
+    def __init__(self, client: Client, function: Callable[..., Any], *, name: str, queue: str,
+                 retries: int, timeout_s: float | None) -> None:
+        self.client, self.function = client, function
+        self.name, self.queue, self.retries, self.timeout_s = name, queue, retries, timeout_s
+        functools.update_wrapper(self, function)  # type: ignore[arg-type]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.function(*args, **kwargs)
+
+    async def send(self, *args: Any, delay_ms: int | None = None, priority: int | None = None,
+                   id: str | None = None, **kwargs: Any) -> TaskHandle:
+        """Enqueue a call durably; returns its handle once the message is confirmed."""
+        results = self.client._results
+        reply_to = await results.reply_queue()
+        body = {"task": self.name, "args": list(args), "kwargs": kwargs}
+        call_id = id or self.client._new_id()
+        results.expect(call_id)
+        await self.client.send(self.queue, body, message_id=call_id, correlation_id=call_id,
+                               reply_to=reply_to, delay_ms=delay_ms, priority=priority,
+                               headers={"task": self.name})
+        return TaskHandle(call_id, self.name, results)
+
+    async def run(self, message: ReceivedMessage) -> Any:
+        """Run the call a message carries, within ``timeout_s``."""
+        call = message.json()
+        args, kwargs = call.get("args", []), call.get("kwargs", {})
+        if inspect.iscoroutinefunction(self.function):
+            running = self.function(*args, **kwargs)
+        else:
+            running = asyncio.to_thread(self.function, *args, **kwargs)
+        if self.timeout_s is None:
+            return await running
+        try:
+            return await asyncio.wait_for(running, self.timeout_s)
+        except TimeoutError:
+            raise TimeoutError(f"task '{self.name}' ran longer than {self.timeout_s} s") \
+                from None
+
+
+async def reply(client: Client, message: ReceivedMessage, outcome: dict[str, Any]) -> None:
+    """Send a call's outcome to its caller's reply queue (dropped if the caller is gone)."""
+    reply_to = message.message.reply_to
+    if not reply_to:
+        return
+    try:
+        data = json.dumps(outcome, separators=(",", ":"), default=repr).encode()
+    except (TypeError, ValueError) as e:
+        data = json.dumps({"error": {"type": type(e).__name__, "message": str(e)}}).encode()
+    result = Message(data, content_type="application/json", persistent=False,
+                     correlation_id=message.message.correlation_id or message.id)
+    with contextlib.suppress(NotFoundError):
+        await client.transport.send(reply_to, [result])
+
+
+def failure(error: BaseException) -> dict[str, Any]:
+    return {"error": {"type": type(error).__name__, "message": str(error),
+                      "traceback": "".join(traceback.format_exception(error))}}
+
+
+class TaskQueue:
+    """The handler of one queue's tasks: finds the task a message names and runs it."""
+
+    def __init__(self, client: Client, queue: str) -> None:
+        self.client, self.queue = client, queue
+        self.tasks: dict[str, Task] = {}
+
+    async def __call__(self, message: ReceivedMessage) -> None:
+        name = message.headers.get("task") or message.json().get("task")
+        task = self.tasks.get(name)
+        if task is None:
+            raise NotFoundError(f"no task '{name}' is registered for queue '{self.queue}'")
+        value = await task.run(message)
+        await reply(self.client, message, {"value": value})
+
+    async def failed_for_good(self, message: ReceivedMessage, error: BaseException) -> None:
+        await reply(self.client, message, failure(error))
