@@ -23,6 +23,7 @@ import tidings
 from tidings.cli_control import COMMANDS, add_control_parsers, find_server, run_control_command
 from tidings.cli_serve import add_serve_parser, serve
 from tidings.cli_users import add_users_parsers, run_users_command
+from tidings.cli_worker import add_worker_parser, run_worker
 from tidings.errors import NotFoundError, ResourceLockedError, TidingsError
 
 #: Where the embedded broker keeps its data unless told otherwise.
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tidings {tidings.__version__}")
     commands = parser.add_subparsers(dest="command", parser_class=_Parser)
     add_serve_parser(commands, _port)
+    add_worker_parser(commands)
     add_users_parsers(commands)
     queues = commands.add_parser("queues", help="list queues with their depth and consumers")
     queues.add_argument("--json", action="store_true", help="one JSON array, every number")
@@ -193,6 +195,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:  # bare `tidings`
         parser.print_help()
         return 0
+    if args.command == "worker":
+        try:
+            return run_worker(args)
+        except TidingsError as e:  # an app that cannot be loaded or shared: a usage error
+            print(f"tidings worker: error: {e}", file=sys.stderr)
+            return 2
     try:
         return asyncio.run(_run(args))
     except KeyboardInterrupt:

@@ -1,0 +1,180 @@
+"""``tidings worker app.module:client``: run a client's tasks, queue handlers and subscriptions.
+
+Like ``celery -A app worker`` or ``dramatiq app``: the module is imported, the client found by
+name, and its handlers run in ``--processes`` processes with ``--concurrency`` calls in flight
+each. The supervisor restarts a process that dies (its unsettled messages go back to the queue
+and on to the others). SIGTERM or Ctrl-C: every process stops taking work, lets its handlers
+finish within ``--grace-s``, returns the rest to the queue, and the command exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from tidings.errors import ConfigError
+
+log = logging.getLogger("tidings.worker")
+
+#: Seconds between a process's one-line summaries.
+SUMMARY_S = 30.0
+
+
+def add_worker_parser(commands: Any) -> None:
+    worker = commands.add_parser(
+        "worker", help="run the tasks, queue handlers and subscriptions of a client")
+    worker.add_argument("app", help="module:attribute of a tidings Client, e.g. app.jobs:client")
+    worker.add_argument("--processes", type=_positive, default=1,
+                        help="worker processes (each its own connection)")
+    worker.add_argument("--concurrency", type=_positive, default=8,
+                        help="handler calls in flight per process (suits I/O-bound handlers)")
+    worker.add_argument("--queues", default="",
+                        help="comma-separated queues to serve (default: every registered one)")
+    worker.add_argument("--grace-s", type=float, default=30.0,
+                        help="seconds in-flight handlers get to finish on SIGTERM / Ctrl-C")
+    worker.add_argument("--summary-s", type=float, default=SUMMARY_S,
+                        help="seconds between one-line summaries per process")
+    worker.add_argument("--log-level", default="INFO", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level")
+    worker.add_argument("--child", type=int, default=-1, help=argparse.SUPPRESS)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def load_client(spec: str) -> Any:
+    """The Client that ``module:attribute`` names (the current directory is importable)."""
+    from tidings.client.client import Client
+
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"'{spec}' is not module:attribute (e.g. app.jobs:client)")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"cannot import '{module_name}': {e}") from e
+    client = getattr(module, attribute, None)
+    if not isinstance(client, Client):
+        raise ConfigError(f"'{spec}' is not a tidings Client (found {type(client).__name__})")
+    from tidings.client.urls import parse_url
+
+    scheme, _ = parse_url(client.url or "")
+    if scheme == "memory":
+        raise ConfigError(
+            f"'{spec}' uses memory://, which no other process can reach: give the client a "
+            f"data directory (tidings.connect('./data')) or an amqp:// URL")
+    return client
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    load_client(args.app)  # fail here, once, with one line, rather than in every process
+    if args.child >= 0:
+        return asyncio.run(_serve(args))
+    return _supervise(args)
+
+
+def _child_command(args: argparse.Namespace, index: int) -> list[str]:
+    command = [sys.executable, "-m", "tidings", "worker", args.app, "--child", str(index),
+               "--concurrency", str(args.concurrency), "--grace-s", str(args.grace_s),
+               "--summary-s", str(args.summary_s), "--log-level", args.log_level]
+    return [*command, "--queues", args.queues] if args.queues else command
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    """Keep ``--processes`` children running until SIGTERM / SIGINT, then stop them gently."""
+    stopping = False
+
+    def stop(_signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    children: dict[int, subprocess.Popen[bytes]] = {}
+    for index in range(args.processes):
+        children[index] = subprocess.Popen(_child_command(args, index))
+    while not stopping:
+        for index, child in list(children.items()):
+            code = child.poll()
+            if code is not None and not stopping:
+                log.error("worker process %d (pid %d) crashed with exit code %s; restarting",
+                          index, child.pid, code)
+                children[index] = subprocess.Popen(_child_command(args, index))
+        time.sleep(0.2)
+    for child in children.values():
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + args.grace_s + 10
+    for child in children.values():
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    log.info("worker stopped")
+    return 0
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    client = load_client(args.app)
+    wanted = {q.strip() for q in args.queues.split(",") if q.strip()}
+    subscribers = client._subscribers
+    if wanted:
+        subscribers[:] = [s for s in subscribers if s.queue_name in wanted
+                          or f"{s.group}:{s.pattern}" in wanted]
+    if not subscribers:
+        raise ConfigError(f"'{args.app}' has no tasks, handlers or subscriptions"
+                          + (f" for queues {sorted(wanted)}" if wanted else ""))
+    for sub in subscribers:
+        sub.concurrency = args.concurrency
+        sub.prefetch = max(sub.prefetch, args.concurrency)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await client.open()
+    await client.start()
+    names = sorted({s.queue for s in subscribers})
+    log.info("worker process %d (pid %d) started: %s, concurrency %d", args.child,
+             os.getpid(), ", ".join(names), args.concurrency)
+    summary = loop.create_task(_summaries(client, args))
+    await stop.wait()
+    summary.cancel()
+    finished = await client.stop(args.grace_s)
+    stats = client.handler_stats()
+    log.info("worker process %d (pid %d) stopped: %d handled, %d failed%s", args.child,
+             os.getpid(), stats["handled"], stats["failed"],
+             "" if finished else "; handlers still running were returned to the queue")
+    return 0
+
+
+async def _summaries(client: Any, args: argparse.Namespace) -> None:
+    last, last_at = 0, time.monotonic()
+    with contextlib.suppress(asyncio.CancelledError):
+        while True:
+            await asyncio.sleep(args.summary_s)
+            stats, now = client.handler_stats(), time.monotonic()
+            rate = (stats["handled"] - last) / max(now - last_at, 1e-9)
+            last, last_at = stats["handled"], now
+            log.info("worker process %d: %d handled, %d failed, %d retried, %.1f/s",
+                     args.child, stats["handled"], stats["failed"], stats["retried"], rate)
