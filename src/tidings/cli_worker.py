@@ -136,12 +136,14 @@ def _supervise(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    from tidings.client.client import subscription_queue
+
     client = load_client(args.app)
     wanted = {q.strip() for q in args.queues.split(",") if q.strip()}
     subscribers = client._subscribers
     if wanted:
         subscribers[:] = [s for s in subscribers if s.queue_name in wanted
-                          or f"{s.group}:{s.pattern}" in wanted]
+                          or subscription_queue(s.group or "", s.pattern) in wanted]
     if not subscribers:
         raise ConfigError(f"'{args.app}' has no tasks, handlers or subscriptions"
                           + (f" for queues {sorted(wanted)}" if wanted else ""))

@@ -331,7 +331,7 @@ async def test_unknown_scheme_and_unopened_client_give_clear_errors() -> None:
     with pytest.raises(ConfigError, match="unknown broker URL scheme 'ftp'"):
         await tidings.connect("ftp://x").open()
     with pytest.raises(ConfigError, match="not available yet"):
-        await tidings.connect("amqp://localhost").open()
+        await tidings.connect("nats://localhost").open()
     with pytest.raises(tidings.ClosedResourceError, match="not open"):
         await tidings.connect("memory://").send("q", 1)
 
@@ -357,5 +357,5 @@ async def test_handled_events_are_not_redelivered_after_close(tmp_path: Path) ->
         await client.publish_many("load.x", range(300))
         await eventually(lambda: len(handled) == 300)
     async with tidings.connect(str(tmp_path)) as client:
-        stats = (await client.statistics()).queue("g:load.*")
+        stats = (await client.statistics()).queue("g:load.-star-")
         assert stats.ready == 0 and stats.unacked == 0

@@ -3,7 +3,6 @@ three others send and receive; one of them takes over and nothing confirmed is l
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import signal

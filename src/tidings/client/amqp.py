@@ -49,6 +49,7 @@ from tidings.client.transport import (
 from tidings.errors import (
     AccessRefusedError,
     BrokenResourceError,
+    InvalidArgumentError,
     NotFoundError,
     NotSupportedError,
     PreconditionFailedError,
@@ -308,6 +309,10 @@ class AmqpTransport:
         return bool(found) and (int(found.group(1)), int(found.group(2))) < (major, minor)
 
     async def declare_queue(self, name: str, spec_: QueueSpec) -> str:
+        if not _NAME.fullmatch(name):
+            raise InvalidArgumentError(
+                f"queue name '{name}' cannot be used over AMQP by this client: its codec "
+                f"(pamqp) takes only letters, digits and - _ . : in queue names")
         args = self._queue_arguments(name, spec_)
         ok = await self._call("queue_declare", name, durable=spec_.durable and not spec_.exclusive,
                               exclusive=spec_.exclusive, auto_delete=spec_.exclusive,
@@ -616,6 +621,7 @@ class _Quiet(logging.Filter):
         return False
 
 
+_NAME = re.compile(r"[A-Za-z0-9\-_.:]*")
 _NO_LATENCY = LatencySummary(0, None, None, None, None)
 
 

@@ -424,7 +424,7 @@ class Client:
                                  exclusive=True)
                 sub.queue = await self.transport.declare_queue("", spec)
             else:
-                name = f"{sub.group}:{sub.pattern}"
+                name = subscription_queue(sub.group, sub.pattern)
                 spec = QueueSpec(durable=True, delivery_limit=sub.retries)
                 sub.queue = await self.transport.declare_queue(name, spec)
             if sub.queue_name is None:
@@ -530,6 +530,12 @@ class Client:
         """Start the subscriptions and handle events until cancelled."""
         await self.start()
         await asyncio.Event().wait()
+
+
+def subscription_queue(group: str, pattern: str) -> str:
+    """The durable queue of a subscriber group: ``billing:orders.-star-`` for ``orders.*``.
+    Wildcards are spelled out: AMQP client libraries (pamqp) refuse queue names with them."""
+    return f"{group}:{pattern}".replace("*", "-star-").replace("#", "-hash-")
 
 
 def _wrap(mw: Middleware, call_next: CallNext) -> CallNext:

@@ -1,0 +1,157 @@
+"""``tidings worker``: processes share a queue's work, survive a SIGKILLed sibling, stop
+gently on SIGTERM, and spread a group's events once per group; tasks return results and
+remote errors. On a tidings serve of the test's own and on the machine's RabbitMQ."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import tidings
+from tidings.client.tasks import TaskError
+
+from ..serverproc import ServerProcess
+from ..services import rabbitmq_port
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def tidings_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    proc = ServerProcess(Path(tmp_path_factory.mktemp("worker")) / "data").start()
+    yield f"amqp://guest:guest@127.0.0.1:{proc.port}/"
+    proc.stop()
+
+
+@pytest.fixture(params=["tidings-serve", "rabbitmq"])
+def url(request: pytest.FixtureRequest) -> str:
+    if request.param == "rabbitmq":
+        return f"amqp://guest:guest@127.0.0.1:{rabbitmq_port()}/"
+    return str(request.getfixturevalue("tidings_url"))
+
+
+def _env(url: str, log: Path, queue: str, topic: str = "workapp.*") -> dict[str, str]:
+    return {**os.environ, "WORKAPP_URL": url, "WORKAPP_LOG": str(log), "WORKAPP_QUEUE": queue,
+            "WORKAPP_TOPIC": topic, "PYTHONPATH": str(HERE)}
+
+
+def _worker(env: dict[str, str], *flags: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "tidings", "worker", "workapp:client",
+                             *flags], env=env, cwd=HERE, stderr=subprocess.PIPE)
+
+
+def _lines(log: Path, kind: str) -> list[list[str]]:
+    if not log.exists():
+        return []
+    return [p for p in (line.split() for line in log.read_text().splitlines()) if p[0] == kind]
+
+
+async def _until(predicate: object, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_three_workers_share_the_work_and_survive_a_sigkilled_one(
+        url: str, tmp_path: Path) -> None:
+    log, queue = tmp_path / "done.log", f"work-{uuid.uuid4().hex[:8]}"
+    env = _env(url, log, queue)
+    workers = [_worker(env, "--concurrency", "4") for _ in range(3)]
+    try:
+        os.environ.update({"WORKAPP_URL": url, "WORKAPP_LOG": str(log), "WORKAPP_QUEUE": queue})
+        sys.path.insert(0, str(HERE))
+        import importlib
+
+        import workapp  # type: ignore[import-not-found]
+
+        app = importlib.reload(workapp)
+        async with app.client:
+            for i in range(300):
+                await app.work.send(i)
+            await _until(lambda: len(_lines(log, "W")) >= 30)
+            victim = workers[0]
+            victim.send_signal(signal.SIGKILL)  # mid-work: its unsettled calls come back
+            victim.wait()
+            await _until(lambda: {int(p[1]) for p in _lines(log, "W")} >= set(range(300)))
+            pids = {p[2] for p in _lines(log, "W")}
+            assert len(pids) >= 2, "the work was shared"
+    finally:
+        sys.path.remove(str(HERE))
+        for proc in workers[1:]:
+            proc.send_signal(signal.SIGTERM)
+        for proc in workers[1:]:
+            assert proc.wait(timeout=60) == 0
+            err = proc.stderr.read() if proc.stderr else b""
+            assert b"Traceback" not in err
+        for proc in workers:
+            if proc.stderr:
+                proc.stderr.close()
+
+
+async def test_a_group_spread_over_processes_gets_each_event_once(
+        url: str, tmp_path: Path) -> None:
+    log, topic = tmp_path / "events.log", f"workapp{uuid.uuid4().hex[:8]}"
+    env = _env(url, log, f"work-{uuid.uuid4().hex[:8]}", topic=f"{topic}.*")
+    supervisor = _worker(env, "--processes", "2", "--concurrency", "2")
+    try:
+        await asyncio.sleep(3)  # both processes subscribed
+        async with tidings.connect(url) as client:
+            for n in range(100):
+                await client.publish(f"{topic}.created", {"n": n})
+            await _until(lambda: len(_lines(log, "E")) >= 100)
+            await asyncio.sleep(0.5)
+        numbers = [int(p[1]) for p in _lines(log, "E")]
+        assert sorted(numbers) == list(range(100)), "each event once in the group"
+        assert len({p[2] for p in _lines(log, "E")}) == 2, "both processes handled some"
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=60) == 0
+        if supervisor.stderr:
+            err = supervisor.stderr.read()
+            supervisor.stderr.close()
+            assert b"started" in err and b"worker stopped" in err
+
+
+async def test_results_and_remote_errors_travel_back(url: str) -> None:
+    queue = f"calc-{uuid.uuid4().hex[:8]}"
+    async with tidings.connect(url) as client:
+        @client.task(queue=queue, retries=1, min_backoff_ms=20)
+        def divide(a: int, b: int) -> float:
+            return a / b
+
+        @client.handler(queue + "-echo")
+        async def echo(message: tidings.ReceivedMessage) -> dict[str, object]:
+            return {"got": message.json()}
+
+        await client.start()
+        assert await (await divide.send(6, 3)).result(timeout_s=20) == 2.0
+        failing = await divide.send(1, 0)
+        with pytest.raises(TaskError) as info:
+            await failing.result(timeout_s=20)
+        assert info.value.remote_type == "ZeroDivisionError"
+        assert "division by zero" in str(info.value) and "Traceback" in \
+            info.value.remote_traceback
+        dead = await client.dead_letters(queue)
+        assert [m.message_id for m in dead] == [failing.id]
+        assert await client.request(queue + "-echo", [1, 2], timeout_s=20) == {"got": [1, 2]}
+
+
+def test_worker_refuses_an_app_it_cannot_load_or_share(tmp_path: Path) -> None:
+    env = _env("memory://", tmp_path / "x.log", "q")
+    for spec, says in (("nope", "is not module:attribute"),
+                       ("workapp:missing", "is not a tidings Client"),
+                       ("workapp:client", "memory://, which no other process can reach")):
+        out = subprocess.run([sys.executable, "-m", "tidings", "worker", spec], env=env,
+                             cwd=HERE, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2, out.stderr
+        assert says in out.stderr and len(out.stderr.strip().splitlines()) == 1
