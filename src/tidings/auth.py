@@ -182,7 +182,10 @@ class UserStore:
         growing delay for a peer whose logins keep failing. :data:`CONTROL_USER` logs in with
         the token of :meth:`control_token` (processes sharing the data directory)."""
         if username == CONTROL_USER:
-            return self.authenticate_token(password) if password else self._refuse(username)
+            token = self._control_token
+            if token is None or not hmac.compare_digest(password.encode(), token.encode()):
+                raise AccessRefusedError(f"login was refused for user '{username}'")
+            return CONTROL_USER
         user, key = self._login_user(username, password)
         if key not in self._logins:
             delay = self._failure_delay(peer_host)
@@ -233,10 +236,6 @@ class UserStore:
                 f"user '{username}' can only connect via localhost"
             )
         return username
-
-    @staticmethod
-    def _refuse(username: str) -> str:
-        raise AccessRefusedError(f"login was refused for user '{username}'")
 
     def control_token(self) -> str:
         """The token of :data:`CONTROL_USER`, valid while this process runs (made once)."""

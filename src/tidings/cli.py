@@ -24,6 +24,7 @@ from tidings.cli_control import COMMANDS, add_control_parsers, find_server, run_
 from tidings.cli_serve import add_serve_parser, serve
 from tidings.cli_users import add_users_parsers, run_users_command
 from tidings.cli_worker import add_worker_parser, run_worker
+from tidings.client.shared import open_directory
 from tidings.errors import NotFoundError, ResourceLockedError, TidingsError
 
 #: Where the embedded broker keeps its data unless told otherwise.
@@ -147,8 +148,9 @@ async def _run(args: argparse.Namespace) -> int:
     if args.command == "queues" and remote is not None:
         _print_queues(remote.call("GET", "/api/queues"), args.json)
         return 0
-    try:
-        client = await tidings.connect(args.data_dir)
+    try:  # the directory itself, not its owner's view through the socket (which knows less)
+        client = await tidings.Client(
+            args.data_dir, transport_factory=lambda: open_directory(Path(args.data_dir))).open()
     except ResourceLockedError as e:
         raise ResourceLockedError(f"{e}; if it is a running 'tidings serve', ask its HTTP "
                                   f"API instead (GET /api/queues, /api/overview)") from e

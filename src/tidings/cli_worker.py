@@ -39,9 +39,9 @@ def add_worker_parser(commands: Any) -> None:
                         help="handler calls in flight per process (suits I/O-bound handlers)")
     worker.add_argument("--queues", default="",
                         help="comma-separated queues to serve (default: every registered one)")
-    worker.add_argument("--grace-s", type=float, default=30.0,
+    worker.add_argument("--grace-s", type=_seconds, default=30.0,
                         help="seconds in-flight handlers get to finish on SIGTERM / Ctrl-C")
-    worker.add_argument("--summary-s", type=float, default=SUMMARY_S,
+    worker.add_argument("--summary-s", type=_seconds, default=SUMMARY_S,
                         help="seconds between one-line summaries per process")
     worker.add_argument("--log-level", default="INFO", type=str.upper,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level")
@@ -55,6 +55,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0")
     return value
 
 
@@ -160,14 +170,26 @@ async def _serve(args: argparse.Namespace) -> int:
     log.info("worker process %d (pid %d) started: %s, concurrency %d", args.child,
              os.getpid(), ", ".join(names), args.concurrency)
     summary = loop.create_task(_summaries(client, args))
+    orphan = loop.create_task(_until_orphaned(stop))
     await stop.wait()
     summary.cancel()
+    orphan.cancel()
     finished = await client.stop(args.grace_s)
     stats = client.handler_stats()
     log.info("worker process %d (pid %d) stopped: %d handled, %d failed%s", args.child,
              os.getpid(), stats["handled"], stats["failed"],
              "" if finished else "; handlers still running were returned to the queue")
     return 0
+
+
+async def _until_orphaned(stop: asyncio.Event) -> None:
+    """A worker process whose supervisor died (kill -9) stops as on SIGTERM, instead of
+    running on unsupervised."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    log.warning("worker supervisor (pid %d) is gone; stopping", parent)
+    stop.set()
 
 
 async def _summaries(client: Any, args: argparse.Namespace) -> None:

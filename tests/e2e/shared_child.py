@@ -22,7 +22,8 @@ async def main(data_dir: str, log_path: str, count: int, idle_s: float) -> None:
         os.write(fd, (line + "\n").encode())
 
     async with tidings.connect(data_dir) as client:
-        role = type(client.transport.inner).__name__  # type: ignore[attr-defined]
+        transport = client.transport
+        role = type(getattr(transport, "inner", transport)).__name__
         log(f"S {os.getpid()} {role}")
         last = asyncio.get_running_loop().time()
 

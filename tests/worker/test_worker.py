@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -55,47 +55,70 @@ def _lines(log: Path, kind: str) -> list[list[str]]:
     return [p for p in (line.split() for line in log.read_text().splitlines()) if p[0] == kind]
 
 
-async def _until(predicate: object, timeout_s: float = 60.0) -> None:
+async def _until(predicate: Callable[[], bool], timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.05)
 
 
 async def test_three_workers_share_the_work_and_survive_a_sigkilled_one(
         url: str, tmp_path: Path) -> None:
+    """A worker process is SIGKILLed mid-work: the supervisor restarts it, its unsettled calls
+    go to the others, every call is handled; SIGTERM then stops everything with exit 0."""
     log, queue = tmp_path / "done.log", f"work-{uuid.uuid4().hex[:8]}"
-    env = _env(url, log, queue)
-    workers = [_worker(env, "--concurrency", "4") for _ in range(3)]
+    supervisor = _worker(_env(url, log, queue), "--processes", "3", "--concurrency", "4")
     try:
-        os.environ.update({"WORKAPP_URL": url, "WORKAPP_LOG": str(log), "WORKAPP_QUEUE": queue})
-        sys.path.insert(0, str(HERE))
-        import importlib
-
-        import workapp  # type: ignore[import-not-found]
-
-        app = importlib.reload(workapp)
-        async with app.client:
-            for i in range(300):
-                await app.work.send(i)
+        async with tidings.connect(url) as client:
+            for i in range(300):  # the same call the app's task makes
+                await client.send(queue, {"task": "workapp.work", "args": [i], "kwargs": {}},
+                                  headers={"task": "workapp.work"})
             await _until(lambda: len(_lines(log, "W")) >= 30)
-            victim = workers[0]
-            victim.send_signal(signal.SIGKILL)  # mid-work: its unsettled calls come back
-            victim.wait()
+            victim = int(_lines(log, "W")[0][2])
+            os.kill(victim, signal.SIGKILL)
             await _until(lambda: {int(p[1]) for p in _lines(log, "W")} >= set(range(300)))
-            pids = {p[2] for p in _lines(log, "W")}
-            assert len(pids) >= 2, "the work was shared"
+        assert len({p[2] for p in _lines(log, "W")}) >= 3, "the work was shared"
     finally:
-        sys.path.remove(str(HERE))
-        for proc in workers[1:]:
-            proc.send_signal(signal.SIGTERM)
-        for proc in workers[1:]:
-            assert proc.wait(timeout=60) == 0
-            err = proc.stderr.read() if proc.stderr else b""
-            assert b"Traceback" not in err
-        for proc in workers:
-            if proc.stderr:
-                proc.stderr.close()
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=60) == 0
+        err = supervisor.stderr.read() if supervisor.stderr else b""
+        if supervisor.stderr:
+            supervisor.stderr.close()
+    assert f"(pid {victim}) crashed with exit code -9; restarting".encode() in err
+    assert b"Traceback" not in err
+    for pid in {int(p[2]) for p in _lines(log, "W")}:  # no worker process outlives it
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_a_worker_whose_supervisor_is_killed_stops(tmp_path: Path) -> None:
+    log = tmp_path / "done.log"
+    supervisor = _worker(_env(f"file:{tmp_path / 'data'}", log, "work"), "--grace-s", "1")
+    try:
+        deadline = time.monotonic() + 30
+        children: list[int] = []
+        while not children and time.monotonic() < deadline:
+            found = subprocess.run(["pgrep", "-P", str(supervisor.pid)], capture_output=True,
+                                   text=True)
+            children = [int(p) for p in found.stdout.split()]
+            time.sleep(0.1)
+        assert children, "the supervisor started no worker process"
+        time.sleep(2)  # the worker is running its handlers
+        supervisor.kill()
+        supervisor.wait()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                os.kill(children[0], 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(children[0], signal.SIGKILL)
+            raise AssertionError("the orphaned worker process kept running")
+    finally:
+        if supervisor.stderr:
+            supervisor.stderr.close()
 
 
 async def test_a_group_spread_over_processes_gets_each_event_once(

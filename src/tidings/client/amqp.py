@@ -31,7 +31,7 @@ import logging
 import re
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import aiormq
@@ -165,8 +165,8 @@ def _forget_delay(headers: dict[str, Any]) -> None:
 
 
 class _Consumer:
-    def __init__(self, transport: AmqpTransport, channel: Any, tag: str) -> None:
-        self._transport, self._channel, self._tag = transport, channel, tag
+    def __init__(self, channel: Any, tag: str) -> None:
+        self._channel, self._tag = channel, tag
 
     async def cancel(self) -> None:
         """Stop deliveries; what was delivered and not settled goes back to the queue."""
@@ -329,20 +329,33 @@ class AmqpTransport:
     async def queue_exists(self, name: str) -> bool:
         return await self._passive(name) is not None
 
-    async def _passive(self, name: str) -> Any:
-        """queue.declare-ok for ``name``, or None; a throwaway channel takes the 404."""
+    @contextlib.asynccontextmanager
+    async def _side_channel(self) -> AsyncIterator[Any]:
+        """A channel of its own for one operation, closed after it (which returns whatever it
+        took without an ack). aiormq's errors come out as tidings errors, but for a 404, which
+        the callers here take as the answer "missing"."""
         assert self._conn is not None
         channel = await self._conn.channel()
         try:
-            return await channel.queue_declare(name, passive=True)
+            yield channel
+        except TidingsError:
+            raise
         except aiormq.exceptions.ChannelNotFoundEntity:
-            return None
+            raise
         except Exception as e:
             raise translate(e) from e
         finally:
             if not channel.is_closed:
                 with contextlib.suppress(Exception):
                     await channel.close()
+
+    async def _passive(self, name: str) -> Any:
+        """queue.declare-ok for ``name``, or None (the 404 closes only the side channel)."""
+        try:
+            async with self._side_channel() as channel:
+                return await channel.queue_declare(name, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return None
 
     async def bind_events(self, queue: str, pattern: str) -> None:
         if not self._events_ready:
@@ -475,7 +488,7 @@ class AmqpTransport:
             with contextlib.suppress(Exception):
                 await channel.close()
             raise translate(e) from e
-        return _Consumer(self, channel, ok.consumer_tag)
+        return _Consumer(channel, ok.consumer_tag)
 
     async def ack(self, tokens: Sequence[Any]) -> None:
         try:
@@ -511,15 +524,13 @@ class AmqpTransport:
         await token.channel.basic_ack(token.tag)
 
     async def extend(self, token: Any) -> None:
-        self.capabilities.require("extend", "extend a delivery's lease")
+        raise self.capabilities.unsupported("extend", "extend a delivery's lease")
 
     async def browse(self, queue: str, limit: int) -> list[Message]:
-        self.capabilities.require("browse", "browse a queue")
-        return []
+        raise self.capabilities.unsupported("browse", "browse a queue")
 
     async def take(self, queue: str, message_id: str) -> Message | None:
-        self.capabilities.require("take", "remove a waiting message by id")
-        return None
+        raise self.capabilities.unsupported("take", "remove a waiting message by id")
 
     async def purge(self, queue: str) -> int:
         ok = await self._call("queue_purge", queue)
@@ -556,29 +567,18 @@ class AmqpTransport:
                                                       Any]) -> None:
         """Take the messages of ``queue`` one by one (as many as it held at the start) and hand
         each to ``each`` until it returns False; closing the channel returns the rest."""
-        assert self._conn is not None
-        channel = await self._conn.channel()
-        try:
-            remaining = None
-            while remaining is None or remaining > 0:
-                raw = await channel.basic_get(queue)
-                if isinstance(raw.delivery, spec.Basic.GetEmpty):
-                    break
-                if remaining is None:
-                    remaining = int(raw.delivery.message_count) + 1
-                remaining -= 1
-                if not await each(raw, channel):
-                    break
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            return
-        except TidingsError:
-            raise
-        except Exception as e:
-            raise translate(e) from e
-        finally:
-            if not channel.is_closed:
-                with contextlib.suppress(Exception):
-                    await channel.close()
+        remaining = None
+        with contextlib.suppress(aiormq.exceptions.ChannelNotFoundEntity):
+            async with self._side_channel() as channel:
+                while remaining is None or remaining > 0:
+                    raw = await channel.basic_get(queue)
+                    if isinstance(raw.delivery, spec.Basic.GetEmpty):
+                        break
+                    if remaining is None:
+                        remaining = int(raw.delivery.message_count) + 1
+                    remaining -= 1
+                    if not await each(raw, channel):
+                        break
 
     # -- the rest --------------------------------------------------------------------------
 

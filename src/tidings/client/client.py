@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tidings.client.message import ReceivedMessage, Receiver
-from tidings.client.tasks import Results, Task, TaskQueue
+from tidings.client.tasks import Results, Task, TaskQueue, reply
 from tidings.client.transport import (
     Incoming,
     QueueSpec,
@@ -490,17 +490,9 @@ class Client:
                 await message.nack(requeue=True, delay_ms=delay)
             return False
         sub.stats["handled"] += 1
-        if value is not None and sub.queue_name is not None and message.message.reply_to \
-                and not isinstance(sub.handler, TaskQueue):
-            await self._respond(message, value)
+        if value is not None and sub.queue_name is not None:  # the answer to request()
+            await reply(self, message, *encode_body(value, None))
         return True
-
-    async def _respond(self, message: ReceivedMessage, value: Any) -> None:
-        """A queue handler's return value goes to the caller of :meth:`request`."""
-        data, ctype = encode_body(value, None)
-        await self.transport.send(message.message.reply_to or "", [Message(
-            data, content_type=ctype, persistent=False,
-            correlation_id=message.message.correlation_id or message.id)])
 
     async def stop(self, grace_s: float = 30.0) -> bool:
         """Stop taking new work, let handlers in flight finish within ``grace_s``, acknowledge

@@ -90,8 +90,9 @@ class ResilientTransport:
     def inner(self) -> Any:
         return self._inner
 
-    async def open(self) -> ResilientTransport:
-        self._inner = await self._open_inner()
+    async def open(self, first: Any = None) -> ResilientTransport:
+        """Connect (or start from ``first``, a transport ``open_inner`` already made)."""
+        self._inner = first if first is not None else await self._open_inner()
         self._generation = 1
         self._connected.set()
         self._watch()

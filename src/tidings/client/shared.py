@@ -24,6 +24,7 @@ import logging
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from tidings.client.local import LocalTransport
 from tidings.client.transport import Transport
@@ -64,10 +65,32 @@ class OwnerTransport(LocalTransport):
 
 
 async def open_shared(directory: Path) -> Transport:
-    """The directory's broker: owned here if the lock is free, else reached through its owner."""
+    """The directory's broker: owned here if the lock is free, else reached through its owner.
+    An owner stays one for life, so only a process that joined gets the reconnecting layer
+    (and the embedded hot path stays a direct call into the broker)."""
     from tidings.client.resilient import ResilientTransport
 
-    return await ResilientTransport(lambda: own_or_join(directory)).open()
+    first = await own_or_join(directory)
+    if isinstance(first, OwnerTransport):
+        return first
+    return await ResilientTransport(lambda: own_or_join(directory)).open(first)
+
+
+def _start_broker(directory: Path) -> Any:
+    """The directory's broker, started in this process; ResourceLockedError when another
+    process owns the directory."""
+    from tidings.routing.broker import Broker
+    from tidings.storage.sqlite import SqliteStore
+
+    broker = Broker(SqliteStore(directory))
+    broker.start()
+    return broker
+
+
+async def open_directory(directory: Path) -> Transport:
+    """The directory's broker in this process only, serving no one else (the CLI's commands
+    on a stopped directory)."""
+    return LocalTransport(_start_broker(directory))
 
 
 async def own_or_join(directory: Path) -> Transport:
@@ -90,12 +113,8 @@ async def own_or_join(directory: Path) -> Transport:
 async def _own(directory: Path) -> Transport:
     from tidings.amqp.server import AmqpServer
     from tidings.auth import UserStore
-    from tidings.routing.broker import Broker
-    from tidings.storage.sqlite import SqliteStore
 
-    store = SqliteStore(directory)  # ResourceLockedError when another process owns it
-    broker = Broker(store)
-    broker.start()
+    broker = _start_broker(directory)
     server = AmqpServer(broker, UserStore(directory))
     try:
         await start_owner_socket(server, directory)
@@ -115,8 +134,6 @@ async def _join(directory: Path) -> Transport:
         token = json.loads((directory / OWNER_FILE).read_text())["token"]
     except (OSError, ValueError, KeyError) as e:
         raise BrokenResourceError(f"no owner file in {directory}") from e
-    from urllib.parse import quote
-
     url = f"amqp://{quote(CONTROL_USER, safe='')}:{quote(token, safe='')}@localhost/"
     transport = AmqpTransport(url, unix_socket=str(directory / SOCKET_NAME),
                               connection_name=f"tidings pid {os.getpid()}")

@@ -166,19 +166,26 @@ class Task:
                 from None
 
 
-async def reply(client: Client, message: ReceivedMessage, outcome: dict[str, Any]) -> None:
-    """Send a call's outcome to its caller's reply queue (dropped if the caller is gone)."""
+async def reply(client: Client, message: ReceivedMessage, data: bytes,
+                content_type: str | None) -> None:
+    """Send the answer to ``message`` to its caller's reply queue (dropped if the caller is
+    gone, or never asked: no ``reply_to``)."""
     reply_to = message.message.reply_to
     if not reply_to:
         return
+    answer = Message(data, content_type=content_type, persistent=False,
+                     correlation_id=message.message.correlation_id or message.id)
+    with contextlib.suppress(NotFoundError):
+        await client.transport.send(reply_to, [answer])
+
+
+async def report(client: Client, message: ReceivedMessage, outcome: dict[str, Any]) -> None:
+    """Send a call's outcome (``{"value": ...}`` or ``{"error": ...}``) as JSON."""
     try:
         data = json.dumps(outcome, separators=(",", ":"), default=repr).encode()
     except (TypeError, ValueError) as e:
         data = json.dumps({"error": {"type": type(e).__name__, "message": str(e)}}).encode()
-    result = Message(data, content_type="application/json", persistent=False,
-                     correlation_id=message.message.correlation_id or message.id)
-    with contextlib.suppress(NotFoundError):
-        await client.transport.send(reply_to, [result])
+    await reply(client, message, data, "application/json")
 
 
 def failure(error: BaseException) -> dict[str, Any]:
@@ -198,8 +205,7 @@ class TaskQueue:
         task = self.tasks.get(name)
         if task is None:
             raise NotFoundError(f"no task '{name}' is registered for queue '{self.queue}'")
-        value = await task.run(message)
-        await reply(self.client, message, {"value": value})
+        await report(self.client, message, {"value": await task.run(message)})
 
     async def failed_for_good(self, message: ReceivedMessage, error: BaseException) -> None:
-        await reply(self.client, message, failure(error))
+        await report(self.client, message, failure(error))

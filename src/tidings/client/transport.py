@@ -73,10 +73,9 @@ class Capabilities:
     def reason(self, name: str) -> str:
         return dict(self.reasons).get(name, "not available on this broker")
 
-    def require(self, name: str, operation: str) -> None:
-        """Raise :class:`NotSupportedError` unless capability ``name`` is there."""
-        if not getattr(self, name):
-            raise NotSupportedError(self.broker, operation, self.reason(name))
+    def unsupported(self, name: str, operation: str) -> NotSupportedError:
+        """The error for ``operation``, which needs the missing capability ``name``."""
+        return NotSupportedError(self.broker, operation, self.reason(name))
 
 
 @dataclass(slots=True)
