@@ -178,3 +178,30 @@ def test_worker_refuses_an_app_it_cannot_load_or_share(tmp_path: Path) -> None:
                              cwd=HERE, capture_output=True, text=True, timeout=60)
         assert out.returncode == 2, out.stderr
         assert says in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+async def test_stop_lets_a_running_handler_finish_and_acknowledge(url: str) -> None:
+    """A gentle stop: no new work is taken, the handler in flight finishes, and its message is
+    acknowledged (not returned for someone else to run again)."""
+    queue = f"slow-{uuid.uuid4().hex[:8]}"
+    calls: list[int] = []
+    started = asyncio.Event()
+    worker = tidings.connect(url)
+    async with tidings.connect(url) as producer:
+        await producer.send_many(queue, [1, 2])
+
+        @worker.handler(queue, concurrency=1, prefetch=1)
+        async def slow(message: tidings.ReceivedMessage) -> None:
+            calls.append(message.json())
+            started.set()
+            await asyncio.sleep(0.5)
+
+        await worker.open()
+        await worker.start()
+        await asyncio.wait_for(started.wait(), 20)
+        assert await worker.stop(grace_s=5) is True
+        assert calls == [1]
+        second = await producer.get(queue)
+        assert second is not None and second.json() == 2
+        await second.ack()
+        assert await producer.get(queue) is None, "the finished message came back"

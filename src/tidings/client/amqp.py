@@ -110,7 +110,7 @@ class UnixSocketFactory(aiormq.connection.TransportFactory):
             raise aiormq.exceptions.AMQPConnectionError(*e.args) from e
 
 
-def _incoming(raw: DeliveredMessage, queue: str) -> Incoming:
+def _incoming(raw: DeliveredMessage, queue: str, consumer: _Consumer | None = None) -> Incoming:
     props = raw.header.properties
     d = raw.delivery
     message = to_message(props, raw.body, d.exchange, d.routing_key)
@@ -122,19 +122,19 @@ def _incoming(raw: DeliveredMessage, queue: str) -> Incoming:
             _forget_delay(headers)
         if not headers:
             message.headers = None
-    token = _Token(raw.channel, d.delivery_tag, message, queue, count)
+    token = _Token(raw.channel, d.delivery_tag, message, queue, count, consumer)
     return Incoming(message, queue, token, bool(d.redelivered) or count > 0, count)
 
 
 class _Token:
     """What an AMQP delivery needs to be settled (and, for a delayed retry, copied)."""
 
-    __slots__ = ("channel", "delivery_count", "message", "queue", "tag")
+    __slots__ = ("channel", "consumer", "delivery_count", "message", "queue", "tag")
 
     def __init__(self, channel: Any, tag: int, message: Message, queue: str,
-                 delivery_count: int) -> None:
+                 delivery_count: int, consumer: _Consumer | None) -> None:
         self.channel, self.tag, self.message = channel, tag, message
-        self.queue, self.delivery_count = queue, delivery_count
+        self.queue, self.delivery_count, self.consumer = queue, delivery_count, consumer
 
 
 def _int(value: Any) -> int:
@@ -165,17 +165,34 @@ def _forget_delay(headers: dict[str, Any]) -> None:
 
 
 class _Consumer:
-    def __init__(self, channel: Any, tag: str) -> None:
-        self._channel, self._tag = channel, tag
+    """A consumer on a channel of its own. Cancelling stops new deliveries at once; the
+    channel stays open until every delivery made on it is settled, so handlers still running
+    (a worker stopping gently) can acknowledge their messages."""
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self.tag = ""
+        self.unsettled = 0
+        self.cancelled = False
 
     async def cancel(self) -> None:
-        """Stop deliveries; what was delivered and not settled goes back to the queue."""
-        if self._channel.is_closed:
+        if self.cancelled:
             return
+        self.cancelled = True
         with contextlib.suppress(Exception):
-            await self._channel.basic_cancel(self._tag)
-        with contextlib.suppress(Exception):
-            await self._channel.close()
+            await self.channel.basic_cancel(self.tag)
+        if not self.unsettled:
+            await self._close()
+
+    async def settled(self) -> None:
+        self.unsettled -= 1
+        if self.cancelled and not self.unsettled:
+            await self._close()
+
+    async def _close(self) -> None:
+        if not self.channel.is_closed:
+            with contextlib.suppress(Exception):
+                await self.channel.close()
 
 
 class AmqpTransport:
@@ -476,24 +493,28 @@ class AmqpTransport:
                       on_message: Callable[[Incoming], None]) -> _Consumer:
         assert self._conn is not None
         channel = await self._conn.channel()
+        consumer = _Consumer(channel)
         try:
             await channel.basic_qos(prefetch_count=prefetch)
 
             async def deliver(raw: DeliveredMessage) -> None:
-                on_message(_incoming(raw, queue))
+                consumer.unsettled += 1
+                on_message(_incoming(raw, queue, consumer))
 
-            ok = await channel.basic_consume(queue, deliver,
-                                             consumer_tag=f"tidings.{next(self._consumer_ids)}")
+            consumer.tag = f"tidings.{next(self._consumer_ids)}"
+            await channel.basic_consume(queue, deliver, consumer_tag=consumer.tag)
         except Exception as e:
             with contextlib.suppress(Exception):
                 await channel.close()
             raise translate(e) from e
-        return _Consumer(channel, ok.consumer_tag)
+        return consumer
 
     async def ack(self, tokens: Sequence[Any]) -> None:
         try:
             for token in tokens:
                 await token.channel.basic_ack(token.tag)
+                if token.consumer is not None:
+                    await token.consumer.settled()
         except Exception as e:
             raise translate(e) from e
 
@@ -503,6 +524,8 @@ class AmqpTransport:
                 await self._retry_later(token, delay_ms)
             else:
                 await token.channel.basic_nack(token.tag, requeue=requeue)
+            if token.consumer is not None:
+                await token.consumer.settled()
         except TidingsError:
             raise
         except Exception as e:

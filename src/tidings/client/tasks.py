@@ -81,7 +81,9 @@ class Results:
                                  exclusive=True)
                 self.queue = await transport.declare_queue("", spec)
                 self._consumer = await transport.consume(self.queue, 1000, self._arrived)
-        return self.queue
+        # after a reconnect a private queue has a new name on the broker
+        rename = getattr(self._client.transport, "name", None)
+        return rename(self.queue) if rename is not None else self.queue
 
     def expect(self, call_id: str) -> None:
         self._waiting[call_id] = asyncio.get_running_loop().create_future()
