@@ -109,6 +109,11 @@ def header_problem(headers: dict[str, Any]) -> str | None:
     return None
 
 
+def dead_letter_queue(queue: str) -> str:
+    """Where the client API keeps a queue's dead letters: ``<queue>.dead``."""
+    return f"{queue}.dead"
+
+
 def revive(message: Message, routing_key: str) -> Message:
     """A dead letter made ready to replay: its broker (``x-``) headers, the death history
     included, are dropped and it is addressed to ``routing_key``."""

@@ -17,7 +17,7 @@ from tidings.client.transport import (
     dead_letter_queue,
 )
 from tidings.errors import NotFoundError, PreconditionFailedError
-from tidings.message import Message, revive
+from tidings.message import Message
 from tidings.routing.broker import DEFAULT_VHOST, Broker
 from tidings.routing.session import Consumer, Delivery
 
@@ -146,37 +146,19 @@ class LocalTransport:
         session.extend(tag)
 
     async def browse(self, queue: str, limit: int) -> list[Message]:
-        return [e.record.message for e in self.broker.get_queue(VHOST, queue).browse(limit)]
+        return self.broker.browse(VHOST, queue, limit)
 
     async def take(self, queue: str, message_id: str) -> Message | None:
-        q = self.broker.get_queue(VHOST, queue)
-        for entry in q.browse(q.ready_count):
-            if entry.record.message.message_id == message_id:
-                removed = q.remove_ready(entry.seq)
-                if removed is not None:
-                    return removed.record.message
         await self.broker.sync()  # far delayed messages are listed from committed rows
-        for seq, record in self.broker.delayed.entries():
-            if (record.target.get("queue") == queue and record.message.message_id == message_id
-                    and self.broker.cancel_delayed(seq, record)):
-                return record.message
-        return None
+        return self.broker.take(VHOST, queue, message_id)
 
     async def dead_letters(self, queue: str, limit: int) -> list[Message]:
-        return await self.browse(dead_letter_queue(queue), limit)
+        return self.broker.browse(VHOST, self.broker.dead_letter_queue(VHOST, queue), limit)
 
     async def replay_dead_letters(self, queue: str, ids: set[str] | None) -> int:
-        dead = dead_letter_queue(queue)
-        count = 0
-        for message in await self.browse(dead, 1 << 30):
-            mid = message.message_id
-            if mid is None or (ids is not None and mid not in ids):
-                continue
-            taken = await self.take(dead, mid)
-            if taken is not None:
-                await self.send(queue, [revive(taken, queue)])
-                count += 1
-        return count
+        replayed = self.broker.replay_dead_letters(VHOST, queue, ids)
+        await self.broker.sync()
+        return replayed
 
     async def purge(self, queue: str) -> int:
         return self.broker.purge_queue(VHOST, queue)

@@ -16,15 +16,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tidings.errors import NotSupportedError
-from tidings.message import Message
+from tidings.message import Message, dead_letter_queue
+
+__all__ = ["EVENTS_EXCHANGE", "Capabilities", "Incoming", "QueueSpec", "Subscription",
+           "Transport", "dead_letter_queue"]
 
 #: The topic exchange every event is published to.
 EVENTS_EXCHANGE = "tidings.events"
-
-
-def dead_letter_queue(queue: str) -> str:
-    """Where the client's queues keep their dead letters."""
-    return f"{queue}.dead"
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tidings.auth import UserStore
 from tidings.client.transport import EVENTS_EXCHANGE
-from tidings.errors import AccessRefusedError, NotFoundError, PreconditionFailedError
+from tidings.errors import AccessRefusedError, PreconditionFailedError
 from tidings.http import management
 from tidings.http import schemas as sch
 from tidings.http.errors import EXCEPTION_HANDLERS, BadRequestError
@@ -42,7 +42,6 @@ from tidings.http.leases import MAX_VISIBILITY_MS, Leases
 from tidings.http.metrics import metrics_text, overview
 from tidings.http.middleware import AuthMiddleware, EncodedSlashMiddleware, user_of
 from tidings.http.openapi import openapi_document
-from tidings.message import revive
 from tidings.routing.broker import DEFAULT_VHOST, Broker
 from tidings.routing.definitions_io import SECTIONS, export_definitions, import_definitions
 from tidings.routing.session import Delivery, Session
@@ -378,23 +377,11 @@ def routes(gw: Gateway) -> list[Any]:
 
     # -- dead letters ------------------------------------------------------------------------
 
-    def dead_queue(vhost: str, name: str) -> str:
-        """Where a queue's dead letters wait: the queue its dead-letter routing key names on
-        the default exchange, else ``<name>.dead`` (the client API's convention)."""
-        options = broker.get_queue(vhost, name).options
-        dead = f"{name}.dead"
-        if options.dead_letter_exchange == "" and options.dead_letter_routing_key:
-            dead = options.dead_letter_routing_key
-        if broker.find_queue(vhost, dead) is None:
-            raise NotFoundError(f"queue '{name}' in vhost '{vhost}' has no dead-letter queue "
-                                f"'{dead}'")
-        return dead
-
     def dead_queue_to_read(request: Request) -> tuple[str, str, str]:
         """vhost, queue and its dead-letter queue, after checking read on both."""
         vhost, name = _vhost(request), _name(request)
         gw.check(request, "read", "queue", name, vhost)
-        dead = dead_queue(vhost, name)
+        dead = broker.dead_letter_queue(vhost, name)
         gw.check(request, "read", "queue", dead, vhost)
         return vhost, name, dead
 
@@ -404,27 +391,18 @@ def routes(gw: Gateway) -> list[Any]:
         if not limit_text.isdigit():
             raise BadRequestError("query parameter 'limit' must be a whole number")
         limit = int(limit_text)
-        entries = broker.get_queue(vhost, dead).browse(min(limit, 10_000))
-        return JSONResponse([sch.message_to_json(e.record.message) for e in entries])
+        messages = broker.browse(vhost, dead, min(limit, 10_000))
+        return JSONResponse([sch.message_to_json(m) for m in messages])
 
     async def replay_dead(request: Request) -> JSONResponse:
-        vhost, name, dead_name = dead_queue_to_read(request)
+        vhost, name, _ = dead_queue_to_read(request)
         gw.check(request, "write", "exchange", "amq.default", vhost)  # replayed through it
         data = sch.obj(await sch.read_json(request, gw.max_body_bytes, required=False))
         ids = data.get("ids")
         if ids is not None and (not isinstance(ids, list) or
                                 not all(isinstance(i, str) for i in ids)):
             raise BadRequestError("field 'ids' must be a list of message ids")
-        dead = broker.get_queue(vhost, dead_name)
-        replayed = 0
-        for entry in dead.browse(dead.ready_count):
-            message = entry.record.message
-            if ids is not None and message.message_id not in ids:
-                continue
-            if dead.remove_ready(entry.seq) is None:
-                continue
-            broker.publish(vhost, "", revive(message, name))
-            replayed += 1
+        replayed = broker.replay_dead_letters(vhost, name, set(ids) if ids is not None else None)
         await broker.sync()
         return JSONResponse({"replayed": replayed})
 

@@ -19,7 +19,7 @@ from tidings.errors import (
     NotAllowedError,
     NotFoundError,
 )
-from tidings.message import Message, Record
+from tidings.message import Message, Record, dead_letter_queue, revive
 from tidings.routing.arguments import message_ttl_ms
 from tidings.routing.dead_letter import dead_letter_message
 from tidings.routing.declarations import DeclarationsMixin
@@ -323,6 +323,58 @@ class Broker(DeclarationsMixin, DelaysMixin, UpkeepMixin):
             return None
         queue.mark_delivered(entry, now)
         return session.register_get(queue, entry, no_ack)
+
+    # -- waiting messages by id, and dead letters (one implementation for every face) ------
+
+    def browse(self, vhost: str, queue_name: str, limit: int) -> list[Message]:
+        """Up to ``limit`` ready messages of a queue, oldest first, left in place."""
+        return [e.record.message for e in self.get_queue(vhost, queue_name).browse(limit)]
+
+    def take(self, vhost: str, queue_name: str, message_id: str) -> Message | None:
+        """Remove a waiting (ready or delayed) message by id; None when none is waiting. Far
+        delayed messages are read from committed rows: ``await sync()`` first to see the
+        latest ones."""
+        queue = self.get_queue(vhost, queue_name)
+        for entry in queue.browse(queue.ready_count):
+            if entry.record.message.message_id == message_id:
+                removed = queue.remove_ready(entry.seq)
+                if removed is not None:
+                    return removed.record.message
+        for seq, record in self.delayed.entries():
+            target = record.target
+            if (target.get("queue") == queue_name and target.get("vhost", vhost) == vhost
+                    and record.message.message_id == message_id
+                    and self.cancel_delayed(seq, record)):
+                return record.message
+        return None
+
+    def dead_letter_queue(self, vhost: str, queue_name: str) -> str:
+        """Where a queue's dead letters wait: the queue its dead-letter routing key names on
+        the default exchange, else ``<name>.dead`` (the client API's convention)."""
+        options = self.get_queue(vhost, queue_name).options
+        dead = dead_letter_queue(queue_name)
+        if options.dead_letter_exchange == "" and options.dead_letter_routing_key:
+            dead = options.dead_letter_routing_key
+        if self.find_queue(vhost, dead) is None:
+            raise NotFoundError(f"queue '{queue_name}' in vhost '{vhost}' has no dead-letter "
+                                f"queue '{dead}'")
+        return dead
+
+    def replay_dead_letters(self, vhost: str, queue_name: str,
+                            ids: set[str] | None = None) -> int:
+        """Move dead letters (all, or those with ``ids``) back into the queue, without their
+        ``x-`` headers; returns how many. Durable once ``sync()`` resolves."""
+        dead = self.get_queue(vhost, self.dead_letter_queue(vhost, queue_name))
+        replayed = 0
+        for entry in dead.browse(dead.ready_count):
+            message = entry.record.message
+            if ids is not None and message.message_id not in ids:
+                continue
+            if dead.remove_ready(entry.seq) is None:
+                continue
+            self.publish(vhost, "", revive(message, queue_name))
+            replayed += 1
+        return replayed
 
     def dispatch_session(self, session: Session) -> None:
         for consumer in list(session.consumers.values()):
