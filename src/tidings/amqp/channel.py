@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pamqp import commands
 from pamqp.base import Frame as Method
 
+from tidings.amqp import extensions
 from tidings.amqp import frames as wire
 from tidings.amqp.connection import ContentReceived, ProtocolError
 from tidings.basic_properties import to_message, to_properties
@@ -82,7 +83,7 @@ class AmqpChannel:
             raise NotFoundError("no previously declared queue on this channel")
         return self.last_queue
 
-    def _check(self, permission: str, kind: str, name: str) -> None:
+    def check(self, permission: str, kind: str, name: str) -> None:
         self.link.check_permission(permission, kind, name)
 
     # -- channel ---------------------------------------------------------------------------
@@ -97,7 +98,7 @@ class AmqpChannel:
 
     def exchange_declare(self, m: E.Declare) -> None:
         if not m.passive:
-            self._check("configure", "exchange", m.exchange)
+            self.check("configure", "exchange", m.exchange)
         self.broker.declare_exchange(
             self.vhost, m.exchange, m.exchange_type, durable=m.durable,
             auto_delete=m.auto_delete, internal=m.internal, arguments=dict(m.arguments or {}),
@@ -106,21 +107,21 @@ class AmqpChannel:
         self.reply(E.DeclareOk(), m.nowait)
 
     def exchange_delete(self, m: E.Delete) -> None:
-        self._check("configure", "exchange", m.exchange)
+        self.check("configure", "exchange", m.exchange)
         with contextlib.suppress(NotFoundError):  # RabbitMQ: deleting nothing succeeds
             self.broker.delete_exchange(self.vhost, m.exchange, if_unused=m.if_unused)
         self.reply(E.DeleteOk(), m.nowait)
 
     def exchange_bind(self, m: E.Bind) -> None:
-        self._check("write", "exchange", m.destination)
-        self._check("read", "exchange", m.source)
+        self.check("write", "exchange", m.destination)
+        self.check("read", "exchange", m.source)
         self.broker.bind(self.vhost, m.source, m.destination, m.routing_key,
                          dict(m.arguments or {}), to_exchange=True)
         self.reply(E.BindOk(), m.nowait)
 
     def exchange_unbind(self, m: E.Unbind) -> None:
-        self._check("write", "exchange", m.destination)
-        self._check("read", "exchange", m.source)
+        self.check("write", "exchange", m.destination)
+        self.check("read", "exchange", m.source)
         self.broker.unbind(self.vhost, m.source, m.destination, m.routing_key,
                            dict(m.arguments or {}), to_exchange=True)
         self.reply(E.UnbindOk(), m.nowait)
@@ -135,11 +136,11 @@ class AmqpChannel:
         if not m.passive:
             # A server-named queue is checked under the name it will get, as in RabbitMQ.
             name = name or self.broker.new_queue_name()
-            self._check("configure", "queue", name)
+            self.check("configure", "queue", name)
             dlx = arguments.get("x-dead-letter-exchange")
             if isinstance(dlx, str):  # its dead letters are published there
-                self._check("read", "queue", name)
-                self._check("write", "exchange", dlx)
+                self.check("read", "queue", name)
+                self.check("write", "exchange", dlx)
         queue = self.broker.declare_queue(
             self.vhost, name, durable=m.durable, exclusive=m.exclusive,
             auto_delete=m.auto_delete, arguments=arguments, passive=m.passive,
@@ -151,27 +152,27 @@ class AmqpChannel:
 
     def queue_bind(self, m: Q.Bind) -> None:
         name = self._queue_name(m.queue)
-        self._check("write", "queue", name)
-        self._check("read", "exchange", m.exchange)
+        self.check("write", "queue", name)
+        self.check("read", "exchange", m.exchange)
         self.broker.bind(self.vhost, m.exchange, name, m.routing_key, dict(m.arguments or {}))
         self.reply(Q.BindOk(), m.nowait)
 
     def queue_unbind(self, m: Q.Unbind) -> None:
         name = self._queue_name(m.queue)
-        self._check("write", "queue", name)
-        self._check("read", "exchange", m.exchange)
+        self.check("write", "queue", name)
+        self.check("read", "exchange", m.exchange)
         self.broker.unbind(self.vhost, m.exchange, name, m.routing_key, dict(m.arguments or {}))
         self.reply(Q.UnbindOk())
 
     def queue_purge(self, m: Q.Purge) -> None:
         name = self._queue_name(m.queue)
-        self._check("read", "queue", name)
+        self.check("read", "queue", name)
         count = self.broker.purge_queue(self.vhost, name, self.link.connection_id)
         self.reply(Q.PurgeOk(count), m.nowait)
 
     def queue_delete(self, m: Q.Delete) -> None:
         name = self._queue_name(m.queue)
-        self._check("configure", "queue", name)
+        self.check("configure", "queue", name)
         try:
             count = self.broker.delete_queue(self.vhost, name, if_unused=m.if_unused,
                                              if_empty=m.if_empty,
@@ -195,8 +196,11 @@ class AmqpChannel:
         name = self._queue_name(m.queue)
         if name == REPLY_TO:
             name = self._reply_queue(m)
-        self._check("read", "queue", name)
+        self.check("read", "queue", name)
         tag = m.consumer_tag or f"amq.ctag-{secrets.token_urlsafe(16)}"
+        if m.arguments and extensions.BROWSE_ARGUMENT in m.arguments:
+            extensions.browse(self, m, name, tag)
+            return
         consumer = self.broker.consume(
             self.session, name, self._deliverer(tag), prefetch_count=self.prefetch_count,
             no_ack=m.no_ack, exclusive=m.exclusive, consumer_tag=tag,
@@ -244,7 +248,7 @@ class AmqpChannel:
 
     def basic_get(self, m: B.Get) -> None:
         name = self._queue_name(m.queue)
-        self._check("read", "queue", name)
+        self.check("read", "queue", name)
         d = self.broker.get(self.session, name, no_ack=m.no_ack)
         if d is None:
             self.reply(B.GetEmpty())
@@ -262,8 +266,11 @@ class AmqpChannel:
         m = event.method
         if m.immediate:
             raise ProtocolError(540, "immediate=true", method=B.Publish)
-        self._check("write", "exchange", m.exchange)
         message = to_message(event.properties, event.body, m.exchange, m.routing_key)
+        if m.exchange == extensions.CONTROL_EXCHANGE:  # an operation; it checks its own rights
+            extensions.control(self, message, m)
+            return
+        self.check("write", "exchange", m.exchange)
         if message.user_id is not None and message.user_id != self.link.username:
             raise PreconditionFailedError(
                 f"user_id property set to '{message.user_id}' but authenticated user was "
@@ -285,9 +292,13 @@ class AmqpChannel:
                 self.number, wire.Return(312, "NO_ROUTE", m.exchange, m.routing_key),
                 to_properties(message), message.body,
             )
+        self.confirm(not result.refused)
+
+    def confirm(self, ok: bool) -> None:
+        """Count a publish for publisher confirms (acked once the store is durable)."""
         if self.confirming:
             self.publish_seq += 1
-            self.unconfirmed.append((self.publish_seq, not result.refused))
+            self.unconfirmed.append((self.publish_seq, ok))
             self.link.confirm_later(self)
 
     def send_confirms(self, pending: list[tuple[int, bool]], failed: bool) -> None:

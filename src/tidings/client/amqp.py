@@ -31,6 +31,7 @@ import logging
 import re
 import ssl
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -61,6 +62,10 @@ from tidings.routing.stats import BrokerStatistics, LatencySummary, QueueStatist
 
 log = logging.getLogger("tidings.client.amqp")
 
+#: tidings serve's extensions (the names amqp/extensions.py answers to).
+CONTROL_EXCHANGE = "amq.tidings.control"
+BROWSE_ARGUMENT = "x-tidings-browse"
+BROWSE_END_HEADER = "x-tidings-browse-end"
 #: Failed deliveries of a message before this copy, carried across delayed retries.
 COUNT_HEADER = "x-tidings-delivery-count"
 #: The exchange that delays messages on brokers with ``x-delayed-message``.
@@ -247,20 +252,23 @@ class AmqpTransport:
         return f"{self.product} {self.version}".strip()
 
     def _capabilities(self) -> Capabilities:
-        no_browse = ("AMQP 0-9-1 cannot read a message without taking it; dead letters are "
-                     "listed with client.dead_letters(), other queues over the broker's HTTP "
-                     "API")
-        no_take = ("AMQP 0-9-1 cannot remove a message by id; consume it and reject it, or "
-                   "give messages a TTL")
-        no_extend = ("AMQP 0-9-1 has no lease extension; declare the queue with a longer "
-                     "consumer_timeout_ms")
         no_latency = ("waiting and processing times are kept by the broker itself: read them "
                       "from its HTTP API or Prometheus metrics")
+        if self.is_tidings:  # the rest through tidings serve's extensions (amqp/extensions.py)
+            return Capabilities(self._broker(), latency_statistics=False,
+                                reasons=(("latency_statistics", no_latency),))
+        no_browse = ("AMQP 0-9-1 cannot read a message without taking it; dead letters are "
+                     "listed with client.dead_letters(), other queues in the management UI")
+        no_delete = ("AMQP 0-9-1 cannot remove a message by id; consume it and reject it, or "
+                     "give messages a TTL")
+        no_extend = ("AMQP 0-9-1 has no lease extension; declare the queue with a longer "
+                     "consumer_timeout_ms")
         return Capabilities(
-            self._broker(), browse=False, take=False, take_delayed=False, extend=False,
+            self._broker(), browse=False, delete=False, delete_delayed=False, extend=False,
             latency_statistics=False,
-            reasons=(("browse", no_browse), ("take", no_take), ("take_delayed", no_take),
-                     ("extend", no_extend), ("latency_statistics", no_latency)),
+            reasons=(("browse", no_browse), ("delete", no_delete),
+                     ("delete_delayed", no_delete), ("extend", no_extend),
+                     ("latency_statistics", no_latency)),
         )
 
     @property
@@ -393,7 +401,7 @@ class AmqpTransport:
         results = await asyncio.gather(*waits, return_exceptions=True)
         for (_ex, rk, _m, _), result in zip(publishes, results, strict=True):
             if isinstance(result, aiormq.exceptions.PublishError):
-                raise NotFoundError(f"no queue '{rk}' on {self._broker()}")
+                raise _Returned(f"no queue '{rk}' on {self._broker()}")
             if isinstance(result, BaseException):
                 raise translate(result) from result
             if isinstance(result, spec.Basic.Nack):
@@ -546,14 +554,49 @@ class AmqpTransport:
         await self._publish_delayed(token.queue, [copy], delay_ms)
         await token.channel.basic_ack(token.tag)
 
+    # -- tidings serve's extensions (amqp/extensions.py on the server) -----------------------
+
     async def extend(self, token: Any) -> None:
-        raise self.capabilities.unsupported("extend", "extend a delivery's lease")
+        if not self.capabilities.extend:
+            raise self.capabilities.unsupported("extend", "extend a delivery's lease")
+        try:
+            await token.channel.basic_publish(
+                b"", exchange=CONTROL_EXCHANGE, routing_key="extend",
+                properties=spec.Basic.Properties(headers={"x-delivery-tag": token.tag}))
+        except Exception as e:
+            raise translate(e) from e
 
     async def browse(self, queue: str, limit: int) -> list[Message]:
-        raise self.capabilities.unsupported("browse", "browse a queue")
+        if not self.capabilities.browse:
+            raise self.capabilities.unsupported("browse", "browse a queue")
+        found: list[Message] = []
+        ended = asyncio.get_running_loop().create_future()
 
-    async def take(self, queue: str, message_id: str) -> Message | None:
-        raise self.capabilities.unsupported("take", "remove a waiting message by id")
+        async def deliver(raw: DeliveredMessage) -> None:
+            headers = raw.header.properties.headers or {}
+            if headers.get(BROWSE_END_HEADER):
+                if not ended.done():
+                    ended.set_result(None)
+                return
+            found.append(_incoming(raw, queue).message)
+
+        async with self._side_channel() as channel:
+            ok = await channel.basic_consume(queue, deliver, no_ack=True,
+                                             arguments={BROWSE_ARGUMENT: int(limit)})
+            await ended
+            await channel.basic_cancel(ok.consumer_tag)
+        return found
+
+    async def delete(self, queue: str, message_id: str) -> bool:
+        if not self.capabilities.delete:
+            raise self.capabilities.unsupported("delete", "remove a waiting message by id")
+        control = Message(b"", headers={"x-queue": queue, "x-message-id": message_id},
+                          message_id=f"delete-{uuid.uuid4().hex}")
+        try:
+            await self._confirm([(CONTROL_EXCHANGE, "delete", control, True)])
+        except _Returned:  # no such message was waiting
+            return False
+        return True
 
     async def purge(self, queue: str) -> int:
         ok = await self._call("queue_purge", queue)
@@ -562,6 +605,8 @@ class AmqpTransport:
     # -- dead letters ----------------------------------------------------------------------
 
     async def dead_letters(self, queue: str, limit: int) -> list[Message]:
+        if self.capabilities.browse:
+            return await self.browse(dead_letter_queue(queue), limit)
         found: list[Message] = []
 
         async def each(raw: DeliveredMessage, channel: Any) -> bool:
@@ -637,6 +682,10 @@ class AmqpTransport:
 
 
 _AIORMQ_LOGGERS = ("aiormq.connection", "aiormq.channel")
+
+
+class _Returned(NotFoundError):
+    """A mandatory publish came back unrouted."""
 
 
 class _Quiet(logging.Filter):

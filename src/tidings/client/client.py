@@ -261,7 +261,7 @@ class Client:
 
     async def delete(self, queue: str, message_id: str) -> bool:
         """Cancel a waiting (ready or delayed) message; False when it is not waiting."""
-        return await self.transport.take(queue, message_id) is not None
+        return await self.transport.delete(queue, message_id)
 
     async def purge(self, queue: str) -> int:
         return await self.transport.purge(queue)

@@ -148,9 +148,9 @@ class LocalTransport:
     async def browse(self, queue: str, limit: int) -> list[Message]:
         return self.broker.browse(VHOST, queue, limit)
 
-    async def take(self, queue: str, message_id: str) -> Message | None:
+    async def delete(self, queue: str, message_id: str) -> bool:
         await self.broker.sync()  # far delayed messages are listed from committed rows
-        return self.broker.take(VHOST, queue, message_id)
+        return self.broker.take(VHOST, queue, message_id) is not None
 
     async def dead_letters(self, queue: str, limit: int) -> list[Message]:
         return self.broker.browse(VHOST, self.broker.dead_letter_queue(VHOST, queue), limit)

@@ -226,8 +226,8 @@ class ResilientTransport:
     async def browse(self, queue: str, limit: int) -> list[Message]:
         return await self._run(lambda t: t.browse(self.name(queue), limit))
 
-    async def take(self, queue: str, message_id: str) -> Message | None:
-        return await self._run(lambda t: t.take(self.name(queue), message_id))
+    async def delete(self, queue: str, message_id: str) -> bool:
+        return await self._run(lambda t: t.delete(self.name(queue), message_id))
 
     async def purge(self, queue: str) -> int:
         return await self._run(lambda t: t.purge(self.name(queue)))

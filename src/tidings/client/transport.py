@@ -57,10 +57,10 @@ class Capabilities:
     priorities: bool = True
     #: ``browse`` leaves messages in place, unmarked.
     browse: bool = True
-    #: ``take`` (``client.delete``) of a ready message by id.
-    take: bool = True
-    #: ``take`` of a delayed message by id.
-    take_delayed: bool = True
+    #: ``delete`` of a ready message by id (``client.delete``).
+    delete: bool = True
+    #: ``delete`` of a delayed message by id.
+    delete_delayed: bool = True
     #: ``extend`` restarts a delivery's consumer-timeout clock.
     extend: bool = True
     #: Waiting and processing time percentiles in ``statistics()``.
@@ -127,8 +127,8 @@ class Transport(Protocol):
 
     async def browse(self, queue: str, limit: int) -> list[Message]: ...
 
-    async def take(self, queue: str, message_id: str) -> Message | None:
-        """Remove a waiting (ready or delayed) message by id; None when none is waiting."""
+    async def delete(self, queue: str, message_id: str) -> bool:
+        """Remove a waiting (ready or delayed) message by id; False when none is waiting."""
         ...
 
     async def purge(self, queue: str) -> int: ...

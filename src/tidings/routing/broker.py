@@ -341,12 +341,23 @@ class Broker(DeclarationsMixin, DelaysMixin, UpkeepMixin):
                 if removed is not None:
                     return removed.record.message
         for seq, record in self.delayed.entries():
-            target = record.target
-            if (target.get("queue") == queue_name and target.get("vhost", vhost) == vhost
-                    and record.message.message_id == message_id
+            if (record.message.message_id == message_id
+                    and self._delayed_for(record, vhost, queue_name)
                     and self.cancel_delayed(seq, record)):
                 return record.message
         return None
+
+    def _delayed_for(self, record: Record, vhost: str, queue_name: str) -> bool:
+        """Whether a delayed message will go to the queue: named, or routed there by its
+        exchange (a delayed-message exchange holds it until due)."""
+        target = record.target
+        if target.get("vhost", "/") != vhost:
+            return False
+        if "queue" in target:
+            return target["queue"] == queue_name
+        exchange = self.get_vhost(vhost).exchanges.get(target.get("exchange", ""))
+        return exchange is not None and any(
+            q.name == queue_name for q in self.route(vhost, exchange, record.message))
 
     def dead_letter_queue(self, vhost: str, queue_name: str) -> str:
         """Where a queue's dead letters wait: the queue its dead-letter routing key names on

@@ -234,29 +234,58 @@ transport_dead_letters_after_the_delivery_limit = needs("delays")(
     transport_dead_letters_after_the_delivery_limit)
 
 
-async def transport_takes_and_browses_waiting_messages(t: Transport) -> None:
-    q = unique("tk")
+async def transport_browses_waiting_messages(t: Transport) -> None:
+    q = unique("br")
+    await t.declare_queue(q, QueueSpec())
+    await t.send(q, [_msg(b"one", "o1"), _msg(b"two", "t2")])
+    assert [m.body for m in await t.browse(q, 10)] == [b"one", b"two"]
+    assert [m.message_id for m in await t.browse(q, 1)] == ["o1"]
+    first = await t.get(q)  # browsing left it in place, unmarked
+    assert first is not None and first.message.body == b"one" and not first.redelivered
+    assert first.delivery_count == 0
+    await t.ack([first.token])
+transport_browses_waiting_messages = needs("browse")(transport_browses_waiting_messages)
+
+
+async def transport_deletes_a_waiting_message_by_id(t: Transport) -> None:
+    q = unique("del")
     await t.declare_queue(q, QueueSpec())
     await t.send(q, [_msg(b"keep", "k1"), _msg(b"drop", "d1")])
-    assert [m.body for m in await t.browse(q, 10)] == [b"keep", b"drop"]
-    taken = await t.take(q, "d1")
-    assert taken is not None and taken.body == b"drop"
-    assert await t.take(q, "d1") is None
+    assert await t.delete(q, "d1") is True
+    assert await t.delete(q, "d1") is False
     first = await t.get(q)
-    assert first is not None and first.message.body == b"keep" and not first.redelivered
+    assert first is not None and first.message.body == b"keep"
     await t.ack([first.token])
-transport_takes_and_browses_waiting_messages = needs("browse", "take")(
-    transport_takes_and_browses_waiting_messages)
+    assert await t.get(q) is None
+transport_deletes_a_waiting_message_by_id = needs("delete")(
+    transport_deletes_a_waiting_message_by_id)
 
 
-async def transport_takes_a_delayed_message(t: Transport) -> None:
-    q = unique("tkd")
+async def transport_deletes_a_delayed_message_by_id(t: Transport) -> None:
+    q = unique("deld")
     await t.declare_queue(q, QueueSpec())
     await t.send(q, [_msg(b"later", "l1")], delay_ms=60_000)
-    delayed = await t.take(q, "l1")
-    assert delayed is not None and delayed.body == b"later"
-    assert await t.take(q, "l1") is None
-transport_takes_a_delayed_message = needs("take_delayed")(transport_takes_a_delayed_message)
+    assert await t.delete(q, "l1") is True
+    assert await t.delete(q, "l1") is False
+transport_deletes_a_delayed_message_by_id = needs("delete_delayed")(
+    transport_deletes_a_delayed_message_by_id)
+
+
+async def transport_extends_a_lease(t: Transport) -> None:
+    q = unique("ext")
+    await t.declare_queue(q, QueueSpec(consumer_timeout_ms=600))
+    await t.send(q, [_msg(b"slow")])
+    got: list[Incoming] = []
+    sub = await t.consume(q, 1, got.append)
+    await _until(lambda: bool(got))
+    for _ in range(4):  # 1.2 s of work, each step well inside the 600 ms timeout
+        await asyncio.sleep(0.3)
+        await t.extend(got[0].token)
+    await t.ack([got[0].token])
+    await t.sync()
+    await sub.cancel()
+    assert await t.get(q) is None and len(got) == 1, "the extended delivery was not taken back"
+transport_extends_a_lease = needs("extend")(transport_extends_a_lease)
 
 
 async def transport_purges_and_counts(t: Transport) -> None:
@@ -275,8 +304,10 @@ TRANSPORT_CHECKS: list[Callable[[Transport], Awaitable[None]]] = [
     transport_routes_events_by_pattern,
     transport_delays_a_message,
     transport_dead_letters_after_the_delivery_limit,
-    transport_takes_and_browses_waiting_messages,
-    transport_takes_a_delayed_message,
+    transport_browses_waiting_messages,
+    transport_deletes_a_waiting_message_by_id,
+    transport_deletes_a_delayed_message_by_id,
+    transport_extends_a_lease,
     transport_purges_and_counts,
 ]
 
