@@ -1,7 +1,8 @@
 """AmqpTransport: the client over any AMQP 0-9-1 broker (``tidings serve`` or RabbitMQ).
 
-Built on aiormq, the pamqp-based core of aio-pika (measured against aio-pika itself: the same
-protocol code with fewer objects per message, see docs/benchmarks.md). One connection, one
+Built on aiormq, the pamqp-based core of aio-pika: the same protocol code without aio-pika's
+objects per message, and a transport factory that also carries a Unix socket (the whole client
+on it against raw aio-pika: ``python bench/transports.py``, T1/T2). One connection, one
 confirming channel for sends and gets, one channel per consumer (so each has its own prefetch).
 Reconnection is not here: :class:`tidings.client.resilient.ResilientTransport` wraps this class
 and replays declarations and consumers on a new connection.
@@ -16,9 +17,11 @@ What AMQP 0-9-1 has no method for is mapped onto what each broker offers:
 - **Retries with a delay** (``nack(delay_ms=...)``) publish a copy on the delay path (confirmed)
   and then ack the original; the failed deliveries so far travel in the
   ``x-tidings-delivery-count`` header, and the queue's delivery limit is applied here.
-- **Dead letters** are read from ``<queue>.dead`` by taking them without an ack and closing the
-  channel, which returns them in order (they are marked redelivered; a dead-letter queue has
-  no delivery limit, so nothing else changes).
+- **Dead letters** on RabbitMQ are read from ``<queue>.dead`` by taking them without an ack
+  and closing the channel, which returns them in order (they are marked redelivered; a
+  dead-letter queue has no delivery limit, so nothing else changes).
+- **Browse, delete by id, extend** use tidings serve's extensions (``amqp/extensions.py``);
+  RabbitMQ has no equivalent, so there they raise :class:`NotSupportedError`.
 """
 
 from __future__ import annotations
