@@ -107,6 +107,34 @@ def test_publish_content_is_assembled_across_body_frames(how: str) -> None:
     assert got[0].properties.headers == {"k": "v"} and got[1].method.exchange == "x"
 
 
+def test_a_message_before_an_oversized_one_in_the_same_read_is_kept() -> None:
+    """The oversized header closes the channel while the read is parsed; the message the
+    client published just before it, in the same read, is still handed out (it was lost)."""
+    conn = ServerConnection({"product": "tidings"}, max_message_bytes=10)
+    conn.receive_data(HANDSHAKE)
+    events(conn)
+    conn.accept_login()
+    conn.receive_data(AFTER_LOGIN)
+    events(conn)
+    conn.accept_open()
+    conn.data_to_send()
+    conn.receive_data(client_frames(
+        (1, Ch.Open()),
+        (1, B.Publish(exchange="", routing_key="q")),
+        (1, header.ContentHeader(0, 10, B.Properties())),
+        (1, body.ContentBody(b"just right")),
+        (1, B.Publish(exchange="", routing_key="q")),
+        (1, header.ContentHeader(0, 11, B.Properties())),
+        (1, body.ContentBody(b"one too big")),
+        (1, Q.Declare(queue="after")),  # sent after the refused message: dropped
+    ))
+    got = events(conn)
+    assert [g.body for g in got if isinstance(g, ContentReceived)] == [b"just right"]
+    assert not [g for g in got if isinstance(g, MethodReceived)]
+    sent = [f for _, f in decode_all(conn.data_to_send())]
+    assert [type(f) for f in sent] == [Ch.OpenOk, Ch.Close] and sent[1].reply_code == 406
+
+
 def test_wrong_protocol_header_gets_ours_back_and_a_close() -> None:
     conn = ServerConnection({})
     conn.receive_data(b"AMQP\x00\x00\x08\x00")

@@ -153,6 +153,9 @@ class _Channel:
     body_size: int = 0
     parts: list[bytes] = field(default_factory=list)
     received: int = 0
+    #: Once CLOSING: the sequence number of the first queued event that is dropped (work the
+    #: client sent after what closed the channel); earlier ones are still handled.
+    drop_from: int = 0
 
 
 class ServerConnection:
@@ -167,6 +170,8 @@ class ServerConnection:
         self.client_properties: dict[str, Any] = {}
         self._reader = FrameReader(frame_max)
         self._events: deque[Event] = deque()
+        #: Events handed out so far (the next one's sequence number).
+        self._popped = 0
         self._out: list[bytes] = []
         #: Channel frames that arrived before connection.open was answered.
         self._held: list[tuple[int, Any]] = []
@@ -205,9 +210,10 @@ class ServerConnection:
         """The next event; work for a channel we closed since it was parsed is dropped."""
         while self._events:
             event = self._events.popleft()
+            self._popped += 1
             if isinstance(event, MethodReceived | ContentReceived):
                 ch = self.channels.get(event.channel)
-                if ch is not None and ch.state == CLOSING:
+                if ch is not None and ch.state == CLOSING and self._popped > ch.drop_from:
                     continue
             return event
         return None
@@ -346,7 +352,7 @@ class ServerConnection:
                 # body frames that follow are dropped unread while the channel closes.
                 self.close_channel(channel, PreconditionFailedError(
                     f"message size {frame.body_size} is larger than configured max size "
-                    f"{self.max_message_bytes}"), B.Publish)
+                    f"{self.max_message_bytes}"), B.Publish, keep_queued=True)
                 self._events.append(ChannelClosed(channel))
                 return
             headers = frame.properties.headers
@@ -408,12 +414,16 @@ class ServerConnection:
         self._queue(data)
 
     def close_channel(self, channel: int, error: TidingsError,
-                      method: type[Method] | None = None) -> None:
-        """Close one channel with ``error``'s reply code (a channel exception)."""
+                      method: type[Method] | None = None, *, keep_queued: bool = False) -> None:
+        """Close one channel with ``error``'s reply code (a channel exception). Its events not
+        yet handed out are dropped, unless ``keep_queued``: when the error is found while
+        parsing, what the client sent before it is still handled (a message published just
+        before an oversized one is kept)."""
         ch = self.channels.get(channel)
         if ch is None or ch.state == CLOSING:
             return
         ch.state = CLOSING
+        ch.drop_from = self._popped + (len(self._events) if keep_queued else 0)
         ch.publish, ch.properties, ch.parts, ch.received = None, None, [], 0
         class_id, method_id = _ids(method)
         self._send(channel, Ch.Close(error.reply_code, reply_text(error), class_id, method_id))
