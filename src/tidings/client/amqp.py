@@ -319,9 +319,10 @@ class AmqpTransport:
                   and "x-queue-type" not in args)
         if quorum:
             args["x-queue-type"] = "quorum"
-            # 4.x defaults quorum queues to 20 deliveries; -1 would mean unlimited there
-            args["x-delivery-limit"] = (spec_.delivery_limit
-                                        if spec_.delivery_limit is not None else -1)
+            if spec_.delivery_limit is not None:
+                args["x-delivery-limit"] = spec_.delivery_limit
+            elif not self._older_than(4, 0):  # 4.x limits quorum queues to 20 by default
+                args["x-delivery-limit"] = -1
             if spec_.dead_letters and name:
                 args.setdefault("x-dead-letter-strategy", "at-least-once")
                 args.setdefault("x-overflow", "reject-publish")
