@@ -402,7 +402,13 @@ class AmqpTransport:
         publish = channel.basic_publish
         waits = [publish(m.body, exchange=ex, routing_key=rk, properties=to_properties(m),
                          mandatory=mandatory) for ex, rk, m, mandatory in publishes]
-        results = await asyncio.gather(*waits, return_exceptions=True)
+        if len(waits) == 1:  # the common single send: no task for gather to make
+            try:
+                results: list[Any] = [await waits[0]]
+            except Exception as e:
+                results = [e]
+        else:
+            results = await asyncio.gather(*waits, return_exceptions=True)
         for (_ex, rk, _m, _), result in zip(publishes, results, strict=True):
             if isinstance(result, aiormq.exceptions.PublishError):
                 raise _Returned(f"no queue '{rk}' on {self._broker()}")
