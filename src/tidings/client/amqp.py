@@ -43,6 +43,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
 from tidings.basic_properties import to_message, to_properties
+from tidings.client.management import NO_LATENCY, queue_statistics
 from tidings.client.transport import (
     EVENTS_EXCHANGE,
     Capabilities,
@@ -61,7 +62,7 @@ from tidings.errors import (
     TidingsError,
 )
 from tidings.message import Message, revive
-from tidings.routing.stats import BrokerStatistics, LatencySummary, QueueStatistics
+from tidings.routing.stats import BrokerStatistics, QueueStatistics
 
 log = logging.getLogger("tidings.client.amqp")
 
@@ -207,8 +208,12 @@ class AmqpTransport:
     """The client's :class:`~tidings.client.transport.Transport` over one AMQP connection."""
 
     def __init__(self, url: str, *, ssl_context: ssl.SSLContext | None = None,
-                 unix_socket: str | None = None, connection_name: str = "tidings") -> None:
+                 unix_socket: str | None = None, connection_name: str = "tidings",
+                 management_url: str | None = None) -> None:
         self.url = url
+        self._management = management_url
+        #: Queues this client declared or found: what statistics() asks about without an API.
+        self._known: set[str] = set()
         self._ssl = ssl_context
         self._unix = unix_socket
         self._name = connection_name
@@ -255,11 +260,13 @@ class AmqpTransport:
         return f"{self.product} {self.version}".strip()
 
     def _capabilities(self) -> Capabilities:
-        no_latency = ("waiting and processing times are kept by the broker itself: read them "
-                      "from its HTTP API or Prometheus metrics")
+        no_latency = ("waiting and processing times are kept by the broker: connect with "
+                      "management_url= (tidings serve's HTTP API) to read them")
         if self.is_tidings:  # the rest through tidings serve's extensions (amqp/extensions.py)
-            return Capabilities(self._broker(), latency_statistics=False,
-                                reasons=(("latency_statistics", no_latency),))
+            latency = self._management is not None
+            return Capabilities(self._broker(), latency_statistics=latency,
+                                reasons=() if latency else (("latency_statistics", no_latency),))
+        no_latency = "RabbitMQ does not measure waiting and processing times"
         no_browse = ("AMQP 0-9-1 cannot read a message without taking it; dead letters are "
                      "listed with client.dead_letters(), other queues in the management UI")
         no_delete = ("AMQP 0-9-1 cannot remove a message by id; consume it and reject it, or "
@@ -348,6 +355,7 @@ class AmqpTransport:
                               arguments=args)
         declared = ok.queue
         self._specs[declared] = spec_
+        self._known.add(declared)
         if spec_.dead_letters and name:
             # classic: a dead-letter queue is read by taking and returning (no delivery limit)
             dead_args = {} if self.is_tidings else {"x-queue-type": "classic"}
@@ -356,7 +364,10 @@ class AmqpTransport:
         return declared
 
     async def queue_exists(self, name: str) -> bool:
-        return await self._passive(name) is not None
+        if await self._passive(name) is None:
+            return False
+        self._known.add(name)
+        return True
 
     @contextlib.asynccontextmanager
     async def _side_channel(self) -> AsyncIterator[Any]:
@@ -665,22 +676,27 @@ class AmqpTransport:
         await self._call("basic_qos", prefetch_count=0)
 
     async def statistics(self) -> BrokerStatistics:
-        """What ``queue.declare`` tells of each queue this client used: messages ready and
-        consumers (waiting and processing times live in the broker's own API)."""
-        queues = []
-        for name in sorted(self._specs):
-            ok = await self._passive(name)
-            if ok is None:
-                continue
-            queues.append(QueueStatistics(
-                vhost=self._vhost(), name=name, ready=int(ok.message_count), unacked=0,
-                delayed=0, consumers=int(ok.consumer_count), ready_bytes=0,
-                oldest_ready_age_s=None, counts={}, rates={},
-                waiting_time=_NO_LATENCY, processing_time=_NO_LATENCY))
+        """With a management URL, every queue of the vhost as the broker's HTTP API describes
+        it (tidings serve's includes waiting and processing times); without one, what
+        ``queue.declare`` tells of each queue this client used: messages ready, consumers."""
+        if self._management is not None:
+            queues = await queue_statistics(self._management, self._vhost())
+        else:
+            queues = []
+            for name in sorted(self._known):
+                ok = await self._passive(name)
+                if ok is None:
+                    continue
+                queues.append(QueueStatistics(
+                    vhost=self._vhost(), name=name, ready=int(ok.message_count), unacked=0,
+                    delayed=0, consumers=int(ok.consumer_count), ready_bytes=0,
+                    oldest_ready_age_s=None, counts={}, rates={},
+                    waiting_time=NO_LATENCY, processing_time=NO_LATENCY))
         return BrokerStatistics(
             queues=tuple(queues), exchanges=0, sessions=1,
             consumers=sum(q.consumers for q in queues), ready=sum(q.ready for q in queues),
-            unacked=0, delayed=0, counts={}, rates={})
+            unacked=sum(q.unacked for q in queues), delayed=sum(q.delayed for q in queues),
+            counts={}, rates={})
 
     def _vhost(self) -> str:
         return self._conn.vhost if self._conn is not None else "/"
@@ -704,7 +720,6 @@ class _Quiet(logging.Filter):
 
 
 _NAME = re.compile(r"[A-Za-z0-9\-_.:]*")
-_NO_LATENCY = LatencySummary(0, None, None, None, None)
 
 
 def _redact(url: str) -> str:

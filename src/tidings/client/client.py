@@ -101,9 +101,11 @@ class Client:
 
     def __init__(self, url: str | None = None, *,
                  transport_factory: Callable[[], Awaitable[Transport]] | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 management_url: str | None = None) -> None:
         self.url = url
         self._ssl = ssl_context
+        self._management = management_url
         self._factory = transport_factory
         self._transport: Transport | None = None
         self._declared: set[str] = set()
@@ -130,7 +132,8 @@ class Client:
             if self._factory is None:
                 from tidings.client.urls import open_transport  # imports backends lazily
 
-                self._transport = await open_transport(self.url or "", ssl_context=self._ssl)
+                self._transport = await open_transport(self.url or "", ssl_context=self._ssl,
+                                                      management_url=self._management)
             else:
                 self._transport = await self._factory()
         return self
@@ -537,9 +540,11 @@ def _wrap(mw: Middleware, call_next: CallNext) -> CallNext:
     return call
 
 
-def connect(url: str, *, ssl_context: ssl.SSLContext | None = None) -> Client:
+def connect(url: str, *, ssl_context: ssl.SSLContext | None = None,
+            management_url: str | None = None) -> Client:
     """A client for ``url``: a path or ``file:`` URL (embedded, durable; shared with other
     processes through its owner), ``memory://`` (embedded, in memory), or
     ``amqp://user:password@host:port/vhost`` / ``amqps://...`` (tidings serve or RabbitMQ;
-    ``ssl_context`` for TLS, or aiormq's ``?cafile=...&certfile=...&keyfile=...``)."""
-    return Client(url, ssl_context=ssl_context)
+    ``ssl_context`` for TLS, or aiormq's ``?cafile=...&certfile=...&keyfile=...``;
+    ``management_url`` such as ``http://guest:guest@host:15672`` for full statistics)."""
+    return Client(url, ssl_context=ssl_context, management_url=management_url)

@@ -37,6 +37,16 @@ BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0
 OpenInner = Callable[[], Awaitable[Any]]
 
 
+async def _lost(inner: Any) -> bool:
+    """Whether ``inner``'s connection is gone (given a moment to notice it)."""
+    closing = getattr(inner, "closing", None)
+    if closing is None:
+        return False
+    with contextlib.suppress(BaseException):
+        await asyncio.wait_for(asyncio.shield(closing), BACKOFF_MIN_S * 5)
+    return closing.done()
+
+
 class _Token:
     __slots__ = ("generation", "inner")
 
@@ -163,8 +173,8 @@ class ResilientTransport:
             try:
                 return await operation(inner)
             except BrokenResourceError:
-                if loop.time() >= deadline or self._closed:
-                    raise
+                if loop.time() >= deadline or self._closed or not await _lost(inner):
+                    raise  # (not the connection: e.g. a management API that did not answer)
                 if inner is self._inner:  # the watcher has not noticed yet
                     self._connected.clear()
                     await asyncio.sleep(BACKOFF_MIN_S)

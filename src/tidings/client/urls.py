@@ -33,14 +33,19 @@ def parse_url(url: str) -> tuple[str, str]:
     return scheme, url
 
 
-async def open_transport(url: str, *, ssl_context: ssl.SSLContext | None = None) -> Transport:
+async def open_transport(url: str, *, ssl_context: ssl.SSLContext | None = None,
+                         management_url: str | None = None) -> Transport:
     scheme, rest = parse_url(url)
     if scheme in ("amqp", "amqps"):
         from tidings.client.amqp import AmqpTransport
         from tidings.client.resilient import ResilientTransport
 
         return await ResilientTransport(
-            lambda: AmqpTransport(url, ssl_context=ssl_context).open()).open()
+            lambda: AmqpTransport(url, ssl_context=ssl_context,
+                                  management_url=management_url).open()).open()
+    if management_url is not None:
+        raise ConfigError("management_url= is for amqp:// brokers; the embedded broker keeps "
+                          "every statistic itself")
     from tidings.client.local import LocalTransport
     from tidings.routing.broker import Broker
 

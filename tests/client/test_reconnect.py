@@ -1,0 +1,54 @@
+"""The amqp:// client through a broker crash: tidings serve is SIGKILLed mid-traffic and
+restarted on the same port; the client reconnects, its consumer resumes, every send that
+returned is received (at least once), and none of the sends raised."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import tidings
+
+from ..serverproc import ServerProcess
+
+
+async def test_sends_and_a_consumer_survive_a_killed_and_restarted_server(
+        tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data").start()
+    port = server.port
+    url = f"amqp://guest:guest@127.0.0.1:{port}/"
+    received: set[str] = set()
+    sent: list[str] = []
+    try:
+        async with tidings.connect(url) as client:
+            await client.declare_queue("survive")
+
+            async def consume() -> None:
+                async with client.receive("survive", prefetch=20) as messages:
+                    async for message in messages:
+                        received.add(message.id or "")
+                        await message.ack()
+
+            consumer = asyncio.create_task(consume())
+
+            async def restart_midway() -> None:
+                while len(sent) < 100:
+                    await asyncio.sleep(0.01)
+                server.stop(signal.SIGKILL)
+                await asyncio.sleep(0.5)
+                server.start(port)
+
+            restarting = asyncio.create_task(restart_midway())
+            for i in range(300):
+                sent.append(await client.send("survive", {"i": i}, message_id=f"m{i}"))
+                await asyncio.sleep(0.002)
+            await restarting
+            deadline = asyncio.get_running_loop().time() + 30
+            while set(sent) - received and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            consumer.cancel()
+            assert set(sent) - received == set(), "sends that returned were lost"
+            assert client.transport.reconnects >= 1  # type: ignore[attr-defined]
+    finally:
+        server.stop()
