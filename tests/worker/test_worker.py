@@ -5,6 +5,7 @@ remote errors. On a tidings serve of the test's own and on the machine's RabbitM
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -205,3 +206,18 @@ async def test_stop_lets_a_running_handler_finish_and_acknowledge(url: str) -> N
         assert second is not None and second.json() == 2
         await second.ack()
         assert await producer.get(queue) is None, "the finished message came back"
+
+
+def test_the_blocking_client_over_amqp(url: str) -> None:
+    queue = f"blk-{uuid.uuid4().hex[:8]}"
+    with tidings.connect_blocking(url) as client:
+        client.declare_queue(queue, delivery_limit=0)
+        client.send_many(queue, [{"n": 1}, {"n": 2}])
+        got = list(client.receive(queue, prefetch=10, timeout_s=2))
+        assert [m.json()["n"] for m in got] == [1, 2]
+        got[0].ack()
+        got[1].reject()  # past a delivery limit of 0: dead-lettered
+        dead = client.dead_letters(queue)
+        assert [json.loads(m.body)["n"] for m in dead] == [2]
+        assert client.replay_dead_letters(queue) == 1
+        assert client.purge(queue) == 1

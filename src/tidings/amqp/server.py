@@ -130,7 +130,8 @@ class AmqpLink(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer_host = peer[0] if isinstance(peer, tuple) else None
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else (
+            str(peer) or "unix socket")
         self.server.links.add(self)
         self._arm_heartbeat()
         self._handshake_timer = asyncio.get_running_loop().call_later(

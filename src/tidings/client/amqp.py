@@ -719,6 +719,20 @@ class _Quiet(logging.Filter):
         return False
 
 
+class _ConnectionLoss(logging.Filter):
+    """aiormq logs a lost connection at ERROR with a traceback; the reconnecting layer reports
+    it once, with the reason, and says what it does about it."""
+
+    _SAID_BY_US = ("Unexpected connection close from remote",
+                   "Cancelling cause reader exited abnormally")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self._SAID_BY_US)
+
+
+logging.getLogger("aiormq.connection").addFilter(_ConnectionLoss())
+
+
 _NAME = re.compile(r"[A-Za-z0-9\-_.:]*")
 
 

@@ -45,12 +45,12 @@ class BlockingMessage:
 class BlockingClient:
     """``with tidings.connect_blocking("./data") as client: client.send("jobs", {...})``."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, **options: Any) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tidings-client",
                                         daemon=True)
         self._thread.start()
-        self.client: Client = self._call(connect(url).open())
+        self.client: Client = self._call(connect(url, **options).open())
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -111,9 +111,16 @@ class BlockingClient:
     def purge_dead_letters(self, queue: str) -> int:
         return self._call(self.client.purge_dead_letters(queue))
 
+    def purge(self, queue: str) -> int:
+        return self._call(self.client.purge(queue))
+
+    def request(self, queue: str, body: Any, **options: Any) -> Any:
+        return self._call(self.client.request(queue, body, **options))
+
     def statistics(self) -> Any:
         return self._call(self.client.statistics())
 
 
-def connect_blocking(url: str) -> BlockingClient:
-    return BlockingClient(url)
+def connect_blocking(url: str, **options: Any) -> BlockingClient:
+    """The blocking client for any URL ``tidings.connect`` takes (and its options)."""
+    return BlockingClient(url, **options)

@@ -114,12 +114,15 @@ class ResilientTransport:
             self._watcher = asyncio.get_running_loop().create_task(self._reconnect_after(closing))
 
     async def _reconnect_after(self, closing: Awaitable[Any]) -> None:
-        with contextlib.suppress(BaseException):
+        reason: object = "closed"
+        try:
             await closing
+        except BaseException as e:
+            reason = e
         if self._closed:
             return
         self._connected.clear()
-        log.warning("connection to the broker lost; reconnecting")
+        log.warning("connection to the broker lost (%s); reconnecting", reason)
         delay = BACKOFF_MIN_S
         while not self._closed:
             try:
