@@ -157,6 +157,10 @@ async def test_results_and_remote_errors_travel_back(url: str) -> None:
         async def echo(message: tidings.ReceivedMessage) -> dict[str, object]:
             return {"got": message.json()}
 
+        @client.handler(queue + "-broken", retries=1, min_backoff_ms=20)
+        async def broken(message: tidings.ReceivedMessage) -> None:
+            raise KeyError("missing price")
+
         await client.start()
         assert await (await divide.send(6, 3)).result(timeout_s=20) == 2.0
         failing = await divide.send(1, 0)
@@ -168,6 +172,9 @@ async def test_results_and_remote_errors_travel_back(url: str) -> None:
         dead = await client.dead_letters(queue)
         assert [m.message_id for m in dead] == [failing.id]
         assert await client.request(queue + "-echo", [1, 2], timeout_s=20) == {"got": [1, 2]}
+        with pytest.raises(TaskError) as info:  # after its retry, not after the timeout
+            await client.request(queue + "-broken", {}, timeout_s=20)
+        assert info.value.remote_type == "KeyError" and "missing price" in str(info.value)
 
 
 def test_worker_refuses_an_app_it_cannot_load_or_share(tmp_path: Path) -> None:

@@ -25,7 +25,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tidings.client.message import ReceivedMessage, Receiver
-from tidings.client.tasks import Results, Task, TaskQueue, reply
+from tidings.client.tasks import (
+    ERROR_CONTENT_TYPE,
+    Results,
+    Task,
+    TaskQueue,
+    raise_failure,
+    reply,
+    report_failure,
+)
 from tidings.client.transport import (
     Incoming,
     QueueSpec,
@@ -349,7 +357,8 @@ class Client:
         def register(handler: Handler) -> Handler:
             self._subscribers.append(_Subscriber(
                 "", None, handler, retries, min_backoff_ms, max_backoff_ms, prefetch,
-                concurrency, queue_name=queue))
+                concurrency, queue_name=queue,
+                on_failure=lambda message, error: report_failure(self, message, error)))
             return handler
 
         return register
@@ -391,13 +400,16 @@ class Client:
     async def request(self, queue: str, body: Any, *, timeout_s: float | None = 30.0,
                       headers: dict[str, Any] | None = None) -> Any:
         """Send ``body`` to ``queue`` and wait for the reply of its handler (plain RPC): JSON
-        replies come back decoded, text as ``str``, anything else as ``bytes``."""
+        replies come back decoded, text as ``str``, anything else as ``bytes``; a handler that
+        failed for good (after its retries) raises :class:`TaskError` here."""
         reply_to = await self._results.reply_queue()
         call_id = self._new_id()
         self._results.expect(call_id)
         await self.send(queue, body, message_id=call_id, correlation_id=call_id,
                         reply_to=reply_to, headers=headers)
         reply = await self._results.reply(call_id, timeout_s)
+        if reply.content_type == ERROR_CONTENT_TYPE:
+            raise_failure(json.loads(reply.body))
         if reply.content_type == "application/json":
             return json.loads(reply.body)
         if (reply.content_type or "").startswith("text/"):

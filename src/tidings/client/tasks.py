@@ -113,9 +113,7 @@ class Results:
     async def wait(self, call_id: str, timeout_s: float | None) -> Any:
         outcome = json.loads((await self.reply(call_id, timeout_s)).body)
         if "error" in outcome:
-            error = outcome["error"]
-            raise TaskError(f"{error['type']}: {error['message']}", error["type"],
-                            error.get("traceback", ""))
+            raise_failure(outcome["error"])
         return outcome.get("value")
 
     async def close(self) -> None:
@@ -188,6 +186,23 @@ async def report(client: Client, message: ReceivedMessage, outcome: dict[str, An
     except (TypeError, ValueError) as e:
         data = json.dumps({"error": {"type": type(e).__name__, "message": str(e)}}).encode()
     await reply(client, message, data, "application/json")
+
+
+#: The content type of a reply that says the handler failed for good (its body: ``failure()``).
+ERROR_CONTENT_TYPE = "application/vnd.tidings.error+json"
+
+
+async def report_failure(client: Client, message: ReceivedMessage,
+                         error: BaseException) -> None:
+    """Tell the caller of ``client.request`` that its handler failed for good."""
+    data = json.dumps(failure(error)["error"], separators=(",", ":"), default=repr).encode()
+    await reply(client, message, data, ERROR_CONTENT_TYPE)
+
+
+def raise_failure(error: dict[str, Any]) -> None:
+    """Raise the :class:`TaskError` a ``failure()`` describes."""
+    raise TaskError(f"{error['type']}: {error['message']}", error["type"],
+                    error.get("traceback", ""))
 
 
 def failure(error: BaseException) -> dict[str, Any]:
