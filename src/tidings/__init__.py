@@ -11,6 +11,7 @@ from tidings.client import (
     connect,
     connect_blocking,
 )
+from tidings.client.tasks import TaskError, TaskHandle
 from tidings.errors import (
     AccessRefusedError,
     BrokenResourceError,
@@ -43,6 +44,8 @@ __all__ = [
     "PreconditionFailedError",
     "ReceivedMessage",
     "ResourceLockedError",
+    "TaskError",
+    "TaskHandle",
     "TidingsError",
     "connect",
     "connect_blocking",
