@@ -65,3 +65,11 @@ async def test_transport_meets_contract(
         pytest.skip(reason)
 
 
+
+
+def test_the_docs_capability_table_is_the_one_the_code_declares() -> None:
+    from tidings.testing.capabilities import BEGIN, END, capability_table
+
+    docs = (Path(__file__).parents[2] / "docs" / "workers.md").read_text()
+    printed = docs[docs.index(BEGIN):docs.index(END) + len(END)]
+    assert printed == capability_table(), "run: python -m tidings.testing > the table"

@@ -119,6 +119,30 @@ class UnixSocketFactory(aiormq.connection.TransportFactory):
             raise aiormq.exceptions.AMQPConnectionError(*e.args) from e
 
 
+def amqp_capabilities(broker: str, *, tidings: bool, management: bool) -> Capabilities:
+    """What the client can do over AMQP: everything on tidings serve (its extensions give
+    what AMQP lacks, its HTTP API the latency statistics), AMQP itself on other brokers."""
+    if tidings:
+        no_latency = ("waiting and processing times are kept by the broker: connect with "
+                      "management_url= (tidings serve's HTTP API) to read them")
+        return Capabilities(broker, latency_statistics=management,
+                            reasons=() if management else (("latency_statistics", no_latency),))
+    no_browse = ("AMQP 0-9-1 cannot read a message without taking it; dead letters are "
+                 "listed with client.dead_letters(), other queues in the management UI")
+    no_delete = ("AMQP 0-9-1 cannot remove a message by id; consume it and reject it, or give "
+                 "messages a TTL")
+    no_extend = ("AMQP 0-9-1 has no lease extension; declare the queue with a longer "
+                 "consumer_timeout_ms")
+    return Capabilities(
+        broker, browse=False, delete=False, delete_delayed=False, extend=False,
+        latency_statistics=False,
+        reasons=(("browse", no_browse), ("delete", no_delete), ("delete_delayed", no_delete),
+                 ("extend", no_extend),
+                 ("latency_statistics", "RabbitMQ does not measure waiting and processing "
+                                        "times")),
+    )
+
+
 def _incoming(raw: DeliveredMessage, queue: str, consumer: _Consumer | None = None) -> Incoming:
     props = raw.header.properties
     d = raw.delivery
@@ -247,7 +271,8 @@ class AmqpTransport:
         self.version = str(props.get("version", ""))
         self.is_tidings = self.product.lower().startswith("tidings")
         self._delay_plugin = True if self.is_tidings else None
-        self.capabilities = self._capabilities()
+        self.capabilities = amqp_capabilities(self._broker(), tidings=self.is_tidings,
+                                              management=self._management is not None)
         self._channel = await conn.channel(publisher_confirms=True)
         return self
 
@@ -258,28 +283,6 @@ class AmqpTransport:
         if self.is_tidings:
             return "tidings serve" if not self._unix else "the directory's owner process"
         return f"{self.product} {self.version}".strip()
-
-    def _capabilities(self) -> Capabilities:
-        no_latency = ("waiting and processing times are kept by the broker: connect with "
-                      "management_url= (tidings serve's HTTP API) to read them")
-        if self.is_tidings:  # the rest through tidings serve's extensions (amqp/extensions.py)
-            latency = self._management is not None
-            return Capabilities(self._broker(), latency_statistics=latency,
-                                reasons=() if latency else (("latency_statistics", no_latency),))
-        no_latency = "RabbitMQ does not measure waiting and processing times"
-        no_browse = ("AMQP 0-9-1 cannot read a message without taking it; dead letters are "
-                     "listed with client.dead_letters(), other queues in the management UI")
-        no_delete = ("AMQP 0-9-1 cannot remove a message by id; consume it and reject it, or "
-                     "give messages a TTL")
-        no_extend = ("AMQP 0-9-1 has no lease extension; declare the queue with a longer "
-                     "consumer_timeout_ms")
-        return Capabilities(
-            self._broker(), browse=False, delete=False, delete_delayed=False, extend=False,
-            latency_statistics=False,
-            reasons=(("browse", no_browse), ("delete", no_delete),
-                     ("delete_delayed", no_delete), ("extend", no_extend),
-                     ("latency_statistics", no_latency)),
-        )
 
     @property
     def closing(self) -> asyncio.Future[Any]:

@@ -41,6 +41,14 @@ def spec_arguments(name: str, spec: QueueSpec) -> dict[str, Any]:
     return args
 
 
+def local_capabilities(*, durable: bool) -> Capabilities:
+    """The embedded broker can do everything; ``memory://`` keeps nothing across a crash."""
+    return Capabilities(
+        "the embedded broker", durable=durable,
+        reasons=() if durable else (("durable", "memory:// keeps messages in RAM only; give "
+                                                "a data directory for durable ones"),))
+
+
 class _LocalSubscription:
     def __init__(self, transport: LocalTransport, consumer: Consumer) -> None:
         self._transport, self._consumer = transport, consumer
@@ -55,8 +63,7 @@ class LocalTransport:
         self._owns = owns_broker
         self._session = broker.open_session(VHOST, connection_id=f"local-{id(self):x}")
         self._events_ready = False
-        self.capabilities = Capabilities(
-            "the embedded broker", durable=broker.store.durable)
+        self.capabilities = local_capabilities(durable=broker.store.durable)
 
     async def declare_queue(self, name: str, spec: QueueSpec) -> str:
         args = spec_arguments(name, spec) if name else dict(spec.arguments)

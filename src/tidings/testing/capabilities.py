@@ -1,0 +1,52 @@
+"""The capability table of the docs, printed from the transports' own declarations.
+
+``python -m tidings.testing`` prints it; ``docs/workers.md`` holds the same text between two
+markers and a test compares them, so the table cannot drift from what the code declares (and
+what the conformance suite skips by).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tidings.client.amqp import amqp_capabilities
+from tidings.client.local import local_capabilities
+from tidings.client.transport import Capabilities
+
+#: What each capability lets a user do, in the table's first column.
+ROWS = (
+    ("durable", "a confirmed send survives a crash of the broker"),
+    ("delays", "`send(delay_ms=...)`, `nack(delay_ms=...)`, retries with backoff"),
+    ("priorities", "priorities"),
+    ("browse", "browse a queue (`dead_letters()` works everywhere)"),
+    ("delete", "`delete(queue, id)` of a ready message"),
+    ("delete_delayed", "`delete(queue, id)` of a delayed message"),
+    ("extend", "`message.extend()` a lease"),
+    ("latency_statistics", "waiting / processing times in `statistics()`"),
+)
+
+BEGIN, END = "<!-- capability table: begin -->", "<!-- capability table: end -->"
+
+
+def columns() -> list[tuple[str, Capabilities]]:
+    return [
+        ("`./data`", local_capabilities(durable=True)),
+        ("`memory://`", local_capabilities(durable=False)),
+        ("`amqp://` tidings serve",
+         amqp_capabilities("tidings serve", tidings=True, management=False)),
+        ("... with `management_url=`",
+         amqp_capabilities("tidings serve", tidings=True, management=True)),
+        ("`amqp://` RabbitMQ", amqp_capabilities("RabbitMQ", tidings=False, management=False)),
+    ]
+
+
+def capability_table() -> str:
+    cols = columns()
+    names = {f.name for f in dataclasses.fields(Capabilities)}
+    assert {name for name, _ in ROWS} <= names
+    lines = ["| | " + " | ".join(title for title, _ in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for name, what in ROWS:
+        cells = ["yes" if getattr(c, name) else f"no: {c.reason(name)}" for _, c in cols]
+        lines.append(f"| {what} | " + " | ".join(cells) + " |")
+    return "\n".join([BEGIN, *lines, END])
