@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -255,3 +256,13 @@ def test_the_quarantine_of_a_running_server_is_listed_and_exported(tmp_path: Pat
             assert http.get("/api/quarantine").status_code == 200
     finally:
         server.stop()
+
+
+async def test_serve_on_a_directory_an_application_holds_says_what_to_do(
+        tmp_path: Path) -> None:
+    async with tidings.connect(str(tmp_path / "data")):
+        out = run("--data-dir", str(tmp_path / "data"), "serve", "--amqp-port", "0",
+                  "--http-port", "-1")
+    assert out.returncode == 1 and out.stderr.count("\n") == 1
+    assert f"in use by process {os.getpid()}" in out.stderr
+    assert "start tidings serve first, and the application joins it" in out.stderr

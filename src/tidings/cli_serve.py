@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tidings.amqp.connection import MAX_MESSAGE_BYTES
-from tidings.errors import BrokenResourceError, ConfigError
+from tidings.errors import BrokenResourceError, ConfigError, ResourceLockedError
 from tidings.resources import total_memory_mb
 
 #: Share of the machine's RAM that held messages and buffers may reach before publishers are
@@ -97,7 +97,13 @@ async def serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tls = _tls(args)
     data_dir = Path(args.data_dir)
-    broker = Broker(SqliteStore(data_dir))
+    try:
+        broker = Broker(SqliteStore(data_dir))
+    except ResourceLockedError as e:  # an embedded owner: it cannot hand the store over live
+        raise ResourceLockedError(
+            f"{e}; tidings serve must own its data directory: stop that process (it may be "
+            f"an application that opened the directory with tidings.connect), then start "
+            f"tidings serve first, and the application joins it") from e
     broker.start()
     watermark_mb = args.memory_high_watermark_mb
     if watermark_mb is None:
