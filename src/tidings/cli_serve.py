@@ -90,6 +90,7 @@ def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
 async def serve(args: argparse.Namespace) -> int:
     from tidings.amqp.server import AmqpServer
     from tidings.auth import UserStore
+    from tidings.client.shared import leave_directory, start_owner_socket
     from tidings.routing.broker import Broker
     from tidings.storage.sqlite import SqliteStore
 
@@ -126,7 +127,6 @@ async def serve(args: argparse.Namespace) -> int:
                 raise ConfigError(f"port {port} is not available ({flag}): {e}") from e
             print(f"tidings: {scheme} listening on {args.host}:{bound} (data: {data_dir}): "
                   f"{scheme}://guest:guest@{_url_host(args.host)}:{bound}/", flush=True)
-        from tidings.client.shared import start_owner_socket
 
         await start_owner_socket(server, data_dir)  # embedded processes join through it
         if args.http_port >= 0:
@@ -145,11 +145,10 @@ async def serve(args: argparse.Namespace) -> int:
             each.should_exit = True
         for each in http:
             await http_task_done(each)
-        await server.close()
+        await leave_directory(server, data_dir)  # stops the AMQP listeners too
         broker.close()
-        for name in (CONTROL_FILE, "owner.json"):
-            with contextlib.suppress(FileNotFoundError):
-                (data_dir / name).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (data_dir / CONTROL_FILE).unlink()
     return 0
 
 

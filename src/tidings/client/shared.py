@@ -58,10 +58,16 @@ class OwnerTransport(LocalTransport):
         self.server, self.directory = server, directory
 
     async def close(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self.directory / OWNER_FILE).unlink()
-        await self.server.close()  # neighbours are told (320) and look for the next owner
+        await leave_directory(self.server, self.directory)
         await super().close()
+
+
+async def leave_directory(server: Any, directory: Path) -> None:
+    """Stop serving the directory: neighbours are told (320) and look for the next owner."""
+    for name in (OWNER_FILE, SOCKET_NAME):
+        with contextlib.suppress(FileNotFoundError):
+            (directory / name).unlink()
+    await server.close()
 
 
 async def open_shared(directory: Path) -> Transport:
