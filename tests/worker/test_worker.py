@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -59,6 +59,13 @@ def _lines(log: Path, kind: str) -> list[list[str]]:
 async def _until(predicate: Callable[[], bool], timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def _until_async(predicate: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.05)
 
@@ -169,7 +176,13 @@ async def test_results_and_remote_errors_travel_back(url: str) -> None:
         assert info.value.remote_type == "ZeroDivisionError"
         assert "division by zero" in str(info.value) and "Traceback" in \
             info.value.remote_traceback
-        dead = await client.dead_letters(queue)
+        dead: list[tidings.Message] = []
+
+        async def dead_lettered() -> bool:  # RabbitMQ dead-letters after the reject returns
+            dead[:] = await client.dead_letters(queue)
+            return bool(dead)
+
+        await _until_async(dead_lettered, timeout_s=10)
         assert [m.message_id for m in dead] == [failing.id]
         assert await client.request(queue + "-echo", [1, 2], timeout_s=20) == {"got": [1, 2]}
         with pytest.raises(TaskError) as info:  # after its retry, not after the timeout
