@@ -251,3 +251,34 @@ def _decode_json(data: memoryview) -> Record:
         due_at=meta.get("due"),
         target=meta.get("to", {}),
     )
+
+
+def encode_meta(message: Message) -> str:
+    """Everything of ``message`` but its body, as one JSON text (bytes and dates tagged):
+    how remote transports whose engines know no AMQP properties (NATS headers, Redis stream
+    fields) carry them next to the body."""
+    meta: dict[str, Any] = {}
+    if message.routing_key:
+        meta["k"] = message.routing_key
+    if message.exchange:
+        meta["x"] = message.exchange
+    if not message.persistent:
+        meta["np"] = 1
+    if message.headers:
+        meta["h"] = _tag(message.headers)
+    for name in _PROPERTY_FIELDS:
+        value = getattr(message, name)
+        if value is not None:
+            meta[name] = value
+    return json.dumps(meta, separators=(",", ":"))
+
+
+def decode_meta(body: bytes, meta: str | bytes | None) -> Message:
+    """Inverse of :func:`encode_meta` (no meta: a bare body, as a foreign producer sends)."""
+    data: dict[str, Any] = json.loads(meta) if meta else {}
+    if not isinstance(data, dict):
+        raise ValueError("message properties are not a JSON object")
+    props = {name: data[name] for name in _PROPERTY_FIELDS if name in data}
+    return Message(body, routing_key=str(data.get("k", "")), exchange=str(data.get("x", "")),
+                   headers=_untag(data["h"]) if "h" in data else None,
+                   persistent="np" not in data, **props)

@@ -13,8 +13,8 @@ from urllib.parse import unquote, urlsplit
 from tidings.client.transport import Transport
 from tidings.errors import ConfigError
 
-#: Schemes that later issues add adapters for.
-PLANNED = ("nats", "redis", "rediss")
+#: The remote schemes, each with the optional dependency that brings its client library.
+REMOTE = {"nats": "nats", "tls": "nats", "redis": "redis", "rediss": "redis"}
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -43,6 +43,10 @@ async def open_transport(url: str, *, ssl_context: ssl.SSLContext | None = None,
         return await ResilientTransport(
             lambda: AmqpTransport(url, ssl_context=ssl_context,
                                   management_url=management_url).open()).open()
+    if scheme in REMOTE:
+        if management_url is not None:
+            raise ConfigError("management_url= is for amqp:// brokers")
+        return await _open_remote(scheme, url, ssl_context)
     if management_url is not None:
         raise ConfigError("management_url= is for amqp:// brokers; the embedded broker keeps "
                           "every statistic itself")
@@ -57,12 +61,28 @@ async def open_transport(url: str, *, ssl_context: ssl.SSLContext | None = None,
         from tidings.storage.memory import MemoryStore
 
         broker = Broker(MemoryStore(keeps_messages=False))
-    elif scheme in PLANNED:
-        raise ConfigError(f"the '{scheme}://' transport is not available yet in this version")
     else:
         raise ConfigError(
             f"unknown broker URL scheme '{scheme}' in '{url}': use a directory, 'file:DIR', "
-            f"'memory://' or 'amqp://user:password@host:port/vhost'"
+            f"'memory://', 'amqp://user:password@host:port/vhost', 'nats://host:4222' or "
+            f"'redis://host:6379/0'"
         )
     broker.start()
     return LocalTransport(broker)
+
+
+async def _open_remote(scheme: str, url: str, ssl_context: ssl.SSLContext | None) -> Transport:
+    extra = REMOTE[scheme]
+    try:
+        if extra == "nats":
+            from tidings.client.nats import NatsTransport
+
+            return await NatsTransport(url, ssl_context=ssl_context).open()
+        from tidings.client.redis import RedisTransport
+
+        return await RedisTransport(url, ssl_context=ssl_context).open()
+    except ModuleNotFoundError as e:
+        if e.name not in ("nats", "redis"):
+            raise
+        raise ConfigError(f"'{scheme}://' needs its client library: pip install "
+                          f"'tidings[{extra}]'") from e

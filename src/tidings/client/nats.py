@@ -1,0 +1,881 @@
+"""NatsTransport: the client over NATS JetStream (``nats://``), on nats-py.
+
+How tidings' concepts map onto JetStream (docs/nats.md says it for users):
+
+- **A queue** is a stream ``TQ_<name>`` on the subject ``tidings.q.<name>`` with work-queue
+  retention (an acknowledged message leaves it) and file storage, read through one durable
+  pull consumer ``tidings`` shared by every consumer of the queue (competing consumers).
+  Queue names are escaped so that any name is a valid stream name and subject token.
+- **Events** go to the stream ``TIDINGS_EVENTS`` (subjects ``tidings.ev.>``, interest
+  retention: an event is kept until every subscribed group has it). A topic ``a.b`` is the
+  subject ``tidings.ev.a.b._``: the closing ``_`` token lets the AMQP pattern ``a.#`` (zero or
+  more words) be the single NATS filter ``tidings.ev.a.>``. Binding a queue to a pattern
+  creates a durable consumer with that filter; the queue then reads from its own stream and
+  from each such consumer. A ``#`` that is not the last word has no NATS form: the consumer
+  filters on the words before it and the client drops what the whole pattern does not match.
+- **Send and publish** wait for JetStream's acknowledgement (the message is stored). The
+  message id travels as ``Nats-Msg-Id``, so a send retried after a lost acknowledgement is
+  stored once (inside the stream's duplicate window, two minutes).
+- **Settlement**: ack; nack with requeue is a NAK (with a delay, JetStream's NAK delay);
+  reject and the delivery limit write the message to ``<queue>.dead`` and then ack it;
+  ``extend`` is an in-progress ack. Deliveries held by a live process are renewed before
+  their ack wait ends (see :class:`~tidings.client.remote.Leases`); a dead consumer's come
+  back after ``consumer_timeout_ms`` (30 s by default).
+- **Delays**: NATS 2.9 cannot schedule a message, so delayed sends go to the stream
+  ``TIDINGS_DELAYED`` with their due time; every connected client runs a mover that NAKs a
+  message with the time it still has to wait and, once due, publishes it to its queue (with a
+  derived ``Nats-Msg-Id``, so a mover that dies in between cannot duplicate it) before acking.
+- **Priorities** do not exist in JetStream: declaring one raises NotSupportedError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import re
+import ssl
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import api
+
+from tidings.client.remote import (
+    Leases,
+    QueueRules,
+    broker_statistics,
+    dead_letter,
+    queue_statistics,
+    retrying,
+)
+from tidings.client.transport import Capabilities, Incoming, QueueSpec, dead_letter_queue
+from tidings.errors import (
+    AccessRefusedError,
+    BrokenResourceError,
+    InvalidArgumentError,
+    NotFoundError,
+    NotSupportedError,
+    PreconditionFailedError,
+    TidingsError,
+)
+from tidings.message import Message, decode_meta, encode_meta, revive
+from tidings.routing.stats import BrokerStatistics
+from tidings.routing.topic import topic_matches
+
+log = logging.getLogger("tidings.client.nats")
+
+EVENTS_STREAM = "TIDINGS_EVENTS"
+DELAYED_STREAM = "TIDINGS_DELAYED"
+QUEUE_STREAM_PREFIX = "TQ_"
+CONSUMER = "tidings"
+MOVER = "tidings-mover"
+#: The message's properties (JSON, :func:`tidings.message.encode_meta`).
+META_HEADER = "Tidings-Meta"
+#: A delayed message's due time (epoch ms) and target queue.
+DUE_HEADER = "Tidings-Due"
+TARGET_HEADER = "Tidings-Queue"
+MSG_ID_HEADER = "Nats-Msg-Id"
+#: Seconds a pull request waits on the server for messages before it is renewed.
+PULL_EXPIRES_S = 5.0
+#: Pending deliveries JetStream allows one consumer (across all pulls of all processes).
+MAX_ACK_PENDING = 100_000
+#: A private (exclusive) queue's consumer the server removes if no client has pulled for this
+#: long (its client died without deleting it).
+PRIVATE_INACTIVE_S = 600.0
+
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    nats.errors.TimeoutError, nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError, nats.errors.NoRespondersError,
+    nats.errors.OutboundBufferLimitError, nats.js.errors.ServiceUnavailableError,
+    asyncio.TimeoutError)
+
+NO_PRIORITIES = ("JetStream delivers a stream in order and has no message priorities; send "
+                 "urgent work to a queue of its own and give it more workers")
+
+
+def nats_capabilities(broker: str = "NATS JetStream") -> Capabilities:
+    return Capabilities(
+        broker, priorities=False, latency_statistics=False,
+        reasons=(("priorities", NO_PRIORITIES),
+                 ("latency_statistics", "JetStream counts messages but does not time them")))
+
+
+def _escape(name: str) -> str:
+    """``name`` as a stream name and subject token: letters, digits and ``-`` kept, every
+    other character as ``_`` and its UTF-8 bytes in hex (so distinct names stay distinct)."""
+    return re.sub(r"[^A-Za-z0-9\-]",
+                  lambda m: "".join(f"_{b:02X}" for b in m.group().encode()), name)
+
+
+def stream_name(queue: str) -> str:
+    return QUEUE_STREAM_PREFIX + _escape(queue)
+
+
+def queue_subject(queue: str) -> str:
+    return f"tidings.q.{_escape(queue)}"
+
+
+def _check_words(text: str, what: str) -> list[str]:
+    words = text.split(".")
+    for word in words:
+        if not word or re.search(r"[\s>]", word) or ("*" in word and word != "*"):
+            raise InvalidArgumentError(
+                f"{what} '{text}' cannot travel over NATS: its words must be non-empty and "
+                f"free of spaces and '>' ('*' and '#' only as whole words of a pattern)")
+    return words
+
+
+def event_subject(topic: str) -> str:
+    words = _check_words(topic, "topic")
+    if "*" in words or "#" in words:
+        raise InvalidArgumentError(f"topic '{topic}' has a wildcard: publish to a plain topic")
+    return f"tidings.ev.{topic}._"
+
+
+def event_filter(pattern: str) -> tuple[str, bool]:
+    """The NATS filter subject of a topic pattern, and whether it is exact (when it is not,
+    the client also checks the whole pattern)."""
+    words = _check_words(pattern, "topic pattern")
+    if "#" not in words:
+        return f"tidings.ev.{pattern}._", True
+    first = words.index("#")
+    head = ".".join(["tidings", "ev", *words[:first], ">"])
+    return head, first == len(words) - 1
+
+
+def _topic_of(subject: str) -> str:
+    return subject[len("tidings.ev."):-2]
+
+
+def _event_consumer(queue: str, pattern: str) -> str:
+    return f"{_escape(queue)}_Z{hashlib.sha1(pattern.encode()).hexdigest()[:12]}"
+
+
+def _status(msg: Msg) -> str | None:
+    headers = msg.headers
+    if headers and not msg.data and "Status" in headers:
+        return headers["Status"]
+    return None
+
+
+@dataclass(slots=True)
+class _Feed:
+    """One durable pull consumer a queue is read from."""
+
+    stream: str
+    durable: str
+    #: The pattern the client must still check (a ``#`` NATS cannot express), or None.
+    pattern: str | None = None
+
+
+@dataclass(eq=False, slots=True)
+class _Token:
+    msg: Msg
+    queue: str
+    failures: int
+    message: Message
+    consumer: _Pull | None = None
+    settled: bool = False
+
+
+@dataclass(eq=False)
+class _Pull:
+    """A loop reading one feed for one consumer: one pull request at a time, for as many
+    messages as the consumer's prefetch has room for."""
+
+    transport: NatsTransport
+    queue: str
+    feed: _Feed
+    room: Callable[[], int]
+    deliver: Callable[[Msg, _Feed], None]
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _done: asyncio.Event = field(default_factory=asyncio.Event)
+    _expected: int = 0
+    _task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        nc = self.transport.nc
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, cb=self._arrived)
+        subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.feed.stream}.{self.feed.durable}"
+        try:
+            while True:
+                room = self.room()
+                if room <= 0:
+                    self.wake.clear()
+                    await self.wake.wait()
+                    continue
+                self._done.clear()
+                self._expected = room
+                request = {"batch": room, "expires": int(PULL_EXPIRES_S * 1e9)}
+                try:
+                    await nc.publish(subject, json.dumps(request).encode(), reply=inbox)
+                    # a reconnection loses the request silently: renew it after its expiry
+                    await asyncio.wait_for(self._done.wait(), PULL_EXPIRES_S + 1)
+                except (TimeoutError, *_TRANSIENT):
+                    await asyncio.sleep(0.05)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _arrived(self, msg: Msg) -> None:
+        status = _status(msg)
+        if status is not None:
+            if status not in ("404", "408", "100"):
+                log.debug("pull on %s: status %s %s", self.feed.stream, status,
+                          (msg.headers or {}).get("Description"))
+                await asyncio.sleep(0.2)
+            if status != "100":
+                self._done.set()
+            return
+        self._expected -= 1
+        if self._expected <= 0:
+            self._done.set()
+        self.deliver(msg, self.feed)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+
+class _Consumer:
+    """``consume()``'s subscription: a pull loop per feed of the queue, sharing the prefetch."""
+
+    def __init__(self, transport: NatsTransport, queue: str, prefetch: int,
+                 on_message: Callable[[Incoming], None]) -> None:
+        self.transport, self.queue, self.prefetch = transport, queue, prefetch
+        self.on_message = on_message
+        self.unsettled = 0
+        self.pulls: list[_Pull] = []
+        self.cancelled = False
+
+    def room(self) -> int:
+        return 0 if self.cancelled else self.prefetch - self.unsettled
+
+    def add(self, feed: _Feed) -> None:
+        pull = _Pull(self.transport, self.queue, feed, self.room, self._deliver)
+        self.pulls.append(pull)
+        pull.start()
+
+    def _deliver(self, msg: Msg, feed: _Feed) -> None:
+        if self.cancelled:  # arrived after cancel: straight back to the queue
+            asyncio.get_running_loop().create_task(_quietly(msg.nak()))
+            return
+        self.unsettled += 1
+        asyncio.get_running_loop().create_task(self._admit(msg, feed))
+
+    async def _admit(self, msg: Msg, feed: _Feed) -> None:
+        incoming = await self.transport._admit(msg, self.queue, feed, self)
+        if incoming is None:
+            self.settled()
+        else:
+            self.on_message(incoming)
+
+    def settled(self) -> None:
+        self.unsettled -= 1
+        for pull in self.pulls:
+            pull.wake.set()
+
+    async def cancel(self) -> None:
+        if self.cancelled:
+            return
+        self.cancelled = True
+        for pull in self.pulls:
+            await pull.stop()
+        self.transport._consumers.discard(self)
+
+
+async def _quietly(call: Any) -> None:
+    with contextlib.suppress(Exception):
+        await call
+
+
+class NatsTransport:
+    """The client's :class:`~tidings.client.transport.Transport` over NATS JetStream."""
+
+    def __init__(self, url: str, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.url = url
+        self._ssl = ssl_context
+        self.nc: NatsClient = NatsClient()
+        self.js: Any = None
+        self.capabilities = nats_capabilities()
+        self._rules: dict[str, QueueRules] = {}
+        self._feeds: dict[str, list[_Feed]] = {}
+        self._private: list[tuple[str, str | None]] = []  # streams / consumers to delete
+        self._consumers: set[_Consumer] = set()
+        self._leases = Leases(self._renew)
+        self._mover: _Pull | None = None
+        self._events_ready = False
+
+    # -- connection ------------------------------------------------------------------------
+
+    async def open(self) -> NatsTransport:
+        parts = urlsplit(self.url)
+        options: dict[str, Any] = {
+            "servers": [self.url], "allow_reconnect": True, "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.25, "connect_timeout": 5,
+            "error_cb": self._error, "disconnected_cb": self._disconnected,
+            "reconnected_cb": self._reconnected,
+        }
+        if self._ssl is not None or parts.scheme == "tls":
+            options["tls"] = self._ssl or ssl.create_default_context()
+        try:
+            await self.nc.connect(**options)
+        except nats.errors.Error as e:
+            if "authorization" in str(e).lower():
+                raise AccessRefusedError(f"login refused by {_redact(self.url)}: {e}") from e
+            raise BrokenResourceError(f"cannot connect to {_redact(self.url)}: {e!r}") from e
+        except (TimeoutError, OSError) as e:
+            raise BrokenResourceError(f"cannot connect to {_redact(self.url)}: {e!r}") from e
+        self.js = self.nc.jetstream(timeout=5)
+        try:
+            info = await self.js.account_info()
+        except nats.js.errors.Error as e:
+            await self.nc.close()
+            raise NotSupportedError(
+                f"NATS at {_redact(self.url)}", "use JetStream",
+                f"start nats-server with -js (JetStream is off: {e})") from e
+        del info
+        version = str(getattr(self.nc, "_server_info", {}).get("version", ""))
+        self.capabilities = nats_capabilities(f"NATS {version} JetStream".replace("  ", " "))
+        await self._start_mover()
+        return self
+
+    async def _error(self, error: Exception) -> None:
+        log.debug("NATS: %r", error)
+
+    async def _disconnected(self) -> None:
+        if not self.nc.is_closed:
+            log.warning("connection to NATS at %s lost; reconnecting", _redact(self.url))
+
+    async def _reconnected(self) -> None:
+        log.warning("reconnected to NATS at %s", _redact(self.url))
+
+    def _broker(self) -> str:
+        return self.capabilities.broker
+
+    async def _api(self, call: Callable[[], Any], what: str) -> Any:
+        try:
+            return await retrying(call, _TRANSIENT, what)
+        except nats.js.errors.NotFoundError as e:
+            raise NotFoundError(f"{what}: not found on {self._broker()}") from e
+        except nats.js.errors.BadRequestError as e:
+            raise PreconditionFailedError(f"{what}: {e.description}") from e
+        except nats.js.errors.APIError as e:
+            raise TidingsError(f"{what}: {e.description or e}") from e
+
+    # -- declarations ----------------------------------------------------------------------
+
+    async def declare_queue(self, name: str, spec: QueueSpec) -> str:
+        if spec.max_priority is not None:
+            raise self.capabilities.unsupported("priorities", "declare a priority queue")
+        if not name:
+            name = f"tidings.private.{uuid.uuid4().hex}"
+        rules = QueueRules.of(spec)
+        await self._add_stream(name, spec, rules)
+        if rules.dead_letters:
+            await self._add_stream(dead_letter_queue(name),
+                                   QueueSpec(durable=spec.durable, delivery_limit=None,
+                                             dead_letters=False), QueueRules(None, False))
+        self._rules[name] = rules
+        return name
+
+    async def _add_stream(self, name: str, spec: QueueSpec, rules: QueueRules) -> None:
+        stream = stream_name(name)
+        config = api.StreamConfig(
+            name=stream, subjects=[queue_subject(name)], description=rules.dumps(),
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE if spec.durable and not spec.exclusive
+            else api.StorageType.MEMORY,
+            max_msgs=spec.max_length if spec.max_length is not None else -1,
+            discard=api.DiscardPolicy.NEW, duplicate_window=120.0,
+            max_age=86_400.0 if spec.exclusive else None)
+        await self._api(lambda: self._add_or_same(config), f"declare queue '{name}'")
+        consumer = api.ConsumerConfig(
+            durable_name=CONSUMER, ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=rules.consumer_timeout_ms / 1000, max_deliver=-1,
+            max_ack_pending=MAX_ACK_PENDING, deliver_policy=api.DeliverPolicy.ALL)
+        await self._api(lambda: self.js.add_consumer(stream, config=consumer),
+                        f"declare the consumer of queue '{name}'")
+        if spec.exclusive:
+            self._private.append((stream, None))
+
+    async def _add_or_same(self, config: api.StreamConfig) -> Any:
+        """Create the stream; an existing one with the same settings is fine, one with other
+        settings is a precondition failure (as a redeclare with other arguments in AMQP)."""
+        try:
+            return await self.js.add_stream(config=config)
+        except nats.js.errors.BadRequestError as e:
+            if e.err_code != 10058:  # stream name already in use with a different config
+                raise
+            info = await self.js.stream_info(config.name)
+            have = info.config
+            if (have.description != config.description or have.storage != config.storage
+                    or (have.max_msgs or -1) != (config.max_msgs or -1)):
+                raise PreconditionFailedError(
+                    f"queue stream '{config.name}' exists with other settings") from e
+            return info
+
+    async def queue_exists(self, name: str) -> bool:
+        try:
+            await self._queue_rules(name)
+        except NotFoundError:
+            return False
+        return True
+
+    async def _queue_rules(self, queue: str) -> QueueRules:
+        rules = self._rules.get(queue)
+        if rules is None:
+            info = await self._api(lambda: self.js.stream_info(stream_name(queue)),
+                                   f"queue '{queue}'")
+            rules = self._rules[queue] = QueueRules.loads(info.config.description)
+        return rules
+
+    async def _ensure_events(self) -> None:
+        if self._events_ready:
+            return
+        config = api.StreamConfig(
+            name=EVENTS_STREAM, subjects=["tidings.ev.>"],
+            retention=api.RetentionPolicy.INTEREST, storage=api.StorageType.FILE,
+            duplicate_window=120.0)
+        await self._api(lambda: self._add_or_same(config), "declare the events stream")
+        self._events_ready = True
+
+    async def bind_events(self, queue: str, pattern: str) -> None:
+        await self._ensure_events()
+        rules = await self._queue_rules(queue)
+        subject, exact = event_filter(pattern)
+        durable = _event_consumer(queue, pattern)
+        config = api.ConsumerConfig(
+            durable_name=durable, filter_subject=subject, ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=rules.consumer_timeout_ms / 1000, max_deliver=-1,
+            max_ack_pending=MAX_ACK_PENDING, deliver_policy=api.DeliverPolicy.NEW,
+            description=json.dumps({"queue": queue, "pattern": pattern}),
+            inactive_threshold=PRIVATE_INACTIVE_S if queue.startswith("tidings.private.")
+            else None)
+        await self._api(lambda: self.js.add_consumer(EVENTS_STREAM, config=config),
+                        f"bind queue '{queue}' to '{pattern}'")
+        if queue.startswith("tidings.private."):
+            self._private.append((EVENTS_STREAM, durable))
+        feed = _Feed(EVENTS_STREAM, durable, None if exact else pattern)
+        feeds = await self._feeds_of(queue)
+        if all(f.durable != durable for f in feeds):
+            feeds.append(feed)
+            for consumer in list(self._consumers):
+                if consumer.queue == queue:
+                    consumer.add(feed)
+
+    async def _feeds_of(self, queue: str) -> list[_Feed]:
+        """The queue's own stream, then the event consumers bound to it (by any process)."""
+        feeds = self._feeds.get(queue)
+        if feeds is None:
+            await self._queue_rules(queue)
+            feeds = [_Feed(stream_name(queue), CONSUMER)]
+            prefix = f"{_escape(queue)}_Z"
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                for info in await self._api(lambda: self.js.consumers_info(EVENTS_STREAM),
+                                            "list event subscriptions"):
+                    if info.name.startswith(prefix):
+                        pattern = json.loads(info.config.description or "{}").get("pattern")
+                        exact = pattern is None or event_filter(pattern)[1]
+                        feeds.append(_Feed(EVENTS_STREAM, info.name,
+                                           None if exact else pattern))
+            self._feeds[queue] = feeds
+        return feeds
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def _publish(self, items: list[tuple[str, bytes, dict[str, str]]], what: str) -> None:
+        """Publish each ``(subject, payload, headers)`` and wait for every acknowledgement
+        (a batch in flight together); retried with the same ids across a reconnection."""
+        async def once() -> list[Any]:
+            if len(items) == 1:
+                subject, body, headers = items[0]
+                return [await self.js.publish(subject, body, headers=headers)]
+            futures = [await self.js.publish_async(s, b, headers=h) for s, b, h in items]
+            return list(await asyncio.gather(*futures))
+
+        try:
+            await retrying(once, (*_TRANSIENT[:-1], asyncio.TimeoutError), what)
+        except nats.js.errors.NoStreamResponseError as e:
+            raise NotFoundError(f"{what}: no such queue on {self._broker()}") from e
+        except nats.js.errors.APIError as e:
+            if e.err_code == 10077 or "maximum messages" in str(e.description):
+                raise PreconditionFailedError(
+                    f"{what}: the queue is full (max_length)") from e
+            raise TidingsError(f"{what}: {e.description or e}") from e
+
+    def _headers(self, message: Message) -> dict[str, str]:
+        headers = {META_HEADER: encode_meta(message)}
+        if message.message_id:
+            headers[MSG_ID_HEADER] = message.message_id
+        return headers
+
+    async def send(self, queue: str, messages: Sequence[Message],
+                   delay_ms: int | None = None) -> None:
+        for message in messages:
+            message.routing_key = queue
+        if delay_ms is not None and delay_ms > 0:
+            await self._send_delayed(queue, messages, delay_ms)
+            return
+        if not queue.startswith("tidings.private.") and queue not in self._rules:
+            await self._queue_rules(queue)  # a missing queue is an error, not a retry loop
+        subject = queue_subject(queue)
+        await self._publish([(subject, m.body, self._headers(m)) for m in messages],
+                            f"send to '{queue}'")
+
+    async def _send_delayed(self, queue: str, messages: Sequence[Message],
+                            delay_ms: int) -> None:
+        await self._queue_rules(queue)
+        due = str(int(time.time() * 1000) + int(delay_ms))
+        items = []
+        for m in messages:
+            headers = self._headers(m)
+            headers.update({DUE_HEADER: due, TARGET_HEADER: queue})
+            items.append((f"tidings.delay.{_escape(queue)}", m.body, headers))
+        await self._publish(items, f"send to '{queue}' with a delay")
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+        subject = event_subject(topic)
+        await self._ensure_events()
+        for message in messages:
+            message.routing_key = topic
+        await self._publish([(subject, m.body, self._headers(m)) for m in messages],
+                            f"publish to '{topic}'")
+
+    # -- delayed messages ------------------------------------------------------------------
+
+    async def _start_mover(self) -> None:
+        config = api.StreamConfig(
+            name=DELAYED_STREAM, subjects=["tidings.delay.>"],
+            retention=api.RetentionPolicy.WORK_QUEUE, storage=api.StorageType.FILE,
+            duplicate_window=120.0)
+        await self._api(lambda: self._add_or_same(config), "declare the delay stream")
+        consumer = api.ConsumerConfig(
+            durable_name=MOVER, ack_policy=api.AckPolicy.EXPLICIT, ack_wait=30.0,
+            max_deliver=-1, max_ack_pending=MAX_ACK_PENDING)
+        await self._api(lambda: self.js.add_consumer(DELAYED_STREAM, config=consumer),
+                        "declare the delay mover")
+        self._mover = _Pull(self, "", _Feed(DELAYED_STREAM, MOVER), lambda: 256,
+                            self._due)
+        self._mover.start()
+
+    def _due(self, msg: Msg, feed: _Feed) -> None:
+        asyncio.get_running_loop().create_task(self._move(msg))
+
+    async def _move(self, msg: Msg) -> None:
+        """A delayed message: back to wait while it is early, into its queue once due."""
+        headers = msg.headers or {}
+        try:
+            wait_ms = int(headers.get(DUE_HEADER, "0")) - time.time() * 1000
+            if wait_ms > 5:
+                await msg.nak(delay=wait_ms / 1000)
+                return
+            queue = headers.get(TARGET_HEADER, "")
+            seq = msg.metadata.sequence.stream
+            moved = {META_HEADER: headers.get(META_HEADER, ""),
+                     MSG_ID_HEADER: f"{headers.get(MSG_ID_HEADER, '')}~d{seq}"}
+            try:
+                await self._publish([(queue_subject(queue), msg.data, moved)],
+                                    f"move a delayed message to '{queue}'")
+            except NotFoundError:
+                log.warning("delayed message for the deleted queue '%s' dropped", queue)
+            await msg.ack()
+        except Exception as e:  # the mover must live on: the message comes back later
+            log.debug("moving a delayed message failed: %r", e)
+
+    # -- receiving -------------------------------------------------------------------------
+
+    async def _admit(self, msg: Msg, queue: str, feed: _Feed,
+                     consumer: _Consumer | None) -> Incoming | None:
+        """A delivery as the client's Incoming, or None when it was dead-lettered, expired or
+        (for a ``#`` NATS cannot express) not wanted by the queue's pattern."""
+        meta = msg.metadata
+        try:
+            message = decode_meta(msg.data, (msg.headers or {}).get(META_HEADER))
+        except ValueError:
+            message = Message(msg.data)
+        if feed.stream == EVENTS_STREAM:
+            message.routing_key = _topic_of(msg.subject)
+            if feed.pattern is not None and not topic_matches(feed.pattern, message.routing_key):
+                await _quietly(msg.ack())
+                return None
+        elif not message.routing_key:
+            message.routing_key = queue
+        failures = meta.num_delivered - 1
+        rules = await self._queue_rules(queue)
+        enqueued_ms = meta.timestamp.timestamp() * 1000 if meta.timestamp else time.time() * 1000
+        reason = rules.death(message, failures, enqueued_ms, time.time() * 1000)
+        token = _Token(msg, queue, failures, message, consumer)
+        if reason is not None:
+            await self._dead_letter(token, reason)
+            return None
+        self._leases.hold(token, rules.consumer_timeout_ms)
+        return Incoming(message, queue, token, failures > 0, failures)
+
+    async def _dead_letter(self, token: _Token, reason: str) -> None:
+        rules = await self._queue_rules(token.queue)
+        if rules.dead_letters:
+            dead = dead_letter(token.message, token.queue, reason)
+            headers = self._headers(dead)
+            headers[MSG_ID_HEADER] = (f"{dead.message_id or ''}~x"
+                                      f"{token.msg.metadata.sequence.stream}")
+            await self._publish([(queue_subject(dead_letter_queue(token.queue)), dead.body,
+                                  headers)], f"dead-letter a message of '{token.queue}'")
+        await token.msg.ack()
+
+    async def get(self, queue: str) -> Incoming | None:
+        for feed in await self._feeds_of(queue):
+            while True:
+                msg = await retrying(lambda f=feed: self._next(f), _TRANSIENT,
+                                     f"get from '{queue}'")
+                if msg is None:
+                    break  # nothing waiting in this feed
+                incoming = await self._admit(msg, queue, feed, None)
+                if incoming is not None:
+                    return incoming
+        return None
+
+    async def _next(self, feed: _Feed) -> Msg | None:
+        """One message of ``feed`` if one is waiting (a pull request that does not wait, on an
+        inbox of its own: JetStream delivers under the message's subject, not the inbox's)."""
+        inbox = self.nc.new_inbox()
+        answer: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+
+        async def arrived(msg: Msg) -> None:
+            if not answer.done():
+                answer.set_result(msg)
+            elif _status(msg) is None and msg.reply:  # for a get that gave up: back it goes
+                await _quietly(msg.nak())
+
+        sub = await self.nc.subscribe(inbox, cb=arrived)
+        try:
+            await self.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{feed.stream}.{feed.durable}",
+                                  b'{"batch":1,"no_wait":true}', reply=inbox)
+            try:
+                msg = await asyncio.wait_for(answer, 2)
+            except TimeoutError:
+                await self._nudge(feed)
+                raise
+        finally:
+            await _quietly(sub.unsubscribe())
+        return None if _status(msg) is not None else msg
+
+    async def _nudge(self, feed: _Feed) -> None:
+        """NATS 2.9 can leave a consumer that was asked for its info before a purge silent to
+        pull requests, until its info is asked again."""
+        with contextlib.suppress(Exception):
+            await self.js.consumer_info(feed.stream, feed.durable)
+
+    async def consume(self, queue: str, prefetch: int,
+                      on_message: Callable[[Incoming], None]) -> _Consumer:
+        consumer = _Consumer(self, queue, prefetch, on_message)
+        for feed in await self._feeds_of(queue):
+            consumer.add(feed)
+        self._consumers.add(consumer)
+        return consumer
+
+    def _settled(self, token: _Token) -> None:
+        token.settled = True
+        self._leases.release((token,))
+        if token.consumer is not None:
+            token.consumer.settled()
+
+    async def ack(self, tokens: Sequence[Any]) -> None:
+        for token in tokens:
+            await token.msg.ack()
+            self._settled(token)
+
+    async def nack(self, token: Any, requeue: bool, delay_ms: int | None = None) -> None:
+        try:
+            if not requeue:
+                await self._dead_letter(token, "rejected")
+            else:
+                rules = await self._queue_rules(token.queue)
+                if rules.delivery_limit is not None and token.failures + 1 > rules.delivery_limit:
+                    await self._dead_letter(token, "delivery_limit")
+                else:
+                    await self._settle_sync(token.msg, _nak(delay_ms))
+        finally:
+            self._settled(token)
+
+    async def _settle_sync(self, msg: Msg, payload: bytes) -> None:
+        """Settle and wait for JetStream to have done it (acks are otherwise sent blind)."""
+        assert msg.reply
+        await retrying(lambda: self.nc.request(msg.reply, payload, timeout=5), _TRANSIENT,
+                       "settle a delivery")
+
+    async def extend(self, token: Any) -> None:
+        await token.msg.in_progress()
+
+    async def _renew(self, tokens: list[Any]) -> None:
+        for token in tokens:
+            if not token.settled:
+                await token.msg.in_progress()
+
+    # -- looking at and editing queues -----------------------------------------------------
+
+    async def _stored(self, stream: str, subject: str | None = None):  # type: ignore[no-untyped-def]
+        """Every message of ``stream`` (on ``subject``), oldest first, left in place."""
+        seq = 0
+        while True:
+            try:
+                raw = await self._api(
+                    lambda s=seq: self.js.get_msg(stream, seq=s + 1, subject=subject or ">",
+                                                  next=True), f"read stream '{stream}'")
+            except NotFoundError:
+                return
+            seq = raw.seq
+            yield raw
+
+    @staticmethod
+    def _message_of(raw: Any, queue: str) -> Message:
+        try:
+            message = decode_meta(raw.data or b"", (raw.headers or {}).get(META_HEADER))
+        except ValueError:
+            message = Message(raw.data or b"")
+        message.routing_key = message.routing_key or queue
+        return message
+
+    async def browse(self, queue: str, limit: int) -> list[Message]:
+        await self._queue_rules(queue)
+        found: list[Message] = []
+        if limit <= 0:
+            return found
+        async for raw in self._stored(stream_name(queue)):
+            found.append(self._message_of(raw, queue))
+            if len(found) >= limit:
+                break
+        return found
+
+    async def delete(self, queue: str, message_id: str) -> bool:
+        await self._queue_rules(queue)
+        for stream, subject in ((stream_name(queue), None),
+                                (DELAYED_STREAM, f"tidings.delay.{_escape(queue)}")):
+            async for raw in self._stored(stream, subject):
+                if self._message_of(raw, queue).message_id == message_id:
+                    with contextlib.suppress(NotFoundError):
+                        return bool(await self._api(
+                            lambda r=raw, s=stream: self.js.delete_msg(s, r.seq),
+                            f"delete a message of '{queue}'"))
+        return False
+
+    async def purge(self, queue: str) -> int:
+        stream = stream_name(queue)
+        info = await self._api(lambda: self.js.stream_info(stream), f"purge '{queue}'")
+        await self._api(lambda: self.js.purge_stream(stream), f"purge '{queue}'")
+        await self._nudge(_Feed(stream, CONSUMER))
+        return int(info.state.messages)
+
+    async def dead_letters(self, queue: str, limit: int) -> list[Message]:
+        if not await self.queue_exists(dead_letter_queue(queue)):
+            return []
+        return await self.browse(dead_letter_queue(queue), limit)
+
+    async def replay_dead_letters(self, queue: str, ids: set[str] | None) -> int:
+        dead = dead_letter_queue(queue)
+        if not await self.queue_exists(dead):
+            return 0
+        moved = 0
+        async for raw in self._stored(stream_name(dead)):
+            message = self._message_of(raw, dead)
+            if ids is not None and message.message_id not in ids:
+                continue
+            copy = revive(message, queue)
+            headers = self._headers(copy)
+            headers[MSG_ID_HEADER] = f"{copy.message_id or ''}~r{raw.seq}"
+            await self._publish([(queue_subject(queue), copy.body, headers)],
+                                f"replay a dead letter into '{queue}'")
+            await self._api(lambda r=raw: self.js.delete_msg(stream_name(dead), r.seq),
+                            f"remove a replayed dead letter of '{queue}'")
+            moved += 1
+        return moved
+
+    # -- the rest --------------------------------------------------------------------------
+
+    async def sync(self) -> None:
+        """Every ack sent so far has reached the server."""
+        await retrying(lambda: self.nc.flush(timeout=5), _TRANSIENT, "sync")
+
+    async def statistics(self) -> BrokerStatistics:
+        """Every queue's counts from its stream and consumers: ready (not yet delivered),
+        unacked (delivered, not settled), delayed (waiting in the delay stream), consumers
+        (pull requests waiting)."""
+        delayed: dict[str, int] = {}
+        with contextlib.suppress(NotFoundError):
+            info = await self._api(
+                lambda: self.js.stream_info(DELAYED_STREAM, subjects_filter="tidings.delay.>"),
+                "statistics")
+            for subject, count in (info.state.subjects or {}).items():
+                delayed[subject.removeprefix("tidings.delay.")] = int(count)
+        streams = await self._api(lambda: self.js.streams_info(), "statistics")
+        events: dict[str, list[Any]] = {}
+        if any(s.config.name == EVENTS_STREAM for s in streams):
+            for info in await self._api(lambda: self.js.consumers_info(EVENTS_STREAM),
+                                        "statistics"):
+                events.setdefault(info.name.split("_Z")[0], []).append(info)
+        queues = []
+        for s in streams:
+            if not s.config.name.startswith(QUEUE_STREAM_PREFIX):
+                continue
+            escaped = s.config.name[len(QUEUE_STREAM_PREFIX):]
+            name = _unescape(escaped)
+            infos = list(events.get(escaped, []))
+            with contextlib.suppress(NotFoundError):
+                infos.append(await self._api(
+                    lambda n=s.config.name: self.js.consumer_info(n, CONSUMER), "statistics"))
+            queues.append(queue_statistics(
+                "/", name, ready=sum(int(i.num_pending or 0) for i in infos),
+                unacked=sum(int(i.num_ack_pending or 0) for i in infos),
+                delayed=delayed.get(escaped, 0),
+                consumers=sum(int(i.num_waiting or 0) for i in infos)))
+        return broker_statistics(sorted(queues, key=lambda q: q.name))
+
+    async def close(self) -> None:
+        for consumer in list(self._consumers):
+            await consumer.cancel()
+        if self._mover is not None:
+            await self._mover.stop()
+        await self._leases.close()
+        if self.nc.is_connected:
+            for stream, consumer in self._private:
+                with contextlib.suppress(Exception):
+                    if consumer is None:
+                        await self.js.delete_stream(stream)
+                    else:
+                        await self.js.delete_consumer(stream, consumer)
+        with contextlib.suppress(Exception):
+            await self.nc.close()
+
+
+def _unescape(escaped: str) -> str:
+    raw = re.sub(r"((?:_[0-9A-F]{2})+)",
+                 lambda m: bytes.fromhex(m.group().replace("_", "")).decode("utf-8", "replace"),
+                 escaped)
+    return raw
+
+
+def _nak(delay_ms: int | None) -> bytes:
+    if not delay_ms:
+        return b"-NAK"
+    return b"-NAK " + json.dumps({"delay": int(delay_ms) * 1_000_000}).encode()
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
