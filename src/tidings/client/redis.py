@@ -1,0 +1,745 @@
+"""RedisTransport: the client over Redis Streams (``redis://``, ``rediss://``), on redis-py.
+
+How tidings' concepts map onto Redis (docs/redis.md says it for users):
+
+- **A queue** is a stream ``tidings:q:<name>`` read through the consumer group ``tidings``;
+  every process is a consumer of its own name in it. An entry holds the body (``b``), the
+  message's properties as JSON (``m``) and the failed deliveries it had before it was written
+  (``c``). An acknowledged entry is deleted (XACK and XDEL in one script), so a stream holds
+  what is waiting and what is being worked on. The rules the client enforces (delivery limit,
+  dead letters, TTL, consumer timeout, priorities) are kept in the hash ``tidings:queues``
+  so every process applies the same.
+- **Redelivery**: a delivery whose consumer died or stopped renewing it is claimed by another
+  consumer with XAUTOCLAIM once it has been idle for the consumer timeout (30 s unless the
+  queue says otherwise); the delivery count comes from the pending list. A live process
+  renews what it holds (XCLAIM ... JUSTID), so a long handler is never delivered twice.
+- **Nack, retry, dead letters**: one script acks and deletes the entry and writes it again,
+  with its failure count, to the queue, to the delayed set or to ``<name>.dead`` (with
+  RabbitMQ's ``x-death`` history). The delivery limit is applied when a delivery arrives.
+- **Delays**: a sorted set ``tidings:delayed`` scored by due time, each message in a hash of
+  its own; every connected client runs a script that atomically moves due messages into
+  their streams.
+- **Priorities**: one stream per level (``tidings:q:<name>:p<level>``), read highest first.
+- **Events**: bindings are kept in the set ``tidings:bindings``; the publish script matches
+  the topic against every binding and appends to each matching queue, atomically.
+- **Durability** is the Redis server's: with ``appendonly yes`` and ``appendfsync always`` a
+  confirmed send survives a crash; otherwise it does not, and ``capabilities.durable`` says so.
+  ``?wait_replicas=N`` in the URL makes every write wait (``WAIT``) until N replicas have it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import ssl
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions as rerr
+
+from tidings.client.remote import (
+    Leases,
+    QueueRules,
+    broker_statistics,
+    dead_letter,
+    queue_statistics,
+    retrying,
+)
+from tidings.client.transport import Capabilities, Incoming, QueueSpec, dead_letter_queue
+from tidings.errors import (
+    AccessRefusedError,
+    BrokenResourceError,
+    InvalidArgumentError,
+    NotFoundError,
+    PreconditionFailedError,
+)
+from tidings.message import Message, decode_meta, encode_meta, revive
+from tidings.routing.stats import BrokerStatistics
+
+log = logging.getLogger("tidings.client.redis")
+
+GROUP = "tidings"
+QUEUES = "tidings:queues"
+BINDINGS = "tidings:bindings"
+DELAYED = "tidings:delayed"
+DELAYED_COUNTS = "tidings:delayed:counts"
+#: Priority levels a Redis queue may have (one stream each).
+MAX_PRIORITY = 10
+#: How long a blocking read waits before it looks for stale deliveries to claim.
+BLOCK_MS = 1000
+
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    rerr.ConnectionError, rerr.TimeoutError, rerr.BusyLoadingError, OSError)
+
+
+def stream_key(queue: str, level: int = 0) -> str:
+    return f"tidings:q:{queue}" if level <= 0 else f"tidings:q:{queue}:p{level}"
+
+
+# Topic matching as the router does it: '*' one word, '#' zero or more.
+_MATCH = """
+local function split(s)
+  local t = {}
+  for w in string.gmatch(s .. ".", "([^.]*)%.") do t[#t + 1] = w end
+  return t
+end
+local function match(p, pi, k, ki)
+  if pi > #p then return ki > #k end
+  if p[pi] == "#" then
+    for j = ki, #k + 1 do
+      if match(p, pi + 1, k, j) then return true end
+    end
+    return false
+  end
+  if ki > #k then return false end
+  if p[pi] == "*" or p[pi] == k[ki] then return match(p, pi + 1, k, ki + 1) end
+  return false
+end
+"""
+
+# KEYS[1] stream; ARGV[1] max length (0: none), then (body, meta, failures) per message.
+_SEND = """
+local max = tonumber(ARGV[1])
+if max > 0 and redis.call('XLEN', KEYS[1]) + (#ARGV - 1) / 3 > max then
+  return redis.error_reply('FULL queue is at its max_length')
+end
+for i = 2, #ARGV, 3 do
+  redis.call('XADD', KEYS[1], '*', 'b', ARGV[i], 'm', ARGV[i + 1], 'c', ARGV[i + 2])
+end
+return (#ARGV - 1) / 3
+"""
+
+# ARGV[1] topic, then (body, meta) per event: append to every queue bound by a matching pattern.
+_PUBLISH = _MATCH + """
+local key = split(ARGV[1])
+local routed = 0
+for _, binding in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local sep = string.find(binding, "\\31", 1, true)
+  local pattern, queue = string.sub(binding, 1, sep - 1), string.sub(binding, sep + 1)
+  if match(split(pattern), 1, key, 1) then
+    for i = 2, #ARGV, 2 do
+      redis.call('XADD', 'tidings:q:' .. queue, '*', 'b', ARGV[i], 'm', ARGV[i + 1], 'c', '0')
+    end
+    routed = routed + 1
+  end
+end
+return routed
+"""
+
+# KEYS[1] stream the ids are in; ARGV group, ids...: settle for good.
+_ACK = """
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+"""
+
+# Settle an entry and write it again. KEYS[1] its stream, KEYS[2] where it goes (a stream, or
+# the delayed set); ARGV group, id, body, meta, failures, due (0: now), queue, delay id.
+_REWRITE = """
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if tonumber(ARGV[6]) > 0 then
+  local hash = 'tidings:d:' .. ARGV[8]
+  redis.call('HSET', hash, 'q', KEYS[2], 'b', ARGV[3], 'm', ARGV[4], 'c', ARGV[5],
+             'n', ARGV[7])
+  redis.call('ZADD', 'tidings:delayed', ARGV[6], ARGV[8])
+  redis.call('HINCRBY', 'tidings:delayed:counts', ARGV[7], 1)
+else
+  redis.call('XADD', KEYS[2], '*', 'b', ARGV[3], 'm', ARGV[4], 'c', ARGV[5])
+end
+return 1
+"""
+
+# ARGV[1] now (ms), ARGV[2] at most this many: move due delayed messages into their streams;
+# returns the next due time (or -1).
+_MOVE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', 'tidings:delayed', '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(due) do
+  local hash = 'tidings:d:' .. id
+  local m = redis.call('HMGET', hash, 'q', 'b', 'm', 'c', 'n')
+  if m[1] then
+    if redis.call('EXISTS', m[1]) == 1 then
+      redis.call('XADD', m[1], '*', 'b', m[2], 'm', m[3], 'c', m[4])
+    end
+    redis.call('HINCRBY', 'tidings:delayed:counts', m[5], -1)
+  end
+  redis.call('DEL', hash)
+  redis.call('ZREM', 'tidings:delayed', id)
+end
+local nxt = redis.call('ZRANGE', 'tidings:delayed', 0, 0, 'WITHSCORES')
+if #nxt == 0 then return -1 end
+return nxt[2]
+"""
+
+# ARGV[1] delay id, ARGV[2] queue: cancel a delayed message unless the mover took it.
+_CANCEL_DELAYED = """
+if redis.call('ZREM', 'tidings:delayed', ARGV[1]) == 0 then return 0 end
+redis.call('DEL', 'tidings:d:' .. ARGV[1])
+redis.call('HINCRBY', 'tidings:delayed:counts', ARGV[2], -1)
+return 1
+"""
+
+
+def redis_capabilities(broker: str = "Redis", durable: bool = False,
+                       why_not_durable: str = "") -> Capabilities:
+    reasons = [("latency_statistics", "Redis counts entries but does not time them")]
+    if not durable:
+        reasons.append(("durable", why_not_durable or
+                        "depends on the server: set appendonly yes and appendfsync always"))
+    return Capabilities(broker, durable=durable, latency_statistics=False,
+                        reasons=tuple(reasons))
+
+
+@dataclass(eq=False, slots=True)
+class _Token:
+    key: str
+    id: str
+    queue: str
+    failures: int
+    message: Message
+    consumer: _Consumer | None = None
+    settled: bool = False
+
+
+class _Consumer:
+    """``consume()``'s subscription: a loop reading the queue's streams (highest priority
+    first) for as many entries as the prefetch has room for, and claiming stale ones."""
+
+    def __init__(self, transport: RedisTransport, queue: str, prefetch: int,
+                 on_message: Callable[[Incoming], None]) -> None:
+        self.transport, self.queue, self.prefetch = transport, queue, prefetch
+        self.on_message = on_message
+        self.unsettled = 0
+        self.wake = asyncio.Event()
+        self.cancelled = False
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        t = self.transport
+        while not self.cancelled:
+            room = self.prefetch - self.unsettled
+            if room <= 0:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            try:
+                entries = await t._claim(self.queue, room)
+                if not entries:
+                    entries = await t._read(self.queue, room, BLOCK_MS)
+            except _TRANSIENT as e:
+                log.debug("reading '%s' failed: %r; again shortly", self.queue, e)
+                await asyncio.sleep(0.2)
+                continue
+            for key, entry_id, fields, count in entries:
+                self.unsettled += 1
+                incoming = await t._admit(key, entry_id, fields, count, self.queue, self)
+                if incoming is None:
+                    self.settled()
+                elif self.cancelled:
+                    await t.nack(incoming.token, requeue=True)
+                else:
+                    self.on_message(incoming)
+
+    def settled(self) -> None:
+        self.unsettled -= 1
+        self.wake.set()
+
+    async def cancel(self) -> None:
+        if self.cancelled:
+            return
+        self.cancelled = True
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.task
+        self.transport._consumers.discard(self)
+
+
+class RedisTransport:
+    """The client's :class:`~tidings.client.transport.Transport` over Redis Streams."""
+
+    def __init__(self, url: str, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        self._wait_replicas = int(query.pop("wait_replicas", "0"))
+        self._wait_timeout_ms = int(query.pop("wait_timeout_ms", "1000"))
+        self.url = urlunsplit(parts._replace(query=urlencode(query)))
+        options: dict[str, Any] = {"decode_responses": False, "health_check_interval": 10}
+        if ssl_context is not None:
+            options["ssl_context"] = ssl_context  # type: ignore[assignment]
+        self.r = aioredis.from_url(self.url, **options)
+        self.consumer_name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.capabilities = redis_capabilities()
+        self._rules: dict[str, tuple[QueueRules, int]] = {}  # rules, priority levels
+        self._private: list[str] = []
+        self._consumers: set[_Consumer] = set()
+        self._leases = Leases(self._renew)
+        self._scripts = {name: self.r.register_script(text) for name, text in (
+            ("send", _SEND), ("publish", _PUBLISH), ("ack", _ACK), ("rewrite", _REWRITE),
+            ("move", _MOVE_DUE), ("cancel", _CANCEL_DELAYED))}
+        self._mover: asyncio.Task[None] | None = None
+        self._last_claim: dict[str, float] = {}
+
+    async def open(self) -> RedisTransport:
+        try:
+            info = await self.r.info("server")
+        except rerr.AuthenticationError as e:
+            raise AccessRefusedError(f"login refused by {_redact(self.url)}: {e}") from e
+        except rerr.ResponseError as e:
+            if "NOAUTH" in str(e) or "WRONGPASS" in str(e):
+                raise AccessRefusedError(f"login refused by {_redact(self.url)}: {e}") from e
+            raise
+        except (rerr.ConnectionError, OSError) as e:
+            raise BrokenResourceError(f"cannot connect to {_redact(self.url)}: {e}") from e
+        version = str(info.get("redis_version", ""))
+        durable, why = await self._durability()
+        self.capabilities = redis_capabilities(f"Redis {version}".strip(), durable, why)
+        self._mover = asyncio.get_running_loop().create_task(self._move_due())
+        return self
+
+    async def _durability(self) -> tuple[bool, str]:
+        """Whether a confirmed write survives a crash of this Redis (its AOF settings)."""
+        try:
+            config = await self.r.config_get("append*")
+        except rerr.ResponseError:
+            return False, ("this Redis does not show its persistence settings (CONFIG is "
+                           "disabled); durability is whatever its operator configured")
+        aof = config.get(b"appendonly", b"no") == b"yes"
+        fsync = config.get(b"appendfsync", b"everysec").decode()
+        if aof and fsync == "always":
+            return True, ""
+        if aof:
+            return False, (f"this Redis writes its AOF with appendfsync {fsync}: a crash can "
+                           f"lose the last second of confirmed writes; set appendfsync always")
+        return False, ("this Redis keeps nothing durable on disk (appendonly no): set "
+                       "appendonly yes and appendfsync always")
+
+    async def _call(self, call: Callable[[], Any], what: str) -> Any:
+        try:
+            return await retrying(call, _TRANSIENT, what)
+        except rerr.ResponseError as e:
+            text = str(e)
+            if text.startswith("FULL"):
+                raise PreconditionFailedError(f"{what}: the queue is full (max_length)") from e
+            if text.startswith("NOGROUP"):
+                raise NotFoundError(f"{what}: no such queue") from e
+            raise
+
+    async def _replicate(self) -> None:
+        if self._wait_replicas:
+            got = await self.r.wait(self._wait_replicas, self._wait_timeout_ms)
+            if int(got) < self._wait_replicas:
+                raise BrokenResourceError(
+                    f"only {got} of {self._wait_replicas} replicas confirmed the write within "
+                    f"{self._wait_timeout_ms} ms")
+
+    # -- declarations ----------------------------------------------------------------------
+
+    async def declare_queue(self, name: str, spec: QueueSpec) -> str:
+        if spec.max_priority is not None and not 0 <= spec.max_priority <= MAX_PRIORITY:
+            raise InvalidArgumentError(
+                f"max_priority must be 0..{MAX_PRIORITY} on Redis (a stream per level)")
+        if not name:
+            name = f"tidings.private.{uuid.uuid4().hex}"
+            self._private.append(name)
+        rules = QueueRules.of(spec)
+        levels = (spec.max_priority or 0) + 1
+        await self._create(name, rules, levels, spec.max_length)
+        if rules.dead_letters:
+            await self._create(dead_letter_queue(name), QueueRules(None, False), 1, None)
+        return name
+
+    async def _create(self, name: str, rules: QueueRules, levels: int,
+                      max_length: int | None) -> None:
+        text = json.dumps({"rules": json.loads(rules.dumps()), "levels": levels,
+                           "max_length": max_length})
+        existing = await self._call(lambda: self.r.hget(QUEUES, name), f"declare '{name}'")
+        if existing is not None and json.loads(existing) != json.loads(text):
+            raise PreconditionFailedError(f"queue '{name}' exists with other settings")
+        for level in range(levels):
+            with contextlib.suppress(rerr.ResponseError):  # BUSYGROUP: it exists
+                await self._call(lambda lv=level: self.r.xgroup_create(
+                    stream_key(name, lv), GROUP, id="0", mkstream=True), f"declare '{name}'")
+        await self._call(lambda: self.r.hset(QUEUES, name, text), f"declare '{name}'")
+        self._rules[name] = (rules, levels)
+
+    async def _queue(self, name: str) -> tuple[QueueRules, int, int | None]:
+        known = self._rules.get(name)
+        text = await self._call(lambda: self.r.hget(QUEUES, name), f"queue '{name}'")
+        if text is None:
+            raise NotFoundError(f"no queue '{name}' on {self.capabilities.broker}")
+        data = json.loads(text)
+        if known is None:
+            known = self._rules[name] = (QueueRules.loads(json.dumps(data.get("rules"))),
+                                         int(data.get("levels", 1)))
+        return known[0], known[1], data.get("max_length")
+
+    async def _rules_of(self, name: str) -> tuple[QueueRules, int]:
+        known = self._rules.get(name)
+        if known is None:
+            rules, levels, _ = await self._queue(name)
+            return rules, levels
+        return known
+
+    async def queue_exists(self, name: str) -> bool:
+        return bool(await self._call(lambda: self.r.hexists(QUEUES, name), f"queue '{name}'"))
+
+    async def bind_events(self, queue: str, pattern: str) -> None:
+        await self._queue(queue)
+        await self._call(lambda: self.r.sadd(BINDINGS, f"{pattern}\x1f{queue}"),
+                         f"bind '{queue}' to '{pattern}'")
+
+    # -- sending ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _fields(message: Message, failures: int = 0) -> list[Any]:
+        return [message.body, encode_meta(message), str(failures)]
+
+    async def send(self, queue: str, messages: Sequence[Message],
+                   delay_ms: int | None = None) -> None:
+        _, levels, max_length = await self._queue(queue)
+        for message in messages:
+            message.routing_key = queue
+        if delay_ms is not None and delay_ms > 0:
+            for message in messages:
+                await self._delay(queue, levels, message, 0, delay_ms, None)
+        else:
+            by_level: dict[int, list[Any]] = {}
+            for m in messages:
+                by_level.setdefault(_level(m, levels), []).extend(self._fields(m))
+            for level, args in by_level.items():
+                await self._call(lambda a=args, lv=level: self._scripts["send"](
+                    keys=[stream_key(queue, lv)], args=[max_length or 0, *a]),
+                    f"send to '{queue}'")
+        await self._replicate()
+
+    async def _delay(self, queue: str, levels: int, message: Message, failures: int,
+                     delay_ms: int, settle: _Token | None) -> None:
+        """Put ``message`` in the delayed set (settling ``settle`` in the same script)."""
+        due = int(time.time() * 1000) + int(delay_ms)
+        target = stream_key(queue, _level(message, levels))
+        key, entry = (settle.key, settle.id) if settle is not None else (target, "0-0")
+        await self._call(lambda: self._scripts["rewrite"](
+            keys=[key, target],
+            args=[GROUP, entry, *self._fields(message, failures), due, queue,
+                  uuid.uuid4().hex]), f"delay a message for '{queue}'")
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+        args: list[Any] = [topic]
+        for m in messages:
+            m.routing_key = topic
+            args.extend(self._fields(m)[:2])
+        await self._call(lambda: self._scripts["publish"](keys=[BINDINGS], args=args),
+                         f"publish to '{topic}'")
+        await self._replicate()
+
+    async def _move_due(self) -> None:
+        """Move due delayed messages into their queues, waking for the next one due."""
+        while True:
+            try:
+                nxt = await self._scripts["move"](args=[int(time.time() * 1000), 500])
+                wait_s = 0.5 if int(nxt) < 0 else (int(nxt) - time.time() * 1000) / 1000
+            except Exception as e:
+                log.debug("moving delayed messages failed: %r", e)
+                wait_s = 0.5
+            await asyncio.sleep(min(0.5, max(0.005, wait_s)))
+
+    # -- receiving -------------------------------------------------------------------------
+
+    async def _read(self, queue: str, count: int, block_ms: int | None
+                    ) -> list[tuple[str, str, dict[bytes, bytes], int]]:
+        _, levels = await self._rules_of(queue)
+        keys = {stream_key(queue, lv): ">" for lv in range(levels - 1, -1, -1)}
+        reply = await self.r.xreadgroup(GROUP, self.consumer_name, keys, count=count,
+                                        block=block_ms)
+        found: list[tuple[int, str, str, dict[bytes, bytes], int]] = []
+        order = list(keys)
+        for key, entries in reply or []:
+            k = key.decode()
+            for entry_id, fields in entries:
+                found.append((order.index(k), k, entry_id.decode(), fields, 1))
+        found.sort(key=lambda e: e[0])  # highest priority first
+        return [(k, i, f, c) for _, k, i, f, c in found[:count]]
+
+    async def _claim(self, queue: str, count: int
+                     ) -> list[tuple[str, str, dict[bytes, bytes], int]]:
+        """Deliveries idle for longer than the consumer timeout (their consumer died),
+        claimed for this one, with their delivery counts; looked for once a second."""
+        now = time.monotonic()
+        if now - self._last_claim.get(queue, 0.0) < 1.0:
+            return []
+        self._last_claim[queue] = now
+        rules, levels = await self._rules_of(queue)
+        found = []
+        for level in range(levels - 1, -1, -1):
+            key = stream_key(queue, level)
+            reply = await self.r.xautoclaim(key, GROUP, self.consumer_name,
+                                            rules.consumer_timeout_ms, "0-0", count=count)
+            entries = [(i, f) for i, f in reply[1] if f] if reply else []
+            if not entries:
+                continue
+            ids = [i for i, _ in entries]
+            pending = await self.r.xpending_range(key, GROUP, min=ids[0], max=ids[-1],
+                                                  count=len(ids) + 100)
+            counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+            for i, f in entries:
+                found.append((key, i.decode(), f, counts.get(i, 2)))
+            count -= len(entries)
+            if count <= 0:
+                break
+        return found
+
+    async def _admit(self, key: str, entry_id: str, fields: dict[bytes, bytes], delivered: int,
+                     queue: str, consumer: _Consumer | None) -> Incoming | None:
+        try:
+            message = decode_meta(fields.get(b"b", b""), fields.get(b"m"))
+        except ValueError:
+            message = Message(fields.get(b"b", b""))
+        message.routing_key = message.routing_key or queue
+        failures = int(fields.get(b"c", b"0") or 0) + delivered - 1
+        rules, _ = await self._rules_of(queue)
+        token = _Token(key, entry_id, queue, failures, message, consumer)
+        reason = rules.death(message, failures, int(entry_id.split("-")[0]), time.time() * 1000)
+        if reason is not None:
+            await self._dead_letter(token, reason)
+            return None
+        self._leases.hold(token, rules.consumer_timeout_ms)
+        return Incoming(message, queue, token, failures > 0, failures)
+
+    async def _dead_letter(self, token: _Token, reason: str) -> None:
+        rules, _ = await self._rules_of(token.queue)
+        if not rules.dead_letters:
+            await self._settle([token])
+            return
+        dead = dead_letter(token.message, token.queue, reason)
+        await self._call(lambda: self._scripts["rewrite"](
+            keys=[token.key, stream_key(dead_letter_queue(token.queue))],
+            args=[GROUP, token.id, *self._fields(dead), 0, token.queue, ""]),
+            f"dead-letter a message of '{token.queue}'")
+
+    async def get(self, queue: str) -> Incoming | None:
+        while True:
+            entries = await self._call(lambda: self._read(queue, 1, None), f"get '{queue}'")
+            if not entries:
+                self._last_claim.pop(queue, None)
+                entries = await self._call(lambda: self._claim(queue, 1), f"get '{queue}'")
+            if not entries:
+                return None
+            key, entry_id, fields, count = entries[0]
+            incoming = await self._admit(key, entry_id, fields, count, queue, None)
+            if incoming is not None:
+                return incoming
+
+    async def consume(self, queue: str, prefetch: int,
+                      on_message: Callable[[Incoming], None]) -> _Consumer:
+        await self._rules_of(queue)
+        consumer = _Consumer(self, queue, prefetch, on_message)
+        self._consumers.add(consumer)
+        return consumer
+
+    def _released(self, tokens: Sequence[_Token]) -> None:
+        self._leases.release(tokens)
+        for token in tokens:
+            token.settled = True
+            if token.consumer is not None:
+                token.consumer.settled()
+
+    async def _settle(self, tokens: Sequence[_Token]) -> None:
+        by_key: dict[str, list[str]] = {}
+        for token in tokens:
+            by_key.setdefault(token.key, []).append(token.id)
+        for key, ids in by_key.items():
+            await self._call(lambda k=key, i=ids: self._scripts["ack"](keys=[k],
+                                                                      args=[GROUP, *i]), "ack")
+
+    async def ack(self, tokens: Sequence[Any]) -> None:
+        try:
+            await self._settle(tokens)
+        finally:
+            self._released(tokens)
+        await self._replicate()
+
+    async def nack(self, token: Any, requeue: bool, delay_ms: int | None = None) -> None:
+        try:
+            rules, levels = await self._rules_of(token.queue)
+            failures = token.failures + 1
+            if not requeue:
+                await self._dead_letter(token, "rejected")
+            elif rules.delivery_limit is not None and failures > rules.delivery_limit:
+                await self._dead_letter(token, "delivery_limit")
+            elif delay_ms:
+                await self._delay(token.queue, levels, token.message, failures, delay_ms, token)
+            else:
+                await self._call(lambda: self._scripts["rewrite"](
+                    keys=[token.key, token.key],
+                    args=[GROUP, token.id, *self._fields(token.message, failures), 0,
+                          token.queue, ""]), f"requeue a message of '{token.queue}'")
+        finally:
+            self._released([token])
+        await self._replicate()
+
+    async def extend(self, token: Any) -> None:
+        await self._renew([token])
+
+    async def _renew(self, tokens: list[Any]) -> None:
+        by_key: dict[str, list[str]] = {}
+        for token in tokens:
+            if not token.settled:
+                by_key.setdefault(token.key, []).append(token.id)
+        for key, ids in by_key.items():
+            await self.r.xclaim(key, GROUP, self.consumer_name, 0, ids, justid=True)
+
+    # -- looking at and editing queues -----------------------------------------------------
+
+    async def _waiting(self, queue: str, limit: int | None = None
+                       ) -> list[tuple[str, str, dict[bytes, bytes]]]:
+        """Entries of ``queue`` not being worked on, highest priority first, oldest first."""
+        _, levels = await self._rules_of(queue)
+        found = []
+        for level in range(levels - 1, -1, -1):
+            key = stream_key(queue, level)
+            pending = {p["message_id"] for p in await self._call(
+                lambda k=key: self.r.xpending_range(k, GROUP, "-", "+", 100_000), "browse")}
+            for entry_id, fields in await self._call(lambda k=key: self.r.xrange(k), "browse"):
+                if entry_id not in pending:
+                    found.append((key, entry_id.decode(), fields))
+                    if limit is not None and len(found) >= limit:
+                        return found
+        return found
+
+    @staticmethod
+    def _message(fields: dict[bytes, bytes], queue: str) -> Message:
+        try:
+            message = decode_meta(fields.get(b"b", b""), fields.get(b"m"))
+        except ValueError:
+            message = Message(fields.get(b"b", b""))
+        message.routing_key = message.routing_key or queue
+        return message
+
+    async def browse(self, queue: str, limit: int) -> list[Message]:
+        if limit <= 0:
+            return []
+        return [self._message(f, queue) for _, _, f in await self._waiting(queue, limit)]
+
+    async def delete(self, queue: str, message_id: str) -> bool:
+        for key, entry_id, fields in await self._waiting(queue):
+            if self._message(fields, queue).message_id == message_id:
+                return bool(await self._call(lambda k=key, e=entry_id: self.r.xdel(k, e),
+                                             f"delete from '{queue}'"))
+        delayed = await self._call(lambda: self.r.zrange(DELAYED, 0, -1), "delete")
+        for delay_id in delayed:
+            fields = await self.r.hgetall(f"tidings:d:{delay_id.decode()}")
+            if fields.get(b"n", b"").decode() != queue:
+                continue
+            if self._message(fields, queue).message_id == message_id:
+                return bool(await self._call(lambda d=delay_id: self._scripts["cancel"](
+                    args=[d, queue]), f"delete from '{queue}'"))
+        return False
+
+    async def purge(self, queue: str) -> int:
+        removed = 0
+        for key, entry_id, _ in await self._waiting(queue):
+            removed += int(await self._call(lambda k=key, e=entry_id: self.r.xdel(k, e),
+                                            f"purge '{queue}'"))
+        return removed
+
+    async def dead_letters(self, queue: str, limit: int) -> list[Message]:
+        if not await self.queue_exists(dead_letter_queue(queue)):
+            return []
+        return await self.browse(dead_letter_queue(queue), limit)
+
+    async def replay_dead_letters(self, queue: str, ids: set[str] | None) -> int:
+        dead = dead_letter_queue(queue)
+        if not await self.queue_exists(dead):
+            return 0
+        _, levels, _ = await self._queue(queue)
+        moved = 0
+        for key, entry_id, fields in await self._waiting(dead):
+            message = self._message(fields, dead)
+            if ids is not None and message.message_id not in ids:
+                continue
+            copy = revive(message, queue)
+            async with self.r.pipeline(transaction=True) as pipe:
+                pipe.xadd(stream_key(queue, _level(copy, levels)),
+                          dict(zip((b"b", b"m", b"c"), self._fields(copy), strict=True)))
+                pipe.xdel(key, entry_id)
+                await pipe.execute()
+            moved += 1
+        await self._replicate()
+        return moved
+
+    # -- the rest --------------------------------------------------------------------------
+
+    async def sync(self) -> None:
+        """Every command is answered once Redis has applied it: nothing is left to wait for
+        (but replicas, with ``wait_replicas``)."""
+        await self._replicate()
+
+    async def statistics(self) -> BrokerStatistics:
+        names = sorted(n.decode() for n in await self._call(lambda: self.r.hkeys(QUEUES),
+                                                            "statistics"))
+        counts = {k.decode(): int(v) for k, v in (await self.r.hgetall(DELAYED_COUNTS)).items()}
+        queues = []
+        for name in names:
+            rules, levels = await self._rules_of(name)
+            length = pending = consumers = 0
+            for level in range(levels):
+                key = stream_key(name, level)
+                length += int(await self.r.xlen(key))
+                with contextlib.suppress(rerr.ResponseError):
+                    for group in await self.r.xinfo_groups(key):
+                        if group["name"] == GROUP.encode():
+                            pending += int(group["pending"])
+                    if level == 0:
+                        for c in await self.r.xinfo_consumers(key, GROUP):
+                            consumers += int(c["idle"]) < 2 * rules.consumer_timeout_ms
+            queues.append(queue_statistics("/", name, ready=length - pending, unacked=pending,
+                                           delayed=max(0, counts.get(name, 0)),
+                                           consumers=consumers))
+        return broker_statistics(queues)
+
+    async def close(self) -> None:
+        for consumer in list(self._consumers):
+            await consumer.cancel()
+        if self._mover is not None:
+            self._mover.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._mover
+        await self._leases.close()
+        with contextlib.suppress(Exception):
+            for name in self._private:
+                await self.r.delete(stream_key(name))
+                await self.r.hdel(QUEUES, name)
+                for binding in await self.r.smembers(BINDINGS):
+                    if binding.endswith(f"\x1f{name}".encode()):
+                        await self.r.srem(BINDINGS, binding)
+            for key in {stream_key(q) for q in self._rules}:
+                await self.r.xgroup_delconsumer(key, GROUP, self.consumer_name) \
+                    if not await self._holds(key) else None
+        with contextlib.suppress(Exception):
+            await self.r.aclose()
+
+    async def _holds(self, key: str) -> bool:
+        """Whether this consumer still has deliveries pending in ``key`` (then its name must
+        stay, or they would be lost instead of claimed)."""
+        pending = await self.r.xpending_range(key, GROUP, "-", "+", 1,
+                                              consumername=self.consumer_name)
+        return bool(pending)
+
+
+def _level(message: Message, levels: int) -> int:
+    return max(0, min(int(message.priority or 0), levels - 1))
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
