@@ -12,6 +12,8 @@ import socket
 import pytest
 
 RABBITMQ = ("127.0.0.1", int(os.environ.get("TIDINGS_RABBITMQ_PORT", "5672")))
+NATS = ("127.0.0.1", int(os.environ.get("TIDINGS_NATS_PORT", "4222")))
+REDIS = ("127.0.0.1", int(os.environ.get("TIDINGS_REDIS_PORT", "6379")))
 
 
 def require(name: str, address: tuple[str, int]) -> tuple[str, int]:
@@ -27,3 +29,13 @@ def require(name: str, address: tuple[str, int]) -> tuple[str, int]:
 
 def rabbitmq_port() -> int:
     return require("RabbitMQ", RABBITMQ)[1]
+
+
+def nats_url() -> str:
+    host, port = require("NATS (with JetStream)", NATS)
+    return f"nats://{host}:{port}"
+
+
+def redis_url() -> str:
+    host, port = require("Redis", REDIS)
+    return f"redis://{host}:{port}/0"

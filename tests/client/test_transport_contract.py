@@ -1,5 +1,6 @@
 """The transport conformance suite over every transport: the embedded broker on both stores,
-``amqp://`` to a ``tidings serve`` of the test's own, and ``amqp://`` to the machine's RabbitMQ.
+``amqp://`` to a ``tidings serve`` of the test's own, ``amqp://`` to the machine's RabbitMQ,
+``nats://`` to its NATS JetStream and ``redis://`` to its Redis.
 A check is skipped only when the transport declares it lacks a capability, with its reason."""
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from tidings.testing import TRANSPORT_CHECKS
 from tidings.testing.contracts import run_transport_check
 
 from ..serverproc import ServerProcess
-from ..services import rabbitmq_port
+from ..services import nats_url, rabbitmq_port, redis_url
 
-KINDS = ["memory", "sqlite", "amqp-tidings", "amqp-rabbitmq"]
+KINDS = ["memory", "sqlite", "amqp-tidings", "amqp-rabbitmq", "nats", "redis"]
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,10 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path
         url = f"amqp://guest:guest@127.0.0.1:{server.port}/"
     elif kind == "amqp-rabbitmq":
         url = f"amqp://guest:guest@127.0.0.1:{rabbitmq_port()}/"
+    elif kind == "nats":
+        url = nats_url()
+    elif kind == "redis":
+        url = redis_url()
     else:
         async def local() -> Transport:
             store = MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "data")

@@ -336,7 +336,11 @@ class NatsTransport:
         if self._ssl is not None or parts.scheme == "tls":
             options["tls"] = self._ssl or ssl.create_default_context()
         try:
-            await self.nc.connect(**options)
+            # nats-py retries a first connection as long as reconnections: refuse fast instead
+            _, writer = await asyncio.wait_for(asyncio.open_connection(
+                parts.hostname or "127.0.0.1", parts.port or 4222), 5)
+            writer.close()
+            await asyncio.wait_for(self.nc.connect(**options), 15)
         except nats.errors.Error as e:
             if "authorization" in str(e).lower():
                 raise AccessRefusedError(f"login refused by {_redact(self.url)}: {e}") from e

@@ -11,6 +11,8 @@ import dataclasses
 
 from tidings.client.amqp import amqp_capabilities
 from tidings.client.local import local_capabilities
+from tidings.client.nats import nats_capabilities
+from tidings.client.redis import redis_capabilities
 from tidings.client.transport import Capabilities
 
 #: What each capability lets a user do, in the table's first column.
@@ -37,6 +39,9 @@ def columns() -> list[tuple[str, Capabilities]]:
         ("... with `management_url=`",
          amqp_capabilities("tidings serve", tidings=True, management=True)),
         ("`amqp://` RabbitMQ", amqp_capabilities("RabbitMQ", tidings=False, management=False)),
+        ("`nats://` JetStream", nats_capabilities()),
+        ("`redis://` AOF always", redis_capabilities(durable=True)),
+        ("`redis://` other", redis_capabilities()),
     ]
 
 
