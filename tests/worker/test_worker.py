@@ -21,7 +21,7 @@ import tidings
 from tidings.client.tasks import TaskError
 
 from ..serverproc import ServerProcess
-from ..services import rabbitmq_port
+from ..services import nats_url, rabbitmq_port, redis_url
 
 HERE = Path(__file__).parent
 
@@ -33,10 +33,14 @@ def tidings_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc.stop()
 
 
-@pytest.fixture(params=["tidings-serve", "rabbitmq"])
+@pytest.fixture(params=["tidings-serve", "rabbitmq", "nats", "redis"])
 def url(request: pytest.FixtureRequest) -> str:
     if request.param == "rabbitmq":
         return f"amqp://guest:guest@127.0.0.1:{rabbitmq_port()}/"
+    if request.param == "nats":
+        return nats_url()
+    if request.param == "redis":
+        return redis_url()
     return str(request.getfixturevalue("tidings_url"))
 
 
@@ -78,6 +82,8 @@ async def test_three_workers_share_the_work_and_survive_a_sigkilled_one(
     supervisor = _worker(_env(url, log, queue), "--processes", "3", "--concurrency", "4")
     try:
         async with tidings.connect(url) as client:
+            if not url.startswith("amqp"):  # a killed consumer's deliveries come back sooner
+                await client.declare_queue(queue, consumer_timeout_ms=3000)
             for i in range(300):  # the same call the app's task makes
                 await client.send(queue, {"task": "workapp.work", "args": [i], "kwargs": {}},
                                   headers={"task": "workapp.work"})
