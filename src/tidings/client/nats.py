@@ -492,7 +492,7 @@ class NatsTransport:
             await self._queue_rules(queue)
             feeds = [_Feed(stream_name(queue), CONSUMER)]
             prefix = f"{_escape(queue)}_Z"
-            with contextlib.suppress(nats.js.errors.NotFoundError):
+            with contextlib.suppress(NotFoundError):  # no events stream yet
                 for info in await self._api(lambda: self.js.consumers_info(EVENTS_STREAM),
                                             "list event subscriptions"):
                     if info.name.startswith(prefix):

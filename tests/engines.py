@@ -1,0 +1,84 @@
+"""NATS and Redis servers of a test's own, on a free port with their own store directory, for
+tests that kill or restart an engine (never the machine's shared ones)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+BINARIES = {"nats": "/usr/sbin/nats-server", "redis": "redis-server"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _binary(kind: str) -> str:
+    found = shutil.which(BINARIES[kind]) or (
+        BINARIES[kind] if os.path.exists(BINARIES[kind]) else None)
+    if found is None:
+        reason = f"{BINARIES[kind]} is not installed: this test starts a {kind} server of its own"
+        if os.environ.get("TIDINGS_REQUIRE_SERVICES") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return found
+
+
+class EngineProcess:
+    """A NATS server with JetStream on file storage, or a Redis with ``appendfsync always``."""
+
+    def __init__(self, kind: str, directory: Path) -> None:
+        self.kind, self.directory = kind, directory
+        self.binary = _binary(kind)
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return (f"nats://127.0.0.1:{self.port}" if self.kind == "nats"
+                else f"redis://127.0.0.1:{self.port}/0")
+
+    def start(self) -> EngineProcess:
+        if self.kind == "nats":
+            args = [self.binary, "-js", "-sd", str(self.directory), "-p", str(self.port),
+                    "-a", "127.0.0.1"]
+        else:
+            args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                    "--appendonly", "yes", "--appendfsync", "always",
+                    "--dir", str(self.directory), "--save", ""]
+        log = open(self.directory / "server.log", "ab")  # noqa: SIM115 - the process keeps it
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                time.sleep(0.3 if self.kind == "nats" else 0.05)  # JetStream comes up after
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.kind} did not start: "
+                           f"{(self.directory / 'server.log').read_text()[-1000:]}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
