@@ -65,10 +65,10 @@ async def test_a_restarted_engine_keeps_every_confirmed_message(engine: EnginePr
         target = len(confirmed) + 100
         await _until(lambda: len(confirmed) >= target, 60)
         stop.set()
-        await asyncio.wait_for(tasks[0], 60)
+        await _finished(tasks[0])
         await _until(lambda: set(confirmed) <= received, 60)
         await messages.aclose()  # ends the consumer's loop
-        await asyncio.wait_for(tasks[1], 30)
+        await _finished(tasks[1])
     assert len(confirmed) >= 300 and set(confirmed) <= received
 
 
@@ -127,3 +127,11 @@ async def _until(predicate: object, timeout_s: float) -> None:
     while not predicate():  # type: ignore[operator]
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.05)
+
+
+async def _finished(task: asyncio.Task[None]) -> None:
+    """Wait for ``task`` without cancelling it (a cancellation can be lost inside a client
+    library's own timeout, and ``wait_for`` would then wait for ever)."""
+    done, _ = await asyncio.wait([task], timeout=60)
+    assert done, "the task did not finish"
+    task.result()

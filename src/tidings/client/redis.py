@@ -271,7 +271,10 @@ class RedisTransport:
         self._wait_replicas = int(query.pop("wait_replicas", "0"))
         self._wait_timeout_ms = int(query.pop("wait_timeout_ms", "1000"))
         self.url = urlunsplit(parts._replace(query=urlencode(query)))
-        options: dict[str, Any] = {"decode_responses": False, "health_check_interval": 10}
+        # no call may wait forever on a connection whose server vanished: every read times
+        # out (blocking reads wait BLOCK_MS, far less) and is then retried
+        options: dict[str, Any] = {"decode_responses": False, "health_check_interval": 10,
+                                   "socket_timeout": 15, "socket_connect_timeout": 5}
         if ssl_context is not None:
             options["ssl_context"] = ssl_context  # type: ignore[assignment]
         self.r = aioredis.from_url(self.url, **options)
