@@ -36,8 +36,8 @@ def _binary(kind: str) -> str:
 class EngineProcess:
     """A NATS server with JetStream on file storage, or a Redis with ``appendfsync always``."""
 
-    def __init__(self, kind: str, directory: Path) -> None:
-        self.kind, self.directory = kind, directory
+    def __init__(self, kind: str, directory: Path, *extra: str) -> None:
+        self.kind, self.directory, self.extra = kind, directory, extra
         self.binary = _binary(kind)
         self.port = _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -56,6 +56,7 @@ class EngineProcess:
             args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
                     "--appendonly", "yes", "--appendfsync", "always",
                     "--dir", str(self.directory), "--save", ""]
+        args.extend(self.extra)
         log = open(self.directory / "server.log", "ab")  # noqa: SIM115 - the process keeps it
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         log.close()

@@ -322,6 +322,7 @@ class NatsTransport:
         self._leases = Leases(self._renew)
         self._mover: _Pull | None = None
         self._events_ready = False
+        self._refused: asyncio.Future[str] | None = None
 
     # -- connection ------------------------------------------------------------------------
 
@@ -340,7 +341,7 @@ class NatsTransport:
             _, writer = await asyncio.wait_for(asyncio.open_connection(
                 parts.hostname or "127.0.0.1", parts.port or 4222), 5)
             writer.close()
-            await asyncio.wait_for(self.nc.connect(**options), 15)
+            await self._first_connect(options)
         except nats.errors.Error as e:
             if "authorization" in str(e).lower():
                 raise AccessRefusedError(f"login refused by {_redact(self.url)}: {e}") from e
@@ -361,8 +362,29 @@ class NatsTransport:
         await self._start_mover()
         return self
 
+    async def _first_connect(self, options: dict[str, Any]) -> None:
+        """Connect, or fail at the first refusal of the login (nats-py would retry it)."""
+        loop = asyncio.get_running_loop()
+        self._refused = loop.create_future()
+        connecting = loop.create_task(self.nc.connect(**options))
+        done, _ = await asyncio.wait({connecting, self._refused}, timeout=15,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if connecting in done:
+            connecting.result()
+            return
+        await _quietly(self.nc.close())
+        connecting.cancel()
+        if self._refused in done:
+            raise AccessRefusedError(
+                f"login refused by {_redact(self.url)}: {self._refused.result()}")
+        raise BrokenResourceError(f"cannot connect to {_redact(self.url)} within 15 s")
+
     async def _error(self, error: Exception) -> None:
         log.debug("NATS: %r", error)
+        refused = self._refused
+        if (refused is not None and not refused.done() and not self.nc.is_connected
+                and "authorization" in str(error).lower()):
+            refused.set_result(str(error).strip() or "authorization violation")
 
     async def _disconnected(self) -> None:
         if not self.nc.is_closed:
