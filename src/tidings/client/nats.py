@@ -203,6 +203,7 @@ class _Pull:
     _done: asyncio.Event = field(default_factory=asyncio.Event)
     _expected: int = 0
     _task: asyncio.Task[None] | None = None
+    _stopped: bool = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -213,7 +214,7 @@ class _Pull:
         sub = await nc.subscribe(inbox, cb=self._arrived)
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.feed.stream}.{self.feed.durable}"
         try:
-            while True:
+            while not self._stopped:
                 room = self.room()
                 if room <= 0:
                     self.wake.clear()
@@ -248,10 +249,14 @@ class _Pull:
         self.deliver(msg, self.feed)
 
     async def stop(self) -> None:
+        """End the loop. The flag, not the cancellation alone, ends it: Python 3.11's
+        ``wait_for`` loses a cancellation that meets a completion."""
+        self._stopped = True
+        self.wake.set()
+        self._done.set()
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await asyncio.wait([self._task], timeout=PULL_EXPIRES_S + 2)
 
 
 class _Consumer:

@@ -255,10 +255,10 @@ class _Consumer:
     async def cancel(self) -> None:
         if self.cancelled:
             return
-        self.cancelled = True
+        self.cancelled = True  # the loop's condition: a cancellation alone can be lost
+        self.wake.set()
         self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self.task
+        await asyncio.wait([self.task], timeout=BLOCK_MS / 1000 + 16)
         self.transport._consumers.discard(self)
 
 
@@ -288,6 +288,7 @@ class RedisTransport:
             ("send", _SEND), ("publish", _PUBLISH), ("ack", _ACK), ("rewrite", _REWRITE),
             ("move", _MOVE_DUE), ("cancel", _CANCEL_DELAYED))}
         self._mover: asyncio.Task[None] | None = None
+        self._closing = False
         self._last_claim: dict[str, float] = {}
 
     async def open(self) -> RedisTransport:
@@ -445,7 +446,7 @@ class RedisTransport:
 
     async def _move_due(self) -> None:
         """Move due delayed messages into their queues, waking for the next one due."""
-        while True:
+        while not self._closing:
             try:
                 nxt = await self._scripts["move"](args=[int(time.time() * 1000), 500])
                 wait_s = 0.5 if int(nxt) < 0 else (int(nxt) - time.time() * 1000) / 1000
@@ -711,10 +712,10 @@ class RedisTransport:
     async def close(self) -> None:
         for consumer in list(self._consumers):
             await consumer.cancel()
+        self._closing = True
         if self._mover is not None:
             self._mover.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._mover
+            await asyncio.wait([self._mover], timeout=20)
         await self._leases.close()
         with contextlib.suppress(Exception):
             for name in self._private:

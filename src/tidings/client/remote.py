@@ -12,7 +12,6 @@ then removed from the queue. Nothing is dropped on an advisory nobody may be lis
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -102,6 +101,7 @@ class Leases:
         self._renew = renew
         self._held: dict[Any, float] = {}  # token -> its timeout in seconds
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     def hold(self, token: Any, timeout_ms: int) -> None:
         self._held[token] = timeout_ms / 1000
@@ -113,7 +113,7 @@ class Leases:
             self._held.pop(token, None)
 
     async def _keep(self) -> None:
-        while True:
+        while not self._closed:
             period = min(self._held.values(), default=DEFAULT_CONSUMER_TIMEOUT_MS / 1000) / 3
             await asyncio.sleep(max(0.05, period))
             if self._held:
@@ -123,11 +123,13 @@ class Leases:
                     log.debug("renewing leases failed: %r", e)
 
     async def close(self) -> None:
+        """Stop renewing. The flag ends the loop even if a client library's own timeout
+        swallows the cancellation (Python 3.11's ``wait_for`` can)."""
         self._held.clear()
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await asyncio.wait([self._task], timeout=20)
 
 
 async def retrying(call: Callable[[], Awaitable[T]], transient: tuple[type[BaseException], ...],
