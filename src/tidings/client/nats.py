@@ -271,7 +271,10 @@ class _Consumer:
         self.cancelled = False
 
     def room(self) -> int:
-        return 0 if self.cancelled else self.prefetch - self.unsettled
+        """How many to ask for: nothing until half the prefetch is free (or all of a small
+        one), so pulls stay batches instead of one message per acknowledgement."""
+        room = 0 if self.cancelled else self.prefetch - self.unsettled
+        return room if room >= max(1, self.prefetch // 2) else 0
 
     def add(self, feed: _Feed) -> None:
         pull = _Pull(self.transport, self.queue, feed, self.room, self._deliver)

@@ -226,7 +226,7 @@ class _Consumer:
         t = self.transport
         while not self.cancelled:
             room = self.prefetch - self.unsettled
-            if room <= 0:
+            if room < max(1, self.prefetch // 2):  # read batches, not one per ack
                 self.wake.clear()
                 await self.wake.wait()
                 continue
@@ -280,7 +280,8 @@ class RedisTransport:
         self.r = aioredis.from_url(self.url, **options)
         self.consumer_name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.capabilities = redis_capabilities()
-        self._rules: dict[str, tuple[QueueRules, int]] = {}  # rules, priority levels
+        #: rules, priority levels, max length
+        self._rules: dict[str, tuple[QueueRules, int, int | None]] = {}
         self._private: list[str] = []
         self._consumers: set[_Consumer] = set()
         self._leases = Leases(self._renew)
@@ -289,6 +290,8 @@ class RedisTransport:
             ("move", _MOVE_DUE), ("cancel", _CANCEL_DELAYED))}
         self._mover: asyncio.Task[None] | None = None
         self._closing = False
+        self._outbox: dict[tuple[str, str, Any], list[tuple[list[Any], asyncio.Future[Any]]]] = {}
+        self._flush_soon = False
         self._last_claim: dict[str, float] = {}
 
     async def open(self) -> RedisTransport:
@@ -372,25 +375,23 @@ class RedisTransport:
                 await self._call(lambda lv=level: self.r.xgroup_create(
                     stream_key(name, lv), GROUP, id="0", mkstream=True), f"declare '{name}'")
         await self._call(lambda: self.r.hset(QUEUES, name, text), f"declare '{name}'")
-        self._rules[name] = (rules, levels)
+        self._rules[name] = (rules, levels, max_length)
 
     async def _queue(self, name: str) -> tuple[QueueRules, int, int | None]:
+        """The queue's rules, priority levels and max length (read once per process)."""
         known = self._rules.get(name)
-        text = await self._call(lambda: self.r.hget(QUEUES, name), f"queue '{name}'")
-        if text is None:
-            raise NotFoundError(f"no queue '{name}' on {self.capabilities.broker}")
-        data = json.loads(text)
         if known is None:
+            text = await self._call(lambda: self.r.hget(QUEUES, name), f"queue '{name}'")
+            if text is None:
+                raise NotFoundError(f"no queue '{name}' on {self.capabilities.broker}")
+            data = json.loads(text)
             known = self._rules[name] = (QueueRules.loads(json.dumps(data.get("rules"))),
-                                         int(data.get("levels", 1)))
-        return known[0], known[1], data.get("max_length")
+                                         int(data.get("levels", 1)), data.get("max_length"))
+        return known
 
     async def _rules_of(self, name: str) -> tuple[QueueRules, int]:
-        known = self._rules.get(name)
-        if known is None:
-            rules, levels, _ = await self._queue(name)
-            return rules, levels
-        return known
+        rules, levels, _ = await self._queue(name)
+        return rules, levels
 
     async def queue_exists(self, name: str) -> bool:
         return bool(await self._call(lambda: self.r.hexists(QUEUES, name), f"queue '{name}'"))
@@ -418,11 +419,56 @@ class RedisTransport:
             by_level: dict[int, list[Any]] = {}
             for m in messages:
                 by_level.setdefault(_level(m, levels), []).extend(self._fields(m))
-            for level, args in by_level.items():
-                await self._call(lambda a=args, lv=level: self._scripts["send"](
-                    keys=[stream_key(queue, lv)], args=[max_length or 0, *a]),
-                    f"send to '{queue}'")
+            await asyncio.gather(*(
+                self._batched("send", stream_key(queue, level), max_length or 0, args)
+                for level, args in by_level.items()))
         await self._replicate()
+
+    def _batched(self, script: str, key: str, head: Any, tail: list[Any]) -> asyncio.Future[Any]:
+        """Run ``script`` on ``key`` with ``head`` and ``tail``, together with every other call
+        of this loop turn for the same script, key and head: one pipelined round trip for
+        all the sends and publishes made at once (a ``gather`` of single sends included)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        batch = self._outbox.setdefault((script, key, head), [])
+        batch.append((tail, future))
+        if not self._flush_soon:
+            self._flush_soon = True
+            loop.call_soon(lambda: loop.create_task(self._flush()))
+        return future
+
+    async def _flush(self) -> None:
+        outbox, self._outbox, self._flush_soon = self._outbox, {}, False
+        calls = list(outbox.items())
+
+        async def run() -> list[Any]:
+            for _ in range(2):
+                async with self.r.pipeline(transaction=False) as pipe:
+                    for (script, key, head), items in calls:
+                        args = [head, *(a for tail, _ in items for a in tail)]
+                        pipe.evalsha(self._scripts[script].sha, 1, key, *args)
+                    results = list(await pipe.execute(raise_on_error=False))
+                if not any(isinstance(r, rerr.NoScriptError) for r in results):
+                    break
+                for known in self._scripts.values():  # a restarted Redis forgot them
+                    await self.r.script_load(known.script)
+            return results
+
+        try:
+            results = await self._call(run, "send")
+        except Exception as e:
+            results = [e] * len(calls)
+        for (_, items), result in zip(calls, results, strict=True):
+            for _, future in items:
+                if future.done():
+                    continue
+                if isinstance(result, rerr.ResponseError) and str(result).startswith("FULL"):
+                    future.set_exception(PreconditionFailedError(
+                        "send: the queue is full (max_length)"))
+                elif isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
 
     async def _delay(self, queue: str, levels: int, message: Message, failures: int,
                      delay_ms: int, settle: _Token | None) -> None:
@@ -436,12 +482,11 @@ class RedisTransport:
                   uuid.uuid4().hex]), f"delay a message for '{queue}'")
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
-        args: list[Any] = [topic]
+        args: list[Any] = []
         for m in messages:
             m.routing_key = topic
             args.extend(self._fields(m)[:2])
-        await self._call(lambda: self._scripts["publish"](keys=[BINDINGS], args=args),
-                         f"publish to '{topic}'")
+        await self._batched("publish", BINDINGS, topic, args)
         await self._replicate()
 
     async def _move_due(self) -> None:
