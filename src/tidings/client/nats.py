@@ -539,11 +539,15 @@ class NatsTransport:
         """Publish each ``(subject, payload, headers)`` and wait for every acknowledgement
         (a batch in flight together); retried with the same ids across a reconnection."""
         async def once() -> list[Any]:
-            if len(items) == 1:
-                subject, body, headers = items[0]
-                return [await self.js.publish(subject, body, headers=headers)]
-            futures = [await self.js.publish_async(s, b, headers=h) for s, b, h in items]
-            return list(await asyncio.gather(*futures))
+            # acknowledgements on nats-py's one shared reply inbox: no request object, and no
+            # wait_for, per message
+            futures = [await self.js.publish_async(s, b, headers=dict(h)) for s, b, h in items]
+            _, late = await asyncio.wait(futures, timeout=5)
+            for future in late:
+                future.cancel()
+            if late:
+                raise nats.errors.TimeoutError
+            return [f.result() for f in futures]
 
         try:
             await retrying(once, (*_TRANSIENT[:-1], asyncio.TimeoutError), what)
