@@ -185,8 +185,10 @@ class _Token:
     queue: str
     failures: int
     message: Message
-    consumer: _Pull | None = None
+    consumer: _Consumer | None = None
     settled: bool = False
+    #: Why it is to be dead-lettered (set when it is).
+    reason: str = ""
 
 
 @dataclass(eq=False)
@@ -286,7 +288,20 @@ class _Consumer:
             asyncio.get_running_loop().create_task(_quietly(msg.nak()))
             return
         self.unsettled += 1
-        asyncio.get_running_loop().create_task(self._admit(msg, feed))
+        if not self._deliver_now(msg, feed):
+            asyncio.get_running_loop().create_task(self._admit(msg, feed))
+
+    def _deliver_now(self, msg: Msg, feed: _Feed) -> bool:
+        """The common case without a task: the queue's rules are known and the delivery is
+        for a handler. False: it needs the slow path (dead letter, skip, rules to read)."""
+        rules = self.transport._rules.get(self.queue)
+        if rules is None:
+            return False
+        verdict = self.transport._judge(msg, self.queue, feed, self, rules)
+        if not isinstance(verdict, Incoming):
+            return False
+        self.on_message(verdict)
+        return True
 
     async def _admit(self, msg: Msg, feed: _Feed) -> None:
         incoming = await self.transport._admit(msg, self.queue, feed, self)
@@ -414,6 +429,15 @@ class NatsTransport:
         except nats.js.errors.APIError as e:
             raise TidingsError(f"{what}: {e.description or e}") from e
 
+    async def _pages(self, page: Callable[[int], Any], what: str) -> list[Any]:
+        """Every item of a JetStream list (the API answers 256 at a time)."""
+        found: list[Any] = []
+        while True:
+            more = await self._api(lambda: page(len(found)), what)
+            found.extend(more or [])
+            if not more:
+                return found
+
     # -- declarations ----------------------------------------------------------------------
 
     async def declare_queue(self, name: str, spec: QueueSpec) -> str:
@@ -523,8 +547,9 @@ class NatsTransport:
             feeds = [_Feed(stream_name(queue), CONSUMER)]
             prefix = f"{_escape(queue)}_Z"
             with contextlib.suppress(NotFoundError):  # no events stream yet
-                for info in await self._api(lambda: self.js.consumers_info(EVENTS_STREAM),
-                                            "list event subscriptions"):
+                for info in await self._pages(
+                        lambda at: self.js.consumers_info(EVENTS_STREAM, offset=at),
+                        "list event subscriptions"):
                     if info.name.startswith(prefix):
                         pattern = json.loads(info.config.description or "{}").get("pattern")
                         exact = pattern is None or event_filter(pattern)[1]
@@ -559,10 +584,14 @@ class NatsTransport:
                     f"{what}: the queue is full (max_length)") from e
             raise TidingsError(f"{what}: {e.description or e}") from e
 
-    def _headers(self, message: Message) -> dict[str, str]:
+    def _headers(self, message: Message, scope: str = "") -> dict[str, str]:
+        """The message's NATS headers. ``scope`` qualifies its ``Nats-Msg-Id`` in a stream
+        shared by many queues or topics: JetStream deduplicates per stream, and the same id
+        sent to two queues within the window must not lose the second."""
         headers = {META_HEADER: encode_meta(message)}
         if message.message_id:
-            headers[MSG_ID_HEADER] = message.message_id
+            headers[MSG_ID_HEADER] = f"{scope}|{message.message_id}" if scope else \
+                message.message_id
         return headers
 
     async def send(self, queue: str, messages: Sequence[Message],
@@ -584,7 +613,7 @@ class NatsTransport:
         due = str(int(time.time() * 1000) + int(delay_ms))
         items = []
         for m in messages:
-            headers = self._headers(m)
+            headers = self._headers(m, f"{queue}@{due}")
             headers.update({DUE_HEADER: due, TARGET_HEADER: queue})
             items.append((f"tidings.delay.{_escape(queue)}", m.body, headers))
         await self._publish(items, f"send to '{queue}' with a delay")
@@ -594,7 +623,7 @@ class NatsTransport:
         await self._ensure_events()
         for message in messages:
             message.routing_key = topic
-        await self._publish([(subject, m.body, self._headers(m)) for m in messages],
+        await self._publish([(subject, m.body, self._headers(m, topic)) for m in messages],
                             f"publish to '{topic}'")
 
     # -- delayed messages ------------------------------------------------------------------
@@ -644,6 +673,19 @@ class NatsTransport:
                      consumer: _Consumer | None) -> Incoming | None:
         """A delivery as the client's Incoming, or None when it was dead-lettered, expired or
         (for a ``#`` NATS cannot express) not wanted by the queue's pattern."""
+        verdict = self._judge(msg, queue, feed, consumer, await self._queue_rules(queue))
+        if isinstance(verdict, Incoming):
+            return verdict
+        if isinstance(verdict, _Token):
+            await self._dead_letter(verdict, verdict.reason)
+        else:
+            await _quietly(msg.ack())
+        return None
+
+    def _judge(self, msg: Msg, queue: str, feed: _Feed, consumer: _Consumer | None,
+               rules: QueueRules) -> Incoming | _Token | None:
+        """Without waiting: the Incoming to hand over, the token of a delivery to dead-letter
+        (its ``reason`` set), or None for an event the queue's pattern does not want."""
         meta = msg.metadata
         try:
             message = decode_meta(msg.data, (msg.headers or {}).get(META_HEADER))
@@ -652,18 +694,16 @@ class NatsTransport:
         if feed.stream == EVENTS_STREAM:
             message.routing_key = _topic_of(msg.subject)
             if feed.pattern is not None and not topic_matches(feed.pattern, message.routing_key):
-                await _quietly(msg.ack())
                 return None
         elif not message.routing_key:
             message.routing_key = queue
         failures = meta.num_delivered - 1
-        rules = await self._queue_rules(queue)
         enqueued_ms = meta.timestamp.timestamp() * 1000 if meta.timestamp else time.time() * 1000
         reason = rules.death(message, failures, enqueued_ms, time.time() * 1000)
         token = _Token(msg, queue, failures, message, consumer)
         if reason is not None:
-            await self._dead_letter(token, reason)
-            return None
+            token.reason = reason
+            return token
         self._leases.hold(token, rules.consumer_timeout_ms)
         return Incoming(message, queue, token, failures > 0, failures)
 
@@ -862,11 +902,11 @@ class NatsTransport:
                 "statistics")
             for subject, count in (info.state.subjects or {}).items():
                 delayed[subject.removeprefix("tidings.delay.")] = int(count)
-        streams = await self._api(lambda: self.js.streams_info(), "statistics")
+        streams = await self._pages(lambda at: self.js.streams_info(offset=at), "statistics")
         events: dict[str, list[Any]] = {}
         if any(s.config.name == EVENTS_STREAM for s in streams):
-            for info in await self._api(lambda: self.js.consumers_info(EVENTS_STREAM),
-                                        "statistics"):
+            for info in await self._pages(
+                    lambda at: self.js.consumers_info(EVENTS_STREAM, offset=at), "statistics"):
                 events.setdefault(info.name.split("_Z")[0], []).append(info)
         queues = []
         for s in streams:

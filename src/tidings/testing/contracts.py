@@ -298,6 +298,36 @@ async def transport_purges_and_counts(t: Transport) -> None:
     assert await t.get(q) is None
 
 
+async def transport_keeps_one_id_in_two_queues(t: Transport) -> None:
+    """A message id is the sender's: the same id sent (now or delayed) to two queues, or
+    published on two topics, is two messages, whatever the engine deduplicates by."""
+    first, second, topic = unique("id1"), unique("id2"), unique("ids")
+    for q in (first, second):
+        await t.declare_queue(q, QueueSpec())
+        await t.send(q, [_msg(b"now", "order-7")])
+    await t.bind_events(first, f"{topic}.a")
+    await t.bind_events(second, f"{topic}.b")
+    await t.publish(f"{topic}.a", [_msg(b"event", "order-7")])
+    await t.publish(f"{topic}.b", [_msg(b"event", "order-7")])
+    delays = t.capabilities.delays
+    if delays:
+        for q in (first, second):
+            await t.send(q, [_msg(b"later", "order-7")], delay_ms=50)
+    for q in (first, second):
+        bodies = []
+        deadline = asyncio.get_running_loop().time() + 5
+        while len(bodies) < (3 if delays else 2):
+            assert asyncio.get_running_loop().time() < deadline, f"{q} got only {bodies}"
+            m = await t.get(q)
+            if m is None:
+                await asyncio.sleep(0.02)
+                continue
+            assert m.message.message_id == "order-7"
+            bodies.append(m.message.body)
+            await t.ack([m.token])
+        assert sorted(bodies) == sorted([b"now", b"event", b"later"][:len(bodies)])
+
+
 TRANSPORT_CHECKS: list[Callable[[Transport], Awaitable[None]]] = [
     transport_round_trips_a_message,
     transport_consumes_with_prefetch,
@@ -309,6 +339,7 @@ TRANSPORT_CHECKS: list[Callable[[Transport], Awaitable[None]]] = [
     transport_deletes_a_delayed_message_by_id,
     transport_extends_a_lease,
     transport_purges_and_counts,
+    transport_keeps_one_id_in_two_queues,
 ]
 
 
