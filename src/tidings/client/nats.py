@@ -52,6 +52,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from tidings.client.remote import (
+    RETRY_FOR_S,
     Leases,
     QueueRules,
     broker_statistics,
@@ -346,6 +347,9 @@ class NatsTransport:
         self._mover: _Pull | None = None
         self._events_ready = False
         self._refused: asyncio.Future[str] | None = None
+        self._outbox: list[tuple[list[tuple[str, bytes, dict[str, str]]],
+                                 asyncio.Future[BaseException | None]]] = []
+        self._flush_soon = False
 
     # -- connection ------------------------------------------------------------------------
 
@@ -561,28 +565,72 @@ class NatsTransport:
     # -- sending ---------------------------------------------------------------------------
 
     async def _publish(self, items: list[tuple[str, bytes, dict[str, str]]], what: str) -> None:
-        """Publish each ``(subject, payload, headers)`` and wait for every acknowledgement
-        (a batch in flight together); retried with the same ids across a reconnection."""
-        async def once() -> list[Any]:
-            # acknowledgements on nats-py's one shared reply inbox: no request object, and no
-            # wait_for, per message
-            futures = [await self.js.publish_async(s, b, headers=dict(h)) for s, b, h in items]
-            _, late = await asyncio.wait(futures, timeout=5)
-            for future in late:
-                future.cancel()
-            if late:
-                raise nats.errors.TimeoutError
-            return [f.result() for f in futures]
-
-        try:
-            await retrying(once, (*_TRANSIENT[:-1], asyncio.TimeoutError), what)
-        except nats.js.errors.NoStreamResponseError as e:
-            raise NotFoundError(f"{what}: no such queue on {self._broker()}") from e
-        except nats.js.errors.APIError as e:
-            if e.err_code == 10077 or "maximum messages" in str(e.description):
+        """Publish each ``(subject, payload, headers)`` and wait until JetStream has stored
+        it. Every publish of one loop turn goes out together and waits on nats-py's shared
+        acknowledgement inbox (one timer for the lot, not a request per message); what is
+        not acknowledged is published again, with the same ids, for up to 30 s."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[BaseException | None] = loop.create_future()
+        self._outbox.append((items, done))
+        if not self._flush_soon:
+            self._flush_soon = True
+            loop.call_soon(lambda: loop.create_task(self._flush()))
+        error = await done
+        if error is None:
+            return
+        if isinstance(error, nats.js.errors.NoStreamResponseError):
+            raise NotFoundError(f"{what}: no such queue on {self._broker()}") from error
+        if isinstance(error, nats.js.errors.APIError):
+            if error.err_code == 10077 or "maximum messages" in str(error.description):
                 raise PreconditionFailedError(
-                    f"{what}: the queue is full (max_length)") from e
-            raise TidingsError(f"{what}: {e.description or e}") from e
+                    f"{what}: the queue is full (max_length)") from error
+            raise TidingsError(f"{what}: {error.description or error}") from error
+        if isinstance(error, TidingsError):
+            raise error
+        raise BrokenResourceError(f"{what} failed: {error!r}") from error
+
+    async def _flush(self) -> None:
+        batch, self._outbox, self._flush_soon = self._outbox, [], False
+        flat = [item for items, _ in batch for item in items]
+        outcome: list[BaseException | None] = [None] * len(flat)
+        waiting = list(range(len(flat)))
+        deadline, pause = time.monotonic() + RETRY_FOR_S, 0.05
+        while waiting:
+            futures: dict[int, asyncio.Future[Any]] = {}
+            try:
+                for i in waiting:
+                    subject, body, headers = flat[i]
+                    futures[i] = await self.js.publish_async(subject, body, headers=dict(headers))
+            except _TRANSIENT as e:  # the connection is being re-established
+                outcome_error: BaseException | None = e
+            else:
+                outcome_error = None
+            if futures:
+                await asyncio.wait(futures.values(), timeout=5)
+            again = []
+            for i in waiting:
+                future = futures.get(i)
+                if future is None or not future.done():
+                    if future is not None:
+                        future.cancel()
+                    again.append(i)
+                elif future.exception() is not None:
+                    outcome[i] = future.exception()
+            waiting = again
+            if waiting and time.monotonic() > deadline:
+                for i in waiting:
+                    outcome[i] = BrokenResourceError(
+                        f"not acknowledged within {RETRY_FOR_S:.0f} s: {outcome_error!r}")
+                break
+            if waiting:
+                await asyncio.sleep(pause)
+                pause = min(1.0, pause * 2)
+        at = 0
+        for items, done in batch:
+            errors = [e for e in outcome[at:at + len(items)] if e is not None]
+            at += len(items)
+            if not done.done():
+                done.set_result(errors[0] if errors else None)
 
     def _headers(self, message: Message, scope: str = "") -> dict[str, str]:
         """The message's NATS headers. ``scope`` qualifies its ``Nats-Msg-Id`` in a stream
