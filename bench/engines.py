@@ -8,7 +8,8 @@ and every transport on the same workloads.
 N1 / R1 durable round trip (the workload of bench/transports.py T1): 256 B messages sent in
    windows of 100 whose confirmations are awaited together, one consumer with prefetch 100
    acknowledging each message. Raw nats-py: a work-queue stream, a durable pull consumer
-   fetched 100 at a time, publish_async windows. Raw redis-py: XADD windows in one pipeline,
+   fetched 100 at a time, publish_async windows with a Nats-Msg-Id per message (as tidings sends,
+   which makes a retried send safe). Raw redis-py: XADD windows in one pipeline,
    XREADGROUP 100 at a time, XACK + XDEL per message (what a work queue needs).
 N2 / R2 fan-out to four groups: events in confirmed windows of 100, four groups each with one
    consumer; deliveries/s until all four have everything. Raw nats-py: one interest stream,
@@ -48,9 +49,12 @@ from transports import (  # the sibling benchmark's workloads, reused as they ar
 
 
 async def _nats_produce(js: object, subject: str, n: int) -> None:
-    for _ in range(n // WINDOW):
-        futures = [await js.publish_async(subject, BODY)  # type: ignore[attr-defined]
-                   for _ in range(WINDOW)]
+    """Windows of publishes, each with a ``Nats-Msg-Id`` as tidings sends (what makes a send
+    retried after a lost acknowledgement safe)."""
+    prefix = uuid.uuid4().hex
+    for w in range(n // WINDOW):
+        futures = [await js.publish_async(  # type: ignore[attr-defined]
+            subject, BODY, headers={"Nats-Msg-Id": f"{prefix}-{w}-{i}"}) for i in range(WINDOW)]
         await asyncio.gather(*futures)
 
 
