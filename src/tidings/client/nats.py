@@ -956,18 +956,22 @@ class NatsTransport:
             for info in await self._pages(
                     lambda at: self.js.consumers_info(EVENTS_STREAM, offset=at), "statistics"):
                 events.setdefault(info.name.split("_Z")[0], []).append(info)
-        queues = []
-        for s in streams:
-            if not s.config.name.startswith(QUEUE_STREAM_PREFIX):
-                continue
-            escaped = s.config.name[len(QUEUE_STREAM_PREFIX):]
-            name = _unescape(escaped)
-            infos = list(events.get(escaped, []))
+        names = [s.config.name for s in streams
+                 if s.config.name.startswith(QUEUE_STREAM_PREFIX)]
+
+        async def info(stream: str) -> Any:
             with contextlib.suppress(NotFoundError):
-                infos.append(await self._api(
-                    lambda n=s.config.name: self.js.consumer_info(n, CONSUMER), "statistics"))
+                return await self._api(lambda: self.js.consumer_info(stream, CONSUMER),
+                                       "statistics")
+            return None
+
+        own = await asyncio.gather(*(info(n) for n in names))  # one round trip for all
+        queues = []
+        for stream, mine in zip(names, own, strict=True):
+            escaped = stream[len(QUEUE_STREAM_PREFIX):]
+            infos = [*events.get(escaped, []), *([mine] if mine is not None else [])]
             queues.append(queue_statistics(
-                "/", name, ready=sum(int(i.num_pending or 0) for i in infos),
+                "/", _unescape(escaped), ready=sum(int(i.num_pending or 0) for i in infos),
                 unacked=sum(int(i.num_ack_pending or 0) for i in infos),
                 delayed=delayed.get(escaped, 0),
                 consumers=sum(int(i.num_waiting or 0) for i in infos)))
