@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
+from .services import unavailable
 
 BINARIES = {"nats": "/usr/sbin/nats-server", "redis": "redis-server"}
 
@@ -26,10 +26,8 @@ def _binary(kind: str) -> str:
     found = shutil.which(BINARIES[kind]) or (
         BINARIES[kind] if os.path.exists(BINARIES[kind]) else None)
     if found is None:
-        reason = f"{BINARIES[kind]} is not installed: this test starts a {kind} server of its own"
-        if os.environ.get("TIDINGS_REQUIRE_SERVICES") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(f"{BINARIES[kind]} is not installed: this test starts a {kind} server of "
+                    f"its own")
     return found
 
 

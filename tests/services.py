@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import NoReturn
 
 import pytest
 
@@ -16,14 +17,18 @@ NATS = ("127.0.0.1", int(os.environ.get("TIDINGS_NATS_PORT", "4222")))
 REDIS = ("127.0.0.1", int(os.environ.get("TIDINGS_REDIS_PORT", "6379")))
 
 
+def unavailable(reason: str) -> NoReturn:
+    """Skip the test, or fail it where services are required (CI)."""
+    if os.environ.get("TIDINGS_REQUIRE_SERVICES") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 def require(name: str, address: tuple[str, int]) -> tuple[str, int]:
     try:
         socket.create_connection(address, timeout=2).close()
     except OSError as e:
-        reason = f"{name} is not running on {address[0]}:{address[1]} ({e.strerror or e})"
-        if os.environ.get("TIDINGS_REQUIRE_SERVICES") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(f"{name} is not running on {address[0]}:{address[1]} ({e.strerror or e})")
     return address
 
 

@@ -98,3 +98,31 @@ def test_a_tag_shaped_table_beside_a_timestamp_is_kept_as_the_user_sent_it() -> 
 def test_unreadable_bytes_raise_one_error_type(data: bytes) -> None:
     with pytest.raises(RecordError):
         decode_record(data)
+
+
+@given(
+    body=st.binary(max_size=100),
+    headers=st.none() | st.dictionaries(st.text(max_size=10), header_values, min_size=1,
+                                        max_size=4),
+    message_id=st.none() | st.text(max_size=20),
+    persistent=st.booleans(),
+)
+def test_properties_travel_beside_the_body(body: bytes, headers: dict[str, object] | None,
+                                          message_id: str | None, persistent: bool) -> None:
+    """What NATS headers and Redis stream fields carry: every property, bytes and dates
+    included, comes back as it was sent."""
+    from tidings.message import decode_meta, encode_meta
+
+    sent = Message(body, "orders.eu", "", headers, persistent, content_type="application/json",
+                   message_id=message_id, timestamp=1_700_000_000,
+                   reply_to="replies", priority=3)
+    assert decode_meta(body, encode_meta(sent)) == sent
+
+
+def test_foreign_or_damaged_properties() -> None:
+    from tidings.message import decode_meta
+
+    assert decode_meta(b"raw", None) == Message(b"raw")  # a producer that is not tidings
+    for bad in ('[1, 2]', '{"h": {"$b": "not base64!"}}', "{not json"):
+        with pytest.raises(ValueError):
+            decode_meta(b"x", bad)

@@ -207,9 +207,9 @@ def _decode(data: bytes) -> Record:
     raise ValueError(f"unknown record format {bytes(data[:1])!r}")
 
 
-def _encode_json(record: Record) -> bytes:
-    m = record.message
-    meta: dict[str, Any] = {"k": m.routing_key, "t0": record.enqueued_at}
+def _meta_of(m: Message) -> dict[str, Any]:
+    """Everything of ``m`` but its body, JSON-ready (bytes and dates tagged)."""
+    meta: dict[str, Any] = {"k": m.routing_key}
     if m.exchange:
         meta["x"] = m.exchange
     if not m.persistent:
@@ -220,6 +220,21 @@ def _encode_json(record: Record) -> bytes:
         value = getattr(m, name)
         if value is not None:
             meta[name] = value
+    return meta
+
+
+def _message_from(body: bytes, meta: dict[str, Any]) -> Message:
+    """Inverse of :func:`_meta_of`."""
+    props = {name: meta[name] for name in _PROPERTY_FIELDS if name in meta}
+    return Message(body, routing_key=str(meta.get("k", "")), exchange=str(meta.get("x", "")),
+                   headers=_untag(meta["h"]) if "h" in meta else None,
+                   persistent="np" not in meta, **props)
+
+
+def _encode_json(record: Record) -> bytes:
+    m = record.message
+    meta = _meta_of(m)
+    meta["t0"] = record.enqueued_at
     if record.delivery_count:
         meta["dc"] = record.delivery_count
     if record.expires_at is not None:
@@ -234,15 +249,7 @@ def _encode_json(record: Record) -> bytes:
 def _decode_json(data: memoryview) -> Record:
     (n,) = _LEN.unpack_from(data)
     meta = json.loads(bytes(data[4 : 4 + n]))
-    props = {name: meta[name] for name in _PROPERTY_FIELDS if name in meta}
-    message = Message(
-        body=bytes(data[4 + n :]),
-        routing_key=meta["k"],
-        exchange=meta.get("x", ""),
-        headers=_untag(meta["h"]) if "h" in meta else None,
-        persistent="np" not in meta,
-        **props,
-    )
+    message = _message_from(bytes(data[4 + n :]), meta)
     return Record(
         message=message,
         enqueued_at=meta["t0"],
@@ -257,28 +264,13 @@ def encode_meta(message: Message) -> str:
     """Everything of ``message`` but its body, as one JSON text (bytes and dates tagged):
     how remote transports whose engines know no AMQP properties (NATS headers, Redis stream
     fields) carry them next to the body."""
-    meta: dict[str, Any] = {}
-    if message.routing_key:
-        meta["k"] = message.routing_key
-    if message.exchange:
-        meta["x"] = message.exchange
-    if not message.persistent:
-        meta["np"] = 1
-    if message.headers:
-        meta["h"] = _tag(message.headers)
-    for name in _PROPERTY_FIELDS:
-        value = getattr(message, name)
-        if value is not None:
-            meta[name] = value
-    return json.dumps(meta, separators=(",", ":"))
+    return json.dumps(_meta_of(message), separators=(",", ":"))
 
 
 def decode_meta(body: bytes, meta: str | bytes | None) -> Message:
-    """Inverse of :func:`encode_meta` (no meta: a bare body, as a foreign producer sends)."""
-    data: dict[str, Any] = json.loads(meta) if meta else {}
+    """Inverse of :func:`encode_meta` (no meta: a bare body, as a foreign producer sends).
+    Raises ValueError for properties that are not what :func:`encode_meta` writes."""
+    data: Any = json.loads(meta) if meta else {}
     if not isinstance(data, dict):
         raise ValueError("message properties are not a JSON object")
-    props = {name: data[name] for name in _PROPERTY_FIELDS if name in data}
-    return Message(body, routing_key=str(data.get("k", "")), exchange=str(data.get("x", "")),
-                   headers=_untag(data["h"]) if "h" in data else None,
-                   persistent="np" not in data, **props)
+    return _message_from(body, data)

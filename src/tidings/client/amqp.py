@@ -43,7 +43,8 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
 from tidings.basic_properties import to_message, to_properties
-from tidings.client.management import NO_LATENCY, queue_statistics
+from tidings.client.management import queue_statistics as management_statistics
+from tidings.client.remote import broker_statistics, queue_statistics
 from tidings.client.transport import (
     EVENTS_EXCHANGE,
     Capabilities,
@@ -51,6 +52,7 @@ from tidings.client.transport import (
     QueueSpec,
     dead_letter_queue,
 )
+from tidings.client.urls import redact
 from tidings.errors import (
     AccessRefusedError,
     BrokenResourceError,
@@ -62,7 +64,7 @@ from tidings.errors import (
     TidingsError,
 )
 from tidings.message import Message, revive
-from tidings.routing.stats import BrokerStatistics, QueueStatistics
+from tidings.routing.stats import BrokerStatistics
 
 log = logging.getLogger("tidings.client.amqp")
 
@@ -277,7 +279,7 @@ class AmqpTransport:
         return self
 
     def _where(self) -> str:
-        return f"Unix socket {self._unix}" if self._unix else _redact(self.url)
+        return f"Unix socket {self._unix}" if self._unix else redact(self.url)
 
     def _broker(self) -> str:
         if self.is_tidings:
@@ -683,23 +685,17 @@ class AmqpTransport:
         it (tidings serve's includes waiting and processing times); without one, what
         ``queue.declare`` tells of each queue this client used: messages ready, consumers."""
         if self._management is not None:
-            queues = await queue_statistics(self._management, self._vhost())
+            queues = await management_statistics(self._management, self._vhost())
         else:
             queues = []
             for name in sorted(self._known):
                 ok = await self._passive(name)
                 if ok is None:
                     continue
-                queues.append(QueueStatistics(
-                    vhost=self._vhost(), name=name, ready=int(ok.message_count), unacked=0,
-                    delayed=0, consumers=int(ok.consumer_count), ready_bytes=0,
-                    oldest_ready_age_s=None, counts={}, rates={},
-                    waiting_time=NO_LATENCY, processing_time=NO_LATENCY))
-        return BrokerStatistics(
-            queues=tuple(queues), exchanges=0, sessions=1,
-            consumers=sum(q.consumers for q in queues), ready=sum(q.ready for q in queues),
-            unacked=sum(q.unacked for q in queues), delayed=sum(q.delayed for q in queues),
-            counts={}, rates={})
+                queues.append(queue_statistics(
+                    self._vhost(), name, ready=int(ok.message_count), unacked=0, delayed=0,
+                    consumers=int(ok.consumer_count)))
+        return broker_statistics(queues)
 
     def _vhost(self) -> str:
         return self._conn.vhost if self._conn is not None else "/"
@@ -737,8 +733,3 @@ logging.getLogger("aiormq.connection").addFilter(_ConnectionLoss())
 
 
 _NAME = re.compile(r"[A-Za-z0-9\-_.:]*")
-
-
-def _redact(url: str) -> str:
-    """``url`` without its password, for messages."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)

@@ -61,6 +61,7 @@ from tidings.client.remote import (
     retrying,
 )
 from tidings.client.transport import Capabilities, Incoming, QueueSpec, dead_letter_queue
+from tidings.client.urls import redact
 from tidings.errors import (
     AccessRefusedError,
     BrokenResourceError,
@@ -198,7 +199,6 @@ class _Pull:
     messages as the consumer's prefetch has room for."""
 
     transport: NatsTransport
-    queue: str
     feed: _Feed
     room: Callable[[], int]
     deliver: Callable[[Msg, _Feed], None]
@@ -280,7 +280,7 @@ class _Consumer:
         return room if room >= max(1, self.prefetch // 2) else 0
 
     def add(self, feed: _Feed) -> None:
-        pull = _Pull(self.transport, self.queue, feed, self.room, self._deliver)
+        pull = _Pull(self.transport, feed, self.room, self._deliver)
         self.pulls.append(pull)
         pull.start()
 
@@ -371,17 +371,17 @@ class NatsTransport:
             await self._first_connect(options)
         except nats.errors.Error as e:
             if "authorization" in str(e).lower():
-                raise AccessRefusedError(f"login refused by {_redact(self.url)}: {e}") from e
-            raise BrokenResourceError(f"cannot connect to {_redact(self.url)}: {e!r}") from e
+                raise AccessRefusedError(f"login refused by {redact(self.url)}: {e}") from e
+            raise BrokenResourceError(f"cannot connect to {redact(self.url)}: {e!r}") from e
         except (TimeoutError, OSError) as e:
-            raise BrokenResourceError(f"cannot connect to {_redact(self.url)}: {e!r}") from e
+            raise BrokenResourceError(f"cannot connect to {redact(self.url)}: {e!r}") from e
         self.js = self.nc.jetstream(timeout=5)
         try:
             info = await self.js.account_info()
         except nats.js.errors.Error as e:
             await self.nc.close()
             raise NotSupportedError(
-                f"NATS at {_redact(self.url)}", "use JetStream",
+                f"NATS at {redact(self.url)}", "use JetStream",
                 f"start nats-server with -js (JetStream is off: {e})") from e
         del info
         version = str(getattr(self.nc, "_server_info", {}).get("version", ""))
@@ -403,8 +403,8 @@ class NatsTransport:
         connecting.cancel()
         if self._refused in done:
             raise AccessRefusedError(
-                f"login refused by {_redact(self.url)}: {self._refused.result()}")
-        raise BrokenResourceError(f"cannot connect to {_redact(self.url)} within 15 s")
+                f"login refused by {redact(self.url)}: {self._refused.result()}")
+        raise BrokenResourceError(f"cannot connect to {redact(self.url)} within 15 s")
 
     async def _error(self, error: Exception) -> None:
         log.debug("NATS: %r", error)
@@ -415,10 +415,10 @@ class NatsTransport:
 
     async def _disconnected(self) -> None:
         if not self.nc.is_closed:
-            log.warning("connection to NATS at %s lost; reconnecting", _redact(self.url))
+            log.warning("connection to NATS at %s lost; reconnecting", redact(self.url))
 
     async def _reconnected(self) -> None:
-        log.warning("reconnected to NATS at %s", _redact(self.url))
+        log.warning("reconnected to NATS at %s", redact(self.url))
 
     def _broker(self) -> str:
         return self.capabilities.broker
@@ -687,7 +687,7 @@ class NatsTransport:
             max_deliver=-1, max_ack_pending=MAX_ACK_PENDING)
         await self._api(lambda: self.js.add_consumer(DELAYED_STREAM, config=consumer),
                         "declare the delay mover")
-        self._mover = _Pull(self, "", _Feed(DELAYED_STREAM, MOVER), lambda: 256,
+        self._mover = _Pull(self, _Feed(DELAYED_STREAM, MOVER), lambda: 256,
                             self._due)
         self._mover.start()
 
@@ -1005,7 +1005,3 @@ def _nak(delay_ms: int | None) -> bytes:
     if not delay_ms:
         return b"-NAK"
     return b"-NAK " + json.dumps({"delay": int(delay_ms) * 1_000_000}).encode()
-
-
-def _redact(url: str) -> str:
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)

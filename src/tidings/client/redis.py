@@ -55,6 +55,7 @@ from tidings.client.remote import (
     retrying,
 )
 from tidings.client.transport import Capabilities, Incoming, QueueSpec, dead_letter_queue
+from tidings.client.urls import redact
 from tidings.errors import (
     AccessRefusedError,
     BrokenResourceError,
@@ -298,13 +299,13 @@ class RedisTransport:
         try:
             info = await self.r.info("server")
         except rerr.AuthenticationError as e:
-            raise AccessRefusedError(f"login refused by {_redact(self.url)}: {e}") from e
+            raise AccessRefusedError(f"login refused by {redact(self.url)}: {e}") from e
         except rerr.ResponseError as e:
             if "NOAUTH" in str(e) or "WRONGPASS" in str(e):
-                raise AccessRefusedError(f"login refused by {_redact(self.url)}: {e}") from e
+                raise AccessRefusedError(f"login refused by {redact(self.url)}: {e}") from e
             raise
         except (rerr.ConnectionError, OSError) as e:
-            raise BrokenResourceError(f"cannot connect to {_redact(self.url)}: {e}") from e
+            raise BrokenResourceError(f"cannot connect to {redact(self.url)}: {e}") from e
         version = str(info.get("redis_version", ""))
         durable, why = await self._durability()
         self.capabilities = redis_capabilities(f"Redis {version}".strip(), durable, why)
@@ -785,10 +786,3 @@ class RedisTransport:
 
 def _level(message: Message, levels: int) -> int:
     return max(0, min(int(message.priority or 0), levels - 1))
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@")
-    return url
