@@ -109,20 +109,6 @@ def header_problem(headers: dict[str, Any]) -> str | None:
     return None
 
 
-def dead_letter_queue(queue: str) -> str:
-    """Where the client API keeps a queue's dead letters: ``<queue>.dead``."""
-    return f"{queue}.dead"
-
-
-def revive(message: Message, routing_key: str) -> Message:
-    """A dead letter made ready to replay: its broker (``x-``) headers, the death history
-    included, are dropped and it is addressed to ``routing_key``."""
-    message.headers = {k: v for k, v in (message.headers or {}).items()
-                       if not k.startswith("x-")} or None
-    message.routing_key = routing_key
-    return message
-
-
 #: Tags of the JSON form for values JSON has no type for. A user table that has a key of this
 #: shape is wrapped as ``{"$t": table}``, so no user value can be read back as a tag.
 _TAGS = ("$b", "$dt", "$dec", "$t")

@@ -1,11 +1,15 @@
-"""The topic pattern language's syntax, on the ground floor: ``*`` and ``#`` as whole words.
+"""The topic pattern language, on the ground floor: ``*`` matches exactly one word, ``#``
+zero or more; words are separated by ``.`` and the empty routing key is one empty word, as in
+RabbitMQ.
 
 Every face checks a pattern before it reaches the broker (the client when a handler is
-decorated, the HTTP gateway for a stream), so the syntax lives here; matching is the router's
-job (:mod:`tidings.routing.topic`).
+decorated, the HTTP gateway for a stream), and the topic exchange, the gateway's event stream
+and the NATS and Redis transports all match with :func:`topic_matches`, so both live here.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 from tidings.errors import InvalidArgumentError
 
@@ -23,3 +27,28 @@ def validate_pattern(pattern: str) -> str:
                 f"bad topic pattern '{pattern}': '*' and '#' must be whole words"
             )
     return pattern
+
+
+@lru_cache(maxsize=4096)
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(text.split("."))
+
+
+def topic_matches(pattern: str, routing_key: str) -> bool:
+    """True when ``routing_key`` matches ``pattern``."""
+    p, k = _words(pattern), _words(routing_key)
+    # reachable[j]: pattern prefix consumed so far can match key prefix of length j
+    reachable = [True] + [False] * len(k)
+    for word in p:
+        if word == "#":
+            seen = False
+            for j in range(len(k) + 1):
+                seen = seen or reachable[j]
+                reachable[j] = seen
+        else:
+            nxt = [False] * (len(k) + 1)
+            for j in range(len(k)):
+                if reachable[j] and (word == "*" or word == k[j]):
+                    nxt[j + 1] = True
+            reachable = nxt
+    return reachable[len(k)]

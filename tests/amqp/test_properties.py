@@ -7,8 +7,8 @@ import datetime
 from pamqp.commands import Basic
 
 from tidings.basic_properties import to_message, to_properties
+from tidings.dead_letters import dead_letter_message
 from tidings.message import Message
-from tidings.routing.dead_letter import dead_letter_message
 
 
 def test_properties_round_trip() -> None:

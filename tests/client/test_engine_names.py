@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import tidings
 from tidings.client.nats import _escape, _unescape, event_filter, event_subject, stream_name
-from tidings.routing.topic import topic_matches
+from tidings.patterns import topic_matches
 
 from ..services import redis_url
 

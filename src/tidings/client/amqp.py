@@ -53,6 +53,7 @@ from tidings.client.transport import (
     dead_letter_queue,
 )
 from tidings.client.urls import redact
+from tidings.dead_letters import revive
 from tidings.errors import (
     AccessRefusedError,
     BrokenResourceError,
@@ -63,8 +64,8 @@ from tidings.errors import (
     ResourceLockedError,
     TidingsError,
 )
-from tidings.message import Message, revive
-from tidings.routing.stats import BrokerStatistics
+from tidings.message import Message
+from tidings.statistics import BrokerStatistics
 
 log = logging.getLogger("tidings.client.amqp")
 

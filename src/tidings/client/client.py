@@ -282,7 +282,7 @@ class Client:
         await self.transport.sync()
 
     async def statistics(self) -> Any:
-        """Broker statistics (a frozen record; see :mod:`tidings.routing.stats`)."""
+        """Broker statistics (a frozen record; see :mod:`tidings.statistics`)."""
         return await self.transport.statistics()
 
     # -- dead letters ----------------------------------------------------------------------

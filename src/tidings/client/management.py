@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from tidings.errors import BrokenResourceError
-from tidings.routing.stats import LatencySummary, QueueStatistics
+from tidings.statistics import LatencySummary, QueueStatistics
 
 #: RabbitMQ's message_stats names and the counters tidings calls them.
 _COUNTERS = (("publish", "published"), ("deliver_get", "delivered"), ("ack", "acked"),

@@ -60,8 +60,9 @@ from tidings.client.remote import (
     queue_statistics,
     retrying,
 )
-from tidings.client.transport import Capabilities, Incoming, QueueSpec, dead_letter_queue
+from tidings.client.transport import Capabilities, Incoming, QueueSpec
 from tidings.client.urls import redact
+from tidings.dead_letters import dead_letter_queue, revive
 from tidings.errors import (
     AccessRefusedError,
     BrokenResourceError,
@@ -71,9 +72,9 @@ from tidings.errors import (
     PreconditionFailedError,
     TidingsError,
 )
-from tidings.message import Message, decode_meta, encode_meta, revive
-from tidings.routing.stats import BrokerStatistics
-from tidings.routing.topic import topic_matches
+from tidings.message import Message, decode_meta, encode_meta
+from tidings.patterns import topic_matches
+from tidings.statistics import BrokerStatistics
 
 log = logging.getLogger("tidings.client.nats")
 

@@ -54,8 +54,9 @@ from tidings.client.remote import (
     queue_statistics,
     retrying,
 )
-from tidings.client.transport import Capabilities, Incoming, QueueSpec, dead_letter_queue
+from tidings.client.transport import Capabilities, Incoming, QueueSpec
 from tidings.client.urls import redact
+from tidings.dead_letters import dead_letter_queue, revive
 from tidings.errors import (
     AccessRefusedError,
     BrokenResourceError,
@@ -63,8 +64,8 @@ from tidings.errors import (
     NotFoundError,
     PreconditionFailedError,
 )
-from tidings.message import Message, decode_meta, encode_meta, revive
-from tidings.routing.stats import BrokerStatistics
+from tidings.message import Message, decode_meta, encode_meta
+from tidings.statistics import BrokerStatistics
 
 log = logging.getLogger("tidings.client.redis")
 

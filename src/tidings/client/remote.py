@@ -21,10 +21,10 @@ from typing import Any, TypeVar
 
 from tidings.client.management import NO_LATENCY
 from tidings.client.transport import QueueSpec
+from tidings.dead_letters import dead_letter_message
 from tidings.errors import BrokenResourceError
 from tidings.message import Message
-from tidings.routing.dead_letter import dead_letter_message
-from tidings.routing.stats import BrokerStatistics, QueueStatistics
+from tidings.statistics import BrokerStatistics, QueueStatistics
 
 log = logging.getLogger("tidings.client")
 

@@ -15,11 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tidings.dead_letters import dead_letter_queue
 from tidings.errors import NotSupportedError
-from tidings.message import Message, dead_letter_queue
+from tidings.message import Message
 
 __all__ = ["EVENTS_EXCHANGE", "Capabilities", "Incoming", "QueueSpec", "Subscription",
-           "Transport", "dead_letter_queue"]
+           "Transport"]
 
 #: The topic exchange every event is published to.
 EVENTS_EXCHANGE = "tidings.events"

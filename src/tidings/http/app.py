@@ -42,10 +42,10 @@ from tidings.http.leases import MAX_VISIBILITY_MS, Leases
 from tidings.http.metrics import metrics_text, overview
 from tidings.http.middleware import AuthMiddleware, EncodedSlashMiddleware, user_of
 from tidings.http.openapi import openapi_document
+from tidings.patterns import MAX_TOPIC_BYTES, validate_pattern
 from tidings.routing.broker import DEFAULT_VHOST, Broker
 from tidings.routing.definitions_io import SECTIONS, export_definitions, import_definitions
 from tidings.routing.session import Delivery, Session
-from tidings.routing.topic import MAX_TOPIC_BYTES, validate_pattern
 
 STATIC = Path(__file__).with_name("static")
 #: Largest request body accepted, bytes (``--http-max-body-bytes``).

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from tidings.client.transport import EVENTS_EXCHANGE
 from tidings.http.schemas import message_to_json
 from tidings.message import Message
+from tidings.patterns import topic_matches
 from tidings.routing.broker import DEFAULT_VHOST, Broker
 from tidings.routing.session import Delivery
-from tidings.routing.topic import topic_matches
 
 #: Events kept for resuming streams ...
 DEFAULT_RETAIN = 10_000

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from tidings.routing.stats import QueueStatistics
+from tidings.statistics import QueueStatistics
 
 #: RabbitMQ's message_stats names for tidings' counters.
 _MESSAGE_STATS = (("publish", "published"), ("deliver_get", "delivered"), ("ack", "acked"),

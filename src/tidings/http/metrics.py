@@ -22,7 +22,7 @@ from tidings.http.events import is_internal_queue
 from tidings.http.management import message_stats, totals
 from tidings.routing.broker import Broker
 from tidings.routing.queue import Queue
-from tidings.routing.stats import COUNTERS, Histogram
+from tidings.statistics import COUNTERS, Histogram
 
 #: Bucket bounds, seconds, for waiting and processing time.
 BUCKETS_S = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0)
@@ -30,7 +30,7 @@ BUCKETS_S = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 36
 
 def fold(histogram: Histogram) -> tuple[list[tuple[str, float]], float]:
     """Cumulative (le, count) pairs and the sum in seconds."""
-    from tidings.routing.stats import _FLOOR_MS, _GROWTH
+    from tidings.statistics import _FLOOR_MS, _GROWTH
 
     edges = sorted((_FLOOR_MS * _GROWTH**i / 1000.0, n) for i, n in histogram.buckets.items())
     out, seen, i = [], 0, 0

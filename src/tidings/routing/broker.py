@@ -14,22 +14,22 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tidings.clock import Clock, LoopClock, Timer
+from tidings.dead_letters import dead_letter_message, dead_letter_queue, revive
 from tidings.errors import (
     AccessRefusedError,
     NotAllowedError,
     NotFoundError,
 )
-from tidings.message import Message, Record, dead_letter_queue, revive
+from tidings.message import Message, Record
 from tidings.routing.arguments import message_ttl_ms
-from tidings.routing.dead_letter import dead_letter_message
 from tidings.routing.declarations import DeclarationsMixin
 from tidings.routing.delayed import DelayedMessages
 from tidings.routing.delays import DelaysMixin
 from tidings.routing.exchange import DELAYED, PREDECLARED, Exchange
 from tidings.routing.queue import DEFAULT_WINDOW, Entry, Queue
 from tidings.routing.session import Consumer, Delivery, Session
-from tidings.routing.stats import Counters
 from tidings.routing.upkeep import TICK_S, UpkeepMixin
+from tidings.statistics import Counters
 from tidings.storage.base import Store
 
 DEFAULT_VHOST = "/"

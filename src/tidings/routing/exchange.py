@@ -12,7 +12,7 @@ from typing import Any
 
 from tidings.errors import CommandInvalidError, InvalidArgumentError
 from tidings.message import Message
-from tidings.routing.topic import topic_matches, validate_pattern
+from tidings.patterns import topic_matches, validate_pattern
 
 DIRECT, FANOUT, TOPIC, HEADERS = "direct", "fanout", "topic", "headers"
 DELAYED = "x-delayed-message"

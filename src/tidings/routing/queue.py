@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from tidings.message import Record, encode_record
 from tidings.routing.arguments import QueueOptions
 from tidings.routing.quarantine import decode_or_quarantine
-from tidings.routing.stats import Counters, Histogram
+from tidings.statistics import Counters, Histogram
 from tidings.storage.base import TRANSIENT, Store
 
 if TYPE_CHECKING:  # the consumer type is only named in annotations

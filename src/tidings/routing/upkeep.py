@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from tidings.errors import PreconditionFailedError
 from tidings.routing import quarantine
-from tidings.routing.stats import COUNTERS, BrokerStatistics, Counters, QueueStatistics
+from tidings.statistics import COUNTERS, BrokerStatistics, Counters, QueueStatistics
 
 if TYPE_CHECKING:
     from tidings.clock import Clock, Timer

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tidings.errors import InvalidArgumentError
-from tidings.routing.topic import topic_matches, validate_pattern
+from tidings.patterns import topic_matches, validate_pattern
 
 TABLE = [
     ("a.b.c", "a.b.c", True),

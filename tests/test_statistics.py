@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tidings.routing.stats import Histogram
+from tidings.statistics import Histogram
 
 
 def test_a_single_samples_percentiles_equal_that_sample() -> None:

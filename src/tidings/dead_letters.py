@@ -1,4 +1,7 @@
-"""Dead-lettering: the message a DLX receives, with RabbitMQ's ``x-death`` history.
+"""Dead letters: where they wait, the copy a DLX receives, and how one is replayed.
+
+The one naming rule of the client API lives here: a queue's dead letters wait in
+``<queue>.dead`` (:func:`dead_letter_queue`); every face and transport asks this module.
 
 ``x-death`` is a list of tables, newest first, one per (queue, reason) with a ``count``;
 ``x-first-death-*`` and ``x-last-death-*`` name the first and latest deaths. The dead letter
@@ -49,3 +52,17 @@ def dead_letter_message(message: Message, queue: str, reason: str, now: float,
         expiration=None,
         routing_key=routing_key if routing_key is not None else message.routing_key,
     )
+
+
+def dead_letter_queue(queue: str) -> str:
+    """Where the client API keeps a queue's dead letters: ``<queue>.dead``."""
+    return f"{queue}.dead"
+
+
+def revive(message: Message, routing_key: str) -> Message:
+    """A dead letter made ready to replay: its broker (``x-``) headers, the death history
+    included, are dropped and it is addressed to ``routing_key``."""
+    message.headers = {k: v for k, v in (message.headers or {}).items()
+                       if not k.startswith("x-")} or None
+    message.routing_key = routing_key
+    return message
