@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tidings.dead_letters import dead_letter_queue
 from tidings.errors import NotSupportedError
 from tidings.message import Message
 
