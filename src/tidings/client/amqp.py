@@ -50,10 +50,9 @@ from tidings.client.transport import (
     Capabilities,
     Incoming,
     QueueSpec,
-    dead_letter_queue,
 )
 from tidings.client.urls import redact
-from tidings.dead_letters import revive
+from tidings.dead_letters import dead_letter_queue, revive
 from tidings.errors import (
     AccessRefusedError,
     BrokenResourceError,

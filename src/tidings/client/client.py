@@ -39,8 +39,8 @@ from tidings.client.transport import (
     QueueSpec,
     Subscription,
     Transport,
-    dead_letter_queue,
 )
+from tidings.dead_letters import dead_letter_queue
 from tidings.errors import ClosedResourceError, InvalidArgumentError
 from tidings.message import Message
 from tidings.patterns import validate_pattern

@@ -14,8 +14,8 @@ from tidings.client.transport import (
     Capabilities,
     Incoming,
     QueueSpec,
-    dead_letter_queue,
 )
+from tidings.dead_letters import dead_letter_queue
 from tidings.errors import NotFoundError, PreconditionFailedError
 from tidings.message import Message
 from tidings.routing.broker import DEFAULT_VHOST, Broker
