@@ -87,9 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _quarantine(args: argparse.Namespace) -> int:
     """From the running server's API when one holds the directory, else from the store
     itself (no broker is started, so nothing is recovered or moved)."""
-    from tidings.routing import quarantine
-    from tidings.routing.quarantine import QuarantinedRecord
-    from tidings.storage import SqliteStore
+    from tidings.storage import SqliteStore, quarantine
+    from tidings.storage.quarantine import QuarantinedRecord
 
     remote = find_server(args.data_dir)
     if remote is not None:

@@ -136,14 +136,13 @@ async def _local(args: argparse.Namespace) -> Any:
 
     def act() -> Any:
         if c == "exchanges":
-            return [{"vhost": v.name, "name": e.name, "type": e.kind, "durable": e.durable}
-                    for v in broker.vhosts.values() for e in v.exchanges.values()]
+            return [{"vhost": e.vhost, "name": e.name, "type": e.kind, "durable": e.durable}
+                    for v in broker.vhost_names() for e in broker.list_exchanges(v)]
         if c == "bindings":
-            return [{"vhost": v.name, "source": b.source, "destination": b.destination,
+            return [{"vhost": b.vhost, "source": b.source, "destination": b.destination,
                      "destination_type": "exchange" if b.to_exchange else "queue",
                      "routing_key": b.routing_key}
-                    for v in broker.vhosts.values() for e in v.exchanges.values()
-                    for b in e.bindings]
+                    for v in broker.vhost_names() for b in broker.list_bindings(v)]
         if c == "purge":
             return {"purged": broker.purge_queue(args.vhost, args.queue)}
         if c == "delete":
@@ -151,7 +150,7 @@ async def _local(args: argparse.Namespace) -> Any:
                                         if_unused=args.if_unused)
             return {"deleted": args.queue, "messages": count}
         if c == "publish":
-            broker.get_queue(args.vhost, args.queue)
+            broker.describe_queue(args.vhost, args.queue)  # NotFoundError if missing
             broker.publish(args.vhost, "", Message(args.body.encode(), args.queue,
                                                    content_type="text/plain"))
             return {"queue": args.queue}

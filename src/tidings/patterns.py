@@ -13,6 +13,9 @@ from functools import lru_cache
 
 from tidings.errors import InvalidArgumentError
 
+#: The topic exchange every event is published to (on every broker the client API uses).
+EVENTS_EXCHANGE = "tidings.events"
+
 #: Longest pattern or key accepted (AMQP short strings are at most 255 bytes).
 MAX_TOPIC_BYTES = 255
 

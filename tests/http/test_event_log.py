@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from tidings.client.transport import EVENTS_EXCHANGE
-from tidings.http.events import DEFAULT_RETAIN_BYTES, EventLog, LoggedEvent, Stream
+from tidings.http.event_log import DEFAULT_RETAIN_BYTES, EventLog, LoggedEvent, Stream
 from tidings.message import Message
 from tidings.routing.broker import Broker
 

@@ -46,7 +46,7 @@ def test_a_failing_tick_is_logged_and_upkeep_goes_on(
         calls.append(now)
         raise OverflowError("int too large to convert to float")
 
-    monkeypatch.setattr(broker, "_check_consumer_timeouts", broken)
+    monkeypatch.setattr(broker.upkeep, "_check_consumer_timeouts", broken)
     with caplog.at_level(logging.ERROR, "tidings.broker"):
         clock.advance(1.5)
     assert calls and "upkeep failed" in caplog.text

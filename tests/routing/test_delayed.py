@@ -75,7 +75,7 @@ async def test_far_delays_survive_restart_and_cancel_exactly_once(
     await b.sync()  # cold buckets are listed from the store: committed rows only
     for seq, record in b.delayed.entries():
         if record.message.body in (near, far):
-            assert b.cancel_delayed(seq, record)
+            assert b.delays.cancel(seq, record)
     assert len(b.delayed) == 498
     b = await brokers.restart()
     assert len(b.delayed) == 498 and b.statistics().queue("q").delayed == 498
@@ -173,8 +173,8 @@ async def test_cancelling_a_far_job_twice_counts_it_once(
     schedule_in_order(b, 3)
     await b.sync()
     [(seq, record), *_] = b.delayed.entries()
-    assert b.cancel_delayed(seq, record)
-    assert not b.cancel_delayed(seq, record)  # before its removal is committed
+    assert b.delays.cancel(seq, record)
+    assert not b.delays.cancel(seq, record)  # before its removal is committed
     assert [r.message.body for _, r in b.delayed.entries()] == [b"1", b"2"]
     assert len(b.delayed) == 2 and b.statistics().queue("q").delayed == 2
     clock.advance(2 * 3600)

@@ -127,4 +127,4 @@ async def test_delete_exchange_if_unused(broker: Broker) -> None:
         broker.delete_exchange("/", "x", if_unused=True)
     broker.delete_exchange("/", "x")
     with pytest.raises(NotFoundError):
-        broker.get_exchange("/", "x")
+        broker.declare_exchange("/", "x", passive=True)

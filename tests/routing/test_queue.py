@@ -347,7 +347,7 @@ async def test_paging_keeps_memory_bounded_and_order_exact(clock: FakeClock) -> 
     for i in range(100):
         pub(broker, "", "deep", str(i))
     queue = broker.get_queue("/", "deep")
-    assert len(queue._ready) <= 10 and queue.ready_count == 100
+    assert queue.ready.in_memory() <= 10 and queue.ready_count == 100
     s, got, _ = consume(broker, "deep", prefetch=7)
     while len(got) < 100:
         before = len(got)
@@ -370,14 +370,14 @@ async def test_priority_queues_page_too_and_keep_priority_order(clock: FakeClock
     for i in range(50):
         pub(broker, "", "jobs", f"top-{i}", priority=200)  # capped at x-max-priority
     queue = broker.get_queue("/", "jobs")
-    assert len(queue._ready) <= 10 and queue.ready_count == 300
+    assert queue.ready.in_memory() <= 10 and queue.ready_count == 300
     assert sorted(store.queues()) == ["/\x1fjobs", "/\x1fjobs\x1e7", "/\x1fjobs\x1e9"]
     s = broker.open_session()
     got, peak = [], 0
     while (d := broker.get(s, "jobs")) is not None:
         got.append(d.message.body.decode())
         s.ack(d.delivery_tag)
-        peak = max(peak, len(queue._ready))
+        peak = max(peak, queue.ready.in_memory())
     assert got == ([f"top-{i}" for i in range(50)] + [f"high-{i}" for i in range(50)]
                    + [f"low-{i}" for i in range(200)])
     assert peak <= 10 + 5 * 2  # the window plus one half-window page per level paged in
@@ -392,7 +392,7 @@ async def test_priority_lanes_purge_browse_and_delete(clock: FakeClock) -> None:
         pub(broker, "", "p", f"a{i}", priority=1)
         pub(broker, "", "p", f"b{i}", priority=5)
     queue = broker.get_queue("/", "p")
-    browsed = [e.record.message.body.decode() for e in queue.browse(10)]
+    browsed = [e.record.message.body.decode() for e in queue.ready.browse(10)]
     assert browsed == [f"b{i}" for i in range(8)] + ["a0", "a1"]
     assert broker.purge_queue("/", "p") == 16
     assert queue.ready_count == 0 and store.count("/\x1fp\x1e5") == 0
@@ -434,11 +434,10 @@ async def test_a_consumer_gets_paged_out_messages_once_their_commit_lands(
     broker = Broker(SqliteStore(tmp_path / "data"), clock, queue_window=4)
     broker.start()
     broker.declare_queue("/", "q", arguments={"x-max-priority": 3})
-    queue = broker.get_queue("/", "q")
+    owner = broker.vhosts.get("/")  # what the queue asks to wait for the commit
     waits: list[object] = []
-    retry = queue.on_page_wait
-    assert retry is not None
-    queue.on_page_wait = lambda q: (waits.append(q), retry(q))  # type: ignore[func-returns-value]
+    retry = owner.wait_for_commit
+    owner.wait_for_commit = lambda q: (waits.append(q), retry(q))  # type: ignore[method-assign,func-returns-value]
     for i in range(20):
         pub(broker, "", "q", str(i), priority=i % 2)
     _, got, _ = consume(broker, "q", prefetch=100)
@@ -460,4 +459,5 @@ async def test_deleting_a_queue_can_auto_delete_its_exchange(broker: Broker) -> 
     broker.declare_queue("/", "q", exclusive=True, connection_id="c1")
     broker.bind("/", "ad", "q")
     broker.close_connection("c1")
-    assert "ad" not in broker.vhosts["/"].exchanges and "other" in broker.vhosts["/"].exchanges
+    names = [e.name for e in broker.list_exchanges("/")]
+    assert "ad" not in names and "other" in names

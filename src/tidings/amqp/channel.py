@@ -25,7 +25,7 @@ from tidings.amqp import frames as wire
 from tidings.amqp.connection import ContentReceived, ProtocolError
 from tidings.basic_properties import to_message, to_properties
 from tidings.errors import NotFoundError, PreconditionFailedError
-from tidings.routing.session import Consumer, Delivery
+from tidings.routing.front_door import Consumer, Delivery
 
 if TYPE_CHECKING:
     from tidings.amqp.server import AmqpLink
@@ -92,7 +92,7 @@ class AmqpChannel:
         self.session.flow_active = bool(m.active)
         self.reply(Ch.FlowOk(m.active))
         if m.active:
-            self.broker.dispatch_session(self.session)
+            self.session.dispatch()
 
     # -- exchanges -------------------------------------------------------------------------
 
@@ -147,7 +147,7 @@ class AmqpChannel:
             connection_id=self.link.connection_id, reserved_ok=not m.queue,
         )
         self.last_queue = queue.name
-        self.reply(wire.DeclareOk(queue.name, queue.ready_count, len(queue.consumers)),
+        self.reply(wire.DeclareOk(queue.name, queue.ready, queue.consumers),
                    m.nowait)
 
     def queue_bind(self, m: Q.Bind) -> None:
@@ -187,7 +187,7 @@ class AmqpChannel:
         # RabbitMQ's reading: global=false limits each new consumer, global=true the channel.
         if m.global_:
             self.session.prefetch_count = m.prefetch_count
-            self.broker.dispatch_session(self.session)
+            self.session.dispatch()
         else:
             self.prefetch_count = m.prefetch_count
         self.reply(B.QosOk())
@@ -209,7 +209,7 @@ class AmqpChannel:
         consumer.on_cancel = self._cancelled_by_server
         self.consumers[tag] = consumer
         self.reply(B.ConsumeOk(tag), m.nowait)
-        consumer.queue.dispatch()
+        consumer.start()
 
     def _reply_queue(self, m: B.Consume) -> str:
         if not m.no_ack:

@@ -1,4 +1,4 @@
-"""The asyncio driver: sockets ⇄ :class:`ServerConnection` ⇄ :class:`Broker`.
+"""The asyncio driver: sockets ⇄ :class:`ServerConnection` ⇄ the broker's front door.
 
 One :class:`AmqpLink` (an ``asyncio.Protocol``, not streams, on the hot path) per client
 connection. ``data_received`` feeds the sans-IO connection, handles every event it yields,
@@ -55,7 +55,7 @@ from tidings.errors import (
     TidingsError,
 )
 from tidings.resources import rss_mb as process_rss_mb
-from tidings.routing.broker import Broker
+from tidings.routing.front_door import FrontDoor
 
 log = logging.getLogger("tidings.amqp")
 
@@ -192,7 +192,7 @@ class AmqpLink(asyncio.Protocol):
             return
         self._set_output(True)
         for channel in list(self.channels.values()):
-            self.broker.dispatch_session(channel.session)
+            channel.session.dispatch()
 
     # -- events ----------------------------------------------------------------------------
 
@@ -412,7 +412,7 @@ class AmqpLink(asyncio.Protocol):
 class AmqpServer:
     """Listens for AMQP connections and owns their links."""
 
-    def __init__(self, broker: Broker, users: UserStore, *, heartbeat_s: int = 60,
+    def __init__(self, broker: FrontDoor, users: UserStore, *, heartbeat_s: int = 60,
                  frame_max: int = 131072, memory_high_watermark_mb: float | None = None,
                  disk_free_limit_mb: float | None = None, data_dir: Path | None = None,
                  max_message_bytes: int = MAX_MESSAGE_BYTES,

@@ -44,14 +44,13 @@ from pamqp import commands as spec
 
 from tidings.basic_properties import to_message, to_properties
 from tidings.client.management import queue_statistics as management_statistics
-from tidings.client.remote import broker_statistics, queue_statistics
+from tidings.client.remote import broker_statistics, queue_statistics, redact
 from tidings.client.transport import (
     EVENTS_EXCHANGE,
     Capabilities,
     Incoming,
     QueueSpec,
 )
-from tidings.client.urls import redact
 from tidings.dead_letters import dead_letter_queue, revive
 from tidings.errors import (
     AccessRefusedError,

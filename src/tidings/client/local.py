@@ -1,4 +1,4 @@
-"""LocalTransport: the client over an in-process :class:`~tidings.routing.broker.Broker`.
+"""LocalTransport: the client over an in-process :class:`~tidings.routing.front_door.FrontDoor`.
 
 No sockets, no copies: the client's calls become broker calls on the same event loop. Sends wait
 on the broker's group commit, so ``await send`` returns once the message is durable.
@@ -18,8 +18,7 @@ from tidings.client.transport import (
 from tidings.dead_letters import dead_letter_queue
 from tidings.errors import NotFoundError, PreconditionFailedError
 from tidings.message import Message
-from tidings.routing.broker import DEFAULT_VHOST, Broker
-from tidings.routing.session import Consumer, Delivery
+from tidings.routing.front_door import DEFAULT_VHOST, Consumer, Delivery, FrontDoor
 
 VHOST = DEFAULT_VHOST
 
@@ -58,12 +57,12 @@ class _LocalSubscription:
 
 
 class LocalTransport:
-    def __init__(self, broker: Broker, *, owns_broker: bool = True) -> None:
+    def __init__(self, broker: FrontDoor, *, owns_broker: bool = True) -> None:
         self.broker = broker
         self._owns = owns_broker
         self._session = broker.open_session(VHOST, connection_id=f"local-{id(self):x}")
         self._events_ready = False
-        self.capabilities = local_capabilities(durable=broker.store.durable)
+        self.capabilities = local_capabilities(durable=broker.durable)
 
     async def declare_queue(self, name: str, spec: QueueSpec) -> str:
         args = spec_arguments(name, spec) if name else dict(spec.arguments)
@@ -77,7 +76,7 @@ class LocalTransport:
         return queue.name
 
     async def queue_exists(self, name: str) -> bool:
-        return self.broker.find_queue(VHOST, name) is not None
+        return self.broker.queue_exists(VHOST, name)
 
     def _declare_events(self) -> None:
         if not self._events_ready:
@@ -160,7 +159,7 @@ class LocalTransport:
         return self.broker.take(VHOST, queue, message_id) is not None
 
     async def dead_letters(self, queue: str, limit: int) -> list[Message]:
-        return self.broker.browse(VHOST, self.broker.dead_letter_queue(VHOST, queue), limit)
+        return self.broker.dead_letters(VHOST, queue, limit)
 
     async def replay_dead_letters(self, queue: str, ids: set[str] | None) -> int:
         replayed = self.broker.replay_dead_letters(VHOST, queue, ids)

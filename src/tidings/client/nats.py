@@ -58,10 +58,10 @@ from tidings.client.remote import (
     broker_statistics,
     dead_letter,
     queue_statistics,
+    redact,
     retrying,
 )
 from tidings.client.transport import Capabilities, Incoming, QueueSpec
-from tidings.client.urls import redact
 from tidings.dead_letters import dead_letter_queue, revive
 from tidings.errors import (
     AccessRefusedError,

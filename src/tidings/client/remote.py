@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -35,6 +36,11 @@ T = TypeVar("T")
 DEFAULT_CONSUMER_TIMEOUT_MS = 30_000
 #: How long an engine call is retried while the connection is being re-established.
 RETRY_FOR_S = 30.0
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 @dataclass(frozen=True, slots=True)

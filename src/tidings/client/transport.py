@@ -17,12 +17,11 @@ from typing import Any, Protocol
 
 from tidings.errors import NotSupportedError
 from tidings.message import Message
+from tidings.patterns import EVENTS_EXCHANGE
 
 __all__ = ["EVENTS_EXCHANGE", "Capabilities", "Incoming", "QueueSpec", "Subscription",
            "Transport"]
 
-#: The topic exchange every event is published to.
-EVENTS_EXCHANGE = "tidings.events"
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,6 @@ embedded non-durable one. Adapters for ``amqp://``, ``nats://`` and ``redis://``
 
 from __future__ import annotations
 
-import re
 import ssl
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -16,11 +15,6 @@ from tidings.errors import ConfigError
 
 #: The remote schemes, each with the optional dependency that brings its client library.
 REMOTE = {"nats": "nats", "tls": "nats", "redis": "redis", "rediss": "redis"}
-
-
-def redact(url: str) -> str:
-    """``url`` without its password, for messages and logs."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def parse_url(url: str) -> tuple[str, str]:

@@ -1,67 +1,56 @@
-"""Broker: the one object the faces call. Declare, bind, publish, consume, settle, observe.
+"""Broker: the one object the faces call, composed of explicit collaborators.
 
-Everything here is synchronous and runs on the event loop's thread; durability is asked for
+- :class:`~tidings.routing.vhost.VirtualHosts`: the virtual hosts, each owning its exchanges
+  and queues, routing, enqueue and dead-lettering;
+- :class:`~tidings.routing.declarations.Declarations`: declaring and deleting the topology;
+- :class:`~tidings.routing.delayed.DelayedDelivery`: messages held until due;
+- :class:`~tidings.routing.upkeep.Upkeep`: the once-a-second tick;
+- :class:`~tidings.routing.expiry.HeadExpiryTimers`: one TTL timer per queue.
+
+Each is given the registry, store and clock it needs when it is built, here and nowhere
+else. Everything is synchronous and runs on the event loop's thread; durability is asked for
 separately with :meth:`Broker.sync` (one future per batch, not per message), which is what a
-publisher confirm waits on. Exchanges and queues live per vhost, keyed by name, as in RabbitMQ.
-Recovery from the store happens in the constructor (see :mod:`tidings.routing.recovery`).
+publisher confirm waits on. The faces see this class through the typed front door,
+:class:`tidings.routing.front_door.FrontDoor`; recovery from the store happens in the
+constructor (:mod:`tidings.routing.recovery`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from typing import Any
 
-from tidings.clock import Clock, LoopClock, Timer
-from tidings.dead_letters import dead_letter_message, dead_letter_queue, revive
-from tidings.errors import (
-    AccessRefusedError,
-    NotAllowedError,
-    NotFoundError,
-)
+from tidings.clock import Clock, LoopClock
+from tidings.dead_letters import dead_letter_queue, revive
+from tidings.errors import AccessRefusedError, NotAllowedError, NotFoundError
 from tidings.message import Message, Record
-from tidings.routing.arguments import message_ttl_ms
-from tidings.routing.declarations import DeclarationsMixin
-from tidings.routing.delayed import DelayedMessages
-from tidings.routing.delays import DelaysMixin
-from tidings.routing.exchange import DELAYED, PREDECLARED, Exchange
+from tidings.routing.declarations import Declarations
+from tidings.routing.delayed import DelayedDelivery, DelayedMessages
+from tidings.routing.exchange import DELAYED, Binding, Exchange
+from tidings.routing.expiry import HeadExpiryTimers
+from tidings.routing.front_door import BindingInfo, ExchangeInfo, PublishResult, QueueInfo
 from tidings.routing.queue import DEFAULT_WINDOW, Entry, Queue
+from tidings.routing.recovery import recover
+from tidings.routing.reporting import broker_statistics, queue_statistics
 from tidings.routing.session import Consumer, Delivery, Session
-from tidings.routing.upkeep import TICK_S, UpkeepMixin
-from tidings.statistics import Counters
+from tidings.routing.upkeep import Upkeep
+from tidings.routing.vhost import DEFAULT_VHOST, Sequence, VirtualHost, VirtualHosts
+from tidings.statistics import BrokerStatistics, Counters, Histogram, QueueStatistics
+from tidings.storage import quarantine
 from tidings.storage.base import Store
 
-DEFAULT_VHOST = "/"
+__all__ = ["DEFAULT_VHOST", "MAX_WRITE_BACKLOG_BYTES", "Broker", "PublishResult"]
+
 #: Bytes of uncommitted writes tolerated before acks and unconfirmed publishes wait for the
 #: store (each write counts its payload plus a fixed overhead).
 MAX_WRITE_BACKLOG_BYTES = 16 * 2**20
-
-
-@dataclass(frozen=True, slots=True)
-class PublishResult:
-    #: Number of queues the message was enqueued in (or 1 for a delayed message).
-    routed: int
-    #: True when a queue refused it (``x-overflow: reject-publish``): confirm with a nack.
-    refused: bool = False
-    #: True when it was mandatory and routed nowhere: return it to the publisher.
-    returned: bool = False
-
 
 #: Shared results for the common case (routed to a few queues, nothing refused).
 _ROUTED = [PublishResult(n) for n in range(16)]
 
 
-class VHost:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.exchanges: dict[str, Exchange] = {"": Exchange("", "direct", name)}
-        for ex_name, kind in PREDECLARED.items():
-            self.exchanges[ex_name] = Exchange(ex_name, kind, name)
-        self.queues: dict[str, Queue] = {}
-
-
-class Broker(DeclarationsMixin, DelaysMixin, UpkeepMixin):
+class Broker:
     def __init__(
         self,
         store: Store,
@@ -72,26 +61,28 @@ class Broker(DeclarationsMixin, DelaysMixin, UpkeepMixin):
     ) -> None:
         self.store = store
         self.clock: Clock = clock or LoopClock()
-        self.queue_window = queue_window
-        self.default_consumer_timeout_ms = default_consumer_timeout_ms
-        self.vhosts: dict[str, VHost] = {DEFAULT_VHOST: VHost(DEFAULT_VHOST)}
-        self.sessions: set[Session] = set()
-        self.delayed = DelayedMessages(store, self.clock.time)
         self.counters = Counters()
-        self._seq = store.max_seq()
-        self._expiry_timers: dict[str, tuple[float, Timer]] = {}
-        self._delay_timer: tuple[float, Timer] | None = None
-        self._tick_timer: Timer | None = None
+        seq = Sequence(store.max_seq())
+        self.timers = HeadExpiryTimers(self.clock)
+        self.vhosts = VirtualHosts(store=store, clock=self.clock, seq=seq,
+                                   counters=self.counters, timers=self.timers,
+                                   window=queue_window)
+        #: The delayed messages (the data); :attr:`delays` releases them.
+        self.delayed = DelayedMessages(store, self.clock.time)
+        self.delays = DelayedDelivery(self.delayed, self.vhosts, self.clock, seq)
+        self.declarations = Declarations(self.vhosts, store, self.clock, self.delayed, seq)
+        self.sessions: set[Session] = set()
+        self.upkeep = Upkeep(self.vhosts, self.sessions, self.declarations, self.clock,
+                             self.counters, default_consumer_timeout_ms)
         self.closed = False
-        from tidings.routing.recovery import recover  # recovery builds on the methods below
+        recover(store, self.vhosts, self.delayed, self.clock)
 
-        recover(self)
+    # -- lifecycle and durability ----------------------------------------------------------
 
-    # -- small helpers ---------------------------------------------------------------------
-
-    def next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
+    @property
+    def durable(self) -> bool:
+        """Whether a confirmed message survives a crash (False for ``memory://``)."""
+        return self.store.durable
 
     def sync(self) -> asyncio.Future[None]:
         """A future resolved when everything done so far is durable (publisher confirms)."""
@@ -107,12 +98,10 @@ class Broker(DeclarationsMixin, DelaysMixin, UpkeepMixin):
 
     def start(self) -> None:
         """Start housekeeping timers (call from inside the running event loop)."""
-        if self._tick_timer is None:
-            self._tick_timer = self.clock.call_at(self.clock.time() + TICK_S, self._tick)
-        self._arm_delay_timer()
-        for vhost in self.vhosts.values():
-            for queue in vhost.queues.values():
-                queue.expire_head()
+        self.upkeep.start()
+        self.delays.arm()
+        for queue in self.vhosts.queues():
+            queue.expire_head()
 
     def close(self) -> None:
         if self.closed:
@@ -125,49 +114,96 @@ class Broker(DeclarationsMixin, DelaysMixin, UpkeepMixin):
 
     def stop_timers(self) -> None:
         """Cancel every timer (close does this; tests use it to play a crashed process)."""
-        for _, timer in self._expiry_timers.values():
-            timer.cancel()
-        self._expiry_timers.clear()
-        if self._delay_timer:
-            self._delay_timer[1].cancel()
-            self._delay_timer = None
-        if self._tick_timer:
-            self._tick_timer.cancel()
-            self._tick_timer = None
+        self.timers.cancel_all()
+        self.delays.stop()
+        self.upkeep.stop()
 
-    def get_vhost(self, vhost: str) -> VHost:
-        found = self.vhosts.get(vhost)
-        if found is None:
-            raise NotFoundError(f"no vhost '{vhost}'")
-        return found
+    # -- the topology (declarations) -------------------------------------------------------
+
+    def vhost_names(self) -> list[str]:
+        return self.vhosts.names()
 
     def declare_vhost(self, name: str) -> None:
-        if name not in self.vhosts:
-            self.vhosts[name] = VHost(name)
-            self.store.put_definition("vhost", name, b"{}")
+        self.vhosts.declare(name)
 
-    def get_exchange(self, vhost: str, name: str) -> Exchange:
-        found = self.get_vhost(vhost).exchanges.get(name)
-        if found is None:
-            raise NotFoundError(f"no exchange '{name}' in vhost '{vhost}'")
-        return found
+    def declare_exchange(self, vhost: str, name: str, kind: str = "direct", *,
+                         durable: bool = True, auto_delete: bool = False,
+                         internal: bool = False, arguments: dict[str, Any] | None = None,
+                         passive: bool = False) -> ExchangeInfo:
+        return exchange_info(self.declarations.declare_exchange(
+            vhost, name, kind, durable=durable, auto_delete=auto_delete, internal=internal,
+            arguments=arguments, passive=passive))
 
+    def delete_exchange(self, vhost: str, name: str, *, if_unused: bool = False) -> None:
+        self.declarations.delete_exchange(vhost, name, if_unused=if_unused)
+
+    def list_exchanges(self, vhost: str) -> list[ExchangeInfo]:
+        return [exchange_info(e) for e in self.vhosts.get(vhost).exchanges.values()]
+
+    def bind(self, vhost: str, source: str, destination: str, routing_key: str = "",
+             arguments: dict[str, Any] | None = None, *, to_exchange: bool = False) -> None:
+        self.declarations.bind(vhost, source, destination, routing_key, arguments,
+                               to_exchange=to_exchange)
+
+    def unbind(self, vhost: str, source: str, destination: str, routing_key: str = "",
+               arguments: dict[str, Any] | None = None, *, to_exchange: bool = False) -> None:
+        self.declarations.unbind(vhost, source, destination, routing_key, arguments,
+                                 to_exchange=to_exchange)
+
+    def list_bindings(self, vhost: str) -> list[BindingInfo]:
+        v = self.vhosts.get(vhost)
+        return [binding_info(v, e, b) for e in v.exchanges.values() for b in e.bindings]
+
+    def declare_queue(self, vhost: str, name: str = "", *, durable: bool = True,
+                      exclusive: bool = False, auto_delete: bool = False,
+                      arguments: dict[str, Any] | None = None, passive: bool = False,
+                      connection_id: str | None = None, reserved_ok: bool = False) -> QueueInfo:
+        return queue_info(self.declarations.declare_queue(
+            vhost, name, durable=durable, exclusive=exclusive, auto_delete=auto_delete,
+            arguments=arguments, passive=passive, connection_id=connection_id,
+            reserved_ok=reserved_ok))
+
+    @staticmethod
+    def new_queue_name() -> str:
+        return Declarations.new_queue_name()
+
+    def delete_queue(self, vhost: str, name: str, *, if_unused: bool = False,
+                     if_empty: bool = False, connection_id: str | None = None) -> int:
+        return self.declarations.delete_queue(vhost, name, if_unused=if_unused,
+                                              if_empty=if_empty, connection_id=connection_id)
+
+    def purge_queue(self, vhost: str, name: str, connection_id: str | None = None) -> int:
+        return self.declarations.purge_queue(vhost, name, connection_id)
+
+    def close_connection(self, connection_id: str) -> None:
+        """Delete the exclusive queues a closed connection owned."""
+        self.declarations.close_connection(connection_id)
+
+    def list_queues(self, vhost: str) -> list[QueueInfo]:
+        return [queue_info(q) for q in self.vhosts.get(vhost).queues.values()]
+
+    def describe_queue(self, vhost: str, name: str) -> QueueInfo:
+        return queue_info(self.vhosts.get_queue(vhost, name))
+
+    def queue_exists(self, vhost: str, name: str) -> bool:
+        return self.vhosts.find_queue(vhost, name) is not None
+
+    # routing's own callers and tests reach queues directly (faces use describe_queue)
     def get_queue(self, vhost: str, name: str) -> Queue:
-        found = self.get_vhost(vhost).queues.get(name)
-        if found is None:
-            raise NotFoundError(f"no queue '{name}' in vhost '{vhost}'")
-        return found
+        return self.vhosts.get_queue(vhost, name)
 
     def find_queue(self, vhost: str, name: str) -> Queue | None:
-        v = self.vhosts.get(vhost)
-        return v.queues.get(name) if v else None
+        return self.vhosts.find_queue(vhost, name)
 
     # -- publishing ------------------------------------------------------------------------
 
     def publish(self, vhost: str, exchange: str, message: Message, *,
                 mandatory: bool = False, delay_ms: int | None = None) -> PublishResult:
         """Route and enqueue ``message``; call :meth:`sync` to wait until it is durable."""
-        ex = self.get_exchange(vhost, exchange)
+        v = self.vhosts.get(vhost)
+        ex = v.exchanges.get(exchange)
+        if ex is None:
+            raise NotFoundError(f"no exchange '{exchange}' in vhost '{vhost}'")
         if ex.internal:
             raise AccessRefusedError(
                 f"cannot publish to internal exchange '{exchange}' in vhost '{vhost}'"
@@ -183,92 +219,31 @@ class Broker(DeclarationsMixin, DelaysMixin, UpkeepMixin):
             target = {"vhost": vhost, "exchange": exchange}
             if exchange == "":
                 target = {"vhost": vhost, "queue": message.routing_key}
-            self.delay(Record(message, now), target, now + delay_ms / 1000.0)
+            self.delays.delay(Record(message, now), target, now + delay_ms / 1000.0)
             return PublishResult(1)
-        queues = self.route(vhost, ex, message)
+        queues = v.route(ex, message)
         if not queues:
             return PublishResult(0, returned=mandatory)
         refused = False
         for queue in queues:
-            refused |= not self._enqueue(queue, Record(message, now), now)
+            refused |= not v.enqueue(queue, Record(message, now), now)
         if refused:
             return PublishResult(len(queues), refused=True)
         return _ROUTED[len(queues)] if len(queues) < len(_ROUTED) else PublishResult(len(queues))
 
-    def route(self, vhost: str, ex: Exchange, message: Message) -> list[Queue]:
-        """The queues ``message`` goes to, following e2e bindings and alternate exchanges."""
-        v = self.vhosts[vhost]
-        if ex.name == "":
-            q = v.queues.get(message.routing_key)
-            return [q] if q is not None else []
-        found: dict[str, Queue] = {}
-        stack, seen = [ex], set()
-        while stack:
-            e = stack.pop()
-            if e.name in seen:
-                continue
-            seen.add(e.name)
-            bindings = e.route(message)
-            for b in bindings:
-                if b.to_exchange:
-                    nxt = v.exchanges.get(b.destination)
-                    if nxt is not None:
-                        stack.append(nxt)
-                elif (q := v.queues.get(b.destination)) is not None:
-                    found[q.name] = q
-            alternate = e.arguments.get("alternate-exchange")
-            if not bindings and isinstance(alternate, str) and alternate in v.exchanges:
-                stack.append(v.exchanges[alternate])
-        return list(found.values())
-
-    def _enqueue(self, queue: Queue, record: Record, now: float) -> bool:
-        """Put a record in a queue honouring TTL and overflow; False when refused."""
-        options, expiration = queue.options, record.message.expiration
-        if options.message_ttl_ms is not None or expiration is not None:
-            ttls = [t for t in (options.message_ttl_ms, message_ttl_ms(expiration))
-                    if t is not None]
-            record.expires_at = now + min(ttls) / 1000.0
-        if options.max_length is not None or options.max_length_bytes is not None:
-            overflow = queue.make_room(len(record.message.body))
-            if overflow in ("reject-publish", "reject-publish-dlx"):
-                if overflow == "reject-publish-dlx":
-                    self._dead_letter(queue, Entry(0, record, False), "maxlen")
-                return False
-            if overflow == "drop-head":  # x-max-length 0: the message itself is the head
-                self._dead_letter(queue, Entry(0, record, False), "maxlen")
-                return True
-        self._seq += 1
-        queue.enqueue(self._seq, record)
-        return True
-
-    def _dead_letter(self, queue: Queue, entry: Entry, reason: str) -> None:
-        queue.remove_stored(entry)
-        queue.counters.dead_lettered += 1
-        self.counters.dead_lettered += 1
-        dlx = queue.options.dead_letter_exchange
-        if dlx is None:
-            return
-        ex = self.vhosts[queue.vhost].exchanges.get(dlx)
-        if ex is None:
-            return
-        now = self.clock.time()
-        message = dead_letter_message(entry.record.message, queue.name, reason, now,
-                                      queue.options.dead_letter_routing_key)
-        for target in self.route(queue.vhost, ex, message):
-            if _is_cycle(message, target.name, reason):
-                continue
-            self._enqueue(target, Record(replace(message), now), now)
-
     # -- sessions and consumers ------------------------------------------------------------
 
     def open_session(self, vhost: str = DEFAULT_VHOST, connection_id: str = "local") -> Session:
-        self.get_vhost(vhost)
+        self.vhosts.get(vhost)
         session = Session(self, vhost, connection_id)
         self.sessions.add(session)
         return session
 
-    def forget_session(self, session: Session) -> None:
-        self.sessions.discard(session)
+    def session_count(self, vhosts: set[str] | None = None) -> int:
+        """Open sessions (channels), in ``vhosts`` or in all."""
+        if vhosts is None:
+            return len(self.sessions)
+        return sum(1 for s in self.sessions if s.vhost in vhosts)
 
     def consume(
         self,
@@ -284,9 +259,9 @@ class Broker(DeclarationsMixin, DelaysMixin, UpkeepMixin):
         dispatch: bool = True,
     ) -> Consumer:
         """Add a consumer; with ``dispatch=False`` the caller starts deliveries itself
-        (``consumer.queue.dispatch()``) after answering consume-ok."""
-        queue = self.get_queue(session.vhost, queue_name)
-        self._check_exclusive(queue, session.connection_id)
+        (``consumer.start()``) after answering consume-ok."""
+        queue = self.vhosts.get_queue(session.vhost, queue_name)
+        Declarations.check_exclusive(queue, session.connection_id)
         tag = consumer_tag or session.new_consumer_tag()
         if tag in session.consumers:
             raise NotAllowedError(f"attempt to reuse consumer tag '{tag}'")
@@ -303,6 +278,21 @@ class Broker(DeclarationsMixin, DelaysMixin, UpkeepMixin):
             queue.dispatch()
         return consumer
 
+    def get(self, session: Session, queue_name: str, *, no_ack: bool = False) -> Delivery | None:
+        queue = self.vhosts.get_queue(session.vhost, queue_name)
+        Declarations.check_exclusive(queue, session.connection_id)
+        queue.last_used = now = self.clock.time()
+        entry = queue.take()
+        if entry is None:
+            return None
+        queue.mark_delivered(entry, now)
+        return session.register_get(queue, entry, no_ack)
+
+    # what sessions ask of their owner (SessionOwner)
+
+    def time(self) -> float:
+        return self.clock.time()
+
     def cancel(self, session: Session, consumer_tag: str) -> None:
         consumer = session.consumers.pop(consumer_tag, None)
         if consumer is None:
@@ -312,38 +302,35 @@ class Broker(DeclarationsMixin, DelaysMixin, UpkeepMixin):
             queue.consumers.remove(consumer)
         queue.last_used = self.clock.time()
         if queue.auto_delete and not queue.consumers and not queue.deleted:
-            self._delete_queue(queue)
+            self.declarations.remove_queue(queue)
 
-    def get(self, session: Session, queue_name: str, *, no_ack: bool = False) -> Delivery | None:
-        queue = self.get_queue(session.vhost, queue_name)
-        self._check_exclusive(queue, session.connection_id)
-        queue.last_used = now = self.clock.time()
-        entry = queue.take()
-        if entry is None:
-            return None
-        queue.mark_delivered(entry, now)
-        return session.register_get(queue, entry, no_ack)
+    def requeue_later(self, queue: Queue, entry: Entry, delay_ms: int) -> None:
+        self.delays.requeue_later(queue, entry, delay_ms)
 
-    # -- waiting messages by id, and dead letters (one implementation for every face) ------
+    def forget_session(self, session: Session) -> None:
+        self.sessions.discard(session)
+
+    # -- waiting messages by id ------------------------------------------------------------
 
     def browse(self, vhost: str, queue_name: str, limit: int) -> list[Message]:
         """Up to ``limit`` ready messages of a queue, oldest first, left in place."""
-        return [e.record.message for e in self.get_queue(vhost, queue_name).browse(limit)]
+        queue = self.vhosts.get_queue(vhost, queue_name)
+        return [e.record.message for e in queue.ready.browse(limit)]
 
     def take(self, vhost: str, queue_name: str, message_id: str) -> Message | None:
         """Remove a waiting (ready or delayed) message by id; None when none is waiting. Far
         delayed messages are read from committed rows: ``await sync()`` first to see the
         latest ones."""
-        queue = self.get_queue(vhost, queue_name)
-        for entry in queue.browse(queue.ready_count):
+        queue = self.vhosts.get_queue(vhost, queue_name)
+        for entry in queue.ready.browse(queue.ready_count):
             if entry.record.message.message_id == message_id:
-                removed = queue.remove_ready(entry.seq)
+                removed = queue.ready.remove(entry.seq)
                 if removed is not None:
                     return removed.record.message
         for seq, record in self.delayed.entries():
             if (record.message.message_id == message_id
                     and self._delayed_for(record, vhost, queue_name)
-                    and self.cancel_delayed(seq, record)):
+                    and self.delays.cancel(seq, record)):
                 return record.message
         return None
 
@@ -355,46 +342,101 @@ class Broker(DeclarationsMixin, DelaysMixin, UpkeepMixin):
             return False
         if "queue" in target:
             return target["queue"] == queue_name
-        exchange = self.get_vhost(vhost).exchanges.get(target.get("exchange", ""))
+        v = self.vhosts.get(vhost)
+        exchange = v.exchanges.get(target.get("exchange", ""))
         return exchange is not None and any(
-            q.name == queue_name for q in self.route(vhost, exchange, record.message))
+            q.name == queue_name for q in v.route(exchange, record.message))
+
+    # -- dead letters (one implementation for every face) ----------------------------------
 
     def dead_letter_queue(self, vhost: str, queue_name: str) -> str:
         """Where a queue's dead letters wait: the queue its dead-letter routing key names on
         the default exchange, else ``<name>.dead`` (the client API's convention)."""
-        options = self.get_queue(vhost, queue_name).options
+        options = self.vhosts.get_queue(vhost, queue_name).options
         dead = dead_letter_queue(queue_name)
         if options.dead_letter_exchange == "" and options.dead_letter_routing_key:
             dead = options.dead_letter_routing_key
-        if self.find_queue(vhost, dead) is None:
+        if self.vhosts.find_queue(vhost, dead) is None:
             raise NotFoundError(f"queue '{queue_name}' in vhost '{vhost}' has no dead-letter "
                                 f"queue '{dead}'")
         return dead
+
+    def dead_letters(self, vhost: str, queue_name: str, limit: int) -> list[Message]:
+        """Up to ``limit`` of a queue's dead letters, oldest first, left in place."""
+        return self.browse(vhost, self.dead_letter_queue(vhost, queue_name), limit)
 
     def replay_dead_letters(self, vhost: str, queue_name: str,
                             ids: set[str] | None = None) -> int:
         """Move dead letters (all, or those with ``ids``) back into the queue, without their
         ``x-`` headers; returns how many. Durable once ``sync()`` resolves."""
-        dead = self.get_queue(vhost, self.dead_letter_queue(vhost, queue_name))
+        dead = self.vhosts.get_queue(vhost, self.dead_letter_queue(vhost, queue_name))
         replayed = 0
-        for entry in dead.browse(dead.ready_count):
+        for entry in dead.ready.browse(dead.ready_count):
             message = entry.record.message
             if ids is not None and message.message_id not in ids:
                 continue
-            if dead.remove_ready(entry.seq) is None:
+            if dead.ready.remove(entry.seq) is None:
                 continue
             self.publish(vhost, "", revive(message, queue_name))
             replayed += 1
         return replayed
 
-    def dispatch_session(self, session: Session) -> None:
-        for consumer in list(session.consumers.values()):
-            consumer.queue.dispatch()
+    def purge_dead_letters(self, vhost: str, queue_name: str) -> int:
+        """Drop a queue's dead letters; returns how many."""
+        return self.purge_queue(vhost, self.dead_letter_queue(vhost, queue_name))
 
-def _is_cycle(message: Message, target: str, reason: str) -> bool:
-    """RabbitMQ drops a dead letter that would cycle back without any rejection on the way."""
-    deaths = (message.headers or {}).get("x-death") or []
-    if reason == "rejected":
-        return False
-    seen_target = any(d.get("queue") == target for d in deaths)
-    return seen_target and all(d.get("reason") != "rejected" for d in deaths)
+    # -- numbers ---------------------------------------------------------------------------
+
+    def held_bytes(self) -> int:
+        """Message bytes the broker holds in memory: every queue's ready window and unacked
+        messages (what the memory alarm measures; paged-out messages are on disk only)."""
+        return sum(q.held_bytes() for q in self.vhosts.queues())
+
+    def quarantined(self) -> list[quarantine.QuarantinedRecord]:
+        """Stored records that could not be read, moved aside (see ``storage/quarantine``)."""
+        return quarantine.records(self.store)
+
+    def drop_quarantined(self, ident: str) -> None:
+        quarantine.drop(self.store, ident)
+
+    def queue_statistics(self, vhost: str, name: str) -> QueueStatistics:
+        return self._queue_statistics(self.vhosts.get_queue(vhost, name))
+
+    def queue_histograms(self, vhost: str, name: str) -> tuple[Histogram, Histogram]:
+        """A queue's waiting-time and processing-time histograms (for Prometheus)."""
+        queue = self.vhosts.get_queue(vhost, name)
+        return queue.waiting, queue.processing
+
+    def _queue_statistics(self, queue: Queue) -> QueueStatistics:
+        delayed = self.delayed.per_queue.get((queue.vhost, queue.name), 0)
+        return queue_statistics(queue, delayed, self.clock.time())
+
+    def statistics(self, vhosts: set[str] | None = None) -> BrokerStatistics:
+        """Every queue's numbers and the totals, over ``vhosts`` (None: all)."""
+        shown = [v for v in self.vhosts if vhosts is None or v.name in vhosts]
+        queues = [self._queue_statistics(q) for v in shown for q in v.queues.values()]
+        return broker_statistics(
+            # publishes are counted per vhost at their queues only
+            queues, self.counters if vhosts is None else None,
+            exchanges=sum(len(v.exchanges) for v in shown),
+            sessions=self.session_count(vhosts),
+            delayed=len(self.delayed) if vhosts is None else sum(q.delayed for q in queues),
+            quarantined=len(self.quarantined()),
+        )
+
+
+def queue_info(q: Queue) -> QueueInfo:
+    return QueueInfo(q.vhost, q.name, q.durable, q.exclusive_owner is not None, q.auto_delete,
+                     q.arguments, q.options.queue_type, q.ready_count, len(q.consumers))
+
+
+def exchange_info(e: Exchange) -> ExchangeInfo:
+    return ExchangeInfo(e.vhost, e.name, e.kind, e.durable, e.auto_delete, e.internal,
+                        e.arguments)
+
+
+def binding_info(v: VirtualHost, source: Exchange, b: Binding) -> BindingInfo:
+    found = v.exchanges.get(b.destination) if b.to_exchange else v.queues.get(b.destination)
+    durable = source.durable and found is not None and found.durable
+    return BindingInfo(v.name, b.source, b.destination, b.to_exchange, b.routing_key,
+                       dict(b.args), durable)

@@ -1,13 +1,15 @@
-"""Declaring and deleting exchanges, bindings and queues, with RabbitMQ's rules (a Broker
-mixin): reserved ``amq.`` names, equivalence checks on redeclare, exclusive ownership,
-if-unused / if-empty, and durable definitions written to the store.
+"""Declaring and deleting exchanges, bindings and queues, with RabbitMQ's rules: reserved
+``amq.`` names, equivalence checks on redeclare, exclusive ownership, if-unused / if-empty,
+and durable definitions written to the store (:mod:`tidings.routing.definitions` is their
+stored form). The broker's collaborator for everything that changes the topology.
 """
 
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from tidings.clock import Clock
 from tidings.errors import (
     AccessRefusedError,
     InvalidArgumentError,
@@ -17,38 +19,18 @@ from tidings.errors import (
 )
 from tidings.routing import definitions as defs
 from tidings.routing.arguments import parse_queue_arguments
+from tidings.routing.delayed import DelayedMessages
 from tidings.routing.exchange import PREDECLARED, Binding, Exchange, freeze_arguments
 from tidings.routing.queue import Queue
-
-if TYPE_CHECKING:
-    from tidings.clock import Clock, Timer
-    from tidings.routing.broker import VHost
-    from tidings.routing.delayed import DelayedMessages
-    from tidings.routing.queue import Entry
-    from tidings.storage.base import Store
+from tidings.routing.vhost import Sequence, VirtualHosts
+from tidings.storage.base import Store
 
 
-class DeclarationsMixin:
-    store: Store
-    clock: Clock
-    vhosts: dict[str, VHost]
-    queue_window: int
-    delayed: DelayedMessages
-    _seq: int
-    _expiry_timers: dict[str, tuple[float, Timer]]
-
-    if TYPE_CHECKING:  # provided by Broker or a sibling mixin; never defined here
-        def get_vhost(self, vhost: str) -> VHost: ...
-
-        def get_exchange(self, vhost: str, name: str) -> Exchange: ...
-
-        def get_queue(self, vhost: str, name: str) -> Queue: ...
-
-        def _dead_letter(self, queue: Queue, entry: Entry, reason: str) -> None: ...
-
-        def _arm_expiry(self, queue: Queue, at: float) -> None: ...
-
-        def _retry_after_commit(self, queue: Queue) -> None: ...
+class Declarations:
+    def __init__(self, vhosts: VirtualHosts, store: Store, clock: Clock,
+                 delayed: DelayedMessages, seq: Sequence) -> None:
+        self.vhosts, self.store, self.clock = vhosts, store, clock
+        self.delayed, self.seq = delayed, seq
 
     # -- exchanges -------------------------------------------------------------------------
 
@@ -64,7 +46,7 @@ class DeclarationsMixin:
         arguments: dict[str, Any] | None = None,
         passive: bool = False,
     ) -> Exchange:
-        v = self.get_vhost(vhost)
+        v = self.vhosts.get(vhost)
         _check_name("exchange", name)
         existing = v.exchanges.get(name)
         if passive:
@@ -89,16 +71,16 @@ class DeclarationsMixin:
             ])
             return existing
         ex = Exchange(name, kind, vhost, durable, auto_delete, internal, arguments)
-        v.exchanges[name] = ex
+        v.add_exchange(ex)
         if durable:
             self.store.put_definition("exchange", *defs.exchange_record(ex))
         return ex
 
     def delete_exchange(self, vhost: str, name: str, *, if_unused: bool = False) -> None:
-        v = self.get_vhost(vhost)
+        v = self.vhosts.get(vhost)
         if name == "" or name in PREDECLARED:
             raise AccessRefusedError(f"cannot delete predeclared exchange '{name}'")
-        ex = self.get_exchange(vhost, name)
+        ex = self.vhosts.get_exchange(vhost, name)
         incoming = [b for e in v.exchanges.values() for b in e.bindings
                     if b.to_exchange and b.destination == name]
         if if_unused and (ex.bindings or incoming):
@@ -118,13 +100,13 @@ class DeclarationsMixin:
             raise AccessRefusedError(
                 f"operation not permitted on the default exchange (bind to queue '{destination}')"
             )
-        src = self.get_exchange(vhost, source)
+        src = self.vhosts.get_exchange(vhost, source)
         if to_exchange:
             if destination == "":
                 raise AccessRefusedError("operation not permitted on the default exchange")
-            dest_durable = self.get_exchange(vhost, destination).durable
+            dest_durable = self.vhosts.get_exchange(vhost, destination).durable
         else:
-            dest_durable = self.get_queue(vhost, destination).durable
+            dest_durable = self.vhosts.get_queue(vhost, destination).durable
         b = Binding(source, destination, routing_key, freeze_arguments(arguments), to_exchange)
         if src.add_binding(b) and src.durable and dest_durable:
             self.store.put_definition("binding", *defs.binding_record(vhost, b))
@@ -135,7 +117,7 @@ class DeclarationsMixin:
         error, as in RabbitMQ."""
         if source == "":
             raise AccessRefusedError("operation not permitted on the default exchange")
-        v = self.get_vhost(vhost)
+        v = self.vhosts.get(vhost)
         if source not in v.exchanges or \
                 destination not in (v.exchanges if to_exchange else v.queues):
             return
@@ -143,7 +125,7 @@ class DeclarationsMixin:
         self._unbind(vhost, b)
 
     def _unbind(self, vhost: str, b: Binding) -> None:
-        src = self.vhosts[vhost].exchanges.get(b.source)
+        src = self.vhosts.get(vhost).exchanges.get(b.source)
         if src is not None and src.remove_binding(b):
             self.store.delete_definition("binding", defs.binding_record(vhost, b)[0])
             if src.auto_delete and not src.bindings:
@@ -164,10 +146,10 @@ class DeclarationsMixin:
         connection_id: str | None = None,
         reserved_ok: bool = False,
     ) -> Queue:
-        v = self.get_vhost(vhost)
+        v = self.vhosts.get(vhost)
         if passive:
-            queue = self.get_queue(vhost, name)
-            self._check_exclusive(queue, connection_id)
+            queue = self.vhosts.get_queue(vhost, name)
+            self.check_exclusive(queue, connection_id)
             return queue
         _check_name("queue", name)
         if not name:
@@ -179,7 +161,7 @@ class DeclarationsMixin:
         arguments = dict(arguments or {})
         existing = v.queues.get(name)
         if existing is not None:
-            self._check_exclusive(existing, connection_id, exclusive)
+            self.check_exclusive(existing, connection_id, exclusive)
             _check_equivalent("queue", name, vhost, [
                 ("durable", existing.durable, durable),
                 ("auto_delete", existing.auto_delete, auto_delete),
@@ -195,8 +177,9 @@ class DeclarationsMixin:
                 f"invalid property for quorum queue '{name}' in vhost '{vhost}': "
                 f"quorum queues must be durable, non-exclusive and not auto-delete"
             )
-        queue = self._make_queue(vhost, name, durable, auto_delete, arguments,
-                                 connection_id if exclusive else None)
+        queue = v.create_queue(name, durable=durable, auto_delete=auto_delete,
+                               arguments=arguments,
+                               exclusive_owner=connection_id if exclusive else None)
         if durable and not exclusive:
             self.store.put_definition("queue", *defs.queue_record(vhost, name, auto_delete,
                                                                   arguments))
@@ -208,21 +191,9 @@ class DeclarationsMixin:
         nobody can guess another client's queue."""
         return f"amq.gen-{secrets.token_urlsafe(16)}"
 
-    def _make_queue(self, vhost: str, name: str, durable: bool, auto_delete: bool,
-                    arguments: dict[str, Any], owner: str | None) -> Queue:
-        queue = Queue(
-            name, vhost, parse_queue_arguments(name, arguments), store=self.store,
-            dead_letter=self._dead_letter, now=self.clock.time, durable=durable,
-            exclusive_owner=owner, auto_delete=auto_delete, arguments=arguments,
-            window=self.queue_window,
-        )
-        queue.on_head_expiry = self._arm_expiry
-        queue.on_page_wait = self._retry_after_commit
-        self.vhosts[vhost].queues[name] = queue
-        return queue
-
-    def _check_exclusive(self, queue: Queue, connection_id: str | None,
-                         exclusive: bool | None = None) -> None:
+    @staticmethod
+    def check_exclusive(queue: Queue, connection_id: str | None,
+                        exclusive: bool | None = None) -> None:
         """Another connection's exclusive queue, or (on redeclare) a different ``exclusive``
         flag, is 405 RESOURCE_LOCKED with RabbitMQ's text."""
         owned = queue.exclusive_owner is not None
@@ -237,50 +208,40 @@ class DeclarationsMixin:
 
     def delete_queue(self, vhost: str, name: str, *, if_unused: bool = False,
                      if_empty: bool = False, connection_id: str | None = None) -> int:
-        queue = self.get_queue(vhost, name)
-        self._check_exclusive(queue, connection_id)
+        queue = self.vhosts.get_queue(vhost, name)
+        self.check_exclusive(queue, connection_id)
         if if_unused and queue.consumers:
             raise PreconditionFailedError(f"queue '{name}' in vhost '{vhost}' in use")
         if if_empty and (queue.ready_count or self.delayed.per_queue.get((vhost, name))):
             raise PreconditionFailedError(f"queue '{name}' in vhost '{vhost}' is not empty")
-        return self._delete_queue(queue)
+        return self.remove_queue(queue)
 
-    def _delete_queue(self, queue: Queue) -> int:
+    def remove_queue(self, queue: Queue) -> int:
+        """Delete ``queue`` (no checks): consumers cancelled, rows, bindings, definition and
+        the messages delayed for it go."""
         count = queue.ready_count
-        queue.deleted = True
-        for consumer in list(queue.consumers):
-            consumer.session.consumers.pop(consumer.tag, None)
-            if consumer.on_cancel is not None:
-                consumer.on_cancel(consumer.tag)
-        queue.consumers.clear()
-        queue.unacked.clear()
-        queue.unacked_bytes = 0
-        for key in queue.store_keys():
+        for key in queue.close():
             self.store.remove_after(key, -1)
-        v = self.vhosts[queue.vhost]
+        v = self.vhosts.get(queue.vhost)
         for ex in list(v.exchanges.values()):
             for b in [b for b in ex.bindings if not b.to_exchange and b.destination == queue.name]:
                 self._unbind(queue.vhost, b)
-        del v.queues[queue.name]
+        v.remove_queue(queue)
         # Messages delayed for it are cancelled: never delivered to a later queue of its name.
-        self.delayed.void_queue(queue.vhost, queue.name, self._seq)
+        self.delayed.void_queue(queue.vhost, queue.name, self.seq.last)
         if queue.durable:
             self.store.delete_definition("queue", queue.store_key)
-        timer = self._expiry_timers.pop(queue.store_key, None)
-        if timer:
-            timer[1].cancel()
         return count
 
     def purge_queue(self, vhost: str, name: str, connection_id: str | None = None) -> int:
-        queue = self.get_queue(vhost, name)
-        self._check_exclusive(queue, connection_id)
+        queue = self.vhosts.get_queue(vhost, name)
+        self.check_exclusive(queue, connection_id)
         return queue.purge()
 
     def close_connection(self, connection_id: str) -> None:
         """Delete the exclusive queues a closed connection owned."""
-        for v in self.vhosts.values():
-            for queue in [q for q in v.queues.values() if q.exclusive_owner == connection_id]:
-                self._delete_queue(queue)
+        for queue in [q for q in self.vhosts.queues() if q.exclusive_owner == connection_id]:
+            self.remove_queue(queue)
 
 
 def _check_name(kind: str, name: str) -> None:

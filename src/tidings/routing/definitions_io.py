@@ -12,48 +12,39 @@ from __future__ import annotations
 
 from typing import Any
 
-from tidings.routing.broker import Broker
+from tidings.routing.front_door import FrontDoor
 
 #: Sections of RabbitMQ's format that tidings reads.
 SECTIONS = ("vhosts", "exchanges", "queues", "bindings")
 
 
-def export_definitions(broker: Broker, vhosts: set[str] | None = None) -> dict[str, Any]:
+def export_definitions(broker: FrontDoor, vhosts: set[str] | None = None) -> dict[str, Any]:
     """The durable definitions of ``vhosts`` (None: all), skipping the built-in exchanges and
     exclusive queues, as RabbitMQ exports them."""
-    shown = [v for v in broker.vhosts.values() if vhosts is None or v.name in vhosts]
+    shown = [v for v in broker.vhost_names() if vhosts is None or v in vhosts]
     return {
-        "vhosts": [{"name": v.name} for v in shown],
+        "vhosts": [{"name": v} for v in shown],
         "exchanges": [
-            {"name": e.name, "vhost": v.name, "type": e.kind, "durable": True,
+            {"name": e.name, "vhost": v, "type": e.kind, "durable": True,
              "auto_delete": e.auto_delete, "internal": e.internal, "arguments": e.arguments}
-            for v in shown for e in v.exchanges.values()
+            for v in shown for e in broker.list_exchanges(v)
             if e.durable and e.name and not e.name.startswith("amq.")
         ],
         "queues": [
-            {"name": q.name, "vhost": v.name, "durable": True, "auto_delete": q.auto_delete,
+            {"name": q.name, "vhost": v, "durable": True, "auto_delete": q.auto_delete,
              "arguments": q.arguments}
-            for v in shown for q in v.queues.values()
-            if q.durable and q.exclusive_owner is None
+            for v in shown for q in broker.list_queues(v) if q.durable and not q.exclusive
         ],
         "bindings": [
-            {"source": b.source, "vhost": v.name, "destination": b.destination,
+            {"source": b.source, "vhost": v, "destination": b.destination,
              "destination_type": "exchange" if b.to_exchange else "queue",
-             "routing_key": b.routing_key, "arguments": dict(b.args)}
-            for v in shown for e in v.exchanges.values() for b in e.bindings
-            if e.durable and _is_durable_destination(broker, v.name, b.destination,
-                                                      b.to_exchange)
+             "routing_key": b.routing_key, "arguments": b.arguments}
+            for v in shown for b in broker.list_bindings(v) if b.durable
         ],
     }
 
 
-def _is_durable_destination(broker: Broker, vhost: str, name: str, to_exchange: bool) -> bool:
-    v = broker.vhosts[vhost]
-    found = v.exchanges.get(name) if to_exchange else v.queues.get(name)
-    return bool(found is not None and found.durable)
-
-
-def import_definitions(broker: Broker, data: dict[str, Any]) -> dict[str, int]:
+def import_definitions(broker: FrontDoor, data: dict[str, Any]) -> dict[str, int]:
     """Declare everything in ``data``; returns how many of each section were applied."""
     counts = dict.fromkeys(SECTIONS, 0)
     for v in data.get("vhosts", []):

@@ -1,4 +1,10 @@
-"""Delayed messages: held durably until due, then moved into their queue or exchange once.
+"""Delayed delivery: messages held durably until due, then moved into their queue or
+exchange once.
+
+:class:`DelayedMessages` is the data (durable buckets, a heap of the near ones);
+:class:`DelayedDelivery` is the broker's collaborator that adds to it, keeps one timer armed
+for the earliest due time and decides where a due message goes (its queue, or its exchange's
+routing).
 
 Each delayed message is one store record carrying its due time and target, stored under the
 key of its due-time *bucket* (one per :data:`BUCKET_SECONDS`). Only the buckets that fall due
@@ -20,9 +26,12 @@ import asyncio
 import heapq
 from collections.abc import Callable, Iterator
 
+from tidings.clock import Clock, Timer
 from tidings.message import Record, RecordError, decode_record, encode_record
-from tidings.routing.quarantine import decode_or_quarantine
+from tidings.routing.queue import Entry, Queue
+from tidings.routing.vhost import Sequence, VirtualHosts
 from tidings.storage.base import Store
+from tidings.storage.quarantine import decode_or_quarantine
 
 #: The key of every delayed record before buckets existed (recovery moves such rows).
 STORE_KEY = "\x00delayed"
@@ -269,3 +278,76 @@ def _rows(store: Store, key: str) -> Iterator[tuple[int, bytes]]:
     while rows := store.load(key, after, _READ_CHUNK):
         yield from rows
         after = rows[-1][0]
+
+
+class DelayedDelivery:
+    """Holds messages until due and releases them into their queue or exchange."""
+
+    def __init__(self, messages: DelayedMessages, vhosts: VirtualHosts, clock: Clock,
+                 seq: Sequence) -> None:
+        self.messages, self._vhosts, self._clock, self._seq = messages, vhosts, clock, seq
+        self._timer: tuple[float, Timer] | None = None
+
+    def delay(self, record: Record, target: dict[str, str], due_at: float) -> None:
+        record.due_at, record.target = due_at, target
+        self.messages.add(self._seq.next(), record)
+        self.arm()
+
+    def requeue_later(self, queue: Queue, entry: Entry, delay_ms: int) -> None:
+        """nack with a delay: back into ``queue`` no earlier than ``delay_ms`` from now."""
+        record = queue.release_for_delay(entry)
+        if record is not None:
+            now = self._clock.time()
+            target = {"vhost": queue.vhost, "queue": queue.name}
+            self.delay(Record(record.message, now, record.delivery_count), target,
+                       now + delay_ms / 1000.0)
+
+    def cancel(self, seq: int, record: Record) -> bool:
+        """Cancel a delayed message found by ``messages.entries()``; False if it is gone."""
+        return self.messages.remove(seq, record)
+
+    def arm(self) -> None:
+        """Keep one timer armed for the earliest due time (no running loop yet: the broker's
+        ``start()`` arms it)."""
+        due = self.messages.next_due()
+        if due is None:
+            return
+        if self._timer is not None:
+            if self._timer[0] <= due:
+                return
+            self._timer[1].cancel()
+        try:
+            self._timer = (due, self._clock.call_at(due, self._release))
+        except RuntimeError:
+            self._timer = None
+
+    def stop(self) -> None:
+        if self._timer:
+            self._timer[1].cancel()
+            self._timer = None
+
+    def _release(self) -> None:
+        self._timer = None
+        now = self._clock.time()
+        wait = self.messages.promote(now)
+        if wait is not None:  # a bucket is read in once the writes before it are committed
+            wait.add_done_callback(lambda _: self._release())
+            return
+        for seq, record in self.messages.pop_due(now):
+            if not self.messages.is_void(seq, record):  # its queue was deleted meanwhile
+                self._release_one(record, now)
+        self.arm()
+
+    def _release_one(self, record: Record, now: float) -> None:
+        v = self._vhosts.find(record.target.get("vhost", "/"))
+        if v is None:
+            return
+        if "queue" in record.target:
+            queue = v.queues.get(record.target["queue"])
+            if queue is not None:
+                v.enqueue(queue, Record(record.message, now, record.delivery_count), now)
+            return
+        ex = v.exchanges.get(record.target.get("exchange", ""))
+        if ex is not None:
+            for queue in v.route(ex, record.message):
+                v.enqueue(queue, Record(record.message, now, record.delivery_count), now)

@@ -3,7 +3,7 @@
 Order: vhosts, exchanges, queues, bindings, then messages. Rows of queues that are no longer
 durable definitions are dropped. Each durable queue gets its first window of messages in seq
 order; the rest stay paged out. A record that cannot be read is quarantined, never allowed to stop
-recovery (``routing/quarantine.py``). Messages at or below the queue's delivered mark may have been
+recovery (``storage/quarantine.py``). Messages at or below the queue's delivered mark may have been
 delivered before the crash: they come back marked redelivered (AMQP allows a false
 "redelivered"; it never allows a silent duplicate), with at least one failed delivery counted.
 A requeue rewrites the record with its count, so counts are exact except for a delivery in
@@ -12,55 +12,50 @@ flight at the moment of a crash, which may go uncounted once.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from tidings.clock import Clock
 from tidings.routing import definitions as defs
-from tidings.routing.delayed import is_delayed_key
+from tidings.routing.delayed import DelayedMessages, is_delayed_key
 from tidings.routing.exchange import Binding, Exchange, freeze_arguments
-from tidings.routing.quarantine import decode_or_quarantine
-from tidings.routing.queue import Entry, lane_key, split_lane_key
+from tidings.routing.ready import Entry, lane_key, split_lane_key
+from tidings.routing.vhost import VirtualHosts
+from tidings.storage.base import Store
+from tidings.storage.quarantine import decode_or_quarantine
 
-if TYPE_CHECKING:
-    from tidings.routing.broker import Broker
 
-
-def recover(broker: Broker) -> None:
-    store = broker.store
+def recover(store: Store, vhosts: VirtualHosts, delayed: DelayedMessages,
+            clock: Clock) -> None:
+    """Rebuild ``vhosts`` and ``delayed`` from ``store`` (all public operations)."""
     for name, _ in store.definitions("vhost"):
-        broker.declare_vhost(name)
+        vhosts.declare(name)
     for key, data in store.definitions("exchange"):
         vhost, name = defs.split_key(key)
         d = defs.load(data)
-        broker.declare_vhost(vhost)
-        broker.vhosts[vhost].exchanges[name] = Exchange(
+        vhosts.declare(vhost).add_exchange(Exchange(
             name, d["kind"], vhost, True, d["auto_delete"], d["internal"], d["arguments"]
-        )
+        ))
     for key, data in store.definitions("queue"):
         vhost, name = defs.split_key(key)
         d = defs.load(data)
-        broker.declare_vhost(vhost)
-        broker._make_queue(vhost, name, True, d["auto_delete"], d["arguments"], None)
+        vhosts.declare(vhost).create_queue(name, durable=True, auto_delete=d["auto_delete"],
+                                           arguments=d["arguments"], exclusive_owner=None)
     for key, data in store.definitions("binding"):
         vhost, _ = defs.split_key(key)
         d = defs.load(data)
-        ex = broker.vhosts.get(vhost, None)
-        if ex is None or d["source"] not in ex.exchanges:
-            continue
-        ex.exchanges[d["source"]].add_binding(Binding(
-            d["source"], d["destination"], d["routing_key"],
-            freeze_arguments(d["arguments"]), d["to_exchange"],
-        ))
-    _recover_messages(broker)
+        v = vhosts.find(vhost)
+        if v is not None:
+            v.add_binding(Binding(d["source"], d["destination"], d["routing_key"],
+                                  freeze_arguments(d["arguments"]), d["to_exchange"]))
+    _recover_messages(store, vhosts, clock)
+    delayed.recover()
 
 
-def _recover_messages(broker: Broker) -> None:
-    store = broker.store
-    live = {q.store_key: q for v in broker.vhosts.values() for q in v.queues.values()}
+def _recover_messages(store: Store, vhosts: VirtualHosts, clock: Clock) -> None:
+    live = {q.store_key: q for q in vhosts.queues()}
     lanes: dict[str, list[int]] = {}
     for key in store.queues():
         base, level = (key, 0) if key in live else split_lane_key(key)
         queue = live.get(base)
-        if queue is not None and level < len(queue.lanes):
+        if queue is not None and level < len(queue.ready.lanes):
             lanes.setdefault(base, []).append(level)
         elif not is_delayed_key(key):
             store.remove_after(key, -1)
@@ -69,7 +64,7 @@ def _recover_messages(broker: Broker) -> None:
     for base, levels in lanes.items():
         queue = live[base]
         # The window is shared: the highest levels are loaded first, the rest stay paged.
-        room, room_bytes = queue.window, queue.window_bytes
+        room, room_bytes = queue.ready.window, queue.ready.window_bytes
         for level in sorted(levels, reverse=True):
             key = lane_key(base, level)
             total = store.count(key)
@@ -79,7 +74,7 @@ def _recover_messages(broker: Broker) -> None:
             average = max(sum(sample) // max(len(sample), 1), 1)
             limit = min(room, room_bytes // average)
             rows = store.load(key, -1, limit) if limit > 0 else []
-            now = broker.clock.time()
+            now = clock.time()
             entries = [Entry(seq, record, True) for seq, data in rows
                        if (record := decode_or_quarantine(store, key, seq, data, now))]
             size = sum(e.size for e in entries)
@@ -88,4 +83,3 @@ def _recover_messages(broker: Broker) -> None:
             paged = total - len(rows)
             queue.restore(level, entries, paged, average * paged, max_seq, marks.get(key, -1),
                           rows[-1][0] if rows else -1)
-    broker.delayed.recover()

@@ -3,20 +3,32 @@
 A :class:`Session` owns the delivery tags it hands out and the unacked messages behind them; when
 it closes, they go back to their queues in tag order, marked redelivered. A :class:`Consumer`
 holds a prefetch window; the queue offers it messages round robin while it has room.
+
+A session calls back into the broker only through :class:`SessionOwner` (cancel a consumer,
+retry later, forget me, what time is it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from tidings.errors import PreconditionFailedError
 from tidings.message import Message
+from tidings.routing.queue import Entry, Queue
 
-if TYPE_CHECKING:  # the broker owns sessions; sessions only call back into it
-    from tidings.routing.broker import Broker
-    from tidings.routing.queue import Entry, Queue
+
+class SessionOwner(Protocol):
+    """What a session needs of the broker that opened it."""
+
+    def time(self) -> float: ...
+
+    def cancel(self, session: Session, consumer_tag: str) -> None: ...
+
+    def requeue_later(self, queue: Queue, entry: Entry, delay_ms: int) -> None: ...
+
+    def forget_session(self, session: Session) -> None: ...
 
 
 @dataclass(slots=True)
@@ -68,12 +80,23 @@ class Consumer:
     def deliver(self, queue: Queue, entry: Entry) -> None:
         self.session.deliver(self, queue, entry)
 
+    def start(self) -> None:
+        """Start deliveries (after consume-ok was sent, for a face that consumed with
+        ``dispatch=False``)."""
+        self.queue.dispatch()
+
+    def cancelled(self) -> None:
+        """The server cancelled this consumer (its queue was deleted)."""
+        self.session.consumers.pop(self.tag, None)
+        if self.on_cancel is not None:
+            self.on_cancel(self.tag)
+
 
 class Session:
     """One channel's worth of delivery state."""
 
-    def __init__(self, broker: Broker, vhost: str, connection_id: str) -> None:
-        self.broker, self.vhost, self.connection_id = broker, vhost, connection_id
+    def __init__(self, owner: SessionOwner, vhost: str, connection_id: str) -> None:
+        self._owner, self.vhost, self.connection_id = owner, vhost, connection_id
         self.next_tag = 1
         self.unacked: dict[int, tuple[Queue, Entry, Consumer | None]] = {}
         self.consumers: dict[str, Consumer] = {}
@@ -88,6 +111,16 @@ class Session:
         self._consumer_serial = 0
         #: Called with the error when the broker closes the session (e.g. consumer timeout).
         self.on_error: Callable[[Exception], None] | None = None
+
+    def dispatch(self) -> None:
+        """Offer messages to every consumer of this session (room was made: qos, flow,
+        output drained)."""
+        for consumer in list(self.consumers.values()):
+            consumer.queue.dispatch()
+
+    def holds(self, delivery_tag: int) -> bool:
+        """Whether ``delivery_tag`` is an unsettled delivery of this session."""
+        return delivery_tag in self.unacked
 
     def has_room(self) -> bool:
         if not (self.flow_active and self.output_open):
@@ -155,7 +188,7 @@ class Session:
             if queue.consumers:
                 queue.dispatch()
         if self.prefetch_count:
-            self.broker.dispatch_session(self)
+            self.dispatch()
 
     def ack(self, delivery_tag: int, multiple: bool = False) -> None:
         settled = self._settle(delivery_tag, multiple)
@@ -179,7 +212,7 @@ class Session:
         settled = self._settle(delivery_tag, multiple)
         for queue, entry, _ in settled:
             if requeue and delay_ms:
-                self.broker.requeue_later(queue, entry, delay_ms)
+                self._owner.requeue_later(queue, entry, delay_ms)
             elif requeue:
                 queue.requeue(entry)
             else:
@@ -194,7 +227,7 @@ class Session:
         found = self.unacked.get(delivery_tag)
         if found is None:
             raise PreconditionFailedError(f"unknown delivery tag {delivery_tag}")
-        found[1].delivered_at = self.broker.clock.time()
+        found[1].delivered_at = self._owner.time()
 
     def recover(self) -> None:
         """``basic.recover``: requeue everything unacked (RabbitMQ always requeues)."""
@@ -206,7 +239,7 @@ class Session:
             return
         self.closed = True
         for tag in list(self.consumers):
-            self.broker.cancel(self, tag)
+            self._owner.cancel(self, tag)
         if self.unacked:
             self.nack(0, multiple=True, requeue=True)
-        self.broker.forget_session(self)
+        self._owner.forget_session(self)

@@ -18,12 +18,13 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from tidings.http.events import is_internal_queue
+from tidings.http.event_log import is_internal_queue
 from tidings.http.management import message_stats, totals
-from tidings.routing.broker import Broker
-from tidings.routing.queue import Queue
-from tidings.statistics import COUNTERS, Histogram
+from tidings.routing.front_door import FrontDoor
+from tidings.statistics import COUNTERS, BrokerStatistics, Histogram, QueueStatistics
 
+#: The Prometheus text format's media type.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Bucket bounds, seconds, for waiting and processing time.
 BUCKETS_S = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0)
 
@@ -43,14 +44,13 @@ def fold(histogram: Histogram) -> tuple[list[tuple[str, float]], float]:
     return out, histogram.total_ms / 1000.0
 
 
-def visible_queues(broker: Broker, vhosts: set[str] | None) -> list[Queue]:
-    """The user-facing queues of ``vhosts`` (None: every vhost)."""
-    return [q for v in broker.vhosts.values() if vhosts is None or v.name in vhosts
-            for q in v.queues.values() if not is_internal_queue(q.name)]
+def visible_queues(stats: BrokerStatistics) -> list[QueueStatistics]:
+    """The user-facing queues among ``stats``."""
+    return [q for q in stats.queues if not is_internal_queue(q.name)]
 
 
 class BrokerCollector(Collector):
-    def __init__(self, broker: Broker, extra: Callable[[], dict[str, float]] | None,
+    def __init__(self, broker: FrontDoor, extra: Callable[[], dict[str, float]] | None,
                  vhosts: set[str] | None = None) -> None:
         self.broker, self.extra, self.vhosts = broker, extra, vhosts
 
@@ -69,8 +69,7 @@ class BrokerCollector(Collector):
                                         "Enqueue to first delivery", labels=labels)
         processing = HistogramMetricFamily("tidings_queue_processing_seconds",
                                            "Delivery to acknowledgement", labels=labels)
-        for q in visible_queues(self.broker, self.vhosts):
-            s = self.broker.queue_statistics(q)
+        for s in visible_queues(self.broker.statistics(self.vhosts)):
             key = [s.vhost, s.name]
             gauges["messages_ready"].add_metric(key, s.ready)
             gauges["messages_unacked"].add_metric(key, s.unacked)
@@ -79,7 +78,8 @@ class BrokerCollector(Collector):
             gauges["oldest_ready_age_seconds"].add_metric(key, s.oldest_ready_age_s or 0.0)
             for name in COUNTERS:
                 counters[name].add_metric(key, s.counts[name])
-            for family, hist in ((waiting, q.waiting), (processing, q.processing)):
+            for family, hist in zip((waiting, processing),
+                                    self.broker.queue_histograms(s.vhost, s.name), strict=True):
                 buckets, total = fold(hist)
                 family.add_metric(key, buckets, total)
         yield from gauges.values()
@@ -92,7 +92,7 @@ class BrokerCollector(Collector):
             yield g
 
 
-def metrics_text(broker: Broker, extra: Callable[[], dict[str, float]] | None = None,
+def metrics_text(broker: FrontDoor, extra: Callable[[], dict[str, float]] | None = None,
                  vhosts: set[str] | None = None) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(BrokerCollector(broker, extra, vhosts))
@@ -102,29 +102,25 @@ def metrics_text(broker: Broker, extra: Callable[[], dict[str, float]] | None = 
     return generate_latest(registry)
 
 
-def overview(broker: Broker, extra: dict[str, Any], vhosts: set[str] | None = None
+def overview(broker: FrontDoor, extra: dict[str, Any], vhosts: set[str] | None = None
              ) -> dict[str, Any]:
     """Totals over the queues of ``vhosts`` (None: all) that users see."""
-    queues = [broker.queue_statistics(q) for q in visible_queues(broker, vhosts)]
-    shown = [v for v in broker.vhosts.values() if vhosts is None or v.name in vhosts]
+    stats = broker.statistics(vhosts)
+    queues = visible_queues(stats)
     counts = {name: sum(q.counts[name] for q in queues) for name in COUNTERS}
     rates = {name: sum(q.rates[name] for q in queues) for name in COUNTERS}
     if vhosts is None:  # publishes counted at the exchanges, routed or not
-        counts["published"] = broker.counters.published
-        rates["published"] = broker.counters.rates()["published"]
+        counts["published"] = stats.counts["published"]
+        rates["published"] = stats.rates["published"]
     return {
-        "queues": len(queues), "exchanges": sum(len(v.exchanges) for v in shown),
-        "sessions": len(broker.sessions) if vhosts is None else
-        sum(1 for s in broker.sessions if s.vhost in vhosts),
+        "queues": len(queues), "exchanges": stats.exchanges, "sessions": stats.sessions,
         "consumers": sum(q.consumers for q in queues), "ready": sum(q.ready for q in queues),
         "unacked": sum(q.unacked for q in queues),
-        "delayed": sum(q.delayed for q in queues) if vhosts is not None
-        else len(broker.delayed),
+        "delayed": stats.delayed,
         "counts": counts, "rates": rates, **extra,
         # RabbitMQ's management API names for the same numbers
         "queue_totals": totals(sum(q.ready for q in queues), sum(q.unacked for q in queues)),
-        "object_totals": {"queues": len(queues), "exchanges": sum(len(v.exchanges)
-                                                                   for v in shown),
+        "object_totals": {"queues": len(queues), "exchanges": stats.exchanges,
                           "consumers": sum(q.consumers for q in queues),
                           **{k: int(v) for k, v in extra.items()
                              if k in ("connections", "channels")}},

@@ -19,12 +19,10 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from tidings.client.transport import EVENTS_EXCHANGE
 from tidings.http.schemas import message_to_json
 from tidings.message import Message
-from tidings.patterns import topic_matches
-from tidings.routing.broker import DEFAULT_VHOST, Broker
-from tidings.routing.session import Delivery
+from tidings.patterns import EVENTS_EXCHANGE, topic_matches
+from tidings.routing.front_door import DEFAULT_VHOST, Delivery, FrontDoor
 
 #: Events kept for resuming streams ...
 DEFAULT_RETAIN = 10_000
@@ -94,7 +92,7 @@ class Stream:
 
 
 class EventLog:
-    def __init__(self, broker: Broker, retain: int = DEFAULT_RETAIN,
+    def __init__(self, broker: FrontDoor, retain: int = DEFAULT_RETAIN,
                  stream_buffer: int = STREAM_BUFFER,
                  retain_bytes: int = DEFAULT_RETAIN_BYTES) -> None:
         self.broker = broker

@@ -14,8 +14,7 @@ import secrets
 from dataclasses import dataclass
 
 from tidings.errors import NotFoundError
-from tidings.routing.broker import Broker
-from tidings.routing.session import Delivery, Session
+from tidings.routing.front_door import Delivery, FrontDoor, Session
 
 #: Longest lease a client may ask for (the broker's default consumer timeout).
 MAX_VISIBILITY_MS = 30 * 60 * 1000
@@ -30,7 +29,7 @@ class Lease:
 
 
 class Leases:
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: FrontDoor) -> None:
         self.broker = broker
         self._sessions: dict[tuple[str, str], Session] = {}
         self._leases: dict[str, Lease] = {}
@@ -55,13 +54,13 @@ class Leases:
 
     def _expire(self, receipt: str) -> None:
         lease = self._leases.pop(receipt, None)
-        if lease is not None and lease.delivery_tag in lease.session.unacked:
+        if lease is not None and lease.session.holds(lease.delivery_tag):
             lease.session.nack(lease.delivery_tag, requeue=True)
 
     def _take(self, user: str, receipt: str) -> Lease:
         lease = self._leases.get(receipt)
         if lease is None or lease.user != user or \
-                lease.delivery_tag not in lease.session.unacked:
+                not lease.session.holds(lease.delivery_tag):
             raise NotFoundError(f"no lease with receipt '{receipt}' (settled or expired)")
         del self._leases[receipt]
         lease.timer.cancel()

@@ -1,0 +1,141 @@
+"""Administration: health, the dashboard and the OpenAPI document, connections,
+exchanges and bindings, definitions (export / import) and the quarantine."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse
+
+from tidings.errors import AccessRefusedError
+from tidings.http import schemas as sch
+from tidings.http.errors import BadRequestError
+from tidings.http.event_log import is_internal_queue
+from tidings.http.gateway import gateway, name_of, vhost_of
+from tidings.http.middleware import user_of
+from tidings.http.openapi import openapi_document
+from tidings.routing.definitions_io import SECTIONS, export_definitions, import_definitions
+
+STATIC = Path(__file__).parent.parent / "static"
+
+
+async def healthz(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+async def dashboard(request: Request) -> FileResponse:
+    return FileResponse(STATIC / "index.html")
+
+
+async def openapi(request: Request) -> JSONResponse:
+    return JSONResponse(openapi_document())
+
+
+async def list_connections(request: Request) -> JSONResponse:
+    gw = gateway(request)
+    return JSONResponse(gw.visible_connections(gw.visible(request)))
+
+
+# -- exchanges and bindings ------------------------------------------------------------------
+
+
+async def list_exchanges(request: Request) -> JSONResponse:
+    gw = gateway(request)
+    return JSONResponse([
+        {"vhost": e.vhost, "name": e.name, "type": e.kind, "durable": e.durable,
+         "auto_delete": e.auto_delete, "internal": e.internal, "arguments": e.arguments}
+        for v in gw.vhosts(request) for e in gw.broker.list_exchanges(v)
+    ])
+
+
+async def put_exchange(request: Request) -> JSONResponse:
+    gw, vhost, name = gateway(request), vhost_of(request), name_of(request)
+    gw.check(request, "configure", "exchange", name, vhost)
+    data = sch.obj(await sch.read_json(request, gw.max_body_bytes, required=False))
+    ex = gw.broker.declare_exchange(vhost, name, sch.string(data, "type", "direct") or "direct",
+                                    durable=sch.boolean(data, "durable", True),
+                                    auto_delete=sch.boolean(data, "auto_delete", False),
+                                    internal=sch.boolean(data, "internal", False),
+                                    arguments=sch.table(data, "arguments"))
+    return JSONResponse({"vhost": vhost, "name": ex.name, "type": ex.kind}, status_code=201)
+
+
+async def delete_exchange(request: Request) -> JSONResponse:
+    gw, vhost, name = gateway(request), vhost_of(request), name_of(request)
+    gw.check(request, "configure", "exchange", name, vhost)
+    gw.broker.delete_exchange(vhost, name,
+                              if_unused=request.query_params.get("if_unused") == "true")
+    return JSONResponse({"deleted": name})
+
+
+def binding_fields(data: dict[str, Any]) -> tuple[str, str, str, bool, dict[str, Any]]:
+    source = sch.string(data, "source", required=True) or ""
+    destination = sch.string(data, "destination", required=True) or ""
+    kind = sch.string(data, "destination_type", "queue")
+    if kind not in ("queue", "exchange"):
+        raise BadRequestError("field 'destination_type' must be 'queue' or 'exchange'")
+    return (source, destination, sch.string(data, "routing_key", "") or "",
+            kind == "exchange", sch.table(data, "arguments") or {})
+
+
+async def list_bindings(request: Request) -> JSONResponse:
+    gw = gateway(request)
+    return JSONResponse([
+        {"vhost": b.vhost, "source": b.source, "destination": b.destination,
+         "destination_type": "exchange" if b.to_exchange else "queue",
+         "routing_key": b.routing_key, "arguments": b.arguments}
+        for v in gw.vhosts(request) for b in gw.broker.list_bindings(v)
+        if not is_internal_queue(b.destination)
+    ])
+
+
+async def change_binding(request: Request) -> JSONResponse:
+    gw, vhost = gateway(request), vhost_of(request)
+    data = sch.obj(await sch.read_json(request, gw.max_body_bytes))
+    source, dest, key, to_exchange, args = binding_fields(data)
+    gw.check(request, "read", "exchange", source, vhost)
+    gw.check(request, "write", "exchange" if to_exchange else "queue", dest, vhost)
+    if request.method == "POST":
+        gw.broker.bind(vhost, source, dest, key, args, to_exchange=to_exchange)
+        return JSONResponse({"bound": True}, status_code=201)
+    gw.broker.unbind(vhost, source, dest, key, args, to_exchange=to_exchange)
+    return JSONResponse({"unbound": True})
+
+
+# -- definitions and the quarantine ----------------------------------------------------------
+
+
+async def list_quarantine(request: Request) -> JSONResponse:
+    """Stored records that could not be read (administrator: they may hold anyone's)."""
+    gw = gateway(request)
+    if not gw.users.is_administrator(user_of(request)):
+        raise AccessRefusedError("the quarantine needs the administrator tag")
+    await gw.broker.sync()
+    return JSONResponse([
+        {"id": r.id, "vhost": r.vhost, "queue": r.queue, "seq": r.seq, "reason": r.reason,
+         "quarantined_at": r.quarantined_at, "data_base64": base64.b64encode(r.data).decode()}
+        for r in gw.broker.quarantined()
+    ])
+
+
+async def get_definitions(request: Request) -> JSONResponse:
+    gw = gateway(request)
+    return JSONResponse(export_definitions(gw.broker, gw.visible(request)))
+
+
+async def post_definitions(request: Request) -> JSONResponse:
+    gw = gateway(request)
+    if not gw.users.is_administrator(user_of(request)):
+        raise AccessRefusedError("importing definitions needs the administrator tag")
+    data = sch.obj(await sch.read_json(request, gw.max_body_bytes))
+    for section in SECTIONS:
+        if not isinstance(data.get(section, []), list) or \
+                not all(isinstance(x, dict) for x in data.get(section, [])):
+            raise BadRequestError(f"field '{section}' must be a list of objects")
+    try:
+        return JSONResponse({"imported": import_definitions(gw.broker, data)})
+    except KeyError as e:
+        raise BadRequestError(f"a definition lacks the field {e}") from e

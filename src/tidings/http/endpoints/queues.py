@@ -1,0 +1,154 @@
+"""Queues over REST: list, describe, declare, delete and purge queues; send to a queue;
+receive from it with a lease (long-polling up to ``wait_ms``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import unquote
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from tidings.errors import PreconditionFailedError
+from tidings.http import management
+from tidings.http import schemas as sch
+from tidings.http.event_log import is_internal_queue
+from tidings.http.gateway import Gateway, gateway, name_of, vhost_of
+from tidings.http.lease_table import MAX_VISIBILITY_MS
+from tidings.http.middleware import user_of
+from tidings.routing.front_door import Delivery, Session
+
+#: Longest a receive may wait for a message.
+MAX_WAIT_MS = 30_000
+
+
+def queue_json(gw: Gateway, vhost: str, name: str) -> dict[str, Any]:
+    q = gw.broker.describe_queue(vhost, name)
+    return {
+        **management.queue_fields(gw.broker.queue_statistics(vhost, name), q.queue_type),
+        "durable": q.durable, "auto_delete": q.auto_delete, "exclusive": q.exclusive,
+        "arguments": q.arguments,
+    }
+
+
+async def list_queues(request: Request) -> JSONResponse:
+    gw = gateway(request)
+    vhost = request.path_params.get("vhost") or request.query_params.get("vhost")
+    vhost = unquote(vhost) if vhost else None
+    vhosts = [v for v in gw.vhosts(request) if vhost is None or v == vhost]
+    return JSONResponse([queue_json(gw, v, q.name) for v in vhosts
+                         for q in gw.broker.list_queues(v) if not is_internal_queue(q.name)])
+
+
+async def list_vhosts(request: Request) -> JSONResponse:
+    gw = gateway(request)
+    out = []
+    for v in gw.vhosts(request):
+        queues = [q for q in gw.broker.statistics({v}).queues if not is_internal_queue(q.name)]
+        out.append({"name": v, **management.totals(sum(q.ready for q in queues),
+                                                    sum(q.unacked for q in queues))})
+    return JSONResponse(out)
+
+
+async def get_queue(request: Request) -> JSONResponse:
+    gw, vhost, name = gateway(request), vhost_of(request), name_of(request)
+    gw.check(request, "read", "queue", name, vhost)
+    return JSONResponse(queue_json(gw, vhost, name))
+
+
+async def put_queue(request: Request) -> JSONResponse:
+    gw, vhost, name = gateway(request), vhost_of(request), name_of(request)
+    gw.check(request, "configure", "queue", name, vhost)
+    data = sch.obj(await sch.read_json(request, gw.max_body_bytes, required=False))
+    arguments = sch.table(data, "arguments")
+    dlx = (arguments or {}).get("x-dead-letter-exchange")
+    if isinstance(dlx, str):  # dead letters are published there: as RabbitMQ checks
+        gw.check(request, "read", "queue", name, vhost)
+        gw.check(request, "write", "exchange", dlx or "amq.default", vhost)
+    broker = gw.broker
+    if vhost not in broker.vhost_names() and vhost in gw.users.list_vhosts():
+        broker.declare_vhost(vhost)
+    existed = vhost in broker.vhost_names() and broker.queue_exists(vhost, name)
+    broker.declare_queue(vhost, name, durable=sch.boolean(data, "durable", True),
+                         auto_delete=sch.boolean(data, "auto_delete", False),
+                         arguments=arguments)
+    return JSONResponse(queue_json(gw, vhost, name), status_code=200 if existed else 201)
+
+
+async def delete_queue(request: Request) -> JSONResponse:
+    gw, vhost, name = gateway(request), vhost_of(request), name_of(request)
+    gw.check(request, "configure", "queue", name, vhost)
+    q = request.query_params
+    count = gw.broker.delete_queue(vhost, name, if_unused=q.get("if_unused") == "true",
+                                   if_empty=q.get("if_empty") == "true")
+    return JSONResponse({"deleted": name, "messages": count})
+
+
+async def purge_queue(request: Request) -> JSONResponse:
+    gw, vhost, name = gateway(request), vhost_of(request), name_of(request)
+    gw.check(request, "read", "queue", name, vhost)
+    return JSONResponse({"purged": gw.broker.purge_queue(vhost, name)})
+
+
+async def send(request: Request) -> JSONResponse:
+    gw, vhost, name = gateway(request), vhost_of(request), name_of(request)
+    gw.check(request, "write", "exchange", "amq.default", vhost)
+    data = sch.obj(await sch.read_json(request, gw.max_body_bytes))
+    message = sch.message_from_json(data)
+    delay_ms = sch.integer(data, "delay_ms", None, 0, 2**31)
+    gw.broker.describe_queue(vhost, name)  # 404 for a missing queue
+    message.routing_key = name
+    result = gw.broker.publish(vhost, "", message, delay_ms=delay_ms)
+    if result.refused:
+        raise PreconditionFailedError(f"queue '{name}' in vhost '{vhost}' refused the "
+                                      f"message: it is full (x-overflow reject-publish)")
+    await gw.broker.sync()
+    return JSONResponse({"id": message.message_id, "queue": name}, status_code=201)
+
+
+async def receive(request: Request) -> JSONResponse:
+    gw, vhost, name = gateway(request), vhost_of(request), name_of(request)
+    gw.check(request, "read", "queue", name, vhost)
+    data = sch.obj(await sch.read_json(request, gw.max_body_bytes, required=False))
+    count = sch.integer(data, "max", 1, 1, 1000) or 1
+    visibility = sch.integer(data, "visibility_ms", 30_000, 1, MAX_VISIBILITY_MS) or 30_000
+    wait_ms = sch.integer(data, "wait_ms", 0, 0, MAX_WAIT_MS) or 0
+    user = user_of(request)
+    session = gw.leases.session(user, vhost)
+    got: list[Delivery] = []
+    while len(got) < count and (d := gw.broker.get(session, name)) is not None:
+        got.append(d)
+    if not got and wait_ms:
+        got = await wait_for_deliveries(gw, session, name, count, wait_ms)
+    return JSONResponse({"messages": [
+        sch.message_to_json(d.message, receipt=gw.leases.grant(user, session, d, visibility),
+                            redelivered=d.redelivered, delivery_count=d.delivery_count + 1)
+        for d in got
+    ]})
+
+
+async def wait_for_deliveries(gw: Gateway, session: Session, name: str, count: int,
+                              wait_ms: int) -> list[Delivery]:
+    """Long-poll: a temporary consumer, woken by the first delivery (no polling)."""
+    got: list[Delivery] = []
+    arrived = asyncio.Event()
+
+    def on_delivery(d: Delivery) -> None:
+        got.append(d)
+        arrived.set()
+
+    consumer = gw.broker.consume(session, name, on_delivery, prefetch_count=count)
+    waits = [asyncio.ensure_future(arrived.wait()), asyncio.ensure_future(gw.closing.wait())]
+    try:
+        await asyncio.wait(waits, timeout=wait_ms / 1000.0, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the client went away: give the messages back
+        gw.broker.cancel(session, consumer.tag)
+        for d in got:
+            session.nack(d.delivery_tag, requeue=True)
+        raise
+    finally:
+        for waiting in waits:
+            waiting.cancel()
+    gw.broker.cancel(session, consumer.tag)
+    return got
