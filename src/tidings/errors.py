@@ -4,9 +4,16 @@ Every error a user can meet is a :class:`TidingsError`. Each class carries the A
 reply code and the HTTP status the faces answer with, so the AMQP server and the HTTP gateway
 map errors from this table instead of keeping their own. Messages name the thing and the rule,
 as RabbitMQ's do: ``no queue 'orders' in vhost '/'``.
+
+Protocol errors follow h11's split: :class:`RemoteProtocolError` and its subclasses are the
+peer's fault (bytes or methods the protocol forbids), answered with a close carrying the
+class's reply code; :class:`LocalProtocolError` is ours (tidings asked its own protocol core
+for something the state forbids: a bug).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class TidingsError(Exception):
@@ -100,3 +107,65 @@ class NotSupportedError(TidingsError):
     def __init__(self, broker: str, operation: str, alternative: str) -> None:
         super().__init__(f"{broker} cannot {operation}: {alternative}")
         self.broker, self.operation, self.alternative = broker, operation, alternative
+
+
+class RemoteProtocolError(TidingsError):
+    """The peer broke the wire protocol; the connection is closed with ``reply_code``.
+
+    ``method`` is the AMQP method class that was refused, when there is one (its class and
+    method ids go into the close)."""
+
+    reply_code, status, code = 505, 400, "protocol_error"
+    closes_connection = True
+
+    def __init__(self, message: str, *, method: Any = None) -> None:
+        super().__init__(message)
+        self.method = method
+
+
+class FrameError(RemoteProtocolError):
+    """Bytes that are not a valid frame (AMQP 501 FRAME_ERROR)."""
+
+    reply_code, code = 501, "frame_error"
+
+
+class ProtocolHeaderMismatch(FrameError):
+    """The peer opened with something other than the AMQP 0-9-1 protocol header."""
+
+    code = "protocol_header"
+
+
+class FrameSyntaxError(RemoteProtocolError):
+    """A frame whose fields are malformed (AMQP 502 SYNTAX_ERROR)."""
+
+    reply_code, code = 502, "syntax_error"
+
+
+class UnexpectedMethodError(RemoteProtocolError):
+    """A method that is not legal in the current state (AMQP 503 COMMAND_INVALID)."""
+
+    reply_code, code = 503, "command_invalid"
+
+
+class ChannelError(RemoteProtocolError):
+    """A channel used before it is open, or opened twice (AMQP 504 CHANNEL_ERROR)."""
+
+    reply_code, code = 504, "channel_error"
+
+
+class UnexpectedFrameError(RemoteProtocolError):
+    """A frame out of order, e.g. during content assembly (AMQP 505 UNEXPECTED_FRAME)."""
+
+    reply_code, code = 505, "unexpected_frame"
+
+
+class NotImplementedByServerError(RemoteProtocolError):
+    """A method or flag tidings (like RabbitMQ) does not implement (AMQP 540)."""
+
+    reply_code, status, code = 540, 501, "not_implemented"
+
+
+class LocalProtocolError(InternalError):
+    """tidings asked its protocol core for something the current state forbids (a bug)."""
+
+    code = "local_protocol_error"

@@ -22,9 +22,10 @@ from pamqp.base import Frame as Method
 
 from tidings.amqp import extensions
 from tidings.amqp import frames as wire
-from tidings.amqp.connection import ContentReceived, ProtocolError
+from tidings.amqp import states as st
+from tidings.amqp.connection import ContentReceived
 from tidings.basic_properties import to_message, to_properties
-from tidings.errors import NotFoundError, PreconditionFailedError
+from tidings.errors import NotFoundError, NotImplementedByServerError, PreconditionFailedError
 from tidings.routing.front_door import Consumer, Delivery
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ class AmqpChannel:
         self.consumers: dict[str, Consumer] = {}
         self.prefetch_count = 0
         self.confirming = False
+        #: Publishing mode: plain, confirms or transactions (``amqp/states.py``).
+        self.mode = st.PLAIN
         self.publish_seq = 0
         self.unconfirmed: list[tuple[int, bool]] = []
         self.tx: list[Callable[[], None]] | None = None
@@ -57,7 +60,7 @@ class AmqpChannel:
     def handle(self, method: Method) -> None:
         handler = HANDLERS.get(type(method))
         if handler is None:
-            raise ProtocolError(540, f"method {method.name} is not implemented",
+            raise NotImplementedByServerError(f"method {method.name} is not implemented",
                                 method=type(method))
         handler(self, method)
 
@@ -265,7 +268,7 @@ class AmqpChannel:
     def publish(self, event: ContentReceived) -> None:
         m = event.method
         if m.immediate:
-            raise ProtocolError(540, "immediate=true", method=B.Publish)
+            raise NotImplementedByServerError("immediate=true", method=B.Publish)
         message = to_message(event.properties, event.body, m.exchange, m.routing_key)
         if m.exchange == extensions.CONTROL_EXCHANGE:  # an operation; it checks its own rights
             extensions.control(self, message, m)
@@ -338,30 +341,34 @@ class AmqpChannel:
 
     # -- confirm and tx --------------------------------------------------------------------
 
+    def _switch_mode(self, method: type[Method]) -> None:
+        """Move the publishing mode (plain, confirms, transactions) by the states table."""
+        nxt = st.advance(st.MODE, self.mode, method.name)
+        if nxt is None:
+            raise PreconditionFailedError(st.MODE_ERRORS[(self.mode, method.name)])
+        self.mode = nxt
+
     def confirm_select(self, m: Confirm.Select) -> None:
-        if self.tx is not None:
-            raise PreconditionFailedError("cannot switch from tx to confirm mode")
+        self._switch_mode(Confirm.Select)
         self.confirming = True
         self.reply(Confirm.SelectOk(), m.nowait)
 
     def tx_select(self, m: Tx.Select) -> None:
-        if self.confirming:
-            raise PreconditionFailedError("cannot switch from confirm to tx mode")
+        self._switch_mode(Tx.Select)
         if self.tx is None:
             self.tx = []
         self.reply(Tx.SelectOk())
 
     def tx_commit(self, m: Tx.Commit) -> None:
-        if self.tx is None:
-            raise PreconditionFailedError("channel is not transactional")
+        self._switch_mode(Tx.Commit)
+        assert self.tx is not None
         actions, self.tx = self.tx, []
         for action in actions:
             action()
         self.link.after_durable(lambda: self.reply(Tx.CommitOk()))
 
     def tx_rollback(self, m: Tx.Rollback) -> None:
-        if self.tx is None:
-            raise PreconditionFailedError("channel is not transactional")
+        self._switch_mode(Tx.Rollback)
         self.tx = []
         self.reply(Tx.RollbackOk())
 

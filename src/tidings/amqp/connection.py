@@ -6,21 +6,20 @@ a time; the ``send_*`` methods and the ``accept_*`` / ``refuse_*`` answers queue
 
 Theory of operation (h11's shape):
 
-- The connection walks ``CONNECTION_STATES``; which methods are legal in which state is the
-  ``LEGAL`` table below and nowhere else. Anything else is a connection error (503/505).
+- The connection, each channel (content assembly included) and each channel's publishing
+  mode walk the one transition table of :mod:`tidings.amqp.states`; legality is decided
+  there (:func:`~tidings.amqp.states.advance`) and nowhere else.
 - Login and vhost access are decisions for the driver: the core emits :class:`Login` and
   :class:`OpenVhost` and waits for ``accept_login`` / ``accept_open`` (or a close).
-- Each channel is ``OPEN`` or ``CLOSING`` (we sent channel.close and drop everything but
-  close / close-ok until the peer answers, AMQP 0-9-1 §2.2.4). On an open channel,
-  ``basic.publish`` starts content assembly: exactly one content header, then body frames
-  until ``body_size`` bytes; anything else in between is 505 UNEXPECTED_FRAME.
-- Every error the peer causes is raised as a :class:`TidingsError` with its reply code;
+- Every error the peer causes is raised as a :class:`TidingsError` with its reply code (the
+  wire's own in the :class:`~tidings.errors.RemoteProtocolError` branch of ``errors.py``);
   ``receive_data`` turns it into channel.close or connection.close, as the code demands, and
   never lets it escape. Parsing stops at a connection error: nothing after it is read.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 from collections import deque
 from dataclasses import dataclass, field
@@ -31,35 +30,36 @@ from pamqp import header as pheader
 from pamqp.base import Frame as Method
 from pamqp.decode import field_table
 
-from tidings.amqp.frames import (
-    PROTOCOL_HEADER,
-    FrameReader,
-    ProtocolHeaderMismatch,
-    encode_content,
-    encode_method,
+from tidings.amqp import states as st
+from tidings.amqp.frames import PROTOCOL_HEADER, FrameReader, encode_content, encode_method
+from tidings.amqp.states import (
+    AWAIT_HEADER,
+    AWAIT_OPEN_OK,
+    CLOSED,
+    CLOSING,
+    CONNECTION_STATES,
+    LEGAL,
+    OPEN,
 )
-from tidings.errors import PreconditionFailedError, TidingsError
+from tidings.errors import (
+    AccessRefusedError,
+    ChannelError,
+    FrameSyntaxError,
+    LocalProtocolError,
+    NotAllowedError,
+    PreconditionFailedError,
+    ProtocolHeaderMismatch,
+    RemoteProtocolError,
+    TidingsError,
+    UnexpectedFrameError,
+    UnexpectedMethodError,
+)
 from tidings.message import header_problem
 
 C, Ch, B = commands.Connection, commands.Channel, commands.Basic
 
-AWAIT_HEADER, AWAIT_START_OK, AWAIT_LOGIN = "AWAIT_HEADER", "AWAIT_START_OK", "AWAIT_LOGIN"
-AWAIT_TUNE_OK, AWAIT_OPEN, AWAIT_OPEN_OK = "AWAIT_TUNE_OK", "AWAIT_OPEN", "AWAIT_OPEN_OK"
-OPEN, CLOSING, CLOSED = "OPEN", "CLOSING", "CLOSED"
-CONNECTION_STATES = (AWAIT_HEADER, AWAIT_START_OK, AWAIT_LOGIN, AWAIT_TUNE_OK, AWAIT_OPEN,
-                     AWAIT_OPEN_OK, OPEN, CLOSING, CLOSED)
-
-#: Connection-class methods legal in each state (channel 0). Channel traffic needs OPEN.
-LEGAL: dict[str, tuple[type[Method], ...]] = {
-    AWAIT_START_OK: (C.StartOk,),
-    AWAIT_LOGIN: (),
-    AWAIT_TUNE_OK: (C.TuneOk,),
-    AWAIT_OPEN: (C.Open,),
-    AWAIT_OPEN_OK: (),
-    OPEN: (C.Close, C.CloseOk, C.UpdateSecret, C.Blocked, C.Unblocked),
-    CLOSING: (C.Close, C.CloseOk),
-    CLOSED: (),
-}
+__all__ = ["CLOSED", "CLOSING", "CONNECTION_STATES", "LEGAL", "OPEN", "ServerConnection",
+           "reply_text"]
 
 #: Our limits, offered in connection.tune; the client may lower them.
 CHANNEL_MAX = 2047
@@ -70,17 +70,6 @@ MAX_HELD_FRAMES = 64
 #: Largest message body accepted (RabbitMQ's ``max_message_size`` defaults to 128 MiB; ours is
 #: lower because Python holds a body two or three times over while it is assembled and stored).
 MAX_MESSAGE_BYTES = 64 * 2**20
-
-
-class ProtocolError(TidingsError):
-    """A peer broke the protocol; ``reply_code`` says how (503, 504, 505, 540)."""
-
-    def __init__(self, reply_code: int, message: str, *, closes_connection: bool = True,
-                 method: type[Method] | None = None) -> None:
-        super().__init__(message)
-        self.reply_code = reply_code
-        self.closes_connection = closes_connection
-        self.method = method
 
 
 def reply_text(error: TidingsError) -> str:
@@ -147,7 +136,7 @@ Event = Login | OpenVhost | MethodReceived | ContentReceived | ChannelOpened | C
 
 @dataclass
 class _Channel:
-    state: str = OPEN
+    state: str = st.IDLE
     publish: B.Publish | None = None
     properties: B.Properties | None = None
     body_size: int = 0
@@ -213,7 +202,8 @@ class ServerConnection:
             self._popped += 1
             if isinstance(event, MethodReceived | ContentReceived):
                 ch = self.channels.get(event.channel)
-                if ch is not None and ch.state == CLOSING and self._popped > ch.drop_from:
+                if ch is not None and ch.state == st.CHANNEL_CLOSING and \
+                        self._popped > ch.drop_from:
                     continue
             return event
         return None
@@ -224,15 +214,22 @@ class ServerConnection:
         return b"".join(out)
 
     def _start(self) -> None:
-        self.state = AWAIT_START_OK
+        self._move(st.PROTOCOL_HEADER)
         self._send(0, C.Start(0, 9, self.server_properties, "PLAIN AMQPLAIN", "en_US"))
+
+    def _move(self, event: str) -> None:
+        """Take our own decision ``event``; one the state forbids is a bug of ours."""
+        nxt = st.advance(st.CONNECTION, self.state, event)
+        if nxt is None:
+            raise LocalProtocolError(f"cannot take '{event}' when state={self.state}")
+        self.state = nxt
 
     def _handle_frame(self, channel: int, frame: Any) -> None:
         if isinstance(frame, heartbeat.Heartbeat):
             return
         if channel == 0:
             if not isinstance(frame, Method):
-                raise ProtocolError(505, "content frame on channel 0")
+                raise UnexpectedFrameError("content frame on channel 0")
             self._connection_method(frame)
             return
         if self.state == CLOSING:
@@ -242,19 +239,19 @@ class ServerConnection:
             self._held.append((channel, frame))
             return
         if self.state != OPEN:
-            raise ProtocolError(504, f"channel {channel} used before the connection is open")
+            raise ChannelError(f"channel {channel} used before the connection is open")
         self._channel_frame(channel, frame)
 
     def _connection_method(self, method: Method) -> None:
-        if not isinstance(method, LEGAL.get(self.state, ())):
-            raise ProtocolError(503, f"can't handle {method.name} when state={self.state}",
-                                method=type(method))
+        nxt = st.advance(st.CONNECTION, self.state, method.name)
+        if nxt is None:
+            raise UnexpectedMethodError(f"can't handle {method.name} when state={self.state}",
+                                        method=type(method))
         if isinstance(method, C.StartOk):
             self._login(method)
         elif isinstance(method, C.TuneOk):
             self._tune_ok(method)
         elif isinstance(method, C.Open):
-            self.state = AWAIT_OPEN_OK
             self._events.append(OpenVhost(method.virtual_host))
         elif isinstance(method, C.Close):
             self._send(0, C.CloseOk())
@@ -263,6 +260,7 @@ class ServerConnection:
             self._closed(200, "closed")
         elif isinstance(method, C.UpdateSecret):
             self._send(0, C.UpdateSecretOk())
+        self.state = nxt
 
     def _login(self, method: C.StartOk) -> None:
         self.client_properties = dict(method.client_properties or {})
@@ -275,40 +273,37 @@ class ServerConnection:
                     raise ValueError("not three parts")
                 user, password = parts[1].decode(), parts[2].decode()
             except ValueError as e:  # also bytes that are not UTF-8
-                raise ProtocolError(403, "malformed PLAIN response") from e
+                raise AccessRefusedError("malformed PLAIN response") from e
         elif method.mechanism == "AMQPLAIN":
             try:
                 _, table = field_table(struct.pack(">I", len(raw)) + raw)
             except Exception as e:  # whatever pamqp raises on a malformed or too deep table
-                raise ProtocolError(403, "malformed AMQPLAIN response") from e
+                raise AccessRefusedError("malformed AMQPLAIN response") from e
             user, password = str(table.get("LOGIN", "")), str(table.get("PASSWORD", ""))
         else:
-            raise ProtocolError(403, f"unsupported authentication mechanism "
+            raise AccessRefusedError(f"unsupported authentication mechanism "
                                      f"'{method.mechanism}'; use PLAIN or AMQPLAIN")
-        self.state = AWAIT_LOGIN
         self._events.append(Login(method.mechanism, user, password, self.client_properties))
 
     def _tune_ok(self, method: C.TuneOk) -> None:
         if method.frame_max and method.frame_max < constants.FRAME_MIN_SIZE:
-            raise ProtocolError(530, f"frame_max={method.frame_max} < "
-                                     f"{constants.FRAME_MIN_SIZE} min size")
+            raise NotAllowedError(f"frame_max={method.frame_max} < "
+                                  f"{constants.FRAME_MIN_SIZE} min size")
         if method.frame_max:
             self.frame_max = min(self.frame_max, method.frame_max)
         if method.channel_max:
             self.channel_max = min(self.channel_max, method.channel_max)
         self.heartbeat_s = method.heartbeat
         self._reader.frame_max = self.frame_max
-        self.state = AWAIT_OPEN
 
     def _channel_frame(self, channel: int, frame: Any) -> None:
         ch = self.channels.get(channel)
         if isinstance(frame, Ch.Open):
             if ch is not None:
-                raise ProtocolError(504, f"second 'channel.open' seen on channel {channel}")
+                raise ChannelError(f"second 'channel.open' seen on channel {channel}")
             if len(self.channels) >= self.channel_max:  # a count, as RabbitMQ checks it
-                raise ProtocolError(530, f"number of channels opened ({len(self.channels)}) "
-                                         f"has reached the negotiated channel_max "
-                                         f"({self.channel_max})")
+                raise NotAllowedError(f"number of channels opened ({len(self.channels)}) has "
+                                      f"reached the negotiated channel_max ({self.channel_max})")
             self.channels[channel] = _Channel()
             self._send(channel, Ch.OpenOk())
             self._events.append(ChannelOpened(channel))
@@ -316,37 +311,39 @@ class ServerConnection:
         if ch is None:
             if isinstance(frame, Ch.CloseOk):
                 return  # both sides closed the channel at once: ours was answered already
-            raise ProtocolError(504, f"expected 'channel.open' on channel {channel}")
-        if ch.state == CLOSING:
-            if isinstance(frame, Ch.CloseOk | Ch.Close):
+            raise ChannelError(f"expected 'channel.open' on channel {channel}")
+        if ch.state == st.CHANNEL_CLOSING:
+            name = frame.name if isinstance(frame, Method) else ""
+            if st.advance(st.CHANNEL, ch.state, name) == CLOSED:
                 if isinstance(frame, Ch.Close):
                     self._send(channel, Ch.CloseOk())
                 del self.channels[channel]
                 self._events.append(ChannelClosed(channel))
-            return
-        if ch.publish is not None:
+            return  # everything else is dropped until the peer answers our close
+        if ch.state != st.IDLE:
             self._content(channel, ch, frame)
             return
         if not isinstance(frame, Method):
-            raise ProtocolError(505, f"unexpected content frame on channel {channel}")
-        if isinstance(frame, Ch.Close):
+            raise UnexpectedFrameError(f"unexpected content frame on channel {channel}")
+        if frame.index >> 16 == C.frame_id:  # the connection class (10)
+            raise UnexpectedMethodError(f"connection method {frame.name} on channel {channel}")
+        nxt = st.advance(st.CHANNEL, ch.state, st.channel_input(frame.name))
+        if nxt is None:
+            raise UnexpectedFrameError(f"unexpected '{spec_name(frame.name)}' on channel {channel}")
+        if nxt == CLOSED:
             del self.channels[channel]
             self._send(channel, Ch.CloseOk())
             self._events.append(ChannelClosed(channel))
-        elif isinstance(frame, Ch.CloseOk):
-            raise ProtocolError(505, f"unexpected 'channel.close-ok' on channel {channel}")
-        elif isinstance(frame, B.Publish):
-            ch.publish = frame
-        elif frame.index >> 16 == C.frame_id:  # the connection class (10)
-            raise ProtocolError(503, f"connection method {frame.name} on channel {channel}")
+        elif nxt == st.AWAIT_CONTENT_HEADER:
+            ch.publish, ch.state = frame, nxt
         else:
             self._events.append(MethodReceived(channel, frame))
 
     def _content(self, channel: int, ch: _Channel, frame: Any) -> None:
-        if ch.properties is None:
+        if ch.state == st.AWAIT_CONTENT_HEADER:
             if not isinstance(frame, pheader.ContentHeader):
-                raise ProtocolError(505, f"expected content header for 'basic.publish' on "
-                                         f"channel {channel}, got {type(frame).__name__}")
+                raise UnexpectedFrameError(f"expected content header for 'basic.publish' on "
+                                           f"channel {channel}, got {type(frame).__name__}")
             if frame.body_size > self.max_message_bytes:
                 # Refused on the announced size, before a byte of the body is buffered; the
                 # body frames that follow are dropped unread while the channel closes.
@@ -357,31 +354,37 @@ class ServerConnection:
                 return
             headers = frame.properties.headers
             if headers and (problem := header_problem(headers)):
-                raise ProtocolError(502, f"content header on channel {channel}: {problem}")
+                raise FrameSyntaxError(f"content header on channel {channel}: {problem}")
             ch.properties, ch.body_size = frame.properties, frame.body_size
+            ch.state = st.AWAIT_CONTENT_BODY
         elif isinstance(frame, body.ContentBody):
             ch.parts.append(frame.value)
             ch.received += len(frame.value)
             if ch.received > ch.body_size:
-                raise ProtocolError(505, f"content body larger than its header's "
-                                         f"{ch.body_size} bytes on channel {channel}")
+                raise UnexpectedFrameError(f"content body larger than its header's "
+                                           f"{ch.body_size} bytes on channel {channel}")
         else:
-            raise ProtocolError(505, f"expected content body on channel {channel}, got "
-                                     f"{type(frame).__name__}")
+            raise UnexpectedFrameError(f"expected content body on channel {channel}, got "
+                                       f"{type(frame).__name__}")
         if ch.received == ch.body_size:
             publish, props = ch.publish, ch.properties
             payload = ch.parts[0] if len(ch.parts) == 1 else b"".join(ch.parts)
             ch.publish, ch.properties, ch.parts, ch.received = None, None, [], 0
+            ch.state = st.advance(st.CHANNEL, ch.state, st.LAST_BODY) or st.IDLE
             self._events.append(ContentReceived(channel, publish, props, payload))  # type: ignore[arg-type]
 
     # -- decisions -------------------------------------------------------------------------
 
     def accept_login(self) -> None:
-        self.state = AWAIT_TUNE_OK
+        if self.state in (CLOSING, CLOSED):
+            return  # the peer left while its login was checked
+        self._move(st.LOGIN_ACCEPTED)
         self._send(0, C.Tune(self.channel_max, self.frame_max, self.heartbeat_s))
 
     def accept_open(self) -> None:
-        self.state = OPEN
+        if self.state in (CLOSING, CLOSED):
+            return
+        self._move(st.VHOST_OPENED)
         self._send(0, C.OpenOk())
         held, self._held = self._held, []
         try:
@@ -420,9 +423,9 @@ class ServerConnection:
         parsing, what the client sent before it is still handled (a message published just
         before an oversized one is kept)."""
         ch = self.channels.get(channel)
-        if ch is None or ch.state == CLOSING:
+        if ch is None or ch.state == st.CHANNEL_CLOSING:
             return
-        ch.state = CLOSING
+        ch.state = st.advance(st.CHANNEL, ch.state, st.WE_CLOSE) or st.CHANNEL_CLOSING
         ch.drop_from = self._popped + (len(self._events) if keep_queued else 0)
         ch.publish, ch.properties, ch.parts, ch.received = None, None, [], 0
         class_id, method_id = _ids(method)
@@ -432,7 +435,7 @@ class ServerConnection:
         """Close the connection with ``error``, or just the channel if the error allows."""
         if self.state in (CLOSING, CLOSED):
             return
-        if isinstance(error, ProtocolError) and error.method is not None:
+        if isinstance(error, RemoteProtocolError) and error.method is not None:
             method = error.method
         class_id, method_id = _ids(method)
         self._send(0, C.Close(error.reply_code, reply_text(error), class_id, method_id))
@@ -441,12 +444,17 @@ class ServerConnection:
             # (also RabbitMQ's authentication_failure_close).
             self._closed(error.reply_code, str(error))
             return
-        self.state = CLOSING
+        self._move(st.WE_CLOSE)
         self._reader = FrameReader(self.frame_max)  # drop whatever is buffered
 
     def _closed(self, code: int, text: str) -> None:
         self.state = CLOSED
         self._events.append(ConnectionClosed(code, text))
+
+
+def spec_name(name: str) -> str:
+    """pamqp's ``Channel.CloseOk`` as the spec writes it: ``channel.close-ok``."""
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", "-", name).lower()
 
 
 def _ids(method: type[Method] | None) -> tuple[int, int]:

@@ -14,7 +14,7 @@ import struct
 from pamqp import body, commands, constants, frame, header, heartbeat
 from pamqp.base import Frame as Method
 
-from tidings.errors import TidingsError
+from tidings.errors import FrameError, ProtocolHeaderMismatch
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 _FRAME_HEAD = struct.Struct(">BHI")
@@ -22,20 +22,6 @@ _FRAME_HEAD = struct.Struct(">BHI")
 FRAME_OVERHEAD = 8
 
 AnyFrame = Method | header.ContentHeader | body.ContentBody | heartbeat.Heartbeat
-
-
-class FrameError(TidingsError):
-    """The peer sent bytes that are not a valid frame (AMQP 501 FRAME_ERROR)."""
-
-    reply_code, status, code = 501, 400, "frame_error"
-    closes_connection = True
-
-
-class ProtocolHeaderMismatch(TidingsError):
-    """The peer opened with something other than the AMQP 0-9-1 protocol header."""
-
-    reply_code, status, code = 501, 400, "protocol_header"
-    closes_connection = True
 
 
 class FrameReader:
