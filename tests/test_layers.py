@@ -22,7 +22,7 @@ GROUND = {"errors", "message", "clock", "auth", "patterns", "statistics", "dead_
           "basic_properties", "files", "resources"}
 
 #: routing/, lowest first: a module imports only modules listed before it.
-ROUTING_ORDER = ["arguments", "exchange", "definitions", "ready", "expiry", "overflow", "queue",
+ROUTING_ORDER = ["arguments", "exchange", "topology_rows", "ready", "expiry", "overflow", "queue",
                  "session", "vhost", "delayed", "declarations", "upkeep", "reporting",
                  "recovery", "front_door", "broker", "definitions_io"]
 

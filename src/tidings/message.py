@@ -66,6 +66,26 @@ class Message:
 
 
 @dataclass(slots=True)
+class Delivery:
+    """A message handed to a consumer (or returned by a get), until it is settled.
+
+    The same stage everywhere: the broker's sessions hand these to the faces, and every client
+    transport hands them to the client, which wraps each in a ``ReceivedMessage`` for user code.
+    """
+
+    message: Message
+    queue: str
+    #: What settles it: a session's AMQP delivery tag, or a transport's own handle.
+    delivery_tag: Any
+    redelivered: bool
+    #: Failed deliveries before this one (RabbitMQ's ``x-delivery-count``).
+    delivery_count: int
+    consumer_tag: str | None = None
+    #: Ready messages left in the queue (``basic.get-ok``'s message-count).
+    message_count: int = 0
+
+
+@dataclass(slots=True)
 class Record:
     """A message together with what a queue remembers about it across restarts."""
 

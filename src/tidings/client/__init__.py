@@ -2,12 +2,12 @@
 
 from tidings.client.blocking import BlockingClient, connect_blocking
 from tidings.client.client import Client, ReceivedMessage, connect
-from tidings.client.transport import Incoming, QueueSpec, Transport
+from tidings.client.transport import Delivery, QueueSpec, Transport
 
 __all__ = [
     "BlockingClient",
     "Client",
-    "Incoming",
+    "Delivery",
     "QueueSpec",
     "ReceivedMessage",
     "Transport",

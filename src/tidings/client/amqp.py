@@ -48,7 +48,7 @@ from tidings.client.remote import broker_statistics, queue_statistics, redact
 from tidings.client.transport import (
     EVENTS_EXCHANGE,
     Capabilities,
-    Incoming,
+    Delivery,
     QueueSpec,
 )
 from tidings.dead_letters import dead_letter_queue, revive
@@ -144,7 +144,7 @@ def amqp_capabilities(broker: str, *, tidings: bool, management: bool) -> Capabi
     )
 
 
-def _incoming(raw: DeliveredMessage, queue: str, consumer: _Consumer | None = None) -> Incoming:
+def _incoming(raw: DeliveredMessage, queue: str, consumer: _Consumer | None = None) -> Delivery:
     props = raw.header.properties
     d = raw.delivery
     message = to_message(props, raw.body, d.exchange, d.routing_key)
@@ -157,7 +157,7 @@ def _incoming(raw: DeliveredMessage, queue: str, consumer: _Consumer | None = No
         if not headers:
             message.headers = None
     token = _Token(raw.channel, d.delivery_tag, message, queue, count, consumer)
-    return Incoming(message, queue, token, bool(d.redelivered) or count > 0, count)
+    return Delivery(message, queue, token, bool(d.redelivered) or count > 0, count)
 
 
 class _Token:
@@ -516,14 +516,14 @@ class AmqpTransport:
 
     # -- receiving -------------------------------------------------------------------------
 
-    async def get(self, queue: str) -> Incoming | None:
+    async def get(self, queue: str) -> Delivery | None:
         raw = await self._call("basic_get", queue)
         if isinstance(raw.delivery, spec.Basic.GetEmpty):
             return None
         return _incoming(raw, queue)
 
     async def consume(self, queue: str, prefetch: int,
-                      on_message: Callable[[Incoming], None]) -> _Consumer:
+                      on_message: Callable[[Delivery], None]) -> _Consumer:
         assert self._conn is not None
         channel = await self._conn.channel()
         consumer = _Consumer(channel)

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tidings.client.message import ReceivedMessage, Receiver
+from tidings.client.received import ReceivedMessage, Receiver
 from tidings.client.tasks import (
     ERROR_CONTENT_TYPE,
     Results,
@@ -35,7 +35,7 @@ from tidings.client.tasks import (
     report_failure,
 )
 from tidings.client.transport import (
-    Incoming,
+    Delivery,
     QueueSpec,
     Subscription,
     Transport,
@@ -447,7 +447,7 @@ class Client:
             call: CallNext = sub.handler
             for mw in reversed(self._middleware):
                 call = _wrap(mw, call)
-            buffer: asyncio.Queue[Incoming] = asyncio.Queue()
+            buffer: asyncio.Queue[Delivery] = asyncio.Queue()
             loop = asyncio.get_running_loop()
             for _ in range(sub.concurrency):
                 self._tasks.add(loop.create_task(self._work(sub, call, buffer)))
@@ -455,7 +455,7 @@ class Client:
                 sub.queue, max(sub.prefetch, sub.concurrency), buffer.put_nowait))
 
     async def _work(self, sub: _Subscriber, call: CallNext,
-                    buffer: asyncio.Queue[Incoming]) -> None:
+                    buffer: asyncio.Queue[Delivery]) -> None:
         """One of a subscription's ``concurrency`` workers: handle events one at a time.
 
         Acks of handled events are sent in batches: at once when no event is waiting, else

@@ -12,13 +12,12 @@ from typing import Any
 from tidings.client.transport import (
     EVENTS_EXCHANGE,
     Capabilities,
-    Incoming,
     QueueSpec,
 )
 from tidings.dead_letters import dead_letter_queue
 from tidings.errors import NotFoundError, PreconditionFailedError
-from tidings.message import Message
-from tidings.routing.front_door import DEFAULT_VHOST, Consumer, Delivery, FrontDoor
+from tidings.message import Delivery, Message
+from tidings.routing.front_door import DEFAULT_VHOST, Consumer, FrontDoor
 
 VHOST = DEFAULT_VHOST
 
@@ -111,16 +110,16 @@ class LocalTransport:
         await self.broker.sync()
 
     @staticmethod
-    def _incoming(delivery: Delivery, session: Any) -> Incoming:
-        return Incoming(delivery.message, delivery.queue, (session, delivery.delivery_tag),
+    def _incoming(delivery: Delivery, session: Any) -> Delivery:
+        return Delivery(delivery.message, delivery.queue, (session, delivery.delivery_tag),
                         delivery.redelivered, delivery.delivery_count)
 
-    async def get(self, queue: str) -> Incoming | None:
+    async def get(self, queue: str) -> Delivery | None:
         delivery = self.broker.get(self._session, queue)
         return None if delivery is None else self._incoming(delivery, self._session)
 
     async def consume(self, queue: str, prefetch: int,
-                      on_message: Callable[[Incoming], None]) -> _LocalSubscription:
+                      on_message: Callable[[Delivery], None]) -> _LocalSubscription:
         session = self._session
         incoming = self._incoming
 

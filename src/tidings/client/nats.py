@@ -61,7 +61,7 @@ from tidings.client.remote import (
     redact,
     retrying,
 )
-from tidings.client.transport import Capabilities, Incoming, QueueSpec
+from tidings.client.transport import Capabilities, Delivery, QueueSpec
 from tidings.dead_letters import dead_letter_queue, revive
 from tidings.errors import (
     AccessRefusedError,
@@ -267,7 +267,7 @@ class _Consumer:
     """``consume()``'s subscription: a pull loop per feed of the queue, sharing the prefetch."""
 
     def __init__(self, transport: NatsTransport, queue: str, prefetch: int,
-                 on_message: Callable[[Incoming], None]) -> None:
+                 on_message: Callable[[Delivery], None]) -> None:
         self.transport, self.queue, self.prefetch = transport, queue, prefetch
         self.on_message = on_message
         self.unsettled = 0
@@ -300,7 +300,7 @@ class _Consumer:
         if rules is None:
             return False
         verdict = self.transport._judge(msg, self.queue, feed, self, rules)
-        if not isinstance(verdict, Incoming):
+        if not isinstance(verdict, Delivery):
             return False
         self.on_message(verdict)
         return True
@@ -719,11 +719,11 @@ class NatsTransport:
     # -- receiving -------------------------------------------------------------------------
 
     async def _admit(self, msg: Msg, queue: str, feed: _Feed,
-                     consumer: _Consumer | None) -> Incoming | None:
-        """A delivery as the client's Incoming, or None when it was dead-lettered, expired or
+                     consumer: _Consumer | None) -> Delivery | None:
+        """A delivery as the client's Delivery, or None when it was dead-lettered, expired or
         (for a ``#`` NATS cannot express) not wanted by the queue's pattern."""
         verdict = self._judge(msg, queue, feed, consumer, await self._queue_rules(queue))
-        if isinstance(verdict, Incoming):
+        if isinstance(verdict, Delivery):
             return verdict
         if isinstance(verdict, _Token):
             await self._dead_letter(verdict, verdict.reason)
@@ -732,8 +732,8 @@ class NatsTransport:
         return None
 
     def _judge(self, msg: Msg, queue: str, feed: _Feed, consumer: _Consumer | None,
-               rules: QueueRules) -> Incoming | _Token | None:
-        """Without waiting: the Incoming to hand over, the token of a delivery to dead-letter
+               rules: QueueRules) -> Delivery | _Token | None:
+        """Without waiting: the Delivery to hand over, the token of a delivery to dead-letter
         (its ``reason`` set), or None for an event the queue's pattern does not want."""
         meta = msg.metadata
         try:
@@ -754,7 +754,7 @@ class NatsTransport:
             token.reason = reason
             return token
         self._leases.hold(token, rules.consumer_timeout_ms)
-        return Incoming(message, queue, token, failures > 0, failures)
+        return Delivery(message, queue, token, failures > 0, failures)
 
     async def _dead_letter(self, token: _Token, reason: str) -> None:
         rules = await self._queue_rules(token.queue)
@@ -767,7 +767,7 @@ class NatsTransport:
                                   headers)], f"dead-letter a message of '{token.queue}'")
         await token.msg.ack()
 
-    async def get(self, queue: str) -> Incoming | None:
+    async def get(self, queue: str) -> Delivery | None:
         for feed in await self._feeds_of(queue):
             while True:
                 msg = await retrying(lambda f=feed: self._next(f), _TRANSIENT,
@@ -811,7 +811,7 @@ class NatsTransport:
             await self.js.consumer_info(feed.stream, feed.durable)
 
     async def consume(self, queue: str, prefetch: int,
-                      on_message: Callable[[Incoming], None]) -> _Consumer:
+                      on_message: Callable[[Delivery], None]) -> _Consumer:
         consumer = _Consumer(self, queue, prefetch, on_message)
         for feed in await self._feeds_of(queue):
             consumer.add(feed)

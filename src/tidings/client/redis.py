@@ -55,7 +55,7 @@ from tidings.client.remote import (
     redact,
     retrying,
 )
-from tidings.client.transport import Capabilities, Incoming, QueueSpec
+from tidings.client.transport import Capabilities, Delivery, QueueSpec
 from tidings.dead_letters import dead_letter_queue, revive
 from tidings.errors import (
     AccessRefusedError,
@@ -216,7 +216,7 @@ class _Consumer:
     first) for as many entries as the prefetch has room for, and claiming stale ones."""
 
     def __init__(self, transport: RedisTransport, queue: str, prefetch: int,
-                 on_message: Callable[[Incoming], None]) -> None:
+                 on_message: Callable[[Delivery], None]) -> None:
         self.transport, self.queue, self.prefetch = transport, queue, prefetch
         self.on_message = on_message
         self.unsettled = 0
@@ -246,7 +246,7 @@ class _Consumer:
                 if incoming is None:
                     self.settled()
                 elif self.cancelled:
-                    await t.nack(incoming.token, requeue=True)
+                    await t.nack(incoming.delivery_tag, requeue=True)
                 else:
                     self.on_message(incoming)
 
@@ -548,7 +548,7 @@ class RedisTransport:
         return found
 
     async def _admit(self, key: str, entry_id: str, fields: dict[bytes, bytes], delivered: int,
-                     queue: str, consumer: _Consumer | None) -> Incoming | None:
+                     queue: str, consumer: _Consumer | None) -> Delivery | None:
         try:
             message = decode_meta(fields.get(b"b", b""), fields.get(b"m"))
         except ValueError:
@@ -562,7 +562,7 @@ class RedisTransport:
             await self._dead_letter(token, reason)
             return None
         self._leases.hold(token, rules.consumer_timeout_ms)
-        return Incoming(message, queue, token, failures > 0, failures)
+        return Delivery(message, queue, token, failures > 0, failures)
 
     async def _dead_letter(self, token: _Token, reason: str) -> None:
         rules, _ = await self._rules_of(token.queue)
@@ -575,7 +575,7 @@ class RedisTransport:
             args=[GROUP, token.id, *self._fields(dead), 0, token.queue, ""]),
             f"dead-letter a message of '{token.queue}'")
 
-    async def get(self, queue: str) -> Incoming | None:
+    async def get(self, queue: str) -> Delivery | None:
         while True:
             entries = await self._call(lambda: self._read(queue, 1, None), f"get '{queue}'")
             if not entries:
@@ -589,7 +589,7 @@ class RedisTransport:
                 return incoming
 
     async def consume(self, queue: str, prefetch: int,
-                      on_message: Callable[[Incoming], None]) -> _Consumer:
+                      on_message: Callable[[Delivery], None]) -> _Consumer:
         await self._rules_of(queue)
         consumer = _Consumer(self, queue, prefetch, on_message)
         self._consumers.add(consumer)

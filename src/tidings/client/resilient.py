@@ -24,7 +24,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from tidings.client.transport import Capabilities, Incoming, QueueSpec
+from tidings.client.transport import Capabilities, Delivery, QueueSpec
 from tidings.errors import BrokenResourceError, ClosedResourceError
 from tidings.message import Message
 
@@ -56,15 +56,15 @@ class _Token:
 
 class _Consumer:
     def __init__(self, owner: ResilientTransport, queue: str, prefetch: int,
-                 on_message: Callable[[Incoming], None]) -> None:
+                 on_message: Callable[[Delivery], None]) -> None:
         self.owner, self.queue, self.prefetch, self.on_message = owner, queue, prefetch, on_message
         self.inner: Any = None
 
     async def start(self, transport: Any, generation: int) -> None:
         on_message = self.on_message
 
-        def deliver(incoming: Incoming) -> None:
-            incoming.token = _Token(generation, incoming.token)
+        def deliver(incoming: Delivery) -> None:
+            incoming.delivery_tag = _Token(generation, incoming.delivery_tag)
             on_message(incoming)
 
         self.inner = await transport.consume(self.owner.name(self.queue), self.prefetch, deliver)
@@ -203,14 +203,14 @@ class ResilientTransport:
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
         await self._run(lambda t: t.publish(topic, messages))
 
-    async def get(self, queue: str) -> Incoming | None:
+    async def get(self, queue: str) -> Delivery | None:
         incoming = await self._run(lambda t: t.get(self.name(queue)))
         if incoming is not None:
-            incoming.token = _Token(self._generation, incoming.token)
+            incoming.delivery_tag = _Token(self._generation, incoming.delivery_tag)
         return incoming
 
     async def consume(self, queue: str, prefetch: int,
-                      on_message: Callable[[Incoming], None]) -> _Consumer:
+                      on_message: Callable[[Delivery], None]) -> _Consumer:
         consumer = _Consumer(self, queue, prefetch, on_message)
         await self._run(lambda t: consumer.start(t, self._generation))
         self._consumers.add(consumer)

@@ -31,7 +31,7 @@ from tidings.message import Message
 
 if TYPE_CHECKING:
     from tidings.client.client import Client
-    from tidings.client.message import ReceivedMessage
+    from tidings.client.received import ReceivedMessage
 
 
 class TaskError(TidingsError):
@@ -93,7 +93,8 @@ class Results:
         future = self._waiting.get(message.correlation_id or "")
         if future is not None and not future.done():
             future.set_result(message)
-        task = asyncio.get_running_loop().create_task(self._client.transport.ack([incoming.token]))
+        ack = self._client.transport.ack([incoming.delivery_tag])
+        task = asyncio.get_running_loop().create_task(ack)
         self._client._tasks.add(task)
         task.add_done_callback(self._client._tasks.discard)
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tidings.errors import NotSupportedError
-from tidings.message import Message
+from tidings.message import Delivery, Message
 from tidings.patterns import EVENTS_EXCHANGE
 
-__all__ = ["EVENTS_EXCHANGE", "Capabilities", "Incoming", "QueueSpec", "Subscription",
+__all__ = ["EVENTS_EXCHANGE", "Capabilities", "Delivery", "QueueSpec", "Subscription",
            "Transport"]
 
 
@@ -75,16 +75,6 @@ class Capabilities:
         return NotSupportedError(self.broker, operation, self.reason(name))
 
 
-@dataclass(slots=True)
-class Incoming:
-    message: Message
-    queue: str
-    token: Any
-    redelivered: bool
-    #: Failed deliveries before this one.
-    delivery_count: int
-
-
 class Subscription(Protocol):
     async def cancel(self) -> None: ...
 
@@ -111,10 +101,10 @@ class Transport(Protocol):
         """Publish events; returns once durable."""
         ...
 
-    async def get(self, queue: str) -> Incoming | None: ...
+    async def get(self, queue: str) -> Delivery | None: ...
 
     async def consume(self, queue: str, prefetch: int,
-                      on_message: Callable[[Incoming], None]) -> Subscription: ...
+                      on_message: Callable[[Delivery], None]) -> Subscription: ...
 
     async def ack(self, tokens: Sequence[Any]) -> None: ...
 

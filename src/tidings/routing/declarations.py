@@ -1,6 +1,6 @@
 """Declaring and deleting exchanges, bindings and queues, with RabbitMQ's rules: reserved
 ``amq.`` names, equivalence checks on redeclare, exclusive ownership, if-unused / if-empty,
-and durable definitions written to the store (:mod:`tidings.routing.definitions` is their
+and durable definitions written to the store (:mod:`tidings.routing.topology_rows` is their
 stored form). The broker's collaborator for everything that changes the topology.
 """
 
@@ -17,7 +17,7 @@ from tidings.errors import (
     PreconditionFailedError,
     ResourceLockedError,
 )
-from tidings.routing import definitions as defs
+from tidings.routing import topology_rows as defs
 from tidings.routing.arguments import parse_queue_arguments
 from tidings.routing.delayed import DelayedMessages
 from tidings.routing.exchange import PREDECLARED, Binding, Exchange, freeze_arguments

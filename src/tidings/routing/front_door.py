@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tidings.message import Message
-from tidings.routing.session import Consumer, Delivery, Session
+from tidings.message import Delivery, Message
+from tidings.routing.session import Consumer, Session
 from tidings.routing.vhost import DEFAULT_VHOST
 from tidings.statistics import BrokerStatistics, Histogram, QueueStatistics
 from tidings.storage.quarantine import QuarantinedRecord

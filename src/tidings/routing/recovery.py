@@ -13,7 +13,7 @@ flight at the moment of a crash, which may go uncounted once.
 from __future__ import annotations
 
 from tidings.clock import Clock
-from tidings.routing import definitions as defs
+from tidings.routing import topology_rows as defs
 from tidings.routing.delayed import DelayedMessages, is_delayed_key
 from tidings.routing.exchange import Binding, Exchange, freeze_arguments
 from tidings.routing.ready import Entry, lane_key, split_lane_key

@@ -11,11 +11,10 @@ retry later, forget me, what time is it).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tidings.errors import PreconditionFailedError
-from tidings.message import Message
+from tidings.message import Delivery
 from tidings.routing.queue import Entry, Queue
 
 
@@ -29,21 +28,6 @@ class SessionOwner(Protocol):
     def requeue_later(self, queue: Queue, entry: Entry, delay_ms: int) -> None: ...
 
     def forget_session(self, session: Session) -> None: ...
-
-
-@dataclass(slots=True)
-class Delivery:
-    """A message handed to a consumer or returned by ``get``."""
-
-    delivery_tag: int
-    message: Message
-    queue: str
-    redelivered: bool
-    #: Failed deliveries before this one (RabbitMQ's ``x-delivery-count``).
-    delivery_count: int
-    consumer_tag: str | None = None
-    #: Ready messages left in the queue (``basic.get-ok``'s message-count).
-    message_count: int = 0
 
 
 class Consumer:
@@ -142,10 +126,8 @@ class Session:
         consumer.on_delivery(self._delivery(tag, queue, entry, consumer.tag))
 
     def _delivery(self, tag: int, queue: Queue, entry: Entry, ctag: str | None) -> Delivery:
-        return Delivery(
-            tag, entry.record.message, queue.name, entry.redelivered,
-            entry.record.delivery_count, ctag,
-        )
+        return Delivery(entry.record.message, queue.name, tag, entry.redelivered,
+                        entry.record.delivery_count, ctag)
 
     def register_get(self, queue: Queue, entry: Entry, no_ack: bool) -> Delivery:
         tag = self.next_tag

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tidings.client.transport import Capabilities, Incoming, QueueSpec, Transport
+from tidings.client.transport import Capabilities, Delivery, QueueSpec, Transport
 from tidings.message import Message
 from tidings.storage.base import TRANSIENT, Store
 
@@ -135,14 +135,14 @@ async def transport_round_trips_a_message(t: Transport) -> None:
     await t.send(q, [_msg(b"one"), _msg(b"two")])
     first = await t.get(q)
     assert first is not None and first.message.body == b"one" and not first.redelivered
-    await t.ack([first.token])
+    await t.ack([first.delivery_tag])
     second = await t.get(q)
     assert second is not None and second.message.body == b"two"
-    await t.nack(second.token, requeue=True)
+    await t.nack(second.delivery_tag, requeue=True)
     again = await t.get(q)
     assert again is not None and again.message.body == b"two" and again.redelivered
     assert again.delivery_count == 1
-    await t.ack([again.token])
+    await t.ack([again.delivery_tag])
     assert await t.get(q) is None
 
 
@@ -157,12 +157,12 @@ async def transport_consumes_with_prefetch(t: Transport) -> None:
     q = unique("pf")
     await t.declare_queue(q, QueueSpec())
     await t.send(q, [_msg(str(i).encode()) for i in range(10)])
-    got: list[Incoming] = []
+    got: list[Delivery] = []
     sub = await t.consume(q, 3, got.append)
     await _until(lambda: len(got) >= 3)
     await asyncio.sleep(0.1)  # no fourth may come while three are unsettled
     assert [m.message.body for m in got] == [b"0", b"1", b"2"]
-    await t.ack([got[0].token])
+    await t.ack([got[0].delivery_tag])
     await _until(lambda: len(got) >= 4)
     assert len(got) == 4 and got[3].message.body == b"3"
     await sub.cancel()
@@ -182,7 +182,7 @@ async def transport_routes_events_by_pattern(t: Transport) -> None:
     for queue, found in bodies.items():
         while (m := await t.get(queue)) is not None:
             found.append(m.message.body)
-            await t.ack([m.token])
+            await t.ack([m.delivery_tag])
     assert bodies == {everything: [b"a", b"b"], created: [b"a"]}
 
 
@@ -193,13 +193,13 @@ async def transport_delays_a_message(t: Transport) -> None:
     await t.send(q, [_msg(b"now")])
     first = await t.get(q)
     assert first is not None and first.message.body == b"now"
-    await t.ack([first.token])
+    await t.ack([first.delivery_tag])
     assert await t.get(q) is None
-    later: list[Incoming] = []
+    later: list[Delivery] = []
     sub = await t.consume(q, 10, later.append)
     await _until(lambda: bool(later))
     assert later[0].message.body == b"later" and later[0].delivery_count == 0
-    await t.ack([later[0].token])
+    await t.ack([later[0].delivery_tag])
     await sub.cancel()
 transport_delays_a_message = needs("delays")(transport_delays_a_message)
 
@@ -211,7 +211,7 @@ async def transport_dead_letters_after_the_delivery_limit(t: Transport) -> None:
     for attempt in range(2):  # the second failed delivery is past the limit of one
         m = await _poll(lambda: t.get(q))
         assert m.message.body == b"poison" and m.delivery_count == attempt
-        await t.nack(m.token, requeue=True, delay_ms=50)
+        await t.nack(m.delivery_tag, requeue=True, delay_ms=50)
     dead = await _poll(lambda: t.dead_letters(q, 10))
     assert [m.message_id for m in dead] == ["p1"]
     assert await t.dead_letters(q, 10) == dead  # listing leaves them in place
@@ -220,7 +220,7 @@ async def transport_dead_letters_after_the_delivery_limit(t: Transport) -> None:
     assert await t.dead_letters(q, 10) == []
     again = await t.get(q)
     assert again is not None and again.message.body == b"poison"
-    await t.ack([again.token])
+    await t.ack([again.delivery_tag])
 
 
 async def _poll(read: Callable[[], Awaitable[Any]], timeout_s: float = 5.0) -> Any:
@@ -243,7 +243,7 @@ async def transport_browses_waiting_messages(t: Transport) -> None:
     first = await t.get(q)  # browsing left it in place, unmarked
     assert first is not None and first.message.body == b"one" and not first.redelivered
     assert first.delivery_count == 0
-    await t.ack([first.token])
+    await t.ack([first.delivery_tag])
 transport_browses_waiting_messages = needs("browse")(transport_browses_waiting_messages)
 
 
@@ -255,7 +255,7 @@ async def transport_deletes_a_waiting_message_by_id(t: Transport) -> None:
     assert await t.delete(q, "d1") is False
     first = await t.get(q)
     assert first is not None and first.message.body == b"keep"
-    await t.ack([first.token])
+    await t.ack([first.delivery_tag])
     assert await t.get(q) is None
 transport_deletes_a_waiting_message_by_id = needs("delete")(
     transport_deletes_a_waiting_message_by_id)
@@ -275,13 +275,13 @@ async def transport_extends_a_lease(t: Transport) -> None:
     q = unique("ext")
     await t.declare_queue(q, QueueSpec(consumer_timeout_ms=600))
     await t.send(q, [_msg(b"slow")])
-    got: list[Incoming] = []
+    got: list[Delivery] = []
     sub = await t.consume(q, 1, got.append)
     await _until(lambda: bool(got))
     for _ in range(4):  # 1.2 s of work, each step well inside the 600 ms timeout
         await asyncio.sleep(0.3)
-        await t.extend(got[0].token)
-    await t.ack([got[0].token])
+        await t.extend(got[0].delivery_tag)
+    await t.ack([got[0].delivery_tag])
     await t.sync()
     await sub.cancel()
     assert await t.get(q) is None and len(got) == 1, "the extended delivery was not taken back"
@@ -324,7 +324,7 @@ async def transport_keeps_one_id_in_two_queues(t: Transport) -> None:
                 continue
             assert m.message.message_id == "order-7"
             bodies.append(m.message.body)
-            await t.ack([m.token])
+            await t.ack([m.delivery_tag])
         assert sorted(bodies) == sorted([b"now", b"event", b"later"][:len(bodies)])
 
 

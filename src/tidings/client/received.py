@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from tidings.client.transport import Incoming, Subscription
+from tidings.client.transport import Delivery, Subscription
 from tidings.errors import InvalidArgumentError
 from tidings.message import Message
 
@@ -23,7 +23,7 @@ class ReceivedMessage:
 
     __slots__ = ("_client", "_incoming", "settled")
 
-    def __init__(self, client: Client, incoming: Incoming) -> None:
+    def __init__(self, client: Client, incoming: Delivery) -> None:
         self._client, self._incoming = client, incoming
         self.settled = False
 
@@ -88,7 +88,7 @@ class ReceivedMessage:
         if self.settled:
             raise InvalidArgumentError(f"message {self.id!r} is already settled")
         self.settled = True
-        return self._incoming.token
+        return self._incoming.delivery_tag
 
     async def ack(self) -> None:
         """Done with it: the message is gone for good."""
@@ -104,7 +104,7 @@ class ReceivedMessage:
 
     async def extend(self) -> None:
         """Still working on it: restart its consumer-timeout clock."""
-        await self._client.transport.extend(self._incoming.token)
+        await self._client.transport.extend(self._incoming.delivery_tag)
 
     def __repr__(self) -> str:
         return f"<ReceivedMessage id={self.id!r} topic={self.topic!r} bytes={len(self.body)}>"
@@ -121,12 +121,12 @@ class Receiver:
 
     def __init__(self, client: Client, queue: str, prefetch: int) -> None:
         self._client, self.queue, self.prefetch = client, queue, prefetch
-        self._buffer: deque[Incoming] = deque()
+        self._buffer: deque[Delivery] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._subscription: Subscription | None = None
         self._closed = False
 
-    def _arrived(self, incoming: Incoming) -> None:
+    def _arrived(self, incoming: Delivery) -> None:
         self._buffer.append(incoming)
         self._wake()
 
@@ -192,4 +192,4 @@ class Receiver:
         if self._subscription is not None:
             await self._subscription.cancel()
         while self._buffer:
-            await self._client.transport.nack(self._buffer.popleft().token, True)
+            await self._client.transport.nack(self._buffer.popleft().delivery_tag, True)

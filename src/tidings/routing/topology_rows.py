@@ -1,4 +1,4 @@
-"""Durable definitions (exchanges, queues, bindings) as store records, and back.
+"""The rows a store keeps for the durable topology (exchanges, queues, bindings), and back.
 
 The store keeps them as opaque ``(kind, key) -> bytes``; this module owns the JSON shape.
 """
