@@ -271,9 +271,8 @@ class Broker:
             )
         consumer = Consumer(tag, queue, session, on_delivery, prefetch_count=prefetch_count,
                             no_ack=no_ack, exclusive=exclusive, arguments=arguments or {})
-        session.consumers[tag] = consumer
-        queue.consumers.append(consumer)
-        queue.last_used = self.clock.time()
+        session.add_consumer(consumer)
+        queue.add_consumer(consumer, self.clock.time())
         if dispatch:
             queue.dispatch()
         return consumer
@@ -281,7 +280,8 @@ class Broker:
     def get(self, session: Session, queue_name: str, *, no_ack: bool = False) -> Delivery | None:
         queue = self.vhosts.get_queue(session.vhost, queue_name)
         Declarations.check_exclusive(queue, session.connection_id)
-        queue.last_used = now = self.clock.time()
+        now = self.clock.time()
+        queue.touch(now)
         entry = queue.take()
         if entry is None:
             return None
@@ -294,13 +294,11 @@ class Broker:
         return self.clock.time()
 
     def cancel(self, session: Session, consumer_tag: str) -> None:
-        consumer = session.consumers.pop(consumer_tag, None)
+        consumer = session.remove_consumer(consumer_tag)
         if consumer is None:
             return
         queue = consumer.queue
-        if consumer in queue.consumers:
-            queue.consumers.remove(consumer)
-        queue.last_used = self.clock.time()
+        queue.remove_consumer(consumer, self.clock.time())
         if queue.auto_delete and not queue.consumers and not queue.deleted:
             self.declarations.remove_queue(queue)
 

@@ -169,7 +169,7 @@ class Declarations:
                   for k in sorted(set(existing.arguments) | set(arguments))
                   if k.startswith("x-")],
             ])
-            existing.last_used = self.clock.time()
+            existing.touch(self.clock.time())
             return existing
         options = parse_queue_arguments(name, arguments)
         if options.queue_type == "quorum" and (not durable or exclusive or auto_delete):

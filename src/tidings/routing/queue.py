@@ -33,7 +33,8 @@ class QueueOwner(Protocol):
 
     def dead_letter(self, queue: Queue, entry: Entry, reason: str) -> None:
         """``entry`` left ``queue`` for ``reason`` (expired, maxlen, rejected,
-        delivery_limit): route its dead letter, if the queue has a dead-letter exchange."""
+        delivery_limit; its row is gone already): route its dead letter, if the queue has a
+        dead-letter exchange."""
         ...
 
     def head_expires(self, queue: Queue, at: float) -> None:
@@ -137,7 +138,10 @@ class Queue:
             self._owner.head_expires(self, entry.record.expires_at)
 
     def drop(self, entry: Entry, reason: str) -> None:
-        """``entry`` leaves the queue as a dead letter (overflow, expiry, rejection)."""
+        """``entry`` leaves the queue as a dead letter (overflow, expiry, rejection): its row
+        goes and the owner routes it to the dead-letter exchange, if there is one."""
+        self.ready.forget(entry)
+        self.counters.dead_lettered += 1
         self._owner.dead_letter(self, entry, reason)
 
     # -- taking ----------------------------------------------------------------------------
@@ -188,6 +192,20 @@ class Queue:
             return entry
 
     # -- dispatch --------------------------------------------------------------------------
+
+    def touch(self, now: float) -> None:
+        """The queue was used (declared, consumed from, read): ``x-expires`` counts from
+        here."""
+        self.last_used = now
+
+    def add_consumer(self, consumer: QueueConsumer, now: float) -> None:
+        self.consumers.append(consumer)
+        self.last_used = now
+
+    def remove_consumer(self, consumer: QueueConsumer, now: float) -> None:
+        if consumer in self.consumers:
+            self.consumers.remove(consumer)
+        self.last_used = now
 
     def mark_delivered(self, entry: Entry, now: float) -> None:
         """Bookkeeping for a delivery (consumer or get)."""

@@ -111,6 +111,12 @@ class Session:
             return False
         return not self.prefetch_count or len(self.unacked) < self.prefetch_count
 
+    def add_consumer(self, consumer: Consumer) -> None:
+        self.consumers[consumer.tag] = consumer
+
+    def remove_consumer(self, consumer_tag: str) -> Consumer | None:
+        return self.consumers.pop(consumer_tag, None)
+
     def new_consumer_tag(self) -> str:
         self._consumer_serial += 1
         return f"ctag-{self.connection_id}-{self._consumer_serial}"

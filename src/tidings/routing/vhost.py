@@ -110,8 +110,6 @@ class VirtualHost:
     # -- what queues ask of their owner (QueueOwner) ---------------------------------------
 
     def dead_letter(self, queue: Queue, entry: Entry, reason: str) -> None:
-        queue.ready.forget(entry)
-        queue.counters.dead_lettered += 1
         self._counters.dead_lettered += 1
         dlx = queue.options.dead_letter_exchange
         if dlx is None or (ex := self.exchanges.get(dlx)) is None:
