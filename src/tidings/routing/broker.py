@@ -62,7 +62,7 @@ class Broker:
         self.store = store
         self.clock: Clock = clock or LoopClock()
         self.counters = Counters()
-        seq = Sequence(store.max_seq())
+        self.seq = seq = Sequence(store.max_seq())
         self.timers = HeadExpiryTimers(self.clock)
         self.vhosts = VirtualHosts(store=store, clock=self.clock, seq=seq,
                                    counters=self.counters, timers=self.timers,
@@ -224,9 +224,9 @@ class Broker:
         queues = v.route(ex, message)
         if not queues:
             return PublishResult(0, returned=mandatory)
-        refused = False
-        for queue in queues:
-            refused |= not v.enqueue(queue, Record(message, now), now)
+        refused, next_seq = False, self.seq.next
+        for queue in queues:  # VirtualHost.enqueue, inlined on the hot path
+            refused |= not queue.offer(Record(message, now), now, next_seq)
         if refused:
             return PublishResult(len(queues), refused=True)
         return _ROUTED[len(queues)] if len(queues) < len(_ROUTED) else PublishResult(len(queues))

@@ -83,6 +83,8 @@ class Queue:
         self._store, self._owner, self._now = store, owner, now
         self._persists = durable and store.keeps_messages
         self._bounded = options.max_length is not None or options.max_length_bytes is not None
+        self._ttl = options.message_ttl_ms is not None
+        self._max_level = options.max_priority or 0
         self.ready = ReadyMessages(self.store_key, options.max_priority or 0, store, now, window)
         self.unacked: dict[int, Entry] = {}
         #: Body bytes of the unacked messages (what the memory alarm counts, with ready bytes).
@@ -109,9 +111,8 @@ class Queue:
 
     def offer(self, record: Record, now: float, next_seq: Callable[[], int]) -> bool:
         """Enqueue ``record`` honouring TTL and the length limits; False when refused."""
-        at = expires_at(self.options, record.message, now)
-        if at is not None:
-            record.expires_at = at
+        if self._ttl or record.message.expiration is not None:
+            record.expires_at = expires_at(self.options, record.message, now)
         if self._bounded:
             verdict = admit(self, record)
             if verdict is not Verdict.ENQUEUE:
@@ -121,8 +122,10 @@ class Queue:
 
     def enqueue(self, seq: int, record: Record) -> None:
         """Add a message (limits already applied)."""
-        entry = Entry(seq, record, self._persists and record.message.persistent,
-                      self.ready.level_of(record.message.priority))
+        message = record.message
+        # The lane: the priority capped at x-max-priority (as in RabbitMQ); 0 for plain queues.
+        level = min(message.priority or 0, self._max_level) if self._max_level else 0
+        entry = Entry(seq, record, self._persists and message.persistent, level)
         entry.redelivered = record.delivery_count > 0
         self.counters.published += 1
         if not self.ready.add(entry):
@@ -180,8 +183,11 @@ class Queue:
 
     def take(self) -> Entry | None:
         """The next deliverable message, skipping (dead-lettering) expired ones."""
+        ready = self.ready
         while True:
-            entry = self.pop_ready()
+            if ready.paged_out:
+                self._head()  # pages in (or asks to wait for the commit) first
+            entry = ready.pop()
             if entry is None:
                 return None
             at = entry.record.expires_at
@@ -226,7 +232,7 @@ class Queue:
         consumers = self.consumers
         single = self.options.single_active_consumer
         ready = self.ready
-        while consumers and len(ready):
+        while consumers and (ready.heap or ready.paged_out):
             if single or len(consumers) == 1:
                 chosen = consumers[0]
                 if not chosen.has_room():
@@ -258,7 +264,8 @@ class Queue:
     def ack(self, entry: Entry) -> None:
         if not self._take_unacked(entry):
             return
-        self.ready.forget(entry)
+        if entry.stored:  # ready.forget(entry), inlined on the hot path
+            self._store.remove(self.ready.lanes[entry.level].key, entry.seq)
         self.counters.acked += 1
         self.processing.observe((self._now() - entry.delivered_at) * 1000.0)
 

@@ -90,7 +90,9 @@ class ReadyMessages:
         keeps = store.keeps_messages
         self.window = window if keeps else 1 << 62
         self.window_bytes = WINDOW_BYTES if keeps else 1 << 62
-        self._heap: list[tuple[int, int, Entry]] = []
+        #: The in-memory ready messages, a heap by (-level, seq). Owners only test it for
+        #: emptiness (the hot path's cheapest check); everything else goes through methods.
+        self.heap: list[tuple[int, int, Entry]] = []
         #: Body bytes of the messages in memory.
         self.bytes = 0
         #: Totals over the lanes.
@@ -106,29 +108,25 @@ class ReadyMessages:
     # -- counts ----------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._heap) + self.paged_out
+        return len(self.heap) + self.paged_out
 
     def in_memory(self) -> int:
-        return len(self._heap)
+        return len(self.heap)
 
     def total_bytes(self) -> int:
         return self.bytes + self.paged_bytes
 
     def oldest_enqueued_at(self) -> float | None:
-        if self._heap:
-            return min(e.record.enqueued_at for _, _, e in self._heap[:64])
+        if self.heap:
+            return min(e.record.enqueued_at for _, _, e in self.heap[:64])
         return None
-
-    def level_of(self, priority: int | None) -> int:
-        """The lane of a message: its priority capped at x-max-priority (as in RabbitMQ)."""
-        return min(priority or 0, self.max_level) if self.max_level else 0
 
     # -- adding ----------------------------------------------------------------------------
 
     def add(self, entry: Entry) -> bool:
         """Add a new message; False when it was paged out (written to the store only)."""
         lane = self.lanes[entry.level]
-        if lane.paged_out or len(self._heap) >= self.window or self.bytes >= self.window_bytes:
+        if lane.paged_out or len(self.heap) >= self.window or self.bytes >= self.window_bytes:
             self._store.append(lane.key, entry.seq, encode_record(entry.record),
                                0 if entry.stored else TRANSIENT)
             lane.paged_out += 1
@@ -140,12 +138,15 @@ class ReadyMessages:
             return False
         if entry.stored:
             self._store.append(lane.key, entry.seq, encode_record(entry.record))
-        self.push(entry)
+        heapq.heappush(self.heap, (-entry.level, entry.seq, entry))  # push(), inlined
+        self.bytes += entry.size
+        if entry.seq > lane.boundary:
+            lane.boundary = entry.seq
         return True
 
     def push(self, entry: Entry) -> None:
         """Put a message (new, requeued or read back) in memory at its place."""
-        heapq.heappush(self._heap, (-entry.level, entry.seq, entry))
+        heapq.heappush(self.heap, (-entry.level, entry.seq, entry))
         self.bytes += entry.size
         lane = self.lanes[entry.level]
         if entry.seq > lane.boundary:
@@ -179,22 +180,22 @@ class ReadyMessages:
         """The head ready message, paging in first when it is (or outranks it) in the store."""
         if self._paged and not self.awaiting_commit:
             top = max(self._paged)
-            if not self._heap or top > self._heap[0][2].level:
+            if not self.heap or top > self.heap[0][2].level:
                 self._page_in(self.lanes[top])
-        return self._heap[0][2] if self._heap else None
+        return self.heap[0][2] if self.heap else None
 
     def pop(self) -> Entry | None:
         """Remove and return the head ready message (paging in if needed)."""
         if self._paged:
             self.head()
-        if not self._heap:
+        if not self.heap:
             return None
-        _, _, entry = heapq.heappop(self._heap)
+        _, _, entry = heapq.heappop(self.heap)
         self.bytes -= entry.size
         return entry
 
     def is_head(self, entry: Entry) -> bool:
-        return bool(self._heap) and self._heap[0][2] is entry
+        return bool(self.heap) and self.heap[0][2] is entry
 
     def after_commit(self) -> None:
         """The commit awaited for paged-out rows has landed: they may be read now."""
@@ -250,7 +251,7 @@ class ReadyMessages:
 
     def browse(self, limit: int) -> list[Entry]:
         """Ready messages in delivery order, without taking them."""
-        ready = sorted(self._heap, key=lambda t: (t[0], t[1]))[:limit]
+        ready = sorted(self.heap, key=lambda t: (t[0], t[1]))[:limit]
         for level in self._paged:  # merged by (level, seq): the store rows follow memory's
             lane = self.lanes[level]
             for seq, data in self._store.load(lane.key, lane.boundary, limit):
@@ -268,11 +269,11 @@ class ReadyMessages:
 
     def remove(self, seq: int) -> Entry | None:
         """Remove one ready message by seq, from memory or the store (its row too)."""
-        for i, (_, s, entry) in enumerate(self._heap):
+        for i, (_, s, entry) in enumerate(self.heap):
             if s == seq:
-                self._heap[i] = self._heap[-1]
-                self._heap.pop()
-                heapq.heapify(self._heap)
+                self.heap[i] = self.heap[-1]
+                self.heap.pop()
+                heapq.heapify(self.heap)
                 self.bytes -= entry.size
                 self.forget(entry)
                 return entry
@@ -301,7 +302,7 @@ class ReadyMessages:
     def purge(self) -> int:
         """Drop every ready message; return how many."""
         count = len(self)
-        for _, _, entry in self._heap:
+        for _, _, entry in self.heap:
             self.forget(entry)
         for level in self._paged:
             lane = self.lanes[level]
@@ -310,7 +311,7 @@ class ReadyMessages:
             lane.removed.clear()
             lane.paged_out = lane.paged_bytes = 0
         self._paged.clear()
-        self._heap.clear()
+        self.heap.clear()
         self.bytes = self.paged_out = self.paged_bytes = 0
         return count
 
