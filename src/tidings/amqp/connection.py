@@ -232,14 +232,17 @@ class ServerConnection:
                 raise UnexpectedFrameError("content frame on channel 0")
             self._connection_method(frame)
             return
+        if st.advance(st.CONNECTION, self.state, st.CHANNEL_FRAME) is None:
+            raise ChannelError(f"channel {channel} used before the connection is open")
         if self.state == CLOSING:
             return  # after our connection.close only close / close-ok matter (§2.2.4)
-        if self.state == AWAIT_OPEN_OK and len(self._held) < MAX_HELD_FRAMES:
+        if self.state == AWAIT_OPEN_OK:
             # Pipelined after connection.open (as RabbitMQ accepts): handled once it is open.
+            if len(self._held) >= MAX_HELD_FRAMES:
+                raise ChannelError(f"more than {MAX_HELD_FRAMES} frames on channels before "
+                                   f"the connection is open")
             self._held.append((channel, frame))
             return
-        if self.state != OPEN:
-            raise ChannelError(f"channel {channel} used before the connection is open")
         self._channel_frame(channel, frame)
 
     def _connection_method(self, method: Method) -> None:

@@ -35,9 +35,11 @@ CONNECTION_STATES = (AWAIT_HEADER, AWAIT_START_OK, AWAIT_LOGIN, AWAIT_TUNE_OK, A
 PROTOCOL_HEADER: Final = "protocol header"
 LOGIN_ACCEPTED: Final = "login accepted"
 VHOST_OPENED: Final = "vhost opened"
-#: We sent connection.close (CLOSING) or the socket is done (CLOSED).
+#: We sent connection.close (CLOSING).
 WE_CLOSE: Final = "we close"
-DONE: Final = "done"
+#: Any frame on a channel other than 0: legal once open (held while the vhost is being opened,
+#: dropped while closing).
+CHANNEL_FRAME: Final = "channel frame"
 
 # -- a channel --------------------------------------------------------------------------------
 
@@ -63,11 +65,12 @@ TRANSITIONS: dict[tuple[str, str], dict[str, str]] = {
     (CONNECTION, AWAIT_LOGIN): {LOGIN_ACCEPTED: AWAIT_TUNE_OK},
     (CONNECTION, AWAIT_TUNE_OK): {"Connection.TuneOk": AWAIT_OPEN},
     (CONNECTION, AWAIT_OPEN): {"Connection.Open": AWAIT_OPEN_OK},
-    (CONNECTION, AWAIT_OPEN_OK): {VHOST_OPENED: OPEN},
+    (CONNECTION, AWAIT_OPEN_OK): {VHOST_OPENED: OPEN, CHANNEL_FRAME: AWAIT_OPEN_OK},
     (CONNECTION, OPEN): {"Connection.Close": CLOSED, "Connection.CloseOk": CLOSED,
                          "Connection.UpdateSecret": OPEN, "Connection.Blocked": OPEN,
-                         "Connection.Unblocked": OPEN, WE_CLOSE: CLOSING},
-    (CONNECTION, CLOSING): {"Connection.Close": CLOSED, "Connection.CloseOk": CLOSED},
+                         "Connection.Unblocked": OPEN, WE_CLOSE: CLOSING, CHANNEL_FRAME: OPEN},
+    (CONNECTION, CLOSING): {"Connection.Close": CLOSED, "Connection.CloseOk": CLOSED,
+                            CHANNEL_FRAME: CLOSING},
     (CONNECTION, CLOSED): {},
     (CHANNEL, IDLE): {"Basic.Publish": AWAIT_CONTENT_HEADER, "Channel.Close": CLOSED,
                       METHOD: IDLE, WE_CLOSE: CHANNEL_CLOSING},
