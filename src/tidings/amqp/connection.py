@@ -232,7 +232,7 @@ class ServerConnection:
                 raise UnexpectedFrameError("content frame on channel 0")
             self._connection_method(frame)
             return
-        if st.advance(st.CONNECTION, self.state, st.CHANNEL_FRAME) is None:
+        if self.state not in st.CHANNEL_FRAME_STATES:
             raise ChannelError(f"channel {channel} used before the connection is open")
         if self.state == CLOSING:
             return  # after our connection.close only close / close-ok matter (§2.2.4)
@@ -330,7 +330,8 @@ class ServerConnection:
             raise UnexpectedFrameError(f"unexpected content frame on channel {channel}")
         if frame.index >> 16 == C.frame_id:  # the connection class (10)
             raise UnexpectedMethodError(f"connection method {frame.name} on channel {channel}")
-        nxt = st.advance(st.CHANNEL, ch.state, st.channel_input(frame.name))
+        name = frame.name  # the idle row of the table: named methods, or any other → IDLE
+        nxt = st.IDLE_ROW.get(name) if name in st.NAMED_CHANNEL_METHODS else st.IDLE
         if nxt is None:
             raise UnexpectedFrameError(f"unexpected '{spec_name(frame.name)}' on channel {channel}")
         if nxt == CLOSED:
@@ -359,7 +360,7 @@ class ServerConnection:
             if headers and (problem := header_problem(headers)):
                 raise FrameSyntaxError(f"content header on channel {channel}: {problem}")
             ch.properties, ch.body_size = frame.properties, frame.body_size
-            ch.state = st.AWAIT_CONTENT_BODY
+            ch.state = st.AFTER_HEADER
         elif isinstance(frame, body.ContentBody):
             ch.parts.append(frame.value)
             ch.received += len(frame.value)
@@ -373,7 +374,7 @@ class ServerConnection:
             publish, props = ch.publish, ch.properties
             payload = ch.parts[0] if len(ch.parts) == 1 else b"".join(ch.parts)
             ch.publish, ch.properties, ch.parts, ch.received = None, None, [], 0
-            ch.state = st.advance(st.CHANNEL, ch.state, st.LAST_BODY) or st.IDLE
+            ch.state = st.AFTER_LAST_BODY
             self._events.append(ContentReceived(channel, publish, props, payload))  # type: ignore[arg-type]
 
     # -- decisions -------------------------------------------------------------------------

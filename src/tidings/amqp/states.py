@@ -105,6 +105,17 @@ def channel_input(method_name: str) -> str:
 _CHANNEL_METHODS = {i for (m, _), row in TRANSITIONS.items() if m == CHANNEL for i in row
                     if "." in i}
 
+# Read off the table once, for the per-frame hot path (no call per frame):
+#: Connection states in which a channel frame may arrive.
+CHANNEL_FRAME_STATES = frozenset(s for s in CONNECTION_STATES
+                                 if advance(CONNECTION, s, CHANNEL_FRAME) is not None)
+#: An idle channel's row, and the methods that row names (every other method keeps it idle).
+IDLE_ROW = TRANSITIONS[(CHANNEL, IDLE)]
+NAMED_CHANNEL_METHODS = frozenset(_CHANNEL_METHODS)
+#: Where content assembly goes after the header, and after the last body frame.
+AFTER_HEADER = TRANSITIONS[(CHANNEL, AWAIT_CONTENT_HEADER)][HEADER]
+AFTER_LAST_BODY = TRANSITIONS[(CHANNEL, AWAIT_CONTENT_BODY)][LAST_BODY]
+
 MODE_ERRORS: dict[tuple[str, str], str] = {
     (TRANSACTIONS, "Confirm.Select"): "cannot switch from tx to confirm mode",
     (CONFIRMS, "Tx.Select"): "cannot switch from confirm to tx mode",
