@@ -131,9 +131,13 @@ def _supervise(args: argparse.Namespace) -> int:
                           index, child.pid, code)
                 children[index] = subprocess.Popen(_child_command(args, index))
         time.sleep(0.2)
-    for child in children.values():
-        if child.poll() is None:
+    for index, child in children.items():
+        code = child.poll()
+        if code is None:
             child.send_signal(signal.SIGTERM)
+        elif code != 0:  # died since the last look: say so, even while stopping
+            log.error("worker process %d (pid %d) crashed with exit code %s; not restarted "
+                      "(stopping)", index, child.pid, code)
     deadline = time.monotonic() + args.grace_s + 10
     for child in children.values():
         try:
