@@ -38,7 +38,6 @@ from tidings.amqp.states import (
     CLOSED,
     CLOSING,
     CONNECTION_STATES,
-    LEGAL,
     OPEN,
 )
 from tidings.errors import (
@@ -58,7 +57,7 @@ from tidings.message import header_problem
 
 C, Ch, B = commands.Connection, commands.Channel, commands.Basic
 
-__all__ = ["CLOSED", "CLOSING", "CONNECTION_STATES", "LEGAL", "OPEN", "ServerConnection",
+__all__ = ["CLOSED", "CLOSING", "CONNECTION_STATES", "OPEN", "ServerConnection",
            "reply_text"]
 
 #: Our limits, offered in connection.tune; the client may lower them.

@@ -84,34 +84,20 @@ TRANSITIONS: dict[tuple[str, str], dict[str, str]] = {
                            "Tx.Rollback": TRANSACTIONS},
 }
 
-#: Connection-class methods the peer may send in each connection state (from the table).
-LEGAL: dict[str, tuple[str, ...]] = {
-    state: tuple(i for i in TRANSITIONS[(CONNECTION, state)] if i.startswith("Connection."))
-    for state in CONNECTION_STATES
-}
-
-
 def advance(machine: str, state: str, event: str) -> str | None:
     """The state after ``event``, or None when ``event`` is illegal in ``state``."""
     return TRANSITIONS[(machine, state)].get(event)
 
 
-def channel_input(method_name: str) -> str:
-    """The channel machine's input for a method: its name when the table names it, else
-    :data:`METHOD`."""
-    return method_name if method_name in _CHANNEL_METHODS else METHOD
-
-
-_CHANNEL_METHODS = {i for (m, _), row in TRANSITIONS.items() if m == CHANNEL for i in row
-                    if "." in i}
-
 # Read off the table once, for the per-frame hot path (no call per frame):
+#: Methods a channel row names; any other method is the input METHOD.
+NAMED_CHANNEL_METHODS = frozenset(i for (m, _), row in TRANSITIONS.items() if m == CHANNEL
+                                  for i in row if "." in i)
 #: Connection states in which a channel frame may arrive.
 CHANNEL_FRAME_STATES = frozenset(s for s in CONNECTION_STATES
                                  if advance(CONNECTION, s, CHANNEL_FRAME) is not None)
-#: An idle channel's row, and the methods that row names (every other method keeps it idle).
+#: An idle channel's row (a method it does not name keeps the channel idle).
 IDLE_ROW = TRANSITIONS[(CHANNEL, IDLE)]
-NAMED_CHANNEL_METHODS = frozenset(_CHANNEL_METHODS)
 #: Where content assembly goes after the header, and after the last body frame.
 AFTER_HEADER = TRANSITIONS[(CHANNEL, AWAIT_CONTENT_HEADER)][HEADER]
 AFTER_LAST_BODY = TRANSITIONS[(CHANNEL, AWAIT_CONTENT_BODY)][LAST_BODY]

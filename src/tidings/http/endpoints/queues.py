@@ -69,7 +69,7 @@ async def put_queue(request: Request) -> JSONResponse:
     broker = gw.broker
     if vhost not in broker.vhost_names() and vhost in gw.users.list_vhosts():
         broker.declare_vhost(vhost)
-    existed = vhost in broker.vhost_names() and broker.queue_exists(vhost, name)
+    existed = broker.queue_exists(vhost, name)
     broker.declare_queue(vhost, name, durable=sch.boolean(data, "durable", True),
                          auto_delete=sch.boolean(data, "auto_delete", False),
                          arguments=arguments)
