@@ -280,11 +280,11 @@ async def run_a5(url: str, pid: int | None, idle: int = 1000, n: int = 20_000
 # -- driver -----------------------------------------------------------------------------------
 
 
-def start_tidings(tmp: str) -> tuple[subprocess.Popen[str], str]:
+def start_tidings(tmp: str, loop: str = "auto") -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tidings", "--data-dir", f"{tmp}/data",
                              "serve", "--host", "127.0.0.1", "--amqp-port", str(port),
-                             "--http-port", "-1",
+                             "--http-port", "-1", "--loop", loop,
                              "--log-level", "WARNING"],
                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert proc.stdout is not None
@@ -306,6 +306,8 @@ def main() -> None:
     parser.add_argument("--rabbitmq", default="amqp://guest:guest@127.0.0.1:5672/")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--idle", type=int, default=800, help="A5 idle connections")
+    parser.add_argument("--loop", default="auto", choices=["auto", "uvloop", "asyncio"],
+                        help="tidings serve's event loop")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--queue", help=argparse.SUPPRESS)
@@ -317,7 +319,7 @@ def main() -> None:
     q = 5 if args.quick else 1
     only = {x.strip().upper() for x in args.only.split(",")}
     with tempfile.TemporaryDirectory(prefix="tidings-amqp-bench-") as tmp:
-        proc, tidings_url = start_tidings(tmp)
+        proc, tidings_url = start_tidings(tmp, args.loop)
         targets = [("tidings", tidings_url, proc.pid), ("rabbitmq", args.rabbitmq, rabbitmq_pid())]
         rows: dict[str, dict[str, dict[str, Any]]] = {}
         plan: list[tuple[str, Any, int]] = []

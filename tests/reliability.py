@@ -20,7 +20,7 @@ from pathlib import Path
 import pika
 from pamqp import commands, frame, header
 
-from tidings.amqp.frames import PROTOCOL_HEADER, _any_utf8_names
+from tidings.amqp.frames import PROTOCOL_HEADER, any_utf8_names
 from tidings.resources import rss_mb
 
 from .serverproc import ServerProcess
@@ -178,7 +178,7 @@ C, Ch, B, Q, E = (commands.Connection, commands.Channel, commands.Basic, command
                   commands.Exchange)
 # the methods a fuzzed client sends with any UTF-8 names (pamqp alone allows only ASCII)
 Declare, Bind, Consume, Get, Purge, Delete, Publish = (
-    _any_utf8_names(m) for m in (Q.Declare, Q.Bind, B.Consume, B.Get, Q.Purge, Q.Delete,
+    any_utf8_names(m) for m in (Q.Declare, Q.Bind, B.Consume, B.Get, Q.Purge, Q.Delete,
                                  B.Publish))
 
 

@@ -55,11 +55,30 @@ def _for_wire(value: Any) -> Any:
 _NEEDS_CONVERSION = (bytes, dict, list, tuple)
 
 
+def headers_in(table: dict[str, Any]) -> dict[str, Any]:
+    """A received ``headers`` table as a message keeps it (x-death times in seconds)."""
+    headers = dict(table)
+    if "x-death" in headers:
+        headers = _deaths(headers, _to_seconds, datetime.datetime)
+    return headers
+
+
+def headers_out(headers: dict[str, Any] | None, extra_headers: dict[str, Any] | None = None
+                ) -> dict[str, Any] | None:
+    """A message's headers (plus ``extra_headers``) as they go on the wire."""
+    if extra_headers:
+        headers = {**(headers or {}), **extra_headers}
+    if headers:
+        if "x-death" in headers:
+            headers = _deaths(headers, _to_wire_time, int)
+        if any(isinstance(v, _NEEDS_CONVERSION) for v in headers.values()):
+            headers = _for_wire(headers)
+    return headers
+
+
 def to_message(props: Basic.Properties, body: bytes, exchange: str, routing_key: str) -> Message:
     ts = props.timestamp
-    headers = dict(props.headers) if props.headers else None
-    if headers and "x-death" in headers:
-        headers = _deaths(headers, _to_seconds, datetime.datetime)
+    headers = headers_in(props.headers) if props.headers else None
     return Message(
         body, routing_key, exchange,
         headers=headers,
@@ -72,19 +91,11 @@ def to_message(props: Basic.Properties, body: bytes, exchange: str, routing_key:
 
 def to_properties(message: Message, extra_headers: dict[str, Any] | None = None
                   ) -> Basic.Properties:
-    headers = message.headers
-    if extra_headers:
-        headers = {**(headers or {}), **extra_headers}
-    if headers:
-        if "x-death" in headers:
-            headers = _deaths(headers, _to_wire_time, int)
-        if any(isinstance(v, _NEEDS_CONVERSION) for v in headers.values()):
-            headers = _for_wire(headers)
     ts = message.timestamp
     return Basic.Properties(
         content_type=message.content_type,
         content_encoding=message.content_encoding,
-        headers=headers,
+        headers=headers_out(message.headers, extra_headers),
         delivery_mode=2 if message.persistent else 1,
         priority=message.priority,
         correlation_id=message.correlation_id,

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 import tidings
 from tidings.cli_control import COMMANDS, add_control_parsers, find_server, run_control_command
-from tidings.cli_serve import add_serve_parser, serve
+from tidings.cli_serve import add_serve_parser, loop_factory, serve
 from tidings.cli_users import add_users_parsers, run_users_command
 from tidings.cli_worker import add_worker_parser, run_worker
 from tidings.client.shared import open_directory
@@ -203,7 +203,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"tidings worker: error: {e}", file=sys.stderr)
             return 2
     try:
-        return asyncio.run(_run(args))
+        factory = loop_factory(args.loop) if args.command == "serve" else None
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(_run(args))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `tidings stats | head`: the reader has what it wanted

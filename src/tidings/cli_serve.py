@@ -62,9 +62,26 @@ def add_serve_parser(commands: Any, port: Callable[[str], int]) -> None:
                             "machine's RAM; 0 disables)")
     serve.add_argument("--disk-free-limit-mb", type=float, default=50.0,
                        help="block publishers while free disk is below this")
+    serve.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto",
+                       help="event loop: uvloop when it is installed (auto; pip install "
+                            "'tidings[uvloop]'), or Python's own asyncio loop")
     serve.add_argument("--log-level", default="INFO", type=str.upper,
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                        help="how much to log (any case)")
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``tidings serve --loop`` asks for (None: asyncio's own)."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError as e:
+        if choice == "uvloop":
+            raise ConfigError("--loop uvloop: uvloop is not installed "
+                              "(pip install 'tidings[uvloop]')") from e
+        return None
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
 
 
 def _url_host(host: str) -> str:

@@ -103,8 +103,8 @@ def test_publish_content_is_assembled_across_body_frames(how: str) -> None:
         (1, header.ContentHeader(0, 0, B.Properties())),  # an empty body: no body frame
     )
     got = [e for e in feed(conn, data, how) if isinstance(e, ContentReceived)]
-    assert [g.body for g in got] == [b"helloworld", b""]
-    assert got[0].properties.headers == {"k": "v"} and got[1].method.exchange == "x"
+    assert [g.message.body for g in got] == [b"helloworld", b""]
+    assert got[0].message.headers == {"k": "v"} and got[1].message.exchange == "x"
 
 
 def test_a_message_before_an_oversized_one_in_the_same_read_is_kept() -> None:
@@ -129,7 +129,7 @@ def test_a_message_before_an_oversized_one_in_the_same_read_is_kept() -> None:
         (1, Q.Declare(queue="after")),  # sent after the refused message: dropped
     ))
     got = events(conn)
-    assert [g.body for g in got if isinstance(g, ContentReceived)] == [b"just right"]
+    assert [g.message.body for g in got if isinstance(g, ContentReceived)] == [b"just right"]
     assert not [g for g in got if isinstance(g, MethodReceived)]
     sent = [f for _, f in decode_all(conn.data_to_send())]
     assert [type(f) for f in sent] == [Ch.OpenOk, Ch.Close] and sent[1].reply_code == 406

@@ -24,7 +24,7 @@ from tidings.amqp import extensions
 from tidings.amqp import frames as wire
 from tidings.amqp import states as st
 from tidings.amqp.connection import ContentReceived
-from tidings.basic_properties import to_message, to_properties
+from tidings.basic_properties import to_properties
 from tidings.errors import NotFoundError, NotImplementedByServerError, PreconditionFailedError
 from tidings.routing.front_door import Consumer, Delivery
 
@@ -229,11 +229,9 @@ class AmqpChannel:
         conn, number, link = self.link.conn, self.number, self.link
 
         def deliver(d: Delivery) -> None:
-            m = d.message
             extra = {"x-delivery-count": d.delivery_count} if d.delivery_count else None
-            conn.send_content(number, wire.Deliver(consumer_tag, d.delivery_tag, d.redelivered,
-                                                   m.exchange, m.routing_key),
-                              to_properties(m, extra), m.body)
+            conn.send_delivery(number, consumer_tag, d.delivery_tag, d.redelivered, d.message,
+                               extra)
             link.delivered()
 
         return deliver
@@ -269,7 +267,7 @@ class AmqpChannel:
         m = event.method
         if m.immediate:
             raise NotImplementedByServerError("immediate=true", method=B.Publish)
-        message = to_message(event.properties, event.body, m.exchange, m.routing_key)
+        message = event.message
         if m.exchange == extensions.CONTROL_EXCHANGE:  # an operation; it checks its own rights
             extensions.control(self, message, m)
             return
@@ -313,11 +311,11 @@ class AmqpChannel:
                 run_end = seq
                 continue
             if run_end is not None:
-                conn.send_method(number, B.Ack(run_end, True))
+                conn.send_confirm(number, run_end, True)
                 run_end = None
             conn.send_method(number, B.Nack(seq, False, False))
         if run_end is not None:
-            conn.send_method(number, B.Ack(run_end, True))
+            conn.send_confirm(number, run_end, True)
 
     def _settle(self, action: Callable[[], None]) -> None:
         if self.tx is not None:

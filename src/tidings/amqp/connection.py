@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pamqp import body, commands, constants, exceptions, heartbeat
-from pamqp import header as pheader
 from pamqp.base import Frame as Method
 from pamqp.decode import field_table
 
+from tidings.amqp import codec
 from tidings.amqp import states as st
 from tidings.amqp.frames import PROTOCOL_HEADER, FrameReader, encode_content, encode_method
 from tidings.amqp.states import (
@@ -53,7 +53,7 @@ from tidings.errors import (
     UnexpectedFrameError,
     UnexpectedMethodError,
 )
-from tidings.message import header_problem
+from tidings.message import Message, header_problem
 
 C, Ch, B = commands.Connection, commands.Channel, commands.Basic
 
@@ -103,10 +103,11 @@ class MethodReceived:
 
 @dataclass(frozen=True)
 class ContentReceived:
+    """A published message, whole: ``message`` holds its body, exchange and routing key."""
+
     channel: int
     method: B.Publish
-    properties: B.Properties
-    body: bytes
+    message: Message
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ Event = Login | OpenVhost | MethodReceived | ContentReceived | ChannelOpened | C
 class _Channel:
     state: str = st.IDLE
     publish: B.Publish | None = None
-    properties: B.Properties | None = None
+    message: Message | None = None
     body_size: int = 0
     parts: list[bytes] = field(default_factory=list)
     received: int = 0
@@ -344,7 +345,7 @@ class ServerConnection:
 
     def _content(self, channel: int, ch: _Channel, frame: Any) -> None:
         if ch.state == st.AWAIT_CONTENT_HEADER:
-            if not isinstance(frame, pheader.ContentHeader):
+            if not isinstance(frame, codec.ContentHeader):
                 raise UnexpectedFrameError(f"expected content header for 'basic.publish' on "
                                            f"channel {channel}, got {type(frame).__name__}")
             if frame.body_size > self.max_message_bytes:
@@ -355,10 +356,10 @@ class ServerConnection:
                     f"{self.max_message_bytes}"), B.Publish, keep_queued=True)
                 self._events.append(ChannelClosed(channel))
                 return
-            headers = frame.properties.headers
+            headers = frame.message.headers
             if headers and (problem := header_problem(headers)):
                 raise FrameSyntaxError(f"content header on channel {channel}: {problem}")
-            ch.properties, ch.body_size = frame.properties, frame.body_size
+            ch.message, ch.body_size = frame.message, frame.body_size
             ch.state = st.AFTER_HEADER
         elif isinstance(frame, body.ContentBody):
             ch.parts.append(frame.value)
@@ -370,11 +371,13 @@ class ServerConnection:
             raise UnexpectedFrameError(f"expected content body on channel {channel}, got "
                                        f"{type(frame).__name__}")
         if ch.received == ch.body_size:
-            publish, props = ch.publish, ch.properties
-            payload = ch.parts[0] if len(ch.parts) == 1 else b"".join(ch.parts)
-            ch.publish, ch.properties, ch.parts, ch.received = None, None, [], 0
+            publish, message = ch.publish, ch.message
+            assert publish is not None and message is not None
+            message.body = ch.parts[0] if len(ch.parts) == 1 else b"".join(ch.parts)
+            message.exchange, message.routing_key = publish.exchange, publish.routing_key
+            ch.publish, ch.message, ch.parts, ch.received = None, None, [], 0
             ch.state = st.AFTER_LAST_BODY
-            self._events.append(ContentReceived(channel, publish, props, payload))  # type: ignore[arg-type]
+            self._events.append(ContentReceived(channel, publish, message))
 
     # -- decisions -------------------------------------------------------------------------
 
@@ -416,6 +419,19 @@ class ServerConnection:
             self._queue(encode_method(channel, method))
             self._queue(encode_content(channel, properties, payload, self.frame_max))
 
+    def send_delivery(self, channel: int, consumer_tag: str, delivery_tag: int,
+                      redelivered: bool, message: Message,
+                      extra_headers: dict[str, Any] | None) -> None:
+        """basic.deliver with its content (the hand-written codec: the hot path)."""
+        if channel in self.channels:
+            self._queue(codec.encode_deliver(channel, consumer_tag, delivery_tag, redelivered,
+                                             message, extra_headers, self.frame_max))
+
+    def send_confirm(self, channel: int, delivery_tag: int, multiple: bool) -> None:
+        """A publisher confirm (basic.ack)."""
+        if channel in self.channels:
+            self._queue(codec.encode_ack(channel, delivery_tag, multiple))
+
     def send_raw(self, data: bytes) -> None:
         self._queue(data)
 
@@ -430,7 +446,7 @@ class ServerConnection:
             return
         ch.state = st.advance(st.CHANNEL, ch.state, st.WE_CLOSE) or st.CHANNEL_CLOSING
         ch.drop_from = self._popped + (len(self._events) if keep_queued else 0)
-        ch.publish, ch.properties, ch.parts, ch.received = None, None, [], 0
+        ch.publish, ch.message, ch.parts, ch.received = None, None, [], 0
         class_id, method_id = _ids(method)
         self._send(channel, Ch.Close(error.reply_code, reply_text(error), class_id, method_id))
 

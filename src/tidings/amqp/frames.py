@@ -14,6 +14,7 @@ import struct
 from pamqp import body, commands, constants, frame, header, heartbeat
 from pamqp.base import Frame as Method
 
+from tidings.amqp import codec
 from tidings.errors import FrameError, ProtocolHeaderMismatch
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
@@ -21,7 +22,7 @@ _FRAME_HEAD = struct.Struct(">BHI")
 #: Frame header (7) + frame end (1).
 FRAME_OVERHEAD = 8
 
-AnyFrame = Method | header.ContentHeader | body.ContentBody | heartbeat.Heartbeat
+AnyFrame = Method | codec.ContentHeader | body.ContentBody | heartbeat.Heartbeat
 
 
 class FrameReader:
@@ -65,7 +66,13 @@ class FrameReader:
             value = heartbeat.Heartbeat()
         elif frame_type in (constants.FRAME_METHOD, constants.FRAME_HEADER):
             try:
-                _, channel, value = frame.unmarshal(bytes(buf[: end + 1]))
+                raw = bytes(buf[: end + 1])
+                if frame_type == constants.FRAME_HEADER:
+                    value = codec.decode_content_header(raw)
+                elif (method := codec.decode_method(raw[7:end])) is not None:
+                    value = method
+                else:
+                    _, channel, value = frame.unmarshal(raw)
             except RecursionError as e:
                 raise FrameError(f"cannot decode frame on channel {channel}: field tables "
                                  f"nested too deeply") from e
@@ -78,7 +85,7 @@ class FrameReader:
         return channel, value
 
 
-def _any_utf8_names(cls: type[Method]) -> type[Method]:
+def any_utf8_names(cls: type[Method]) -> type[Method]:
     """``cls`` without pamqp's name check: pamqp allows only ``[a-zA-Z0-9-_.:@#,/+ ]`` in the
     exchange and queue names it sends, RabbitMQ (and tidings) any UTF-8 of up to 255 bytes.
     Same wire form (the index and marshalling are inherited); received frames never go
@@ -95,10 +102,10 @@ def _any_utf8_names(cls: type[Method]) -> type[Method]:
 
 
 #: The methods tidings sends with user-chosen exchange or queue names.
-DeclareOk = _any_utf8_names(commands.Queue.DeclareOk)
-Deliver = _any_utf8_names(commands.Basic.Deliver)
-GetOk = _any_utf8_names(commands.Basic.GetOk)
-Return = _any_utf8_names(commands.Basic.Return)
+DeclareOk = any_utf8_names(commands.Queue.DeclareOk)
+Deliver = any_utf8_names(commands.Basic.Deliver)
+GetOk = any_utf8_names(commands.Basic.GetOk)
+Return = any_utf8_names(commands.Basic.Return)
 
 
 def encode_method(channel: int, method: Method) -> bytes:
