@@ -65,6 +65,26 @@ def test_serve_bad_flag_value_is_one_line_exit_2() -> None:
     assert out.returncode == 2 and "port 70000 is out of range" in out.stderr
 
 
+def test_serve_loop_choice() -> None:
+    """--loop picks the event loop; asking for uvloop where it is missing says how to get it."""
+    from tidings.cli_serve import loop_factory
+
+    assert loop_factory("asyncio") is None
+    out = run("serve", "--loop", "libuv")
+    assert out.returncode == 2 and "--loop" in out.stderr and out.stderr.count("\n") == 1
+    try:
+        import uvloop
+    except ImportError:
+        assert loop_factory("auto") is None
+        out = run("--data-dir", "/nonexistent/never", "serve", "--loop", "uvloop",
+                  "--amqp-port", "0", "--http-port", "-1")
+        assert out.returncode == 1 and "Traceback" not in out.stderr
+        assert "pip install 'tidings[uvloop]'" in out.stderr
+    else:
+        assert loop_factory("auto") is uvloop.new_event_loop
+        assert loop_factory("uvloop") is uvloop.new_event_loop
+
+
 def test_commands_that_need_the_directory_itself_name_the_server_holding_it(
     tmp_path: Path,
 ) -> None:
