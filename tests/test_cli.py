@@ -85,6 +85,22 @@ def test_serve_loop_choice() -> None:
         assert loop_factory("uvloop") is uvloop.new_event_loop
 
 
+def test_serve_settles_the_garbage_collector_once_it_is_up() -> None:
+    """Start-up objects are frozen out of the collector's walks; young ones are collected
+    less often (restored afterwards: this is the test process's collector)."""
+    import gc
+
+    from tidings.cli_serve import GC_THRESHOLD, settle_garbage_collector
+
+    before = gc.get_threshold()
+    try:
+        settle_garbage_collector()
+        assert gc.get_freeze_count() > 1000 and gc.get_threshold()[0] == GC_THRESHOLD
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
 def test_commands_that_need_the_directory_itself_name_the_server_holding_it(
     tmp_path: Path,
 ) -> None:

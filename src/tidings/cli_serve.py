@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -84,6 +85,25 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop  # type: ignore[no-any-return]
 
 
+def settle_garbage_collector() -> None:
+    """Once the server is up: what start-up made (modules, recovered queues) is moved out of
+    the collector's reach, and young objects are collected less often.
+
+    Every message makes a handful of short-lived objects, and CPython's cyclic collector runs
+    every 700 of them, each tenth run walking every long-lived object too. Those walks were a
+    quarter of a profile of the memory path. Short-lived objects are freed by reference
+    counting anyway; the collector is only for cycles, which the hot path does not make.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 20)
+
+
+#: Allocations between two runs of the cyclic collector in tidings serve (CPython's default
+#: is 700).
+GC_THRESHOLD = 20_000
+
+
 def _url_host(host: str) -> str:
     """Where a person on this machine reaches a listener bound to ``host``."""
     if host in ("0.0.0.0", "::", ""):
@@ -149,6 +169,7 @@ async def serve(args: argparse.Namespace) -> int:
         if args.http_port >= 0:
             http = await _start_http(args, broker, server, tls)
             write_control_file(data_dir, args.host, http[0], server.users, tls is not None)
+        settle_garbage_collector()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
