@@ -1,7 +1,9 @@
 """SqliteStore: the default durable store, one SQLite file with group commit.
 
-Shape: writes are appended to a list on the event loop's thread (no lock, no syscall). Once per
-loop turn that list is handed to one writer thread, which takes *everything* handed over since
+Shape: writes are appended to a list on the event loop's thread (no lock, no syscall). At the
+end of a loop turn in which somebody asked for durability (``sync()``: a confirm, an awaited
+send), or within ``PACE_S`` for writes nobody waits for (acks, delivery marks), that list is
+handed to one writer thread, which takes *everything* handed over since
 its last commit and applies it in one transaction: one commit, one fsync (WAL with
 ``synchronous=FULL``). While it fsyncs, the next batch gathers. Each batch's future resolves on
 the loop when its transaction is durable; that is when publisher confirms go out.
@@ -34,6 +36,8 @@ from tidings.storage.lock import DirectoryLock
 log = logging.getLogger("tidings.storage")
 
 DB_NAME = "tidings.sqlite3"
+#: Seconds a write nobody waits for may wait for company before it is committed.
+PACE_S = 0.005
 #: A failed commit is retried after this many seconds, doubling up to RETRY_MAX_S.
 RETRY_FIRST_S, RETRY_MAX_S = 0.05, 2.0
 
@@ -104,6 +108,7 @@ class SqliteStore:
         self._next_future: asyncio.Future[None] | None = None
         self._last_future: asyncio.Future[None] | None = None
         self._handoff_scheduled = False
+        self._pace_timer: asyncio.TimerHandle | None = None
         self._cond = threading.Condition()
         self._handed: list[tuple[list[Op], dict[str, int], asyncio.Future[None] | None, int]] = []
         self._closing = False
@@ -129,8 +134,11 @@ class SqliteStore:
         self._pending_bytes += weight
         self._schedule()
 
-    def _schedule(self) -> None:
-        if self._handoff_scheduled:
+    def _schedule(self, soon: bool = False) -> None:
+        """Hand the pending writes over: in this loop turn's end when someone waits for them
+        (``soon``), else within PACE_S, so writes nobody waits for (acks, delivery marks)
+        join the next commit somebody does wait for instead of paying for one of their own."""
+        if self._handoff_scheduled and (not soon or self._pace_timer is None):
             return
         try:
             loop = asyncio.get_running_loop()
@@ -138,7 +146,13 @@ class SqliteStore:
             self._handoff()
             return
         self._handoff_scheduled = True
-        loop.call_soon(self._handoff)
+        if soon:
+            if self._pace_timer is not None:
+                self._pace_timer.cancel()
+                self._pace_timer = None
+            loop.call_soon(self._handoff)
+        else:
+            self._pace_timer = loop.call_later(PACE_S, self._handoff)
 
     def append(self, queue: str, seq: int, data: bytes, flags: int = 0) -> None:
         self._submit(("append", (seq, queue, flags, data)), len(data))
@@ -172,6 +186,7 @@ class SqliteStore:
         if self._pending or self._marks:
             if self._next_future is None:
                 self._next_future = loop.create_future()
+            self._schedule(soon=True)
             return self._next_future
         if self._last_future is not None and not self._last_future.done():
             return self._last_future
@@ -181,6 +196,9 @@ class SqliteStore:
 
     def _handoff(self) -> None:
         self._handoff_scheduled = False
+        if self._pace_timer is not None:
+            self._pace_timer.cancel()
+            self._pace_timer = None
         if not self._pending and not self._marks:
             return
         ops, self._pending = self._pending, []
