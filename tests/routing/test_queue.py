@@ -461,3 +461,31 @@ async def test_deleting_a_queue_can_auto_delete_its_exchange(broker: Broker) -> 
     broker.close_connection("c1")
     names = [e.name for e in broker.list_exchanges("/")]
     assert "ad" not in names and "other" in names
+
+
+async def test_a_consumer_that_takes_lists_gets_them_within_its_prefetch(
+        broker: Broker) -> None:
+    """The embedded receiver's path: lists of deliveries, never more than the prefetch allows
+    outstanding, in queue order, and acks of a list make room for the next."""
+    from tidings.routing.session import BATCH_MAX
+
+    total = BATCH_MAX + 70
+    broker.declare_queue("/", "lists")
+    for i in range(total):
+        pub(broker, "", "lists", f"m{i}")
+    session = broker.open_session()
+    lists: list[list[Delivery]] = []
+    consumer = broker.consume(session, "lists", lambda d: lists.append([d]), prefetch_count=30,
+                              dispatch=False)
+    consumer.on_deliveries = lists.append
+    consumer.start()
+    assert [len(x) for x in lists] == [30]
+    session.ack_many([d.delivery_tag for d in lists[0][:10]])
+    assert [len(x) for x in lists] == [30, 10]
+    session.ack_many([d.delivery_tag for d in lists[0][10:] + lists[1]])
+    assert [len(x) for x in lists] == [30, 10, 30]
+    consumer.prefetch_count = 0  # unlimited: a list is capped at BATCH_MAX
+    session.ack_many([d.delivery_tag for d in lists[2]])
+    assert [len(x) for x in lists] == [30, 10, 30, BATCH_MAX]
+    assert [d.message.body for x in lists for d in x] == \
+        [f"m{i}".encode() for i in range(total)]

@@ -109,46 +109,34 @@ class LocalTransport:
             publish(VHOST, EVENTS_EXCHANGE, message)
         await self.broker.sync()
 
-    @staticmethod
-    def _incoming(delivery: Delivery, session: Any) -> Delivery:
-        return Delivery(delivery.message, delivery.queue, (session, delivery.delivery_tag),
-                        delivery.redelivered, delivery.delivery_count)
+    # Deliveries are the broker's own: one session per transport, so the delivery tag alone
+    # settles a message.
 
     async def get(self, queue: str) -> Delivery | None:
-        delivery = self.broker.get(self._session, queue)
-        return None if delivery is None else self._incoming(delivery, self._session)
+        return self.broker.get(self._session, queue)
 
     async def consume(self, queue: str, prefetch: int,
                       on_message: Callable[[Delivery], None]) -> _LocalSubscription:
-        session = self._session
-        incoming = self._incoming
-
-        def deliver(delivery: Delivery) -> None:
-            on_message(incoming(delivery, session))
-
-        consumer = self.broker.consume(session, queue, deliver, prefetch_count=prefetch)
+        consumer = self.broker.consume(self._session, queue, on_message, prefetch_count=prefetch,
+                                       dispatch=False)
+        # A receiver that takes lists gets them (see Transport.consume).
+        consumer.on_deliveries = getattr(on_message, "many", None)
+        consumer.start()
         return _LocalSubscription(self, consumer)
 
     async def ack(self, tokens: Sequence[Any]) -> None:
         if len(tokens) == 1:
-            session, tag = tokens[0]
-            session.ack(tag)
+            self._session.ack(tokens[0])
         else:
-            by_session: dict[int, tuple[Any, list[int]]] = {}
-            for session, tag in tokens:
-                by_session.setdefault(id(session), (session, []))[1].append(tag)
-            for session, tags in by_session.values():
-                session.ack_many(tags)
+            self._session.ack_many(list(tokens))
         if self.broker.write_backlog_exceeded():
             await self.broker.sync()
 
     async def nack(self, token: Any, requeue: bool, delay_ms: int | None = None) -> None:
-        session, tag = token
-        session.nack(tag, requeue=requeue, delay_ms=delay_ms)
+        self._session.nack(token, requeue=requeue, delay_ms=delay_ms)
 
     async def extend(self, token: Any) -> None:
-        session, tag = token
-        session.extend(tag)
+        self._session.extend(token)
 
     async def browse(self, queue: str, limit: int) -> list[Message]:
         return self.broker.browse(VHOST, queue, limit)

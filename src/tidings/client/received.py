@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from tidings.client.transport import Delivery, Subscription
@@ -130,6 +130,10 @@ class Receiver:
         self._buffer.append(incoming)
         self._wake()
 
+    def _arrived_many(self, incoming: list[Delivery]) -> None:
+        self._buffer.extend(incoming)
+        self._wake()
+
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
@@ -139,7 +143,7 @@ class Receiver:
         if self._subscription is None and not self._closed:
             await self._client._ensure_queue(self.queue)
             self._subscription = await self._client.transport.consume(
-                self.queue, self.prefetch, self._arrived)
+                self.queue, self.prefetch, _arrivals(self))
 
     async def _wait(self) -> None:
         """Until a message is buffered; StopAsyncIteration once the receiver is closed."""
@@ -193,3 +197,14 @@ class Receiver:
             await self._subscription.cancel()
         while self._buffer:
             await self._client.transport.nack(self._buffer.popleft().delivery_tag, True)
+
+
+def _arrivals(receiver: Receiver) -> Callable[[Delivery], None]:
+    """A receiver's delivery callback, which also takes a list at a time (``.many``)."""
+    one = receiver._arrived
+
+    def arrived(incoming: Delivery) -> None:
+        one(incoming)
+
+    arrived.many = receiver._arrived_many  # type: ignore[attr-defined]
+    return arrived

@@ -53,7 +53,13 @@ class QueueConsumer(Protocol):
 
     def has_room(self) -> bool: ...
 
+    def batch_room(self) -> int:
+        """How many messages it takes in one list now; 0 when it takes them one by one."""
+        ...
+
     def deliver(self, queue: Queue, entry: Entry) -> None: ...
+
+    def deliver_many(self, queue: Queue, entries: list[Entry]) -> None: ...
 
     def cancelled(self) -> None:
         """The server cancelled this consumer (its queue is gone)."""
@@ -235,6 +241,9 @@ class Queue:
         while consumers and (ready.heap or ready.paged_out):
             if single or len(consumers) == 1:
                 chosen = consumers[0]
+                if (room := chosen.batch_room()) > 1:
+                    self._dispatch_list(chosen, room)
+                    continue
                 if not chosen.has_room():
                     return
             else:
@@ -252,6 +261,17 @@ class Queue:
                 return
             self.mark_delivered(entry, self._now())
             chosen.deliver(self, entry)
+
+    def _dispatch_list(self, consumer: QueueConsumer, room: int) -> None:
+        """Up to ``room`` messages to ``consumer`` in one list (a lone consumer that takes
+        lists: the embedded client's receiver)."""
+        now = self._now()
+        entries: list[Entry] = []
+        while len(entries) < room and (entry := self.take()) is not None:
+            self.mark_delivered(entry, now)
+            entries.append(entry)
+        if entries:
+            consumer.deliver_many(self, entries)
 
     # -- settlement ------------------------------------------------------------------------
 

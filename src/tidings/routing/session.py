@@ -17,6 +17,9 @@ from tidings.errors import PreconditionFailedError
 from tidings.message import Delivery
 from tidings.routing.queue import Entry, Queue
 
+#: Most deliveries handed to a consumer in one list.
+BATCH_MAX = 256
+
 
 class SessionOwner(Protocol):
     """What a session needs of the broker that opened it."""
@@ -31,8 +34,8 @@ class SessionOwner(Protocol):
 
 
 class Consumer:
-    __slots__ = ("arguments", "exclusive", "no_ack", "on_cancel", "on_delivery", "outstanding",
-                 "prefetch_count", "queue", "session", "tag")
+    __slots__ = ("arguments", "exclusive", "no_ack", "on_cancel", "on_deliveries",
+                 "on_delivery", "outstanding", "prefetch_count", "queue", "session", "tag")
 
     def __init__(
         self,
@@ -53,6 +56,26 @@ class Consumer:
         self.outstanding = 0
         #: Called when the server cancels the consumer (its queue was deleted).
         self.on_cancel: Callable[[str], None] | None = None
+        #: Set by a face that takes deliveries in lists (up to BATCH_MAX at a time, within
+        #: the prefetch) instead of one call per message.
+        self.on_deliveries: Callable[[list[Delivery]], None] | None = None
+
+    def batch_room(self) -> int:
+        if self.on_deliveries is None:
+            return 0
+        session = self.session
+        if not (session.flow_active and session.output_open):
+            return 0
+        room = BATCH_MAX
+        if not self.no_ack:
+            if self.prefetch_count:
+                room = min(room, self.prefetch_count - self.outstanding)
+            if session.prefetch_count:
+                room = min(room, session.prefetch_count - len(session.unacked))
+        return room
+
+    def deliver_many(self, queue: Queue, entries: list[Entry]) -> None:
+        self.session.deliver_many(self, queue, entries)
 
     def has_room(self) -> bool:
         if self.no_ack:
@@ -130,6 +153,24 @@ class Session:
             consumer.outstanding += 1
             self.unacked[tag] = (queue, entry, consumer)
         consumer.on_delivery(self._delivery(tag, queue, entry, consumer.tag))
+
+    def deliver_many(self, consumer: Consumer, queue: Queue, entries: list[Entry]) -> None:
+        tag, name, ctag = self.next_tag, queue.name, consumer.tag
+        deliveries = []
+        unacked = self.unacked
+        for entry in entries:
+            if consumer.no_ack:
+                queue.ack(entry)
+            else:
+                unacked[tag] = (queue, entry, consumer)
+            record = entry.record
+            deliveries.append(Delivery(record.message, name, tag, entry.redelivered,
+                                       record.delivery_count, ctag))
+            tag += 1
+        self.next_tag = tag
+        if not consumer.no_ack:
+            consumer.outstanding += len(entries)
+        consumer.on_deliveries(deliveries)  # type: ignore[misc]
 
     def _delivery(self, tag: int, queue: Queue, entry: Entry, ctag: str | None) -> Delivery:
         return Delivery(entry.record.message, queue.name, tag, entry.redelivered,
