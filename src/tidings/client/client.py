@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tidings.client.received import ReceivedMessage, Receiver
+from tidings.client.received import Inbox, ReceivedMessage, Receiver
 from tidings.client.tasks import (
     ERROR_CONTENT_TYPE,
     Results,
@@ -35,7 +35,6 @@ from tidings.client.tasks import (
     report_failure,
 )
 from tidings.client.transport import (
-    Delivery,
     QueueSpec,
     Subscription,
     Transport,
@@ -447,15 +446,14 @@ class Client:
             call: CallNext = sub.handler
             for mw in reversed(self._middleware):
                 call = _wrap(mw, call)
-            buffer: asyncio.Queue[Delivery] = asyncio.Queue()
+            inbox = Inbox()
             loop = asyncio.get_running_loop()
             for _ in range(sub.concurrency):
-                self._tasks.add(loop.create_task(self._work(sub, call, buffer)))
+                self._tasks.add(loop.create_task(self._work(sub, call, inbox)))
             self._subscriptions.append(await self.transport.consume(
-                sub.queue, max(sub.prefetch, sub.concurrency), buffer.put_nowait))
+                sub.queue, max(sub.prefetch, sub.concurrency), inbox.put))
 
-    async def _work(self, sub: _Subscriber, call: CallNext,
-                    buffer: asyncio.Queue[Delivery]) -> None:
+    async def _work(self, sub: _Subscriber, call: CallNext, inbox: Inbox) -> None:
         """One of a subscription's ``concurrency`` workers: handle events one at a time.
 
         Acks of handled events are sent in batches: at once when no event is waiting, else
@@ -463,8 +461,10 @@ class Client:
         """
         done: list[ReceivedMessage] = []
         self._unacked_batches.append(done)  # close() acks what is left in it
+        waiting = inbox.items
         while True:
-            message = ReceivedMessage(self, await buffer.get())
+            delivery = waiting.popleft() if waiting else await inbox.get()
+            message = ReceivedMessage(self, delivery)
             if self._stopping:  # stop() was called: back to the queue, unhandled
                 await message.nack(requeue=True)
                 continue
@@ -475,7 +475,7 @@ class Client:
                 self._in_flight -= 1
             if handled and not message.settled:
                 done.append(message)
-            if done and (buffer.empty() or len(done) >= ACK_BATCH):
+            if done and (not waiting or len(done) >= ACK_BATCH):
                 batch = list(done)
                 done.clear()
                 await self.ack(batch)

@@ -208,3 +208,44 @@ def _arrivals(receiver: Receiver) -> Callable[[Delivery], None]:
 
     arrived.many = receiver._arrived_many  # type: ignore[attr-defined]
     return arrived
+
+
+class Inbox:
+    """Deliveries waiting for a subscription's workers: a deque that the transport fills
+    (one at a time with ``put``, or a list with ``put.many``) and workers drain, waiting on
+    a future only when it is empty. Cheaper per event than an ``asyncio.Queue``."""
+
+    def __init__(self) -> None:
+        items: deque[Delivery] = deque()
+        waiters: deque[asyncio.Future[None]] = deque()
+        self.items, self._waiters = items, waiters
+
+        def put(delivery: Delivery) -> None:
+            items.append(delivery)
+            if waiters:
+                self._wake(1)
+
+        def put_many(deliveries: list[Delivery]) -> None:
+            items.extend(deliveries)
+            if waiters:
+                self._wake(len(deliveries))
+
+        put.many = put_many  # type: ignore[attr-defined]
+        #: The transport's callback.
+        self.put: Callable[[Delivery], None] = put
+
+    def _wake(self, n: int) -> None:
+        waiters = self._waiters
+        while n and waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                n -= 1
+
+    async def get(self) -> Delivery:
+        items = self.items
+        while not items:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+        return items.popleft()
