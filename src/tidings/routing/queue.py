@@ -14,6 +14,7 @@ current group commit.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -50,6 +51,8 @@ class QueueConsumer(Protocol):
     """What a queue needs of a consumer."""
 
     exclusive: bool
+    #: Set when it takes deliveries in lists (see :meth:`batch_room`).
+    on_deliveries: Callable[[Any], None] | None
 
     def has_room(self) -> bool: ...
 
@@ -97,6 +100,7 @@ class Queue:
         self.unacked_bytes = 0
         self.consumers: list[QueueConsumer] = []
         self._rr = 0
+        self._dispatch_soon = False
         self.deleted = False
         self.counters = Counters()
         self.waiting = Histogram()
@@ -138,7 +142,29 @@ class Queue:
             return  # paged out
         if record.expires_at is not None and self.ready.is_head(entry):
             self._owner.head_expires(self, record.expires_at)
-        if self.consumers:
+        consumers = self.consumers
+        if consumers:
+            if len(consumers) == 1 and consumers[0].on_deliveries is not None:
+                self._dispatch_at_turn_end()
+            else:
+                self.dispatch()
+
+    def _dispatch_at_turn_end(self) -> None:
+        """For a consumer that takes lists: one dispatch when this loop turn's publishes are
+        in, so one list carries them, instead of a list of one per publish."""
+        if self._dispatch_soon:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.dispatch()
+            return
+        self._dispatch_soon = True
+        loop.call_soon(self._dispatch_deferred)
+
+    def _dispatch_deferred(self) -> None:
+        self._dispatch_soon = False
+        if not self.deleted:
             self.dispatch()
 
     def _push(self, entry: Entry) -> None:
