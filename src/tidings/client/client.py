@@ -220,6 +220,15 @@ class Client:
             correlation_id=correlation_id, reply_to=reply_to,
         )
 
+    def _messages(self, bodies: Iterable[Any], headers: dict[str, Any] | None,
+                  persistent: bool) -> list[Message]:
+        """:meth:`_message` for a batch: the clock read and the id prefix looked up once."""
+        now, prefix, ids = int(time.time()), self._id_prefix, self._ids
+        return [Message(data, headers=dict(headers) if headers else None,
+                        persistent=persistent, content_type=ctype,
+                        message_id=f"{prefix}-{next(ids):x}", timestamp=now)
+                for data, ctype in (encode_body(b, None) for b in bodies)]
+
     async def send(self, queue: str, body: Any, *, headers: dict[str, Any] | None = None,
                    priority: int | None = None, delay_ms: int | None = None,
                    ttl_ms: int | None = None, message_id: str | None = None,
@@ -239,9 +248,7 @@ class Client:
                         headers: dict[str, Any] | None = None) -> list[str]:
         """Batch form of :meth:`send`: one durable commit for all; returns the ids."""
         await self._ensure_queue(queue)
-        messages = [self._message(b, headers=headers, priority=None, ttl_ms=None,
-                                  message_id=None, content_type=None, persistent=persistent)
-                    for b in bodies]
+        messages = self._messages(bodies, headers, persistent)
         await self.transport.send(queue, messages, delay_ms)
         return [m.message_id or "" for m in messages]
 
@@ -313,8 +320,7 @@ class Client:
         return message.message_id or ""
 
     async def publish_many(self, topic: str, events: Iterable[Any]) -> list[str]:
-        messages = [self._message(e, headers=None, priority=None, ttl_ms=None, message_id=None,
-                                  content_type=None, persistent=True) for e in events]
+        messages = self._messages(events, None, True)
         await self.transport.publish(topic, messages)
         return [m.message_id or "" for m in messages]
 
