@@ -264,7 +264,7 @@ class Queue:
         consumers = self.consumers
         single = self.options.single_active_consumer
         ready = self.ready
-        while consumers and (ready.heap or ready.paged_out):
+        while consumers and (ready.tail or ready.heap or ready.paged_out):
             if single or len(consumers) == 1:
                 chosen = consumers[0]
                 if (room := chosen.batch_room()) > 1:

@@ -1,7 +1,10 @@
 """A queue's ready messages: delivery order by priority, a bounded window in memory, paging.
 
-Ready messages sit in a heap keyed ``(-priority, seq)``: FIFO within a priority, and a requeued
-message (its old seq) goes back to its place. Only a bounded *window* of ready messages is kept
+Ready messages are ordered by ``(-priority, seq)``: FIFO within a priority, and a requeued
+message (its old seq) goes back to its place. A plain queue keeps its new messages, which
+arrive in seq order, in a deque (``tail``: append and pop at the ends, no tuple per message);
+everything else (priorities, requeued, recovered and paged-in messages) sits in a heap. The
+head is the smaller of the two heads. Only a bounded *window* of ready messages is kept
 in memory; once it is full, newer messages live only in the store ("paged out") and are read
 back a page at a time as the window drains.
 
@@ -19,6 +22,7 @@ Paged-out rows written in this loop turn are not readable until their commit lan
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Callable
 
 from tidings.message import Record, encode_record
@@ -90,9 +94,11 @@ class ReadyMessages:
         keeps = store.keeps_messages
         self.window = window if keeps else 1 << 62
         self.window_bytes = WINDOW_BYTES if keeps else 1 << 62
-        #: The in-memory ready messages, a heap by (-level, seq). Owners only test it for
-        #: emptiness (the hot path's cheapest check); everything else goes through methods.
+        #: The in-memory ready messages: a heap by (-level, seq), and (plain queues) a deque
+        #: of new messages in seq order. Owners only test them for emptiness (the hot path's
+        #: cheapest check); everything else goes through methods.
         self.heap: list[tuple[int, int, Entry]] = []
+        self.tail: deque[Entry] = deque()
         #: Body bytes of the messages in memory.
         self.bytes = 0
         #: Totals over the lanes.
@@ -108,25 +114,30 @@ class ReadyMessages:
     # -- counts ----------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self.heap) + self.paged_out
+        return len(self.heap) + len(self.tail) + self.paged_out
 
     def in_memory(self) -> int:
-        return len(self.heap)
+        return len(self.heap) + len(self.tail)
+
+    def _entries(self) -> list[Entry]:
+        """The in-memory ready messages, in no particular order."""
+        return [e for _, _, e in self.heap] + list(self.tail)
 
     def total_bytes(self) -> int:
         return self.bytes + self.paged_bytes
 
     def oldest_enqueued_at(self) -> float | None:
-        if self.heap:
-            return min(e.record.enqueued_at for _, _, e in self.heap[:64])
-        return None
+        sample = [e for _, _, e in self.heap[:64]] + [e for _, e in zip(range(64), self.tail,
+                                                                         strict=False)]
+        return min(e.record.enqueued_at for e in sample) if sample else None
 
     # -- adding ----------------------------------------------------------------------------
 
     def add(self, entry: Entry) -> bool:
         """Add a new message; False when it was paged out (written to the store only)."""
         lane = self.lanes[entry.level]
-        if lane.paged_out or len(self.heap) >= self.window or self.bytes >= self.window_bytes:
+        if lane.paged_out or len(self.heap) + len(self.tail) >= self.window or \
+                self.bytes >= self.window_bytes:
             self._store.append(lane.key, entry.seq, encode_record(entry.record),
                                0 if entry.stored else TRANSIENT)
             lane.paged_out += 1
@@ -138,7 +149,11 @@ class ReadyMessages:
             return False
         if entry.stored:
             self._store.append(lane.key, entry.seq, encode_record(entry.record))
-        heapq.heappush(self.heap, (-entry.level, entry.seq, entry))  # push(), inlined
+        tail = self.tail
+        if not self.max_level and (not tail or tail[-1].seq < entry.seq):
+            tail.append(entry)
+        else:
+            heapq.heappush(self.heap, (-entry.level, entry.seq, entry))
         self.bytes += entry.size
         if entry.seq > lane.boundary:
             lane.boundary = entry.seq
@@ -180,22 +195,35 @@ class ReadyMessages:
         """The head ready message, paging in first when it is (or outranks it) in the store."""
         if self._paged and not self.awaiting_commit:
             top = max(self._paged)
-            if not self.heap or top > self.heap[0][2].level:
+            first = self._first()
+            if first is None or top > first.level:
                 self._page_in(self.lanes[top])
-        return self.heap[0][2] if self.heap else None
+        return self._first()
+
+    def _first(self) -> Entry | None:
+        heap, tail = self.heap, self.tail
+        if not heap:
+            return tail[0] if tail else None
+        if tail and tail[0].seq < heap[0][1]:  # a plain queue: every level is 0
+            return tail[0]
+        return heap[0][2]
 
     def pop(self) -> Entry | None:
         """Remove and return the head ready message (paging in if needed)."""
         if self._paged:
             self.head()
-        if not self.heap:
+        heap, tail = self.heap, self.tail
+        if heap and not (tail and tail[0].seq < heap[0][1]):
+            entry = heapq.heappop(heap)[2]
+        elif tail:
+            entry = tail.popleft()
+        else:
             return None
-        _, _, entry = heapq.heappop(self.heap)
         self.bytes -= entry.size
         return entry
 
     def is_head(self, entry: Entry) -> bool:
-        return bool(self.heap) and self.heap[0][2] is entry
+        return self._first() is entry
 
     def after_commit(self) -> None:
         """The commit awaited for paged-out rows has landed: they may be read now."""
@@ -251,7 +279,8 @@ class ReadyMessages:
 
     def browse(self, limit: int) -> list[Entry]:
         """Ready messages in delivery order, without taking them."""
-        ready = sorted(self.heap, key=lambda t: (t[0], t[1]))[:limit]
+        ready = sorted(((-e.level, e.seq, e) for e in self._entries()),
+                       key=lambda t: (t[0], t[1]))[:limit]
         for level in self._paged:  # merged by (level, seq): the store rows follow memory's
             lane = self.lanes[level]
             for seq, data in self._store.load(lane.key, lane.boundary, limit):
@@ -274,6 +303,12 @@ class ReadyMessages:
                 self.heap[i] = self.heap[-1]
                 self.heap.pop()
                 heapq.heapify(self.heap)
+                self.bytes -= entry.size
+                self.forget(entry)
+                return entry
+        for entry in self.tail:
+            if entry.seq == seq:
+                self.tail.remove(entry)
                 self.bytes -= entry.size
                 self.forget(entry)
                 return entry
@@ -302,7 +337,7 @@ class ReadyMessages:
     def purge(self) -> int:
         """Drop every ready message; return how many."""
         count = len(self)
-        for _, _, entry in self.heap:
+        for entry in self._entries():
             self.forget(entry)
         for level in self._paged:
             lane = self.lanes[level]
@@ -312,6 +347,7 @@ class ReadyMessages:
             lane.paged_out = lane.paged_bytes = 0
         self._paged.clear()
         self.heap.clear()
+        self.tail.clear()
         self.bytes = self.paged_out = self.paged_bytes = 0
         return count
 
