@@ -1,0 +1,362 @@
+"""SegmentLog: an append-only log of records in segment files, the storage under a stream.
+
+A queue forgets a message once it is acknowledged. A stream keeps its records for a retention
+period, and any number of readers read them at their own pace. The storage that fits is a
+log, not a table:
+
+- **Segments.** Records are appended to the active segment file. Each file is named by the
+  offset of its first record (``00000000000000000000.seg``). Past ``max_segment_bytes`` a new
+  segment starts. Retention deletes whole segments, oldest first, and never the active one.
+- **Records.** Each is ``length (4) | crc32 (4) | offset (8) | timestamp ms (8) | payload``.
+  The CRC covers offset, timestamp and payload. Offsets are dense: each record's offset is
+  the previous one's plus one, across segments.
+- **Seeks, not scans.** Every ``INDEX_EVERY_BYTES`` of a segment, an entry ``(offset,
+  position, timestamp)`` goes to the segment's ``.idx`` file. A read at an offset or at a
+  timestamp bisects the segments by first offset, then that segment's index, and reads
+  forward from the entry it finds: at most ``INDEX_EVERY_BYTES`` of records before the first
+  one wanted.
+- **Durability.** :meth:`append` buffers in the OS. :meth:`sync` fdatasyncs the active
+  segment, and is what a confirm waits for (group commit: one sync for everything appended
+  before it). The index is only a hint: it is rebuilt from the records whenever it is
+  behind.
+- **Recovery.** On open, the last segment is read from its last index entry to its end. The
+  first record whose length runs past the file, or whose CRC or offset is wrong, ends the
+  log there, and the file is truncated. So after ``kill -9`` (or a power cut), the log is its
+  last whole, durable record, and nothing half-written is ever read.
+- **Bounded memory.** Reads return at most ``max_records`` and ``max_bytes``; nothing but the
+  index (a few entries per MB) is held per segment.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from tidings.errors import InvalidArgumentError
+from tidings.files import make_private_directory
+
+HEAD = struct.Struct(">IIQq")  # length, crc32, offset, timestamp ms
+INDEX_ENTRY = struct.Struct(">QQq")  # offset, position, timestamp ms
+SEGMENT_SUFFIX, INDEX_SUFFIX = ".seg", ".idx"
+#: Bytes of records between two index entries (a seek reads at most this much to skip).
+INDEX_EVERY_BYTES = 64 * 1024
+#: Default size at which a new segment starts (RabbitMQ's default is 500 MB).
+DEFAULT_SEGMENT_BYTES = 64 * 2**20
+#: Largest record accepted (a guard against a corrupt length, too).
+MAX_RECORD_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    offset: int
+    timestamp_ms: int
+    payload: bytes
+
+
+class _Segment:
+    __slots__ = ("base", "first_timestamp", "index", "last_offset", "last_timestamp", "path",
+                 "size")
+
+    def __init__(self, path: Path, base: int) -> None:
+        self.path, self.base = path, base
+        self.size = 0
+        #: (offset, position, timestamp) every INDEX_EVERY_BYTES; the first record's always.
+        self.index: list[tuple[int, int, int]] = []
+        self.last_offset = base - 1
+        self.first_timestamp = self.last_timestamp = 0
+
+    @property
+    def index_path(self) -> Path:
+        return self.path.with_suffix(INDEX_SUFFIX)
+
+    def empty(self) -> bool:
+        return self.last_offset < self.base
+
+
+def _name(base: int) -> str:
+    return f"{base:020d}{SEGMENT_SUFFIX}"
+
+
+class SegmentLog:
+    """One stream's records on disk (see the module's docstring)."""
+
+    def __init__(self, directory: str | Path, *,
+                 max_segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
+        if max_segment_bytes < HEAD.size + 1:
+            raise InvalidArgumentError(f"max_segment_bytes {max_segment_bytes} is too small")
+        self.directory = Path(directory)
+        self.max_segment_bytes = max_segment_bytes
+        make_private_directory(self.directory)
+        self._segments: list[_Segment] = []
+        self._bases: list[int] = []
+        self._fd = -1
+        self._index_fd = -1
+        self._since_index = 0
+        self._open()
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def first_offset(self) -> int:
+        """Offset of the oldest retained record (== next_offset when the log is empty)."""
+        for segment in self._segments:
+            if not segment.empty():
+                return segment.base
+        return self.next_offset
+
+    @property
+    def next_offset(self) -> int:
+        return self._segments[-1].last_offset + 1
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(s.size for s in self._segments)
+
+    def __len__(self) -> int:
+        return self.next_offset - self.first_offset
+
+    def first_timestamp_ms(self) -> int | None:
+        for segment in self._segments:
+            if not segment.empty():
+                return segment.first_timestamp
+        return None
+
+    def last_timestamp_ms(self) -> int | None:
+        last = self._segments[-1]
+        if not last.empty():
+            return last.last_timestamp
+        for segment in reversed(self._segments):
+            if not segment.empty():
+                return segment.last_timestamp
+        return None
+
+    def segment_count(self) -> int:
+        return len(self._segments)
+
+    # -- appending ---------------------------------------------------------------------------
+
+    def append(self, payloads: list[bytes], timestamp_ms: int) -> int:
+        """Append records (one timestamp for the batch); returns the first one's offset.
+        Durable once :meth:`sync` returns."""
+        first = self.next_offset
+        for payload in payloads:
+            if len(payload) > MAX_RECORD_BYTES:
+                raise InvalidArgumentError(f"record of {len(payload)} bytes is larger than "
+                                           f"{MAX_RECORD_BYTES}")
+        parts: list[bytes] = []
+        segment = self._segments[-1]
+        for payload in payloads:
+            if segment.size >= self.max_segment_bytes and not segment.empty():
+                self._write(parts)
+                parts = []
+                segment = self._roll()
+            offset = segment.last_offset + 1
+            tail = struct.pack(">Qq", offset, timestamp_ms) + payload
+            record = struct.pack(">II", len(payload), zlib.crc32(tail)) + tail
+            if segment.empty():
+                segment.first_timestamp = timestamp_ms
+            if segment.empty() or self._since_index >= INDEX_EVERY_BYTES:
+                entry = (offset, segment.size, timestamp_ms)
+                segment.index.append(entry)
+                os.write(self._index_fd, INDEX_ENTRY.pack(*entry))
+                self._since_index = 0
+            parts.append(record)
+            segment.size += len(record)
+            self._since_index += len(record)
+            segment.last_offset = offset
+            segment.last_timestamp = timestamp_ms
+        self._write(parts)
+        return first
+
+    def _write(self, parts: list[bytes]) -> None:
+        if parts:
+            data = b"".join(parts)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+
+    def sync(self) -> None:
+        """Make every appended record durable (one fdatasync for all of them)."""
+        os.fdatasync(self._fd)
+
+    def _roll(self) -> _Segment:
+        os.fdatasync(self._fd)  # a later segment never outlives an earlier one's tail
+        self._close_files()
+        base = self.next_offset
+        segment = _Segment(self.directory / _name(base), base)
+        self._segments.append(segment)
+        self._bases.append(base)
+        self._open_active(segment)
+        return segment
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def read(self, offset: int, max_records: int = 1000, max_bytes: int = 4 * 2**20
+             ) -> list[LogRecord]:
+        """Records from ``offset`` on (from the first retained one if it is older), at most
+        ``max_records`` of them and about ``max_bytes`` of payload (at least one record)."""
+        offset = max(offset, self.first_offset)
+        out: list[LogRecord] = []
+        taken = 0
+        i = max(0, bisect.bisect_right(self._bases, offset) - 1)
+        while i < len(self._segments) and len(out) < max_records:
+            segment = self._segments[i]
+            if segment.last_offset >= offset:
+                start = self._position(segment, offset)
+                for record in self._scan(segment, start):
+                    if record.offset < offset:
+                        continue
+                    if len(out) >= max_records or (out and taken >= max_bytes):
+                        return out
+                    out.append(record)
+                    taken += len(record.payload)
+                offset = segment.last_offset + 1
+            i += 1
+        return out
+
+    def offset_at(self, timestamp_ms: int) -> int:
+        """The first offset whose timestamp is at or after ``timestamp_ms`` (next_offset when
+        none is)."""
+        for segment in self._segments:
+            if segment.empty() or segment.last_timestamp < timestamp_ms:
+                continue
+            times = [t for _, _, t in segment.index]
+            i = max(0, bisect.bisect_left(times, timestamp_ms) - 1)
+            for record in self._scan(segment, segment.index[i][1]):
+                if record.timestamp_ms >= timestamp_ms:
+                    return record.offset
+        return self.next_offset
+
+    def _position(self, segment: _Segment, offset: int) -> int:
+        offsets = [o for o, _, _ in segment.index]
+        i = bisect.bisect_right(offsets, offset) - 1
+        return segment.index[i][1] if i >= 0 else 0
+
+    def _scan(self, segment: _Segment, position: int):  # type: ignore[no-untyped-def]
+        """Records of ``segment`` from byte ``position`` up to its known end."""
+        end = segment.size
+        with open(segment.path, "rb") as f:
+            f.seek(position)
+            while position < end:
+                head = f.read(HEAD.size)
+                length, _, offset, timestamp = HEAD.unpack(head)
+                payload = f.read(length)
+                position += HEAD.size + length
+                yield LogRecord(offset, timestamp, payload)
+
+    # -- retention ---------------------------------------------------------------------------
+
+    def retain(self, *, max_bytes: int | None = None, max_age_ms: int | None = None,
+               now_ms: int = 0) -> int:
+        """Delete whole segments, oldest first, while the log is over ``max_bytes`` or the
+        segment's newest record is older than ``max_age_ms``; the active segment stays.
+        Returns how many records went."""
+        removed = 0
+        while len(self._segments) > 1:
+            oldest = self._segments[0]
+            too_big = max_bytes is not None and self.size_bytes > max_bytes
+            too_old = max_age_ms is not None and not oldest.empty() and \
+                oldest.last_timestamp < now_ms - max_age_ms
+            if not (too_big or too_old):
+                break
+            removed += oldest.last_offset - oldest.base + 1
+            oldest.path.unlink(missing_ok=True)
+            oldest.index_path.unlink(missing_ok=True)
+            del self._segments[0]
+            del self._bases[0]
+        return removed
+
+    # -- opening and recovery ------------------------------------------------------------------
+
+    def _open(self) -> None:
+        bases = sorted(int(p.stem) for p in self.directory.glob(f"*{SEGMENT_SUFFIX}")
+                       if p.stem.isdigit())
+        if not bases:
+            bases = [0]
+        for base in bases:
+            segment = _Segment(self.directory / _name(base), base)
+            self._segments.append(segment)
+            self._bases.append(base)
+        for segment in self._segments[:-1]:
+            self._load(segment, recover=False)
+        self._load(self._segments[-1], recover=True)
+        self._open_active(self._segments[-1])
+
+    def _load(self, segment: _Segment, recover: bool) -> None:
+        """Read the segment's index, then its records after the last index entry (all of
+        them for the last segment, which may end in a torn write)."""
+        segment.index = []
+        try:
+            raw = segment.index_path.read_bytes()
+        except FileNotFoundError:
+            raw = b""
+        size = segment.path.stat().st_size if segment.path.exists() else 0
+        for i in range(0, len(raw) - len(raw) % INDEX_ENTRY.size, INDEX_ENTRY.size):
+            entry = INDEX_ENTRY.unpack_from(raw, i)
+            if entry[1] >= size:
+                break
+            segment.index.append(entry)
+        position = segment.index[-1][1] if segment.index else 0
+        expected = segment.index[-1][0] if segment.index else segment.base
+        if segment.index:
+            segment.first_timestamp = segment.index[0][2]
+        good = position
+        since = 0
+        with open(segment.path, "ab+") as f:
+            f.seek(position)
+            while True:
+                head = f.read(HEAD.size)
+                if len(head) < HEAD.size:
+                    break
+                length, crc, offset, timestamp = HEAD.unpack(head)
+                if length > MAX_RECORD_BYTES or offset != expected:
+                    break
+                payload = f.read(length)
+                if len(payload) < length or \
+                        zlib.crc32(head[8:] + payload) != crc:
+                    break
+                if not segment.index or (since >= INDEX_EVERY_BYTES and \
+                        segment.index[-1][0] < offset):
+                    segment.index.append((offset, good, timestamp))
+                    since = 0
+                if offset == segment.base:
+                    segment.first_timestamp = timestamp
+                segment.last_offset, segment.last_timestamp = offset, timestamp
+                good += HEAD.size + length
+                since += HEAD.size + length
+                expected += 1
+            if good < size:
+                if not recover:
+                    raise OSError(f"segment {segment.path} is damaged at byte {good}")
+                f.truncate(good)
+                os.fsync(f.fileno())
+        segment.size = good
+        self._since_index = since
+        # The index on disk: rewritten whole when it was behind or ahead of the records.
+        wanted = b"".join(INDEX_ENTRY.pack(*e) for e in segment.index)
+        if wanted != raw:
+            tmp = segment.index_path.with_suffix(".idx.tmp")
+            tmp.write_bytes(wanted)
+            os.replace(tmp, segment.index_path)
+
+    def _open_active(self, segment: _Segment) -> None:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        self._fd = os.open(segment.path, flags, 0o600)
+        self._index_fd = os.open(segment.index_path, flags, 0o600)
+        if segment.empty():
+            self._since_index = 0
+
+    def _close_files(self) -> None:
+        for fd in (self._fd, self._index_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._index_fd = -1
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.fdatasync(self._fd)
+        self._close_files()
