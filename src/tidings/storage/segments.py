@@ -134,6 +134,11 @@ class SegmentLog:
                 return segment.last_timestamp
         return None
 
+    @property
+    def fd(self) -> int:
+        """The active segment's file descriptor (for a writer thread's fdatasync of a dup)."""
+        return self._fd
+
     def segment_count(self) -> int:
         return len(self._segments)
 
