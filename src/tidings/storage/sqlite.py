@@ -18,7 +18,6 @@ paging is an index range scan on ``(queue, seq)``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import sqlite3
@@ -31,6 +30,7 @@ from typing import Any
 from tidings.errors import ClosedResourceError
 from tidings.files import PRIVATE_FILE_MODE, make_private_directory
 from tidings.storage.base import TRANSIENT
+from tidings.storage.handoff import Handoff, resolve
 from tidings.storage.lock import DirectoryLock
 
 log = logging.getLogger("tidings.storage")
@@ -109,9 +109,8 @@ class SqliteStore:
         self._last_future: asyncio.Future[None] | None = None
         self._handoff_scheduled = False
         self._pace_timer: asyncio.TimerHandle | None = None
-        self._cond = threading.Condition()
-        self._handed: list[tuple[list[Op], dict[str, int], asyncio.Future[None] | None, int]] = []
-        self._closing = False
+        self._handoff_queue: Handoff[tuple[list[Op], dict[str, int],
+                                           asyncio.Future[None] | None, int]] = Handoff()
         self._closed = False
         #: Transactions committed so far (group commit makes this far below the writes).
         self.commits = 0
@@ -212,22 +211,14 @@ class SqliteStore:
                 future = None
         if future is not None:
             self._last_future = future
-        with self._cond:
-            self._handed.append((ops, marks, future, weight))
-            self._cond.notify()
+        self._handoff_queue.put((ops, marks, future, weight))
 
     # -- the writer thread -----------------------------------------------------------------
 
     def _run_writer(self) -> None:
-        while True:
-            with self._cond:
-                while not self._handed and not self._closing:
-                    self._cond.wait()
-                batch, self._handed = self._handed, []
-                if not batch and self._closing:
-                    return
+        while (batch := self._handoff_queue.take()) is not None:
             error = self._write_until_done(batch)
-            self._resolve([item[2] for item in batch if item[2] is not None], error)
+            resolve([item[2] for item in batch if item[2] is not None], error)
 
     def _write_until_done(self, batch: list[tuple[list[Op], dict[str, int], Any, int]]
                           ) -> BaseException | None:
@@ -242,7 +233,7 @@ class SqliteStore:
             except Exception as e:
                 if self._writer.in_transaction:
                     self._writer.execute("ROLLBACK")
-                if self._closing:
+                if self._handoff_queue.closing:
                     log.error("the store in '%s' closed with writes it could not make: %s",
                               self.directory, e)
                     return e
@@ -250,8 +241,7 @@ class SqliteStore:
                     failing_since = time.monotonic()
                     log.error("cannot write to the store in '%s': %s; retrying (confirms and "
                               "acks wait, nothing is dropped)", self.directory, e)
-                with self._cond:
-                    self._cond.wait(delay)  # a close wakes it
+                self._handoff_queue.pause(delay)  # a close wakes it
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
             if failing_since:
@@ -270,15 +260,6 @@ class SqliteStore:
         conn.execute("COMMIT")
         self.commits += 1
         self._written += sum(item[3] for item in batch)
-
-    @staticmethod
-    def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
-        for f in futures:
-            by_loop.setdefault(f.get_loop(), []).append(f)
-        for loop, fs in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # a closed loop has nobody waiting
-                loop.call_soon_threadsafe(_settle, fs, error)
 
     # -- reads (event loop thread) ---------------------------------------------------------
 
@@ -320,23 +301,11 @@ class SqliteStore:
             return
         self._handoff()
         self._closed = True
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
+        self._handoff_queue.close()
         self._thread.join()
         self._writer.close()
         self._reader.close()
         self._lock.release()
-
-
-def _settle(futures: Iterable[asyncio.Future[None]], error: BaseException | None) -> None:
-    for f in futures:
-        if f.done():
-            continue
-        if error is None:
-            f.set_result(None)
-        else:
-            f.set_exception(error)
 
 
 def _ranges(rows: list[tuple[Any, ...]]) -> list[tuple[int, int]]:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tidings.errors import ClosedResourceError, InvalidArgumentError
 from tidings.files import make_private_directory
+from tidings.storage.handoff import Handoff, resolve
 from tidings.storage.segments import DEFAULT_SEGMENT_BYTES, LogRecord, SegmentLog
 
 __all__ = ["LogRecord", "StreamFiles"]
@@ -43,9 +44,7 @@ class StreamFiles:
         self._dirty: set[str] = set()
         self._next_future: asyncio.Future[None] | None = None
         self._handoff_scheduled = False
-        self._cond = threading.Condition()
-        self._handed: list[tuple[list[int], asyncio.Future[None] | None]] = []
-        self._closing = False
+        self._handoff_queue: Handoff[tuple[list[int], asyncio.Future[None] | None]] = Handoff()
         self._closed = False
         #: fdatasync rounds so far (group commit keeps this far below the appends).
         self.syncs = 0
@@ -107,18 +106,10 @@ class StreamFiles:
         fds = [os.dup(self._logs[name].fd) for name in self._dirty if name in self._logs]
         self._dirty.clear()
         future, self._next_future = self._next_future, None
-        with self._cond:
-            self._handed.append((fds, future))
-            self._cond.notify()
+        self._handoff_queue.put((fds, future))
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._handed and not self._closing:
-                    self._cond.wait()
-                batch, self._handed = self._handed, []
-                if not batch and self._closing:
-                    return
+        while (batch := self._handoff_queue.take()) is not None:
             error: BaseException | None = None
             for fd in {fd for fds, _ in batch for fd in fds}:
                 try:
@@ -130,10 +121,7 @@ class StreamFiles:
                     with contextlib.suppress(OSError):
                         os.close(fd)
             self.syncs += 1
-            for _, future in batch:
-                if future is not None:
-                    with contextlib.suppress(RuntimeError):  # its loop is closed
-                        future.get_loop().call_soon_threadsafe(_settle, future, error)
+            resolve([future for _, future in batch if future is not None], error)
 
     def close(self) -> None:
         """Sync every stream and stop the writer."""
@@ -142,19 +130,8 @@ class StreamFiles:
         if self._dirty or self._next_future is not None:
             self._handoff()
         self._closed = True
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
+        self._handoff_queue.close()
         self._thread.join()
         for log in self._logs.values():
             log.close()
         self._logs.clear()
-
-
-def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
