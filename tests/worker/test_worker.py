@@ -252,7 +252,9 @@ def test_the_blocking_client_over_amqp(url: str) -> None:
         assert [m.json()["n"] for m in got] == [1, 2]
         got[0].ack()
         got[1].reject()  # past a delivery limit of 0: dead-lettered
-        dead = client.dead_letters(queue)
+        deadline = time.monotonic() + 10
+        while not (dead := client.dead_letters(queue)) and time.monotonic() < deadline:
+            time.sleep(0.05)  # RabbitMQ dead-letters after answering the reject
         assert [json.loads(m.body)["n"] for m in dead] == [2]
         assert client.replay_dead_letters(queue) == 1
         assert client.purge(queue) == 1
