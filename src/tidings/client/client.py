@@ -235,7 +235,8 @@ class Client:
                    content_type: str | None = None, persistent: bool = True,
                    correlation_id: str | None = None, reply_to: str | None = None) -> str:
         """Put a message in ``queue``; returns its id once it is durable."""
-        await self._ensure_queue(queue)
+        if queue not in self._declared:
+            await self._ensure_queue(queue)
         message = self._message(body, headers=headers, priority=priority, ttl_ms=ttl_ms,
                                 message_id=message_id, content_type=content_type,
                                 persistent=persistent, correlation_id=correlation_id,
