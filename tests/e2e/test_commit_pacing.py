@@ -3,7 +3,6 @@ later than ``PACE_S``; confirmed messages are durable whenever the process dies.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import subprocess
@@ -97,4 +96,3 @@ async def test_kill_9_inside_the_pace_loses_no_confirmed_message(tmp_path: Path)
         left = await remaining(data_dir)
         assert len(left) == len(set(left)), "a message is stored twice"
         assert set(left) <= {f"m{i}".encode() for i in range(total)}
-    await asyncio.sleep(0)

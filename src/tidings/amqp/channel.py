@@ -24,7 +24,6 @@ from tidings.amqp import extensions
 from tidings.amqp import frames as wire
 from tidings.amqp import states as st
 from tidings.amqp.connection import ContentReceived
-from tidings.basic_properties import to_properties
 from tidings.errors import NotFoundError, NotImplementedByServerError, PreconditionFailedError
 from tidings.routing.front_door import Consumer, Delivery
 
@@ -260,7 +259,7 @@ class AmqpChannel:
             self.number,
             wire.GetOk(d.delivery_tag, d.redelivered, msg.exchange, msg.routing_key,
                        d.message_count),
-            to_properties(msg, extra), msg.body,
+            msg, extra,
         )
 
     def publish(self, event: ContentReceived) -> None:
@@ -290,9 +289,7 @@ class AmqpChannel:
         result = self.broker.publish(self.vhost, m.exchange, message, mandatory=m.mandatory)
         if result.returned:
             self.link.conn.send_content(
-                self.number, wire.Return(312, "NO_ROUTE", m.exchange, m.routing_key),
-                to_properties(message), message.body,
-            )
+                self.number, wire.Return(312, "NO_ROUTE", m.exchange, m.routing_key), message)
         self.confirm(not result.refused)
 
     def confirm(self, ok: bool) -> None:

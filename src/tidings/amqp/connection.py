@@ -31,7 +31,7 @@ from pamqp.decode import field_table
 
 from tidings.amqp import codec
 from tidings.amqp import states as st
-from tidings.amqp.frames import PROTOCOL_HEADER, FrameReader, encode_content, encode_method
+from tidings.amqp.frames import PROTOCOL_HEADER, FrameReader, encode_method
 from tidings.amqp.states import (
     AWAIT_HEADER,
     AWAIT_OPEN_OK,
@@ -413,11 +413,12 @@ class ServerConnection:
         if channel == 0 or channel in self.channels:
             self._send(channel, method)
 
-    def send_content(self, channel: int, method: Method, properties: B.Properties,
-                     payload: bytes) -> None:
+    def send_content(self, channel: int, method: Method, message: Message,
+                     extra_headers: dict[str, Any] | None = None) -> None:
+        """A content-carrying method (basic.get-ok, basic.return) and ``message``."""
         if channel in self.channels:
             self._queue(encode_method(channel, method))
-            self._queue(encode_content(channel, properties, payload, self.frame_max))
+            self._queue(codec.encode_content(channel, message, extra_headers, self.frame_max))
 
     def send_delivery(self, channel: int, consumer_tag: str, delivery_tag: int,
                       redelivered: bool, message: Message,

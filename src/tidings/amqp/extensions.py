@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 from pamqp import commands
 
 from tidings.amqp import frames as wire
-from tidings.basic_properties import to_properties
 from tidings.errors import InvalidArgumentError, NotFoundError
 from tidings.message import Message
 
@@ -67,7 +66,7 @@ def control(channel: AmqpChannel, message: Message, method: B.Publish) -> None:
     if not removed and method.mandatory:
         channel.link.conn.send_content(
             channel.number, wire.Return(312, "NO_ROUTE", method.exchange, method.routing_key),
-            to_properties(message), message.body)
+            message)
     channel.confirm(ok=True)
 
 
@@ -83,7 +82,5 @@ def browse(channel: AmqpChannel, method: B.Consume, queue: str, consumer_tag: st
     conn, session = channel.link.conn, channel.session
     for message in [*found, Message(b"", headers={BROWSE_END_HEADER: True})]:
         tag, session.next_tag = session.next_tag, session.next_tag + 1
-        conn.send_content(channel.number, wire.Deliver(consumer_tag, tag, False,
-                                                       message.exchange, message.routing_key),
-                          to_properties(message), message.body)
+        conn.send_delivery(channel.number, consumer_tag, tag, False, message, None)
     channel.link.flush_soon()

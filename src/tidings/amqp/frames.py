@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 
-from pamqp import body, commands, constants, frame, header, heartbeat
+from pamqp import body, commands, constants, frame, heartbeat
 from pamqp.base import Frame as Method
 
 from tidings.amqp import codec
@@ -69,7 +69,7 @@ class FrameReader:
                 raw = bytes(buf[: end + 1])
                 if frame_type == constants.FRAME_HEADER:
                     value = codec.decode_content_header(raw)
-                elif (method := codec.decode_method(raw[7:end])) is not None:
+                elif (method := codec.decode_method(raw)) is not None:
                     value = method
                 else:
                     _, channel, value = frame.unmarshal(raw)
@@ -103,23 +103,12 @@ def any_utf8_names(cls: type[Method]) -> type[Method]:
 
 #: The methods tidings sends with user-chosen exchange or queue names.
 DeclareOk = any_utf8_names(commands.Queue.DeclareOk)
-Deliver = any_utf8_names(commands.Basic.Deliver)
 GetOk = any_utf8_names(commands.Basic.GetOk)
 Return = any_utf8_names(commands.Basic.Return)
 
 
 def encode_method(channel: int, method: Method) -> bytes:
     return frame.marshal(method, channel)
-
-
-def encode_content(channel: int, properties: object, payload: bytes, frame_max: int) -> bytes:
-    """Content header plus body frames, split so that no frame exceeds ``frame_max``."""
-    parts = [frame.marshal(header.ContentHeader(0, len(payload), properties), channel)]  # type: ignore[arg-type]
-    chunk = frame_max - FRAME_OVERHEAD
-    for start in range(0, len(payload), chunk):
-        piece = payload[start : start + chunk]
-        parts.append(_FRAME_HEAD.pack(constants.FRAME_BODY, channel, len(piece)) + piece + b"\xce")
-    return b"".join(parts)
 
 
 HEARTBEAT_FRAME = heartbeat.Heartbeat().marshal()

@@ -121,18 +121,23 @@ class Receiver:
 
     def __init__(self, client: Client, queue: str, prefetch: int) -> None:
         self._client, self.queue, self.prefetch = client, queue, prefetch
-        self._buffer: deque[Delivery] = deque()
+        buffer: deque[Delivery] = deque()
+        self._buffer = buffer
         self._waiter: asyncio.Future[None] | None = None
         self._subscription: Subscription | None = None
         self._closed = False
 
-    def _arrived(self, incoming: Delivery) -> None:
-        self._buffer.append(incoming)
-        self._wake()
+        # The transport's callback: one delivery at a time, or a list (``.many``).
+        def arrived(incoming: Delivery) -> None:
+            buffer.append(incoming)
+            self._wake()
 
-    def _arrived_many(self, incoming: list[Delivery]) -> None:
-        self._buffer.extend(incoming)
-        self._wake()
+        def arrived_many(incoming: list[Delivery]) -> None:
+            buffer.extend(incoming)
+            self._wake()
+
+        arrived.many = arrived_many  # type: ignore[attr-defined]
+        self._arrived: Callable[[Delivery], None] = arrived
 
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None
@@ -143,7 +148,7 @@ class Receiver:
         if self._subscription is None and not self._closed:
             await self._client._ensure_queue(self.queue)
             self._subscription = await self._client.transport.consume(
-                self.queue, self.prefetch, _arrivals(self))
+                self.queue, self.prefetch, self._arrived)
 
     async def _wait(self) -> None:
         """Until a message is buffered; StopAsyncIteration once the receiver is closed."""
@@ -197,17 +202,6 @@ class Receiver:
             await self._subscription.cancel()
         while self._buffer:
             await self._client.transport.nack(self._buffer.popleft().delivery_tag, True)
-
-
-def _arrivals(receiver: Receiver) -> Callable[[Delivery], None]:
-    """A receiver's delivery callback, which also takes a list at a time (``.many``)."""
-    one = receiver._arrived
-
-    def arrived(incoming: Delivery) -> None:
-        one(incoming)
-
-    arrived.many = receiver._arrived_many  # type: ignore[attr-defined]
-    return arrived
 
 
 class Inbox:

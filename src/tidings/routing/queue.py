@@ -267,7 +267,7 @@ class Queue:
         while consumers and (ready.tail or ready.heap or ready.paged_out):
             if single or len(consumers) == 1:
                 chosen = consumers[0]
-                if (room := chosen.batch_room()) > 1:
+                if chosen.on_deliveries is not None and (room := chosen.batch_room()) > 1:
                     self._dispatch_list(chosen, room)
                     continue
                 if not chosen.has_room():

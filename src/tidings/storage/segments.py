@@ -33,6 +33,7 @@ import bisect
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,8 @@ from tidings.errors import InvalidArgumentError
 from tidings.files import make_private_directory
 
 HEAD = struct.Struct(">IIQq")  # length, crc32, offset, timestamp ms
+_CHECKED = struct.Struct(">Qq")  # the part of the head the CRC covers (with the payload)
+_LENGTH_CRC = struct.Struct(">II")
 INDEX_ENTRY = struct.Struct(">QQq")  # offset, position, timestamp ms
 SEGMENT_SUFFIX, INDEX_SUFFIX = ".seg", ".idx"
 #: Bytes of records between two index entries (a seek reads at most this much to skip).
@@ -160,8 +163,8 @@ class SegmentLog:
                 parts = []
                 segment = self._roll()
             offset = segment.last_offset + 1
-            tail = struct.pack(">Qq", offset, timestamp_ms) + payload
-            record = struct.pack(">II", len(payload), zlib.crc32(tail)) + tail
+            tail = _CHECKED.pack(offset, timestamp_ms) + payload
+            record = _LENGTH_CRC.pack(len(payload), zlib.crc32(tail)) + tail
             if segment.empty():
                 segment.first_timestamp = timestamp_ms
             if segment.empty() or self._since_index >= INDEX_EVERY_BYTES:
@@ -241,7 +244,7 @@ class SegmentLog:
         i = bisect.bisect_right(offsets, offset) - 1
         return segment.index[i][1] if i >= 0 else 0
 
-    def _scan(self, segment: _Segment, position: int):  # type: ignore[no-untyped-def]
+    def _scan(self, segment: _Segment, position: int) -> Iterator[LogRecord]:
         """Records of ``segment`` from byte ``position`` up to its known end."""
         end = segment.size
         with open(segment.path, "rb") as f:
