@@ -23,7 +23,7 @@ GROUND = {"errors", "message", "clock", "auth", "patterns", "statistics", "dead_
 
 #: routing/, lowest first: a module imports only modules listed before it.
 ROUTING_ORDER = ["arguments", "exchange", "topology_rows", "ready", "expiry", "overflow", "queue",
-                 "session", "vhost", "delayed", "declarations", "upkeep", "reporting",
+                 "stream", "session", "vhost", "delayed", "declarations", "upkeep", "reporting",
                  "recovery", "front_door", "broker", "definitions_io"]
 
 #: What faces may import from routing/.

@@ -109,6 +109,13 @@ class NotSupportedError(TidingsError):
         self.broker, self.operation, self.alternative = broker, operation, alternative
 
 
+class QueueTypeError(TidingsError):
+    """The queue's type does not do this (``basic.get`` or purge on a stream, a consumer
+    without acknowledgements on one): RabbitMQ's NOT_IMPLEMENTED."""
+
+    reply_code, status, code = 540, 405, "not_implemented"
+
+
 class RemoteProtocolError(TidingsError):
     """The peer broke the wire protocol; the connection is closed with ``reply_code``.
 

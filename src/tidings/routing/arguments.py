@@ -12,7 +12,15 @@ from typing import Any
 from tidings.errors import InvalidArgumentError
 
 OVERFLOWS = ("drop-head", "reject-publish", "reject-publish-dlx")
-QUEUE_TYPES = ("classic", "quorum")
+QUEUE_TYPES = ("classic", "quorum", "stream")
+#: Queue arguments a stream refuses (RabbitMQ's list: they describe a queue that forgets).
+NOT_FOR_STREAMS = ("x-message-ttl", "x-expires", "x-max-length", "x-overflow",
+                   "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-max-priority",
+                   "x-delivery-limit", "x-single-active-consumer", "x-consumer-timeout")
+#: Milliseconds per unit of an age such as ``7D`` or ``12h`` (``x-max-age``,
+#: ``x-stream-offset``): RabbitMQ's units, a year of 365 days and a month of 30.
+AGE_UNITS_MS = {"Y": 365 * 86_400_000, "M": 30 * 86_400_000, "D": 86_400_000,
+                "h": 3_600_000, "m": 60_000, "s": 1000}
 #: Highest x-max-priority RabbitMQ accepts.
 MAX_PRIORITY = 255
 #: Longest timer RabbitMQ accepts, ms (``x-message-ttl``, ``x-expires``, ``expiration``).
@@ -35,6 +43,10 @@ class QueueOptions:
     single_active_consumer: bool = False
     consumer_timeout_ms: int | None = None
     queue_type: str = "classic"
+    #: Streams: drop whole segments once records are older than this (``x-max-age``).
+    max_age_ms: int | None = None
+    #: Streams: bytes per segment file (``x-stream-max-segment-size-bytes``).
+    segment_bytes: int | None = None
 
 
 def _int(name: str, value: Any, queue: str, minimum: int, maximum: int) -> int:
@@ -70,6 +82,7 @@ def parse_queue_arguments(queue: str, arguments: dict[str, Any]) -> QueueOptions
         "x-max-priority": ("max_priority", 0, MAX_PRIORITY),
         "x-delivery-limit": ("delivery_limit", 0, MAX_LONG),
         "x-consumer-timeout": ("consumer_timeout_ms", 1, MAX_EXPIRY_MS),
+        "x-stream-max-segment-size-bytes": ("segment_bytes", 64, MAX_LONG),
     }
     values: dict[str, Any] = {}
     for arg, (field_name, minimum, maximum) in ints.items():
@@ -79,6 +92,18 @@ def parse_queue_arguments(queue: str, arguments: dict[str, Any]) -> QueueOptions
         values["overflow"] = _choice("x-overflow", a["x-overflow"], queue, OVERFLOWS)
     if "x-queue-type" in a:
         values["queue_type"] = _choice("x-queue-type", a["x-queue-type"], queue, QUEUE_TYPES)
+    if values.get("queue_type") == "stream":
+        for arg in NOT_FOR_STREAMS:
+            if arg in a:
+                raise InvalidArgumentError(
+                    f"invalid arg '{arg}' for queue '{queue}' of queue type stream")
+    if a.get("x-max-age") is not None:
+        age = parse_age(a["x-max-age"])
+        if age is None or age <= 0:
+            raise InvalidArgumentError(
+                f"invalid arg 'x-max-age' for queue '{queue}': {str(a['x-max-age'])[:40]!r} is "
+                f"not an age such as '7D' (units Y, M, D, h, m, s)")
+        values["max_age_ms"] = age
     for arg, field_name in (
         ("x-dead-letter-exchange", "dead_letter_exchange"),
         ("x-dead-letter-routing-key", "dead_letter_routing_key"),
@@ -111,3 +136,17 @@ def message_ttl_ms(expiration: str | None) -> int | None:
         raise InvalidArgumentError(f"invalid expiration '{shown}': not an integer from 0 to "
                                    f"{MAX_EXPIRY_MS}")
     return ttl
+
+
+def parse_age(text: object) -> int | None:
+    """Milliseconds of an age written as RabbitMQ writes it (``"7D"``, ``"1h"``, ``"30s"``:
+    a whole number and one unit of :data:`AGE_UNITS_MS`); None when it is not one."""
+    if not isinstance(text, str | bytes):
+        return None
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    number, unit = text[:-1], text[-1:]
+    if unit not in AGE_UNITS_MS or not number.isascii() or not number.isdigit() \
+            or len(number) > 12:
+        return None
+    return int(number) * AGE_UNITS_MS[unit]

@@ -18,7 +18,9 @@ constructor (:mod:`tidings.routing.recovery`).
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tidings.clock import Clock, LoopClock
@@ -39,6 +41,7 @@ from tidings.routing.vhost import DEFAULT_VHOST, Sequence, VirtualHost, VirtualH
 from tidings.statistics import BrokerStatistics, Counters, Histogram, QueueStatistics
 from tidings.storage import quarantine
 from tidings.storage.base import Store
+from tidings.storage.streams import StreamFiles
 
 __all__ = ["DEFAULT_VHOST", "MAX_WRITE_BACKLOG_BYTES", "Broker", "PublishResult"]
 
@@ -58,15 +61,17 @@ class Broker:
         *,
         queue_window: int = DEFAULT_WINDOW,
         default_consumer_timeout_ms: int | None = 30 * 60 * 1000,
+        streams: StreamFiles | None = None,
     ) -> None:
         self.store = store
+        self._streams = streams
         self.clock: Clock = clock or LoopClock()
         self.counters = Counters()
         self.seq = seq = Sequence(store.max_seq())
         self.timers = HeadExpiryTimers(self.clock)
         self.vhosts = VirtualHosts(store=store, clock=self.clock, seq=seq,
                                    counters=self.counters, timers=self.timers,
-                                   window=queue_window)
+                                   streams=self.streams, window=queue_window)
         #: The delayed messages (the data); :attr:`delays` releases them.
         self.delayed = DelayedMessages(store, self.clock.time)
         self.delays = DelayedDelivery(self.delayed, self.vhosts, self.clock, seq)
@@ -84,9 +89,24 @@ class Broker:
         """Whether a confirmed message survives a crash (False for ``memory://``)."""
         return self.store.durable
 
+    def streams(self) -> StreamFiles:
+        """The stream logs, opened on first use: ``streams/`` beside a durable store's files,
+        else a temporary directory removed on close (a ``memory://`` broker's streams)."""
+        if self._streams is None:
+            directory = getattr(self.store, "directory", None)
+            if self.store.durable and isinstance(directory, Path):
+                self._streams = StreamFiles(directory / "streams")
+            else:
+                self._streams = StreamFiles(tempfile.mkdtemp(prefix="tidings-streams-"),
+                                            durable=False, temporary=True)
+        return self._streams
+
     def sync(self) -> asyncio.Future[None]:
         """A future resolved when everything done so far is durable (publisher confirms)."""
-        return self.store.sync()
+        future = self.store.sync()
+        if self._streams is not None and self._streams.pending():
+            return _both(future, self._streams.sync())
+        return future
 
     def write_backlog_exceeded(self) -> bool:
         """True when the store lags behind by more than :data:`MAX_WRITE_BACKLOG_BYTES`.
@@ -111,6 +131,8 @@ class Broker:
             session.close()
         self.stop_timers()
         self.store.close()
+        if self._streams is not None:
+            self._streams.close()
 
     def stop_timers(self) -> None:
         """Cancel every timer (close does this; tests use it to play a crashed process)."""
@@ -262,6 +284,7 @@ class Broker:
         (``consumer.start()``) after answering consume-ok."""
         queue = self.vhosts.get_queue(session.vhost, queue_name)
         Declarations.check_exclusive(queue, session.connection_id)
+        queue.check_consumer(prefetch_count, no_ack, arguments or {})
         tag = consumer_tag or session.new_consumer_tag()
         if tag in session.consumers:
             raise NotAllowedError(f"attempt to reuse consumer tag '{tag}'")
@@ -421,6 +444,27 @@ class Broker:
             delayed=len(self.delayed) if vhosts is None else sum(q.delayed for q in queues),
             quarantined=len(self.quarantined()),
         )
+
+
+def _both(a: asyncio.Future[None], b: asyncio.Future[None]) -> asyncio.Future[None]:
+    """A future resolved when ``a`` and ``b`` are (failed when either failed)."""
+    joined = a.get_loop().create_future()
+
+    def settle(_: asyncio.Future[None]) -> None:
+        if joined.done() or not (a.done() and b.done()):
+            return
+        for f in (a, b):
+            if f.cancelled():
+                joined.cancel()
+                return
+            if (error := f.exception()) is not None:
+                joined.set_exception(error)
+                return
+        joined.set_result(None)
+
+    a.add_done_callback(settle)
+    b.add_done_callback(settle)
+    return joined
 
 
 def queue_info(q: Queue) -> QueueInfo:

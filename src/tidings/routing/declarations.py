@@ -22,6 +22,7 @@ from tidings.routing.arguments import parse_queue_arguments
 from tidings.routing.delayed import DelayedMessages
 from tidings.routing.exchange import PREDECLARED, Binding, Exchange, freeze_arguments
 from tidings.routing.queue import Queue
+from tidings.routing.stream import StreamQueue
 from tidings.routing.vhost import Sequence, VirtualHosts
 from tidings.storage.base import Store
 
@@ -172,11 +173,12 @@ class Declarations:
             existing.touch(self.clock.time())
             return existing
         options = parse_queue_arguments(name, arguments)
-        if options.queue_type == "quorum" and (not durable or exclusive or auto_delete):
-            raise PreconditionFailedError(
-                f"invalid property for quorum queue '{name}' in vhost '{vhost}': "
-                f"quorum queues must be durable, non-exclusive and not auto-delete"
-            )
+        if options.queue_type != "classic":  # quorum and stream queues, as RabbitMQ
+            for refused, prop in ((not durable, "non-durable"), (exclusive, "exclusive-owner"),
+                                  (auto_delete, "auto-delete")):
+                if refused:
+                    raise PreconditionFailedError(
+                        f"invalid property '{prop}' for queue '{name}' in vhost '{vhost}'")
         queue = v.create_queue(name, durable=durable, auto_delete=auto_delete,
                                arguments=arguments,
                                exclusive_owner=connection_id if exclusive else None)
@@ -212,7 +214,8 @@ class Declarations:
         self.check_exclusive(queue, connection_id)
         if if_unused and queue.consumers:
             raise PreconditionFailedError(f"queue '{name}' in vhost '{vhost}' in use")
-        if if_empty and (queue.ready_count or self.delayed.per_queue.get((vhost, name))):
+        # RabbitMQ deletes a stream whatever if-empty says: a log is never "empty" of history
+        if if_empty and not isinstance(queue, StreamQueue) and (queue.ready_count or self.delayed.per_queue.get((vhost, name))):
             raise PreconditionFailedError(f"queue '{name}' in vhost '{vhost}' is not empty")
         return self.remove_queue(queue)
 

@@ -236,6 +236,13 @@ class Queue:
         here."""
         self.last_used = now
 
+    def check_consumer(self, prefetch_count: int, no_ack: bool,
+                       arguments: dict[str, Any]) -> None:
+        """Refuse a consumer this queue cannot serve (before it is registered anywhere)."""
+
+    def housekeep(self, now: float) -> None:
+        """The broker's once-a-second tick (a stream applies its retention here)."""
+
     def add_consumer(self, consumer: QueueConsumer, now: float) -> None:
         self.consumers.append(consumer)
         self.last_used = now

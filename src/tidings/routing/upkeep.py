@@ -57,6 +57,7 @@ class Upkeep:
         self._counters.sample(now)
         for queue in self._vhosts.queues():
             queue.counters.sample(now)
+            queue.housekeep(now)
             expires_ms = queue.options.expires_ms
             if (expires_ms is not None and not queue.consumers and not queue.deleted
                     and now - queue.last_used >= expires_ms / 1000.0):

@@ -8,7 +8,7 @@ virtual host with the same store, clock, message sequence and counters.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -20,8 +20,10 @@ from tidings.routing.arguments import parse_queue_arguments
 from tidings.routing.exchange import PREDECLARED, Binding, Exchange
 from tidings.routing.expiry import HeadExpiryTimers
 from tidings.routing.queue import DEFAULT_WINDOW, Entry, Queue
+from tidings.routing.stream import StreamQueue
 from tidings.statistics import Counters
 from tidings.storage.base import Store
+from tidings.storage.streams import StreamFiles
 
 DEFAULT_VHOST = "/"
 
@@ -42,8 +44,9 @@ class Sequence:
 class VirtualHost:
     def __init__(self, name: str, *, store: Store, clock: Clock, seq: Sequence,
                  counters: Counters, timers: HeadExpiryTimers,
-                 window: int = DEFAULT_WINDOW) -> None:
+                 streams: Callable[[], StreamFiles], window: int = DEFAULT_WINDOW) -> None:
         self.name = name
+        self._streams = streams
         self._store, self._clock, self._seq = store, clock, seq
         self._counters, self._timers, self._window = counters, timers, window
         self.exchanges: dict[str, Exchange] = {"": Exchange("", "direct", name)}
@@ -64,11 +67,13 @@ class VirtualHost:
 
     def create_queue(self, name: str, *, durable: bool, auto_delete: bool,
                      arguments: dict[str, Any], exclusive_owner: str | None) -> Queue:
-        queue = Queue(
-            name, self.name, parse_queue_arguments(name, arguments), store=self._store,
-            owner=self, now=self._clock.time, durable=durable, exclusive_owner=exclusive_owner,
-            auto_delete=auto_delete, arguments=arguments, window=self._window,
-        )
+        options = parse_queue_arguments(name, arguments)
+        parts: dict[str, Any] = dict(
+            store=self._store, owner=self, now=self._clock.time, durable=durable,
+            exclusive_owner=exclusive_owner, auto_delete=auto_delete, arguments=arguments,
+            window=self._window)
+        queue = (StreamQueue(name, self.name, options, streams=self._streams(), **parts)
+                 if options.queue_type == "stream" else Queue(name, self.name, options, **parts))
         self.queues[name] = queue
         return queue
 
@@ -146,10 +151,12 @@ class VirtualHosts:
     """The registry of virtual hosts, keyed by name."""
 
     def __init__(self, *, store: Store, clock: Clock, seq: Sequence, counters: Counters,
-                 timers: HeadExpiryTimers, window: int = DEFAULT_WINDOW) -> None:
+                 timers: HeadExpiryTimers, streams: Callable[[], StreamFiles],
+                 window: int = DEFAULT_WINDOW) -> None:
         self._store = store
         self._parts: dict[str, Any] = dict(store=store, clock=clock, seq=seq,
-                                           counters=counters, timers=timers, window=window)
+                                           counters=counters, timers=timers, streams=streams,
+                                           window=window)
         self._hosts: dict[str, VirtualHost] = {}
         self._hosts[DEFAULT_VHOST] = VirtualHost(DEFAULT_VHOST, **self._parts)
 

@@ -1,0 +1,262 @@
+"""Stream queues: a log that keeps its messages after they are read (RabbitMQ's
+``x-queue-type: stream``).
+
+A :class:`StreamQueue` is a queue to everything that routes and declares (bindings, the
+default exchange, publisher confirms), but a message appended to it gets the next offset
+in the stream's segment log (:mod:`tidings.storage.streams`) and stays there until the
+retention removes its whole segment (``x-max-length-bytes``, ``x-max-age``). Each consumer
+reads on its own, from where its ``x-stream-offset`` argument says, and every delivery
+carries its ``x-stream-offset`` header. As in RabbitMQ, consumers must acknowledge (an ack
+only gives credit: nothing is removed) and need a prefetch, which bounds what each one holds;
+``basic.get`` and purge are refused. Readers see a record once it is durable.
+
+A consumer reads ahead at most :data:`READ_RECORDS` records or :data:`READ_BYTES` bytes, so
+a stream far larger than memory is read with memory bounded by the readers, not the stream.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from tidings.errors import PreconditionFailedError, QueueTypeError
+from tidings.message import Record, RecordError, decode_record, encode_record
+from tidings.routing.arguments import parse_age
+from tidings.routing.queue import Entry, Queue, QueueConsumer
+from tidings.storage.segments import DEFAULT_SEGMENT_BYTES, LogRecord
+from tidings.storage.streams import StreamFiles
+
+__all__ = ["READ_BYTES", "READ_RECORDS", "StreamQueue", "start_offset"]
+
+log = logging.getLogger("tidings.broker")
+
+#: Most records one consumer reads ahead from the log.
+READ_RECORDS = 256
+#: About the most payload bytes one consumer reads ahead.
+READ_BYTES = 1 * 2**20
+#: The consumer argument that says where to start, and the header each delivery carries.
+OFFSET = "x-stream-offset"
+
+
+class _Cursor:
+    """Where one consumer reads: its next offset and the records read ahead."""
+
+    __slots__ = ("ahead", "offset")
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+        self.ahead: deque[LogRecord] = deque()
+
+
+class StreamQueue(Queue):
+    def __init__(self, *args: Any, streams: StreamFiles, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.streams = streams
+        self.log = streams.open(self.store_key,
+                                self.options.segment_bytes or DEFAULT_SEGMENT_BYTES)
+        self.log.max_segment_bytes = self.options.segment_bytes or DEFAULT_SEGMENT_BYTES
+        streams.on_commit(self.store_key, self.dispatch)
+        self._cursors: dict[QueueConsumer, _Cursor] = {}
+
+    # -- what it holds -----------------------------------------------------------------------
+
+    @property
+    def ready_count(self) -> int:
+        return self.records()  # as RabbitMQ: a stream's declare-ok counts its records
+
+    @property
+    def first_offset(self) -> int:
+        return self.log.first_offset
+
+    @property
+    def end_offset(self) -> int:
+        """The offset after the last durable record (what readers may see)."""
+        return self.streams.committed(self.store_key)
+
+    def records(self) -> int:
+        return max(0, self.end_offset - self.log.first_offset)
+
+    def held_bytes(self) -> int:
+        return sum(len(r.payload) for c in self._cursors.values() for r in c.ahead)
+
+    def lag(self, consumer: QueueConsumer) -> int:
+        """Records between ``consumer``'s position and the tail."""
+        cursor = self._cursors.get(consumer)
+        return 0 if cursor is None else max(0, self.end_offset - cursor.offset)
+
+    # -- appending ---------------------------------------------------------------------------
+
+    def offer(self, record: Record, now: float, next_seq: Callable[[], int]) -> bool:
+        self.append([encode_record(record)], now)
+        return True
+
+    def enqueue(self, seq: int, record: Record) -> None:
+        self.append([encode_record(record)], record.enqueued_at)
+
+    def append(self, payloads: list[bytes], now: float) -> int:
+        """Append encoded records; returns the first one's offset (durable after a sync)."""
+        first = self.streams.append(self.store_key, payloads, int(now * 1000))
+        self.counters.published += len(payloads)
+        o = self.options
+        if o.max_length_bytes is not None and self.log.segment_count() > 1 \
+                and self.log.size_bytes > o.max_length_bytes:
+            self.housekeep(now)
+        if not self.streams.durable and self.consumers:
+            self.dispatch()
+        return first
+
+    def housekeep(self, now: float) -> None:
+        """Apply the retention: whole segments over ``x-max-length-bytes`` or older than
+        ``x-max-age`` go."""
+        o = self.options
+        if o.max_length_bytes is None and o.max_age_ms is None:
+            return
+        removed = self.log.retain(max_bytes=o.max_length_bytes, max_age_ms=o.max_age_ms,
+                                  now_ms=int(now * 1000))
+        if removed:
+            self.counters.expired += removed
+
+    # -- consumers ---------------------------------------------------------------------------
+
+    def check_consumer(self, prefetch_count: int, no_ack: bool,
+                       arguments: dict[str, Any]) -> None:
+        where = f"queue '{self.name}' in vhost '{self.vhost}'"
+        if no_ack:
+            raise QueueTypeError(
+                f"automatic acknowledgement not supported by stream queues {where}")
+        if not prefetch_count:
+            raise PreconditionFailedError(f"consumer prefetch count is not set for '{where}'")
+        start_offset(arguments.get(OFFSET, "next"), self.log, self.end_offset, self._now())
+
+    def add_consumer(self, consumer: QueueConsumer, now: float) -> None:
+        arguments = getattr(consumer, "arguments", {}) or {}
+        self._cursors[consumer] = _Cursor(
+            start_offset(arguments.get(OFFSET, "next"), self.log, self.end_offset, now))
+        super().add_consumer(consumer, now)
+
+    def remove_consumer(self, consumer: QueueConsumer, now: float) -> None:
+        self._cursors.pop(consumer, None)
+        super().remove_consumer(consumer, now)
+
+    def dispatch(self) -> None:
+        if self.deleted:
+            return
+        for consumer in list(self.consumers):
+            self._feed(consumer)
+
+    def _feed(self, consumer: QueueConsumer) -> None:
+        cursor = self._cursors.get(consumer)
+        if cursor is None:
+            return
+        end = self.end_offset
+        ahead = cursor.ahead
+        while True:
+            if not ahead:
+                if cursor.offset >= end or not consumer.has_room():
+                    return
+                cursor.offset = max(cursor.offset, self.log.first_offset)
+                ahead.extend(r for r in self.log.read(cursor.offset, READ_RECORDS, READ_BYTES)
+                             if r.offset < end)
+                if not ahead:
+                    return
+            if consumer.on_deliveries is not None and (room := consumer.batch_room()) > 1:
+                entries = []
+                while ahead and len(entries) < room:
+                    found = ahead.popleft()
+                    cursor.offset = found.offset + 1
+                    if (entry := self._entry(found)) is not None:
+                        entries.append(entry)
+                if entries:
+                    self.counters.delivered += len(entries)
+                    consumer.deliver_many(self, entries)
+                continue
+            if not consumer.has_room():
+                return
+            found = ahead.popleft()
+            cursor.offset = found.offset + 1
+            entry = self._entry(found)
+            if entry is not None:
+                self.counters.delivered += 1
+                consumer.deliver(self, entry)
+
+    def _entry(self, found: LogRecord) -> Entry | None:
+        try:
+            record = decode_record(found.payload)
+        except RecordError as e:
+            log.error("stream '%s' in vhost '%s': record at offset %d skipped: %s",
+                      self.name, self.vhost, found.offset, e)
+            return None
+        message = record.message
+        headers = dict(message.headers) if message.headers else {}
+        headers[OFFSET] = found.offset
+        message.headers = headers
+        record.enqueued_at = found.timestamp_ms / 1000.0
+        entry = Entry(found.offset, record, False)
+        entry.delivered_at = self._now()
+        return entry
+
+    # -- settlement: an ack (or a nack, a reject) gives credit; nothing leaves the log --------
+
+    def ack(self, entry: Entry) -> None:
+        self.counters.acked += 1
+
+    def requeue(self, entry: Entry) -> None:
+        pass
+
+    def release_for_delay(self, entry: Entry) -> Record | None:
+        return None
+
+    def discard(self, entry: Entry, reason: str) -> None:
+        pass
+
+    def mark_delivered(self, entry: Entry, now: float) -> None:
+        self.counters.delivered += 1
+
+    # -- what a stream refuses ---------------------------------------------------------------
+
+    def take(self) -> Entry | None:
+        raise QueueTypeError(
+            f"basic.get not supported by stream queues queue '{self.name}' in vhost "
+            f"'{self.vhost}'")
+
+    def purge(self) -> int:
+        raise QueueTypeError(
+            f"queue.purge not supported by stream queues queue '{self.name}' in vhost "
+            f"'{self.vhost}'")
+
+    def close(self) -> list[str]:
+        super().close()
+        self._cursors.clear()
+        self.streams.delete(self.store_key)
+        return []
+
+
+def start_offset(value: Any, log: Any, end: int, now: float) -> int:
+    """Where a reader starts, from an ``x-stream-offset`` value as RabbitMQ reads it:
+    ``first``, ``last``, ``next``, an offset, a timestamp (AMQP's, a datetime), or an age
+    such as ``1h`` (that long before ``now``). Offsets past the tail start at the tail;
+    offsets before the first retained record start at it."""
+    first = log.first_offset
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if value == "first":
+        return first
+    if value == "last":
+        return max(first, end - 1)
+    if value == "next":
+        return end
+    if isinstance(value, int) and not isinstance(value, bool):
+        return min(max(value, first), end)
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.UTC)
+        return min(max(log.offset_at(int(value.timestamp() * 1000)), first), end)
+    age = parse_age(value)
+    if age is not None:
+        return min(max(log.offset_at(int(now * 1000) - age), first), end)
+    raise PreconditionFailedError(
+        f"invalid '{OFFSET}' {str(value)[:40]!r}: not 'first', 'last', 'next', an offset, a "
+        f"timestamp or an age such as '1h'")
