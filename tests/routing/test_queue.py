@@ -233,7 +233,8 @@ async def test_bad_queue_arguments_are_refused_naming_the_argument(broker: Broke
     broker.declare_queue("/", "q", arguments={"x-max-length": 5})
     with pytest.raises(PreconditionFailedError, match="inequivalent arg 'x-max-length'"):
         broker.declare_queue("/", "q", arguments={"x-max-length": 6})
-    with pytest.raises(PreconditionFailedError, match="invalid property 'non-durable' for queue 'qq'"):
+    with pytest.raises(PreconditionFailedError,
+                       match="invalid property 'non-durable' for queue 'qq'"):
         broker.declare_queue("/", "qq", durable=False, arguments={"x-queue-type": "quorum"})
 
 

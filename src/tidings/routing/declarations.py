@@ -215,7 +215,8 @@ class Declarations:
         if if_unused and queue.consumers:
             raise PreconditionFailedError(f"queue '{name}' in vhost '{vhost}' in use")
         # RabbitMQ deletes a stream whatever if-empty says: a log is never "empty" of history
-        if if_empty and not isinstance(queue, StreamQueue) and (queue.ready_count or self.delayed.per_queue.get((vhost, name))):
+        if if_empty and not isinstance(queue, StreamQueue) and (
+                queue.ready_count or self.delayed.per_queue.get((vhost, name))):
             raise PreconditionFailedError(f"queue '{name}' in vhost '{vhost}' is not empty")
         return self.remove_queue(queue)
 
