@@ -1,0 +1,158 @@
+"""Stream queues in the broker: appends, every start choice, retention by size and age on the
+fake clock, credit by acks, recovery after a restart."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import pytest
+
+from tidings.errors import PreconditionFailedError, QueueTypeError
+from tidings.message import Delivery, Message
+from tidings.routing.broker import Broker
+from tidings.routing.session import Session
+from tidings.storage import SqliteStore
+from tidings.testing import FakeClock
+
+STREAM = {"x-queue-type": "stream"}
+
+
+def publish(broker: Broker, queue: str, *bodies: bytes) -> None:
+    for body in bodies:
+        broker.publish("/", "", Message(body, routing_key=queue))
+
+
+def read(broker: Broker, queue: str, offset: object = "first", *,
+         prefetch: int = 5) -> list[tuple[bytes, int]]:
+    """Everything a new consumer starting at ``offset`` gets, acking as it goes."""
+    session = broker.open_session()
+    got: list[Delivery] = []
+    broker.consume(session, queue, got.append, prefetch_count=prefetch,
+                   arguments={"x-stream-offset": offset})
+    acked = 0
+    while acked < len(got):  # each ack gives credit for the next
+        session.ack(got[acked].delivery_tag)
+        acked += 1
+    session.close()
+    return [(d.message.body, d.message.headers["x-stream-offset"]) for d in got]  # type: ignore[index]
+
+
+async def test_every_start_choice(broker: Broker, clock: FakeClock) -> None:
+    broker.declare_queue("/", "s", arguments=STREAM)
+    publish(broker, "s", b"a", b"b")
+    clock.advance(3600)
+    publish(broker, "s", b"c", b"d", b"e", b"f", b"g")
+    every = [(b, i) for i, b in enumerate([b"a", b"b", b"c", b"d", b"e", b"f", b"g"])]
+    assert read(broker, "s", "first") == every
+    assert read(broker, "s", "first", prefetch=1) == every
+    assert read(broker, "s", "last") == every[-1:]
+    assert read(broker, "s", "next") == []
+    assert read(broker, "s", 3) == every[3:]
+    assert read(broker, "s", 99) == []
+    assert read(broker, "s", -5) == every
+    assert read(broker, "s", "30m") == every[2:]  # the fake clock's last half hour
+    assert read(broker, "s", "2h") == every
+    at = datetime.datetime.fromtimestamp(clock.time() - 60, datetime.UTC)
+    assert read(broker, "s", at) == every[2:]
+    with pytest.raises(PreconditionFailedError, match="x-stream-offset"):
+        read(broker, "s", "yesterday")
+    assert broker.describe_queue("/", "s").ready == 7  # declare-ok counts the records
+
+
+async def test_a_consumer_holds_no_more_than_its_prefetch_and_acks_give_credit(
+        broker: Broker) -> None:
+    broker.declare_queue("/", "s", arguments=STREAM)
+    publish(broker, "s", *[str(i).encode() for i in range(10)])
+    session = broker.open_session()
+    got: list[Delivery] = []
+    broker.consume(session, "s", got.append, prefetch_count=3,
+                   arguments={"x-stream-offset": "first"})
+    assert [d.message.body for d in got] == [b"0", b"1", b"2"]
+    session.nack(got[0].delivery_tag, requeue=True)  # credit too; nothing comes back
+    assert [d.message.body for d in got] == [b"0", b"1", b"2", b"3"]
+    session.ack(got[3].delivery_tag, multiple=True)
+    assert [d.message.body for d in got][4:] == [b"4", b"5", b"6"]
+    publish(broker, "s", b"10")
+    assert len(got) == 7
+    assert read(broker, "s", "first")[0] == (b"0", 0)  # reading took nothing away
+
+
+async def test_stream_refusals(broker: Broker) -> None:
+    broker.declare_queue("/", "s", arguments=STREAM)
+    session = broker.open_session()
+    with pytest.raises(PreconditionFailedError, match="prefetch"):
+        broker.consume(session, "s", lambda d: None)
+    with pytest.raises(QueueTypeError, match="automatic acknowledgement"):
+        broker.consume(session, "s", lambda d: None, prefetch_count=5, no_ack=True)
+    assert not session.consumers
+    with pytest.raises(QueueTypeError, match=r"basic\.get"):
+        broker.get(session, "s")
+    with pytest.raises(QueueTypeError, match="purge"):
+        broker.purge_queue("/", "s")
+    with pytest.raises(PreconditionFailedError, match="non-durable"):
+        broker.declare_queue("/", "t", durable=False, arguments=STREAM)
+    with pytest.raises(Exception, match="x-max-length'"):
+        broker.declare_queue("/", "t", arguments={**STREAM, "x-max-length": 5})
+
+
+async def test_retention_by_size_drops_whole_oldest_segments(broker: Broker) -> None:
+    broker.declare_queue("/", "s", arguments={
+        **STREAM, "x-stream-max-segment-size-bytes": 2000, "x-max-length-bytes": 5000})
+    publish(broker, "s", *[b"x" * 100 for _ in range(200)])
+    queue = broker.get_queue("/", "s")
+    log = queue.log  # type: ignore[attr-defined]
+    assert log.size_bytes <= 5000 + 2000  # at most one segment over, the active one
+    assert log.first_offset > 0 and log.next_offset == 200
+    got = read(broker, "s", "first", prefetch=100)
+    assert [o for _, o in got] == list(range(log.first_offset, 200))
+    assert read(broker, "s", 0, prefetch=100) == got  # gone offsets start at the first kept
+
+
+async def test_retention_by_age_on_the_fake_clock(broker: Broker, clock: FakeClock) -> None:
+    broker.declare_queue("/", "s", arguments={
+        **STREAM, "x-stream-max-segment-size-bytes": 1000, "x-max-age": "1h"})
+    publish(broker, "s", *[b"o" * 100 for _ in range(30)])  # old: several segments
+    clock.advance(1800)
+    publish(broker, "s", *[b"n" * 100 for _ in range(30)])
+    broker.upkeep.run(clock.time())
+    assert read(broker, "s", "first", prefetch=100)[0][1] == 0  # nothing is an hour old yet
+    clock.advance(1900)  # the old ones are 62 minutes old, the new ones 32
+    broker.upkeep.run(clock.time())
+    kept = read(broker, "s", "first", prefetch=100)
+    assert kept[0][1] > 0 and [o for _, o in kept] == list(range(kept[0][1], 60))
+    assert [b for b, _ in kept[-30:]] == [b"n" * 100] * 30  # every young one is kept
+    assert 0 < 60 - len(kept) <= 30  # whole old segments went, never a young one
+
+
+async def test_a_stream_survives_a_restart_with_its_offsets(tmp_path: Path,
+                                                            clock: FakeClock) -> None:
+    broker = Broker(SqliteStore(tmp_path / "data"), clock)
+    broker.start()
+    broker.declare_queue("/", "s", arguments=STREAM)
+    publish(broker, "s", b"a", b"b", b"c")
+    await broker.sync()
+    broker.close()
+    broker = Broker(SqliteStore(tmp_path / "data"), clock)
+    broker.start()
+    publish(broker, "s", b"d")
+    await broker.sync()
+    assert read(broker, "s", "first") == [(b"a", 0), (b"b", 1), (b"c", 2), (b"d", 3)]
+    broker.delete_queue("/", "s")
+    assert not list((tmp_path / "data" / "streams").iterdir())
+    broker.close()
+
+
+async def test_readers_see_only_durable_records(tmp_path: Path, clock: FakeClock) -> None:
+    broker = Broker(SqliteStore(tmp_path / "data"), clock)
+    broker.start()
+    broker.declare_queue("/", "s", arguments=STREAM)
+    session: Session = broker.open_session()
+    got: list[Delivery] = []
+    broker.consume(session, "s", got.append, prefetch_count=10,
+                   arguments={"x-stream-offset": "first"})
+    publish(broker, "s", b"a")
+    assert got == []  # written, not yet durable
+    await broker.sync()
+    assert [d.message.body for d in got] == [b"a"]
+    broker.close()
