@@ -121,6 +121,42 @@ class QueueStatistics:
 
 
 @dataclass(frozen=True, slots=True)
+class ReaderStatistics:
+    """Where one reader of a stream stands: a named reader's committed offset, or a live
+    consumer's position (``live``; named by its consumer tag)."""
+
+    name: str
+    #: The next offset it reads.
+    offset: int
+    live: bool
+    #: Records between it and the tail.
+    lag: int
+    #: Seconds since its next unread record was appended (0 when it has read everything).
+    lag_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStatistics:
+    vhost: str
+    name: str
+    #: Records kept (retention removes whole segments of the oldest).
+    records: int
+    bytes: int
+    segments: int
+    #: Offsets of the first and last record kept (None when it keeps none).
+    first_offset: int | None
+    last_offset: int | None
+    #: Seconds since the epoch when the first and last kept records were appended.
+    first_timestamp: float | None
+    last_timestamp: float | None
+    #: The retention in force: ``x-max-length-bytes``, ``x-max-age`` (seconds), segment size.
+    max_bytes: int | None
+    max_age_s: float | None
+    segment_bytes: int
+    readers: tuple[ReaderStatistics, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerStatistics:
     queues: tuple[QueueStatistics, ...]
     exchanges: int
@@ -133,9 +169,17 @@ class BrokerStatistics:
     rates: dict[str, float]
     #: Stored records that could not be read and were moved aside (``tidings quarantine``).
     quarantined: int = 0
+    #: Stream queues' own numbers (they are among ``queues`` too).
+    streams: tuple[StreamStatistics, ...] = ()
 
     def queue(self, name: str, vhost: str = "/") -> QueueStatistics:
         for q in self.queues:
             if q.name == name and q.vhost == vhost:
                 return q
+        raise KeyError(name)
+
+    def stream(self, name: str, vhost: str = "/") -> StreamStatistics:
+        for s in self.streams:
+            if s.name == name and s.vhost == vhost:
+                return s
         raise KeyError(name)

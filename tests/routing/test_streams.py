@@ -156,3 +156,33 @@ async def test_readers_see_only_durable_records(tmp_path: Path, clock: FakeClock
     await broker.sync()
     assert [d.message.body for d in got] == [b"a"]
     broker.close()
+
+
+async def test_named_readers_offsets_survive_a_restart_and_show_their_lag(
+        tmp_path: Path, clock: FakeClock) -> None:
+    broker = Broker(SqliteStore(tmp_path / "data"), clock)
+    broker.start()
+    broker.declare_queue("/", "s", arguments={**STREAM, "x-max-age": "7D"})
+    publish(broker, "s", *[f"{i}".encode() for i in range(10)])
+    await broker.sync()
+    broker.commit_offset("/", "s", "billing", 3)
+    clock.advance(5)
+    await broker.sync()
+    broker.close()
+    broker = Broker(SqliteStore(tmp_path / "data"), clock)
+    broker.start()
+    assert broker.reader_offset("/", "s", "billing") == 3
+    assert broker.reader_offset("/", "s", "audit") is None
+    stats = broker.statistics().stream("s")
+    assert (stats.records, stats.first_offset, stats.last_offset) == (10, 0, 9)
+    assert stats.max_age_s == 7 * 86400 and stats.bytes > 0 and stats.segments == 1
+    (billing,) = stats.readers
+    assert (billing.name, billing.offset, billing.lag, billing.live) == ("billing", 4, 6, False)
+    assert billing.lag_s == pytest.approx(5.0)
+    with pytest.raises(PreconditionFailedError, match="not a stream"):
+        broker.declare_queue("/", "plain")
+        broker.commit_offset("/", "plain", "billing", 1)
+    broker.delete_queue("/", "s")
+    broker.declare_queue("/", "s", arguments=STREAM)
+    assert broker.reader_offset("/", "s", "billing") is None  # a new stream, new readers
+    broker.close()

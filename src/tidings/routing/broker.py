@@ -25,7 +25,12 @@ from typing import Any
 
 from tidings.clock import Clock, LoopClock
 from tidings.dead_letters import dead_letter_queue, revive
-from tidings.errors import AccessRefusedError, NotAllowedError, NotFoundError
+from tidings.errors import (
+    AccessRefusedError,
+    NotAllowedError,
+    NotFoundError,
+    PreconditionFailedError,
+)
 from tidings.message import Message, Record
 from tidings.routing.declarations import Declarations
 from tidings.routing.delayed import DelayedDelivery, DelayedMessages
@@ -36,9 +41,16 @@ from tidings.routing.queue import DEFAULT_WINDOW, Entry, Queue
 from tidings.routing.recovery import recover
 from tidings.routing.reporting import broker_statistics, queue_statistics
 from tidings.routing.session import Consumer, Delivery, Session
+from tidings.routing.stream import StreamQueue
 from tidings.routing.upkeep import Upkeep
 from tidings.routing.vhost import DEFAULT_VHOST, Sequence, VirtualHost, VirtualHosts
-from tidings.statistics import BrokerStatistics, Counters, Histogram, QueueStatistics
+from tidings.statistics import (
+    BrokerStatistics,
+    Counters,
+    Histogram,
+    QueueStatistics,
+    StreamStatistics,
+)
 from tidings.storage import quarantine
 from tidings.storage.base import Store
 from tidings.storage.streams import StreamFiles
@@ -368,6 +380,26 @@ class Broker:
         return exchange is not None and any(
             q.name == queue_name for q in v.route(exchange, record.message))
 
+    # -- streams: named readers' offsets ---------------------------------------------------
+
+    def _stream(self, vhost: str, name: str) -> StreamQueue:
+        queue = self.vhosts.get_queue(vhost, name)
+        if not isinstance(queue, StreamQueue):
+            raise PreconditionFailedError(f"queue '{name}' in vhost '{vhost}' is not a stream")
+        return queue
+
+    def commit_offset(self, vhost: str, stream: str, reader: str, offset: int) -> None:
+        """Store that ``reader`` has processed ``stream`` up to ``offset`` (durable once
+        :meth:`sync` resolves); a restarted reader resumes after it."""
+        self._stream(vhost, stream).commit(reader, offset)
+
+    def reader_offset(self, vhost: str, stream: str, reader: str) -> int | None:
+        """The last offset ``reader`` committed, or None."""
+        return self._stream(vhost, stream).readers.get(reader)
+
+    def stream_statistics(self, vhost: str, name: str) -> StreamStatistics:
+        return self._stream(vhost, name).stream_statistics(self.clock.time())
+
     # -- dead letters (one implementation for every face) ----------------------------------
 
     def dead_letter_queue(self, vhost: str, queue_name: str) -> str:
@@ -436,6 +468,9 @@ class Broker:
         """Every queue's numbers and the totals, over ``vhosts`` (None: all)."""
         shown = [v for v in self.vhosts if vhosts is None or v.name in vhosts]
         queues = [self._queue_statistics(q) for v in shown for q in v.queues.values()]
+        now = self.clock.time()
+        streams = tuple(q.stream_statistics(now) for v in shown for q in v.queues.values()
+                        if isinstance(q, StreamQueue))
         return broker_statistics(
             # publishes are counted per vhost at their queues only
             queues, self.counters if vhosts is None else None,
@@ -443,6 +478,7 @@ class Broker:
             sessions=self.session_count(vhosts),
             delayed=len(self.delayed) if vhosts is None else sum(q.delayed for q in queues),
             quarantined=len(self.quarantined()),
+            streams=streams,
         )
 
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from tidings.message import Delivery, Message
 from tidings.routing.session import Consumer, Session
 from tidings.routing.vhost import DEFAULT_VHOST
-from tidings.statistics import BrokerStatistics, Histogram, QueueStatistics
+from tidings.statistics import BrokerStatistics, Histogram, QueueStatistics, StreamStatistics
 from tidings.storage.quarantine import QuarantinedRecord
 
 __all__ = ["DEFAULT_VHOST", "BindingInfo", "Consumer", "Delivery", "ExchangeInfo", "FrontDoor",
@@ -47,9 +47,9 @@ class QueueInfo:
     exclusive: bool
     auto_delete: bool
     arguments: dict[str, Any]
-    #: ``classic`` or ``quorum`` (``x-queue-type``).
+    #: ``classic``, ``quorum`` or ``stream`` (``x-queue-type``).
     queue_type: str
-    #: Ready messages (``queue.declare-ok``'s message-count).
+    #: Ready messages (``queue.declare-ok``'s message-count; a stream's records).
     ready: int
     consumers: int
 
@@ -177,6 +177,14 @@ class FrontDoor(Protocol):
     def statistics(self, vhosts: set[str] | None = None) -> BrokerStatistics: ...
 
     def queue_statistics(self, vhost: str, name: str) -> QueueStatistics: ...
+
+    def stream_statistics(self, vhost: str, name: str) -> StreamStatistics: ...
+
+    # streams: named readers' committed offsets
+
+    def commit_offset(self, vhost: str, stream: str, reader: str, offset: int) -> None: ...
+
+    def reader_offset(self, vhost: str, stream: str, reader: str) -> int | None: ...
 
     def queue_histograms(self, vhost: str, name: str) -> tuple[Histogram, Histogram]: ...
 

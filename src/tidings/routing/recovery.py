@@ -17,6 +17,7 @@ from tidings.routing import topology_rows as defs
 from tidings.routing.delayed import DelayedMessages, is_delayed_key
 from tidings.routing.exchange import Binding, Exchange, freeze_arguments
 from tidings.routing.ready import Entry, lane_key, split_lane_key
+from tidings.routing.stream import READER_ROWS, StreamQueue
 from tidings.routing.vhost import VirtualHosts
 from tidings.storage.base import Store
 from tidings.storage.quarantine import decode_or_quarantine
@@ -45,6 +46,13 @@ def recover(store: Store, vhosts: VirtualHosts, delayed: DelayedMessages,
         if v is not None:
             v.add_binding(Binding(d["source"], d["destination"], d["routing_key"],
                                   freeze_arguments(d["arguments"]), d["to_exchange"]))
+    for key, data in store.definitions(READER_ROWS):
+        d = defs.load(data)
+        stream = vhosts.find_queue(d["vhost"], d["stream"])
+        if isinstance(stream, StreamQueue):
+            stream.readers[d["reader"]] = d["offset"]
+        else:  # its stream is gone
+            store.delete_definition(READER_ROWS, key)
     _recover_messages(store, vhosts, clock)
     delayed.recover()
 

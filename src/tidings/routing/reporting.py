@@ -6,7 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from tidings.routing.queue import Queue
-from tidings.statistics import COUNTERS, BrokerStatistics, Counters, QueueStatistics
+from tidings.statistics import (
+    COUNTERS,
+    BrokerStatistics,
+    Counters,
+    QueueStatistics,
+    StreamStatistics,
+)
 
 
 def queue_statistics(queue: Queue, delayed: int, now: float) -> QueueStatistics:
@@ -31,7 +37,8 @@ def queue_statistics(queue: Queue, delayed: int, now: float) -> QueueStatistics:
 
 def broker_statistics(queues: Iterable[QueueStatistics], counters: Counters | None, *,
                       exchanges: int, sessions: int, delayed: int,
-                      quarantined: int) -> BrokerStatistics:
+                      quarantined: int,
+                      streams: tuple[StreamStatistics, ...] = ()) -> BrokerStatistics:
     """Totals over ``queues``. With the broker's ``counters``, publishes are those counted
     at the exchanges (routed or not); without, those that reached the queues."""
     queues = tuple(queues)
@@ -51,4 +58,5 @@ def broker_statistics(queues: Iterable[QueueStatistics], counters: Counters | No
         counts=counts,
         rates=rates,
         quarantined=quarantined,
+        streams=streams,
     )

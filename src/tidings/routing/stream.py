@@ -17,6 +17,7 @@ a stream far larger than memory is read with memory bounded by the readers, not 
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -26,10 +27,11 @@ from tidings.errors import PreconditionFailedError, QueueTypeError
 from tidings.message import Record, RecordError, decode_record, encode_record
 from tidings.routing.arguments import parse_age
 from tidings.routing.queue import Entry, Queue, QueueConsumer
+from tidings.statistics import ReaderStatistics, StreamStatistics
 from tidings.storage.segments import DEFAULT_SEGMENT_BYTES, LogRecord
 from tidings.storage.streams import StreamFiles
 
-__all__ = ["READ_BYTES", "READ_RECORDS", "StreamQueue", "start_offset"]
+__all__ = ["READER_ROWS", "READ_BYTES", "READ_RECORDS", "StreamQueue", "start_offset"]
 
 log = logging.getLogger("tidings.broker")
 
@@ -39,6 +41,8 @@ READ_RECORDS = 256
 READ_BYTES = 1 * 2**20
 #: The consumer argument that says where to start, and the header each delivery carries.
 OFFSET = "x-stream-offset"
+#: The store's definitions of named readers' committed offsets.
+READER_ROWS = "stream-reader"
 
 
 class _Cursor:
@@ -60,6 +64,8 @@ class StreamQueue(Queue):
         self.log.max_segment_bytes = self.options.segment_bytes or DEFAULT_SEGMENT_BYTES
         streams.on_commit(self.store_key, self.dispatch)
         self._cursors: dict[QueueConsumer, _Cursor] = {}
+        #: Named readers' committed offsets (the last offset each has processed).
+        self.readers: dict[str, int] = {}
 
     # -- what it holds -----------------------------------------------------------------------
 
@@ -86,6 +92,57 @@ class StreamQueue(Queue):
         """Records between ``consumer``'s position and the tail."""
         cursor = self._cursors.get(consumer)
         return 0 if cursor is None else max(0, self.end_offset - cursor.offset)
+
+    # -- named readers ---------------------------------------------------------------------
+
+    def _reader_key(self, reader: str) -> str:
+        return f"{self.store_key}\x1f{reader}"
+
+    def commit(self, reader: str, offset: int) -> None:
+        """Remember that ``reader`` has processed everything up to ``offset`` (durable with
+        the next sync)."""
+        if not reader:
+            raise PreconditionFailedError("a stream reader needs a name")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise PreconditionFailedError(f"invalid offset {offset!r} for reader '{reader}'")
+        self.readers[reader] = offset
+        self._store.put_definition(READER_ROWS, self._reader_key(reader), json.dumps(
+            {"vhost": self.vhost, "stream": self.name, "reader": reader,
+             "offset": offset}).encode())
+
+    def forget_reader(self, reader: str) -> None:
+        if self.readers.pop(reader, None) is not None:
+            self._store.delete_definition(READER_ROWS, self._reader_key(reader))
+
+    # -- numbers -----------------------------------------------------------------------------
+
+    def stream_statistics(self, now: float) -> StreamStatistics:
+        end, first = self.end_offset, self.log.first_offset
+        first_ts, last_ts = self.log.first_timestamp_ms(), self.log.last_timestamp_ms()
+        positions = [(name, offset + 1, False) for name, offset in self.readers.items()]
+        positions += [(getattr(c, "tag", "?"), cur.offset - len(cur.ahead) if cur.ahead
+                       else cur.offset, True) for c, cur in self._cursors.items()]
+        readers = []
+        for name, position, live in sorted(positions):
+            position = max(position, first)
+            lag = max(0, end - position)
+            lag_s = 0.0
+            if lag:
+                found = self.log.read(position, 1, 1)
+                if found:
+                    lag_s = max(0.0, now - found[0].timestamp_ms / 1000.0)
+            readers.append(ReaderStatistics(name, position, live, lag, lag_s))
+        o = self.options
+        return StreamStatistics(
+            vhost=self.vhost, name=self.name, records=max(0, end - first),
+            bytes=self.log.size_bytes, segments=self.log.segment_count(),
+            first_offset=first if end > first else None,
+            last_offset=end - 1 if end > first else None,
+            first_timestamp=None if first_ts is None else first_ts / 1000.0,
+            last_timestamp=None if last_ts is None else last_ts / 1000.0,
+            max_bytes=o.max_length_bytes,
+            max_age_s=None if o.max_age_ms is None else o.max_age_ms / 1000.0,
+            segment_bytes=self.log.max_segment_bytes, readers=tuple(readers))
 
     # -- appending ---------------------------------------------------------------------------
 
@@ -193,6 +250,8 @@ class StreamQueue(Queue):
         headers = dict(message.headers) if message.headers else {}
         headers[OFFSET] = found.offset
         message.headers = headers
+        if message.timestamp is None:
+            message.timestamp = found.timestamp_ms // 1000
         record.enqueued_at = found.timestamp_ms / 1000.0
         entry = Entry(found.offset, record, False)
         entry.delivered_at = self._now()
@@ -230,6 +289,8 @@ class StreamQueue(Queue):
     def close(self) -> list[str]:
         super().close()
         self._cursors.clear()
+        for reader in list(self.readers):
+            self.forget_reader(reader)
         self.streams.delete(self.store_key)
         return []
 
