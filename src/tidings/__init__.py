@@ -8,6 +8,7 @@ from tidings.client import (
     BlockingClient,
     Client,
     ReceivedMessage,
+    StreamRecord,
     connect,
     connect_blocking,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "PreconditionFailedError",
     "ReceivedMessage",
     "ResourceLockedError",
+    "StreamRecord",
     "TaskError",
     "TaskHandle",
     "TidingsError",

@@ -2,7 +2,8 @@
 
 from tidings.client.blocking import BlockingClient, connect_blocking
 from tidings.client.client import Client, ReceivedMessage, connect
-from tidings.client.transport import Delivery, QueueSpec, Transport
+from tidings.client.streams import StreamReader, StreamRecord
+from tidings.client.transport import Delivery, QueueSpec, StreamSpec, Transport
 
 __all__ = [
     "BlockingClient",
@@ -10,6 +11,9 @@ __all__ = [
     "Delivery",
     "QueueSpec",
     "ReceivedMessage",
+    "StreamReader",
+    "StreamRecord",
+    "StreamSpec",
     "Transport",
     "connect",
     "connect_blocking",

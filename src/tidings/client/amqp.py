@@ -50,6 +50,7 @@ from tidings.client.transport import (
     Capabilities,
     Delivery,
     QueueSpec,
+    StreamSpec,
 )
 from tidings.dead_letters import dead_letter_queue, revive
 from tidings.errors import (
@@ -373,6 +374,37 @@ class AmqpTransport:
         self._known.add(name)
         return True
 
+    # -- streams ---------------------------------------------------------------------------
+
+    async def declare_stream(self, name: str, spec_: StreamSpec) -> None:
+        await self._call("queue_declare", name, durable=True, arguments=spec_.arguments())
+        self._known.add(name)
+
+    @staticmethod
+    def _reader_queue(stream: str, reader: str) -> str:
+        """Where a named reader's offset is kept over AMQP (which has no offset store, on
+        RabbitMQ as here): a classic queue that holds one message, the last committed."""
+        return f"tidings.reader.{stream}.{reader}"
+
+    async def commit_offset(self, stream: str, reader: str, offset: int) -> None:
+        name = self._reader_queue(stream, reader)
+        if name not in self._known:
+            await self._call("queue_declare", name, durable=True, arguments={
+                "x-queue-type": "classic", "x-max-length": 1, "x-overflow": "drop-head"})
+            self._known.add(name)
+        await self._confirm([("", name, Message(str(offset).encode()), True)])
+
+    async def reader_offset(self, stream: str, reader: str) -> int | None:
+        name = self._reader_queue(stream, reader)
+        if await self._passive(name) is None:
+            return None
+        async with self._side_channel() as channel:  # closing it returns the message
+            raw = await channel.basic_get(name)
+            if isinstance(raw.delivery, spec.Basic.GetEmpty):
+                return None
+            text = raw.body.decode(errors="replace")
+            return int(text) if text.isdigit() else None
+
     @contextlib.asynccontextmanager
     async def _side_channel(self) -> AsyncIterator[Any]:
         """A channel of its own for one operation, closed after it (which returns whatever it
@@ -523,7 +555,8 @@ class AmqpTransport:
         return _incoming(raw, queue)
 
     async def consume(self, queue: str, prefetch: int,
-                      on_message: Callable[[Delivery], None]) -> _Consumer:
+                      on_message: Callable[[Delivery], None],
+                      arguments: dict[str, Any] | None = None) -> _Consumer:
         assert self._conn is not None
         channel = await self._conn.channel()
         consumer = _Consumer(channel)
@@ -535,7 +568,8 @@ class AmqpTransport:
                 on_message(_incoming(raw, queue, consumer))
 
             consumer.tag = f"tidings.{next(self._consumer_ids)}"
-            await channel.basic_consume(queue, deliver, consumer_tag=consumer.tag)
+            await channel.basic_consume(queue, deliver, consumer_tag=consumer.tag,
+                                        arguments=arguments)
         except Exception as e:
             with contextlib.suppress(Exception):
                 await channel.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import itertools
 import json
 import logging
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tidings.client.received import Inbox, ReceivedMessage, Receiver
+from tidings.client.streams import Start, StreamReader
 from tidings.client.tasks import (
     ERROR_CONTENT_TYPE,
     Results,
@@ -36,6 +38,7 @@ from tidings.client.tasks import (
 )
 from tidings.client.transport import (
     QueueSpec,
+    StreamSpec,
     Subscription,
     Transport,
 )
@@ -121,6 +124,8 @@ class Client:
         self._subscriptions: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._receivers: set[Receiver] = set()
+        self._readers: set[StreamReader] = set()
+        self._streams: set[str] = set()
         self._unacked_batches: list[list[ReceivedMessage]] = []
         #: Message ids: a random per-client prefix and a counter (unique, and cheap to make).
         self._id_prefix = uuid.uuid4().hex[:16]
@@ -159,6 +164,9 @@ class Client:
             return
         for receiver in list(self._receivers):
             await receiver.aclose()
+        for reader in list(self._readers):
+            with contextlib.suppress(Exception):
+                await reader.close()
         for task in self._tasks:
             task.cancel()
         for done in self._unacked_batches:  # handled events whose batched ack is pending
@@ -308,6 +316,68 @@ class Client:
     async def purge_dead_letters(self, queue: str) -> int:
         await self._ensure_queue(queue)
         return await self.transport.purge(dead_letter_queue(queue))
+
+    # -- streams ---------------------------------------------------------------------------
+
+    def _check_streams(self, operation: str) -> None:
+        capabilities = self.transport.capabilities
+        if not capabilities.streams:
+            raise capabilities.unsupported("streams", operation)
+
+    async def stream(self, name: str, *, max_bytes: int | None = None,
+                     max_age: str | datetime.timedelta | None = None,
+                     segment_bytes: int | None = None) -> str:
+        """Declare the stream ``name``: a log that keeps what is appended to it, for every
+        reader, until the retention drops it (the oldest whole segments once it is larger
+        than ``max_bytes``, or older than ``max_age``: ``"7D"``, ``"12h"`` or a timedelta).
+        Idempotent; a redeclare with other retention raises."""
+        self._check_streams("declare a stream")
+        if isinstance(max_age, datetime.timedelta):
+            max_age = f"{int(max_age.total_seconds())}s"
+        await self.transport.declare_stream(name, StreamSpec(max_bytes, max_age, segment_bytes))
+        self._streams.add(name)
+        return name
+
+    async def _ensure_stream(self, name: str) -> None:
+        if name not in self._streams:
+            self._check_streams("append to a stream")
+            if not await self.transport.queue_exists(name):
+                await self.transport.declare_stream(name, StreamSpec())
+            self._streams.add(name)
+
+    async def append(self, stream: str, record: Any, *, headers: dict[str, Any] | None = None,
+                     message_id: str | None = None, content_type: str | None = None) -> str:
+        """Append ``record`` (bytes, text or JSON-able) to ``stream`` (declared with the
+        defaults if missing); returns its id once it is durable."""
+        await self._ensure_stream(stream)
+        message = self._message(record, headers=headers, priority=None, ttl_ms=None,
+                                message_id=message_id, content_type=content_type,
+                                persistent=True)
+        await self.transport.send(stream, [message])
+        return message.message_id or ""
+
+    async def append_many(self, stream: str, records: Iterable[Any], *,
+                          headers: dict[str, Any] | None = None) -> list[str]:
+        """Batch form of :meth:`append`: one durable commit for all; returns the ids."""
+        await self._ensure_stream(stream)
+        messages = self._messages(records, headers, True)
+        await self.transport.send(stream, messages)
+        return [m.message_id or "" for m in messages]
+
+    def read(self, stream: str, *, start: Start = "first", reader: str | None = None,
+             prefetch: int = DEFAULT_PREFETCH) -> StreamReader:
+        """Records of ``stream`` in offset order, from ``start``: ``"first"``, ``"last"``,
+        ``"next"`` (only new ones), an offset, a datetime, or an age (``"1h"``, a timedelta).
+        It waits at the tail for new records. With ``reader="name"`` it resumes after the
+        offset that name last committed (``await reader.commit()``), and starts at ``start``
+        only the first time.
+
+        ``async with client.read("orders", reader="billing") as records:
+        async for record in records: ...``
+        """
+        found = StreamReader(self, stream, start, reader, prefetch)
+        self._readers.add(found)
+        return found
 
     # -- events ----------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from tidings.client.transport import (
     EVENTS_EXCHANGE,
     Capabilities,
     QueueSpec,
+    StreamSpec,
 )
 from tidings.dead_letters import dead_letter_queue
 from tidings.errors import NotFoundError, PreconditionFailedError
@@ -77,6 +78,16 @@ class LocalTransport:
     async def queue_exists(self, name: str) -> bool:
         return self.broker.queue_exists(VHOST, name)
 
+    async def declare_stream(self, name: str, spec: StreamSpec) -> None:
+        self.broker.declare_queue(VHOST, name, durable=True, arguments=spec.arguments())
+
+    async def commit_offset(self, stream: str, reader: str, offset: int) -> None:
+        self.broker.commit_offset(VHOST, stream, reader, offset)
+        await self.broker.sync()
+
+    async def reader_offset(self, stream: str, reader: str) -> int | None:
+        return self.broker.reader_offset(VHOST, stream, reader)
+
     def _declare_events(self) -> None:
         if not self._events_ready:
             self.broker.declare_exchange(VHOST, EVENTS_EXCHANGE, "topic", durable=True)
@@ -117,9 +128,10 @@ class LocalTransport:
         return self.broker.get(self._session, queue)
 
     async def consume(self, queue: str, prefetch: int,
-                      on_message: Callable[[Delivery], None]) -> _LocalSubscription:
+                      on_message: Callable[[Delivery], None],
+                      arguments: dict[str, Any] | None = None) -> _LocalSubscription:
         consumer = self.broker.consume(self._session, queue, on_message, prefetch_count=prefetch,
-                                       dispatch=False)
+                                       arguments=arguments, dispatch=False)
         # A receiver that takes lists gets them (see Transport.consume).
         consumer.on_deliveries = getattr(on_message, "many", None)
         consumer.start()

@@ -109,9 +109,12 @@ NO_PRIORITIES = ("JetStream delivers a stream in order and has no message priori
 
 def nats_capabilities(broker: str = "NATS JetStream") -> Capabilities:
     return Capabilities(
-        broker, priorities=False, latency_statistics=False,
+        broker, priorities=False, latency_statistics=False, streams=False,
         reasons=(("priorities", NO_PRIORITIES),
-                 ("latency_statistics", "JetStream counts messages but does not time them")))
+                 ("latency_statistics", "JetStream counts messages but does not time them"),
+                 ("streams", "tidings streams are not yet mapped onto JetStream streams: use "
+                             "the embedded broker, tidings serve or RabbitMQ for replayable "
+                             "logs")))
 
 
 def _escape(name: str) -> str:
@@ -811,7 +814,8 @@ class NatsTransport:
             await self.js.consumer_info(feed.stream, feed.durable)
 
     async def consume(self, queue: str, prefetch: int,
-                      on_message: Callable[[Delivery], None]) -> _Consumer:
+                      on_message: Callable[[Delivery], None],
+                      arguments: dict[str, Any] | None = None) -> _Consumer:
         consumer = _Consumer(self, queue, prefetch, on_message)
         for feed in await self._feeds_of(queue):
             consumer.add(feed)

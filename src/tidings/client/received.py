@@ -18,14 +18,13 @@ if TYPE_CHECKING:  # the client owns these objects; they only call back into it
     from tidings.client.client import Client
 
 
-class ReceivedMessage:
-    """A message handed to you by a queue or a subscription. Settle it once."""
+class MessageView:
+    """What user code reads of a delivered message: body, text, JSON, headers, id, topic."""
 
-    __slots__ = ("_client", "_incoming", "settled")
+    __slots__ = ("_incoming",)
 
-    def __init__(self, client: Client, incoming: Delivery) -> None:
-        self._client, self._incoming = client, incoming
-        self.settled = False
+    def __init__(self, incoming: Delivery) -> None:
+        self._incoming = incoming
 
     @property
     def body(self) -> bytes:
@@ -55,12 +54,22 @@ class ReceivedMessage:
         return self._incoming.message.routing_key
 
     @property
-    def queue(self) -> str:
-        return self._incoming.queue
-
-    @property
     def content_type(self) -> str | None:
         return self._incoming.message.content_type
+
+
+class ReceivedMessage(MessageView):
+    """A message handed to you by a queue or a subscription. Settle it once."""
+
+    __slots__ = ("_client", "settled")
+
+    def __init__(self, client: Client, incoming: Delivery) -> None:
+        self._client, self._incoming = client, incoming
+        self.settled = False
+
+    @property
+    def queue(self) -> str:
+        return self._incoming.queue
 
     @property
     def priority(self) -> int | None:
@@ -213,6 +222,7 @@ class Inbox:
         items: deque[Delivery] = deque()
         waiters: deque[asyncio.Future[None]] = deque()
         self.items, self._waiters = items, waiters
+        self.closed = False
 
         def put(delivery: Delivery) -> None:
             items.append(delivery)
@@ -235,6 +245,18 @@ class Inbox:
             if not waiter.done():
                 waiter.set_result(None)
                 n -= 1
+
+    async def wait(self) -> None:
+        """Until something is in, or the inbox is closed."""
+        if not self.items and not self.closed:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+
+    def close(self) -> None:
+        """Wake every waiter (for good: :meth:`wait` returns at once from now on)."""
+        self.closed = True
+        self._wake(len(self._waiters))
 
     async def get(self) -> Delivery:
         items = self.items

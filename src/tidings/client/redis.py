@@ -192,11 +192,13 @@ return 1
 
 def redis_capabilities(broker: str = "Redis", durable: bool = False,
                        why_not_durable: str = "") -> Capabilities:
-    reasons = [("latency_statistics", "Redis counts entries but does not time them")]
+    reasons = [("latency_statistics", "Redis counts entries but does not time them"),
+               ("streams", "tidings streams are not yet mapped onto Redis streams: use the "
+                           "embedded broker, tidings serve or RabbitMQ for replayable logs")]
     if not durable:
         reasons.append(("durable", why_not_durable or
                         "depends on the server: set appendonly yes and appendfsync always"))
-    return Capabilities(broker, durable=durable, latency_statistics=False,
+    return Capabilities(broker, durable=durable, latency_statistics=False, streams=False,
                         reasons=tuple(reasons))
 
 
@@ -589,7 +591,8 @@ class RedisTransport:
                 return incoming
 
     async def consume(self, queue: str, prefetch: int,
-                      on_message: Callable[[Delivery], None]) -> _Consumer:
+                      on_message: Callable[[Delivery], None],
+                      arguments: dict[str, Any] | None = None) -> _Consumer:
         await self._rules_of(queue)
         consumer = _Consumer(self, queue, prefetch, on_message)
         self._consumers.add(consumer)

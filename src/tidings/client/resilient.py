@@ -24,7 +24,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from tidings.client.transport import Capabilities, Delivery, QueueSpec
+from tidings.client.transport import Capabilities, Delivery, QueueSpec, StreamSpec
 from tidings.errors import BrokenResourceError, ClosedResourceError
 from tidings.message import Message
 
@@ -32,6 +32,8 @@ log = logging.getLogger("tidings.client")
 
 #: Seconds an operation waits for a lost connection to come back before it raises.
 SEND_RETRY_S = 30.0
+#: The header of a stream delivery that says its offset.
+STREAM_OFFSET = "x-stream-offset"
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0
 
 OpenInner = Callable[[], Awaitable[Any]]
@@ -56,18 +58,29 @@ class _Token:
 
 class _Consumer:
     def __init__(self, owner: ResilientTransport, queue: str, prefetch: int,
-                 on_message: Callable[[Delivery], None]) -> None:
+                 on_message: Callable[[Delivery], None],
+                 arguments: dict[str, Any] | None = None) -> None:
         self.owner, self.queue, self.prefetch, self.on_message = owner, queue, prefetch, on_message
+        self.arguments = dict(arguments) if arguments else None
         self.inner: Any = None
 
     async def start(self, transport: Any, generation: int) -> None:
-        on_message = self.on_message
+        on_message, arguments = self.on_message, self.arguments
 
         def deliver(incoming: Delivery) -> None:
             incoming.delivery_tag = _Token(generation, incoming.delivery_tag)
+            if arguments is not None:  # a stream reader resumes after what it was handed
+                offset = (incoming.message.headers or {}).get(STREAM_OFFSET)
+                if isinstance(offset, int):
+                    arguments[STREAM_OFFSET] = offset + 1
             on_message(incoming)
 
-        self.inner = await transport.consume(self.owner.name(self.queue), self.prefetch, deliver)
+        if arguments is None:
+            self.inner = await transport.consume(self.owner.name(self.queue), self.prefetch,
+                                                 deliver)
+        else:
+            self.inner = await transport.consume(self.owner.name(self.queue), self.prefetch,
+                                                 deliver, dict(arguments))
 
     async def cancel(self) -> None:
         self.owner._consumers.discard(self)
@@ -192,6 +205,15 @@ class ResilientTransport:
     async def queue_exists(self, name: str) -> bool:
         return await self._run(lambda t: t.queue_exists(self.name(name)))
 
+    async def declare_stream(self, name: str, spec: StreamSpec) -> None:
+        await self._run(lambda t: t.declare_stream(name, spec))
+
+    async def commit_offset(self, stream: str, reader: str, offset: int) -> None:
+        await self._run(lambda t: t.commit_offset(stream, reader, offset))
+
+    async def reader_offset(self, stream: str, reader: str) -> int | None:
+        return await self._run(lambda t: t.reader_offset(stream, reader))
+
     async def bind_events(self, queue: str, pattern: str) -> None:
         await self._run(lambda t: t.bind_events(self.name(queue), pattern))
         self._bindings.append((queue, pattern))
@@ -210,8 +232,9 @@ class ResilientTransport:
         return incoming
 
     async def consume(self, queue: str, prefetch: int,
-                      on_message: Callable[[Delivery], None]) -> _Consumer:
-        consumer = _Consumer(self, queue, prefetch, on_message)
+                      on_message: Callable[[Delivery], None],
+                      arguments: dict[str, Any] | None = None) -> _Consumer:
+        consumer = _Consumer(self, queue, prefetch, on_message, arguments)
         await self._run(lambda t: consumer.start(t, self._generation))
         self._consumers.add(consumer)
         return consumer

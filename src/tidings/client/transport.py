@@ -19,8 +19,8 @@ from tidings.errors import NotSupportedError
 from tidings.message import Delivery, Message
 from tidings.patterns import EVENTS_EXCHANGE
 
-__all__ = ["EVENTS_EXCHANGE", "Capabilities", "Delivery", "QueueSpec", "Subscription",
-           "Transport"]
+__all__ = ["EVENTS_EXCHANGE", "Capabilities", "Delivery", "QueueSpec", "StreamSpec",
+           "Subscription", "Transport"]
 
 
 
@@ -40,6 +40,25 @@ class QueueSpec:
     #: Private subscription queue: deleted when the client goes away.
     exclusive: bool = False
     arguments: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """How the client declares a stream: its retention (RabbitMQ's stream arguments)."""
+
+    #: Drop the oldest whole segments once the stream is larger (``x-max-length-bytes``).
+    max_bytes: int | None = None
+    #: Drop whole segments whose records are older, as ``"7D"``, ``"12h"`` (``x-max-age``).
+    max_age: str | None = None
+    #: Bytes per segment file (``x-stream-max-segment-size-bytes``).
+    segment_bytes: int | None = None
+
+    def arguments(self) -> dict[str, Any]:
+        args: dict[str, Any] = {"x-queue-type": "stream"}
+        pairs = (("x-max-length-bytes", self.max_bytes), ("x-max-age", self.max_age),
+                 ("x-stream-max-segment-size-bytes", self.segment_bytes))
+        args.update({k: v for k, v in pairs if v is not None})
+        return args
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +83,8 @@ class Capabilities:
     extend: bool = True
     #: Waiting and processing time percentiles in ``statistics()``.
     latency_statistics: bool = True
+    #: Streams: ``client.stream``, ``append``, ``read`` and ``subscribe(replay=...)``.
+    streams: bool = True
     #: For each capability that is False: why, and what to do instead.
     reasons: tuple[tuple[str, str], ...] = ()
 
@@ -104,10 +125,24 @@ class Transport(Protocol):
     async def get(self, queue: str) -> Delivery | None: ...
 
     async def consume(self, queue: str, prefetch: int,
-                      on_message: Callable[[Delivery], None]) -> Subscription:
+                      on_message: Callable[[Delivery], None],
+                      arguments: dict[str, Any] | None = None) -> Subscription:
         """Call ``on_message`` for each delivery. When ``on_message`` also has a ``many``
         method, a transport that can hand over several deliveries at once (the embedded
-        broker) calls ``on_message.many(list)`` instead; others ignore it."""
+        broker) calls ``on_message.many(list)`` instead; others ignore it. ``arguments``
+        are the consumer's (``x-stream-offset`` for a stream)."""
+        ...
+
+    async def declare_stream(self, name: str, spec: StreamSpec) -> None:
+        """Create the stream ``name`` if missing (a different redeclare raises)."""
+        ...
+
+    async def commit_offset(self, stream: str, reader: str, offset: int) -> None:
+        """Store, durably, that ``reader`` has processed ``stream`` up to ``offset``."""
+        ...
+
+    async def reader_offset(self, stream: str, reader: str) -> int | None:
+        """The last offset ``reader`` committed on ``stream``, or None."""
         ...
 
     async def ack(self, tokens: Sequence[Any]) -> None: ...

@@ -25,6 +25,7 @@ ROWS = (
     ("delete_delayed", "`delete(queue, id)` of a delayed message"),
     ("extend", "`message.extend()` a lease"),
     ("latency_statistics", "waiting / processing times in `statistics()`"),
+    ("streams", "streams: `stream`, `append`, `read`, named readers"),
 )
 
 BEGIN, END = "<!-- capability table: begin -->", "<!-- capability table: end -->"

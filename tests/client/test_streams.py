@@ -1,0 +1,129 @@
+"""Streams in the client API: ``client.stream``, ``append``, ``read`` with every start choice
+and named readers that resume, over the embedded broker (memory:// and a data directory),
+``amqp://`` to a ``tidings serve`` of the test's own and to the machine's RabbitMQ."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import tidings
+from tidings.client.streams import StreamReader
+from tidings.errors import InvalidArgumentError, NotSupportedError
+
+from ..serverproc import ServerProcess
+from ..services import nats_url, rabbitmq_port
+
+KINDS = ["memory", "directory", "amqp-tidings", "amqp-rabbitmq"]
+
+
+@pytest.fixture(scope="module")
+def tidings_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = ServerProcess(Path(tmp_path_factory.mktemp("streams")) / "data").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(params=KINDS)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "directory":
+        return str(tmp_path / "data")
+    if request.param == "amqp-tidings":
+        server = request.getfixturevalue("tidings_server")
+        return f"amqp://guest:guest@127.0.0.1:{server.port}/"
+    return f"amqp://guest:guest@127.0.0.1:{rabbitmq_port()}/"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def take(reader: StreamReader, n: int, timeout: float = 10.0) -> list[tuple[int, str]]:
+    got: list[tuple[int, str]] = []
+
+    async def run() -> None:
+        async for record in reader:
+            got.append((record.offset, record.text()))
+            if len(got) == n:
+                return
+
+    await asyncio.wait_for(run(), timeout)
+    return got
+
+
+async def nothing_more(reader: StreamReader, wait: float = 0.5) -> bool:
+    try:
+        await asyncio.wait_for(reader.__anext__(), wait)
+    except TimeoutError:
+        return True
+    return False
+
+
+async def test_append_and_read_from_every_start(url: str) -> None:
+    name = unique("orders")
+    async with tidings.connect(url) as client:
+        await client.stream(name, max_age="7D")
+        ids = [await client.append(name, f"order {i}", headers={"n": i}) for i in range(5)]
+        assert len(set(ids)) == 5
+        every = [(i, f"order {i}") for i in range(5)]
+        async with client.read(name) as records:  # start="first" by default
+            assert await take(records, 5) == every
+            assert await nothing_more(records)
+            await client.append(name, "order 5")  # a reader at the tail gets new records
+            assert await take(records, 1) == [(5, "order 5")]
+        async with client.read(name, start=2, prefetch=2) as records:
+            first = await records.__anext__()
+            assert (first.offset, first.text(), first.headers) == (2, "order 2", {"n": 2})
+            assert first.timestamp is not None and first.id == ids[2]
+            assert await take(records, 3) == [(3, "order 3"), (4, "order 4"), (5, "order 5")]
+        async with client.read(name, start="last") as records:
+            assert await take(records, 1) == [(5, "order 5")]
+        async with client.read(name, start=datetime.timedelta(hours=1)) as records:
+            assert len(await take(records, 6)) == 6
+        hour_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)
+        async with client.read(name, start=hour_ago) as records:
+            assert len(await take(records, 6)) == 6
+        async with client.read(name, start="next") as records:
+            assert await nothing_more(records)
+        with pytest.raises(InvalidArgumentError, match="start="):
+            client.read(name, start="yesterday")
+        if not url.startswith("amqp"):  # over AMQP the stream stays for the next run's reads
+            stats = await client.statistics()
+            assert stats.stream(name).records == 6
+
+
+async def test_a_named_reader_resumes_after_its_commit(url: str) -> None:
+    name = unique("ledger")
+    first = await tidings.connect(url)
+    await first.stream(name)
+    await first.append_many(name, [f"entry {i}" for i in range(6)])
+    async with first.read(name, reader="billing") as records:
+        assert await take(records, 3) == [(0, "entry 0"), (1, "entry 1"), (2, "entry 2")]
+        await records.commit()  # processed up to offset 2
+    if url != "memory://":  # a restarted process (memory:// lives as long as its client)
+        await first.close()
+        first = await tidings.connect(url)
+    async with first as client:
+        async with client.read(name, reader="billing", start="next") as records:
+            assert await take(records, 3) == [(3, "entry 3"), (4, "entry 4"), (5, "entry 5")]
+            await records.commit(4)
+        async with client.read(name, reader="billing") as records:
+            assert await take(records, 1) == [(5, "entry 5")]
+        async with client.read(name, reader="audit") as records:  # a new name: from start
+            assert await take(records, 1) == [(0, "entry 0")]
+        plain = client.read(name)
+        with pytest.raises(InvalidArgumentError, match="named reader"):
+            await plain.commit(1)
+
+
+async def test_streams_over_nats_say_what_to_use_instead() -> None:
+    async with tidings.connect(nats_url()) as client:
+        with pytest.raises(NotSupportedError, match="streams"):
+            await client.stream(unique("s"))
