@@ -127,3 +127,66 @@ async def test_streams_over_nats_say_what_to_use_instead() -> None:
     async with tidings.connect(nats_url()) as client:
         with pytest.raises(NotSupportedError, match="streams"):
             await client.stream(unique("s"))
+
+
+async def reconnect(client: tidings.Client, url: str) -> tidings.Client:
+    """A new client (a restarted process), or the same one where the broker lives only as
+    long as its client (memory://)."""
+    if url == "memory://":
+        return client
+    await client.close()
+    return await tidings.connect(url)
+
+
+async def test_a_new_group_replays_retained_events_then_goes_live(url: str) -> None:
+    topic = unique("invoices")
+    client = await tidings.connect(url)
+    await client.keep_events(max_age="1D")
+    for i in range(3):
+        await client.publish(f"{topic}.created", {"n": i})
+    await client.publish(f"{unique('other')}.created", {"n": -1})  # another topic
+
+    client = await reconnect(client, url)
+    seen: list[int] = []
+    group = unique("read-model")
+
+    # (an age: the shared RabbitMQ's log keeps every earlier run's events for a day)
+    @client.subscribe(f"{topic}.*", group=group, replay="10m")
+    async def on_invoice(message: tidings.ReceivedMessage) -> None:
+        seen.append(message.json()["n"])
+
+    await client.start()
+    assert seen == [0, 1, 2]  # the history, in order, before going live
+    await client.publish(f"{topic}.created", {"n": 3})
+    for _ in range(100):
+        if len(seen) == 4:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    assert seen == [0, 1, 2, 3]  # live, and nothing twice
+    await client.close()
+
+    if url != "memory://":  # the group exists now: a restarted process does not replay
+        async with tidings.connect(url) as client:
+            again: list[int] = []
+
+            @client.subscribe(f"{topic}.*", group=group, replay="first")
+            async def on_invoice_again(message: tidings.ReceivedMessage) -> None:
+                again.append(message.json()["n"])
+
+            await client.start()
+            await asyncio.sleep(0.3)
+            assert again == []
+
+
+async def test_replay_without_retained_events_says_what_to_do(tmp_path: Path) -> None:
+    async with tidings.connect(str(tmp_path / "data")) as client:
+
+        @client.subscribe("a.*", replay="first")
+        async def handler(message: tidings.ReceivedMessage) -> None:
+            pass
+
+        with pytest.raises(tidings.NotFoundError, match="keep_events"):
+            await client.start()
+    with pytest.raises(InvalidArgumentError, match="start="):
+        tidings.Client("memory://").subscribe("a.*", replay="soon")

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tidings.client.received import Inbox, ReceivedMessage, Receiver
-from tidings.client.streams import Start, StreamReader
+from tidings.client.replay import EVENTS_LOG, append_marker, check_events_log, replay
+from tidings.client.streams import Start, StreamReader, start_argument
 from tidings.client.tasks import (
     ERROR_CONTENT_TYPE,
     Results,
@@ -104,6 +105,10 @@ class _Subscriber:
     on_failure: Callable[[ReceivedMessage, BaseException], Awaitable[None]] | None = None
     #: Retries allowed for one message, when they differ per message (tasks).
     retries_for: Callable[[ReceivedMessage], int] | None = None
+    #: Where a new subscription's replay of retained events starts (None: no replay).
+    replay: Start | None = None
+    #: Ids of replayed events whose live copies are to be skipped (see client/replay.py).
+    seam: set[str] = field(default_factory=set)
 
 
 class Client:
@@ -399,22 +404,30 @@ class Client:
                   retries: int = DEFAULT_RETRIES, min_backoff_ms: int = DEFAULT_MIN_BACKOFF_MS,
                   max_backoff_ms: int = DEFAULT_MAX_BACKOFF_MS,
                   prefetch: int = DEFAULT_PREFETCH,
-                  concurrency: int = DEFAULT_CONCURRENCY) -> Callable[[Handler], Handler]:
+                  concurrency: int = DEFAULT_CONCURRENCY,
+                  replay: Start | None = None) -> Callable[[Handler], Handler]:
         """Decorator: call the handler for every event whose topic matches ``pattern``.
 
         Each ``group`` gets each event once, shared among its handlers (in this and other
         processes) and kept while nobody runs (a durable subscription). Without a group the
         subscription is private and lives as long as this client. Up to ``concurrency``
         events are handled at once; ``prefetch`` bounds how many wait in this process.
+
+        With ``replay`` (``"first"``, an offset, a datetime or an age such as ``"1h"``), a
+        subscription that is new (a group seen for the first time, or a private one) first
+        catches up on the events retained since then (see :meth:`keep_events`), in order,
+        and then goes live.
         """
         if concurrency < 1:
             raise InvalidArgumentError(f"concurrency must be >= 1, got {concurrency}")
         validate_pattern(pattern)
+        if replay is not None:
+            start_argument(replay)  # refuse a bad start now, not at start()
 
         def register(handler: Handler) -> Handler:
             self._subscribers.append(_Subscriber(pattern, group, handler, retries,
                                                  min_backoff_ms, max_backoff_ms, prefetch,
-                                                 concurrency))
+                                                 concurrency, replay=replay))
             return handler
 
         return register
@@ -500,11 +513,29 @@ class Client:
         self._middleware.append(middleware)
         return middleware
 
+    async def keep_events(self, *, max_age: str | datetime.timedelta | None = "7D",
+                          max_bytes: int | None = None) -> None:
+        """Keep every event published from now on in a stream, for ``max_age`` (and at most
+        ``max_bytes``), so that new subscriptions can replay them (``subscribe(...,
+        replay="first")``) and readers can read them (``client.read(EVENTS_LOG)``)."""
+        await self.stream(EVENTS_LOG, max_age=max_age, max_bytes=max_bytes)
+        await self.transport.bind_events(EVENTS_LOG, "#")
+
     async def start(self) -> None:
         """Declare and start every subscription (``run`` calls this, then waits)."""
         for sub in self._subscribers:
             if sub.queue:
                 continue
+            call: CallNext = sub.handler
+            for mw in reversed(self._middleware):
+                call = _wrap(mw, call)
+            catch_up: str | None = None  # the marker before the subscription's queue
+            if sub.replay is not None and sub.queue_name is None:
+                self._check_streams("replay events")
+                await check_events_log(self)
+                if sub.group is None or not await self.transport.queue_exists(
+                        subscription_queue(sub.group, sub.pattern)):
+                    catch_up = await append_marker(self)
             if sub.queue_name is not None:
                 if not await self.transport.queue_exists(sub.queue_name):
                     await self.transport.declare_queue(
@@ -520,9 +551,13 @@ class Client:
                 sub.queue = await self.transport.declare_queue(name, spec)
             if sub.queue_name is None:
                 await self.transport.bind_events(sub.queue, sub.pattern)
-            call: CallNext = sub.handler
-            for mw in reversed(self._middleware):
-                call = _wrap(mw, call)
+            if catch_up is not None:
+                until = await append_marker(self)
+                sub.seam = await replay(
+                    self, sub.pattern, sub.replay or "first", until, catch_up, call,
+                    sub.retries,
+                    lambda n, s=sub: backoff_ms(n, s.min_backoff_ms, s.max_backoff_ms),
+                    dead_letter_queue(sub.queue) if sub.group is not None else None)
             inbox = Inbox()
             loop = asyncio.get_running_loop()
             for _ in range(sub.concurrency):
@@ -545,11 +580,15 @@ class Client:
             if self._stopping:  # stop() was called: back to the queue, unhandled
                 await message.nack(requeue=True)
                 continue
-            self._in_flight += 1
-            try:
-                handled = await self._handle(sub, call, message)
-            finally:
-                self._in_flight -= 1
+            if sub.seam and message.id in sub.seam:  # handled already, during the replay
+                sub.seam.discard(message.id)
+                handled = True
+            else:
+                self._in_flight += 1
+                try:
+                    handled = await self._handle(sub, call, message)
+                finally:
+                    self._in_flight -= 1
             if handled and not message.settled:
                 done.append(message)
             if done and (not waiting or len(done) >= ACK_BATCH):
