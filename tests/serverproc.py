@@ -25,6 +25,7 @@ class ServerProcess:
         data_dir.parent.mkdir(parents=True, exist_ok=True)
 
     def start(self, port: int = 0) -> ServerProcess:
+        self.port = self.tls_port = self.http_port = self.metrics_port = 0  # (a restart)
         http = [] if "--http-port" in self.extra else ["--http-port", "0"]  # never 15672
         args = [sys.executable, "-m", "tidings", "--data-dir", str(self.data_dir), "serve",
                 "--host", "127.0.0.1", "--amqp-port", str(port), *http, *self.extra]

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -140,6 +141,31 @@ def test_sse_streams_matching_events_and_resumes_with_last_event_id(
     t.start()
     t.join(20)
     assert [json.loads(e["data"])["json"]["n"] for e in got] == [2, 3]
+
+
+def test_sse_resumes_from_last_event_id_across_a_server_restart(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data").start()
+    topic = unique("durable")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.http_port}",
+                          auth=("guest", "guest"), timeout=10) as http:
+            for n in range(4):
+                assert http.post(f"/events/{topic}.n", json={"n": n}).status_code == 202
+            with http.stream("GET", "/events/stream", params={"topic": f"{topic}.*"},
+                             headers={"Last-Event-ID": "-1"}, timeout=20) as r:
+                ids = [e["id"] for e in read_sse(r, 4)]  # -1: from the first kept event
+        assert ids == sorted(ids, key=int)
+        server.stop()
+        server.start()
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.http_port}",
+                          auth=("guest", "guest"), timeout=10) as http, \
+                http.stream("GET", "/events/stream", params={"topic": f"{topic}.*"},
+                            headers={"Last-Event-ID": ids[1]}, timeout=20) as r:
+            got = read_sse(r, 2)
+        assert [json.loads(e["data"])["json"]["n"] for e in got] == [2, 3]
+        assert [e["id"] for e in got] == ids[2:]  # an event's id is its offset, for good
+    finally:
+        server.stop()
 
 
 def test_sse_bad_pattern_is_400(http: httpx.Client) -> None:

@@ -1,13 +1,18 @@
 """Events over HTTP: ``POST /events/{topic}`` and ``POST /event`` in, ``GET /events/stream``
-out as server-sent events.
+out as server-sent events (and ``/events/ws``, their WebSocket twin).
 
-:class:`EventLog` keeps the most recent events (all topics) in order, each with an id
-``<epoch>-<seq>``; a stream that reconnects with ``Last-Event-ID`` gets what it missed while
-those events are still retained. It is fed by an exclusive queue bound to the events exchange
-with ``#``, so events published over AMQP or the Python API show up too. Each stream has a
-bounded buffer (in events and in bytes): a reader that falls that far behind is cut off with an
-``event: error`` naming the limit, never allowed to grow the server's memory. The history is
-bounded in bytes as well as in events, so large events cannot make it grow past its budget.
+The history is a stream, :data:`EVENTS_LOG`, bound to the events exchange with ``#``: every
+event published over HTTP, AMQP or the Python API is kept there on disk for as long as its
+retention says (the gateway declares it, when nobody has, with :data:`HISTORY_MAX_AGE` and
+:data:`HISTORY_MAX_BYTES`). An event's id is its offset in that stream, so a client that
+reconnects with ``Last-Event-ID`` gets what it missed, across server restarts, for as long as
+the events are retained; an id that is not an offset resumes with live events only.
+
+Live events reach every open stream from one consumer of the log (fan-out in memory). Each
+stream has a bounded buffer (in events and in bytes): a reader that falls that far behind is
+cut off with an ``event: error`` naming the limit, never allowed to grow the server's memory;
+it reconnects with its last id and reads the rest from the log. What a resuming stream missed
+is read from the log by a consumer of its own with a bounded prefetch.
 """
 
 from __future__ import annotations
@@ -17,22 +22,30 @@ import json
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tidings.http.schemas import message_to_json
 from tidings.message import Message
 from tidings.patterns import EVENTS_EXCHANGE, topic_matches
 from tidings.routing.front_door import DEFAULT_VHOST, Delivery, FrontDoor
 
-#: Events kept for resuming streams ...
-DEFAULT_RETAIN = 10_000
-#: ... and at most this many bytes of their bodies (large events are forgotten sooner).
-DEFAULT_RETAIN_BYTES = 32 * 2**20
+#: The stream that keeps the events (the Python client's ``keep_events`` uses it too).
+EVENTS_LOG = "tidings.events.log"
+#: The header a stream delivery carries its offset in.
+OFFSET = "x-stream-offset"
+#: The history's retention when the gateway declares the log: a week ...
+HISTORY_MAX_AGE = "7D"
+#: ... and at most this many bytes (the oldest whole segments go first).
+HISTORY_MAX_BYTES = 2 * 2**30
+#: Segment size of the history (retention drops whole segments).
+HISTORY_SEGMENT_BYTES = 16 * 2**20
+#: Records a resuming stream reads ahead from the log.
+HISTORY_PREFETCH = 256
 #: Events a stream may fall behind before it is cut off ...
 STREAM_BUFFER = 1_000
 #: ... or bytes of their bodies.
 STREAM_BUFFER_BYTES = 16 * 2**20
-#: The gateway's own queue feeding the event log (hidden on the dashboard).
+#: The queue that fed the in-memory history of earlier versions (hidden if still there).
 EVENT_LOG_QUEUE = "tidings.http.event-log"
 
 
@@ -91,40 +104,64 @@ class Stream:
         self.queued_bytes -= len(event.message.body)
 
 
+def _logged(delivery: Delivery) -> LoggedEvent:
+    """A delivery from the log as an event: its offset is its id (and leaves its headers)."""
+    message = delivery.message
+    headers = dict(message.headers or {})
+    offset = headers.pop(OFFSET, -1)
+    return LoggedEvent(int(offset), message.routing_key,
+                       replace(message, headers=headers or None))
+
+
+def _offset(event_id: str | None) -> int | None:
+    """The offset a ``Last-Event-ID`` names (-1: before the first), or None."""
+    text = (event_id or "").strip()
+    if not text or len(text) > 20 or not text.lstrip("-").isdigit():
+        return None
+    return max(-1, int(text))
+
+
 class EventLog:
-    def __init__(self, broker: FrontDoor, retain: int = DEFAULT_RETAIN,
-                 stream_buffer: int = STREAM_BUFFER,
-                 retain_bytes: int = DEFAULT_RETAIN_BYTES) -> None:
+    def __init__(self, broker: FrontDoor, stream_buffer: int = STREAM_BUFFER) -> None:
         self.broker = broker
-        self.epoch = str(int(time.time() * 1000))
-        self.events: deque[LoggedEvent] = deque()
-        self.retain, self.retain_bytes = retain, retain_bytes
-        #: Body bytes of the retained events.
-        self.retained_bytes = 0
         self.streams: set[Stream] = set()
         self.stream_buffer = stream_buffer
-        self._seq = 0
         self._session = broker.open_session(DEFAULT_VHOST, "http-event-log")
+        self._unacked: list[int] = []
+        self._serial = 0
 
     def start(self) -> None:
         self.broker.declare_exchange(DEFAULT_VHOST, EVENTS_EXCHANGE, "topic")
-        queue = self.broker.declare_queue(DEFAULT_VHOST, EVENT_LOG_QUEUE, durable=False,
-                                          exclusive=True, auto_delete=True,
-                                          connection_id="http-event-log")
-        self.broker.bind(DEFAULT_VHOST, EVENTS_EXCHANGE, queue.name, "#")
-        self.broker.consume(self._session, queue.name, self._on_delivery, no_ack=True)
+        if not self.broker.queue_exists(DEFAULT_VHOST, EVENTS_LOG):
+            self.broker.declare_queue(DEFAULT_VHOST, EVENTS_LOG, durable=True, arguments={
+                "x-queue-type": "stream", "x-max-age": HISTORY_MAX_AGE,
+                "x-max-length-bytes": HISTORY_MAX_BYTES,
+                "x-stream-max-segment-size-bytes": HISTORY_SEGMENT_BYTES})
+        self.broker.bind(DEFAULT_VHOST, EVENTS_EXCHANGE, EVENTS_LOG, "#")
+        consumer = self.broker.consume(self._session, EVENTS_LOG, self._on_delivery,
+                                       prefetch_count=self.stream_buffer,
+                                       arguments={OFFSET: "next"}, dispatch=False)
+        consumer.on_deliveries = self._on_deliveries
+        consumer.start()
 
     def _on_delivery(self, delivery: Delivery) -> None:
-        self._seq += 1
-        event = LoggedEvent(self._seq, delivery.message.routing_key, delivery.message)
-        self.events.append(event)
-        self.retained_bytes += len(event.message.body)
-        while len(self.events) > self.retain or (self.retained_bytes > self.retain_bytes and
-                                                 len(self.events) > 1):
-            self.retained_bytes -= len(self.events.popleft().message.body)
-        for stream in self.streams:
-            if topic_matches(stream.pattern, event.topic):
-                stream.push(event)
+        self._on_deliveries([delivery])
+
+    def _on_deliveries(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            event = _logged(delivery)
+            for stream in self.streams:
+                if topic_matches(stream.pattern, event.topic):
+                    stream.push(event)
+        # credit for more, on the next turn (acking here would deliver again, recursively)
+        if not self._unacked:
+            asyncio.get_running_loop().call_soon(self._give_credit)
+        self._unacked.append(deliveries[-1].delivery_tag)
+
+    def _give_credit(self) -> None:
+        tags, self._unacked = self._unacked, []
+        if tags and not self._session.closed:
+            self._session.ack(max(tags), multiple=True)
 
     def close(self) -> None:
         """End every live stream (shutdown): SSE responses finish, WebSockets close."""
@@ -132,24 +169,60 @@ class EventLog:
             stream.end()
 
     def event_id(self, event: LoggedEvent) -> str:
-        return f"{self.epoch}-{event.seq}"
+        return str(event.seq)
 
-    def missed(self, last_event_id: str, pattern: str) -> list[LoggedEvent]:
-        """Retained events after ``last_event_id`` (all retained ones if it is unknown)."""
-        epoch, _, seq_text = last_event_id.partition("-")
-        after = int(seq_text) if epoch == self.epoch and seq_text.isdigit() else 0
-        return [e for e in self.events if e.seq > after and topic_matches(pattern, e.topic)]
+    def tail(self) -> int:
+        """The offset of the newest event in the log (-1 when there is none)."""
+        last = self.broker.stream_statistics(DEFAULT_VHOST, EVENTS_LOG).last_offset
+        return -1 if last is None else last
+
+    async def missed(self, after: int, until: int, pattern: str
+                     ) -> AsyncIterator[LoggedEvent]:
+        """Events of the log after offset ``after`` up to ``until`` that match ``pattern``,
+        read by a consumer of this stream's own (at most :data:`HISTORY_PREFETCH` ahead)."""
+        if after >= until:
+            return
+        self._serial += 1
+        session = self.broker.open_session(DEFAULT_VHOST, f"http-event-history-{self._serial}")
+        arrived: deque[Delivery] = deque()
+        wake = asyncio.Event()
+
+        def on_delivery(delivery: Delivery) -> None:
+            arrived.append(delivery)
+            wake.set()
+
+        try:
+            self.broker.consume(session, EVENTS_LOG, on_delivery,
+                                prefetch_count=HISTORY_PREFETCH,
+                                arguments={OFFSET: after + 1})
+            while True:
+                while not arrived:
+                    wake.clear()
+                    await wake.wait()
+                delivery = arrived.popleft()
+                event = _logged(delivery)
+                session.ack(delivery.delivery_tag)
+                if event.seq > until:
+                    return
+                if topic_matches(pattern, event.topic):
+                    yield event
+                if event.seq == until:
+                    return
+        finally:
+            session.close()
 
     async def follow(self, pattern: str, last_event_id: str | None
                      ) -> AsyncIterator[LoggedEvent | str]:
         """Missed events, then live ones; ``KEEPALIVE`` when idle, ``TOO_SLOW`` at the end
         of a stream that fell too far behind. Shared by the SSE and WebSocket endpoints."""
         stream = Stream(pattern, self.stream_buffer)
-        backlog = self.missed(last_event_id, pattern) if last_event_id else []
-        self.streams.add(stream)
+        self.streams.add(stream)  # live events collect from here ...
+        until = self.tail()  # ... and those up to here come from the log
         try:
-            for event in backlog:
-                yield event
+            after = _offset(last_event_id)
+            if after is not None:
+                async for event in self.missed(after, until, pattern):
+                    yield event
             while True:
                 try:
                     event = await asyncio.wait_for(stream.queue.get(), KEEPALIVE_S)
@@ -159,6 +232,8 @@ class EventLog:
                 if event is None:
                     return
                 stream.taken(event)
+                if event.seq <= until:
+                    continue  # read from the log already (or from before this stream)
                 yield event
                 if stream.overflowed and stream.queue.empty():
                     yield TOO_SLOW
