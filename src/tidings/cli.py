@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_users_parsers(commands)
     queues = commands.add_parser("queues", help="list queues with their depth and consumers")
     queues.add_argument("--json", action="store_true", help="one JSON array, every number")
+    streams = commands.add_parser(
+        "streams", help="list streams: records, size, offsets, retention, readers' lag")
+    streams.add_argument("--json", action="store_true", help="one JSON array, every number")
     stats = commands.add_parser("stats", help="broker statistics as JSON")
     stats.add_argument("--queue", help="only this queue")
     dead = commands.add_parser("dead-letters", help="list, replay or purge a queue's dead letters")
@@ -147,6 +150,9 @@ async def _run(args: argparse.Namespace) -> int:
     if args.command == "queues" and remote is not None:
         _print_queues(remote.call("GET", "/api/queues"), args.json)
         return 0
+    if args.command == "streams" and remote is not None:
+        _print_streams(remote.call("GET", "/api/streams"), args.json)
+        return 0
     try:  # the directory itself, not its owner's view through the socket (which knows less)
         client = await tidings.Client(
             args.data_dir, transport_factory=lambda: open_directory(Path(args.data_dir))).open()
@@ -157,6 +163,9 @@ async def _run(args: argparse.Namespace) -> int:
         if args.command == "queues":
             stats = await client.statistics()
             _print_queues([asdict(q) for q in stats.queues], args.json)
+        elif args.command == "streams":
+            stats = await client.statistics()
+            _print_streams([asdict(s) for s in stats.streams], args.json)
         elif args.command == "stats":
             stats = await client.statistics()
             data: Any = asdict(stats.queue(args.queue)) if args.queue else asdict(stats)
@@ -188,6 +197,27 @@ def _print_queues(queues: list[dict[str, Any]], as_json: bool) -> None:
         shown = "" if age is None else f"{age:.1f}"
         print(f"{q['vhost']:<12}{q['name']:<40}{q['ready']:>10}{q['unacked']:>10}"
               f"{q['delayed']:>10}{q['consumers']:>10}{shown:>10}")
+
+
+def _print_streams(streams: list[dict[str, Any]], as_json: bool) -> None:
+    """One line per stream, then one per reader (from a running server or the directory)."""
+    if as_json:
+        print(json.dumps(streams, indent=2))
+        return
+    print(f"{'vhost':<12}{'stream':<32}{'records':>10}{'bytes':>14}{'first':>10}{'last':>10}"
+          f"  retention")
+    for s in streams:
+        kept = [f"{s['max_bytes']} bytes" if s["max_bytes"] is not None else "",
+                f"{s['max_age_s']:g} s" if s["max_age_s"] is not None else ""]
+        shown = ", ".join(k for k in kept if k) or "none"
+        first = "" if s["first_offset"] is None else s["first_offset"]
+        last = "" if s["last_offset"] is None else s["last_offset"]
+        print(f"{s['vhost']:<12}{s['name']:<32}{s['records']:>10}{s['bytes']:>14}{first:>10}"
+              f"{last:>10}  {shown}")
+        for r in s["readers"]:
+            kind = "consumer" if r["live"] else "reader"
+            print(f"{'':<12}  {kind} {r['name']}: at {r['offset']}, {r['lag']} behind "
+                  f"({r['lag_s']:.1f} s)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

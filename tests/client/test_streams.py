@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import pika
 import pytest
 
 import tidings
@@ -41,8 +42,31 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"amqp://guest:guest@127.0.0.1:{rabbitmq_port()}/"
 
 
+CREATED: list[str] = []
+
+
 def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    CREATED.append(name)
+    return name
+
+
+@pytest.fixture(autouse=True)
+def clean_up_the_shared_broker(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Over AMQP, delete the streams and reader queues a test made (the machine's RabbitMQ
+    keeps them otherwise)."""
+    CREATED.clear()
+    url = request.getfixturevalue("url") if "url" in request.fixturenames else ""
+    yield
+    if not url.startswith("amqp"):
+        return
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    with pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port)) as conn:
+        ch = conn.channel()
+        for name in CREATED:
+            for queue in (name, f"tidings.reader.{name}.billing",
+                          f"tidings.reader.{name}.audit"):
+                ch.queue_delete(queue)
 
 
 async def take(reader: StreamReader, n: int, timeout: float = 10.0) -> list[tuple[int, str]]:
@@ -141,7 +165,7 @@ async def reconnect(client: tidings.Client, url: str) -> tidings.Client:
 async def test_a_new_group_replays_retained_events_then_goes_live(url: str) -> None:
     topic = unique("invoices")
     client = await tidings.connect(url)
-    await client.keep_events(max_age="1D")
+    await client.keep_events()
     for i in range(3):
         await client.publish(f"{topic}.created", {"n": i})
     await client.publish(f"{unique('other')}.created", {"n": -1})  # another topic

@@ -69,6 +69,34 @@ def test_dashboard_shows_live_queue_numbers(server: ServerProcess, browser: Any)
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
 
 
+def test_dashboard_shows_streams_with_their_readers_lag(server: ServerProcess,
+                                                      browser: Any) -> None:
+    from playwright.sync_api import expect
+
+    with pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", server.port)) as conn:
+        ch = conn.channel()
+        ch.queue_declare("dashboard-log", durable=True,
+                         arguments={"x-queue-type": "stream", "x-max-age": "3D"})
+        ch.confirm_delivery()
+        for i in range(7):
+            ch.basic_publish("", "dashboard-log", f"e{i}".encode())
+        ch.basic_qos(prefetch_count=3)
+        ch.basic_consume("dashboard-log", lambda *a: None,
+                         arguments={"x-stream-offset": "first"}, consumer_tag="projector")
+        conn.process_data_events(0.3)
+        page = browser.new_context(
+            http_credentials={"username": "guest", "password": "guest"},
+            viewport={"width": 1400, "height": 900}).new_page()
+        page.goto(f"http://127.0.0.1:{server.http_port}/")
+        row = page.locator('tr[data-stream="dashboard-log"]')
+        expect(row.locator("td.records")).to_have_text("7", timeout=15_000)
+        expect(row.locator("td.readers")).to_contain_text("projector: 4")
+        expect(row).to_contain_text("3 d")
+        expect(page.locator('tr[data-queue="dashboard-log"]')).to_have_count(0)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-streams.png"), full_page=True)
+
+
 def test_dashboard_with_credentials_in_the_url_gets_purges_and_deletes(
     server: ServerProcess, browser: Any,
 ) -> None:

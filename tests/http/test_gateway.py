@@ -403,3 +403,35 @@ def test_management_api_fields_mirror_rabbitmqs(http: httpx.Client) -> None:
     overview = http.get("/api/overview").json()
     assert overview["queue_totals"]["messages"] >= 3
     assert overview["object_totals"]["queues"] >= 1 and "publish" in overview["message_stats"]
+
+
+def test_stream_numbers_in_the_api_prometheus_and_the_cli(server: ServerProcess,
+                                                          http: httpx.Client) -> None:
+    name = unique("audit")
+    with pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", server.port)) as conn:
+        ch = conn.channel()
+        ch.queue_declare(name, durable=True, arguments={
+            "x-queue-type": "stream", "x-max-age": "2D", "x-max-length-bytes": 10**9})
+        ch.confirm_delivery()
+        for i in range(5):
+            ch.basic_publish("", name, f"r{i}".encode())
+        ch.basic_qos(prefetch_count=2)  # a live consumer that reads two and stops
+        ch.basic_consume(name, lambda *a: None, arguments={"x-stream-offset": "first"},
+                         consumer_tag="dashboard-check")
+        conn.process_data_events(0.5)
+        stream = http.get(f"/api/streams/%2F/{name}").json()
+        assert (stream["records"], stream["first_offset"], stream["last_offset"]) == (5, 0, 4)
+        assert stream["max_age_s"] == 2 * 86400 and stream["max_bytes"] == 10**9
+        (reader,) = stream["readers"]
+        assert (reader["name"], reader["live"], reader["offset"], reader["lag"]) == \
+            ("dashboard-check", True, 2, 3)  # two delivered (its prefetch), three to go
+        assert name in [s["name"] for s in http.get("/api/streams").json()]
+        metrics = http.get("/metrics").text
+        assert f'tidings_stream_records{{stream="{name}",vhost="/"}} 5.0' in metrics
+        assert (f'tidings_stream_reader_lag_records{{reader="dashboard-check",stream="{name}",'
+                f'vhost="/"}} 3.0') in metrics
+    out = subprocess.run([sys.executable, "-m", "tidings", "--data-dir", str(server.data_dir),
+                          "streams"], capture_output=True, text=True, timeout=60, check=True)
+    line = next(x for x in out.stdout.splitlines() if name in x)
+    assert line.split()[2:6] == ["5", line.split()[3], "0", "4"]
+    is_error(http.get("/api/streams/%2F/no-such-stream"), 404, "not_found")

@@ -514,11 +514,17 @@ class Client:
         return middleware
 
     async def keep_events(self, *, max_age: str | datetime.timedelta | None = "7D",
-                          max_bytes: int | None = None) -> None:
-        """Keep every event published from now on in a stream, for ``max_age`` (and at most
-        ``max_bytes``), so that new subscriptions can replay them (``subscribe(...,
-        replay="first")``) and readers can read them (``client.read(EVENTS_LOG)``)."""
-        await self.stream(EVENTS_LOG, max_age=max_age, max_bytes=max_bytes)
+                          max_bytes: int | None = 2 * 2**30) -> None:
+        """Keep every event published from now on in the stream :data:`EVENTS_LOG`, for
+        ``max_age`` and at most ``max_bytes``, so that new subscriptions can replay them
+        (``subscribe(..., replay="first")``) and readers can read them
+        (``client.read("tidings.events.log")``). The retention is the one the log was first
+        declared with: a log that exists already (made by another client, or by the HTTP
+        gateway of ``tidings serve``, with these same defaults) is kept as it is."""
+        self._check_streams("keep events")
+        if not await self.transport.queue_exists(EVENTS_LOG):
+            await self.stream(EVENTS_LOG, max_age=max_age, max_bytes=max_bytes,
+                              segment_bytes=16 * 2**20)
         await self.transport.bind_events(EVENTS_LOG, "#")
 
     async def start(self) -> None:

@@ -56,6 +56,8 @@ ROUTES: list[BaseRoute] = [
     Route("/api/queues", queues.list_queues),
     Route("/api/queues/{vhost}", queues.list_queues, methods=["GET"]),
     Route("/api/vhosts", queues.list_vhosts),
+    Route("/api/streams", queues.list_streams),
+    Route("/api/streams/{vhost}/{name}", queues.get_stream),
     Route(_Q, queues.get_queue, methods=["GET"]),
     Route(_Q, queues.put_queue, methods=["PUT"]),
     Route(_Q, queues.delete_queue, methods=["DELETE"]),

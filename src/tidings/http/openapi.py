@@ -103,6 +103,11 @@ def openapi_document() -> dict[str, Any]:
                                         "responses": _ok("ok", {"type": "array"})}},
         "/api/vhosts": {"get": {"summary": "List vhosts with their message totals",
                                 "responses": _ok("ok", {"type": "array"})}},
+        "/api/streams": {"get": {"summary": "List streams: records, bytes, offsets, "
+                                            "retention and each reader's lag",
+                                 "responses": _ok("ok", {"type": "array"})}},
+        "/api/streams/{vhost}/{name}": {"get": {"summary": "Inspect a stream",
+                                                "parameters": qp, "responses": _ok("ok")}},
         "/api/quarantine": {"get": {"summary": "Records that could not be read (administrator)",
                                     "responses": _ok("ok", {"type": "array"})}},
         "/api/definitions": {

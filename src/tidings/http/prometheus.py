@@ -69,7 +69,8 @@ class BrokerCollector(Collector):
                                         "Enqueue to first delivery", labels=labels)
         processing = HistogramMetricFamily("tidings_queue_processing_seconds",
                                            "Delivery to acknowledgement", labels=labels)
-        for s in visible_queues(self.broker.statistics(self.vhosts)):
+        stats = self.broker.statistics(self.vhosts)
+        for s in visible_queues(stats):
             key = [s.vhost, s.name]
             gauges["messages_ready"].add_metric(key, s.ready)
             gauges["messages_unacked"].add_metric(key, s.unacked)
@@ -86,10 +87,45 @@ class BrokerCollector(Collector):
         yield from counters.values()
         yield waiting
         yield processing
+        yield from stream_metrics(stats)
         for name, value in (self.extra() if self.extra else {}).items():
             g = GaugeMetricFamily(f"tidings_{name}", name.replace("_", " "))
             g.add_metric([], value)
             yield g
+
+
+def stream_metrics(stats: BrokerStatistics) -> Iterator[Metric]:
+    """Each stream's size, offsets and retention, and each reader's lag."""
+    labels = ["vhost", "stream"]
+    gauges = {name: GaugeMetricFamily(f"tidings_stream_{name}", help_, labels=labels)
+              for name, help_ in (("records", "Records the stream keeps"),
+                                  ("bytes", "Bytes of its segment files"),
+                                  ("segments", "Segment files"),
+                                  ("first_offset", "Offset of the oldest record kept"),
+                                  ("last_offset", "Offset of the newest record"),
+                                  ("last_timestamp_seconds", "When the newest was appended"),
+                                  ("max_bytes", "Retention: x-max-length-bytes"),
+                                  ("max_age_seconds", "Retention: x-max-age"))}
+    reader_labels = ["vhost", "stream", "reader"]
+    lag = GaugeMetricFamily("tidings_stream_reader_lag_records",
+                            "Records between a reader and the tail", labels=reader_labels)
+    lag_s = GaugeMetricFamily("tidings_stream_reader_lag_seconds",
+                              "Age of a reader's next unread record", labels=reader_labels)
+    for st in stats.streams:
+        key = [st.vhost, st.name]
+        for name, value in (("records", st.records), ("bytes", st.bytes),
+                            ("segments", st.segments), ("first_offset", st.first_offset),
+                            ("last_offset", st.last_offset),
+                            ("last_timestamp_seconds", st.last_timestamp),
+                            ("max_bytes", st.max_bytes), ("max_age_seconds", st.max_age_s)):
+            if value is not None:
+                gauges[name].add_metric(key, value)
+        for r in st.readers:
+            lag.add_metric([st.vhost, st.name, r.name], r.lag)
+            lag_s.add_metric([st.vhost, st.name, r.name], r.lag_s)
+    yield from gauges.values()
+    yield lag
+    yield lag_s
 
 
 def metrics_text(broker: FrontDoor, extra: Callable[[], dict[str, float]] | None = None,

@@ -120,8 +120,8 @@ class StreamQueue(Queue):
         end, first = self.end_offset, self.log.first_offset
         first_ts, last_ts = self.log.first_timestamp_ms(), self.log.last_timestamp_ms()
         positions = [(name, offset + 1, False) for name, offset in self.readers.items()]
-        positions += [(getattr(c, "tag", "?"), cur.offset - len(cur.ahead) if cur.ahead
-                       else cur.offset, True) for c, cur in self._cursors.items()]
+        positions += [(getattr(c, "tag", "?"), cur.offset, True)
+                      for c, cur in self._cursors.items()]
         readers = []
         for name, position, live in sorted(positions):
             position = max(position, first)

@@ -4,6 +4,7 @@ receive from it with a lease (long-polling up to ``wait_ms``)."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 from typing import Any
 from urllib.parse import unquote
 
@@ -39,6 +40,18 @@ async def list_queues(request: Request) -> JSONResponse:
     vhosts = [v for v in gw.vhosts(request) if vhost is None or v == vhost]
     return JSONResponse([queue_json(gw, v, q.name) for v in vhosts
                          for q in gw.broker.list_queues(v) if not is_internal_queue(q.name)])
+
+
+async def list_streams(request: Request) -> JSONResponse:
+    """Every stream's numbers (records, bytes, offsets, retention, readers' lag)."""
+    gw = gateway(request)
+    return JSONResponse([asdict(s) for s in gw.broker.statistics(gw.visible(request)).streams])
+
+
+async def get_stream(request: Request) -> JSONResponse:
+    gw, vhost, name = gateway(request), vhost_of(request), name_of(request)
+    gw.check(request, "read", "queue", name, vhost)
+    return JSONResponse(asdict(gw.broker.stream_statistics(vhost, name)))
 
 
 async def list_vhosts(request: Request) -> JSONResponse:

@@ -1,4 +1,4 @@
-// tidings dashboard: polls /api/overview and /api/queues every second and draws what it
+// tidings dashboard: polls /api/overview, /api/queues and /api/streams every second and draws what it
 // sees. No build step, no dependencies: plain DOM and <canvas>.
 "use strict";
 
@@ -139,14 +139,53 @@ function row(q, deadCount) {
   return tr;
 }
 
+function bytes(n) {
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${fmt(n, i ? 1 : 0)} ${units[i]}`;
+}
+
+function age(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  if (seconds < 120) return `${seconds.toFixed(0)} s`;
+  if (seconds < 7200) return `${(seconds / 60).toFixed(0)} min`;
+  if (seconds < 172800) return `${(seconds / 3600).toFixed(0)} h`;
+  return `${(seconds / 86400).toFixed(0)} d`;
+}
+
+function streamRow(s) {
+  const tr = document.createElement("tr");
+  tr.dataset.stream = s.name;
+  const now = Date.now() / 1000;
+  const kept = [s.max_bytes === null ? null : bytes(s.max_bytes),
+                s.max_age_s === null ? null : age(s.max_age_s)].filter(Boolean);
+  const cells = [
+    s.name, fmt(s.records), bytes(s.bytes),
+    s.first_offset === null ? "–" : `${fmt(s.first_offset)} … ${fmt(s.last_offset)}`,
+    s.last_timestamp === null ? "–" : `${age(Math.max(0, now - s.last_timestamp))} ago`,
+    kept.length ? kept.join(", ") : "none",
+    s.readers.map(r => `${r.name}: ${fmt(r.lag)} (${age(r.lag_s)})`).join(" · ") || "–",
+  ];
+  cells.forEach((text, i) => {
+    const td = document.createElement("td"); td.textContent = text;
+    if (i === 1) td.className = "records";
+    if (i === 6) td.className = "readers";
+    tr.appendChild(td);
+  });
+  return tr;
+}
+
 async function refresh() {
   const status = document.getElementById("status");
   try {
-    const [overview, queues, connections] = await Promise.all([
+    const [overview, queues, connections, streams] = await Promise.all([
       api("/api/overview").then(r => r.json()),
       api("/api/queues").then(r => r.json()),
       api("/api/connections").then(r => r.json()),
+      api("/api/streams").then(r => r.json()),
     ]);
+    document.querySelector("#streams tbody").replaceChildren(...streams.map(streamRow));
     document.querySelector("#connections-table tbody").replaceChildren(...connections.map(c => {
       const tr = document.createElement("tr");
       [c.peer, c.user, c.vhost, c.client || "–", fmt(c.channels), fmt(c.consumers),
@@ -171,7 +210,9 @@ async function refresh() {
          ["#3b6fe0", "#15803d"], ["published", "delivered"], "messages / s");
     const dead = {};
     queues.filter(q => q.name.endsWith(".dead")).forEach(q => { dead[q.name.slice(0, -5)] = q.ready; });
-    const shown = queues.filter(q => !q.name.endsWith(".dead") && !q.name.startsWith("tidings.http."));
+    const isStream = new Set(streams.map(s => `${s.vhost}\u001f${s.name}`));
+    const shown = queues.filter(q => !q.name.endsWith(".dead") && !q.name.startsWith("tidings.http.")
+                                     && !isStream.has(`${q.vhost}\u001f${q.name}`));
     const body = document.querySelector("#queues tbody");
     body.replaceChildren(...shown.map(q => row(q, dead[q.name])));
     status.textContent = `live · ${new Date().toLocaleTimeString()}`; status.className = "status live";
