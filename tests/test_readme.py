@@ -25,6 +25,21 @@ def test_the_embedded_quickstart_runs_as_pasted(tmp_path: Path) -> None:
     assert (tmp_path / "tidings-data").is_dir()  # durable: one directory on disk
 
 
+def test_the_streams_quickstart_runs_as_pasted_and_resumes(tmp_path: Path) -> None:
+    text = README.read_text()
+    section = text.split("## Quickstart: streams", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    first = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == ["0 {'n': 0}", "1 {'n': 1}", "2 {'n': 2}"]
+    again = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr  # the reader resumes after offset 2
+    assert again.stdout.splitlines() == ["3 {'n': 0}", "4 {'n': 1}", "5 {'n': 2}"]
+
+
 def test_the_pika_quickstart_runs_as_pasted_against_tidings_serve(tmp_path: Path) -> None:
     """The producer and the consumer of the README, with only the port changed (this
     machine's 5672 may be RabbitMQ's): the consumer prints what the producer sent."""
