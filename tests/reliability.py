@@ -125,6 +125,20 @@ class KillReport:
                 "tracebacks in server log": self.tracebacks}
 
 
+def restart(data: Path, port: int, attempts: int = 5) -> ServerProcess:
+    """Start the server again on ``port``. A client retrying its connection meanwhile can,
+    rarely, be given that very port as its own (a TCP self-connect to a port nobody
+    listens on): it is free again once that client gives up, so wait and try again."""
+    for attempt in range(attempts):
+        try:
+            return ServerProcess(data).start(port)
+        except RuntimeError as e:
+            if "is not available" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
 def kill_loop(data: Path, cycles: int, seed: int = 1) -> KillReport:
     """``cycles`` times: let the load run 0.3-1 s, kill -9 the server, restart it."""
     rng = random.Random(seed)
@@ -144,7 +158,7 @@ def kill_loop(data: Path, cycles: int, seed: int = 1) -> KillReport:
                 time.sleep(0.05)
             server.kill()
             time.sleep(rng.uniform(0.0, 0.3))
-            server = ServerProcess(data).start(port)
+            server = restart(data, port)
         time.sleep(0.5)
     finally:
         load.stop.set()

@@ -41,6 +41,8 @@ class ServerProcess:
             line = self.proc.stdout.readline()
             self.banner.append(line)
             if not line:
+                self.proc.wait(timeout=30)
+                self.proc.stdout.close()
                 raise RuntimeError(f"server did not start: {self.log.read_text()[-2000:]}")
             found = re.search(r"(amqps?|https?) listening on [^:]+:(\d+)", line)
             if found and "metrics at /metrics" in line:

@@ -233,7 +233,8 @@ def test_the_cli_operates_a_running_server_and_a_stopped_directory(tmp_path: Pat
         out = run("--data-dir", str(data), "definitions", "export", str(exported))
         assert out.returncode == 0, out.stderr
         defs = json.loads(exported.read_text())
-        assert {q["name"] for q in defs["queues"]} == {"jobs"}
+        # (and the gateway's event history, a stream: exported like any durable queue)
+        assert {q["name"] for q in defs["queues"]} == {"jobs", "tidings.events.log"}
         assert "orders" in [e["name"] for e in defs["exchanges"]]
         out = run("--data-dir", str(data), "publish", "nope", "x")
         assert out.returncode == 1 and "no queue 'nope'" in out.stderr
@@ -244,7 +245,7 @@ def test_the_cli_operates_a_running_server_and_a_stopped_directory(tmp_path: Pat
     fresh = tmp_path / "fresh"  # no server: the same commands open the directory
     out = run("--data-dir", str(fresh), "definitions", "import", str(exported))
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["imported"]["queues"] == 1
+    assert json.loads(out.stdout)["imported"]["queues"] == 2  # jobs and the event history
     assert run("--data-dir", str(fresh), "publish", "jobs", "offline").returncode == 0
     out = run("--data-dir", str(fresh), "queues")
     assert out.stdout.splitlines()[1].split()[1:3] == ["jobs", "1"]

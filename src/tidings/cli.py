@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(commands, _port)
     add_worker_parser(commands)
     add_users_parsers(commands)
-    queues = commands.add_parser("queues", help="list queues with their depth and consumers")
+    queues = commands.add_parser("queues", help="list queues with their depth and consumers "
+                                                "(streams: 'tidings streams')")
     queues.add_argument("--json", action="store_true", help="one JSON array, every number")
     streams = commands.add_parser(
         "streams", help="list streams: records, size, offsets, retention, readers' lag")
@@ -148,7 +149,9 @@ async def _run(args: argparse.Namespace) -> int:
         return await run_control_command(args)
     remote = find_server(args.data_dir)
     if args.command == "queues" and remote is not None:
-        _print_queues(remote.call("GET", "/api/queues"), args.json)
+        streams = {(s["vhost"], s["name"]) for s in remote.call("GET", "/api/streams")}
+        _print_queues([q for q in remote.call("GET", "/api/queues")
+                       if (q["vhost"], q["name"]) not in streams], args.json)
         return 0
     if args.command == "streams" and remote is not None:
         _print_streams(remote.call("GET", "/api/streams"), args.json)
@@ -162,7 +165,9 @@ async def _run(args: argparse.Namespace) -> int:
     async with client:
         if args.command == "queues":
             stats = await client.statistics()
-            _print_queues([asdict(q) for q in stats.queues], args.json)
+            streams = {(s.vhost, s.name) for s in stats.streams}
+            _print_queues([asdict(q) for q in stats.queues
+                           if (q.vhost, q.name) not in streams], args.json)
         elif args.command == "streams":
             stats = await client.statistics()
             _print_streams([asdict(s) for s in stats.streams], args.json)
