@@ -236,6 +236,22 @@ async def big_read(url: str, pid: int, megabytes: int) -> dict[str, float]:
             "rss_peak_mb": max(samples, default=before), "rss_after_mb": rss_mb(pid)}
 
 
+def nats_pid() -> int | None:
+    out = subprocess.run(["pgrep", "-x", "nats-server"], capture_output=True, text=True,
+                         check=False)
+    pids = [int(p) for p in out.stdout.split()]
+    return max(pids, key=rss_mb) if pids else None
+
+
+def server_cpu(pid: int | None, n: int, work: Awaitable[Result]) -> Result:
+    """``work``'s result with the server's CPU microseconds per record (from /proc)."""
+    before = amqp_bench.cpu_seconds(pid) if pid else 0.0
+    result = asyncio.run(work)  # type: ignore[arg-type]
+    if pid:
+        result["server_cpu_us"] = (amqp_bench.cpu_seconds(pid) - before) / n * 1e6
+    return result
+
+
 # -- the run ----------------------------------------------------------------------------------
 
 
@@ -255,18 +271,19 @@ def main() -> None:
         serve, serve_url = amqp_bench.start_tidings(tmp)
         redis_proc, redis_url = start_redis(tmp)
         peers: list[tuple[str, Callable[..., Awaitable[Result]],
-                          Callable[..., Awaitable[Result]], str]] = [
-            ("tidings serve", amqp_append, amqp_read, serve_url),
-            ("rabbitmq", amqp_append, amqp_read, args.rabbitmq),
-            ("redis aof", redis_append, redis_read, redis_url),
-            ("nats file", nats_append, nats_read, args.nats),
+                          Callable[..., Awaitable[Result]], str, int | None]] = [
+            ("tidings serve", amqp_append, amqp_read, serve_url, serve.pid),
+            ("rabbitmq", amqp_append, amqp_read, args.rabbitmq, amqp_bench.rabbitmq_pid()),
+            ("redis aof", redis_append, redis_read, redis_url, redis_proc.pid),
+            ("nats file", nats_append, nats_read, args.nats, nats_pid()),
         ]
         try:
             for size, n in sizes:
-                for name, append, read, url in peers:
+                for name, append, read, url, pid in peers:
                     stream = f"bench-{size}-{uuid.uuid4().hex[:6]}"
-                    rows[f"append {size} B|{name}"] = asyncio.run(append(url, stream, n, size))
-                    rows[f"read {size} B|{name}"] = asyncio.run(read(url, stream, n))
+                    rows[f"append {size} B|{name}"] = server_cpu(
+                        pid, n, append(url, stream, n, size))
+                    rows[f"read {size} B|{name}"] = server_cpu(pid, n, read(url, stream, n))
                 a, r = asyncio.run(embedded(f"{tmp}/embedded", f"e-{size}", n, size))
                 rows[f"append {size} B|tidings embedded"] = a
                 rows[f"read {size} B|tidings embedded"] = r
@@ -285,6 +302,16 @@ def main() -> None:
         ratios = " / ".join(f"{rates['tidings serve'] / rates[p]:.2f}x"
                             for p in ("rabbitmq", "redis aof", "nats file"))
         print(f"{title:<18}" + "".join(f"{rates[n]:>17,.0f}" for n in names) + f"   {ratios}")
+    print("embedded vs rabbitmq / redis / nats: " + "; ".join(
+        f"{title} " + " / ".join(
+            f"{rows[f'{title}|tidings embedded']['rate'] / rows[f'{title}|{p}']['rate']:.2f}x"
+            for p in ("rabbitmq", "redis aof", "nats file"))
+        for title in dict.fromkeys(k.split("|")[0] for k in rows)))
+    print("server CPU µs per record, tidings serve / rabbitmq / redis / nats: " + "; ".join(
+        f"{title} " + " / ".join(
+            f"{rows[f'{title}|{p}'].get('server_cpu_us', float('nan')):.0f}"
+            for p in ("tidings serve", "rabbitmq", "redis aof", "nats file"))
+        for title in dict.fromkeys(k.split("|")[0] for k in rows)))
     if big_result:
         b = big_result
         print(f"big read: {b['megabytes']} MB of 4 KB records read at {b['read_rate']:,.0f}/s; "

@@ -214,3 +214,37 @@ async def test_replay_without_retained_events_says_what_to_do(tmp_path: Path) ->
             await client.start()
     with pytest.raises(InvalidArgumentError, match="start="):
         tidings.Client("memory://").subscribe("a.*", replay="soon")
+
+
+async def test_processes_sharing_a_directory_share_named_readers(tmp_path: Path) -> None:
+    """The owner of a data directory and a process that joins it through its socket see the
+    same streams and the same named readers' offsets (both kept by the broker)."""
+    import subprocess
+    import sys
+
+    data = str(tmp_path / "data")
+    joiner = f"""
+import asyncio, tidings
+async def main():
+    async with tidings.connect({data!r}) as client:
+        async with client.read("shared-log", reader="billing") as records:
+            async for record in records:
+                print(record.offset, record.text(), flush=True)
+                await records.commit()
+                if record.text() == "e4":
+                    break
+asyncio.run(main())
+"""
+    async with tidings.connect(data) as owner:  # the first to open it owns it
+        await owner.stream("shared-log")
+        await owner.append_many("shared-log", [f"e{i}" for i in range(5)])
+        async with owner.read("shared-log", reader="billing") as records:
+            assert await take(records, 2) == [(0, "e0"), (1, "e1")]
+            await records.commit()
+        out = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", joiner], capture_output=True, text=True,
+            timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["2", "e2", "3", "e3", "4", "e4"]
+        stats = (await owner.statistics()).stream("shared-log")
+        assert [(r.name, r.offset, r.lag) for r in stats.readers] == [("billing", 5, 0)]

@@ -16,6 +16,11 @@ send, so the tidings client (and any other) gets them over AMQP:
 - **Extend**: a publish to ``amq.tidings.control`` with routing key ``extend`` and the header
   ``x-delivery-tag`` on the channel of a delivery restarts its consumer-timeout clock (an
   unknown tag closes the channel with 406, as a bad ack does).
+- **Commit a stream offset**: a publish to ``amq.tidings.control`` with routing key
+  ``commit-offset`` and headers ``x-queue`` (a stream), ``x-reader`` and ``x-offset`` stores
+  that named reader's offset in the broker (confirmed once durable). A consumer of the
+  stream with the argument ``x-tidings-reader`` set to that name starts right after it.
+  Needs read permission on the stream, as consuming does.
 """
 
 from __future__ import annotations
@@ -60,9 +65,14 @@ def control(channel: AmqpChannel, message: Message, method: B.Publish) -> None:
         channel.check("read", "queue", queue)
         found = channel.broker.take(channel.vhost, queue, _header(message, "x-message-id", str))
         removed = found is not None
+    elif method.routing_key == "commit-offset":
+        queue = _header(message, "x-queue", str)
+        channel.check("read", "queue", queue)
+        channel.broker.commit_offset(channel.vhost, queue, _header(message, "x-reader", str),
+                                     _header(message, "x-offset", int))
     else:
         raise NotFoundError(f"{CONTROL_EXCHANGE} has no operation '{method.routing_key}' "
-                            f"(extend, delete)")
+                            f"(extend, delete, commit-offset)")
     if not removed and method.mandatory:
         channel.link.conn.send_content(
             channel.number, wire.Return(312, "NO_ROUTE", method.exchange, method.routing_key),

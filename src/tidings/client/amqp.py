@@ -72,6 +72,8 @@ log = logging.getLogger("tidings.client.amqp")
 CONTROL_EXCHANGE = "amq.tidings.control"
 BROWSE_ARGUMENT = "x-tidings-browse"
 BROWSE_END_HEADER = "x-tidings-browse-end"
+#: A stream consumer's named reader, and where a stream consumer starts.
+READER_ARGUMENT, STREAM_OFFSET = "x-tidings-reader", "x-stream-offset"
 #: Failed deliveries of a message before this copy, carried across delayed retries.
 COUNT_HEADER = "x-tidings-delivery-count"
 #: The exchange that delays messages on brokers with ``x-delayed-message``.
@@ -387,6 +389,10 @@ class AmqpTransport:
         return f"tidings.reader.{stream}.{reader}"
 
     async def commit_offset(self, stream: str, reader: str, offset: int) -> None:
+        if self.is_tidings:  # kept by the broker (an extension: amqp/extensions.py)
+            await self._confirm([(CONTROL_EXCHANGE, "commit-offset", Message(b"", headers={
+                "x-queue": stream, "x-reader": reader, "x-offset": offset}), False)])
+            return
         name = self._reader_queue(stream, reader)
         if name not in self._known:
             await self._call("queue_declare", name, durable=True, arguments={
@@ -395,6 +401,10 @@ class AmqpTransport:
         await self._confirm([("", name, Message(str(offset).encode()), True)])
 
     async def reader_offset(self, stream: str, reader: str) -> int | None:
+        if self.is_tidings:
+            raise NotSupportedError(self._broker(), "tell a reader's offset over AMQP",
+                                    f"consume with the argument '{READER_ARGUMENT}' to start "
+                                    f"after it, or read it in the statistics")
         name = self._reader_queue(stream, reader)
         if await self._passive(name) is None:
             return None
@@ -558,6 +568,12 @@ class AmqpTransport:
                       on_message: Callable[[Delivery], None],
                       arguments: dict[str, Any] | None = None) -> _Consumer:
         assert self._conn is not None
+        if arguments and READER_ARGUMENT in arguments and not self.is_tidings:
+            # RabbitMQ keeps no reader offsets: start after the one this client stored
+            arguments = dict(arguments)
+            stored = await self.reader_offset(queue, str(arguments.pop(READER_ARGUMENT)))
+            if stored is not None:
+                arguments[STREAM_OFFSET] = stored + 1
         channel = await self._conn.channel()
         consumer = _Consumer(channel)
         try:

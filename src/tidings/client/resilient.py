@@ -73,6 +73,7 @@ class _Consumer:
                 offset = (incoming.message.headers or {}).get(STREAM_OFFSET)
                 if isinstance(offset, int):
                     arguments[STREAM_OFFSET] = offset + 1
+                    arguments.pop("x-tidings-reader", None)  # resume here, not at a commit
             on_message(incoming)
 
         if arguments is None:

@@ -22,8 +22,10 @@ if TYPE_CHECKING:  # the client owns readers; they only call back into it
 
 __all__ = ["START_CHOICES", "Start", "StreamReader", "StreamRecord", "start_argument"]
 
-#: The header that carries a record's offset (RabbitMQ's name).
+#: The header that carries a record's offset, and where a consumer starts (RabbitMQ's name).
 OFFSET = "x-stream-offset"
+#: The consumer argument naming a reader whose committed offset it resumes after.
+READER = "x-tidings-reader"
 #: Where a reader may start, besides an offset, a datetime, a timedelta or an age ("1h").
 START_CHOICES = ("first", "last", "next")
 #: Records read before their credit goes back to the broker in one round.
@@ -106,15 +108,12 @@ class StreamReader:
         self.position: int | None = None
 
     async def _open(self) -> None:
-        transport = self._client.transport
         self._client._check_streams("read a stream")
-        start = self._start_at
-        if self.reader is not None:
-            stored = await transport.reader_offset(self.stream, self.reader)
-            if stored is not None:
-                start = stored + 1
-        self._subscription = await transport.consume(self.stream, self.prefetch,
-                                                     self._inbox.put, {OFFSET: start})
+        arguments: dict[str, Any] = {OFFSET: self._start_at}
+        if self.reader is not None:  # the broker starts it after the reader's commit
+            arguments[READER] = self.reader
+        self._subscription = await self._client.transport.consume(
+            self.stream, self.prefetch, self._inbox.put, arguments)
 
     def __aiter__(self) -> StreamReader:
         return self

@@ -31,7 +31,7 @@ from tidings.statistics import ReaderStatistics, StreamStatistics
 from tidings.storage.segments import DEFAULT_SEGMENT_BYTES, LogRecord
 from tidings.storage.streams import StreamFiles
 
-__all__ = ["READER_ROWS", "READ_BYTES", "READ_RECORDS", "StreamQueue", "start_offset"]
+__all__ = ["READER", "READER_ROWS", "READ_BYTES", "READ_RECORDS", "StreamQueue", "start_offset"]
 
 log = logging.getLogger("tidings.broker")
 
@@ -43,16 +43,21 @@ READ_BYTES = 1 * 2**20
 OFFSET = "x-stream-offset"
 #: The store's definitions of named readers' committed offsets.
 READER_ROWS = "stream-reader"
+#: tidings' consumer argument: this consumer is the named reader ``x``, and starts after the
+#: offset that name last committed (at ``x-stream-offset`` when it has committed none).
+READER = "x-tidings-reader"
 
 
 class _Cursor:
     """Where one consumer reads: its next offset and the records read ahead."""
 
-    __slots__ = ("ahead", "offset")
+    __slots__ = ("ahead", "name", "offset")
 
-    def __init__(self, offset: int) -> None:
+    def __init__(self, offset: int, name: str) -> None:
         self.offset = offset
         self.ahead: deque[LogRecord] = deque()
+        #: What the statistics call it: its reader name, or its consumer tag.
+        self.name = name
 
 
 class StreamQueue(Queue):
@@ -120,8 +125,7 @@ class StreamQueue(Queue):
         end, first = self.end_offset, self.log.first_offset
         first_ts, last_ts = self.log.first_timestamp_ms(), self.log.last_timestamp_ms()
         positions = [(name, offset + 1, False) for name, offset in self.readers.items()]
-        positions += [(getattr(c, "tag", "?"), cur.offset, True)
-                      for c, cur in self._cursors.items()]
+        positions += [(cur.name, cur.offset, True) for cur in self._cursors.values()]
         readers = []
         for name, position, live in sorted(positions):
             position = max(position, first)
@@ -186,12 +190,24 @@ class StreamQueue(Queue):
                 f"automatic acknowledgement not supported by stream queues {where}")
         if not prefetch_count:
             raise PreconditionFailedError(f"consumer prefetch count is not set for '{where}'")
-        start_offset(arguments.get(OFFSET, "next"), self.log, self.end_offset, self._now())
+        self._start(arguments, self._now())
+
+    def _start(self, arguments: dict[str, Any], now: float) -> int:
+        reader = arguments.get(READER)
+        if reader is not None:
+            if isinstance(reader, bytes):
+                reader = reader.decode(errors="replace")
+            if not isinstance(reader, str) or not reader:
+                raise PreconditionFailedError(f"invalid '{READER}' {str(reader)[:40]!r}: "
+                                              f"not a reader name")
+            if reader in self.readers:
+                return start_offset(self.readers[reader] + 1, self.log, self.end_offset, now)
+        return start_offset(arguments.get(OFFSET, "next"), self.log, self.end_offset, now)
 
     def add_consumer(self, consumer: QueueConsumer, now: float) -> None:
         arguments = getattr(consumer, "arguments", {}) or {}
-        self._cursors[consumer] = _Cursor(
-            start_offset(arguments.get(OFFSET, "next"), self.log, self.end_offset, now))
+        name = arguments.get(READER) or getattr(consumer, "tag", "?")
+        self._cursors[consumer] = _Cursor(self._start(arguments, now), str(name))
         super().add_consumer(consumer, now)
 
     def remove_consumer(self, consumer: QueueConsumer, now: float) -> None:
