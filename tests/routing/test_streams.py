@@ -186,3 +186,25 @@ async def test_named_readers_offsets_survive_a_restart_and_show_their_lag(
     broker.declare_queue("/", "s", arguments=STREAM)
     assert broker.reader_offset("/", "s", "billing") is None  # a new stream, new readers
     broker.close()
+
+
+async def test_a_consumer_with_a_filter_gets_only_matching_records(broker: Broker) -> None:
+    broker.declare_queue("/", "s", arguments=STREAM)
+    for i, region in enumerate(["eu", "us", None, "eu", "apac"]):
+        headers = {"x-stream-filter-value": region} if region else None
+        broker.publish("/", "", Message(f"{i}".encode(), routing_key="s", headers=headers))
+
+    def bodies(arguments: dict[str, object]) -> list[bytes]:
+        session = broker.open_session()
+        got: list[Delivery] = []
+        broker.consume(session, "s", got.append, prefetch_count=10,
+                       arguments={"x-stream-offset": "first", **arguments})
+        session.close()
+        return [d.message.body for d in got]
+
+    assert bodies({"x-stream-filter": "eu"}) == [b"0", b"3"]
+    assert bodies({"x-stream-filter": ["eu", "apac"]}) == [b"0", b"3", b"4"]
+    assert bodies({"x-stream-filter": "us", "x-stream-match-unfiltered": True}) == [b"1", b"2"]
+    assert bodies({}) == [b"0", b"1", b"2", b"3", b"4"]
+    with pytest.raises(PreconditionFailedError, match="x-stream-filter"):
+        bodies({"x-stream-filter": 5})

@@ -46,18 +46,33 @@ READER_ROWS = "stream-reader"
 #: tidings' consumer argument: this consumer is the named reader ``x``, and starts after the
 #: offset that name last committed (at ``x-stream-offset`` when it has committed none).
 READER = "x-tidings-reader"
+#: Filtering (RabbitMQ 3.13's names): a consumer's ``x-stream-filter`` (a value or a list)
+#: takes only records whose ``x-stream-filter-value`` header is among them, and those with
+#: none too when ``x-stream-match-unfiltered`` is true.
+FILTER, FILTER_VALUE, MATCH_UNFILTERED = (
+    "x-stream-filter", "x-stream-filter-value", "x-stream-match-unfiltered")
 
 
 class _Cursor:
     """Where one consumer reads: its next offset and the records read ahead."""
 
-    __slots__ = ("ahead", "name", "offset")
+    __slots__ = ("ahead", "filters", "name", "offset", "unfiltered")
 
-    def __init__(self, offset: int, name: str) -> None:
+    def __init__(self, offset: int, name: str, filters: frozenset[str] | None = None,
+                 unfiltered: bool = False) -> None:
         self.offset = offset
         self.ahead: deque[LogRecord] = deque()
         #: What the statistics call it: its reader name, or its consumer tag.
         self.name = name
+        self.filters, self.unfiltered = filters, unfiltered
+
+    def wants(self, entry: Entry) -> bool:
+        if self.filters is None:
+            return True
+        value = (entry.record.message.headers or {}).get(FILTER_VALUE)
+        if isinstance(value, bytes):
+            value = value.decode(errors="replace")
+        return self.unfiltered if value is None else value in self.filters
 
 
 class StreamQueue(Queue):
@@ -191,6 +206,7 @@ class StreamQueue(Queue):
         if not prefetch_count:
             raise PreconditionFailedError(f"consumer prefetch count is not set for '{where}'")
         self._start(arguments, self._now())
+        _filters(arguments)
 
     def _start(self, arguments: dict[str, Any], now: float) -> int:
         reader = arguments.get(READER)
@@ -207,7 +223,9 @@ class StreamQueue(Queue):
     def add_consumer(self, consumer: QueueConsumer, now: float) -> None:
         arguments = getattr(consumer, "arguments", {}) or {}
         name = arguments.get(READER) or getattr(consumer, "tag", "?")
-        self._cursors[consumer] = _Cursor(self._start(arguments, now), str(name))
+        self._cursors[consumer] = _Cursor(self._start(arguments, now), str(name),
+                                          _filters(arguments),
+                                          arguments.get(MATCH_UNFILTERED) is True)
         super().add_consumer(consumer, now)
 
     def remove_consumer(self, consumer: QueueConsumer, now: float) -> None:
@@ -240,7 +258,7 @@ class StreamQueue(Queue):
                 while ahead and len(entries) < room:
                     found = ahead.popleft()
                     cursor.offset = found.offset + 1
-                    if (entry := self._entry(found)) is not None:
+                    if (entry := self._entry(found)) is not None and cursor.wants(entry):
                         entries.append(entry)
                 if entries:
                     self.counters.delivered += len(entries)
@@ -251,7 +269,7 @@ class StreamQueue(Queue):
             found = ahead.popleft()
             cursor.offset = found.offset + 1
             entry = self._entry(found)
-            if entry is not None:
+            if entry is not None and cursor.wants(entry):
                 self.counters.delivered += 1
                 consumer.deliver(self, entry)
 
@@ -309,6 +327,23 @@ class StreamQueue(Queue):
             self.forget_reader(reader)
         self.streams.delete(self.store_key)
         return []
+
+
+def _filters(arguments: dict[str, Any]) -> frozenset[str] | None:
+    """A consumer's ``x-stream-filter`` values (None: it takes every record)."""
+    value = arguments.get(FILTER)
+    if value is None:
+        return None
+    values = value if isinstance(value, list) else [value]
+    found = set()
+    for v in values:
+        if isinstance(v, bytes):
+            v = v.decode(errors="replace")
+        if not isinstance(v, str):
+            raise PreconditionFailedError(f"invalid '{FILTER}' {str(value)[:40]!r}: not a "
+                                          f"string or a list of strings")
+        found.add(v)
+    return frozenset(found)
 
 
 def start_offset(value: Any, log: Any, end: int, now: float) -> int:
