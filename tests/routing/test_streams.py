@@ -4,15 +4,19 @@ fake clock, credit by acks, recovery after a restart."""
 from __future__ import annotations
 
 import datetime
+import gc
+import os
 from pathlib import Path
 
 import pytest
 
 from tidings.errors import PreconditionFailedError, QueueTypeError
 from tidings.message import Delivery, Message
+from tidings.resources import rss_mb
 from tidings.routing.broker import Broker
 from tidings.routing.session import Session
 from tidings.storage import SqliteStore
+from tidings.storage.streams import StreamFiles
 from tidings.testing import FakeClock
 
 STREAM = {"x-queue-type": "stream"}
@@ -208,3 +212,45 @@ async def test_a_consumer_with_a_filter_gets_only_matching_records(broker: Broke
     assert bodies({}) == [b"0", b"1", b"2", b"3", b"4"]
     with pytest.raises(PreconditionFailedError, match="x-stream-filter"):
         bodies({"x-stream-filter": 5})
+
+
+async def test_segments_of_a_stream_no_longer_defined_are_deleted_at_start(
+        tmp_path: Path, clock: FakeClock) -> None:
+    broker = Broker(SqliteStore(tmp_path / "data"), clock)
+    broker.declare_queue("/", "kept", arguments=STREAM)
+    publish(broker, "kept", b"a")
+    broker.close()
+    orphan = StreamFiles(tmp_path / "data" / "streams")
+    orphan.append("/\x1fgone", [b"x"], 0)  # files whose definition a crash took away
+    orphan.close()
+    broker = Broker(SqliteStore(tmp_path / "data"), clock)
+    assert broker.streams().names() == ["/\x1fkept"]
+    assert read(broker, "kept") == [(b"a", 0)]
+    broker.close()
+
+
+async def test_reading_a_stream_far_larger_than_the_read_ahead_keeps_memory_flat(
+        tmp_path: Path, clock: FakeClock) -> None:
+    broker = Broker(SqliteStore(tmp_path / "data"), clock)
+    broker.declare_queue("/", "big", arguments={
+        **STREAM, "x-stream-max-segment-size-bytes": 8 * 2**20})
+    record = b"r" * 4096
+    for _ in range(16_384):  # 64 MB of records, 64 times the read-ahead
+        broker.publish("/", "", Message(record, routing_key="big"))
+    await broker.sync()
+    gc.collect()
+    before = rss_mb(os.getpid())
+    session = broker.open_session()
+    seen = peak = 0
+    got: list[Delivery] = []
+    broker.consume(session, "big", got.append, prefetch_count=200,
+                   arguments={"x-stream-offset": "first"})
+    while got:
+        batch, got[:] = list(got), []
+        seen += len(batch)
+        session.ack(batch[-1].delivery_tag, multiple=True)  # credit: the next ones come
+        if seen % 2048 < 200:
+            peak = max(peak, rss_mb(os.getpid()))
+    assert seen == 16_384
+    assert peak - before < 32, f"RSS grew {peak - before:.0f} MB while reading 64 MB"
+    broker.close()

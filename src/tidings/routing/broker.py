@@ -93,6 +93,7 @@ class Broker:
                              self.counters, default_consumer_timeout_ms)
         self.closed = False
         recover(store, self.vhosts, self.delayed, self.clock)
+        self._forget_orphan_streams()
 
     # -- lifecycle and durability ----------------------------------------------------------
 
@@ -112,6 +113,19 @@ class Broker:
                 self._streams = StreamFiles(tempfile.mkdtemp(prefix="tidings-streams-"),
                                             durable=False, temporary=True)
         return self._streams
+
+    def _forget_orphan_streams(self) -> None:
+        """Delete the segment files of streams that are no longer defined (a crash between
+        a stream's deletion and its files')."""
+        directory = getattr(self.store, "directory", None)
+        if self._streams is None and not (isinstance(directory, Path)
+                                          and (directory / "streams").is_dir()):
+            return
+        live = {q.store_key for q in self.vhosts.queues() if isinstance(q, StreamQueue)}
+        files = self.streams()
+        for name in files.names():
+            if name not in live:
+                files.delete(name)
 
     def sync(self) -> asyncio.Future[None]:
         """A future resolved when everything done so far is durable (publisher confirms)."""
