@@ -81,7 +81,6 @@ class StreamQueue(Queue):
         self.streams = streams
         self.log = streams.open(self.store_key,
                                 self.options.segment_bytes or DEFAULT_SEGMENT_BYTES)
-        self.log.max_segment_bytes = self.options.segment_bytes or DEFAULT_SEGMENT_BYTES
         streams.on_commit(self.store_key, self.dispatch)
         self._cursors: dict[QueueConsumer, _Cursor] = {}
         #: Named readers' committed offsets (the last offset each has processed).
@@ -94,10 +93,6 @@ class StreamQueue(Queue):
         return self.records()  # as RabbitMQ: a stream's declare-ok counts its records
 
     @property
-    def first_offset(self) -> int:
-        return self.log.first_offset
-
-    @property
     def end_offset(self) -> int:
         """The offset after the last durable record (what readers may see)."""
         return self.streams.committed(self.store_key)
@@ -107,11 +102,6 @@ class StreamQueue(Queue):
 
     def held_bytes(self) -> int:
         return sum(len(r.payload) for c in self._cursors.values() for r in c.ahead)
-
-    def lag(self, consumer: QueueConsumer) -> int:
-        """Records between ``consumer``'s position and the tail."""
-        cursor = self._cursors.get(consumer)
-        return 0 if cursor is None else max(0, self.end_offset - cursor.offset)
 
     # -- named readers ---------------------------------------------------------------------
 
