@@ -167,6 +167,17 @@ def _untag(value: Any) -> Any:
     return value
 
 
+def json_tagged(value: Any) -> Any:
+    """``value`` (an AMQP field value: tables, arrays, byte arrays, timestamps, decimals) in
+    a JSON-ready form; :func:`json_untagged` gives it back."""
+    return _tag(value)
+
+
+def json_untagged(value: Any) -> Any:
+    """Inverse of :func:`json_tagged` (plain JSON values come back as they are)."""
+    return _untag(value)
+
+
 class RecordError(ValueError):
     """Stored bytes that are not a readable record (they are quarantined, never delivered)."""
 

@@ -38,6 +38,26 @@ async def test_durable_definitions_survive_and_transient_ones_do_not(
     assert pub(b, "orders", "orders.created", "x").routed == 1
 
 
+async def test_definitions_with_byte_array_and_timestamp_arguments_survive(
+    brokers: BrokerFactory,
+) -> None:
+    """pika sends Python bytes as AMQP byte arrays and datetimes as timestamps: a durable
+    definition holding them is stored (it was a 541 before) and comes back equivalent."""
+    import datetime
+
+    when = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+    args = {"x-note": bytearray(b"\x00raw"), "x-when": when, "x-nested": {"$b": [b"x"]}}
+    b = brokers.start()
+    b.declare_exchange("/", "hx", "headers", arguments={"x-bin": b"\x01"})
+    b.declare_queue("/", "q", arguments=args)
+    b.bind("/", "hx", "q", "", {"x-match": bytearray(b"all"), "k": b"v"})
+    b = await brokers.restart()
+    assert b.declare_queue("/", "q", arguments=args).name == "q"  # equivalent: no 406
+    assert b.get_queue("/", "q").arguments["x-note"] == b"\x00raw"
+    assert b.declare_exchange("/", "hx", "headers", arguments={"x-bin": b"\x01"}).name == "hx"
+    assert b.publish("/", "hx", Message(b"m", headers={"k": b"v"})).routed == 1
+
+
 async def test_persistent_messages_survive_transient_do_not(brokers: BrokerFactory) -> None:
     b = brokers.start()
     b.declare_queue("/", "q")

@@ -254,3 +254,11 @@ async def test_reading_a_stream_far_larger_than_the_read_ahead_keeps_memory_flat
     assert seen == 16_384
     assert peak - before < 32, f"RSS grew {peak - before:.0f} MB while reading 64 MB"
     broker.close()
+
+
+async def test_offsets_and_names_sent_as_byte_strings_are_read_as_text(broker: Broker) -> None:
+    """pika sends Python bytes as an AMQP byte array: 'first' arrives as a bytearray."""
+    broker.declare_queue("/", "s", arguments={**STREAM, "x-max-age": bytearray(b"1D")})
+    publish(broker, "s", b"a", b"b")
+    assert read(broker, "s", bytearray(b"first")) == [(b"a", 0), (b"b", 1)]
+    assert read(broker, "s", bytearray(b"1h")) == [(b"a", 0), (b"b", 1)]

@@ -141,10 +141,10 @@ def message_ttl_ms(expiration: str | None) -> int | None:
 def parse_age(text: object) -> int | None:
     """Milliseconds of an age written as RabbitMQ writes it (``"7D"``, ``"1h"``, ``"30s"``:
     a whole number and one unit of :data:`AGE_UNITS_MS`); None when it is not one."""
-    if not isinstance(text, str | bytes):
+    if isinstance(text, bytes | bytearray):
+        text = bytes(text).decode(errors="replace")
+    if not isinstance(text, str):
         return None
-    if isinstance(text, bytes):
-        text = text.decode(errors="replace")
     number, unit = text[:-1], text[-1:]
     if unit not in AGE_UNITS_MS or not number.isascii() or not number.isdigit() \
             or len(number) > 12:

@@ -18,6 +18,20 @@ from tidings.routing.front_door import FrontDoor
 SECTIONS = ("vhosts", "exchanges", "queues", "bindings")
 
 
+def _plain(value: Any) -> Any:
+    """An argument as RabbitMQ's definitions JSON holds it: byte arrays as text, timestamps
+    and decimals as strings."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode(errors="replace")
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, int | float | str | bool) or value is None:
+        return value
+    return str(value)
+
+
 def export_definitions(broker: FrontDoor, vhosts: set[str] | None = None) -> dict[str, Any]:
     """The durable definitions of ``vhosts`` (None: all), skipping the built-in exchanges and
     exclusive queues, as RabbitMQ exports them."""
@@ -26,19 +40,19 @@ def export_definitions(broker: FrontDoor, vhosts: set[str] | None = None) -> dic
         "vhosts": [{"name": v} for v in shown],
         "exchanges": [
             {"name": e.name, "vhost": v, "type": e.kind, "durable": True,
-             "auto_delete": e.auto_delete, "internal": e.internal, "arguments": e.arguments}
+             "auto_delete": e.auto_delete, "internal": e.internal, "arguments": _plain(e.arguments)}
             for v in shown for e in broker.list_exchanges(v)
             if e.durable and e.name and not e.name.startswith("amq.")
         ],
         "queues": [
             {"name": q.name, "vhost": v, "durable": True, "auto_delete": q.auto_delete,
-             "arguments": q.arguments}
+             "arguments": _plain(q.arguments)}
             for v in shown for q in broker.list_queues(v) if q.durable and not q.exclusive
         ],
         "bindings": [
             {"source": b.source, "vhost": v, "destination": b.destination,
              "destination_type": "exchange" if b.to_exchange else "queue",
-             "routing_key": b.routing_key, "arguments": b.arguments}
+             "routing_key": b.routing_key, "arguments": _plain(b.arguments)}
             for v in shown for b in broker.list_bindings(v) if b.durable
         ],
     }

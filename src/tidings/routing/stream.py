@@ -70,7 +70,7 @@ class _Cursor:
         if self.filters is None:
             return True
         value = (entry.record.message.headers or {}).get(FILTER_VALUE)
-        if isinstance(value, bytes):
+        if isinstance(value, bytes | bytearray):
             value = value.decode(errors="replace")
         return self.unfiltered if value is None else value in self.filters
 
@@ -201,7 +201,7 @@ class StreamQueue(Queue):
     def _start(self, arguments: dict[str, Any], now: float) -> int:
         reader = arguments.get(READER)
         if reader is not None:
-            if isinstance(reader, bytes):
+            if isinstance(reader, bytes | bytearray):
                 reader = reader.decode(errors="replace")
             if not isinstance(reader, str) or not reader:
                 raise PreconditionFailedError(f"invalid '{READER}' {str(reader)[:40]!r}: "
@@ -327,7 +327,7 @@ def _filters(arguments: dict[str, Any]) -> frozenset[str] | None:
     values = value if isinstance(value, list) else [value]
     found = set()
     for v in values:
-        if isinstance(v, bytes):
+        if isinstance(v, bytes | bytearray):
             v = v.decode(errors="replace")
         if not isinstance(v, str):
             raise PreconditionFailedError(f"invalid '{FILTER}' {str(value)[:40]!r}: not a "
@@ -342,8 +342,8 @@ def start_offset(value: Any, log: Any, end: int, now: float) -> int:
     such as ``1h`` (that long before ``now``). Offsets past the tail start at the tail;
     offsets before the first retained record start at it."""
     first = log.first_offset
-    if isinstance(value, bytes):
-        value = value.decode(errors="replace")
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value).decode(errors="replace")
     if value == "first":
         return first
     if value == "last":

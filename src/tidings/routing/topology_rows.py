@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tidings.message import json_tagged, json_untagged
 from tidings.routing.exchange import Binding, Exchange
 
 SEP = "\x1f"
@@ -15,19 +16,19 @@ SEP = "\x1f"
 
 def exchange_record(ex: Exchange) -> tuple[str, bytes]:
     data = {"kind": ex.kind, "auto_delete": ex.auto_delete, "internal": ex.internal,
-            "arguments": ex.arguments}
+            "arguments": json_tagged(ex.arguments)}
     return f"{ex.vhost}{SEP}{ex.name}", json.dumps(data).encode()
 
 
 def queue_record(vhost: str, name: str, auto_delete: bool,
                  arguments: dict[str, Any]) -> tuple[str, bytes]:
-    data = {"auto_delete": auto_delete, "arguments": arguments}
+    data = {"auto_delete": auto_delete, "arguments": json_tagged(arguments)}
     return f"{vhost}{SEP}{name}", json.dumps(data).encode()
 
 
 def binding_record(vhost: str, b: Binding) -> tuple[str, bytes]:
     data = {"source": b.source, "destination": b.destination, "routing_key": b.routing_key,
-            "arguments": b.args, "to_exchange": b.to_exchange}
+            "arguments": json_tagged(b.args), "to_exchange": b.to_exchange}
     raw = json.dumps(data, sort_keys=True)
     return f"{vhost}{SEP}{raw}", raw.encode()
 
@@ -41,4 +42,6 @@ def load(data: bytes) -> dict[str, Any]:
     value = json.loads(data)
     if not isinstance(value, dict):
         raise ValueError("definition record is not a JSON object")
+    if "arguments" in value:  # (byte arrays and timestamps are tagged in JSON)
+        value["arguments"] = json_untagged(value["arguments"])
     return value
