@@ -5,6 +5,7 @@ half-written is ever delivered."""
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -15,7 +16,8 @@ import pytest
 
 from ..serverproc import ServerProcess
 
-CYCLES = 4
+#: Kill cycles (``TIDINGS_STREAM_KILLS=100`` for a long run).
+CYCLES = int(os.environ.get("TIDINGS_STREAM_KILLS", "4"))
 STREAM = "crash-stream"
 
 
@@ -61,7 +63,7 @@ def read_all(port: int) -> list[tuple[int, int]]:
 
 @pytest.mark.crash
 def test_kill_9_during_appends_keeps_every_confirmed_record(tmp_path: Path) -> None:
-    rng = random.Random(7)
+    rng = random.Random(os.environ.get("TIDINGS_CRASH_SEED", "7"))
     server = ServerProcess(tmp_path / "data").start()
     conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", server.port))
     conn.channel().queue_declare(STREAM, durable=True, arguments={"x-queue-type": "stream"})
@@ -90,5 +92,7 @@ def test_kill_9_during_appends_keeps_every_confirmed_record(tmp_path: Path) -> N
             before = after
             next_number = max(numbers, default=-1) + 1_000  # a fresh range each cycle
         assert len(confirmed) > 100
+        print(f"{CYCLES} kills: {len(confirmed)} confirmed records, {len(before)} in the "
+              f"stream, 0 lost, offsets dense and unchanged")
     finally:
         server.stop()
