@@ -3,6 +3,7 @@ fake clock, credit by acks, recovery after a restart."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import gc
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tidings.errors import PreconditionFailedError, QueueTypeError
-from tidings.message import Delivery, Message
+from tidings.message import Delivery, Message, Record, encode_record
 from tidings.resources import rss_mb
 from tidings.routing.broker import Broker
 from tidings.routing.session import Session
@@ -262,3 +263,24 @@ async def test_offsets_and_names_sent_as_byte_strings_are_read_as_text(broker: B
     publish(broker, "s", b"a", b"b")
     assert read(broker, "s", bytearray(b"first")) == [(b"a", 0), (b"b", 1)]
     assert read(broker, "s", bytearray(b"1h")) == [(b"a", 0), (b"b", 1)]
+
+
+async def test_a_filter_that_matches_little_reads_on_later_loop_turns(broker: Broker) -> None:
+    """One dispatch reads a bounded number of read-aheads; a consumer whose filter skips a
+    long run of records gets to its match over later loop turns, never blocking the loop."""
+    broker.declare_queue("/", "s", arguments=STREAM)
+    queue = broker.get_queue("/", "s")
+    queue.append([encode_record(Record(Message(b"x"), 0.0))] * 20_000, 0.0)  # type: ignore[attr-defined]
+    broker.publish("/", "", Message(b"hit", routing_key="s",
+                                    headers={"x-stream-filter-value": "eu"}))
+    session = broker.open_session()
+    got: list[Delivery] = []
+    broker.consume(session, "s", got.append, prefetch_count=10,
+                   arguments={"x-stream-offset": "first", "x-stream-filter": "eu"})
+    assert got == []  # 20,001 records are more than one dispatch reads
+    for _ in range(20):
+        await asyncio.sleep(0)
+        if got:
+            break
+    assert [d.message.body for d in got] == [b"hit"]
+    assert got[0].message.headers["x-stream-offset"] == 20_000  # type: ignore[index]

@@ -21,6 +21,7 @@ import json
 import logging
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from tidings.errors import PreconditionFailedError, QueueTypeError
@@ -31,7 +32,8 @@ from tidings.statistics import ReaderStatistics, StreamStatistics
 from tidings.storage.segments import DEFAULT_SEGMENT_BYTES, LogRecord
 from tidings.storage.streams import StreamFiles
 
-__all__ = ["READER", "READER_ROWS", "READ_BYTES", "READ_RECORDS", "StreamQueue", "start_offset"]
+__all__ = ["READER", "READER_ROWS", "READ_BYTES", "READ_RECORDS", "ConsumerSpec",
+           "StreamQueue", "parse_start", "start_offset"]
 
 log = logging.getLogger("tidings.broker")
 
@@ -39,6 +41,8 @@ log = logging.getLogger("tidings.broker")
 READ_RECORDS = 256
 #: About the most payload bytes one consumer reads ahead.
 READ_BYTES = 1 * 2**20
+#: Read-aheads one consumer does in one dispatch; more wait for the next loop turn.
+READS_PER_TURN = 16
 #: The consumer argument that says where to start, and the header each delivery carries.
 OFFSET = "x-stream-offset"
 #: The store's definitions of named readers' committed offsets.
@@ -69,9 +73,7 @@ class _Cursor:
     def wants(self, entry: Entry) -> bool:
         if self.filters is None:
             return True
-        value = (entry.record.message.headers or {}).get(FILTER_VALUE)
-        if isinstance(value, bytes | bytearray):
-            value = value.decode(errors="replace")
+        value = _text((entry.record.message.headers or {}).get(FILTER_VALUE))
         return self.unfiltered if value is None else value in self.filters
 
 
@@ -195,27 +197,16 @@ class StreamQueue(Queue):
                 f"automatic acknowledgement not supported by stream queues {where}")
         if not prefetch_count:
             raise PreconditionFailedError(f"consumer prefetch count is not set for '{where}'")
-        self._start(arguments, self._now())
-        _filters(arguments)
-
-    def _start(self, arguments: dict[str, Any], now: float) -> int:
-        reader = arguments.get(READER)
-        if reader is not None:
-            if isinstance(reader, bytes | bytearray):
-                reader = reader.decode(errors="replace")
-            if not isinstance(reader, str) or not reader:
-                raise PreconditionFailedError(f"invalid '{READER}' {str(reader)[:40]!r}: "
-                                              f"not a reader name")
-            if reader in self.readers:
-                return start_offset(self.readers[reader] + 1, self.log, self.end_offset, now)
-        return start_offset(arguments.get(OFFSET, "next"), self.log, self.end_offset, now)
+        ConsumerSpec.of(arguments)
 
     def add_consumer(self, consumer: QueueConsumer, now: float) -> None:
-        arguments = getattr(consumer, "arguments", {}) or {}
-        name = arguments.get(READER) or getattr(consumer, "tag", "?")
-        self._cursors[consumer] = _Cursor(self._start(arguments, now), str(name),
-                                          _filters(arguments),
-                                          arguments.get(MATCH_UNFILTERED) is True)
+        spec = ConsumerSpec.of(getattr(consumer, "arguments", None) or {})
+        start = spec.start
+        if spec.reader is not None and spec.reader in self.readers:
+            start = self.readers[spec.reader] + 1  # resume after the reader's commit
+        self._cursors[consumer] = _Cursor(
+            start_offset(start, self.log, self.end_offset, now),
+            spec.reader or str(getattr(consumer, "tag", "?")), spec.filters, spec.unfiltered)
         super().add_consumer(consumer, now)
 
     def remove_consumer(self, consumer: QueueConsumer, now: float) -> None:
@@ -234,10 +225,15 @@ class StreamQueue(Queue):
             return
         end = self.end_offset
         ahead = cursor.ahead
+        reads = 0
         while True:
             if not ahead:
                 if cursor.offset >= end or not consumer.has_room():
                     return
+                if reads == READS_PER_TURN:  # (a filter that matches little): the rest
+                    self._dispatch_at_turn_end()  # on a later turn, not blocking the loop
+                    return
+                reads += 1
                 cursor.offset = max(cursor.offset, self.log.first_offset)
                 ahead.extend(r for r in self.log.read(cursor.offset, READ_RECORDS, READ_BYTES)
                              if r.offset < end)
@@ -319,46 +315,76 @@ class StreamQueue(Queue):
         return []
 
 
-def _filters(arguments: dict[str, Any]) -> frozenset[str] | None:
-    """A consumer's ``x-stream-filter`` values (None: it takes every record)."""
-    value = arguments.get(FILTER)
-    if value is None:
-        return None
-    values = value if isinstance(value, list) else [value]
-    found = set()
-    for v in values:
-        if isinstance(v, bytes | bytearray):
-            v = v.decode(errors="replace")
-        if not isinstance(v, str):
-            raise PreconditionFailedError(f"invalid '{FILTER}' {str(value)[:40]!r}: not a "
-                                          f"string or a list of strings")
-        found.add(v)
-    return frozenset(found)
+def _text(value: Any) -> Any:
+    """An AMQP byte array (pika sends Python bytes as one) as text; anything else as is."""
+    return bytes(value).decode(errors="replace") if isinstance(value, bytes | bytearray) \
+        else value
 
 
-def start_offset(value: Any, log: Any, end: int, now: float) -> int:
-    """Where a reader starts, from an ``x-stream-offset`` value as RabbitMQ reads it:
-    ``first``, ``last``, ``next``, an offset, a timestamp (AMQP's, a datetime), or an age
-    such as ``1h`` (that long before ``now``). Offsets past the tail start at the tail;
-    offsets before the first retained record start at it."""
-    first = log.first_offset
-    if isinstance(value, bytes | bytearray):
-        value = bytes(value).decode(errors="replace")
-    if value == "first":
-        return first
-    if value == "last":
-        return max(first, end - 1)
-    if value == "next":
-        return end
+#: A parsed start: a word (first, last, next), an offset, or an age / a time in ms.
+Start = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    """A stream consumer's arguments, checked: where it starts, as whom, what it filters."""
+
+    start: Start
+    reader: str | None
+    filters: frozenset[str] | None
+    unfiltered: bool
+
+    @classmethod
+    def of(cls, arguments: dict[str, Any]) -> ConsumerSpec:
+        """Parse (no I/O); a bad value is PRECONDITION_FAILED naming the argument."""
+        reader = _text(arguments.get(READER))
+        if reader is not None and (not isinstance(reader, str) or not reader):
+            raise PreconditionFailedError(f"invalid '{READER}' {str(reader)[:40]!r}: not a "
+                                          f"reader name")
+        filters = None
+        if (value := arguments.get(FILTER)) is not None:
+            values = [_text(v) for v in (value if isinstance(value, list) else [value])]
+            if not all(isinstance(v, str) for v in values):
+                raise PreconditionFailedError(f"invalid '{FILTER}' {str(value)[:40]!r}: not "
+                                              f"a string or a list of strings")
+            filters = frozenset(values)
+        return cls(parse_start(arguments.get(OFFSET, "next")), reader, filters,
+                   arguments.get(MATCH_UNFILTERED) is True)
+
+
+def parse_start(value: Any) -> Start:
+    """An ``x-stream-offset`` value as RabbitMQ reads it: ``first``, ``last``, ``next``, an
+    offset, a timestamp (AMQP's: a datetime), or an age such as ``1h``."""
+    value = _text(value)
+    if value in ("first", "last", "next"):
+        return value, 0
     if isinstance(value, int) and not isinstance(value, bool):
-        return min(max(value, first), end)
+        return "offset", value
     if isinstance(value, datetime.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=datetime.UTC)
-        return min(max(log.offset_at(int(value.timestamp() * 1000)), first), end)
+        return "time", int(value.timestamp() * 1000)
     age = parse_age(value)
     if age is not None:
-        return min(max(log.offset_at(int(now * 1000) - age), first), end)
+        return "age", age
     raise PreconditionFailedError(
         f"invalid '{OFFSET}' {str(value)[:40]!r}: not 'first', 'last', 'next', an offset, a "
         f"timestamp or an age such as '1h'")
+
+
+def start_offset(start: Start | int, log: Any, end: int, now: float) -> int:
+    """The offset a parsed start means now (an int: that offset). Offsets past the tail
+    start at the tail; offsets before the first retained record start at it."""
+    kind, n = ("offset", start) if isinstance(start, int) else start
+    first = log.first_offset
+    if kind == "first":
+        return first
+    if kind == "last":
+        return max(first, end - 1)
+    if kind == "next":
+        return end
+    if kind == "time":
+        n = log.offset_at(n)
+    elif kind == "age":
+        n = log.offset_at(int(now * 1000) - n)
+    return min(max(n, first), end)
