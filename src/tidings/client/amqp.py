@@ -400,11 +400,8 @@ class AmqpTransport:
             self._known.add(name)
         await self._confirm([("", name, Message(str(offset).encode()), True)])
 
-    async def reader_offset(self, stream: str, reader: str) -> int | None:
-        if self.is_tidings:
-            raise NotSupportedError(self._broker(), "tell a reader's offset over AMQP",
-                                    f"consume with the argument '{READER_ARGUMENT}' to start "
-                                    f"after it, or read it in the statistics")
+    async def _reader_offset(self, stream: str, reader: str) -> int | None:
+        """A reader's last commit on RabbitMQ (tidings serve starts readers itself)."""
         name = self._reader_queue(stream, reader)
         if await self._passive(name) is None:
             return None
@@ -571,7 +568,7 @@ class AmqpTransport:
         if arguments and READER_ARGUMENT in arguments and not self.is_tidings:
             # RabbitMQ keeps no reader offsets: start after the one this client stored
             arguments = dict(arguments)
-            stored = await self.reader_offset(queue, str(arguments.pop(READER_ARGUMENT)))
+            stored = await self._reader_offset(queue, str(arguments.pop(READER_ARGUMENT)))
             if stored is not None:
                 arguments[STREAM_OFFSET] = stored + 1
         channel = await self._conn.channel()

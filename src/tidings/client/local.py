@@ -85,9 +85,6 @@ class LocalTransport:
         self.broker.commit_offset(VHOST, stream, reader, offset)
         await self.broker.sync()
 
-    async def reader_offset(self, stream: str, reader: str) -> int | None:
-        return self.broker.reader_offset(VHOST, stream, reader)
-
     def _declare_events(self) -> None:
         if not self._events_ready:
             self.broker.declare_exchange(VHOST, EVENTS_EXCHANGE, "topic", durable=True)

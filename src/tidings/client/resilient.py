@@ -212,9 +212,6 @@ class ResilientTransport:
     async def commit_offset(self, stream: str, reader: str, offset: int) -> None:
         await self._run(lambda t: t.commit_offset(stream, reader, offset))
 
-    async def reader_offset(self, stream: str, reader: str) -> int | None:
-        return await self._run(lambda t: t.reader_offset(stream, reader))
-
     async def bind_events(self, queue: str, pattern: str) -> None:
         await self._run(lambda t: t.bind_events(self.name(queue), pattern))
         self._bindings.append((queue, pattern))

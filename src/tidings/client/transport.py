@@ -138,11 +138,8 @@ class Transport(Protocol):
         ...
 
     async def commit_offset(self, stream: str, reader: str, offset: int) -> None:
-        """Store, durably, that ``reader`` has processed ``stream`` up to ``offset``."""
-        ...
-
-    async def reader_offset(self, stream: str, reader: str) -> int | None:
-        """The last offset ``reader`` committed on ``stream``, or None."""
+        """Store, durably, that ``reader`` has processed ``stream`` up to ``offset``; a
+        consumer with the argument ``x-tidings-reader: <reader>`` starts right after it."""
         ...
 
     async def ack(self, tokens: Sequence[Any]) -> None: ...
