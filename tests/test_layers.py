@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "tidings"
 
 #: The ground floor: imported by everything, imports nothing above it.
 GROUND = {"errors", "message", "clock", "auth", "patterns", "statistics", "dead_letters",
-          "basic_properties", "files", "resources"}
+          "basic_properties", "files", "resources", "values"}
 
 #: routing/, lowest first: a module imports only modules listed before it.
 ROUTING_ORDER = ["arguments", "exchange", "topology_rows", "ready", "expiry", "overflow", "queue",

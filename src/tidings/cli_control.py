@@ -124,6 +124,7 @@ def _remote(r: Remote, args: argparse.Namespace) -> Any:
 
 async def _local(args: argparse.Namespace) -> Any:
     """No server runs: open the data directory (recovering it) and act on the broker."""
+    from tidings.auth import UserStore
     from tidings.message import Message
     from tidings.routing.broker import Broker
     from tidings.routing.definitions_io import export_definitions, import_definitions
@@ -156,7 +157,8 @@ async def _local(args: argparse.Namespace) -> Any:
             return {"queue": args.queue}
         if args.action == "export":
             return export_definitions(broker)
-        return {"imported": import_definitions(broker, _read_definitions(args.file))}
+        return {"imported": import_definitions(broker, _read_definitions(args.file),
+                                               UserStore(args.data_dir).list_vhosts())}
 
     try:
         result = act()

@@ -20,9 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tidings.amqp.connection import MAX_MESSAGE_BYTES
 from tidings.errors import BrokenResourceError, ConfigError, ResourceLockedError
 from tidings.resources import total_memory_mb
+from tidings.values import MAX_MESSAGE_BYTES
 
 #: Share of the machine's RAM that held messages and buffers may reach before publishers are
 #: blocked (RabbitMQ's default watermark is 0.4 of RAM measured as its whole process; Python

@@ -101,34 +101,6 @@ class Record:
     target: dict[str, str] = field(default_factory=dict)
 
 
-#: Deepest nesting of tables and arrays accepted in headers (RabbitMQ's x-death is 3 deep).
-MAX_HEADER_DEPTH = 16
-_INT64 = (-(2**63), 2**63 - 1)
-
-
-def header_problem(headers: dict[str, Any]) -> str | None:
-    """Why ``headers`` cannot travel as an AMQP field table, or None: nesting beyond
-    :data:`MAX_HEADER_DEPTH`, a key that is not a string of at most 255 bytes, an integer
-    beyond 64 bits. Iterative, so no input can exhaust the stack."""
-    pending: list[tuple[Any, int, str]] = [(headers, 1, "headers")]
-    while pending:
-        value, depth, path = pending.pop()
-        if isinstance(value, dict | list | tuple):
-            if depth > MAX_HEADER_DEPTH:
-                return f"{path} is nested deeper than {MAX_HEADER_DEPTH} levels"
-            if isinstance(value, dict):
-                for key, item in value.items():
-                    if not isinstance(key, str) or len(key.encode(errors="replace")) > 255:
-                        return f"{path} has a key that is not a string of at most 255 bytes"
-                    pending.append((item, depth + 1, f"{path}.{key}"))
-            else:
-                pending.extend((item, depth + 1, f"{path}[{i}]") for i, item in enumerate(value))
-        elif isinstance(value, int) and not isinstance(value, bool) and \
-                not _INT64[0] <= value <= _INT64[1]:
-            return f"{path} is an integer beyond 64 bits"
-    return None
-
-
 #: Tags of the JSON form for values JSON has no type for. A user table that has a key of this
 #: shape is wrapped as ``{"$t": table}``, so no user value can be read back as a tag.
 _TAGS = ("$b", "$dt", "$dec", "$t")

@@ -360,3 +360,19 @@ async def test_handled_events_are_not_redelivered_after_close(tmp_path: Path) ->
     async with tidings.connect(str(tmp_path)) as client:
         stats = (await client.statistics()).queue("g:load.-star-")
         assert stats.ready == 0 and stats.unacked == 0
+
+
+async def test_embedded_refuses_what_tidings_serve_refuses(tmp_path: Path) -> None:
+    """The same limits on every path: headers AMQP cannot carry and bodies over the maximum
+    message size are refused by the embedded broker too, and the queue stays usable."""
+    from tidings.values import MAX_MESSAGE_BYTES
+
+    async with tidings.connect(str(tmp_path / "data")) as client:
+        with pytest.raises(InvalidArgumentError, match="surrogate"):
+            await client.send("limits", b"x", headers={"a": "\ud800"})
+        with pytest.raises(InvalidArgumentError, match="maximum message size"):
+            await client.send("limits", b"x" * (MAX_MESSAGE_BYTES + 1))
+        await client.send("limits", b"fine", headers={"a": "ok"})
+        got = await client.get("limits")
+        assert got is not None and got.body == b"fine"
+        await got.ack()

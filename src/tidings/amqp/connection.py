@@ -53,7 +53,8 @@ from tidings.errors import (
     UnexpectedFrameError,
     UnexpectedMethodError,
 )
-from tidings.message import Message, header_problem
+from tidings.message import Message
+from tidings.values import MAX_MESSAGE_BYTES, header_problem
 
 C, Ch, B = commands.Connection, commands.Channel, commands.Basic
 
@@ -66,9 +67,6 @@ FRAME_MAX = 131072
 HEARTBEAT_S = 60
 #: Channel frames a client may pipeline behind connection.open before it is answered.
 MAX_HELD_FRAMES = 64
-#: Largest message body accepted (RabbitMQ's ``max_message_size`` defaults to 128 MiB; ours is
-#: lower because Python holds a body two or three times over while it is assembled and stored).
-MAX_MESSAGE_BYTES = 64 * 2**20
 
 
 def reply_text(error: TidingsError) -> str:

@@ -33,7 +33,6 @@ from tidings.amqp.channel import AmqpChannel
 from tidings.amqp.connection import (
     CLOSED,
     CLOSING,
-    MAX_MESSAGE_BYTES,
     OPEN,
     ChannelClosed,
     ChannelOpened,
@@ -56,6 +55,7 @@ from tidings.errors import (
 )
 from tidings.resources import rss_mb as process_rss_mb
 from tidings.routing.front_door import FrontDoor
+from tidings.values import MAX_MESSAGE_BYTES
 
 log = logging.getLogger("tidings.amqp")
 

@@ -47,6 +47,7 @@ from tidings.dead_letters import dead_letter_queue
 from tidings.errors import ClosedResourceError, InvalidArgumentError
 from tidings.message import Message
 from tidings.patterns import validate_pattern
+from tidings.values import header_problem
 
 log = logging.getLogger("tidings.client")
 
@@ -224,6 +225,7 @@ class Client:
                  persistent: bool, correlation_id: str | None = None,
                  reply_to: str | None = None) -> Message:
         data, ctype = encode_body(body, content_type)
+        _check_headers(headers)
         return Message(
             data, headers=dict(headers) if headers else None, persistent=persistent,
             content_type=ctype, priority=priority,
@@ -237,6 +239,7 @@ class Client:
                   persistent: bool) -> list[Message]:
         """:meth:`_message` for a batch: the clock read and the id prefix looked up once."""
         now, prefix, ids = int(time.time()), self._id_prefix, self._ids
+        _check_headers(headers)
         return [Message(data, headers=dict(headers) if headers else None,
                         persistent=persistent, content_type=ctype,
                         message_id=f"{prefix}-{next(ids):x}", timestamp=now)
@@ -682,3 +685,9 @@ def connect(url: str, *, ssl_context: ssl.SSLContext | None = None,
     ``ssl_context`` for TLS, or aiormq's ``?cafile=...&certfile=...&keyfile=...``;
     ``management_url`` such as ``http://guest:guest@host:15672`` for full statistics)."""
     return Client(url, ssl_context=ssl_context, management_url=management_url)
+
+
+def _check_headers(headers: dict[str, Any] | None) -> None:
+    """Headers every transport and every face can deliver (see :mod:`tidings.values`)."""
+    if headers and (problem := header_problem(headers)):
+        raise InvalidArgumentError(problem)

@@ -16,9 +16,10 @@ from tidings.client.transport import (
     StreamSpec,
 )
 from tidings.dead_letters import dead_letter_queue
-from tidings.errors import NotFoundError, PreconditionFailedError
+from tidings.errors import InvalidArgumentError, NotFoundError, PreconditionFailedError
 from tidings.message import Delivery, Message
 from tidings.routing.front_door import DEFAULT_VHOST, Consumer, FrontDoor
+from tidings.values import MAX_MESSAGE_BYTES
 
 VHOST = DEFAULT_VHOST
 
@@ -98,6 +99,7 @@ class LocalTransport:
                    delay_ms: int | None = None) -> None:
         publish = self.broker.publish
         for message in messages:
+            _check_size(message)
             message.routing_key = queue
             result = publish(VHOST, "", message, delay_ms=delay_ms)
             if result.refused:
@@ -114,6 +116,7 @@ class LocalTransport:
         self._declare_events()
         publish = self.broker.publish
         for message in messages:
+            _check_size(message)
             message.routing_key = topic
             publish(VHOST, EVENTS_EXCHANGE, message)
         await self.broker.sync()
@@ -178,3 +181,10 @@ class LocalTransport:
         if self._owns:
             await self.broker.sync()
             self.broker.close()
+
+
+def _check_size(message: Message) -> None:
+    """The embedded broker takes no larger message than ``tidings serve`` does."""
+    if len(message.body) > MAX_MESSAGE_BYTES:
+        raise InvalidArgumentError(f"message size {len(message.body)} is larger than the "
+                                   f"maximum message size {MAX_MESSAGE_BYTES}")

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from tidings.errors import TidingsError
+from tidings.values import printable
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "access_refused",
                404: "not_found", 405: "method_not_allowed", 406: "not_acceptable",
@@ -40,7 +41,7 @@ class UnsupportedMediaTypeError(TidingsError):
 
 def error_response(status: int, code: str, message: str,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message}, status_code=status,
+    return JSONResponse({"error": code, "message": printable(message)}, status_code=status,
                         headers=headers)
 
 

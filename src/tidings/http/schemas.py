@@ -15,7 +15,8 @@ from typing import Any
 from starlette.requests import Request
 
 from tidings.http.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
-from tidings.message import Message, header_problem
+from tidings.message import Message
+from tidings.values import header_problem, json_problem
 
 JSON_TYPES = ("application/json",)
 
@@ -43,12 +44,21 @@ async def read_json(request: Request, limit_bytes: int, *, required: bool = True
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
     if ctype and ctype not in JSON_TYPES and not ctype.endswith("+json"):
         raise UnsupportedMediaTypeError(f"content type '{ctype}' is not JSON")
+    return parse_json(raw)
+
+
+def parse_json(raw: bytes, what: str = "request body") -> Any:
+    """JSON that every face can deliver: valid, no lone surrogates, at most
+    :data:`~tidings.values.MAX_JSON_DEPTH` deep."""
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequestError(f"request body is not valid JSON: {e}") from e
+        raise BadRequestError(f"{what} is not valid JSON: {e}") from e
     except RecursionError as e:
-        raise BadRequestError("request body is nested too deeply") from e
+        raise BadRequestError(f"{what} is nested too deeply") from e
+    if problem := json_problem(value, what):
+        raise BadRequestError(problem)
+    return value
 
 
 def obj(value: Any, what: str = "request body") -> dict[str, Any]:
@@ -92,6 +102,8 @@ def table(data: dict[str, Any], name: str) -> dict[str, Any] | None:
         return None
     if not isinstance(value, dict):
         raise BadRequestError(f"field '{name}' must be a JSON object")
+    if problem := header_problem(value, f"field '{name}'"):
+        raise BadRequestError(problem)
     return value
 
 
@@ -120,9 +132,6 @@ def message_from_json(data: dict[str, Any]) -> Message:
             raise BadRequestError("field 'body_base64' is not valid base64") from e
         ctype = None
     headers = table(data, "headers")
-    problem = header_problem(headers) if headers else None
-    if problem:
-        raise BadRequestError(f"field 'headers': {problem}")
     message = new_message(body, string(data, "content_type", ctype), headers,
                           string(data, "message_id"), boolean(data, "persistent", True))
     message.priority = integer(data, "priority", None, 0, 255)

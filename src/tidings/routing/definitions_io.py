@@ -10,12 +10,27 @@ is left alone; what differs is refused with the usual 406 naming the argument.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
+from tidings.errors import InvalidArgumentError
 from tidings.routing.front_door import FrontDoor
 
 #: Sections of RabbitMQ's format that tidings reads.
 SECTIONS = ("vhosts", "exchanges", "queues", "bindings")
+#: The fields read from each section's entries, their JSON types, and which are required.
+_FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
+    "vhosts": {"name": (str, True)},
+    "exchanges": {"name": (str, True), "vhost": (str, False), "type": (str, False),
+                  "durable": (bool, False), "auto_delete": (bool, False),
+                  "internal": (bool, False), "arguments": (dict, False)},
+    "queues": {"name": (str, True), "vhost": (str, False), "durable": (bool, False),
+               "auto_delete": (bool, False), "arguments": (dict, False)},
+    "bindings": {"source": (str, True), "destination": (str, True), "vhost": (str, False),
+                 "destination_type": (str, False), "routing_key": (str, False),
+                 "arguments": (dict, False)},
+}
+_TYPE_NAMES: dict[type, str] = {str: "a string", bool: "true or false", dict: "an object"}
 
 
 def _plain(value: Any) -> Any:
@@ -58,8 +73,42 @@ def export_definitions(broker: FrontDoor, vhosts: set[str] | None = None) -> dic
     }
 
 
-def import_definitions(broker: FrontDoor, data: dict[str, Any]) -> dict[str, int]:
-    """Declare everything in ``data``; returns how many of each section were applied."""
+def check_definitions(data: Any, known_vhosts: Collection[str]) -> None:
+    """Refuse (``InvalidArgumentError``, naming the entry and field) a definitions document
+    whose sections are not lists of objects, whose fields have the wrong types, or that puts
+    something in a vhost that neither exists (``known_vhosts``) nor is in its own ``vhosts``
+    section: as RabbitMQ, an import never creates a vhost it was not asked to."""
+    if not isinstance(data, dict):
+        raise InvalidArgumentError("definitions must be a JSON object")
+    for section, fields in _FIELDS.items():
+        entries = data.get(section, [])
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise InvalidArgumentError(f"field '{section}' must be a list of objects")
+        for i, entry in enumerate(entries):
+            for name, (kind, required) in fields.items():
+                value = entry.get(name)
+                if value is None and not required:
+                    continue
+                if value is None:
+                    raise InvalidArgumentError(f"{section}[{i}] lacks the field '{name}'")
+                if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+                    raise InvalidArgumentError(f"{section}[{i}].{name} must be {_TYPE_NAMES[kind]}")
+    declared = {v["name"] for v in data.get("vhosts", [])}
+    for section in SECTIONS[1:]:
+        for i, entry in enumerate(data.get(section, [])):
+            vhost = entry.get("vhost", "/")
+            if vhost not in declared and vhost not in known_vhosts:
+                raise InvalidArgumentError(
+                    f"{section}[{i}] is in vhost '{vhost}', which does not exist and is not "
+                    f"in the file's 'vhosts'")
+
+
+def import_definitions(broker: FrontDoor, data: dict[str, Any],
+                       known_vhosts: Collection[str] = ()) -> dict[str, int]:
+    """Declare everything in ``data`` (checked first, see :func:`check_definitions`: nothing
+    is declared from a document that fails); returns how many of each section were applied.
+    ``known_vhosts`` are vhosts that exist outside the broker (the user store's)."""
+    check_definitions(data, {*broker.vhost_names(), *known_vhosts})
     counts = dict.fromkeys(SECTIONS, 0)
     for v in data.get("vhosts", []):
         broker.declare_vhost(str(v["name"]))

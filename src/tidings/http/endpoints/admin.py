@@ -17,7 +17,7 @@ from tidings.http.event_log import is_internal_queue
 from tidings.http.gateway import gateway, name_of, vhost_of
 from tidings.http.middleware import user_of
 from tidings.http.openapi import openapi_document
-from tidings.routing.definitions_io import SECTIONS, export_definitions, import_definitions
+from tidings.routing.definitions_io import export_definitions, import_definitions
 
 STATIC = Path(__file__).parent.parent / "static"
 
@@ -131,11 +131,5 @@ async def post_definitions(request: Request) -> JSONResponse:
     if not gw.users.is_administrator(user_of(request)):
         raise AccessRefusedError("importing definitions needs the administrator tag")
     data = sch.obj(await sch.read_json(request, gw.max_body_bytes))
-    for section in SECTIONS:
-        if not isinstance(data.get(section, []), list) or \
-                not all(isinstance(x, dict) for x in data.get(section, [])):
-            raise BadRequestError(f"field '{section}' must be a list of objects")
-    try:
-        return JSONResponse({"imported": import_definitions(gw.broker, data)})
-    except KeyError as e:
-        raise BadRequestError(f"a definition lacks the field {e}") from e
+    return JSONResponse({"imported": import_definitions(gw.broker, data,
+                                                        gw.users.list_vhosts())})

@@ -43,10 +43,7 @@ async def post_event_topic(request: Request) -> JSONResponse:
     ctype = request.headers.get("content-type") or "application/octet-stream"
     body = await sch.read_body(request, gateway(request).max_body_bytes)
     if ctype.split(";")[0].strip() == "application/json" or ctype.endswith("+json"):
-        try:
-            json.loads(body)
-        except ValueError as e:
-            raise BadRequestError(f"request body is not valid JSON: {e}") from e
+        sch.parse_json(body)
     event_id, replayed = await publish_event(request, topic, body, ctype)
     return JSONResponse({"id": event_id, "topic": topic, "status": "accepted"},
                         status_code=200 if replayed else 202,
