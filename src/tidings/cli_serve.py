@@ -227,6 +227,7 @@ async def _start_http(args: argparse.Namespace, broker: Any, amqp: Any,
             "channels": len(link.channels),
             "consumers": sum(len(ch.consumers) for ch in link.channels.values()),
             "blocked": link.blocked,
+            "blocked_by": link.blocked_by,
         } for link in amqp.links if link.username]
 
     app = build_app(broker, amqp.users, max_body_bytes=args.http_max_body_bytes,

@@ -201,8 +201,8 @@ def test_memory_alarm_blocks_publishers_and_clears_when_the_queue_drains(
 
 
 def test_a_connection_is_blocked_in_the_middle_of_a_message(tmp_path: Path) -> None:
-    """A body still arriving counts against the watermark and its sender is paused at once,
-    before its first message is complete."""
+    """A body still arriving counts against the watermark and its sender is told at once,
+    before its first message is complete (it is paused once that message is in)."""
     server = ServerProcess(tmp_path / "data", "--memory-high-watermark-mb", "1").start()
     try:
         raw = RawClient(server.port, 0)
@@ -216,10 +216,51 @@ def test_a_connection_is_blocked_in_the_middle_of_a_message(tmp_path: Path) -> N
         blocked = False
         while not blocked and time.monotonic() < deadline:
             time.sleep(0.2)
-            blocked = any(c["blocked"] for c in httpx.get(url, auth=("guest", "guest")).json())
+            shown = httpx.get(url, auth=("guest", "guest")).json()
+            blocked = any(c["blocked"] and "low on memory" in c["blocked_by"] for c in shown)
         assert blocked
     finally:
         raw.sock.close()
+        server.stop()
+
+
+def test_publishers_blocked_mid_message_finish_it_so_the_alarm_can_clear(
+        tmp_path: Path) -> None:
+    """Four publishers each sending a 60 MB message against a 100 MB watermark: the alarm
+    fires while every body is half in. Paused mid-message, none could ever complete and the
+    alarm would never clear (it did not, before); each finishes its message instead, and a
+    consumer drains them."""
+    import threading
+
+    server = ServerProcess(tmp_path / "data", "--memory-high-watermark-mb", "100").start()
+    confirmed: list[int] = []
+
+    def publish(i: int) -> None:
+        with pika.BlockingConnection(params(server, blocked_connection_timeout=None)) as c:
+            ch = c.channel()
+            ch.confirm_delivery()
+            ch.queue_declare("big", durable=True)
+            ch.basic_publish("", "big", bytes([i]) * 60 * 2**20,
+                             pika.BasicProperties(delivery_mode=2))
+            confirmed.append(i)
+
+    try:
+        threads = [threading.Thread(target=publish, args=(i,), daemon=True) for i in range(4)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        for t in threads:
+            t.join(timeout=max(0.1, deadline - time.monotonic()))
+        assert sorted(confirmed) == [0, 1, 2, 3]
+        with pika.BlockingConnection(params(server)) as c:
+            ch = c.channel()
+            bodies = set()
+            for _ in range(4):
+                method, _, body = ch.basic_get("big", auto_ack=True)
+                assert method is not None and len(body) == 60 * 2**20
+                bodies.add(body[:1])
+            assert bodies == {b"\x00", b"\x01", b"\x02", b"\x03"}
+    finally:
         server.stop()
 
 
@@ -297,3 +338,48 @@ def test_peer_that_never_answers_close_ok_is_dropped(server: ServerProcess) -> N
         assert time.monotonic() - started < 5
     finally:
         raw.sock.close()
+
+
+async def test_a_store_that_cannot_write_raises_the_alarm_that_blocks_publishers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk stops commits (they are retried): publishers are then told with
+    connection.blocked, as for low memory, and told again when writes resume."""
+    import asyncio
+    import sqlite3
+
+    from tidings.amqp.server import AmqpServer
+    from tidings.auth import UserStore
+    from tidings.message import Message
+    from tidings.routing.broker import Broker
+    from tidings.storage.sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path / "data")
+    broker = Broker(store)
+    broker.start()
+    amqp = AmqpServer(broker, UserStore(tmp_path / "data"))
+    disk_full = [True]
+    real = store._write
+
+    def write(batch: object) -> None:
+        if disk_full[0]:
+            raise sqlite3.OperationalError("database or disk is full")
+        real(batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "_write", write)
+    try:
+        assert amqp.check_alarms() is None
+        broker.declare_queue("/", "q")
+        broker.publish("/", "", Message(b"x", "q"))
+        done = broker.sync()
+        for _ in range(100):
+            if amqp.check_alarms():
+                break
+            await asyncio.sleep(0.02)
+        assert "cannot write to the store: OperationalError: database or disk is full" in (
+            amqp.check_alarms() or "")
+        disk_full[0] = False
+        await asyncio.wait_for(done, 10)
+        assert amqp.check_alarms() is None
+    finally:
+        await amqp.close()
+        broker.close()

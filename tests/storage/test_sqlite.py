@@ -120,8 +120,10 @@ async def test_a_failing_disk_delays_writes_and_drops_none(
         done = store.sync()
         await asyncio.sleep(0.2)
         assert not done.done()  # neither confirmed nor failed while the disk is full
+        assert "database or disk is full" in (store.write_error() or "")  # (the alarm's)
         await asyncio.wait_for(done, 10)
     assert done.exception() is None and failures[0] == 6
+    assert store.write_error() is None
     assert [r.levelname for r in caplog.records] == ["ERROR", "WARNING"]
     assert "database or disk is full" in caplog.records[0].getMessage()
     store.close()

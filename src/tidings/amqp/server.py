@@ -115,6 +115,8 @@ class AmqpLink(asyncio.Protocol):
         self._heartbeat: asyncio.TimerHandle | None = None
         self.published = False
         self.blocked = False
+        #: The alarm that blocked this connection (shown in /api/connections), or None.
+        self.blocked_by: str | None = None
         self._store_wait = False
         self._close_timer: asyncio.TimerHandle | None = None
         self._login_task: asyncio.Task[None] | None = None
@@ -151,6 +153,8 @@ class AmqpLink(asyncio.Protocol):
             log.exception("internal error reading from %s", self.peer)
             self.conn.close(InternalError("internal error reading the client's frames"))
         self._process()
+        if self.blocked:
+            self._update_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.links.discard(self)
@@ -231,9 +235,7 @@ class AmqpLink(asyncio.Protocol):
 
         def resume(_: asyncio.Future[None]) -> None:
             self._store_wait = False
-            if self.transport is not None and not self.transport.is_closing() and \
-                    not self.blocked:
-                self.transport.resume_reading()
+            self._update_reading()
 
         self.broker.sync().add_done_callback(resume)
 
@@ -391,22 +393,38 @@ class AmqpLink(asyncio.Protocol):
         self._arm_heartbeat()
 
     def set_blocked(self, reason: str | None) -> None:
+        """An alarm (memory, disk, a store that cannot write) was raised or cleared: tell a
+        publishing peer with ``connection.blocked`` / ``unblocked`` and stop reading from it
+        between messages."""
         if self.transport is None or self.conn.state != OPEN:
             return
         if reason is not None and not self.blocked and (self.published or
                                                          self.conn.receiving_content()):
-            self.blocked = True
+            self.blocked, self.blocked_by = True, reason
             if self.capability("connection.blocked"):
-                self.conn.send_method(0, commands.Connection.Blocked(reason))
+                self.conn.send_method(0, commands.Connection.Blocked(reason[:255]))
                 self.flush()
-            self.transport.pause_reading()
+            self._update_reading()
         elif reason is None and self.blocked:
-            self.blocked = False
+            self.blocked, self.blocked_by = False, None
             if self.capability("connection.blocked"):
                 self.conn.send_method(0, commands.Connection.Unblocked())
                 self.flush()
-            if not self._store_wait:
-                self.transport.resume_reading()
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Read from the peer unless the store lags or an alarm blocks it. Blocked, reading
+        stops only between messages: a message whose body is still arriving is read to its
+        end first (as RabbitMQ blocks at the next publish). Paused mid-message, blocked
+        publishers would each hold part of a message that counts against the alarm, none
+        could finish, and the alarm could never clear."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._store_wait or (self.blocked and not self.conn.receiving_content()):
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
 
 
 class AmqpServer:
@@ -440,8 +458,7 @@ class AmqpServer:
             raise BrokenResourceError(
                 f"cannot listen on {host}:{port}: {os.strerror(e.errno or 0)}") from e
         self.servers.append(server)
-        if self._alarm_task is None and (self.memory_high_watermark_mb or
-                                         self.disk_free_limit_mb):
+        if self._alarm_task is None:
             self._alarm_task = loop.create_task(self._watch_alarms())
         return int(server.sockets[0].getsockname()[1])
 
@@ -461,9 +478,9 @@ class AmqpServer:
         while True:
             await asyncio.sleep(ALARM_CHECK_S)
             alarm = self.check_alarms()
-            if alarm != self.alarm:
+            if _kind(alarm) != _kind(self.alarm):
                 log.warning("%s", f"alarm raised: {alarm}" if alarm else "alarm cleared")
-                self.alarm = alarm
+            self.alarm = alarm
             for link in list(self.links):
                 link.set_blocked(alarm)
 
@@ -478,6 +495,8 @@ class AmqpServer:
         return held / 2**20
 
     def check_alarms(self) -> str | None:
+        if error := self.broker.write_error():
+            return f"cannot write to the store: {error}"
         if self.memory_high_watermark_mb is not None:
             held_mb = self.held_mb()
             if held_mb > self.memory_high_watermark_mb:
@@ -507,3 +526,8 @@ class AmqpServer:
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 5)
+
+
+def _kind(alarm: str | None) -> str | None:
+    """What an alarm is about (``low on memory``), without its changing numbers."""
+    return None if alarm is None else alarm.split(":")[0]

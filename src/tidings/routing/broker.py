@@ -142,6 +142,10 @@ class Broker:
         """
         return self.store.backlog() > MAX_WRITE_BACKLOG_BYTES
 
+    def write_error(self) -> str | None:
+        """Why the store cannot write right now (its writes are retried), or None."""
+        return self.store.write_error()
+
     def start(self) -> None:
         """Start housekeeping timers (call from inside the running event loop)."""
         self.upkeep.start()

@@ -62,6 +62,11 @@ class Store(Protocol):
         """Writes submitted but not yet durable; producers of writes wait when it is large."""
         ...
 
+    def write_error(self) -> str | None:
+        """Why writes are failing right now (a full disk, an I/O error; they are retried),
+        or None."""
+        ...
+
     def load(self, queue: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to ``limit`` records of ``queue`` with seq > ``after_seq``, in seq order."""
         ...

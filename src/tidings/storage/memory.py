@@ -69,6 +69,9 @@ class MemoryStore:
     def backlog(self) -> int:
         return 0
 
+    def write_error(self) -> str | None:
+        return None
+
     def sync(self) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         future.set_result(None)

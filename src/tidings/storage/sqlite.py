@@ -118,6 +118,8 @@ class SqliteStore:
         # has exactly one writer, so no lock is needed to read the difference.
         self._submitted = 0
         self._written = 0
+        #: Why the writer thread cannot commit right now (it retries), or None.
+        self._write_error: str | None = None
         self._pending_bytes = 0
         self._thread = threading.Thread(target=self._run_writer, name="tidings-writer", daemon=True)
         self._thread.start()
@@ -180,6 +182,9 @@ class SqliteStore:
         """Bytes of writes submitted but not yet committed (callers slow down when it grows)."""
         return self._submitted - self._written
 
+    def write_error(self) -> str | None:
+        return self._write_error
+
     def sync(self) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         if self._pending or self._marks:
@@ -237,6 +242,7 @@ class SqliteStore:
                     log.error("the store in '%s' closed with writes it could not make: %s",
                               self.directory, e)
                     return e
+                self._write_error = f"{type(e).__name__}: {e}"
                 if not failing_since:
                     failing_since = time.monotonic()
                     log.error("cannot write to the store in '%s': %s; retrying (confirms and "
@@ -244,6 +250,7 @@ class SqliteStore:
                 self._handoff_queue.pause(delay)  # a close wakes it
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
+            self._write_error = None
             if failing_since:
                 log.warning("writes to the store in '%s' resumed after %.1f s", self.directory,
                             time.monotonic() - failing_since)
