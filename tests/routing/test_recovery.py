@@ -101,6 +101,30 @@ async def test_delivery_count_survives_restart(brokers: BrokerFactory) -> None:
     assert d is not None and d.delivery_count == 2 and d.redelivered
 
 
+async def test_every_delivery_cut_short_by_a_crash_counts(brokers: BrokerFactory) -> None:
+    """A message whose consumer process dies with it (os._exit, the OOM killer: the broker
+    of an embedded directory dies too) counts one failed delivery per crash, so its delivery
+    limit ends the loop: it was counted once, then never again."""
+    b = brokers.start()
+    b.declare_queue("/", "q", arguments={"x-delivery-limit": 3, "x-dead-letter-exchange": "",
+                                         "x-dead-letter-routing-key": "dead"})
+    b.declare_queue("/", "dead")
+    pub(b, "", "q", "poison")
+    counts = []
+    for _ in range(5):
+        d = b.get(b.open_session(), "q")  # delivered, then the process dies with it
+        if d is None:
+            break
+        counts.append(d.delivery_count)
+        b = await brokers.restart()
+    # the fifth delivery would follow a fourth failed one, past the limit of 3: instead the
+    # message is dead-lettered, with the reason
+    assert counts == [0, 1, 2, 3]
+    dead = b.get(b.open_session(), "dead")
+    assert dead is not None and dead.message.body == b"poison"
+    assert dead.message.headers["x-death"][0]["reason"] == "delivery_limit"
+
+
 async def test_delayed_messages_survive_restart_and_fire_once(
     brokers: BrokerFactory, clock: FakeClock
 ) -> None:

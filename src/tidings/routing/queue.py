@@ -15,6 +15,7 @@ current group commit.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -222,10 +223,15 @@ class Queue:
             entry = ready.pop()
             if entry is None:
                 return None
-            at = entry.record.expires_at
+            record = entry.record
+            at = record.expires_at
             if at is not None and at <= self._now():
                 self.counters.expired += 1
                 self.drop(entry, "expired")
+                continue
+            if entry.redelivered and (limit := self.options.delivery_limit) is not None and \
+                    record.delivery_count > limit:  # its consumers died with it: recovery
+                self.drop(entry, "delivery_limit")  # counted past the limit
                 continue
             return entry
 
@@ -264,6 +270,15 @@ class Queue:
             self.counters.redelivered += 1
         if entry.stored:
             self.ready.mark_delivered(entry)
+            if entry.redelivered:
+                # A redelivery is stored as failed before it is made (the record in memory
+                # keeps the count the consumer sees): a consumer process that dies with it
+                # (os._exit, the OOM killer) then counts toward the delivery limit after
+                # recovery, so a message that kills its consumer cannot loop for ever. A
+                # first delivery costs no write: recovery counts it from the delivered mark.
+                record = entry.record
+                self._store.replace(self.ready.lanes[entry.level].key, entry.seq, encode_record(
+                    dataclasses.replace(record, delivery_count=record.delivery_count + 1)))
 
     def dispatch(self) -> None:
         """Deliver ready messages to consumers with room, round robin (or to the single
