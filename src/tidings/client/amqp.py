@@ -305,8 +305,8 @@ class AmqpTransport:
         return self._channel
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        channel = await self._main()
         try:
+            channel = await self._main()
             return await getattr(channel, method)(*args, **kwargs)
         except Exception as e:
             raise translate(e) from e
@@ -418,7 +418,10 @@ class AmqpTransport:
         took without an ack). aiormq's errors come out as tidings errors, but for a 404, which
         the callers here take as the answer "missing"."""
         assert self._conn is not None
-        channel = await self._conn.channel()
+        try:  # opening it meets a lost connection too: a BrokenResourceError, retried
+            channel = await self._conn.channel()
+        except Exception as e:
+            raise translate(e) from e
         try:
             yield channel
         except TidingsError:

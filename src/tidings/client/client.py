@@ -28,11 +28,13 @@ from typing import Any
 from tidings.client.received import Inbox, ReceivedMessage, Receiver
 from tidings.client.replay import EVENTS_LOG, append_marker, check_events_log, replay
 from tidings.client.streams import Start, StreamReader, start_argument
+from tidings.client.task_threads import TaskThreads
 from tidings.client.tasks import (
     ERROR_CONTENT_TYPE,
     Results,
     Task,
     TaskQueue,
+    WorkerLostError,
     raise_failure,
     reply,
     report_failure,
@@ -134,10 +136,12 @@ class Client:
         self._streams: set[str] = set()
         self._unacked_batches: list[list[ReceivedMessage]] = []
         #: Message ids: a random per-client prefix and a counter (unique, and cheap to make).
-        self._id_prefix = uuid.uuid4().hex[:16]
+        self.id_prefix = uuid.uuid4().hex[:16]
         self._ids = itertools.count(1)
         self._closed = False
         self._task_queues: dict[str, TaskQueue] = {}
+        #: Where plain (non-async) tasks run; counts threads stuck past their time limit.
+        self.task_threads = TaskThreads()
         #: Handler calls running now; :meth:`stop` waits for them.
         self._in_flight = 0
         self._stopping = False
@@ -217,8 +221,21 @@ class Client:
         if name in self._declared:
             return
         if not await self.transport.queue_exists(name):
-            await self.transport.declare_queue(name, QueueSpec())
+            await self.transport.declare_queue(name, self._queue_spec(name))
         self._declared.add(name)
+
+    def _queue_spec(self, name: str) -> QueueSpec:
+        """How a queue this client sends to is declared: a task or handler queue gets a
+        delivery limit above every retry its handlers make (at least the default of
+        :class:`QueueSpec`), computed from the registrations, so the producer and the worker
+        (which share the code that registers them) declare it alike whoever comes first. The
+        limit ends a message that kills its consumer's process, which retries never see."""
+        retries = [s.retries for s in self._subscribers if s.queue_name == name]
+        if name in self._task_queues:
+            retries += [t.retries for t in self._task_queues[name].tasks.values()]
+        default = QueueSpec()
+        limit = max([default.delivery_limit or 0, *(r + 1 for r in retries)])
+        return QueueSpec(delivery_limit=limit)
 
     def _message(self, body: Any, *, headers: dict[str, Any] | None, priority: int | None,
                  ttl_ms: int | None, message_id: str | None, content_type: str | None,
@@ -238,7 +255,7 @@ class Client:
     def _messages(self, bodies: Iterable[Any], headers: dict[str, Any] | None,
                   persistent: bool) -> list[Message]:
         """:meth:`_message` for a batch: the clock read and the id prefix looked up once."""
-        now, prefix, ids = int(time.time()), self._id_prefix, self._ids
+        now, prefix, ids = int(time.time()), self.id_prefix, self._ids
         _check_headers(headers)
         return [Message(data, headers=dict(headers) if headers else None,
                         persistent=persistent, content_type=ctype,
@@ -465,7 +482,8 @@ class Client:
 
         def register(fn: Callable[..., Any]) -> Task:
             task = Task(self, fn, name=name or f"{fn.__module__}.{fn.__qualname__}",
-                        queue=queue, retries=retries, timeout_s=timeout_s)
+                        queue=queue, retries=retries, timeout_s=timeout_s,
+                        threads=self.task_threads)
             runner = self._task_queues.get(queue)
             if runner is None:
                 runner = self._task_queues[queue] = TaskQueue(self, queue)
@@ -509,7 +527,7 @@ class Client:
         return reply.body
 
     def _new_id(self) -> str:
-        return f"{self._id_prefix}-{next(self._ids):x}"
+        return f"{self.id_prefix}-{next(self._ids):x}"
 
     def use(self, middleware: Middleware) -> Middleware:
         """Add middleware around every handler call: ``async def mw(message, call_next)``."""
@@ -546,9 +564,7 @@ class Client:
                         subscription_queue(sub.group, sub.pattern)):
                     catch_up = await append_marker(self)
             if sub.queue_name is not None:
-                if not await self.transport.queue_exists(sub.queue_name):
-                    await self.transport.declare_queue(
-                        sub.queue_name, QueueSpec(delivery_limit=None))
+                await self._ensure_queue(sub.queue_name)
                 sub.queue = sub.queue_name
             elif sub.group is None:
                 spec = QueueSpec(durable=False, delivery_limit=sub.retries, dead_letters=False,
@@ -607,25 +623,28 @@ class Client:
 
     async def _handle(self, sub: _Subscriber, call: CallNext, message: ReceivedMessage) -> bool:
         """Run the handler; True when it succeeded and the message still needs its ack."""
+        retries = sub.retries if sub.retries_for is None else sub.retries_for(message)
+        attempt = message.delivery_count
+        if attempt > retries + 1:  # every attempt is used up, not all by exceptions
+            return await self._give_up(sub, message, WorkerLostError(
+                f"{_handler_name(sub, message)} was delivered {attempt} times, but its "
+                f"{retries + 1} attempts are used up: the process handling it died or was "
+                f"stopped during the others (killed, out of memory, os._exit)"), attempt)
         try:
             value = await call(message)
-        except Exception as error:
+        except (Exception, asyncio.CancelledError) as error:
+            task = asyncio.current_task()
+            if isinstance(error, asyncio.CancelledError) and task is not None and \
+                    task.cancelling():
+                raise  # this worker is being stopped: not the handler's failure
             sub.stats["failed"] += 1
-            attempt = message.delivery_count
-            retries = sub.retries if sub.retries_for is None else sub.retries_for(message)
-            name = getattr(sub.handler, "__name__", sub.handler)
             if attempt > retries:
-                log.exception("handler %s failed on %r (attempt %d of %d); dead-lettered",
-                              name, message, attempt, retries + 1)
-                if sub.on_failure is not None:
-                    await sub.on_failure(message, error)
-                if not message.settled:
-                    await message.reject()
-                return False
+                return await self._give_up(sub, message, error, attempt)
             sub.stats["retried"] = sub.stats.get("retried", 0) + 1
             delay = backoff_ms(attempt, sub.min_backoff_ms, sub.max_backoff_ms)
-            log.exception("handler %s failed on %r (attempt %d of %d); retry in %d ms",
-                          name, message, attempt, retries + 1, delay)
+            log.warning("%s failed (attempt %d of %d): %s: %s; retry in %d ms",
+                        _handler_name(sub, message), attempt, retries + 1,
+                        type(error).__name__, error, delay)
             if not message.settled:
                 await message.nack(requeue=True, delay_ms=delay)
             return False
@@ -633,6 +652,19 @@ class Client:
         if value is not None and sub.queue_name is not None:  # the answer to request()
             await reply(self, message, *encode_body(value, None))
         return True
+
+    async def _give_up(self, sub: _Subscriber, message: ReceivedMessage, error: BaseException,
+                       attempt: int) -> bool:
+        """The last attempt failed: log it once with its traceback, tell the caller, and
+        dead-letter the message."""
+        log.error("%s failed for good on %r (attempt %d); dead-lettered",
+                  _handler_name(sub, message), message, attempt,
+                  exc_info=None if isinstance(error, WorkerLostError) else error)
+        if sub.on_failure is not None:
+            await sub.on_failure(message, error)
+        if not message.settled:
+            await message.reject()
+        return False
 
     async def stop(self, grace_s: float = 30.0) -> bool:
         """Stop taking new work, let handlers in flight finish within ``grace_s``, acknowledge
@@ -691,3 +723,10 @@ def _check_headers(headers: dict[str, Any] | None) -> None:
     """Headers every transport and every face can deliver (see :mod:`tidings.values`)."""
     if headers and (problem := header_problem(headers)):
         raise InvalidArgumentError(problem)
+
+
+def _handler_name(sub: _Subscriber, message: ReceivedMessage) -> str:
+    """How logs name what ran: ``task 'app.add'`` or ``handler bill``."""
+    if sub.retries_for is not None:  # a queue of tasks
+        return f"task '{message.headers.get('task', '?')}'"
+    return f"handler {getattr(sub.handler, '__name__', sub.handler)}"

@@ -8,9 +8,12 @@ is dead-lettered (``<queue>.dead``) and the caller's ``result()`` raises :class:
 with the remote exception's type, message and traceback.
 
 Results travel by request/reply, not a result store: each client that sends calls keeps one
-private reply queue (exclusive, server-named) and the worker sends the outcome there, matched by
-the message id (``correlation_id``). This works the same on every transport; a result whose
-caller has gone is dropped.
+reply queue and the worker sends the outcome there, matched by the message id
+(``correlation_id``). On a connection that can be lost and come back (``amqp://``, a shared data
+directory) the reply queue has a name of the client's own and outlives the connection (a
+durable queue that expires after :data:`REPLY_QUEUE_EXPIRES_MS` unused), so a result sent
+while the caller reconnects waits for it; elsewhere it is a private (exclusive) queue. A result
+whose caller has gone for good expires with its queue.
 """
 
 from __future__ import annotations
@@ -20,14 +23,18 @@ import contextlib
 import functools
 import inspect
 import json
+import logging
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tidings.client.task_threads import TaskThreads
 from tidings.client.transport import QueueSpec
 from tidings.errors import InvalidArgumentError, NotFoundError, TidingsError
 from tidings.message import Message
+
+log = logging.getLogger("tidings.tasks")
 
 if TYPE_CHECKING:
     from tidings.client.client import Client
@@ -42,6 +49,14 @@ class TaskError(TidingsError):
     def __init__(self, message: str, remote_type: str = "", remote_traceback: str = "") -> None:
         super().__init__(message)
         self.remote_type, self.remote_traceback = remote_type, remote_traceback
+
+
+class WorkerLostError(TidingsError):
+    """A call's attempts were used up by worker processes that died while running it (killed,
+    out of memory, ``os._exit``): it is dead-lettered and its caller's ``result()`` raises
+    :class:`TaskError` with this type (Celery's name for the same event)."""
+
+    code = "worker_lost"
 
 
 class TaskTimeoutError(TidingsError, TimeoutError):
@@ -63,6 +78,10 @@ class TaskHandle:
         return await self._results.wait(self.id, timeout_s)
 
 
+#: A reply queue with no consumer for this long is deleted (RabbitMQ's ``x-expires``).
+REPLY_QUEUE_EXPIRES_MS = 3_600_000
+
+
 class Results:
     """The client's reply queue and the calls waiting on it."""
 
@@ -77,9 +96,14 @@ class Results:
         async with self._lock:
             if self.queue is None:
                 transport = self._client.transport
-                spec = QueueSpec(durable=False, delivery_limit=None, dead_letters=False,
-                                 exclusive=True)
-                self.queue = await transport.declare_queue("", spec)
+                if getattr(transport, "name", None) is not None:  # it reconnects
+                    name, spec = f"tidings.reply.{self._client.id_prefix}", QueueSpec(
+                        durable=True, delivery_limit=None, dead_letters=False, arguments=(
+                            ("x-expires", REPLY_QUEUE_EXPIRES_MS), ("x-queue-type", "classic")))
+                else:
+                    name, spec = "", QueueSpec(durable=False, delivery_limit=None,
+                                               dead_letters=False, exclusive=True)
+                self.queue = await transport.declare_queue(name, spec)
                 self._consumer = await transport.consume(self.queue, 1000, self._arrived)
         # after a reconnect a private queue has a new name on the broker
         rename = getattr(self._client.transport, "name", None)
@@ -129,8 +153,8 @@ class Task:
     """A function registered with ``@client.task``; call it directly, or ``await send(...)``."""
 
     def __init__(self, client: Client, function: Callable[..., Any], *, name: str, queue: str,
-                 retries: int, timeout_s: float | None) -> None:
-        self.client, self.function = client, function
+                 retries: int, timeout_s: float | None, threads: TaskThreads) -> None:
+        self.client, self.function, self.threads = client, function, threads
         self.name, self.queue, self.retries, self.timeout_s = name, queue, retries, timeout_s
         functools.update_wrapper(self, function)  # type: ignore[arg-type]
 
@@ -154,17 +178,18 @@ class Task:
         """Run the call a message carries, within ``timeout_s``."""
         call = message.json()
         args, kwargs = call.get("args", []), call.get("kwargs", {})
-        if inspect.iscoroutinefunction(self.function):
-            running = self.function(*args, **kwargs)
-        else:
-            running = asyncio.to_thread(self.function, *args, **kwargs)
-        if self.timeout_s is None:
-            return await running
         try:
-            return await asyncio.wait_for(running, self.timeout_s)
+            if not inspect.iscoroutinefunction(self.function):
+                return await self.threads.call(self.function, args, kwargs, self.timeout_s)
+            if self.timeout_s is None:
+                return await self.function(*args, **kwargs)
+            return await asyncio.wait_for(self.function(*args, **kwargs), self.timeout_s)
         except TimeoutError:
-            raise TimeoutError(f"task '{self.name}' ran longer than {self.timeout_s} s") \
-                from None
+            log.error("task '%s' ran past its time limit of %s s%s", self.name, self.timeout_s,
+                      "" if inspect.iscoroutinefunction(self.function) else
+                      f" (its thread was interrupted; {self.threads.stuck} stuck)")
+            raise TimeoutError(f"task '{self.name}' ran longer than its limit of "
+                               f"{self.timeout_s} s") from None
 
 
 async def reply(client: Client, message: ReceivedMessage, data: bytes,
@@ -181,11 +206,16 @@ async def reply(client: Client, message: ReceivedMessage, data: bytes,
 
 
 async def report(client: Client, message: ReceivedMessage, outcome: dict[str, Any]) -> None:
-    """Send a call's outcome (``{"value": ...}`` or ``{"error": ...}``) as JSON."""
+    """Send a call's outcome (``{"value": ...}`` or ``{"error": ...}``) as JSON. A value JSON
+    cannot carry is reported as a failure naming its type, never sent as its ``repr``."""
     try:
-        data = json.dumps(outcome, separators=(",", ":"), default=repr).encode()
+        data = json.dumps(outcome, separators=(",", ":")).encode()
     except (TypeError, ValueError) as e:
-        data = json.dumps({"error": {"type": type(e).__name__, "message": str(e)}}).encode()
+        what = f"a {type(outcome['value']).__name__}" if "value" in outcome else "an error"
+        data = json.dumps({"error": {
+            "type": "ResultNotJSONError",
+            "message": f"task '{message.headers.get('task', '?')}' returned {what}, which "
+                       f"is not JSON: {e}"}}, default=repr).encode()
     await reply(client, message, data, "application/json")
 
 
