@@ -156,6 +156,35 @@ def test_direct_reply_to_round_trip(server: ServerProcess) -> None:
         assert replies == [b"4"]
 
 
+def test_direct_reply_to_can_be_consumed_again_after_a_cancel(server: ServerProcess) -> None:
+    """As RabbitMQ allows, and as FastStream's request() does once per call (it worked once
+    in 50 calls: the second consume on the channel was a 404)."""
+    service_queue = unique("rpc")
+    with pika.BlockingConnection(params(server)) as conn:
+        server_ch = conn.channel()
+        server_ch.queue_declare(service_queue)
+        client_ch = conn.channel()
+        replies: list[bytes] = []
+        for i in range(3):
+            tag = client_ch.basic_consume("amq.rabbitmq.reply-to",
+                                          lambda c, m, p, b: replies.append(b), auto_ack=True)
+            client_ch.basic_publish("", service_queue, str(i).encode(),
+                                    pika.BasicProperties(reply_to="amq.rabbitmq.reply-to"))
+            _, props, body = server_ch.basic_get(service_queue, auto_ack=True)
+            server_ch.basic_publish("", props.reply_to, body + b"!")
+            deadline = time.monotonic() + 10
+            while len(replies) <= i and time.monotonic() < deadline:
+                conn.process_data_events(time_limit=0.1)
+            client_ch.basic_cancel(tag)
+        assert replies == [b"0!", b"1!", b"2!"]
+        client_ch.basic_publish("", service_queue, b"x",
+                                pika.BasicProperties(reply_to="amq.rabbitmq.reply-to"))
+        deadline = time.monotonic() + 10
+        while client_ch.is_open and time.monotonic() < deadline:
+            conn.process_data_events(time_limit=0.1)
+        assert client_ch.is_closed  # no reply consumer now: 406, as RabbitMQ says
+
+
 async def test_pika_asyncio_adapter(server: ServerProcess) -> None:
     loop = asyncio.get_running_loop()
     opened: asyncio.Future[AsyncioConnection] = loop.create_future()

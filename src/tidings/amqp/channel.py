@@ -216,13 +216,19 @@ class AmqpChannel:
     def _reply_queue(self, m: B.Consume) -> str:
         if not m.no_ack:
             raise PreconditionFailedError("reply consumer cannot acknowledge")
-        if self.reply_queue is None:
-            name = f"{REPLY_TO}.{secrets.token_urlsafe(18)}"
+        if not self._has_reply_queue():  # the first, or again after a cancel (auto-delete)
+            # the same name again: replies addressed to this channel before still reach it
+            name = self.reply_queue or f"{REPLY_TO}.{secrets.token_urlsafe(18)}"
             self.broker.declare_queue(self.vhost, name, durable=False, exclusive=True,
                                       auto_delete=True, connection_id=self.link.connection_id,
                                       reserved_ok=True)
             self.reply_queue = name
+        assert self.reply_queue is not None
         return self.reply_queue
+
+    def _has_reply_queue(self) -> bool:
+        return self.reply_queue is not None and \
+            self.broker.queue_exists(self.vhost, self.reply_queue)
 
     def _deliverer(self, consumer_tag: str) -> Callable[[Delivery], None]:
         conn, number, link = self.link.conn, self.number, self.link
@@ -277,7 +283,7 @@ class AmqpChannel:
                 f"'{self.link.username}'"
             )
         if message.reply_to == REPLY_TO:
-            if self.reply_queue is None:
+            if not self._has_reply_queue():
                 raise PreconditionFailedError("fast reply consumer does not exist")
             message.reply_to = self.reply_queue
         if self.tx is not None:
