@@ -37,6 +37,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aiormq
 from aiormq.abc import DeliveredMessage
@@ -44,7 +45,14 @@ from pamqp import commands as spec
 
 from tidings.basic_properties import to_message, to_properties
 from tidings.client.management import queue_statistics as management_statistics
-from tidings.client.remote import broker_statistics, queue_statistics, redact
+from tidings.client.remote import (
+    TLS_OPTIONS,
+    broker_statistics,
+    connect_timeout_s,
+    queue_statistics,
+    redact,
+    url_options,
+)
 from tidings.client.transport import (
     EVENTS_EXCHANGE,
     Capabilities,
@@ -107,6 +115,24 @@ def translate(error: BaseException) -> TidingsError:
     if isinstance(error, aiormq.exceptions.ChannelClosed):
         return TidingsError(str(error))
     return BrokenResourceError(f"connection to the broker lost: {error!r}")
+
+
+#: Query options aiormq reads from an amqp:// URL (amqps:// takes the TLS ones too).
+_AMQP_OPTIONS = ("heartbeat", "frame_max", "channel_max", "name", "timeout", "auth")
+
+
+def _refusal(error: BaseException, where: str) -> TidingsError:
+    """A failed connect as the error a user can act on: a broker that answers connection.open
+    with connection.close (RabbitMQ's 530 for a vhost that does not exist or that the user
+    may not use; aiormq reports it only as an unexpected frame) says so in words; anything
+    else is a broker not reached."""
+    if "Connection.OpenOk" in str(error) and "got <Connection.Close" in str(error):
+        vhost = unquote(urlsplit(where).path[1:]) or "/" if "://" in where else "/"
+        return NotFoundError(f"{where} refused to open vhost '{vhost}': it does not exist, or "
+                             f"this user may not use it")
+    if "ACCESS_REFUSED" in str(error):
+        return AccessRefusedError(f"login refused by {where}: {error}")
+    return BrokenResourceError(f"cannot connect to {where}: {error}")
 
 
 class UnixSocketFactory(aiormq.connection.TransportFactory):
@@ -260,15 +286,25 @@ class AmqpTransport:
     # -- connection ------------------------------------------------------------------------
 
     async def open(self) -> AmqpTransport:
+        options = url_options(self.url, _AMQP_OPTIONS + (
+            TLS_OPTIONS if self.url.lower().startswith("amqps") else ()))
+        timeout_s = connect_timeout_s(options)
         factory = UnixSocketFactory(self._unix) if self._unix else None
         conn = aiormq.Connection(self.url, context=self._ssl, transport_factory=factory,
                                  client_properties={"connection_name": self._name})
         try:
-            await conn.connect()
+            await asyncio.wait_for(conn.connect(), timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(Exception):
+                await conn.close()
+            raise BrokenResourceError(
+                f"cannot connect to {self._where()}: no AMQP handshake within {timeout_s:g} s "
+                f"(is an AMQP broker listening there? ?connect_timeout= sets the limit)"
+            ) from None
         except aiormq.exceptions.AuthenticationError as e:
             raise AccessRefusedError(f"login refused by {self._where()}: {e}") from e
         except (aiormq.exceptions.AMQPError, OSError) as e:
-            raise BrokenResourceError(f"cannot connect to {self._where()}: {e}") from e
+            raise _refusal(e, self._where()) from e
         self._conn = conn
         props = conn.server_properties or {}
         self.product = str(props.get("product", ""))

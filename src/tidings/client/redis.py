@@ -41,25 +41,29 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions as rerr
 
 from tidings.client.remote import (
+    TLS_OPTIONS,
     Leases,
     QueueRules,
     broker_statistics,
+    connect_timeout_s,
     dead_letter,
     queue_statistics,
     redact,
     retrying,
+    url_options,
 )
 from tidings.client.transport import Capabilities, Delivery, QueueSpec
 from tidings.dead_letters import dead_letter_queue, revive
 from tidings.errors import (
     AccessRefusedError,
     BrokenResourceError,
+    ConfigError,
     InvalidArgumentError,
     NotFoundError,
     PreconditionFailedError,
@@ -266,12 +270,24 @@ class _Consumer:
         self.transport._consumers.discard(self)
 
 
+#: Query options a redis:// URL takes: tidings' own and the redis-py ones that make sense here
+#: (rediss:// takes the TLS ones too).
+_REDIS_OPTIONS = ("wait_replicas", "wait_timeout_ms", "db", "client_name", "protocol",
+                  "socket_timeout", "socket_connect_timeout", "health_check_interval")
+
+
 class RedisTransport:
     """The client's :class:`~tidings.client.transport.Transport` over Redis Streams."""
 
     def __init__(self, url: str, *, ssl_context: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(url)
-        query = dict(parse_qsl(parts.query))
+        query = url_options(url, _REDIS_OPTIONS + (
+            TLS_OPTIONS if parts.scheme.lower() == "rediss" else ()))
+        self._connect_timeout_s = connect_timeout_s(query)
+        query.pop("connect_timeout", None)
+        db = parts.path.strip("/") or "0"
+        if not db.isdigit():
+            raise ConfigError(f"'{db}' in {redact(url)} is not a Redis database number")
         self._wait_replicas = int(query.pop("wait_replicas", "0"))
         self._wait_timeout_ms = int(query.pop("wait_timeout_ms", "1000"))
         self.url = urlunsplit(parts._replace(query=urlencode(query)))
@@ -300,13 +316,22 @@ class RedisTransport:
 
     async def open(self) -> RedisTransport:
         try:
-            info = await self.r.info("server")
+            info = await asyncio.wait_for(self.r.info("server"), self._connect_timeout_s)
+        except TimeoutError:
+            await self.r.aclose()
+            raise BrokenResourceError(
+                f"cannot connect to {redact(self.url)}: no Redis answer within "
+                f"{self._connect_timeout_s:g} s (is Redis listening there? ?connect_timeout= "
+                f"sets the limit)") from None
         except rerr.AuthenticationError as e:
             raise AccessRefusedError(f"login refused by {redact(self.url)}: {e}") from e
         except rerr.ResponseError as e:
             if "NOAUTH" in str(e) or "WRONGPASS" in str(e):
                 raise AccessRefusedError(f"login refused by {redact(self.url)}: {e}") from e
-            raise
+            if "DB index" in str(e):
+                raise ConfigError(f"{redact(self.url)}: {e} (the database number in the URL "
+                                  f"is beyond what this Redis has)") from e
+            raise BrokenResourceError(f"cannot use {redact(self.url)}: {e}") from e
         except (rerr.ConnectionError, OSError) as e:
             raise BrokenResourceError(f"cannot connect to {redact(self.url)}: {e}") from e
         version = str(info.get("redis_version", ""))

@@ -19,11 +19,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit
 
 from tidings.client.management import NO_LATENCY
 from tidings.client.transport import QueueSpec
 from tidings.dead_letters import dead_letter_message
-from tidings.errors import BrokenResourceError
+from tidings.errors import BrokenResourceError, ConfigError
 from tidings.message import Message
 from tidings.statistics import BrokerStatistics, QueueStatistics
 
@@ -36,6 +37,47 @@ T = TypeVar("T")
 DEFAULT_CONSUMER_TIMEOUT_MS = 30_000
 #: How long an engine call is retried while the connection is being re-established.
 RETRY_FOR_S = 30.0
+
+
+#: Seconds a connection and its handshake may take (``?connect_timeout=`` in the URL).
+CONNECT_TIMEOUT_S = 10.0
+
+
+def url_options(url: str, scheme_options: Iterable[str]) -> dict[str, str]:
+    """The query options of a broker ``url``, checked against the ones its scheme takes
+    (``connect_timeout`` is everyone's): an option that does not apply is a ConfigError
+    naming it, never silently ignored."""
+    query = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+    allowed = {"connect_timeout", *scheme_options}
+    for name in query:
+        if name not in allowed:
+            scheme = urlsplit(url).scheme
+            tls = name in TLS_OPTIONS and scheme in ("amqp", "redis")
+            raise ConfigError(
+                f"option '{name}' in the broker URL " + (
+                    f"applies to {scheme}s:// (TLS) only" if tls else
+                    f"is not one {scheme}:// takes ({', '.join(sorted(allowed))})"))
+    return query
+
+
+def connect_timeout_s(options: dict[str, str]) -> float:
+    """``connect_timeout`` (seconds) from :func:`url_options`, or the default."""
+    text = options.get("connect_timeout")
+    if text is None:
+        return CONNECT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 3600:
+        raise ConfigError(f"connect_timeout={text} in the broker URL: give seconds, more than "
+                          f"0 and less than 3600")
+    return value
+
+
+#: Query options that set up TLS (aiormq's names, which redis-py shares in part).
+TLS_OPTIONS = ("cafile", "capath", "cadata", "keyfile", "certfile", "no_verify_ssl",
+               "ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
 
 def redact(url: str) -> str:
