@@ -86,11 +86,31 @@ async def test_a_peer_whose_logins_keep_failing_is_answered_later_and_later(
     for _ in range(4):
         with pytest.raises(AccessRefusedError):
             users.authenticate("guest", "wrong", "192.0.2.7")
-    assert users._failure_delay("192.0.2.7") == pytest.approx(0.8)
-    assert users._failure_delay("192.0.2.8") == 0.0  # other peers are not slowed
+    assert users._failure_delay("guest\x00192.0.2.7") == pytest.approx(0.8)
+    assert users._failure_delay("guest\x00192.0.2.8") == 0.0  # other peers are not slowed
     for _ in range(10):
         with pytest.raises(AccessRefusedError):
             users.authenticate("guest", "wrong", "192.0.2.7")
-    assert users._failure_delay("192.0.2.7") == auth.FAILURE_DELAY_MAX_S
+    assert users._failure_delay("guest\x00192.0.2.7") == auth.FAILURE_DELAY_MAX_S
     assert users.authenticate("guest", "guest", "127.0.0.1") == "guest"
-    assert users._failure_delay("127.0.0.1") == 0.0
+    assert users._failure_delay("guest\x00127.0.0.1") == 0.0
+
+
+async def test_failed_logins_for_one_user_do_not_delay_another_from_that_address(
+    tmp_path: Path,
+) -> None:
+    """An attacker guessing alice's password (or inventing users) from an address slows
+    those attempts down, not bob's correct login from the same address (it waited 5 s)."""
+    import time
+
+    users = UserStore(tmp_path)
+    users.add_user("alice", "alice-pw")
+    users.add_user("bob", "bob-pw")
+    for name in ["alice"] * 8 + ["nobody", "nobody-else"] * 4:
+        with pytest.raises(AccessRefusedError):
+            users.authenticate(name, "guess", "192.0.2.9")
+    started = time.monotonic()
+    assert await users.authenticate_async("bob", "bob-pw", "192.0.2.9") == "bob"
+    assert time.monotonic() - started < 1.0
+    assert users._failure_delay("alice\x00192.0.2.9") == auth.FAILURE_DELAY_MAX_S
+    assert users._failure_delay("\x00192.0.2.9") > 0  # unknown names share one delay

@@ -173,7 +173,8 @@ class UserStore:
         user, key = self._login_user(username, password)
         if key not in self._logins:
             ok = check_password(password, user.get("password", "") if user else _no_user_hash())
-            self._login_result(user is not None and ok, username, key, peer_host)
+            self._login_result(user is not None and ok, username, key,
+                               _throttled(username, user, peer_host))
         return self._admit(username, user, peer_host)
 
     async def authenticate_async(self, username: str, password: str,
@@ -188,7 +189,7 @@ class UserStore:
             return CONTROL_USER
         user, key = self._login_user(username, password)
         if key not in self._logins:
-            delay = self._failure_delay(peer_host)
+            delay = self._failure_delay(_throttled(username, user, peer_host))
             if delay:
                 await asyncio.sleep(delay)
             if self._hashing is None:
@@ -196,7 +197,8 @@ class UserStore:
             stored = user.get("password", "") if user else _no_user_hash()
             async with self._hashing:
                 ok = await asyncio.to_thread(check_password, password, stored)
-            self._login_result(user is not None and ok, username, key, peer_host)
+            self._login_result(user is not None and ok, username, key,
+                               _throttled(username, user, peer_host))
         return self._admit(username, user, peer_host)
 
     def _login_user(self, username: str, password: str
@@ -209,8 +211,7 @@ class UserStore:
         return user, (username, digest)
 
     def _login_result(self, ok: bool, username: str, key: tuple[str, bytes],
-                      peer_host: str | None) -> None:
-        peer = peer_host or ""
+                      peer: str) -> None:
         if not ok:
             failures, _ = self._failures.pop(peer, (0, 0.0))
             if len(self._failures) >= _FAILURES_MAX:
@@ -222,8 +223,8 @@ class UserStore:
             self._logins.pop(next(iter(self._logins)))
         self._logins[key] = None
 
-    def _failure_delay(self, peer_host: str | None) -> float:
-        failures, last = self._failures.get(peer_host or "", (0, 0.0))
+    def _failure_delay(self, peer: str) -> float:
+        failures, last = self._failures.get(peer, (0, 0.0))
         if not failures or time.monotonic() - last > FAILURE_MEMORY_S:
             return 0.0
         return min(FAILURE_DELAY_S * 2 ** (failures - 1), FAILURE_DELAY_MAX_S)
@@ -400,6 +401,13 @@ class UserStore:
 
     def permissions_of(self, username: str) -> dict[str, dict[str, str]]:
         return {v: p[username] for v, p in self.reload().permissions.items() if username in p}
+
+
+def _throttled(username: str, user: dict[str, Any] | None, peer_host: str | None) -> str:
+    """What failed logins slow down: a user's logins from one address (guessing alice's
+    password from an address does not delay bob's correct login from it), and every unknown
+    user's from that address together (so that inventing names does not escape the delay)."""
+    return f"{username if user is not None else ''}\x00{peer_host or ''}"
 
 
 def _is_loopback(host: str | None) -> bool:

@@ -149,6 +149,20 @@ def test_a_pipelined_handshake_is_accepted(port: int) -> None:
         assert [type(f) for f in got] == [C.OpenOk, Ch.OpenOk, Q.DeclareOk]
 
 
+def test_a_handshake_written_in_one_piece_is_accepted(port: int) -> None:
+    """start-ok, tune-ok and open (and a channel's work) in one write, before the server's
+    tune: RabbitMQ takes it (5 of 5); tidings refused it while it checked the login."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        reader = FrameReader()
+        sock.sendall(PROTOCOL_HEADER + frame.marshal(C.StartOk({}, "PLAIN",
+                                                               "\x00guest\x00guest"), 0)
+                     + frame.marshal(C.TuneOk(2047, 131072, 0), 0)
+                     + frame.marshal(C.Open("/"), 0) + frame.marshal(Ch.Open(), 1)
+                     + frame.marshal(Q.Declare(queue="", exclusive=True), 1))
+        got = _read_until(sock, reader, (Q.DeclareOk, C.Close))
+        assert [type(f) for f in got] == [C.Start, C.Tune, C.OpenOk, Ch.OpenOk, Q.DeclareOk]
+
+
 def test_channel_numbers_and_a_close_race(port: int) -> None:
     raw = RawClient(port, 0)
     try:

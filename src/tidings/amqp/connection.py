@@ -34,6 +34,7 @@ from tidings.amqp import states as st
 from tidings.amqp.frames import PROTOCOL_HEADER, FrameReader, encode_method
 from tidings.amqp.states import (
     AWAIT_HEADER,
+    AWAIT_LOGIN,
     AWAIT_OPEN_OK,
     CLOSED,
     CLOSING,
@@ -162,6 +163,8 @@ class ServerConnection:
         self._out: list[bytes] = []
         #: Channel frames that arrived before connection.open was answered.
         self._held: list[tuple[int, Any]] = []
+        #: Frames that arrived while the login was being checked (handled after it).
+        self._held_at_login: list[tuple[int, Any]] = []
         #: Bytes queued in ``_out``: the driver stops deliveries while it is large.
         self.pending_bytes = 0
 
@@ -224,6 +227,14 @@ class ServerConnection:
 
     def _handle_frame(self, channel: int, frame: Any) -> None:
         if isinstance(frame, heartbeat.Heartbeat):
+            return
+        if self.state == AWAIT_LOGIN:
+            # Pipelined behind start-ok (tune-ok, open, even channel frames: RabbitMQ takes
+            # them): handled once the login is accepted.
+            if len(self._held_at_login) >= MAX_HELD_FRAMES:
+                raise UnexpectedFrameError(f"more than {MAX_HELD_FRAMES} frames before the "
+                                           f"login was checked")
+            self._held_at_login.append((channel, frame))
             return
         if channel == 0:
             if not isinstance(frame, Method):
@@ -384,6 +395,13 @@ class ServerConnection:
             return  # the peer left while its login was checked
         self._move(st.LOGIN_ACCEPTED)
         self._send(0, C.Tune(self.channel_max, self.frame_max, self.heartbeat_s))
+        held, self._held_at_login = self._held_at_login, []
+        try:
+            for channel, frame in held:
+                if self.state not in (CLOSING, CLOSED):
+                    self._handle_frame(channel, frame)
+        except TidingsError as e:
+            self.close(e)
 
     def accept_open(self) -> None:
         if self.state in (CLOSING, CLOSED):

@@ -121,6 +121,8 @@ class AmqpLink(asyncio.Protocol):
         self._close_timer: asyncio.TimerHandle | None = None
         self._login_task: asyncio.Task[None] | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
+        self._connected_at = 0.0
+        self._handshake_left_s = 0.0
         #: Why deliveries to this peer are paused: the socket's buffer is full (asyncio said
         #: so), or more than OUTPUT_LIMIT_BYTES wait to be written.
         self._socket_full = False
@@ -136,6 +138,7 @@ class AmqpLink(asyncio.Protocol):
             str(peer) or "unix socket")
         self.server.links.add(self)
         self._arm_heartbeat()
+        self._connected_at = time.monotonic()
         self._handshake_timer = asyncio.get_running_loop().call_later(
             self.server.handshake_timeout_s, self._handshake_timed_out)
 
@@ -267,7 +270,13 @@ class AmqpLink(asyncio.Protocol):
 
     def _login(self, event: Login) -> None:
         """Checked in a task: the password hash runs off the loop, and a peer whose logins
-        keep failing is answered later and later (``auth.UserStore.authenticate_async``)."""
+        keep failing is answered later and later (``auth.UserStore.authenticate_async``).
+        The handshake timeout stops while our own work runs: a loaded server that is slow to
+        hash a password does not drop a client that did its part in time."""
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+        self._handshake_left_s = max(self.server.handshake_timeout_s -
+                                     (time.monotonic() - self._connected_at), 1.0)
         self._login_task = asyncio.get_running_loop().create_task(self._check_login(event))
 
     async def _check_login(self, event: Login) -> None:
@@ -281,6 +290,8 @@ class AmqpLink(asyncio.Protocol):
                 f"For details see the broker logfile."))
         else:
             if self.conn.state != CLOSED:
+                self._handshake_timer = asyncio.get_running_loop().call_later(
+                    self._handshake_left_s, self._handshake_timed_out)
                 self.conn.accept_login()
         self._process()
 
