@@ -80,6 +80,10 @@ async def test_stream_queue_keeps_messages_for_every_start_choice(
         assert await read(port, name, before.replace(microsecond=0), want=6) == every
         assert await read(port, name, "next", want=0) == []
         assert await read(port, name, 100, want=0) == []
+        # a timestamp in the future starts at the tail, however far (pamqp reads AMQP
+        # timestamps past 2106 as milliseconds: the year 9999 read from the first record)
+        assert await read(port, name, datetime.datetime(2100, 1, 1), want=0) == []
+        assert await read(port, name, datetime.datetime(9999, 1, 1), want=0) == []
         # the declare-ok counts the records the stream keeps (RabbitMQ's count catches up
         # a moment after the appends; tidings' is exact at once)
         for _ in range(50):

@@ -82,3 +82,30 @@ async def test_a_stream_that_falls_behind_in_bytes_is_cut_off() -> None:
     taken = await asyncio.wait_for(stream.queue.get(), 1)
     stream.taken(taken)
     assert stream.queued_bytes == 3 * MB
+
+
+async def test_a_resuming_stream_that_never_reads_pins_a_bounded_number_of_bytes(
+        tmp_path: Path, clock: FakeClock) -> None:
+    """Three clients resume from the start and stop reading: each holds at most one event
+    ahead of the one it is writing (it held 256 events of any size: 39 to 346 MB)."""
+    broker = Broker(SqliteStore(tmp_path / "data"), clock)
+    broker.start()
+    log = EventLog(broker)
+    log.start()
+    for i in range(100):
+        broker.publish("/", EVENTS_EXCHANGE, Message(bytes([i]) * 200_000, "big.event"))
+    await broker.sync()
+    stalled = [log.missed(-1, 99, "#") for _ in range(3)]
+    for reader in stalled:
+        first = await anext(reader)
+        assert first.seq == 0  # and then the client stops reading
+    await asyncio.sleep(0.05)
+    # the history consumers (the live fan-out's is at the tail): each was handed at most
+    # two records past the one it is writing
+    positions = sorted(r.offset for r in broker.stream_statistics("/", EVENTS_LOG).readers
+                       if r.live)[:3]
+    assert len(positions) == 3 and max(positions) <= 3, positions
+    for reader in stalled:
+        await reader.aclose()
+    log.close()
+    broker.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tidings.errors import PreconditionFailedError, QueueTypeError
+from tidings.errors import InvalidArgumentError, PreconditionFailedError, QueueTypeError
 from tidings.message import Delivery, Message, Record, encode_record
 from tidings.resources import rss_mb
 from tidings.routing.broker import Broker
@@ -171,6 +171,9 @@ async def test_named_readers_offsets_survive_a_restart_and_show_their_lag(
     publish(broker, "s", *[f"{i}".encode() for i in range(10)])
     await broker.sync()
     broker.commit_offset("/", "s", "billing", 3)
+    for past_the_end in (10, 10**9):  # it would make the reader skip records to come
+        with pytest.raises(InvalidArgumentError, match="past the end of stream 's'"):
+            broker.commit_offset("/", "s", "billing", past_the_end)
     clock.advance(5)
     await broker.sync()
     broker.close()

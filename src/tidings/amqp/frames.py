@@ -9,9 +9,13 @@ read first, by ``read_protocol_header``.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import struct
+from collections.abc import Iterator
 
 from pamqp import body, commands, constants, frame, heartbeat
+from pamqp import decode as pamqp_decode
 from pamqp.base import Frame as Method
 
 from tidings.amqp import codec
@@ -72,7 +76,8 @@ class FrameReader:
                 elif (method := codec.decode_method(raw)) is not None:
                     value = method
                 else:
-                    _, channel, value = frame.unmarshal(raw)
+                    with _timestamps_in_seconds():
+                        _, channel, value = frame.unmarshal(raw)
             except RecursionError as e:
                 raise FrameError(f"cannot decode frame on channel {channel}: field tables "
                                  f"nested too deeply") from e
@@ -83,6 +88,30 @@ class FrameReader:
             raise FrameError(f"unknown frame type {frame_type}")
         del buf[: end + 1]
         return channel, value
+
+
+def _timestamp_in_seconds(value: bytes) -> tuple[int, datetime.datetime]:
+    """An AMQP timestamp as RabbitMQ reads it: seconds, whatever the size (pamqp takes values
+    past 2106 for milliseconds: an ``x-stream-offset`` in the year 9999 became 1978 and a
+    stream consumer started at its first record). Past datetime's range: its end."""
+    seconds = int.from_bytes(value[:8], "big")
+    try:
+        return 8, datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    except (OverflowError, ValueError, OSError):
+        return 8, datetime.datetime.max.replace(tzinfo=datetime.UTC)
+
+
+@contextlib.contextmanager
+def _timestamps_in_seconds() -> Iterator[None]:
+    """pamqp's field-table decoding with :func:`_timestamp_in_seconds`, for one frame (a
+    synchronous call: nothing else decodes on this thread meanwhile)."""
+    mapping = pamqp_decode.TABLE_MAPPING
+    before = mapping[b"T"]
+    mapping[b"T"] = _timestamp_in_seconds
+    try:
+        yield
+    finally:
+        mapping[b"T"] = before
 
 
 def any_utf8_names(cls: type[Method]) -> type[Method]:

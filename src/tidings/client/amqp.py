@@ -426,8 +426,11 @@ class AmqpTransport:
 
     async def commit_offset(self, stream: str, reader: str, offset: int) -> None:
         if self.is_tidings:  # kept by the broker (an extension: amqp/extensions.py)
-            await self._confirm([(CONTROL_EXCHANGE, "commit-offset", Message(b"", headers={
-                "x-queue": stream, "x-reader": reader, "x-offset": offset}), False)])
+            try:
+                await self._confirm([(CONTROL_EXCHANGE, "commit-offset", Message(b"", headers={
+                    "x-queue": stream, "x-reader": reader, "x-offset": offset}), False)])
+            except PreconditionFailedError as e:  # its 406: the same error as embedded
+                raise InvalidArgumentError(str(e)) from e
             return
         name = self._reader_queue(stream, reader)
         if name not in self._known:

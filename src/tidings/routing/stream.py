@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tidings.errors import PreconditionFailedError, QueueTypeError
+from tidings.errors import InvalidArgumentError, PreconditionFailedError, QueueTypeError
 from tidings.message import Record, RecordError, decode_record, encode_record
 from tidings.routing.arguments import parse_age
 from tidings.routing.queue import Entry, Queue, QueueConsumer
@@ -117,6 +117,11 @@ class StreamQueue(Queue):
             raise PreconditionFailedError("a stream reader needs a name")
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise PreconditionFailedError(f"invalid offset {offset!r} for reader '{reader}'")
+        if offset >= self.end_offset:  # it would skip records not yet written
+            raise InvalidArgumentError(
+                f"offset {offset} for reader '{reader}' is past the end of stream "
+                f"'{self.name}' in vhost '{self.vhost}' (its last offset is "
+                f"{self.end_offset - 1})")
         self.readers[reader] = offset
         self._store.put_definition(READER_ROWS, self._reader_key(reader), json.dumps(
             {"vhost": self.vhost, "stream": self.name, "reader": reader,
