@@ -115,3 +115,34 @@ async def test_a_timestamp_beside_a_tag_shaped_table_survives_a_restart(
     d = b.get(b.open_session(), "q")
     assert d is not None and d.message.headers == headers
     assert b.quarantined() == []
+
+
+async def test_damaged_definition_rows_are_quarantined_and_the_broker_starts(
+    brokers: BrokerFactory,
+) -> None:
+    """A definitions row that cannot be read (a damaged file, another version) is moved to
+    the quarantine and logged, never a start-up traceback; a queue whose row is damaged comes
+    back as a plain durable queue with its messages."""
+    b = brokers.start()
+    b.declare_exchange("/", "x", "topic")
+    b.declare_queue("/", "q", arguments={"x-max-length": 100})
+    b.declare_queue("/", "other")
+    b.bind("/", "x", "other", "a.*")
+    for i in range(3):
+        pub(b, "", "q", f"m{i}")
+    await b.sync()
+    store = brokers.store
+    assert store is not None
+    store.put_definition("queue", "/\x1fq", b"{not json")
+    store.put_definition("exchange", "/\x1fx", b'{"kind": 5}')
+    store.put_definition("stream-reader", "junk", b"[]")
+    b = await brokers.restart()
+    assert drain(b, b.open_session(), "q") == [b"m0", b"m1", b"m2"]
+    assert b.queue_exists("/", "other")
+    await b.sync()
+    quarantined = sorted(r.queue for r in b.quarantined())
+    assert quarantined == ["definition exchange 'x' in vhost '/'",
+                           "definition queue 'q' in vhost '/'",
+                           "definition stream-reader 'junk'"]
+    b = await brokers.restart()  # the plain queue's row was written anew: still there
+    assert b.queue_exists("/", "q")

@@ -12,6 +12,8 @@ flight at the moment of a crash, which may go uncounted once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tidings.clock import Clock
 from tidings.routing import topology_rows as defs
 from tidings.routing.delayed import DelayedMessages, is_delayed_key
@@ -19,42 +21,75 @@ from tidings.routing.exchange import Binding, Exchange, freeze_arguments
 from tidings.routing.ready import Entry, lane_key, split_lane_key
 from tidings.routing.stream import READER_ROWS, StreamQueue
 from tidings.routing.vhost import VirtualHosts
+from tidings.storage import quarantine
 from tidings.storage.base import Store
 from tidings.storage.quarantine import decode_or_quarantine
 
 
 def recover(store: Store, vhosts: VirtualHosts, delayed: DelayedMessages,
             clock: Clock) -> None:
-    """Rebuild ``vhosts`` and ``delayed`` from ``store`` (all public operations)."""
-    for name, _ in store.definitions("vhost"):
-        vhosts.declare(name)
-    for key, data in store.definitions("exchange"):
+    """Rebuild ``vhosts`` and ``delayed`` from ``store`` (all public operations). A definition
+    row that cannot be applied is quarantined and logged, never a failed start; a queue whose
+    row is damaged comes back as a plain durable queue, so its messages are kept."""
+
+    def exchange(key: str, data: bytes) -> None:
         vhost, name = defs.split_key(key)
         d = defs.load(data)
         vhosts.declare(vhost).add_exchange(Exchange(
             name, d["kind"], vhost, True, d["auto_delete"], d["internal"], d["arguments"]
         ))
-    for key, data in store.definitions("queue"):
+
+    def queue(key: str, data: bytes) -> None:
         vhost, name = defs.split_key(key)
         d = defs.load(data)
         vhosts.declare(vhost).create_queue(name, durable=True, auto_delete=d["auto_delete"],
                                            arguments=d["arguments"], exclusive_owner=None)
-    for key, data in store.definitions("binding"):
+
+    def plain_queue(key: str) -> None:
+        vhost, name = defs.split_key(key)
+        if vhosts.find_queue(vhost, name) is None:
+            vhosts.declare(vhost).create_queue(name, durable=True, auto_delete=False,
+                                               arguments={}, exclusive_owner=None)
+            store.put_definition("queue", *defs.queue_record(vhost, name, False, {}))
+
+    def binding(key: str, data: bytes) -> None:
         vhost, _ = defs.split_key(key)
         d = defs.load(data)
         v = vhosts.find(vhost)
         if v is not None:
             v.add_binding(Binding(d["source"], d["destination"], d["routing_key"],
                                   freeze_arguments(d["arguments"]), d["to_exchange"]))
-    for key, data in store.definitions(READER_ROWS):
+
+    def reader(key: str, data: bytes) -> None:
         d = defs.load(data)
         stream = vhosts.find_queue(d["vhost"], d["stream"])
         if isinstance(stream, StreamQueue):
-            stream.readers[d["reader"]] = d["offset"]
+            stream.readers[str(d["reader"])] = int(d["offset"])
         else:  # its stream is gone
             store.delete_definition(READER_ROWS, key)
+
+    for name, _ in store.definitions("vhost"):
+        vhosts.declare(name)
+    _apply(store, "exchange", exchange, clock)
+    _apply(store, "queue", queue, clock, plain_queue)
+    _apply(store, "binding", binding, clock)
+    _apply(store, READER_ROWS, reader, clock)
     _recover_messages(store, vhosts, clock)
     delayed.recover()
+
+
+def _apply(store: Store, kind: str, apply: Callable[[str, bytes], None], clock: Clock,
+           fallback: Callable[[str], None] | None = None) -> None:
+    """``apply`` every definition row of ``kind``; one that fails is quarantined (then
+    ``fallback`` may restore what it can from the row's key)."""
+    for key, data in store.definitions(kind):
+        try:
+            apply(key, data)
+        except Exception as e:  # a damaged row, or one this version cannot apply
+            quarantine.put_definition(store, kind, key, bytes(data),
+                                      f"{type(e).__name__}: {str(e)[:200]}", clock.time())
+            if fallback is not None:
+                fallback(key)
 
 
 def _recover_messages(store: Store, vhosts: VirtualHosts, clock: Clock) -> None:

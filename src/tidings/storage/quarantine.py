@@ -25,6 +25,8 @@ from tidings.storage.base import Store
 log = logging.getLogger("tidings.quarantine")
 
 KIND = "quarantine"
+#: How the store key of a quarantined definition row starts (then its kind and key).
+DEFINITION = "\x00definition:"
 _LEN = struct.Struct(">I")
 _SEP = "\x1d"
 
@@ -42,10 +44,18 @@ class QuarantinedRecord:
 
     @property
     def vhost(self) -> str:
+        if self.store_key.startswith(DEFINITION):
+            return ""
         return self.store_key.partition("\x1f")[0] if "\x1f" in self.store_key else ""
 
     @property
     def queue(self) -> str:
+        """The queue it came from; for a definition row, ``definition <kind> <key>``."""
+        if self.store_key.startswith(DEFINITION):
+            kind, _, key = self.store_key[len(DEFINITION):].partition(_SEP)
+            vhost, sep, name = key.partition("\x1f")
+            return f"definition {kind} '{name}' in vhost '{vhost}'" if sep else \
+                f"definition {kind} '{key}'"
         return self.store_key.partition("\x1f")[2] if "\x1f" in self.store_key \
             else self.store_key
 
@@ -68,6 +78,18 @@ def put(store: Store, key: str, seq: int, data: bytes, reason: str, now: float) 
               seq, _describe(key), reason)
 
 
+def put_definition(store: Store, kind: str, key: str, data: bytes, reason: str,
+                   now: float) -> None:
+    """Move a definition row that cannot be applied (damaged, or from another version) to the
+    quarantine, with the reason, in the same transaction; logged once."""
+    where = f"{DEFINITION}{kind}{_SEP}{key}"
+    meta = json.dumps({"key": where, "seq": -1, "reason": reason, "at": now}).encode()
+    store.put_definition(KIND, where, _LEN.pack(len(meta)) + meta + data)
+    store.delete_definition(kind, key)
+    log.error("the %s definition %r could not be read and was moved to the quarantine: %s",
+              kind, key.replace("\x1f", " in vhost "), reason)
+
+
 def records(store: Store) -> list[QuarantinedRecord]:
     """What the quarantine holds, in the order records were stored."""
     out = []
@@ -84,6 +106,8 @@ def drop(store: Store, ident: str) -> None:
 
 
 def _describe(key: str) -> str:
+    if key.startswith(DEFINITION):
+        return f"the definition {key[len(DEFINITION):]!r}"
     vhost, sep, queue = key.partition("\x1f")
     if not sep:
         return "the delayed messages" if key.startswith("\x00delayed") else f"store key {key!r}"
