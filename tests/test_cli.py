@@ -303,3 +303,27 @@ async def test_serve_on_a_directory_an_application_holds_says_what_to_do(
     assert out.returncode == 1 and out.stderr.count("\n") == 1
     assert f"in use by process {os.getpid()}" in out.stderr
     assert "start tidings serve first, and the application joins it" in out.stderr
+
+
+def test_a_data_directory_it_may_not_read_is_one_line(
+        tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+    """Another user's data directory (its control file unreadable): one line, not an
+    UnboundLocalError traceback. (Permissions do not bind root, so the refusal is made.)"""
+    from tidings import cli
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "control.json").write_text('{"pid": 1, "url": "http://127.0.0.1:1", "token": "t"}')
+    real = Path.read_text
+
+    def refuse(self: Path, *args: Any, **kwargs: Any) -> str:
+        if self.name == "control.json":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", refuse)
+    for command in (["exchanges"], ["purge", "q"], ["definitions", "export"]):
+        assert cli.main(["--data-dir", str(data), *command]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "permission denied" in err, err
+        assert "Traceback" not in err

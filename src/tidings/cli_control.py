@@ -88,8 +88,14 @@ def find_server(data_dir: str) -> Remote | None:
     path = Path(data_dir) / CONTROL_FILE
     try:
         control = json.loads(path.read_text())
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return None
+    except PermissionError:
+        raise ConfigError(f"cannot read '{path}': permission denied (run this as the user "
+                          f"that owns the data directory)") from None
+    try:
         os.kill(int(control["pid"]), 0)
-    except (FileNotFoundError, ProcessLookupError, ValueError, KeyError, TypeError):
+    except (ProcessLookupError, ValueError, KeyError, TypeError):
         return None
     except PermissionError:
         pass  # alive, another user's: its file was readable, so it is ours to use

@@ -186,3 +186,15 @@ def test_an_unreachable_broker_is_retried_with_growing_pauses() -> None:
     assert "restarting in 0.5 s" in restarts[0] and "restarting in 1.0 s" in restarts[1]
     assert len(err.splitlines()) <= 3 * len(restarts) + 4, err
     assert "Traceback" not in err
+
+
+def test_a_clean_sigterm_on_a_shared_directory_logs_no_lost_connection(
+        tmp_path: Path) -> None:
+    """Processes sharing a data directory stop together: the joiners see the owner's broker
+    close, which is no news while they stop (it was logged as a lost connection)."""
+    worker = _worker(str(tmp_path / "data"), "--processes", "2")
+    time.sleep(4)
+    err = _stop(worker)
+    assert worker.returncode == 0, err
+    assert err.count("stopped: 0 handled") == 2, err
+    assert "WARNING" not in err and "lost" not in err, err

@@ -671,6 +671,8 @@ class Client:
         what they finished and return the rest to the queue (then close). True when every
         handler finished in time."""
         self._stopping = True
+        if hasattr(self.transport, "stopping"):  # (a transport that reconnects)
+            self.transport.stopping = True
         for subscription in self._subscriptions:
             with contextlib.suppress(Exception):
                 await subscription.cancel()

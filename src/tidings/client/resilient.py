@@ -105,6 +105,9 @@ class ResilientTransport:
         self._consumers: set[_Consumer] = set()
         #: Connections lost and made again so far.
         self.reconnects = 0
+        #: Set by a client that is stopping: a connection the broker closes meanwhile (its
+        #: own clean shutdown, as when processes sharing a directory stop together) is no news.
+        self.stopping = False
 
     @property
     def capabilities(self) -> Capabilities:
@@ -136,7 +139,13 @@ class ResilientTransport:
         if self._closed:
             return
         self._connected.clear()
-        log.warning("connection to the broker lost (%s); reconnecting", reason)
+        if self.stopping:
+            log.info("the broker closed the connection while this client was stopping (%s)",
+                     reason)
+        elif "CONNECTION_FORCED" in str(reason):
+            log.warning("the broker shut down (%s); reconnecting", reason)
+        else:
+            log.warning("connection to the broker lost (%s); reconnecting", reason)
         delay = BACKOFF_MIN_S
         while not self._closed:
             try:
