@@ -52,7 +52,7 @@ def test_the_pika_quickstart_runs_as_pasted_against_tidings_serve(tmp_path: Path
     try:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
         for program in (producer, consumer):
-            changed = program.replace('pika.ConnectionParameters("localhost")',
+            changed = program.replace('pika.ConnectionParameters("localhost", 5672)',
                                       f'pika.ConnectionParameters("localhost", {server.port})')
             assert changed.count(str(server.port)) == 1, "only the port may change"
             out = subprocess.run([sys.executable, "-c", changed], env=env, capture_output=True,

@@ -93,6 +93,16 @@ def test_dashboard_shows_streams_with_their_readers_lag(server: ServerProcess,
         expect(row.locator("td.readers")).to_contain_text("projector: 4")
         expect(row).to_contain_text("3 d")
         expect(page.locator('tr[data-queue="dashboard-log"]')).to_have_count(0)
+        # the READY card counts queues only: not the stream's records, not dead letters
+        import httpx
+
+        api = f"http://127.0.0.1:{server.http_port}/api"
+        streams = {s["name"] for s in httpx.get(f"{api}/streams", auth=("guest", "guest")).json()}
+        queues = httpx.get(f"{api}/queues", auth=("guest", "guest")).json()
+        ready = sum(q["messages_ready"] for q in queues
+                    if q["name"] not in streams and not q["name"].endswith(".dead"))
+        expect(page.locator("#ready")).to_have_text(f"{ready:,}",
+                                                    timeout=15_000)
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "dashboard-streams.png"), full_page=True)
 

@@ -53,9 +53,7 @@ class QuarantinedRecord:
         """The queue it came from; for a definition row, ``definition <kind> <key>``."""
         if self.store_key.startswith(DEFINITION):
             kind, _, key = self.store_key[len(DEFINITION):].partition(_SEP)
-            vhost, sep, name = key.partition("\x1f")
-            return f"definition {kind} '{name}' in vhost '{vhost}'" if sep else \
-                f"definition {kind} '{key}'"
+            return f"definition {_definition(kind, key)}"
         return self.store_key.partition("\x1f")[2] if "\x1f" in self.store_key \
             else self.store_key
 
@@ -86,8 +84,8 @@ def put_definition(store: Store, kind: str, key: str, data: bytes, reason: str,
     meta = json.dumps({"key": where, "seq": -1, "reason": reason, "at": now}).encode()
     store.put_definition(KIND, where, _LEN.pack(len(meta)) + meta + data)
     store.delete_definition(kind, key)
-    log.error("the %s definition %r could not be read and was moved to the quarantine: %s",
-              kind, key.replace("\x1f", " in vhost "), reason)
+    log.error("the definition of %s could not be read and was moved to the quarantine: %s",
+              _definition(kind, key), reason)
 
 
 def records(store: Store) -> list[QuarantinedRecord]:
@@ -103,6 +101,12 @@ def records(store: Store) -> list[QuarantinedRecord]:
 
 def drop(store: Store, ident: str) -> None:
     store.delete_definition(KIND, ident)
+
+
+def _definition(kind: str, key: str) -> str:
+    """``queue 'jobs' in vhost '/'`` for a definition row's kind and key."""
+    vhost, sep, name = key.partition("\x1f")
+    return f"{kind} '{name}' in vhost '{vhost}'" if sep else f"{kind} '{key}'"
 
 
 def _describe(key: str) -> str:

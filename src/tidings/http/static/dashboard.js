@@ -194,25 +194,30 @@ async function refresh() {
       });
       return tr;
     }));
-    document.getElementById("ready").textContent = fmt(overview.ready);
+    // Queues only: a stream keeps what it delivered (its records are in the Streams table) and
+    // dead letters wait for a person (their own card), so neither counts as work ready.
+    const dead = {};
+    queues.filter(q => q.name.endsWith(".dead")).forEach(q => { dead[q.name.slice(0, -5)] = q.ready; });
+    const isStream = new Set(streams.map(s => `${s.vhost}\u001f${s.name}`));
+    const shown = queues.filter(q => !q.name.endsWith(".dead") && !q.name.startsWith("tidings.http.")
+                                     && !isStream.has(`${q.vhost}\u001f${q.name}`));
+    const readyTotal = shown.reduce((sum, q) => sum + q.ready, 0);
+    const deadTotal = Object.values(dead).reduce((sum, n) => sum + n, 0);
+    document.getElementById("ready").textContent = fmt(readyTotal);
+    document.getElementById("dead-total").textContent = fmt(deadTotal);
     document.getElementById("unacked").textContent = fmt(overview.unacked);
     document.getElementById("delayed").textContent = fmt(overview.delayed);
     document.getElementById("publish-rate").textContent = fmt(overview.rates.published, 1);
     document.getElementById("deliver-rate").textContent = fmt(overview.rates.delivered, 1);
     document.getElementById("connections").textContent = fmt(overview.connections);
     document.getElementById("consumers").textContent = fmt(overview.consumers);
-    push(history.ready, overview.ready);
+    push(history.ready, readyTotal);
     push(history.publish, overview.rates.published);
     push(history.deliver, overview.rates.delivered);
     draw(document.getElementById("chart-ready"), [history.ready], ["#3b6fe0"], ["ready"],
          "messages");
     draw(document.getElementById("chart-rates"), [history.publish, history.deliver],
          ["#3b6fe0", "#15803d"], ["published", "delivered"], "messages / s");
-    const dead = {};
-    queues.filter(q => q.name.endsWith(".dead")).forEach(q => { dead[q.name.slice(0, -5)] = q.ready; });
-    const isStream = new Set(streams.map(s => `${s.vhost}\u001f${s.name}`));
-    const shown = queues.filter(q => !q.name.endsWith(".dead") && !q.name.startsWith("tidings.http.")
-                                     && !isStream.has(`${q.vhost}\u001f${q.name}`));
     const body = document.querySelector("#queues tbody");
     body.replaceChildren(...shown.map(q => row(q, dead[q.name])));
     status.textContent = `live · ${new Date().toLocaleTimeString()}`; status.className = "status live";
