@@ -1,8 +1,11 @@
-"""The reliability harness, long form: kill -9 cycles, fuzzed AMQP streams, resource bounds.
+"""The reliability harness, long form: kill -9 cycles, fuzzed AMQP streams, an HTTP type fuzz,
+worker faults, resource bounds.
 
-    python bench/reliability.py              # all three: 100 kill cycles, 2,000 streams
+    python bench/reliability.py              # all: 100 kill cycles, 2,000 streams, ...
     python bench/reliability.py kill --cycles 20
     python bench/reliability.py fuzz --streams 5000 --seed 3
+    python bench/reliability.py http --requests 20000 --seed 2
+    python bench/reliability.py worker --rounds 5
     python bench/reliability.py resources
 
 Prints each run's figures (confirmed lost, acked redelivered, crashes, tracebacks, peak RSS)
@@ -13,6 +16,7 @@ as JSON. The short forms run in the test suite; the loops themselves are in
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import tempfile
@@ -26,8 +30,10 @@ import httpx  # noqa: E402
 import pika  # noqa: E402
 from pamqp import commands, header  # noqa: E402
 from tests.amqp.raw import RawClient  # noqa: E402
+from tests.http_fuzz import http_fuzz  # noqa: E402
 from tests.reliability import fuzz, kill_loop  # noqa: E402
 from tests.serverproc import ServerProcess  # noqa: E402
+from tests.worker_faults import worker_faults  # noqa: E402
 
 from tidings.resources import rss_mb  # noqa: E402
 
@@ -106,10 +112,12 @@ def resources(work: Path) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="?", default="all", choices=["all", "kill", "fuzz",
-                                                                    "resources"])
+    parser.add_argument("what", nargs="?", default="all",
+                        choices=["all", "kill", "fuzz", "http", "worker", "resources"])
     parser.add_argument("--cycles", type=int, default=100, help="kill -9 cycles")
     parser.add_argument("--streams", type=int, default=2000, help="fuzzed AMQP streams")
+    parser.add_argument("--requests", type=int, default=5000, help="HTTP type-fuzz requests")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of worker faults")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     report: dict[str, object] = {}
@@ -118,6 +126,20 @@ def main() -> None:
         if args.what in ("all", "fuzz"):
             report["fuzz"] = fuzz(work / "fuzz", args.streams, seed=args.seed).figures()
             print(json.dumps({"fuzz": report["fuzz"]}, indent=2), flush=True)
+        if args.what in ("all", "http"):
+            server = ServerProcess(work / "http" / "data").start()
+            try:
+                found = http_fuzz(f"http://127.0.0.1:{server.http_port}", server.log,
+                                  args.requests, seed=args.seed)
+            finally:
+                server.stop()
+            found.tracebacks = server.log.read_text().count("Traceback")
+            report["http"] = found.figures()
+            print(json.dumps({"http": report["http"]}, indent=2), flush=True)
+        if args.what in ("all", "worker"):
+            (work / "worker").mkdir()
+            report["worker"] = asyncio.run(worker_faults(work / "worker", args.rounds))
+            print(json.dumps({"worker": report["worker"]}, indent=2), flush=True)
         if args.what in ("all", "resources"):
             report["resources"] = resources(work / "resources")
             print(json.dumps({"resources": report["resources"]}, indent=2), flush=True)

@@ -811,7 +811,8 @@ class _ConnectionLoss(logging.Filter):
     it once, with the reason, and says what it does about it."""
 
     _SAID_BY_US = ("Unexpected connection close from remote",
-                   "Cancelling cause reader exited abnormally")
+                   "Cancelling cause reader exited abnormally",
+                   "error when creating transport")  # (each failed attempt: one INFO of ours)
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(self._SAID_BY_US)
