@@ -376,3 +376,25 @@ async def test_embedded_refuses_what_tidings_serve_refuses(tmp_path: Path) -> No
         got = await client.get("limits")
         assert got is not None and got.body == b"fine"
         await got.ack()
+
+
+async def test_a_task_queue_has_the_same_delivery_limit_whoever_declares_it_first() -> None:
+    """The caller used to declare a task queue with a limit of 10 and the worker with none:
+    which one came first decided whether a message that kills its worker loops for ever."""
+    limits = []
+    for caller_first in (True, False):
+        client = tidings.connect("memory://")
+
+        @client.task(queue="math", retries=15)
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        async with client:
+            if caller_first:
+                await add.send(1, 2)
+            await client.start()
+            if not caller_first:
+                await add.send(1, 2)
+            info = client.transport.broker.describe_queue("/", "math")  # type: ignore[attr-defined]
+            limits.append(info.arguments.get("x-delivery-limit"))
+    assert limits == [16, 16]  # above the 15 retries, whoever declared it
