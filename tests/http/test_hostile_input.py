@@ -104,3 +104,26 @@ def test_definitions_for_a_vhost_that_does_not_exist_are_refused_not_created(
         "vhosts": [{"name": "listed"}], "queues": [{"name": "q", "vhost": "listed"}]})
     assert listed.status_code == 200, listed.text
     assert listed.json()["imported"]["queues"] == 1
+
+
+def test_json_bodies_another_face_accepted_are_delivered_over_http(
+        http: httpx.Client, server: ServerProcess) -> None:
+    """AMQP takes any bytes: a JSON body with a lone-surrogate escape or nested past the
+    parser's recursion is valid to it. HTTP delivers such bodies as text instead of failing
+    with a 500 that leased them and hid every message behind."""
+    queue = "hostile-amqp"
+    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", server.port))
+    try:
+        ch = connection.channel()
+        ch.queue_declare(queue)
+        json_type = pika.BasicProperties(content_type="application/json")
+        for body in (b'{"a": "\\ud800"}', b"[" * 5000 + b"]" * 5000, b'{"fine": 1}'):
+            ch.basic_publish("", queue, body, json_type)
+        ch.queue_declare(queue, passive=True)
+    finally:
+        connection.close()
+    got = http.post(f"/api/queues/%2F/{queue}/receive", json={"max": 3})
+    assert got.status_code == 200, got.text
+    messages = got.json()["messages"]
+    assert messages[0]["body"] == '{"a": "\\ud800"}'
+    assert messages[1]["body"].startswith("[[[") and messages[2]["json"] == {"fine": 1}

@@ -146,3 +146,22 @@ async def test_damaged_definition_rows_are_quarantined_and_the_broker_starts(
                            "definition stream-reader 'junk'"]
     b = await brokers.restart()  # the plain queue's row was written anew: still there
     assert b.queue_exists("/", "q")
+
+
+async def test_a_stored_message_whose_headers_no_face_can_deliver_is_quarantined(
+    brokers: BrokerFactory,
+) -> None:
+    """A header with a lone surrogate, stored before such input was refused at the edge,
+    closed every AMQP consumer of its queue on delivery; after a restart it is moved aside
+    and the messages behind it are delivered."""
+    b = brokers.start()
+    b.declare_queue("/", "q")
+    pub(b, "", "q", "before")
+    b.publish("/", "", Message(b"poison", "q", headers={"a": "\ud800"}))
+    pub(b, "", "q", "after")
+    await b.sync()
+    b = await brokers.restart()
+    assert drain(b, b.open_session(), "q") == [b"before", b"after"]
+    await b.sync()
+    [bad] = b.quarantined()
+    assert "surrogate" in bad.reason

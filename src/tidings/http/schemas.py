@@ -16,7 +16,7 @@ from starlette.requests import Request
 
 from tidings.http.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 from tidings.message import Message
-from tidings.values import header_problem, json_problem
+from tidings.values import header_problem, json_problem, printable
 
 JSON_TYPES = ("application/json",)
 
@@ -146,13 +146,20 @@ def message_to_json(message: Message, **extra: Any) -> dict[str, Any]:
     body = message.body
     out: dict[str, Any] = {"id": message.message_id, **extra}
     ctype = message.content_type or ""
-    try:
+    try:  # a body another face accepted may be JSON this one cannot send as JSON (a "\ud800"
+        # escape, nesting past the parser's recursion): then it goes as text or base64
         if ctype.startswith("application/json"):
-            out["json"] = json.loads(body)
+            value = json.loads(body)
+            if json_problem(value, "body"):
+                raise ValueError("not JSON that can be sent on")
+            out["json"] = value
         else:
             out["body"] = body.decode()
-    except (ValueError, UnicodeDecodeError):
-        out["body_base64"] = base64.b64encode(body).decode()
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        try:
+            out["body"] = body.decode()
+        except UnicodeDecodeError:
+            out["body_base64"] = base64.b64encode(body).decode()
     out.update({
         "routing_key": message.routing_key, "exchange": message.exchange,
         "headers": _jsonable(message.headers or {}), "content_type": message.content_type,
@@ -163,11 +170,14 @@ def message_to_json(message: Message, **extra: Any) -> dict[str, Any]:
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {printable(k) if isinstance(k, str) else k: _jsonable(v)
+                for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     if isinstance(value, bytes | bytearray):
         return base64.b64encode(value).decode()
-    if isinstance(value, str | int | float | bool) or value is None:
+    if isinstance(value, str):
+        return printable(value)  # (a header stored before it was checked at the edge)
+    if isinstance(value, int | float | bool) or value is None:
         return value
     return str(value)

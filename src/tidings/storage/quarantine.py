@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from tidings.message import Record, RecordError, decode_record
 from tidings.storage.base import Store
+from tidings.values import header_problem
 
 log = logging.getLogger("tidings.quarantine")
 
@@ -60,12 +61,19 @@ class QuarantinedRecord:
 
 def decode_or_quarantine(store: Store, key: str, seq: int, data: bytes,
                          now: float) -> Record | None:
-    """The record, or None after moving it to the quarantine (it is then gone from ``key``)."""
+    """The record, or None after moving it to the quarantine (it is then gone from ``key``).
+    A record whose headers no face could deliver (a lone surrogate, stored before such input
+    was refused at the edge) is quarantined too: delivered, it closed every AMQP consumer."""
     try:
-        return decode_record(data)
+        record = decode_record(data)
     except RecordError as e:
         put(store, key, seq, data, str(e), now)
         return None
+    headers = record.message.headers
+    if headers and (problem := header_problem(headers)):
+        put(store, key, seq, data, f"its headers cannot be delivered: {problem}", now)
+        return None
+    return record
 
 
 def put(store: Store, key: str, seq: int, data: bytes, reason: str, now: float) -> None:
