@@ -242,7 +242,8 @@ class Client:
                  persistent: bool, correlation_id: str | None = None,
                  reply_to: str | None = None) -> Message:
         data, ctype = encode_body(body, content_type)
-        _check_headers(headers)
+        if headers:
+            _check_headers(headers)
         return Message(
             data, headers=dict(headers) if headers else None, persistent=persistent,
             content_type=ctype, priority=priority,
@@ -256,7 +257,8 @@ class Client:
                   persistent: bool) -> list[Message]:
         """:meth:`_message` for a batch: the clock read and the id prefix looked up once."""
         now, prefix, ids = int(time.time()), self.id_prefix, self._ids
-        _check_headers(headers)
+        if headers:
+            _check_headers(headers)
         return [Message(data, headers=dict(headers) if headers else None,
                         persistent=persistent, content_type=ctype,
                         message_id=f"{prefix}-{next(ids):x}", timestamp=now)
@@ -623,13 +625,13 @@ class Client:
 
     async def _handle(self, sub: _Subscriber, call: CallNext, message: ReceivedMessage) -> bool:
         """Run the handler; True when it succeeded and the message still needs its ack."""
-        retries = sub.retries if sub.retries_for is None else sub.retries_for(message)
-        attempt = message.delivery_count
-        if attempt > retries + 1:  # every attempt is used up, not all by exceptions
-            return await self._give_up(sub, message, WorkerLostError(
-                f"{_handler_name(sub, message)} was delivered {attempt} times, but its "
-                f"{retries + 1} attempts are used up: the process handling it died or was "
-                f"stopped during the others (killed, out of memory, os._exit)"), attempt)
+        if message.redelivered:  # (a first delivery has every attempt left)
+            retries = sub.retries if sub.retries_for is None else sub.retries_for(message)
+            if (attempt := message.delivery_count) > retries + 1:  # not all by exceptions
+                return await self._give_up(sub, message, WorkerLostError(
+                    f"{_handler_name(sub, message)} was delivered {attempt} times, but its "
+                    f"{retries + 1} attempts are used up: the process handling it died or was "
+                    f"stopped during the others (killed, out of memory, os._exit)"), attempt)
         try:
             value = await call(message)
         except (Exception, asyncio.CancelledError) as error:
@@ -638,6 +640,8 @@ class Client:
                     task.cancelling():
                 raise  # this worker is being stopped: not the handler's failure
             sub.stats["failed"] += 1
+            attempt = message.delivery_count
+            retries = sub.retries if sub.retries_for is None else sub.retries_for(message)
             if attempt > retries:
                 return await self._give_up(sub, message, error, attempt)
             sub.stats["retried"] = sub.stats.get("retried", 0) + 1
@@ -721,9 +725,9 @@ def connect(url: str, *, ssl_context: ssl.SSLContext | None = None,
     return Client(url, ssl_context=ssl_context, management_url=management_url)
 
 
-def _check_headers(headers: dict[str, Any] | None) -> None:
+def _check_headers(headers: dict[str, Any]) -> None:
     """Headers every transport and every face can deliver (see :mod:`tidings.values`)."""
-    if headers and (problem := header_problem(headers)):
+    if problem := header_problem(headers):
         raise InvalidArgumentError(problem)
 
 

@@ -99,7 +99,8 @@ class LocalTransport:
                    delay_ms: int | None = None) -> None:
         publish = self.broker.publish
         for message in messages:
-            _check_size(message)
+            if len(message.body) > MAX_MESSAGE_BYTES:
+                _too_large(message)
             message.routing_key = queue
             result = publish(VHOST, "", message, delay_ms=delay_ms)
             if result.refused:
@@ -116,7 +117,8 @@ class LocalTransport:
         self._declare_events()
         publish = self.broker.publish
         for message in messages:
-            _check_size(message)
+            if len(message.body) > MAX_MESSAGE_BYTES:
+                _too_large(message)
             message.routing_key = topic
             publish(VHOST, EVENTS_EXCHANGE, message)
         await self.broker.sync()
@@ -183,8 +185,7 @@ class LocalTransport:
             self.broker.close()
 
 
-def _check_size(message: Message) -> None:
+def _too_large(message: Message) -> None:
     """The embedded broker takes no larger message than ``tidings serve`` does."""
-    if len(message.body) > MAX_MESSAGE_BYTES:
-        raise InvalidArgumentError(f"message size {len(message.body)} is larger than the "
-                                   f"maximum message size {MAX_MESSAGE_BYTES}")
+    raise InvalidArgumentError(f"message size {len(message.body)} is larger than the "
+                               f"maximum message size {MAX_MESSAGE_BYTES}")
