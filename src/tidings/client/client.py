@@ -601,8 +601,18 @@ class Client:
         done: list[ReceivedMessage] = []
         self._unacked_batches.append(done)  # close() acks what is left in it
         waiting = inbox.items
+        # A task or handler queue of a broker in this very process: a handler that kills the
+        # process kills the broker too, so the deliveries it got are committed (counted)
+        # before it runs, once per batch: else a call that dies at once would loop for ever.
+        commit_first = sub.queue_name is not None and \
+            getattr(self.transport, "broker_in_process", False)
         while True:
-            delivery = waiting.popleft() if waiting else await inbox.get()
+            if waiting:
+                delivery = waiting.popleft()
+            else:
+                delivery = await inbox.get()
+                if commit_first:
+                    await self.transport.sync()
             message = ReceivedMessage(self, delivery)
             if self._stopping:  # stop() was called: back to the queue, unhandled
                 await message.nack(requeue=True)

@@ -58,6 +58,10 @@ class _LocalSubscription:
 
 
 class LocalTransport:
+    #: The broker runs in this process (the client's handler runner commits a batch's
+    #: deliveries before it runs their handlers: a handler that kills the process must count).
+    broker_in_process = True
+
     def __init__(self, broker: FrontDoor, *, owns_broker: bool = True) -> None:
         self.broker = broker
         self._owns = owns_broker

@@ -117,6 +117,11 @@ class ResilientTransport:
     def inner(self) -> Any:
         return self._inner
 
+    @property
+    def broker_in_process(self) -> bool:
+        """True once this process owns the directory it reached through another's socket."""
+        return bool(getattr(self._inner, "broker_in_process", False))
+
     async def open(self, first: Any = None) -> ResilientTransport:
         """Connect (or start from ``first``, a transport ``open_inner`` already made)."""
         self._inner = first if first is not None else await self._open_inner()
