@@ -264,6 +264,42 @@ def test_publishers_blocked_mid_message_finish_it_so_the_alarm_can_clear(
         server.stop()
 
 
+def test_a_blocked_connection_cannot_read_on_by_keeping_messages_in_progress(
+        tmp_path: Path) -> None:
+    """A blocked connection finishes what it was sending, but no more than one maximum
+    message: a peer that keeps messages in progress on several channels is paused after
+    that, and its heartbeats are not held against it meanwhile."""
+    server = ServerProcess(tmp_path / "data", "--memory-high-watermark-mb", "1").start()
+    try:
+        raw = RawClient(server.port, 1)  # heartbeats every second, which it will not send
+        for channel in (1, 2, 3, 4):
+            raw.open_channel(channel)
+            raw.send(channel, B.Publish(exchange="", routing_key="nowhere"))
+            raw.send(channel, header.ContentHeader(0, 60 * 2**20, B.Properties()))
+            for _ in range(8):  # 1 MB of each 60 MB message
+                raw.send_body(channel, b"x" * 131_000)
+        url = f"http://127.0.0.1:{server.http_port}/api/connections"
+        deadline = time.monotonic() + 10
+        while not any(c["blocked"] for c in httpx.get(url, auth=("guest", "guest")).json()):
+            assert time.monotonic() < deadline, "never blocked"
+            time.sleep(0.1)
+        raw.sock.settimeout(3)
+        sent = 0
+        try:
+            while sent < 236 * 2**20:  # the rest of the four messages
+                raw.send_body(1 + (sent // 131_000) % 4, b"x" * 131_000)
+                sent += 131_000
+        except TimeoutError:
+            pass
+        # at most one 64 MiB message more, plus what the sockets' buffers hold
+        assert sent < 100 * 2**20, sent
+        time.sleep(3)  # three heartbeat intervals it could not be heard in: still connected
+        assert any(c["blocked"] for c in httpx.get(url, auth=("guest", "guest")).json())
+    finally:
+        raw.sock.close()
+        server.stop()
+
+
 def test_port_in_use_is_a_one_line_error(server: ServerProcess, tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "tidings", "--data-dir", str(tmp_path / "d2"),
                           "serve", "--host", "127.0.0.1", "--amqp-port", str(server.port),

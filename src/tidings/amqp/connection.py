@@ -196,6 +196,11 @@ class ServerConnection:
         """True while a published message's header or body frames are still arriving."""
         return any(ch.publish is not None for ch in self.channels.values())
 
+    def content_remaining(self) -> int:
+        """Body bytes still to come of the messages being received (as their headers said)."""
+        return sum(ch.body_size - ch.received for ch in self.channels.values()
+                   if ch.publish is not None)
+
     def next_event(self) -> Event | None:
         """The next event; work for a channel we closed since it was parsed is dropped."""
         while self._events:

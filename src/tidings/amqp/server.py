@@ -117,6 +117,10 @@ class AmqpLink(asyncio.Protocol):
         self.blocked = False
         #: The alarm that blocked this connection (shown in /api/connections), or None.
         self.blocked_by: str | None = None
+        #: Bytes a blocked connection may still send (to finish the messages in progress).
+        self._blocked_allowance = 0
+        #: Reading is paused by us (blocked, or waiting for the store).
+        self._reading_paused = False
         self._store_wait = False
         self._close_timer: asyncio.TimerHandle | None = None
         self._login_task: asyncio.Task[None] | None = None
@@ -150,6 +154,8 @@ class AmqpLink(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_recv = time.monotonic()
+        if self.blocked:
+            self._blocked_allowance -= len(data)
         try:
             self.conn.receive_data(data)
         except Exception:  # a bug of ours: this connection fails, the server goes on
@@ -234,7 +240,7 @@ class AmqpLink(asyncio.Protocol):
         if self.transport is None or self._store_wait:
             return
         self._store_wait = True
-        self.transport.pause_reading()
+        self._update_reading()
 
         def resume(_: asyncio.Future[None]) -> None:
             self._store_wait = False
@@ -392,7 +398,9 @@ class AmqpLink(asyncio.Protocol):
 
     def _beat(self, interval: int) -> None:
         now = time.monotonic()
-        if now - self._last_recv > 2 * interval:
+        # (not while we read nothing from it ourselves: a blocked publisher is not dead, and
+        # RabbitMQ pauses its heartbeat monitor too)
+        if not self._reading_paused and now - self._last_recv > 2 * interval:
             log.warning("connection %s missed heartbeats for %.0f s: closing it", self.peer,
                         now - self._last_recv)
             if self.transport is not None:
@@ -412,6 +420,8 @@ class AmqpLink(asyncio.Protocol):
         if reason is not None and not self.blocked and (self.published or
                                                          self.conn.receiving_content()):
             self.blocked, self.blocked_by = True, reason
+            self._blocked_allowance = min(self.conn.content_remaining(),
+                                          self.server.max_message_bytes)
             if self.capability("connection.blocked"):
                 self.conn.send_method(0, commands.Connection.Blocked(reason[:255]))
                 self.flush()
@@ -421,21 +431,28 @@ class AmqpLink(asyncio.Protocol):
             if self.capability("connection.blocked"):
                 self.conn.send_method(0, commands.Connection.Unblocked())
                 self.flush()
-        self._update_reading()
+            self._update_reading()
 
     def _update_reading(self) -> None:
         """Read from the peer unless the store lags or an alarm blocks it. Blocked, reading
-        stops only between messages: a message whose body is still arriving is read to its
-        end first (as RabbitMQ blocks at the next publish). Paused mid-message, blocked
-        publishers would each hold part of a message that counts against the alarm, none
-        could finish, and the alarm could never clear."""
+        stops only between messages: the messages whose bodies are arriving when the alarm
+        comes are read to their end first (as RabbitMQ blocks at the next publish). Paused
+        mid-message, blocked publishers would each hold part of a message that counts
+        against the alarm, none could finish, and the alarm could never clear. What a
+        blocked connection may still send is bounded: what those messages announced, at most
+        one maximum message (a peer that keeps messages in progress on many channels cannot
+        read on for ever)."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if self._store_wait or (self.blocked and not self.conn.receiving_content()):
+        paused = self._store_wait or (self.blocked and (
+            self._blocked_allowance <= 0 or not self.conn.receiving_content()))
+        if paused:
             transport.pause_reading()
-        else:
+        elif self._reading_paused:
             transport.resume_reading()
+            self._last_recv = time.monotonic()  # (its heartbeats were not read meanwhile)
+        self._reading_paused = paused
 
 
 class AmqpServer:
