@@ -398,3 +398,35 @@ async def test_a_task_queue_has_the_same_delivery_limit_whoever_declares_it_firs
             info = client.transport.broker.describe_queue("/", "math")  # type: ignore[attr-defined]
             limits.append(info.arguments.get("x-delivery-limit"))
     assert limits == [16, 16]  # above the 15 retries, whoever declared it
+
+
+async def test_rolling_restarts_do_not_use_up_a_tasks_attempts(tmp_path: Path) -> None:
+    """Every worker that stops gracefully returns the calls it held, each return counting as
+    a delivery. Six such restarts (a rolling deploy) must not dead-letter calls that never
+    ran: the limit on deliveries is the queue's (10 by default), not the retries'."""
+    data = str(tmp_path / "data")
+    for round_ in range(7):
+        client = tidings.connect(data)
+        ran: list[int] = []
+        release = asyncio.Event()
+        if round_ == 6:
+            release.set()
+
+        @client.task(queue="deploy", concurrency=1)
+        async def job(i: int) -> int:
+            await release.wait()
+            ran.append(i)
+            return i
+
+        async with client:
+            if round_ == 0:
+                for i in range(5):
+                    await job.send(i)
+            await client.start()
+            if round_ < 6:
+                await asyncio.sleep(0.2)  # one call runs, the rest wait in the inbox
+                await client.stop(grace_s=0.05)
+            else:
+                await eventually(lambda: len(ran) == 5, timeout_s=10)
+                assert sorted(ran) == [0, 1, 2, 3, 4]
+                assert await client.dead_letters("deploy") == []

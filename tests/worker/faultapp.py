@@ -11,7 +11,7 @@ import tidings
 client = tidings.connect(os.environ["FAULTAPP_URL"])
 
 
-@client.task(queue="faults", retries=1, min_backoff_ms=50)
+@client.task(queue="faults-die", retries=1, delivery_limit=2, min_backoff_ms=50)
 def die() -> None:
     os._exit(3)  # at once, as the OOM killer would: no exception, no goodbye
 

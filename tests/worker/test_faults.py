@@ -61,7 +61,7 @@ async def test_a_task_that_kills_its_process_is_dead_lettered_and_its_caller_tol
             assert failed.value.remote_type == "WorkerLostError"
             assert "delivered 3 times" in str(failed.value)
             deadline = time.monotonic() + 10
-            while not (dead := await client.dead_letters("faults")) and \
+            while not (dead := await client.dead_letters("faults-die")) and \
                     time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             assert [m.message_id for m in dead] == [handle.id]

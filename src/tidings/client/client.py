@@ -108,6 +108,10 @@ class _Subscriber:
     on_failure: Callable[[ReceivedMessage, BaseException], Awaitable[None]] | None = None
     #: Retries allowed for one message, when they differ per message (tasks).
     retries_for: Callable[[ReceivedMessage], int] | None = None
+    #: A queue handler's delivery limit as asked (None: the default, see ``_queue_spec``).
+    delivery_limit: int | None = None
+    #: Deliveries after which a message is given up as lost (set when it starts).
+    max_deliveries: int = 0
     #: Where a new subscription's replay of retained events starts (None: no replay).
     replay: Start | None = None
     #: Ids of replayed events whose live copies are to be skipped (see client/replay.py).
@@ -230,12 +234,16 @@ class Client:
         :class:`QueueSpec`), computed from the registrations, so the producer and the worker
         (which share the code that registers them) declare it alike whoever comes first. The
         limit ends a message that kills its consumer's process, which retries never see."""
-        retries = [s.retries for s in self._subscribers if s.queue_name == name]
+        asked = [(s.delivery_limit, s.retries) for s in self._subscribers
+                 if s.queue_name == name and s.retries_for is None]
         if name in self._task_queues:
-            retries += [t.retries for t in self._task_queues[name].tasks.values()]
+            asked += [(t.delivery_limit, t.retries) for t in self._task_queues[name].tasks.values()]
         default = QueueSpec()
-        limit = max([default.delivery_limit or 0, *(r + 1 for r in retries)])
-        return QueueSpec(delivery_limit=limit)
+        if not asked:
+            return default
+        fallback = default.delivery_limit or 0
+        return QueueSpec(delivery_limit=max(
+            max(fallback if limit is None else limit, retries + 1) for limit, retries in asked))
 
     def _message(self, body: Any, *, headers: dict[str, Any] | None, priority: int | None,
                  ttl_ms: int | None, message_id: str | None, content_type: str | None,
@@ -457,11 +465,13 @@ class Client:
     def handler(self, queue: str, *, retries: int = DEFAULT_RETRIES,
                 min_backoff_ms: int = DEFAULT_MIN_BACKOFF_MS,
                 max_backoff_ms: int = DEFAULT_MAX_BACKOFF_MS, prefetch: int = DEFAULT_PREFETCH,
-                concurrency: int = DEFAULT_CONCURRENCY) -> Callable[[Handler], Handler]:
+                concurrency: int = DEFAULT_CONCURRENCY,
+                delivery_limit: int | None = None) -> Callable[[Handler], Handler]:
         """Decorator: call the handler for every message of ``queue`` (competing with every
         other handler of that queue, in this and other processes). It is acknowledged once the
         handler returns; a handler that raises is retried with backoff, then dead-lettered.
-        What it returns is the reply to :meth:`request`."""
+        What it returns is the reply to :meth:`request`. ``delivery_limit`` bounds the
+        deliveries of one message however they end (see :meth:`task`)."""
         if concurrency < 1:
             raise InvalidArgumentError(f"concurrency must be >= 1, got {concurrency}")
 
@@ -469,7 +479,8 @@ class Client:
             self._subscribers.append(_Subscriber(
                 "", None, handler, retries, min_backoff_ms, max_backoff_ms, prefetch,
                 concurrency, queue_name=queue,
-                on_failure=lambda message, error: report_failure(self, message, error)))
+                on_failure=lambda message, error: report_failure(self, message, error),
+                delivery_limit=delivery_limit))
             return handler
 
         return register
@@ -478,14 +489,19 @@ class Client:
              name: str | None = None, retries: int = DEFAULT_RETRIES,
              timeout_s: float | None = None, min_backoff_ms: int = DEFAULT_MIN_BACKOFF_MS,
              max_backoff_ms: int = DEFAULT_MAX_BACKOFF_MS,
-             concurrency: int = DEFAULT_CONCURRENCY) -> Any:
+             concurrency: int = DEFAULT_CONCURRENCY, delivery_limit: int | None = None) -> Any:
         """Decorator: make a function (async or plain) a task. ``await f.send(*args)`` enqueues
-        a call; a worker runs it; ``await (await f.send(...)).result()`` is its return value."""
+        a call; a worker runs it; ``await (await f.send(...)).result()`` is its return value.
+
+        ``retries`` counts the calls that raised; ``delivery_limit`` (default 10, and always
+        above ``retries``) counts every delivery of a call however it ended, the ones whose
+        worker process died or was stopped included: past it the call is dead-lettered and its
+        ``result()`` raises :class:`TaskError` of type ``WorkerLostError``."""
 
         def register(fn: Callable[..., Any]) -> Task:
             task = Task(self, fn, name=name or f"{fn.__module__}.{fn.__qualname__}",
                         queue=queue, retries=retries, timeout_s=timeout_s,
-                        threads=self.task_threads)
+                        threads=self.task_threads, delivery_limit=delivery_limit)
             runner = self._task_queues.get(queue)
             if runner is None:
                 runner = self._task_queues[queue] = TaskQueue(self, queue)
@@ -555,6 +571,7 @@ class Client:
         for sub in self._subscribers:
             if sub.queue:
                 continue
+            sub.max_deliveries = sub.retries + 1  # (a task or handler queue: its limit)
             call: CallNext = sub.handler
             for mw in reversed(self._middleware):
                 call = _wrap(mw, call)
@@ -568,6 +585,8 @@ class Client:
             if sub.queue_name is not None:
                 await self._ensure_queue(sub.queue_name)
                 sub.queue = sub.queue_name
+                sub.max_deliveries = self._queue_spec(sub.queue_name).delivery_limit or \
+                    sub.max_deliveries
             elif sub.group is None:
                 spec = QueueSpec(durable=False, delivery_limit=sub.retries, dead_letters=False,
                                  exclusive=True)
@@ -635,13 +654,11 @@ class Client:
 
     async def _handle(self, sub: _Subscriber, call: CallNext, message: ReceivedMessage) -> bool:
         """Run the handler; True when it succeeded and the message still needs its ack."""
-        if message.redelivered:  # (a first delivery has every attempt left)
-            retries = sub.retries if sub.retries_for is None else sub.retries_for(message)
-            if (attempt := message.delivery_count) > retries + 1:  # not all by exceptions
-                return await self._give_up(sub, message, WorkerLostError(
-                    f"{_handler_name(sub, message)} was delivered {attempt} times, but its "
-                    f"{retries + 1} attempts are used up: the process handling it died or was "
-                    f"stopped during the others (killed, out of memory, os._exit)"), attempt)
+        if message.redelivered and (attempt := message.delivery_count) > sub.max_deliveries:
+            return await self._give_up(sub, message, WorkerLostError(
+                f"{_handler_name(sub, message)} was delivered {attempt} times, past its "
+                f"queue's delivery limit of {sub.max_deliveries}: the processes handling it "
+                f"died or were stopped (killed, out of memory, os._exit)"), attempt)
         try:
             value = await call(message)
         except (Exception, asyncio.CancelledError) as error:

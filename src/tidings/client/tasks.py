@@ -153,9 +153,11 @@ class Task:
     """A function registered with ``@client.task``; call it directly, or ``await send(...)``."""
 
     def __init__(self, client: Client, function: Callable[..., Any], *, name: str, queue: str,
-                 retries: int, timeout_s: float | None, threads: TaskThreads) -> None:
+                 retries: int, timeout_s: float | None, threads: TaskThreads,
+                 delivery_limit: int | None = None) -> None:
         self.client, self.function, self.threads = client, function, threads
         self.name, self.queue, self.retries, self.timeout_s = name, queue, retries, timeout_s
+        self.delivery_limit = delivery_limit
         functools.update_wrapper(self, function)  # type: ignore[arg-type]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
