@@ -405,11 +405,12 @@ async def test_rolling_restarts_do_not_use_up_a_tasks_attempts(tmp_path: Path) -
     a delivery. Six such restarts (a rolling deploy) must not dead-letter calls that never
     ran: the limit on deliveries is the queue's (10 by default), not the retries'."""
     data = str(tmp_path / "data")
-    for round_ in range(7):
+
+    async def worker_round(first: bool, last: bool) -> list[int]:
         client = tidings.connect(data)
         ran: list[int] = []
         release = asyncio.Event()
-        if round_ == 6:
+        if last:
             release.set()
 
         @client.task(queue="deploy", concurrency=1)
@@ -419,14 +420,18 @@ async def test_rolling_restarts_do_not_use_up_a_tasks_attempts(tmp_path: Path) -
             return i
 
         async with client:
-            if round_ == 0:
+            if first:
                 for i in range(5):
                     await job.send(i)
             await client.start()
-            if round_ < 6:
+            if not last:
                 await asyncio.sleep(0.2)  # one call runs, the rest wait in the inbox
                 await client.stop(grace_s=0.05)
-            else:
-                await eventually(lambda: len(ran) == 5, timeout_s=10)
-                assert sorted(ran) == [0, 1, 2, 3, 4]
-                assert await client.dead_letters("deploy") == []
+                return ran
+            await eventually(lambda: len(ran) == 5, timeout_s=10)
+            assert await client.dead_letters("deploy") == []
+        return ran
+
+    for round_ in range(6):
+        assert await worker_round(round_ == 0, False) == []
+    assert sorted(await worker_round(False, True)) == [0, 1, 2, 3, 4]
