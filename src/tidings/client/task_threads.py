@@ -49,8 +49,9 @@ class TaskThreads:
         overran = False
 
         def settle(error: BaseException | None, value: Any) -> None:
-            if overran:
+            if overran:  # nobody waits for it any more (and an unread error would be logged)
                 self.stuck -= 1
+                return
             if done.done():
                 return
             if error is not None:
