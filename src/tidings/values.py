@@ -41,6 +41,19 @@ def json_problem(value: Any, what: str, max_depth: int = MAX_JSON_DEPTH) -> str 
     """Why a parsed JSON ``value`` cannot travel through every face, or None: nesting deeper
     than ``max_depth``, or a key or string holding a lone surrogate. Inner values are named
     by their path (``field 'headers.a'``)."""
+    return _problem(value, what, max_depth, field_table=False)
+
+
+def header_problem(headers: dict[str, Any], what: str = "headers") -> str | None:
+    """Why ``headers`` cannot travel as an AMQP field table, or None: nesting beyond
+    :data:`MAX_HEADER_DEPTH`, a key that is not a string of at most 255 bytes, an integer
+    beyond 64 bits, a string that is not UTF-8."""
+    return _problem(headers, what, MAX_HEADER_DEPTH, field_table=True)
+
+
+def _problem(value: Any, what: str, max_depth: int, *, field_table: bool) -> str | None:
+    """The one walk behind both checks: iterative, so no input can exhaust the stack; with
+    ``field_table``, AMQP's rules for keys and integers too."""
     pending: list[tuple[Any, int, str]] = [(value, 1, "")]
     while pending:
         item, depth, path = pending.pop()
@@ -48,43 +61,20 @@ def json_problem(value: Any, what: str, max_depth: int = MAX_JSON_DEPTH) -> str 
         if isinstance(item, str):
             if problem := text_problem(item, name):
                 return problem
-        elif isinstance(item, dict | list):
+        elif isinstance(item, dict | list | tuple):
             if depth > max_depth:
                 return f"{name} is nested deeper than {max_depth} levels"
-            prefix = f"{path}." if path else ""
-            if isinstance(item, dict):
-                for key, inner in item.items():
-                    if isinstance(key, str) and (problem := text_problem(key, f"a key of {name}")):
-                        return problem
-                    pending.append((inner, depth + 1, f"{prefix}{key}"))
-            else:
+            if not isinstance(item, dict):
                 pending.extend((inner, depth + 1, f"{path}[{i}]") for i, inner in enumerate(item))
-    return None
-
-
-def header_problem(headers: dict[str, Any], what: str = "headers") -> str | None:
-    """Why ``headers`` cannot travel as an AMQP field table, or None: nesting beyond
-    :data:`MAX_HEADER_DEPTH`, a key that is not a string of at most 255 bytes, an integer
-    beyond 64 bits, a string that is not UTF-8."""
-    pending: list[tuple[Any, int, str]] = [(headers, 1, what)]
-    while pending:
-        value, depth, path = pending.pop()
-        if isinstance(value, dict | list | tuple):
-            if depth > MAX_HEADER_DEPTH:
-                return f"{path} is nested deeper than {MAX_HEADER_DEPTH} levels"
-            if isinstance(value, dict):
-                for key, item in value.items():
-                    if not isinstance(key, str) or len(key.encode(errors="replace")) > 255:
-                        return f"{path} has a key that is not a string of at most 255 bytes"
-                    if problem := text_problem(key, f"a key of {path}"):
-                        return problem
-                    pending.append((item, depth + 1, f"{path}.{key}"))
-            else:
-                pending.extend((item, depth + 1, f"{path}[{i}]") for i, item in enumerate(value))
-        elif isinstance(value, str):
-            if problem := text_problem(value, path):
-                return problem
-        elif isinstance(value, int) and not isinstance(value, bool) and \
-                not _INT64[0] <= value <= _INT64[1]:
-            return f"{path} is an integer beyond 64 bits"
+                continue
+            for key, inner in item.items():
+                if field_table and (not isinstance(key, str) or
+                                    len(key.encode(errors="replace")) > 255):
+                    return f"{name} has a key that is not a string of at most 255 bytes"
+                if isinstance(key, str) and (problem := text_problem(key, f"a key of {name}")):
+                    return problem
+                pending.append((inner, depth + 1, f"{path}.{key}" if path else str(key)))
+        elif field_table and isinstance(item, int) and not isinstance(item, bool) and \
+                not _INT64[0] <= item <= _INT64[1]:
+            return f"{name} is an integer beyond 64 bits"
     return None

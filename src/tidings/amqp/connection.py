@@ -66,7 +66,7 @@ __all__ = ["CLOSED", "CLOSING", "CONNECTION_STATES", "OPEN", "ServerConnection",
 CHANNEL_MAX = 2047
 FRAME_MAX = 131072
 HEARTBEAT_S = 60
-#: Channel frames a client may pipeline behind connection.open before it is answered.
+#: Frames a client may pipeline before its login or connection.open is answered.
 MAX_HELD_FRAMES = 64
 
 
@@ -161,10 +161,9 @@ class ServerConnection:
         #: Events handed out so far (the next one's sequence number).
         self._popped = 0
         self._out: list[bytes] = []
-        #: Channel frames that arrived before connection.open was answered.
+        #: Frames pipelined before we answered: while the login is checked, or on channels
+        #: before connection.open is answered.
         self._held: list[tuple[int, Any]] = []
-        #: Frames that arrived while the login was being checked (handled after it).
-        self._held_at_login: list[tuple[int, Any]] = []
         #: Bytes queued in ``_out``: the driver stops deliveries while it is large.
         self.pending_bytes = 0
 
@@ -233,13 +232,8 @@ class ServerConnection:
     def _handle_frame(self, channel: int, frame: Any) -> None:
         if isinstance(frame, heartbeat.Heartbeat):
             return
-        if self.state == AWAIT_LOGIN:
-            # Pipelined behind start-ok (tune-ok, open, even channel frames: RabbitMQ takes
-            # them): handled once the login is accepted.
-            if len(self._held_at_login) >= MAX_HELD_FRAMES:
-                raise UnexpectedFrameError(f"more than {MAX_HELD_FRAMES} frames before the "
-                                           f"login was checked")
-            self._held_at_login.append((channel, frame))
+        if self.state == AWAIT_LOGIN or (channel and self.state == AWAIT_OPEN_OK):
+            self._hold(channel, frame)
             return
         if channel == 0:
             if not isinstance(frame, Method):
@@ -250,14 +244,26 @@ class ServerConnection:
             raise ChannelError(f"channel {channel} used before the connection is open")
         if self.state == CLOSING:
             return  # after our connection.close only close / close-ok matter (§2.2.4)
-        if self.state == AWAIT_OPEN_OK:
-            # Pipelined after connection.open (as RabbitMQ accepts): handled once it is open.
-            if len(self._held) >= MAX_HELD_FRAMES:
-                raise ChannelError(f"more than {MAX_HELD_FRAMES} frames on channels before "
-                                   f"the connection is open")
-            self._held.append((channel, frame))
-            return
         self._channel_frame(channel, frame)
+
+    def _hold(self, channel: int, frame: Any) -> None:
+        """A frame pipelined before we answered (as RabbitMQ takes them): behind start-ok
+        while the login is checked (tune-ok, open, channel frames), or on a channel behind
+        connection.open. Handled in order by :meth:`_release_held`."""
+        if len(self._held) >= MAX_HELD_FRAMES:
+            raise ChannelError(f"more than {MAX_HELD_FRAMES} frames before the server "
+                               f"answered the handshake")
+        self._held.append((channel, frame))
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, []  # (a frame may be held again, for the next step)
+        try:
+            for channel, frame in held:
+                if self.state in (CLOSING, CLOSED):
+                    return
+                self._handle_frame(channel, frame)
+        except TidingsError as e:
+            self.close(e)
 
     def _connection_method(self, method: Method) -> None:
         nxt = st.advance(st.CONNECTION, self.state, method.name)
@@ -400,26 +406,14 @@ class ServerConnection:
             return  # the peer left while its login was checked
         self._move(st.LOGIN_ACCEPTED)
         self._send(0, C.Tune(self.channel_max, self.frame_max, self.heartbeat_s))
-        held, self._held_at_login = self._held_at_login, []
-        try:
-            for channel, frame in held:
-                if self.state not in (CLOSING, CLOSED):
-                    self._handle_frame(channel, frame)
-        except TidingsError as e:
-            self.close(e)
+        self._release_held()
 
     def accept_open(self) -> None:
         if self.state in (CLOSING, CLOSED):
             return
         self._move(st.VHOST_OPENED)
         self._send(0, C.OpenOk())
-        held, self._held = self._held, []
-        try:
-            for channel, frame in held:
-                if self.state == OPEN:
-                    self._channel_frame(channel, frame)
-        except TidingsError as e:
-            self.close(e)
+        self._release_held()
 
     # -- output ----------------------------------------------------------------------------
 

@@ -217,7 +217,7 @@ async def report(client: Client, message: ReceivedMessage, outcome: dict[str, An
         data = json.dumps({"error": {
             "type": "ResultNotJSONError",
             "message": f"task '{message.headers.get('task', '?')}' returned {what}, which "
-                       f"is not JSON: {e}"}}, default=repr).encode()
+                       f"is not JSON: {e}"}}).encode()
     await reply(client, message, data, "application/json")
 
 

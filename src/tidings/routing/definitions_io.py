@@ -91,7 +91,7 @@ def check_definitions(data: Any, known_vhosts: Collection[str]) -> None:
                     continue
                 if value is None:
                     raise InvalidArgumentError(f"{section}[{i}] lacks the field '{name}'")
-                if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+                if not isinstance(value, kind):
                     raise InvalidArgumentError(f"{section}[{i}].{name} must be {_TYPE_NAMES[kind]}")
     declared = {v["name"] for v in data.get("vhosts", [])}
     for section in SECTIONS[1:]:

@@ -118,8 +118,6 @@ def _definition(kind: str, key: str) -> str:
 
 
 def _describe(key: str) -> str:
-    if key.startswith(DEFINITION):
-        return f"the definition {key[len(DEFINITION):]!r}"
     vhost, sep, queue = key.partition("\x1f")
     if not sep:
         return "the delayed messages" if key.startswith("\x00delayed") else f"store key {key!r}"
