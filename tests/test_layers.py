@@ -19,7 +19,8 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "tidings"
 
 #: The ground floor: imported by everything, imports nothing above it.
 GROUND = {"errors", "message", "clock", "auth", "patterns", "statistics", "dead_letters",
-          "basic_properties", "files", "resources", "values"}
+          "basic_properties", "files", "resources", "values", "record_batch",
+          "kafka_records"}
 
 #: routing/, lowest first: a module imports only modules listed before it.
 ROUTING_ORDER = ["arguments", "exchange", "topology_rows", "ready", "expiry", "overflow", "queue",
@@ -86,6 +87,7 @@ def _layer(module: str) -> str:
     if module in REMOTE_TRANSPORTS:
         return "remote"
     return {"storage": "storage", "routing": "routing", "amqp": "face", "http": "face",
+            "kafka": "face",
             "client": "client", "testing": "testing"}.get(top, "other")
 
 
@@ -114,11 +116,12 @@ def _allowed(module: str, target: str) -> bool:
             return False
         if layer == "remote":
             return tlayer in ("client", "remote") and target != "client.local"
-        if module.startswith("amqp"):
-            return target.startswith("amqp")
+        if module.startswith(("amqp", "kafka")):
+            return target.startswith(module.split(".")[0])
         if module.startswith("http"):
             return target.startswith("http") or target == "client.transport"
-        return tlayer in ("client", "remote", "face") and not target.startswith(("amqp", "http"))
+        return tlayer in ("client", "remote", "face") and \
+            not target.startswith(("amqp", "http", "kafka"))
     return False
 
 
@@ -171,6 +174,8 @@ def test_the_checks_catch_a_violation() -> None:
     """The rules above are not vacuous: the violations they exist for are caught."""
     assert not _allowed("amqp.channel", "routing.queue")
     assert not _allowed("http.app", "amqp.server")
+    assert not _allowed("kafka.server", "amqp.server")
+    assert not _allowed("kafka.server", "routing.stream")
     assert not _allowed("client.nats", "routing.broker")
     assert not _allowed("routing.queue", "routing.vhost")  # upward inside routing
     assert not _allowed("storage.sqlite", "routing.queue")

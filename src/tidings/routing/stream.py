@@ -12,10 +12,16 @@ only gives credit: nothing is removed) and need a prefetch, which bounds what ea
 
 A consumer reads ahead at most :data:`READ_RECORDS` records or :data:`READ_BYTES` bytes, so
 a stream far larger than memory is read with memory bounded by the readers, not the stream.
+
+The Kafka face appends whole record batches (:meth:`StreamQueue.append_batch`: one entry,
+many offsets) and reads entries back as batches (:meth:`StreamQueue.read_batches`: a stored
+batch as it came, a run of other records encoded into one batch). An AMQP consumer of a
+stream reads a stored batch record by record (:mod:`tidings.kafka_records` maps them).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import logging
@@ -25,11 +31,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from tidings.errors import InvalidArgumentError, PreconditionFailedError, QueueTypeError
+from tidings.kafka_records import kafka_fields, record_of
 from tidings.message import Record, RecordError, decode_record, encode_record
+from tidings.record_batch import BatchError, decode_records, encode_batch
 from tidings.routing.arguments import parse_age
 from tidings.routing.queue import Entry, Queue, QueueConsumer
 from tidings.statistics import ReaderStatistics, StreamStatistics
-from tidings.storage.segments import DEFAULT_SEGMENT_BYTES, LogRecord
+from tidings.storage.segments import DEFAULT_SEGMENT_BYTES
 from tidings.storage.streams import StreamFiles
 
 __all__ = ["READER", "READER_ROWS", "READ_BYTES", "READ_RECORDS", "ConsumerSpec",
@@ -57,6 +65,11 @@ FILTER, FILTER_VALUE, MATCH_UNFILTERED = (
     "x-stream-filter", "x-stream-filter-value", "x-stream-match-unfiltered")
 
 
+#: One record read ahead: its offset, timestamp ms, and its stored bytes (or, from a
+#: batch, the record already decoded).
+Ahead = tuple[int, int, "bytes | Record"]
+
+
 class _Cursor:
     """Where one consumer reads: its next offset and the records read ahead."""
 
@@ -65,7 +78,7 @@ class _Cursor:
     def __init__(self, offset: int, name: str, filters: frozenset[str] | None = None,
                  unfiltered: bool = False) -> None:
         self.offset = offset
-        self.ahead: deque[LogRecord] = deque()
+        self.ahead: deque[Ahead] = deque()
         #: What the statistics call it: its reader name, or its consumer tag.
         self.name = name
         self.filters, self.unfiltered = filters, unfiltered
@@ -83,8 +96,10 @@ class StreamQueue(Queue):
         self.streams = streams
         self.log = streams.open(self.store_key,
                                 self.options.segment_bytes or DEFAULT_SEGMENT_BYTES)
-        streams.on_commit(self.store_key, self.dispatch)
+        streams.on_commit(self.store_key, self._committed)
         self._cursors: dict[QueueConsumer, _Cursor] = {}
+        #: Futures of Kafka fetches waiting for more records (resolved on every commit).
+        self._waiters: list[asyncio.Future[None]] = []
         #: Named readers' committed offsets (the last offset each has processed).
         self.readers: dict[str, int] = {}
 
@@ -103,7 +118,8 @@ class StreamQueue(Queue):
         return max(0, self.end_offset - self.log.first_offset)
 
     def held_bytes(self) -> int:
-        return sum(len(r.payload) for c in self._cursors.values() for r in c.ahead)
+        return sum(len(r[2]) if isinstance(r[2], bytes) else len(r[2].message.body)
+                   for c in self._cursors.values() for r in c.ahead)
 
     # -- named readers ---------------------------------------------------------------------
 
@@ -173,13 +189,76 @@ class StreamQueue(Queue):
         """Append encoded records; returns the first one's offset (durable after a sync)."""
         first = self.streams.append(self.store_key, payloads, int(now * 1000))
         self.counters.published += len(payloads)
+        self._after_append(now)
+        return first
+
+    def append_batch(self, batch: bytes, count: int, now: float) -> int:
+        """Append one Kafka record batch of ``count`` records as one entry; returns its
+        first offset (durable after a sync)."""
+        first = self.streams.append_batch(self.store_key, batch, count, int(now * 1000))
+        self.counters.published += count
+        self._after_append(now)
+        return first
+
+    def _after_append(self, now: float) -> None:
         o = self.options
         if o.max_length_bytes is not None and self.log.segment_count() > 1 \
                 and self.log.size_bytes > o.max_length_bytes:
             self.housekeep(now)
-        if not self.streams.durable and self.consumers:
+        if not self.streams.durable:
+            self._committed()
+
+    def _committed(self) -> None:
+        """More records became readable: consumers read on, waiting fetches wake."""
+        if self.consumers:
             self.dispatch()
-        return first
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def wait_for_records(self) -> asyncio.Future[None]:
+        """A future resolved when more records become readable (or the stream goes)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
+
+    def read_batches(self, offset: int, max_bytes: int) -> list[bytes]:
+        """Kafka record batches from the one holding ``offset`` on, up to about
+        ``max_bytes`` (at least one batch when there is a record): stored batches as they
+        are, runs of records from other faces encoded into one batch each."""
+        end = self.end_offset
+        out: list[bytes] = []
+        taken = 0
+        run: list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = []
+        run_start = 0
+        while offset < end and taken < max_bytes:
+            entries = self.log.read(offset, READ_RECORDS, max(1, max_bytes - taken))
+            if not entries:
+                break
+            for found in entries:
+                if found.offset >= end or (out and taken >= max_bytes):
+                    offset = end
+                    break
+                if found.batch:
+                    if run:
+                        out.append(encode_batch(run_start, run))
+                        run = []
+                    out.append(found.payload)
+                else:
+                    try:
+                        message = decode_record(found.payload).message
+                    except RecordError:
+                        message = None  # (logged where consumers read it): a gap
+                    if message is not None:
+                        if not run:
+                            run_start = found.offset
+                        run.append(kafka_fields(message, found.timestamp_ms))
+                taken += len(found.payload)
+                offset = found.end
+        if run:
+            out.append(encode_batch(run_start, run))
+        return out
 
     def housekeep(self, now: float) -> None:
         """Apply the retention: whole segments over ``x-max-length-bytes`` or older than
@@ -240,15 +319,14 @@ class StreamQueue(Queue):
                     return
                 reads += 1
                 cursor.offset = max(cursor.offset, self.log.first_offset)
-                ahead.extend(r for r in self.log.read(cursor.offset, READ_RECORDS, READ_BYTES)
-                             if r.offset < end)
+                self._read_ahead(cursor, end)
                 if not ahead:
                     return
             if consumer.on_deliveries is not None and (room := consumer.batch_room()) > 1:
                 entries = []
                 while ahead and len(entries) < room:
                     found = ahead.popleft()
-                    cursor.offset = found.offset + 1
+                    cursor.offset = found[0] + 1
                     if (entry := self._entry(found)) is not None and cursor.wants(entry):
                         entries.append(entry)
                 if entries:
@@ -258,27 +336,50 @@ class StreamQueue(Queue):
             if not consumer.has_room():
                 return
             found = ahead.popleft()
-            cursor.offset = found.offset + 1
+            cursor.offset = found[0] + 1
             entry = self._entry(found)
             if entry is not None and cursor.wants(entry):
                 self.counters.delivered += 1
                 consumer.deliver(self, entry)
 
-    def _entry(self, found: LogRecord) -> Entry | None:
-        try:
-            record = decode_record(found.payload)
-        except RecordError as e:
-            log.error("stream '%s' in vhost '%s': record at offset %d skipped: %s",
-                      self.name, self.vhost, found.offset, e)
-            return None
+    def _read_ahead(self, cursor: _Cursor, end: int) -> None:
+        """Fill ``cursor.ahead`` from the log (a batch entry record by record)."""
+        for found in self.log.read(cursor.offset, READ_RECORDS, READ_BYTES):
+            if found.offset >= end:
+                break
+            if not found.batch:
+                cursor.ahead.append((found.offset, found.timestamp_ms, found.payload))
+                continue
+            try:
+                _, records = decode_records(found.payload)
+            except BatchError as e:
+                log.error("stream '%s' in vhost '%s': batch at offsets %d-%d skipped: %s",
+                          self.name, self.vhost, found.offset, found.end - 1, e)
+                cursor.offset = found.end
+                continue
+            cursor.ahead.extend((found.offset + i, r.timestamp_ms, record_of(r, self.name))
+                                for i, r in enumerate(records)
+                                if cursor.offset <= found.offset + i < end)
+
+    def _entry(self, found: Ahead) -> Entry | None:
+        offset, timestamp_ms, stored = found
+        if isinstance(stored, Record):
+            record = stored
+        else:
+            try:
+                record = decode_record(stored)
+            except RecordError as e:
+                log.error("stream '%s' in vhost '%s': record at offset %d skipped: %s",
+                          self.name, self.vhost, offset, e)
+                return None
         message = record.message
         headers = dict(message.headers) if message.headers else {}
-        headers[OFFSET] = found.offset
+        headers[OFFSET] = offset
         message.headers = headers
         if message.timestamp is None:
-            message.timestamp = found.timestamp_ms // 1000
-        record.enqueued_at = found.timestamp_ms / 1000.0
-        entry = Entry(found.offset, record, False)
+            message.timestamp = timestamp_ms // 1000
+        record.enqueued_at = timestamp_ms / 1000.0
+        entry = Entry(offset, record, False)
         entry.delivered_at = self._now()
         return entry
 
@@ -314,6 +415,7 @@ class StreamQueue(Queue):
     def close(self) -> list[str]:
         super().close()
         self._cursors.clear()
+        self._committed()  # waiting fetches wake, and find the stream gone
         for reader in list(self.readers):
             self.forget_reader(reader)
         self.streams.delete(self.store_key)

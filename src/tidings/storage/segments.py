@@ -10,6 +10,10 @@ log, not a table:
 - **Records.** Each is ``length (4) | crc32 (4) | offset (8) | timestamp ms (8) | payload``.
   The CRC covers offset, timestamp and payload. Offsets are dense: each record's offset is
   the previous one's plus one, across segments.
+- **Batches.** An entry may also hold ``count`` records at once, as one opaque payload (a
+  Kafka record batch, kept as its producer sent it so a fetch serves it as is): the length's
+  top bit (:data:`BATCH_FLAG`) marks it, and ``count (4)`` follows the head (the CRC covers
+  it too). Such an entry takes ``count`` offsets; the layer above reads its payload.
 - **Seeks, not scans.** Every ``INDEX_EVERY_BYTES`` of a segment, an entry ``(offset,
   position, timestamp)`` goes to the segment's ``.idx`` file. A read at an offset or at a
   timestamp bisects the segments by first offset, then that segment's index, and reads
@@ -43,6 +47,9 @@ from tidings.files import make_private_directory
 HEAD = struct.Struct(">IIQq")  # length, crc32, offset, timestamp ms
 _CHECKED = struct.Struct(">Qq")  # the part of the head the CRC covers (with the payload)
 _LENGTH_CRC = struct.Struct(">II")
+_COUNT = struct.Struct(">I")
+#: The length's top bit: the entry is a batch of ``count`` records (see the module's doc).
+BATCH_FLAG = 0x8000_0000
 INDEX_ENTRY = struct.Struct(">QQq")  # offset, position, timestamp ms
 SEGMENT_SUFFIX, INDEX_SUFFIX = ".seg", ".idx"
 #: Bytes of records between two index entries (a seek reads at most this much to skip).
@@ -55,9 +62,19 @@ MAX_RECORD_BYTES = 64 * 2**20
 
 @dataclass(frozen=True, slots=True)
 class LogRecord:
+    """One entry of the log: a record, or (``batch``) ``count`` records in one payload
+    starting at ``offset``."""
+
     offset: int
     timestamp_ms: int
     payload: bytes
+    count: int = 1
+    batch: bool = False
+
+    @property
+    def end(self) -> int:
+        """The offset after this entry's last record."""
+        return self.offset + self.count
 
 
 class _Segment:
@@ -150,21 +167,35 @@ class SegmentLog:
     def append(self, payloads: list[bytes], timestamp_ms: int) -> int:
         """Append records (one timestamp for the batch); returns the first one's offset.
         Durable once :meth:`sync` returns."""
+        return self._append([(p, 1, False) for p in payloads], timestamp_ms)
+
+    def append_batch(self, payload: bytes, count: int, timestamp_ms: int) -> int:
+        """Append one entry holding ``count`` records (an opaque batch); returns its first
+        offset. Durable once :meth:`sync` returns."""
+        if count < 1:
+            raise InvalidArgumentError(f"a batch holds at least one record, not {count}")
+        return self._append([(payload, count, True)], timestamp_ms)
+
+    def _append(self, entries: list[tuple[bytes, int, bool]], timestamp_ms: int) -> int:
         first = self.next_offset
-        for payload in payloads:
+        for payload, _, _ in entries:
             if len(payload) > MAX_RECORD_BYTES:
                 raise InvalidArgumentError(f"record of {len(payload)} bytes is larger than "
                                            f"{MAX_RECORD_BYTES}")
         parts: list[bytes] = []
         segment = self._segments[-1]
-        for payload in payloads:
+        for payload, count, batch in entries:
             if segment.size >= self.max_segment_bytes and not segment.empty():
                 self._write(parts)
                 parts = []
                 segment = self._roll()
             offset = segment.last_offset + 1
-            tail = _CHECKED.pack(offset, timestamp_ms) + payload
-            record = _LENGTH_CRC.pack(len(payload), zlib.crc32(tail)) + tail
+            if batch:
+                tail = _CHECKED.pack(offset, timestamp_ms) + _COUNT.pack(count) + payload
+                record = _LENGTH_CRC.pack(len(payload) | BATCH_FLAG, zlib.crc32(tail)) + tail
+            else:
+                tail = _CHECKED.pack(offset, timestamp_ms) + payload
+                record = _LENGTH_CRC.pack(len(payload), zlib.crc32(tail)) + tail
             if segment.empty():
                 segment.first_timestamp = timestamp_ms
             if segment.empty() or self._since_index >= INDEX_EVERY_BYTES:
@@ -175,7 +206,7 @@ class SegmentLog:
             parts.append(record)
             segment.size += len(record)
             self._since_index += len(record)
-            segment.last_offset = offset
+            segment.last_offset = offset + count - 1
             segment.last_timestamp = timestamp_ms
         self._write(parts)
         return first
@@ -205,8 +236,9 @@ class SegmentLog:
 
     def read(self, offset: int, max_records: int = 1000, max_bytes: int = 4 * 2**20
              ) -> list[LogRecord]:
-        """Records from ``offset`` on (from the first retained one if it is older), at most
-        ``max_records`` of them and about ``max_bytes`` of payload (at least one record)."""
+        """Entries from the one holding ``offset`` on (from the first retained one if it is
+        older), at most ``max_records`` of them and about ``max_bytes`` of payload (at least
+        one entry). A batch entry may start before ``offset``."""
         offset = max(offset, self.first_offset)
         out: list[LogRecord] = []
         taken = 0
@@ -216,7 +248,7 @@ class SegmentLog:
             if segment.last_offset >= offset:
                 start = self._position(segment, offset)
                 for record in self._scan(segment, start):
-                    if record.offset < offset:
+                    if record.end <= offset:
                         continue
                     if len(out) >= max_records or (out and taken >= max_bytes):
                         return out
@@ -227,8 +259,8 @@ class SegmentLog:
         return out
 
     def offset_at(self, timestamp_ms: int) -> int:
-        """The first offset whose timestamp is at or after ``timestamp_ms`` (next_offset when
-        none is)."""
+        """The first offset of the first entry whose timestamp is at or after
+        ``timestamp_ms`` (next_offset when none is)."""
         for segment in self._segments:
             if segment.empty() or segment.last_timestamp < timestamp_ms:
                 continue
@@ -252,6 +284,13 @@ class SegmentLog:
             while position < end:
                 head = f.read(HEAD.size)
                 length, _, offset, timestamp = HEAD.unpack(head)
+                if length & BATCH_FLAG:
+                    length &= ~BATCH_FLAG
+                    (count,) = _COUNT.unpack(f.read(_COUNT.size))
+                    payload = f.read(length)
+                    position += HEAD.size + _COUNT.size + length
+                    yield LogRecord(offset, timestamp, payload, count, True)
+                    continue
                 payload = f.read(length)
                 position += HEAD.size + length
                 yield LogRecord(offset, timestamp, payload)
@@ -321,11 +360,18 @@ class SegmentLog:
                 if len(head) < HEAD.size:
                     break
                 length, crc, offset, timestamp = HEAD.unpack(head)
-                if length > MAX_RECORD_BYTES or offset != expected:
+                count, extra = 1, b""
+                if length & BATCH_FLAG:
+                    length &= ~BATCH_FLAG
+                    extra = f.read(_COUNT.size)
+                    if len(extra) < _COUNT.size:
+                        break
+                    (count,) = _COUNT.unpack(extra)
+                if length > MAX_RECORD_BYTES or offset != expected or count < 1:
                     break
                 payload = f.read(length)
                 if len(payload) < length or \
-                        zlib.crc32(head[8:] + payload) != crc:
+                        zlib.crc32(head[8:] + extra + payload) != crc:
                     break
                 if not segment.index or (since >= INDEX_EVERY_BYTES and \
                         segment.index[-1][0] < offset):
@@ -333,10 +379,10 @@ class SegmentLog:
                     since = 0
                 if offset == segment.base:
                     segment.first_timestamp = timestamp
-                segment.last_offset, segment.last_timestamp = offset, timestamp
-                good += HEAD.size + length
-                since += HEAD.size + length
-                expected += 1
+                segment.last_offset, segment.last_timestamp = offset + count - 1, timestamp
+                good += HEAD.size + len(extra) + length
+                since += HEAD.size + len(extra) + length
+                expected += count
             if good < size:
                 if not recover:
                     raise OSError(f"segment {segment.path} is damaged at byte {good}")

@@ -113,7 +113,14 @@ class StreamFiles:
         """Append to stream ``name`` (opened with its defaults if it is not open); returns
         the first record's offset. Durable once a later :meth:`sync` resolves."""
         log = self.open(name)
-        first = log.append(payloads, timestamp_ms)
+        return self._appended(name, log, log.append(payloads, timestamp_ms))
+
+    def append_batch(self, name: str, payload: bytes, count: int, timestamp_ms: int) -> int:
+        """Append one entry of ``count`` records (see :meth:`SegmentLog.append_batch`)."""
+        log = self.open(name)
+        return self._appended(name, log, log.append_batch(payload, count, timestamp_ms))
+
+    def _appended(self, name: str, log: SegmentLog, first: int) -> int:
         if not self.durable:
             self._committed[name] = log.next_offset
             return first
