@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tidings.errors import BrokenResourceError, ConfigError, ResourceLockedError
+from tidings.kafka.settings import DEFAULT_MESSAGE_MAX_BYTES
 from tidings.resources import total_memory_mb
 from tidings.values import MAX_MESSAGE_BYTES
 
@@ -46,6 +47,24 @@ def add_serve_parser(commands: Any, port: Callable[[str], int]) -> None:
                        help="events an SSE reader may fall behind before it is cut off")
     serve.add_argument("--amqps-port", type=port, default=5671,
                        help="AMQP over TLS port, with --tls-cert and --tls-key")
+    serve.add_argument("--kafka-port", type=port, default=-1,
+                       help="Kafka protocol port (off unless given; Kafka's is 9092)")
+    serve.add_argument("--kafka-vhost", default="/",
+                       help="the vhost whose streams the Kafka listener serves as topics")
+    serve.add_argument("--kafka-advertised-host",
+                       help="host Kafka clients are told to connect to (default: --host, or "
+                            "127.0.0.1 when that is 0.0.0.0)")
+    serve.add_argument("--kafka-advertised-port", type=port,
+                       help="port Kafka clients are told to connect to (default: the "
+                            "Kafka port)")
+    serve.add_argument("--kafka-message-max-bytes", type=int,
+                       default=DEFAULT_MESSAGE_MAX_BYTES,
+                       help="largest record batch a Kafka producer may send (Kafka's "
+                            "message.max.bytes); at most --max-message-bytes")
+    serve.add_argument("--kafka-max-partitions", type=int, default=256,
+                       help="most partitions one Kafka topic may have")
+    serve.add_argument("--kafka-no-auto-create-topics", action="store_true",
+                       help="do not create a topic when a Kafka client asks for its metadata")
     serve.add_argument("--tls-cert", help="PEM certificate (chain) for TLS")
     serve.add_argument("--tls-key", help="PEM private key for TLS")
     serve.add_argument("--heartbeat-s", type=int, default=60,
@@ -153,6 +172,7 @@ async def serve(args: argparse.Namespace) -> int:
                         max_message_bytes=args.max_message_bytes,
                         handshake_timeout_s=args.handshake_timeout_s)
     http: list[Any] = []
+    kafka: Any = None
     try:
         listening = [("amqp", args.amqp_port, None, "--amqp-port")]
         if tls is not None:
@@ -165,6 +185,8 @@ async def serve(args: argparse.Namespace) -> int:
             print(f"tidings: {scheme} listening on {args.host}:{bound} (data: {data_dir}): "
                   f"{scheme}://guest:guest@{_url_host(args.host)}:{bound}/", flush=True)
 
+        if args.kafka_port >= 0:
+            kafka = await _start_kafka(args, broker)
         await start_owner_socket(server, data_dir)  # embedded processes join through it
         if args.http_port >= 0:
             http = await _start_http(args, broker, server, tls)
@@ -183,11 +205,41 @@ async def serve(args: argparse.Namespace) -> int:
             each.should_exit = True
         for each in http:
             await http_task_done(each)
+        if kafka is not None:
+            await kafka.close()
         await leave_directory(server, data_dir)  # stops the AMQP listeners too
         broker.close()
         with contextlib.suppress(FileNotFoundError):
             (data_dir / CONTROL_FILE).unlink()
     return 0
+
+
+async def _start_kafka(args: argparse.Namespace, broker: Any) -> Any:
+    from tidings.kafka.server import KafkaServer
+    from tidings.kafka.settings import KafkaSettings
+
+    if not 1 <= args.kafka_message_max_bytes <= args.max_message_bytes:
+        raise ConfigError(f"--kafka-message-max-bytes {args.kafka_message_max_bytes}: 1 to "
+                          f"--max-message-bytes ({args.max_message_bytes})")
+    if args.kafka_max_partitions < 1:
+        raise ConfigError(f"--kafka-max-partitions {args.kafka_max_partitions}: at least 1")
+    if args.kafka_vhost not in broker.vhost_names():
+        raise ConfigError(f"--kafka-vhost: no vhost '{args.kafka_vhost}'")
+    host = args.kafka_advertised_host or (
+        "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host)
+    settings = KafkaSettings(host, args.kafka_advertised_port or 0, vhost=args.kafka_vhost,
+                             message_max_bytes=args.kafka_message_max_bytes,
+                             max_partitions=args.kafka_max_partitions,
+                             auto_create_topics=not args.kafka_no_auto_create_topics)
+    kafka = KafkaServer(broker, settings)
+    try:
+        bound = await kafka.listen(args.host, args.kafka_port)
+    except OSError as e:
+        raise ConfigError(f"port {args.kafka_port} is not available (--kafka-port): "
+                          f"{e.strerror or e}") from e
+    print(f"tidings: kafka listening on {args.host}:{bound} (vhost '{args.kafka_vhost}', "
+          f"advertised as {settings.host}:{settings.port})", flush=True)
+    return kafka
 
 
 #: Written into the data directory while the server runs: where the CLI reaches it, and the

@@ -418,6 +418,31 @@ class Broker:
     def stream_statistics(self, vhost: str, name: str) -> StreamStatistics:
         return self._stream(vhost, name).stream_statistics(self.clock.time())
 
+    # -- streams as Kafka partitions: whole record batches in, batches out ------------------
+
+    def append_batch(self, vhost: str, stream: str, batch: bytes, count: int) -> int:
+        """Append one record batch of ``count`` records; returns its first offset (durable
+        once :meth:`sync` resolves)."""
+        return self._stream(vhost, stream).append_batch(batch, count, self.clock.time())
+
+    def read_batches(self, vhost: str, stream: str, offset: int, max_bytes: int
+                     ) -> list[bytes]:
+        """Record batches from the one holding ``offset``, about ``max_bytes`` of them."""
+        return self._stream(vhost, stream).read_batches(offset, max_bytes)
+
+    def stream_bounds(self, vhost: str, stream: str) -> tuple[int, int]:
+        """The first retained offset and the offset after the last readable record."""
+        queue = self._stream(vhost, stream)
+        return min(queue.log.first_offset, queue.end_offset), queue.end_offset
+
+    def stream_offset_at(self, vhost: str, stream: str, timestamp_ms: int) -> int:
+        """The first offset whose record's timestamp is at or after ``timestamp_ms``."""
+        return self._stream(vhost, stream).offset_for_time(timestamp_ms)
+
+    def wait_for_records(self, vhost: str, stream: str) -> asyncio.Future[None]:
+        """Resolved when more of ``stream`` becomes readable (or it is deleted)."""
+        return self._stream(vhost, stream).wait_for_records()
+
     # -- dead letters (one implementation for every face) ----------------------------------
 
     def dead_letter_queue(self, vhost: str, queue_name: str) -> str:

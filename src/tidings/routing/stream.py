@@ -22,6 +22,7 @@ stream reads a stored batch record by record (:mod:`tidings.kafka_records` maps 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import logging
@@ -33,7 +34,13 @@ from typing import Any
 from tidings.errors import InvalidArgumentError, PreconditionFailedError, QueueTypeError
 from tidings.kafka_records import kafka_fields, record_of
 from tidings.message import Record, RecordError, decode_record, encode_record
-from tidings.record_batch import BatchError, decode_records, encode_batch
+from tidings.record_batch import (
+    BatchError,
+    decode_records,
+    encode_batch,
+    read_header,
+    with_base_offset,
+)
 from tidings.routing.arguments import parse_age
 from tidings.routing.queue import Entry, Queue, QueueConsumer
 from tidings.statistics import ReaderStatistics, StreamStatistics
@@ -193,8 +200,10 @@ class StreamQueue(Queue):
         return first
 
     def append_batch(self, batch: bytes, count: int, now: float) -> int:
-        """Append one Kafka record batch of ``count`` records as one entry; returns its
-        first offset (durable after a sync)."""
+        """Append one Kafka record batch of ``count`` records as one entry, its base offset
+        set to the one it gets (as a Kafka broker does); returns that offset (durable after a
+        sync)."""
+        batch = with_base_offset(batch, self.log.next_offset)
         first = self.streams.append_batch(self.store_key, batch, count, int(now * 1000))
         self.counters.published += count
         self._after_append(now)
@@ -220,8 +229,36 @@ class StreamQueue(Queue):
     def wait_for_records(self) -> asyncio.Future[None]:
         """A future resolved when more records become readable (or the stream goes)."""
         waiter = asyncio.get_running_loop().create_future()
+        if len(self._waiters) >= 64:  # fetches that gave up waiting leave theirs behind
+            self._waiters = [w for w in self._waiters if not w.done()]
         self._waiters.append(waiter)
         return waiter
+
+    def offset_for_time(self, timestamp_ms: int) -> int:
+        """The first offset whose record has a timestamp at or after ``timestamp_ms`` (the
+        end when none has): the log's seek by append time, then the batch's own records'
+        times (a producer stamps a record before the broker appends it)."""
+        end = self.end_offset
+        offset = min(self.log.offset_at(timestamp_ms), end)
+        scanned = 0
+        while offset < end and scanned < 16 * READ_BYTES:
+            entries = self.log.read(offset, READ_RECORDS, READ_BYTES)
+            if not entries:
+                break
+            for found in entries:
+                if found.offset >= end:
+                    return end
+                scanned += len(found.payload)
+                if not found.batch:
+                    if found.timestamp_ms >= timestamp_ms:
+                        return max(found.offset, offset)
+                elif read_header(found.payload).max_timestamp >= timestamp_ms:
+                    with contextlib.suppress(BatchError):
+                        for record in decode_records(found.payload)[1]:
+                            if record.offset >= offset and record.timestamp_ms >= timestamp_ms:
+                                return record.offset
+                offset = found.end
+        return offset
 
     def read_batches(self, offset: int, max_bytes: int) -> list[bytes]:
         """Kafka record batches from the one holding ``offset`` on, up to about
