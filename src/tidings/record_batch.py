@@ -222,10 +222,11 @@ def _field(value: bytes | None) -> bytes:
 
 
 def encode_batch(base_offset: int, records: list[tuple[int, bytes | None, bytes | None,
-                                                       list[tuple[str, bytes | None]]]]
+                                                       list[tuple[str, bytes | None]]]],
+                 *, producer_id: int = -1, producer_epoch: int = -1, base_sequence: int = -1
                  ) -> bytes:
     """One uncompressed batch of ``(timestamp_ms, key, value, headers)`` at dense offsets
-    from ``base_offset`` (no producer id)."""
+    from ``base_offset`` (by default of no idempotent producer)."""
     base_ts = records[0][0]
     max_ts = max(r[0] for r in records)
     parts = []
@@ -234,7 +235,7 @@ def encode_batch(base_offset: int, records: list[tuple[int, bytes | None, bytes 
                          _field(value), _varint(len(headers)),
                          *(_field(k.encode()) + _field(v) for k, v in headers)])
         parts.append(_varint(len(body)) + body)
-    tail = struct.pack(">hiqqqhii", 0, len(records) - 1, base_ts, max_ts, -1, -1, -1,
-                       len(records)) + b"".join(parts)
+    tail = struct.pack(">hiqqqhii", 0, len(records) - 1, base_ts, max_ts, producer_id,
+                       producer_epoch, base_sequence, len(records)) + b"".join(parts)
     head = struct.pack(">qiib", base_offset, len(tail) + 9, 0, 2)
     return head + struct.pack(">I", crc32c(tail)) + tail

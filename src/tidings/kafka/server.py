@@ -89,12 +89,12 @@ class KafkaServer:
 
     def answer(self, request: KafkaRequest) -> Any:
         """The response entity (or an awaitable of it; None: no response)."""
-        schema = response_schema(request)
         body, key = request.body, request.api_key
         if request.refused is not None:
             if key == API_VERSIONS:
                 return api_versions_refusal()
             return produce_refusal(request)
+        schema = response_schema(request)
         if key == PRODUCE:
             return self.producing.produce(body, schema)
         if key == FETCH:
