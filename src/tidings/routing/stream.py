@@ -282,6 +282,7 @@ class StreamQueue(Queue):
                         out.append(encode_batch(run_start, run))
                         run = []
                     out.append(found.payload)
+                    self.counters.delivered += found.count
                 else:
                     try:
                         message = decode_record(found.payload).message
@@ -291,6 +292,7 @@ class StreamQueue(Queue):
                         if not run:
                             run_start = found.offset
                         run.append(kafka_fields(message, found.timestamp_ms))
+                        self.counters.delivered += 1
                 taken += len(found.payload)
                 offset = found.end
         if run:
