@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from .conftest import client_library, kafkajs, kcat
@@ -201,3 +204,18 @@ def test_kafkajs(bootstrap: str) -> None:
     assert result["offsets"] == [{"partition": 0, "offset": str(2 * COUNT),
                                   "high": str(2 * COUNT), "low": "0"}]
     assert result["byTime"] == [{"partition": 0, "offset": str(COUNT)}]
+
+
+def test_the_confluent_kafka_quickstart_of_the_docs_runs_as_pasted(bootstrap: str) -> None:
+    """docs/kafka.md's Python quickstart, with only the address changed."""
+    client_library("confluent_kafka")
+    docs = Path(__file__).resolve().parents[2] / "docs" / "kafka.md"
+    (block,) = re.findall(r"```python\n(.*?)```", docs.read_text(), re.S)
+    assert block.count("127.0.0.1:9092") == 3
+    out = subprocess.run([sys.executable, "-c", block.replace("127.0.0.1:9092", bootstrap)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert len(lines) == 10
+    assert sorted(line.split(" b", 2)[-1] for line in lines) == sorted(
+        f"'order {n}'" for n in range(10))
