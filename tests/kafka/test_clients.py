@@ -157,7 +157,9 @@ def test_kafka_python(bootstrap: str) -> None:
     got = [(m.offset, m.key, m.value, dict(m.headers)["h"]) for m in consumer]
     assert [g[0] for g in got] == list(range(2 * COUNT))
     assert [g[1:] for g in got] == _expected()
-    assert consumer.offsets_for_times({partition: middle})[partition].offset == COUNT
+    found = consumer.offsets_for_times({partition: middle})[partition]
+    assert found.offset == COUNT
+    assert middle < found.timestamp < middle + 60_000  # the found record's own time
     consumer.close()
     admin.delete_topics([topic])
     assert topic not in admin.list_topics()

@@ -118,9 +118,10 @@ class Fetching:
                     elif p.timestamp < 0:
                         code = ErrorCode.invalid_request
                     else:
-                        found = self.broker.stream_offset_at(self.vhost, stream, p.timestamp)
+                        found, stamp = self.broker.stream_offset_at(self.vhost, stream,
+                                                                    p.timestamp)
                         if found < end:
-                            offset, timestamp = found, p.timestamp
+                            offset, timestamp = found, stamp
                 except TopicError as e:
                     code = e.code
                 except TidingsError:

@@ -435,8 +435,10 @@ class Broker:
         queue = self._stream(vhost, stream)
         return min(queue.log.first_offset, queue.end_offset), queue.end_offset
 
-    def stream_offset_at(self, vhost: str, stream: str, timestamp_ms: int) -> int:
-        """The first offset whose record's timestamp is at or after ``timestamp_ms``."""
+    def stream_offset_at(self, vhost: str, stream: str, timestamp_ms: int
+                         ) -> tuple[int, int]:
+        """The offset and timestamp of the first record stamped at or after
+        ``timestamp_ms`` (the end offset and -1 when none is)."""
         return self._stream(vhost, stream).offset_for_time(timestamp_ms)
 
     def wait_for_records(self, vhost: str, stream: str) -> asyncio.Future[None]:

@@ -234,10 +234,11 @@ class StreamQueue(Queue):
         self._waiters.append(waiter)
         return waiter
 
-    def offset_for_time(self, timestamp_ms: int) -> int:
-        """The first offset whose record has a timestamp at or after ``timestamp_ms`` (the
-        end when none has): the log's seek by append time, then the batch's own records'
-        times (a producer stamps a record before the broker appends it)."""
+    def offset_for_time(self, timestamp_ms: int) -> tuple[int, int]:
+        """The first record whose timestamp is at or after ``timestamp_ms``: its offset and
+        timestamp (the end and -1 when there is none). The log's seek by append time first,
+        then the batch's own records' times (a producer stamps a record before the broker
+        appends it)."""
         end = self.end_offset
         offset = min(self.log.offset_at(timestamp_ms), end)
         scanned = 0
@@ -247,18 +248,18 @@ class StreamQueue(Queue):
                 break
             for found in entries:
                 if found.offset >= end:
-                    return end
+                    return end, -1
                 scanned += len(found.payload)
                 if not found.batch:
                     if found.timestamp_ms >= timestamp_ms:
-                        return max(found.offset, offset)
+                        return max(found.offset, offset), found.timestamp_ms
                 elif read_header(found.payload).max_timestamp >= timestamp_ms:
                     with contextlib.suppress(BatchError):
                         for record in decode_records(found.payload)[1]:
                             if record.offset >= offset and record.timestamp_ms >= timestamp_ms:
-                                return record.offset
+                                return record.offset, record.timestamp_ms
                 offset = found.end
-        return offset
+        return offset, -1
 
     def read_batches(self, offset: int, max_bytes: int) -> list[bytes]:
         """Kafka record batches from the one holding ``offset`` on, up to about
