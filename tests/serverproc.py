@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def running(data_dir: Path, *extra: str) -> Iterator[ServerProcess]:
+    """A started server, stopped when the block ends (a module fixture's whole life)."""
+    proc = ServerProcess(data_dir, *extra).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
 
 
 class ServerProcess:

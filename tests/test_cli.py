@@ -63,6 +63,11 @@ def test_serve_bad_flag_value_is_one_line_exit_2() -> None:
     assert "--amqp-port" in out.stderr and "is not a port number" in out.stderr
     out = run("serve", "--http-port", "70000")
     assert out.returncode == 2 and "port 70000 is out of range" in out.stderr
+    out = run("serve", "--kafka-port", "0", "--kafka-message-max-bytes", "0")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "--kafka-message-max-bytes 0: 1 to --max-message-bytes" in out.stderr
+    out = run("serve", "--kafka-port", "0", "--kafka-max-partitions", "0")
+    assert out.returncode == 2 and "--kafka-max-partitions 0" in out.stderr
 
 
 def test_serve_loop_choice() -> None:

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 import tidings
 from tidings.cli_control import COMMANDS, add_control_parsers, find_server, run_control_command
-from tidings.cli_serve import add_serve_parser, loop_factory, serve
+from tidings.cli_serve import add_serve_parser, kafka_flag_problem, loop_factory, serve
 from tidings.cli_users import add_users_parsers, run_users_command
 from tidings.cli_worker import add_worker_parser, run_worker
 from tidings.client.shared import open_directory
@@ -237,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except TidingsError as e:  # an app that cannot be loaded or shared: a usage error
             print(f"tidings worker: error: {e}", file=sys.stderr)
             return 2
+    if args.command == "serve" and (problem := kafka_flag_problem(args)) is not None:
+        parser.error(problem)
     try:
         factory = loop_factory(args.loop) if args.command == "serve" else None
         with asyncio.Runner(loop_factory=factory) as runner:

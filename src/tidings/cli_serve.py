@@ -214,15 +214,20 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def kafka_flag_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the Kafka flags as given (a usage error), or None."""
+    if not 1 <= args.kafka_message_max_bytes <= args.max_message_bytes:
+        return (f"--kafka-message-max-bytes {args.kafka_message_max_bytes}: 1 to "
+                f"--max-message-bytes ({args.max_message_bytes})")
+    if args.kafka_max_partitions < 1:
+        return f"--kafka-max-partitions {args.kafka_max_partitions}: at least 1"
+    return None
+
+
 async def _start_kafka(args: argparse.Namespace, broker: Any) -> Any:
     from tidings.kafka.server import KafkaServer
     from tidings.kafka.settings import KafkaSettings
 
-    if not 1 <= args.kafka_message_max_bytes <= args.max_message_bytes:
-        raise ConfigError(f"--kafka-message-max-bytes {args.kafka_message_max_bytes}: 1 to "
-                          f"--max-message-bytes ({args.max_message_bytes})")
-    if args.kafka_max_partitions < 1:
-        raise ConfigError(f"--kafka-max-partitions {args.kafka_max_partitions}: at least 1")
     if args.kafka_vhost not in broker.vhost_names():
         raise ConfigError(f"--kafka-vhost: no vhost '{args.kafka_vhost}'")
     host = args.kafka_advertised_host or (

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cramjam
@@ -142,13 +143,13 @@ def _decompress(codec: int, data: bytes) -> bytes:
     return _bounded(decompress, data)
 
 
-def _bounded(decompress_into: object, data: bytes) -> bytes:
+def _bounded(decompress_into: Callable[[bytes, bytearray], int], data: bytes) -> bytes:
     """Decompress into buffers growing up to MAX_DECODED_BYTES (never past it)."""
     size = min(MAX_DECODED_BYTES, max(1 << 20, 8 * len(data)))
     while True:
         out = bytearray(size)
         try:
-            n = decompress_into(data, out)  # type: ignore[operator]
+            n = decompress_into(data, out)
             return bytes(memoryview(out)[:n])
         except cramjam.DecompressionError as e:
             if size >= MAX_DECODED_BYTES:

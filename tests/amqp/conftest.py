@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ..serverproc import ServerProcess
+from ..serverproc import ServerProcess, running
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(Path(tmp_path_factory.mktemp("server")) / "data").start()
-    yield proc
-    proc.stop()
+    with running(Path(tmp_path_factory.mktemp("server")) / "data") as proc:
+        yield proc

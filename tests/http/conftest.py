@@ -8,15 +8,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ..serverproc import ServerProcess
+from ..serverproc import ServerProcess, running
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(Path(tmp_path_factory.mktemp("gateway")) / "data",
-                         "--sse-buffer-events", "50", "--http-max-body-bytes", "65536").start()
-    yield proc
-    proc.stop()
+    with running(Path(tmp_path_factory.mktemp("gateway")) / "data", "--sse-buffer-events",
+                 "50", "--http-max-body-bytes", "65536") as proc:
+        yield proc
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from ..serverproc import ServerProcess
+from ..serverproc import ServerProcess, running
 from ..services import unavailable
 
 JS = Path(__file__).parent / "js"
@@ -19,10 +19,9 @@ JS = Path(__file__).parent / "js"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(Path(tmp_path_factory.mktemp("kafka")) / "data",
-                         "--kafka-port", "0", "--http-port", "-1").start()
-    yield proc
-    proc.stop()
+    with running(Path(tmp_path_factory.mktemp("kafka")) / "data", "--kafka-port", "0",
+                 "--http-port", "-1") as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")

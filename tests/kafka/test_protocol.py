@@ -238,3 +238,16 @@ def test_garbage_never_hurts_the_listener(server: ServerProcess) -> None:
                          ).brokers
     alive.close()
     assert "Traceback" not in server.log.read_text()
+
+
+def test_acks_0_gets_no_response_and_is_still_appended(raw: RawKafka) -> None:
+    assert _create(raw, "fire-and-forget") == ErrorCode.none
+    body = produce.ProduceRequest(acks=0, timeout=SECOND, topic_data=(
+        produce.TopicProduceData(name="fire-and-forget", partition_data=(
+            produce.PartitionProduceData(index=0, records=_batch(3)),)),))
+    raw.send_frame(raw.frame(0, 7, body))
+    # the next response on the connection is ListOffsets' own (its correlation id is checked)
+    deadline = time.monotonic() + 10
+    while _end(raw, "fire-and-forget") != 3:  # visible once fsynced (nobody waits for it)
+        assert time.monotonic() < deadline
+        time.sleep(0.01)

@@ -17,7 +17,8 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from tidings.errors import TidingsError
-from tidings.kafka.settings import KafkaSettings, make, nested
+from tidings.kafka.protocol import make, nested
+from tidings.kafka.settings import KafkaSettings
 from tidings.kafka.topics import NO_THROTTLE, TopicError, Topics
 from tidings.routing.front_door import FrontDoor
 
@@ -30,9 +31,6 @@ class Fetching:
     def __init__(self, broker: FrontDoor, topics: Topics, settings: KafkaSettings) -> None:
         self.broker, self.topics, self.settings = broker, topics, settings
         self.vhost = settings.vhost
-        #: Records handed to Kafka consumers (the produce side counts as the stream's
-        #: published).
-        self.fetched_bytes = 0
 
     # -- Fetch ---------------------------------------------------------------------------------
 
@@ -44,18 +42,15 @@ class Fetching:
             left = deadline - time.monotonic()
             if total >= max(1, body.min_bytes) or failed or left <= 0 or not streams:
                 break
-            waiters = []
-            for stream in streams:
-                try:
-                    waiters.append(self.broker.wait_for_records(self.vhost, stream))
-                except TidingsError:
-                    break  # gone meanwhile: the next read says so
-            else:
+            try:
+                waiters = [self.broker.wait_for_records(self.vhost, s) for s in streams]
+            except TidingsError:
+                continue  # a stream went meanwhile: the next read says so
+            try:
                 await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-                continue
-            topics, total, streams, failed = self._read(body, schema)
-            break
-        self.fetched_bytes += total
+            finally:
+                for waiter in waiters:  # the others are done with: the streams forget them
+                    waiter.cancel()
         return make(schema, throttle_time=NO_THROTTLE, error_code=ErrorCode.none,
                     session_id=0, responses=tuple(topics))
 

@@ -10,14 +10,15 @@ confirm); with ``acks=0`` no response is sent at all, as Kafka does.
 
 from __future__ import annotations
 
-import datetime
+from collections.abc import Coroutine
 from typing import Any
 
 from kio.schema.errors import ErrorCode
 
 from tidings.errors import NotFoundError, PreconditionFailedError, TidingsError
 from tidings.kafka.producers import REBUILD_RECORDS, PartitionProducers, ProducerIds
-from tidings.kafka.settings import KafkaSettings, make, nested
+from tidings.kafka.protocol import make, nested
+from tidings.kafka.settings import KafkaSettings
 from tidings.kafka.topics import NO_THROTTLE, TopicError, Topics
 from tidings.record_batch import (
     CONTROL,
@@ -31,8 +32,8 @@ from tidings.routing.front_door import FrontDoor
 
 __all__ = ["Producing"]
 
-#: Partition result: error code, base offset, error message.
-Result = tuple[ErrorCode, int, str | None]
+#: Partition result: error code, base offset, error message, log start offset.
+Result = tuple[ErrorCode, int, str | None, int]
 MAX_EPOCH = 2**15 - 1
 
 
@@ -60,14 +61,16 @@ class Producing:
 
     # -- Produce ------------------------------------------------------------------------------
 
-    async def produce(self, body: Any, schema: type) -> Any | None:
-        """The response (None for ``acks=0``), once the appends are durable."""
+    def produce(self, body: Any, schema: type) -> Coroutine[Any, Any, Any] | None:
+        """Append now (so a connection's requests apply in the order it sent them); returns
+        what awaits the response once the appends are durable (None for ``acks=0``)."""
         refused: Result | None = None
         if body.acks not in (0, 1, -1):
-            refused = (ErrorCode.invalid_required_acks, -1, f"acks={body.acks}: 0, 1 or -1")
+            refused = (ErrorCode.invalid_required_acks, -1, f"acks={body.acks}: 0, 1 or -1",
+                       -1)
         elif body.transactional_id is not None:
             refused = (ErrorCode.transactional_id_authorization_failed, -1,
-                       "transactions are not supported")
+                       "transactions are not supported", -1)
         results: list[tuple[str, list[tuple[int, Result]]]] = []
         appended = False
         budget = self.settings.max_topics_per_request
@@ -77,7 +80,7 @@ class Producing:
                 budget -= 1
                 if refused is not None or budget < 0:
                     result = refused or (ErrorCode.invalid_request, -1,
-                                         "too many partitions in one request")
+                                         "too many partitions in one request", -1)
                 else:
                     result = self._append(topic.name, data.index, data.records)
                     appended = appended or result[0] == ErrorCode.none
@@ -85,11 +88,16 @@ class Producing:
             results.append((topic.name, partitions))
         if body.acks == 0:
             return None
+        return self._durable_response(schema, results, appended)
+
+    async def _durable_response(self, schema: type,
+                                results: list[tuple[str, list[tuple[int, Result]]]],
+                                appended: bool) -> Any:
         if appended:
             try:
                 await self.broker.sync()
-            except OSError as e:
-                results = [(name, [(i, (ErrorCode.kafka_storage_error, -1, str(e)))
+            except (OSError, TidingsError) as e:  # not durable: nothing may be acknowledged
+                results = [(name, [(i, (ErrorCode.kafka_storage_error, -1, str(e), -1))
                                    for i, _ in parts]) for name, parts in results]
         return self._response(schema, results)
 
@@ -100,10 +108,7 @@ class Producing:
         topics = []
         for name, partitions in results:
             rows = []
-            for index, (code, offset, message) in partitions:
-                start = -1
-                if code == ErrorCode.none:
-                    start = self._log_start(name, index)
+            for index, (code, offset, message, start) in partitions:
                 rows.append(make(partition_type, index=index, error_code=code,
                                  base_offset=offset, log_append_time=None,
                                  log_start_offset=start, record_errors=(),
@@ -111,22 +116,16 @@ class Producing:
             topics.append(make(topic_type, name=name, partition_responses=tuple(rows)))
         return make(schema, responses=tuple(topics), throttle_time=NO_THROTTLE)
 
-    def _log_start(self, topic: str, partition: int) -> int:
-        try:
-            return self.broker.stream_bounds(self.vhost, self.topics.stream(topic, partition))[0]
-        except (TopicError, TidingsError):
-            return -1
-
     def _append(self, topic: str, partition: int, records: bytes | None) -> Result:
         try:
             stream = self.topics.stream(topic, partition)
         except TopicError as e:
-            return e.code, -1, str(e)
+            return e.code, -1, str(e), -1
         data = records or b""
         if len(data) > self.settings.message_max_bytes:
             return (ErrorCode.message_too_large, -1,
                     f"{len(data)} bytes of records for one partition: the limit is "
-                    f"{self.settings.message_max_bytes} (message.max.bytes)")
+                    f"{self.settings.message_max_bytes} (message.max.bytes)", -1)
         batches: list[tuple[BatchHeader, int]] = []
         position = 0
         try:
@@ -134,13 +133,13 @@ class Producing:
                 head = check_batch(data, position)
                 if head.attributes & (TRANSACTIONAL | CONTROL):
                     return (ErrorCode.invalid_record, -1,
-                            "transactional and control batches are not supported")
+                            "transactional and control batches are not supported", -1)
                 batches.append((head, position))
                 position += head.size
         except BatchError as e:
-            return ErrorCode.corrupt_message, -1, str(e)
+            return ErrorCode.corrupt_message, -1, str(e), -1
         if not batches:
-            return ErrorCode.corrupt_message, -1, "no record batch"
+            return ErrorCode.corrupt_message, -1, "no record batch", -1
         producers = self._partition_producers(stream)
         first: int | None = None
         for head, position in batches:
@@ -149,7 +148,7 @@ class Producing:
                 if code != ErrorCode.none:
                     return (code, -1, f"producer {head.producer_id} epoch "
                             f"{head.producer_epoch} sequence {head.base_sequence}: "
-                            f"{code.name}")
+                            f"{code.name}", -1)
                 if duplicate is not None:
                     first = duplicate if first is None else first
                     continue
@@ -157,13 +156,14 @@ class Producing:
             try:
                 offset = self.broker.append_batch(self.vhost, stream, batch, head.count)
             except (NotFoundError, PreconditionFailedError) as e:
-                return ErrorCode.unknown_topic_or_partition, -1, str(e)
+                return ErrorCode.unknown_topic_or_partition, -1, str(e), -1
             except TidingsError as e:
-                return ErrorCode.kafka_storage_error, -1, str(e)
+                return ErrorCode.kafka_storage_error, -1, str(e), -1
             if head.producer_id >= 0:
                 producers.appended(head, offset)
             first = offset if first is None else first
-        return ErrorCode.none, -1 if first is None else first, None
+        start = self.broker.stream_bounds(self.vhost, stream)[0]
+        return ErrorCode.none, -1 if first is None else first, None, start
 
     def _partition_producers(self, stream: str) -> PartitionProducers:
         """A partition's producers, read back from its log's tail the first time."""
@@ -188,7 +188,3 @@ class Producing:
         for stream in [s for s in self._producers if s == topic or
                        s.startswith(f"{topic}:")]:
             del self._producers[stream]
-
-
-def timedelta_ms(value: datetime.timedelta) -> int:
-    return int(value.total_seconds() * 1000)

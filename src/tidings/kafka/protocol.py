@@ -12,12 +12,16 @@ schemas. What the connection refuses:
   version gets error 35 (UNSUPPORTED_VERSION) in the v0 layout, which every client can read
   (Kafka's own rule); anything else is a :class:`KafkaProtocolError` naming the API;
 - a body that does not parse whole (trailing bytes included): :class:`KafkaProtocolError`.
+
+:func:`make` and :func:`nested` build kio's response entities, whose fields differ from one
+version to the next, so that one builder per API serves all its versions.
 """
 
 from __future__ import annotations
 
 import io
 import struct
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +36,7 @@ from tidings.kafka.versions import (
     API_NAMES,
     API_VERSIONS,
     PRODUCE,
+    REFUSED_PRODUCE,
     SUPPORTED,
     request_class,
     response_class,
@@ -39,7 +44,7 @@ from tidings.kafka.versions import (
 )
 
 __all__ = ["DEFAULT_MAX_REQUEST_BYTES", "KafkaConnection", "KafkaProtocolError",
-           "KafkaRequest"]
+           "KafkaRequest", "make", "nested"]
 
 _SIZE = struct.Struct(">i")
 _HEAD = struct.Struct(">hhi")  # api key, api version, correlation id
@@ -118,7 +123,7 @@ class KafkaConnection:
         flexible = schema.__flexible__
         try:
             header, at = (_read_header_v2 if flexible else _read_header_v1)(frame, 0)
-            if api_key == PRODUCE and version < 3:  # read as v3: a null transactional id
+            if api_key == PRODUCE and version in REFUSED_PRODUCE:  # read as v3: a null id
                 frame = frame[:at] + b"\xff\xff" + frame[at:]
             reader = self._readers.get(schema)
             if reader is None:
@@ -131,7 +136,7 @@ class KafkaConnection:
             raise KafkaProtocolError(f"{API_NAMES[api_key]} v{version} request has "
                                      f"{len(frame) - at - size} trailing bytes")
         refused = f"Produce v{version} is not supported" if api_key == PRODUCE and \
-            version < 3 else None
+            version in REFUSED_PRODUCE else None
         return KafkaRequest(api_key, version, correlation_id, header.client_id, body, refused)
 
     def response(self, request: KafkaRequest, body: Any) -> bytes:
@@ -178,3 +183,22 @@ def produce_refusal(request: KafkaRequest) -> bytes:
     if version >= 1:
         out.append(_SIZE.pack(0))
     return b"".join(out)
+
+
+_fields: dict[type, frozenset[str]] = {}
+
+
+def make(cls: type, **values: Any) -> Any:
+    """An entity of kio's ``cls`` from ``values``, leaving out the fields its version lacks
+    (one builder serves every version of a response)."""
+    names = _fields.get(cls)
+    if names is None:
+        names = _fields[cls] = frozenset(cls.__dataclass_fields__)
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def nested(cls: type, name: str) -> type:
+    """The entity type ``name`` defined beside kio's response type ``cls``."""
+    found = getattr(sys.modules[cls.__module__], name)
+    assert isinstance(found, type)
+    return found

@@ -27,10 +27,12 @@ from tidings.kafka.protocol import (
     KafkaProtocolError,
     KafkaRequest,
     api_versions_refusal,
+    make,
+    nested,
     produce_refusal,
     response_schema,
 )
-from tidings.kafka.settings import KafkaSettings, make, nested
+from tidings.kafka.settings import KafkaSettings
 from tidings.kafka.topics import NO_THROTTLE, Topics
 from tidings.kafka.versions import (
     API_VERSIONS,
@@ -178,7 +180,7 @@ class KafkaLink(asyncio.Protocol):
                           request.name)
             self.close()
             return
-        if asyncio.iscoroutine(answer):
+        if asyncio.iscoroutine(answer):  # (Produce appended already: only its answer waits)
             task = asyncio.ensure_future(answer)
             task.add_done_callback(lambda _: self._flush())
             self._pending.append((request, task))

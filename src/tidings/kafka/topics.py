@@ -28,7 +28,8 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from tidings.errors import NotFoundError, TidingsError
-from tidings.kafka.settings import KafkaSettings, make, nested
+from tidings.kafka.protocol import make, nested
+from tidings.kafka.settings import KafkaSettings
 from tidings.routing.front_door import FrontDoor, QueueInfo
 from tidings.statistics import StreamStatistics
 

@@ -73,8 +73,9 @@ FILTER, FILTER_VALUE, MATCH_UNFILTERED = (
 
 
 #: One record read ahead: its offset, timestamp ms, and its stored bytes (or, from a
-#: batch, the record already decoded).
-Ahead = tuple[int, int, "bytes | Record"]
+#: batch, the record already decoded; None for the last offset of a batch that cannot be
+#: read, which is skipped).
+Ahead = tuple[int, int, "bytes | Record | None"]
 
 
 class _Cursor:
@@ -125,7 +126,8 @@ class StreamQueue(Queue):
         return max(0, self.end_offset - self.log.first_offset)
 
     def held_bytes(self) -> int:
-        return sum(len(r[2]) if isinstance(r[2], bytes) else len(r[2].message.body)
+        return sum(len(r[2]) if isinstance(r[2], bytes) else
+                   len(r[2].message.body) if r[2] is not None else 0
                    for c in self._cursors.values() for r in c.ahead)
 
     # -- named readers ---------------------------------------------------------------------
@@ -275,25 +277,24 @@ class StreamQueue(Queue):
             if not entries:
                 break
             for found in entries:
-                if found.offset >= end or (out and taken >= max_bytes):
+                if found.offset >= end or (taken and taken >= max_bytes):
                     offset = end
                     break
+                message = None
+                if not found.batch:
+                    with contextlib.suppress(RecordError):  # (logged where AMQP reads it)
+                        message = decode_record(found.payload).message
+                if message is None and run:  # a batch, or a gap: the run's offsets end here
+                    out.append(encode_batch(run_start, run))
+                    run = []
                 if found.batch:
-                    if run:
-                        out.append(encode_batch(run_start, run))
-                        run = []
                     out.append(found.payload)
                     self.counters.delivered += found.count
-                else:
-                    try:
-                        message = decode_record(found.payload).message
-                    except RecordError:
-                        message = None  # (logged where consumers read it): a gap
-                    if message is not None:
-                        if not run:
-                            run_start = found.offset
-                        run.append(kafka_fields(message, found.timestamp_ms))
-                        self.counters.delivered += 1
+                elif message is not None:
+                    if not run:
+                        run_start = found.offset
+                    run.append(kafka_fields(message, found.timestamp_ms))
+                    self.counters.delivered += 1
                 taken += len(found.payload)
                 offset = found.end
         if run:
@@ -395,7 +396,7 @@ class StreamQueue(Queue):
             except BatchError as e:
                 log.error("stream '%s' in vhost '%s': batch at offsets %d-%d skipped: %s",
                           self.name, self.vhost, found.offset, found.end - 1, e)
-                cursor.offset = found.end
+                cursor.ahead.append((found.end - 1, found.timestamp_ms, None))  # go past it
                 continue
             cursor.ahead.extend((found.offset + i, r.timestamp_ms, record_of(r, self.name))
                                 for i, r in enumerate(records)
@@ -403,6 +404,8 @@ class StreamQueue(Queue):
 
     def _entry(self, found: Ahead) -> Entry | None:
         offset, timestamp_ms, stored = found
+        if stored is None:
+            return None
         if isinstance(stored, Record):
             record = stored
         else:
