@@ -201,8 +201,10 @@ class Topics:
         if taken:
             raise TopicError(ErrorCode.topic_already_exists,
                              f"topic '{name}' already exists in vhost '{self.vhost}'"
-                             if taken[0] == name else
-                             f"queue '{taken[0]}' in vhost '{self.vhost}' already exists")
+                             if taken[0] == name and self.find(name) is not None else
+                             f"queue '{taken[0]}' in vhost '{self.vhost}' already exists "
+                             f"(topic '{name}' would need it for its partition "
+                             f"{streams.index(taken[0])})")
         if validate_only:
             return
         try:
