@@ -29,6 +29,8 @@ from ..serverproc import ServerProcess
 from .raw import RawKafka
 
 SECOND = datetime.timedelta(seconds=1)
+#: Garbage frames sent by the fuzz test (``TIDINGS_KAFKA_FUZZ=5000`` for a long run).
+FUZZ_FRAMES = int(os.environ.get("TIDINGS_KAFKA_FUZZ", "200"))
 
 
 @pytest.fixture
@@ -222,7 +224,7 @@ def test_a_fetch_at_the_end_waits_for_the_next_record(raw: RawKafka,
 
 def test_garbage_never_hurts_the_listener(server: ServerProcess) -> None:
     rng = random.Random(20)
-    for _ in range(200):
+    for _ in range(FUZZ_FRAMES):
         raw = RawKafka(server.kafka_port)
         size = rng.choice([0, 3, 8, 20, 200, 5000])
         payload = os.urandom(size) if rng.random() < 0.5 else \
