@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tidings.errors import InvalidArgumentError
 from tidings.storage.segments import HEAD, INDEX_EVERY_BYTES, SegmentLog
 
 
@@ -177,3 +178,39 @@ def test_a_log_far_larger_than_a_read_is_read_with_bounded_memory(tmp_path: Path
         peak = max(peak, rss_mb())
     assert seen == log.next_offset == 80 * 2**20 // 4096
     assert peak - before < 20, f"reading grew the process by {peak - before:.0f} MB"
+
+
+def test_a_batch_entry_takes_its_offsets_reads_whole_and_survives_reopening(
+        tmp_path: Path) -> None:
+    log = SegmentLog(tmp_path, max_segment_bytes=5_000)
+    assert log.append([b"a", b"b"], 1) == 0
+    assert log.append_batch(b"batch of five", 5, 2) == 2  # offsets 2-6
+    assert log.append([b"h"], 3) == 7
+    with pytest.raises(InvalidArgumentError):
+        log.append_batch(b"empty", 0, 4)
+    found = log.read(4, max_records=10)  # inside the batch: the batch comes whole
+    assert [(r.offset, r.count, r.batch, r.payload) for r in found] == [
+        (2, 5, True, b"batch of five"), (7, 1, False, b"h")]
+    assert found[0].end == 7
+    for i in range(100):  # roll segments past the batch
+        log.append_batch(payload(i), 3, 10 + i)
+    log.close()
+    again = SegmentLog(tmp_path)
+    assert again.next_offset == 8 + 300
+    assert again.segment_count() > 2
+    assert [r.offset for r in again.read(0, 5)] == [0, 1, 2, 7, 8]
+    assert [r.offset for r in again.read(160, 2)] == [158, 161]  # 158-160, then 161-163
+    assert again.offset_at(50) == 8 + 3 * 40
+
+
+def test_a_torn_batch_at_the_tail_is_cut_whole(tmp_path: Path) -> None:
+    log = SegmentLog(tmp_path)
+    log.append([b"a"], 1)
+    log.append_batch(b"x" * 100, 4, 2)
+    log.close()
+    segment = next(tmp_path.glob("*.seg"))
+    with open(segment, "r+b") as f:  # the batch's last byte lost
+        f.truncate(segment.stat().st_size - 1)
+    again = SegmentLog(tmp_path)
+    assert again.next_offset == 1, "no part of a torn batch is kept"
+    assert again.append_batch(b"y", 2, 3) == 1

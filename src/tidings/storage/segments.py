@@ -38,8 +38,8 @@ import os
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from tidings.errors import InvalidArgumentError
 from tidings.files import make_private_directory
@@ -60,10 +60,10 @@ DEFAULT_SEGMENT_BYTES = 64 * 2**20
 MAX_RECORD_BYTES = 64 * 2**20
 
 
-@dataclass(frozen=True, slots=True)
-class LogRecord:
+class LogRecord(NamedTuple):
     """One entry of the log: a record, or (``batch``) ``count`` records in one payload
-    starting at ``offset``."""
+    starting at ``offset``. (A tuple: reads make one per record, and a tuple is the cheapest
+    object to make.)"""
 
     offset: int
     timestamp_ms: int
@@ -167,30 +167,31 @@ class SegmentLog:
     def append(self, payloads: list[bytes], timestamp_ms: int) -> int:
         """Append records (one timestamp for the batch); returns the first one's offset.
         Durable once :meth:`sync` returns."""
-        return self._append([(p, 1, False) for p in payloads], timestamp_ms)
+        return self._append(payloads, timestamp_ms, 0)
 
     def append_batch(self, payload: bytes, count: int, timestamp_ms: int) -> int:
         """Append one entry holding ``count`` records (an opaque batch); returns its first
         offset. Durable once :meth:`sync` returns."""
         if count < 1:
             raise InvalidArgumentError(f"a batch holds at least one record, not {count}")
-        return self._append([(payload, count, True)], timestamp_ms)
+        return self._append([payload], timestamp_ms, count)
 
-    def _append(self, entries: list[tuple[bytes, int, bool]], timestamp_ms: int) -> int:
+    def _append(self, payloads: list[bytes], timestamp_ms: int, count: int) -> int:
+        """Each payload a record (``count`` 0), or the one payload a batch of ``count``."""
         first = self.next_offset
-        for payload, _, _ in entries:
+        for payload in payloads:
             if len(payload) > MAX_RECORD_BYTES:
                 raise InvalidArgumentError(f"record of {len(payload)} bytes is larger than "
                                            f"{MAX_RECORD_BYTES}")
         parts: list[bytes] = []
         segment = self._segments[-1]
-        for payload, count, batch in entries:
+        for payload in payloads:
             if segment.size >= self.max_segment_bytes and not segment.empty():
                 self._write(parts)
                 parts = []
                 segment = self._roll()
             offset = segment.last_offset + 1
-            if batch:
+            if count:
                 tail = _CHECKED.pack(offset, timestamp_ms) + _COUNT.pack(count) + payload
                 record = _LENGTH_CRC.pack(len(payload) | BATCH_FLAG, zlib.crc32(tail)) + tail
             else:
@@ -206,7 +207,7 @@ class SegmentLog:
             parts.append(record)
             segment.size += len(record)
             self._since_index += len(record)
-            segment.last_offset = offset + count - 1
+            segment.last_offset = offset + count - 1 if count else offset
             segment.last_timestamp = timestamp_ms
         self._write(parts)
         return first
@@ -248,7 +249,7 @@ class SegmentLog:
             if segment.last_offset >= offset:
                 start = self._position(segment, offset)
                 for record in self._scan(segment, start):
-                    if record.end <= offset:
+                    if record.offset + record.count <= offset:
                         continue
                     if len(out) >= max_records or (out and taken >= max_bytes):
                         return out
