@@ -68,6 +68,9 @@ def test_serve_bad_flag_value_is_one_line_exit_2() -> None:
     assert "--kafka-message-max-bytes 0: 1 to --max-message-bytes" in out.stderr
     out = run("serve", "--kafka-port", "0", "--kafka-max-partitions", "0")
     assert out.returncode == 2 and "--kafka-max-partitions 0" in out.stderr
+    out = run("serve", "--kafka-port", "0", "--kafka-max-partitions", "0",
+              "--max-message-bytes", "1000")  # Kafka's default batch limit yields to it
+    assert out.returncode == 2 and "--kafka-message-max-bytes" not in out.stderr
 
 
 def test_serve_loop_choice() -> None:

@@ -58,9 +58,9 @@ def add_serve_parser(commands: Any, port: Callable[[str], int]) -> None:
                        help="port Kafka clients are told to connect to (default: the "
                             "Kafka port)")
     serve.add_argument("--kafka-message-max-bytes", type=int,
-                       default=DEFAULT_MESSAGE_MAX_BYTES,
-                       help="largest record batch a Kafka producer may send (Kafka's "
-                            "message.max.bytes); at most --max-message-bytes")
+                       help=f"largest record batch a Kafka producer may send (Kafka's "
+                            f"message.max.bytes; default {DEFAULT_MESSAGE_MAX_BYTES}, or "
+                            f"--max-message-bytes when that is lower)")
     serve.add_argument("--kafka-max-partitions", type=int, default=256,
                        help="most partitions one Kafka topic may have")
     serve.add_argument("--kafka-no-auto-create-topics", action="store_true",
@@ -216,7 +216,10 @@ async def serve(args: argparse.Namespace) -> int:
 
 def kafka_flag_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the Kafka flags as given (a usage error), or None."""
-    if not 1 <= args.kafka_message_max_bytes <= args.max_message_bytes:
+    if args.kafka_port < 0:
+        return None
+    if args.kafka_message_max_bytes is not None and \
+            not 1 <= args.kafka_message_max_bytes <= args.max_message_bytes:
         return (f"--kafka-message-max-bytes {args.kafka_message_max_bytes}: 1 to "
                 f"--max-message-bytes ({args.max_message_bytes})")
     if args.kafka_max_partitions < 1:
@@ -233,7 +236,8 @@ async def _start_kafka(args: argparse.Namespace, broker: Any) -> Any:
     host = args.kafka_advertised_host or (
         "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host)
     settings = KafkaSettings(host, args.kafka_advertised_port or 0, vhost=args.kafka_vhost,
-                             message_max_bytes=args.kafka_message_max_bytes,
+                             message_max_bytes=args.kafka_message_max_bytes or min(
+                                 DEFAULT_MESSAGE_MAX_BYTES, args.max_message_bytes),
                              max_partitions=args.kafka_max_partitions,
                              auto_create_topics=not args.kafka_no_auto_create_topics)
     kafka = KafkaServer(broker, settings)
