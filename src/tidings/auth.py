@@ -51,6 +51,33 @@ def hash_password(password: str) -> str:
     return f"pbkdf2-sha256${PBKDF2_ITERATIONS}${encoded_salt}${encoded}"
 
 
+#: The SCRAM mechanisms whose credentials every user gets (Kafka's SASL/SCRAM): salted keys
+#: (RFC 5802's StoredKey and ServerKey), never the password; 8192 rounds (Kafka allows 4096 to
+#: 16384).
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+SCRAM_ITERATIONS = 8_192
+
+
+def scram_credentials(password: str) -> dict[str, list[Any]]:
+    """A user's SCRAM credentials: mechanism -> [salt, stored key, server key (base64),
+    iterations]."""
+    from scramp import ScramMechanism
+
+    out: dict[str, list[Any]] = {}
+    for mechanism in SCRAM_MECHANISMS:
+        salt, stored, server, rounds = ScramMechanism(mechanism).make_auth_info(
+            password, iteration_count=SCRAM_ITERATIONS)
+        out[mechanism] = [base64.b64encode(v).decode() for v in (salt, stored, server)] + [
+            rounds]
+    return out
+
+
+def new_user(password: str, **extra: Any) -> dict[str, Any]:
+    """A users-file entry: the password's hash and SCRAM credentials, never the password."""
+    return {"password": hash_password(password), "scram": scram_credentials(password),
+            **extra}
+
+
 def check_password(password: str, stored: str) -> bool:
     try:
         scheme, iterations, salt, digest = stored.split("$")
@@ -77,8 +104,8 @@ class Users:
     @classmethod
     def default(cls) -> Users:
         users = cls()
-        users.users[DEFAULT_USER] = {"password": hash_password("guest"), "loopback_only": True,
-                                     "tags": ["administrator"]}
+        users.users[DEFAULT_USER] = new_user("guest", loopback_only=True,
+                                             tags=["administrator"])
         users.permissions["/"] = {DEFAULT_USER: {"configure": ".*", "write": ".*", "read": ".*"}}
         return users
 
@@ -238,6 +265,34 @@ class UserStore:
             )
         return username
 
+    def scram_credentials(self, username: str, mechanism: str
+                          ) -> tuple[bytes, bytes, bytes, int] | None:
+        """The user's SCRAM credentials for ``mechanism`` (salt, stored key, server key,
+        iterations), or None: no such user, or one made before tidings kept them."""
+        user = self.reload().users.get(username)
+        found = (user or {}).get("scram", {}).get(mechanism)
+        if not found:
+            return None
+        salt, stored, server, rounds = found
+        return (base64.b64decode(salt), base64.b64decode(stored), base64.b64decode(server),
+                int(rounds))
+
+    def admit(self, username: str, peer_host: str | None) -> str:
+        """``username`` once its credentials were proven some other way (SCRAM): raises
+        AccessRefusedError when it may not connect from ``peer_host``."""
+        user = self.reload().users.get(username)
+        if user is None:
+            raise AccessRefusedError(f"login was refused for user '{username}'")
+        return self._admit(username, user, peer_host)
+
+    def anonymous(self, peer_host: str | None) -> str | None:
+        """Who a connection that does not log in is (protocols where logging in is optional,
+        as MQTT in RabbitMQ): :data:`DEFAULT_USER` where it may connect from ``peer_host``."""
+        try:
+            return self.admit(DEFAULT_USER, peer_host)
+        except AccessRefusedError:
+            return None
+
     def control_token(self) -> str:
         """The token of :data:`CONTROL_USER`, valid while this process runs (made once)."""
         if self._control_token is None:
@@ -301,7 +356,7 @@ class UserStore:
         users = self.reload()
         if username in users.users:
             raise ConfigError(f"user '{username}' already exists")
-        users.users[username] = {"password": hash_password(password)}
+        users.users[username] = new_user(password)
         self.save(users)
 
     def delete_user(self, username: str) -> None:

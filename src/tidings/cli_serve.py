@@ -65,6 +65,20 @@ def add_serve_parser(commands: Any, port: Callable[[str], int]) -> None:
                        help="most partitions one Kafka topic may have")
     serve.add_argument("--kafka-no-auto-create-topics", action="store_true",
                        help="do not create a topic when a Kafka client asks for its metadata")
+    serve.add_argument("--kafka-tls-port", type=port, default=-1,
+                       help="Kafka over TLS port, with --tls-cert and --tls-key (off unless "
+                            "given)")
+    serve.add_argument("--kafka-require-sasl", action="store_true",
+                       help="every Kafka client must log in with SASL (PLAIN, SCRAM-SHA-256 "
+                            "or -512); else one that does not is guest, from where guest may "
+                            "connect")
+    serve.add_argument("--kafka-group-min-session-timeout-ms", type=int, default=6_000,
+                       help="shortest session timeout a Kafka consumer may ask for")
+    serve.add_argument("--kafka-group-max-session-timeout-ms", type=int, default=1_800_000,
+                       help="longest session timeout a Kafka consumer may ask for")
+    serve.add_argument("--kafka-group-initial-rebalance-delay-ms", type=int, default=3_000,
+                       help="how long a new consumer group waits for more members before "
+                            "its first rebalance")
     serve.add_argument("--tls-cert", help="PEM certificate (chain) for TLS")
     serve.add_argument("--tls-key", help="PEM private key for TLS")
     serve.add_argument("--heartbeat-s", type=int, default=60,
@@ -186,7 +200,7 @@ async def serve(args: argparse.Namespace) -> int:
                   f"{scheme}://guest:guest@{_url_host(args.host)}:{bound}/", flush=True)
 
         if args.kafka_port >= 0:
-            kafka = await _start_kafka(args, broker)
+            kafka = await _start_kafka(args, broker, server.users, tls)
         await start_owner_socket(server, data_dir)  # embedded processes join through it
         if args.http_port >= 0:
             http = await _start_http(args, broker, server, tls)
@@ -224,10 +238,21 @@ def kafka_flag_problem(args: argparse.Namespace) -> str | None:
                 f"--max-message-bytes ({args.max_message_bytes})")
     if args.kafka_max_partitions < 1:
         return f"--kafka-max-partitions {args.kafka_max_partitions}: at least 1"
+    low, high = (args.kafka_group_min_session_timeout_ms,
+                 args.kafka_group_max_session_timeout_ms)
+    if not 1 <= low <= high:
+        return (f"--kafka-group-min-session-timeout-ms {low} and "
+                f"--kafka-group-max-session-timeout-ms {high}: 1 <= min <= max")
+    if args.kafka_group_initial_rebalance_delay_ms < 0:
+        return (f"--kafka-group-initial-rebalance-delay-ms "
+                f"{args.kafka_group_initial_rebalance_delay_ms}: at least 0")
+    if args.kafka_tls_port >= 0 and not (args.tls_cert and args.tls_key):
+        return "--kafka-tls-port needs --tls-cert and --tls-key"
     return None
 
 
-async def _start_kafka(args: argparse.Namespace, broker: Any) -> Any:
+async def _start_kafka(args: argparse.Namespace, broker: Any, users: Any,
+                       tls: ssl.SSLContext | None) -> Any:
     from tidings.kafka.server import KafkaServer
     from tidings.kafka.settings import KafkaSettings
 
@@ -239,15 +264,27 @@ async def _start_kafka(args: argparse.Namespace, broker: Any) -> Any:
                              message_max_bytes=args.kafka_message_max_bytes or min(
                                  DEFAULT_MESSAGE_MAX_BYTES, args.max_message_bytes),
                              max_partitions=args.kafka_max_partitions,
-                             auto_create_topics=not args.kafka_no_auto_create_topics)
-    kafka = KafkaServer(broker, settings)
-    try:
-        bound = await kafka.listen(args.host, args.kafka_port)
-    except OSError as e:
-        raise ConfigError(f"port {args.kafka_port} is not available (--kafka-port): "
-                          f"{e.strerror or e}") from e
-    print(f"tidings: kafka listening on {args.host}:{bound} (vhost '{args.kafka_vhost}', "
-          f"advertised as {settings.host}:{settings.port})", flush=True)
+                             auto_create_topics=not args.kafka_no_auto_create_topics,
+                             require_sasl=args.kafka_require_sasl,
+                             group_min_session_timeout_ms=args.kafka_group_min_session_timeout_ms,
+                             group_max_session_timeout_ms=args.kafka_group_max_session_timeout_ms,
+                             group_initial_rebalance_delay_ms=(
+                                 args.kafka_group_initial_rebalance_delay_ms))
+    kafka = KafkaServer(broker, settings, users)
+    listening = [("kafka", args.kafka_port, None, "--kafka-port")]
+    if args.kafka_tls_port >= 0:
+        listening.append(("kafka+tls", args.kafka_tls_port, tls, "--kafka-tls-port"))
+    for name, port, context, flag in listening:
+        try:
+            bound = await kafka.listen(args.host, port, context)
+        except OSError as e:
+            await kafka.close()
+            raise ConfigError(f"port {port} is not available ({flag}): "
+                              f"{e.strerror or e}") from e
+        advertised = settings.port if context is None else bound
+        print(f"tidings: {name} listening on {args.host}:{bound} (vhost "
+              f"'{args.kafka_vhost}', advertised as {settings.host}:{advertised}"
+              f"{', SASL required' if settings.require_sasl else ''})", flush=True)
     return kafka
 
 

@@ -8,6 +8,7 @@ import datetime
 from kio.schema.fetch.v11 import request as fetch
 from kio.schema.fetch.v11.response import FetchResponse
 
+from tidings.kafka.access import Access
 from tidings.kafka.fetch import Fetching
 from tidings.kafka.settings import KafkaSettings
 from tidings.kafka.topics import Topics
@@ -27,7 +28,7 @@ async def test_abandoned_waits_do_not_pile_up(broker: Broker) -> None:
                 partition=0, current_leader_epoch=-1, fetch_offset=0, log_start_offset=-1,
                 partition_max_bytes=1 << 20),)),), forgotten_topics_data=(), rack_id="")
     for _ in range(300):
-        response = await fetching.fetch(request, FetchResponse)
+        response = await fetching.fetch(request, FetchResponse, Access(None, "/"))
         assert response.responses[0].partitions[0].records == b""
     queue = broker.vhosts.get_queue("/", "idle")
     assert isinstance(queue, StreamQueue)

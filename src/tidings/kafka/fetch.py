@@ -17,9 +17,11 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from tidings.errors import TidingsError
+from tidings.kafka.access import Access
+from tidings.kafka.errors import TopicError
 from tidings.kafka.protocol import make, nested
 from tidings.kafka.settings import KafkaSettings
-from tidings.kafka.topics import NO_THROTTLE, TopicError, Topics
+from tidings.kafka.topics import NO_THROTTLE, Topics
 from tidings.routing.front_door import FrontDoor
 
 __all__ = ["Fetching"]
@@ -34,11 +36,11 @@ class Fetching:
 
     # -- Fetch ---------------------------------------------------------------------------------
 
-    async def fetch(self, body: Any, schema: type) -> Any:
+    async def fetch(self, body: Any, schema: type, access: Access) -> Any:
         wait_s = max(0.0, body.max_wait.total_seconds())
         deadline = time.monotonic() + min(wait_s, 60.0)
         while True:
-            topics, total, streams, failed = self._read(body, schema)
+            topics, total, streams, failed = self._read(body, schema, access)
             left = deadline - time.monotonic()
             if total >= max(1, body.min_bytes) or failed or left <= 0 or not streams:
                 break
@@ -54,7 +56,8 @@ class Fetching:
         return make(schema, throttle_time=NO_THROTTLE, error_code=ErrorCode.none,
                     session_id=0, responses=tuple(topics))
 
-    def _read(self, body: Any, schema: type) -> tuple[list[Any], int, list[str], bool]:
+    def _read(self, body: Any, schema: type, access: Access
+              ) -> tuple[list[Any], int, list[str], bool]:
         """The responses, their bytes, the streams read, and whether any partition failed."""
         topic_type = nested(schema, "FetchableTopicResponse")
         partition_type = nested(schema, "PartitionData")
@@ -70,6 +73,7 @@ class Fetching:
                     if budget < 0:
                         raise TopicError(ErrorCode.invalid_request,
                                          "too many partitions in one request")
+                    access.check_topic("read", topic.topic)
                     stream = self.topics.stream(topic.topic, p.partition)
                     start, high = self.broker.stream_bounds(self.vhost, stream)
                     if not start <= p.fetch_offset <= high:
@@ -95,7 +99,7 @@ class Fetching:
 
     # -- ListOffsets -----------------------------------------------------------------------
 
-    def list_offsets(self, body: Any, schema: type) -> Any:
+    def list_offsets(self, body: Any, schema: type, access: Access) -> Any:
         topic_type = nested(schema, "ListOffsetsTopicResponse")
         partition_type = nested(schema, "ListOffsetsPartitionResponse")
         topics = []
@@ -104,6 +108,7 @@ class Fetching:
             for p in topic.partitions[:self.settings.max_topics_per_request]:
                 code, offset, timestamp = ErrorCode.none, -1, -1
                 try:
+                    access.check_topic("read", topic.name)
                     stream = self.topics.stream(topic.name, p.partition_index)
                     first, end = self.broker.stream_bounds(self.vhost, stream)
                     if p.timestamp == LATEST:

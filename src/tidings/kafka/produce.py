@@ -16,10 +16,12 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from tidings.errors import NotFoundError, PreconditionFailedError, TidingsError
+from tidings.kafka.access import Access
+from tidings.kafka.errors import TopicError
 from tidings.kafka.producers import REBUILD_RECORDS, PartitionProducers, ProducerIds
 from tidings.kafka.protocol import make, nested
 from tidings.kafka.settings import KafkaSettings
-from tidings.kafka.topics import NO_THROTTLE, TopicError, Topics
+from tidings.kafka.topics import NO_THROTTLE, Topics
 from tidings.record_batch import (
     CONTROL,
     TRANSACTIONAL,
@@ -61,7 +63,8 @@ class Producing:
 
     # -- Produce ------------------------------------------------------------------------------
 
-    def produce(self, body: Any, schema: type) -> Coroutine[Any, Any, Any] | None:
+    def produce(self, body: Any, schema: type, access: Access
+                ) -> Coroutine[Any, Any, Any] | None:
         """Append now (so a connection's requests apply in the order it sent them); returns
         what awaits the response once the appends are durable (None for ``acks=0``)."""
         refused: Result | None = None
@@ -82,7 +85,7 @@ class Producing:
                     result = refused or (ErrorCode.invalid_request, -1,
                                          "too many partitions in one request", -1)
                 else:
-                    result = self._append(topic.name, data.index, data.records)
+                    result = self._append(topic.name, data.index, data.records, access)
                     appended = appended or result[0] == ErrorCode.none
                 partitions.append((data.index, result))
             results.append((topic.name, partitions))
@@ -116,8 +119,10 @@ class Producing:
             topics.append(make(topic_type, name=name, partition_responses=tuple(rows)))
         return make(schema, responses=tuple(topics), throttle_time=NO_THROTTLE)
 
-    def _append(self, topic: str, partition: int, records: bytes | None) -> Result:
+    def _append(self, topic: str, partition: int, records: bytes | None, access: Access
+                ) -> Result:
         try:
+            access.check_topic("write", topic)
             stream = self.topics.stream(topic, partition)
         except TopicError as e:
             return e.code, -1, str(e), -1

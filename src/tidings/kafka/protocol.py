@@ -35,18 +35,22 @@ from kio.serial import entity_reader, entity_writer
 from tidings.kafka.versions import (
     API_NAMES,
     API_VERSIONS,
+    CONSUMER_GROUP_HEARTBEAT,
     PRODUCE,
     REFUSED_PRODUCE,
+    SASL_AUTHENTICATE,
     SUPPORTED,
     request_class,
     response_class,
     supported,
 )
 
-__all__ = ["DEFAULT_MAX_REQUEST_BYTES", "KafkaConnection", "KafkaProtocolError",
+__all__ = ["DEFAULT_MAX_REQUEST_BYTES", "RAW_SASL", "KafkaConnection", "KafkaProtocolError",
            "KafkaRequest", "make", "nested"]
 
 _SIZE = struct.Struct(">i")
+#: The version of a bare SASL token (after SaslHandshake v0) read as a SaslAuthenticate.
+RAW_SASL = -1
 _HEAD = struct.Struct(">hhi")  # api key, api version, correlation id
 #: Kafka's socket.request.max.bytes default.
 DEFAULT_MAX_REQUEST_BYTES = 100 * 2**20
@@ -92,6 +96,8 @@ class KafkaConnection:
         self._buffer = bytearray()
         self._writers: dict[type, Any] = {}
         self._readers: dict[type, Any] = {}
+        #: After a SaslHandshake v0 the next frame is a bare SASL token, not a request.
+        self.raw_sasl = False
 
     def receive_data(self, data: bytes) -> list[KafkaRequest]:
         """Whole requests in ``data`` (and what came before it)."""
@@ -100,19 +106,27 @@ class KafkaConnection:
         out = []
         while len(buffer) >= 4:
             (size,) = _SIZE.unpack_from(buffer)
-            if size < _HEAD.size or size > self.max_request_bytes:
+            if size < (0 if self.raw_sasl else _HEAD.size) or size > self.max_request_bytes:
                 raise KafkaProtocolError(
                     f"request of {size} bytes (the limit is {self.max_request_bytes})")
             if len(buffer) < 4 + size:
                 break
             frame = bytes(buffer[4:4 + size])
             del buffer[:4 + size]
+            if self.raw_sasl:
+                self.raw_sasl = False
+                out.append(KafkaRequest(SASL_AUTHENTICATE, RAW_SASL, 0, None, frame))
+                continue
             out.append(self._parse(frame))
         return out
 
     def _parse(self, frame: bytes) -> KafkaRequest:
         api_key, version, correlation_id = _HEAD.unpack_from(frame)
-        if not supported(api_key, version):
+        refused = None
+        if api_key == CONSUMER_GROUP_HEARTBEAT and version in (0, 1):
+            refused = ("the consumer group protocol of KIP-848 is not supported: use the "
+                       "classic one (group.protocol=classic)")
+        elif not supported(api_key, version):
             if api_key == API_VERSIONS:
                 return KafkaRequest(api_key, version, correlation_id, None, None,
                                     f"ApiVersions v{version} is not supported")
@@ -135,8 +149,8 @@ class KafkaConnection:
         if at + size != len(frame):
             raise KafkaProtocolError(f"{API_NAMES[api_key]} v{version} request has "
                                      f"{len(frame) - at - size} trailing bytes")
-        refused = f"Produce v{version} is not supported" if api_key == PRODUCE and \
-            version in REFUSED_PRODUCE else None
+        if api_key == PRODUCE and version in REFUSED_PRODUCE:
+            refused = f"Produce v{version} is not supported"
         return KafkaRequest(api_key, version, correlation_id, header.client_id, body, refused)
 
     def response(self, request: KafkaRequest, body: Any) -> bytes:
@@ -144,7 +158,9 @@ class KafkaConnection:
         refused Produce v0-v2, bytes already in that version's layout)."""
         out = io.BytesIO()
         out.write(b"\0\0\0\0")
-        if isinstance(body, bytes):
+        if request.api_version == RAW_SASL:
+            out.write(body)
+        elif isinstance(body, bytes):
             _write_header_v0(out, ResponseHeaderV0(correlation_id=request.correlation_id))
             out.write(body)
         else:

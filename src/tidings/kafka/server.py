@@ -1,5 +1,6 @@
 """The Kafka listener: the one asyncio driver of :mod:`tidings.kafka.protocol`, and the
-dispatch of each request to what answers it (topics, produce, fetch).
+dispatch of each request to what answers it (topics, produce, fetch, groups, offsets,
+SASL), under the connection's user's permissions (:mod:`tidings.kafka.access`).
 
 Kafka clients pipeline requests and expect the responses in the order they asked. Each
 connection answers what it can at once (metadata, configs) and runs Produce and Fetch as
@@ -15,14 +16,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from tidings.auth import UserStore
+from tidings.errors import TidingsError
+from tidings.kafka.access import Access
+from tidings.kafka.errors import GroupError, TopicError
 from tidings.kafka.fetch import Fetching
+from tidings.kafka.group_api import GroupRequests
+from tidings.kafka.groups import Coordinator
+from tidings.kafka.offsets import Offsets
 from tidings.kafka.produce import Producing
 from tidings.kafka.protocol import (
+    RAW_SASL,
     KafkaConnection,
     KafkaProtocolError,
     KafkaRequest,
@@ -32,19 +43,32 @@ from tidings.kafka.protocol import (
     produce_refusal,
     response_schema,
 )
+from tidings.kafka.sasl import MECHANISMS, SaslExchange, SaslFailed
 from tidings.kafka.settings import KafkaSettings
 from tidings.kafka.topics import NO_THROTTLE, Topics
 from tidings.kafka.versions import (
     API_VERSIONS,
+    CONSUMER_GROUP_HEARTBEAT,
     CREATE_TOPICS,
     DELETE_TOPICS,
     DESCRIBE_CONFIGS,
+    DESCRIBE_GROUPS,
     FETCH,
+    FIND_COORDINATOR,
+    HEARTBEAT,
     INIT_PRODUCER_ID,
+    JOIN_GROUP,
+    LEAVE_GROUP,
+    LIST_GROUPS,
     LIST_OFFSETS,
     METADATA,
+    OFFSET_COMMIT,
+    OFFSET_FETCH,
     PRODUCE,
+    SASL_AUTHENTICATE,
+    SASL_HANDSHAKE,
     SUPPORTED,
+    SYNC_GROUP,
 )
 from tidings.routing.front_door import FrontDoor
 
@@ -57,28 +81,76 @@ MAX_IN_FLIGHT = 32
 
 
 class KafkaServer:
-    """One Kafka listener on one vhost of the broker."""
+    """One Kafka listener (plain and, optionally, TLS) on one vhost of the broker."""
 
-    def __init__(self, broker: FrontDoor, settings: KafkaSettings) -> None:
+    def __init__(self, broker: FrontDoor, settings: KafkaSettings,
+                 users: UserStore | None = None) -> None:
         self.broker = broker
         self.settings = settings
+        #: The users file (None: no logins, every request allowed: embedded tests only).
+        self.users = users
         self.topics = Topics(broker, settings)
         self.producing = Producing(broker, self.topics, settings)
         self.fetching = Fetching(broker, self.topics, settings)
+        self.coordinator = Coordinator(settings)
+        self.groups = GroupRequests(self.coordinator, settings)
+        self.offsets = Offsets(broker, self.topics, self.coordinator, settings)
         self.links: set[KafkaLink] = set()
         self._servers: list[asyncio.base_events.Server] = []
+        self._answers: dict[int, Callable[[KafkaLink, KafkaRequest, Any], Any]] = {
+            PRODUCE: lambda link, r, schema: self.producing.produce(r.body, schema, link.access),
+            FETCH: lambda link, r, schema: self.fetching.fetch(r.body, schema, link.access),
+            LIST_OFFSETS: lambda link, r, schema: self.fetching.list_offsets(
+                r.body, schema, link.access),
+            METADATA: lambda link, r, schema: self.topics.metadata(
+                r.api_version, r.body, schema, link.port, link.access),
+            API_VERSIONS: lambda link, r, schema: self._api_versions(schema),
+            INIT_PRODUCER_ID: lambda link, r, schema: self.producing.init_producer_id(
+                r.body, schema),
+            DESCRIBE_CONFIGS: lambda link, r, schema: self.topics.describe_configs(
+                r.body, schema, link.access),
+            CREATE_TOPICS: lambda link, r, schema: self._durable(
+                self.topics.create_topics(r.body, schema, link.access)),
+            DELETE_TOPICS: self._delete_topics,
+            FIND_COORDINATOR: lambda link, r, schema: self.groups.find_coordinator(
+                r.body, schema, link.port, link.access.check_group),
+            JOIN_GROUP: lambda link, r, schema: self.groups.join(
+                r.body, schema, r.api_version, r.client_id or "", link.host,
+                link.access.check_group),
+            SYNC_GROUP: lambda link, r, schema: self.groups.sync(
+                r.body, schema, link.access.check_group),
+            HEARTBEAT: lambda link, r, schema: self.groups.heartbeat(
+                r.body, schema, link.access.check_group),
+            LEAVE_GROUP: lambda link, r, schema: self.groups.leave(
+                r.body, schema, link.access.check_group),
+            LIST_GROUPS: lambda link, r, schema: self.groups.list_groups(
+                schema, link.access.may_see_group),
+            DESCRIBE_GROUPS: lambda link, r, schema: self.groups.describe_groups(
+                r.body, schema, link.access.check_group),
+            OFFSET_COMMIT: lambda link, r, schema: self._group_and_topic(
+                link, r.body, schema, self.offsets.commit),
+            OFFSET_FETCH: lambda link, r, schema: self._group_and_topic(
+                link, r.body, schema, self.offsets.fetch),
+            SASL_HANDSHAKE: self._sasl_handshake,
+            SASL_AUTHENTICATE: self._sasl_authenticate,
+        }
 
-    async def listen(self, host: str, port: int) -> int:
-        """Start listening; returns the bound port (``port`` 0 picks one)."""
+    async def listen(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
+        """Start listening (TLS only with ``tls``); returns the bound port (``port`` 0 picks
+        one). The plain listener's advertised port is ``settings.port`` (0: the bound one);
+        a TLS listener advertises its bound port."""
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: KafkaLink(self), host, port)
+        server = await loop.create_server(lambda: KafkaLink(self, advertised), host, port,
+                                          ssl=tls)
         self._servers.append(server)
         bound = int(server.sockets[0].getsockname()[1])
-        if not self.settings.port:
+        if not self.settings.port and tls is None:
             self.settings.port = bound
+        advertised = bound if tls is not None else self.settings.port
         return bound
 
     async def close(self) -> None:
+        self.coordinator.close()
         for server in self._servers:
             server.close()
         for link in list(self.links):
@@ -87,56 +159,128 @@ class KafkaServer:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
 
+    # -- who a connection is -------------------------------------------------------------------
+
+    def access_of(self, peer_host: str | None) -> Access:
+        """A new connection's access before it logs in: everything without a users file,
+        the anonymous user (guest, from where guest may connect) unless SASL is required,
+        else nothing."""
+        users = self.users
+        user = None
+        if users is not None and not self.settings.require_sasl:
+            user = users.anonymous(peer_host)
+            if user is not None:
+                try:
+                    users.check_vhost(user, self.settings.vhost)
+                except TidingsError:
+                    user = None
+        return Access(users, self.settings.vhost, user)
+
     # -- answering --------------------------------------------------------------------------
 
-    def answer(self, request: KafkaRequest) -> Any:
+    def answer(self, link: KafkaLink, request: KafkaRequest) -> Any:
         """The response entity (or an awaitable of it; None: no response)."""
-        body, key = request.body, request.api_key
+        key = request.api_key
         if request.refused is not None:
             if key == API_VERSIONS:
                 return api_versions_refusal()
+            if key == CONSUMER_GROUP_HEARTBEAT:
+                return make(response_schema(request), throttle_time=NO_THROTTLE,
+                            error_code=ErrorCode.unsupported_version,
+                            error_message=request.refused, member_id=None, member_epoch=-1,
+                            heartbeat_interval=NO_THROTTLE, assignment=None)
             return produce_refusal(request)
-        schema = response_schema(request)
-        if key == PRODUCE:
-            return self.producing.produce(body, schema)
-        if key == FETCH:
-            return self.fetching.fetch(body, schema)
-        if key == METADATA:
-            return self.topics.metadata(request.api_version, body, schema)
-        if key == API_VERSIONS:
-            version_type = nested(schema, "ApiVersion")
-            versions = tuple(make(version_type, api_key=k, min_version=lo, max_version=hi)
-                             for k, (lo, hi) in sorted(SUPPORTED.items()))
-            return make(schema, error_code=ErrorCode.none, throttle_time=NO_THROTTLE,
-                        api_keys=versions)
-        if key == LIST_OFFSETS:
-            return self.fetching.list_offsets(body, schema)
-        if key == INIT_PRODUCER_ID:
-            return self.producing.init_producer_id(body, schema)
-        if key == DESCRIBE_CONFIGS:
-            return self.topics.describe_configs(body, schema)
-        if key == CREATE_TOPICS:
-            return self._durable(self.topics.create_topics(body, schema))
-        if key == DELETE_TOPICS:
-            for name in body.topic_names:
+        if link.access.user is None and self.users is not None and key not in _BEFORE_LOGIN:
+            raise KafkaProtocolError(f"{request.name} before SASL authentication (this "
+                                     f"listener needs a login)")
+        return self._answers[key](link, request, response_schema(request))
+
+    def _api_versions(self, schema: type) -> Any:
+        version_type = nested(schema, "ApiVersion")
+        versions = tuple(make(version_type, api_key=k, min_version=lo, max_version=hi)
+                         for k, (lo, hi) in sorted(SUPPORTED.items()))
+        return make(schema, error_code=ErrorCode.none, throttle_time=NO_THROTTLE,
+                    api_keys=versions)
+
+    def _delete_topics(self, link: KafkaLink, request: KafkaRequest, schema: type) -> Any:
+        for name in request.body.topic_names:
+            if link.access.may("configure", name):
                 self.producing.forget(name)
-            return self._durable(self.topics.delete_topics(body, schema))
-        raise AssertionError(f"{request.name} is advertised but not answered")
+        return self._durable(self.topics.delete_topics(request.body, schema, link.access))
+
+    @staticmethod
+    def _group_and_topic(link: KafkaLink, body: Any, schema: type,
+                         answer: Callable[[Any, type, Callable[[str], None]], Any]) -> Any:
+        """OffsetCommit and OffsetFetch: the group must be usable, each topic readable."""
+        try:
+            link.access.check_group(body.group_id)
+        except GroupError as e:
+            refused, why = e.code, str(e)
+
+            def check(topic: str) -> None:
+                raise TopicError(refused, why)
+            return answer(body, schema, check)
+        return answer(body, schema, lambda topic: link.access.check_topic("read", topic))
 
     async def _durable(self, response: Any) -> Any:
         """``response`` once the changes behind it are on disk."""
         await self.broker.sync()
         return response
 
+    # -- SASL ----------------------------------------------------------------------------------
+
+    def _sasl_handshake(self, link: KafkaLink, request: KafkaRequest, schema: type) -> Any:
+        if self.users is None:
+            code = ErrorCode.illegal_sasl_state
+        elif link.sasl.choose(request.body.mechanism):
+            code = ErrorCode.none
+            link.connection.raw_sasl = request.api_version == 0
+        else:
+            code = ErrorCode.unsupported_sasl_mechanism
+        return make(schema, error_code=code, mechanisms=MECHANISMS)
+
+    async def _sasl_authenticate(self, link: KafkaLink, request: KafkaRequest,
+                                 schema: type) -> Any:
+        raw = request.api_version == RAW_SASL
+        token = request.body if raw else request.body.auth_bytes
+        try:
+            answer = await link.sasl.step(token)
+        except SaslFailed as e:
+            log.warning("kafka connection %s: %s", link.peer, e)
+            link.close_after_answer = True
+            if raw:
+                return None  # a bare token has no way to say why: the connection ends
+            return make(schema, error_code=ErrorCode.sasl_authentication_failed,
+                        error_message=str(e), auth_bytes=b"", session_lifetime=NO_THROTTLE)
+        if link.sasl.user is not None:
+            link.access = Access(self.users, self.settings.vhost, link.sasl.user)
+        elif raw:
+            link.connection.raw_sasl = True  # SCRAM's second token comes bare too
+        if raw:
+            return answer
+        return make(schema, error_code=ErrorCode.none, error_message=None, auth_bytes=answer,
+                    session_lifetime=NO_THROTTLE)
+
+
+#: What a connection may ask before it logs in, where logging in is needed.
+_BEFORE_LOGIN = frozenset({API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE})
+
 
 class KafkaLink(asyncio.Protocol):
     """One client connection."""
 
-    def __init__(self, server: KafkaServer) -> None:
+    def __init__(self, server: KafkaServer, port: int) -> None:
         self.server = server
+        #: The port clients are told to connect to on this connection's listener.
+        self.port = port
         self.connection = KafkaConnection(server.settings.max_request_bytes)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.host = ""
+        self.access = Access(None, server.settings.vhost)
+        self.sasl: SaslExchange | None = None
+        #: A failed login: the connection ends once its answer is sent.
+        self.close_after_answer = False
         #: Responses in request order: bytes ready, a task still running, or None (none due).
         self._pending: deque[tuple[KafkaRequest, Any]] = deque()
         self._paused = False
@@ -146,6 +290,10 @@ class KafkaLink(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # (uvloop's is not a subclass)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.host = str(peer[0]) if isinstance(peer, tuple) else ""
+        self.access = self.server.access_of(self.host)
+        if self.server.users is not None:
+            self.sasl = SaslExchange(self.server.users, self.server.settings.vhost, self.host)
         self.server.links.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -174,7 +322,11 @@ class KafkaLink(asyncio.Protocol):
 
     def _start(self, request: KafkaRequest) -> None:
         try:
-            answer = self.server.answer(request)
+            answer = self.server.answer(self, request)
+        except KafkaProtocolError as e:
+            log.warning("kafka connection %s closed: %s", self.peer, e)
+            self.close()
+            return
         except Exception:
             log.exception("kafka connection %s: %s failed; closing it", self.peer,
                           request.name)
@@ -218,6 +370,9 @@ class KafkaLink(asyncio.Protocol):
                     return
         if out:
             self.transport.write(b"".join(out))
+        if self.close_after_answer and not self._pending:
+            self.close()
+            return
         if self._paused and len(self._pending) < MAX_IN_FLIGHT // 2:
             self._paused = False
             self.transport.resume_reading()

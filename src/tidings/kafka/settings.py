@@ -28,3 +28,19 @@ class KafkaSettings:
     max_topics_per_request: int = 1000
     #: Create a topic (1 partition) when a client asks for its metadata (Kafka's default).
     auto_create_topics: bool = True
+    #: Every connection must log in with SASL (else one that does not is the anonymous
+    #: user, guest, where guest may connect from).
+    require_sasl: bool = False
+    #: Consumer groups (Kafka's broker settings of the same names, and their defaults): the
+    #: session timeouts a member may ask for, and how long a new group waits for more members
+    #: before its first rebalance.
+    group_min_session_timeout_ms: int = 6_000
+    group_max_session_timeout_ms: int = 1_800_000
+    group_initial_rebalance_delay_ms: int = 3_000
+    #: Members one group may have (Kafka's ``group.max.size``), members of all groups, and the
+    #: bytes of their subscriptions and assignments held at once (bounds a join flood).
+    group_max_size: int = 1_000
+    max_members: int = 10_000
+    max_group_state_bytes: int = 64 * 1024 * 1024
+    #: Longest committed offset metadata (Kafka's ``offset.metadata.max.bytes``).
+    offset_metadata_max_bytes: int = 4_096

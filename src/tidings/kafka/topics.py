@@ -28,6 +28,8 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from tidings.errors import NotFoundError, TidingsError
+from tidings.kafka.access import Access
+from tidings.kafka.errors import TopicError
 from tidings.kafka.protocol import make, nested
 from tidings.kafka.settings import KafkaSettings
 from tidings.routing.front_door import FrontDoor, QueueInfo
@@ -56,12 +58,6 @@ def topic_problem(name: str) -> str | None:
         return (f"topic name {name[:60]!r} is not legal: 1 to 249 of [a-zA-Z0-9._-], "
                 f"not '.' or '..'")
     return None
-
-
-class TopicError(Exception):
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +109,9 @@ class Topics:
 
     # -- Metadata -------------------------------------------------------------------------
 
-    def metadata(self, version: int, body: Any, schema: type) -> Any:
+    def metadata(self, version: int, body: Any, schema: type, port: int, access: Access
+                 ) -> Any:
+        """The broker (at the listener's ``port``) and the topics ``access`` may see."""
         names = None if body.topics is None else [t.name for t in body.topics]
         if version == 0 and names == []:
             names = None  # v0: an empty list means every topic
@@ -122,13 +120,13 @@ class Topics:
         broker_type = nested(schema, "MetadataResponseBroker")
         topic_type = nested(schema, "MetadataResponseTopic")
         s = self.settings
-        broker = make(broker_type, node_id=s.node_id, host=s.host, port=s.port, rack=None)
+        broker = make(broker_type, node_id=s.node_id, host=s.host, port=port, rack=None)
         topics = []
         if names is None:
             found: list[tuple[str, Topic | None, ErrorCode]] = [
-                (t.name, t, ErrorCode.none) for t in self.all()]
+                (t.name, t, ErrorCode.none) for t in self.all() if access.may_see(t.name)]
         else:
-            found = [self._looked_up(n, auto_create) for n in
+            found = [self._looked_up(n, auto_create, access) for n in
                      names[:s.max_topics_per_request]]
         for name, topic, code in found:
             topics.append(make(topic_type, error_code=code, name=name, is_internal=False,
@@ -138,11 +136,14 @@ class Topics:
                     cluster_id=s.cluster_id, controller_id=s.node_id, topics=tuple(topics),
                     cluster_authorized_operations=-2147483648)
 
-    def _looked_up(self, name: str, auto_create: bool) -> tuple[str, Topic | None, ErrorCode]:
+    def _looked_up(self, name: str, auto_create: bool, access: Access
+                   ) -> tuple[str, Topic | None, ErrorCode]:
         if topic_problem(name):
             return name, None, ErrorCode.invalid_topic_exception
+        if not access.may_see(name):
+            return name, None, ErrorCode.topic_authorization_failed
         topic = self.find(name)
-        if topic is None and auto_create:
+        if topic is None and auto_create and access.may("configure", name):
             try:
                 self.create(name, 1, {})
             except (TopicError, TidingsError):
@@ -164,7 +165,7 @@ class Topics:
 
     # -- CreateTopics and DeleteTopics ------------------------------------------------------
 
-    def create_topics(self, body: Any, schema: type) -> Any:
+    def create_topics(self, body: Any, schema: type, access: Access) -> Any:
         result_type = nested(schema, "CreatableTopicResult")
         results = []
         for topic in body.topics[:self.settings.max_topics_per_request]:
@@ -173,6 +174,7 @@ class Topics:
                 count = topic.num_partitions
                 if topic.assignments:
                     count = len(topic.assignments)
+                access.check_topic("configure", topic.name)
                 if topic.replication_factor not in (-1, 1):
                     raise TopicError(ErrorCode.invalid_replication_factor,
                                      f"replication factor {topic.replication_factor}: tidings "
@@ -215,13 +217,15 @@ class Topics:
         except TidingsError as e:
             raise TopicError(ErrorCode.invalid_config, str(e)) from None
 
-    def delete_topics(self, body: Any, schema: type) -> Any:
+    def delete_topics(self, body: Any, schema: type, access: Access) -> Any:
         result_type = nested(schema, "DeletableTopicResult")
         results = []
         for name in body.topic_names[:self.settings.max_topics_per_request]:
             topic = self.find(name)
             code = ErrorCode.none
-            if topic is None:
+            if not access.may("configure", name):
+                code = ErrorCode.topic_authorization_failed
+            elif topic is None:
                 code = ErrorCode.unknown_topic_or_partition
             else:
                 for i in range(topic.partitions):
@@ -232,7 +236,7 @@ class Topics:
 
     # -- DescribeConfigs ---------------------------------------------------------------------
 
-    def describe_configs(self, body: Any, schema: type) -> Any:
+    def describe_configs(self, body: Any, schema: type, access: Access) -> Any:
         result_type = nested(schema, "DescribeConfigsResult")
         entry_type = nested(schema, "DescribeConfigsResourceResult")
         results = []
@@ -240,7 +244,10 @@ class Topics:
             code, message, configs = ErrorCode.none, None, []
             if resource.resource_type == 2:  # a topic
                 topic = self.find(resource.resource_name)
-                if topic is None:
+                if not access.may_see(resource.resource_name):
+                    code = ErrorCode.topic_authorization_failed
+                    message = f"topic '{resource.resource_name}' is not visible to this user"
+                elif topic is None:
                     code = ErrorCode.unknown_topic_or_partition
                     message = f"no topic '{resource.resource_name}' in vhost '{self.vhost}'"
                 else:

@@ -22,8 +22,13 @@ __all__ = [
 ]
 
 PRODUCE, FETCH, LIST_OFFSETS, METADATA = 0, 1, 2, 3
+OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR, JOIN_GROUP = 8, 9, 10, 11
+HEARTBEAT, LEAVE_GROUP, SYNC_GROUP, DESCRIBE_GROUPS, LIST_GROUPS = 12, 13, 14, 15, 16
+SASL_HANDSHAKE = 17
 API_VERSIONS, CREATE_TOPICS, DELETE_TOPICS, INIT_PRODUCER_ID = 18, 19, 20, 22
-DESCRIBE_CONFIGS = 32
+DESCRIBE_CONFIGS, SASL_AUTHENTICATE = 32, 36
+#: KIP-848's group protocol: not advertised; a request for it is refused with an error.
+CONSUMER_GROUP_HEARTBEAT = 68
 
 #: api key -> (lowest, highest) version answered.
 SUPPORTED: dict[int, tuple[int, int]] = {
@@ -36,6 +41,17 @@ SUPPORTED: dict[int, tuple[int, int]] = {
     DELETE_TOPICS: (1, 3),
     INIT_PRODUCER_ID: (0, 4),
     DESCRIBE_CONFIGS: (1, 3),
+    OFFSET_COMMIT: (2, 7),
+    OFFSET_FETCH: (1, 5),
+    FIND_COORDINATOR: (0, 2),
+    JOIN_GROUP: (0, 5),
+    HEARTBEAT: (0, 3),
+    LEAVE_GROUP: (0, 3),
+    SYNC_GROUP: (0, 3),
+    DESCRIBE_GROUPS: (0, 4),
+    LIST_GROUPS: (0, 2),
+    SASL_HANDSHAKE: (0, 1),
+    SASL_AUTHENTICATE: (0, 1),
 }
 
 #: Produce versions advertised but answered with UNSUPPORTED_VERSION (see the module doc).
@@ -44,7 +60,13 @@ REFUSED_PRODUCE = range(0, 3)
 API_NAMES = {PRODUCE: "Produce", FETCH: "Fetch", LIST_OFFSETS: "ListOffsets",
              METADATA: "Metadata", API_VERSIONS: "ApiVersions", CREATE_TOPICS: "CreateTopics",
              DELETE_TOPICS: "DeleteTopics", INIT_PRODUCER_ID: "InitProducerId",
-             DESCRIBE_CONFIGS: "DescribeConfigs"}
+             DESCRIBE_CONFIGS: "DescribeConfigs", OFFSET_COMMIT: "OffsetCommit",
+             OFFSET_FETCH: "OffsetFetch", FIND_COORDINATOR: "FindCoordinator",
+             JOIN_GROUP: "JoinGroup", HEARTBEAT: "Heartbeat", LEAVE_GROUP: "LeaveGroup",
+             SYNC_GROUP: "SyncGroup", DESCRIBE_GROUPS: "DescribeGroups",
+             LIST_GROUPS: "ListGroups", SASL_HANDSHAKE: "SaslHandshake",
+             SASL_AUTHENTICATE: "SaslAuthenticate",
+             CONSUMER_GROUP_HEARTBEAT: "ConsumerGroupHeartbeat"}
 
 
 def supported(api_key: int, version: int) -> bool:

@@ -406,14 +406,25 @@ class Broker:
             raise PreconditionFailedError(f"queue '{name}' in vhost '{vhost}' is not a stream")
         return queue
 
-    def commit_offset(self, vhost: str, stream: str, reader: str, offset: int) -> None:
-        """Store that ``reader`` has processed ``stream`` up to ``offset`` (durable once
-        :meth:`sync` resolves); a restarted reader resumes after it."""
-        self._stream(vhost, stream).commit(reader, offset)
+    def commit_offset(self, vhost: str, stream: str, reader: str, offset: int,
+                      metadata: str | None = None) -> None:
+        """Store that ``reader`` has processed ``stream`` up to ``offset`` (-1: nothing yet;
+        durable once :meth:`sync` resolves); a restarted reader resumes after it."""
+        self._stream(vhost, stream).commit(reader, offset, metadata)
 
     def reader_offset(self, vhost: str, stream: str, reader: str) -> int | None:
         """The last offset ``reader`` committed, or None."""
         return self._stream(vhost, stream).readers.get(reader)
+
+    def find_reader(self, vhost: str, stream: str, reader: str) -> tuple[int, str] | None:
+        """The last offset ``reader`` committed and the metadata committed with it."""
+        queue = self._stream(vhost, stream)
+        offset = queue.readers.get(reader)
+        return None if offset is None else (offset, queue.reader_notes.get(reader, ""))
+
+    def forget_reader(self, vhost: str, stream: str, reader: str) -> None:
+        """Drop ``reader``'s committed offset (durable once :meth:`sync` resolves)."""
+        self._stream(vhost, stream).forget_reader(reader)
 
     def stream_statistics(self, vhost: str, name: str) -> StreamStatistics:
         return self._stream(vhost, name).stream_statistics(self.clock.time())

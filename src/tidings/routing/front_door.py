@@ -184,7 +184,12 @@ class FrontDoor(Protocol):
 
     # streams: named readers' committed offsets
 
-    def commit_offset(self, vhost: str, stream: str, reader: str, offset: int) -> None: ...
+    def commit_offset(self, vhost: str, stream: str, reader: str, offset: int,
+                      metadata: str | None = None) -> None: ...
+
+    def find_reader(self, vhost: str, stream: str, reader: str) -> tuple[int, str] | None: ...
+
+    def forget_reader(self, vhost: str, stream: str, reader: str) -> None: ...
 
     # streams as Kafka partitions
 

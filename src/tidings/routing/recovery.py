@@ -65,6 +65,8 @@ def recover(store: Store, vhosts: VirtualHosts, delayed: DelayedMessages,
         stream = vhosts.find_queue(d["vhost"], d["stream"])
         if isinstance(stream, StreamQueue):
             stream.readers[str(d["reader"])] = int(d["offset"])
+            if d.get("metadata"):
+                stream.reader_notes[str(d["reader"])] = str(d["metadata"])
         else:  # its stream is gone
             store.delete_definition(READER_ROWS, key)
 

@@ -110,6 +110,8 @@ class StreamQueue(Queue):
         self._waiters: list[asyncio.Future[None]] = []
         #: Named readers' committed offsets (the last offset each has processed).
         self.readers: dict[str, int] = {}
+        #: The metadata committed with a reader's offset, where there is any.
+        self.reader_notes: dict[str, str] = {}
 
     # -- what it holds -----------------------------------------------------------------------
 
@@ -135,12 +137,13 @@ class StreamQueue(Queue):
     def _reader_key(self, reader: str) -> str:
         return f"{self.store_key}\x1f{reader}"
 
-    def commit(self, reader: str, offset: int) -> None:
+    def commit(self, reader: str, offset: int, metadata: str | None = None) -> None:
         """Remember that ``reader`` has processed everything up to ``offset`` (durable with
-        the next sync)."""
+        the next sync); -1: nothing yet (it starts at the first record). ``metadata`` is a
+        note kept with it (a Kafka group's commit metadata)."""
         if not reader:
             raise PreconditionFailedError("a stream reader needs a name")
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < -1:
             raise PreconditionFailedError(f"invalid offset {offset!r} for reader '{reader}'")
         if offset >= self.end_offset:  # it would skip records not yet written
             raise InvalidArgumentError(
@@ -148,11 +151,17 @@ class StreamQueue(Queue):
                 f"'{self.name}' in vhost '{self.vhost}' (its last offset is "
                 f"{self.end_offset - 1})")
         self.readers[reader] = offset
-        self._store.put_definition(READER_ROWS, self._reader_key(reader), json.dumps(
-            {"vhost": self.vhost, "stream": self.name, "reader": reader,
-             "offset": offset}).encode())
+        row: dict[str, Any] = {"vhost": self.vhost, "stream": self.name, "reader": reader,
+                               "offset": offset}
+        if metadata:
+            self.reader_notes[reader] = row["metadata"] = metadata
+        else:
+            self.reader_notes.pop(reader, None)
+        self._store.put_definition(READER_ROWS, self._reader_key(reader),
+                                   json.dumps(row).encode())
 
     def forget_reader(self, reader: str) -> None:
+        self.reader_notes.pop(reader, None)
         if self.readers.pop(reader, None) is not None:
             self._store.delete_definition(READER_ROWS, self._reader_key(reader))
 
