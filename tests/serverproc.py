@@ -31,7 +31,7 @@ class ServerProcess:
         self.tls_port = 0
         self.http_port = 0
         self.metrics_port = 0
-        self.kafka_port = 0
+        self.kafka_port = self.kafka_tls_port = 0
         #: What the server printed at start.
         self.banner: list[str] = []
         self.log = data_dir.parent / f"{data_dir.name}-server.log"
@@ -39,7 +39,7 @@ class ServerProcess:
 
     def start(self, port: int = 0) -> ServerProcess:
         self.port = self.tls_port = self.http_port = self.metrics_port = 0  # (a restart)
-        self.kafka_port = 0
+        self.kafka_port = self.kafka_tls_port = 0
         http = [] if "--http-port" in self.extra else ["--http-port", "0"]  # never 15672
         args = [sys.executable, "-m", "tidings", "--data-dir", str(self.data_dir), "serve",
                 "--host", "127.0.0.1", "--amqp-port", str(port), *http, *self.extra]
@@ -58,13 +58,16 @@ class ServerProcess:
                 self.proc.wait(timeout=30)
                 self.proc.stdout.close()
                 raise RuntimeError(f"server did not start: {self.log.read_text()[-2000:]}")
-            found = re.search(r"(amqps?|https?|kafka) listening on [^:]+:(\d+)", line)
+            found = re.search(r"(amqps?|https?|kafka\+tls|kafka) listening on [^:]+:(\d+)",
+                              line)
             if found and "metrics at /metrics" in line:
                 self.metrics_port = int(found.group(2))
             elif found and found.group(1) == "amqp":
                 self.port = int(found.group(2))
             elif found and found.group(1) == "kafka":
                 self.kafka_port = int(found.group(2))
+            elif found and found.group(1) == "kafka+tls":
+                self.kafka_tls_port = int(found.group(2))
             elif found and found.group(1).startswith("http"):
                 self.http_port = int(found.group(2))
             elif found:
@@ -72,7 +75,8 @@ class ServerProcess:
             if self.port and (self.tls_port or "--tls-cert" not in self.extra) and \
                     (self.http_port or not want_http) and \
                     (self.metrics_port or "--prometheus-port" not in self.extra) and \
-                    (self.kafka_port or "--kafka-port" not in self.extra):
+                    (self.kafka_port or "--kafka-port" not in self.extra) and \
+                    (self.kafka_tls_port or "--kafka-tls-port" not in self.extra):
                 return self
         raise RuntimeError("server did not print its port in time")
 

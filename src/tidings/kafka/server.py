@@ -193,7 +193,8 @@ class KafkaServer:
         if link.access.user is None and self.users is not None and key not in _BEFORE_LOGIN:
             raise KafkaProtocolError(f"{request.name} before SASL authentication (this "
                                      f"listener needs a login)")
-        return self._answers[key](link, request, response_schema(request))
+        schema = None if request.api_version == RAW_SASL else response_schema(request)
+        return self._answers[key](link, request, schema)
 
     def _api_versions(self, schema: type) -> Any:
         version_type = nested(schema, "ApiVersion")
