@@ -1,5 +1,5 @@
 """The reliability harness, long form: kill -9 cycles, fuzzed AMQP streams, an HTTP type fuzz,
-worker faults, resource bounds.
+fuzzed Kafka requests, worker faults, resource bounds.
 
     python bench/reliability.py              # all: 100 kill cycles, 2,000 streams, ...
     python bench/reliability.py kill --cycles 20
@@ -7,6 +7,7 @@ worker faults, resource bounds.
     python bench/reliability.py http --requests 20000 --seed 2
     python bench/reliability.py worker --rounds 5
     python bench/reliability.py resources
+    python bench/reliability.py kafka --kafka-requests 20000
 
 Prints each run's figures (confirmed lost, acked redelivered, crashes, tracebacks, peak RSS)
 as JSON. The short forms run in the test suite; the loops themselves are in
@@ -31,6 +32,7 @@ import pika  # noqa: E402
 from pamqp import commands, header  # noqa: E402
 from tests.amqp.raw import RawClient  # noqa: E402
 from tests.http_fuzz import http_fuzz  # noqa: E402
+from tests.kafka.fuzz import kafka_fuzz  # noqa: E402
 from tests.reliability import fuzz, kill_loop  # noqa: E402
 from tests.serverproc import ServerProcess  # noqa: E402
 from tests.worker_faults import worker_faults  # noqa: E402
@@ -113,10 +115,13 @@ def resources(work: Path) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", nargs="?", default="all",
-                        choices=["all", "kill", "fuzz", "http", "worker", "resources"])
+                        choices=["all", "kill", "fuzz", "http", "kafka", "worker",
+                                 "resources"])
     parser.add_argument("--cycles", type=int, default=100, help="kill -9 cycles")
     parser.add_argument("--streams", type=int, default=2000, help="fuzzed AMQP streams")
     parser.add_argument("--requests", type=int, default=5000, help="HTTP type-fuzz requests")
+    parser.add_argument("--kafka-requests", type=int, default=5000,
+                        help="fuzzed Kafka requests")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of worker faults")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
@@ -136,6 +141,15 @@ def main() -> None:
             found.tracebacks = server.log.read_text().count("Traceback")
             report["http"] = found.figures()
             print(json.dumps({"http": report["http"]}, indent=2), flush=True)
+        if args.what in ("all", "kafka"):
+            server = ServerProcess(work / "kafka" / "data", "--kafka-port", "0",
+                                   "--http-port", "-1").start()
+            try:
+                report["kafka"] = kafka_fuzz(server, args.kafka_requests,
+                                             seed=args.seed).figures()
+            finally:
+                server.stop()
+            print(json.dumps({"kafka": report["kafka"]}, indent=2), flush=True)
         if args.what in ("all", "worker"):
             (work / "worker").mkdir()
             report["worker"] = asyncio.run(worker_faults(work / "worker", args.rounds))

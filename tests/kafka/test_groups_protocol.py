@@ -15,7 +15,6 @@ from kio.schema.consumer_group_heartbeat.v0.request import ConsumerGroupHeartbea
 from kio.schema.errors import ErrorCode
 from kio.schema.find_coordinator.v2.request import FindCoordinatorRequest
 from kio.schema.heartbeat.v3.request import HeartbeatRequest
-from kio.schema.join_group.v5 import request as join
 from kio.schema.leave_group.v3 import request as leave
 from kio.schema.offset_commit.v7 import request as commit
 from kio.schema.offset_fetch.v5 import request as offset_fetch
@@ -27,11 +26,9 @@ from tidings.kafka.settings import KafkaSettings
 from tidings.record_batch import encode_batch
 
 from ..serverproc import ServerProcess, running
+from .groups_wire import REBALANCE, SESSION, join_body
 from .raw import RawKafka
 from .test_protocol import _create, _produce
-
-SESSION = datetime.timedelta(milliseconds=1500)
-REBALANCE = datetime.timedelta(seconds=5)
 
 
 @pytest.fixture(scope="module")
@@ -54,17 +51,8 @@ def connect(groups_server: ServerProcess) -> Iterator:
         each.close()
 
 
-def _join_body(group: str, member_id: str = "", instance: str | None = None,
-               protocols: tuple[tuple[str, bytes], ...] = (("range", b"sub-a"),),
-               session: datetime.timedelta = SESSION) -> join.JoinGroupRequest:
-    return join.JoinGroupRequest(
-        group_id=group, session_timeout=session, rebalance_timeout=REBALANCE,
-        member_id=member_id, group_instance_id=instance, protocol_type="consumer",
-        protocols=tuple(join.JoinGroupRequestProtocol(name=n, metadata=m) for n, m in protocols))
-
-
 def _send_join(raw: RawKafka, group: str, member_id: str = "", **kw: object) -> None:
-    raw.send_frame(raw.frame(11, 5, _join_body(group, member_id, **kw)))  # type: ignore[arg-type]
+    raw.send_frame(raw.frame(11, 5, join_body(group, member_id, **kw)))  # type: ignore[arg-type]
 
 
 def _read(raw: RawKafka, api_key: int, version: int):  # type: ignore[no-untyped-def]
@@ -110,7 +98,7 @@ def test_coordinator_is_this_broker(connect, groups_server: ServerProcess) -> No
 
 def test_one_member_gets_an_id_a_generation_and_its_own_assignment(connect) -> None:
     raw = connect()
-    first = raw.request(11, 5, _join_body("solo"))
+    first = raw.request(11, 5, join_body("solo"))
     assert first.error_code == ErrorCode.member_id_required and first.member_id
     joined = _join(raw, "solo", first.member_id)
     assert joined.error_code == ErrorCode.none
@@ -205,7 +193,7 @@ def test_a_static_member_returns_without_a_rebalance_and_fences_its_old_id(conne
     a, s = connect(), connect()
     leader = _join(a, "static")
     _sync(a, "static", 1, leader.member_id, {leader.member_id: b"all"})
-    s.send_frame(s.frame(11, 5, _join_body("static", instance="worker-1")))
+    s.send_frame(s.frame(11, 5, join_body("static", instance="worker-1")))
     generation = _join(a, "static", leader.member_id).generation_id
     old = _read(s, 11, 5)
     assert old.error_code == ErrorCode.none and old.member_id.startswith("worker-1-")
@@ -237,12 +225,12 @@ def test_protocols_every_member_supports_and_nothing_else(connect) -> None:
     assert second.protocol_name == "roundrobin"
     assert {m.metadata for m in second.members} == {b"rr", b"rr-b"}
     _read(b, 11, 5)
-    refused = c.request(11, 5, _join_body("choose", protocols=(("sticky", b"s"),)))
+    refused = c.request(11, 5, join_body("choose", protocols=(("sticky", b"s"),)))
     assert refused.error_code == ErrorCode.inconsistent_group_protocol
 
 
 def test_session_timeouts_outside_the_brokers_bounds_are_refused(connect) -> None:
-    refused = connect().request(11, 5, _join_body("bounds",
+    refused = connect().request(11, 5, join_body("bounds",
                                                   session=datetime.timedelta(milliseconds=10)))
     assert refused.error_code == ErrorCode.invalid_session_timeout
 

@@ -24,8 +24,9 @@ from tidings.record_batch import encode_batch
 from ..amqp.test_security_and_flow import make_certificate
 from ..serverproc import ServerProcess, running
 from .conftest import client_library, kafkajs, kcat
+from .groups_wire import join_body
 from .raw import RawKafka
-from .test_groups_protocol import _commit, _join_body
+from .test_groups_protocol import _commit
 from .test_protocol import _create, _produce
 
 ALICE, ALICE_PW = "alice", "alice-secret"
@@ -208,7 +209,7 @@ def test_permissions_decide_what_a_user_may_do(secure: tuple[ServerProcess, Path
     assert _commit(alice, "alice.group", "bob.private", 1) == \
         ErrorCode.topic_authorization_failed
     assert _commit(alice, "alice.group", "alice.mine", 1) == ErrorCode.none
-    refused = alice.request(11, 5, _join_body("bob.group"))
+    refused = alice.request(11, 5, join_body("bob.group"))
     assert refused.error_code == ErrorCode.group_authorization_failed
     for each in (admin, alice):
         each.close()
