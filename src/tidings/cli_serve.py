@@ -65,6 +65,9 @@ def add_serve_parser(commands: Any, port: Callable[[str], int]) -> None:
                        help="most partitions one Kafka topic may have")
     serve.add_argument("--kafka-no-auto-create-topics", action="store_true",
                        help="do not create a topic when a Kafka client asks for its metadata")
+    serve.add_argument("--kafka-queued-max-request-bytes", type=int, default=256 * 2**20,
+                       help="bytes of unfinished Kafka requests held over all connections; "
+                            "past it a connection sending more of one is closed")
     serve.add_argument("--kafka-tls-port", type=port, default=-1,
                        help="Kafka over TLS port, with --tls-cert and --tls-key (off unless "
                             "given)")
@@ -246,6 +249,9 @@ def kafka_flag_problem(args: argparse.Namespace) -> str | None:
     if args.kafka_group_initial_rebalance_delay_ms < 0:
         return (f"--kafka-group-initial-rebalance-delay-ms "
                 f"{args.kafka_group_initial_rebalance_delay_ms}: at least 0")
+    if args.kafka_queued_max_request_bytes < 1:
+        return (f"--kafka-queued-max-request-bytes {args.kafka_queued_max_request_bytes}: "
+                f"at least 1")
     if args.kafka_tls_port >= 0 and not (args.tls_cert and args.tls_key):
         return "--kafka-tls-port needs --tls-cert and --tls-key"
     return None
@@ -266,6 +272,7 @@ async def _start_kafka(args: argparse.Namespace, broker: Any, users: Any,
                              max_partitions=args.kafka_max_partitions,
                              auto_create_topics=not args.kafka_no_auto_create_topics,
                              require_sasl=args.kafka_require_sasl,
+                             queued_max_request_bytes=args.kafka_queued_max_request_bytes,
                              group_min_session_timeout_ms=args.kafka_group_min_session_timeout_ms,
                              group_max_session_timeout_ms=args.kafka_group_max_session_timeout_ms,
                              group_initial_rebalance_delay_ms=(

@@ -6,10 +6,12 @@ bounded. ``TIDINGS_KAFKA_FUZZ`` sets the number of mutated requests for long run
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import socket
 import struct
+from pathlib import Path
 
 from kio.schema.metadata.v5.request import MetadataRequest
 
@@ -69,3 +71,39 @@ def test_a_group_flood_from_one_client_is_answered_and_bounded(server: ServerPro
         assert raw.request(11, 5, body).member_id
     raw.close()
     assert rss_mb(server.proc.pid) - before < 40
+
+
+def test_unfinished_requests_are_bounded_over_all_connections(tmp_path: Path) -> None:
+    """Connections that each announce a large request and send part of it: past
+    --kafka-queued-max-request-bytes in all, the one sending more is closed; whole requests
+    go on being answered."""
+    server = ServerProcess(tmp_path / "data", "--kafka-port", "0", "--http-port", "-1",
+                           "--kafka-queued-max-request-bytes", str(4 * 2**20)).start()
+    stalled: list[socket.socket] = []
+    try:
+        for _ in range(8):
+            sock = socket.create_connection(("127.0.0.1", server.kafka_port), timeout=5)
+            sock.sendall(struct.pack(">i", 50 * 2**20))
+            with contextlib.suppress(OSError):
+                for _ in range(16):
+                    sock.sendall(b"\0" * 65536)  # 1 MiB of the 50 announced
+            stalled.append(sock)
+        ended = 0
+        for sock in stalled:
+            sock.settimeout(1)
+            try:
+                ended += sock.recv(1) == b""
+            except ConnectionResetError:
+                ended += 1
+            except TimeoutError:
+                pass
+        assert 3 <= ended <= 5  # four fit in 4 MiB (more or less one being read)
+        probe = RawKafka(server.kafka_port)
+        assert probe.request(3, 5, MetadataRequest(topics=None,
+                                                   allow_auto_topic_creation=False)).brokers
+        probe.close()
+    finally:
+        for sock in stalled:
+            sock.close()
+        server.stop()
+    assert "Traceback" not in server.log.read_text()

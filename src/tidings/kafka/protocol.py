@@ -99,6 +99,15 @@ class KafkaConnection:
         #: After a SaslHandshake v0 the next frame is a bare SASL token, not a request.
         self.raw_sasl = False
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received that are not a whole request yet."""
+        return len(self._buffer)
+
+    def discard(self) -> None:
+        """Forget the unfinished request (the connection is gone)."""
+        self._buffer = bytearray()
+
     def receive_data(self, data: bytes) -> list[KafkaRequest]:
         """Whole requests in ``data`` (and what came before it)."""
         buffer = self._buffer

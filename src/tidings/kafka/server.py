@@ -96,6 +96,8 @@ class KafkaServer:
         self.groups = GroupRequests(self.coordinator, settings)
         self.offsets = Offsets(broker, self.topics, self.coordinator, settings)
         self.links: set[KafkaLink] = set()
+        #: Bytes of requests begun but not whole yet, over every connection.
+        self.buffered_bytes = 0
         self._servers: list[asyncio.base_events.Server] = []
         self._answers: dict[int, Callable[[KafkaLink, KafkaRequest, Any], Any]] = {
             PRODUCE: lambda link, r, schema: self.producing.produce(r.body, schema, link.access),
@@ -300,6 +302,8 @@ class KafkaLink(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self.server.links.discard(self)
+        self.server.buffered_bytes -= self.connection.buffered
+        self.connection.discard()
         for _, pending in self._pending:
             if isinstance(pending, asyncio.Task):
                 pending.cancel()
@@ -311,10 +315,19 @@ class KafkaLink(asyncio.Protocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        held = self.connection.buffered
         try:
             requests = self.connection.receive_data(data)
         except KafkaProtocolError as e:
             log.warning("kafka connection %s closed: %s", self.peer, e)
+            self.close()
+            return
+        self.server.buffered_bytes += self.connection.buffered - held
+        if self.connection.buffered and \
+                self.server.buffered_bytes > self.server.settings.queued_max_request_bytes:
+            log.warning("kafka connection %s closed: the broker holds %d bytes of unfinished "
+                        "requests, more than --kafka-queued-max-request-bytes", self.peer,
+                        self.server.buffered_bytes)
             self.close()
             return
         for request in requests:

@@ -26,6 +26,9 @@ class KafkaSettings:
     #: Partitions one topic may have, and topics (or partitions) one request may name.
     max_partitions: int = 256
     max_topics_per_request: int = 1000
+    #: Bytes of unfinished requests held over all connections (Kafka's
+    #: ``queued.max.request.bytes``): past it, a connection sending more of one is closed.
+    queued_max_request_bytes: int = 256 * 2**20
     #: Create a topic (1 partition) when a client asks for its metadata (Kafka's default).
     auto_create_topics: bool = True
     #: Every connection must log in with SASL (else one that does not is the anonymous
