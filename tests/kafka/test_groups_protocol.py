@@ -314,3 +314,25 @@ def test_a_join_flood_meets_the_bounds() -> None:
         assert coordinator.pending_count == 0 and not coordinator.groups
         coordinator.close()
     asyncio.run(main())
+
+
+def test_groups_with_only_committed_offsets_are_listed_as_empty(connect) -> None:
+    from kio.schema.describe_groups.v4.request import DescribeGroupsRequest
+    from kio.schema.list_groups.v4.request import ListGroupsRequest
+
+    raw = connect()
+    assert _create(raw, "listed") == ErrorCode.none
+    _produce(raw, "listed", encode_batch(0, [(0, None, b"r", [])]))
+    assert _commit(raw, "offsets-only", "listed", 1) == ErrorCode.none
+    member = _join(raw, "with-members")
+    listed = {(g.group_id, g.group_state)
+              for g in raw.request(16, 4, ListGroupsRequest(states_filter=())).groups}
+    assert {("offsets-only", "Empty"), ("with-members", "CompletingRebalance")} <= listed
+    empty = raw.request(16, 4, ListGroupsRequest(states_filter=("Empty",))).groups
+    assert "offsets-only" in {g.group_id for g in empty}
+    assert "with-members" not in {g.group_id for g in empty}
+    described = raw.request(15, 4, DescribeGroupsRequest(
+        groups=("offsets-only", "never-seen", "with-members"),
+        include_authorized_operations=False)).groups
+    assert [g.group_state for g in described] == ["Empty", "Dead", "CompletingRebalance"]
+    assert [m.member_id for m in described[2].members] == [member.member_id]

@@ -136,18 +136,27 @@ class GroupRequests:
                                  group_instance_id=instance_id, error_code=code))
         return make(schema, throttle_time=NO_THROTTLE, error_code=top, members=tuple(rows))
 
-    def list_groups(self, schema: type, may_see: Callable[[str], bool]) -> Any:
+    def list_groups(self, body: Any, schema: type, may_see: Callable[[str], bool],
+                    committed: set[str]) -> Any:
+        """Groups with members, and those with only committed offsets (Empty, as Kafka lists
+        them): every named reader of a topic's streams is such a group."""
         listed = nested(schema, "ListedGroup")
-        groups = tuple(make(listed, group_id=g.group_id, protocol_type=g.protocol_type or "",
-                            group_state=g.state)
-                       for g in self.coordinator.groups.values() if may_see(g.group_id))
+        live = self.coordinator.groups
+        rows = [(g.group_id, g.protocol_type or "", g.state) for g in live.values()]
+        rows += [(name, "consumer", "Empty") for name in sorted(committed - set(live))]
+        wanted = set(getattr(body, "states_filter", ()) or ())  # (v4: by state)
+        groups = tuple(make(listed, group_id=name, protocol_type=kind, group_state=state)
+                       for name, kind, state in rows
+                       if may_see(name) and (not wanted or state in wanted))
         return make(schema, throttle_time=NO_THROTTLE, error_code=ErrorCode.none,
                     groups=groups)
 
-    def describe_groups(self, body: Any, schema: type, may_use: GroupCheck) -> Any:
+    def describe_groups(self, body: Any, schema: type, may_use: GroupCheck,
+                        committed: Callable[[], set[str]]) -> Any:
         described = nested(schema, "DescribedGroup")
         member_type = nested(schema, "DescribedGroupMember")
         out = []
+        offsets_held: set[str] | None = None
         for group_id in body.groups[:self.settings.max_topics_per_request]:
             try:
                 may_use(group_id)
@@ -157,9 +166,13 @@ class GroupRequests:
                                 members=()))
                 continue
             group = self.coordinator.groups.get(group_id)
-            if group is None:
+            if group is None:  # Empty when it has offsets, else unknown: Dead, as Kafka says
+                if offsets_held is None:
+                    offsets_held = committed()
+                empty = group_id in offsets_held
                 out.append(make(described, error_code=ErrorCode.none, group_id=group_id,
-                                group_state="Dead", protocol_type="", protocol_data="",
+                                group_state="Empty" if empty else "Dead",
+                                protocol_type="consumer" if empty else "", protocol_data="",
                                 members=()))
                 continue
             members = tuple(

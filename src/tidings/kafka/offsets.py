@@ -12,6 +12,7 @@ A commit is answered once it is on disk.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -22,7 +23,7 @@ from tidings.kafka.errors import GroupError, TopicError
 from tidings.kafka.groups import Coordinator
 from tidings.kafka.protocol import make, nested
 from tidings.kafka.settings import KafkaSettings
-from tidings.kafka.topics import NO_THROTTLE, Topics
+from tidings.kafka.topics import NO_THROTTLE, Topics, partition_stream
 from tidings.routing.front_door import FrontDoor
 
 __all__ = ["Offsets"]
@@ -37,6 +38,17 @@ class Offsets:
         self.broker, self.topics, self.coordinator = broker, topics, coordinator
         self.settings = settings
         self.vhost = settings.vhost
+
+    def committed_groups(self) -> set[str]:
+        """Every group (named reader) with an offset committed on some topic."""
+        found: set[str] = set()
+        for topic in self.topics.all():
+            for index in range(topic.partitions):
+                with contextlib.suppress(TidingsError):
+                    numbers = self.broker.stream_statistics(
+                        self.vhost, partition_stream(topic.name, index))
+                    found.update(r.name for r in numbers.readers if not r.live)
+        return found
 
     def commit(self, body: Any, schema: type, may_read: TopicCheck
                ) -> Coroutine[Any, Any, Any] | Any:

@@ -126,9 +126,9 @@ class KafkaServer:
             LEAVE_GROUP: lambda link, r, schema: self.groups.leave(
                 r.body, schema, link.access.check_group),
             LIST_GROUPS: lambda link, r, schema: self.groups.list_groups(
-                schema, link.access.may_see_group),
+                r.body, schema, link.access.may_see_group, self.offsets.committed_groups()),
             DESCRIBE_GROUPS: lambda link, r, schema: self.groups.describe_groups(
-                r.body, schema, link.access.check_group),
+                r.body, schema, link.access.check_group, self.offsets.committed_groups),
             OFFSET_COMMIT: lambda link, r, schema: self._group_and_topic(
                 link, r.body, schema, self.offsets.commit),
             OFFSET_FETCH: lambda link, r, schema: self._group_and_topic(

@@ -49,7 +49,7 @@ SUPPORTED: dict[int, tuple[int, int]] = {
     LEAVE_GROUP: (0, 3),
     SYNC_GROUP: (0, 3),
     DESCRIBE_GROUPS: (0, 4),
-    LIST_GROUPS: (0, 2),
+    LIST_GROUPS: (0, 4),
     SASL_HANDSHAKE: (0, 1),
     SASL_AUTHENTICATE: (0, 1),
 }
