@@ -212,7 +212,8 @@ def test_the_confluent_kafka_quickstart_of_the_docs_runs_as_pasted(bootstrap: st
     """docs/kafka.md's Python quickstart, with only the address changed."""
     client_library("confluent_kafka")
     docs = Path(__file__).resolve().parents[2] / "docs" / "kafka.md"
-    (block,) = re.findall(r"```python\n(.*?)```", docs.read_text(), re.S)
+    section = docs.read_text().split("## Quickstart: confluent-kafka", 1)[1].split("\n## ")[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, re.S)
     assert block.count("127.0.0.1:9092") == 3
     out = subprocess.run([sys.executable, "-c", block.replace("127.0.0.1:9092", bootstrap)],
                          capture_output=True, text=True, timeout=60)
