@@ -221,3 +221,40 @@ def test_scram_keys_are_kept_never_the_password(secure: tuple[ServerProcess, Pat
     assert ALICE_PW not in stored
     entry = json.loads(stored)["users"][ALICE]
     assert set(entry["scram"]) == {"SCRAM-SHA-256", "SCRAM-SHA-512"}
+
+
+def test_a_user_of_one_vhost_cannot_reach_another(secure: tuple[ServerProcess, Path]) -> None:
+    """``vhost:user`` logs in to another vhost than the listener's: its topics, groups and
+    offsets are that vhost's alone, and a user without permissions there is refused."""
+    import pika
+
+    server, _ = secure
+    stranger = RawKafka(server.kafka_port)
+    assert _login(stranger, "elsewhere:stranger", "stranger-secret") == ErrorCode.none
+    assert _create(stranger, "theirs") == ErrorCode.none
+    record = encode_batch(0, [(0, None, b"private", [])])
+    assert _produce(stranger, "theirs", record)[0] == ErrorCode.none
+    assert _commit(stranger, "their-group", "theirs", 1) == ErrorCode.none
+    seen = stranger.request(3, 5, MetadataRequest(topics=None, allow_auto_topic_creation=False))
+    assert {t.name for t in seen.topics} == {"theirs"}  # nothing of vhost '/'
+
+    alice = RawKafka(server.kafka_port)  # alice's vhost is '/'
+    assert _login(alice, ALICE, ALICE_PW) == ErrorCode.none
+    listed = alice.request(3, 5, MetadataRequest(topics=None, allow_auto_topic_creation=False))
+    assert "theirs" not in {t.name for t in listed.topics}
+    assert _produce(alice, "theirs", record)[0] in (ErrorCode.topic_authorization_failed,
+                                                    ErrorCode.unknown_topic_or_partition)
+    assert _commit(alice, "alice.g", "theirs", 1) != ErrorCode.none
+    intruder = RawKafka(server.kafka_port)  # alice has no permissions in 'elsewhere'
+    assert _login(intruder, f"elsewhere:{ALICE}", ALICE_PW) == \
+        ErrorCode.sasl_authentication_failed
+    for each in (stranger, alice, intruder):
+        each.close()
+    # the other faces agree: the topic is a stream of vhost 'elsewhere' only
+    with pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", server.port, "elsewhere",
+            pika.PlainCredentials("stranger", "stranger-secret"))) as conn:
+        conn.channel().queue_declare("theirs", passive=True)
+    with pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", server.port)) as conn, \
+            pytest.raises(pika.exceptions.ChannelClosedByBroker):
+        conn.channel().queue_declare("theirs", passive=True)

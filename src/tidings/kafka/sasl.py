@@ -1,11 +1,13 @@
 """SASL on the Kafka face: SaslHandshake picks a mechanism, SaslAuthenticate carries its
 tokens (after a v0 handshake the tokens come bare, see :mod:`tidings.kafka.protocol`).
 
-PLAIN checks the password against tidings' users file (the same users as AMQP and HTTP, the
-same hashing off the event loop and delays for a peer that keeps failing); SCRAM-SHA-256 and
-SCRAM-SHA-512 (RFC 5802, by ``scramp``) prove it against the salted keys the users file keeps
-for each user, never the password. A user must have permissions on the listener's vhost.
-One exchange per connection; a failed one ends the connection once its answer is sent.
+A login name ``vhost:user`` chooses the vhost (else the listener's ``--kafka-vhost``), as
+RabbitMQ's MQTT plugin does. PLAIN checks the password against tidings' users file (the same
+users as AMQP and HTTP, the same hashing off the event loop and delays for a peer that keeps
+failing); SCRAM-SHA-256 and SCRAM-SHA-512 (RFC 5802, by ``scramp``) prove it against the
+salted keys the users file keeps for each user, never the password. A user must have
+permissions on the vhost. One exchange per connection; a failed one ends the connection
+once its answer is sent.
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ class SaslExchange:
         if len(parts) != 3:
             raise SaslFailed("a PLAIN token is authzid NUL user NUL password")
         _, username, password = (p.decode() for p in parts)
-        user = await self.users.authenticate_async(username, password, self.peer_host)
+        user = await self.users.authenticate_async(self._who(username), password,
+                                                   self.peer_host)
         self._admit(user)
         return b""
 
@@ -75,8 +78,8 @@ class SaslExchange:
             def credentials(username: str) -> tuple[bytes, bytes, bytes, int]:
                 # An unknown user (or one without SCRAM keys) gets made-up ones: the proof
                 # fails as for a wrong password, and the names that exist stay unsaid.
-                self._scram_user = username
-                found = self.users.scram_credentials(username, str(self.mechanism))
+                self._scram_user = self._who(username)
+                found = self.users.scram_credentials(self._scram_user, str(self.mechanism))
                 return found if found is not None else fake
             self._scram = mechanism.make_server(credentials)
             self._scram.set_client_first(token.decode())
@@ -85,6 +88,18 @@ class SaslExchange:
         answer = str(self._scram.get_server_final()).encode()
         self._admit(self.users.admit(self._scram_user, self.peer_host))
         return answer
+
+    def _who(self, name: str) -> str:
+        """The user a login name means. ``vhost:user`` logs in to another vhost than the
+        listener's (RabbitMQ's convention for protocols without vhosts) when ``name`` itself
+        is no user and the vhost exists."""
+        users = self.users.reload()
+        if ":" in name and name not in users.users:
+            vhost, user = name.split(":", 1)
+            if vhost in users.vhosts:
+                self.vhost = vhost
+                return user
+        return name
 
     def _admit(self, user: str) -> None:
         self.users.check_vhost(user, self.vhost)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import ssl
 from collections import deque
@@ -80,6 +81,19 @@ log = logging.getLogger("tidings.kafka")
 MAX_IN_FLIGHT = 32
 
 
+class KafkaVhost:
+    """What answers Kafka requests on one vhost: its topics, producers, fetches, groups and
+    committed offsets."""
+
+    def __init__(self, broker: FrontDoor, settings: KafkaSettings) -> None:
+        self.topics = Topics(broker, settings)
+        self.producing = Producing(broker, self.topics, settings)
+        self.fetching = Fetching(broker, self.topics, settings)
+        self.coordinator = Coordinator(settings)
+        self.groups = GroupRequests(self.coordinator, settings)
+        self.offsets = Offsets(broker, self.topics, self.coordinator, settings)
+
+
 class KafkaServer:
     """One Kafka listener (plain and, optionally, TLS) on one vhost of the broker."""
 
@@ -89,53 +103,60 @@ class KafkaServer:
         self.settings = settings
         #: The users file (None: no logins, every request allowed: embedded tests only).
         self.users = users
-        self.topics = Topics(broker, settings)
-        self.producing = Producing(broker, self.topics, settings)
-        self.fetching = Fetching(broker, self.topics, settings)
-        self.coordinator = Coordinator(settings)
-        self.groups = GroupRequests(self.coordinator, settings)
-        self.offsets = Offsets(broker, self.topics, self.coordinator, settings)
+        #: What answers each vhost's requests, made when a connection first uses it.
+        self.vhosts: dict[str, KafkaVhost] = {}
         self.links: set[KafkaLink] = set()
         #: Bytes of requests begun but not whole yet, over every connection.
         self.buffered_bytes = 0
         self._servers: list[asyncio.base_events.Server] = []
         self._answers: dict[int, Callable[[KafkaLink, KafkaRequest, Any], Any]] = {
-            PRODUCE: lambda link, r, schema: self.producing.produce(r.body, schema, link.access),
-            FETCH: lambda link, r, schema: self.fetching.fetch(r.body, schema, link.access),
-            LIST_OFFSETS: lambda link, r, schema: self.fetching.list_offsets(
+            PRODUCE: lambda link, r, schema: link.on.producing.produce(
                 r.body, schema, link.access),
-            METADATA: lambda link, r, schema: self.topics.metadata(
+            FETCH: lambda link, r, schema: link.on.fetching.fetch(r.body, schema, link.access),
+            LIST_OFFSETS: lambda link, r, schema: link.on.fetching.list_offsets(
+                r.body, schema, link.access),
+            METADATA: lambda link, r, schema: link.on.topics.metadata(
                 r.api_version, r.body, schema, link.port, link.access),
             API_VERSIONS: lambda link, r, schema: self._api_versions(schema),
-            INIT_PRODUCER_ID: lambda link, r, schema: self.producing.init_producer_id(
+            INIT_PRODUCER_ID: lambda link, r, schema: link.on.producing.init_producer_id(
                 r.body, schema),
-            DESCRIBE_CONFIGS: lambda link, r, schema: self.topics.describe_configs(
+            DESCRIBE_CONFIGS: lambda link, r, schema: link.on.topics.describe_configs(
                 r.body, schema, link.access),
             CREATE_TOPICS: lambda link, r, schema: self._durable(
-                self.topics.create_topics(r.body, schema, link.access)),
+                link.on.topics.create_topics(r.body, schema, link.access)),
             DELETE_TOPICS: self._delete_topics,
-            FIND_COORDINATOR: lambda link, r, schema: self.groups.find_coordinator(
+            FIND_COORDINATOR: lambda link, r, schema: link.on.groups.find_coordinator(
                 r.body, schema, link.port, link.access.check_group),
-            JOIN_GROUP: lambda link, r, schema: self.groups.join(
+            JOIN_GROUP: lambda link, r, schema: link.on.groups.join(
                 r.body, schema, r.api_version, r.client_id or "", link.host,
                 link.access.check_group),
-            SYNC_GROUP: lambda link, r, schema: self.groups.sync(
+            SYNC_GROUP: lambda link, r, schema: link.on.groups.sync(
                 r.body, schema, link.access.check_group),
-            HEARTBEAT: lambda link, r, schema: self.groups.heartbeat(
+            HEARTBEAT: lambda link, r, schema: link.on.groups.heartbeat(
                 r.body, schema, link.access.check_group),
-            LEAVE_GROUP: lambda link, r, schema: self.groups.leave(
+            LEAVE_GROUP: lambda link, r, schema: link.on.groups.leave(
                 r.body, schema, link.access.check_group),
-            LIST_GROUPS: lambda link, r, schema: self.groups.list_groups(
-                r.body, schema, link.access.may_see_group, self.offsets.committed_groups()),
-            DESCRIBE_GROUPS: lambda link, r, schema: self.groups.describe_groups(
-                r.body, schema, link.access.check_group, self.offsets.committed_groups),
+            LIST_GROUPS: lambda link, r, schema: link.on.groups.list_groups(
+                r.body, schema, link.access.may_see_group,
+                link.on.offsets.committed_groups()),
+            DESCRIBE_GROUPS: lambda link, r, schema: link.on.groups.describe_groups(
+                r.body, schema, link.access.check_group, link.on.offsets.committed_groups),
             OFFSET_COMMIT: lambda link, r, schema: self._group_and_topic(
-                link, r.body, schema, self.offsets.commit),
+                link, r.body, schema, link.on.offsets.commit),
             OFFSET_FETCH: lambda link, r, schema: self._group_and_topic(
-                link, r.body, schema, self.offsets.fetch),
+                link, r.body, schema, link.on.offsets.fetch),
             SASL_HANDSHAKE: self._sasl_handshake,
             SASL_AUTHENTICATE: self._sasl_authenticate,
         }
+
+    def vhost(self, name: str) -> KafkaVhost:
+        """What serves ``name``'s topics and groups."""
+        found = self.vhosts.get(name)
+        if found is None:
+            self.broker.declare_vhost(name)  # (a vhost of the users file, as AMQP's open)
+            found = self.vhosts[name] = KafkaVhost(
+                self.broker, dataclasses.replace(self.settings, vhost=name))
+        return found
 
     async def listen(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
         """Start listening (TLS only with ``tls``); returns the bound port (``port`` 0 picks
@@ -152,7 +173,8 @@ class KafkaServer:
         return bound
 
     async def close(self) -> None:
-        self.coordinator.close()
+        for each in self.vhosts.values():
+            each.coordinator.close()
         for server in self._servers:
             server.close()
         for link in list(self.links):
@@ -208,8 +230,8 @@ class KafkaServer:
     def _delete_topics(self, link: KafkaLink, request: KafkaRequest, schema: type) -> Any:
         for name in request.body.topic_names:
             if link.access.may("configure", name):
-                self.producing.forget(name)
-        return self._durable(self.topics.delete_topics(request.body, schema, link.access))
+                link.on.producing.forget(name)
+        return self._durable(link.on.topics.delete_topics(request.body, schema, link.access))
 
     @staticmethod
     def _group_and_topic(link: KafkaLink, body: Any, schema: type,
@@ -255,8 +277,9 @@ class KafkaServer:
                 return None  # a bare token has no way to say why: the connection ends
             return make(schema, error_code=ErrorCode.sasl_authentication_failed,
                         error_message=str(e), auth_bytes=b"", session_lifetime=NO_THROTTLE)
-        if link.sasl.user is not None:
-            link.access = Access(self.users, self.settings.vhost, link.sasl.user)
+        if link.sasl.user is not None:  # (on the vhost the login named, if another)
+            link.access = Access(self.users, link.sasl.vhost, link.sasl.user)
+            link.on = self.vhost(link.sasl.vhost)
         elif raw:
             link.connection.raw_sasl = True  # SCRAM's second token comes bare too
         if raw:
@@ -281,6 +304,8 @@ class KafkaLink(asyncio.Protocol):
         self.peer = "?"
         self.host = ""
         self.access = Access(None, server.settings.vhost)
+        #: The vhost whose topics and groups this connection sees.
+        self.on = server.vhost(server.settings.vhost)
         self.sasl: SaslExchange | None = None
         #: A failed login: the connection ends once its answer is sent.
         self.close_after_answer = False
