@@ -15,7 +15,8 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from tidings.kafka.errors import GroupError
-from tidings.kafka.groups import Coordinator, JoinResult
+from tidings.kafka.groups import Coordinator
+from tidings.kafka.membership import JoinResult
 from tidings.kafka.protocol import make, nested
 from tidings.kafka.settings import KafkaSettings
 from tidings.kafka.topics import NO_THROTTLE
