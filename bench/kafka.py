@@ -183,8 +183,9 @@ def run_group(bootstrap: str, pid: int, n: int, members: int = 3,
     from confluent_kafka.admin import AdminClient, NewTopic
 
     topic = f"group-bench-{time.monotonic_ns()}"
-    AdminClient({"bootstrap.servers": bootstrap}).create_topics(
-        [NewTopic(topic, num_partitions=partitions, replication_factor=1)])[topic].result(30)
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # (kept until the topic is made)
+    admin.create_topics([NewTopic(topic, num_partitions=partitions,
+                                  replication_factor=1)])[topic].result(30)
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
                          "queue.buffering.max.messages": 1000000})
     for i in range(n):
@@ -210,7 +211,7 @@ def run_group(bootstrap: str, pid: int, n: int, members: int = 3,
             with lock:
                 if counts["records"] >= n:
                     break
-            batch = [m for m in consumer.consume(1000, timeout=0.5) if m.error() is None]
+            batch = [m for m in consumer.consume(100, timeout=0.5) if m.error() is None]
             if not batch:
                 continue
             if not first:
@@ -241,8 +242,9 @@ def run_rebalances(bootstrap: str, library: str) -> dict[str, float]:
 
     topic = f"rebalance-{library}-{time.monotonic_ns()}"
     from confluent_kafka.admin import AdminClient, NewTopic
-    AdminClient({"bootstrap.servers": bootstrap}).create_topics(
-        [NewTopic(topic, num_partitions=6, replication_factor=1)])[topic].result(30)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=1)])[topic] \
+        .result(30)
 
     def wait(check: Any, what: str) -> float:
         t0 = time.monotonic()

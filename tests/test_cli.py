@@ -71,6 +71,14 @@ def test_serve_bad_flag_value_is_one_line_exit_2() -> None:
     out = run("serve", "--kafka-port", "0", "--kafka-max-partitions", "0",
               "--max-message-bytes", "1000")  # Kafka's default batch limit yields to it
     assert out.returncode == 2 and "--kafka-message-max-bytes" not in out.stderr
+    for flags, said in ((("--kafka-tls-port", "0"), "--kafka-tls-port needs --tls-cert"),
+                        (("--kafka-group-min-session-timeout-ms", "0"), "1 <= min <= max"),
+                        (("--kafka-group-max-session-timeout-ms", "10"), "1 <= min <= max"),
+                        (("--kafka-group-initial-rebalance-delay-ms", "-1"), "at least 0"),
+                        (("--kafka-queued-max-request-bytes", "0"), "at least 1")):
+        out = run("serve", "--kafka-port", "0", *flags)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and said in out.stderr, \
+            out.stderr
 
 
 def test_serve_loop_choice() -> None:
