@@ -336,3 +336,24 @@ def test_groups_with_only_committed_offsets_are_listed_as_empty(connect) -> None
         include_authorized_operations=False)).groups
     assert [g.group_state for g in described] == ["Empty", "Dead", "CompletingRebalance"]
     assert [m.member_id for m in described[2].members] == [member.member_id]
+
+
+def test_answers_nobody_waits_for_any_more_leave_no_traceback(
+        connect, groups_server: ServerProcess) -> None:
+    """A member whose connection went while its JoinGroup waited, then removed: the answer
+    that will never be sent is dropped quietly (no 'exception was never retrieved')."""
+    a, b, c = connect(), connect(), connect()
+    first = _join(a, "gone", session=datetime.timedelta(seconds=60))
+    _sync(a, "gone", first.generation_id, first.member_id, {first.member_id: b"x"})
+    _send_join(b, "gone", session=datetime.timedelta(seconds=60))
+    b_id = _read(b, 11, 5).member_id
+    _send_join(b, "gone", b_id, session=datetime.timedelta(seconds=60))  # waits for a
+    time.sleep(0.2)
+    b.close()
+    time.sleep(0.2)
+    left = c.request(13, 3, leave.LeaveGroupRequest(group_id="gone", members=(
+        leave.MemberIdentity(member_id=b_id, group_instance_id=None),)))
+    assert left.members[0].error_code == ErrorCode.none
+    time.sleep(0.5)
+    log = groups_server.log.read_text()
+    assert "never retrieved" not in log and "Traceback" not in log

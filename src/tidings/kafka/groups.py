@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable
+from typing import Any
 
 from kio.schema.errors import ErrorCode
 
@@ -46,6 +47,15 @@ __all__ = ["Coordinator"]
 
 #: How often members' sessions are looked at.
 SWEEP_S = 0.25
+
+
+def _fail(waiting: asyncio.Future[Any] | None, code: ErrorCode) -> None:
+    """Answer a waiting JoinGroup or SyncGroup with an error. Its client may be gone (the
+    answer is shielded from the request's cancellation), so the error counts as seen: an
+    answer nobody waits for any more is dropped, not logged as never retrieved."""
+    if waiting is not None and not waiting.done():
+        waiting.set_exception(GroupError(code))
+        waiting.exception()
 
 
 class Coordinator:
@@ -117,8 +127,7 @@ class Coordinator:
             self.pending_count -= 1
             return self._add(group, joined, protocol_type)
         member = self._member(group, member_id, instance_id)
-        if member.joining is not None and not member.joining.done():
-            member.joining.set_exception(GroupError(ErrorCode.rebalance_in_progress))
+        _fail(member.joining, ErrorCode.rebalance_in_progress)
         changed = member.protocols != protocols
         self._update(member, joined)
         if group.state == PREPARING:
@@ -165,8 +174,7 @@ class Coordinator:
         old_id = group.static[joined.instance_id]
         member = group.members.pop(old_id)
         for waiting in (member.joining, member.syncing):
-            if waiting is not None and not waiting.done():
-                waiting.set_exception(GroupError(ErrorCode.fenced_instance_id))
+            _fail(waiting, ErrorCode.fenced_instance_id)
         member.joining = member.syncing = None
         member.member_id = f"{joined.instance_id[:200]}-{uuid.uuid4()}"
         group.members[member.member_id] = member
@@ -211,8 +219,7 @@ class Coordinator:
     def _prepare_rebalance(self, group: Group) -> None:
         if group.state == COMPLETING:
             for member in group.members.values():
-                if member.syncing is not None and not member.syncing.done():
-                    member.syncing.set_exception(GroupError(ErrorCode.rebalance_in_progress))
+                _fail(member.syncing, ErrorCode.rebalance_in_progress)
                 member.syncing = None
         if group.state != PREPARING:
             timeout = max((m.rebalance_s for m in group.members.values()), default=0.0)
@@ -267,8 +274,7 @@ class Coordinator:
                 group.static.get(member.instance_id) == member.member_id:
             del group.static[member.instance_id]
         for waiting in (member.joining, member.syncing):
-            if waiting is not None and not waiting.done():
-                waiting.set_exception(GroupError(ErrorCode.unknown_member_id))
+            _fail(waiting, ErrorCode.unknown_member_id)
 
     def _forget_if_unused(self, group: Group) -> None:
         if group.state == EMPTY and not group.members and not group.pending:
