@@ -48,7 +48,7 @@ class Member:
     """One member process and what it printed."""
 
     def __init__(self, library: str, bootstrap: str, topic: str, group: str,
-                 strategy: str = "range") -> None:
+                 strategy: str = "range", instance: str | None = None) -> None:
         self.library = library
         if library == "kafkajs":
             argv = ["node", "member.js", bootstrap, topic, group, str(SESSION_MS)]
@@ -56,7 +56,7 @@ class Member:
         else:
             client_library(MODULES[library])
             argv = [sys.executable, str(HERE / "member.py"), library, bootstrap, topic, group,
-                    strategy, str(SESSION_MS)]
+                    strategy, str(SESSION_MS), *([instance] if instance else [])]
             cwd = HERE
         self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True,
@@ -274,3 +274,23 @@ def test_cooperative_sticky_keeps_the_other_partitions_flowing(
     with first.lock:
         during = {p for p, _, v in first.records[joined_at:] if v.startswith("d")}
     assert during & kept, "the kept partitions stopped flowing"
+
+
+def test_a_static_member_restarted_takes_its_partitions_back_without_a_rebalance(
+        groups_server: ServerProcess, members: Callable[..., Member]) -> None:
+    port = groups_server.kafka_port
+    bootstrap, topic = f"127.0.0.1:{port}", "shared-static"
+    _topic(port, topic)
+    dynamic = members("confluent", bootstrap, topic, "group-static")
+    wait_until(lambda: len(dynamic.owned) == PARTITIONS, 60, "the first member", [dynamic])
+    static = members("confluent", bootstrap, topic, "group-static", instance="static-1")
+    wait_until(steady([dynamic, static]), 60, "two members", [dynamic, static])
+    theirs, changes = set(static.owned), len(dynamic.revocations)
+    static.kill()  # no goodbye; back under the same instance id well within its session
+    again = members("confluent", bootstrap, topic, "group-static", instance="static-1")
+    wait_until(lambda: again.owned == theirs, 30, "the same partitions back", [again])
+    sent = produce(bootstrap, topic, "s", 60)
+    wait_until(lambda: set(seen([dynamic, again], "s")) == sent, 30, "all records consumed",
+               [dynamic, again])
+    assert len(dynamic.revocations) == changes, "the other member was rebalanced"
+    assert {p for p, _, v in again.records if v.startswith("s")} == theirs
