@@ -294,3 +294,33 @@ def test_a_static_member_restarted_takes_its_partitions_back_without_a_rebalance
                [dynamic, again])
     assert len(dynamic.revocations) == changes, "the other member was rebalanced"
     assert {p for p, _, v in again.records if v.startswith("s")} == theirs
+
+
+def test_members_rejoin_after_a_restart_and_resume_from_their_commits(
+        tmp_path: Path, members: Callable[..., Member]) -> None:
+    from ..reliability import free_port
+
+    port = free_port()
+    flags = ("--kafka-port", str(port), "--http-port", "-1",
+             "--kafka-group-initial-rebalance-delay-ms", "500",
+             "--kafka-group-min-session-timeout-ms", "1000")
+    server = ServerProcess(tmp_path / "data", *flags).start()
+    try:
+        bootstrap, topic = f"127.0.0.1:{port}", "shared-restart"
+        _topic(port, topic)
+        crew = [members("confluent", bootstrap, topic, "group-restart") for _ in range(2)]
+        wait_until(steady(crew), 60, "two members", crew)
+        sent = produce(bootstrap, topic, "x", 60)
+        wait_until(lambda: set(seen(crew, "x")) == sent, 30, "all records consumed", crew)
+        time.sleep(1)  # (auto-commits every 200 ms)
+        server.stop()
+        server = ServerProcess(tmp_path / "data", *flags).start()
+        sent = produce(bootstrap, topic, "y", 60)
+        wait_until(lambda: set(seen(crew, "y")) == sent, 60, "consumed after the restart",
+                   crew)
+        assert sorted(seen(crew, "x")) == sorted(f"x-{i}" for i in range(60)), \
+            "records committed before the restart were read again"
+        wait_until(lambda: _group(port, "group-restart") == ("Stable", 2), 30,
+                   "the group stable again", crew)
+    finally:
+        server.stop()
