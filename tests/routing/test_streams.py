@@ -101,6 +101,24 @@ async def test_stream_refusals(broker: Broker) -> None:
         broker.declare_queue("/", "t", arguments={**STREAM, "x-max-length": 5})
 
 
+async def test_a_stream_keeps_a_bounded_number_of_named_readers(
+        broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tidings.routing import stream
+
+    monkeypatch.setattr(stream, "MAX_NAMED_READERS", 3)
+    broker.declare_queue("/", "s", arguments=STREAM)
+    publish(broker, "s", b"a", b"b")
+    for name in ("one", "two", "three"):
+        broker.commit_offset("/", "s", name, 0)
+    with pytest.raises(PreconditionFailedError, match="has 3 named readers"):
+        broker.commit_offset("/", "s", "four", 0)
+    broker.commit_offset("/", "s", "one", 1)  # a known name moves on
+    broker.forget_reader("/", "s", "two")
+    broker.commit_offset("/", "s", "four", -1)  # room again; -1: nothing read yet
+    assert broker.find_reader("/", "s", "four") == (-1, "")
+    assert broker.find_reader("/", "s", "one") == (1, "")
+
+
 async def test_retention_by_size_drops_whole_oldest_segments(broker: Broker) -> None:
     broker.declare_queue("/", "s", arguments={
         **STREAM, "x-stream-max-segment-size-bytes": 2000, "x-max-length-bytes": 5000})

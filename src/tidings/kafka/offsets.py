@@ -13,12 +13,13 @@ A commit is answered once it is on disk.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from tidings.errors import TidingsError
+from tidings.errors import InvalidArgumentError, PreconditionFailedError, TidingsError
 from tidings.kafka.errors import GroupError, TopicError
 from tidings.kafka.groups import Coordinator
 from tidings.kafka.protocol import make, nested
@@ -27,6 +28,8 @@ from tidings.kafka.topics import NO_THROTTLE, Topics, partition_stream
 from tidings.routing.front_door import FrontDoor
 
 __all__ = ["Offsets"]
+
+log = logging.getLogger("tidings.kafka")
 
 #: May this connection read this topic? (Raises TopicError when not.)
 TopicCheck = Callable[[str], None]
@@ -91,8 +94,13 @@ class Offsets:
                                       metadata)
         except TopicError as e:
             return e.code
-        except TidingsError:  # past the end of the partition, or the stream went meanwhile
+        except InvalidArgumentError:  # past the end of the partition
             return ErrorCode.offset_out_of_range
+        except PreconditionFailedError as e:  # the stream keeps no more readers
+            log.warning("offset commit of group '%s' refused: %s", group, e)
+            return ErrorCode.policy_violation
+        except TidingsError:  # the stream went meanwhile
+            return ErrorCode.unknown_topic_or_partition
         return ErrorCode.none
 
     def fetch(self, body: Any, schema: type, may_read: TopicCheck) -> Any:

@@ -60,6 +60,9 @@ READ_BYTES = 1 * 2**20
 READS_PER_TURN = 16
 #: The consumer argument that says where to start, and the header each delivery carries.
 OFFSET = "x-stream-offset"
+#: Named readers one stream keeps (each any client may make by committing under a new name,
+#: a Kafka group too): past it, a new name is refused.
+MAX_NAMED_READERS = 10_000
 #: The store's definitions of named readers' committed offsets.
 READER_ROWS = "stream-reader"
 #: tidings' consumer argument: this consumer is the named reader ``x``, and starts after the
@@ -145,6 +148,10 @@ class StreamQueue(Queue):
             raise PreconditionFailedError("a stream reader needs a name")
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < -1:
             raise PreconditionFailedError(f"invalid offset {offset!r} for reader '{reader}'")
+        if reader not in self.readers and len(self.readers) >= MAX_NAMED_READERS:
+            raise PreconditionFailedError(
+                f"stream '{self.name}' in vhost '{self.vhost}' has {MAX_NAMED_READERS} named "
+                f"readers, the most it keeps: reuse a name, or delete the stream's old ones")
         if offset >= self.end_offset:  # it would skip records not yet written
             raise InvalidArgumentError(
                 f"offset {offset} for reader '{reader}' is past the end of stream "
