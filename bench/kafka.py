@@ -235,8 +235,9 @@ def run_group(bootstrap: str, pid: int, n: int, members: int = 3,
 
 
 def run_rebalances(bootstrap: str, library: str) -> dict[str, float]:
-    """Seconds until two members of ``library`` and a joining third share six partitions,
-    and until the other two do once one of three has left."""
+    """Seconds until two members of ``library`` and a joining third share six partitions
+    (from the third's start), and until the other two do once one of three has left (from
+    its SIGTERM: its client's own close is included)."""
     sys.path.insert(0, str(ROOT))
     from tests.kafka.test_group_clients import Member, steady
 
@@ -246,8 +247,8 @@ def run_rebalances(bootstrap: str, library: str) -> dict[str, float]:
     admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=1)])[topic] \
         .result(30)
 
-    def wait(check: Any, what: str) -> float:
-        t0 = time.monotonic()
+    def wait(check: Any, what: str, t0: float | None = None) -> float:
+        t0 = time.monotonic() if t0 is None else t0
         while not check():
             if time.monotonic() - t0 > 120:
                 raise RuntimeError(f"{what}: not in 120 s")
@@ -259,8 +260,10 @@ def run_rebalances(bootstrap: str, library: str) -> dict[str, float]:
         wait(steady(crew), "two members")
         crew.append(Member(library, bootstrap, topic, topic))
         joined = wait(steady(crew), "a third joining")
+        leaving = time.monotonic()  # from the signal: a client's own close counts too
+        crew[0].proc.terminate()
+        left = wait(steady(crew[1:]), "one leaving", leaving)
         crew[0].stop()
-        left = wait(steady(crew[1:]), "one leaving")
     finally:
         for m in crew:
             if m.proc.poll() is None:
