@@ -343,3 +343,32 @@ def test_a_data_directory_it_may_not_read_is_one_line(
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "permission denied" in err, err
         assert "Traceback" not in err
+
+
+def test_set_password_replaces_the_hash_and_gives_scram_keys(tmp_path: Path) -> None:
+    """An old user (made before SCRAM keys were kept) gets them with its new password; the
+    old password stops working."""
+    import json
+
+    import pytest
+
+    from tidings.auth import UserStore
+    from tidings.errors import AccessRefusedError
+
+    data = tmp_path / "data"
+    assert run("--data-dir", str(data), "users", "add", "dave", "old-pw").returncode == 0
+    users_file = data / "users.json"
+    content = json.loads(users_file.read_text())
+    del content["users"]["dave"]["scram"]  # as a users file of an earlier tidings
+    users_file.write_text(json.dumps(content))
+    assert UserStore(data).scram_credentials("dave", "SCRAM-SHA-256") is None
+    out = run("--data-dir", str(data), "users", "set-password", "dave", "new-pw")
+    assert out.returncode == 0, out.stderr
+    store = UserStore(data)
+    assert store.scram_credentials("dave", "SCRAM-SHA-512") is not None
+    assert store.authenticate("dave", "new-pw", "127.0.0.1") == "dave"
+    with pytest.raises(AccessRefusedError):
+        store.authenticate("dave", "old-pw", "127.0.0.1")
+    assert "new-pw" not in users_file.read_text()
+    out = run("--data-dir", str(data), "users", "set-password", "nobody", "x")
+    assert out.returncode == 1 and out.stderr.strip() == "tidings: error: no user 'nobody'"

@@ -359,6 +359,17 @@ class UserStore:
         users.users[username] = new_user(password)
         self.save(users)
 
+    def set_password(self, username: str, password: str) -> None:
+        """A new password: its hash and SCRAM keys replace the old ones (logins cached with
+        the old one are forgotten when the file is saved)."""
+        users = self.reload()
+        user = users.users.get(username)
+        if user is None:
+            raise NotFoundError(f"no user '{username}'")
+        user.update(new_user(password))
+        self.save(users)
+        self._logins.clear()
+
     def delete_user(self, username: str) -> None:
         users = self.reload()
         if users.users.pop(username, None) is None:

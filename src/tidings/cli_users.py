@@ -22,6 +22,12 @@ def add_users_parsers(commands: Any) -> None:
     add.add_argument("name")
     add.add_argument("password", nargs="?", help="omit to be asked (or give --password-stdin)")
     add.add_argument("--password-stdin", action="store_true")
+    passwd = sub.add_parser("set-password", help="change a user's password (and the SCRAM "
+                                                 "keys Kafka clients log in with)")
+    passwd.add_argument("name")
+    passwd.add_argument("password", nargs="?",
+                        help="omit to be asked (or give --password-stdin)")
+    passwd.add_argument("--password-stdin", action="store_true")
     delete = sub.add_parser("delete", help="delete a user")
     delete.add_argument("name")
     sub.add_parser("list", help="list users and their permissions")
@@ -72,7 +78,7 @@ def run_users_command(args: argparse.Namespace) -> int:
         else:
             print("\n".join(store.list_vhosts()))
         return 0
-    if args.action == "add":
+    if args.action in ("add", "set-password"):
         password = args.password
         if args.password_stdin or (password is None and not sys.stdin.isatty()):
             password = sys.stdin.readline().rstrip("\n")  # a pipe, or no terminal to ask on
@@ -81,7 +87,10 @@ def run_users_command(args: argparse.Namespace) -> int:
         if not password:
             raise ConfigError("the password is empty: give it, type it, or pipe it to "
                               "--password-stdin")
-        store.add_user(args.name, password)
+        if args.action == "add":
+            store.add_user(args.name, password)
+        else:
+            store.set_password(args.name, password)
     elif args.action == "delete":
         store.delete_user(args.name)
     elif args.action == "set-permissions":
