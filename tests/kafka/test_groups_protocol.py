@@ -357,3 +357,24 @@ def test_answers_nobody_waits_for_any_more_leave_no_traceback(
     time.sleep(0.5)
     log = groups_server.log.read_text()
     assert "never retrieved" not in log and "Traceback" not in log
+
+
+def test_members_joining_and_leaving_in_churn_leave_nothing_behind() -> None:
+    """Thousands of members join and leave (and their JoinGroup answers are never awaited):
+    the coordinator's counts and bytes return to nothing and the groups are forgotten."""
+    async def main() -> None:
+        settings = KafkaSettings("127.0.0.1", 9092, group_min_session_timeout_ms=10,
+                                 group_initial_rebalance_delay_ms=0)
+        coordinator = Coordinator(settings)
+        for _ in range(20):
+            joined = [coordinator.join(f"churn-{i % 7}", "", None, "c", "h", 60_000, 60_000,
+                                       "consumer", (("range", b"m" * 100),), 3)
+                      for i in range(100)]
+            assert coordinator.member_count == 100 and coordinator.state_bytes > 0
+            for answer in joined:
+                result = await answer  # type: ignore[misc]
+                coordinator.leave(f"churn-{joined.index(answer) % 7}", result.member_id, None)
+        assert (coordinator.member_count, coordinator.state_bytes) == (0, 0)
+        assert not coordinator.groups
+        coordinator.close()
+    asyncio.run(main())
