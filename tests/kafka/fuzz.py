@@ -1,9 +1,10 @@
 """The Kafka listener's fuzz loop, shared by the test suite (a short run) and
 ``bench/reliability.py kafka`` (the long form): requests recorded from real client traffic
-(metadata, groups, offsets, SASL), truncated, with bytes flipped, with a length or count
-inside that lies, with junk appended, and every tenth with a size prefix announcing more
-than is sent. Each goes on a connection of its own; every ``check_every`` a health check
-(a Metadata request) must be answered, and the server must stay up without a traceback."""
+(metadata, groups, offsets, SASL tokens, KIP-848's heartbeat), truncated, with bytes
+flipped, with a length or count inside that lies, with junk appended, and every tenth with a
+size prefix announcing more than is sent. Each goes on a connection of its own; every
+``check_every`` a health check (a Metadata request) must be answered, and the server must
+stay up without a traceback."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
+from kio.schema.consumer_group_heartbeat.v0.request import ConsumerGroupHeartbeatRequest
 from kio.schema.find_coordinator.v2.request import FindCoordinatorRequest
 from kio.schema.heartbeat.v3.request import HeartbeatRequest
 from kio.schema.metadata.v5.request import MetadataRequest, MetadataRequestTopic
 from kio.schema.offset_commit.v7 import request as commit
 from kio.schema.offset_fetch.v5 import request as offset_fetch
+from kio.schema.sasl_authenticate.v1.request import SaslAuthenticateRequest
+from kio.schema.sasl_handshake.v0.request import SaslHandshakeRequest as SaslHandshakeV0
 from kio.schema.sasl_handshake.v1.request import SaslHandshakeRequest
 from kio.schema.sync_group.v3 import request as sync
 
@@ -48,6 +52,12 @@ def recorded(raw: RawKafka) -> list[bytes]:
                     partition_index=0, committed_offset=0, committed_metadata="m"),)),))),
         raw.frame(9, 5, offset_fetch.OffsetFetchRequest(group_id="fuzz-group", topics=None)),
         raw.frame(17, 1, SaslHandshakeRequest(mechanism="PLAIN")),
+        raw.frame(17, 0, SaslHandshakeV0(mechanism="SCRAM-SHA-256")),
+        raw.frame(36, 1, SaslAuthenticateRequest(auth_bytes=b"\0guest\0guest")),
+        raw.frame(36, 1, SaslAuthenticateRequest(auth_bytes=b"n,,n=guest,r=fuzznonce")),
+        raw.frame(68, 0, ConsumerGroupHeartbeatRequest(
+            group_id="fuzz-group", member_id="", member_epoch=0,
+            subscribed_topic_names=("fuzzed",), topic_partitions=())),
     ]
 
 
