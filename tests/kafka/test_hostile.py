@@ -107,3 +107,35 @@ def test_unfinished_requests_are_bounded_over_all_connections(tmp_path: Path) ->
             sock.close()
         server.stop()
     assert "Traceback" not in server.log.read_text()
+
+
+def test_counts_that_lie_close_the_connection_and_never_the_broker(
+        server: ServerProcess) -> None:
+    """Arrays announcing billions of items in a few bytes (int32 counts, and the unsigned
+    varints of flexible versions): refused before kio makes room for them (a ListGroups v4
+    with a 2^32 count aborted the whole server)."""
+    from kio.schema.list_groups.v4.request import ListGroupsRequest
+    from kio.schema.metadata.v5.request import MetadataRequestTopic
+
+    maker = RawKafka(server.kafka_port)
+    frame = maker.frame(3, 5, MetadataRequest(topics=(MetadataRequestTopic(name="x"),),
+                                              allow_auto_topic_creation=False))
+    at = frame.index(b"\x00\x00\x00\x01\x00\x01x")
+    lying = [frame[:at] + struct.pack(">i", 2**31 - 1) + frame[at + 4:]]
+    frame = maker.frame(16, 4, ListGroupsRequest(states_filter=("Empty",)))
+    at = frame.index(b"\x02\x06Empty")
+    lying.append(frame[:at] + b"\xff\xff\xff\xff\x0f" + frame[at + 1:])
+    frame = maker.frame(11, 5, join_body("lying"))
+    at = frame.index(b"\x00\x00\x00\x01\x00\x05range")
+    lying.append(frame[:at] + struct.pack(">i", 2**31 - 1) + frame[at + 4:])
+    maker.close()
+    for each in lying:
+        raw = RawKafka(server.kafka_port)
+        raw.send_frame(each)
+        assert raw.closed()
+        raw.close()
+    assert server.proc is not None and server.proc.poll() is None
+    alive = RawKafka(server.kafka_port)
+    assert alive.request(3, 5, MetadataRequest(topics=None, allow_auto_topic_creation=False)
+                         ).brokers
+    alive.close()

@@ -32,6 +32,7 @@ from kio.schema.request_header.v2.header import RequestHeader as RequestHeaderV2
 from kio.schema.response_header.v0.header import ResponseHeader as ResponseHeaderV0
 from kio.serial import entity_reader, entity_writer
 
+from tidings.kafka.frame_check import check_counts
 from tidings.kafka.versions import (
     API_NAMES,
     API_VERSIONS,
@@ -148,6 +149,7 @@ class KafkaConnection:
             header, at = (_read_header_v2 if flexible else _read_header_v1)(frame, 0)
             if api_key == PRODUCE and version in REFUSED_PRODUCE:  # read as v3: a null id
                 frame = frame[:at] + b"\xff\xff" + frame[at:]
+            check_counts(schema, frame, at)  # (before kio makes room for what it announces)
             reader = self._readers.get(schema)
             if reader is None:
                 reader = self._readers[schema] = entity_reader(schema)
