@@ -75,7 +75,8 @@ def test_serve_bad_flag_value_is_one_line_exit_2() -> None:
                         (("--kafka-group-min-session-timeout-ms", "0"), "1 <= min <= max"),
                         (("--kafka-group-max-session-timeout-ms", "10"), "1 <= min <= max"),
                         (("--kafka-group-initial-rebalance-delay-ms", "-1"), "at least 0"),
-                        (("--kafka-queued-max-request-bytes", "0"), "at least 1")):
+                        (("--kafka-queued-max-request-bytes", "0"), "at least 1"),
+                        (("--kafka-connections-max-idle-ms", "0"), "at least 1")):
         out = run("serve", "--kafka-port", "0", *flags)
         assert out.returncode == 2 and out.stderr.count("\n") == 1 and said in out.stderr, \
             out.stderr

@@ -68,6 +68,9 @@ def add_serve_parser(commands: Any, port: Callable[[str], int]) -> None:
     serve.add_argument("--kafka-queued-max-request-bytes", type=int, default=256 * 2**20,
                        help="bytes of unfinished Kafka requests held over all connections; "
                             "past it a connection sending more of one is closed")
+    serve.add_argument("--kafka-connections-max-idle-ms", type=int, default=600_000,
+                       help="close a Kafka connection idle this long (Kafka's "
+                            "connections.max.idle.ms)")
     serve.add_argument("--kafka-tls-port", type=port, default=-1,
                        help="Kafka over TLS port, with --tls-cert and --tls-key (off unless "
                             "given)")
@@ -249,6 +252,9 @@ def kafka_flag_problem(args: argparse.Namespace) -> str | None:
     if args.kafka_group_initial_rebalance_delay_ms < 0:
         return (f"--kafka-group-initial-rebalance-delay-ms "
                 f"{args.kafka_group_initial_rebalance_delay_ms}: at least 0")
+    if args.kafka_connections_max_idle_ms < 1:
+        return (f"--kafka-connections-max-idle-ms {args.kafka_connections_max_idle_ms}: "
+                f"at least 1")
     if args.kafka_queued_max_request_bytes < 1:
         return (f"--kafka-queued-max-request-bytes {args.kafka_queued_max_request_bytes}: "
                 f"at least 1")
@@ -273,6 +279,7 @@ async def _start_kafka(args: argparse.Namespace, broker: Any, users: Any,
                              auto_create_topics=not args.kafka_no_auto_create_topics,
                              require_sasl=args.kafka_require_sasl,
                              queued_max_request_bytes=args.kafka_queued_max_request_bytes,
+                             connections_max_idle_ms=args.kafka_connections_max_idle_ms,
                              group_min_session_timeout_ms=args.kafka_group_min_session_timeout_ms,
                              group_max_session_timeout_ms=args.kafka_group_max_session_timeout_ms,
                              group_initial_rebalance_delay_ms=(

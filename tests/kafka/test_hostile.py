@@ -139,3 +139,39 @@ def test_counts_that_lie_close_the_connection_and_never_the_broker(
     assert alive.request(3, 5, MetadataRequest(topics=None, allow_auto_topic_creation=False)
                          ).brokers
     alive.close()
+
+
+def test_idle_connections_are_closed_and_busy_ones_kept(tmp_path: Path) -> None:
+    """--kafka-connections-max-idle-ms (Kafka's connections.max.idle.ms): a connection that
+    says nothing is closed; one that keeps asking, or waits on a long poll, is not."""
+    import time
+
+    from kio.schema.fetch.v11 import request as fetch
+
+    server = ServerProcess(tmp_path / "data", "--kafka-port", "0", "--http-port", "-1",
+                           "--kafka-connections-max-idle-ms", "300").start()
+    try:
+        idle = RawKafka(server.kafka_port)
+        talking = RawKafka(server.kafka_port)
+        waiting = RawKafka(server.kafka_port)
+        assert waiting.request(3, 5, MetadataRequest(topics=(), allow_auto_topic_creation=False)
+                               ).brokers
+        from .test_protocol import _create
+        assert _create(waiting, "idle-topic") == 0
+        waiting.send_frame(waiting.frame(1, 11, fetch.FetchRequest(
+            replica_id=-1, max_wait=datetime.timedelta(seconds=2), min_bytes=1,
+            max_bytes=1 << 20, isolation_level=0, session_id=0, session_epoch=-1, topics=(
+                fetch.FetchTopic(topic="idle-topic", partitions=(fetch.FetchPartition(
+                    partition=0, current_leader_epoch=-1, fetch_offset=0,
+                    log_start_offset=-1, partition_max_bytes=1 << 20),)),),
+            forgotten_topics_data=(), rack_id="")))
+        for _ in range(15):  # 1.5 s of questions every 0.1 s
+            assert talking.request(3, 5, MetadataRequest(
+                topics=(), allow_auto_topic_creation=False)).brokers
+            time.sleep(0.1)
+        assert idle.closed()
+        assert waiting.read_frame()  # the long poll's answer came, after 2 s
+        for each in (idle, talking, waiting):
+            each.close()
+    finally:
+        server.stop()

@@ -108,6 +108,7 @@ class KafkaServer:
         self.links: set[KafkaLink] = set()
         #: Bytes of requests begun but not whole yet, over every connection.
         self.buffered_bytes = 0
+        self._idle_sweeper: asyncio.Task[None] | None = None
         self._servers: list[asyncio.base_events.Server] = []
         self._answers: dict[int, Callable[[KafkaLink, KafkaRequest, Any], Any]] = {
             PRODUCE: lambda link, r, schema: link.on.producing.produce(
@@ -166,13 +167,32 @@ class KafkaServer:
         server = await loop.create_server(lambda: KafkaLink(self, advertised), host, port,
                                           ssl=tls)
         self._servers.append(server)
+        if self._idle_sweeper is None:
+            self._idle_sweeper = loop.create_task(self._close_idle())
         bound = int(server.sockets[0].getsockname()[1])
         if not self.settings.port and tls is None:
             self.settings.port = bound
         advertised = bound if tls is not None else self.settings.port
         return bound
 
+    async def _close_idle(self) -> None:
+        """Close connections with nothing open and no request for
+        ``connections_max_idle_ms`` (Kafka's ``connections.max.idle.ms``): clients open a
+        new one when they next need it; a peer gone without a word stops holding one."""
+        idle_s = self.settings.connections_max_idle_ms / 1000
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(max(idle_s / 4, 0.05), 5.0))
+            now = loop.time()
+            for link in list(self.links):
+                if not link.busy and now - link.last_active > idle_s:
+                    log.info("kafka connection %s closed: idle for %.0f s", link.peer,
+                             now - link.last_active)
+                    link.close()
+
     async def close(self) -> None:
+        if self._idle_sweeper is not None:
+            self._idle_sweeper.cancel()
         for each in self.vhosts.values():
             each.coordinator.close()
         for server in self._servers:
@@ -309,6 +329,8 @@ class KafkaLink(asyncio.Protocol):
         self.sasl: SaslExchange | None = None
         #: A failed login: the connection ends once its answer is sent.
         self.close_after_answer = False
+        #: When it last sent or was sent something (the loop's clock).
+        self.last_active = asyncio.get_running_loop().time()
         #: Responses in request order: bytes ready, a task still running, or None (none due).
         self._pending: deque[tuple[KafkaRequest, Any]] = deque()
         self._paused = False
@@ -339,7 +361,13 @@ class KafkaLink(asyncio.Protocol):
             self._closed = True
             self.transport.close()
 
+    @property
+    def busy(self) -> bool:
+        """Requests open, or one arriving: not idle."""
+        return bool(self._pending) or self.connection.buffered > 0
+
     def data_received(self, data: bytes) -> None:
+        self.last_active = asyncio.get_running_loop().time()
         held = self.connection.buffered
         try:
             requests = self.connection.receive_data(data)
@@ -409,6 +437,7 @@ class KafkaLink(asyncio.Protocol):
                     return
         if out:
             self.transport.write(b"".join(out))
+            self.last_active = asyncio.get_running_loop().time()
         if self.close_after_answer and not self._pending:
             self.close()
             return

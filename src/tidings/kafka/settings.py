@@ -29,6 +29,9 @@ class KafkaSettings:
     #: Bytes of unfinished requests held over all connections (Kafka's
     #: ``queued.max.request.bytes``): past it, a connection sending more of one is closed.
     queued_max_request_bytes: int = 256 * 2**20
+    #: A connection with nothing open and no request for this long is closed (Kafka's
+    #: ``connections.max.idle.ms``).
+    connections_max_idle_ms: int = 600_000
     #: Create a topic (1 partition) when a client asks for its metadata (Kafka's default).
     auto_create_topics: bool = True
     #: Every connection must log in with SASL (else one that does not is the anonymous
