@@ -378,3 +378,19 @@ def test_members_joining_and_leaving_in_churn_leave_nothing_behind() -> None:
         assert not coordinator.groups
         coordinator.close()
     asyncio.run(main())
+
+
+def test_delete_groups_forgets_the_offsets_of_a_group_without_members(connect) -> None:
+    from kio.schema.delete_groups.v1.request import DeleteGroupsRequest
+
+    raw = connect()
+    assert _create(raw, "deleted-offsets", 2) == ErrorCode.none
+    _produce(raw, "deleted-offsets", encode_batch(0, [(0, None, b"r", [])]))
+    assert _commit(raw, "to-delete", "deleted-offsets", 1) == ErrorCode.none
+    _join(raw, "busy-group")
+    results = raw.request(42, 1, DeleteGroupsRequest(
+        groups_names=("to-delete", "busy-group", "no-such-group"))).results
+    assert [(r.group_id, r.error_code) for r in results] == [
+        ("to-delete", ErrorCode.none), ("busy-group", ErrorCode.non_empty_group),
+        ("no-such-group", ErrorCode.group_id_not_found)]
+    assert _committed(raw, "to-delete", "deleted-offsets")[0] == -1

@@ -6,8 +6,8 @@ offsets and reading or committing a group's offsets need *read*, creating and de
 topics (and auto-creation by Metadata) need *configure*, and a topic is visible (Metadata,
 DescribeConfigs) to a user with any of the three. A group is a resource of its own kind
 whose name is matched against the user's *read* pattern, as Kafka asks READ on a group to
-join it or commit for it. Refusals are Kafka's error codes: TOPIC_AUTHORIZATION_FAILED and
-GROUP_AUTHORIZATION_FAILED.
+join it or commit for it (and *configure* to delete it, as for a queue). Refusals are
+Kafka's error codes: TOPIC_AUTHORIZATION_FAILED and GROUP_AUTHORIZATION_FAILED.
 """
 
 from __future__ import annotations
@@ -55,6 +55,13 @@ class Access:
             raise GroupError(ErrorCode.group_authorization_failed,
                              f"read access to group '{group}' in vhost '{self.vhost}' refused "
                              f"for user '{self.user}'")
+
+    def check_group_delete(self, group: str) -> None:
+        """Deleting a group's offsets needs *configure* on its name, as deleting a queue."""
+        if not self._allowed("configure", "group", group):
+            raise GroupError(ErrorCode.group_authorization_failed,
+                             f"configure access to group '{group}' in vhost '{self.vhost}' "
+                             f"refused for user '{self.user}'")
 
     def may_see_group(self, group: str) -> bool:
         return self._allowed("read", "group", group)

@@ -137,6 +137,26 @@ class GroupRequests:
                                  group_instance_id=instance_id, error_code=code))
         return make(schema, throttle_time=NO_THROTTLE, error_code=top, members=tuple(rows))
 
+    def delete_groups(self, body: Any, schema: type, may_delete: GroupCheck,
+                      forget: Callable[[str], bool]) -> Any:
+        """DeleteGroups: a group without members loses its committed offsets (its named
+        readers); one with members is NON_EMPTY_GROUP, one with neither GROUP_ID_NOT_FOUND."""
+        result_type = nested(schema, "DeletableGroupResult")
+        results = []
+        for group_id in body.groups_names[:self.settings.max_topics_per_request]:
+            code = ErrorCode.none
+            try:
+                may_delete(group_id)
+                group = self.coordinator.groups.get(group_id)
+                if group is not None and (group.members or group.pending):
+                    code = ErrorCode.non_empty_group
+                elif not forget(group_id):
+                    code = ErrorCode.group_id_not_found
+            except GroupError as e:
+                code = e.code
+            results.append(make(result_type, group_id=group_id, error_code=code))
+        return make(schema, throttle_time=NO_THROTTLE, results=tuple(results))
+
     def list_groups(self, body: Any, schema: type, may_see: Callable[[str], bool],
                     committed: set[str]) -> Any:
         """Groups with members, and those with only committed offsets (Empty, as Kafka lists

@@ -53,6 +53,19 @@ class Offsets:
                     found.update(r.name for r in numbers.readers if not r.live)
         return found
 
+    def delete_group(self, group: str) -> bool:
+        """Forget every offset ``group`` committed (its named readers); False when it had
+        none."""
+        found = False
+        for topic in self.topics.all():
+            for index in range(topic.partitions):
+                stream = partition_stream(topic.name, index)
+                with contextlib.suppress(TidingsError):
+                    if self.broker.find_reader(self.vhost, stream, group) is not None:
+                        self.broker.forget_reader(self.vhost, stream, group)
+                        found = True
+        return found
+
     def commit(self, body: Any, schema: type, may_read: TopicCheck
                ) -> Coroutine[Any, Any, Any] | Any:
         topic_type = nested(schema, "OffsetCommitResponseTopic")

@@ -51,6 +51,7 @@ from tidings.kafka.versions import (
     API_VERSIONS,
     CONSUMER_GROUP_HEARTBEAT,
     CREATE_TOPICS,
+    DELETE_GROUPS,
     DELETE_TOPICS,
     DESCRIBE_CONFIGS,
     DESCRIBE_GROUPS,
@@ -142,6 +143,8 @@ class KafkaServer:
                 link.on.offsets.committed_groups()),
             DESCRIBE_GROUPS: lambda link, r, schema: link.on.groups.describe_groups(
                 r.body, schema, link.access.check_group, link.on.offsets.committed_groups),
+            DELETE_GROUPS: lambda link, r, schema: self._durable(link.on.groups.delete_groups(
+                r.body, schema, link.access.check_group_delete, link.on.offsets.delete_group)),
             OFFSET_COMMIT: lambda link, r, schema: self._group_and_topic(
                 link, r.body, schema, link.on.offsets.commit),
             OFFSET_FETCH: lambda link, r, schema: self._group_and_topic(

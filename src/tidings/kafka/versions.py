@@ -26,7 +26,7 @@ OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR, JOIN_GROUP = 8, 9, 10, 11
 HEARTBEAT, LEAVE_GROUP, SYNC_GROUP, DESCRIBE_GROUPS, LIST_GROUPS = 12, 13, 14, 15, 16
 SASL_HANDSHAKE = 17
 API_VERSIONS, CREATE_TOPICS, DELETE_TOPICS, INIT_PRODUCER_ID = 18, 19, 20, 22
-DESCRIBE_CONFIGS, SASL_AUTHENTICATE = 32, 36
+DESCRIBE_CONFIGS, SASL_AUTHENTICATE, DELETE_GROUPS = 32, 36, 42
 #: KIP-848's group protocol: not advertised; a request for it is refused with an error.
 CONSUMER_GROUP_HEARTBEAT = 68
 
@@ -52,6 +52,7 @@ SUPPORTED: dict[int, tuple[int, int]] = {
     LIST_GROUPS: (0, 4),
     SASL_HANDSHAKE: (0, 1),
     SASL_AUTHENTICATE: (0, 1),
+    DELETE_GROUPS: (0, 2),
 }
 
 #: Produce versions advertised but answered with UNSUPPORTED_VERSION (see the module doc).
@@ -65,7 +66,7 @@ API_NAMES = {PRODUCE: "Produce", FETCH: "Fetch", LIST_OFFSETS: "ListOffsets",
              JOIN_GROUP: "JoinGroup", HEARTBEAT: "Heartbeat", LEAVE_GROUP: "LeaveGroup",
              SYNC_GROUP: "SyncGroup", DESCRIBE_GROUPS: "DescribeGroups",
              LIST_GROUPS: "ListGroups", SASL_HANDSHAKE: "SaslHandshake",
-             SASL_AUTHENTICATE: "SaslAuthenticate",
+             SASL_AUTHENTICATE: "SaslAuthenticate", DELETE_GROUPS: "DeleteGroups",
              CONSUMER_GROUP_HEARTBEAT: "ConsumerGroupHeartbeat"}
 
 
