@@ -1,14 +1,9 @@
-"""The Kafka listener: the one asyncio driver of :mod:`tidings.kafka.protocol`, and the
-dispatch of each request to what answers it (topics, produce, fetch, groups, offsets,
-SASL), under the connection's user's permissions (:mod:`tidings.kafka.access`).
-
-Kafka clients pipeline requests and expect the responses in the order they asked. Each
-connection answers what it can at once (metadata, configs) and runs Produce and Fetch as
-tasks; responses leave strictly in request order. At most :data:`MAX_IN_FLIGHT` requests
-are open per connection: past that, the connection stops reading, so a client that sends
-faster than the broker makes its appends durable waits (back-pressure), and memory stays
-bounded. A request the protocol refuses closes the connection with a log line (as Kafka
-does); a handler's error does the same, never a traceback to the client or a hang.
+"""The Kafka listener: its sockets (plain and TLS), the dispatch of each request to what
+answers it on the connection's vhost (topics, produce, fetch, groups, offsets; see
+:mod:`tidings.kafka.vhost`) under the connection's user's permissions
+(:mod:`tidings.kafka.access`), logins (:mod:`tidings.kafka.sasl`), and the bounds that hold
+over all connections (unfinished request bytes, idle connections). Each connection is a
+:class:`~tidings.kafka.link.KafkaLink`, which keeps the answers in request order.
 """
 
 from __future__ import annotations
@@ -18,7 +13,6 @@ import contextlib
 import dataclasses
 import logging
 import ssl
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -28,14 +22,9 @@ from tidings.auth import UserStore
 from tidings.errors import TidingsError
 from tidings.kafka.access import Access
 from tidings.kafka.errors import GroupError, TopicError
-from tidings.kafka.fetch import Fetching
-from tidings.kafka.group_api import GroupRequests
-from tidings.kafka.groups import Coordinator
-from tidings.kafka.offsets import Offsets
-from tidings.kafka.produce import Producing
+from tidings.kafka.link import KafkaLink
 from tidings.kafka.protocol import (
     RAW_SASL,
-    KafkaConnection,
     KafkaProtocolError,
     KafkaRequest,
     api_versions_refusal,
@@ -44,9 +33,9 @@ from tidings.kafka.protocol import (
     produce_refusal,
     response_schema,
 )
-from tidings.kafka.sasl import MECHANISMS, SaslExchange, SaslFailed
+from tidings.kafka.sasl import MECHANISMS, SaslFailed
 from tidings.kafka.settings import KafkaSettings
-from tidings.kafka.topics import NO_THROTTLE, Topics
+from tidings.kafka.topics import NO_THROTTLE
 from tidings.kafka.versions import (
     API_VERSIONS,
     CONSUMER_GROUP_HEARTBEAT,
@@ -72,27 +61,13 @@ from tidings.kafka.versions import (
     SUPPORTED,
     SYNC_GROUP,
 )
+from tidings.kafka.vhost import KafkaVhost
 from tidings.routing.front_door import FrontDoor
 
 __all__ = ["KafkaServer"]
 
 log = logging.getLogger("tidings.kafka")
 
-#: Requests one connection may have open before it stops reading.
-MAX_IN_FLIGHT = 32
-
-
-class KafkaVhost:
-    """What answers Kafka requests on one vhost: its topics, producers, fetches, groups and
-    committed offsets."""
-
-    def __init__(self, broker: FrontDoor, settings: KafkaSettings) -> None:
-        self.topics = Topics(broker, settings)
-        self.producing = Producing(broker, self.topics, settings)
-        self.fetching = Fetching(broker, self.topics, settings)
-        self.coordinator = Coordinator(settings)
-        self.groups = GroupRequests(self.coordinator, settings)
-        self.offsets = Offsets(broker, self.topics, self.coordinator, settings)
 
 
 class KafkaServer:
@@ -313,137 +288,3 @@ class KafkaServer:
 
 #: What a connection may ask before it logs in, where logging in is needed.
 _BEFORE_LOGIN = frozenset({API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE})
-
-
-class KafkaLink(asyncio.Protocol):
-    """One client connection."""
-
-    def __init__(self, server: KafkaServer, port: int) -> None:
-        self.server = server
-        #: The port clients are told to connect to on this connection's listener.
-        self.port = port
-        self.connection = KafkaConnection(server.settings.max_request_bytes)
-        self.transport: asyncio.Transport | None = None
-        self.peer = "?"
-        self.host = ""
-        self.access = Access(None, server.settings.vhost)
-        #: The vhost whose topics and groups this connection sees.
-        self.on = server.vhost(server.settings.vhost)
-        self.sasl: SaslExchange | None = None
-        #: A failed login: the connection ends once its answer is sent.
-        self.close_after_answer = False
-        #: When it last sent or was sent something (the loop's clock).
-        self.last_active = asyncio.get_running_loop().time()
-        #: Responses in request order: bytes ready, a task still running, or None (none due).
-        self._pending: deque[tuple[KafkaRequest, Any]] = deque()
-        self._paused = False
-        self._closed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # (uvloop's is not a subclass)
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.host = str(peer[0]) if isinstance(peer, tuple) else ""
-        self.access = self.server.access_of(self.host)
-        if self.server.users is not None:
-            self.sasl = SaslExchange(self.server.users, self.server.settings.vhost, self.host)
-        self.server.links.add(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
-        self.server.links.discard(self)
-        self.server.buffered_bytes -= self.connection.buffered
-        self.connection.discard()
-        for _, pending in self._pending:
-            if isinstance(pending, asyncio.Task):
-                pending.cancel()
-        self._pending.clear()
-
-    def close(self) -> None:
-        if self.transport is not None and not self._closed:
-            self._closed = True
-            self.transport.close()
-
-    @property
-    def busy(self) -> bool:
-        """Requests open, or one arriving: not idle."""
-        return bool(self._pending) or self.connection.buffered > 0
-
-    def data_received(self, data: bytes) -> None:
-        self.last_active = asyncio.get_running_loop().time()
-        held = self.connection.buffered
-        try:
-            requests = self.connection.receive_data(data)
-        except KafkaProtocolError as e:
-            log.warning("kafka connection %s closed: %s", self.peer, e)
-            self.close()
-            return
-        self.server.buffered_bytes += self.connection.buffered - held
-        if self.connection.buffered and \
-                self.server.buffered_bytes > self.server.settings.queued_max_request_bytes:
-            log.warning("kafka connection %s closed: the broker holds %d bytes of unfinished "
-                        "requests, more than --kafka-queued-max-request-bytes", self.peer,
-                        self.server.buffered_bytes)
-            self.close()
-            return
-        for request in requests:
-            self._start(request)
-        self._flush()
-
-    def _start(self, request: KafkaRequest) -> None:
-        try:
-            answer = self.server.answer(self, request)
-        except KafkaProtocolError as e:
-            log.warning("kafka connection %s closed: %s", self.peer, e)
-            self.close()
-            return
-        except Exception:
-            log.exception("kafka connection %s: %s failed; closing it", self.peer,
-                          request.name)
-            self.close()
-            return
-        if asyncio.iscoroutine(answer):  # (Produce appended already: only its answer waits)
-            task = asyncio.ensure_future(answer)
-            task.add_done_callback(lambda _: self._flush())
-            self._pending.append((request, task))
-        else:
-            self._pending.append((request, answer))
-        if len(self._pending) >= MAX_IN_FLIGHT and not self._paused and self.transport:
-            self._paused = True
-            self.transport.pause_reading()
-
-    def _flush(self) -> None:
-        """Write every response at the head of the line that is ready."""
-        if self._closed or self.transport is None:
-            return
-        out = []
-        while self._pending:
-            request, answer = self._pending[0]
-            if isinstance(answer, asyncio.Task):
-                if not answer.done():
-                    break
-                if answer.cancelled() or answer.exception() is not None:
-                    if not answer.cancelled():
-                        log.error("kafka connection %s: %s failed; closing it", self.peer,
-                                  request.name, exc_info=answer.exception())
-                    self.close()
-                    return
-                answer = answer.result()
-            self._pending.popleft()
-            if answer is not None:
-                try:
-                    out.append(self.connection.response(request, answer))
-                except Exception:
-                    log.exception("kafka connection %s: the answer to %s failed; closing it",
-                                  self.peer, request.name)
-                    self.close()
-                    return
-        if out:
-            self.transport.write(b"".join(out))
-            self.last_active = asyncio.get_running_loop().time()
-        if self.close_after_answer and not self._pending:
-            self.close()
-            return
-        if self._paused and len(self._pending) < MAX_IN_FLIGHT // 2:
-            self._paused = False
-            self.transport.resume_reading()
