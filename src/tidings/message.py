@@ -23,6 +23,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from tidings.errors import TidingsError
+
 _LEN = struct.Struct(">I")
 
 #: Property fields kept in the bytes form (only when set, to keep records small).
@@ -150,7 +152,7 @@ def json_untagged(value: Any) -> Any:
     return _untag(value)
 
 
-class RecordError(ValueError):
+class RecordError(TidingsError, ValueError):
     """Stored bytes that are not a readable record (they are quarantined, never delivered)."""
 
 

@@ -27,6 +27,8 @@ import cramjam
 from crc32c import crc32c
 from kio._kio_native import read_signed_varint, read_signed_varlong
 
+from tidings.errors import InvalidArgumentError
+
 __all__ = ["HEAD", "BatchError", "BatchHeader", "KafkaRecord", "check_batch", "decode_records",
            "encode_batch", "read_header", "with_base_offset"]
 
@@ -45,7 +47,7 @@ MAX_DECODED_BYTES = 64 * 2**20
 _XERIAL = b"\x82SNAPPY\x00"
 
 
-class BatchError(ValueError):
+class BatchError(InvalidArgumentError, ValueError):
     """A batch that is not a well-formed RecordBatch v2 (Kafka's CORRUPT_MESSAGE)."""
 
 

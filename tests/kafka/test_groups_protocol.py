@@ -304,7 +304,7 @@ def test_a_join_flood_meets_the_bounds() -> None:
                 coordinator.join(f"flood-{i % 3}", "", None, "c", "h", 100, 100, "consumer",
                                  (("range", b"m"),), 5)
             except GroupError as e:
-                codes.append((e.code, str(e)))
+                codes.append((e.error_code, str(e)))
         pending = [c for c in codes if c[0] == ErrorCode.member_id_required]
         assert len(pending) == 8  # the broker's bound, below three groups of five
         assert coordinator.pending_count == 8

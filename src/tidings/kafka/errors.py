@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from kio.schema.errors import ErrorCode
 
-__all__ = ["GroupError", "TopicError"]
+from tidings.errors import TidingsError
+
+__all__ = ["GroupError", "KafkaError", "TopicError"]
 
 
-class KafkaError(Exception):
-    def __init__(self, code: ErrorCode, message: str = "") -> None:
-        super().__init__(message or code.name)
-        self.code = code
+class KafkaError(TidingsError):
+    """An answer with Kafka's ``error_code`` (the class's ``code`` stays tidings' own)."""
+
+    def __init__(self, error_code: ErrorCode, message: str = "") -> None:
+        super().__init__(message or error_code.name)
+        self.error_code = error_code
 
 
 class TopicError(KafkaError):

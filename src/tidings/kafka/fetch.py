@@ -86,7 +86,7 @@ class Fetching:
                         total += len(records)
                     streams.append(stream)
                 except TopicError as e:
-                    code = e.code
+                    code = e.error_code
                 except TidingsError:
                     code = ErrorCode.unknown_topic_or_partition
                 failed = failed or code != ErrorCode.none
@@ -123,7 +123,7 @@ class Fetching:
                         if found < end:
                             offset, timestamp = found, stamp
                 except TopicError as e:
-                    code = e.code
+                    code = e.error_code
                 except TidingsError:
                     code = ErrorCode.unknown_topic_or_partition
                 rows.append(make(partition_type, partition_index=p.partition_index,

@@ -18,6 +18,8 @@ from typing import Any
 
 from kio.serial._introspect import EntityField, EntityTupleField, classify_field, is_optional
 
+from tidings.errors import FrameError
+
 __all__ = ["check_counts"]
 
 #: kio's kafka_type -> its size on the wire, for the fixed-size kinds.
@@ -27,7 +29,7 @@ _FIXED = {"bool": 1, "int8": 1, "int16": 2, "uint16": 2, "error_code": 2, "int32
 _I16, _I32 = struct.Struct(">h"), struct.Struct(">i")
 
 
-class CountError(ValueError):
+class CountError(FrameError):
     """A count or length the request's bytes cannot hold."""
 
 

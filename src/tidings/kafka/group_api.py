@@ -39,7 +39,7 @@ class GroupRequests:
             try:
                 may_use(body.key)
             except GroupError as e:
-                code, message = e.code, str(e)
+                code, message = e.error_code, str(e)
         found = code == ErrorCode.none
         s = self.settings
         return make(schema, throttle_time=NO_THROTTLE, error_code=code, error_message=message,
@@ -71,8 +71,8 @@ class GroupRequests:
                 client_id, client_host, session_ms, rebalance_ms, body.protocol_type,
                 tuple((p.name, p.metadata) for p in body.protocols), version)
         except GroupError as e:
-            member_id = str(e) if e.code == ErrorCode.member_id_required else body.member_id
-            return answer(None, e.code, member_id)
+            member_id = str(e) if e.error_code == ErrorCode.member_id_required else body.member_id
+            return answer(None, e.error_code, member_id)
         if isinstance(found, JoinResult):
             return answer(found, ErrorCode.none)
 
@@ -80,7 +80,7 @@ class GroupRequests:
             try:
                 return answer(await pending, ErrorCode.none)
             except GroupError as e:
-                return answer(None, e.code, body.member_id)
+                return answer(None, e.error_code, body.member_id)
         return waited(found)
 
     def sync(self, body: Any, schema: type, may_use: GroupCheck) -> Any:
@@ -94,7 +94,7 @@ class GroupRequests:
                 getattr(body, "group_instance_id", None),
                 {a.member_id: a.assignment for a in body.assignments})
         except GroupError as e:
-            return answer(b"", e.code)
+            return answer(b"", e.error_code)
         if isinstance(found, bytes):
             return answer(found, ErrorCode.none)
 
@@ -102,7 +102,7 @@ class GroupRequests:
             try:
                 return answer(await pending, ErrorCode.none)
             except GroupError as e:
-                return answer(b"", e.code)
+                return answer(b"", e.error_code)
         return waited(found)
 
     def heartbeat(self, body: Any, schema: type, may_use: GroupCheck) -> Any:
@@ -112,14 +112,14 @@ class GroupRequests:
             self.coordinator.heartbeat(body.group_id, body.generation_id, body.member_id,
                                        getattr(body, "group_instance_id", None))
         except GroupError as e:
-            code = e.code
+            code = e.error_code
         return make(schema, throttle_time=NO_THROTTLE, error_code=code)
 
     def leave(self, body: Any, schema: type, may_use: GroupCheck) -> Any:
         try:
             may_use(body.group_id)
         except GroupError as e:
-            return make(schema, throttle_time=NO_THROTTLE, error_code=e.code, members=())
+            return make(schema, throttle_time=NO_THROTTLE, error_code=e.error_code, members=())
         leaving = [(m.member_id, m.group_instance_id) for m in body.members] \
             if hasattr(body, "members") else [(body.member_id, None)]
         response_type = nested(schema, "MemberResponse") if hasattr(body, "members") else None
@@ -129,7 +129,7 @@ class GroupRequests:
             try:
                 self.coordinator.leave(body.group_id, member_id, instance_id)
             except GroupError as e:
-                code = e.code
+                code = e.error_code
             if response_type is None:
                 top = code
             else:
@@ -153,7 +153,7 @@ class GroupRequests:
                 elif not forget(group_id):
                     code = ErrorCode.group_id_not_found
             except GroupError as e:
-                code = e.code
+                code = e.error_code
             results.append(make(result_type, group_id=group_id, error_code=code))
         return make(schema, throttle_time=NO_THROTTLE, results=tuple(results))
 
@@ -182,7 +182,7 @@ class GroupRequests:
             try:
                 may_use(group_id)
             except GroupError as e:
-                out.append(make(described, error_code=e.code, group_id=group_id,
+                out.append(make(described, error_code=e.error_code, group_id=group_id,
                                 group_state="", protocol_type="", protocol_data="",
                                 members=()))
                 continue

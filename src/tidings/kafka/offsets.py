@@ -75,7 +75,7 @@ class Offsets:
             self.coordinator.committer(body.group_id, body.generation_id_or_member_epoch,
                                        body.member_id, getattr(body, "group_instance_id", None))
         except GroupError as e:
-            group_error = e.code
+            group_error = e.error_code
         topics = []
         committed = False
         for topic in body.topics[:self.settings.max_topics_per_request]:
@@ -106,7 +106,7 @@ class Offsets:
             self.broker.commit_offset(self.vhost, stream, group, max(-1, p.committed_offset - 1),
                                       metadata)
         except TopicError as e:
-            return e.code
+            return e.error_code
         except InvalidArgumentError:  # past the end of the partition
             return ErrorCode.offset_out_of_range
         except PreconditionFailedError as e:  # the stream keeps no more readers
@@ -146,7 +146,7 @@ class Offsets:
             stream = self.topics.stream(topic, index)
             found = self.broker.find_reader(self.vhost, stream, group)
         except TopicError as e:
-            return -1, "", e.code
+            return -1, "", e.error_code
         except TidingsError:
             return -1, "", ErrorCode.unknown_topic_or_partition
         if found is None:

@@ -125,7 +125,7 @@ class Producing:
             access.check_topic("write", topic)
             stream = self.topics.stream(topic, partition)
         except TopicError as e:
-            return e.code, -1, str(e), -1
+            return e.error_code, -1, str(e), -1
         data = records or b""
         if len(data) > self.settings.message_max_bytes:
             return (ErrorCode.message_too_large, -1,

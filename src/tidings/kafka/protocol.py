@@ -32,6 +32,7 @@ from kio.schema.request_header.v2.header import RequestHeader as RequestHeaderV2
 from kio.schema.response_header.v0.header import ResponseHeader as ResponseHeaderV0
 from kio.serial import entity_reader, entity_writer
 
+from tidings.errors import RemoteProtocolError
 from tidings.kafka.frame_check import check_counts
 from tidings.kafka.versions import (
     API_NAMES,
@@ -61,7 +62,7 @@ _read_header_v2 = entity_reader(RequestHeaderV2)
 _write_header_v0 = entity_writer(ResponseHeaderV0)
 
 
-class KafkaProtocolError(Exception):
+class KafkaProtocolError(RemoteProtocolError):
     """Bytes that are not a request tidings answers: the connection closes."""
 
 

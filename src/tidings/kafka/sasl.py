@@ -19,14 +19,14 @@ from typing import Any
 from scramp import ScramException, ScramMechanism
 
 from tidings.auth import SCRAM_MECHANISMS, UserStore
-from tidings.errors import TidingsError
+from tidings.errors import AccessRefusedError, TidingsError
 
 __all__ = ["MECHANISMS", "SaslExchange", "SaslFailed"]
 
 MECHANISMS = ("PLAIN", *SCRAM_MECHANISMS)
 
 
-class SaslFailed(Exception):
+class SaslFailed(AccessRefusedError):
     """The exchange failed: the message goes to the client, then the connection ends."""
 
 

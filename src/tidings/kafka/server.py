@@ -238,7 +238,7 @@ class KafkaServer:
         try:
             link.access.check_group(body.group_id)
         except GroupError as e:
-            refused, why = e.code, str(e)
+            refused, why = e.error_code, str(e)
 
             def check(topic: str) -> None:
                 raise TopicError(refused, why)

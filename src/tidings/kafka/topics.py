@@ -183,7 +183,7 @@ class Topics:
                             {c.name: c.value for c in topic.configs},
                             validate_only=body.validate_only)
             except TopicError as e:
-                code, message = e.code, str(e)
+                code, message = e.error_code, str(e)
             results.append(make(result_type, name=topic.name, error_code=code,
                                 error_message=message, topic_config_error_code=ErrorCode.none,
                                 num_partitions=-1, replication_factor=-1, configs=None))
