@@ -257,19 +257,23 @@ def fuzz_stream(rng: random.Random) -> bytes:
 
 @dataclass
 class FuzzReport:
+    """What a fuzz run found (AMQP streams here, Kafka requests in tests/kafka/fuzz.py)."""
+
     streams: int
     server_deaths: int = 0
     unanswered_health_checks: int = 0
     tracebacks: int = 0
     peak_rss_mb: float = 0.0
     closes: dict[str, int] = field(default_factory=dict)
+    #: What one fuzzed unit is.
+    unit: str = "streams"
 
     def figures(self) -> dict[str, object]:
-        return {"fuzzed streams": self.streams, "server crashes": self.server_deaths,
+        return {f"fuzzed {self.unit}": self.streams, "server crashes": self.server_deaths,
                 "health checks unanswered": self.unanswered_health_checks,
                 "tracebacks in server log": self.tracebacks,
                 "server peak RSS MB": round(self.peak_rss_mb, 1),
-                "how streams ended": dict(sorted(self.closes.items()))}
+                f"how {self.unit} ended": dict(sorted(self.closes.items()))}
 
 
 def _healthy(port: int) -> bool:

@@ -13,7 +13,6 @@ import os
 import random
 import socket
 import struct
-from dataclasses import dataclass, field
 
 from kio.schema.consumer_group_heartbeat.v0.request import ConsumerGroupHeartbeatRequest
 from kio.schema.find_coordinator.v2.request import FindCoordinatorRequest
@@ -28,6 +27,7 @@ from kio.schema.sync_group.v3 import request as sync
 
 from tidings.resources import rss_mb
 
+from ..reliability import FuzzReport
 from ..serverproc import ServerProcess
 from .groups_wire import join_body
 from .raw import RawKafka
@@ -77,23 +77,6 @@ def mutated(rng: random.Random, frame: bytes) -> bytes:
     return bytes(data)
 
 
-@dataclass
-class KafkaFuzzReport:
-    requests: int
-    server_deaths: int = 0
-    unanswered_health_checks: int = 0
-    tracebacks: int = 0
-    peak_rss_mb: float = 0.0
-    endings: dict[str, int] = field(default_factory=dict)
-
-    def figures(self) -> dict[str, object]:
-        return {"fuzzed requests": self.requests, "server crashes": self.server_deaths,
-                "health checks unanswered": self.unanswered_health_checks,
-                "tracebacks in server log": self.tracebacks,
-                "server peak RSS MB": round(self.peak_rss_mb, 1),
-                "how requests ended": dict(sorted(self.endings.items()))}
-
-
 def _healthy(port: int) -> bool:
     try:
         raw = RawKafka(port)
@@ -118,10 +101,10 @@ def _ending(sock: socket.socket) -> str:
 
 
 def kafka_fuzz(server: ServerProcess, requests: int, seed: int = 1,
-               check_every: int = 50) -> KafkaFuzzReport:
+               check_every: int = 50) -> FuzzReport:
     """Fuzz ``server``'s Kafka listener (restarting it should it die)."""
     rng = random.Random(seed)
-    report = KafkaFuzzReport(requests)
+    report = FuzzReport(requests, unit="requests")
     recorder = RawKafka(server.kafka_port)
     frames = recorded(recorder)
     recorder.close()
@@ -137,7 +120,7 @@ def kafka_fuzz(server: ServerProcess, requests: int, seed: int = 1,
                 ending = _ending(sock)
         except OSError:
             ending = "refused"
-        report.endings[ending] = report.endings.get(ending, 0) + 1
+        report.closes[ending] = report.closes.get(ending, 0) + 1
         assert server.proc is not None
         if i % 10 == 0:
             report.peak_rss_mb = max(report.peak_rss_mb, rss_mb(server.proc.pid))

@@ -10,6 +10,7 @@ not. Offsets are committed automatically every 200 ms.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import signal
 import sys
@@ -58,20 +59,24 @@ def confluent(bootstrap: str, topic: str, group: str, strategy: str, session_ms:
     consumer.close()
 
 
+def _options(package: str, group: str, strategy: str, session_ms: int) -> dict[str, Any]:
+    """The consumer settings kafka-python and aiokafka share (their assignors live at the
+    same place in both packages)."""
+    module = importlib.import_module(f"{package}.coordinator.assignors.{strategy}")
+    assignor = getattr(module, {"range": "RangePartitionAssignor",
+                                "roundrobin": "RoundRobinPartitionAssignor"}[strategy])
+    return {"group_id": group, "auto_offset_reset": "earliest",
+            "session_timeout_ms": session_ms, "heartbeat_interval_ms": 500,
+            "auto_commit_interval_ms": 200, "partition_assignment_strategy": [assignor],
+            "client_id": f"member-{package}"}
+
+
 def kafka_python(bootstrap: str, topic: str, group: str, strategy: str, session_ms: int,
                  instance: str | None) -> None:
-    from kafka.coordinator.assignors.range import RangePartitionAssignor
-    from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
-
     from kafka import ConsumerRebalanceListener, KafkaConsumer
 
-    assignor = {"range": RangePartitionAssignor,
-                "roundrobin": RoundRobinPartitionAssignor}[strategy]
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                             auto_offset_reset="earliest", session_timeout_ms=session_ms,
-                             heartbeat_interval_ms=500, auto_commit_interval_ms=200,
-                             partition_assignment_strategy=[assignor],
-                             client_id="member-kafka-python")
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap,
+                             **_options("kafka", group, strategy, session_ms))
 
     class Listener(ConsumerRebalanceListener):
         def on_partitions_revoked(self, revoked: Any) -> None:
@@ -91,16 +96,9 @@ def kafka_python(bootstrap: str, topic: str, group: str, strategy: str, session_
 async def aiokafka(bootstrap: str, topic: str, group: str, strategy: str, session_ms: int,
                    instance: str | None) -> None:
     from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
-    from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-    from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
-    assignor = {"range": RangePartitionAssignor,
-                "roundrobin": RoundRobinPartitionAssignor}[strategy]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                                auto_offset_reset="earliest", session_timeout_ms=session_ms,
-                                heartbeat_interval_ms=500, auto_commit_interval_ms=200,
-                                partition_assignment_strategy=(assignor,),
-                                client_id="member-aiokafka")
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap,
+                                **_options("aiokafka", group, strategy, session_ms))
 
     class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         async def on_partitions_revoked(self, revoked: Any) -> None:

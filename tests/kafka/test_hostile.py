@@ -31,7 +31,7 @@ def test_mutated_requests_never_hurt_the_listener(server: ServerProcess) -> None
     report = kafka_fuzz(server, MUTATIONS, seed=21, check_every=100)
     assert (report.server_deaths, report.unanswered_health_checks, report.tracebacks) == \
         (0, 0, 0), report.figures()
-    assert sum(report.endings.values()) == MUTATIONS
+    assert sum(report.closes.values()) == MUTATIONS
     assert rss_mb(server.proc.pid) - before < 40
 
 

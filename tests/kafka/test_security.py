@@ -170,8 +170,19 @@ def test_bad_logins_and_skipped_logins_are_refused(secure: tuple[ServerProcess, 
     unknown = RawKafka(server.kafka_port)
     assert unknown.request(17, 1, SaslHandshakeRequest(mechanism="GSSAPI")).error_code == \
         ErrorCode.unsupported_sasl_mechanism
-    for each in (wrong, other_vhost, skipped, unknown):
+    twice = RawKafka(server.kafka_port)  # a second handshake is out of order
+    assert twice.request(17, 1, SaslHandshakeRequest(mechanism="PLAIN")).error_code == \
+        ErrorCode.none
+    assert twice.request(17, 1, SaslHandshakeRequest(mechanism="PLAIN")).error_code == \
+        ErrorCode.illegal_sasl_state
+    early = RawKafka(server.kafka_port)  # tokens before any handshake
+    assert early.request(36, 1, SaslAuthenticateRequest(
+        auth_bytes=f"\0{ALICE}\0{ALICE_PW}".encode())).error_code == \
+        ErrorCode.sasl_authentication_failed
+    assert early.closed()
+    for each in (wrong, other_vhost, skipped, unknown, twice, early):
         each.close()
+    assert "Traceback" not in server.log.read_text()
 
 
 def test_a_handshake_v0_takes_a_bare_token(secure: tuple[ServerProcess, Path]) -> None:
@@ -211,6 +222,11 @@ def test_permissions_decide_what_a_user_may_do(secure: tuple[ServerProcess, Path
     assert _commit(alice, "alice.group", "alice.mine", 1) == ErrorCode.none
     refused = alice.request(11, 5, join_body("bob.group"))
     assert refused.error_code == ErrorCode.group_authorization_failed
+    from kio.schema.delete_groups.v1.request import DeleteGroupsRequest
+    deleted = alice.request(42, 1, DeleteGroupsRequest(groups_names=("bob.group",
+                                                                      "alice.group")))
+    assert [(r.group_id, r.error_code) for r in deleted.results] == [
+        ("bob.group", ErrorCode.group_authorization_failed), ("alice.group", ErrorCode.none)]
     for each in (admin, alice):
         each.close()
 

@@ -197,8 +197,8 @@ async def test_named_readers_offsets_survive_a_restart_and_show_their_lag(
     broker.close()
     broker = Broker(SqliteStore(tmp_path / "data"), clock)
     broker.start()
-    assert broker.reader_offset("/", "s", "billing") == 3
-    assert broker.reader_offset("/", "s", "audit") is None
+    assert broker.find_reader("/", "s", "billing") == (3, "")
+    assert broker.find_reader("/", "s", "audit") is None
     stats = broker.statistics().stream("s")
     assert (stats.records, stats.first_offset, stats.last_offset) == (10, 0, 9)
     assert stats.max_age_s == 7 * 86400 and stats.bytes > 0 and stats.segments == 1
@@ -210,7 +210,7 @@ async def test_named_readers_offsets_survive_a_restart_and_show_their_lag(
         broker.commit_offset("/", "plain", "billing", 1)
     broker.delete_queue("/", "s")
     broker.declare_queue("/", "s", arguments=STREAM)
-    assert broker.reader_offset("/", "s", "billing") is None  # a new stream, new readers
+    assert broker.find_reader("/", "s", "billing") is None  # a new stream, new readers
     broker.close()
 
 

@@ -10,7 +10,7 @@ connection.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from kio.schema.errors import ErrorCode
 
@@ -25,6 +25,16 @@ __all__ = ["GroupRequests"]
 
 #: May this connection use this group? (Raises GroupError when not.)
 GroupCheck = Callable[[str], None]
+T = TypeVar("T")
+
+
+async def _answered(pending: Awaitable[T], answer: Callable[[T], Any],
+                    refused: Callable[[ErrorCode], Any]) -> Any:
+    """The response once a waiting JoinGroup or SyncGroup has its outcome."""
+    try:
+        return answer(await pending)
+    except GroupError as e:
+        return refused(e.error_code)
 
 
 class GroupRequests:
@@ -75,13 +85,8 @@ class GroupRequests:
             return answer(None, e.error_code, member_id)
         if isinstance(found, JoinResult):
             return answer(found, ErrorCode.none)
-
-        async def waited(pending: Awaitable[JoinResult]) -> Any:
-            try:
-                return answer(await pending, ErrorCode.none)
-            except GroupError as e:
-                return answer(None, e.error_code, body.member_id)
-        return waited(found)
+        return _answered(found, lambda result: answer(result, ErrorCode.none),
+                         lambda code: answer(None, code, body.member_id))
 
     def sync(self, body: Any, schema: type, may_use: GroupCheck) -> Any:
         def answer(assignment: bytes, code: ErrorCode) -> Any:
@@ -97,13 +102,8 @@ class GroupRequests:
             return answer(b"", e.error_code)
         if isinstance(found, bytes):
             return answer(found, ErrorCode.none)
-
-        async def waited(pending: Awaitable[bytes]) -> Any:
-            try:
-                return answer(await pending, ErrorCode.none)
-            except GroupError as e:
-                return answer(b"", e.error_code)
-        return waited(found)
+        return _answered(found, lambda assignment: answer(assignment, ErrorCode.none),
+                         lambda code: answer(b"", code))
 
     def heartbeat(self, body: Any, schema: type, may_use: GroupCheck) -> Any:
         code = ErrorCode.none

@@ -380,15 +380,15 @@ class Coordinator:
         complete: the rebalance's own deadline covers them) and unused member ids."""
         now = self._now()
         for group in list(self.groups.values()):
-            for member_id, lapses in list(group.pending.items()):
-                if now >= lapses:
-                    del group.pending[member_id]
-                    self.pending_count -= 1
+            lapsed = [m for m, lapses in group.pending.items() if now >= lapses]
+            for member_id in lapsed:
+                del group.pending[member_id]
+            self.pending_count -= len(lapsed)
             gone = [m for m in group.members.values() if m.joining is None and now >= m.expires]
             for member in gone:
                 self._remove(group, member)
             if gone:
                 self._member_gone(group)
-            elif group.state == PREPARING:
+            elif lapsed:  # a rebalance may have waited for an id nobody used
                 self._check_join(group)
             self._forget_if_unused(group)

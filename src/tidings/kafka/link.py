@@ -66,8 +66,8 @@ class KafkaLink(asyncio.Protocol):
         self.sasl: SaslExchange | None = None
         #: A failed login: the connection ends once its answer is sent.
         self.close_after_answer = False
-        #: When it last sent or was sent something (the loop's clock).
-        self.last_active = asyncio.get_running_loop().time()
+        #: Sweeps of the listener's idle check since it last sent or was sent something.
+        self.quiet_sweeps = 0
         #: Responses in request order: bytes ready, a task still running, or None (none due).
         self._pending: deque[tuple[KafkaRequest, Any]] = deque()
         self._paused = False
@@ -104,7 +104,7 @@ class KafkaLink(asyncio.Protocol):
         return bool(self._pending) or self.connection.buffered > 0
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = asyncio.get_running_loop().time()
+        self.quiet_sweeps = 0
         held = self.connection.buffered
         try:
             requests = self.connection.receive_data(data)
@@ -174,7 +174,7 @@ class KafkaLink(asyncio.Protocol):
                     return
         if out:
             self.transport.write(b"".join(out))
-            self.last_active = asyncio.get_running_loop().time()
+            self.quiet_sweeps = 0
         if self.close_after_answer and not self._pending:
             self.close()
             return

@@ -42,28 +42,27 @@ class Offsets:
         self.settings = settings
         self.vhost = settings.vhost
 
+    def _streams(self) -> list[str]:
+        return [partition_stream(t.name, i) for t in self.topics.all()
+                for i in range(t.partitions)]
+
     def committed_groups(self) -> set[str]:
         """Every group (named reader) with an offset committed on some topic."""
         found: set[str] = set()
-        for topic in self.topics.all():
-            for index in range(topic.partitions):
-                with contextlib.suppress(TidingsError):
-                    numbers = self.broker.stream_statistics(
-                        self.vhost, partition_stream(topic.name, index))
-                    found.update(r.name for r in numbers.readers if not r.live)
+        for stream in self._streams():
+            with contextlib.suppress(TidingsError):  # (gone meanwhile)
+                found.update(self.broker.list_readers(self.vhost, stream))
         return found
 
     def delete_group(self, group: str) -> bool:
         """Forget every offset ``group`` committed (its named readers); False when it had
         none."""
         found = False
-        for topic in self.topics.all():
-            for index in range(topic.partitions):
-                stream = partition_stream(topic.name, index)
-                with contextlib.suppress(TidingsError):
-                    if self.broker.find_reader(self.vhost, stream, group) is not None:
-                        self.broker.forget_reader(self.vhost, stream, group)
-                        found = True
+        for stream in self._streams():
+            with contextlib.suppress(TidingsError):
+                if group in self.broker.list_readers(self.vhost, stream):
+                    self.broker.forget_reader(self.vhost, stream, group)
+                    found = True
         return found
 
     def commit(self, body: Any, schema: type, may_read: TopicCheck

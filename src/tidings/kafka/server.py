@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -158,14 +159,17 @@ class KafkaServer:
         ``connections_max_idle_ms`` (Kafka's ``connections.max.idle.ms``): clients open a
         new one when they next need it; a peer gone without a word stops holding one."""
         idle_s = self.settings.connections_max_idle_ms / 1000
-        loop = asyncio.get_running_loop()
+        every_s = min(max(idle_s / 4, 0.05), 5.0)
+        sweeps = math.ceil(idle_s / every_s)
         while True:
-            await asyncio.sleep(min(max(idle_s / 4, 0.05), 5.0))
-            now = loop.time()
+            await asyncio.sleep(every_s)
+            # Counted in sweeps (the link only zeroes a counter on traffic), not read from
+            # the clock on every chunk a link receives or writes.
             for link in list(self.links):
-                if not link.busy and now - link.last_active > idle_s:
-                    log.info("kafka connection %s closed: idle for %.0f s", link.peer,
-                             now - link.last_active)
+                link.quiet_sweeps = 0 if link.busy else link.quiet_sweeps + 1
+                if link.quiet_sweeps > sweeps:
+                    log.info("kafka connection %s closed: idle for over %.0f s", link.peer,
+                             idle_s)
                     link.close()
 
     async def close(self) -> None:
@@ -253,7 +257,7 @@ class KafkaServer:
     # -- SASL ----------------------------------------------------------------------------------
 
     def _sasl_handshake(self, link: KafkaLink, request: KafkaRequest, schema: type) -> Any:
-        if self.users is None:
+        if link.sasl is None or link.sasl.mechanism is not None:  # no logins, or a second
             code = ErrorCode.illegal_sasl_state
         elif link.sasl.choose(request.body.mechanism):
             code = ErrorCode.none
@@ -267,6 +271,8 @@ class KafkaServer:
         raw = request.api_version == RAW_SASL
         token = request.body if raw else request.body.auth_bytes
         try:
+            if link.sasl is None:
+                raise SaslFailed("this listener has no logins")
             answer = await link.sasl.step(token)
         except SaslFailed as e:
             log.warning("kafka connection %s: %s", link.peer, e)
@@ -275,7 +281,7 @@ class KafkaServer:
                 return None  # a bare token has no way to say why: the connection ends
             return make(schema, error_code=ErrorCode.sasl_authentication_failed,
                         error_message=str(e), auth_bytes=b"", session_lifetime=NO_THROTTLE)
-        if link.sasl.user is not None:  # (on the vhost the login named, if another)
+        if link.sasl is not None and link.sasl.user is not None:  # (the vhost it named)
             link.access = Access(self.users, link.sasl.vhost, link.sasl.user)
             link.on = self.vhost(link.sasl.vhost)
         elif raw:

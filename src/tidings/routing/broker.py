@@ -412,15 +412,15 @@ class Broker:
         durable once :meth:`sync` resolves); a restarted reader resumes after it."""
         self._stream(vhost, stream).commit(reader, offset, metadata)
 
-    def reader_offset(self, vhost: str, stream: str, reader: str) -> int | None:
-        """The last offset ``reader`` committed, or None."""
-        return self._stream(vhost, stream).readers.get(reader)
-
     def find_reader(self, vhost: str, stream: str, reader: str) -> tuple[int, str] | None:
         """The last offset ``reader`` committed and the metadata committed with it."""
         queue = self._stream(vhost, stream)
         offset = queue.readers.get(reader)
         return None if offset is None else (offset, queue.reader_notes.get(reader, ""))
+
+    def list_readers(self, vhost: str, stream: str) -> list[str]:
+        """The names of the stream's named readers (those that committed an offset)."""
+        return list(self._stream(vhost, stream).readers)
 
     def forget_reader(self, vhost: str, stream: str, reader: str) -> None:
         """Drop ``reader``'s committed offset (durable once :meth:`sync` resolves)."""
