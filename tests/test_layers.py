@@ -32,7 +32,7 @@ FRONT_DOOR = {"tidings.routing.front_door", "tidings.routing.definitions_io"}
 
 #: Modules that build the object graph (store → broker → servers) and may import its parts.
 COMPOSITION_ROOTS = {"__main__", "cli", "cli_serve", "cli_control", "cli_users", "cli_worker",
-                     "client.shared", "client.urls"}
+                     "shared", "urls"}
 
 #: Client modules that talk to another engine: they know the Transport protocol, the ground
 #: floor and their own client library, never routing/.
@@ -98,8 +98,6 @@ def _allowed(module: str, target: str) -> bool:
         return layer != "ground" or target.split(".")[0] in GROUND
     if layer == "root" or layer == "testing":
         return True
-    if (module, target) == ("client.client", "client.urls"):
-        return True  # tidings.connect(url) opens the transport the URL names
     if layer == "storage":
         return tlayer == "storage"
     if layer == "routing":
@@ -192,3 +190,66 @@ def test_the_dead_letter_queue_name_is_written_once() -> None:
     spelled = [m for m, path in MODULES.items() if m != "dead_letters"
                and any(s in path.read_text() for s in ('".dead"', "'.dead'", '}.dead"'))]
     assert not spelled
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import circles of ``graph`` (Tarjan's strongly connected components of more than
+    one module, or a module importing itself)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1 or node in graph.get(node, ()):
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Every module's imports of other tidings modules, those under ``TYPE_CHECKING`` and
+    inside functions included (a circle hidden from the interpreter is still a circle)."""
+    return {module: {_short(t) for t in _imports(path)} - {module, ""} & set(MODULES)
+            for module, path in MODULES.items()}
+
+
+def test_no_import_circles_anywhere() -> None:
+    """Not between packages, and not inside one either (amqp/, client/, kafka/, ...)."""
+    circles = _cycles(_import_graph())
+    assert not circles, f"import circles: {circles}"
+
+
+def test_the_circle_check_catches_one() -> None:
+    graph = {"amqp.channel": {"amqp.server"}, "amqp.server": {"amqp.extensions"},
+             "amqp.extensions": {"amqp.channel"}, "amqp.codec": set()}
+    assert _cycles(graph) == [["amqp.channel", "amqp.extensions", "amqp.server"]]
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                     "    from tidings.client.client import Client\n")
+    path = Path(__file__).with_name("_layers_probe.py")
+    try:
+        path.write_text(ast.unparse(tree))
+        assert "tidings.client.client" in _imports(path)  # an import for the type checker counts
+    finally:
+        path.unlink()

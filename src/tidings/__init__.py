@@ -4,14 +4,7 @@
         await client.send("jobs", {"id": 1})
 """
 
-from tidings.client import (
-    BlockingClient,
-    Client,
-    ReceivedMessage,
-    StreamRecord,
-    connect,
-    connect_blocking,
-)
+from tidings.client import BlockingClient, Client, ReceivedMessage, StreamRecord
 from tidings.client.tasks import TaskError, TaskHandle
 from tidings.errors import (
     AccessRefusedError,
@@ -27,6 +20,7 @@ from tidings.errors import (
     TidingsError,
 )
 from tidings.message import Message
+from tidings.urls import connect, connect_blocking
 
 __version__ = "0.1.0"
 

@@ -24,8 +24,8 @@ from tidings.cli_control import COMMANDS, add_control_parsers, find_server, run_
 from tidings.cli_serve import add_serve_parser, kafka_flag_problem, loop_factory, serve
 from tidings.cli_users import add_users_parsers, run_users_command
 from tidings.cli_worker import add_worker_parser, run_worker
-from tidings.client.shared import open_directory
 from tidings.errors import NotFoundError, ResourceLockedError, TidingsError
+from tidings.shared import open_directory
 
 #: Where the embedded broker keeps its data unless told otherwise.
 DEFAULT_DATA_DIR = "./tidings-data"

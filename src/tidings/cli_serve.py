@@ -166,8 +166,8 @@ def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
 async def serve(args: argparse.Namespace) -> int:
     from tidings.amqp.server import AmqpServer
     from tidings.auth import UserStore
-    from tidings.client.shared import leave_directory, start_owner_socket
     from tidings.routing.broker import Broker
+    from tidings.shared import leave_directory, start_owner_socket
     from tidings.storage.sqlite import SqliteStore
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,

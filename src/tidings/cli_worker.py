@@ -101,7 +101,7 @@ def load_client(spec: str) -> Any:
     client = getattr(module, attribute, None)
     if not isinstance(client, Client):
         raise ConfigError(f"'{spec}' is not a tidings Client (found {type(client).__name__})")
-    from tidings.client.urls import parse_url
+    from tidings.urls import parse_url
 
     scheme, _ = parse_url(client.url or "")
     if scheme == "memory":
@@ -130,17 +130,13 @@ def run_worker(args: argparse.Namespace) -> int:
 def select_subscribers(client: Any, args: argparse.Namespace) -> list[Any]:
     """The client's subscribers that ``--queues`` asks for (all by default); ConfigError
     when there are none."""
-    from tidings.client.client import subscription_queue
-
     wanted = {q.strip() for q in args.queues.split(",") if q.strip()}
-    subscribers = client._subscribers
-    if wanted:
-        subscribers[:] = [s for s in subscribers if s.queue_name in wanted
-                          or subscription_queue(s.group or "", s.pattern) in wanted]
+    subscribers = client.handlers.keep_only(wanted) if wanted else \
+        list(client.handlers.subscribers)
     if not subscribers:
         raise ConfigError(f"'{args.app}' has no tasks, handlers or subscriptions"
                           + (f" for queues {sorted(wanted)}" if wanted else ""))
-    return list(subscribers)
+    return subscribers
 
 
 def _child_command(args: argparse.Namespace, index: int) -> list[str]:

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 import tidings
-from tidings.client.client import backoff_ms
-from tidings.client.urls import parse_url
+from tidings.client.runner import backoff_ms
 from tidings.errors import ConfigError, InvalidArgumentError, PreconditionFailedError
+from tidings.urls import parse_url
 
 
 async def eventually(predicate: Any, timeout_s: float = 5.0) -> None:

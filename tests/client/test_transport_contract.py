@@ -12,11 +12,11 @@ import pytest
 
 from tidings.client.local import LocalTransport
 from tidings.client.transport import Transport
-from tidings.client.urls import open_transport
 from tidings.routing.broker import Broker
 from tidings.storage import MemoryStore, SqliteStore
 from tidings.testing import TRANSPORT_CHECKS
 from tidings.testing.contracts import run_transport_check
+from tidings.urls import open_transport
 
 from ..serverproc import ServerProcess
 from ..services import nats_url, rabbitmq_port, redis_url

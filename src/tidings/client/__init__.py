@@ -1,7 +1,7 @@
 """The Python client API: producers, consumers, queues, messages, events, handlers, the bus."""
 
-from tidings.client.blocking import BlockingClient, connect_blocking
-from tidings.client.client import Client, ReceivedMessage, connect
+from tidings.client.blocking import BlockingClient
+from tidings.client.client import Client, ReceivedMessage
 from tidings.client.streams import StreamReader, StreamRecord
 from tidings.client.transport import Delivery, QueueSpec, StreamSpec, Transport
 
@@ -15,6 +15,4 @@ __all__ = [
     "StreamRecord",
     "StreamSpec",
     "Transport",
-    "connect",
-    "connect_blocking",
 ]

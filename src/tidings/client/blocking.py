@@ -12,7 +12,7 @@ import threading
 from collections.abc import Coroutine, Iterable, Iterator
 from typing import Any, TypeVar
 
-from tidings.client.client import Client, ReceivedMessage, connect
+from tidings.client.client import Client, ReceivedMessage
 
 T = TypeVar("T")
 
@@ -45,12 +45,13 @@ class BlockingMessage:
 class BlockingClient:
     """``with tidings.connect_blocking("./data") as client: client.send("jobs", {...})``."""
 
-    def __init__(self, url: str, **options: Any) -> None:
+    def __init__(self, client: Client) -> None:
+        """Opens ``client`` (not yet open) on a loop of its own, in a thread."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tidings-client",
                                         daemon=True)
         self._thread.start()
-        self.client: Client = self._call(connect(url, **options).open())
+        self.client: Client = self._call(client.open())
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -119,8 +120,3 @@ class BlockingClient:
 
     def statistics(self) -> Any:
         return self._call(self.client.statistics())
-
-
-def connect_blocking(url: str, **options: Any) -> BlockingClient:
-    """The blocking client for any URL ``tidings.connect`` takes (and its options)."""
-    return BlockingClient(url, **options)

@@ -17,151 +17,62 @@ import contextlib
 import datetime
 import itertools
 import json
-import logging
-import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from tidings.client.received import Inbox, ReceivedMessage, Receiver
-from tidings.client.replay import EVENTS_LOG, append_marker, check_events_log, replay
-from tidings.client.streams import Start, StreamReader, start_argument
+from tidings.client.bodies import check_headers, encode_body
+from tidings.client.received import ReceivedMessage, Receiver
+from tidings.client.replay import EVENTS_LOG
+from tidings.client.runner import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_BACKOFF_MS,
+    DEFAULT_MIN_BACKOFF_MS,
+    DEFAULT_PREFETCH,
+    DEFAULT_RETRIES,
+    Handler,
+    HandlerRunner,
+    Middleware,
+)
+from tidings.client.streams import Start, StreamReader
 from tidings.client.task_threads import TaskThreads
-from tidings.client.tasks import (
-    ERROR_CONTENT_TYPE,
-    Results,
-    Task,
-    TaskQueue,
-    WorkerLostError,
-    raise_failure,
-    reply,
-    report_failure,
-)
-from tidings.client.transport import (
-    QueueSpec,
-    StreamSpec,
-    Subscription,
-    Transport,
-)
+from tidings.client.tasks import ERROR_CONTENT_TYPE, Results, Task, raise_failure
+from tidings.client.transport import QueueSpec, StreamSpec, Transport
 from tidings.dead_letters import dead_letter_queue
-from tidings.errors import ClosedResourceError, InvalidArgumentError
+from tidings.errors import ClosedResourceError, ConfigError, InvalidArgumentError
 from tidings.message import Message
-from tidings.patterns import validate_pattern
-from tidings.values import header_problem
-
-log = logging.getLogger("tidings.client")
-
-Handler = Callable[["ReceivedMessage"], Awaitable[Any]]
-CallNext = Callable[["ReceivedMessage"], Awaitable[Any]]
-Middleware = Callable[["ReceivedMessage", CallNext], Awaitable[Any]]
-
-#: Default retry policy of event handlers (Dramatiq-like, bounded: complaint #4).
-DEFAULT_RETRIES = 5
-DEFAULT_MIN_BACKOFF_MS = 1_000
-DEFAULT_MAX_BACKOFF_MS = 5 * 60 * 1_000
-DEFAULT_PREFETCH = 100
-#: Event handler calls in flight per subscription.
-DEFAULT_CONCURRENCY = 8
-#: Handled events a worker acknowledges in one batch while more are waiting.
-ACK_BATCH = 32
-
-
-_BINARY = (bytes, bytearray, memoryview)
-
-
-def encode_body(body: Any, content_type: str | None) -> tuple[bytes, str | None]:
-    """bytes pass through; str is UTF-8 text; anything else is JSON."""
-    if isinstance(body, _BINARY):
-        return bytes(body), content_type
-    if isinstance(body, str):
-        return body.encode(), content_type or "text/plain; charset=utf-8"
-    try:
-        return json.dumps(body, separators=(",", ":")).encode(), content_type or "application/json"
-    except TypeError as e:
-        raise InvalidArgumentError(
-            f"message body of type {type(body).__name__} is not bytes, str or JSON-able"
-        ) from e
-
-
-def backoff_ms(attempt: int, min_ms: int, max_ms: int) -> int:
-    """Exponential backoff for the ``attempt``-th failure (1-based), capped."""
-    return int(min(max_ms, min_ms * 2 ** max(0, attempt - 1)))
-
-
-@dataclass
-class _Subscriber:
-    pattern: str
-    group: str | None
-    handler: Handler
-    retries: int
-    min_backoff_ms: int
-    max_backoff_ms: int
-    prefetch: int
-    concurrency: int
-    queue: str = ""
-    stats: dict[str, int] = field(default_factory=lambda: {"handled": 0, "failed": 0})
-    #: Set for a queue handler (and tasks): consume this queue instead of a subscription's.
-    queue_name: str | None = None
-    #: Called once a message has failed for the last time, before it is dead-lettered.
-    on_failure: Callable[[ReceivedMessage, BaseException], Awaitable[None]] | None = None
-    #: Retries allowed for one message, when they differ per message (tasks).
-    retries_for: Callable[[ReceivedMessage], int] | None = None
-    #: A queue handler's delivery limit as asked (None: the default, see ``_queue_spec``).
-    delivery_limit: int | None = None
-    #: Deliveries after which a message is given up as lost (set when it starts).
-    max_deliveries: int = 0
-    #: Where a new subscription's replay of retained events starts (None: no replay).
-    replay: Start | None = None
-    #: Ids of replayed events whose live copies are to be skipped (see client/replay.py).
-    seam: set[str] = field(default_factory=set)
 
 
 class Client:
     """A connection to a tidings broker (embedded or remote) through one :class:`Transport`."""
 
     def __init__(self, url: str | None = None, *,
-                 transport_factory: Callable[[], Awaitable[Transport]] | None = None,
-                 ssl_context: ssl.SSLContext | None = None,
-                 management_url: str | None = None) -> None:
+                 transport_factory: Callable[[], Awaitable[Transport]] | None = None) -> None:
+        """``tidings.connect(url)`` makes one; ``transport_factory`` opens its transport."""
         self.url = url
-        self._ssl = ssl_context
-        self._management = management_url
         self._factory = transport_factory
         self._transport: Transport | None = None
         self._declared: set[str] = set()
-        self._subscribers: list[_Subscriber] = []
-        self._middleware: list[Middleware] = []
-        self._subscriptions: list[Subscription] = []
-        self._tasks: set[asyncio.Task[None]] = set()
         self._receivers: set[Receiver] = set()
         self._readers: set[StreamReader] = set()
         self._streams: set[str] = set()
-        self._unacked_batches: list[list[ReceivedMessage]] = []
         #: Message ids: a random per-client prefix and a counter (unique, and cheap to make).
         self.id_prefix = uuid.uuid4().hex[:16]
         self._ids = itertools.count(1)
         self._closed = False
-        self._task_queues: dict[str, TaskQueue] = {}
-        #: Where plain (non-async) tasks run; counts threads stuck past their time limit.
-        self.task_threads = TaskThreads()
-        #: Handler calls running now; :meth:`stop` waits for them.
-        self._in_flight = 0
-        self._stopping = False
-        self._results = Results(self)
+        self._results = Results(lambda: self.transport, self.id_prefix)
+        #: The subscriptions, handlers and tasks registered here, and the workers running them.
+        self.handlers = HandlerRunner(self)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> Client:
         if self._transport is None:
             if self._factory is None:
-                from tidings.client.urls import open_transport  # imports backends lazily
-
-                self._transport = await open_transport(self.url or "", ssl_context=self._ssl,
-                                                      management_url=self._management)
-            else:
-                self._transport = await self._factory()
+                raise ConfigError("this Client has no transport: make it with "
+                                  "tidings.connect(url)")
+            self._transport = await self._factory()
         return self
 
     def __await__(self) -> Generator[Any, None, Client]:
@@ -181,17 +92,10 @@ class Client:
         for reader in list(self._readers):
             with contextlib.suppress(Exception):
                 await reader.close()
-        for task in self._tasks:
-            task.cancel()
-        for done in self._unacked_batches:  # handled events whose batched ack is pending
-            if done and self._transport is not None:
-                await self._transport.ack([m._settle() for m in done])
-            done.clear()
+        if self._transport is not None:
+            await self.handlers.close()
         self._closed = True
         await self._results.close()
-        for subscription in self._subscriptions:
-            with contextlib.suppress(Exception):
-                await subscription.cancel()
         if self._transport is not None:
             await self._transport.close()
 
@@ -221,29 +125,23 @@ class Client:
         self._declared.add(name)
         return name
 
-    async def _ensure_queue(self, name: str) -> None:
+    async def ensure_queue(self, name: str) -> None:
+        """Declare ``name`` as the client's senders and handlers would, unless it exists."""
         if name in self._declared:
             return
         if not await self.transport.queue_exists(name):
-            await self.transport.declare_queue(name, self._queue_spec(name))
+            await self.transport.declare_queue(name, self.handlers.queue_spec(name))
         self._declared.add(name)
 
-    def _queue_spec(self, name: str) -> QueueSpec:
-        """How a queue this client sends to is declared: a task or handler queue gets a
-        delivery limit above every retry its handlers make (at least the default of
-        :class:`QueueSpec`), computed from the registrations, so the producer and the worker
-        (which share the code that registers them) declare it alike whoever comes first. The
-        limit ends a message that kills its consumer's process, which retries never see."""
-        asked = [(s.delivery_limit, s.retries) for s in self._subscribers
-                 if s.queue_name == name and s.retries_for is None]
-        if name in self._task_queues:
-            asked += [(t.delivery_limit, t.retries) for t in self._task_queues[name].tasks.values()]
-        default = QueueSpec()
-        if not asked:
-            return default
-        fallback = default.delivery_limit or 0
-        return QueueSpec(delivery_limit=max(
-            max(fallback if limit is None else limit, retries + 1) for limit, retries in asked))
+    @property
+    def results(self) -> Results:
+        """The reply queue of this client's task calls and requests."""
+        return self._results
+
+    @property
+    def task_threads(self) -> TaskThreads:
+        """Where plain (non-async) tasks run; counts threads stuck past their time limit."""
+        return self.handlers.task_threads
 
     def _message(self, body: Any, *, headers: dict[str, Any] | None, priority: int | None,
                  ttl_ms: int | None, message_id: str | None, content_type: str | None,
@@ -251,12 +149,12 @@ class Client:
                  reply_to: str | None = None) -> Message:
         data, ctype = encode_body(body, content_type)
         if headers:
-            _check_headers(headers)
+            check_headers(headers)
         return Message(
             data, headers=dict(headers) if headers else None, persistent=persistent,
             content_type=ctype, priority=priority,
             expiration=None if ttl_ms is None else str(int(ttl_ms)),
-            message_id=message_id or self._new_id(),
+            message_id=message_id or self.new_id(),
             timestamp=int(time.time()),
             correlation_id=correlation_id, reply_to=reply_to,
         )
@@ -266,7 +164,7 @@ class Client:
         """:meth:`_message` for a batch: the clock read and the id prefix looked up once."""
         now, prefix, ids = int(time.time()), self.id_prefix, self._ids
         if headers:
-            _check_headers(headers)
+            check_headers(headers)
         return [Message(data, headers=dict(headers) if headers else None,
                         persistent=persistent, content_type=ctype,
                         message_id=f"{prefix}-{next(ids):x}", timestamp=now)
@@ -279,7 +177,7 @@ class Client:
                    correlation_id: str | None = None, reply_to: str | None = None) -> str:
         """Put a message in ``queue``; returns its id once it is durable."""
         if queue not in self._declared:
-            await self._ensure_queue(queue)
+            await self.ensure_queue(queue)
         message = self._message(body, headers=headers, priority=priority, ttl_ms=ttl_ms,
                                 message_id=message_id, content_type=content_type,
                                 persistent=persistent, correlation_id=correlation_id,
@@ -291,16 +189,16 @@ class Client:
                         delay_ms: int | None = None, persistent: bool = True,
                         headers: dict[str, Any] | None = None) -> list[str]:
         """Batch form of :meth:`send`: one durable commit for all; returns the ids."""
-        await self._ensure_queue(queue)
+        await self.ensure_queue(queue)
         messages = self._messages(bodies, headers, persistent)
         await self.transport.send(queue, messages, delay_ms)
         return [m.message_id or "" for m in messages]
 
     async def get(self, queue: str) -> ReceivedMessage | None:
         """The next message of ``queue``, or None when it is empty. Settle it."""
-        await self._ensure_queue(queue)
+        await self.ensure_queue(queue)
         incoming = await self.transport.get(queue)
-        return None if incoming is None else ReceivedMessage(self, incoming)
+        return None if incoming is None else ReceivedMessage(self.transport, incoming)
 
     def receive(self, queue: str, *, prefetch: int = DEFAULT_PREFETCH) -> Receiver:
         """Messages of ``queue`` as they come; at most ``prefetch`` unsettled at once.
@@ -312,7 +210,8 @@ class Client:
         """
         if prefetch < 1:
             raise InvalidArgumentError(f"prefetch must be >= 1, got {prefetch}")
-        receiver = Receiver(self, queue, prefetch)
+        receiver = Receiver(self.transport, queue, prefetch, declare=self.ensure_queue,
+                            closed=self._receivers.discard)
         self._receivers.add(receiver)
         return receiver
 
@@ -339,17 +238,17 @@ class Client:
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[Message]:
         """Dead letters of ``queue`` (oldest first), with their ``x-death`` history."""
-        await self._ensure_queue(queue)
+        await self.ensure_queue(queue)
         return await self.transport.dead_letters(queue, limit)
 
     async def replay_dead_letters(self, queue: str, ids: Iterable[str] | None = None) -> int:
         """Move dead letters (all, or those with ``ids``) back into ``queue``; returns how many."""
-        await self._ensure_queue(queue)
+        await self.ensure_queue(queue)
         return await self.transport.replay_dead_letters(
             queue, set(ids) if ids is not None else None)
 
     async def purge_dead_letters(self, queue: str) -> int:
-        await self._ensure_queue(queue)
+        await self.ensure_queue(queue)
         return await self.transport.purge(dead_letter_queue(queue))
 
     # -- streams ---------------------------------------------------------------------------
@@ -410,7 +309,9 @@ class Client:
         ``async with client.read("orders", reader="billing") as records:
         async for record in records: ...``
         """
-        found = StreamReader(self, stream, start, reader, prefetch)
+        self._check_streams("read a stream")
+        found = StreamReader(self.transport, stream, start, reader, prefetch,
+                             closed=self._readers.discard)
         self._readers.add(found)
         return found
 
@@ -448,19 +349,10 @@ class Client:
         catches up on the events retained since then (see :meth:`keep_events`), in order,
         and then goes live.
         """
-        if concurrency < 1:
-            raise InvalidArgumentError(f"concurrency must be >= 1, got {concurrency}")
-        validate_pattern(pattern)
-        if replay is not None:
-            start_argument(replay)  # refuse a bad start now, not at start()
-
-        def register(handler: Handler) -> Handler:
-            self._subscribers.append(_Subscriber(pattern, group, handler, retries,
-                                                 min_backoff_ms, max_backoff_ms, prefetch,
-                                                 concurrency, replay=replay))
-            return handler
-
-        return register
+        return self.handlers.subscribe(
+            pattern, group=group, retries=retries, min_backoff_ms=min_backoff_ms,
+            max_backoff_ms=max_backoff_ms, prefetch=prefetch, concurrency=concurrency,
+            replay=replay)
 
     def handler(self, queue: str, *, retries: int = DEFAULT_RETRIES,
                 min_backoff_ms: int = DEFAULT_MIN_BACKOFF_MS,
@@ -472,18 +364,9 @@ class Client:
         handler returns; a handler that raises is retried with backoff, then dead-lettered.
         What it returns is the reply to :meth:`request`. ``delivery_limit`` bounds the
         deliveries of one message however they end (see :meth:`task`)."""
-        if concurrency < 1:
-            raise InvalidArgumentError(f"concurrency must be >= 1, got {concurrency}")
-
-        def register(handler: Handler) -> Handler:
-            self._subscribers.append(_Subscriber(
-                "", None, handler, retries, min_backoff_ms, max_backoff_ms, prefetch,
-                concurrency, queue_name=queue,
-                on_failure=lambda message, error: report_failure(self, message, error),
-                delivery_limit=delivery_limit))
-            return handler
-
-        return register
+        return self.handlers.handler(
+            queue, retries=retries, min_backoff_ms=min_backoff_ms, max_backoff_ms=max_backoff_ms,
+            prefetch=prefetch, concurrency=concurrency, delivery_limit=delivery_limit)
 
     def task(self, function: Callable[..., Any] | None = None, *, queue: str = "default",
              name: str | None = None, retries: int = DEFAULT_RETRIES,
@@ -499,31 +382,17 @@ class Client:
         ``result()`` raises :class:`TaskError` of type ``WorkerLostError``."""
 
         def register(fn: Callable[..., Any]) -> Task:
-            task = Task(self, fn, name=name or f"{fn.__module__}.{fn.__qualname__}",
-                        queue=queue, retries=retries, timeout_s=timeout_s,
-                        threads=self.task_threads, delivery_limit=delivery_limit)
-            runner = self._task_queues.get(queue)
-            if runner is None:
-                runner = self._task_queues[queue] = TaskQueue(self, queue)
-                tasks = runner.tasks
-
-                def retries_of(message: ReceivedMessage) -> int:
-                    found = tasks.get(message.headers.get("task", ""))
-                    return found.retries if found is not None else 0
-
-                self._subscribers.append(_Subscriber(
-                    "", None, runner, retries, min_backoff_ms, max_backoff_ms,
-                    DEFAULT_PREFETCH, concurrency, queue_name=queue,
-                    on_failure=runner.failed_for_good, retries_for=retries_of))
-            runner.tasks[task.name] = task
-            return task
+            return self.handlers.task(
+                fn, queue=queue, name=name, retries=retries, timeout_s=timeout_s,
+                min_backoff_ms=min_backoff_ms, max_backoff_ms=max_backoff_ms,
+                concurrency=concurrency, delivery_limit=delivery_limit)
 
         return register(function) if function is not None else register
 
     @property
     def tasks(self) -> dict[str, Task]:
         """Every registered task by name."""
-        return {n: t for q in self._task_queues.values() for n, t in q.tasks.items()}
+        return self.handlers.tasks
 
     async def request(self, queue: str, body: Any, *, timeout_s: float | None = 30.0,
                       headers: dict[str, Any] | None = None) -> Any:
@@ -531,7 +400,7 @@ class Client:
         replies come back decoded, text as ``str``, anything else as ``bytes``; a handler that
         failed for good (after its retries) raises :class:`TaskError` here."""
         reply_to = await self._results.reply_queue()
-        call_id = self._new_id()
+        call_id = self.new_id()
         self._results.expect(call_id)
         await self.send(queue, body, message_id=call_id, correlation_id=call_id,
                         reply_to=reply_to, headers=headers)
@@ -544,13 +413,13 @@ class Client:
             return reply.body.decode()
         return reply.body
 
-    def _new_id(self) -> str:
+    def new_id(self) -> str:
+        """A message id unique to this client (its prefix and a counter)."""
         return f"{self.id_prefix}-{next(self._ids):x}"
 
     def use(self, middleware: Middleware) -> Middleware:
         """Add middleware around every handler call: ``async def mw(message, call_next)``."""
-        self._middleware.append(middleware)
-        return middleware
+        return self.handlers.use(middleware)
 
     async def keep_events(self, *, max_age: str | datetime.timedelta | None = "7D",
                           max_bytes: int | None = 2 * 2**30) -> None:
@@ -568,198 +437,19 @@ class Client:
 
     async def start(self) -> None:
         """Declare and start every subscription (``run`` calls this, then waits)."""
-        for sub in self._subscribers:
-            if sub.queue:
-                continue
-            sub.max_deliveries = sub.retries + 1  # (a task or handler queue: its limit)
-            call: CallNext = sub.handler
-            for mw in reversed(self._middleware):
-                call = _wrap(mw, call)
-            catch_up: str | None = None  # the marker before the subscription's queue
-            if sub.replay is not None and sub.queue_name is None:
-                self._check_streams("replay events")
-                await check_events_log(self)
-                if sub.group is None or not await self.transport.queue_exists(
-                        subscription_queue(sub.group, sub.pattern)):
-                    catch_up = await append_marker(self)
-            if sub.queue_name is not None:
-                await self._ensure_queue(sub.queue_name)
-                sub.queue = sub.queue_name
-                sub.max_deliveries = self._queue_spec(sub.queue_name).delivery_limit or \
-                    sub.max_deliveries
-            elif sub.group is None:
-                spec = QueueSpec(durable=False, delivery_limit=sub.retries, dead_letters=False,
-                                 exclusive=True)
-                sub.queue = await self.transport.declare_queue("", spec)
-            else:
-                name = subscription_queue(sub.group, sub.pattern)
-                spec = QueueSpec(durable=True, delivery_limit=sub.retries)
-                sub.queue = await self.transport.declare_queue(name, spec)
-            if sub.queue_name is None:
-                await self.transport.bind_events(sub.queue, sub.pattern)
-            if catch_up is not None:
-                until = await append_marker(self)
-                sub.seam = await replay(
-                    self, sub.pattern, sub.replay or "first", until, catch_up, call,
-                    sub.retries,
-                    lambda n, s=sub: backoff_ms(n, s.min_backoff_ms, s.max_backoff_ms),
-                    dead_letter_queue(sub.queue) if sub.group is not None else None)
-            inbox = Inbox()
-            loop = asyncio.get_running_loop()
-            for _ in range(sub.concurrency):
-                self._tasks.add(loop.create_task(self._work(sub, call, inbox)))
-            self._subscriptions.append(await self.transport.consume(
-                sub.queue, max(sub.prefetch, sub.concurrency), inbox.put))
-
-    async def _work(self, sub: _Subscriber, call: CallNext, inbox: Inbox) -> None:
-        """One of a subscription's ``concurrency`` workers: handle events one at a time.
-
-        Acks of handled events are sent in batches: at once when no event is waiting, else
-        every :data:`ACK_BATCH` events (one broker round instead of one per event).
-        """
-        done: list[ReceivedMessage] = []
-        self._unacked_batches.append(done)  # close() acks what is left in it
-        waiting = inbox.items
-        # A task or handler queue of a broker in this very process: a handler that kills the
-        # process kills the broker too, so the deliveries it got are committed (counted)
-        # before it runs, once per batch: else a call that dies at once would loop for ever.
-        commit_first = sub.queue_name is not None and \
-            getattr(self.transport, "broker_in_process", False)
-        while True:
-            if waiting:
-                delivery = waiting.popleft()
-            else:
-                delivery = await inbox.get()
-                if commit_first:
-                    await self.transport.sync()
-            message = ReceivedMessage(self, delivery)
-            if self._stopping:  # stop() was called: back to the queue, unhandled
-                await message.nack(requeue=True)
-                continue
-            if sub.seam and message.id in sub.seam:  # handled already, during the replay
-                sub.seam.discard(message.id)
-                handled = True
-            else:
-                self._in_flight += 1
-                try:
-                    handled = await self._handle(sub, call, message)
-                finally:
-                    self._in_flight -= 1
-            if handled and not message.settled:
-                done.append(message)
-            if done and (not waiting or len(done) >= ACK_BATCH):
-                batch = list(done)
-                done.clear()
-                await self.ack(batch)
-
-    async def _handle(self, sub: _Subscriber, call: CallNext, message: ReceivedMessage) -> bool:
-        """Run the handler; True when it succeeded and the message still needs its ack."""
-        if message.redelivered and (attempt := message.delivery_count) > sub.max_deliveries:
-            return await self._give_up(sub, message, WorkerLostError(
-                f"{_handler_name(sub, message)} was delivered {attempt} times, past its "
-                f"queue's delivery limit of {sub.max_deliveries}: the processes handling it "
-                f"died or were stopped (killed, out of memory, os._exit)"), attempt)
-        try:
-            value = await call(message)
-        except (Exception, asyncio.CancelledError) as error:
-            task = asyncio.current_task()
-            if isinstance(error, asyncio.CancelledError) and task is not None and \
-                    task.cancelling():
-                raise  # this worker is being stopped: not the handler's failure
-            sub.stats["failed"] += 1
-            attempt = message.delivery_count
-            retries = sub.retries if sub.retries_for is None else sub.retries_for(message)
-            if attempt > retries:
-                return await self._give_up(sub, message, error, attempt)
-            sub.stats["retried"] = sub.stats.get("retried", 0) + 1
-            delay = backoff_ms(attempt, sub.min_backoff_ms, sub.max_backoff_ms)
-            log.warning("%s failed (attempt %d of %d): %s: %s; retry in %d ms",
-                        _handler_name(sub, message), attempt, retries + 1,
-                        type(error).__name__, error, delay)
-            if not message.settled:
-                await message.nack(requeue=True, delay_ms=delay)
-            return False
-        sub.stats["handled"] += 1
-        if value is not None and sub.queue_name is not None:  # the answer to request()
-            await reply(self, message, *encode_body(value, None))
-        return True
-
-    async def _give_up(self, sub: _Subscriber, message: ReceivedMessage, error: BaseException,
-                       attempt: int) -> bool:
-        """The last attempt failed: log it once with its traceback, tell the caller, and
-        dead-letter the message."""
-        log.error("%s failed for good on %r (attempt %d); dead-lettered",
-                  _handler_name(sub, message), message, attempt,
-                  exc_info=None if isinstance(error, WorkerLostError) else error)
-        if sub.on_failure is not None:
-            await sub.on_failure(message, error)
-        if not message.settled:
-            await message.reject()
-        return False
+        await self.handlers.start()
 
     async def stop(self, grace_s: float = 30.0) -> bool:
         """Stop taking new work, let handlers in flight finish within ``grace_s``, acknowledge
         what they finished and return the rest to the queue (then close). True when every
         handler finished in time."""
-        self._stopping = True
-        if hasattr(self.transport, "stopping"):  # (a transport that reconnects)
-            self.transport.stopping = True
-        for subscription in self._subscriptions:
-            with contextlib.suppress(Exception):
-                await subscription.cancel()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace_s
-        while self._in_flight and loop.time() < deadline:
-            await asyncio.sleep(0.02)
-        finished = not self._in_flight
-        await self.close()
-        return finished
+        return await self.handlers.stop(grace_s)
 
     def handler_stats(self) -> dict[str, int]:
         """Handled, failed and retried messages over every handler, task and subscription."""
-        total = {"handled": 0, "failed": 0, "retried": 0}
-        for sub in self._subscribers:
-            for key, value in sub.stats.items():
-                total[key] = total.get(key, 0) + value
-        return total
+        return self.handlers.stats()
 
     async def run(self) -> None:
         """Start the subscriptions and handle events until cancelled."""
         await self.start()
         await asyncio.Event().wait()
-
-
-def subscription_queue(group: str, pattern: str) -> str:
-    """The durable queue of a subscriber group: ``billing:orders.-star-`` for ``orders.*``.
-    Wildcards are spelled out: AMQP client libraries (pamqp) refuse queue names with them."""
-    return f"{group}:{pattern}".replace("*", "-star-").replace("#", "-hash-")
-
-
-def _wrap(mw: Middleware, call_next: CallNext) -> CallNext:
-    async def call(message: ReceivedMessage) -> Any:
-        return await mw(message, call_next)
-
-    return call
-
-
-def connect(url: str, *, ssl_context: ssl.SSLContext | None = None,
-            management_url: str | None = None) -> Client:
-    """A client for ``url``: a path or ``file:`` URL (embedded, durable; shared with other
-    processes through its owner), ``memory://`` (embedded, in memory), or
-    ``amqp://user:password@host:port/vhost`` / ``amqps://...`` (tidings serve or RabbitMQ;
-    ``ssl_context`` for TLS, or aiormq's ``?cafile=...&certfile=...&keyfile=...``;
-    ``management_url`` such as ``http://guest:guest@host:15672`` for full statistics)."""
-    return Client(url, ssl_context=ssl_context, management_url=management_url)
-
-
-def _check_headers(headers: dict[str, Any]) -> None:
-    """Headers every transport and every face can deliver (see :mod:`tidings.values`)."""
-    if problem := header_problem(headers):
-        raise InvalidArgumentError(problem)
-
-
-def _handler_name(sub: _Subscriber, message: ReceivedMessage) -> str:
-    """How logs name what ran: ``task 'app.add'`` or ``handler bill``."""
-    if sub.retries_for is not None:  # a queue of tasks
-        return f"task '{message.headers.get('task', '?')}'"
-    return f"handler {getattr(sub.handler, '__name__', sub.handler)}"

@@ -7,15 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
-from tidings.client.transport import Delivery, Subscription
+from tidings.client.transport import Delivery, Subscription, Transport
 from tidings.errors import InvalidArgumentError
 from tidings.message import Message
-
-if TYPE_CHECKING:  # the client owns these objects; they only call back into it
-    from tidings.client.client import Client
 
 
 class MessageView:
@@ -61,10 +58,10 @@ class MessageView:
 class ReceivedMessage(MessageView):
     """A message handed to you by a queue or a subscription. Settle it once."""
 
-    __slots__ = ("_client", "settled")
+    __slots__ = ("_transport", "settled")
 
-    def __init__(self, client: Client, incoming: Delivery) -> None:
-        self._client, self._incoming = client, incoming
+    def __init__(self, transport: Transport, incoming: Delivery) -> None:
+        self._transport, self._incoming = transport, incoming
         self.settled = False
 
     @property
@@ -101,22 +98,26 @@ class ReceivedMessage(MessageView):
 
     async def ack(self) -> None:
         """Done with it: the message is gone for good."""
-        await self._client.transport.ack([self._settle()])
+        await self._transport.ack([self._settle()])
 
     async def nack(self, requeue: bool = True, delay_ms: int | None = None) -> None:
         """Failed: back to its place in the queue (after ``delay_ms``), or dead-lettered."""
-        await self._client.transport.nack(self._settle(), requeue, delay_ms)
+        await self._transport.nack(self._settle(), requeue, delay_ms)
 
     async def reject(self) -> None:
         """Refuse it for good: it is dead-lettered (or dropped when the queue has none)."""
-        await self._client.transport.nack(self._settle(), False)
+        await self._transport.nack(self._settle(), False)
 
     async def extend(self) -> None:
         """Still working on it: restart its consumer-timeout clock."""
-        await self._client.transport.extend(self._incoming.delivery_tag)
+        await self._transport.extend(self._incoming.delivery_tag)
 
     def __repr__(self) -> str:
         return f"<ReceivedMessage id={self.id!r} topic={self.topic!r} bytes={len(self.body)}>"
+
+
+#: A handler, or the rest of a middleware chain: called with a message, awaited.
+CallNext = Callable[[ReceivedMessage], Awaitable[Any]]
 
 
 class Receiver:
@@ -128,8 +129,13 @@ class Receiver:
     use ``client.ack(batch)``.
     """
 
-    def __init__(self, client: Client, queue: str, prefetch: int) -> None:
-        self._client, self.queue, self.prefetch = client, queue, prefetch
+    def __init__(self, transport: Transport, queue: str, prefetch: int, *,
+                 declare: Callable[[str], Awaitable[None]],
+                 closed: Callable[[Receiver], None]) -> None:
+        """``declare`` makes sure the queue exists before consuming; ``closed`` is told when
+        the receiver closes (its owner stops tracking it)."""
+        self._transport, self.queue, self.prefetch = transport, queue, prefetch
+        self._declare, self._on_close = declare, closed
         buffer: deque[Delivery] = deque()
         self._buffer = buffer
         self._waiter: asyncio.Future[None] | None = None
@@ -155,8 +161,8 @@ class Receiver:
 
     async def _start(self) -> None:
         if self._subscription is None and not self._closed:
-            await self._client._ensure_queue(self.queue)
-            self._subscription = await self._client.transport.consume(
+            await self._declare(self.queue)
+            self._subscription = await self._transport.consume(
                 self.queue, self.prefetch, self._arrived)
 
     async def _wait(self) -> None:
@@ -177,21 +183,21 @@ class Receiver:
             raise StopAsyncIteration
         if not self._buffer:
             await self._wait()
-        return ReceivedMessage(self._client, self._buffer.popleft())
+        return ReceivedMessage(self._transport, self._buffer.popleft())
 
     async def batches(self, max_count: int = 100) -> AsyncIterator[list[ReceivedMessage]]:
         """Lists of received messages: waits for the first, then takes up to ``max_count``
         of those already here (never more than ``prefetch``, which bounds the buffer)."""
         if max_count < 1:
             raise InvalidArgumentError(f"max_count must be >= 1, got {max_count}")
-        client, buffer = self._client, self._buffer
+        transport, buffer = self._transport, self._buffer
         while not self._closed:
             try:
                 await self._wait()
             except StopAsyncIteration:
                 return
             n = min(max_count, len(buffer))
-            yield [ReceivedMessage(client, buffer.popleft()) for _ in range(n)]
+            yield [ReceivedMessage(transport, buffer.popleft()) for _ in range(n)]
 
     async def __aenter__(self) -> Receiver:
         await self._start()
@@ -206,11 +212,11 @@ class Receiver:
             return
         self._closed = True
         self._wake()  # a consumer waiting in another task stops iterating
-        self._client._receivers.discard(self)
+        self._on_close(self)
         if self._subscription is not None:
             await self._subscription.cancel()
         while self._buffer:
-            await self._client.transport.nack(self._buffer.popleft().delivery_tag, True)
+            await self._transport.nack(self._buffer.popleft().delivery_tag, True)
 
 
 class Inbox:

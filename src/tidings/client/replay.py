@@ -21,16 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tidings.client.received import ReceivedMessage
-from tidings.client.streams import Start, StreamRecord
+from tidings.client.received import CallNext, ReceivedMessage
+from tidings.client.streams import Start, StreamReader, StreamRecord
+from tidings.client.transport import Transport
 from tidings.errors import NotFoundError
 from tidings.message import Message
 from tidings.patterns import topic_matches
-
-if TYPE_CHECKING:
-    from tidings.client.client import CallNext, Client
 
 log = logging.getLogger("tidings.client")
 
@@ -46,8 +44,8 @@ class ReplayedMessage(ReceivedMessage):
 
     __slots__ = ()
 
-    def __init__(self, client: Client, record: StreamRecord) -> None:
-        super().__init__(client, record._incoming)
+    def __init__(self, transport: Transport, record: StreamRecord) -> None:
+        super().__init__(transport, record._incoming)
 
     async def ack(self) -> None:
         self.settled = True
@@ -62,23 +60,23 @@ class ReplayedMessage(ReceivedMessage):
         pass
 
 
-async def append_marker(client: Client) -> str:
+async def append_marker(transport: Transport) -> str:
     marker = f"replay-{uuid.uuid4().hex}"
-    await client.transport.send(EVENTS_LOG, [Message(b"", routing_key=EVENTS_LOG,
+    await transport.send(EVENTS_LOG, [Message(b"", routing_key=EVENTS_LOG,
                                                      headers={MARKER: marker},
                                                      message_id=marker)])
     return marker
 
 
-async def check_events_log(client: Client) -> None:
-    if not await client.transport.queue_exists(EVENTS_LOG):
+async def check_events_log(transport: Transport) -> None:
+    if not await transport.queue_exists(EVENTS_LOG):
         raise NotFoundError(
             "subscribe(replay=...) needs retained events: call "
             "'await client.keep_events(max_age=...)' once, before the events to replay are "
             "published")
 
 
-async def replay(client: Client, pattern: str, start: Start, until: str, seam_from: str,
+async def replay(transport: Transport, pattern: str, start: Start, until: str, seam_from: str,
                  handle: CallNext, retries: int, backoff: Any, dead_queue: str | None
                  ) -> set[str]:
     """Hand every retained event matching ``pattern`` from ``start`` up to the marker
@@ -86,7 +84,7 @@ async def replay(client: Client, pattern: str, start: Start, until: str, seam_fr
     ``seam_from`` (their live copies are skipped)."""
     seam: set[str] = set()
     in_seam = False
-    async with client.read(EVENTS_LOG, start=start) as records:
+    async with StreamReader(transport, EVENTS_LOG, start, None, 100) as records:
         async for record in records:
             marker = record.headers.get(MARKER)
             if marker is not None:
@@ -98,15 +96,15 @@ async def replay(client: Client, pattern: str, start: Start, until: str, seam_fr
                 continue
             if in_seam and record.id:
                 seam.add(record.id)
-            await _handle(client, record, handle, retries, backoff, dead_queue)
+            await _handle(transport, record, handle, retries, backoff, dead_queue)
     return seam
 
 
-async def _handle(client: Client, record: StreamRecord, handle: CallNext, retries: int,
+async def _handle(transport: Transport, record: StreamRecord, handle: CallNext, retries: int,
                   backoff: Any, dead_queue: str | None) -> None:
     for attempt in range(1, retries + 2):
         try:
-            await handle(ReplayedMessage(client, record))
+            await handle(ReplayedMessage(transport, record))
             return
         except asyncio.CancelledError:
             raise
@@ -120,6 +118,6 @@ async def _handle(client: Client, record: StreamRecord, handle: CallNext, retrie
                         **record.headers, "x-replay-offset": record.offset,
                         "x-exception": repr(e)[:500]}, content_type=message.content_type,
                         message_id=message.message_id, timestamp=message.timestamp)
-                    await client.transport.send(dead_queue, [dead])
+                    await transport.send(dead_queue, [dead])
                 return
             await asyncio.sleep(backoff(attempt) / 1000.0)

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from tidings.client.received import Inbox, MessageView
-from tidings.client.transport import Delivery, Subscription
+from tidings.client.transport import Delivery, Subscription, Transport
 from tidings.errors import InvalidArgumentError
-
-if TYPE_CHECKING:  # the client owns readers; they only call back into it
-    from tidings.client.client import Client
 
 __all__ = ["START_CHOICES", "Start", "StreamReader", "StreamRecord", "start_argument"]
 
@@ -90,13 +88,15 @@ class StreamReader:
     (``await reader.commit()``), or at ``start`` when the name has committed nothing yet.
     """
 
-    def __init__(self, client: Client, stream: str, start: Start, reader: str | None,
-                 prefetch: int) -> None:
+    def __init__(self, transport: Transport, stream: str, start: Start, reader: str | None,
+                 prefetch: int, closed: Callable[[StreamReader], None] | None = None) -> None:
+        """``closed`` is told when the reader closes (its owner stops tracking it)."""
         if prefetch < 1:
             raise InvalidArgumentError(f"prefetch must be >= 1, got {prefetch}")
         if reader is not None and not reader:
             raise InvalidArgumentError("a named reader needs a non-empty name")
-        self._client, self.stream, self.reader = client, stream, reader
+        self._transport, self.stream, self.reader = transport, stream, reader
+        self._on_close = closed
         self._start_at = start_argument(start)
         self.prefetch = prefetch
         self._inbox = Inbox()
@@ -108,11 +108,10 @@ class StreamReader:
         self.position: int | None = None
 
     async def _open(self) -> None:
-        self._client._check_streams("read a stream")
         arguments: dict[str, Any] = {OFFSET: self._start_at}
         if self.reader is not None:  # the broker starts it after the reader's commit
             arguments[READER] = self.reader
-        self._subscription = await self._client.transport.consume(
+        self._subscription = await self._transport.consume(
             self.stream, self.prefetch, self._inbox.put, arguments)
 
     def __aiter__(self) -> StreamReader:
@@ -142,7 +141,7 @@ class StreamReader:
         """Acknowledge what was handed out: on a stream, an ack only lets more come."""
         if self._credit:
             credit, self._credit = self._credit, []
-            await self._client.transport.ack(credit)
+            await self._transport.ack(credit)
 
     async def commit(self, offset: int | StreamRecord | None = None) -> None:
         """Store, in the broker, that this named reader has processed the stream up to
@@ -157,7 +156,7 @@ class StreamReader:
             offset = self.position
         if offset is None:
             return  # nothing read yet: nothing to commit
-        await self._client.transport.commit_offset(self.stream, self.reader, offset)
+        await self._transport.commit_offset(self.stream, self.reader, offset)
 
     async def close(self) -> None:
         """Stop reading; records read ahead but not handed out are dropped."""
@@ -173,7 +172,8 @@ class StreamReader:
             with contextlib.suppress(Exception):
                 await self._give_credit()
         self._buffer.clear()
-        self._client._readers.discard(self)
+        if self._on_close is not None:
+            self._on_close(self)
 
     async def __aenter__(self) -> StreamReader:
         return self

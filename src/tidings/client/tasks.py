@@ -27,18 +27,15 @@ import logging
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from tidings.client.received import ReceivedMessage
 from tidings.client.task_threads import TaskThreads
-from tidings.client.transport import QueueSpec
+from tidings.client.transport import Delivery, QueueSpec, Transport
 from tidings.errors import InvalidArgumentError, NotFoundError, TidingsError
 from tidings.message import Message
 
 log = logging.getLogger("tidings.tasks")
-
-if TYPE_CHECKING:
-    from tidings.client.client import Client
-    from tidings.client.received import ReceivedMessage
 
 
 class TaskError(TidingsError):
@@ -83,10 +80,12 @@ REPLY_QUEUE_EXPIRES_MS = 3_600_000
 
 
 class Results:
-    """The client's reply queue and the calls waiting on it."""
+    """The client's reply queue and the calls waiting on it. ``transport`` gives the open
+    client's transport; ``id_prefix`` names the client's reconnect-proof reply queue."""
 
-    def __init__(self, client: Client) -> None:
-        self._client = client
+    def __init__(self, transport: Callable[[], Transport], id_prefix: str) -> None:
+        self._transport, self._id_prefix = transport, id_prefix
+        self._acks: set[asyncio.Task[None]] = set()
         self.queue: str | None = None
         self._waiting: dict[str, asyncio.Future[Any]] = {}
         self._lock = asyncio.Lock()
@@ -95,9 +94,9 @@ class Results:
     async def reply_queue(self) -> str:
         async with self._lock:
             if self.queue is None:
-                transport = self._client.transport
+                transport = self._transport()
                 if getattr(transport, "name", None) is not None:  # it reconnects
-                    name, spec = f"tidings.reply.{self._client.id_prefix}", QueueSpec(
+                    name, spec = f"tidings.reply.{self._id_prefix}", QueueSpec(
                         durable=True, delivery_limit=None, dead_letters=False, arguments=(
                             ("x-expires", REPLY_QUEUE_EXPIRES_MS), ("x-queue-type", "classic")))
                 else:
@@ -106,21 +105,21 @@ class Results:
                 self.queue = await transport.declare_queue(name, spec)
                 self._consumer = await transport.consume(self.queue, 1000, self._arrived)
         # after a reconnect a private queue has a new name on the broker
-        rename = getattr(self._client.transport, "name", None)
+        rename = getattr(self._transport(), "name", None)
         return rename(self.queue) if rename is not None else self.queue
 
     def expect(self, call_id: str) -> None:
         self._waiting[call_id] = asyncio.get_running_loop().create_future()
 
-    def _arrived(self, incoming: Any) -> None:
+    def _arrived(self, incoming: Delivery) -> None:
         message = incoming.message
         future = self._waiting.get(message.correlation_id or "")
         if future is not None and not future.done():
             future.set_result(message)
-        ack = self._client.transport.ack([incoming.delivery_tag])
-        task = asyncio.get_running_loop().create_task(ack)
-        self._client._tasks.add(task)
-        task.add_done_callback(self._client._tasks.discard)
+        task = asyncio.get_running_loop().create_task(
+            self._transport().ack([incoming.delivery_tag]))
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
 
     async def reply(self, call_id: str, timeout_s: float | None) -> Message:
         """The reply to ``call_id`` (a message), once it arrives."""
@@ -142,6 +141,8 @@ class Results:
         return outcome.get("value")
 
     async def close(self) -> None:
+        for task in self._acks:
+            task.cancel()
         if self._consumer is not None:
             with contextlib.suppress(Exception):
                 await self._consumer.cancel()
@@ -149,10 +150,27 @@ class Results:
             future.cancel()
 
 
+class TaskClient(Protocol):
+    """What tasks use of the client they are registered with (``Client`` is one)."""
+
+    @property
+    def transport(self) -> Transport: ...
+
+    @property
+    def results(self) -> Results: ...
+
+    def new_id(self) -> str: ...
+
+    async def send(self, queue: str, body: Any, *, headers: dict[str, Any] | None = None,
+                   priority: int | None = None, delay_ms: int | None = None,
+                   message_id: str | None = None, correlation_id: str | None = None,
+                   reply_to: str | None = None) -> str: ...
+
+
 class Task:
     """A function registered with ``@client.task``; call it directly, or ``await send(...)``."""
 
-    def __init__(self, client: Client, function: Callable[..., Any], *, name: str, queue: str,
+    def __init__(self, client: TaskClient, function: Callable[..., Any], *, name: str, queue: str,
                  retries: int, timeout_s: float | None, threads: TaskThreads,
                  delivery_limit: int | None = None) -> None:
         self.client, self.function, self.threads = client, function, threads
@@ -166,10 +184,10 @@ class Task:
     async def send(self, *args: Any, delay_ms: int | None = None, priority: int | None = None,
                    id: str | None = None, **kwargs: Any) -> TaskHandle:
         """Enqueue a call durably; returns its handle once the message is confirmed."""
-        results = self.client._results
+        results = self.client.results
         reply_to = await results.reply_queue()
         body = {"task": self.name, "args": list(args), "kwargs": kwargs}
-        call_id = id or self.client._new_id()
+        call_id = id or self.client.new_id()
         results.expect(call_id)
         await self.client.send(self.queue, body, message_id=call_id, correlation_id=call_id,
                                reply_to=reply_to, delay_ms=delay_ms, priority=priority,
@@ -194,7 +212,7 @@ class Task:
                                f"{self.timeout_s} s") from None
 
 
-async def reply(client: Client, message: ReceivedMessage, data: bytes,
+async def reply(transport: Transport, message: ReceivedMessage, data: bytes,
                 content_type: str | None) -> None:
     """Send the answer to ``message`` to its caller's reply queue (dropped if the caller is
     gone, or never asked: no ``reply_to``)."""
@@ -204,10 +222,10 @@ async def reply(client: Client, message: ReceivedMessage, data: bytes,
     answer = Message(data, content_type=content_type, persistent=False,
                      correlation_id=message.message.correlation_id or message.id)
     with contextlib.suppress(NotFoundError):
-        await client.transport.send(reply_to, [answer])
+        await transport.send(reply_to, [answer])
 
 
-async def report(client: Client, message: ReceivedMessage, outcome: dict[str, Any]) -> None:
+async def report(transport: Transport, message: ReceivedMessage, outcome: dict[str, Any]) -> None:
     """Send a call's outcome (``{"value": ...}`` or ``{"error": ...}``) as JSON. A value JSON
     cannot carry is reported as a failure naming its type, never sent as its ``repr``."""
     try:
@@ -218,18 +236,18 @@ async def report(client: Client, message: ReceivedMessage, outcome: dict[str, An
             "type": "ResultNotJSONError",
             "message": f"task '{message.headers.get('task', '?')}' returned {what}, which "
                        f"is not JSON: {e}"}}).encode()
-    await reply(client, message, data, "application/json")
+    await reply(transport, message, data, "application/json")
 
 
 #: The content type of a reply that says the handler failed for good (its body: ``failure()``).
 ERROR_CONTENT_TYPE = "application/vnd.tidings.error+json"
 
 
-async def report_failure(client: Client, message: ReceivedMessage,
+async def report_failure(transport: Transport, message: ReceivedMessage,
                          error: BaseException) -> None:
     """Tell the caller of ``client.request`` that its handler failed for good."""
     data = json.dumps(failure(error)["error"], separators=(",", ":"), default=repr).encode()
-    await reply(client, message, data, ERROR_CONTENT_TYPE)
+    await reply(transport, message, data, ERROR_CONTENT_TYPE)
 
 
 def raise_failure(error: dict[str, Any]) -> None:
@@ -246,7 +264,7 @@ def failure(error: BaseException) -> dict[str, Any]:
 class TaskQueue:
     """The handler of one queue's tasks: finds the task a message names and runs it."""
 
-    def __init__(self, client: Client, queue: str) -> None:
+    def __init__(self, client: TaskClient, queue: str) -> None:
         self.client, self.queue = client, queue
         self.tasks: dict[str, Task] = {}
 
@@ -255,7 +273,7 @@ class TaskQueue:
         task = self.tasks.get(name)
         if task is None:
             raise NotFoundError(f"no task '{name}' is registered for queue '{self.queue}'")
-        await report(self.client, message, {"value": await task.run(message)})
+        await report(self.client.transport, message, {"value": await task.run(message)})
 
     async def failed_for_good(self, message: ReceivedMessage, error: BaseException) -> None:
-        await report(self.client, message, failure(error))
+        await report(self.client.transport, message, failure(error))

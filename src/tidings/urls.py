@@ -1,7 +1,9 @@
-"""From a URL to a transport: the one place that knows which schemes exist.
+"""From a URL to a client: the one place that knows which schemes exist (a composition root).
 
-A path or ``file:`` URL opens the embedded durable broker on that directory; ``memory://`` the
-embedded non-durable one. Adapters for ``amqp://``, ``nats://`` and ``redis://`` plug in here.
+``tidings.connect(url)`` and ``tidings.connect_blocking(url)`` live here. A path or ``file:``
+URL opens the embedded durable broker on that directory (shared with other processes, see
+:mod:`tidings.shared`); ``memory://`` the embedded non-durable one; ``amqp://``, ``nats://``
+and ``redis://`` their transports. The client itself knows only the ``Transport`` protocol.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import ssl
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from tidings.client.blocking import BlockingClient
+from tidings.client.client import Client
 from tidings.client.transport import Transport
 from tidings.errors import ConfigError
 
@@ -54,7 +58,7 @@ async def open_transport(url: str, *, ssl_context: ssl.SSLContext | None = None,
     from tidings.routing.broker import Broker
 
     if scheme == "file":
-        from tidings.client.shared import open_shared
+        from tidings.shared import open_shared
 
         return await open_shared(Path(rest))
     if scheme == "memory":
@@ -86,3 +90,21 @@ async def _open_remote(scheme: str, url: str, ssl_context: ssl.SSLContext | None
             raise
         raise ConfigError(f"'{scheme}://' needs its client library: pip install "
                           f"'tidings[{extra}]'") from e
+
+
+def connect(url: str, *, ssl_context: ssl.SSLContext | None = None,
+            management_url: str | None = None) -> Client:
+    """A client for ``url``: a path or ``file:`` URL (embedded, durable; shared with other
+    processes through its owner), ``memory://`` (embedded, in memory), or
+    ``amqp://user:password@host:port/vhost`` / ``amqps://...`` (tidings serve or RabbitMQ;
+    ``ssl_context`` for TLS, or aiormq's ``?cafile=...&certfile=...&keyfile=...``;
+    ``management_url`` such as ``http://guest:guest@host:15672`` for full statistics),
+    ``nats://`` or ``redis://``."""
+    return Client(url, transport_factory=lambda: open_transport(
+        url, ssl_context=ssl_context, management_url=management_url))
+
+
+def connect_blocking(url: str, *, ssl_context: ssl.SSLContext | None = None,
+                     management_url: str | None = None) -> BlockingClient:
+    """The blocking client for any URL :func:`connect` takes (and its options)."""
+    return BlockingClient(connect(url, ssl_context=ssl_context, management_url=management_url))
