@@ -5,9 +5,12 @@ the broker and queues the reply on the sans-IO connection. Errors are raised as
 :class:`TidingsError` and turned into channel.close or connection.close by the driver. Names
 follow the AMQP spec (``delivery_tag``, ``consumer_tag``, ``prefetch_count``).
 
-Publisher confirms are collected per channel and sent by the driver once the broker's group
-commit that holds them is durable; transactions (``tx``) buffer publishes and settlements
-until commit.
+Publisher confirms are counted in the connection's :class:`~tidings.amqp.confirms.ConfirmBook`
+and sent by the link once the broker's group commit that holds them is durable; transactions
+(``tx``) buffer publishes and settlements until commit.
+
+The channel knows its connection only as :class:`ChannelLink`, the few calls it makes (the
+link in ``amqp/link.py`` satisfies it), so nothing here imports the link back.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pamqp import commands
 from pamqp.base import Frame as Method
@@ -23,12 +26,16 @@ from pamqp.base import Frame as Method
 from tidings.amqp import extensions
 from tidings.amqp import frames as wire
 from tidings.amqp import states as st
-from tidings.amqp.connection import ContentReceived
-from tidings.errors import NotFoundError, NotImplementedByServerError, PreconditionFailedError
-from tidings.routing.front_door import Consumer, Delivery
-
-if TYPE_CHECKING:
-    from tidings.amqp.server import AmqpLink
+from tidings.amqp.confirms import ConfirmBook
+from tidings.amqp.connection import ContentReceived, ServerConnection
+from tidings.errors import (
+    NotFoundError,
+    NotImplementedByServerError,
+    PreconditionFailedError,
+    TidingsError,
+)
+from tidings.message import Message
+from tidings.routing.front_door import Consumer, Delivery, FrontDoor
 
 B, Q, E, Ch = commands.Basic, commands.Queue, commands.Exchange, commands.Channel
 Tx, Confirm = commands.Tx, commands.Confirm
@@ -36,8 +43,31 @@ Tx, Confirm = commands.Tx, commands.Confirm
 REPLY_TO = "amq.rabbitmq.reply-to"
 
 
+class ChannelLink(Protocol):
+    """What a channel uses of its connection."""
+
+    conn: ServerConnection
+    broker: FrontDoor
+    confirms: ConfirmBook
+    connection_id: str
+    username: str
+    vhost: str
+
+    def channel_error(self, number: int, error: TidingsError, method: Any) -> None: ...
+
+    def check_permission(self, permission: str, kind: str, name: str) -> None: ...
+
+    def capability(self, name: str) -> bool: ...
+
+    def delivered(self) -> None: ...
+
+    def flush_soon(self) -> None: ...
+
+    def after_durable(self, action: Callable[[], None]) -> None: ...
+
+
 class AmqpChannel:
-    def __init__(self, link: AmqpLink, number: int) -> None:
+    def __init__(self, link: ChannelLink, number: int) -> None:
         self.link, self.number = link, number
         self.broker = link.broker
         self.vhost = link.vhost
@@ -45,11 +75,8 @@ class AmqpChannel:
         self.session.on_error = self._session_failed
         self.consumers: dict[str, Consumer] = {}
         self.prefetch_count = 0
-        self.confirming = False
         #: Publishing mode: plain, confirms or transactions (``amqp/states.py``).
         self.mode = st.PLAIN
-        self.publish_seq = 0
-        self.unconfirmed: list[tuple[int, bool]] = []
         self.tx: list[Callable[[], None]] | None = None
         self.last_queue = ""
         self.reply_queue: str | None = None
@@ -67,14 +94,30 @@ class AmqpChannel:
         if not nowait:
             self.link.conn.send_method(self.number, method)
 
+    def send_content(self, method: Method, message: Message,
+                     extra: dict[str, Any] | None = None) -> None:
+        """A method with content (get-ok, return, deliver) to the peer on this channel."""
+        self.link.conn.send_content(self.number, method, message, extra)
+
+    def send_copies(self, consumer_tag: str, messages: list[Message]) -> None:
+        """Deliver ``messages`` to ``consumer_tag`` as no-ack copies (a browse)."""
+        conn, session = self.link.conn, self.session
+        for message in messages:
+            tag, session.next_tag = session.next_tag, session.next_tag + 1
+            conn.send_delivery(self.number, consumer_tag, tag, False, message, None)
+        self.link.flush_soon()
+
+    def extend(self, delivery_tag: int) -> None:
+        """Restart the consumer-timeout clock of a delivery on this channel."""
+        self.session.extend(delivery_tag)
+
     def close(self) -> None:
         """Release everything: consumers are cancelled, unacked messages requeued."""
         self.session.close()
         self.consumers.clear()
+        self.link.confirms.forget(self.number)
 
     def _session_failed(self, error: Exception) -> None:
-        from tidings.errors import TidingsError
-
         if isinstance(error, TidingsError):
             self.link.channel_error(self.number, error, None)
 
@@ -261,12 +304,8 @@ class AmqpChannel:
             return
         msg = d.message
         extra = {"x-delivery-count": d.delivery_count} if d.delivery_count else None
-        self.link.conn.send_content(
-            self.number,
-            wire.GetOk(d.delivery_tag, d.redelivered, msg.exchange, msg.routing_key,
-                       d.message_count),
-            msg, extra,
-        )
+        self.send_content(wire.GetOk(d.delivery_tag, d.redelivered, msg.exchange,
+                                     msg.routing_key, d.message_count), msg, extra)
 
     def publish(self, event: ContentReceived) -> None:
         m = event.method
@@ -294,31 +333,12 @@ class AmqpChannel:
     def _publish(self, message: Any, m: B.Publish) -> None:
         result = self.broker.publish(self.vhost, m.exchange, message, mandatory=m.mandatory)
         if result.returned:
-            self.link.conn.send_content(
-                self.number, wire.Return(312, "NO_ROUTE", m.exchange, m.routing_key), message)
-        self.confirm(not result.refused)
+            self.send_content(wire.Return(312, "NO_ROUTE", m.exchange, m.routing_key), message)
+        self.link.confirms.published(self.number, not result.refused)
 
     def confirm(self, ok: bool) -> None:
         """Count a publish for publisher confirms (acked once the store is durable)."""
-        if self.confirming:
-            self.publish_seq += 1
-            self.unconfirmed.append((self.publish_seq, ok))
-            self.link.confirm_later(self)
-
-    def send_confirms(self, pending: list[tuple[int, bool]], failed: bool) -> None:
-        """Ack runs of durable publishes with one multiple=true ack; nack refused ones."""
-        conn, number = self.link.conn, self.number
-        run_end = None
-        for seq, ok in pending:
-            if ok and not failed:
-                run_end = seq
-                continue
-            if run_end is not None:
-                conn.send_confirm(number, run_end, True)
-                run_end = None
-            conn.send_method(number, B.Nack(seq, False, False))
-        if run_end is not None:
-            conn.send_confirm(number, run_end, True)
+        self.link.confirms.published(self.number, ok)
 
     def _settle(self, action: Callable[[], None]) -> None:
         if self.tx is not None:
@@ -351,7 +371,7 @@ class AmqpChannel:
 
     def confirm_select(self, m: Confirm.Select) -> None:
         self._switch_mode(Confirm.Select)
-        self.confirming = True
+        self.link.confirms.select(self.number)
         self.reply(Confirm.SelectOk(), m.nowait)
 
     def tx_select(self, m: Tx.Select) -> None:

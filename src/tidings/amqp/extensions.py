@@ -25,16 +25,15 @@ send, so the tidings client (and any other) gets them over AMQP:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pamqp import commands
+from pamqp.base import Frame as Method
 
 from tidings.amqp import frames as wire
 from tidings.errors import InvalidArgumentError, NotFoundError
 from tidings.message import Message
-
-if TYPE_CHECKING:
-    from tidings.amqp.channel import AmqpChannel
+from tidings.routing.front_door import FrontDoor
 
 B = commands.Basic
 
@@ -43,6 +42,26 @@ BROWSE_ARGUMENT = "x-tidings-browse"
 BROWSE_END_HEADER = "x-tidings-browse-end"
 #: Most messages one browse sends (a client asking for more gets this many).
 MAX_BROWSE = 10_000
+
+
+class ExtensionChannel(Protocol):
+    """What an extension uses of the channel it arrived on (``AmqpChannel`` is one)."""
+
+    vhost: str
+    broker: FrontDoor
+
+    def check(self, permission: str, kind: str, name: str) -> None: ...
+
+    def reply(self, method: Method, nowait: bool = False) -> None: ...
+
+    def send_content(self, method: Method, message: Message,
+                     extra: dict[str, Any] | None = None) -> None: ...
+
+    def confirm(self, ok: bool) -> None: ...
+
+    def extend(self, delivery_tag: int) -> None: ...
+
+    def send_copies(self, consumer_tag: str, messages: list[Message]) -> None: ...
 
 
 def _header(message: Message, name: str, kind: type) -> Any:
@@ -55,11 +74,11 @@ def _header(message: Message, name: str, kind: type) -> Any:
     return value
 
 
-def control(channel: AmqpChannel, message: Message, method: B.Publish) -> None:
+def control(channel: ExtensionChannel, message: Message, method: B.Publish) -> None:
     """A publish to :data:`CONTROL_EXCHANGE`: an operation, not a message."""
     removed = True
     if method.routing_key == "extend":
-        channel.session.extend(_header(message, "x-delivery-tag", int))
+        channel.extend(_header(message, "x-delivery-tag", int))
     elif method.routing_key == "delete":
         queue = _header(message, "x-queue", str)
         channel.check("read", "queue", queue)
@@ -74,13 +93,12 @@ def control(channel: AmqpChannel, message: Message, method: B.Publish) -> None:
         raise NotFoundError(f"{CONTROL_EXCHANGE} has no operation '{method.routing_key}' "
                             f"(extend, delete, commit-offset)")
     if not removed and method.mandatory:
-        channel.link.conn.send_content(
-            channel.number, wire.Return(312, "NO_ROUTE", method.exchange, method.routing_key),
-            message)
+        channel.send_content(wire.Return(312, "NO_ROUTE", method.exchange, method.routing_key),
+                             message)
     channel.confirm(ok=True)
 
 
-def browse(channel: AmqpChannel, method: B.Consume, queue: str, consumer_tag: str) -> None:
+def browse(channel: ExtensionChannel, method: B.Consume, queue: str, consumer_tag: str) -> None:
     """Deliver copies of the first ready messages of ``queue``, then the end marker."""
     limit = (method.arguments or {}).get(BROWSE_ARGUMENT)
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
@@ -89,8 +107,4 @@ def browse(channel: AmqpChannel, method: B.Consume, queue: str, consumer_tag: st
         raise InvalidArgumentError(f"a '{BROWSE_ARGUMENT}' consumer must be no-ack")
     found = channel.broker.browse(channel.vhost, queue, min(limit, MAX_BROWSE))
     channel.reply(B.ConsumeOk(consumer_tag), method.nowait)
-    conn, session = channel.link.conn, channel.session
-    for message in [*found, Message(b"", headers={BROWSE_END_HEADER: True})]:
-        tag, session.next_tag = session.next_tag, session.next_tag + 1
-        conn.send_delivery(channel.number, consumer_tag, tag, False, message, None)
-    channel.link.flush_soon()
+    channel.send_copies(consumer_tag, [*found, Message(b"", headers={BROWSE_END_HEADER: True})])
