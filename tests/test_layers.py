@@ -36,7 +36,8 @@ COMPOSITION_ROOTS = {"__main__", "cli", "cli_serve", "cli_control", "cli_users",
 
 #: Client modules that talk to another engine: they know the Transport protocol, the ground
 #: floor and their own client library, never routing/.
-REMOTE_TRANSPORTS = {"client.amqp", "client.nats", "client.redis", "client.remote",
+REMOTE_TRANSPORTS = {"client.amqp", "client.nats", "client.redis", "client.redis_scripts",
+                     "client.engine", "client.remote",
                      "client.management", "client.resilient"}
 
 #: Names of the broker's insides a face must not mention (and ``broker.vhosts``).

@@ -10,10 +10,13 @@ loses its ``expiration`` (kept as ``original-expiration``) so it does not expire
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from tidings.message import Message
+
+H = TypeVar("H")
 
 
 def dead_letter_message(message: Message, queue: str, reason: str, now: float,
@@ -66,3 +69,17 @@ def revive(message: Message, routing_key: str) -> Message:
                        if not k.startswith("x-")} or None
     message.routing_key = routing_key
     return message
+
+
+async def replay_into(queue: str, ids: set[str] | None,
+                      entries: AsyncIterable[tuple[Message, H]],
+                      restore: Callable[[H, str, Message], Awaitable[None]]) -> int:
+    """Replay the dead letters ``entries`` yields (each with what its transport needs to
+    remove it), all or those whose id is in ``ids``: ``restore(handle, queue, copy)`` puts
+    the revived copy into ``queue`` and removes the dead letter. Returns how many moved."""
+    moved = 0
+    async for message, handle in entries:
+        if ids is None or message.message_id in ids:
+            await restore(handle, queue, revive(message, queue))
+            moved += 1
+    return moved

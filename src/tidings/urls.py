@@ -78,13 +78,15 @@ async def open_transport(url: str, *, ssl_context: ssl.SSLContext | None = None,
 async def _open_remote(scheme: str, url: str, ssl_context: ssl.SSLContext | None) -> Transport:
     extra = REMOTE[scheme]
     try:
+        from tidings.client.engine import EngineTransport
+
         if extra == "nats":
-            from tidings.client.nats import NatsTransport
+            from tidings.client.nats import NatsEngine
 
-            return await NatsTransport(url, ssl_context=ssl_context).open()
-        from tidings.client.redis import RedisTransport
+            return await EngineTransport(NatsEngine(url, ssl_context=ssl_context)).open()
+        from tidings.client.redis import RedisEngine
 
-        return await RedisTransport(url, ssl_context=ssl_context).open()
+        return await EngineTransport(RedisEngine(url, ssl_context=ssl_context)).open()
     except ModuleNotFoundError as e:
         if e.name not in ("nats", "redis"):
             raise

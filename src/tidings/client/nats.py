@@ -1,4 +1,7 @@
-"""NatsTransport: the client over NATS JetStream (``nats://``), on nats-py.
+"""The NATS JetStream engine (``nats://``) of the engine core, on nats-py: only JetStream calls.
+
+The delivery rules (limits, TTL, leases, the nack ladder, dead letters) are the core's
+(:mod:`tidings.client.engine`); here is how they land on JetStream.
 
 How tidings' concepts map onto JetStream (docs/nats.md says it for users):
 
@@ -19,7 +22,7 @@ How tidings' concepts map onto JetStream (docs/nats.md says it for users):
 - **Settlement**: ack; nack with requeue is a NAK (with a delay, JetStream's NAK delay);
   reject and the delivery limit write the message to ``<queue>.dead`` and then ack it;
   ``extend`` is an in-progress ack. Deliveries held by a live process are renewed before
-  their ack wait ends (see :class:`~tidings.client.remote.Leases`); a dead consumer's come
+  their ack wait ends (the core's leases); a dead consumer's come
   back after ``consumer_timeout_ms`` (30 s by default).
 - **Delays**: NATS 2.9 cannot schedule a message, so delayed sends go to the stream
   ``TIDINGS_DELAYED`` with their due time; every connected client runs a mover that NAKs a
@@ -27,7 +30,6 @@ How tidings' concepts map onto JetStream (docs/nats.md says it for users):
   derived ``Nats-Msg-Id``, so a mover that dies in between cannot duplicate it) before acking.
 - **Priorities** do not exist in JetStream: declaring one raises NotSupportedError.
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -38,8 +40,7 @@ import logging
 import re
 import ssl
 import time
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,18 +52,17 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import api
 
+from tidings.client.engine import Arrival, Stored
 from tidings.client.remote import (
     RETRY_FOR_S,
-    Leases,
     QueueRules,
     broker_statistics,
-    dead_letter,
+    message_of,
     queue_statistics,
     redact,
     retrying,
 )
-from tidings.client.transport import Capabilities, Delivery, QueueSpec
-from tidings.dead_letters import dead_letter_queue, revive
+from tidings.client.transport import Capabilities, QueueSpec
 from tidings.errors import (
     AccessRefusedError,
     BrokenResourceError,
@@ -72,7 +72,7 @@ from tidings.errors import (
     PreconditionFailedError,
     TidingsError,
 )
-from tidings.message import Message, decode_meta, encode_meta
+from tidings.message import Message, encode_meta
 from tidings.patterns import topic_matches
 from tidings.statistics import BrokerStatistics
 
@@ -185,24 +185,12 @@ class _Feed:
     pattern: str | None = None
 
 
-@dataclass(eq=False, slots=True)
-class _Token:
-    msg: Msg
-    queue: str
-    failures: int
-    message: Message
-    consumer: _Consumer | None = None
-    settled: bool = False
-    #: Why it is to be dead-lettered (set when it is).
-    reason: str = ""
-
-
 @dataclass(eq=False)
 class _Pull:
     """A loop reading one feed for one consumer: one pull request at a time, for as many
     messages as the consumer's prefetch has room for."""
 
-    transport: NatsTransport
+    engine: NatsEngine
     feed: _Feed
     room: Callable[[], int]
     deliver: Callable[[Msg, _Feed], None]
@@ -216,7 +204,7 @@ class _Pull:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        nc = self.transport.nc
+        nc = self.engine.nc
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox, cb=self._arrived)
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.feed.stream}.{self.feed.durable}"
@@ -266,76 +254,43 @@ class _Pull:
             await asyncio.wait([self._task], timeout=PULL_EXPIRES_S + 2)
 
 
-class _Consumer:
-    """``consume()``'s subscription: a pull loop per feed of the queue, sharing the prefetch."""
-
-    def __init__(self, transport: NatsTransport, queue: str, prefetch: int,
-                 on_message: Callable[[Delivery], None]) -> None:
-        self.transport, self.queue, self.prefetch = transport, queue, prefetch
-        self.on_message = on_message
-        self.unsettled = 0
-        self.pulls: list[_Pull] = []
-        self.cancelled = False
-
-    def room(self) -> int:
-        """How many to ask for: nothing until half the prefetch is free (or all of a small
-        one), so pulls stay batches instead of one message per acknowledgement."""
-        room = 0 if self.cancelled else self.prefetch - self.unsettled
-        return room if room >= max(1, self.prefetch // 2) else 0
-
-    def add(self, feed: _Feed) -> None:
-        pull = _Pull(self.transport, feed, self.room, self._deliver)
-        self.pulls.append(pull)
-        pull.start()
-
-    def _deliver(self, msg: Msg, feed: _Feed) -> None:
-        if self.cancelled:  # arrived after cancel: straight back to the queue
-            asyncio.get_running_loop().create_task(_quietly(msg.nak()))
-            return
-        self.unsettled += 1
-        if not self._deliver_now(msg, feed):
-            asyncio.get_running_loop().create_task(self._admit(msg, feed))
-
-    def _deliver_now(self, msg: Msg, feed: _Feed) -> bool:
-        """The common case without a task: the queue's rules are known and the delivery is
-        for a handler. False: it needs the slow path (dead letter, skip, rules to read)."""
-        rules = self.transport._rules.get(self.queue)
-        if rules is None:
-            return False
-        verdict = self.transport._judge(msg, self.queue, feed, self, rules)
-        if not isinstance(verdict, Delivery):
-            return False
-        self.on_message(verdict)
-        return True
-
-    async def _admit(self, msg: Msg, feed: _Feed) -> None:
-        incoming = await self.transport._admit(msg, self.queue, feed, self)
-        if incoming is None:
-            self.settled()
-        else:
-            self.on_message(incoming)
-
-    def settled(self) -> None:
-        self.unsettled -= 1
-        for pull in self.pulls:
-            pull.wake.set()
-
-    async def cancel(self) -> None:
-        if self.cancelled:
-            return
-        self.cancelled = True
-        for pull in self.pulls:
-            await pull.stop()
-        self.transport._consumers.discard(self)
-
-
 async def _quietly(call: Any) -> None:
     with contextlib.suppress(Exception):
         await call
 
+class _Reader:
+    """A consumer's reading of one queue: a pull loop per feed (the queue's own stream and
+    each event subscription bound to it), sharing the consumer's room."""
 
-class NatsTransport:
-    """The client's :class:`~tidings.client.transport.Transport` over NATS JetStream."""
+    def __init__(self, engine: NatsEngine, queue: str, room: Callable[[], int],
+                 arrived: Callable[[Arrival], None]) -> None:
+        self.engine, self.queue, self.room, self.arrived = engine, queue, room, arrived
+        self.pulls: list[_Pull] = []
+
+    def add(self, feed: _Feed) -> None:
+        pull = _Pull(self.engine, feed, self.room, self._deliver)
+        self.pulls.append(pull)
+        pull.start()
+
+    def _deliver(self, msg: Msg, feed: _Feed) -> None:
+        arrival = self.engine.arrival(msg, feed, self.queue)
+        if arrival is None:  # an event this queue's pattern does not want
+            asyncio.get_running_loop().create_task(_quietly(msg.ack()))
+        else:
+            self.arrived(arrival)
+
+    def wake(self) -> None:
+        for pull in self.pulls:
+            pull.wake.set()
+
+    async def stop(self) -> None:
+        for pull in self.pulls:
+            await pull.stop()
+        self.engine.readers.discard(self)
+
+
+class NatsEngine:
+    """The :class:`~tidings.client.engine.Engine` of NATS JetStream."""
 
     def __init__(self, url: str, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self.url = url
@@ -343,11 +298,9 @@ class NatsTransport:
         self.nc: NatsClient = NatsClient()
         self.js: Any = None
         self.capabilities = nats_capabilities()
-        self._rules: dict[str, QueueRules] = {}
         self._feeds: dict[str, list[_Feed]] = {}
         self._private: list[tuple[str, str | None]] = []  # streams / consumers to delete
-        self._consumers: set[_Consumer] = set()
-        self._leases = Leases(self._renew)
+        self.readers: set[_Reader] = set()
         self._mover: _Pull | None = None
         self._events_ready = False
         self._refused: asyncio.Future[str] | None = None
@@ -357,7 +310,7 @@ class NatsTransport:
 
     # -- connection ------------------------------------------------------------------------
 
-    async def open(self) -> NatsTransport:
+    async def open(self) -> None:
         parts = urlsplit(self.url)
         options: dict[str, Any] = {
             "servers": [self.url], "allow_reconnect": True, "max_reconnect_attempts": -1,
@@ -391,7 +344,6 @@ class NatsTransport:
         version = str(getattr(self.nc, "_server_info", {}).get("version", ""))
         self.capabilities = nats_capabilities(f"NATS {version} JetStream".replace("  ", " "))
         await self._start_mover()
-        return self
 
     async def _first_connect(self, options: dict[str, Any]) -> None:
         """Connect, or fail at the first refusal of the login (nats-py would retry it)."""
@@ -448,19 +400,8 @@ class NatsTransport:
 
     # -- declarations ----------------------------------------------------------------------
 
-    async def declare_queue(self, name: str, spec: QueueSpec) -> str:
-        if spec.max_priority is not None:
-            raise self.capabilities.unsupported("priorities", "declare a priority queue")
-        if not name:
-            name = f"tidings.private.{uuid.uuid4().hex}"
-        rules = QueueRules.of(spec)
+    async def create_queue(self, name: str, spec: QueueSpec, rules: QueueRules) -> None:
         await self._add_stream(name, spec, rules)
-        if rules.dead_letters:
-            await self._add_stream(dead_letter_queue(name),
-                                   QueueSpec(durable=spec.durable, delivery_limit=None,
-                                             dead_letters=False), QueueRules(None, False))
-        self._rules[name] = rules
-        return name
 
     async def _add_stream(self, name: str, spec: QueueSpec, rules: QueueRules) -> None:
         stream = stream_name(name)
@@ -498,20 +439,9 @@ class NatsTransport:
                     f"queue stream '{config.name}' exists with other settings") from e
             return info
 
-    async def queue_exists(self, name: str) -> bool:
-        try:
-            await self._queue_rules(name)
-        except NotFoundError:
-            return False
-        return True
-
-    async def _queue_rules(self, queue: str) -> QueueRules:
-        rules = self._rules.get(queue)
-        if rules is None:
-            info = await self._api(lambda: self.js.stream_info(stream_name(queue)),
-                                   f"queue '{queue}'")
-            rules = self._rules[queue] = QueueRules.loads(info.config.description)
-        return rules
+    async def read_rules(self, name: str) -> QueueRules:
+        info = await self._api(lambda: self.js.stream_info(stream_name(name)), f"queue '{name}'")
+        return QueueRules.loads(info.config.description)
 
     async def _ensure_events(self) -> None:
         if self._events_ready:
@@ -523,9 +453,8 @@ class NatsTransport:
         await self._api(lambda: self._add_or_same(config), "declare the events stream")
         self._events_ready = True
 
-    async def bind_events(self, queue: str, pattern: str) -> None:
+    async def bind(self, queue: str, pattern: str, rules: QueueRules) -> None:
         await self._ensure_events()
-        rules = await self._queue_rules(queue)
         subject, exact = event_filter(pattern)
         durable = _event_consumer(queue, pattern)
         config = api.ConsumerConfig(
@@ -543,15 +472,14 @@ class NatsTransport:
         feeds = await self._feeds_of(queue)
         if all(f.durable != durable for f in feeds):
             feeds.append(feed)
-            for consumer in list(self._consumers):
-                if consumer.queue == queue:
-                    consumer.add(feed)
+            for reader in list(self.readers):
+                if reader.queue == queue:
+                    reader.add(feed)
 
     async def _feeds_of(self, queue: str) -> list[_Feed]:
         """The queue's own stream, then the event consumers bound to it (by any process)."""
         feeds = self._feeds.get(queue)
         if feeds is None:
-            await self._queue_rules(queue)
             feeds = [_Feed(stream_name(queue), CONSUMER)]
             prefix = f"{_escape(queue)}_Z"
             with contextlib.suppress(NotFoundError):  # no events stream yet
@@ -566,7 +494,7 @@ class NatsTransport:
             self._feeds[queue] = feeds
         return feeds
 
-    # -- sending ---------------------------------------------------------------------------
+    # -- writing ---------------------------------------------------------------------------
 
     async def _publish(self, items: list[tuple[str, bytes, dict[str, str]]], what: str) -> None:
         """Publish each ``(subject, payload, headers)`` and wait until JetStream has stored
@@ -646,23 +574,18 @@ class NatsTransport:
                 message.message_id
         return headers
 
-    async def send(self, queue: str, messages: Sequence[Message],
-                   delay_ms: int | None = None) -> None:
-        for message in messages:
-            message.routing_key = queue
-        if delay_ms is not None and delay_ms > 0:
-            await self._send_delayed(queue, messages, delay_ms)
+    async def append(self, queue: str, messages: Sequence[Message],
+                     due_ms: int | None) -> None:
+        if due_ms is not None:
+            await self._append_delayed(queue, messages, due_ms)
             return
-        if not queue.startswith("tidings.private.") and queue not in self._rules:
-            await self._queue_rules(queue)  # a missing queue is an error, not a retry loop
         subject = queue_subject(queue)
         await self._publish([(subject, m.body, self._headers(m)) for m in messages],
                             f"send to '{queue}'")
 
-    async def _send_delayed(self, queue: str, messages: Sequence[Message],
-                            delay_ms: int) -> None:
-        await self._queue_rules(queue)
-        due = str(int(time.time() * 1000) + int(delay_ms))
+    async def _append_delayed(self, queue: str, messages: Sequence[Message],
+                              due_ms: int) -> None:
+        due = str(due_ms)
         items = []
         for m in messages:
             headers = self._headers(m, f"{queue}@{due}")
@@ -673,12 +596,8 @@ class NatsTransport:
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
         subject = event_subject(topic)
         await self._ensure_events()
-        for message in messages:
-            message.routing_key = topic
         await self._publish([(subject, m.body, self._headers(m, topic)) for m in messages],
                             f"publish to '{topic}'")
-
-    # -- delayed messages ------------------------------------------------------------------
 
     async def _start_mover(self) -> None:
         config = api.StreamConfig(
@@ -719,67 +638,39 @@ class NatsTransport:
         except Exception as e:  # the mover must live on: the message comes back later
             log.debug("moving a delayed message failed: %r", e)
 
-    # -- receiving -------------------------------------------------------------------------
+    # -- reading ---------------------------------------------------------------------------
 
-    async def _admit(self, msg: Msg, queue: str, feed: _Feed,
-                     consumer: _Consumer | None) -> Delivery | None:
-        """A delivery as the client's Delivery, or None when it was dead-lettered, expired or
-        (for a ``#`` NATS cannot express) not wanted by the queue's pattern."""
-        verdict = self._judge(msg, queue, feed, consumer, await self._queue_rules(queue))
-        if isinstance(verdict, Delivery):
-            return verdict
-        if isinstance(verdict, _Token):
-            await self._dead_letter(verdict, verdict.reason)
-        else:
-            await _quietly(msg.ack())
-        return None
-
-    def _judge(self, msg: Msg, queue: str, feed: _Feed, consumer: _Consumer | None,
-               rules: QueueRules) -> Delivery | _Token | None:
-        """Without waiting: the Delivery to hand over, the token of a delivery to dead-letter
-        (its ``reason`` set), or None for an event the queue's pattern does not want."""
-        meta = msg.metadata
-        try:
-            message = decode_meta(msg.data, (msg.headers or {}).get(META_HEADER))
-        except ValueError:
-            message = Message(msg.data)
+    def arrival(self, msg: Msg, feed: _Feed, queue: str) -> Arrival | None:
+        """A delivery of ``feed`` for ``queue``, or None for an event the queue's pattern does
+        not want (a ``#`` NATS cannot express)."""
+        message = message_of(msg.data, (msg.headers or {}).get(META_HEADER))
         if feed.stream == EVENTS_STREAM:
             message.routing_key = _topic_of(msg.subject)
             if feed.pattern is not None and not topic_matches(feed.pattern, message.routing_key):
                 return None
-        elif not message.routing_key:
-            message.routing_key = queue
-        failures = meta.num_delivered - 1
+        meta = msg.metadata
         enqueued_ms = meta.timestamp.timestamp() * 1000 if meta.timestamp else time.time() * 1000
-        reason = rules.death(message, failures, enqueued_ms, time.time() * 1000)
-        token = _Token(msg, queue, failures, message, consumer)
-        if reason is not None:
-            token.reason = reason
-            return token
-        self._leases.hold(token, rules.consumer_timeout_ms)
-        return Delivery(message, queue, token, failures > 0, failures)
+        return Arrival(queue, message, meta.num_delivered - 1, enqueued_ms, msg)
 
-    async def _dead_letter(self, token: _Token, reason: str) -> None:
-        rules = await self._queue_rules(token.queue)
-        if rules.dead_letters:
-            dead = dead_letter(token.message, token.queue, reason)
-            headers = self._headers(dead)
-            headers[MSG_ID_HEADER] = (f"{dead.message_id or ''}~x"
-                                      f"{token.msg.metadata.sequence.stream}")
-            await self._publish([(queue_subject(dead_letter_queue(token.queue)), dead.body,
-                                  headers)], f"dead-letter a message of '{token.queue}'")
-        await token.msg.ack()
+    async def reader(self, queue: str, room: Callable[[], int],
+                     arrived: Callable[[Arrival], None]) -> _Reader:
+        reader = _Reader(self, queue, room, arrived)
+        for feed in await self._feeds_of(queue):
+            reader.add(feed)
+        self.readers.add(reader)
+        return reader
 
-    async def get(self, queue: str) -> Delivery | None:
+    async def read_one(self, queue: str) -> Arrival | None:
         for feed in await self._feeds_of(queue):
             while True:
                 msg = await retrying(lambda f=feed: self._next(f), _TRANSIENT,
                                      f"get from '{queue}'")
                 if msg is None:
                     break  # nothing waiting in this feed
-                incoming = await self._admit(msg, queue, feed, None)
-                if incoming is not None:
-                    return incoming
+                arrival = self.arrival(msg, feed, queue)
+                if arrival is not None:
+                    return arrival
+                await _quietly(msg.ack())
         return None
 
     async def _next(self, feed: _Feed) -> Msg | None:
@@ -813,38 +704,27 @@ class NatsTransport:
         with contextlib.suppress(Exception):
             await self.js.consumer_info(feed.stream, feed.durable)
 
-    async def consume(self, queue: str, prefetch: int,
-                      on_message: Callable[[Delivery], None],
-                      arguments: dict[str, Any] | None = None) -> _Consumer:
-        consumer = _Consumer(self, queue, prefetch, on_message)
-        for feed in await self._feeds_of(queue):
-            consumer.add(feed)
-        self._consumers.add(consumer)
-        return consumer
+    # -- settling --------------------------------------------------------------------------
 
-    def _settled(self, token: _Token) -> None:
-        token.settled = True
-        self._leases.release((token,))
-        if token.consumer is not None:
-            token.consumer.settled()
+    async def settle(self, arrivals: Sequence[Arrival]) -> None:
+        for arrival in arrivals:
+            await arrival.handle.ack()
 
-    async def ack(self, tokens: Sequence[Any]) -> None:
-        for token in tokens:
-            await token.msg.ack()
-            self._settled(token)
-
-    async def nack(self, token: Any, requeue: bool, delay_ms: int | None = None) -> None:
-        try:
-            if not requeue:
-                await self._dead_letter(token, "rejected")
-            else:
-                rules = await self._queue_rules(token.queue)
-                if rules.delivery_limit is not None and token.failures + 1 > rules.delivery_limit:
-                    await self._dead_letter(token, "delivery_limit")
-                else:
-                    await self._settle_sync(token.msg, _nak(delay_ms))
-        finally:
-            self._settled(token)
+    async def rewrite(self, arrival: Arrival, queue: str, message: Message, failures: int,
+                      due_ms: int | None) -> None:
+        """Back to its own queue: a NAK (JetStream counts the failure), with the delay as the
+        NAK's. Into another queue: stored there under an id derived from the delivery (so a
+        retry after a crash is stored once), then acked."""
+        msg = arrival.handle
+        if queue == arrival.queue:
+            delay_ms = None if due_ms is None else max(1, due_ms - int(time.time() * 1000))
+            await self._settle_sync(msg, _nak(delay_ms))
+            return
+        headers = self._headers(message)
+        headers[MSG_ID_HEADER] = f"{message.message_id or ''}~x{msg.metadata.sequence.stream}"
+        await self._publish([(queue_subject(queue), message.body, headers)],
+                            f"move a message of '{arrival.queue}' to '{queue}'")
+        await msg.ack()
 
     async def _settle_sync(self, msg: Msg, payload: bytes) -> None:
         """Settle and wait for JetStream to have done it (acks are otherwise sent blind)."""
@@ -852,13 +732,9 @@ class NatsTransport:
         await retrying(lambda: self.nc.request(msg.reply, payload, timeout=5), _TRANSIENT,
                        "settle a delivery")
 
-    async def extend(self, token: Any) -> None:
-        await token.msg.in_progress()
-
-    async def _renew(self, tokens: list[Any]) -> None:
-        for token in tokens:
-            if not token.settled:
-                await token.msg.in_progress()
+    async def renew(self, arrivals: Sequence[Arrival]) -> None:
+        for arrival in arrivals:
+            await arrival.handle.in_progress()
 
     # -- looking at and editing queues -----------------------------------------------------
 
@@ -875,37 +751,31 @@ class NatsTransport:
             seq = raw.seq
             yield raw
 
-    @staticmethod
-    def _message_of(raw: Any, queue: str) -> Message:
-        try:
-            message = decode_meta(raw.data or b"", (raw.headers or {}).get(META_HEADER))
-        except ValueError:
-            message = Message(raw.data or b"")
-        message.routing_key = message.routing_key or queue
-        return message
-
-    async def browse(self, queue: str, limit: int) -> list[Message]:
-        await self._queue_rules(queue)
-        found: list[Message] = []
-        if limit <= 0:
-            return found
-        async for raw in self._stored(stream_name(queue)):
-            found.append(self._message_of(raw, queue))
-            if len(found) >= limit:
-                break
-        return found
-
-    async def delete(self, queue: str, message_id: str) -> bool:
-        await self._queue_rules(queue)
-        for stream, subject in ((stream_name(queue), None),
-                                (DELAYED_STREAM, f"tidings.delay.{_escape(queue)}")):
+    async def scan(self, queue: str, delayed: bool = False) -> AsyncIterator[Stored]:
+        sources = [(stream_name(queue), None)]
+        if delayed:
+            sources.append((DELAYED_STREAM, f"tidings.delay.{_escape(queue)}"))
+        for stream, subject in sources:
             async for raw in self._stored(stream, subject):
-                if self._message_of(raw, queue).message_id == message_id:
-                    with contextlib.suppress(NotFoundError):
-                        return bool(await self._api(
-                            lambda r=raw, s=stream: self.js.delete_msg(s, r.seq),
-                            f"delete a message of '{queue}'"))
+                message = message_of(raw.data or b"", (raw.headers or {}).get(META_HEADER),
+                                     queue)
+                yield Stored(message, (stream, raw.seq))
+
+    async def remove(self, queue: str, stored: Stored) -> bool:
+        stream, seq = stored.handle
+        with contextlib.suppress(NotFoundError):
+            return bool(await self._api(lambda: self.js.delete_msg(stream, seq),
+                                        f"delete a message of '{queue}'"))
         return False
+
+    async def restore(self, stored: Stored, queue: str, message: Message) -> None:
+        stream, seq = stored.handle
+        headers = self._headers(message)
+        headers[MSG_ID_HEADER] = f"{message.message_id or ''}~r{seq}"
+        await self._publish([(queue_subject(queue), message.body, headers)],
+                            f"replay a dead letter into '{queue}'")
+        await self._api(lambda: self.js.delete_msg(stream, seq),
+                        f"remove a replayed dead letter of '{queue}'")
 
     async def purge(self, queue: str) -> int:
         stream = stream_name(queue)
@@ -913,30 +783,6 @@ class NatsTransport:
         await self._api(lambda: self.js.purge_stream(stream), f"purge '{queue}'")
         await self._nudge(_Feed(stream, CONSUMER))
         return int(info.state.messages)
-
-    async def dead_letters(self, queue: str, limit: int) -> list[Message]:
-        if not await self.queue_exists(dead_letter_queue(queue)):
-            return []
-        return await self.browse(dead_letter_queue(queue), limit)
-
-    async def replay_dead_letters(self, queue: str, ids: set[str] | None) -> int:
-        dead = dead_letter_queue(queue)
-        if not await self.queue_exists(dead):
-            return 0
-        moved = 0
-        async for raw in self._stored(stream_name(dead)):
-            message = self._message_of(raw, dead)
-            if ids is not None and message.message_id not in ids:
-                continue
-            copy = revive(message, queue)
-            headers = self._headers(copy)
-            headers[MSG_ID_HEADER] = f"{copy.message_id or ''}~r{raw.seq}"
-            await self._publish([(queue_subject(queue), copy.body, headers)],
-                                f"replay a dead letter into '{queue}'")
-            await self._api(lambda r=raw: self.js.delete_msg(stream_name(dead), r.seq),
-                            f"remove a replayed dead letter of '{queue}'")
-            moved += 1
-        return moved
 
     # -- the rest --------------------------------------------------------------------------
 
@@ -983,11 +829,10 @@ class NatsTransport:
         return broker_statistics(sorted(queues, key=lambda q: q.name))
 
     async def close(self) -> None:
-        for consumer in list(self._consumers):
-            await consumer.cancel()
+        for reader in list(self.readers):
+            await reader.stop()
         if self._mover is not None:
             await self._mover.stop()
-        await self._leases.close()
         if self.nc.is_connected:
             for stream, consumer in self._private:
                 with contextlib.suppress(Exception):

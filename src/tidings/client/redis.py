@@ -1,4 +1,6 @@
-"""RedisTransport: the client over Redis Streams (``redis://``, ``rediss://``), on redis-py.
+"""The Redis Streams engine (``redis://``, ``rediss://``) of the engine core, on redis-py:
+only Redis calls (its Lua scripts are :mod:`tidings.client.redis_scripts`). The delivery
+rules are the core's (:mod:`tidings.client.engine`); here is how they land on Redis.
 
 How tidings' concepts map onto Redis (docs/redis.md says it for users):
 
@@ -38,28 +40,27 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions as rerr
 
+from tidings.client import redis_scripts as lua
+from tidings.client.engine import PRIVATE_PREFIX, Arrival, Stored
 from tidings.client.remote import (
     TLS_OPTIONS,
-    Leases,
     QueueRules,
     broker_statistics,
     connect_timeout_s,
-    dead_letter,
+    message_of,
     queue_statistics,
     redact,
     retrying,
     url_options,
 )
-from tidings.client.transport import Capabilities, Delivery, QueueSpec
-from tidings.dead_letters import dead_letter_queue, revive
+from tidings.client.transport import Capabilities, QueueSpec
 from tidings.errors import (
     AccessRefusedError,
     BrokenResourceError,
@@ -68,7 +69,7 @@ from tidings.errors import (
     NotFoundError,
     PreconditionFailedError,
 )
-from tidings.message import Message, decode_meta, encode_meta
+from tidings.message import Message, encode_meta
 from tidings.statistics import BrokerStatistics
 
 log = logging.getLogger("tidings.client.redis")
@@ -91,109 +92,6 @@ def stream_key(queue: str, level: int = 0) -> str:
     return f"tidings:q:{queue}" if level <= 0 else f"tidings:q:{queue}:p{level}"
 
 
-# Topic matching as the router does it: '*' one word, '#' zero or more.
-_MATCH = """
-local function split(s)
-  local t = {}
-  for w in string.gmatch(s .. ".", "([^.]*)%.") do t[#t + 1] = w end
-  return t
-end
-local function match(p, pi, k, ki)
-  if pi > #p then return ki > #k end
-  if p[pi] == "#" then
-    for j = ki, #k + 1 do
-      if match(p, pi + 1, k, j) then return true end
-    end
-    return false
-  end
-  if ki > #k then return false end
-  if p[pi] == "*" or p[pi] == k[ki] then return match(p, pi + 1, k, ki + 1) end
-  return false
-end
-"""
-
-# KEYS[1] stream; ARGV[1] max length (0: none), then (body, meta, failures) per message.
-_SEND = """
-local max = tonumber(ARGV[1])
-if max > 0 and redis.call('XLEN', KEYS[1]) + (#ARGV - 1) / 3 > max then
-  return redis.error_reply('FULL queue is at its max_length')
-end
-for i = 2, #ARGV, 3 do
-  redis.call('XADD', KEYS[1], '*', 'b', ARGV[i], 'm', ARGV[i + 1], 'c', ARGV[i + 2])
-end
-return (#ARGV - 1) / 3
-"""
-
-# ARGV[1] topic, then (body, meta) per event: append to every queue bound by a matching pattern.
-_PUBLISH = _MATCH + """
-local key = split(ARGV[1])
-local routed = 0
-for _, binding in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local sep = string.find(binding, "\\31", 1, true)
-  local pattern, queue = string.sub(binding, 1, sep - 1), string.sub(binding, sep + 1)
-  if match(split(pattern), 1, key, 1) then
-    for i = 2, #ARGV, 2 do
-      redis.call('XADD', 'tidings:q:' .. queue, '*', 'b', ARGV[i], 'm', ARGV[i + 1], 'c', '0')
-    end
-    routed = routed + 1
-  end
-end
-return routed
-"""
-
-# KEYS[1] stream the ids are in; ARGV group, ids...: settle for good.
-_ACK = """
-redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
-return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
-"""
-
-# Settle an entry and write it again. KEYS[1] its stream, KEYS[2] where it goes (a stream, or
-# the delayed set); ARGV group, id, body, meta, failures, due (0: now), queue, delay id.
-_REWRITE = """
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-if tonumber(ARGV[6]) > 0 then
-  local hash = 'tidings:d:' .. ARGV[8]
-  redis.call('HSET', hash, 'q', KEYS[2], 'b', ARGV[3], 'm', ARGV[4], 'c', ARGV[5],
-             'n', ARGV[7])
-  redis.call('ZADD', 'tidings:delayed', ARGV[6], ARGV[8])
-  redis.call('HINCRBY', 'tidings:delayed:counts', ARGV[7], 1)
-else
-  redis.call('XADD', KEYS[2], '*', 'b', ARGV[3], 'm', ARGV[4], 'c', ARGV[5])
-end
-return 1
-"""
-
-# ARGV[1] now (ms), ARGV[2] at most this many: move due delayed messages into their streams;
-# returns the next due time (or -1).
-_MOVE_DUE = """
-local due = redis.call('ZRANGEBYSCORE', 'tidings:delayed', '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, id in ipairs(due) do
-  local hash = 'tidings:d:' .. id
-  local m = redis.call('HMGET', hash, 'q', 'b', 'm', 'c', 'n')
-  if m[1] then
-    if redis.call('EXISTS', m[1]) == 1 then
-      redis.call('XADD', m[1], '*', 'b', m[2], 'm', m[3], 'c', m[4])
-    end
-    redis.call('HINCRBY', 'tidings:delayed:counts', m[5], -1)
-  end
-  redis.call('DEL', hash)
-  redis.call('ZREM', 'tidings:delayed', id)
-end
-local nxt = redis.call('ZRANGE', 'tidings:delayed', 0, 0, 'WITHSCORES')
-if #nxt == 0 then return -1 end
-return nxt[2]
-"""
-
-# ARGV[1] delay id, ARGV[2] queue: cancel a delayed message unless the mover took it.
-_CANCEL_DELAYED = """
-if redis.call('ZREM', 'tidings:delayed', ARGV[1]) == 0 then return 0 end
-redis.call('DEL', 'tidings:d:' .. ARGV[1])
-redis.call('HINCRBY', 'tidings:delayed:counts', ARGV[2], -1)
-return 1
-"""
-
-
 def redis_capabilities(broker: str = "Redis", durable: bool = False,
                        why_not_durable: str = "") -> Capabilities:
     reasons = [("latency_statistics", "Redis counts entries but does not time them"),
@@ -206,68 +104,47 @@ def redis_capabilities(broker: str = "Redis", durable: bool = False,
                         reasons=tuple(reasons))
 
 
-@dataclass(eq=False, slots=True)
-class _Token:
-    key: str
-    id: str
-    queue: str
-    failures: int
-    message: Message
-    consumer: _Consumer | None = None
-    settled: bool = False
+class _Reader:
+    """A consumer's reading of one queue: a loop that claims stale deliveries (their
+    consumer died) and reads new ones, highest priority first, while there is room."""
 
-
-class _Consumer:
-    """``consume()``'s subscription: a loop reading the queue's streams (highest priority
-    first) for as many entries as the prefetch has room for, and claiming stale ones."""
-
-    def __init__(self, transport: RedisTransport, queue: str, prefetch: int,
-                 on_message: Callable[[Delivery], None]) -> None:
-        self.transport, self.queue, self.prefetch = transport, queue, prefetch
-        self.on_message = on_message
-        self.unsettled = 0
-        self.wake = asyncio.Event()
-        self.cancelled = False
+    def __init__(self, engine: RedisEngine, queue: str, room: Callable[[], int],
+                 arrived: Callable[[Arrival], None]) -> None:
+        self.engine, self.queue, self.room, self.arrived = engine, queue, room, arrived
+        self._wake = asyncio.Event()
+        self.stopped = False
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        t = self.transport
-        while not self.cancelled:
-            room = self.prefetch - self.unsettled
-            if room < max(1, self.prefetch // 2):  # read batches, not one per ack
-                self.wake.clear()
-                await self.wake.wait()
+        engine, queue = self.engine, self.queue
+        while not self.stopped:
+            room = self.room()
+            if room <= 0:
+                self._wake.clear()
+                await self._wake.wait()
                 continue
             try:
-                entries = await t._claim(self.queue, room)
+                entries = await engine.claim(queue, room)
                 if not entries:
-                    entries = await t._read(self.queue, room, BLOCK_MS)
+                    entries = await engine.read(queue, room, BLOCK_MS)
             except _TRANSIENT as e:
-                log.debug("reading '%s' failed: %r; again shortly", self.queue, e)
+                log.debug("reading '%s' failed: %r; again shortly", queue, e)
                 await asyncio.sleep(0.2)
                 continue
-            for key, entry_id, fields, count in entries:
-                self.unsettled += 1
-                incoming = await t._admit(key, entry_id, fields, count, self.queue, self)
-                if incoming is None:
-                    self.settled()
-                elif self.cancelled:
-                    await t.nack(incoming.delivery_tag, requeue=True)
-                else:
-                    self.on_message(incoming)
+            for entry in entries:
+                self.arrived(engine.arrival(queue, *entry))
 
-    def settled(self) -> None:
-        self.unsettled -= 1
-        self.wake.set()
+    def wake(self) -> None:
+        self._wake.set()
 
-    async def cancel(self) -> None:
-        if self.cancelled:
+    async def stop(self) -> None:
+        if self.stopped:
             return
-        self.cancelled = True  # the loop's condition: a cancellation alone can be lost
-        self.wake.set()
+        self.stopped = True  # the loop's condition: a cancellation alone can be lost
+        self._wake.set()
         self.task.cancel()
         await asyncio.wait([self.task], timeout=BLOCK_MS / 1000 + 16)
-        self.transport._consumers.discard(self)
+        self.engine.readers.discard(self)
 
 
 #: Query options a redis:// URL takes: tidings' own and the redis-py ones that make sense here
@@ -276,8 +153,8 @@ _REDIS_OPTIONS = ("wait_replicas", "wait_timeout_ms", "db", "client_name", "prot
                   "socket_timeout", "socket_connect_timeout", "health_check_interval")
 
 
-class RedisTransport:
-    """The client's :class:`~tidings.client.transport.Transport` over Redis Streams."""
+class RedisEngine:
+    """The :class:`~tidings.client.engine.Engine` of Redis Streams."""
 
     def __init__(self, url: str, *, ssl_context: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(url)
@@ -303,18 +180,17 @@ class RedisTransport:
         #: rules, priority levels, max length
         self._rules: dict[str, tuple[QueueRules, int, int | None]] = {}
         self._private: list[str] = []
-        self._consumers: set[_Consumer] = set()
-        self._leases = Leases(self._renew)
+        self.readers: set[_Reader] = set()
         self._scripts = {name: self.r.register_script(text) for name, text in (
-            ("send", _SEND), ("publish", _PUBLISH), ("ack", _ACK), ("rewrite", _REWRITE),
-            ("move", _MOVE_DUE), ("cancel", _CANCEL_DELAYED))}
+            ("send", lua.SEND), ("publish", lua.PUBLISH), ("ack", lua.ACK),
+            ("rewrite", lua.REWRITE), ("move", lua.MOVE_DUE), ("cancel", lua.CANCEL_DELAYED))}
         self._mover: asyncio.Task[None] | None = None
         self._closing = False
         self._outbox: dict[tuple[str, str, Any], list[tuple[list[Any], asyncio.Future[Any]]]] = {}
         self._flush_soon = False
         self._last_claim: dict[str, float] = {}
 
-    async def open(self) -> RedisTransport:
+    async def open(self) -> None:
         try:
             info = await asyncio.wait_for(self.r.info("server"), self._connect_timeout_s)
         except TimeoutError:
@@ -338,7 +214,6 @@ class RedisTransport:
         durable, why = await self._durability()
         self.capabilities = redis_capabilities(f"Redis {version}".strip(), durable, why)
         self._mover = asyncio.get_running_loop().create_task(self._move_due())
-        return self
 
     async def _durability(self) -> tuple[bool, str]:
         """Whether a confirmed write survives a crash of this Redis (its AOF settings)."""
@@ -378,19 +253,13 @@ class RedisTransport:
 
     # -- declarations ----------------------------------------------------------------------
 
-    async def declare_queue(self, name: str, spec: QueueSpec) -> str:
+    async def create_queue(self, name: str, spec: QueueSpec, rules: QueueRules) -> None:
         if spec.max_priority is not None and not 0 <= spec.max_priority <= MAX_PRIORITY:
             raise InvalidArgumentError(
                 f"max_priority must be 0..{MAX_PRIORITY} on Redis (a stream per level)")
-        if not name:
-            name = f"tidings.private.{uuid.uuid4().hex}"
+        if name.startswith(PRIVATE_PREFIX):
             self._private.append(name)
-        rules = QueueRules.of(spec)
-        levels = (spec.max_priority or 0) + 1
-        await self._create(name, rules, levels, spec.max_length)
-        if rules.dead_letters:
-            await self._create(dead_letter_queue(name), QueueRules(None, False), 1, None)
-        return name
+        await self._create(name, rules, (spec.max_priority or 0) + 1, spec.max_length)
 
     async def _create(self, name: str, rules: QueueRules, levels: int,
                       max_length: int | None) -> None:
@@ -422,28 +291,26 @@ class RedisTransport:
         rules, levels, _ = await self._queue(name)
         return rules, levels
 
-    async def queue_exists(self, name: str) -> bool:
-        return bool(await self._call(lambda: self.r.hexists(QUEUES, name), f"queue '{name}'"))
+    async def read_rules(self, name: str) -> QueueRules:
+        rules, _, _ = await self._queue(name)
+        return rules
 
-    async def bind_events(self, queue: str, pattern: str) -> None:
-        await self._queue(queue)
+    async def bind(self, queue: str, pattern: str, rules: QueueRules) -> None:
         await self._call(lambda: self.r.sadd(BINDINGS, f"{pattern}\x1f{queue}"),
                          f"bind '{queue}' to '{pattern}'")
 
-    # -- sending ---------------------------------------------------------------------------
+    # -- writing ---------------------------------------------------------------------------
 
     @staticmethod
     def _fields(message: Message, failures: int = 0) -> list[Any]:
         return [message.body, encode_meta(message), str(failures)]
 
-    async def send(self, queue: str, messages: Sequence[Message],
-                   delay_ms: int | None = None) -> None:
+    async def append(self, queue: str, messages: Sequence[Message],
+                     due_ms: int | None) -> None:
         _, levels, max_length = await self._queue(queue)
-        for message in messages:
-            message.routing_key = queue
-        if delay_ms is not None and delay_ms > 0:
+        if due_ms is not None:
             for message in messages:
-                await self._delay(queue, levels, message, 0, delay_ms, None)
+                await self._delay(queue, levels, message, 0, due_ms, None)
         else:
             by_level: dict[int, list[Any]] = {}
             for m in messages:
@@ -500,20 +367,19 @@ class RedisTransport:
                     future.set_result(result)
 
     async def _delay(self, queue: str, levels: int, message: Message, failures: int,
-                     delay_ms: int, settle: _Token | None) -> None:
-        """Put ``message`` in the delayed set (settling ``settle`` in the same script)."""
-        due = int(time.time() * 1000) + int(delay_ms)
+                     due_ms: int, settle: tuple[str, str] | None) -> None:
+        """Put ``message`` in the delayed set (settling the entry ``settle`` in the same
+        script)."""
         target = stream_key(queue, _level(message, levels))
-        key, entry = (settle.key, settle.id) if settle is not None else (target, "0-0")
+        key, entry = settle if settle is not None else (target, "0-0")
         await self._call(lambda: self._scripts["rewrite"](
             keys=[key, target],
-            args=[GROUP, entry, *self._fields(message, failures), due, queue,
+            args=[GROUP, entry, *self._fields(message, failures), due_ms, queue,
                   uuid.uuid4().hex]), f"delay a message for '{queue}'")
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
         args: list[Any] = []
         for m in messages:
-            m.routing_key = topic
             args.extend(self._fields(m)[:2])
         await self._batched("publish", BINDINGS, topic, args)
         await self._replicate()
@@ -529,9 +395,9 @@ class RedisTransport:
                 wait_s = 0.5
             await asyncio.sleep(min(0.5, max(0.005, wait_s)))
 
-    # -- receiving -------------------------------------------------------------------------
+    # -- reading ---------------------------------------------------------------------------
 
-    async def _read(self, queue: str, count: int, block_ms: int | None
+    async def read(self, queue: str, count: int, block_ms: int | None
                     ) -> list[tuple[str, str, dict[bytes, bytes], int]]:
         _, levels = await self._rules_of(queue)
         keys = {stream_key(queue, lv): ">" for lv in range(levels - 1, -1, -1)}
@@ -546,7 +412,7 @@ class RedisTransport:
         found.sort(key=lambda e: e[0])  # highest priority first
         return [(k, i, f, c) for _, k, i, f, c in found[:count]]
 
-    async def _claim(self, queue: str, count: int
+    async def claim(self, queue: str, count: int
                      ) -> list[tuple[str, str, dict[bytes, bytes], int]]:
         """Deliveries idle for longer than the consumer timeout (their consumer died),
         claimed for this one, with their delivery counts; looked for once a second."""
@@ -574,104 +440,64 @@ class RedisTransport:
                 break
         return found
 
-    async def _admit(self, key: str, entry_id: str, fields: dict[bytes, bytes], delivered: int,
-                     queue: str, consumer: _Consumer | None) -> Delivery | None:
-        try:
-            message = decode_meta(fields.get(b"b", b""), fields.get(b"m"))
-        except ValueError:
-            message = Message(fields.get(b"b", b""))
-        message.routing_key = message.routing_key or queue
+    def arrival(self, queue: str, key: str, entry_id: str, fields: dict[bytes, bytes],
+                delivered: int) -> Arrival:
+        """An entry read from the stream ``key`` of ``queue``: its failures are those written
+        with it and the deliveries the group counted beyond this one."""
+        message = message_of(fields.get(b"b", b""), fields.get(b"m"), queue)
         failures = int(fields.get(b"c", b"0") or 0) + delivered - 1
-        rules, _ = await self._rules_of(queue)
-        token = _Token(key, entry_id, queue, failures, message, consumer)
-        reason = rules.death(message, failures, int(entry_id.split("-")[0]), time.time() * 1000)
-        if reason is not None:
-            await self._dead_letter(token, reason)
-            return None
-        self._leases.hold(token, rules.consumer_timeout_ms)
-        return Delivery(message, queue, token, failures > 0, failures)
+        return Arrival(queue, message, failures, int(entry_id.split("-")[0]), (key, entry_id))
 
-    async def _dead_letter(self, token: _Token, reason: str) -> None:
-        rules, _ = await self._rules_of(token.queue)
-        if not rules.dead_letters:
-            await self._settle([token])
-            return
-        dead = dead_letter(token.message, token.queue, reason)
-        await self._call(lambda: self._scripts["rewrite"](
-            keys=[token.key, stream_key(dead_letter_queue(token.queue))],
-            args=[GROUP, token.id, *self._fields(dead), 0, token.queue, ""]),
-            f"dead-letter a message of '{token.queue}'")
+    async def reader(self, queue: str, room: Callable[[], int],
+                     arrived: Callable[[Arrival], None]) -> _Reader:
+        reader = _Reader(self, queue, room, arrived)
+        self.readers.add(reader)
+        return reader
 
-    async def get(self, queue: str) -> Delivery | None:
-        while True:
-            entries = await self._call(lambda: self._read(queue, 1, None), f"get '{queue}'")
-            if not entries:
-                self._last_claim.pop(queue, None)
-                entries = await self._call(lambda: self._claim(queue, 1), f"get '{queue}'")
-            if not entries:
-                return None
-            key, entry_id, fields, count = entries[0]
-            incoming = await self._admit(key, entry_id, fields, count, queue, None)
-            if incoming is not None:
-                return incoming
+    async def read_one(self, queue: str) -> Arrival | None:
+        entries = await self._call(lambda: self.read(queue, 1, None), f"get '{queue}'")
+        if not entries:
+            self._last_claim.pop(queue, None)
+            entries = await self._call(lambda: self.claim(queue, 1), f"get '{queue}'")
+        return self.arrival(queue, *entries[0]) if entries else None
 
-    async def consume(self, queue: str, prefetch: int,
-                      on_message: Callable[[Delivery], None],
-                      arguments: dict[str, Any] | None = None) -> _Consumer:
-        await self._rules_of(queue)
-        consumer = _Consumer(self, queue, prefetch, on_message)
-        self._consumers.add(consumer)
-        return consumer
+    # -- settling --------------------------------------------------------------------------
 
-    def _released(self, tokens: Sequence[_Token]) -> None:
-        self._leases.release(tokens)
-        for token in tokens:
-            token.settled = True
-            if token.consumer is not None:
-                token.consumer.settled()
-
-    async def _settle(self, tokens: Sequence[_Token]) -> None:
+    async def settle(self, arrivals: Sequence[Arrival]) -> None:
         by_key: dict[str, list[str]] = {}
-        for token in tokens:
-            by_key.setdefault(token.key, []).append(token.id)
+        for arrival in arrivals:
+            key, entry_id = arrival.handle
+            by_key.setdefault(key, []).append(entry_id)
         for key, ids in by_key.items():
             await self._call(lambda k=key, i=ids: self._scripts["ack"](keys=[k],
                                                                       args=[GROUP, *i]), "ack")
-
-    async def ack(self, tokens: Sequence[Any]) -> None:
-        try:
-            await self._settle(tokens)
-        finally:
-            self._released(tokens)
         await self._replicate()
 
-    async def nack(self, token: Any, requeue: bool, delay_ms: int | None = None) -> None:
-        try:
-            rules, levels = await self._rules_of(token.queue)
-            failures = token.failures + 1
-            if not requeue:
-                await self._dead_letter(token, "rejected")
-            elif rules.delivery_limit is not None and failures > rules.delivery_limit:
-                await self._dead_letter(token, "delivery_limit")
-            elif delay_ms:
-                await self._delay(token.queue, levels, token.message, failures, delay_ms, token)
+    async def rewrite(self, arrival: Arrival, queue: str, message: Message, failures: int,
+                      due_ms: int | None) -> None:
+        """One script settles the entry and writes it again: to the delayed set, back into
+        the stream it came from, or into another queue's stream."""
+        key, entry_id = arrival.handle
+        if due_ms is not None:
+            _, levels, _ = await self._queue(queue)
+            await self._delay(queue, levels, message, failures, due_ms, (key, entry_id))
+        else:
+            if queue == arrival.queue:
+                target = key
             else:
-                await self._call(lambda: self._scripts["rewrite"](
-                    keys=[token.key, token.key],
-                    args=[GROUP, token.id, *self._fields(token.message, failures), 0,
-                          token.queue, ""]), f"requeue a message of '{token.queue}'")
-        finally:
-            self._released([token])
+                _, levels, _ = await self._queue(queue)
+                target = stream_key(queue, _level(message, levels))
+            await self._call(lambda: self._scripts["rewrite"](
+                keys=[key, target],
+                args=[GROUP, entry_id, *self._fields(message, failures), 0, queue, ""]),
+                f"move a message of '{arrival.queue}' to '{queue}'")
         await self._replicate()
 
-    async def extend(self, token: Any) -> None:
-        await self._renew([token])
-
-    async def _renew(self, tokens: list[Any]) -> None:
+    async def renew(self, arrivals: Sequence[Arrival]) -> None:
         by_key: dict[str, list[str]] = {}
-        for token in tokens:
-            if not token.settled:
-                by_key.setdefault(token.key, []).append(token.id)
+        for arrival in arrivals:
+            key, entry_id = arrival.handle
+            by_key.setdefault(key, []).append(entry_id)
         for key, ids in by_key.items():
             await self.r.xclaim(key, GROUP, self.consumer_name, 0, ids, justid=True)
 
@@ -693,34 +519,34 @@ class RedisTransport:
                         return found
         return found
 
-    @staticmethod
-    def _message(fields: dict[bytes, bytes], queue: str) -> Message:
-        try:
-            message = decode_meta(fields.get(b"b", b""), fields.get(b"m"))
-        except ValueError:
-            message = Message(fields.get(b"b", b""))
-        message.routing_key = message.routing_key or queue
-        return message
-
-    async def browse(self, queue: str, limit: int) -> list[Message]:
-        if limit <= 0:
-            return []
-        return [self._message(f, queue) for _, _, f in await self._waiting(queue, limit)]
-
-    async def delete(self, queue: str, message_id: str) -> bool:
+    async def scan(self, queue: str, delayed: bool = False) -> AsyncIterator[Stored]:
         for key, entry_id, fields in await self._waiting(queue):
-            if self._message(fields, queue).message_id == message_id:
-                return bool(await self._call(lambda k=key, e=entry_id: self.r.xdel(k, e),
-                                             f"delete from '{queue}'"))
-        delayed = await self._call(lambda: self.r.zrange(DELAYED, 0, -1), "delete")
-        for delay_id in delayed:
+            yield Stored(message_of(fields.get(b"b", b""), fields.get(b"m"), queue),
+                         (key, entry_id))
+        if not delayed:
+            return
+        for delay_id in await self._call(lambda: self.r.zrange(DELAYED, 0, -1), "scan"):
             fields = await self.r.hgetall(f"tidings:d:{delay_id.decode()}")
-            if fields.get(b"n", b"").decode() != queue:
-                continue
-            if self._message(fields, queue).message_id == message_id:
-                return bool(await self._call(lambda d=delay_id: self._scripts["cancel"](
-                    args=[d, queue]), f"delete from '{queue}'"))
-        return False
+            if fields.get(b"n", b"").decode() == queue:
+                yield Stored(message_of(fields.get(b"b", b""), fields.get(b"m"), queue),
+                             (DELAYED, delay_id))
+
+    async def remove(self, queue: str, stored: Stored) -> bool:
+        key, entry = stored.handle
+        if key == DELAYED:
+            return bool(await self._call(lambda: self._scripts["cancel"](args=[entry, queue]),
+                                         f"delete from '{queue}'"))
+        return bool(await self._call(lambda: self.r.xdel(key, entry), f"delete from '{queue}'"))
+
+    async def restore(self, stored: Stored, queue: str, message: Message) -> None:
+        key, entry = stored.handle
+        _, levels, _ = await self._queue(queue)
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.xadd(stream_key(queue, _level(message, levels)),
+                      dict(zip((b"b", b"m", b"c"), self._fields(message), strict=True)))
+            pipe.xdel(key, entry)
+            await pipe.execute()
+        await self._replicate()
 
     async def purge(self, queue: str) -> int:
         removed = 0
@@ -728,31 +554,6 @@ class RedisTransport:
             removed += int(await self._call(lambda k=key, e=entry_id: self.r.xdel(k, e),
                                             f"purge '{queue}'"))
         return removed
-
-    async def dead_letters(self, queue: str, limit: int) -> list[Message]:
-        if not await self.queue_exists(dead_letter_queue(queue)):
-            return []
-        return await self.browse(dead_letter_queue(queue), limit)
-
-    async def replay_dead_letters(self, queue: str, ids: set[str] | None) -> int:
-        dead = dead_letter_queue(queue)
-        if not await self.queue_exists(dead):
-            return 0
-        _, levels, _ = await self._queue(queue)
-        moved = 0
-        for key, entry_id, fields in await self._waiting(dead):
-            message = self._message(fields, dead)
-            if ids is not None and message.message_id not in ids:
-                continue
-            copy = revive(message, queue)
-            async with self.r.pipeline(transaction=True) as pipe:
-                pipe.xadd(stream_key(queue, _level(copy, levels)),
-                          dict(zip((b"b", b"m", b"c"), self._fields(copy), strict=True)))
-                pipe.xdel(key, entry_id)
-                await pipe.execute()
-            moved += 1
-        await self._replicate()
-        return moved
 
     # -- the rest --------------------------------------------------------------------------
 
@@ -785,13 +586,12 @@ class RedisTransport:
         return broker_statistics(queues)
 
     async def close(self) -> None:
-        for consumer in list(self._consumers):
-            await consumer.cancel()
+        for reader in list(self.readers):
+            await reader.stop()
         self._closing = True
         if self._mover is not None:
             self._mover.cancel()
             await asyncio.wait([self._mover], timeout=20)
-        await self._leases.close()
         with contextlib.suppress(Exception):
             for name in self._private:
                 await self.r.delete(stream_key(name))

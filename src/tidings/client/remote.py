@@ -25,7 +25,7 @@ from tidings.client.management import NO_LATENCY
 from tidings.client.transport import QueueSpec
 from tidings.dead_letters import dead_letter_message
 from tidings.errors import BrokenResourceError, ConfigError
-from tidings.message import Message
+from tidings.message import Message, decode_meta
 from tidings.statistics import BrokerStatistics, QueueStatistics
 
 log = logging.getLogger("tidings.client")
@@ -132,6 +132,18 @@ def _ms(expiration: str | None) -> int | None:
         return None if expiration is None else int(expiration)
     except ValueError:
         return None
+
+
+def message_of(body: bytes, meta: str | bytes | None, queue: str = "") -> Message:
+    """A stored entry as a Message: its properties decoded, or (written by another program,
+    or damaged) the bare body; ``queue`` is its routing key when it names none."""
+    try:
+        message = decode_meta(body, meta)
+    except ValueError:
+        message = Message(body)
+    if queue and not message.routing_key:
+        message.routing_key = queue
+    return message
 
 
 def dead_letter(message: Message, queue: str, reason: str) -> Message:

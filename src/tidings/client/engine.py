@@ -1,0 +1,440 @@
+"""The engine core: tidings' delivery rules, applied in the client, over engines that do not
+apply them themselves (NATS JetStream, Redis Streams; Kafka next).
+
+:class:`EngineTransport` is the client's :class:`~tidings.client.transport.Transport`. It
+owns every rule once: admitting a delivery (the delivery limit and message TTL, checked on
+receipt), the leases that renew what this process holds, the consumer with its prefetch and
+half-batch refill, the nack ladder (rejected → dead letter; past the delivery limit → dead
+letter; else back, after a delay when asked), dead letters with ``x-death`` and their listing
+and replay, and the tokens deliveries are settled with. An :class:`Engine` module holds only
+the engine's own calls, through the verbs below; each names its engine's objects (JetStream
+streams and pull consumers; Redis streams, groups and scripts).
+
+The verbs, in the engine's words:
+
+- declare: ``create_queue`` (with its :class:`QueueRules`, kept in the engine so every
+  process applies the same), ``read_rules``, ``bind`` (route events to a queue);
+- write: ``append`` (now, or at a due time), ``publish`` (an event to every bound queue);
+- read: ``reader`` (a loop that pulls while the consumer has room), ``read_one`` (a get);
+- settle: ``settle`` (gone for good), ``rewrite`` (settle and write again: back to its queue
+  with a failure counted, to a later due time, or into another queue, as one step where the
+  engine allows), ``renew`` (a lease);
+- look: ``scan`` (waiting entries, oldest first), ``remove``, ``restore`` (move a scanned
+  entry into a queue), ``purge``, ``statistics``.
+
+A Kafka engine slots in the same way: topics as queues, a consumer group's fetch loop as the
+reader, committed offsets behind ``settle`` with the rewrite verbs as produce-then-commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tidings.client.remote import Leases, QueueRules, dead_letter
+from tidings.client.transport import Capabilities, Delivery, QueueSpec, StreamSpec
+from tidings.dead_letters import dead_letter_queue, replay_into
+from tidings.errors import NotFoundError
+from tidings.message import Message
+from tidings.statistics import BrokerStatistics
+
+log = logging.getLogger("tidings.client")
+
+#: The prefix of the queues a client makes for itself (deleted when it closes).
+PRIVATE_PREFIX = "tidings.private."
+
+
+@dataclass(slots=True)
+class Arrival:
+    """One delivery as an engine read it: the queue it was read from, the message, its failed
+    deliveries so far, when it was enqueued, and the engine's own handle to settle it with."""
+
+    queue: str
+    message: Message
+    failures: int
+    enqueued_ms: float
+    handle: Any
+
+
+@dataclass(slots=True)
+class Stored:
+    """A waiting entry a scan found: its message and the engine's handle to it."""
+
+    message: Message
+    handle: Any
+
+
+@dataclass(eq=False, slots=True)
+class Token:
+    """What the client settles a delivery with."""
+
+    arrival: Arrival
+    queue: str
+    consumer: Consumer | None = None
+    settled: bool = False
+
+
+class Reader(Protocol):
+    """An engine's pull loop for one consumer: it asks for ``room()`` deliveries at a time
+    and hands each to ``arrived``; ``wake`` says room was made."""
+
+    def wake(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class Engine(Protocol):
+    """The calls an engine module makes on its engine, and nothing else."""
+
+    capabilities: Capabilities
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def create_queue(self, name: str, spec: QueueSpec, rules: QueueRules) -> None: ...
+
+    async def read_rules(self, name: str) -> QueueRules:
+        """The rules kept with the queue; NotFoundError when it does not exist."""
+        ...
+
+    async def bind(self, queue: str, pattern: str, rules: QueueRules) -> None: ...
+
+    async def append(self, queue: str, messages: Sequence[Message],
+                     due_ms: int | None) -> None:
+        """Store ``messages`` in ``queue`` (at ``due_ms``, epoch ms, when given); returns once
+        the engine has them."""
+        ...
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> None: ...
+
+    async def reader(self, queue: str, room: Callable[[], int],
+                     arrived: Callable[[Arrival], None]) -> Reader: ...
+
+    async def read_one(self, queue: str) -> Arrival | None: ...
+
+    async def settle(self, arrivals: Sequence[Arrival]) -> None: ...
+
+    async def rewrite(self, arrival: Arrival, queue: str, message: Message, failures: int,
+                      due_ms: int | None) -> None:
+        """Settle ``arrival`` and write ``message`` to ``queue`` (its own queue: back in
+        line, with ``failures``; another: a move), at ``due_ms`` when given."""
+        ...
+
+    async def renew(self, arrivals: Sequence[Arrival]) -> None: ...
+
+    def scan(self, queue: str, delayed: bool = False) -> AsyncIterator[Stored]:
+        """The waiting entries of ``queue``, oldest first (with ``delayed``, then those
+        waiting for their due time), left in place."""
+        ...
+
+    async def remove(self, queue: str, stored: Stored) -> bool: ...
+
+    async def restore(self, stored: Stored, queue: str, message: Message) -> None:
+        """Write ``message`` to ``queue`` and remove the scanned entry (replay)."""
+        ...
+
+    async def purge(self, queue: str) -> int: ...
+
+    async def statistics(self) -> BrokerStatistics: ...
+
+    async def sync(self) -> None: ...
+
+
+class Consumer:
+    """``consume()``'s subscription: the engine's reader, with room for ``prefetch``
+    unsettled deliveries; it asks for more only once half the prefetch is free (or all of a
+    small one), so reads stay batches instead of one message per acknowledgement."""
+
+    def __init__(self, core: EngineTransport, queue: str, prefetch: int,
+                 on_message: Callable[[Delivery], None]) -> None:
+        self.core, self.queue, self.prefetch = core, queue, prefetch
+        self.on_message = on_message
+        self.unsettled = 0
+        self.cancelled = False
+        self.reader: Reader | None = None
+
+    def room(self) -> int:
+        room = 0 if self.cancelled else self.prefetch - self.unsettled
+        return room if room >= max(1, self.prefetch // 2) else 0
+
+    def arrived(self, arrival: Arrival) -> None:
+        """A delivery from the reader: to the handler at once in the common case (the rules
+        known, the message alive); else in a task (a dead letter, the rules to read, or a
+        delivery that came after the cancel, which goes back)."""
+        self.unsettled += 1
+        if not self.cancelled:
+            rules = self.core.known_rules(self.queue)
+            if rules is not None:
+                verdict = self.core.judge(arrival, self.queue, rules, self)
+                if isinstance(verdict, Delivery):
+                    self.on_message(verdict)
+                    return
+        self.core.spawn(self._admit(arrival))
+
+    async def _admit(self, arrival: Arrival) -> None:
+        if self.cancelled:  # straight back to the queue, not counted as a failure
+            with contextlib.suppress(Exception):
+                await self.core.engine.rewrite(arrival, self.queue, arrival.message,
+                                               arrival.failures, None)
+            self.settled()
+            return
+        incoming = await self.core.admit(arrival, self.queue, self)
+        if incoming is None:
+            self.settled()
+        else:
+            self.on_message(incoming)
+
+    def settled(self) -> None:
+        self.unsettled -= 1
+        if self.reader is not None:
+            self.reader.wake()
+
+    async def cancel(self) -> None:
+        if self.cancelled:
+            return
+        self.cancelled = True
+        if self.reader is not None:
+            await self.reader.stop()
+        self.core.consumers.discard(self)
+
+
+class EngineTransport:
+    """The client's :class:`~tidings.client.transport.Transport` over one :class:`Engine`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.consumers: set[Consumer] = set()
+        self._rules: dict[str, QueueRules] = {}
+        self._leases = Leases(self._renew)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.engine.capabilities
+
+    async def open(self) -> EngineTransport:
+        await self.engine.open()
+        return self
+
+    def spawn(self, work: Any) -> None:
+        """Run ``work`` (a coroutine) in a task of this transport's own."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- declarations ----------------------------------------------------------------------
+
+    async def declare_queue(self, name: str, spec: QueueSpec) -> str:
+        if spec.max_priority is not None and not self.capabilities.priorities:
+            raise self.capabilities.unsupported("priorities", "declare a priority queue")
+        name = name or f"{PRIVATE_PREFIX}{uuid.uuid4().hex}"
+        rules = QueueRules.of(spec)
+        await self.engine.create_queue(name, spec, rules)
+        if rules.dead_letters:
+            await self.engine.create_queue(
+                dead_letter_queue(name),
+                QueueSpec(durable=spec.durable, delivery_limit=None, dead_letters=False),
+                QueueRules(None, False))
+        self._rules[name] = rules
+        return name
+
+    def known_rules(self, queue: str) -> QueueRules | None:
+        return self._rules.get(queue)
+
+    async def rules(self, queue: str) -> QueueRules:
+        """The queue's rules (read from the engine once per process)."""
+        rules = self._rules.get(queue)
+        if rules is None:
+            rules = self._rules[queue] = await self.engine.read_rules(queue)
+        return rules
+
+    async def queue_exists(self, name: str) -> bool:
+        try:
+            await self.rules(name)
+        except NotFoundError:
+            return False
+        return True
+
+    async def bind_events(self, queue: str, pattern: str) -> None:
+        await self.engine.bind(queue, pattern, await self.rules(queue))
+
+    async def declare_stream(self, name: str, spec: StreamSpec) -> None:
+        raise self.capabilities.unsupported("streams", "declare a stream")
+
+    async def commit_offset(self, stream: str, reader: str, offset: int) -> None:
+        raise self.capabilities.unsupported("streams", "commit a stream offset")
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def send(self, queue: str, messages: Sequence[Message],
+                   delay_ms: int | None = None) -> None:
+        for message in messages:
+            message.routing_key = queue
+        await self.rules(queue)  # a missing queue is an error, not a retry loop
+        await self.engine.append(queue, messages, _due(delay_ms))
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+        for message in messages:
+            message.routing_key = topic
+        await self.engine.publish(topic, messages)
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def judge(self, arrival: Arrival, queue: str, rules: QueueRules,
+              consumer: Consumer | None) -> Delivery | _Dead:
+        """Without waiting: the Delivery to hand over, or the token of a delivery that must
+        be dead-lettered (its reason kept in ``x-death``)."""
+        message, failures = arrival.message, arrival.failures
+        if not message.routing_key:
+            message.routing_key = queue
+        reason = rules.death(message, failures, arrival.enqueued_ms, time.time() * 1000)
+        if reason is not None:
+            return _Dead(arrival, queue, consumer, reason=reason)
+        token = Token(arrival, queue, consumer)
+        self._leases.hold(token, rules.consumer_timeout_ms)
+        return Delivery(message, queue, token, failures > 0, failures)
+
+    async def admit(self, arrival: Arrival, queue: str,
+                    consumer: Consumer | None) -> Delivery | None:
+        """A delivery for the handler, or None when it was dead-lettered (expired, or past
+        the delivery limit)."""
+        verdict = self.judge(arrival, queue, await self.rules(queue), consumer)
+        if isinstance(verdict, Delivery):
+            return verdict
+        await self._dead_letter(verdict, verdict.reason)
+        return None
+
+    async def get(self, queue: str) -> Delivery | None:
+        await self.rules(queue)
+        while (arrival := await self.engine.read_one(queue)) is not None:
+            incoming = await self.admit(arrival, queue, None)
+            if incoming is not None:
+                return incoming
+        return None
+
+    async def consume(self, queue: str, prefetch: int,
+                      on_message: Callable[[Delivery], None],
+                      arguments: dict[str, Any] | None = None) -> Consumer:
+        await self.rules(queue)
+        consumer = Consumer(self, queue, prefetch, on_message)
+        consumer.reader = await self.engine.reader(queue, consumer.room, consumer.arrived)
+        self.consumers.add(consumer)
+        return consumer
+
+    # -- settling --------------------------------------------------------------------------
+
+    def _settled(self, tokens: Sequence[Token]) -> None:
+        self._leases.release(tokens)
+        for token in tokens:
+            token.settled = True
+            if token.consumer is not None:
+                token.consumer.settled()
+
+    async def ack(self, tokens: Sequence[Any]) -> None:
+        try:
+            await self.engine.settle([t.arrival for t in tokens])
+        finally:
+            self._settled(tokens)
+
+    async def nack(self, token: Any, requeue: bool, delay_ms: int | None = None) -> None:
+        """The ladder: rejected, or past the delivery limit, is a dead letter; anything else
+        goes back to its queue (after ``delay_ms``), one failure more."""
+        try:
+            rules = await self.rules(token.queue)
+            failures = token.arrival.failures + 1
+            if not requeue:
+                await self._dead_letter(token, "rejected")
+            elif rules.delivery_limit is not None and failures > rules.delivery_limit:
+                await self._dead_letter(token, "delivery_limit")
+            else:
+                await self.engine.rewrite(token.arrival, token.queue, token.arrival.message,
+                                          failures, _due(delay_ms))
+        finally:
+            self._settled([token])
+
+    async def _dead_letter(self, token: Token, reason: str) -> None:
+        if not (await self.rules(token.queue)).dead_letters:
+            await self.engine.settle([token.arrival])
+            return
+        dead = dead_letter(token.arrival.message, token.queue, reason)
+        await self.engine.rewrite(token.arrival, dead_letter_queue(token.queue), dead, 0, None)
+
+    async def extend(self, token: Any) -> None:
+        await self.engine.renew([token.arrival])
+
+    async def _renew(self, tokens: list[Any]) -> None:
+        live = [t.arrival for t in tokens if not t.settled]
+        if live:
+            await self.engine.renew(live)
+
+    # -- looking at and editing queues -----------------------------------------------------
+
+    async def browse(self, queue: str, limit: int) -> list[Message]:
+        await self.rules(queue)
+        found: list[Message] = []
+        if limit <= 0:
+            return found
+        async for stored in self.engine.scan(queue):
+            found.append(stored.message)
+            if len(found) >= limit:
+                break
+        return found
+
+    async def delete(self, queue: str, message_id: str) -> bool:
+        await self.rules(queue)
+        async for stored in self.engine.scan(queue, delayed=True):
+            if stored.message.message_id == message_id:
+                return await self.engine.remove(queue, stored)
+        return False
+
+    async def purge(self, queue: str) -> int:
+        await self.rules(queue)
+        return await self.engine.purge(queue)
+
+    async def dead_letters(self, queue: str, limit: int) -> list[Message]:
+        if not await self.queue_exists(dead_letter_queue(queue)):
+            return []
+        return await self.browse(dead_letter_queue(queue), limit)
+
+    async def replay_dead_letters(self, queue: str, ids: set[str] | None) -> int:
+        dead = dead_letter_queue(queue)
+        if not await self.queue_exists(dead):
+            return 0
+        return await replay_into(
+            queue, ids, ((s.message, s) async for s in self.engine.scan(dead)),
+            self.engine.restore)
+
+    # -- the rest --------------------------------------------------------------------------
+
+    async def sync(self) -> None:
+        await self.engine.sync()
+
+    async def statistics(self) -> BrokerStatistics:
+        return await self.engine.statistics()
+
+    async def close(self) -> None:
+        for consumer in list(self.consumers):
+            await consumer.cancel()
+        await self._leases.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.engine.close()
+
+
+@dataclass(eq=False, slots=True)
+class _Dead(Token):
+    """A delivery to dead-letter, and why."""
+
+    reason: str = ""
+
+
+def _due(delay_ms: int | None) -> int | None:
+    return int(time.time() * 1000) + int(delay_ms) if delay_ms is not None and delay_ms > 0 \
+        else None
