@@ -60,7 +60,7 @@ from tidings.client.transport import (
     QueueSpec,
     StreamSpec,
 )
-from tidings.dead_letters import dead_letter_queue, revive
+from tidings.dead_letters import dead_letter_queue, replay_into, revive
 from tidings.errors import (
     AccessRefusedError,
     BrokenResourceError,
@@ -722,33 +722,28 @@ class AmqpTransport:
         if self.capabilities.browse:
             return await self.browse(dead_letter_queue(queue), limit)
         found: list[Message] = []
-
-        async def each(raw: DeliveredMessage, channel: Any) -> bool:
-            found.append(_incoming(raw, queue).message)
-            return len(found) < limit
-
-        await self._scan(dead_letter_queue(queue), each)
+        async with contextlib.aclosing(self._taken(dead_letter_queue(queue))) as taken:
+            async for raw, _ in taken:  # (RabbitMQ: taken and returned when the channel closes)
+                found.append(_incoming(raw, queue).message)
+                if len(found) >= limit:
+                    break
         return found
 
     async def replay_dead_letters(self, queue: str, ids: set[str] | None) -> int:
-        moved = 0
+        async def restore(taken: tuple[DeliveredMessage, Any], into: str,
+                          copy: Message) -> None:
+            raw, channel = taken
+            await self._confirm([("", into, copy, True)])
+            await channel.basic_ack(raw.delivery.delivery_tag)
 
-        async def each(raw: DeliveredMessage, channel: Any) -> bool:
-            nonlocal moved
-            message = _incoming(raw, queue).message
-            if ids is None or message.message_id in ids:
-                await self._confirm([("", queue, revive(message, queue), True)])
-                await channel.basic_ack(raw.delivery.delivery_tag)
-                moved += 1
-            return True
+        async with contextlib.aclosing(self._taken(dead_letter_queue(queue))) as taken:
+            return await replay_into(
+                queue, ids, ((_incoming(raw, queue).message, (raw, channel))
+                             async for raw, channel in taken), restore)
 
-        await self._scan(dead_letter_queue(queue), each)
-        return moved
-
-    async def _scan(self, queue: str, each: Callable[[DeliveredMessage, Any],
-                                                      Any]) -> None:
-        """Take the messages of ``queue`` one by one (as many as it held at the start) and hand
-        each to ``each`` until it returns False; closing the channel returns the rest."""
+    async def _taken(self, queue: str) -> AsyncIterator[tuple[DeliveredMessage, Any]]:
+        """Take the messages of ``queue`` one by one (as many as it held at the start), each
+        with the channel it came on; closing the channel returns those not acked."""
         remaining = None
         with contextlib.suppress(aiormq.exceptions.ChannelNotFoundEntity):
             async with self._side_channel() as channel:
@@ -759,8 +754,7 @@ class AmqpTransport:
                     if remaining is None:
                         remaining = int(raw.delivery.message_count) + 1
                     remaining -= 1
-                    if not await each(raw, channel):
-                        break
+                    yield raw, channel
 
     # -- the rest --------------------------------------------------------------------------
 
