@@ -68,10 +68,9 @@ EVENT = {"type": "object", "required": ["type", "data"],
          "properties": {"type": {"type": "string"}, "data": ANY_JSON}}
 
 
-def openapi_document() -> dict[str, Any]:
-    q = "/api/queues/{vhost}/{name}"
-    qp = _path("vhost", "name")
-    paths: dict[str, Any] = {
+def _service_paths() -> dict[str, Any]:
+    """Health, numbers, metrics, vhosts, quarantine and definitions."""
+    return {
         "/healthz": {"get": {"summary": "Liveness (no credentials needed)",
                              "responses": {"200": {"description": "ok"}}, "security": []}},
         "/api/overview": {"get": {"summary": "Broker-wide numbers", "responses": _ok("ok",
@@ -80,6 +79,21 @@ def openapi_document() -> dict[str, Any]:
                                      "responses": _ok("ok", {"type": "array"})}},
         "/metrics": {"get": {"summary": "Prometheus metrics",
                              "responses": {"200": {"description": "text exposition format"}}}},
+        "/api/vhosts": {"get": {"summary": "List vhosts with their message totals",
+                                "responses": _ok("ok", {"type": "array"})}},
+        "/api/quarantine": {"get": {"summary": "Records that could not be read (administrator)",
+                                    "responses": _ok("ok", {"type": "array"})}},
+        "/api/definitions": {
+            "get": {"summary": "Export durable definitions (RabbitMQ's format)",
+                    "responses": _ok("ok")},
+            "post": {"summary": "Import definitions (administrator)",
+                     "requestBody": _json({"type": "object"}), "responses": _ok("imported")}},
+    }
+
+
+def _event_paths() -> dict[str, Any]:
+    """Events in (POST) and out (server-sent events)."""
+    return {
         "/events/{topic}": {"post": {
             "summary": "Publish an event (any body; JSON checked when declared JSON)",
             "parameters": [*_path("topic"), {"name": "Idempotency-Key", "in": "header",
@@ -95,26 +109,20 @@ def openapi_document() -> dict[str, Any]:
             "parameters": [{"name": "topic", "in": "query", "schema": {"type": "string"}}],
             "responses": {"200": {"description": "text/event-stream"},
                           "400": {"description": "bad pattern", **_json(ERROR)}}}},
+    }
+
+
+def _queue_paths() -> dict[str, Any]:
+    """Queues over REST: declare, inspect, send, receive with a lease, dead letters."""
+    q = "/api/queues/{vhost}/{name}"
+    qp = _path("vhost", "name")
+    return {
         "/api/queues": {"get": {"summary": "List queues", "parameters": [
             {"name": "vhost", "in": "query", "schema": {"type": "string"}}],
             "responses": _ok("ok", {"type": "array"})}},
         "/api/queues/{vhost}": {"get": {"summary": "List the queues of one vhost",
                                         "parameters": qp[:1],
                                         "responses": _ok("ok", {"type": "array"})}},
-        "/api/vhosts": {"get": {"summary": "List vhosts with their message totals",
-                                "responses": _ok("ok", {"type": "array"})}},
-        "/api/streams": {"get": {"summary": "List streams: records, bytes, offsets, "
-                                            "retention and each reader's lag",
-                                 "responses": _ok("ok", {"type": "array"})}},
-        "/api/streams/{vhost}/{name}": {"get": {"summary": "Inspect a stream",
-                                                "parameters": qp, "responses": _ok("ok")}},
-        "/api/quarantine": {"get": {"summary": "Records that could not be read (administrator)",
-                                    "responses": _ok("ok", {"type": "array"})}},
-        "/api/definitions": {
-            "get": {"summary": "Export durable definitions (RabbitMQ's format)",
-                    "responses": _ok("ok")},
-            "post": {"summary": "Import definitions (administrator)",
-                     "requestBody": _json({"type": "object"}), "responses": _ok("imported")}},
         q: {
             "get": {"summary": "Inspect a queue", "parameters": qp, "responses": _ok("ok")},
             "put": {"summary": "Declare a queue", "parameters": qp,
@@ -144,6 +152,24 @@ def openapi_document() -> dict[str, Any]:
             "parameters": qp, "requestBody": _json({"type": "object", "properties": {
                 "ids": {"type": "array", "items": {"type": "string"}}}}),
             "responses": _ok("replayed")}},
+    }
+
+
+def _stream_paths() -> dict[str, Any]:
+    """Streams and their readers."""
+    qp = _path("vhost", "name")
+    return {
+        "/api/streams": {"get": {"summary": "List streams: records, bytes, offsets, "
+                                            "retention and each reader's lag",
+                                 "responses": _ok("ok", {"type": "array"})}},
+        "/api/streams/{vhost}/{name}": {"get": {"summary": "Inspect a stream",
+                                                "parameters": qp, "responses": _ok("ok")}},
+    }
+
+
+def _lease_paths() -> dict[str, Any]:
+    """Settling a message received with a lease."""
+    return {
         "/api/receipts/{receipt}/ack": {"post": {"summary": "Acknowledge a leased message",
                                                   "parameters": _path("receipt"),
                                                   "responses": _ok("acked")}},
@@ -157,6 +183,13 @@ def openapi_document() -> dict[str, Any]:
             "requestBody": _json({"type": "object", "properties": {
                 "visibility_ms": {"type": "integer", "minimum": 1}}}),
             "responses": _ok("extended")}},
+    }
+
+
+def _topology_paths() -> dict[str, Any]:
+    """Exchanges and bindings."""
+    qp = _path("vhost", "name")
+    return {
         "/api/exchanges": {"get": {"summary": "List exchanges",
                                    "responses": _ok("ok", {"type": "array"})}},
         "/api/exchanges/{vhost}/{name}": {
@@ -175,6 +208,11 @@ def openapi_document() -> dict[str, Any]:
                        "requestBody": {"required": True, **_json(BINDING)},
                        "responses": _ok("unbound")}},
     }
+
+
+def openapi_document() -> dict[str, Any]:
+    paths: dict[str, Any] = {**_service_paths(), **_event_paths(), **_queue_paths(),
+                             **_stream_paths(), **_lease_paths(), **_topology_paths()}
     return {
         "openapi": "3.0.3",
         "info": {"title": "tidings HTTP gateway", "version": tidings.__version__,
