@@ -18,7 +18,7 @@ from tidings.routing.front_door import FrontDoor
 SRC = Path(__file__).resolve().parent.parent / "src" / "tidings"
 
 #: The ground floor: imported by everything, imports nothing above it.
-GROUND = {"errors", "message", "clock", "auth", "patterns", "statistics", "dead_letters",
+GROUND = {"errors", "message", "codecs", "clock", "auth", "patterns", "statistics", "dead_letters",
           "basic_properties", "files", "resources", "values", "record_batch",
           "kafka_records"}
 

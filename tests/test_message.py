@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from pamqp import commands, decode, encode
 
 from tidings.basic_properties import to_message, to_properties
-from tidings.message import Message, Record, RecordError, decode_record, encode_record
+from tidings.codecs import RecordError, decode_record, encode_record
+from tidings.message import Message, Record
 
 header_values = st.recursive(
     st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.text(max_size=20)
@@ -111,7 +112,7 @@ def test_properties_travel_beside_the_body(body: bytes, headers: dict[str, objec
                                           message_id: str | None, persistent: bool) -> None:
     """What NATS headers and Redis stream fields carry: every property, bytes and dates
     included, comes back as it was sent."""
-    from tidings.message import decode_meta, encode_meta
+    from tidings.codecs import decode_meta, encode_meta
 
     sent = Message(body, "orders.eu", "", headers, persistent, content_type="application/json",
                    message_id=message_id, timestamp=1_700_000_000,
@@ -120,7 +121,7 @@ def test_properties_travel_beside_the_body(body: bytes, headers: dict[str, objec
 
 
 def test_foreign_or_damaged_properties() -> None:
-    from tidings.message import decode_meta
+    from tidings.codecs import decode_meta
 
     assert decode_meta(b"raw", None) == Message(b"raw")  # a producer that is not tidings
     for bad in ('[1, 2]', '{"h": {"$b": "not base64!"}}', "{not json"):

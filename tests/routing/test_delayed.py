@@ -143,7 +143,8 @@ async def test_delayed_rows_of_the_single_key_layout_are_moved_into_buckets(
     brokers: BrokerFactory, clock: FakeClock
 ) -> None:
     """Data written before buckets existed kept every delayed message under one key."""
-    from tidings.message import Record, encode_record
+    from tidings.codecs import encode_record
+    from tidings.message import Record
     from tidings.routing.delayed import STORE_KEY, bucket_key, bucket_of
 
     b = brokers.start()

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tidings.codecs import encode_record
 from tidings.errors import InvalidArgumentError, PreconditionFailedError, QueueTypeError
-from tidings.message import Delivery, Message, Record, encode_record
+from tidings.message import Delivery, Message, Record
 from tidings.resources import rss_mb
 from tidings.routing.broker import Broker
 from tidings.routing.session import Session

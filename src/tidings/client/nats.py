@@ -63,6 +63,7 @@ from tidings.client.remote import (
     retrying,
 )
 from tidings.client.transport import Capabilities, QueueSpec
+from tidings.codecs import encode_meta
 from tidings.errors import (
     AccessRefusedError,
     BrokenResourceError,
@@ -72,7 +73,7 @@ from tidings.errors import (
     PreconditionFailedError,
     TidingsError,
 )
-from tidings.message import Message, encode_meta
+from tidings.message import Message
 from tidings.patterns import topic_matches
 from tidings.statistics import BrokerStatistics
 

@@ -61,6 +61,7 @@ from tidings.client.remote import (
     url_options,
 )
 from tidings.client.transport import Capabilities, QueueSpec
+from tidings.codecs import encode_meta
 from tidings.errors import (
     AccessRefusedError,
     BrokenResourceError,
@@ -69,7 +70,7 @@ from tidings.errors import (
     NotFoundError,
     PreconditionFailedError,
 )
-from tidings.message import Message, encode_meta
+from tidings.message import Message
 from tidings.statistics import BrokerStatistics
 
 log = logging.getLogger("tidings.client.redis")

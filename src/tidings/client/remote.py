@@ -23,9 +23,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 from tidings.client.management import NO_LATENCY
 from tidings.client.transport import QueueSpec
+from tidings.codecs import decode_meta
 from tidings.dead_letters import dead_letter_message
 from tidings.errors import BrokenResourceError, ConfigError
-from tidings.message import Message, decode_meta
+from tidings.message import Message
 from tidings.statistics import BrokerStatistics, QueueStatistics
 
 log = logging.getLogger("tidings.client")

@@ -27,7 +27,8 @@ import heapq
 from collections.abc import Callable, Iterator
 
 from tidings.clock import Clock, Timer
-from tidings.message import Record, RecordError, decode_record, encode_record
+from tidings.codecs import RecordError, decode_record, encode_record
+from tidings.message import Record
 from tidings.routing.queue import Entry, Queue
 from tidings.routing.vhost import Sequence, VirtualHosts
 from tidings.storage.base import Store

@@ -19,7 +19,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from tidings.message import Record, encode_record
+from tidings.codecs import encode_record
+from tidings.message import Record
 from tidings.routing.arguments import QueueOptions
 from tidings.routing.expiry import expires_at
 from tidings.routing.overflow import Verdict, admit

@@ -25,7 +25,8 @@ import heapq
 from collections import deque
 from collections.abc import Callable
 
-from tidings.message import Record, encode_record
+from tidings.codecs import encode_record
+from tidings.message import Record
 from tidings.storage.base import TRANSIENT, Store
 from tidings.storage.quarantine import decode_or_quarantine
 

@@ -31,9 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tidings.codecs import RecordError, decode_record, encode_record
 from tidings.errors import InvalidArgumentError, PreconditionFailedError, QueueTypeError
 from tidings.kafka_records import kafka_fields, record_of
-from tidings.message import Record, RecordError, decode_record, encode_record
+from tidings.message import Record
 from tidings.record_batch import (
     BatchError,
     decode_records,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tidings.message import json_tagged, json_untagged
+from tidings.codecs import json_tagged, json_untagged
 from tidings.routing.exchange import Binding, Exchange
 
 SEP = "\x1f"

@@ -19,7 +19,8 @@ import logging
 import struct
 from dataclasses import dataclass
 
-from tidings.message import Record, RecordError, decode_record
+from tidings.codecs import RecordError, decode_record
+from tidings.message import Record
 from tidings.storage.base import Store
 from tidings.values import header_problem
 
