@@ -33,7 +33,7 @@ from tidings.errors import (
 )
 from tidings.message import Message, Record
 from tidings.routing.declarations import Declarations
-from tidings.routing.delayed import DelayedDelivery, DelayedMessages
+from tidings.routing.delayed import DelayedDelivery, DelayedMessages, header_delay_ms
 from tidings.routing.exchange import DELAYED, Binding, Exchange
 from tidings.routing.expiry import HeadExpiryTimers
 from tidings.routing.front_door import BindingInfo, ExchangeInfo, PublishResult, QueueInfo
@@ -263,23 +263,15 @@ class Broker:
         message.exchange = exchange
         self.counters.published += 1
         now = self.clock.time()
-        if delay_ms is None and ex.kind == DELAYED and message.headers:
-            delay = message.headers.get("x-delay")
-            if isinstance(delay, int) and not isinstance(delay, bool) and delay > 0:
-                delay_ms = delay
+        if delay_ms is None and ex.kind == DELAYED:
+            delay_ms = header_delay_ms(message)
         if delay_ms:
-            target = {"vhost": vhost, "exchange": exchange}
-            if exchange == "":
-                target = {"vhost": vhost, "queue": message.routing_key}
-            self.delays.delay(Record(message, now), target, now + delay_ms / 1000.0)
+            self.delays.publish_later(vhost, exchange, message, now, delay_ms)
             return PublishResult(1)
         queues = v.route(ex, message)
         if not queues:
             return PublishResult(0, returned=mandatory)
-        refused, next_seq = False, self.seq.next
-        for queue in queues:  # VirtualHost.enqueue, inlined on the hot path
-            refused |= not queue.offer(Record(message, now), now, next_seq)
-        if refused:
+        if v.enqueue(queues, message, now):
             return PublishResult(len(queues), refused=True)
         return _ROUTED[len(queues)] if len(queues) < len(_ROUTED) else PublishResult(len(queues))
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 
 from tidings.clock import Clock, Timer
 from tidings.codecs import RecordError, decode_record, encode_record
-from tidings.message import Record
+from tidings.message import Message, Record
 from tidings.routing.queue import Entry, Queue
 from tidings.routing.vhost import Sequence, VirtualHosts
 from tidings.storage.base import Store
@@ -40,6 +40,15 @@ STORE_KEY = "\x00delayed"
 BUCKET_SECONDS = 60.0
 _SEPARATOR = "\x1e"
 _READ_CHUNK = 10_000
+
+
+def header_delay_ms(message: Message) -> int | None:
+    """The delay an ``x-delayed-message`` exchange holds a publish for: its ``x-delay``
+    header in ms, when that is a positive integer (RabbitMQ's delayed-message plugin)."""
+    delay = (message.headers or {}).get("x-delay")
+    if isinstance(delay, int) and not isinstance(delay, bool) and delay > 0:
+        return delay
+    return None
 
 
 def bucket_of(due_at: float) -> int:
@@ -289,6 +298,14 @@ class DelayedDelivery:
         self.messages, self._vhosts, self._clock, self._seq = messages, vhosts, clock, seq
         self._timer: tuple[float, Timer] | None = None
 
+    def publish_later(self, vhost: str, exchange: str, message: Message, now: float,
+                      delay_ms: int) -> None:
+        """A publish held for ``delay_ms``: then routed by ``exchange`` (or, on the default
+        exchange, put in the queue its routing key names)."""
+        target = {"vhost": vhost, "exchange": exchange} if exchange else \
+            {"vhost": vhost, "queue": message.routing_key}
+        self.delay(Record(message, now), target, now + delay_ms / 1000.0)
+
     def delay(self, record: Record, target: dict[str, str], due_at: float) -> None:
         record.due_at, record.target = due_at, target
         self.messages.add(self._seq.next(), record)
@@ -346,9 +363,8 @@ class DelayedDelivery:
         if "queue" in record.target:
             queue = v.queues.get(record.target["queue"])
             if queue is not None:
-                v.enqueue(queue, Record(record.message, now, record.delivery_count), now)
+                v.enqueue([queue], record.message, now, record.delivery_count)
             return
         ex = v.exchanges.get(record.target.get("exchange", ""))
         if ex is not None:
-            for queue in v.route(ex, record.message):
-                v.enqueue(queue, Record(record.message, now, record.delivery_count), now)
+            v.enqueue(v.route(ex, record.message), record.message, now, record.delivery_count)

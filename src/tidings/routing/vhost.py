@@ -108,9 +108,14 @@ class VirtualHost:
                 stack.append(self.exchanges[alternate])
         return list(found.values())
 
-    def enqueue(self, queue: Queue, record: Record, now: float) -> bool:
-        """Put a record in a queue (TTL and overflow applied); False when refused."""
-        return queue.offer(record, now, self._seq.next)
+    def enqueue(self, queues: list[Queue], message: Message, now: float,
+                delivery_count: int = 0) -> bool:
+        """Put ``message`` in each of ``queues`` (TTL and overflow applied), numbered in the
+        broker's one sequence: the only way into a queue. True when any refused it."""
+        refused, next_seq = False, self._seq.next
+        for queue in queues:
+            refused |= not queue.offer(Record(message, now, delivery_count), now, next_seq)
+        return refused
 
     # -- what queues ask of their owner (QueueOwner) ---------------------------------------
 
@@ -124,7 +129,7 @@ class VirtualHost:
                                       queue.options.dead_letter_routing_key)
         for target in self.route(ex, message):
             if not _is_cycle(message, target.name, reason):
-                target.offer(Record(replace(message), now), now, self._seq.next)
+                self.enqueue([target], replace(message), now)
 
     def head_expires(self, queue: Queue, at: float) -> None:
         self._timers.arm(queue, at)
