@@ -10,11 +10,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tidings.client.transport import Capabilities, Delivery, QueueSpec, Transport
+from tidings.client.transport import Capabilities, Delivery, QueueSpec, StreamSpec, Transport
 from tidings.message import Message
 from tidings.storage.base import TRANSIENT, Store
 
@@ -328,7 +329,77 @@ async def transport_keeps_one_id_in_two_queues(t: Transport) -> None:
         assert sorted(bodies) == sorted([b"now", b"event", b"later"][:len(bodies)])
 
 
+async def transport_knows_which_queues_exist(t: Transport) -> None:
+    q = unique("exists")
+    assert not await t.queue_exists(q)
+    assert await t.declare_queue(q, QueueSpec()) == q
+    assert await t.queue_exists(q)
+    assert await t.declare_queue(q, QueueSpec()) == q  # declaring again changes nothing
+
+
+#: The consumer arguments of a stream reader (RabbitMQ's, and tidings' named reader).
+STREAM_OFFSET, STREAM_READER = "x-stream-offset", "x-tidings-reader"
+
+
+async def _read_stream(t: Transport, stream: str, arguments: dict[str, Any],
+                       count: int) -> list[Delivery]:
+    """The first ``count`` records a new consumer of ``stream`` gets with ``arguments``."""
+    got: list[Delivery] = []
+    arrived = asyncio.Event()
+
+    def on_message(delivery: Delivery) -> None:
+        got.append(delivery)
+        arrived.set()
+
+    subscription = await t.consume(stream, 100, on_message, dict(arguments))
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(got) < count:
+            arrived.clear()
+            left = deadline - asyncio.get_running_loop().time()
+            assert left > 0, f"{stream} gave only {[d.message.body for d in got]}"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrived.wait(), left)
+        await t.ack([d.delivery_tag for d in got])  # on a stream: credit for more
+    finally:
+        await subscription.cancel()
+    return got[:count]
+
+
+@needs("streams")
+async def transport_keeps_a_stream_for_every_reader(t: Transport) -> None:
+    """Records stay after they are read: two readers from the start each get them all, in
+    order, with dense increasing offsets."""
+    s = unique("stream")
+    await t.declare_stream(s, StreamSpec())
+    await t.declare_stream(s, StreamSpec())  # idempotent
+    assert await t.queue_exists(s)
+    bodies = [b"r%d" % i for i in range(5)]
+    await t.send(s, [_msg(b) for b in bodies])
+    for _ in range(2):
+        got = await _read_stream(t, s, {STREAM_OFFSET: "first"}, 5)
+        assert [d.message.body for d in got] == bodies
+        offsets = [(d.message.headers or {})[STREAM_OFFSET] for d in got]
+        assert offsets == list(range(offsets[0], offsets[0] + 5))
+
+
+@needs("streams")
+async def transport_resumes_a_named_reader(t: Transport) -> None:
+    """A committed offset is the broker's: a new consumer under that reader's name starts
+    right after it, whatever start it asks for."""
+    s, reader = unique("resume"), unique("reader")
+    await t.declare_stream(s, StreamSpec())
+    await t.send(s, [_msg(b"r%d" % i) for i in range(4)])
+    first = await _read_stream(t, s, {STREAM_OFFSET: "first"}, 4)
+    await t.commit_offset(s, reader, (first[1].message.headers or {})[STREAM_OFFSET])
+    later = await _read_stream(t, s, {STREAM_OFFSET: "first", STREAM_READER: reader}, 2)
+    assert [d.message.body for d in later] == [b"r2", b"r3"]
+
+
 TRANSPORT_CHECKS: list[Callable[[Transport], Awaitable[None]]] = [
+    transport_knows_which_queues_exist,
+    transport_keeps_a_stream_for_every_reader,
+    transport_resumes_a_named_reader,
     transport_round_trips_a_message,
     transport_consumes_with_prefetch,
     transport_routes_events_by_pattern,
