@@ -53,6 +53,7 @@ from tidings.client.remote import (
     redact,
     url_options,
 )
+from tidings.client.tokens import Token
 from tidings.client.transport import (
     EVENTS_EXCHANGE,
     Capabilities,
@@ -185,19 +186,8 @@ def _incoming(raw: DeliveredMessage, queue: str, consumer: _Consumer | None = No
             _forget_delay(headers)
         if not headers:
             message.headers = None
-    token = _Token(raw.channel, d.delivery_tag, message, queue, count, consumer)
+    token = Token(queue, message, count, 0.0, (raw.channel, d.delivery_tag), consumer)
     return Delivery(message, queue, token, bool(d.redelivered) or count > 0, count)
-
-
-class _Token:
-    """What an AMQP delivery needs to be settled (and, for a delayed retry, copied)."""
-
-    __slots__ = ("channel", "consumer", "delivery_count", "message", "queue", "tag")
-
-    def __init__(self, channel: Any, tag: int, message: Message, queue: str,
-                 delivery_count: int, consumer: _Consumer | None) -> None:
-        self.channel, self.tag, self.message = channel, tag, message
-        self.queue, self.delivery_count, self.consumer = queue, delivery_count, consumer
 
 
 def _int(value: Any) -> int:
@@ -634,7 +624,8 @@ class AmqpTransport:
     async def ack(self, tokens: Sequence[Any]) -> None:
         try:
             for token in tokens:
-                await token.channel.basic_ack(token.tag)
+                channel, tag = token.handle
+                await channel.basic_ack(tag)
                 if token.consumer is not None:
                     await token.consumer.settled()
         except Exception as e:
@@ -645,7 +636,8 @@ class AmqpTransport:
             if requeue and delay_ms:
                 await self._retry_later(token, delay_ms)
             else:
-                await token.channel.basic_nack(token.tag, requeue=requeue)
+                channel, tag = token.handle
+                await channel.basic_nack(tag, requeue=requeue)
             if token.consumer is not None:
                 await token.consumer.settled()
         except TidingsError:
@@ -653,20 +645,21 @@ class AmqpTransport:
         except Exception as e:
             raise translate(e) from e
 
-    async def _retry_later(self, token: _Token, delay_ms: int) -> None:
+    async def _retry_later(self, token: Token, delay_ms: int) -> None:
         """A failed delivery retried after ``delay_ms``: a delayed copy carrying the count of
         failed deliveries, then the ack of the original; past the queue's delivery limit, a
         reject (which dead-letters it)."""
-        failures = token.delivery_count + 1
+        failures = token.failures + 1
+        channel, tag = token.handle
         spec_ = self._specs.get(token.queue)
         limit = spec_.delivery_limit if spec_ is not None else DEFAULT_LIMIT
         if limit is not None and failures > limit:
-            await token.channel.basic_reject(token.tag, requeue=False)
+            await channel.basic_reject(tag, requeue=False)
             return
         copy = revive(dataclasses.replace(token.message), token.queue)  # x- headers go
         copy.headers = {**(copy.headers or {}), COUNT_HEADER: failures}
         await self._publish_delayed(token.queue, [copy], delay_ms)
-        await token.channel.basic_ack(token.tag)
+        await channel.basic_ack(tag)
 
     # -- tidings serve's extensions (amqp/extensions.py on the server) -----------------------
 
@@ -674,9 +667,10 @@ class AmqpTransport:
         if not self.capabilities.extend:
             raise self.capabilities.unsupported("extend", "extend a delivery's lease")
         try:
-            await token.channel.basic_publish(
+            channel, tag = token.handle
+            await channel.basic_publish(
                 b"", exchange=CONTROL_EXCHANGE, routing_key="extend",
-                properties=spec.Basic.Properties(headers={"x-delivery-tag": token.tag}))
+                properties=spec.Basic.Properties(headers={"x-delivery-tag": tag}))
         except Exception as e:
             raise translate(e) from e
 

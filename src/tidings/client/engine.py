@@ -34,10 +34,10 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tidings.client.remote import Leases, QueueRules, dead_letter
+from tidings.client.tokens import Stored, Token
 from tidings.client.transport import Capabilities, Delivery, QueueSpec, StreamSpec
 from tidings.dead_letters import dead_letter_queue, replay_into
 from tidings.errors import NotFoundError
@@ -48,36 +48,6 @@ log = logging.getLogger("tidings.client")
 
 #: The prefix of the queues a client makes for itself (deleted when it closes).
 PRIVATE_PREFIX = "tidings.private."
-
-
-@dataclass(slots=True)
-class Arrival:
-    """One delivery as an engine read it: the queue it was read from, the message, its failed
-    deliveries so far, when it was enqueued, and the engine's own handle to settle it with."""
-
-    queue: str
-    message: Message
-    failures: int
-    enqueued_ms: float
-    handle: Any
-
-
-@dataclass(slots=True)
-class Stored:
-    """A waiting entry a scan found: its message and the engine's handle to it."""
-
-    message: Message
-    handle: Any
-
-
-@dataclass(eq=False, slots=True)
-class Token:
-    """What the client settles a delivery with."""
-
-    arrival: Arrival
-    queue: str
-    consumer: Consumer | None = None
-    settled: bool = False
 
 
 class Reader(Protocol):
@@ -115,19 +85,19 @@ class Engine(Protocol):
     async def publish(self, topic: str, messages: Sequence[Message]) -> None: ...
 
     async def reader(self, queue: str, room: Callable[[], int],
-                     arrived: Callable[[Arrival], None]) -> Reader: ...
+                     arrived: Callable[[Token], None]) -> Reader: ...
 
-    async def read_one(self, queue: str) -> Arrival | None: ...
+    async def read_one(self, queue: str) -> Token | None: ...
 
-    async def settle(self, arrivals: Sequence[Arrival]) -> None: ...
+    async def settle(self, tokens: Sequence[Token]) -> None: ...
 
-    async def rewrite(self, arrival: Arrival, queue: str, message: Message, failures: int,
+    async def rewrite(self, token: Token, queue: str, message: Message, failures: int,
                       due_ms: int | None) -> None:
-        """Settle ``arrival`` and write ``message`` to ``queue`` (its own queue: back in
+        """Settle ``token``'s delivery and write ``message`` to ``queue`` (its own queue: back in
         line, with ``failures``; another: a move), at ``due_ms`` when given."""
         ...
 
-    async def renew(self, arrivals: Sequence[Arrival]) -> None: ...
+    async def renew(self, tokens: Sequence[Token]) -> None: ...
 
     def scan(self, queue: str, delayed: bool = False) -> AsyncIterator[Stored]:
         """The waiting entries of ``queue``, oldest first (with ``delayed``, then those
@@ -164,28 +134,29 @@ class Consumer:
         room = 0 if self.cancelled else self.prefetch - self.unsettled
         return room if room >= max(1, self.prefetch // 2) else 0
 
-    def arrived(self, arrival: Arrival) -> None:
+    def arrived(self, token: Token) -> None:
         """A delivery from the reader: to the handler at once in the common case (the rules
         known, the message alive); else in a task (a dead letter, the rules to read, or a
         delivery that came after the cancel, which goes back)."""
         self.unsettled += 1
+        token.consumer = self
         if not self.cancelled:
             rules = self.core.known_rules(self.queue)
             if rules is not None:
-                verdict = self.core.judge(arrival, self.queue, rules, self)
+                verdict = self.core.judge(token, rules)
                 if isinstance(verdict, Delivery):
                     self.on_message(verdict)
                     return
-        self.core.spawn(self._admit(arrival))
+        self.core.spawn(self._admit(token))
 
-    async def _admit(self, arrival: Arrival) -> None:
+    async def _admit(self, token: Token) -> None:
         if self.cancelled:  # straight back to the queue, not counted as a failure
             with contextlib.suppress(Exception):
-                await self.core.engine.rewrite(arrival, self.queue, arrival.message,
-                                               arrival.failures, None)
+                await self.core.engine.rewrite(token, self.queue, token.message,
+                                               token.failures, None)
             self.settled()
             return
-        incoming = await self.core.admit(arrival, self.queue, self)
+        incoming = await self.core.admit(token)
         if incoming is None:
             self.settled()
         else:
@@ -287,34 +258,31 @@ class EngineTransport:
 
     # -- receiving -------------------------------------------------------------------------
 
-    def judge(self, arrival: Arrival, queue: str, rules: QueueRules,
-              consumer: Consumer | None) -> Delivery | _Dead:
-        """Without waiting: the Delivery to hand over, or the token of a delivery that must
-        be dead-lettered (its reason kept in ``x-death``)."""
-        message, failures = arrival.message, arrival.failures
+    def judge(self, token: Token, rules: QueueRules) -> Delivery | str:
+        """Without waiting: the Delivery to hand over, or why the delivery must be
+        dead-lettered instead (its ``x-death`` reason)."""
+        message, failures = token.message, token.failures
         if not message.routing_key:
-            message.routing_key = queue
-        reason = rules.death(message, failures, arrival.enqueued_ms, time.time() * 1000)
+            message.routing_key = token.queue
+        reason = rules.death(message, failures, token.enqueued_ms, time.time() * 1000)
         if reason is not None:
-            return _Dead(arrival, queue, consumer, reason=reason)
-        token = Token(arrival, queue, consumer)
+            return reason
         self._leases.hold(token, rules.consumer_timeout_ms)
-        return Delivery(message, queue, token, failures > 0, failures)
+        return Delivery(message, token.queue, token, failures > 0, failures)
 
-    async def admit(self, arrival: Arrival, queue: str,
-                    consumer: Consumer | None) -> Delivery | None:
+    async def admit(self, token: Token) -> Delivery | None:
         """A delivery for the handler, or None when it was dead-lettered (expired, or past
         the delivery limit)."""
-        verdict = self.judge(arrival, queue, await self.rules(queue), consumer)
+        verdict = self.judge(token, await self.rules(token.queue))
         if isinstance(verdict, Delivery):
             return verdict
-        await self._dead_letter(verdict, verdict.reason)
+        await self._dead_letter(token, verdict)
         return None
 
     async def get(self, queue: str) -> Delivery | None:
         await self.rules(queue)
-        while (arrival := await self.engine.read_one(queue)) is not None:
-            incoming = await self.admit(arrival, queue, None)
+        while (token := await self.engine.read_one(queue)) is not None:
+            incoming = await self.admit(token)
             if incoming is not None:
                 return incoming
         return None
@@ -339,7 +307,7 @@ class EngineTransport:
 
     async def ack(self, tokens: Sequence[Any]) -> None:
         try:
-            await self.engine.settle([t.arrival for t in tokens])
+            await self.engine.settle(tokens)
         finally:
             self._settled(tokens)
 
@@ -348,29 +316,29 @@ class EngineTransport:
         goes back to its queue (after ``delay_ms``), one failure more."""
         try:
             rules = await self.rules(token.queue)
-            failures = token.arrival.failures + 1
+            failures = token.failures + 1
             if not requeue:
                 await self._dead_letter(token, "rejected")
             elif rules.delivery_limit is not None and failures > rules.delivery_limit:
                 await self._dead_letter(token, "delivery_limit")
             else:
-                await self.engine.rewrite(token.arrival, token.queue, token.arrival.message,
-                                          failures, _due(delay_ms))
+                await self.engine.rewrite(token, token.queue, token.message, failures,
+                                          _due(delay_ms))
         finally:
             self._settled([token])
 
     async def _dead_letter(self, token: Token, reason: str) -> None:
         if not (await self.rules(token.queue)).dead_letters:
-            await self.engine.settle([token.arrival])
+            await self.engine.settle([token])
             return
-        dead = dead_letter(token.arrival.message, token.queue, reason)
-        await self.engine.rewrite(token.arrival, dead_letter_queue(token.queue), dead, 0, None)
+        dead = dead_letter(token.message, token.queue, reason)
+        await self.engine.rewrite(token, dead_letter_queue(token.queue), dead, 0, None)
 
     async def extend(self, token: Any) -> None:
-        await self.engine.renew([token.arrival])
+        await self.engine.renew([token])
 
     async def _renew(self, tokens: list[Any]) -> None:
-        live = [t.arrival for t in tokens if not t.settled]
+        live = [t for t in tokens if not t.settled]
         if live:
             await self.engine.renew(live)
 
@@ -426,13 +394,6 @@ class EngineTransport:
         for task in list(self._tasks):
             task.cancel()
         await self.engine.close()
-
-
-@dataclass(eq=False, slots=True)
-class _Dead(Token):
-    """A delivery to dead-letter, and why."""
-
-    reason: str = ""
 
 
 def _due(delay_ms: int | None) -> int | None:

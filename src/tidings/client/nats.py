@@ -52,7 +52,6 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import api
 
-from tidings.client.engine import Arrival, Stored
 from tidings.client.remote import (
     RETRY_FOR_S,
     QueueRules,
@@ -62,6 +61,7 @@ from tidings.client.remote import (
     redact,
     retrying,
 )
+from tidings.client.tokens import Stored, Token
 from tidings.client.transport import Capabilities, QueueSpec
 from tidings.codecs import encode_meta
 from tidings.errors import (
@@ -264,7 +264,7 @@ class _Reader:
     each event subscription bound to it), sharing the consumer's room."""
 
     def __init__(self, engine: NatsEngine, queue: str, room: Callable[[], int],
-                 arrived: Callable[[Arrival], None]) -> None:
+                 arrived: Callable[[Token], None]) -> None:
         self.engine, self.queue, self.room, self.arrived = engine, queue, room, arrived
         self.pulls: list[_Pull] = []
 
@@ -274,11 +274,11 @@ class _Reader:
         pull.start()
 
     def _deliver(self, msg: Msg, feed: _Feed) -> None:
-        arrival = self.engine.arrival(msg, feed, self.queue)
-        if arrival is None:  # an event this queue's pattern does not want
+        token = self.engine.token_of(msg, feed, self.queue)
+        if token is None:  # an event this queue's pattern does not want
             asyncio.get_running_loop().create_task(_quietly(msg.ack()))
         else:
-            self.arrived(arrival)
+            self.arrived(token)
 
     def wake(self) -> None:
         for pull in self.pulls:
@@ -641,7 +641,7 @@ class NatsEngine:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def arrival(self, msg: Msg, feed: _Feed, queue: str) -> Arrival | None:
+    def token_of(self, msg: Msg, feed: _Feed, queue: str) -> Token | None:
         """A delivery of ``feed`` for ``queue``, or None for an event the queue's pattern does
         not want (a ``#`` NATS cannot express)."""
         message = message_of(msg.data, (msg.headers or {}).get(META_HEADER))
@@ -651,26 +651,26 @@ class NatsEngine:
                 return None
         meta = msg.metadata
         enqueued_ms = meta.timestamp.timestamp() * 1000 if meta.timestamp else time.time() * 1000
-        return Arrival(queue, message, meta.num_delivered - 1, enqueued_ms, msg)
+        return Token(queue, message, meta.num_delivered - 1, enqueued_ms, msg)
 
     async def reader(self, queue: str, room: Callable[[], int],
-                     arrived: Callable[[Arrival], None]) -> _Reader:
+                     arrived: Callable[[Token], None]) -> _Reader:
         reader = _Reader(self, queue, room, arrived)
         for feed in await self._feeds_of(queue):
             reader.add(feed)
         self.readers.add(reader)
         return reader
 
-    async def read_one(self, queue: str) -> Arrival | None:
+    async def read_one(self, queue: str) -> Token | None:
         for feed in await self._feeds_of(queue):
             while True:
                 msg = await retrying(lambda f=feed: self._next(f), _TRANSIENT,
                                      f"get from '{queue}'")
                 if msg is None:
                     break  # nothing waiting in this feed
-                arrival = self.arrival(msg, feed, queue)
-                if arrival is not None:
-                    return arrival
+                token = self.token_of(msg, feed, queue)
+                if token is not None:
+                    return token
                 await _quietly(msg.ack())
         return None
 
@@ -707,24 +707,24 @@ class NatsEngine:
 
     # -- settling --------------------------------------------------------------------------
 
-    async def settle(self, arrivals: Sequence[Arrival]) -> None:
-        for arrival in arrivals:
-            await arrival.handle.ack()
+    async def settle(self, tokens: Sequence[Token]) -> None:
+        for token in tokens:
+            await token.handle.ack()
 
-    async def rewrite(self, arrival: Arrival, queue: str, message: Message, failures: int,
+    async def rewrite(self, token: Token, queue: str, message: Message, failures: int,
                       due_ms: int | None) -> None:
         """Back to its own queue: a NAK (JetStream counts the failure), with the delay as the
         NAK's. Into another queue: stored there under an id derived from the delivery (so a
         retry after a crash is stored once), then acked."""
-        msg = arrival.handle
-        if queue == arrival.queue:
+        msg = token.handle
+        if queue == token.queue:
             delay_ms = None if due_ms is None else max(1, due_ms - int(time.time() * 1000))
             await self._settle_sync(msg, _nak(delay_ms))
             return
         headers = self._headers(message)
         headers[MSG_ID_HEADER] = f"{message.message_id or ''}~x{msg.metadata.sequence.stream}"
         await self._publish([(queue_subject(queue), message.body, headers)],
-                            f"move a message of '{arrival.queue}' to '{queue}'")
+                            f"move a message of '{token.queue}' to '{queue}'")
         await msg.ack()
 
     async def _settle_sync(self, msg: Msg, payload: bytes) -> None:
@@ -733,9 +733,9 @@ class NatsEngine:
         await retrying(lambda: self.nc.request(msg.reply, payload, timeout=5), _TRANSIENT,
                        "settle a delivery")
 
-    async def renew(self, arrivals: Sequence[Arrival]) -> None:
-        for arrival in arrivals:
-            await arrival.handle.in_progress()
+    async def renew(self, tokens: Sequence[Token]) -> None:
+        for token in tokens:
+            await token.handle.in_progress()
 
     # -- looking at and editing queues -----------------------------------------------------
 

@@ -48,7 +48,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as rerr
 
 from tidings.client import redis_scripts as lua
-from tidings.client.engine import PRIVATE_PREFIX, Arrival, Stored
+from tidings.client.engine import PRIVATE_PREFIX
 from tidings.client.remote import (
     TLS_OPTIONS,
     QueueRules,
@@ -60,6 +60,7 @@ from tidings.client.remote import (
     retrying,
     url_options,
 )
+from tidings.client.tokens import Stored, Token
 from tidings.client.transport import Capabilities, QueueSpec
 from tidings.codecs import encode_meta
 from tidings.errors import (
@@ -110,7 +111,7 @@ class _Reader:
     consumer died) and reads new ones, highest priority first, while there is room."""
 
     def __init__(self, engine: RedisEngine, queue: str, room: Callable[[], int],
-                 arrived: Callable[[Arrival], None]) -> None:
+                 arrived: Callable[[Token], None]) -> None:
         self.engine, self.queue, self.room, self.arrived = engine, queue, room, arrived
         self._wake = asyncio.Event()
         self.stopped = False
@@ -133,7 +134,7 @@ class _Reader:
                 await asyncio.sleep(0.2)
                 continue
             for entry in entries:
-                self.arrived(engine.arrival(queue, *entry))
+                self.arrived(engine.token_of(queue, *entry))
 
     def wake(self) -> None:
         self._wake.set()
@@ -441,49 +442,49 @@ class RedisEngine:
                 break
         return found
 
-    def arrival(self, queue: str, key: str, entry_id: str, fields: dict[bytes, bytes],
-                delivered: int) -> Arrival:
+    def token_of(self, queue: str, key: str, entry_id: str, fields: dict[bytes, bytes],
+                delivered: int) -> Token:
         """An entry read from the stream ``key`` of ``queue``: its failures are those written
         with it and the deliveries the group counted beyond this one."""
         message = message_of(fields.get(b"b", b""), fields.get(b"m"), queue)
         failures = int(fields.get(b"c", b"0") or 0) + delivered - 1
-        return Arrival(queue, message, failures, int(entry_id.split("-")[0]), (key, entry_id))
+        return Token(queue, message, failures, int(entry_id.split("-")[0]), (key, entry_id))
 
     async def reader(self, queue: str, room: Callable[[], int],
-                     arrived: Callable[[Arrival], None]) -> _Reader:
+                     arrived: Callable[[Token], None]) -> _Reader:
         reader = _Reader(self, queue, room, arrived)
         self.readers.add(reader)
         return reader
 
-    async def read_one(self, queue: str) -> Arrival | None:
+    async def read_one(self, queue: str) -> Token | None:
         entries = await self._call(lambda: self.read(queue, 1, None), f"get '{queue}'")
         if not entries:
             self._last_claim.pop(queue, None)
             entries = await self._call(lambda: self.claim(queue, 1), f"get '{queue}'")
-        return self.arrival(queue, *entries[0]) if entries else None
+        return self.token_of(queue, *entries[0]) if entries else None
 
     # -- settling --------------------------------------------------------------------------
 
-    async def settle(self, arrivals: Sequence[Arrival]) -> None:
+    async def settle(self, tokens: Sequence[Token]) -> None:
         by_key: dict[str, list[str]] = {}
-        for arrival in arrivals:
-            key, entry_id = arrival.handle
+        for token in tokens:
+            key, entry_id = token.handle
             by_key.setdefault(key, []).append(entry_id)
         for key, ids in by_key.items():
             await self._call(lambda k=key, i=ids: self._scripts["ack"](keys=[k],
                                                                       args=[GROUP, *i]), "ack")
         await self._replicate()
 
-    async def rewrite(self, arrival: Arrival, queue: str, message: Message, failures: int,
+    async def rewrite(self, token: Token, queue: str, message: Message, failures: int,
                       due_ms: int | None) -> None:
         """One script settles the entry and writes it again: to the delayed set, back into
         the stream it came from, or into another queue's stream."""
-        key, entry_id = arrival.handle
+        key, entry_id = token.handle
         if due_ms is not None:
             _, levels, _ = await self._queue(queue)
             await self._delay(queue, levels, message, failures, due_ms, (key, entry_id))
         else:
-            if queue == arrival.queue:
+            if queue == token.queue:
                 target = key
             else:
                 _, levels, _ = await self._queue(queue)
@@ -491,13 +492,13 @@ class RedisEngine:
             await self._call(lambda: self._scripts["rewrite"](
                 keys=[key, target],
                 args=[GROUP, entry_id, *self._fields(message, failures), 0, queue, ""]),
-                f"move a message of '{arrival.queue}' to '{queue}'")
+                f"move a message of '{token.queue}' to '{queue}'")
         await self._replicate()
 
-    async def renew(self, arrivals: Sequence[Arrival]) -> None:
+    async def renew(self, tokens: Sequence[Token]) -> None:
         by_key: dict[str, list[str]] = {}
-        for arrival in arrivals:
-            key, entry_id = arrival.handle
+        for token in tokens:
+            key, entry_id = token.handle
             by_key.setdefault(key, []).append(entry_id)
         for key, ids in by_key.items():
             await self.r.xclaim(key, GROUP, self.consumer_name, 0, ids, justid=True)

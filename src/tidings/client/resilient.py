@@ -49,7 +49,11 @@ async def _lost(inner: Any) -> bool:
     return closing.done()
 
 
-class _Token:
+class _Stamped:
+    """The inner transport's token stamped with the connection it came on: settling one of
+    an earlier connection does nothing (that delivery went back to the queue when the
+    connection was lost)."""
+
     __slots__ = ("generation", "inner")
 
     def __init__(self, generation: int, inner: Any) -> None:
@@ -68,7 +72,7 @@ class _Consumer:
         on_message, arguments = self.on_message, self.arguments
 
         def deliver(incoming: Delivery) -> None:
-            incoming.delivery_tag = _Token(generation, incoming.delivery_tag)
+            incoming.delivery_tag = _Stamped(generation, incoming.delivery_tag)
             if arguments is not None:  # a stream reader resumes after what it was handed
                 offset = (incoming.message.headers or {}).get(STREAM_OFFSET)
                 if isinstance(offset, int):
@@ -240,7 +244,7 @@ class ResilientTransport:
     async def get(self, queue: str) -> Delivery | None:
         incoming = await self._run(lambda t: t.get(self.name(queue)))
         if incoming is not None:
-            incoming.delivery_tag = _Token(self._generation, incoming.delivery_tag)
+            incoming.delivery_tag = _Stamped(self._generation, incoming.delivery_tag)
         return incoming
 
     async def consume(self, queue: str, prefetch: int,
