@@ -88,5 +88,5 @@ async def test_drain_names_what_is_left_when_it_times_out() -> None:
 
 async def test_drain_needs_something_to_watch() -> None:
     async with tidings.connect("memory://") as client:
-        with pytest.raises(InvalidArgumentError, match="client.start"):
+        with pytest.raises(InvalidArgumentError, match=r"client\.start"):
             await drain(client)

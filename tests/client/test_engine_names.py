@@ -9,7 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tidings
-from tidings.client.nats import _escape, _unescape, event_filter, event_subject, stream_name
+from tidings.client.nats_subjects import escape as _escape
+from tidings.client.nats_subjects import event_filter, event_subject, stream_name
+from tidings.client.nats_subjects import unescape as _unescape
 from tidings.patterns import topic_matches
 
 from ..services import redis_url

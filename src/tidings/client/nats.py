@@ -34,14 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
-import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -52,6 +49,26 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import api
 
+from tidings.client.nats_pull import TRANSIENT, Feed, Pull, pull_status, quietly
+from tidings.client.nats_subjects import (
+    CONSUMER,
+    DELAYED_STREAM,
+    DUE_HEADER,
+    EVENTS_STREAM,
+    META_HEADER,
+    MOVER,
+    MSG_ID_HEADER,
+    QUEUE_STREAM_PREFIX,
+    TARGET_HEADER,
+    escape,
+    event_consumer,
+    event_filter,
+    event_subject,
+    queue_subject,
+    stream_name,
+    topic_of,
+    unescape,
+)
 from tidings.client.remote import (
     RETRY_FOR_S,
     QueueRules,
@@ -67,7 +84,6 @@ from tidings.codecs import encode_meta
 from tidings.errors import (
     AccessRefusedError,
     BrokenResourceError,
-    InvalidArgumentError,
     NotFoundError,
     NotSupportedError,
     PreconditionFailedError,
@@ -79,30 +95,11 @@ from tidings.statistics import BrokerStatistics
 
 log = logging.getLogger("tidings.client.nats")
 
-EVENTS_STREAM = "TIDINGS_EVENTS"
-DELAYED_STREAM = "TIDINGS_DELAYED"
-QUEUE_STREAM_PREFIX = "TQ_"
-CONSUMER = "tidings"
-MOVER = "tidings-mover"
-#: The message's properties (JSON, :func:`tidings.message.encode_meta`).
-META_HEADER = "Tidings-Meta"
-#: A delayed message's due time (epoch ms) and target queue.
-DUE_HEADER = "Tidings-Due"
-TARGET_HEADER = "Tidings-Queue"
-MSG_ID_HEADER = "Nats-Msg-Id"
-#: Seconds a pull request waits on the server for messages before it is renewed.
-PULL_EXPIRES_S = 5.0
 #: Pending deliveries JetStream allows one consumer (across all pulls of all processes).
 MAX_ACK_PENDING = 100_000
 #: A private (exclusive) queue's consumer the server removes if no client has pulled for this
 #: long (its client died without deleting it).
 PRIVATE_INACTIVE_S = 600.0
-
-_TRANSIENT: tuple[type[BaseException], ...] = (
-    nats.errors.TimeoutError, nats.errors.ConnectionClosedError,
-    nats.errors.ConnectionReconnectingError, nats.errors.NoRespondersError,
-    nats.errors.OutboundBufferLimitError, nats.js.errors.ServiceUnavailableError,
-    asyncio.TimeoutError)
 
 NO_PRIORITIES = ("JetStream delivers a stream in order and has no message priorities; send "
                  "urgent work to a queue of its own and give it more workers")
@@ -118,147 +115,6 @@ def nats_capabilities(broker: str = "NATS JetStream") -> Capabilities:
                              "logs")))
 
 
-def _escape(name: str) -> str:
-    """``name`` as a stream name and subject token: letters, digits and ``-`` kept, every
-    other character as ``_`` and its UTF-8 bytes in hex (so distinct names stay distinct)."""
-    return re.sub(r"[^A-Za-z0-9\-]",
-                  lambda m: "".join(f"_{b:02X}" for b in m.group().encode()), name)
-
-
-def stream_name(queue: str) -> str:
-    return QUEUE_STREAM_PREFIX + _escape(queue)
-
-
-def queue_subject(queue: str) -> str:
-    return f"tidings.q.{_escape(queue)}"
-
-
-def _check_words(text: str, what: str) -> list[str]:
-    words = text.split(".")
-    for word in words:
-        if not word or re.search(r"[\s>]", word) or ("*" in word and word != "*"):
-            raise InvalidArgumentError(
-                f"{what} '{text}' cannot travel over NATS: its words must be non-empty and "
-                f"free of spaces and '>' ('*' and '#' only as whole words of a pattern)")
-    return words
-
-
-def event_subject(topic: str) -> str:
-    words = _check_words(topic, "topic")
-    if "*" in words or "#" in words:
-        raise InvalidArgumentError(f"topic '{topic}' has a wildcard: publish to a plain topic")
-    return f"tidings.ev.{topic}._"
-
-
-def event_filter(pattern: str) -> tuple[str, bool]:
-    """The NATS filter subject of a topic pattern, and whether it is exact (when it is not,
-    the client also checks the whole pattern)."""
-    words = _check_words(pattern, "topic pattern")
-    if "#" not in words:
-        return f"tidings.ev.{pattern}._", True
-    first = words.index("#")
-    head = ".".join(["tidings", "ev", *words[:first], ">"])
-    return head, first == len(words) - 1
-
-
-def _topic_of(subject: str) -> str:
-    return subject[len("tidings.ev."):-2]
-
-
-def _event_consumer(queue: str, pattern: str) -> str:
-    return f"{_escape(queue)}_Z{hashlib.sha1(pattern.encode()).hexdigest()[:12]}"
-
-
-def _status(msg: Msg) -> str | None:
-    headers = msg.headers
-    if headers and not msg.data and "Status" in headers:
-        return headers["Status"]
-    return None
-
-
-@dataclass(slots=True)
-class _Feed:
-    """One durable pull consumer a queue is read from."""
-
-    stream: str
-    durable: str
-    #: The pattern the client must still check (a ``#`` NATS cannot express), or None.
-    pattern: str | None = None
-
-
-@dataclass(eq=False)
-class _Pull:
-    """A loop reading one feed for one consumer: one pull request at a time, for as many
-    messages as the consumer's prefetch has room for."""
-
-    engine: NatsEngine
-    feed: _Feed
-    room: Callable[[], int]
-    deliver: Callable[[Msg, _Feed], None]
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    _done: asyncio.Event = field(default_factory=asyncio.Event)
-    _expected: int = 0
-    _task: asyncio.Task[None] | None = None
-    _stopped: bool = False
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        nc = self.engine.nc
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox, cb=self._arrived)
-        subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.feed.stream}.{self.feed.durable}"
-        try:
-            while not self._stopped:
-                room = self.room()
-                if room <= 0:
-                    self.wake.clear()
-                    await self.wake.wait()
-                    continue
-                self._done.clear()
-                self._expected = room
-                request = {"batch": room, "expires": int(PULL_EXPIRES_S * 1e9)}
-                try:
-                    await nc.publish(subject, json.dumps(request).encode(), reply=inbox)
-                    # a reconnection loses the request silently: renew it after its expiry
-                    await asyncio.wait_for(self._done.wait(), PULL_EXPIRES_S + 1)
-                except (TimeoutError, *_TRANSIENT):
-                    await asyncio.sleep(0.05)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-
-    async def _arrived(self, msg: Msg) -> None:
-        status = _status(msg)
-        if status is not None:
-            if status not in ("404", "408", "100"):
-                log.debug("pull on %s: status %s %s", self.feed.stream, status,
-                          (msg.headers or {}).get("Description"))
-                await asyncio.sleep(0.2)
-            if status != "100":
-                self._done.set()
-            return
-        self._expected -= 1
-        if self._expected <= 0:
-            self._done.set()
-        self.deliver(msg, self.feed)
-
-    async def stop(self) -> None:
-        """End the loop. The flag, not the cancellation alone, ends it: Python 3.11's
-        ``wait_for`` loses a cancellation that meets a completion."""
-        self._stopped = True
-        self.wake.set()
-        self._done.set()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task], timeout=PULL_EXPIRES_S + 2)
-
-
-async def _quietly(call: Any) -> None:
-    with contextlib.suppress(Exception):
-        await call
-
 class _Reader:
     """A consumer's reading of one queue: a pull loop per feed (the queue's own stream and
     each event subscription bound to it), sharing the consumer's room."""
@@ -266,17 +122,17 @@ class _Reader:
     def __init__(self, engine: NatsEngine, queue: str, room: Callable[[], int],
                  arrived: Callable[[Token], None]) -> None:
         self.engine, self.queue, self.room, self.arrived = engine, queue, room, arrived
-        self.pulls: list[_Pull] = []
+        self.pulls: list[Pull] = []
 
-    def add(self, feed: _Feed) -> None:
-        pull = _Pull(self.engine, feed, self.room, self._deliver)
+    def add(self, feed: Feed) -> None:
+        pull = Pull(self.engine.nc, feed, self.room, self._deliver)
         self.pulls.append(pull)
         pull.start()
 
-    def _deliver(self, msg: Msg, feed: _Feed) -> None:
+    def _deliver(self, msg: Msg, feed: Feed) -> None:
         token = self.engine.token_of(msg, feed, self.queue)
         if token is None:  # an event this queue's pattern does not want
-            asyncio.get_running_loop().create_task(_quietly(msg.ack()))
+            asyncio.get_running_loop().create_task(quietly(msg.ack()))
         else:
             self.arrived(token)
 
@@ -299,10 +155,10 @@ class NatsEngine:
         self.nc: NatsClient = NatsClient()
         self.js: Any = None
         self.capabilities = nats_capabilities()
-        self._feeds: dict[str, list[_Feed]] = {}
+        self._feeds: dict[str, list[Feed]] = {}
         self._private: list[tuple[str, str | None]] = []  # streams / consumers to delete
         self.readers: set[_Reader] = set()
-        self._mover: _Pull | None = None
+        self._mover: Pull | None = None
         self._events_ready = False
         self._refused: asyncio.Future[str] | None = None
         self._outbox: list[tuple[list[tuple[str, bytes, dict[str, str]]],
@@ -356,7 +212,7 @@ class NatsEngine:
         if connecting in done:
             connecting.result()
             return
-        await _quietly(self.nc.close())
+        await quietly(self.nc.close())
         connecting.cancel()
         if self._refused in done:
             raise AccessRefusedError(
@@ -382,7 +238,7 @@ class NatsEngine:
 
     async def _api(self, call: Callable[[], Any], what: str) -> Any:
         try:
-            return await retrying(call, _TRANSIENT, what)
+            return await retrying(call, TRANSIENT, what)
         except nats.js.errors.NotFoundError as e:
             raise NotFoundError(f"{what}: not found on {self._broker()}") from e
         except nats.js.errors.BadRequestError as e:
@@ -457,7 +313,7 @@ class NatsEngine:
     async def bind(self, queue: str, pattern: str, rules: QueueRules) -> None:
         await self._ensure_events()
         subject, exact = event_filter(pattern)
-        durable = _event_consumer(queue, pattern)
+        durable = event_consumer(queue, pattern)
         config = api.ConsumerConfig(
             durable_name=durable, filter_subject=subject, ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=rules.consumer_timeout_ms / 1000, max_deliver=-1,
@@ -469,7 +325,7 @@ class NatsEngine:
                         f"bind queue '{queue}' to '{pattern}'")
         if queue.startswith("tidings.private."):
             self._private.append((EVENTS_STREAM, durable))
-        feed = _Feed(EVENTS_STREAM, durable, None if exact else pattern)
+        feed = Feed(EVENTS_STREAM, durable, None if exact else pattern)
         feeds = await self._feeds_of(queue)
         if all(f.durable != durable for f in feeds):
             feeds.append(feed)
@@ -477,12 +333,12 @@ class NatsEngine:
                 if reader.queue == queue:
                     reader.add(feed)
 
-    async def _feeds_of(self, queue: str) -> list[_Feed]:
+    async def _feeds_of(self, queue: str) -> list[Feed]:
         """The queue's own stream, then the event consumers bound to it (by any process)."""
         feeds = self._feeds.get(queue)
         if feeds is None:
-            feeds = [_Feed(stream_name(queue), CONSUMER)]
-            prefix = f"{_escape(queue)}_Z"
+            feeds = [Feed(stream_name(queue), CONSUMER)]
+            prefix = f"{escape(queue)}_Z"
             with contextlib.suppress(NotFoundError):  # no events stream yet
                 for info in await self._pages(
                         lambda at: self.js.consumers_info(EVENTS_STREAM, offset=at),
@@ -490,7 +346,7 @@ class NatsEngine:
                     if info.name.startswith(prefix):
                         pattern = json.loads(info.config.description or "{}").get("pattern")
                         exact = pattern is None or event_filter(pattern)[1]
-                        feeds.append(_Feed(EVENTS_STREAM, info.name,
+                        feeds.append(Feed(EVENTS_STREAM, info.name,
                                            None if exact else pattern))
             self._feeds[queue] = feeds
         return feeds
@@ -534,7 +390,7 @@ class NatsEngine:
                 for i in waiting:
                     subject, body, headers = flat[i]
                     futures[i] = await self.js.publish_async(subject, body, headers=dict(headers))
-            except _TRANSIENT as e:  # the connection is being re-established
+            except TRANSIENT as e:  # the connection is being re-established
                 outcome_error: BaseException | None = e
             else:
                 outcome_error = None
@@ -591,7 +447,7 @@ class NatsEngine:
         for m in messages:
             headers = self._headers(m, f"{queue}@{due}")
             headers.update({DUE_HEADER: due, TARGET_HEADER: queue})
-            items.append((f"tidings.delay.{_escape(queue)}", m.body, headers))
+            items.append((f"tidings.delay.{escape(queue)}", m.body, headers))
         await self._publish(items, f"send to '{queue}' with a delay")
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
@@ -611,11 +467,11 @@ class NatsEngine:
             max_deliver=-1, max_ack_pending=MAX_ACK_PENDING)
         await self._api(lambda: self.js.add_consumer(DELAYED_STREAM, config=consumer),
                         "declare the delay mover")
-        self._mover = _Pull(self, _Feed(DELAYED_STREAM, MOVER), lambda: 256,
+        self._mover = Pull(self.nc, Feed(DELAYED_STREAM, MOVER), lambda: 256,
                             self._due)
         self._mover.start()
 
-    def _due(self, msg: Msg, feed: _Feed) -> None:
+    def _due(self, msg: Msg, feed: Feed) -> None:
         asyncio.get_running_loop().create_task(self._move(msg))
 
     async def _move(self, msg: Msg) -> None:
@@ -641,12 +497,12 @@ class NatsEngine:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def token_of(self, msg: Msg, feed: _Feed, queue: str) -> Token | None:
+    def token_of(self, msg: Msg, feed: Feed, queue: str) -> Token | None:
         """A delivery of ``feed`` for ``queue``, or None for an event the queue's pattern does
         not want (a ``#`` NATS cannot express)."""
         message = message_of(msg.data, (msg.headers or {}).get(META_HEADER))
         if feed.stream == EVENTS_STREAM:
-            message.routing_key = _topic_of(msg.subject)
+            message.routing_key = topic_of(msg.subject)
             if feed.pattern is not None and not topic_matches(feed.pattern, message.routing_key):
                 return None
         meta = msg.metadata
@@ -664,17 +520,17 @@ class NatsEngine:
     async def read_one(self, queue: str) -> Token | None:
         for feed in await self._feeds_of(queue):
             while True:
-                msg = await retrying(lambda f=feed: self._next(f), _TRANSIENT,
+                msg = await retrying(lambda f=feed: self._next(f), TRANSIENT,
                                      f"get from '{queue}'")
                 if msg is None:
                     break  # nothing waiting in this feed
                 token = self.token_of(msg, feed, queue)
                 if token is not None:
                     return token
-                await _quietly(msg.ack())
+                await quietly(msg.ack())
         return None
 
-    async def _next(self, feed: _Feed) -> Msg | None:
+    async def _next(self, feed: Feed) -> Msg | None:
         """One message of ``feed`` if one is waiting (a pull request that does not wait, on an
         inbox of its own: JetStream delivers under the message's subject, not the inbox's)."""
         inbox = self.nc.new_inbox()
@@ -683,8 +539,8 @@ class NatsEngine:
         async def arrived(msg: Msg) -> None:
             if not answer.done():
                 answer.set_result(msg)
-            elif _status(msg) is None and msg.reply:  # for a get that gave up: back it goes
-                await _quietly(msg.nak())
+            elif pull_status(msg) is None and msg.reply:  # for a get that gave up: back it goes
+                await quietly(msg.nak())
 
         sub = await self.nc.subscribe(inbox, cb=arrived)
         try:
@@ -696,10 +552,10 @@ class NatsEngine:
                 await self._nudge(feed)
                 raise
         finally:
-            await _quietly(sub.unsubscribe())
-        return None if _status(msg) is not None else msg
+            await quietly(sub.unsubscribe())
+        return None if pull_status(msg) is not None else msg
 
-    async def _nudge(self, feed: _Feed) -> None:
+    async def _nudge(self, feed: Feed) -> None:
         """NATS 2.9 can leave a consumer that was asked for its info before a purge silent to
         pull requests, until its info is asked again."""
         with contextlib.suppress(Exception):
@@ -730,7 +586,7 @@ class NatsEngine:
     async def _settle_sync(self, msg: Msg, payload: bytes) -> None:
         """Settle and wait for JetStream to have done it (acks are otherwise sent blind)."""
         assert msg.reply
-        await retrying(lambda: self.nc.request(msg.reply, payload, timeout=5), _TRANSIENT,
+        await retrying(lambda: self.nc.request(msg.reply, payload, timeout=5), TRANSIENT,
                        "settle a delivery")
 
     async def renew(self, tokens: Sequence[Token]) -> None:
@@ -755,7 +611,7 @@ class NatsEngine:
     async def scan(self, queue: str, delayed: bool = False) -> AsyncIterator[Stored]:
         sources = [(stream_name(queue), None)]
         if delayed:
-            sources.append((DELAYED_STREAM, f"tidings.delay.{_escape(queue)}"))
+            sources.append((DELAYED_STREAM, f"tidings.delay.{escape(queue)}"))
         for stream, subject in sources:
             async for raw in self._stored(stream, subject):
                 message = message_of(raw.data or b"", (raw.headers or {}).get(META_HEADER),
@@ -782,14 +638,14 @@ class NatsEngine:
         stream = stream_name(queue)
         info = await self._api(lambda: self.js.stream_info(stream), f"purge '{queue}'")
         await self._api(lambda: self.js.purge_stream(stream), f"purge '{queue}'")
-        await self._nudge(_Feed(stream, CONSUMER))
+        await self._nudge(Feed(stream, CONSUMER))
         return int(info.state.messages)
 
     # -- the rest --------------------------------------------------------------------------
 
     async def sync(self) -> None:
         """Every ack sent so far has reached the server."""
-        await retrying(lambda: self.nc.flush(timeout=5), _TRANSIENT, "sync")
+        await retrying(lambda: self.nc.flush(timeout=5), TRANSIENT, "sync")
 
     async def statistics(self) -> BrokerStatistics:
         """Every queue's counts from its stream and consumers: ready (not yet delivered),
@@ -823,7 +679,7 @@ class NatsEngine:
             escaped = stream[len(QUEUE_STREAM_PREFIX):]
             infos = [*events.get(escaped, []), *([mine] if mine is not None else [])]
             queues.append(queue_statistics(
-                "/", _unescape(escaped), ready=sum(int(i.num_pending or 0) for i in infos),
+                "/", unescape(escaped), ready=sum(int(i.num_pending or 0) for i in infos),
                 unacked=sum(int(i.num_ack_pending or 0) for i in infos),
                 delayed=delayed.get(escaped, 0),
                 consumers=sum(int(i.num_waiting or 0) for i in infos)))
@@ -844,12 +700,6 @@ class NatsEngine:
         with contextlib.suppress(Exception):
             await self.nc.close()
 
-
-def _unescape(escaped: str) -> str:
-    raw = re.sub(r"((?:_[0-9A-F]{2})+)",
-                 lambda m: bytes.fromhex(m.group().replace("_", "")).decode("utf-8", "replace"),
-                 escaped)
-    return raw
 
 
 def _nak(delay_ms: int | None) -> bytes:
