@@ -34,9 +34,6 @@ class ConfirmBook:
         """``confirm.select`` on ``channel``: its publishes are numbered from now on."""
         self._seq.setdefault(channel, 0)
 
-    def selected(self, channel: int) -> bool:
-        return channel in self._seq
-
     def published(self, channel: int, ok: bool) -> None:
         """Count one publish on a confirm-mode channel (nothing on any other)."""
         seq = self._seq.get(channel)

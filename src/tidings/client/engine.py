@@ -122,9 +122,9 @@ class Consumer:
     unsettled deliveries; it asks for more only once half the prefetch is free (or all of a
     small one), so reads stay batches instead of one message per acknowledgement."""
 
-    def __init__(self, core: EngineTransport, queue: str, prefetch: int,
+    def __init__(self, core: EngineTransport, queue: str, rules: QueueRules, prefetch: int,
                  on_message: Callable[[Delivery], None]) -> None:
-        self.core, self.queue, self.prefetch = core, queue, prefetch
+        self.core, self.queue, self.rules, self.prefetch = core, queue, rules, prefetch
         self.on_message = on_message
         self.unsettled = 0
         self.cancelled = False
@@ -135,18 +135,16 @@ class Consumer:
         return room if room >= max(1, self.prefetch // 2) else 0
 
     def arrived(self, token: Token) -> None:
-        """A delivery from the reader: to the handler at once in the common case (the rules
-        known, the message alive); else in a task (a dead letter, the rules to read, or a
-        delivery that came after the cancel, which goes back)."""
+        """A delivery from the reader: to the handler at once in the common case (the message
+        alive); else in a task (a dead letter, or a delivery that came after the cancel,
+        which goes back)."""
         self.unsettled += 1
         token.consumer = self
         if not self.cancelled:
-            rules = self.core.known_rules(self.queue)
-            if rules is not None:
-                verdict = self.core.judge(token, rules)
-                if isinstance(verdict, Delivery):
-                    self.on_message(verdict)
-                    return
+            verdict = self.core.judge(token, self.rules)
+            if isinstance(verdict, Delivery):
+                self.on_message(verdict)
+                return
         self.core.spawn(self._admit(token))
 
     async def _admit(self, token: Token) -> None:
@@ -215,9 +213,6 @@ class EngineTransport:
                 QueueRules(None, False))
         self._rules[name] = rules
         return name
-
-    def known_rules(self, queue: str) -> QueueRules | None:
-        return self._rules.get(queue)
 
     async def rules(self, queue: str) -> QueueRules:
         """The queue's rules (read from the engine once per process)."""
@@ -290,8 +285,7 @@ class EngineTransport:
     async def consume(self, queue: str, prefetch: int,
                       on_message: Callable[[Delivery], None],
                       arguments: dict[str, Any] | None = None) -> Consumer:
-        await self.rules(queue)
-        consumer = Consumer(self, queue, prefetch, on_message)
+        consumer = Consumer(self, queue, await self.rules(queue), prefetch, on_message)
         consumer.reader = await self.engine.reader(queue, consumer.room, consumer.arrived)
         self.consumers.add(consumer)
         return consumer

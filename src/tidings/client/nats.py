@@ -258,9 +258,6 @@ class NatsEngine:
     # -- declarations ----------------------------------------------------------------------
 
     async def create_queue(self, name: str, spec: QueueSpec, rules: QueueRules) -> None:
-        await self._add_stream(name, spec, rules)
-
-    async def _add_stream(self, name: str, spec: QueueSpec, rules: QueueRules) -> None:
         stream = stream_name(name)
         config = api.StreamConfig(
             name=stream, subjects=[queue_subject(name)], description=rules.dumps(),

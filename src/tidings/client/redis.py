@@ -289,10 +289,6 @@ class RedisEngine:
                                          int(data.get("levels", 1)), data.get("max_length"))
         return known
 
-    async def _rules_of(self, name: str) -> tuple[QueueRules, int]:
-        rules, levels, _ = await self._queue(name)
-        return rules, levels
-
     async def read_rules(self, name: str) -> QueueRules:
         rules, _, _ = await self._queue(name)
         return rules
@@ -401,7 +397,7 @@ class RedisEngine:
 
     async def read(self, queue: str, count: int, block_ms: int | None
                     ) -> list[tuple[str, str, dict[bytes, bytes], int]]:
-        _, levels = await self._rules_of(queue)
+        _, levels, _ = await self._queue(queue)
         keys = {stream_key(queue, lv): ">" for lv in range(levels - 1, -1, -1)}
         reply = await self.r.xreadgroup(GROUP, self.consumer_name, keys, count=count,
                                         block=block_ms)
@@ -422,7 +418,7 @@ class RedisEngine:
         if now - self._last_claim.get(queue, 0.0) < 1.0:
             return []
         self._last_claim[queue] = now
-        rules, levels = await self._rules_of(queue)
+        rules, levels, _ = await self._queue(queue)
         found = []
         for level in range(levels - 1, -1, -1):
             key = stream_key(queue, level)
@@ -466,11 +462,7 @@ class RedisEngine:
     # -- settling --------------------------------------------------------------------------
 
     async def settle(self, tokens: Sequence[Token]) -> None:
-        by_key: dict[str, list[str]] = {}
-        for token in tokens:
-            key, entry_id = token.handle
-            by_key.setdefault(key, []).append(entry_id)
-        for key, ids in by_key.items():
+        for key, ids in _by_stream(tokens).items():
             await self._call(lambda k=key, i=ids: self._scripts["ack"](keys=[k],
                                                                       args=[GROUP, *i]), "ack")
         await self._replicate()
@@ -496,11 +488,7 @@ class RedisEngine:
         await self._replicate()
 
     async def renew(self, tokens: Sequence[Token]) -> None:
-        by_key: dict[str, list[str]] = {}
-        for token in tokens:
-            key, entry_id = token.handle
-            by_key.setdefault(key, []).append(entry_id)
-        for key, ids in by_key.items():
+        for key, ids in _by_stream(tokens).items():
             await self.r.xclaim(key, GROUP, self.consumer_name, 0, ids, justid=True)
 
     # -- looking at and editing queues -----------------------------------------------------
@@ -508,7 +496,7 @@ class RedisEngine:
     async def _waiting(self, queue: str, limit: int | None = None
                        ) -> list[tuple[str, str, dict[bytes, bytes]]]:
         """Entries of ``queue`` not being worked on, highest priority first, oldest first."""
-        _, levels = await self._rules_of(queue)
+        _, levels, _ = await self._queue(queue)
         found = []
         for level in range(levels - 1, -1, -1):
             key = stream_key(queue, level)
@@ -570,7 +558,7 @@ class RedisEngine:
         counts = {k.decode(): int(v) for k, v in (await self.r.hgetall(DELAYED_COUNTS)).items()}
         queues = []
         for name in names:
-            rules, levels = await self._rules_of(name)
+            rules, levels, _ = await self._queue(name)
             length = pending = consumers = 0
             for level in range(levels):
                 key = stream_key(name, level)
@@ -617,3 +605,12 @@ class RedisEngine:
 
 def _level(message: Message, levels: int) -> int:
     return max(0, min(int(message.priority or 0), levels - 1))
+
+
+def _by_stream(tokens: Sequence[Token]) -> dict[str, list[str]]:
+    """The entry ids of ``tokens`` by the stream they were read from."""
+    found: dict[str, list[str]] = {}
+    for token in tokens:
+        key, entry_id = token.handle
+        found.setdefault(key, []).append(entry_id)
+    return found
