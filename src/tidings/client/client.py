@@ -217,7 +217,7 @@ class Client:
 
     async def ack(self, messages: Sequence[ReceivedMessage]) -> None:
         """Batch form of ``message.ack()``."""
-        await self.transport.ack([m._settle() for m in messages])
+        await self.transport.ack([m.take_token() for m in messages])
 
     async def delete(self, queue: str, message_id: str) -> bool:
         """Cancel a waiting (ready or delayed) message; False when it is not waiting."""

@@ -54,6 +54,11 @@ class MessageView:
     def content_type(self) -> str | None:
         return self._incoming.message.content_type
 
+    @property
+    def delivery(self) -> Delivery:
+        """The delivery as the transport handed it over."""
+        return self._incoming
+
 
 class ReceivedMessage(MessageView):
     """A message handed to you by a queue or a subscription. Settle it once."""
@@ -90,7 +95,9 @@ class ReceivedMessage(MessageView):
     def message(self) -> Message:
         return self._incoming.message
 
-    def _settle(self) -> Any:
+    def take_token(self) -> Any:
+        """Mark it settled and return what its transport settles it by (``client.ack``
+        settles a batch this way); raises when it was settled already."""
         if self.settled:
             raise InvalidArgumentError(f"message {self.id!r} is already settled")
         self.settled = True
@@ -98,15 +105,15 @@ class ReceivedMessage(MessageView):
 
     async def ack(self) -> None:
         """Done with it: the message is gone for good."""
-        await self._transport.ack([self._settle()])
+        await self._transport.ack([self.take_token()])
 
     async def nack(self, requeue: bool = True, delay_ms: int | None = None) -> None:
         """Failed: back to its place in the queue (after ``delay_ms``), or dead-lettered."""
-        await self._transport.nack(self._settle(), requeue, delay_ms)
+        await self._transport.nack(self.take_token(), requeue, delay_ms)
 
     async def reject(self) -> None:
         """Refuse it for good: it is dead-lettered (or dropped when the queue has none)."""
-        await self._transport.nack(self._settle(), False)
+        await self._transport.nack(self.take_token(), False)
 
     async def extend(self) -> None:
         """Still working on it: restart its consumer-timeout clock."""

@@ -45,7 +45,7 @@ class ReplayedMessage(ReceivedMessage):
     __slots__ = ()
 
     def __init__(self, transport: Transport, record: StreamRecord) -> None:
-        super().__init__(transport, record._incoming)
+        super().__init__(transport, record.delivery)
 
     async def ack(self) -> None:
         self.settled = True
@@ -113,7 +113,7 @@ async def _handle(transport: Transport, record: StreamRecord, handle: CallNext, 
                 log.error("replayed event %s (offset %d) failed %d times, last with %r",
                           record.id, record.offset, attempt, e)
                 if dead_queue is not None:
-                    message = record._incoming.message
+                    message = record.delivery.message
                     dead = Message(message.body, headers={
                         **record.headers, "x-replay-offset": record.offset,
                         "x-exception": repr(e)[:500]}, content_type=message.content_type,
