@@ -154,7 +154,12 @@ class Consumer:
                                                token.failures, None)
             self.settled()
             return
-        incoming = await self.core.admit(token)
+        try:
+            incoming = await self.core.admit(token)
+        except Exception as e:  # the engine failed us: it redelivers after the timeout
+            log.warning("could not dead-letter a message of '%s': %r; it comes back after "
+                        "the queue's consumer timeout", self.queue, e)
+            incoming = None
         if incoming is None:
             self.settled()
         else:

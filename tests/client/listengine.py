@@ -1,0 +1,190 @@
+"""An engine of lists, for the engine core's own tests: the smallest thing that implements
+every verb of :class:`tidings.client.engine.Engine`, in memory, with no rule of its own.
+
+That it passes the transport conformance suite under :class:`EngineTransport` shows that the
+delivery rules live in the core, and what a new engine (Kafka's) has to provide. ``fail``
+lets a test make one verb raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from tidings.client.remote import QueueRules, broker_statistics, queue_statistics
+from tidings.client.tokens import Stored, Token
+from tidings.client.transport import Capabilities, QueueSpec
+from tidings.errors import NotFoundError, PreconditionFailedError
+from tidings.message import Message
+from tidings.patterns import topic_matches
+from tidings.statistics import BrokerStatistics
+
+
+@dataclass
+class _Entry:
+    id: int
+    message: Message
+    failures: int
+    enqueued_ms: float
+    due_ms: float = 0.0
+
+
+@dataclass
+class _Queue:
+    rules: QueueRules
+    ready: list[_Entry] = field(default_factory=list)
+    held: dict[int, _Entry] = field(default_factory=dict)
+    delayed: list[_Entry] = field(default_factory=list)
+
+
+class _Reader:
+    def __init__(self, engine: ListEngine, queue: str, room: Callable[[], int],
+                 arrived: Callable[[Token], None]) -> None:
+        self.engine, self.queue, self.room, self.arrived = engine, queue, room, arrived
+        self._wake = asyncio.Event()
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            n = self.room()
+            taken = self.engine.take(self.queue, n) if n > 0 else []
+            for token in taken:
+                self.arrived(token)
+            if not taken:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 0.01)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.wait([self.task])
+
+
+class ListEngine:
+    """Queues as lists; a delivery is held until settled or rewritten."""
+
+    def __init__(self) -> None:
+        self.capabilities = Capabilities("a list engine", latency_statistics=False,
+                                         streams=False, priorities=False)
+        self.queues: dict[str, _Queue] = {}
+        self.bindings: list[tuple[str, str]] = []
+        self.renewed: list[int] = []
+        #: verb name -> the exception it raises next (once)
+        self.fail: dict[str, BaseException] = {}
+        self._ids = itertools.count(1)
+
+    def _check(self, verb: str) -> None:
+        if verb in self.fail:
+            raise self.fail.pop(verb)
+
+    def _queue(self, name: str) -> _Queue:
+        found = self.queues.get(name)
+        if found is None:
+            raise NotFoundError(f"no queue '{name}' in the list engine")
+        return found
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def create_queue(self, name: str, spec: QueueSpec, rules: QueueRules) -> None:
+        found = self.queues.setdefault(name, _Queue(rules))
+        if found.rules != rules:
+            raise PreconditionFailedError(f"queue '{name}' exists with other rules")
+
+    async def read_rules(self, name: str) -> QueueRules:
+        return self._queue(name).rules
+
+    async def bind(self, queue: str, pattern: str, rules: QueueRules) -> None:
+        self.bindings.append((pattern, queue))
+
+    def _put(self, queue: str, message: Message, failures: int, due_ms: int | None) -> None:
+        q = self._queue(queue)
+        entry = _Entry(next(self._ids), message, failures, time.time() * 1000, due_ms or 0)
+        (q.delayed if due_ms else q.ready).append(entry)
+
+    async def append(self, queue: str, messages: Sequence[Message],
+                     due_ms: int | None) -> None:
+        self._check("append")
+        self._queue(queue)
+        for message in messages:
+            self._put(queue, message, 0, due_ms)
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+        for pattern, queue in self.bindings:
+            if topic_matches(pattern, topic):
+                for message in messages:
+                    self._put(queue, replace(message), 0, None)
+
+    def take(self, queue: str, n: int) -> list[Token]:
+        q = self._queue(queue)
+        now = time.time() * 1000
+        for entry in [e for e in q.delayed if e.due_ms <= now]:
+            q.delayed.remove(entry)
+            q.ready.append(entry)
+        taken, q.ready = q.ready[:n], q.ready[n:]
+        q.held.update((e.id, e) for e in taken)
+        return [Token(queue, e.message, e.failures, e.enqueued_ms, e.id) for e in taken]
+
+    async def reader(self, queue: str, room: Callable[[], int],
+                     arrived: Callable[[Token], None]) -> _Reader:
+        return _Reader(self, queue, room, arrived)
+
+    async def read_one(self, queue: str) -> Token | None:
+        taken = self.take(queue, 1)
+        return taken[0] if taken else None
+
+    async def settle(self, tokens: Sequence[Token]) -> None:
+        for token in tokens:
+            self._queue(token.queue).held.pop(token.handle, None)
+
+    async def rewrite(self, token: Token, queue: str, message: Message, failures: int,
+                      due_ms: int | None) -> None:
+        self._check("rewrite")
+        self._put(queue, message, failures, due_ms)
+        self._queue(token.queue).held.pop(token.handle, None)
+
+    async def renew(self, tokens: Sequence[Token]) -> None:
+        self.renewed.extend(t.handle for t in tokens)
+
+    async def scan(self, queue: str, delayed: bool = False) -> AsyncIterator[Stored]:
+        q = self._queue(queue)
+        for entry in [*q.ready, *(q.delayed if delayed else [])]:
+            yield Stored(entry.message, entry.id)
+
+    async def remove(self, queue: str, stored: Stored) -> bool:
+        q = self._queue(queue)
+        for entries in (q.ready, q.delayed):
+            for entry in entries:
+                if entry.id == stored.handle:
+                    entries.remove(entry)
+                    return True
+        return False
+
+    async def restore(self, stored: Stored, queue: str, message: Message) -> None:
+        self._put(queue, message, 0, None)
+        for q in self.queues.values():
+            q.ready[:] = [e for e in q.ready if e.id != stored.handle]
+
+    async def purge(self, queue: str) -> int:
+        q = self._queue(queue)
+        count, q.ready = len(q.ready), []
+        return count
+
+    async def statistics(self) -> BrokerStatistics:
+        return broker_statistics([
+            queue_statistics("/", name, ready=len(q.ready), unacked=len(q.held),
+                             delayed=len(q.delayed), consumers=0)
+            for name, q in sorted(self.queues.items())])
+
+    async def sync(self) -> None:
+        pass
