@@ -19,6 +19,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "tidings"
 
 #: The ground floor: imported by everything, imports nothing above it.
 GROUND = {"errors", "message", "codecs", "clock", "auth", "patterns", "statistics", "dead_letters",
+          "stream_starts",
           "basic_properties", "files", "resources", "values", "record_batch",
           "kafka_records"}
 

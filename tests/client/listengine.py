@@ -17,11 +17,12 @@ from dataclasses import dataclass, field, replace
 
 from tidings.client.remote import QueueRules, broker_statistics, queue_statistics
 from tidings.client.tokens import Stored, Token
-from tidings.client.transport import Capabilities, QueueSpec
+from tidings.client.transport import Capabilities, QueueSpec, StreamSpec
 from tidings.errors import NotFoundError, PreconditionFailedError
 from tidings.message import Message
 from tidings.patterns import topic_matches
 from tidings.statistics import BrokerStatistics
+from tidings.stream_starts import Start
 
 
 @dataclass
@@ -46,10 +47,11 @@ class _Reader:
                  arrived: Callable[[Token], None]) -> None:
         self.engine, self.queue, self.room, self.arrived = engine, queue, room, arrived
         self._wake = asyncio.Event()
+        self.stopped = False  # (Python 3.11's wait_for can swallow a cancellation)
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        while True:
+        while not self.stopped:
             n = self.room()
             taken = self.engine.take(self.queue, n) if n > 0 else []
             for token in taken:
@@ -63,8 +65,31 @@ class _Reader:
         self._wake.set()
 
     async def stop(self) -> None:
+        self.stopped = True
         self.task.cancel()
         await asyncio.wait([self.task])
+
+
+class _StreamReader(_Reader):
+    def __init__(self, engine: ListEngine, stream: str, at: int, room: Callable[[], int],
+                 arrived: Callable[[Token], None]) -> None:
+        self.at = at
+        super().__init__(engine, stream, room, arrived)
+
+    async def _run(self) -> None:
+        records = self.engine.streams[self.queue]
+        while not self.stopped:
+            n = min(self.room(), len(records) - self.at)
+            for offset in range(self.at, self.at + max(0, n)):
+                message, appended_ms = records[offset]
+                copy = replace(message, headers={**(message.headers or {}),
+                                                 "x-stream-offset": offset})
+                self.arrived(Token(self.queue, copy, 0, appended_ms, None))
+            self.at += max(0, n)
+            if n <= 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 0.01)
 
 
 class ListEngine:
@@ -72,8 +97,11 @@ class ListEngine:
 
     def __init__(self) -> None:
         self.capabilities = Capabilities("a list engine", latency_statistics=False,
-                                         streams=False, priorities=False)
+                                         priorities=False)
         self.queues: dict[str, _Queue] = {}
+        #: stream -> its records (offset = index) with their append times, ms
+        self.streams: dict[str, list[tuple[Message, float]]] = {}
+        self.readers: dict[tuple[str, str], int] = {}
         self.bindings: list[tuple[str, str]] = []
         self.renewed: list[int] = []
         #: verb name -> the exception it raises next (once)
@@ -188,3 +216,30 @@ class ListEngine:
 
     async def sync(self) -> None:
         pass
+
+    async def create_stream(self, name: str, spec: StreamSpec) -> None:
+        self.streams.setdefault(name, [])
+
+    async def stream_exists(self, name: str) -> bool:
+        return name in self.streams
+
+    async def append_records(self, stream: str, messages: Sequence[Message]) -> None:
+        self.streams[stream].extend((m, time.time() * 1000) for m in messages)
+
+    async def stream_reader(self, stream: str, start: Start, room: Callable[[], int],
+                            arrived: Callable[[Token], None]) -> _StreamReader:
+        records = self.streams[stream]
+        kind, n = start
+        at = {"first": 0, "last": max(0, len(records) - 1), "next": len(records)}.get(kind)
+        if kind == "offset":
+            at = min(n, len(records))
+        elif kind == "time":
+            at = next((i for i, (_, t) in enumerate(records) if t >= n), len(records))
+        assert at is not None
+        return _StreamReader(self, stream, at, room, arrived)
+
+    async def commit_offset(self, stream: str, reader: str, offset: int) -> None:
+        self.readers[stream, reader] = offset
+
+    async def committed_offset(self, stream: str, reader: str) -> int | None:
+        return self.readers.get((stream, reader))

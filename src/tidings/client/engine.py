@@ -20,7 +20,12 @@ The verbs, in the engine's words:
   with a failure counted, to a later due time, or into another queue, as one step where the
   engine allows), ``renew`` (a lease);
 - look: ``scan`` (waiting entries, oldest first), ``remove``, ``restore`` (move a scanned
-  entry into a queue), ``purge``, ``statistics``.
+  entry into a queue), ``purge``, ``statistics``;
+- streams (an engine whose capabilities say ``streams``): ``create_stream``,
+  ``stream_exists``, ``append_records`` (each record takes the next dense offset),
+  ``stream_reader`` (records in offset order from a parsed start, each delivery carrying its
+  ``x-stream-offset``; an ack only gives credit), ``commit_offset`` and
+  ``committed_offset`` (a named reader's place).
 
 A Kafka engine slots in the same way: topics as queues, a consumer group's fetch loop as the
 reader, committed offsets behind ``settle`` with the rewrite verbs as produce-then-commit.
@@ -40,9 +45,10 @@ from tidings.client.remote import Leases, QueueRules, dead_letter
 from tidings.client.tokens import Stored, Token
 from tidings.client.transport import Capabilities, Delivery, QueueSpec, StreamSpec
 from tidings.dead_letters import dead_letter_queue, replay_into
-from tidings.errors import NotFoundError
+from tidings.errors import InvalidArgumentError, NotFoundError
 from tidings.message import Message
 from tidings.statistics import BrokerStatistics
+from tidings.stream_starts import Start, parse_start
 
 log = logging.getLogger("tidings.client")
 
@@ -116,14 +122,35 @@ class Engine(Protocol):
 
     async def sync(self) -> None: ...
 
+    async def create_stream(self, name: str, spec: StreamSpec) -> None: ...
+
+    async def stream_exists(self, name: str) -> bool: ...
+
+    async def append_records(self, stream: str, messages: Sequence[Message]) -> None: ...
+
+    async def stream_reader(self, stream: str, start: Start, room: Callable[[], int],
+                            arrived: Callable[[Token], None]) -> Reader:
+        """Records of ``stream`` from ``start``, in offset order, waiting at the tail; each
+        token's message carries its offset in the header ``x-stream-offset``."""
+        ...
+
+    async def commit_offset(self, stream: str, reader: str, offset: int) -> None: ...
+
+    async def committed_offset(self, stream: str, reader: str) -> int | None: ...
+
+
+#: The consumer arguments of a stream reader: where it starts, and as which named reader.
+STREAM_OFFSET, STREAM_READER = "x-stream-offset", "x-tidings-reader"
+
 
 class Consumer:
     """``consume()``'s subscription: the engine's reader, with room for ``prefetch``
     unsettled deliveries; it asks for more only once half the prefetch is free (or all of a
     small one), so reads stay batches instead of one message per acknowledgement."""
 
-    def __init__(self, core: EngineTransport, queue: str, rules: QueueRules, prefetch: int,
-                 on_message: Callable[[Delivery], None]) -> None:
+    def __init__(self, core: EngineTransport, queue: str, rules: QueueRules | None,
+                 prefetch: int, on_message: Callable[[Delivery], None]) -> None:
+        """``rules`` None: a stream reader (no rules to apply; an ack only gives credit)."""
         self.core, self.queue, self.rules, self.prefetch = core, queue, rules, prefetch
         self.on_message = on_message
         self.unsettled = 0
@@ -140,6 +167,12 @@ class Consumer:
         which goes back)."""
         self.unsettled += 1
         token.consumer = self
+        if self.rules is None:  # a stream's record: nothing to judge
+            if self.cancelled:
+                self.settled()
+            else:
+                self.on_message(Delivery(token.message, self.queue, token, False, 0))
+            return
         if not self.cancelled:
             verdict = self.core.judge(token, self.rules)
             if isinstance(verdict, Delivery):
@@ -186,6 +219,7 @@ class EngineTransport:
         self.engine = engine
         self.consumers: set[Consumer] = set()
         self._rules: dict[str, QueueRules] = {}
+        self._streams: set[str] = set()
         self._leases = Leases(self._renew)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -230,17 +264,34 @@ class EngineTransport:
         try:
             await self.rules(name)
         except NotFoundError:
-            return False
+            return await self._is_stream(name)
         return True
+
+    async def _is_stream(self, name: str) -> bool:
+        if name in self._streams:
+            return True
+        if name in self._rules or not self.capabilities.streams:
+            return False
+        if await self.engine.stream_exists(name):
+            self._streams.add(name)
+            return True
+        return False
 
     async def bind_events(self, queue: str, pattern: str) -> None:
         await self.engine.bind(queue, pattern, await self.rules(queue))
 
     async def declare_stream(self, name: str, spec: StreamSpec) -> None:
-        raise self.capabilities.unsupported("streams", "declare a stream")
+        if not self.capabilities.streams:
+            raise self.capabilities.unsupported("streams", "declare a stream")
+        await self.engine.create_stream(name, spec)
+        self._streams.add(name)
 
     async def commit_offset(self, stream: str, reader: str, offset: int) -> None:
-        raise self.capabilities.unsupported("streams", "commit a stream offset")
+        if not await self._is_stream(stream):
+            raise NotFoundError(f"no stream '{stream}' on {self.capabilities.broker}")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < -1:
+            raise InvalidArgumentError(f"offset {offset!r} is not an offset")
+        await self.engine.commit_offset(stream, reader, offset)
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -248,6 +299,13 @@ class EngineTransport:
                    delay_ms: int | None = None) -> None:
         for message in messages:
             message.routing_key = queue
+        if queue in self._streams or (queue not in self._rules and
+                                      await self._is_stream(queue)):
+            if delay_ms:
+                raise InvalidArgumentError(f"'{queue}' is a stream: it keeps records in the "
+                                           f"order they are appended, without delays")
+            await self.engine.append_records(queue, messages)
+            return
         await self.rules(queue)  # a missing queue is an error, not a retry loop
         await self.engine.append(queue, messages, _due(delay_ms))
 
@@ -280,6 +338,8 @@ class EngineTransport:
         return None
 
     async def get(self, queue: str) -> Delivery | None:
+        if queue not in self._rules and await self._is_stream(queue):
+            raise InvalidArgumentError(f"'{queue}' is a stream: read it with client.read()")
         await self.rules(queue)
         while (token := await self.engine.read_one(queue)) is not None:
             incoming = await self.admit(token)
@@ -290,10 +350,34 @@ class EngineTransport:
     async def consume(self, queue: str, prefetch: int,
                       on_message: Callable[[Delivery], None],
                       arguments: dict[str, Any] | None = None) -> Consumer:
+        if queue not in self._rules and await self._is_stream(queue):
+            consumer = Consumer(self, queue, None, prefetch, on_message)
+            start = await self._stream_start(queue, arguments or {})
+            consumer.reader = await self.engine.stream_reader(queue, start, consumer.room,
+                                                              consumer.arrived)
+            self.consumers.add(consumer)
+            return consumer
         consumer = Consumer(self, queue, await self.rules(queue), prefetch, on_message)
         consumer.reader = await self.engine.reader(queue, consumer.room, consumer.arrived)
         self.consumers.add(consumer)
         return consumer
+
+    async def _stream_start(self, stream: str, arguments: dict[str, Any]) -> Start:
+        """Where a reader starts: after its name's committed offset, else at its
+        ``x-stream-offset`` (``next`` by default, as RabbitMQ)."""
+        reader = arguments.get(STREAM_READER)
+        if reader is not None:
+            committed = await self.engine.committed_offset(stream, str(reader))
+            if committed is not None:
+                return "offset", committed + 1
+        start = parse_start(arguments.get(STREAM_OFFSET, "next"))
+        if start is None:
+            raise InvalidArgumentError(
+                f"invalid '{STREAM_OFFSET}' {str(arguments.get(STREAM_OFFSET))[:40]!r}: not "
+                f"'first', 'last', 'next', an offset, a timestamp or an age such as '1h'")
+        if start[0] == "age":
+            return "time", int(time.time() * 1000) - start[1]
+        return start
 
     # -- settling --------------------------------------------------------------------------
 
@@ -305,14 +389,20 @@ class EngineTransport:
                 token.consumer.settled()
 
     async def ack(self, tokens: Sequence[Any]) -> None:
+        queued = [t for t in tokens if t.queue not in self._streams]  # (a stream: credit)
         try:
-            await self.engine.settle(tokens)
+            if queued:
+                await self.engine.settle(queued)
         finally:
             self._settled(tokens)
 
     async def nack(self, token: Any, requeue: bool, delay_ms: int | None = None) -> None:
         """The ladder: rejected, or past the delivery limit, is a dead letter; anything else
-        goes back to its queue (after ``delay_ms``), one failure more."""
+        goes back to its queue (after ``delay_ms``), one failure more. A stream keeps
+        its records: a nack there, as an ack, only gives credit."""
+        if token.queue in self._streams:
+            self._settled([token])
+            return
         try:
             rules = await self.rules(token.queue)
             failures = token.failures + 1
@@ -334,7 +424,8 @@ class EngineTransport:
         await self.engine.rewrite(token, dead_letter_queue(token.queue), dead, 0, None)
 
     async def extend(self, token: Any) -> None:
-        await self.engine.renew([token])
+        if token.queue not in self._streams:
+            await self.engine.renew([token])
 
     async def _renew(self, tokens: list[Any]) -> None:
         live = [t for t in tokens if not t.settled]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tidings.errors import InvalidArgumentError
+from tidings.stream_starts import parse_age
 
 OVERFLOWS = ("drop-head", "reject-publish", "reject-publish-dlx")
 QUEUE_TYPES = ("classic", "quorum", "stream")
@@ -17,10 +18,6 @@ QUEUE_TYPES = ("classic", "quorum", "stream")
 NOT_FOR_STREAMS = ("x-message-ttl", "x-expires", "x-max-length", "x-overflow",
                    "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-max-priority",
                    "x-delivery-limit", "x-single-active-consumer", "x-consumer-timeout")
-#: Milliseconds per unit of an age such as ``7D`` or ``12h`` (``x-max-age``,
-#: ``x-stream-offset``): RabbitMQ's units, a year of 365 days and a month of 30.
-AGE_UNITS_MS = {"Y": 365 * 86_400_000, "M": 30 * 86_400_000, "D": 86_400_000,
-                "h": 3_600_000, "m": 60_000, "s": 1000}
 #: Highest x-max-priority RabbitMQ accepts.
 MAX_PRIORITY = 255
 #: Longest timer RabbitMQ accepts, ms (``x-message-ttl``, ``x-expires``, ``expiration``).
@@ -138,15 +135,3 @@ def message_ttl_ms(expiration: str | None) -> int | None:
     return ttl
 
 
-def parse_age(text: object) -> int | None:
-    """Milliseconds of an age written as RabbitMQ writes it (``"7D"``, ``"1h"``, ``"30s"``:
-    a whole number and one unit of :data:`AGE_UNITS_MS`); None when it is not one."""
-    if isinstance(text, bytes | bytearray):
-        text = bytes(text).decode(errors="replace")
-    if not isinstance(text, str):
-        return None
-    number, unit = text[:-1], text[-1:]
-    if unit not in AGE_UNITS_MS or not number.isascii() or not number.isdigit() \
-            or len(number) > 12:
-        return None
-    return int(number) * AGE_UNITS_MS[unit]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import json
 import logging
 from collections import deque
@@ -42,11 +41,12 @@ from tidings.record_batch import (
     read_header,
     with_base_offset,
 )
-from tidings.routing.arguments import parse_age
 from tidings.routing.queue import Entry, Queue, QueueConsumer
 from tidings.statistics import ReaderStatistics, StreamStatistics
 from tidings.storage.segments import DEFAULT_SEGMENT_BYTES
 from tidings.storage.streams import StreamFiles
+from tidings.stream_starts import Start
+from tidings.stream_starts import parse_start as parse_stream_start
 
 __all__ = ["READER", "READER_ROWS", "READ_BYTES", "READ_RECORDS", "ConsumerSpec",
            "StreamQueue", "parse_start", "start_offset"]
@@ -488,8 +488,6 @@ def _text(value: Any) -> Any:
         else value
 
 
-#: A parsed start: a word (first, last, next), an offset, or an age / a time in ms.
-Start = tuple[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -520,23 +518,14 @@ class ConsumerSpec:
 
 
 def parse_start(value: Any) -> Start:
-    """An ``x-stream-offset`` value as RabbitMQ reads it: ``first``, ``last``, ``next``, an
-    offset, a timestamp (AMQP's: a datetime), or an age such as ``1h``."""
-    value = _text(value)
-    if value in ("first", "last", "next"):
-        return value, 0
-    if isinstance(value, int) and not isinstance(value, bool):
-        return "offset", value
-    if isinstance(value, datetime.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=datetime.UTC)
-        return "time", int(value.timestamp() * 1000)
-    age = parse_age(value)
-    if age is not None:
-        return "age", age
-    raise PreconditionFailedError(
-        f"invalid '{OFFSET}' {str(value)[:40]!r}: not 'first', 'last', 'next', an offset, a "
-        f"timestamp or an age such as '1h'")
+    """An ``x-stream-offset`` value as RabbitMQ reads it (:mod:`tidings.stream_starts`); a
+    bad one is PRECONDITION_FAILED naming the argument."""
+    start = parse_stream_start(value)
+    if start is None:
+        raise PreconditionFailedError(
+            f"invalid '{OFFSET}' {str(_text(value))[:40]!r}: not 'first', 'last', 'next', an "
+            f"offset, a timestamp or an age such as '1h'")
+    return start
 
 
 def start_offset(start: Start | int, log: Any, end: int, now: float) -> int:
