@@ -238,6 +238,9 @@ class ListEngine:
         assert at is not None
         return _StreamReader(self, stream, at, room, arrived)
 
+    async def stream_end(self, stream: str) -> int:
+        return len(self.streams[stream])
+
     async def commit_offset(self, stream: str, reader: str, offset: int) -> None:
         self.readers[stream, reader] = offset
 

@@ -24,7 +24,7 @@ The verbs, in the engine's words:
 - streams (an engine whose capabilities say ``streams``): ``create_stream``,
   ``stream_exists``, ``append_records`` (each record takes the next dense offset),
   ``stream_reader`` (records in offset order from a parsed start, each delivery carrying its
-  ``x-stream-offset``; an ack only gives credit), ``commit_offset`` and
+  ``x-stream-offset``; an ack only gives credit), ``stream_end``, ``commit_offset`` and
   ``committed_offset`` (a named reader's place).
 
 A Kafka engine slots in the same way: topics as queues, a consumer group's fetch loop as the
@@ -45,7 +45,7 @@ from tidings.client.remote import Leases, QueueRules, dead_letter
 from tidings.client.tokens import Stored, Token
 from tidings.client.transport import Capabilities, Delivery, QueueSpec, StreamSpec
 from tidings.dead_letters import dead_letter_queue, replay_into
-from tidings.errors import InvalidArgumentError, NotFoundError
+from tidings.errors import InvalidArgumentError, NotFoundError, NotSupportedError
 from tidings.message import Message
 from tidings.statistics import BrokerStatistics
 from tidings.stream_starts import Start, parse_start
@@ -132,6 +132,10 @@ class Engine(Protocol):
                             arrived: Callable[[Token], None]) -> Reader:
         """Records of ``stream`` from ``start``, in offset order, waiting at the tail; each
         token's message carries its offset in the header ``x-stream-offset``."""
+        ...
+
+    async def stream_end(self, stream: str) -> int:
+        """The offset the next record appended will take."""
         ...
 
     async def commit_offset(self, stream: str, reader: str, offset: int) -> None: ...
@@ -278,6 +282,12 @@ class EngineTransport:
         return False
 
     async def bind_events(self, queue: str, pattern: str) -> None:
+        if queue not in self._rules and await self._is_stream(queue):
+            raise NotSupportedError(
+                self.capabilities.broker, f"route events into the stream '{queue}' "
+                f"(keep_events, subscribe(replay=...))", "the engine core keeps streams and "
+                "queues apart: append the events to the stream yourself, or keep replayable "
+                "events on the embedded broker, tidings serve or RabbitMQ")
         await self.engine.bind(queue, pattern, await self.rules(queue))
 
     async def declare_stream(self, name: str, spec: StreamSpec) -> None:
@@ -291,6 +301,11 @@ class EngineTransport:
             raise NotFoundError(f"no stream '{stream}' on {self.capabilities.broker}")
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < -1:
             raise InvalidArgumentError(f"offset {offset!r} is not an offset")
+        end = await self.engine.stream_end(stream)
+        if offset >= end:  # it would skip records not yet written
+            raise InvalidArgumentError(
+                f"offset {offset} for reader '{reader}' is past the end of stream '{stream}' "
+                f"(its last offset is {end - 1})")
         await self.engine.commit_offset(stream, reader, offset)
 
     # -- sending ---------------------------------------------------------------------------

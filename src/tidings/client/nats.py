@@ -50,6 +50,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from tidings.client.nats_pull import TRANSIENT, Feed, Pull, pull_status, quietly
+from tidings.client.nats_streams import LogReader, StreamLogs
 from tidings.client.nats_subjects import (
     CONSUMER,
     DELAYED_STREAM,
@@ -79,7 +80,7 @@ from tidings.client.remote import (
     retrying,
 )
 from tidings.client.tokens import Stored, Token
-from tidings.client.transport import Capabilities, QueueSpec
+from tidings.client.transport import Capabilities, QueueSpec, StreamSpec
 from tidings.codecs import encode_meta
 from tidings.errors import (
     AccessRefusedError,
@@ -92,6 +93,7 @@ from tidings.errors import (
 from tidings.message import Message
 from tidings.patterns import topic_matches
 from tidings.statistics import BrokerStatistics
+from tidings.stream_starts import Start
 
 log = logging.getLogger("tidings.client.nats")
 
@@ -107,12 +109,9 @@ NO_PRIORITIES = ("JetStream delivers a stream in order and has no message priori
 
 def nats_capabilities(broker: str = "NATS JetStream") -> Capabilities:
     return Capabilities(
-        broker, priorities=False, latency_statistics=False, streams=False,
+        broker, priorities=False, latency_statistics=False,
         reasons=(("priorities", NO_PRIORITIES),
-                 ("latency_statistics", "JetStream counts messages but does not time them"),
-                 ("streams", "tidings streams are not yet mapped onto JetStream streams: use "
-                             "the embedded broker, tidings serve or RabbitMQ for replayable "
-                             "logs")))
+                 ("latency_statistics", "JetStream counts messages but does not time them")))
 
 
 class _Reader:
@@ -164,6 +163,8 @@ class NatsEngine:
         self._outbox: list[tuple[list[tuple[str, bytes, dict[str, str]]],
                                  asyncio.Future[BaseException | None]]] = []
         self._flush_soon = False
+        #: The stream verbs (client/nats_streams.py).
+        self.logs = StreamLogs(self)
 
     # -- connection ------------------------------------------------------------------------
 
@@ -236,7 +237,7 @@ class NatsEngine:
     def _broker(self) -> str:
         return self.capabilities.broker
 
-    async def _api(self, call: Callable[[], Any], what: str) -> Any:
+    async def jetstream(self, call: Callable[[], Any], what: str) -> Any:
         try:
             return await retrying(call, TRANSIENT, what)
         except nats.js.errors.NotFoundError as e:
@@ -250,7 +251,7 @@ class NatsEngine:
         """Every item of a JetStream list (the API answers 256 at a time)."""
         found: list[Any] = []
         while True:
-            more = await self._api(lambda: page(len(found)), what)
+            more = await self.jetstream(lambda: page(len(found)), what)
             found.extend(more or [])
             if not more:
                 return found
@@ -267,15 +268,19 @@ class NatsEngine:
             max_msgs=spec.max_length if spec.max_length is not None else -1,
             discard=api.DiscardPolicy.NEW, duplicate_window=120.0,
             max_age=86_400.0 if spec.exclusive else None)
-        await self._api(lambda: self._add_or_same(config), f"declare queue '{name}'")
+        await self.declare(config, f"declare queue '{name}'")
         consumer = api.ConsumerConfig(
             durable_name=CONSUMER, ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=rules.consumer_timeout_ms / 1000, max_deliver=-1,
             max_ack_pending=MAX_ACK_PENDING, deliver_policy=api.DeliverPolicy.ALL)
-        await self._api(lambda: self.js.add_consumer(stream, config=consumer),
+        await self.jetstream(lambda: self.js.add_consumer(stream, config=consumer),
                         f"declare the consumer of queue '{name}'")
         if spec.exclusive:
             self._private.append((stream, None))
+
+    async def declare(self, config: api.StreamConfig, what: str) -> None:
+        """Create a JetStream stream, or find it with the same settings."""
+        await self.jetstream(lambda: self._add_or_same(config), what)
 
     async def _add_or_same(self, config: api.StreamConfig) -> Any:
         """Create the stream; an existing one with the same settings is fine, one with other
@@ -294,7 +299,8 @@ class NatsEngine:
             return info
 
     async def read_rules(self, name: str) -> QueueRules:
-        info = await self._api(lambda: self.js.stream_info(stream_name(name)), f"queue '{name}'")
+        info = await self.jetstream(lambda: self.js.stream_info(stream_name(name)),
+                                    f"queue '{name}'")
         return QueueRules.loads(info.config.description)
 
     async def _ensure_events(self) -> None:
@@ -304,7 +310,7 @@ class NatsEngine:
             name=EVENTS_STREAM, subjects=["tidings.ev.>"],
             retention=api.RetentionPolicy.INTEREST, storage=api.StorageType.FILE,
             duplicate_window=120.0)
-        await self._api(lambda: self._add_or_same(config), "declare the events stream")
+        await self.declare(config, "declare the events stream")
         self._events_ready = True
 
     async def bind(self, queue: str, pattern: str, rules: QueueRules) -> None:
@@ -318,7 +324,7 @@ class NatsEngine:
             description=json.dumps({"queue": queue, "pattern": pattern}),
             inactive_threshold=PRIVATE_INACTIVE_S if queue.startswith("tidings.private.")
             else None)
-        await self._api(lambda: self.js.add_consumer(EVENTS_STREAM, config=config),
+        await self.jetstream(lambda: self.js.add_consumer(EVENTS_STREAM, config=config),
                         f"bind queue '{queue}' to '{pattern}'")
         if queue.startswith("tidings.private."):
             self._private.append((EVENTS_STREAM, durable))
@@ -350,7 +356,7 @@ class NatsEngine:
 
     # -- writing ---------------------------------------------------------------------------
 
-    async def _publish(self, items: list[tuple[str, bytes, dict[str, str]]], what: str) -> None:
+    async def store(self, items: list[tuple[str, bytes, dict[str, str]]], what: str) -> None:
         """Publish each ``(subject, payload, headers)`` and wait until JetStream has stored
         it. Every publish of one loop turn goes out together and waits on nats-py's shared
         acknowledgement inbox (one timer for the lot, not a request per message); what is
@@ -418,7 +424,7 @@ class NatsEngine:
             if not done.done():
                 done.set_result(errors[0] if errors else None)
 
-    def _headers(self, message: Message, scope: str = "") -> dict[str, str]:
+    def headers_of(self, message: Message, scope: str = "") -> dict[str, str]:
         """The message's NATS headers. ``scope`` qualifies its ``Nats-Msg-Id`` in a stream
         shared by many queues or topics: JetStream deduplicates per stream, and the same id
         sent to two queues within the window must not lose the second."""
@@ -434,7 +440,7 @@ class NatsEngine:
             await self._append_delayed(queue, messages, due_ms)
             return
         subject = queue_subject(queue)
-        await self._publish([(subject, m.body, self._headers(m)) for m in messages],
+        await self.store([(subject, m.body, self.headers_of(m)) for m in messages],
                             f"send to '{queue}'")
 
     async def _append_delayed(self, queue: str, messages: Sequence[Message],
@@ -442,15 +448,15 @@ class NatsEngine:
         due = str(due_ms)
         items = []
         for m in messages:
-            headers = self._headers(m, f"{queue}@{due}")
+            headers = self.headers_of(m, f"{queue}@{due}")
             headers.update({DUE_HEADER: due, TARGET_HEADER: queue})
             items.append((f"tidings.delay.{escape(queue)}", m.body, headers))
-        await self._publish(items, f"send to '{queue}' with a delay")
+        await self.store(items, f"send to '{queue}' with a delay")
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
         subject = event_subject(topic)
         await self._ensure_events()
-        await self._publish([(subject, m.body, self._headers(m, topic)) for m in messages],
+        await self.store([(subject, m.body, self.headers_of(m, topic)) for m in messages],
                             f"publish to '{topic}'")
 
     async def _start_mover(self) -> None:
@@ -458,11 +464,11 @@ class NatsEngine:
             name=DELAYED_STREAM, subjects=["tidings.delay.>"],
             retention=api.RetentionPolicy.WORK_QUEUE, storage=api.StorageType.FILE,
             duplicate_window=120.0)
-        await self._api(lambda: self._add_or_same(config), "declare the delay stream")
+        await self.declare(config, "declare the delay stream")
         consumer = api.ConsumerConfig(
             durable_name=MOVER, ack_policy=api.AckPolicy.EXPLICIT, ack_wait=30.0,
             max_deliver=-1, max_ack_pending=MAX_ACK_PENDING)
-        await self._api(lambda: self.js.add_consumer(DELAYED_STREAM, config=consumer),
+        await self.jetstream(lambda: self.js.add_consumer(DELAYED_STREAM, config=consumer),
                         "declare the delay mover")
         self._mover = Pull(self.nc, Feed(DELAYED_STREAM, MOVER), lambda: 256,
                             self._due)
@@ -484,7 +490,7 @@ class NatsEngine:
             moved = {META_HEADER: headers.get(META_HEADER, ""),
                      MSG_ID_HEADER: f"{headers.get(MSG_ID_HEADER, '')}~d{seq}"}
             try:
-                await self._publish([(queue_subject(queue), msg.data, moved)],
+                await self.store([(queue_subject(queue), msg.data, moved)],
                                     f"move a delayed message to '{queue}'")
             except NotFoundError:
                 log.warning("delayed message for the deleted queue '%s' dropped", queue)
@@ -574,9 +580,9 @@ class NatsEngine:
             delay_ms = None if due_ms is None else max(1, due_ms - int(time.time() * 1000))
             await self._settle_sync(msg, _nak(delay_ms))
             return
-        headers = self._headers(message)
+        headers = self.headers_of(message)
         headers[MSG_ID_HEADER] = f"{message.message_id or ''}~x{msg.metadata.sequence.stream}"
-        await self._publish([(queue_subject(queue), message.body, headers)],
+        await self.store([(queue_subject(queue), message.body, headers)],
                             f"move a message of '{token.queue}' to '{queue}'")
         await msg.ack()
 
@@ -597,7 +603,7 @@ class NatsEngine:
         seq = 0
         while True:
             try:
-                raw = await self._api(
+                raw = await self.jetstream(
                     lambda s=seq: self.js.get_msg(stream, seq=s + 1, subject=subject or ">",
                                                   next=True), f"read stream '{stream}'")
             except NotFoundError:
@@ -618,25 +624,49 @@ class NatsEngine:
     async def remove(self, queue: str, stored: Stored) -> bool:
         stream, seq = stored.handle
         with contextlib.suppress(NotFoundError):
-            return bool(await self._api(lambda: self.js.delete_msg(stream, seq),
+            return bool(await self.jetstream(lambda: self.js.delete_msg(stream, seq),
                                         f"delete a message of '{queue}'"))
         return False
 
     async def restore(self, stored: Stored, queue: str, message: Message) -> None:
         stream, seq = stored.handle
-        headers = self._headers(message)
+        headers = self.headers_of(message)
         headers[MSG_ID_HEADER] = f"{message.message_id or ''}~r{seq}"
-        await self._publish([(queue_subject(queue), message.body, headers)],
+        await self.store([(queue_subject(queue), message.body, headers)],
                             f"replay a dead letter into '{queue}'")
-        await self._api(lambda: self.js.delete_msg(stream, seq),
+        await self.jetstream(lambda: self.js.delete_msg(stream, seq),
                         f"remove a replayed dead letter of '{queue}'")
 
     async def purge(self, queue: str) -> int:
         stream = stream_name(queue)
-        info = await self._api(lambda: self.js.stream_info(stream), f"purge '{queue}'")
-        await self._api(lambda: self.js.purge_stream(stream), f"purge '{queue}'")
+        info = await self.jetstream(lambda: self.js.stream_info(stream), f"purge '{queue}'")
+        await self.jetstream(lambda: self.js.purge_stream(stream), f"purge '{queue}'")
         await self._nudge(Feed(stream, CONSUMER))
         return int(info.state.messages)
+
+    # -- streams -----------------------------------------------------------------------------
+
+    async def create_stream(self, name: str, spec: StreamSpec) -> None:
+        await self.logs.create(name, spec)
+
+    async def stream_exists(self, name: str) -> bool:
+        return await self.logs.exists(name)
+
+    async def append_records(self, stream: str, messages: Sequence[Message]) -> None:
+        await self.logs.append(stream, messages)
+
+    async def stream_reader(self, stream: str, start: Start, room: Callable[[], int],
+                            arrived: Callable[[Token], None]) -> LogReader:
+        return await self.logs.reader(stream, start, room, arrived)
+
+    async def stream_end(self, stream: str) -> int:
+        return await self.logs.end(stream)
+
+    async def commit_offset(self, stream: str, reader: str, offset: int) -> None:
+        await self.logs.commit(stream, reader, offset)
+
+    async def committed_offset(self, stream: str, reader: str) -> int | None:
+        return await self.logs.committed(stream, reader)
 
     # -- the rest --------------------------------------------------------------------------
 
@@ -650,7 +680,7 @@ class NatsEngine:
         (pull requests waiting)."""
         delayed: dict[str, int] = {}
         with contextlib.suppress(NotFoundError):
-            info = await self._api(
+            info = await self.jetstream(
                 lambda: self.js.stream_info(DELAYED_STREAM, subjects_filter="tidings.delay.>"),
                 "statistics")
             for subject, count in (info.state.subjects or {}).items():
@@ -666,7 +696,7 @@ class NatsEngine:
 
         async def info(stream: str) -> Any:
             with contextlib.suppress(NotFoundError):
-                return await self._api(lambda: self.js.consumer_info(stream, CONSUMER),
+                return await self.jetstream(lambda: self.js.consumer_info(stream, CONSUMER),
                                        "statistics")
             return None
 

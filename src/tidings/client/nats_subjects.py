@@ -82,3 +82,21 @@ def unescape(escaped: str) -> str:
                  lambda m: bytes.fromhex(m.group().replace("_", "")).decode("utf-8", "replace"),
                  escaped)
     return raw
+
+
+#: A tidings stream ``s`` is the JetStream stream ``TS_<s escaped>`` on one subject.
+LOG_STREAM_PREFIX = "TS_"
+#: Named readers' committed offsets: the last message of a subject per (stream, reader).
+READERS_STREAM = "TIDINGS_READERS"
+
+
+def log_stream_name(stream: str) -> str:
+    return LOG_STREAM_PREFIX + escape(stream)
+
+
+def log_subject(stream: str) -> str:
+    return f"tidings.s.{escape(stream)}"
+
+
+def reader_subject(stream: str, reader: str) -> str:
+    return f"tidings.r.{escape(stream)}.{escape(reader)}"

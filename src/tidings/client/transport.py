@@ -83,7 +83,8 @@ class Capabilities:
     extend: bool = True
     #: Waiting and processing time percentiles in ``statistics()``.
     latency_statistics: bool = True
-    #: Streams: ``client.stream``, ``append``, ``read`` and ``subscribe(replay=...)``.
+    #: Streams: ``client.stream``, ``append``, ``read``, named readers (and, on the brokers,
+    #: ``keep_events`` with ``subscribe(replay=...)``).
     streams: bool = True
     #: For each capability that is False: why, and what to do instead.
     reasons: tuple[tuple[str, str], ...] = ()

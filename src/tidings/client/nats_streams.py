@@ -1,0 +1,169 @@
+"""tidings streams on NATS JetStream: a stream ``s`` is the JetStream stream ``TS_<s>`` (limits
+retention: ``max_bytes`` and ``max_age`` are JetStream's own), a record's offset is its
+sequence less one, a reader is an ephemeral pull consumer that starts where the reader asks
+(JetStream's deliver policies: all, last, new, by sequence, by time) and asks for as many
+records as its consumer has room for. A named reader's committed offset is the last message
+on its subject in ``TIDINGS_READERS`` (one kept per subject), so a reader of that name in any
+process resumes after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import api
+
+from tidings.client.nats_pull import Feed, Pull
+from tidings.client.nats_subjects import (
+    META_HEADER,
+    READERS_STREAM,
+    log_stream_name,
+    log_subject,
+    reader_subject,
+)
+from tidings.client.remote import message_of
+from tidings.client.tokens import Token
+from tidings.client.transport import StreamSpec
+from tidings.errors import NotFoundError
+from tidings.message import Message
+from tidings.stream_starts import Start, parse_age
+
+#: The header a record's offset travels in to the client (RabbitMQ's name).
+OFFSET = "x-stream-offset"
+#: Seconds an abandoned reader's consumer lives on the server (its client died).
+READER_INACTIVE_S = 300.0
+
+
+class JetStreamCalls(Protocol):
+    """What the stream logs use of the NATS engine."""
+
+    nc: NatsClient
+    js: Any
+
+    async def jetstream(self, call: Callable[[], Awaitable[Any]], what: str) -> Any: ...
+
+    async def store(self, items: list[tuple[str, bytes, dict[str, str]]], what: str) -> None: ...
+
+    def headers_of(self, message: Message, scope: str = "") -> dict[str, str]: ...
+
+    async def declare(self, config: api.StreamConfig, what: str) -> None: ...
+
+
+class LogReader:
+    """One reader of a stream: its ephemeral consumer and the pull loop on it."""
+
+    def __init__(self, engine: JetStreamCalls, stream: str, consumer: str,
+                 room: Callable[[], int], arrived: Callable[[Token], None]) -> None:
+        self.engine, self.stream, self.arrived = engine, stream, arrived
+        self.feed = Feed(log_stream_name(stream), consumer)
+        self.pull = Pull(engine.nc, self.feed, room, self._deliver)
+        self.pull.start()
+
+    def _deliver(self, msg: Msg, feed: Feed) -> None:
+        message = message_of(msg.data, (msg.headers or {}).get(META_HEADER), self.stream)
+        meta = msg.metadata
+        message.headers = {**(message.headers or {}), OFFSET: meta.sequence.stream - 1}
+        appended_ms = meta.timestamp.timestamp() * 1000 if meta.timestamp else 0.0
+        self.arrived(Token(self.stream, message, 0, appended_ms, None))
+
+    def wake(self) -> None:
+        self.pull.wake.set()
+
+    async def stop(self) -> None:
+        await self.pull.stop()
+        with contextlib.suppress(Exception):  # (else the server drops it once inactive)
+            await asyncio.wait_for(self.engine.js.delete_consumer(
+                self.feed.stream, self.feed.durable), 2)
+
+
+class StreamLogs:
+    """The stream verbs of the NATS engine."""
+
+    def __init__(self, engine: JetStreamCalls) -> None:
+        self.engine = engine
+        self._readers_ready = False
+
+    async def create(self, name: str, spec: StreamSpec) -> None:
+        max_age_ms = parse_age(spec.max_age) if spec.max_age else None
+        config = api.StreamConfig(
+            name=log_stream_name(name), subjects=[log_subject(name)],
+            description=json.dumps({"stream": name, "max_bytes": spec.max_bytes,
+                                    "max_age": spec.max_age}),
+            retention=api.RetentionPolicy.LIMITS, storage=api.StorageType.FILE,
+            max_bytes=spec.max_bytes if spec.max_bytes is not None else -1,
+            max_age=max_age_ms / 1000 if max_age_ms else None,
+            discard=api.DiscardPolicy.OLD,
+            duplicate_window=min(120.0, max_age_ms / 1000) if max_age_ms else 120.0)
+        await self.engine.declare(config, f"declare stream '{name}'")
+
+    async def exists(self, name: str) -> bool:
+        try:
+            await self.engine.jetstream(lambda: self.engine.js.stream_info(
+                log_stream_name(name)), f"stream '{name}'")
+        except NotFoundError:
+            return False
+        return True
+
+    async def append(self, stream: str, messages: Sequence[Message]) -> None:
+        subject, headers_of = log_subject(stream), self.engine.headers_of
+        await self.engine.store([(subject, m.body, headers_of(m)) for m in messages],
+                                f"append to '{stream}'")
+
+    async def reader(self, stream: str, start: Start, room: Callable[[], int],
+                     arrived: Callable[[Token], None]) -> LogReader:
+        config = await self._consumer_config(stream, start)
+        info = await self.engine.jetstream(lambda: self.engine.js.add_consumer(
+            log_stream_name(stream), config=config), f"read stream '{stream}'")
+        return LogReader(self.engine, stream, info.name, room, arrived)
+
+    async def _consumer_config(self, stream: str, start: Start) -> api.ConsumerConfig:
+        """An ephemeral consumer that starts where ``start`` says (an offset past the tail
+        starts at the tail, as on the embedded broker)."""
+        kind, n = start
+        config = api.ConsumerConfig(
+            ack_policy=api.AckPolicy.NONE, inactive_threshold=READER_INACTIVE_S,
+            mem_storage=True, deliver_policy={
+                "first": api.DeliverPolicy.ALL, "last": api.DeliverPolicy.LAST,
+                "next": api.DeliverPolicy.NEW}.get(kind, api.DeliverPolicy.ALL))
+        if kind == "offset":
+            info = await self.engine.jetstream(lambda: self.engine.js.stream_info(
+                log_stream_name(stream)), f"read stream '{stream}'")
+            config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = max(1, min(n + 1, int(info.state.last_seq) + 1))
+        elif kind == "time":
+            config.deliver_policy = api.DeliverPolicy.BY_START_TIME
+            config.opt_start_time = datetime.datetime.fromtimestamp(n / 1000, datetime.UTC)
+        return config
+
+    async def end(self, stream: str) -> int:
+        info = await self.engine.jetstream(lambda: self.engine.js.stream_info(
+            log_stream_name(stream)), f"stream '{stream}'")
+        return int(info.state.last_seq)
+
+    async def commit(self, stream: str, reader: str, offset: int) -> None:
+        if not self._readers_ready:
+            await self.engine.declare(api.StreamConfig(
+                name=READERS_STREAM, subjects=["tidings.r.>"], max_msgs_per_subject=1,
+                retention=api.RetentionPolicy.LIMITS, storage=api.StorageType.FILE),
+                "declare the readers' stream")
+            self._readers_ready = True
+        await self.engine.store([(reader_subject(stream, reader), str(offset).encode(), {})],
+                                f"commit reader '{reader}' of '{stream}'")
+
+    async def committed(self, stream: str, reader: str) -> int | None:
+        try:
+            found = await self.engine.jetstream(lambda: self.engine.js.get_last_msg(
+                READERS_STREAM, reader_subject(stream, reader)), f"reader '{reader}'")
+        except NotFoundError:
+            return None
+        with contextlib.suppress(ValueError):
+            return int(found.data)
+        return None
+
