@@ -38,7 +38,7 @@ COMPOSITION_ROOTS = {"__main__", "cli", "cli_serve", "cli_control", "cli_users",
 #: Client modules that talk to another engine: they know the Transport protocol, the ground
 #: floor and their own client library, never routing/.
 REMOTE_TRANSPORTS = {"client.amqp", "client.nats", "client.nats_pull", "client.nats_subjects",
-                     "client.nats_streams",
+                     "client.nats_streams", "client.redis_streams",
                      "client.redis", "client.redis_scripts", "client.tokens",
                      "client.engine", "client.remote",
                      "client.management", "client.resilient"}

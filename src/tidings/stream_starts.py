@@ -45,3 +45,24 @@ def parse_start(value: Any) -> Start | None:
         return "time", int(value.timestamp() * 1000)
     age = parse_age(value)
     return None if age is None else ("age", age)
+
+
+def clamp(offset: int, first: int, end: int) -> int:
+    """An offset within a stream holding ``[first, end)``: before the first retained record
+    it is that record; past the tail it is the tail (the next record appended)."""
+    return min(max(offset, first), end)
+
+
+def offset_of(start: Start, first: int, end: int) -> int | None:
+    """The offset a parsed start means for a stream holding ``[first, end)``, or None for a
+    time or an age (the caller finds the first record appended then, and clamps it)."""
+    kind, n = start
+    if kind == "first":
+        return first
+    if kind == "last":
+        return max(first, end - 1)
+    if kind == "next":
+        return end
+    if kind == "offset":
+        return clamp(n, first, end)
+    return None

@@ -102,6 +102,7 @@ class ListEngine:
         #: stream -> its records (offset = index) with their append times, ms
         self.streams: dict[str, list[tuple[Message, float]]] = {}
         self.readers: dict[tuple[str, str], int] = {}
+        self.logs = _Logs(self)
         self.bindings: list[tuple[str, str]] = []
         self.renewed: list[int] = []
         #: verb name -> the exception it raises next (once)
@@ -217,18 +218,25 @@ class ListEngine:
     async def sync(self) -> None:
         pass
 
-    async def create_stream(self, name: str, spec: StreamSpec) -> None:
-        self.streams.setdefault(name, [])
 
-    async def stream_exists(self, name: str) -> bool:
-        return name in self.streams
+class _Logs:
+    """The list engine's streams."""
 
-    async def append_records(self, stream: str, messages: Sequence[Message]) -> None:
-        self.streams[stream].extend((m, time.time() * 1000) for m in messages)
+    def __init__(self, engine: ListEngine) -> None:
+        self.engine = engine
 
-    async def stream_reader(self, stream: str, start: Start, room: Callable[[], int],
+    async def create(self, name: str, spec: StreamSpec) -> None:
+        self.engine.streams.setdefault(name, [])
+
+    async def exists(self, name: str) -> bool:
+        return name in self.engine.streams
+
+    async def append(self, stream: str, messages: Sequence[Message]) -> None:
+        self.engine.streams[stream].extend((m, time.time() * 1000) for m in messages)
+
+    async def reader(self, stream: str, start: Start, room: Callable[[], int],
                             arrived: Callable[[Token], None]) -> _StreamReader:
-        records = self.streams[stream]
+        records = self.engine.streams[stream]
         kind, n = start
         at = {"first": 0, "last": max(0, len(records) - 1), "next": len(records)}.get(kind)
         if kind == "offset":
@@ -236,13 +244,13 @@ class ListEngine:
         elif kind == "time":
             at = next((i for i, (_, t) in enumerate(records) if t >= n), len(records))
         assert at is not None
-        return _StreamReader(self, stream, at, room, arrived)
+        return _StreamReader(self.engine, stream, at, room, arrived)
 
-    async def stream_end(self, stream: str) -> int:
-        return len(self.streams[stream])
+    async def end(self, stream: str) -> int:
+        return len(self.engine.streams[stream])
 
-    async def commit_offset(self, stream: str, reader: str, offset: int) -> None:
-        self.readers[stream, reader] = offset
+    async def commit(self, stream: str, reader: str, offset: int) -> None:
+        self.engine.readers[stream, reader] = offset
 
-    async def committed_offset(self, stream: str, reader: str) -> int | None:
-        return self.readers.get((stream, reader))
+    async def committed(self, stream: str, reader: str) -> int | None:
+        return self.engine.readers.get((stream, reader))

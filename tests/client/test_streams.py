@@ -24,7 +24,7 @@ from ..services import nats_url, rabbitmq_port, redis_url
 KINDS = ["memory", "directory", "amqp-tidings", "amqp-rabbitmq"]
 #: Where streams are read and named readers kept by the engine core (binding a stream to the
 #: events exchange, for replay, is the brokers' alone).
-READ_KINDS = [*KINDS, "nats"]
+READ_KINDS = [*KINDS, "nats", "redis"]
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,8 @@ def tidings_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
 def _url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "nats":
         return nats_url()
+    if request.param == "redis":
+        return redis_url()
     if request.param == "memory":
         return "memory://"
     if request.param == "directory":
@@ -77,6 +79,9 @@ def clean_up_the_shared_broker(request: pytest.FixtureRequest) -> Iterator[None]
     if url.startswith("nats"):
         asyncio.run(_delete_nats_streams(url, list(CREATED)))
         return
+    if url.startswith("redis"):
+        asyncio.run(_delete_redis_streams(url, list(CREATED)))
+        return
     if not url.startswith("amqp"):
         return
     port = int(url.rsplit(":", 1)[1].strip("/"))
@@ -102,6 +107,21 @@ async def _delete_nats_streams(url: str, names: list[str]) -> None:
         with contextlib.suppress(Exception):
             await js.purge_stream(READERS_STREAM, subject=f"tidings.r.{escape(name)}.>")
     await nc.close()
+
+
+async def _delete_redis_streams(url: str, names: list[str]) -> None:
+    """Delete what a test made on the machine's Redis."""
+    import redis.asyncio as aioredis
+
+    from tidings.client.redis_streams import ENDS, SIZES, STREAMS, log_key
+
+    r = aioredis.from_url(url)
+    for name in names:
+        await r.delete(log_key(name), f"tidings:readers:{name}")
+        await r.hdel(STREAMS, name)
+        await r.hdel(ENDS, name)
+        await r.hdel(SIZES, name)
+    await r.aclose()
 
 
 async def take(reader: StreamReader, n: int, timeout: float = 10.0) -> list[tuple[int, str]]:
@@ -154,7 +174,7 @@ async def test_append_and_read_from_every_start(any_url: str) -> None:
             assert await nothing_more(records)
         with pytest.raises(InvalidArgumentError, match="start="):
             client.read(name, start="yesterday")
-        if not url.startswith(("amqp", "nats")):  # (their statistics list queues only)
+        if not url.startswith(("amqp", "nats", "redis")):  # (theirs list queues only)
             stats = await client.statistics()
             assert stats.stream(name).records == 6
 
@@ -187,12 +207,6 @@ async def test_a_named_reader_resumes_after_its_commit(any_url: str) -> None:
         plain = client.read(name)
         with pytest.raises(InvalidArgumentError, match="named reader"):
             await plain.commit(1)
-
-
-async def test_streams_over_redis_say_what_to_use_instead() -> None:
-    async with tidings.connect(redis_url()) as client:
-        with pytest.raises(NotSupportedError, match="streams"):
-            await client.stream(unique("s"))
 
 
 async def reconnect(client: tidings.Client, url: str) -> tidings.Client:
@@ -292,9 +306,30 @@ asyncio.run(main())
         assert [(r.name, r.offset, r.lag) for r in stats.readers] == [("billing", 5, 0)]
 
 
-async def test_events_are_not_routed_into_a_stream_over_nats() -> None:
+@pytest.mark.parametrize("engine", ["nats", "redis"])
+async def test_events_are_not_routed_into_a_stream_over_the_engines(engine: str) -> None:
     """keep_events needs a broker's binding from the events exchange to a stream; the
     engine core says so, naming what to do instead."""
-    async with tidings.connect(nats_url()) as client:
+    async with tidings.connect(nats_url() if engine == "nats" else redis_url()) as client:
         with pytest.raises(NotSupportedError, match="append the events to the stream"):
             await client.keep_events()
+
+
+@pytest.mark.parametrize("engine", ["nats", "redis"])
+async def test_retention_drops_whole_records_from_the_head_on_the_engines(engine: str) -> None:
+    name = unique("bounded")
+    url = nats_url() if engine == "nats" else redis_url()
+    try:
+        async with tidings.connect(url) as client:
+            await client.stream(name, max_bytes=4_000)
+            await client.append_many(name, [f"{i:04d}" + "x" * 300 for i in range(40)])
+            async with client.read(name, start="first") as records:
+                first = await records.__anext__()
+                kept = [(first.offset, first.text()[:4])]
+                kept += [(o, t[:4]) for o, t in await take(records, 39 - first.offset)]
+            assert 0 < first.offset < 39  # the oldest went, the newest stayed
+            assert kept == [(i, f"{i:04d}") for i in range(first.offset, 40)]
+            async with client.read(name, start=0) as records:  # before the head: the head
+                assert (await records.__anext__()).offset == first.offset
+    finally:
+        await (_delete_nats_streams if engine == "nats" else _delete_redis_streams)(url, [name])

@@ -21,11 +21,10 @@ The verbs, in the engine's words:
   engine allows), ``renew`` (a lease);
 - look: ``scan`` (waiting entries, oldest first), ``remove``, ``restore`` (move a scanned
   entry into a queue), ``purge``, ``statistics``;
-- streams (an engine whose capabilities say ``streams``): ``create_stream``,
-  ``stream_exists``, ``append_records`` (each record takes the next dense offset),
-  ``stream_reader`` (records in offset order from a parsed start, each delivery carrying its
-  ``x-stream-offset``; an ack only gives credit), ``stream_end``, ``commit_offset`` and
-  ``committed_offset`` (a named reader's place).
+- streams (an engine whose capabilities say ``streams``), its ``logs``: ``create``,
+  ``exists``, ``append`` (each record takes the next dense offset), ``reader`` (records in
+  offset order from a parsed start, each delivery carrying its ``x-stream-offset``; an ack
+  only gives credit), ``end``, ``commit`` and ``committed`` (a named reader's place).
 
 A Kafka engine slots in the same way: topics as queues, a consumer group's fetch loop as the
 reader, committed offsets behind ``settle`` with the rewrite verbs as produce-then-commit.
@@ -122,25 +121,37 @@ class Engine(Protocol):
 
     async def sync(self) -> None: ...
 
-    async def create_stream(self, name: str, spec: StreamSpec) -> None: ...
-
-    async def stream_exists(self, name: str) -> bool: ...
-
-    async def append_records(self, stream: str, messages: Sequence[Message]) -> None: ...
-
-    async def stream_reader(self, stream: str, start: Start, room: Callable[[], int],
-                            arrived: Callable[[Token], None]) -> Reader:
-        """Records of ``stream`` from ``start``, in offset order, waiting at the tail; each
-        token's message carries its offset in the header ``x-stream-offset``."""
+    @property
+    def logs(self) -> StreamLogs:
+        """Its streams (when ``capabilities.streams``)."""
         ...
 
-    async def stream_end(self, stream: str) -> int:
+
+class StreamLogs(Protocol):
+    """The calls an engine makes for tidings streams."""
+
+    async def create(self, name: str, spec: StreamSpec) -> None: ...
+
+    async def exists(self, name: str) -> bool: ...
+
+    async def append(self, stream: str, messages: Sequence[Message]) -> None:
+        """Store records; each takes the next dense offset."""
+        ...
+
+    async def reader(self, stream: str, start: Start, room: Callable[[], int],
+                     arrived: Callable[[Token], None]) -> Reader:
+        """Records of ``stream`` from ``start`` (never an age: the core makes it a time), in
+        offset order, waiting at the tail; each token's message carries its offset in the
+        header ``x-stream-offset``."""
+        ...
+
+    async def end(self, stream: str) -> int:
         """The offset the next record appended will take."""
         ...
 
-    async def commit_offset(self, stream: str, reader: str, offset: int) -> None: ...
+    async def commit(self, stream: str, reader: str, offset: int) -> None: ...
 
-    async def committed_offset(self, stream: str, reader: str) -> int | None: ...
+    async def committed(self, stream: str, reader: str) -> int | None: ...
 
 
 #: The consumer arguments of a stream reader: where it starts, and as which named reader.
@@ -276,7 +287,7 @@ class EngineTransport:
             return True
         if name in self._rules or not self.capabilities.streams:
             return False
-        if await self.engine.stream_exists(name):
+        if await self.engine.logs.exists(name):
             self._streams.add(name)
             return True
         return False
@@ -293,7 +304,7 @@ class EngineTransport:
     async def declare_stream(self, name: str, spec: StreamSpec) -> None:
         if not self.capabilities.streams:
             raise self.capabilities.unsupported("streams", "declare a stream")
-        await self.engine.create_stream(name, spec)
+        await self.engine.logs.create(name, spec)
         self._streams.add(name)
 
     async def commit_offset(self, stream: str, reader: str, offset: int) -> None:
@@ -301,12 +312,12 @@ class EngineTransport:
             raise NotFoundError(f"no stream '{stream}' on {self.capabilities.broker}")
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < -1:
             raise InvalidArgumentError(f"offset {offset!r} is not an offset")
-        end = await self.engine.stream_end(stream)
+        end = await self.engine.logs.end(stream)
         if offset >= end:  # it would skip records not yet written
             raise InvalidArgumentError(
                 f"offset {offset} for reader '{reader}' is past the end of stream '{stream}' "
                 f"(its last offset is {end - 1})")
-        await self.engine.commit_offset(stream, reader, offset)
+        await self.engine.logs.commit(stream, reader, offset)
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -319,7 +330,7 @@ class EngineTransport:
             if delay_ms:
                 raise InvalidArgumentError(f"'{queue}' is a stream: it keeps records in the "
                                            f"order they are appended, without delays")
-            await self.engine.append_records(queue, messages)
+            await self.engine.logs.append(queue, messages)
             return
         await self.rules(queue)  # a missing queue is an error, not a retry loop
         await self.engine.append(queue, messages, _due(delay_ms))
@@ -368,8 +379,8 @@ class EngineTransport:
         if queue not in self._rules and await self._is_stream(queue):
             consumer = Consumer(self, queue, None, prefetch, on_message)
             start = await self._stream_start(queue, arguments or {})
-            consumer.reader = await self.engine.stream_reader(queue, start, consumer.room,
-                                                              consumer.arrived)
+            consumer.reader = await self.engine.logs.reader(queue, start, consumer.room,
+                                                            consumer.arrived)
             self.consumers.add(consumer)
             return consumer
         consumer = Consumer(self, queue, await self.rules(queue), prefetch, on_message)
@@ -382,7 +393,7 @@ class EngineTransport:
         ``x-stream-offset`` (``next`` by default, as RabbitMQ)."""
         reader = arguments.get(STREAM_READER)
         if reader is not None:
-            committed = await self.engine.committed_offset(stream, str(reader))
+            committed = await self.engine.logs.committed(stream, str(reader))
             if committed is not None:
                 return "offset", committed + 1
         start = parse_start(arguments.get(STREAM_OFFSET, "next"))

@@ -50,7 +50,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from tidings.client.nats_pull import TRANSIENT, Feed, Pull, pull_status, quietly
-from tidings.client.nats_streams import LogReader, StreamLogs
+from tidings.client.nats_streams import JetStreamLogs
 from tidings.client.nats_subjects import (
     CONSUMER,
     DELAYED_STREAM,
@@ -80,7 +80,7 @@ from tidings.client.remote import (
     retrying,
 )
 from tidings.client.tokens import Stored, Token
-from tidings.client.transport import Capabilities, QueueSpec, StreamSpec
+from tidings.client.transport import Capabilities, QueueSpec
 from tidings.codecs import encode_meta
 from tidings.errors import (
     AccessRefusedError,
@@ -93,7 +93,6 @@ from tidings.errors import (
 from tidings.message import Message
 from tidings.patterns import topic_matches
 from tidings.statistics import BrokerStatistics
-from tidings.stream_starts import Start
 
 log = logging.getLogger("tidings.client.nats")
 
@@ -164,7 +163,7 @@ class NatsEngine:
                                  asyncio.Future[BaseException | None]]] = []
         self._flush_soon = False
         #: The stream verbs (client/nats_streams.py).
-        self.logs = StreamLogs(self)
+        self.logs = JetStreamLogs(self)
 
     # -- connection ------------------------------------------------------------------------
 
@@ -643,30 +642,6 @@ class NatsEngine:
         await self.jetstream(lambda: self.js.purge_stream(stream), f"purge '{queue}'")
         await self._nudge(Feed(stream, CONSUMER))
         return int(info.state.messages)
-
-    # -- streams -----------------------------------------------------------------------------
-
-    async def create_stream(self, name: str, spec: StreamSpec) -> None:
-        await self.logs.create(name, spec)
-
-    async def stream_exists(self, name: str) -> bool:
-        return await self.logs.exists(name)
-
-    async def append_records(self, stream: str, messages: Sequence[Message]) -> None:
-        await self.logs.append(stream, messages)
-
-    async def stream_reader(self, stream: str, start: Start, room: Callable[[], int],
-                            arrived: Callable[[Token], None]) -> LogReader:
-        return await self.logs.reader(stream, start, room, arrived)
-
-    async def stream_end(self, stream: str) -> int:
-        return await self.logs.end(stream)
-
-    async def commit_offset(self, stream: str, reader: str, offset: int) -> None:
-        await self.logs.commit(stream, reader, offset)
-
-    async def committed_offset(self, stream: str, reader: str) -> int | None:
-        return await self.logs.committed(stream, reader)
 
     # -- the rest --------------------------------------------------------------------------
 

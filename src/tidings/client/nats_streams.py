@@ -83,7 +83,7 @@ class LogReader:
                 self.feed.stream, self.feed.durable), 2)
 
 
-class StreamLogs:
+class JetStreamLogs:
     """The stream verbs of the NATS engine."""
 
     def __init__(self, engine: JetStreamCalls) -> None:

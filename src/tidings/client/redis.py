@@ -49,6 +49,7 @@ import redis.exceptions as rerr
 
 from tidings.client import redis_scripts as lua
 from tidings.client.engine import PRIVATE_PREFIX
+from tidings.client.redis_streams import RedisLogs
 from tidings.client.remote import (
     TLS_OPTIONS,
     QueueRules,
@@ -96,13 +97,11 @@ def stream_key(queue: str, level: int = 0) -> str:
 
 def redis_capabilities(broker: str = "Redis", durable: bool = False,
                        why_not_durable: str = "") -> Capabilities:
-    reasons = [("latency_statistics", "Redis counts entries but does not time them"),
-               ("streams", "tidings streams are not yet mapped onto Redis streams: use the "
-                           "embedded broker, tidings serve or RabbitMQ for replayable logs")]
+    reasons = [("latency_statistics", "Redis counts entries but does not time them")]
     if not durable:
         reasons.append(("durable", why_not_durable or
                         "depends on the server: set appendonly yes and appendfsync always"))
-    return Capabilities(broker, durable=durable, latency_statistics=False, streams=False,
+    return Capabilities(broker, durable=durable, latency_statistics=False,
                         reasons=tuple(reasons))
 
 
@@ -158,6 +157,8 @@ _REDIS_OPTIONS = ("wait_replicas", "wait_timeout_ms", "db", "client_name", "prot
 class RedisEngine:
     """The :class:`~tidings.client.engine.Engine` of Redis Streams."""
 
+    transient = _TRANSIENT
+
     def __init__(self, url: str, *, ssl_context: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(url)
         query = url_options(url, _REDIS_OPTIONS + (
@@ -191,6 +192,8 @@ class RedisEngine:
         self._outbox: dict[tuple[str, str, Any], list[tuple[list[Any], asyncio.Future[Any]]]] = {}
         self._flush_soon = False
         self._last_claim: dict[str, float] = {}
+        #: The stream verbs (client/redis_streams.py).
+        self.logs = RedisLogs(self, self.r.register_script(lua.APPEND_RECORDS))
 
     async def open(self) -> None:
         try:
@@ -234,7 +237,7 @@ class RedisEngine:
         return False, ("this Redis keeps nothing durable on disk (appendonly no): set "
                        "appendonly yes and appendfsync always")
 
-    async def _call(self, call: Callable[[], Any], what: str) -> Any:
+    async def call(self, call: Callable[[], Any], what: str) -> Any:
         try:
             return await retrying(call, _TRANSIENT, what)
         except rerr.ResponseError as e:
@@ -245,7 +248,7 @@ class RedisEngine:
                 raise NotFoundError(f"{what}: no such queue") from e
             raise
 
-    async def _replicate(self) -> None:
+    async def replicate(self) -> None:
         if self._wait_replicas:
             got = await self.r.wait(self._wait_replicas, self._wait_timeout_ms)
             if int(got) < self._wait_replicas:
@@ -267,21 +270,21 @@ class RedisEngine:
                       max_length: int | None) -> None:
         text = json.dumps({"rules": json.loads(rules.dumps()), "levels": levels,
                            "max_length": max_length})
-        existing = await self._call(lambda: self.r.hget(QUEUES, name), f"declare '{name}'")
+        existing = await self.call(lambda: self.r.hget(QUEUES, name), f"declare '{name}'")
         if existing is not None and json.loads(existing) != json.loads(text):
             raise PreconditionFailedError(f"queue '{name}' exists with other settings")
         for level in range(levels):
             with contextlib.suppress(rerr.ResponseError):  # BUSYGROUP: it exists
-                await self._call(lambda lv=level: self.r.xgroup_create(
+                await self.call(lambda lv=level: self.r.xgroup_create(
                     stream_key(name, lv), GROUP, id="0", mkstream=True), f"declare '{name}'")
-        await self._call(lambda: self.r.hset(QUEUES, name, text), f"declare '{name}'")
+        await self.call(lambda: self.r.hset(QUEUES, name, text), f"declare '{name}'")
         self._rules[name] = (rules, levels, max_length)
 
     async def _queue(self, name: str) -> tuple[QueueRules, int, int | None]:
         """The queue's rules, priority levels and max length (read once per process)."""
         known = self._rules.get(name)
         if known is None:
-            text = await self._call(lambda: self.r.hget(QUEUES, name), f"queue '{name}'")
+            text = await self.call(lambda: self.r.hget(QUEUES, name), f"queue '{name}'")
             if text is None:
                 raise NotFoundError(f"no queue '{name}' on {self.capabilities.broker}")
             data = json.loads(text)
@@ -294,7 +297,7 @@ class RedisEngine:
         return rules
 
     async def bind(self, queue: str, pattern: str, rules: QueueRules) -> None:
-        await self._call(lambda: self.r.sadd(BINDINGS, f"{pattern}\x1f{queue}"),
+        await self.call(lambda: self.r.sadd(BINDINGS, f"{pattern}\x1f{queue}"),
                          f"bind '{queue}' to '{pattern}'")
 
     # -- writing ---------------------------------------------------------------------------
@@ -316,7 +319,7 @@ class RedisEngine:
             await asyncio.gather(*(
                 self._batched("send", stream_key(queue, level), max_length or 0, args)
                 for level, args in by_level.items()))
-        await self._replicate()
+        await self.replicate()
 
     def _batched(self, script: str, key: str, head: Any, tail: list[Any]) -> asyncio.Future[Any]:
         """Run ``script`` on ``key`` with ``head`` and ``tail``, together with every other call
@@ -349,7 +352,7 @@ class RedisEngine:
             return results
 
         try:
-            results = await self._call(run, "send")
+            results = await self.call(run, "send")
         except Exception as e:
             results = [e] * len(calls)
         for (_, items), result in zip(calls, results, strict=True):
@@ -370,7 +373,7 @@ class RedisEngine:
         script)."""
         target = stream_key(queue, _level(message, levels))
         key, entry = settle if settle is not None else (target, "0-0")
-        await self._call(lambda: self._scripts["rewrite"](
+        await self.call(lambda: self._scripts["rewrite"](
             keys=[key, target],
             args=[GROUP, entry, *self._fields(message, failures), due_ms, queue,
                   uuid.uuid4().hex]), f"delay a message for '{queue}'")
@@ -380,7 +383,7 @@ class RedisEngine:
         for m in messages:
             args.extend(self._fields(m)[:2])
         await self._batched("publish", BINDINGS, topic, args)
-        await self._replicate()
+        await self.replicate()
 
     async def _move_due(self) -> None:
         """Move due delayed messages into their queues, waking for the next one due."""
@@ -453,19 +456,19 @@ class RedisEngine:
         return reader
 
     async def read_one(self, queue: str) -> Token | None:
-        entries = await self._call(lambda: self.read(queue, 1, None), f"get '{queue}'")
+        entries = await self.call(lambda: self.read(queue, 1, None), f"get '{queue}'")
         if not entries:
             self._last_claim.pop(queue, None)
-            entries = await self._call(lambda: self.claim(queue, 1), f"get '{queue}'")
+            entries = await self.call(lambda: self.claim(queue, 1), f"get '{queue}'")
         return self.token_of(queue, *entries[0]) if entries else None
 
     # -- settling --------------------------------------------------------------------------
 
     async def settle(self, tokens: Sequence[Token]) -> None:
         for key, ids in _by_stream(tokens).items():
-            await self._call(lambda k=key, i=ids: self._scripts["ack"](keys=[k],
+            await self.call(lambda k=key, i=ids: self._scripts["ack"](keys=[k],
                                                                       args=[GROUP, *i]), "ack")
-        await self._replicate()
+        await self.replicate()
 
     async def rewrite(self, token: Token, queue: str, message: Message, failures: int,
                       due_ms: int | None) -> None:
@@ -481,11 +484,11 @@ class RedisEngine:
             else:
                 _, levels, _ = await self._queue(queue)
                 target = stream_key(queue, _level(message, levels))
-            await self._call(lambda: self._scripts["rewrite"](
+            await self.call(lambda: self._scripts["rewrite"](
                 keys=[key, target],
                 args=[GROUP, entry_id, *self._fields(message, failures), 0, queue, ""]),
                 f"move a message of '{token.queue}' to '{queue}'")
-        await self._replicate()
+        await self.replicate()
 
     async def renew(self, tokens: Sequence[Token]) -> None:
         for key, ids in _by_stream(tokens).items():
@@ -500,9 +503,9 @@ class RedisEngine:
         found = []
         for level in range(levels - 1, -1, -1):
             key = stream_key(queue, level)
-            pending = {p["message_id"] for p in await self._call(
+            pending = {p["message_id"] for p in await self.call(
                 lambda k=key: self.r.xpending_range(k, GROUP, "-", "+", 100_000), "browse")}
-            for entry_id, fields in await self._call(lambda k=key: self.r.xrange(k), "browse"):
+            for entry_id, fields in await self.call(lambda k=key: self.r.xrange(k), "browse"):
                 if entry_id not in pending:
                     found.append((key, entry_id.decode(), fields))
                     if limit is not None and len(found) >= limit:
@@ -515,7 +518,7 @@ class RedisEngine:
                          (key, entry_id))
         if not delayed:
             return
-        for delay_id in await self._call(lambda: self.r.zrange(DELAYED, 0, -1), "scan"):
+        for delay_id in await self.call(lambda: self.r.zrange(DELAYED, 0, -1), "scan"):
             fields = await self.r.hgetall(f"tidings:d:{delay_id.decode()}")
             if fields.get(b"n", b"").decode() == queue:
                 yield Stored(message_of(fields.get(b"b", b""), fields.get(b"m"), queue),
@@ -524,9 +527,9 @@ class RedisEngine:
     async def remove(self, queue: str, stored: Stored) -> bool:
         key, entry = stored.handle
         if key == DELAYED:
-            return bool(await self._call(lambda: self._scripts["cancel"](args=[entry, queue]),
+            return bool(await self.call(lambda: self._scripts["cancel"](args=[entry, queue]),
                                          f"delete from '{queue}'"))
-        return bool(await self._call(lambda: self.r.xdel(key, entry), f"delete from '{queue}'"))
+        return bool(await self.call(lambda: self.r.xdel(key, entry), f"delete from '{queue}'"))
 
     async def restore(self, stored: Stored, queue: str, message: Message) -> None:
         key, entry = stored.handle
@@ -536,12 +539,12 @@ class RedisEngine:
                       dict(zip((b"b", b"m", b"c"), self._fields(message), strict=True)))
             pipe.xdel(key, entry)
             await pipe.execute()
-        await self._replicate()
+        await self.replicate()
 
     async def purge(self, queue: str) -> int:
         removed = 0
         for key, entry_id, _ in await self._waiting(queue):
-            removed += int(await self._call(lambda k=key, e=entry_id: self.r.xdel(k, e),
+            removed += int(await self.call(lambda k=key, e=entry_id: self.r.xdel(k, e),
                                             f"purge '{queue}'"))
         return removed
 
@@ -550,10 +553,10 @@ class RedisEngine:
     async def sync(self) -> None:
         """Every command is answered once Redis has applied it: nothing is left to wait for
         (but replicas, with ``wait_replicas``)."""
-        await self._replicate()
+        await self.replicate()
 
     async def statistics(self) -> BrokerStatistics:
-        names = sorted(n.decode() for n in await self._call(lambda: self.r.hkeys(QUEUES),
+        names = sorted(n.decode() for n in await self.call(lambda: self.r.hkeys(QUEUES),
                                                             "statistics"))
         counts = {k.decode(): int(v) for k, v in (await self.r.hgetall(DELAYED_COUNTS)).items()}
         queues = []

@@ -104,3 +104,44 @@ redis.call('DEL', 'tidings:d:' .. ARGV[1])
 redis.call('HINCRBY', 'tidings:delayed:counts', ARGV[2], -1)
 return 1
 """
+
+# Append records to a tidings stream. KEYS[1] the Redis stream, KEYS[2] the hash of stream
+# ends, KEYS[3] the hash of stream sizes; ARGV[1] the stream's name, ARGV[2] its max bytes
+# (0: none), ARGV[3] its max age in ms (0: none), then (body, meta) per record. A record's
+# entry id is "<offset + 1>-0" (so offsets are dense and addressable); it keeps its append
+# time (t) and size (z). Retention drops whole records from the head, at most 1,000 a call.
+APPEND_RECORDS = """
+local name = ARGV[1]
+local max_bytes, max_age = tonumber(ARGV[2]), tonumber(ARGV[3])
+local n = tonumber(redis.call('HGET', KEYS[2], name) or '0')
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local added = 0
+for i = 4, #ARGV, 2 do
+  local size = string.len(ARGV[i]) + string.len(ARGV[i + 1])
+  redis.call('XADD', KEYS[1], (n + 1) .. '-0', 'b', ARGV[i], 'm', ARGV[i + 1], 't', ms,
+             'z', size)
+  n = n + 1
+  added = added + size
+end
+redis.call('HSET', KEYS[2], name, n)
+local total = redis.call('HINCRBY', KEYS[3], name, added)
+if max_bytes > 0 or max_age > 0 then
+  local dropped, upto = 0, 0
+  local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1000)
+  for _, entry in ipairs(head) do
+    local fields = {}
+    for j = 1, #entry[2], 2 do fields[entry[2][j]] = entry[2][j + 1] end
+    local id = tonumber(string.match(entry[1], '^(%d+)'))
+    local old = max_age > 0 and tonumber(fields['t']) < ms - max_age
+    local big = max_bytes > 0 and total - dropped > max_bytes and id < n
+    if not (old or big) then break end
+    dropped, upto = dropped + tonumber(fields['z']), id
+  end
+  if dropped > 0 then
+    redis.call('XTRIM', KEYS[1], 'MINID', (upto + 1) .. '-0')
+    redis.call('HINCRBY', KEYS[3], name, -dropped)
+  end
+end
+return n
+"""

@@ -45,7 +45,7 @@ from tidings.routing.queue import Entry, Queue, QueueConsumer
 from tidings.statistics import ReaderStatistics, StreamStatistics
 from tidings.storage.segments import DEFAULT_SEGMENT_BYTES
 from tidings.storage.streams import StreamFiles
-from tidings.stream_starts import Start
+from tidings.stream_starts import Start, clamp, offset_of
 from tidings.stream_starts import parse_start as parse_stream_start
 
 __all__ = ["READER", "READER_ROWS", "READ_BYTES", "READ_RECORDS", "ConsumerSpec",
@@ -533,14 +533,7 @@ def start_offset(start: Start | int, log: Any, end: int, now: float) -> int:
     start at the tail; offsets before the first retained record start at it."""
     kind, n = ("offset", start) if isinstance(start, int) else start
     first = log.first_offset
-    if kind == "first":
-        return first
-    if kind == "last":
-        return max(first, end - 1)
-    if kind == "next":
-        return end
-    if kind == "time":
-        n = log.offset_at(n)
-    elif kind == "age":
-        n = log.offset_at(int(now * 1000) - n)
-    return min(max(n, first), end)
+    found = offset_of((kind, n), first, end)
+    if found is not None:
+        return found
+    return clamp(log.offset_at(n if kind == "time" else int(now * 1000) - n), first, end)
