@@ -15,13 +15,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+from tidings.client.engine import stream_statistics
 from tidings.client.remote import QueueRules, broker_statistics, queue_statistics
 from tidings.client.tokens import Stored, Token
 from tidings.client.transport import Capabilities, QueueSpec, StreamSpec
 from tidings.errors import NotFoundError, PreconditionFailedError
 from tidings.message import Message
 from tidings.patterns import topic_matches
-from tidings.statistics import BrokerStatistics
+from tidings.statistics import BrokerStatistics, StreamStatistics
 from tidings.stream_starts import Start
 
 
@@ -254,3 +255,13 @@ class _Logs:
 
     async def committed(self, stream: str, reader: str) -> int | None:
         return self.engine.readers.get((stream, reader))
+
+    async def statistics(self) -> list[StreamStatistics]:
+        return [stream_statistics(
+            name, records=len(records), size=sum(len(m.body) for m, _ in records), first=0,
+            end=len(records), first_ms=records[0][1] if records else None,
+            last_ms=records[-1][1] if records else None, max_bytes=None, max_age_s=None,
+            readers=[(reader, offset, records[offset + 1][1] if offset + 1 < len(records)
+                      else None) for (s, reader), offset in self.engine.readers.items()
+                     if s == name])
+            for name, records in sorted(self.engine.streams.items())]

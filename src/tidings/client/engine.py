@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -46,7 +47,7 @@ from tidings.client.transport import Capabilities, Delivery, QueueSpec, StreamSp
 from tidings.dead_letters import dead_letter_queue, replay_into
 from tidings.errors import InvalidArgumentError, NotFoundError, NotSupportedError
 from tidings.message import Message
-from tidings.statistics import BrokerStatistics
+from tidings.statistics import BrokerStatistics, ReaderStatistics, StreamStatistics
 from tidings.stream_starts import Start, parse_start
 
 log = logging.getLogger("tidings.client")
@@ -152,6 +153,10 @@ class StreamLogs(Protocol):
     async def commit(self, stream: str, reader: str, offset: int) -> None: ...
 
     async def committed(self, stream: str, reader: str) -> int | None: ...
+
+    async def statistics(self) -> list[StreamStatistics]:
+        """Every stream's numbers, with its named readers' places and lags."""
+        ...
 
 
 #: The consumer arguments of a stream reader: where it starts, and as which named reader.
@@ -501,7 +506,10 @@ class EngineTransport:
         await self.engine.sync()
 
     async def statistics(self) -> BrokerStatistics:
-        return await self.engine.statistics()
+        found = await self.engine.statistics()
+        if not self.capabilities.streams:
+            return found
+        return dataclasses.replace(found, streams=tuple(await self.engine.logs.statistics()))
 
     async def close(self) -> None:
         for consumer in list(self.consumers):
@@ -515,3 +523,22 @@ class EngineTransport:
 def _due(delay_ms: int | None) -> int | None:
     return int(time.time() * 1000) + int(delay_ms) if delay_ms is not None and delay_ms > 0 \
         else None
+
+
+def stream_statistics(name: str, *, records: int, size: int, first: int, end: int,
+                      first_ms: float | None, last_ms: float | None, max_bytes: int | None,
+                      max_age_s: float | None,
+                      readers: list[tuple[str, int, float | None]]) -> StreamStatistics:
+    """A stream's record from what an engine counts: it keeps ``records`` from offset
+    ``first`` to ``end`` (the next offset); ``readers`` are (name, committed offset, append
+    time in ms of the next record it has not read, or None)."""
+    now_ms = time.time() * 1000
+    return StreamStatistics(
+        vhost="/", name=name, records=records, bytes=size, segments=0,
+        first_offset=first if records else None, last_offset=end - 1 if records else None,
+        first_timestamp=None if first_ms is None else first_ms / 1000,
+        last_timestamp=None if last_ms is None else last_ms / 1000, max_bytes=max_bytes,
+        max_age_s=max_age_s, segment_bytes=0, readers=tuple(
+            ReaderStatistics(reader, committed + 1, False, max(0, end - committed - 1),
+                             0.0 if next_ms is None else max(0.0, (now_ms - next_ms) / 1000))
+            for reader, committed, next_ms in sorted(readers)))

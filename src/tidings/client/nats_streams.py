@@ -20,19 +20,23 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import api
 
+from tidings.client.engine import stream_statistics
 from tidings.client.nats_pull import Feed, Pull
 from tidings.client.nats_subjects import (
+    LOG_STREAM_PREFIX,
     META_HEADER,
     READERS_STREAM,
     log_stream_name,
     log_subject,
     reader_subject,
+    unescape,
 )
 from tidings.client.remote import message_of
 from tidings.client.tokens import Token
 from tidings.client.transport import StreamSpec
 from tidings.errors import NotFoundError
 from tidings.message import Message
+from tidings.statistics import StreamStatistics
 from tidings.stream_starts import Start, parse_age
 
 #: The header a record's offset travels in to the client (RabbitMQ's name).
@@ -156,6 +160,54 @@ class JetStreamLogs:
             self._readers_ready = True
         await self.engine.store([(reader_subject(stream, reader), str(offset).encode(), {})],
                                 f"commit reader '{reader}' of '{stream}'")
+
+    async def statistics(self) -> list[StreamStatistics]:
+        js, found, infos = self.engine.js, [], []
+        while page := await self.engine.jetstream(
+                lambda: js.streams_info(offset=len(infos)), "statistics"):
+            infos.extend(page)  # (the API answers 256 at a time)
+        for info in infos:
+            if not info.config.name.startswith(LOG_STREAM_PREFIX):
+                continue
+            name = json.loads(info.config.description or "{}").get("stream")
+            if not isinstance(name, str):
+                continue
+            state, end = info.state, int(info.state.last_seq)
+            readers = [(reader, offset, await self._appended_ms(name, offset + 2))
+                       for reader, offset in await self._readers(name)]
+            found.append(stream_statistics(
+                name, records=int(state.messages), size=int(state.bytes),
+                first=max(0, int(state.first_seq) - 1), end=end,
+                first_ms=await self._appended_ms(name, int(state.first_seq)),
+                last_ms=await self._appended_ms(name, end), readers=readers,
+                max_bytes=info.config.max_bytes if (info.config.max_bytes or -1) > 0 else None,
+                max_age_s=info.config.max_age or None))
+        return found
+
+    async def _appended_ms(self, stream: str, seq: int) -> float | None:
+        """When the record of sequence ``seq`` was appended (None: there is none)."""
+        if seq < 1:
+            return None
+        try:
+            raw = await self.engine.js.get_msg(log_stream_name(stream), seq=seq)
+        except Exception:  # gone (retention) or not yet written
+            return None
+        return raw.time.timestamp() * 1000 if raw.time is not None else None
+
+    async def _readers(self, stream: str) -> list[tuple[str, int]]:
+        """Every named reader of ``stream`` with its committed offset."""
+        prefix = reader_subject(stream, "")
+        try:
+            info = await self.engine.js.stream_info(READERS_STREAM,
+                                                   subjects_filter=prefix + ">")
+        except Exception:  # no reader has committed yet
+            return []
+        found = []
+        for subject in info.state.subjects or {}:
+            offset = await self.committed(stream, unescape(subject[len(prefix):]))
+            if offset is not None:
+                found.append((unescape(subject[len(prefix):]), offset))
+        return found
 
     async def committed(self, stream: str, reader: str) -> int | None:
         try:

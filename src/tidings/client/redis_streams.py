@@ -16,12 +16,14 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
+from tidings.client.engine import stream_statistics
 from tidings.client.remote import message_of
 from tidings.client.tokens import Token
 from tidings.client.transport import StreamSpec
 from tidings.codecs import encode_meta
 from tidings.errors import PreconditionFailedError
 from tidings.message import Message
+from tidings.statistics import StreamStatistics
 from tidings.stream_starts import Start, offset_of, parse_age
 
 log = logging.getLogger("tidings.client.redis")
@@ -165,6 +167,31 @@ class RedisLogs:
         await self.engine.call(lambda: self.engine.r.hset(f"tidings:readers:{stream}", reader,
                                                           offset), f"commit '{reader}'")
         await self.engine.replicate()
+
+    async def statistics(self) -> list[StreamStatistics]:
+        r, found = self.engine.r, []
+        names = await self.engine.call(lambda: r.hgetall(STREAMS), "statistics")
+        sizes = await r.hgetall(SIZES)
+        for raw, text in sorted(names.items()):
+            name, spec = raw.decode(), json.loads(text or "{}")
+            end, first = await self.end(name), await self._first(name)
+            readers = [(reader.decode(), int(offset), await self._appended_ms(name, int(offset)
+                                                                             + 1))
+                       for reader, offset in (await r.hgetall(f"tidings:readers:{name}")).items()]
+            age_ms = parse_age(spec.get("max_age"))
+            found.append(stream_statistics(
+                name, records=end - first, size=int(sizes.get(raw, 0) or 0), first=first,
+                end=end, first_ms=await self._appended_ms(name, first),
+                last_ms=await self._appended_ms(name, end - 1), readers=readers,
+                max_bytes=spec.get("max_bytes"), max_age_s=age_ms / 1000 if age_ms else None))
+        return found
+
+    async def _appended_ms(self, stream: str, offset: int) -> float | None:
+        """When the record at ``offset`` was appended (None: there is none)."""
+        if offset < 0:
+            return None
+        entry = await self.engine.r.xrange(log_key(stream), f"{offset + 1}-0", f"{offset + 1}-0")
+        return float(entry[0][1].get(b"t", b"0")) if entry else None
 
     async def committed(self, stream: str, reader: str) -> int | None:
         found = await self.engine.call(lambda: self.engine.r.hget(
