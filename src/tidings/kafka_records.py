@@ -24,12 +24,13 @@ from typing import Any
 
 from tidings.message import Message, Record
 from tidings.record_batch import KafkaRecord
+from tidings.stream_starts import OFFSET
 
 __all__ = ["KEY_HEADER", "OFFSET_HEADER", "kafka_fields", "record_of"]
 
 KEY_HEADER = "x-kafka-key"
 #: The header every stream delivery carries (never sent on to Kafka: the offset is there).
-OFFSET_HEADER = "x-stream-offset"
+OFFSET_HEADER = OFFSET
 #: The longest AMQP field name.
 MAX_NAME_BYTES = 255
 

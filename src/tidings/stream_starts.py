@@ -1,12 +1,20 @@
-"""Where a stream reader starts, as RabbitMQ's ``x-stream-offset`` says it, read once for the
-broker and for the client's engines: ``first``, ``last``, ``next``, an offset, a timestamp
-(a datetime), or an age such as ``1h`` (RabbitMQ's units: a year of 365 days, a month of 30).
-The same ages are ``x-max-age``'s retention."""
+"""Where a stream reader starts, as RabbitMQ's ``x-stream-offset`` says it (:data:`OFFSET`),
+read once for the broker and for the client's engines: ``first``, ``last``, ``next``, an
+offset, a timestamp (a datetime), or an age such as ``1h`` (RabbitMQ's units: a year of 365
+days, a month of 30). The same ages are ``x-max-age``'s retention."""
 
 from __future__ import annotations
 
 import datetime
 from typing import Any
+
+#: The consumer argument that says where a stream reader starts, and the header every
+#: delivered record carries its offset in (RabbitMQ's name).
+OFFSET = "x-stream-offset"
+#: The consumer argument naming a reader whose committed offset it resumes after.
+READER = "x-tidings-reader"
+#: The forms a start may take, for error messages.
+START_FORMS = "'first', 'last', 'next', an offset, a timestamp or an age such as '1h'"
 
 #: Milliseconds per unit of an age such as ``7D`` or ``12h``.
 AGE_UNITS_MS = {"Y": 365 * 86_400_000, "M": 30 * 86_400_000, "D": 86_400_000,

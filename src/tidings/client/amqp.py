@@ -74,6 +74,7 @@ from tidings.errors import (
 )
 from tidings.message import Message
 from tidings.statistics import BrokerStatistics
+from tidings.stream_starts import OFFSET, READER
 
 log = logging.getLogger("tidings.client.amqp")
 
@@ -82,7 +83,6 @@ CONTROL_EXCHANGE = "amq.tidings.control"
 BROWSE_ARGUMENT = "x-tidings-browse"
 BROWSE_END_HEADER = "x-tidings-browse-end"
 #: A stream consumer's named reader, and where a stream consumer starts.
-READER_ARGUMENT, STREAM_OFFSET = "x-tidings-reader", "x-stream-offset"
 #: Failed deliveries of a message before this copy, carried across delayed retries.
 COUNT_HEADER = "x-tidings-delivery-count"
 #: The exchange that delays messages on brokers with ``x-delayed-message``.
@@ -597,12 +597,12 @@ class AmqpTransport:
                       on_message: Callable[[Delivery], None],
                       arguments: dict[str, Any] | None = None) -> _Consumer:
         assert self._conn is not None
-        if arguments and READER_ARGUMENT in arguments and not self.is_tidings:
+        if arguments and READER in arguments and not self.is_tidings:
             # RabbitMQ keeps no reader offsets: start after the one this client stored
             arguments = dict(arguments)
-            stored = await self._reader_offset(queue, str(arguments.pop(READER_ARGUMENT)))
+            stored = await self._reader_offset(queue, str(arguments.pop(READER)))
             if stored is not None:
-                arguments[STREAM_OFFSET] = stored + 1
+                arguments[OFFSET] = stored + 1
         channel = await self._conn.channel()
         consumer = _Consumer(channel)
         try:

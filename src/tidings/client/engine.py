@@ -48,7 +48,7 @@ from tidings.dead_letters import dead_letter_queue, replay_into
 from tidings.errors import InvalidArgumentError, NotFoundError, NotSupportedError
 from tidings.message import Message
 from tidings.statistics import BrokerStatistics, ReaderStatistics, StreamStatistics
-from tidings.stream_starts import Start, parse_start
+from tidings.stream_starts import OFFSET, READER, START_FORMS, Start, parse_start
 
 log = logging.getLogger("tidings.client")
 
@@ -157,10 +157,6 @@ class StreamLogs(Protocol):
     async def statistics(self) -> list[StreamStatistics]:
         """Every stream's numbers, with its named readers' places and lags."""
         ...
-
-
-#: The consumer arguments of a stream reader: where it starts, and as which named reader.
-STREAM_OFFSET, STREAM_READER = "x-stream-offset", "x-tidings-reader"
 
 
 class Consumer:
@@ -282,29 +278,33 @@ class EngineTransport:
 
     async def queue_exists(self, name: str) -> bool:
         try:
-            await self.rules(name)
+            await self._rules_of(name)
         except NotFoundError:
-            return await self._is_stream(name)
+            return False
         return True
 
-    async def _is_stream(self, name: str) -> bool:
+    async def _rules_of(self, name: str) -> QueueRules | None:
+        """A queue's rules, or None for a stream (queues first: they are the common case);
+        NotFoundError when it is neither."""
         if name in self._streams:
-            return True
-        if name in self._rules or not self.capabilities.streams:
-            return False
-        if await self.engine.logs.exists(name):
-            self._streams.add(name)
-            return True
-        return False
+            return None
+        try:
+            return await self.rules(name)
+        except NotFoundError:
+            if not self.capabilities.streams or not await self.engine.logs.exists(name):
+                raise
+        self._streams.add(name)
+        return None
 
     async def bind_events(self, queue: str, pattern: str) -> None:
-        if queue not in self._rules and await self._is_stream(queue):
+        rules = await self._rules_of(queue)
+        if rules is None:
             raise NotSupportedError(
                 self.capabilities.broker, f"route events into the stream '{queue}' "
                 f"(keep_events, subscribe(replay=...))", "the engine core keeps streams and "
                 "queues apart: append the events to the stream yourself, or keep replayable "
                 "events on the embedded broker, tidings serve or RabbitMQ")
-        await self.engine.bind(queue, pattern, await self.rules(queue))
+        await self.engine.bind(queue, pattern, rules)
 
     async def declare_stream(self, name: str, spec: StreamSpec) -> None:
         if not self.capabilities.streams:
@@ -313,8 +313,9 @@ class EngineTransport:
         self._streams.add(name)
 
     async def commit_offset(self, stream: str, reader: str, offset: int) -> None:
-        if not await self._is_stream(stream):
-            raise NotFoundError(f"no stream '{stream}' on {self.capabilities.broker}")
+        if await self._rules_of(stream) is not None:
+            raise InvalidArgumentError(f"'{stream}' is a queue, not a stream: it has no "
+                                       f"reader offsets")
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < -1:
             raise InvalidArgumentError(f"offset {offset!r} is not an offset")
         end = await self.engine.logs.end(stream)
@@ -330,15 +331,14 @@ class EngineTransport:
                    delay_ms: int | None = None) -> None:
         for message in messages:
             message.routing_key = queue
-        if queue in self._streams or (queue not in self._rules and
-                                      await self._is_stream(queue)):
-            if delay_ms:
-                raise InvalidArgumentError(f"'{queue}' is a stream: it keeps records in the "
-                                           f"order they are appended, without delays")
-            await self.engine.logs.append(queue, messages)
+        # (a missing queue is an error here, not a retry loop in the engine)
+        if queue in self._rules or await self._rules_of(queue) is not None:
+            await self.engine.append(queue, messages, _due(delay_ms))
             return
-        await self.rules(queue)  # a missing queue is an error, not a retry loop
-        await self.engine.append(queue, messages, _due(delay_ms))
+        if delay_ms:
+            raise InvalidArgumentError(f"'{queue}' is a stream: it keeps records in the order "
+                                       f"they are appended, without delays")
+        await self.engine.logs.append(queue, messages)
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
         for message in messages:
@@ -369,9 +369,8 @@ class EngineTransport:
         return None
 
     async def get(self, queue: str) -> Delivery | None:
-        if queue not in self._rules and await self._is_stream(queue):
+        if await self._rules_of(queue) is None:
             raise InvalidArgumentError(f"'{queue}' is a stream: read it with client.read()")
-        await self.rules(queue)
         while (token := await self.engine.read_one(queue)) is not None:
             incoming = await self.admit(token)
             if incoming is not None:
@@ -381,31 +380,29 @@ class EngineTransport:
     async def consume(self, queue: str, prefetch: int,
                       on_message: Callable[[Delivery], None],
                       arguments: dict[str, Any] | None = None) -> Consumer:
-        if queue not in self._rules and await self._is_stream(queue):
-            consumer = Consumer(self, queue, None, prefetch, on_message)
+        rules = await self._rules_of(queue)
+        consumer = Consumer(self, queue, rules, prefetch, on_message)
+        if rules is None:  # a stream
             start = await self._stream_start(queue, arguments or {})
             consumer.reader = await self.engine.logs.reader(queue, start, consumer.room,
                                                             consumer.arrived)
-            self.consumers.add(consumer)
-            return consumer
-        consumer = Consumer(self, queue, await self.rules(queue), prefetch, on_message)
-        consumer.reader = await self.engine.reader(queue, consumer.room, consumer.arrived)
+        else:
+            consumer.reader = await self.engine.reader(queue, consumer.room, consumer.arrived)
         self.consumers.add(consumer)
         return consumer
 
     async def _stream_start(self, stream: str, arguments: dict[str, Any]) -> Start:
         """Where a reader starts: after its name's committed offset, else at its
         ``x-stream-offset`` (``next`` by default, as RabbitMQ)."""
-        reader = arguments.get(STREAM_READER)
+        reader = arguments.get(READER)
         if reader is not None:
             committed = await self.engine.logs.committed(stream, str(reader))
             if committed is not None:
                 return "offset", committed + 1
-        start = parse_start(arguments.get(STREAM_OFFSET, "next"))
+        start = parse_start(arguments.get(OFFSET, "next"))
         if start is None:
             raise InvalidArgumentError(
-                f"invalid '{STREAM_OFFSET}' {str(arguments.get(STREAM_OFFSET))[:40]!r}: not "
-                f"'first', 'last', 'next', an offset, a timestamp or an age such as '1h'")
+                f"invalid '{OFFSET}' {str(arguments.get(OFFSET))[:40]!r}: not {START_FORMS}")
         if start[0] == "age":
             return "time", int(time.time() * 1000) - start[1]
         return start
@@ -420,7 +417,8 @@ class EngineTransport:
                 token.consumer.settled()
 
     async def ack(self, tokens: Sequence[Any]) -> None:
-        queued = [t for t in tokens if t.queue not in self._streams]  # (a stream: credit)
+        streams = self._streams  # a stream's record is only credit: nothing to settle
+        queued = [t for t in tokens if t.queue not in streams] if streams else tokens
         try:
             if queued:
                 await self.engine.settle(queued)

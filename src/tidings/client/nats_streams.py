@@ -37,10 +37,8 @@ from tidings.client.transport import StreamSpec
 from tidings.errors import NotFoundError
 from tidings.message import Message
 from tidings.statistics import StreamStatistics
-from tidings.stream_starts import Start, parse_age
+from tidings.stream_starts import OFFSET, Start, parse_age
 
-#: The header a record's offset travels in to the client (RabbitMQ's name).
-OFFSET = "x-stream-offset"
 #: Seconds an abandoned reader's consumer lives on the server (its client died).
 READER_INACTIVE_S = 300.0
 

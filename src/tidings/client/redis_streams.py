@@ -24,15 +24,13 @@ from tidings.codecs import encode_meta
 from tidings.errors import PreconditionFailedError
 from tidings.message import Message
 from tidings.statistics import StreamStatistics
-from tidings.stream_starts import Start, offset_of, parse_age
+from tidings.stream_starts import OFFSET, Start, offset_of, parse_age
 
 log = logging.getLogger("tidings.client.redis")
 
 STREAMS = "tidings:streams"
 ENDS = "tidings:stream-ends"
 SIZES = "tidings:stream-bytes"
-#: The header a record's offset travels in to the client (RabbitMQ's name).
-OFFSET = "x-stream-offset"
 #: How long one blocking read waits before it looks again (ms).
 BLOCK_MS = 1000
 

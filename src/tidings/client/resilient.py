@@ -27,13 +27,13 @@ from typing import Any
 from tidings.client.transport import Capabilities, Delivery, QueueSpec, StreamSpec
 from tidings.errors import BrokenResourceError, ClosedResourceError
 from tidings.message import Message
+from tidings.stream_starts import OFFSET, READER
 
 log = logging.getLogger("tidings.client")
 
 #: Seconds an operation waits for a lost connection to come back before it raises.
 SEND_RETRY_S = 30.0
 #: The header of a stream delivery that says its offset.
-STREAM_OFFSET = "x-stream-offset"
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0
 
 OpenInner = Callable[[], Awaitable[Any]]
@@ -74,10 +74,10 @@ class _Consumer:
         def deliver(incoming: Delivery) -> None:
             incoming.delivery_tag = _Stamped(generation, incoming.delivery_tag)
             if arguments is not None:  # a stream reader resumes after what it was handed
-                offset = (incoming.message.headers or {}).get(STREAM_OFFSET)
+                offset = (incoming.message.headers or {}).get(OFFSET)
                 if isinstance(offset, int):
-                    arguments[STREAM_OFFSET] = offset + 1
-                    arguments.pop("x-tidings-reader", None)  # resume here, not at a commit
+                    arguments[OFFSET] = offset + 1
+                    arguments.pop(READER, None)  # resume here, not at a commit
             on_message(incoming)
 
         if arguments is None:

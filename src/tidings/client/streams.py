@@ -17,13 +17,10 @@ from typing import Any
 from tidings.client.received import Inbox, MessageView
 from tidings.client.transport import Delivery, Subscription, Transport
 from tidings.errors import InvalidArgumentError
+from tidings.stream_starts import OFFSET, READER
 
 __all__ = ["START_CHOICES", "Start", "StreamReader", "StreamRecord", "start_argument"]
 
-#: The header that carries a record's offset, and where a consumer starts (RabbitMQ's name).
-OFFSET = "x-stream-offset"
-#: The consumer argument naming a reader whose committed offset it resumes after.
-READER = "x-tidings-reader"
 #: Where a reader may start, besides an offset, a datetime, a timedelta or an age ("1h").
 START_CHOICES = ("first", "last", "next")
 #: Records read before their credit goes back to the broker in one round.

@@ -28,11 +28,11 @@ from tidings.http.schemas import message_to_json
 from tidings.message import Message
 from tidings.patterns import EVENTS_EXCHANGE, topic_matches
 from tidings.routing.front_door import DEFAULT_VHOST, Delivery, FrontDoor
+from tidings.stream_starts import OFFSET
 
 #: The stream that keeps the events (the Python client's ``keep_events`` uses it too).
 EVENTS_LOG = "tidings.events.log"
 #: The header a stream delivery carries its offset in.
-OFFSET = "x-stream-offset"
 #: The history's retention when the gateway declares the log: a week ...
 HISTORY_MAX_AGE = "7D"
 #: ... and at most this many bytes (the oldest whole segments go first).

@@ -45,7 +45,7 @@ from tidings.routing.queue import Entry, Queue, QueueConsumer
 from tidings.statistics import ReaderStatistics, StreamStatistics
 from tidings.storage.segments import DEFAULT_SEGMENT_BYTES
 from tidings.storage.streams import StreamFiles
-from tidings.stream_starts import Start, clamp, offset_of
+from tidings.stream_starts import OFFSET, READER, START_FORMS, Start, clamp, offset_of
 from tidings.stream_starts import parse_start as parse_stream_start
 
 __all__ = ["READER", "READER_ROWS", "READ_BYTES", "READ_RECORDS", "ConsumerSpec",
@@ -59,16 +59,11 @@ READ_RECORDS = 256
 READ_BYTES = 1 * 2**20
 #: Read-aheads one consumer does in one dispatch; more wait for the next loop turn.
 READS_PER_TURN = 16
-#: The consumer argument that says where to start, and the header each delivery carries.
-OFFSET = "x-stream-offset"
 #: Named readers one stream keeps (each any client may make by committing under a new name,
 #: a Kafka group too): past it, a new name is refused.
 MAX_NAMED_READERS = 10_000
 #: The store's definitions of named readers' committed offsets.
 READER_ROWS = "stream-reader"
-#: tidings' consumer argument: this consumer is the named reader ``x``, and starts after the
-#: offset that name last committed (at ``x-stream-offset`` when it has committed none).
-READER = "x-tidings-reader"
 #: Filtering (RabbitMQ 3.13's names): a consumer's ``x-stream-filter`` (a value or a list)
 #: takes only records whose ``x-stream-filter-value`` header is among them, and those with
 #: none too when ``x-stream-match-unfiltered`` is true.
@@ -523,8 +518,7 @@ def parse_start(value: Any) -> Start:
     start = parse_stream_start(value)
     if start is None:
         raise PreconditionFailedError(
-            f"invalid '{OFFSET}' {str(_text(value))[:40]!r}: not 'first', 'last', 'next', an "
-            f"offset, a timestamp or an age such as '1h'")
+            f"invalid '{OFFSET}' {str(_text(value))[:40]!r}: not {START_FORMS}")
     return start
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from tidings.client.transport import Capabilities, Delivery, QueueSpec, StreamSpec, Transport
 from tidings.message import Message
 from tidings.storage.base import TRANSIENT, Store
+from tidings.stream_starts import OFFSET, READER
 
 OpenStore = Callable[[Store | None], Store]
 OpenTransport = Callable[[], Awaitable[Transport]]
@@ -337,8 +338,7 @@ async def transport_knows_which_queues_exist(t: Transport) -> None:
     assert await t.declare_queue(q, QueueSpec()) == q  # declaring again changes nothing
 
 
-#: The consumer arguments of a stream reader (RabbitMQ's, and tidings' named reader).
-STREAM_OFFSET, STREAM_READER = "x-stream-offset", "x-tidings-reader"
+STREAM_OFFSET, STREAM_READER = OFFSET, READER  # (RabbitMQ's start, tidings' named reader)
 
 
 async def _read_stream(t: Transport, stream: str, arguments: dict[str, Any],
