@@ -75,6 +75,8 @@ class AmqpChannel:
         self.session.on_error = self._session_failed
         self.consumers: dict[str, Consumer] = {}
         self.prefetch_count = 0
+        #: In confirm mode (its publishes are counted in the link's ConfirmBook).
+        self.confirming = False
         #: Publishing mode: plain, confirms or transactions (``amqp/states.py``).
         self.mode = st.PLAIN
         self.tx: list[Callable[[], None]] | None = None
@@ -334,11 +336,13 @@ class AmqpChannel:
         result = self.broker.publish(self.vhost, m.exchange, message, mandatory=m.mandatory)
         if result.returned:
             self.send_content(wire.Return(312, "NO_ROUTE", m.exchange, m.routing_key), message)
-        self.link.confirms.published(self.number, not result.refused)
+        if self.confirming:  # (a plain publish pays no lookup)
+            self.link.confirms.published(self.number, not result.refused)
 
     def confirm(self, ok: bool) -> None:
         """Count a publish for publisher confirms (acked once the store is durable)."""
-        self.link.confirms.published(self.number, ok)
+        if self.confirming:
+            self.link.confirms.published(self.number, ok)
 
     def _settle(self, action: Callable[[], None]) -> None:
         if self.tx is not None:
@@ -371,6 +375,7 @@ class AmqpChannel:
 
     def confirm_select(self, m: Confirm.Select) -> None:
         self._switch_mode(Confirm.Select)
+        self.confirming = True
         self.link.confirms.select(self.number)
         self.reply(Confirm.SelectOk(), m.nowait)
 
