@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from tidings.client.engine import EngineTransport
-from tidings.client.transport import Delivery, QueueSpec, Transport
-from tidings.errors import BrokenResourceError
+from tidings.client.transport import Delivery, QueueSpec, StreamSpec, Transport
+from tidings.errors import BrokenResourceError, InvalidArgumentError, NotFoundError
 from tidings.message import Message
 from tidings.testing import TRANSPORT_CHECKS
 from tidings.testing.contracts import run_transport_check
@@ -133,4 +133,25 @@ async def test_a_dead_letter_the_engine_cannot_write_does_not_stall_the_consumer
     await _until(lambda: bool(got))  # the consumer's one place of prefetch came back
     assert got[0].message.body == b"next"
     await subscription.cancel()
+    await core.close()
+
+
+async def test_stream_commits_refuse_what_is_no_offset_or_no_stream() -> None:
+    core, _ = await _core()
+    await core.declare_stream("ledger", StreamSpec())
+    await core.declare_queue("jobs", QueueSpec())
+    await core.send("ledger", [Message(b"a"), Message(b"b")])
+    for reader, offset, error in (("", 0, "non-empty name"), ("r", True, "not an offset"),
+                                  ("r", -2, "not an offset"), ("r", 2, "past the end")):
+        with pytest.raises(InvalidArgumentError, match=error):
+            await core.commit_offset("ledger", reader, offset)
+    with pytest.raises(InvalidArgumentError, match="is a queue, not a stream"):
+        await core.commit_offset("jobs", "r", 0)
+    with pytest.raises(NotFoundError):
+        await core.commit_offset("nowhere", "r", 0)
+    with pytest.raises(InvalidArgumentError, match="without delays"):
+        await core.send("ledger", [Message(b"c")], delay_ms=10)
+    with pytest.raises(InvalidArgumentError, match=r"client\.read"):
+        await core.get("ledger")
+    await core.commit_offset("ledger", "r", 1)  # the last record: fine
     await core.close()

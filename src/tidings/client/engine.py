@@ -318,6 +318,8 @@ class EngineTransport:
                                        f"reader offsets")
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < -1:
             raise InvalidArgumentError(f"offset {offset!r} is not an offset")
+        if not reader:
+            raise InvalidArgumentError("a named reader needs a non-empty name")
         end = await self.engine.logs.end(stream)
         if offset >= end:  # it would skip records not yet written
             raise InvalidArgumentError(
