@@ -18,7 +18,8 @@ from tidings.client.transport import Transport
 from tidings.errors import ConfigError
 
 #: The remote schemes, each with the optional dependency that brings its client library.
-REMOTE = {"nats": "nats", "tls": "nats", "redis": "redis", "rediss": "redis"}
+REMOTE = {"nats": "nats", "tls": "nats", "redis": "redis", "rediss": "redis", "kafka": "kafka",
+          "kafkas": "kafka"}
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -68,8 +69,8 @@ async def open_transport(url: str, *, ssl_context: ssl.SSLContext | None = None,
     else:
         raise ConfigError(
             f"unknown broker URL scheme '{scheme}' in '{url}': use a directory, 'file:DIR', "
-            f"'memory://', 'amqp://user:password@host:port/vhost', 'nats://host:4222' or "
-            f"'redis://host:6379/0'"
+            f"'memory://', 'amqp://user:password@host:port/vhost', 'nats://host:4222', "
+            f"'redis://host:6379/0' or 'kafka://host:9092'"
         )
     broker.start()
     return LocalTransport(broker)
@@ -84,11 +85,15 @@ async def _open_remote(scheme: str, url: str, ssl_context: ssl.SSLContext | None
             from tidings.client.nats import NatsEngine
 
             return await EngineTransport(NatsEngine(url, ssl_context=ssl_context)).open()
+        if extra == "kafka":
+            from tidings.client.kafka import KafkaEngine
+
+            return await EngineTransport(KafkaEngine(url, ssl_context=ssl_context)).open()
         from tidings.client.redis import RedisEngine
 
         return await EngineTransport(RedisEngine(url, ssl_context=ssl_context)).open()
     except ModuleNotFoundError as e:
-        if e.name not in ("nats", "redis"):
+        if e.name not in ("nats", "redis", "aiokafka"):
             raise
         raise ConfigError(f"'{scheme}://' needs its client library: pip install "
                           f"'tidings[{extra}]'") from e
@@ -101,7 +106,7 @@ def connect(url: str, *, ssl_context: ssl.SSLContext | None = None,
     ``amqp://user:password@host:port/vhost`` / ``amqps://...`` (tidings serve or RabbitMQ;
     ``ssl_context`` for TLS, or aiormq's ``?cafile=...&certfile=...&keyfile=...``;
     ``management_url`` such as ``http://guest:guest@host:15672`` for full statistics),
-    ``nats://`` or ``redis://``."""
+    ``nats://``, ``redis://`` or ``kafka://host:9092`` (``kafkas://`` for TLS)."""
     return Client(url, transport_factory=lambda: open_transport(
         url, ssl_context=ssl_context, management_url=management_url))
 

@@ -1,0 +1,297 @@
+"""How one process reads one queue on Kafka: a :class:`Cursor` is one aiokafka consumer of the
+queue's consumer group over the queue's topics, with a :class:`~tidings.client.kafka_ledger.
+Ledger` per partition so that messages are acknowledged one by one.
+
+A cursor is **grouped** when the process consumes the queue: it joins the group, Kafka shares
+the partitions among the members of every process, and a member that dies or leaves hands its
+partitions on (from the committed offsets). A cursor that only answers gets while nobody
+consumes the queue is **alone**: it takes every partition without joining (no rebalance wait)
+and commits as Kafka lets a group without members commit.
+
+Readers (the engine core's consumers) ask for room; the cursor fetches at most the room they
+have together and hands the records out among them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from tidings.client.kafka_ledger import Ledger
+from tidings.client.tokens import Token
+
+log = logging.getLogger("tidings.client.kafka")
+
+#: How often a cursor looks again which topics its queue reads (new bindings, new topics).
+FOLLOW_S = 3.0
+
+#: A record as the cursor's owner turns it into a Token (None: skip it, settled).
+Decode = Callable[[Any, tuple["Cursor", TopicPartition, int, Ledger]], Token | None]
+
+
+async def room_or_wait(room: Callable[[], int], wake: asyncio.Event) -> int:
+    """The room a reader's consumers have, or 0 once ``wake`` is set or a second passed
+    (a loop asks again then)."""
+    found = room()
+    if found <= 0:
+        wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), 1.0)
+    return found
+
+
+class CursorReader:
+    """One consumer's share of a cursor (the core's Reader)."""
+
+    def __init__(self, cursor: Cursor, room: Callable[[], int],
+                 arrived: Callable[[Token], None]) -> None:
+        self.cursor, self.room, self.arrived = cursor, room, arrived
+
+    def wake(self) -> None:
+        self.cursor.wake()
+
+    async def stop(self) -> None:
+        await self.cursor.remove(self)
+
+
+class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
+    """One consumer of a queue's group in this process (see the module)."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, name: str, grouped: bool,
+                 topics: Callable[[], Awaitable[list[str]]],
+                 partitions: Callable[[list[str]], Awaitable[list[TopicPartition]]],
+                 decode: Decode,
+                 ends: Callable[[list[TopicPartition]], Awaitable[dict[TopicPartition, int]]],
+                 ends_lag: Callable[[], bool]) -> None:
+        self.consumer, self.name, self.grouped = consumer, name, grouped
+        self._topics, self._partitions, self._decode = topics, partitions, decode
+        self._ends, self._ends_lag = ends, ends_lag
+        self.topics: list[str] = []
+        self.ledgers: dict[TopicPartition, Ledger] = {}
+        #: Records fetched and not handed out yet, by partition.
+        self.buffered: dict[TopicPartition, deque[Any]] = {}
+        self.readers: list[CursorReader] = []
+        self.joined = asyncio.Event()
+        self._fetching = asyncio.Lock()
+        self._committing = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._followed = 0.0
+        self.closed = False
+
+    # -- membership ------------------------------------------------------------------------
+
+    async def start(self) -> Cursor:
+        self.topics = sorted(await self._topics())
+        self._followed = time.monotonic()
+        if self.grouped:
+            self.consumer.subscribe(self.topics, listener=self)
+            await self.consumer.start()
+        else:
+            await self.consumer.start()
+            self.consumer.assign(await self._partitions(self.topics))
+            self.joined.set()
+        return self
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.commit()
+        for tp in revoked:
+            self.ledgers.pop(tp, None)  # its open deliveries go to the next owner
+            self.buffered.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.joined.set()
+
+    async def follow(self) -> None:
+        """Read the topics again that the queue reads (bindings made since, topics created
+        since) at most every :data:`FOLLOW_S`."""
+        if time.monotonic() - self._followed < FOLLOW_S:
+            return
+        self._followed = time.monotonic()
+        topics = sorted(await self._topics())
+        if topics == self.topics:
+            return
+        self.topics = topics
+        if self.grouped:
+            self.consumer.subscribe(topics, listener=self)
+        else:
+            kept = set(await self._partitions(topics))
+            for tp in list(self.ledgers):
+                if tp not in kept:
+                    self.ledgers.pop(tp)
+                    self.buffered.pop(tp, None)
+            self.consumer.assign(sorted(kept, key=lambda tp: (tp.topic, tp.partition)))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def fetch(self, room: int, timeout_ms: int) -> list[Token]:
+        """Up to ``room`` records, fetched when fewer are buffered; the partitions' records
+        are merged by their timestamps (each partition's in offset order), so a queue that
+        reads several topics hands out events in the order they were published."""
+        if sum(len(b) for b in self.buffered.values()) < room:
+            async with self._fetching:
+                batches = await self.consumer.getmany(timeout_ms=timeout_ms,
+                                                      max_records=max(room, 100))
+            for tp, records in batches.items():
+                if records:
+                    if tp not in self.ledgers:
+                        self.ledgers[tp] = Ledger(records[0].offset)
+                    self.buffered.setdefault(tp, deque()).extend(records)
+        tokens: list[Token] = []
+        skipped = False
+        while len(tokens) < room:
+            heads = [(b[0].timestamp, i, tp) for i, (tp, b) in enumerate(self.buffered.items())
+                     if b]
+            if not heads:
+                break
+            tp = min(heads)[2]
+            record = self.buffered[tp].popleft()
+            ledger = self.ledgers[tp]
+            ledger.handed(record.offset)
+            token = self._decode(record, (self, tp, record.offset, ledger))
+            if token is None:
+                ledger.settle(record.offset)
+                skipped = True
+            else:
+                tokens.append(token)
+        if skipped:
+            await self.commit()
+        return tokens
+
+    async def waiting(self) -> bool:
+        """Whether a partition this cursor holds has records it has not handed out."""
+        if any(self.buffered.values()):
+            return True
+        assigned = list(self.consumer.assignment())
+        if not assigned:
+            return False
+        ends = await self._ends(assigned)
+        for tp in assigned:
+            if await self.consumer.position(tp) < ends.get(tp, 0):
+                return True
+        return False
+
+    async def get(self, timeout_s: float) -> Token | None:
+        """The next record of the queue, or None when none is waiting."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.joined.wait(), timeout_s)
+        await self.follow()
+        deadline = time.monotonic() + timeout_s
+        while await self.waiting():
+            tokens = await self.fetch(1, 200)
+            if tokens:
+                return tokens[0]
+            if time.monotonic() > deadline:
+                return None
+        if not self._ends_lag():
+            return None
+        # (a server may say a partition ends before records it has: Tansu answers the end
+        # of the last batch's first record; a short fetch finds them)
+        tokens = await self.fetch(1, 50)
+        return tokens[0] if tokens else None
+
+    def add(self, room: Callable[[], int], arrived: Callable[[Token], None]) -> CursorReader:
+        reader = CursorReader(self, room, arrived)
+        self.readers.append(reader)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        return reader
+
+    async def remove(self, reader: CursorReader) -> None:
+        with contextlib.suppress(ValueError):
+            self.readers.remove(reader)
+        if not self.readers and self._task is not None:
+            task, self._task = self._task, None
+            task.cancel()
+            await asyncio.wait([task], timeout=10)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while not self.closed:
+            room = await room_or_wait(lambda: sum(r.room() for r in self.readers), self._wake)
+            if room <= 0:
+                continue
+            try:
+                await self.follow()
+                tokens = await self.fetch(room, 500)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the server went away: aiokafka reconnects
+                log.debug("reading '%s' failed: %r; again shortly", self.name, e)
+                await asyncio.sleep(0.5)
+                continue
+            self._hand(tokens)
+
+    def _hand(self, tokens: list[Token]) -> None:
+        readers = self.readers
+        i = 0
+        for reader in list(readers):
+            for _ in range(reader.room()):
+                if i == len(tokens):
+                    return
+                reader.arrived(tokens[i])
+                i += 1
+        for token in tokens[i:]:  # (room shrank meanwhile: the first reader takes them)
+            (readers[0].arrived if readers else self._drop)(token)
+
+    def _drop(self, token: Token) -> None:
+        """A record fetched for a reader that left: the next reader gets it (not settled)."""
+
+    # -- settling --------------------------------------------------------------------------
+
+    def settle(self, tokens: Sequence[Token]) -> None:
+        for token in tokens:
+            _, tp, offset, ledger = token.handle
+            if self.ledgers.get(tp) is ledger:
+                ledger.settle(offset)
+
+    async def commit(self, partitions: Any = None) -> None:
+        """Commit each partition's point (every record below it settled)."""
+        async with self._committing:
+            due = {tp: ledger.point for tp, ledger in self.ledgers.items()
+                   if ledger.advanced() and (partitions is None or tp in partitions)}
+            if not due:
+                return
+            try:
+                await self.consumer.commit(due)
+            except KafkaError as e:  # a rebalance: the next owner delivers them again
+                log.debug("committing '%s' failed: %r", self.name, e)
+                return
+            for tp, point in due.items():
+                ledger = self.ledgers.get(tp)
+                if ledger is not None:
+                    ledger.committed = max(ledger.committed, point)
+
+    @property
+    def open(self) -> int:
+        return sum(ledger.open for ledger in self.ledgers.values())
+
+    async def reset(self) -> None:
+        """Forget what was handed out and go on from the group's committed offsets (after a
+        purge moved them)."""
+        self.ledgers.clear()
+        self.buffered.clear()
+        for tp in self.consumer.assignment():
+            committed = await self.consumer.committed(tp)
+            if committed is not None:
+                self.consumer.seek(tp, committed)
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task], timeout=10)
+        with contextlib.suppress(Exception):
+            await self.commit()
+        with contextlib.suppress(Exception):
+            await self.consumer.stop()
