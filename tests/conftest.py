@@ -94,3 +94,25 @@ def _collect_garbage_after_each_test() -> Iterator[None]:
     test that leaked it, not in whichever later test the garbage collector happens to run."""
     yield
     gc.collect()
+
+
+@pytest.fixture(scope="session")
+def kafka_face(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``kafka://`` to a ``tidings serve`` of the session's own (its Kafka face; groups form
+    at once instead of after Kafka's initial rebalance delay)."""
+    from .serverproc import running
+
+    data = tmp_path_factory.mktemp("kafka-face") / "data"
+    with running(data, "--kafka-port", "0", "--http-port", "-1",
+                 "--kafka-group-initial-rebalance-delay-ms", "0") as server:
+        yield f"kafka://127.0.0.1:{server.kafka_port}"
+
+
+@pytest.fixture(scope="session")
+def tansu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``kafka://`` to Tansu, the Kafka-compatible peer, started for the session."""
+    from .engines import EngineProcess
+
+    server = EngineProcess("tansu", tmp_path_factory.mktemp("tansu")).start()
+    yield server.url
+    server.stop()

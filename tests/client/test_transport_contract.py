@@ -1,6 +1,7 @@
 """The transport conformance suite over every transport: the embedded broker on both stores,
 ``amqp://`` to a ``tidings serve`` of the test's own, ``amqp://`` to the machine's RabbitMQ,
-``nats://`` to its NATS JetStream and ``redis://`` to its Redis.
+``nats://`` to its NATS JetStream, ``redis://`` to its Redis, and ``kafka://`` to the Kafka face
+of a ``tidings serve`` and to Tansu (both started for the session).
 A check is skipped only when the transport declares it lacks a capability, with its reason."""
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from tidings.urls import open_transport
 from ..serverproc import ServerProcess
 from ..services import nats_url, rabbitmq_port, redis_url
 
-KINDS = ["memory", "sqlite", "amqp-tidings", "amqp-rabbitmq", "nats", "redis"]
+KINDS = ["memory", "sqlite", "amqp-tidings", "amqp-rabbitmq", "nats", "redis", "kafka-tidings",
+         "kafka-tansu"]
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +46,10 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path
         url = nats_url()
     elif kind == "redis":
         url = redis_url()
+    elif kind == "kafka-tidings":
+        url = request.getfixturevalue("kafka_face")
+    elif kind == "kafka-tansu":
+        url = request.getfixturevalue("tansu")
     else:
         async def local() -> Transport:
             store = MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "data")

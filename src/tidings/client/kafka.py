@@ -305,7 +305,8 @@ class KafkaEngine:
             return cursor
         if cursor is not None:
             await cursor.close()
-        self.mover()  # a queue's reader also moves due messages
+        if grouped:
+            self.mover()  # a queue's consumers also move due messages
         cursor = Cursor(self.consumer(queue_group(queue)), queue, grouped,
                         lambda: self.queue_topics(queue), self.partitions,
                         self.decoder(queue), self.ends, lambda: self.ends_lag)
@@ -333,8 +334,9 @@ class KafkaEngine:
             while cursor.open and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
             if not cursor.readers and self.cursors.get(queue) is cursor:
-                del self.cursors[queue]
                 await cursor.close()
+                if self.cursors.get(queue) is cursor:
+                    del self.cursors[queue]
         task = asyncio.get_running_loop().create_task(retire())
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
@@ -421,17 +423,24 @@ class KafkaEngine:
     async def _span(self, group: str, topics: list[str]
                     ) -> list[tuple[TopicPartition, int, int]]:
         """Each partition of ``topics`` with the group's place in it and its end."""
-        tps = await self.partitions(topics)
-        if not tps:
-            return []
-        starts, ends = await self.bounds(tps)
-        committed = await self.admin.list_consumer_group_offsets(group, partitions=tps)
-        found = []
-        for tp in tps:
-            at = committed.get(tp)
-            start = at.offset if at is not None and at.offset >= 0 else starts[tp]
-            found.append((tp, max(start, starts[tp]), ends[tp]))
-        return found
+        return (await self._spans({group: topics}))[group]
+
+    async def _spans(self, groups: dict[str, list[str]]
+                     ) -> dict[str, list[tuple[TopicPartition, int, int]]]:
+        """:meth:`_span` of several groups, with one look at where partitions end."""
+        tps = {group: await self.partitions(topics) for group, topics in groups.items()}
+        every = sorted({tp for found in tps.values() for tp in found})
+        starts, ends = await self.bounds(every) if every else ({}, {})
+        spans: dict[str, list[tuple[TopicPartition, int, int]]] = {}
+        for group, found in tps.items():
+            committed = await self.admin.list_consumer_group_offsets(group, partitions=found) \
+                if found else {}
+            spans[group] = []
+            for tp in found:
+                at = committed.get(tp)
+                start = at.offset if at is not None and at.offset >= 0 else starts[tp]
+                spans[group].append((tp, max(start, starts[tp]), ends[tp]))
+        return spans
 
     async def _chunk(self, tp: TopicPartition, start: int, end: int) -> list[Any]:
         """Records of ``tp`` from ``start`` (a fetch's worth, below ``end``)."""
@@ -505,9 +514,12 @@ class KafkaEngine:
     async def statistics(self) -> BrokerStatistics:
         await self.catalog.refresh(force=True)
         held = self._mover.held_by_queue() if self._mover is not None else {}
+        names = sorted(self.catalog.named("queue:"))
+        spans_of = await self._spans({queue_group(name): await self.queue_topics(name)
+                                      for name in names})
         queues = []
-        for name in sorted(self.catalog.named("queue:")):
-            spans = await self._span(queue_group(name), await self.queue_topics(name))
+        for name in names:
+            spans = spans_of[queue_group(name)]
             cursor = self.cursors.get(name)
             unacked = cursor.open if cursor is not None else 0
             ready = sum(end - start for _, start, end in spans) - unacked

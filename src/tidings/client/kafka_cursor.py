@@ -86,6 +86,7 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
         self._task: asyncio.Task[None] | None = None
         self._followed = 0.0
         self.closed = False
+        self._closing: asyncio.Task[None] | None = None
 
     # -- membership ------------------------------------------------------------------------
 
@@ -287,6 +288,13 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
                 self.consumer.seek(tp, committed)
 
     async def close(self) -> None:
+        """Commit what is settled and leave (a close that was cancelled goes on: whoever
+        closes next waits for the same one)."""
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         self.closed = True
         if self._task is not None:
             self._task.cancel()
