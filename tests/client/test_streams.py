@@ -24,7 +24,7 @@ from ..services import nats_url, rabbitmq_port, redis_url
 KINDS = ["memory", "directory", "amqp-tidings", "amqp-rabbitmq"]
 #: Where streams are read and named readers kept by the engine core (binding a stream to the
 #: events exchange, for replay, is the brokers' alone).
-READ_KINDS = [*KINDS, "nats", "redis"]
+READ_KINDS = [*KINDS, "nats", "redis", "kafka"]
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,8 @@ def _url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return nats_url()
     if request.param == "redis":
         return redis_url()
+    if request.param == "kafka":
+        return str(request.getfixturevalue("kafka_face"))
     if request.param == "memory":
         return "memory://"
     if request.param == "directory":
@@ -311,11 +313,14 @@ asyncio.run(main())
         assert [(r.name, r.offset, r.lag) for r in stats.readers] == [("billing", 5, 0)]
 
 
-@pytest.mark.parametrize("engine", ["nats", "redis"])
-async def test_events_are_not_routed_into_a_stream_over_the_engines(engine: str) -> None:
+@pytest.mark.parametrize("engine", ["nats", "redis", "kafka"])
+async def test_events_are_not_routed_into_a_stream_over_the_engines(
+        engine: str, request: pytest.FixtureRequest) -> None:
     """keep_events needs a broker's binding from the events exchange to a stream; the
     engine core says so, naming what to do instead."""
-    async with tidings.connect(nats_url() if engine == "nats" else redis_url()) as client:
+    url = {"nats": nats_url, "redis": redis_url,
+           "kafka": lambda: str(request.getfixturevalue("kafka_face"))}[engine]()
+    async with tidings.connect(url) as client:
         with pytest.raises(NotSupportedError, match="append the events to the stream"):
             await client.keep_events()
 

@@ -34,9 +34,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import create_conn
 from aiokafka.errors import (
+    AuthenticationFailedError,
     KafkaConnectionError,
     KafkaError,
+    SaslAuthenticationFailed,
     TopicAlreadyExistsError,
 )
 
@@ -144,13 +147,34 @@ class KafkaEngine:
                 f"?connect_timeout= sets the limit)") from None
         except KafkaError as e:
             await self.close()
-            text = repr(e)
-            if "SASL" in text or "Authentication" in text or "Authorization" in text:
-                raise AccessRefusedError(f"login refused by {where}: {e}") from e
+            refused = await self._login_refused() if isinstance(
+                e, KafkaConnectionError) else e
+            if isinstance(refused, AuthenticationFailedError | SaslAuthenticationFailed):
+                raise AccessRefusedError(f"login refused by {where}: {refused}") from e
             raise BrokenResourceError(f"cannot use {where}: {e!r}") from e
         except (OSError, ssl.SSLError) as e:
             await self.close()
             raise BrokenResourceError(f"cannot connect to {where}: {e}") from e
+
+    async def _login_refused(self) -> Exception | None:
+        """Why the first broker refused us, when it was the login (aiokafka reports only
+        that it could not bootstrap)."""
+        common = self.settings.common
+        if "sasl_mechanism" not in common:
+            return None
+        host, _, port = common["bootstrap_servers"][0].rpartition(":")
+        try:
+            conn = await asyncio.wait_for(create_conn(
+                host.strip("[]"), int(port), ssl_context=common.get("ssl_context"),
+                security_protocol=common["security_protocol"],
+                sasl_mechanism=common["sasl_mechanism"],
+                sasl_plain_username=common["sasl_plain_username"],
+                sasl_plain_password=common["sasl_plain_password"]),
+                self.settings.connect_timeout_s)
+        except (KafkaError, OSError, TimeoutError) as e:
+            return e
+        conn.close()
+        return None
 
     async def _probe_ends(self) -> None:
         """Find out whether the server says where a partition ends correctly: two records
@@ -342,9 +366,19 @@ class KafkaEngine:
         task.add_done_callback(self._retiring.discard)
 
     async def read_one(self, queue: str) -> Token | None:
+        """A get: through this process's consumers of the queue when it has some; alone
+        while no process consumes it; and nothing while other processes' consumers hold its
+        partitions (joining their group would move partitions away from them, and with them
+        the messages they are working on)."""
         cursor = self.cursors.get(queue)
         if cursor is None:
-            cursor = await self.cursor(queue, grouped=await self.busy(queue_group(queue)))
+            if await self.busy(queue_group(queue)):
+                return None
+            cursor = await self.cursor(queue, grouped=False)
+        elif not cursor.grouped and await self.busy(queue_group(queue)):
+            await cursor.close()  # (consumers elsewhere took the queue over)
+            del self.cursors[queue]
+            return None
         return await cursor.get(GET_WAIT_S)
 
     async def busy(self, group: str) -> bool:

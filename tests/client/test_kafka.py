@@ -1,0 +1,179 @@
+"""The ``kafka://`` transport beyond the conformance suite: acknowledgements out of order over
+one committed offset, URLs and logins (SASL PLAIN and SCRAM, TLS), competing consumers in
+two processes' clients, and topics shared with plain Kafka programs."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+import tidings
+from tidings.auth import UserStore
+from tidings.client.kafka_ledger import Ledger
+from tidings.client.kafka_url import parse
+from tidings.errors import AccessRefusedError, ConfigError
+
+from ..amqp.test_security_and_flow import make_certificate
+from ..serverproc import ServerProcess, running
+
+
+def test_the_committed_offset_waits_for_the_lowest_unsettled_message() -> None:
+    ledger = Ledger(10)
+    for offset in range(10, 15):
+        ledger.handed(offset)
+    ledger.settle(12)
+    ledger.settle(11)
+    assert ledger.point == 10 and not ledger.advanced()  # 10 is still being worked on
+    ledger.settle(10)
+    assert ledger.point == 13 and ledger.advanced() and ledger.open == 2
+    ledger.committed = 13
+    ledger.settle(14)
+    ledger.settle(13)
+    assert ledger.point == 15 and ledger.open == 0
+
+
+@pytest.mark.parametrize(("url", "complaint"), [
+    ("kafka://", "name at least one broker"),
+    ("kafka://h:9092?partitions=0", "partitions=0"),
+    ("kafka://h:9092?idempotence=maybe", "idempotence=maybe"),
+    ("kafka://h:9092?linger=5", "option 'linger'"),
+    ("kafka://u:p@h:9092?sasl_mechanism=GSSAPI", "sasl_mechanism=GSSAPI"),
+    ("kafka://h:9092?sasl_mechanism=PLAIN", "needs a user"),
+    ("kafka://h:9092?cafile=/x.pem", "need kafkas://"),
+])
+def test_a_bad_url_says_what_is_wrong(url: str, complaint: str) -> None:
+    with pytest.raises(ConfigError, match=complaint.replace("?", r"\?")):
+        parse(url)
+
+
+def test_a_url_with_a_user_logs_in_with_sasl() -> None:
+    settings = parse("kafka://ann:s%40cret@a:1,b?sasl_mechanism=scram-sha-512&partitions=4")
+    assert settings.common["bootstrap_servers"] == ["a:1", "b:9092"]
+    assert settings.common["security_protocol"] == "SASL_PLAINTEXT"
+    assert settings.common["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert settings.common["sasl_plain_password"] == "s@cret"
+    assert settings.partitions == 4 and "s@cret" not in settings.where
+
+
+BOB, BOB_PW = "bob", "bob-secret"
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
+    folder = Path(tmp_path_factory.mktemp("kafka-logins"))
+    data = folder / "data"
+    users = UserStore(data)
+    users.add_user(BOB, BOB_PW)
+    users.set_permissions(BOB, "/", ".*", ".*", ".*")
+    cert, key = make_certificate(folder)
+    with running(data, "--kafka-port", "0", "--kafka-tls-port", "0", "--kafka-require-sasl",
+                 "--tls-cert", str(cert), "--tls-key", str(key), "--http-port", "-1",
+                 "--kafka-advertised-host", "localhost",
+                 "--kafka-group-initial-rebalance-delay-ms", "0") as proc:
+        yield proc, cert
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+async def test_a_user_logs_in_with_each_sasl_mechanism(
+        secure: tuple[ServerProcess, Path], mechanism: str) -> None:
+    server, _ = secure
+    url = f"kafka://{BOB}:{BOB_PW}@localhost:{server.kafka_port}?sasl_mechanism={mechanism}"
+    queue = f"login-{uuid.uuid4().hex[:6]}"
+    async with tidings.connect(url) as client:
+        await client.declare_queue(queue)
+        await client.send(queue, {"by": mechanism})
+        message = await client.get(queue)
+        assert message is not None and message.json() == {"by": mechanism}
+        await message.ack()
+
+
+async def test_tls_and_a_wrong_password(secure: tuple[ServerProcess, Path]) -> None:
+    server, cert = secure
+    url = f"kafkas://{BOB}:{BOB_PW}@localhost:{server.kafka_tls_port}?cafile={cert}"
+    async with tidings.connect(url) as client:
+        stream = f"tls-{uuid.uuid4().hex[:6]}"
+        await client.stream(stream)
+        await client.append(stream, b"over tls")
+        async with client.read(stream, start="first") as records:
+            async for record in records:
+                assert record.body == b"over tls"
+                break
+    wrong = f"kafka://{BOB}:nope@localhost:{server.kafka_port}?connect_timeout=5"
+    with pytest.raises(AccessRefusedError) as refused:
+        async with tidings.connect(wrong) as client:
+            await client.declare_queue("never")
+    assert "nope" not in str(refused.value)
+
+
+async def test_two_clients_share_a_queue_and_a_leaving_one_hands_on_what_it_held(
+        kafka_face: str) -> None:
+    """Two members of the queue's group share its partitions; the deliveries one held and
+    never settled go to the other once it leaves (from the committed offset)."""
+    url = f"{kafka_face}?partitions=2"
+    queue = f"share-{uuid.uuid4().hex[:6]}"
+    async with tidings.connect(url) as first, tidings.connect(url) as second:
+        await first.declare_queue(queue)
+        got: dict[str, list[int]] = {"first": [], "second": []}
+        held = first.receive(queue, prefetch=100)
+        taken = second.receive(queue, prefetch=100)
+
+        async def take(name: str, messages: object, ack: bool) -> None:
+            async for message in messages:  # type: ignore[attr-defined]
+                got[name].append(message.json()["n"])
+                if ack:
+                    await message.ack()
+
+        tasks = [asyncio.create_task(take("first", held, False)),
+                 asyncio.create_task(take("second", taken, True))]
+        await asyncio.sleep(1.0)  # both joined
+        await first.send_many(queue, [{"n": n} for n in range(40)])
+        deadline = asyncio.get_running_loop().time() + 20
+        while len(set(got["first"]) | set(got["second"])) < 40:
+            assert asyncio.get_running_loop().time() < deadline, got
+            await asyncio.sleep(0.05)
+        assert got["first"] and got["second"], "one member got every partition"
+        kept = list(got["first"])
+        await held.aclose()  # the first leaves without settling what it held
+        tasks[0].cancel()
+        await first.close()
+        while not set(kept) <= set(got["second"]):
+            assert asyncio.get_running_loop().time() < deadline + 20, got
+            await asyncio.sleep(0.05)
+        await taken.aclose()
+        await asyncio.wait(tasks, timeout=10)
+
+
+async def test_topics_are_shared_with_plain_kafka_programs(kafka_face: str) -> None:
+    """A topic another Kafka program writes reads as a stream (its key and headers kept); an
+    event tidings publishes is a record other Kafka consumers read."""
+    bootstrap = kafka_face.removeprefix("kafka://")
+    topic = f"ext-{uuid.uuid4().hex[:6]}"
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"from kafka", key=b"k1",
+                                     headers=[("source", b"kcat")])
+    finally:
+        await producer.stop()
+    async with tidings.connect(kafka_face) as client:
+        async with client.read(topic, start="first") as records:
+            async for record in records:
+                assert record.body == b"from kafka"
+                assert record.headers["x-kafka-key"] == "k1"
+                assert record.headers["source"] == "kcat"
+                break
+        event_topic = f"orders.{uuid.uuid4().hex[:6]}.created"
+        await client.publish(event_topic, {"order": 7})
+    consumer = AIOKafkaConsumer(event_topic, bootstrap_servers=bootstrap,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        record = await asyncio.wait_for(consumer.getone(), 10)
+        assert record.value == b'{"order":7}' or record.value == b'{"order": 7}'
+    finally:
+        await consumer.stop()
