@@ -1,6 +1,7 @@
 """``tidings worker``: processes share a queue's work, survive a SIGKILLed sibling, stop
 gently on SIGTERM, and spread a group's events once per group; tasks return results and
-remote errors. On a tidings serve of the test's own and on the machine's RabbitMQ."""
+remote errors. On a tidings serve of the test's own, the machine's RabbitMQ, NATS and Redis,
+and over Kafka (the Kafka face of a tidings serve)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,10 @@ def tidings_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc.stop()
 
 
-@pytest.fixture(params=["tidings-serve", "rabbitmq", "nats", "redis"])
+@pytest.fixture(params=["tidings-serve", "rabbitmq", "nats", "redis", "kafka"])
 def url(request: pytest.FixtureRequest) -> str:
+    if request.param == "kafka":  # (a partition for each of up to three worker processes)
+        return f"{request.getfixturevalue('kafka_face')}?partitions=3"
     if request.param == "rabbitmq":
         return f"amqp://guest:guest@127.0.0.1:{rabbitmq_port()}/"
     if request.param == "nats":
@@ -152,7 +155,10 @@ async def test_a_group_spread_over_processes_gets_each_event_once(
     try:
         await asyncio.sleep(3)  # both processes subscribed
         async with tidings.connect(url) as client:
-            for n in range(100):
+            if url.startswith("kafka"):  # a new topic: both members find it (every 3 s)
+                await client.publish(f"{topic}.created", {"n": 0})
+                await asyncio.sleep(4)
+            for n in range(1 if url.startswith("kafka") else 0, 100):
                 await client.publish(f"{topic}.created", {"n": n})
             await _until(lambda: len(_lines(log, "E")) >= 100)
             await asyncio.sleep(0.5)

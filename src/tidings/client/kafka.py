@@ -221,14 +221,15 @@ class KafkaEngine:
                 found.append(TopicPartition(topic, p))
         return found
 
-    async def queue_topics(self, queue: str) -> list[str]:
-        """The topics ``queue`` reads: its own and those its bindings match."""
-        await self.catalog.refresh()
+    async def queue_topics(self, queue: str, fresh: bool = False) -> list[str]:
+        """The topics ``queue`` reads: its own and those its bindings match (``fresh``: as
+        the server has them now)."""
+        await self.catalog.refresh(force=fresh)
         own = queue_topic(queue)
         patterns = [k for k in self.catalog.named(f"bind:{queue}\x1f")]
         if not patterns:
             return [own]
-        return [own, *sorted(t for t in await self.topics() if t != own and not
+        return [own, *sorted(t for t in await self.topics(fresh) if t != own and not
                              t.startswith(("tidings.", "__")) and
                              any(topic_matches(p, t) for p in patterns))]
 
@@ -332,7 +333,7 @@ class KafkaEngine:
         if grouped:
             self.mover()  # a queue's consumers also move due messages
         cursor = Cursor(self.consumer(queue_group(queue)), queue, grouped,
-                        lambda: self.queue_topics(queue), self.partitions,
+                        lambda fresh: self.queue_topics(queue, fresh), self.partitions,
                         self.decoder(queue), self.ends, lambda: self.ends_lag)
         self.cursors[queue] = cursor
         return await cursor.start()
@@ -345,8 +346,13 @@ class KafkaEngine:
 
         async def stopped() -> None:
             await stop()
-            if not cursor.readers:
+            if cursor.readers:
+                return
+            if cursor.open:
                 self._retire(queue, cursor)
+            elif self.cursors.get(queue) is cursor:  # nothing held: leave the group now
+                del self.cursors[queue]
+                await cursor.close()
         reader.stop = stopped  # type: ignore[method-assign]
         return reader
 
@@ -597,7 +603,7 @@ class Mover:
         self._wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
-    async def _topics(self) -> list[str]:
+    async def _topics(self, fresh: bool) -> list[str]:
         return [DELAYED]
 
     def _decode(self, record: Any, handle: Any) -> Token | None:

@@ -66,7 +66,7 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
     """One consumer of a queue's group in this process (see the module)."""
 
     def __init__(self, consumer: AIOKafkaConsumer, name: str, grouped: bool,
-                 topics: Callable[[], Awaitable[list[str]]],
+                 topics: Callable[[bool], Awaitable[list[str]]],
                  partitions: Callable[[list[str]], Awaitable[list[TopicPartition]]],
                  decode: Decode,
                  ends: Callable[[list[TopicPartition]], Awaitable[dict[TopicPartition, int]]],
@@ -91,7 +91,7 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
     # -- membership ------------------------------------------------------------------------
 
     async def start(self) -> Cursor:
-        self.topics = sorted(await self._topics())
+        self.topics = sorted(await self._topics(False))
         self._followed = time.monotonic()
         if self.grouped:
             self.consumer.subscribe(self.topics, listener=self)
@@ -107,17 +107,21 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
         for tp in revoked:
             self.ledgers.pop(tp, None)  # its open deliveries go to the next owner
             self.buffered.pop(tp, None)
+        # a rebalance is often another member that found a new topic: join with it known,
+        # or the partitions of that topic all go to the member that found it
+        with contextlib.suppress(Exception):
+            await self.follow(now=True)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self.joined.set()
 
-    async def follow(self) -> None:
+    async def follow(self, now: bool = False) -> None:
         """Read the topics again that the queue reads (bindings made since, topics created
-        since) at most every :data:`FOLLOW_S`."""
-        if time.monotonic() - self._followed < FOLLOW_S:
+        since): at most every :data:`FOLLOW_S`, or ``now`` from the server."""
+        if not now and time.monotonic() - self._followed < FOLLOW_S:
             return
         self._followed = time.monotonic()
-        topics = sorted(await self._topics())
+        topics = sorted(await self._topics(now))
         if topics == self.topics:
             return
         self.topics = topics
