@@ -1,5 +1,5 @@
-"""The tidings client on NATS JetStream and Redis Streams against those engines' own clients,
-and every transport on the same workloads.
+"""The tidings client on NATS JetStream, Redis Streams and Kafka against those engines' own
+clients, and every transport on the same workloads.
 
     python bench/engines.py              # N1/N2, R1/R2, then the table of every transport
     python bench/engines.py --quick      # smaller counts
@@ -16,8 +16,12 @@ N2 / R2 fan-out to four groups: events in confirmed windows of 100, four groups 
    four durable pull consumers. Raw redis-py: one stream read by four consumer groups (the
    Redis way; tidings copies each event to four queues, which is what lets every group have
    its own delivery limit, dead letters and purge).
+K1 / K2 the same on Kafka (the Kafka face of a tidings serve started here, or --kafka): raw
+   aiokafka produces with the idempotent producer (acks=all) and consumes as a group member
+   that commits after each fetched batch (the Kafka way; four groups for K2); tidings
+   acknowledges each message, committing the lowest unacknowledged offset.
 ALL: the tidings client's N1 and N2 on every transport: memory://, a data directory,
-   amqp:// to tidings serve started here and to RabbitMQ, nats:// and redis://.
+   amqp:// to tidings serve started here and to RabbitMQ, nats://, redis:// and kafka://.
 
 Best of --repeats runs each; ratios are within this run. The engines are the ones at --nats
 and --redis (this machine's Redis keeps nothing on disk, so R1 measures no fsync).
@@ -176,10 +180,99 @@ async def redis_fanout(url: str, n: int) -> float:
     return rate
 
 
+async def _kafka_topic(bootstrap: str, topic: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        await admin.close()
+
+
+async def _kafka_produce(producer: object, topic: str, n: int) -> None:
+    for _ in range(n // WINDOW):
+        sent = [await producer.send(topic, BODY) for _ in range(WINDOW)]  # type: ignore[attr-defined]
+        await asyncio.gather(*sent)
+
+
+async def _kafka_consume(bootstrap: str, topic: str, group: str, n: int) -> None:
+    """A group member that commits after each batch it fetched (the Kafka way)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    got = 0
+    try:
+        while got < n:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=PREFETCH)
+            got += sum(len(records) for records in batches.values())
+            if batches:
+                await consumer.commit()
+    finally:
+        await consumer.stop()
+
+
+async def kafka_round_trip(url: str, n: int) -> float:
+    from aiokafka import AIOKafkaProducer
+
+    bootstrap = url.removeprefix("kafka://").split("?")[0]
+    topic = f"bench-{uuid.uuid4().hex[:8]}"
+    await _kafka_topic(bootstrap, topic)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                enable_idempotence=True, linger_ms=1)
+    await producer.start()
+    try:
+        start = time.perf_counter()
+        await asyncio.gather(_kafka_produce(producer, topic, n),
+                             _kafka_consume(bootstrap, topic, f"g-{topic}", n))
+        return n / (time.perf_counter() - start)
+    finally:
+        await producer.stop()
+
+
+async def kafka_fanout(url: str, n: int) -> float:
+    from aiokafka import AIOKafkaProducer
+
+    bootstrap = url.removeprefix("kafka://").split("?")[0]
+    topic = f"bench-ev-{uuid.uuid4().hex[:8]}"
+    await _kafka_topic(bootstrap, topic)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                enable_idempotence=True, linger_ms=1)
+    await producer.start()
+    try:
+        start = time.perf_counter()
+        await asyncio.gather(_kafka_produce(producer, topic, n), *(
+            _kafka_consume(bootstrap, topic, f"g{g}-{topic}", n) for g in range(4)))
+        return 4 * n / (time.perf_counter() - start)
+    finally:
+        await producer.stop()
+
+
+def start_kafka_face(tmp: str) -> tuple[object, str]:
+    """A tidings serve whose Kafka face the K rows use (groups form at once)."""
+    import subprocess
+
+    from kafka import free_port, wait_port  # the Kafka benchmark's helpers
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tidings", "--data-dir", f"{tmp}/kafka",
+                             "serve", "--host", "127.0.0.1", "--amqp-port", "0", "--http-port",
+                             "-1", "--kafka-port", str(port), "--log-level", "WARNING",
+                             "--kafka-group-initial-rebalance-delay-ms", "0"],
+                            stdout=subprocess.DEVNULL)
+    wait_port(port, proc)
+    return proc, f"kafka://127.0.0.1:{port}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", default="N1,N2,R1,R2,ALL")
+    parser.add_argument("--only", default="N1,N2,R1,R2,K1,K2,ALL")
+    parser.add_argument("--kafka", default="", help="kafka://host:port (default: the Kafka "
+                        "face of a tidings serve started here)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--nats", default="nats://127.0.0.1:4222")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
@@ -195,17 +288,24 @@ def main() -> None:
         figures[label] = rate
         return rate
 
+    kafka_server = None
+    kafka_url = args.kafka
+    if not kafka_url and only & {"K1", "K2", "ALL"}:
+        kafka_dir = tempfile.TemporaryDirectory()
+        kafka_server, kafka_url = start_kafka_face(kafka_dir.name)
     pairs = (("N1", "round trip", args.nats, nats_round_trip, tidings_round_trip),
              ("N2", "fan-out x4", args.nats, nats_fanout, tidings_fanout),
              ("R1", "round trip", args.redis, redis_round_trip, tidings_round_trip),
-             ("R2", "fan-out x4", args.redis, redis_fanout, tidings_fanout))
+             ("R2", "fan-out x4", args.redis, redis_fanout, tidings_fanout),
+             ("K1", "round trip", kafka_url, kafka_round_trip, tidings_round_trip),
+             ("K2", "fan-out x4", kafka_url, kafka_fanout, tidings_fanout))
     for code, what, url, raw, ours in pairs:
         if code not in only:
             continue
         if not _reachable(url):
             print(f"{code}: {url} is not reachable; skipped")
             continue
-        peer = "nats-py" if url.startswith("nats") else "redis-py"
+        peer = {"nats": "nats-py", "redi": "redis-py", "kafk": "aiokafka"}[url[:4]]
         theirs = run(f"{code} {peer}", lambda u=url, f=raw: f(u, n))
         mine = run(f"{code} tidings", lambda u=url, f=ours: f(u, n))
         print(f"{code} {what:11} {peer:9} {theirs:9,.0f} msg/s   tidings {mine:9,.0f} msg/s"
@@ -217,7 +317,7 @@ def main() -> None:
                 urls = [("memory://", "memory://"), ("data directory", f"{tmp}/data"),
                         ("amqp:// tidings serve", serve_url),
                         ("amqp:// RabbitMQ", args.rabbitmq), ("nats://", args.nats),
-                        ("redis://", args.redis)]
+                        ("redis://", args.redis), ("kafka://", kafka_url)]
                 print(f"\n{'transport':24} {'round trip':>12} {'fan-out x4':>12}   (msg/s)")
                 for label, url in urls:
                     if "://" in url and not url.startswith("memory") and not _reachable(url):
@@ -229,6 +329,9 @@ def main() -> None:
             finally:
                 server.terminate()
                 server.wait()
+    if kafka_server is not None:
+        kafka_server.terminate()  # type: ignore[attr-defined]
+        kafka_server.wait()  # type: ignore[attr-defined]
     if args.json:
         print(json.dumps(figures))
 

@@ -36,6 +36,12 @@ def rabbitmq_port() -> int:
     return require("RabbitMQ", RABBITMQ)[1]
 
 
+def rabbitmq_url() -> str:
+    """The machine's RabbitMQ for the tidings client, with a patient handshake: a machine
+    slowed by other work has kept RabbitMQ's AMQP handshake past the default 10 s."""
+    return f"amqp://guest:guest@127.0.0.1:{rabbitmq_port()}/?connect_timeout=30"
+
+
 def nats_url() -> str:
     host, port = require("NATS (with JetStream)", NATS)
     return f"nats://{host}:{port}"

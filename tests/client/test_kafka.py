@@ -130,13 +130,15 @@ async def test_two_clients_share_a_queue_and_a_leaving_one_hands_on_what_it_held
 
         tasks = [asyncio.create_task(take("first", held, False)),
                  asyncio.create_task(take("second", taken, True))]
-        await asyncio.sleep(1.0)  # both joined
-        await first.send_many(queue, [{"n": n} for n in range(40)])
-        deadline = asyncio.get_running_loop().time() + 20
-        while len(set(got["first"]) | set(got["second"])) < 40:
+        sent, deadline = 0, asyncio.get_running_loop().time() + 30
+        while not (got["first"] and got["second"]):  # until both joined and got some
+            assert asyncio.get_running_loop().time() < deadline, f"one member took all: {got}"
+            await first.send_many(queue, [{"n": n} for n in range(sent, sent + 10)])
+            sent += 10
+            await asyncio.sleep(0.2)
+        while len(set(got["first"]) | set(got["second"])) < sent:
             assert asyncio.get_running_loop().time() < deadline, got
             await asyncio.sleep(0.05)
-        assert got["first"] and got["second"], "one member got every partition"
         kept = list(got["first"])
         await held.aclose()  # the first leaves without settling what it held
         tasks[0].cancel()

@@ -20,7 +20,7 @@ from tidings.testing.contracts import run_transport_check
 from tidings.urls import open_transport
 
 from ..serverproc import ServerProcess
-from ..services import nats_url, rabbitmq_port, redis_url
+from ..services import nats_url, rabbitmq_url, redis_url
 
 KINDS = ["memory", "sqlite", "amqp-tidings", "amqp-rabbitmq", "nats", "redis", "kafka-tidings",
          "kafka-tansu"]
@@ -41,7 +41,7 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path
         server = request.getfixturevalue("tidings_server")
         url = f"amqp://guest:guest@127.0.0.1:{server.port}/"
     elif kind == "amqp-rabbitmq":
-        url = f"amqp://guest:guest@127.0.0.1:{rabbitmq_port()}/"
+        url = rabbitmq_url()
     elif kind == "nats":
         url = nats_url()
     elif kind == "redis":

@@ -22,7 +22,7 @@ import tidings
 from tidings.client.tasks import TaskError
 
 from ..serverproc import ServerProcess
-from ..services import nats_url, rabbitmq_port, redis_url
+from ..services import nats_url, rabbitmq_url, redis_url
 
 HERE = Path(__file__).parent
 
@@ -39,7 +39,7 @@ def url(request: pytest.FixtureRequest) -> str:
     if request.param == "kafka":  # (a partition for each of up to three worker processes)
         return f"{request.getfixturevalue('kafka_face')}?partitions=3"
     if request.param == "rabbitmq":
-        return f"amqp://guest:guest@127.0.0.1:{rabbitmq_port()}/"
+        return rabbitmq_url()
     if request.param == "nats":
         return nats_url()
     if request.param == "redis":
@@ -242,9 +242,10 @@ async def test_stop_lets_a_running_handler_finish_and_acknowledge(url: str) -> N
         await worker.start()
         await asyncio.wait_for(started.wait(), 20)
         assert await worker.stop(grace_s=5) is True
-        assert calls == [1]
+        # (over Kafka the two may sit in different partitions: either can come first)
+        assert calls == [1] or (url.startswith("kafka") and calls == [2])
         second = await producer.get(queue)
-        assert second is not None and second.json() == 2
+        assert second is not None and second.json() == 3 - calls[0]
         await second.ack()
         assert await producer.get(queue) is None, "the finished message came back"
 

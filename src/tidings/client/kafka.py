@@ -302,7 +302,10 @@ class KafkaEngine:
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
         name = topic_of(topic)
-        await self.ensure_topic(name)
+        if name not in self._known_topics:
+            await self.ensure_topic(name)
+            for cursor in self.cursors.values():  # a queue here may be bound to it
+                cursor.follow_soon()
         await self.produce(name, [record_of(m) for m in messages])
 
     def mover(self) -> None:
@@ -408,7 +411,7 @@ class KafkaEngine:
             by_cursor.setdefault(token.handle[0], []).append(token)
         for cursor, mine in by_cursor.items():
             cursor.settle(mine)
-            await cursor.commit()
+            cursor.commit_soon()
 
     async def rewrite(self, token: Token, queue: str, message: Message, failures: int,
                       due_ms: int | None) -> None:
@@ -540,8 +543,10 @@ class KafkaEngine:
         count = 0
         async for _ in self._records(spans):
             count += 1
-        await self.commit_offsets(group, {tp: end for tp, _, end in spans})
         cursor = self.cursors.get(queue)
+        if cursor is not None:
+            await cursor.flush()  # (a commit under way would undo the purge's)
+        await self.commit_offsets(group, {tp: end for tp, _, end in spans})
         if cursor is not None:
             await cursor.reset()
         return count
@@ -549,7 +554,10 @@ class KafkaEngine:
     # -- the rest --------------------------------------------------------------------------
 
     async def sync(self) -> None:
-        """Every produce and commit is answered once Kafka has it."""
+        """Every produce is answered once Kafka has it; wait for the commits of settled
+        deliveries under way."""
+        for cursor in list(self.cursors.values()):
+            await cursor.flush()
 
     async def statistics(self) -> BrokerStatistics:
         await self.catalog.refresh(force=True)

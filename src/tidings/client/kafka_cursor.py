@@ -87,6 +87,7 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
         self._followed = 0.0
         self.closed = False
         self._closing: asyncio.Task[None] | None = None
+        self._committer: asyncio.Task[None] | None = None
 
     # -- membership ------------------------------------------------------------------------
 
@@ -134,6 +135,10 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
                     self.ledgers.pop(tp)
                     self.buffered.pop(tp, None)
             self.consumer.assign(sorted(kept, key=lambda tp: (tp.topic, tp.partition)))
+
+    def follow_soon(self) -> None:
+        """Look for the queue's topics before the next fetch (a topic was just made)."""
+        self._followed = 0.0
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -228,7 +233,7 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
                 continue
             try:
                 await self.follow()
-                tokens = await self.fetch(room, 500)
+                tokens = await self.fetch(room, 200)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # the server went away: aiokafka reconnects
@@ -260,22 +265,42 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
             if self.ledgers.get(tp) is ledger:
                 ledger.settle(offset)
 
-    async def commit(self, partitions: Any = None) -> None:
-        """Commit each partition's point (every record below it settled)."""
+    async def commit(self) -> bool:
+        """Commit each partition's point (every record below it settled); False when Kafka
+        refused (a rebalance: the next owner delivers those records again)."""
         async with self._committing:
             due = {tp: ledger.point for tp, ledger in self.ledgers.items()
-                   if ledger.advanced() and (partitions is None or tp in partitions)}
+                   if ledger.advanced()}
             if not due:
-                return
+                return True
             try:
                 await self.consumer.commit(due)
-            except KafkaError as e:  # a rebalance: the next owner delivers them again
+            except KafkaError as e:
                 log.debug("committing '%s' failed: %r", self.name, e)
-                return
+                return False
             for tp, point in due.items():
                 ledger = self.ledgers.get(tp)
                 if ledger is not None:
                     ledger.committed = max(ledger.committed, point)
+            return True
+
+    def commit_soon(self) -> None:
+        """Commit in the background, once for every acknowledgement made meanwhile (a
+        commit per message would cost a round trip each; what a crash leaves uncommitted is
+        delivered again, as Kafka consumers' own commits are)."""
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.get_running_loop().create_task(self._commit_while())
+
+    async def _commit_while(self) -> None:
+        await asyncio.sleep(0)  # (the acknowledgements of this loop turn join)
+        while any(ledger.advanced() for ledger in self.ledgers.values()):
+            if not await self.commit():
+                return
+
+    async def flush(self) -> None:
+        """Wait for the commits under way."""
+        if self._committer is not None:
+            await asyncio.shield(self._committer)
 
     @property
     def open(self) -> int:
@@ -284,6 +309,7 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
     async def reset(self) -> None:
         """Forget what was handed out and go on from the group's committed offsets (after a
         purge moved them)."""
+        await self.flush()
         self.ledgers.clear()
         self.buffered.clear()
         for tp in self.consumer.assignment():
@@ -304,6 +330,7 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
             self._task.cancel()
             await asyncio.wait([self._task], timeout=10)
         with contextlib.suppress(Exception):
+            await self.flush()
             await self.commit()
         with contextlib.suppress(Exception):
             await self.consumer.stop()

@@ -171,7 +171,8 @@ class ResilientTransport:
             self._generation += 1
             self.reconnects += 1
             self._connected.set()
-            log.warning("reconnected to the broker")
+            # (while stopping, a reconnect only lets the work in flight finish: no news)
+            (log.info if self.stopping else log.warning)("reconnected to the broker")
             self._watch()
             return
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from tidings.client.amqp import amqp_capabilities
+from tidings.client.kafka import kafka_capabilities
 from tidings.client.local import local_capabilities
 from tidings.client.nats import nats_capabilities
 from tidings.client.redis import redis_capabilities
@@ -43,6 +44,7 @@ def columns() -> list[tuple[str, Capabilities]]:
         ("`nats://` JetStream", nats_capabilities()),
         ("`redis://` AOF always", redis_capabilities(durable=True)),
         ("`redis://` other", redis_capabilities()),
+        ("`kafka://`", kafka_capabilities()),
     ]
 
 
