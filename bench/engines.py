@@ -180,17 +180,6 @@ async def redis_fanout(url: str, n: int) -> float:
     return rate
 
 
-async def _kafka_topic(bootstrap: str, topic: str) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
-
-
 async def _kafka_produce(producer: object, topic: str, n: int) -> None:
     for _ in range(n // WINDOW):
         sent = [await producer.send(topic, BODY) for _ in range(WINDOW)]  # type: ignore[attr-defined]
@@ -215,40 +204,32 @@ async def _kafka_consume(bootstrap: str, topic: str, group: str, n: int) -> None
         await consumer.stop()
 
 
-async def kafka_round_trip(url: str, n: int) -> float:
+async def _kafka_run(url: str, n: int, groups: int) -> float:
+    """Deliveries/s of ``n`` records produced in windows while ``groups`` groups consume."""
     from aiokafka import AIOKafkaProducer
+    from kafka_clients import _create  # the client benchmark's topic maker
 
     bootstrap = url.removeprefix("kafka://").split("?")[0]
     topic = f"bench-{uuid.uuid4().hex[:8]}"
-    await _kafka_topic(bootstrap, topic)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                                enable_idempotence=True, linger_ms=1)
-    await producer.start()
-    try:
-        start = time.perf_counter()
-        await asyncio.gather(_kafka_produce(producer, topic, n),
-                             _kafka_consume(bootstrap, topic, f"g-{topic}", n))
-        return n / (time.perf_counter() - start)
-    finally:
-        await producer.stop()
-
-
-async def kafka_fanout(url: str, n: int) -> float:
-    from aiokafka import AIOKafkaProducer
-
-    bootstrap = url.removeprefix("kafka://").split("?")[0]
-    topic = f"bench-ev-{uuid.uuid4().hex[:8]}"
-    await _kafka_topic(bootstrap, topic)
+    await _create(bootstrap, topic)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
                                 enable_idempotence=True, linger_ms=1)
     await producer.start()
     try:
         start = time.perf_counter()
         await asyncio.gather(_kafka_produce(producer, topic, n), *(
-            _kafka_consume(bootstrap, topic, f"g{g}-{topic}", n) for g in range(4)))
-        return 4 * n / (time.perf_counter() - start)
+            _kafka_consume(bootstrap, topic, f"g{g}-{topic}", n) for g in range(groups)))
+        return groups * n / (time.perf_counter() - start)
     finally:
         await producer.stop()
+
+
+async def kafka_round_trip(url: str, n: int) -> float:
+    return await _kafka_run(url, n, 1)
+
+
+async def kafka_fanout(url: str, n: int) -> float:
+    return await _kafka_run(url, n, 4)
 
 
 def start_kafka_face(tmp: str) -> tuple[object, str]:
