@@ -119,7 +119,7 @@ async def test_two_clients_share_a_queue_and_a_leaving_one_hands_on_what_it_held
     async with tidings.connect(url) as first, tidings.connect(url) as second:
         await first.declare_queue(queue)
         got: dict[str, list[int]] = {"first": [], "second": []}
-        held = first.receive(queue, prefetch=100)
+        held = first.receive(queue, prefetch=1000)  # (it never acknowledges)
         taken = second.receive(queue, prefetch=100)
 
         async def take(name: str, messages: object, ack: bool) -> None:
@@ -179,3 +179,27 @@ async def test_topics_are_shared_with_plain_kafka_programs(kafka_face: str) -> N
         assert record.value == b'{"order":7}' or record.value == b'{"order": 7}'
     finally:
         await consumer.stop()
+
+
+async def test_leaving_a_receive_does_not_hang(kafka_face: str) -> None:
+    """The consumer's loop ends when its last reader leaves even when the wake-up of the last
+    acknowledgement and the cancel meet (``wait_for`` then swallows the cancel: the loop ran
+    on and leaving waited its full ten seconds)."""
+    queue = f"leave-{uuid.uuid4().hex[:6]}"
+    async with tidings.connect(kafka_face) as client:
+        await client.declare_queue(queue)
+        await client.send_many(queue, [b"x"] * 300)
+        got = 0
+        receiving = client.receive(queue, prefetch=100)
+
+        async def take_all() -> None:
+            nonlocal got
+            async with receiving as messages:
+                async for message in messages:
+                    await message.ack()
+                    got += 1
+                    if got == 300:
+                        break
+
+        await asyncio.wait_for(take_all(), 8)
+        assert got == 300

@@ -155,7 +155,7 @@ async def test_a_group_spread_over_processes_gets_each_event_once(
     try:
         await asyncio.sleep(3)  # both processes subscribed
         async with tidings.connect(url) as client:
-            if url.startswith("kafka"):  # a new topic: both members find it (every 3 s)
+            if url.startswith("kafka"):  # a new topic: both members find it (every second)
                 await client.publish(f"{topic}.created", {"n": 0})
                 await asyncio.sleep(4)
             for n in range(1 if url.startswith("kafka") else 0, 100):

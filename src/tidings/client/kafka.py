@@ -59,6 +59,7 @@ from tidings.client.kafka_names import (
     record_of,
     topic_of,
 )
+from tidings.client.kafka_outbox import Outbox
 from tidings.client.kafka_streams import KafkaLogs
 from tidings.client.kafka_url import KafkaSettings, parse
 from tidings.client.remote import QueueRules, broker_statistics, queue_statistics
@@ -105,9 +106,10 @@ class KafkaEngine:
         common = self.settings.common
         self.producer = AIOKafkaProducer(
             **common, acks="all", enable_idempotence=self.settings.idempotence,
-            linger_ms=1, max_request_size=8 * 1024 * 1024)
+            linger_ms=1, max_request_size=8 * 1024 * 1024, max_batch_size=256 * 1024)
         self.admin = AIOKafkaAdminClient(**{k: v for k, v in common.items()})
         self.catalog = Catalog(self.consumer(None), self.producer)
+        self.outbox = Outbox(self.producer)
         self.cursors: dict[str, Cursor] = {}
         self._known_topics: set[str] = set()
         self._topics_read = 0.0
@@ -282,9 +284,7 @@ class KafkaEngine:
     async def produce(self, topic: str, records: Sequence[tuple[bytes | None, bytes, Any]]
                       ) -> None:
         """Produce records and wait until every in-sync replica has them (acks=all)."""
-        sent = [await self.producer.send(topic, value, key=key, headers=headers)
-                for key, value, headers in records]
-        await asyncio.gather(*sent)
+        await self.outbox.produce(topic, list(records))
 
     async def append(self, queue: str, messages: Sequence[Message],
                      due_ms: int | None) -> None:
@@ -610,6 +610,7 @@ class Mover:
         self._seq = 0
         self._wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.closing = False
 
     async def _topics(self, fresh: bool) -> list[str]:
         return [DELAYED]
@@ -622,7 +623,7 @@ class Mover:
         return Token(target, message, failures, int(due) if due.isdigit() else 0, handle)
 
     async def run(self) -> None:
-        while True:
+        while not self.closing:
             try:
                 await self.engine.ensure_topic(DELAYED)
                 await self.cursor.start()
@@ -646,7 +647,7 @@ class Mover:
         return found
 
     async def _run(self) -> None:
-        while True:
+        while not self.closing:  # (not only a cancel: wait_for can swallow one)
             now = int(time.time() * 1000)
             due: list[Token] = []
             while self.waiting and self.waiting[0][0] <= now:
@@ -684,6 +685,8 @@ class Mover:
         await self.cursor.commit()
 
     async def close(self) -> None:
+        self.closing = True
+        self._wake.set()
         if self.task is not None:
             self.task.cancel()
             await asyncio.wait([self.task], timeout=10)

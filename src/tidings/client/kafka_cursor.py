@@ -31,7 +31,7 @@ from tidings.client.tokens import Token
 log = logging.getLogger("tidings.client.kafka")
 
 #: How often a cursor looks again which topics its queue reads (new bindings, new topics).
-FOLLOW_S = 3.0
+FOLLOW_S = 1.0
 
 #: A record as the cursor's owner turns it into a Token (None: skip it, settled).
 Decode = Callable[[Any, tuple["Cursor", TopicPartition, int, Ledger]], Token | None]
@@ -220,6 +220,7 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
             self.readers.remove(reader)
         if not self.readers and self._task is not None:
             task, self._task = self._task, None
+            self._wake.set()
             task.cancel()
             await asyncio.wait([task], timeout=10)
 
@@ -227,7 +228,8 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
         self._wake.set()
 
     async def _run(self) -> None:
-        while not self.closed:
+        # (the condition, not only a cancel, ends it: wait_for can swallow a cancellation)
+        while not self.closed and self.readers:
             room = await room_or_wait(lambda: sum(r.room() for r in self.readers), self._wake)
             if room <= 0:
                 continue
@@ -326,6 +328,7 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _close(self) -> None:
         self.closed = True
+        self._wake.set()
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait([self._task], timeout=10)

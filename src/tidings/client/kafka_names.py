@@ -20,6 +20,7 @@ processes) and ``tidings-failures`` the failed deliveries before it was written.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -53,6 +54,7 @@ OWN = frozenset({META, FAILURES, DUE, TARGET})
 Headers = list[tuple[str, bytes]]
 
 
+@functools.lru_cache(maxsize=4096)
 def topic_of(name: str) -> str:
     """The Kafka topic of a stream or event topic called ``name``."""
     topic = re.sub(r"[^A-Za-z0-9._\-]",
@@ -64,6 +66,7 @@ def topic_of(name: str) -> str:
     return topic
 
 
+@functools.lru_cache(maxsize=4096)
 def queue_topic(queue: str) -> str:
     return topic_of(QUEUE_PREFIX + queue)
 
