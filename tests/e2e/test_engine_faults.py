@@ -97,6 +97,48 @@ async def test_a_restarted_engine_keeps_every_confirmed_message(engine: EnginePr
     assert len(confirmed) >= 300 and set(confirmed) <= received
 
 
+async def test_a_restarted_engine_keeps_every_confirmed_append(engine: EngineProcess) -> None:
+    """Appends to a stream go on while the engine is SIGKILLed and restarted: every append that
+    returned is read back from the first record (a duplicate of one whose confirmation was
+    lost is allowed)."""
+    stream = f"log-{uuid.uuid4().hex[:8]}"
+    confirmed: list[str] = []
+    stop = asyncio.Event()
+    async with tidings.connect(engine.url) as client:
+        await client.stream(stream)
+
+        async def append() -> None:
+            i = 0
+            while not stop.is_set():
+                with contextlib.suppress(tidings.BrokenResourceError):
+                    confirmed.append(await client.append(stream, {"i": i}))
+                i += 1
+
+        task = asyncio.create_task(append())
+        target = 100
+        await _until(lambda: len(confirmed) >= target, 60)
+        engine.kill()
+        await asyncio.sleep(0.5)
+        engine.start()
+        target = len(confirmed) + 100
+        await _until(lambda: len(confirmed) >= target, 60)
+        stop.set()
+        await _finished(task)
+        read: set[str] = set()
+
+        async def read_back() -> None:
+            async with client.read(stream, start="first") as records:
+                async for record in records:
+                    read.add(record.id or "")
+                    if set(confirmed) <= read:
+                        return
+
+        with contextlib.suppress(TimeoutError):  # (a lost append would wait for ever)
+            await asyncio.wait_for(read_back(), 60)
+    assert len(confirmed) >= 200 and set(confirmed) <= read, \
+        f"{len(set(confirmed) - read)} confirmed appends lost"
+
+
 HOLDER = """
 import asyncio, sys, tidings
 
