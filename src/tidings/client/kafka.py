@@ -51,6 +51,7 @@ from tidings.client.kafka_names import (
     DELAY_GROUP,
     DELAYED,
     DUE,
+    PROBE,
     TARGET,
     header,
     message_of_record,
@@ -179,12 +180,13 @@ class KafkaEngine:
         return None
 
     async def _probe_ends(self) -> None:
-        """Find out whether the server says where a partition ends correctly: two records
-        (tombstones of a key nobody uses) in one batch, and the end it answers then."""
+        """Find out whether the server says where a partition ends correctly: two records in
+        one batch to the probe topic (kept a minute), and the end it answers then."""
+        await self.ensure_topic(PROBE, 1, {"retention.ms": "60000"})
         key = f"probe:{uuid.uuid4().hex}".encode()
-        sent = [await self.producer.send(CATALOG, None, key=key, partition=0) for _ in (1, 2)]
+        sent = [await self.producer.send(PROBE, None, key=key, partition=0) for _ in (1, 2)]
         last = (await asyncio.gather(*sent))[-1].offset
-        tp = TopicPartition(CATALOG, 0)
+        tp = TopicPartition(PROBE, 0)
         self.ends_lag = self.catalog.ends_lag = (await self.ends([tp]))[tp] <= last
 
     # -- topics ----------------------------------------------------------------------------

@@ -35,6 +35,8 @@ from tidings.stream_starts import OFFSET
 QUEUE_PREFIX = "tidings.q."
 #: The compacted topic of queues' rules, bindings and replayed dead letters.
 CATALOG = "tidings.catalog"
+#: Where a client finds out, when it connects, how the server answers a partition's end.
+PROBE = "tidings.probe"
 #: Delayed messages wait here, each with its queue and due time in headers.
 DELAYED = "tidings.delayed"
 #: The consumer group of the processes that move due messages into their queues.
