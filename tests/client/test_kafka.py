@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 import tidings
 from tidings.auth import UserStore
-from tidings.client.kafka_ledger import Ledger
+from tidings.client.kafka_ledger import Ledger, deliveries_before, history
 from tidings.client.kafka_url import parse
 from tidings.errors import AccessRefusedError, ConfigError
 
@@ -28,13 +28,33 @@ def test_the_committed_offset_waits_for_the_lowest_unsettled_message() -> None:
         ledger.handed(offset)
     ledger.settle(12)
     ledger.settle(11)
-    assert ledger.point == 10 and not ledger.advanced()  # 10 is still being worked on
+    assert ledger.point == 10  # 10 is still being worked on
+    ledger.marked = ledger.next  # (a commit said how far it handed out)
+    assert not ledger.advanced()
     ledger.settle(10)
     assert ledger.point == 13 and ledger.advanced() and ledger.open == 2
     ledger.committed = 13
     ledger.settle(14)
     ledger.settle(13)
     assert ledger.point == 15 and ledger.open == 0
+
+
+def test_a_commit_tells_the_next_owner_how_often_each_record_was_delivered() -> None:
+    """Kafka counts no deliveries: the commit's metadata carries how far this member handed
+    records out and how often the open ones went out, so that a message whose consumer
+    process died counts as delivered (and one that kills every process reaches the delivery
+    limit)."""
+    ledger = Ledger(5)
+    ledger.handed(5)
+    ledger.handed(6, deliveries=3)  # twice before, to members that died
+    ledger.handed(7)
+    ledger.settle(5)
+    seen = history(ledger.metadata())
+    assert [deliveries_before(o, seen) for o in (4, 6, 7, 8)] == [1, 3, 1, 0]
+    assert history("not json") == (0, {}) and history(None) == (0, {})
+    assert ledger.advanced()
+    ledger.committed, ledger.marked = ledger.point, ledger.next
+    assert not ledger.advanced()
 
 
 @pytest.mark.parametrize(("url", "complaint"), [

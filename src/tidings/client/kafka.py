@@ -337,9 +337,10 @@ class KafkaEngine:
             await cursor.close()
         if grouped:
             self.mover()  # a queue's consumers also move due messages
-        cursor = Cursor(self.consumer(queue_group(queue)), queue, grouped,
+        cursor = Cursor(self.consumer(queue_group(queue)), queue, queue_group(queue), grouped,
                         lambda fresh: self.queue_topics(queue, fresh), self.partitions,
-                        self.decoder(queue), self.ends, lambda: self.ends_lag)
+                        self.decoder(queue), self.ends, lambda: self.ends_lag,
+                        self.commit_metadata)
         self.cursors[queue] = cursor
         return await cursor.start()
 
@@ -454,6 +455,12 @@ class KafkaEngine:
 
     async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         return (await self.bounds(tps))[1]
+
+    async def commit_metadata(self, group: str, tps: list[TopicPartition]
+                              ) -> dict[TopicPartition, str]:
+        """The metadata of ``group``'s last commit on each of ``tps``."""
+        found = await self.admin.list_consumer_group_offsets(group, partitions=tps)
+        return {tp: at.metadata for tp, at in found.items() if at is not None and at.metadata}
 
     async def commit_offsets(self, group: str, offsets: dict[TopicPartition, int]) -> None:
         """Commit for a group without members (as a consumer that assigned itself)."""
@@ -605,9 +612,9 @@ class Mover:
 
     def __init__(self, engine: KafkaEngine) -> None:
         self.engine = engine
-        self.cursor = Cursor(engine.consumer(DELAY_GROUP), DELAYED, True,
+        self.cursor = Cursor(engine.consumer(DELAY_GROUP), DELAYED, DELAY_GROUP, True,
                              self._topics, engine.partitions, self._decode, engine.ends,
-                             lambda: engine.ends_lag)
+                             lambda: engine.ends_lag, engine.commit_metadata)
         self.waiting: list[tuple[int, int, Token]] = []  # (due ms, sequence, token)
         self._seq = 0
         self._wake = asyncio.Event()

@@ -25,7 +25,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from tidings.client.kafka_ledger import Ledger
+from tidings.client.kafka_ledger import Ledger, deliveries_before, history
 from tidings.client.tokens import Token
 
 log = logging.getLogger("tidings.client.kafka")
@@ -65,13 +65,19 @@ class CursorReader:
 class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
     """One consumer of a queue's group in this process (see the module)."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, name: str, grouped: bool,
+    def __init__(self, consumer: AIOKafkaConsumer, name: str, group: str, grouped: bool,
                  topics: Callable[[bool], Awaitable[list[str]]],
                  partitions: Callable[[list[str]], Awaitable[list[TopicPartition]]],
                  decode: Decode,
                  ends: Callable[[list[TopicPartition]], Awaitable[dict[TopicPartition, int]]],
-                 ends_lag: Callable[[], bool]) -> None:
+                 ends_lag: Callable[[], bool],
+                 metadata: Callable[[str, list[TopicPartition]],
+                                    Awaitable[dict[TopicPartition, str]]]) -> None:
         self.consumer, self.name, self.grouped = consumer, name, grouped
+        self.group = group
+        self._metadata = metadata
+        #: What each partition's last committer said: (handed-out mark, delivery counts).
+        self._history: dict[TopicPartition, tuple[int, dict[int, int]]] = {}
         self._topics, self._partitions, self._decode = topics, partitions, decode
         self._ends, self._ends_lag = ends, ends_lag
         self.topics: list[str] = []
@@ -99,9 +105,21 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
             await self.consumer.start()
         else:
             await self.consumer.start()
-            self.consumer.assign(await self._partitions(self.topics))
+            assigned = await self._partitions(self.topics)
+            await self._read_history(assigned)
+            self.consumer.assign(assigned)
             self.joined.set()
         return self
+
+    async def _read_history(self, tps: Any) -> None:
+        """What the partitions' last committers said of their deliveries."""
+        try:
+            found = await self._metadata(self.group, list(tps))
+        except Exception as e:  # (counts are lost, deliveries are not)
+            log.debug("reading the commits of '%s' failed: %r", self.name, e)
+            return
+        for tp in tps:
+            self._history[tp] = history(found.get(tp))
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         await self.commit()
@@ -114,6 +132,7 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
             await self.follow(now=True)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self._read_history(assigned)
         self.joined.set()
 
     async def follow(self, now: bool = False) -> None:
@@ -153,7 +172,8 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
             for tp, records in batches.items():
                 if records:
                     if tp not in self.ledgers:
-                        self.ledgers[tp] = Ledger(records[0].offset)
+                        self.ledgers[tp] = Ledger(records[0].offset,
+                                                  self._history.get(tp, (0, {}))[0])
                     self.buffered.setdefault(tp, deque()).extend(records)
         tokens: list[Token] = []
         skipped = False
@@ -165,15 +185,19 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
             tp = min(heads)[2]
             record = self.buffered[tp].popleft()
             ledger = self.ledgers[tp]
-            ledger.handed(record.offset)
+            before = deliveries_before(record.offset, self._history.get(tp, (0, {})))
+            ledger.handed(record.offset, before + 1)
             token = self._decode(record, (self, tp, record.offset, ledger))
             if token is None:
                 ledger.settle(record.offset)
                 skipped = True
             else:
+                token.failures += before  # (delivered to a member that died)
                 tokens.append(token)
         if skipped:
             await self.commit()
+        elif tokens:
+            self.commit_soon()  # (how far it handed out, for the next owner to count)
         return tokens
 
     async def waiting(self) -> bool:
@@ -271,19 +295,21 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
         """Commit each partition's point (every record below it settled); False when Kafka
         refused (a rebalance: the next owner delivers those records again)."""
         async with self._committing:
-            due = {tp: ledger.point for tp, ledger in self.ledgers.items()
-                   if ledger.advanced()}
+            due = {tp: (ledger.point, ledger.next, ledger.metadata())
+                   for tp, ledger in self.ledgers.items() if ledger.advanced()}
             if not due:
                 return True
             try:
-                await self.consumer.commit(due)
+                await self.consumer.commit({tp: (point, metadata)
+                                            for tp, (point, _, metadata) in due.items()})
             except KafkaError as e:
                 log.debug("committing '%s' failed: %r", self.name, e)
                 return False
-            for tp, point in due.items():
+            for tp, (point, handed, _) in due.items():
                 ledger = self.ledgers.get(tp)
                 if ledger is not None:
                     ledger.committed = max(ledger.committed, point)
+                    ledger.marked = max(ledger.marked, handed)
             return True
 
     def commit_soon(self) -> None:
