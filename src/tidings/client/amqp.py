@@ -486,8 +486,11 @@ class AmqpTransport:
         confirms at once (one round trip for the batch). A nack or a return raises."""
         channel = await self._main()
         publish = channel.basic_publish
+        # (wait=False: aiormq would hold the channel's lock until each frame is written, a
+        # loop turn per publish; the confirms are what a send waits for)
         waits = [publish(m.body, exchange=ex, routing_key=rk, properties=to_properties(m),
-                         mandatory=mandatory) for ex, rk, m, mandatory in publishes]
+                         mandatory=mandatory, wait=False)
+                 for ex, rk, m, mandatory in publishes]
         if len(waits) == 1:  # the common single send: no task for gather to make
             try:
                 results: list[Any] = [await waits[0]]
