@@ -27,7 +27,7 @@ def _tansu() -> str | None:
     return str(found) if found.exists() else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -49,7 +49,7 @@ class EngineProcess:
     def __init__(self, kind: str, directory: Path, *extra: str) -> None:
         self.kind, self.directory, self.extra = kind, directory, extra
         self.binary = _binary(kind)
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
 

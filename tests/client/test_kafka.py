@@ -18,8 +18,8 @@ from tidings.client.kafka_ledger import Ledger, deliveries_before, history
 from tidings.client.kafka_url import parse
 from tidings.errors import AccessRefusedError, ConfigError
 
-from ..amqp.test_security_and_flow import make_certificate
-from ..serverproc import ServerProcess, running
+from ..kafka.secure import secure_kafka_face
+from ..serverproc import ServerProcess
 
 
 def test_the_committed_offset_waits_for_the_lowest_unsettled_message() -> None:
@@ -83,19 +83,15 @@ def test_a_url_with_a_user_logs_in_with_sasl() -> None:
 BOB, BOB_PW = "bob", "bob-secret"
 
 
-@pytest.fixture(scope="module")
-def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
-    folder = Path(tmp_path_factory.mktemp("kafka-logins"))
-    data = folder / "data"
-    users = UserStore(data)
+def _bob(users: UserStore) -> None:
     users.add_user(BOB, BOB_PW)
     users.set_permissions(BOB, "/", ".*", ".*", ".*")
-    cert, key = make_certificate(folder)
-    with running(data, "--kafka-port", "0", "--kafka-tls-port", "0", "--kafka-require-sasl",
-                 "--tls-cert", str(cert), "--tls-key", str(key), "--http-port", "-1",
-                 "--kafka-advertised-host", "localhost",
-                 "--kafka-group-initial-rebalance-delay-ms", "0") as proc:
-        yield proc, cert
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
+    with secure_kafka_face(Path(tmp_path_factory.mktemp("kafka-logins")), _bob) as found:
+        yield found
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])

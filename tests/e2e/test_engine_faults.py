@@ -11,14 +11,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import tidings
 
-from ..engines import EngineProcess, _free_port
+from ..engines import EngineProcess, free_port
 from ..serverproc import ServerProcess
 
 pytestmark = pytest.mark.crash
@@ -28,7 +28,7 @@ class KafkaFace:
     """A ``tidings serve`` whose Kafka face is the engine, restarted on the same port."""
 
     def __init__(self, directory: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.server = ServerProcess(directory / "data", "--kafka-port", str(self.port),
                                     "--http-port", "-1",
                                     "--kafka-group-initial-rebalance-delay-ms", "0")
@@ -54,24 +54,42 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EnginePro
     proc.stop()
 
 
-async def test_a_restarted_engine_keeps_every_confirmed_message(engine: EngineProcess) -> None:
-    """A producer sends without pause while the engine is SIGKILLed and restarted twice: the
-    client reconnects by itself, and every send that returned is received (duplicates of a
-    send whose confirmation was lost are allowed, losses are not)."""
-    queue = f"restart-{uuid.uuid4().hex[:8]}"
+async def _writing_through_restarts(engine: EngineProcess, write: Callable[[int], Awaitable[str]],
+                                    kills: int) -> list[str]:
+    """``write(i)`` without pause while the engine is SIGKILLed and restarted ``kills``
+    times (the client reconnects by itself); the ids of the writes that returned."""
     confirmed: list[str] = []
-    received: set[str] = set()
     stop = asyncio.Event()
+
+    async def writing() -> None:
+        i = 0
+        while not stop.is_set():
+            with contextlib.suppress(tidings.BrokenResourceError):
+                confirmed.append(await write(i))
+            i += 1
+
+    task = asyncio.create_task(writing())
+    for _ in range(kills):
+        target = len(confirmed) + 100
+        await _until(lambda t=target: len(confirmed) >= t, 60)
+        engine.kill()
+        await asyncio.sleep(0.5)
+        engine.start()
+    target = len(confirmed) + 100
+    await _until(lambda: len(confirmed) >= target, 60)
+    stop.set()
+    await _finished(task)
+    return confirmed
+
+
+async def test_a_restarted_engine_keeps_every_confirmed_message(engine: EngineProcess) -> None:
+    """A producer sends without pause while the engine is SIGKILLed and restarted twice: every
+    send that returned is received (duplicates of a send whose confirmation was lost are
+    allowed, losses are not)."""
+    queue = f"restart-{uuid.uuid4().hex[:8]}"
+    received: set[str] = set()
     async with tidings.connect(engine.url) as producer, tidings.connect(engine.url) as consumer:
         await producer.declare_queue(queue)
-
-        async def produce() -> None:
-            i = 0
-            while not stop.is_set():
-                with contextlib.suppress(tidings.BrokenResourceError):
-                    confirmed.append(await producer.send(queue, {"i": i}))
-                i += 1
-
         messages = consumer.receive(queue, prefetch=50)
 
         async def consume() -> None:
@@ -80,20 +98,12 @@ async def test_a_restarted_engine_keeps_every_confirmed_message(engine: EnginePr
                 with contextlib.suppress(tidings.TidingsError):
                     await message.ack()
 
-        tasks = [asyncio.create_task(produce()), asyncio.create_task(consume())]
-        for _ in range(2):
-            target = len(confirmed) + 100
-            await _until(lambda t=target: len(confirmed) >= t, 60)
-            engine.kill()
-            await asyncio.sleep(0.5)
-            engine.start()
-        target = len(confirmed) + 100
-        await _until(lambda: len(confirmed) >= target, 60)
-        stop.set()
-        await _finished(tasks[0])
+        consuming = asyncio.create_task(consume())
+        confirmed = await _writing_through_restarts(
+            engine, lambda i: producer.send(queue, {"i": i}), kills=2)
         await _until(lambda: set(confirmed) <= received, 60)
         await messages.aclose()  # ends the consumer's loop
-        await _finished(tasks[1])
+        await _finished(consuming)
     assert len(confirmed) >= 300 and set(confirmed) <= received
 
 
@@ -102,28 +112,10 @@ async def test_a_restarted_engine_keeps_every_confirmed_append(engine: EnginePro
     returned is read back from the first record (a duplicate of one whose confirmation was
     lost is allowed)."""
     stream = f"log-{uuid.uuid4().hex[:8]}"
-    confirmed: list[str] = []
-    stop = asyncio.Event()
     async with tidings.connect(engine.url) as client:
         await client.stream(stream)
-
-        async def append() -> None:
-            i = 0
-            while not stop.is_set():
-                with contextlib.suppress(tidings.BrokenResourceError):
-                    confirmed.append(await client.append(stream, {"i": i}))
-                i += 1
-
-        task = asyncio.create_task(append())
-        target = 100
-        await _until(lambda: len(confirmed) >= target, 60)
-        engine.kill()
-        await asyncio.sleep(0.5)
-        engine.start()
-        target = len(confirmed) + 100
-        await _until(lambda: len(confirmed) >= target, 60)
-        stop.set()
-        await _finished(task)
+        confirmed = await _writing_through_restarts(
+            engine, lambda i: client.append(stream, {"i": i}), kills=1)
         read: set[str] = set()
 
         async def read_back() -> None:

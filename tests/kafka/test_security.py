@@ -21,33 +21,29 @@ from kio.schema.sasl_handshake.v1.request import SaslHandshakeRequest
 from tidings.auth import UserStore
 from tidings.record_batch import encode_batch
 
-from ..amqp.test_security_and_flow import make_certificate
-from ..serverproc import ServerProcess, running
+from ..serverproc import ServerProcess
 from .conftest import client_library, kafkajs, kcat
 from .groups_wire import join_body
 from .raw import RawKafka
+from .secure import secure_kafka_face
 from .test_groups_protocol import _commit
 from .test_protocol import _create, _produce
 
 ALICE, ALICE_PW = "alice", "alice-secret"
 
 
-@pytest.fixture(scope="module")
-def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
-    folder = Path(tmp_path_factory.mktemp("kafka-secure"))
-    data = folder / "data"
-    users = UserStore(data)
+def _users(users: UserStore) -> None:
     users.add_user(ALICE, ALICE_PW)
     users.set_permissions(ALICE, "/", r"alice\..*", r"alice\..*", r"alice\..*")
     users.add_vhost("elsewhere")
     users.add_user("stranger", "stranger-secret")
     users.set_permissions("stranger", "elsewhere", ".*", ".*", ".*")
-    cert, key = make_certificate(folder)
-    with running(data, "--kafka-port", "0", "--kafka-tls-port", "0", "--kafka-require-sasl",
-                 "--tls-cert", str(cert), "--tls-key", str(key), "--http-port", "-1",
-                 "--kafka-advertised-host", "localhost",
-                 "--kafka-group-initial-rebalance-delay-ms", "0") as proc:
-        yield proc, cert
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
+    with secure_kafka_face(Path(tmp_path_factory.mktemp("kafka-secure")), _users) as found:
+        yield found
 
 
 def _login(raw: RawKafka, user: str, password: str, mechanism: str = "PLAIN") -> ErrorCode:

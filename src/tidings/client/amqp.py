@@ -82,7 +82,6 @@ log = logging.getLogger("tidings.client.amqp")
 CONTROL_EXCHANGE = "amq.tidings.control"
 BROWSE_ARGUMENT = "x-tidings-browse"
 BROWSE_END_HEADER = "x-tidings-browse-end"
-#: A stream consumer's named reader, and where a stream consumer starts.
 #: Failed deliveries of a message before this copy, carried across delayed retries.
 COUNT_HEADER = "x-tidings-delivery-count"
 #: The exchange that delays messages on brokers with ``x-delayed-message``.

@@ -26,8 +26,10 @@ The verbs, in the engine's words:
   offset order from a parsed start, each delivery carrying its ``x-stream-offset``; an ack
   only gives credit), ``end``, ``commit`` and ``committed`` (a named reader's place).
 
-A Kafka engine slots in the same way: topics as queues, a consumer group's fetch loop as the
-reader, committed offsets behind ``settle`` with the rewrite verbs as produce-then-commit.
+The engines: NATS JetStream (:mod:`tidings.client.nats`), Redis Streams
+(:mod:`tidings.client.redis`) and Kafka (:mod:`tidings.client.kafka`: topics as queues, a
+consumer group's fetch loop as the reader, committed offsets behind ``settle``, the rewrite
+verbs as produce-then-settle).
 """
 
 from __future__ import annotations

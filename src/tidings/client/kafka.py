@@ -11,11 +11,11 @@ on Kafka (docs/kafka.md says it for users; names and records are
   more, to the delayed topic, or to ``<name>.dead``) and, once Kafka has it, the delivery is
   settled. The rules (delivery limit, dead letters, TTL) are kept in the catalog.
 - **Delays**: the topic ``tidings.delayed``, whose records carry their queue and due time; the
-  processes that use delays are members of one group that moves each due record into its
-  queue (a mover holds the records it waits for in memory).
+  processes that send delayed messages or consume queues are members of one group that moves
+  each due record into its queue (a mover holds the records it waits for in memory).
 - **Events**: an event topic is a Kafka topic of that name; a queue bound to a pattern reads
   every topic the pattern matches (AMQP's ``*`` and ``#`` over the dot-separated name,
-  exactly as on the other brokers), found again every few seconds; a binding starts at the
+  exactly as on the other brokers), looked for again every second; a binding starts at the
   end of the topics that exist when it is made.
 - **Delete and replay** write a removal mark to the catalog; readers skip marked records.
 """
@@ -45,7 +45,7 @@ from aiokafka.errors import (
 
 from tidings.client.engine import PRIVATE_PREFIX
 from tidings.client.kafka_catalog import Catalog
-from tidings.client.kafka_cursor import Cursor, CursorReader
+from tidings.client.kafka_cursor import Cursor, CursorReader, Decode
 from tidings.client.kafka_names import (
     CATALOG,
     DELAY_GROUP,
@@ -99,8 +99,6 @@ def kafka_capabilities(broker: str = "Kafka") -> Capabilities:
 class KafkaEngine:
     """The :class:`~tidings.client.engine.Engine` of Kafka."""
 
-    transient = (KafkaConnectionError,)
-
     def __init__(self, url: str, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self.settings: KafkaSettings = parse(url, ssl_context)
         self.capabilities = kafka_capabilities(f"Kafka at {self.settings.bootstrap}")
@@ -108,7 +106,7 @@ class KafkaEngine:
         self.producer = AIOKafkaProducer(
             **common, acks="all", enable_idempotence=self.settings.idempotence,
             linger_ms=1, max_request_size=8 * 1024 * 1024, max_batch_size=256 * 1024)
-        self.admin = AIOKafkaAdminClient(**{k: v for k, v in common.items()})
+        self.admin = AIOKafkaAdminClient(**common)
         self.catalog = Catalog(self.consumer(None), self.producer)
         self.outbox = Outbox(self.producer)
         self.cursors: dict[str, Cursor] = {}
@@ -230,7 +228,7 @@ class KafkaEngine:
         the server has them now)."""
         await self.catalog.refresh(force=fresh)
         own = queue_topic(queue)
-        patterns = [k for k in self.catalog.named(f"bind:{queue}\x1f")]
+        patterns = list(self.catalog.named(f"bind:{queue}\x1f"))
         if not patterns:
             return [own]
         return [own, *sorted(t for t in await self.topics(fresh) if t != own and not
@@ -319,13 +317,14 @@ class KafkaEngine:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def decoder(self, queue: str) -> Callable[[Any, Any], Token | None]:
-        def decode(record: Any, handle: Any) -> Token | None:
+    def decoder(self, queue: str) -> Decode:
+        def decode(record: Any, handle: Any, before: int) -> Token | None:
             if self.catalog.removed(record.topic, record.partition, record.offset):
                 return None
             message, failures = message_of_record(record.value, record.key, record.headers,
                                                   record.timestamp, queue)
-            return Token(queue, message, failures, record.timestamp, handle)
+            # (``before``: deliveries to members that died, counted as failures)
+            return Token(queue, message, failures + before, record.timestamp, handle)
         return decode
 
     async def cursor(self, queue: str, grouped: bool) -> Cursor:
@@ -340,40 +339,31 @@ class KafkaEngine:
         cursor = Cursor(self.consumer(queue_group(queue)), queue, queue_group(queue), grouped,
                         lambda fresh: self.queue_topics(queue, fresh), self.partitions,
                         self.decoder(queue), self.ends, lambda: self.ends_lag,
-                        self.commit_metadata)
+                        self.commit_metadata, self._idle if grouped else None)
         self.cursors[queue] = cursor
         return await cursor.start()
 
     async def reader(self, queue: str, room: Callable[[], int],
                      arrived: Callable[[Token], None]) -> CursorReader:
         cursor = await self.cursor(queue, grouped=True)
-        reader = cursor.add(room, arrived)
-        stop = reader.stop
+        return cursor.add(room, arrived)
 
-        async def stopped() -> None:
-            await stop()
-            if cursor.readers:
-                return
-            if cursor.open:
-                self._retire(queue, cursor)
-            elif self.cursors.get(queue) is cursor:  # nothing held: leave the group now
-                del self.cursors[queue]
-                await cursor.close()
-        reader.stop = stopped  # type: ignore[method-assign]
-        return reader
-
-    def _retire(self, queue: str, cursor: Cursor) -> None:
-        """Leave the group once the deliveries still held are settled (30 s at most), so
-        other processes get the partitions."""
-        async def retire() -> None:
+    async def _idle(self, cursor: Cursor) -> None:
+        """A cursor's last reader left: leave the group (at once when it holds nothing, else
+        once what it holds is settled, 30 s at most) so other processes get the
+        partitions."""
+        async def leave() -> None:
             deadline = time.monotonic() + 30
             while cursor.open and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
-            if not cursor.readers and self.cursors.get(queue) is cursor:
+            if not cursor.readers and self.cursors.get(cursor.name) is cursor:
                 await cursor.close()
-                if self.cursors.get(queue) is cursor:
-                    del self.cursors[queue]
-        task = asyncio.get_running_loop().create_task(retire())
+                if self.cursors.get(cursor.name) is cursor:
+                    del self.cursors[cursor.name]
+        if not cursor.open:
+            await leave()
+            return
+        task = asyncio.get_running_loop().create_task(leave())
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
@@ -401,6 +391,7 @@ class KafkaEngine:
             return False
         for found in described:
             for g in getattr(found, "groups", ()) or ():
+                # (DescribeGroups' group: error, id, state, protocol type, protocol, members)
                 members = g[5] if len(g) > 5 else ()
                 if members:
                     return True
@@ -624,7 +615,8 @@ class Mover:
     async def _topics(self, fresh: bool) -> list[str]:
         return [DELAYED]
 
-    def _decode(self, record: Any, handle: Any) -> Token | None:
+    def _decode(self, record: Any, handle: Any, before: int) -> Token | None:
+        """A delayed record (moving it again after a mover died is no failure of its)."""
         target = (header(record.headers, TARGET) or b"").decode(errors="replace")
         due = header(record.headers, DUE) or b"0"
         message, failures = message_of_record(record.value, record.key, record.headers,

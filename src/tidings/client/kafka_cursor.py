@@ -33,8 +33,9 @@ log = logging.getLogger("tidings.client.kafka")
 #: How often a cursor looks again which topics its queue reads (new bindings, new topics).
 FOLLOW_S = 1.0
 
-#: A record as the cursor's owner turns it into a Token (None: skip it, settled).
-Decode = Callable[[Any, tuple["Cursor", TopicPartition, int, Ledger]], Token | None]
+#: A record as the cursor's owner turns it into a Token (None: skip it, settled), given the
+#: token's handle and how often the record was delivered to members that died.
+Decode = Callable[[Any, tuple["Cursor", TopicPartition, int, Ledger], int], Token | None]
 
 
 async def room_or_wait(room: Callable[[], int], wake: asyncio.Event) -> int:
@@ -72,10 +73,12 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
                  ends: Callable[[list[TopicPartition]], Awaitable[dict[TopicPartition, int]]],
                  ends_lag: Callable[[], bool],
                  metadata: Callable[[str, list[TopicPartition]],
-                                    Awaitable[dict[TopicPartition, str]]]) -> None:
+                                    Awaitable[dict[TopicPartition, str]]],
+                 idle: Callable[[Cursor], Awaitable[None]] | None = None) -> None:
+        """``idle``: called when the last reader left."""
         self.consumer, self.name, self.grouped = consumer, name, grouped
         self.group = group
-        self._metadata = metadata
+        self._metadata, self._idle = metadata, idle
         #: What each partition's last committer said: (handed-out mark, delivery counts).
         self._history: dict[TopicPartition, tuple[int, dict[int, int]]] = {}
         self._topics, self._partitions, self._decode = topics, partitions, decode
@@ -84,6 +87,7 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
         self.ledgers: dict[TopicPartition, Ledger] = {}
         #: Records fetched and not handed out yet, by partition.
         self.buffered: dict[TopicPartition, deque[Any]] = {}
+        self._unclaimed: list[Token] = []
         self.readers: list[CursorReader] = []
         self.joined = asyncio.Event()
         self._fetching = asyncio.Lock()
@@ -126,6 +130,7 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
         for tp in revoked:
             self.ledgers.pop(tp, None)  # its open deliveries go to the next owner
             self.buffered.pop(tp, None)
+        self._unclaimed = [t for t in self._unclaimed if t.handle[1] not in revoked]
         # a rebalance is often another member that found a new topic: join with it known,
         # or the partitions of that topic all go to the member that found it
         with contextlib.suppress(Exception):
@@ -165,6 +170,9 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
         """Up to ``room`` records, fetched when fewer are buffered; the partitions' records
         are merged by their timestamps (each partition's in offset order), so a queue that
         reads several topics hands out events in the order they were published."""
+        if self._unclaimed:  # (handed out to readers that left before they got them)
+            tokens, self._unclaimed = self._unclaimed[:room], self._unclaimed[room:]
+            return tokens
         if sum(len(b) for b in self.buffered.values()) < room:
             async with self._fetching:
                 batches = await self.consumer.getmany(timeout_ms=timeout_ms,
@@ -187,12 +195,11 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
             ledger = self.ledgers[tp]
             before = deliveries_before(record.offset, self._history.get(tp, (0, {})))
             ledger.handed(record.offset, before + 1)
-            token = self._decode(record, (self, tp, record.offset, ledger))
+            token = self._decode(record, (self, tp, record.offset, ledger), before)
             if token is None:
                 ledger.settle(record.offset)
                 skipped = True
             else:
-                token.failures += before  # (delivered to a member that died)
                 tokens.append(token)
         if skipped:
             await self.commit()
@@ -247,6 +254,8 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
             self._wake.set()
             task.cancel()
             await asyncio.wait([task], timeout=10)
+            if self._idle is not None:
+                await self._idle(self)
 
     def wake(self) -> None:
         self._wake.set()
@@ -278,10 +287,10 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
                 reader.arrived(tokens[i])
                 i += 1
         for token in tokens[i:]:  # (room shrank meanwhile: the first reader takes them)
-            (readers[0].arrived if readers else self._drop)(token)
-
-    def _drop(self, token: Token) -> None:
-        """A record fetched for a reader that left: the next reader gets it (not settled)."""
+            if readers:
+                readers[0].arrived(token)
+            else:  # (every reader left while it was fetched: the next one gets it)
+                self._unclaimed.append(token)
 
     # -- settling --------------------------------------------------------------------------
 
@@ -340,6 +349,7 @@ class Cursor(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.flush()
         self.ledgers.clear()
         self.buffered.clear()
+        self._unclaimed.clear()
         for tp in self.consumer.assignment():
             committed = await self.consumer.committed(tp)
             if committed is not None:

@@ -33,7 +33,6 @@ log = logging.getLogger("tidings.client")
 
 #: Seconds an operation waits for a lost connection to come back before it raises.
 SEND_RETRY_S = 30.0
-#: The header of a stream delivery that says its offset.
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0
 
 OpenInner = Callable[[], Awaitable[Any]]

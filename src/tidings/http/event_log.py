@@ -32,7 +32,6 @@ from tidings.stream_starts import OFFSET
 
 #: The stream that keeps the events (the Python client's ``keep_events`` uses it too).
 EVENTS_LOG = "tidings.events.log"
-#: The header a stream delivery carries its offset in.
 #: The history's retention when the gateway declares the log: a week ...
 HISTORY_MAX_AGE = "7D"
 #: ... and at most this many bytes (the oldest whole segments go first).

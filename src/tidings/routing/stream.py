@@ -483,8 +483,6 @@ def _text(value: Any) -> Any:
         else value
 
 
-
-
 @dataclass(frozen=True, slots=True)
 class ConsumerSpec:
     """A stream consumer's arguments, checked: where it starts, as whom, what it filters."""
