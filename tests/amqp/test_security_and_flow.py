@@ -349,13 +349,14 @@ def test_slow_no_ack_consumer_cannot_grow_server_memory(tmp_path: Path) -> None:
         seen = []
         with pika.BlockingConnection(params(server)) as conn:
             ch = conn.channel()
-            for _ in range(3):  # 3 x 80 MB for a consumer that reads nothing
+            for _ in range(5):  # 5 x 80 MB for a consumer that reads nothing
                 for _ in range(20_000):
                     ch.basic_publish("", "firehose", body)
                 ch.queue_declare("firehose", passive=True)  # a round trip: all processed
                 seen.append(rss_mb(server.proc.pid))
-        # caches fill during the first round; after that memory must stay flat
-        assert seen[-1] - seen[0] < 40 and max(seen) < 250, f"server memory MB: {seen}"
+        # caches and buffers fill during the first rounds (two on a loaded machine:
+        # 146 -> 185 MB); after that memory must stay flat while 240 MB more arrive
+        assert seen[-1] - seen[1] < 40 and max(seen) < 250, f"server memory MB: {seen}"
     finally:
         raw.sock.close()
         server.stop()
