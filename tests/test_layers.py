@@ -19,9 +19,8 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "tidings"
 
 #: The ground floor: imported by everything, imports nothing above it.
 GROUND = {"errors", "message", "codecs", "clock", "auth", "patterns", "statistics", "dead_letters",
-          "stream_starts",
-          "basic_properties", "files", "resources", "values", "record_batch",
-          "kafka_records"}
+          "stream_starts", "basic_properties", "content_header", "message_batches", "files",
+          "resources", "values", "record_batch", "kafka_records"}
 
 #: routing/, lowest first: a module imports only modules listed before it.
 ROUTING_ORDER = ["arguments", "exchange", "topology_rows", "ready", "expiry", "overflow", "queue",
@@ -37,9 +36,10 @@ COMPOSITION_ROOTS = {"__main__", "cli", "cli_serve", "cli_control", "cli_users",
 
 #: Client modules that talk to another engine: they know the Transport protocol, the ground
 #: floor and their own client library, never routing/.
-REMOTE_TRANSPORTS = {"client.amqp", "client.nats", "client.nats_pull", "client.nats_subjects",
+REMOTE_TRANSPORTS = {"client.amqp", "client.amqp_batching", "client.nats", "client.nats_pull",
+                     "client.nats_subjects",
                      "client.nats_streams", "client.redis_streams",
-                     "client.redis", "client.redis_scripts", "client.tokens",
+                     "client.redis", "client.redis_scripts", "client.tokens", "client.turns",
                      "client.engine", "client.remote",
                      "client.management", "client.resilient"}
 

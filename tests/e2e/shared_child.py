@@ -1,6 +1,7 @@
 """Child process of the shared-directory test: one of several processes on one data directory.
 
-It sends ``count`` messages to ``shared`` (logging ``C id`` once each send is confirmed) while
+It sends ``count`` messages to ``shared`` in bursts of ``burst`` sent at once (logging
+``C id`` once each send is confirmed) while
 receiving and acknowledging messages of the same queue (logging ``R id`` on receipt), until
 it has sent everything and nothing has arrived for ``idle_s`` seconds. The parent kills some
 of these processes with SIGKILL.
@@ -15,7 +16,7 @@ import sys
 import tidings
 
 
-async def main(data_dir: str, log_path: str, count: int, idle_s: float) -> None:
+async def main(data_dir: str, log_path: str, count: int, idle_s: float, burst: int) -> None:
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def log(line: str) -> None:
@@ -35,12 +36,15 @@ async def main(data_dir: str, log_path: str, count: int, idle_s: float) -> None:
                     await message.ack()
                     last = asyncio.get_running_loop().time()
 
-        receiving = asyncio.create_task(receive())
-        for i in range(count):
+        async def send(i: int) -> None:
             mid = f"{os.getpid()}-{i}"
             await client.send("shared", {"i": i}, message_id=mid)
             log(f"C {mid}")
-            await asyncio.sleep(0.002)
+
+        receiving = asyncio.create_task(receive())
+        for start in range(0, count, burst):  # a burst's sends travel as one batch
+            await asyncio.gather(*(send(i) for i in range(start, min(start + burst, count))))
+            await asyncio.sleep(0.002 * burst)
         while asyncio.get_running_loop().time() - last < idle_s:
             await asyncio.sleep(0.1)
         receiving.cancel()
@@ -48,4 +52,5 @@ async def main(data_dir: str, log_path: str, count: int, idle_s: float) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]),
+                     int(sys.argv[5])))

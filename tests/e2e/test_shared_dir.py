@@ -1,5 +1,6 @@
 """Several processes share one data directory with no server: the owner is SIGKILLed while
-three others send and receive; one of them takes over and nothing confirmed is lost."""
+three others send (one by one, and in bursts that travel as batches) and receive; one of them
+takes over and nothing confirmed is lost."""
 
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ import tidings
 CHILD = Path(__file__).with_name("shared_child.py")
 
 
-def _start(data: Path, log: Path, count: int, idle_s: float) -> subprocess.Popen[bytes]:
+def _start(data: Path, log: Path, count: int, idle_s: float,
+           burst: int = 1) -> subprocess.Popen[bytes]:
     with open(log.with_suffix(".err"), "ab") as err:
         return subprocess.Popen([sys.executable, str(CHILD), str(data), str(log), str(count),
-                                 str(idle_s)], env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                stderr=err)
+                                 str(idle_s), str(burst)],
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, stderr=err)
 
 
 def _wait_for(path: Path, text: str, timeout_s: float = 20.0) -> None:
@@ -41,7 +43,9 @@ async def test_owner_killed_while_three_processes_send_and_receive(tmp_path: Pat
     owner = _start(data, owner_log, 100_000, 30)
     _wait_for(owner_log, "OwnerTransport")
     logs = [tmp_path / f"p{i}.log" for i in range(3)]
-    others = [_start(data, log, 300, 2.0) for log in logs]
+    # one sends one by one, two in bursts (which travel to the owner as batches)
+    others = [_start(data, log, 300, 2.0, burst) for log, burst in zip(logs, (1, 10, 25),
+                                                                           strict=True)]
     for log in logs:
         _wait_for(log, "AmqpTransport")
     _wait_for(logs[0], "C ", 20)

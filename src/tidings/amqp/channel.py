@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from pamqp import commands
 from pamqp.base import Frame as Method
 
+from tidings import message_batches as batches
 from tidings.amqp import extensions
 from tidings.amqp import frames as wire
 from tidings.amqp import states as st
@@ -64,6 +65,8 @@ class ChannelLink(Protocol):
     def flush_soon(self) -> None: ...
 
     def after_durable(self, action: Callable[[], None]) -> None: ...
+
+    def before_flush(self, action: Callable[[], None]) -> None: ...
 
 
 class AmqpChannel:
@@ -248,10 +251,13 @@ class AmqpChannel:
         if m.arguments and extensions.BROWSE_ARGUMENT in m.arguments:
             extensions.browse(self, m, name, tag)
             return
+        arguments = dict(m.arguments or {})
+        deliver = self._batch_deliverer(tag) if arguments.pop(batches.BATCH_ARGUMENT, False) \
+            else self._deliverer(tag)
         consumer = self.broker.consume(
-            self.session, name, self._deliverer(tag), prefetch_count=self.prefetch_count,
+            self.session, name, deliver, prefetch_count=self.prefetch_count,
             no_ack=m.no_ack, exclusive=m.exclusive, consumer_tag=tag,
-            arguments=dict(m.arguments or {}), dispatch=False,
+            arguments=arguments, dispatch=False,
         )
         consumer.on_cancel = self._cancelled_by_server
         self.consumers[tag] = consumer
@@ -282,6 +288,18 @@ class AmqpChannel:
             extra = {"x-delivery-count": d.delivery_count} if d.delivery_count else None
             conn.send_delivery(number, consumer_tag, d.delivery_tag, d.redelivered, d.message,
                                extra)
+            link.delivered()
+
+        return deliver
+
+    def _batch_deliverer(self, consumer_tag: str) -> Callable[[Delivery], None]:
+        link = self.link
+        gathered = extensions.BatchDeliveries(link.conn.send_delivery, self.number, consumer_tag)
+
+        def deliver(d: Delivery) -> None:
+            extra = {"x-delivery-count": d.delivery_count} if d.delivery_count else None
+            if gathered.add(d.delivery_tag, d.redelivered, d.message, extra):
+                link.before_flush(gathered.pack)
             link.delivered()
 
         return deliver
@@ -318,6 +336,14 @@ class AmqpChannel:
             extensions.control(self, message, m)
             return
         self.check("write", "exchange", m.exchange)
+        self._admit(message)
+        if self.tx is not None:
+            self.tx.append(lambda: self._publish(message, m))
+            return
+        self._publish(message, m)
+
+    def _admit(self, message: Message) -> None:
+        """What every publish is checked for beyond the exchange's write permission."""
         if message.user_id is not None and message.user_id != self.link.username:
             raise PreconditionFailedError(
                 f"user_id property set to '{message.user_id}' but authenticated user was "
@@ -327,10 +353,27 @@ class AmqpChannel:
             if not self._has_reply_queue():
                 raise PreconditionFailedError("fast reply consumer does not exist")
             message.reply_to = self.reply_queue
+
+    def publish_batch(self, exchange: str, entries: list[tuple[str, Message]],
+                      mandatory: bool) -> tuple[list[int], list[int]]:
+        """Publish each ``(routing key, message)`` of a batch to ``exchange``, every one
+        checked before any is taken; the positions of those returned and refused."""
         if self.tx is not None:
-            self.tx.append(lambda: self._publish(message, m))
-            return
-        self._publish(message, m)
+            raise PreconditionFailedError("a batch cannot be published in a transaction")
+        self.check("write", "exchange", exchange)
+        for _, message in entries:
+            message.exchange = exchange
+            self._admit(message)
+        returned: list[int] = []
+        refused: list[int] = []
+        publish, vhost = self.broker.publish, self.vhost
+        for i, (_, message) in enumerate(entries):
+            result = publish(vhost, exchange, message, mandatory=mandatory)
+            if result.returned:
+                returned.append(i)
+            if result.refused:
+                refused.append(i)
+        return returned, refused
 
     def _publish(self, message: Any, m: B.Publish) -> None:
         result = self.broker.publish(self.vhost, m.exchange, message, mandatory=m.mandatory)

@@ -21,15 +21,29 @@ send, so the tidings client (and any other) gets them over AMQP:
   that named reader's offset in the broker (confirmed once durable). A consumer of the
   stream with the argument ``x-tidings-reader`` set to that name starts right after it.
   Needs read permission on the stream, as consuming does.
+- **Batches** (the server's capability ``tidings.batches``; format in
+  :mod:`tidings.message_batches`): a publish to ``amq.tidings.control`` with routing key
+  ``publish-batch``, headers ``x-exchange`` and ``x-mandatory``, and a body of packed messages
+  publishes each to that exchange, as many ``basic.publish`` would (write permission,
+  ``user_id`` and direct reply-to checked for each, all before any is taken). It is confirmed
+  once, when all are durable. Messages not taken (unroutable while mandatory, or refused by a
+  full queue) are named by position in one ``basic.return`` of a message with the batch's
+  message id and the headers ``x-tidings-returned`` / ``x-tidings-refused``, before that
+  confirm. A consumer with the argument ``x-tidings-batch: true`` gets the deliveries of one
+  loop turn as one ``basic.deliver`` whose message has the header ``x-tidings-batch`` (the
+  count) and the deliveries packed in its body, each with its own delivery tag to settle
+  (prefetch still counts messages).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from pamqp import commands
 from pamqp.base import Frame as Method
 
+from tidings import message_batches as batches
 from tidings.amqp import frames as wire
 from tidings.errors import InvalidArgumentError, NotFoundError
 from tidings.message import Message
@@ -63,6 +77,9 @@ class ExtensionChannel(Protocol):
 
     def send_copies(self, consumer_tag: str, messages: list[Message]) -> None: ...
 
+    def publish_batch(self, exchange: str, entries: list[tuple[str, Message]],
+                      mandatory: bool) -> tuple[list[int], list[int]]: ...
+
 
 def _header(message: Message, name: str, kind: type) -> Any:
     value = (message.headers or {}).get(name)
@@ -77,6 +94,9 @@ def _header(message: Message, name: str, kind: type) -> Any:
 def control(channel: ExtensionChannel, message: Message, method: B.Publish) -> None:
     """A publish to :data:`CONTROL_EXCHANGE`: an operation, not a message."""
     removed = True
+    if method.routing_key == batches.PUBLISH_BATCH:
+        _publish_batch(channel, message)
+        return
     if method.routing_key == "extend":
         channel.extend(_header(message, "x-delivery-tag", int))
     elif method.routing_key == "delete":
@@ -91,11 +111,63 @@ def control(channel: ExtensionChannel, message: Message, method: B.Publish) -> N
                                      _header(message, "x-offset", int))
     else:
         raise NotFoundError(f"{CONTROL_EXCHANGE} has no operation '{method.routing_key}' "
-                            f"(extend, delete, commit-offset)")
+                            f"(extend, delete, commit-offset, {batches.PUBLISH_BATCH})")
     if not removed and method.mandatory:
         channel.send_content(wire.Return(312, "NO_ROUTE", method.exchange, method.routing_key),
                              message)
     channel.confirm(ok=True)
+
+
+def _publish_batch(channel: ExtensionChannel, message: Message) -> None:
+    exchange = _header(message, batches.EXCHANGE_HEADER, str)
+    mandatory = bool((message.headers or {}).get(batches.MANDATORY_HEADER))
+    try:
+        entries = batches.unpack_publishes(message.body)
+    except Exception as e:  # (pamqp's own errors included: hostile bytes are no bug of ours)
+        raise InvalidArgumentError(f"{CONTROL_EXCHANGE} {batches.PUBLISH_BATCH}: {e}") from e
+    returned, refused = channel.publish_batch(exchange, entries, mandatory)
+    if returned or refused:
+        report = Message(b"", message_id=message.message_id, headers={
+            batches.RETURNED_HEADER: returned, batches.REFUSED_HEADER: refused})
+        channel.send_content(wire.Return(312, "NO_ROUTE", CONTROL_EXCHANGE,
+                                         batches.PUBLISH_BATCH), report)
+    channel.confirm(ok=True)
+
+
+class BatchDeliveries:
+    """One consumer's deliveries, gathered until the connection writes (once a loop turn)
+    and sent as one ``basic.deliver`` of packed messages."""
+
+    #: Bytes of bodies gathered before they are packed at once (so the connection's output
+    #: limit sees them).
+    PACK_BYTES = 1 << 16
+
+    __slots__ = ("_bytes", "_consumer_tag", "_number", "_pending", "_send")
+
+    def __init__(self, send: Callable[[int, str, int, bool, Message, None], None], number: int,
+                 consumer_tag: str) -> None:
+        self._send, self._number, self._consumer_tag = send, number, consumer_tag
+        self._pending: list[batches.DeliveryEntry] = []
+        self._bytes = 0
+
+    def add(self, delivery_tag: int, redelivered: bool, message: Message,
+            extra: dict[str, Any] | None) -> bool:
+        """Gather one delivery; True when it is the first since the last pack."""
+        first = not self._pending
+        self._pending.append((delivery_tag, redelivered, message, extra))
+        self._bytes += len(message.body)
+        if self._bytes >= self.PACK_BYTES:
+            self.pack()
+        return first
+
+    def pack(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        body = batches.pack_deliveries(pending)
+        batch = Message(body, headers={batches.BATCH_HEADER: len(pending)})
+        self._send(self._number, self._consumer_tag, pending[-1][0], False, batch, None)
+        self._pending, self._bytes = [], 0
 
 
 def browse(channel: ExtensionChannel, method: B.Consume, queue: str, consumer_tag: str) -> None:

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from pamqp import commands
 
 import tidings
+from tidings import message_batches as batches
 from tidings.amqp.channel import AmqpChannel
 from tidings.amqp.confirms import ConfirmBook, replies
 from tidings.amqp.connection import (
@@ -58,6 +59,7 @@ CAPABILITIES = {
     "authentication_failure_close": True,
     "per_consumer_qos": True,
     "direct_reply_to": True,
+    batches.CAPABILITY: True,
 }
 #: Seconds a client has from connecting (TLS handshake included) to an open connection, as
 #: RabbitMQ's handshake_timeout; then it is dropped.
@@ -109,6 +111,7 @@ class AmqpLink(asyncio.Protocol):
         self.peer = "?"
         self.transport: asyncio.Transport | None = None
         self._flush_scheduled = False
+        self._before_flush: list[Callable[[], None]] = []
         #: Publisher confirms counted by the channels, sent once the store is durable.
         self.confirms = ConfirmBook()
         self._last_recv = self._last_send = time.monotonic()
@@ -370,8 +373,17 @@ class AmqpLink(asyncio.Protocol):
 
     # -- output ----------------------------------------------------------------------------
 
+    def before_flush(self, action: Callable[[], None]) -> None:
+        """Run ``action`` before the next write (a batch consumer packs what it gathered)."""
+        self._before_flush.append(action)
+        self.flush_soon()
+
     def flush(self) -> None:
         self._flush_scheduled = False
+        if self._before_flush:
+            actions, self._before_flush = self._before_flush, []
+            for action in actions:
+                action()
         data = self.conn.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)  # may call pause_writing

@@ -43,7 +43,9 @@ import aiormq
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
+from tidings import message_batches as batches
 from tidings.basic_properties import to_message, to_properties
+from tidings.client.amqp_batching import LARGE_BYTES, AmqpConsumer, chunks
 from tidings.client.management import queue_statistics as management_statistics
 from tidings.client.remote import (
     TLS_OPTIONS,
@@ -61,6 +63,7 @@ from tidings.client.transport import (
     QueueSpec,
     StreamSpec,
 )
+from tidings.client.turns import Outcomes, TurnBatches
 from tidings.dead_letters import dead_letter_queue, replay_into, revive
 from tidings.errors import (
     AccessRefusedError,
@@ -173,10 +176,14 @@ def amqp_capabilities(broker: str, *, tidings: bool, management: bool) -> Capabi
     )
 
 
-def _incoming(raw: DeliveredMessage, queue: str, consumer: _Consumer | None = None) -> Delivery:
-    props = raw.header.properties
+def _incoming(raw: DeliveredMessage, queue: str, consumer: AmqpConsumer | None = None) -> Delivery:
     d = raw.delivery
-    message = to_message(props, raw.body, d.exchange, d.routing_key)
+    message = to_message(raw.header.properties, raw.body, d.exchange, d.routing_key)
+    return _delivery(message, queue, raw.channel, d.delivery_tag, bool(d.redelivered), consumer)
+
+
+def _delivery(message: Message, queue: str, channel: Any, delivery_tag: int, redelivered: bool,
+              consumer: AmqpConsumer | None) -> Delivery:
     count = 0
     headers = message.headers
     if headers:
@@ -185,8 +192,8 @@ def _incoming(raw: DeliveredMessage, queue: str, consumer: _Consumer | None = No
             _forget_delay(headers)
         if not headers:
             message.headers = None
-    token = Token(queue, message, count, 0.0, (raw.channel, d.delivery_tag), consumer)
-    return Delivery(message, queue, token, bool(d.redelivered) or count > 0, count)
+    token = Token(queue, message, count, 0.0, (channel, delivery_tag), consumer)
+    return Delivery(message, queue, token, redelivered or count > 0, count)
 
 
 def _int(value: Any) -> int:
@@ -214,37 +221,6 @@ def _forget_delay(headers: dict[str, Any]) -> None:
     if str(headers.get("x-first-death-queue", "")).startswith(DELAY_QUEUE_PREFIX):
         for key in ("x-first-death-queue", "x-first-death-reason", "x-first-death-exchange"):
             headers.pop(key, None)
-
-
-class _Consumer:
-    """A consumer on a channel of its own. Cancelling stops new deliveries at once; the
-    channel stays open until every delivery made on it is settled, so handlers still running
-    (a worker stopping gently) can acknowledge their messages."""
-
-    def __init__(self, channel: Any) -> None:
-        self.channel = channel
-        self.tag = ""
-        self.unsettled = 0
-        self.cancelled = False
-
-    async def cancel(self) -> None:
-        if self.cancelled:
-            return
-        self.cancelled = True
-        with contextlib.suppress(Exception):
-            await self.channel.basic_cancel(self.tag)
-        if not self.unsettled:
-            await self._close()
-
-    async def settled(self) -> None:
-        self.unsettled -= 1
-        if self.cancelled and not self.unsettled:
-            await self._close()
-
-    async def _close(self) -> None:
-        if not self.channel.is_closed:
-            with contextlib.suppress(Exception):
-                await self.channel.close()
 
 
 class AmqpTransport:
@@ -300,6 +276,11 @@ class AmqpTransport:
         self.version = str(props.get("version", ""))
         self.is_tidings = self.product.lower().startswith("tidings")
         self._delay_plugin = True if self.is_tidings else None
+        capabilities = props.get("capabilities")
+        #: Sends of a loop turn as one batch: only a tidings server takes them.
+        self._batcher: TurnBatches[tuple[str, bool], tuple[str, Message]] | None = \
+            TurnBatches(self._publish_turn) if isinstance(capabilities, dict) and \
+            capabilities.get(batches.CAPABILITY) else None
         self.capabilities = amqp_capabilities(self._broker(), tidings=self.is_tidings,
                                               management=self._management is not None)
         self._channel = await conn.channel(publisher_confirms=True)
@@ -482,7 +463,71 @@ class AmqpTransport:
 
     async def _confirm(self, publishes: list[tuple[str, str, Message, bool]]) -> None:
         """Publish every ``(exchange, routing key, message, mandatory)`` and wait for all their
-        confirms at once (one round trip for the batch). A nack or a return raises."""
+        confirms at once (one round trip for the batch). A nack or a return raises.
+
+        To a tidings server, what is sent in one loop turn travels as one batch."""
+        batcher = self._batcher
+        if batcher is not None and all(
+                ex != CONTROL_EXCHANGE and len(m.body) < LARGE_BYTES
+                for ex, _, m, _ in publishes):
+            waits = [batcher.add((ex, mandatory), (rk, m)) for ex, rk, m, mandatory in publishes]
+            if len(waits) == 1:
+                await waits[0]
+            else:
+                for outcome in await asyncio.gather(*waits, return_exceptions=True):
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+            return
+        await self._confirm_each(publishes)
+
+    async def _publish_turn(self, where: tuple[str, bool],
+                            entries: list[tuple[str, Message]]) -> Outcomes:
+        """What one loop turn sends to one exchange, in batches within the bounds."""
+        exchange, mandatory = where
+        parts = await asyncio.gather(*(self._publish_batch(exchange, mandatory, part)
+                                       for part in chunks(entries)))
+        return [outcome for part in parts for outcome in part]
+
+    async def _publish_batch(self, exchange: str, mandatory: bool,
+                             entries: list[tuple[str, Message]]) -> Outcomes:
+        """One batch publish (``amq.tidings.control``'s ``publish-batch``): confirmed once
+        all are durable; what was not taken comes back named by position."""
+        if len(entries) == 1:
+            rk, message = entries[0]
+            try:
+                await self._confirm_each([(exchange, rk, message, mandatory)])
+            except TidingsError as e:
+                return [e]
+            return [None]
+        channel = await self._main()
+        outcomes: Outcomes = [None] * len(entries)
+        properties = spec.Basic.Properties(message_id=uuid.uuid4().hex, headers={
+            batches.EXCHANGE_HEADER: exchange, batches.MANDATORY_HEADER: mandatory})
+        try:
+            result = await channel.basic_publish(
+                batches.pack_publishes(entries), exchange=CONTROL_EXCHANGE,
+                routing_key=batches.PUBLISH_BATCH, properties=properties, mandatory=True,
+                wait=False)
+        except aiormq.exceptions.PublishError as e:  # some were not taken: which
+            report = e.message.header.properties.headers or {}
+            for i in report.get(batches.RETURNED_HEADER) or ():
+                outcomes[i] = _Returned(f"no queue '{entries[i][0]}' on {self._broker()}")
+            for i in report.get(batches.REFUSED_HEADER) or ():
+                outcomes[i] = self._refused(entries[i][0])
+            return outcomes
+        except Exception as e:
+            raise translate(e) from e
+        if isinstance(result, spec.Basic.Nack):
+            return [self._refused(rk) for rk, _ in entries]
+        return outcomes
+
+    def _refused(self, routing_key: str) -> TidingsError:
+        return PreconditionFailedError(
+            f"{self._broker()} refused a message for '{routing_key}' (queue full, or the "
+            f"broker is out of resources)")
+
+    async def _confirm_each(self, publishes: list[tuple[str, str, Message, bool]]) -> None:
+        """Publish every one on its own and wait for all their confirms at once."""
         channel = await self._main()
         publish = channel.basic_publish
         # (wait=False: aiormq would hold the channel's lock until each frame is written, a
@@ -503,9 +548,7 @@ class AmqpTransport:
             if isinstance(result, BaseException):
                 raise translate(result) from result
             if isinstance(result, spec.Basic.Nack):
-                raise PreconditionFailedError(
-                    f"{self._broker()} refused a message for '{rk}' (queue full, or the "
-                    f"broker is out of resources)")
+                raise self._refused(rk)
 
     async def send(self, queue: str, messages: Sequence[Message],
                    delay_ms: int | None = None) -> None:
@@ -597,7 +640,7 @@ class AmqpTransport:
 
     async def consume(self, queue: str, prefetch: int,
                       on_message: Callable[[Delivery], None],
-                      arguments: dict[str, Any] | None = None) -> _Consumer:
+                      arguments: dict[str, Any] | None = None) -> AmqpConsumer:
         assert self._conn is not None
         if arguments and READER in arguments and not self.is_tidings:
             # RabbitMQ keeps no reader offsets: start after the one this client stored
@@ -606,15 +649,24 @@ class AmqpTransport:
             if stored is not None:
                 arguments[OFFSET] = stored + 1
         channel = await self._conn.channel()
-        consumer = _Consumer(channel)
+        consumer = AmqpConsumer(channel)
         try:
             await channel.basic_qos(prefetch_count=prefetch)
 
             async def deliver(raw: DeliveredMessage) -> None:
-                consumer.unsettled += 1
+                headers = raw.header.properties.headers
+                if headers and batches.BATCH_HEADER in headers:  # many in one
+                    for tag, redelivered, message in batches.unpack_deliveries(raw.body):
+                        consumer.delivered(tag)
+                        on_message(_delivery(message, queue, raw.channel, tag, redelivered,
+                                             consumer))
+                    return
+                consumer.delivered(raw.delivery.delivery_tag)
                 on_message(_incoming(raw, queue, consumer))
 
             consumer.tag = f"tidings.{next(self._consumer_ids)}"
+            if self._batcher is not None:  # a tidings server: deliveries come in batches
+                arguments = {**(arguments or {}), batches.BATCH_ARGUMENT: True}
             await channel.basic_consume(queue, deliver, consumer_tag=consumer.tag,
                                         arguments=arguments)
         except Exception as e:
@@ -627,9 +679,11 @@ class AmqpTransport:
         try:
             for token in tokens:
                 channel, tag = token.handle
-                await channel.basic_ack(tag)
-                if token.consumer is not None:
-                    await token.consumer.settled()
+                consumer = token.consumer
+                if consumer is not None and consumer.channel is channel:
+                    consumer.ack_soon(tag)  # with the others of this loop turn
+                else:
+                    await channel.basic_ack(tag)
         except Exception as e:
             raise translate(e) from e
 
@@ -639,6 +693,8 @@ class AmqpTransport:
                 await self._retry_later(token, delay_ms)
             else:
                 channel, tag = token.handle
+                if token.consumer is not None:
+                    token.consumer.settling(tag)
                 await channel.basic_nack(tag, requeue=requeue)
             if token.consumer is not None:
                 await token.consumer.settled()
@@ -655,12 +711,17 @@ class AmqpTransport:
         channel, tag = token.handle
         spec_ = self._specs.get(token.queue)
         limit = spec_.delivery_limit if spec_ is not None else DEFAULT_LIMIT
+        consumer = token.consumer
         if limit is not None and failures > limit:
+            if consumer is not None:
+                consumer.settling(tag)
             await channel.basic_reject(tag, requeue=False)
             return
         copy = revive(dataclasses.replace(token.message), token.queue)  # x- headers go
         copy.headers = {**(copy.headers or {}), COUNT_HEADER: failures}
         await self._publish_delayed(token.queue, [copy], delay_ms)
+        if consumer is not None:
+            consumer.settling(tag)
         await channel.basic_ack(tag)
 
     # -- tidings serve's extensions (amqp/extensions.py on the server) -----------------------

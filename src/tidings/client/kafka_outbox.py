@@ -18,6 +18,8 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
+from tidings.client.turns import Outcomes, TurnBatches
+
 #: A record's key, value and headers.
 Record = tuple[bytes | None, bytes, Any]
 
@@ -29,37 +31,15 @@ class Outbox:
 
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self.producer = producer
-        self._pending: dict[str, list[tuple[list[Record], asyncio.Future[None]]]] = {}
-        self._soon = False
+        self._turns: TurnBatches[str, list[Record]] = TurnBatches(self._send_turn)
 
     def produce(self, topic: str, records: list[Record]) -> asyncio.Future[None]:
         """A future that is done once every replica in sync has ``records`` (acks=all)."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        self._pending.setdefault(topic, []).append((records, done))
-        if not self._soon:
-            self._soon = True
-            loop.call_soon(self._flush_soon)
-        return done
+        return self._turns.add(topic, records)
 
-    def _flush_soon(self) -> None:
-        self._soon = False
-        pending, self._pending = self._pending, {}
-        for topic, items in pending.items():
-            asyncio.get_running_loop().create_task(self._flush(topic, items))
-
-    async def _flush(self, topic: str,
-                     items: list[tuple[list[Record], asyncio.Future[None]]]) -> None:
-        try:
-            await self._send(topic, [r for records, _ in items for r in records])
-        except Exception as e:
-            for _, done in items:
-                if not done.done():
-                    done.set_exception(e)
-            return
-        for _, done in items:
-            if not done.done():
-                done.set_result(None)
+    async def _send_turn(self, topic: str, produces: list[list[Record]]) -> Outcomes:
+        await self._send(topic, [r for records in produces for r in records])
+        return [None] * len(produces)
 
     async def _send(self, topic: str, records: list[Record]) -> None:
         partitions = sorted(await self.producer.partitions_for(topic))
