@@ -653,13 +653,22 @@ class AmqpTransport:
         try:
             await channel.basic_qos(prefetch_count=prefetch)
 
+            many = getattr(on_message, "many", None)
+
             async def deliver(raw: DeliveredMessage) -> None:
                 headers = raw.header.properties.headers
                 if headers and batches.BATCH_HEADER in headers:  # many in one
+                    channel = raw.channel
+                    arrived = []
                     for tag, redelivered, message in batches.unpack_deliveries(raw.body):
                         consumer.delivered(tag)
-                        on_message(_delivery(message, queue, raw.channel, tag, redelivered,
-                                             consumer))
+                        arrived.append(_delivery(message, queue, channel, tag, redelivered,
+                                                 consumer))
+                    if many is not None:  # a receiver that takes lists (Transport.consume)
+                        many(arrived)
+                    else:
+                        for delivery in arrived:
+                            on_message(delivery)
                     return
                 consumer.delivered(raw.delivery.delivery_tag)
                 on_message(_incoming(raw, queue, consumer))

@@ -70,14 +70,25 @@ class _Consumer:
     async def start(self, transport: Any, generation: int) -> None:
         on_message, arguments = self.on_message, self.arguments
 
-        def deliver(incoming: Delivery) -> None:
+        def stamp(incoming: Delivery) -> None:
             incoming.delivery_tag = _Stamped(generation, incoming.delivery_tag)
             if arguments is not None:  # a stream reader resumes after what it was handed
                 offset = (incoming.message.headers or {}).get(OFFSET)
                 if isinstance(offset, int):
                     arguments[OFFSET] = offset + 1
                     arguments.pop(READER, None)  # resume here, not at a commit
+
+        def deliver(incoming: Delivery) -> None:
+            stamp(incoming)
             on_message(incoming)
+
+        if (many := getattr(on_message, "many", None)) is not None:
+            def deliver_many(incoming: list[Delivery]) -> None:
+                for delivery in incoming:
+                    stamp(delivery)
+                many(incoming)
+
+            deliver.many = deliver_many  # type: ignore[attr-defined]
 
         if arguments is None:
             self.inner = await transport.consume(self.owner.name(self.queue), self.prefetch,

@@ -130,7 +130,8 @@ class Transport(Protocol):
                       arguments: dict[str, Any] | None = None) -> Subscription:
         """Call ``on_message`` for each delivery. When ``on_message`` also has a ``many``
         method, a transport that can hand over several deliveries at once (the embedded
-        broker) calls ``on_message.many(list)`` instead; others ignore it. ``arguments``
+        broker; AMQP from a tidings server) calls ``on_message.many(list)`` instead; others
+        ignore it. ``arguments``
         are the consumer's (``x-stream-offset`` for a stream)."""
         ...
 
