@@ -183,3 +183,48 @@ def test_a_batch_consumer_gets_packed_deliveries_to_settle_one_by_one(
         assert len(seen) == 31
         assert len({t for t, _, _ in seen}) == 31  # every delivery has its own tag
         assert ch.queue_declare(q, passive=True).method.message_count == 0
+
+
+class _Channel:
+    """An ExtensionChannel that records what the batch operation asks of it."""
+
+    vhost = "/"
+    broker = None
+
+    def __init__(self) -> None:
+        self.sent: list[object] = []
+        self.waiting: list[object] = []
+        self.confirmed: list[bool] = []
+
+    def check(self, permission: str, kind: str, name: str) -> None: ...
+
+    def send_content(self, method: object, message: Message, extra: object = None) -> None:
+        self.sent.append(message.headers)
+
+    def confirm(self, ok: bool) -> None:
+        self.confirmed.append(ok)
+
+    def after_durable(self, action: object) -> None:
+        self.waiting.append(action)
+
+    def publish_batch(self, exchange: str, entries: list[tuple[str, Message]],
+                      mandatory: bool) -> tuple[list[int], list[int]]:
+        return [1], []
+
+
+def test_what_was_not_taken_is_reported_only_once_the_rest_is_durable() -> None:
+    """A client may count every message the return does not name as durable the moment the
+    return arrives (aiormq resolves the publish then), so it must not come earlier."""
+    from pamqp import commands
+
+    from tidings.amqp import extensions
+
+    channel = _Channel()
+    body = batches.pack_publishes([("q", Message(b"a")), ("missing", Message(b"b"))])
+    extensions.control(channel, Message(body, message_id="b1", headers={  # type: ignore[arg-type]
+        batches.EXCHANGE_HEADER: "", batches.MANDATORY_HEADER: True}),
+        commands.Basic.Publish(exchange=CONTROL, routing_key=batches.PUBLISH_BATCH))
+    assert channel.sent == [] and channel.confirmed == [True]
+    (durable,) = channel.waiting
+    durable()  # type: ignore[operator]
+    assert channel.sent == [{batches.RETURNED_HEADER: [1], batches.REFUSED_HEADER: []}]

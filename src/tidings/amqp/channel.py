@@ -64,7 +64,8 @@ class ChannelLink(Protocol):
 
     def flush_soon(self) -> None: ...
 
-    def after_durable(self, action: Callable[[], None]) -> None: ...
+    def after_durable(self, action: Callable[[], None], *,
+                      durable_only: bool = False) -> None: ...
 
     def before_flush(self, action: Callable[[], None]) -> None: ...
 
@@ -111,6 +112,11 @@ class AmqpChannel:
             tag, session.next_tag = session.next_tag, session.next_tag + 1
             conn.send_delivery(self.number, consumer_tag, tag, False, message, None)
         self.link.flush_soon()
+
+    def after_durable(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once what this channel did so far is durable (never if the store
+        failed)."""
+        self.link.after_durable(action, durable_only=True)
 
     def extend(self, delivery_tag: int) -> None:
         """Restart the consumer-timeout clock of a delivery on this channel."""

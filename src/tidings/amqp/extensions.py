@@ -28,11 +28,11 @@ send, so the tidings client (and any other) gets them over AMQP:
   ``user_id`` and direct reply-to checked for each, all before any is taken). It is confirmed
   once, when all are durable. Messages not taken (unroutable while mandatory, or refused by a
   full queue) are named by position in one ``basic.return`` of a message with the batch's
-  message id and the headers ``x-tidings-returned`` / ``x-tidings-refused``, before that
-  confirm. A consumer with the argument ``x-tidings-batch: true`` gets the deliveries of one
-  loop turn as one ``basic.deliver`` whose message has the header ``x-tidings-batch`` (the
-  count) and the deliveries packed in its body, each with its own delivery tag to settle
-  (prefetch still counts messages).
+  message id and the headers ``x-tidings-returned`` / ``x-tidings-refused``, sent once the
+  others are durable, just before that confirm. A consumer with the argument
+  ``x-tidings-batch: true`` gets the deliveries of one loop turn as one ``basic.deliver``
+  whose message has the header ``x-tidings-batch`` (the count) and the deliveries packed in
+  its body, each with its own delivery tag to settle (prefetch still counts messages).
 """
 
 from __future__ import annotations
@@ -79,6 +79,8 @@ class ExtensionChannel(Protocol):
 
     def publish_batch(self, exchange: str, entries: list[tuple[str, Message]],
                       mandatory: bool) -> tuple[list[int], list[int]]: ...
+
+    def after_durable(self, action: Callable[[], None]) -> None: ...
 
 
 def _header(message: Message, name: str, kind: type) -> Any:
@@ -127,10 +129,13 @@ def _publish_batch(channel: ExtensionChannel, message: Message) -> None:
         raise InvalidArgumentError(f"{CONTROL_EXCHANGE} {batches.PUBLISH_BATCH}: {e}") from e
     returned, refused = channel.publish_batch(exchange, entries, mandatory)
     if returned or refused:
+        # Sent once the others are durable, before the confirm: a client that learns from
+        # the return which were not taken (aiormq: as soon as it arrives) may then count
+        # the rest as durable.
         report = Message(b"", message_id=message.message_id, headers={
             batches.RETURNED_HEADER: returned, batches.REFUSED_HEADER: refused})
-        channel.send_content(wire.Return(312, "NO_ROUTE", CONTROL_EXCHANGE,
-                                         batches.PUBLISH_BATCH), report)
+        channel.after_durable(lambda: channel.send_content(
+            wire.Return(312, "NO_ROUTE", CONTROL_EXCHANGE, batches.PUBLISH_BATCH), report))
     channel.confirm(ok=True)
 
 

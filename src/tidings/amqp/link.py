@@ -364,8 +364,12 @@ class AmqpLink(asyncio.Protocol):
 
         self.broker.sync().add_done_callback(done)
 
-    def after_durable(self, action: Callable[[], None]) -> None:
-        def done(_: asyncio.Future[None]) -> None:
+    def after_durable(self, action: Callable[[], None], *, durable_only: bool = False) -> None:
+        """Run ``action`` once what was done so far is durable (with ``durable_only``, not at
+        all when the store failed: the publishes' confirms are nacks then)."""
+        def done(future: asyncio.Future[None]) -> None:
+            if durable_only and (future.cancelled() or future.exception() is not None):
+                return
             action()
             self.flush()
 
