@@ -20,7 +20,9 @@ from pathlib import Path
 import pika
 from pamqp import commands, frame, header
 
+from tidings import message_batches as batches
 from tidings.amqp.frames import PROTOCOL_HEADER, any_utf8_names
+from tidings.message import Message
 from tidings.resources import rss_mb
 
 from .serverproc import ServerProcess
@@ -37,8 +39,9 @@ def free_port() -> int:
 # -- kill -9 under load --------------------------------------------------------------------
 
 class Load:
-    """A producer with publisher confirms and a consumer acking inside transactions (an ack
-    counts as committed once ``tx_commit`` returned: tidings answers after it is durable)."""
+    """A producer with publisher confirms, one publishing batches, and a consumer acking inside
+    transactions (an ack counts as committed once ``tx_commit`` returned: tidings answers
+    after it is durable)."""
 
     def __init__(self, port: int) -> None:
         self.port = port
@@ -71,6 +74,32 @@ class Load:
             except pika.exceptions.AMQPError:
                 self.errors += 1
                 n += 1  # the id in flight may or may not have landed: never reuse it
+                time.sleep(0.05)
+
+    def produce_batches(self) -> None:
+        """Batches of 2-50 persistent messages (the extension the tidings client uses), each
+        confirmed once: all its messages count as confirmed when the confirm came back."""
+        n = 0
+        while not self.stop.is_set():
+            try:
+                with self.connect() as conn:
+                    ch = conn.channel()
+                    ch.confirm_delivery()
+                    ch.queue_declare(QUEUE, durable=True)
+                    while not self.stop.is_set():
+                        mids = [f"b{n + i}" for i in range(random.randint(2, 50))]
+                        body = batches.pack_publishes(
+                            [(QUEUE, Message(b"y" * 200, message_id=mid)) for mid in mids])
+                        ch.basic_publish(
+                            "amq.tidings.control", batches.PUBLISH_BATCH, body,
+                            pika.BasicProperties(message_id=f"batch-{n}", headers={
+                                batches.EXCHANGE_HEADER: "", batches.MANDATORY_HEADER: True}),
+                            mandatory=True)
+                        self.confirmed.extend(mids)
+                        n += len(mids)
+            except pika.exceptions.AMQPError:
+                self.errors += 1
+                n += 50  # the batch in flight may or may not have landed: never reuse its ids
                 time.sleep(0.05)
 
     def consume(self) -> None:
@@ -145,7 +174,8 @@ def kill_loop(data: Path, cycles: int, seed: int = 1) -> KillReport:
     port = free_port()
     server = ServerProcess(data).start(port)
     load = Load(port)
-    threads = [threading.Thread(target=load.produce), threading.Thread(target=load.consume)]
+    threads = [threading.Thread(target=work) for work in (load.produce, load.produce_batches,
+                                                            load.consume)]
     for t in threads:
         t.start()
     peak = 0.0
