@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from tidings.auth import UserStore
-from tidings.http.endpoints import admin, dead_letters, events, leases, metrics, queues
+from tidings.http.endpoints import admin, dead_letters, events, leases, metrics, queues, rabbitmq
 from tidings.http.errors import EXCEPTION_HANDLERS
 from tidings.http.event_log import STREAM_BUFFER
 from tidings.http.gateway import DEFAULT_MAX_BODY_BYTES, Gateway
@@ -29,6 +29,8 @@ from tidings.routing.front_door import FrontDoor
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "ROUTES", "build_app", "build_metrics_app"]
 
 _Q = "/api/queues/{vhost}/{name}"
+#: Bindings from an exchange to a queue (``q``) or an exchange (``e``), RabbitMQ's paths.
+_B = "/api/bindings/{vhost}/e/{source}/{kind}/{destination}"
 
 ROUTES: list[BaseRoute] = [
     # admin
@@ -40,10 +42,15 @@ ROUTES: list[BaseRoute] = [
     Route("/api/definitions", admin.post_definitions, methods=["POST"]),
     Route("/api/quarantine", admin.list_quarantine, methods=["GET"]),
     Route("/api/exchanges", admin.list_exchanges),
+    Route("/api/exchanges/{vhost}/{name}", rabbitmq.get_exchange, methods=["GET"]),
     Route("/api/exchanges/{vhost}/{name}", admin.put_exchange, methods=["PUT"]),
+    Route("/api/exchanges/{vhost}/{name}/publish", rabbitmq.publish, methods=["POST"]),
     Route("/api/exchanges/{vhost}/{name}", admin.delete_exchange, methods=["DELETE"]),
     Route("/api/bindings", admin.list_bindings, methods=["GET"]),
     Route("/api/bindings/{vhost}", admin.change_binding, methods=["POST", "DELETE"]),
+    Route(_B, rabbitmq.list_bindings_between, methods=["GET"]),
+    Route(_B, rabbitmq.post_binding, methods=["POST"]),
+    Route(f"{_B}/{{props}}", rabbitmq.delete_binding, methods=["DELETE"]),
     # metrics
     Route("/metrics", metrics.metrics),
     Route("/api/overview", metrics.api_overview),
@@ -64,6 +71,7 @@ ROUTES: list[BaseRoute] = [
     Route(f"{_Q}/contents", queues.purge_queue, methods=["DELETE"]),
     Route(f"{_Q}/messages", queues.send, methods=["POST"]),
     Route(f"{_Q}/receive", queues.receive, methods=["POST"]),
+    Route(f"{_Q}/get", rabbitmq.get_messages, methods=["POST"]),
     # dead letters
     Route(f"{_Q}/dead-letters", dead_letters.list_dead_letters, methods=["GET"]),
     Route(f"{_Q}/dead-letters", dead_letters.purge_dead_letters, methods=["DELETE"]),

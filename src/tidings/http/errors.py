@@ -1,4 +1,5 @@
-"""Every HTTP error is JSON: ``{"error": "<stable code>", "message": "<names the thing>"}``.
+"""Every HTTP error is JSON: ``{"error": "<stable code>", "message": "<names the thing>"}``,
+with the text again as ``reason`` (RabbitMQ's management API's field).
 
 One table: a :class:`TidingsError` carries its HTTP status and code; Starlette's own
 ``HTTPException`` (404 for unknown paths, 405 for methods) is mapped to the same shape.
@@ -41,7 +42,9 @@ class UnsupportedMediaTypeError(TidingsError):
 
 def error_response(status: int, code: str, message: str,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": code, "message": printable(message)}, status_code=status,
+    text = printable(message)
+    # "reason" is RabbitMQ's management API's name for the text (rabbitmqadmin prints it)
+    return JSONResponse({"error": code, "message": text, "reason": text}, status_code=status,
                         headers=headers)
 
 

@@ -210,9 +210,40 @@ def _topology_paths() -> dict[str, Any]:
     }
 
 
+def _rabbitmq_paths() -> dict[str, Any]:
+    """RabbitMQ management API operations (rabbitmqadmin's), with RabbitMQ's bodies."""
+    qp = _path("vhost", "name")
+    ends = _path("vhost", "source", "kind", "destination")
+    body = {"required": True, **_json({"type": "object"})}
+    between = "/api/bindings/{vhost}/e/{source}/{kind}/{destination}"
+    return {
+        "/api/exchanges/{vhost}/{name}/publish": {"post": {
+            "summary": "Publish one message (RabbitMQ's body: routing_key, payload, "
+                       "payload_encoding, properties); durable when answered",
+            "parameters": qp, "requestBody": body, "responses": _ok("routed or not")}},
+        "/api/queues/{vhost}/{name}/get": {"post": {
+            "summary": "Get up to count messages, then ack or requeue / reject them (ackmode)",
+            "parameters": qp, "requestBody": body,
+            "responses": _ok("messages", {"type": "array"})}},
+        between: {
+            "get": {"summary": "Bindings from an exchange to a queue (q) or exchange (e)",
+                    "parameters": ends, "responses": _ok("ok", {"type": "array"})},
+            "post": {"summary": "Bind (routing_key, arguments); Location: its properties key",
+                     "parameters": ends, "requestBody": body,
+                     "responses": _ok("bound", None, "201")}},
+        between + "/{props}": {"delete": {
+            "summary": "Unbind the binding of that properties key",
+            "parameters": [*ends, *_path("props")], "responses": _ok("unbound", None, "204")}},
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {**_service_paths(), **_event_paths(), **_queue_paths(),
-                             **_stream_paths(), **_lease_paths(), **_topology_paths()}
+                             **_stream_paths(), **_lease_paths(), **_topology_paths(),
+                             **_rabbitmq_paths()}
+    paths["/api/exchanges/{vhost}/{name}"]["get"] = {
+        "summary": "One exchange", "parameters": _path("vhost", "name"),
+        "responses": _ok("ok", {"type": "object"})}
     return {
         "openapi": "3.0.3",
         "info": {"title": "tidings HTTP gateway", "version": tidings.__version__,
@@ -221,9 +252,10 @@ def openapi_document() -> dict[str, Any]:
                                 "is URL-encoded: %2F for /."},
         "paths": paths,
         "components": {
-            "schemas": {"Error": {"type": "object", "required": ["error", "message"],
+            "schemas": {"Error": {"type": "object", "required": ["error", "message", "reason"],
                                   "properties": {"error": {"type": "string"},
-                                                 "message": {"type": "string"}}}},
+                                                 "message": {"type": "string"},
+                                                 "reason": {"type": "string"}}}},
             "securitySchemes": {"basic": {"type": "http", "scheme": "basic"},
                                 "bearer": {"type": "http", "scheme": "bearer"}},
         },

@@ -72,13 +72,20 @@ def integer(data: dict[str, Any], name: str, default: int | None, low: int,
     value = data.get(name, default)
     if value is None:
         return None
+    if isinstance(value, str) and value.isascii() and value.lstrip("-").isdigit() \
+            and len(value) <= 20:  # RabbitMQ's management API takes "5" for 5 too
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise BadRequestError(f"field '{name}' must be an integer between {low} and {high}")
     return value
 
 
 def boolean(data: dict[str, Any], name: str, default: bool) -> bool:
+    """A boolean field; ``"true"`` / ``"false"`` as strings too, as RabbitMQ's management API
+    takes them (rabbitmqadmin sends them so)."""
     value = data.get(name, default)
+    if isinstance(value, str) and value in ("true", "false"):
+        return value == "true"
     if not isinstance(value, bool):
         raise BadRequestError(f"field '{name}' must be true or false")
     return value

@@ -12,6 +12,7 @@ from starlette.responses import FileResponse, JSONResponse
 
 from tidings.errors import AccessRefusedError
 from tidings.http import schemas as sch
+from tidings.http.endpoints.rabbitmq import binding_json
 from tidings.http.errors import BadRequestError
 from tidings.http.event_log import is_internal_queue
 from tidings.http.gateway import gateway, name_of, vhost_of
@@ -84,10 +85,7 @@ def binding_fields(data: dict[str, Any]) -> tuple[str, str, str, bool, dict[str,
 async def list_bindings(request: Request) -> JSONResponse:
     gw = gateway(request)
     return JSONResponse([
-        {"vhost": b.vhost, "source": b.source, "destination": b.destination,
-         "destination_type": "exchange" if b.to_exchange else "queue",
-         "routing_key": b.routing_key, "arguments": b.arguments}
-        for v in gw.vhosts(request) for b in gw.broker.list_bindings(v)
+        binding_json(b) for v in gw.vhosts(request) for b in gw.broker.list_bindings(v)
         if not is_internal_queue(b.destination)
     ])
 
