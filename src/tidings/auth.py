@@ -395,6 +395,13 @@ class UserStore:
         }
         self.save(users)
 
+    def clear_permissions(self, username: str, vhost: str) -> None:
+        """``username`` has no permissions in ``vhost`` any more."""
+        users = self.reload()
+        if users.permissions.get(vhost, {}).pop(username, None) is None:
+            raise NotFoundError(f"no permissions for user '{username}' in vhost '{vhost}'")
+        self.save(users)
+
     def create_token(self, username: str, name: str) -> str:
         """A new bearer token for ``username``; only its hash is stored."""
         users = self.reload()

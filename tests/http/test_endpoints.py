@@ -14,7 +14,16 @@ import pytest
 
 from tidings.auth import UserStore
 from tidings.http.app import ROUTES, build_app
-from tidings.http.endpoints import admin, dead_letters, events, leases, metrics, queues, rabbitmq
+from tidings.http.endpoints import (
+    access,
+    admin,
+    dead_letters,
+    events,
+    leases,
+    metrics,
+    queues,
+    rabbitmq,
+)
 from tidings.routing.broker import Broker
 from tidings.storage.memory import MemoryStore
 
@@ -34,7 +43,7 @@ async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def test_the_route_table_names_module_level_endpoints() -> None:
-    modules = (admin, dead_letters, events, leases, metrics, queues, rabbitmq)
+    modules = (access, admin, dead_letters, events, leases, metrics, queues, rabbitmq)
     endpoints = [getattr(r, "endpoint", None) for r in ROUTES]
     assert all(e is None or e.__module__ in {m.__name__ for m in modules} for e in endpoints)
     assert {e.__module__ for e in endpoints if e is not None} == {m.__name__ for m in modules}

@@ -86,3 +86,57 @@ def test_the_management_api_takes_rabbitmqs_conventions(http: httpx.Client) -> N
             for m in got] == [("hi", "m1", {"h": "v"})]
     assert http.post(f"/api/queues/%2F/{q}/get", json={"count": 1, "ackmode": "maybe"}) \
         .status_code == 400
+
+
+@pytest.mark.skipif(ADMIN is None, reason="rabbitmqadmin is not installed (it comes with "
+                                          "RabbitMQ's management plugin)")
+def test_rabbitmqadmin_manages_users_permissions_and_vhosts(server: ServerProcess) -> None:
+    vhost, user = f"v-{uuid.uuid4().hex[:6]}", f"u-{uuid.uuid4().hex[:6]}"
+    for args in [("declare", "vhost", f"name={vhost}"),
+                 ("declare", "user", f"name={user}", "password=s3cret", "tags=monitoring"),
+                 ("declare", "permission", f"vhost={vhost}", f"user={user}", "configure=.*",
+                  "write=.*", "read=^own-.*")]:
+        done = admin(server, *args)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+    listed = json.loads(admin(server, "-f", "raw_json", "list", "permissions").stdout)
+    assert {"user": user, "vhost": vhost, "configure": ".*", "write": ".*",
+            "read": "^own-.*"} in listed
+    users = json.loads(admin(server, "-f", "raw_json", "list", "users").stdout)
+    assert {"name": user, "tags": ["monitoring"]}.items() <= \
+        next(u for u in users if u["name"] == user).items()
+    assert not any("password" in key for u in users for key in u)  # never listed
+    # the new user logs in over AMQP to the new vhost with the new password
+    creds = pika.PlainCredentials(user, "s3cret")
+    with pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", server.port, virtual_host=vhost, credentials=creds)) as conn:
+        conn.channel().queue_declare("own-q")
+    nodes = json.loads(admin(server, "-f", "raw_json", "list", "nodes").stdout)
+    assert nodes[0]["running"] is True and nodes[0]["mem_used"] > 0
+    for args in [("delete", "permission", f"vhost={vhost}", f"user={user}"),
+                 ("delete", "user", f"name={user}"), ("delete", "vhost", f"name={vhost}")]:
+        assert admin(server, *args).returncode == 0, args
+    vhosts = json.loads(admin(server, "-f", "raw_json", "list", "vhosts").stdout)
+    assert vhost not in {v["name"] for v in vhosts}
+    with pytest.raises(pika.exceptions.ProbableAuthenticationError):
+        pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", server.port,
+                                                          credentials=creds))
+
+
+def test_only_administrators_change_users_and_anyone_asks_who_they_are(
+        http: httpx.Client, server: ServerProcess) -> None:
+    name = f"m-{uuid.uuid4().hex[:6]}"
+    assert http.put(f"/api/users/{name}", json={"password": "pw", "tags": "monitoring"}
+                    ).status_code == 201
+    assert http.put(f"/api/users/{name}", json={"tags": ""}).status_code == 400  # no password
+    with httpx.Client(base_url=f"http://127.0.0.1:{server.http_port}", auth=(name, "pw"),
+                      timeout=10) as mon:
+        assert mon.get("/api/whoami").json() == {"name": name, "tags": ["monitoring"],
+                                                 "limits": {}}
+        refused = mon.put("/api/users/evil", json={"password": "x", "tags": "administrator"})
+        assert refused.status_code == 403 and refused.json()["reason"]
+        assert mon.get("/api/users").status_code == 403
+        assert mon.get("/api/healthchecks/node").json() == {"status": "ok"}
+    assert http.get("/api/aliveness-test/%2F").json() == {"status": "ok"}
+    assert http.get("/api/vhosts/%2F").json()["name"] == "/"
+    assert http.delete(f"/api/users/{name}").status_code == 204
+    assert http.get(f"/api/users/{name}").status_code == 404

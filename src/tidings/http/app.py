@@ -19,7 +19,16 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from tidings.auth import UserStore
-from tidings.http.endpoints import admin, dead_letters, events, leases, metrics, queues, rabbitmq
+from tidings.http.endpoints import (
+    access,
+    admin,
+    dead_letters,
+    events,
+    leases,
+    metrics,
+    queues,
+    rabbitmq,
+)
 from tidings.http.errors import EXCEPTION_HANDLERS
 from tidings.http.event_log import STREAM_BUFFER
 from tidings.http.gateway import DEFAULT_MAX_BODY_BYTES, Gateway
@@ -51,6 +60,24 @@ ROUTES: list[BaseRoute] = [
     Route(_B, rabbitmq.list_bindings_between, methods=["GET"]),
     Route(_B, rabbitmq.post_binding, methods=["POST"]),
     Route(f"{_B}/{{props}}", rabbitmq.delete_binding, methods=["DELETE"]),
+    # users, permissions, vhosts, the node (RabbitMQ's management API)
+    Route("/api/whoami", access.whoami),
+    Route("/api/users", access.list_users),
+    Route("/api/users/{user}", access.get_user, methods=["GET"]),
+    Route("/api/users/{user}", access.put_user, methods=["PUT"]),
+    Route("/api/users/{user}", access.delete_user, methods=["DELETE"]),
+    Route("/api/users/{user}/permissions", access.user_permissions),
+    Route("/api/permissions", access.list_permissions),
+    Route("/api/permissions/{vhost}/{user}", access.get_permission, methods=["GET"]),
+    Route("/api/permissions/{vhost}/{user}", access.put_permission, methods=["PUT"]),
+    Route("/api/permissions/{vhost}/{user}", access.delete_permission, methods=["DELETE"]),
+    Route("/api/vhosts/{vhost}", access.get_vhost, methods=["GET"]),
+    Route("/api/vhosts/{vhost}", access.put_vhost, methods=["PUT"]),
+    Route("/api/vhosts/{vhost}", access.delete_vhost, methods=["DELETE"]),
+    Route("/api/nodes", access.list_nodes),
+    Route("/api/nodes/{node}", access.get_node),
+    Route("/api/healthchecks/node", access.node_health),
+    Route("/api/aliveness-test/{vhost}", access.aliveness),
     # metrics
     Route("/metrics", metrics.metrics),
     Route("/api/overview", metrics.api_overview),
@@ -62,7 +89,7 @@ ROUTES: list[BaseRoute] = [
     # queues
     Route("/api/queues", queues.list_queues),
     Route("/api/queues/{vhost}", queues.list_queues, methods=["GET"]),
-    Route("/api/vhosts", queues.list_vhosts),
+    Route("/api/vhosts", access.list_vhosts),
     Route("/api/streams", queues.list_streams),
     Route("/api/streams/{vhost}/{name}", queues.get_stream),
     Route(_Q, queues.get_queue, methods=["GET"]),

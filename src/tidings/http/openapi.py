@@ -237,10 +237,49 @@ def _rabbitmq_paths() -> dict[str, Any]:
     }
 
 
+def _access_paths() -> dict[str, Any]:
+    """Users, permissions, vhosts and the node, as RabbitMQ's management API has them."""
+    body = {"required": True, **_json({"type": "object"})}
+
+    def crud(what: str, *names: str) -> dict[str, Any]:
+        params = _path(*names)
+        return {"get": {"summary": f"One {what}", "parameters": params,
+                        "responses": _ok("ok", {"type": "object"})},
+                "put": {"summary": f"Create or change a {what} (administrator)",
+                        "parameters": params, "requestBody": body,
+                        "responses": _ok("created", None, "201")},
+                "delete": {"summary": f"Delete a {what} (administrator)",
+                           "parameters": params, "responses": _ok("deleted", None, "204")}}
+
+    def listing(summary: str, *names: str) -> dict[str, Any]:
+        return {"get": {"summary": summary, "parameters": _path(*names),
+                        "responses": _ok("ok", {"type": "array"})}}
+
+    return {
+        "/api/whoami": {"get": {"summary": "The user asking, with its tags",
+                                "responses": _ok("ok", {"type": "object"})}},
+        "/api/users": listing("Users and their tags (administrator; never passwords)"),
+        "/api/users/{user}": crud("user ({password, tags})", "user"),
+        "/api/users/{user}/permissions": listing("One user's permissions", "user"),
+        "/api/permissions": listing("Every user's permissions per vhost (administrator)"),
+        "/api/permissions/{vhost}/{user}": crud("permission ({configure, write, read})",
+                                                "vhost", "user"),
+        "/api/vhosts/{vhost}": crud("vhost", "vhost"),
+        "/api/nodes": listing("This node"),
+        "/api/nodes/{node}": {"get": {"summary": "This node by name", "parameters":
+                                      _path("node"), "responses": _ok("ok")}},
+        "/api/healthchecks/node": {"get": {"summary": "Is the node up",
+                                           "responses": _ok("ok")}},
+        "/api/aliveness-test/{vhost}": {"get": {
+            "summary": "A message through the vhost's aliveness-test queue",
+            "parameters": _path("vhost"), "responses": _ok("ok")}},
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {**_service_paths(), **_event_paths(), **_queue_paths(),
                              **_stream_paths(), **_lease_paths(), **_topology_paths(),
-                             **_rabbitmq_paths()}
+                             **_rabbitmq_paths(), **_access_paths()}
     paths["/api/exchanges/{vhost}/{name}"]["get"] = {
         "summary": "One exchange", "parameters": _path("vhost", "name"),
         "responses": _ok("ok", {"type": "object"})}

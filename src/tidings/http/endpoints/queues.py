@@ -54,16 +54,6 @@ async def get_stream(request: Request) -> JSONResponse:
     return JSONResponse(asdict(gw.broker.stream_statistics(vhost, name)))
 
 
-async def list_vhosts(request: Request) -> JSONResponse:
-    gw = gateway(request)
-    out = []
-    for v in gw.vhosts(request):
-        queues = [q for q in gw.broker.statistics({v}).queues if not is_internal_queue(q.name)]
-        out.append({"name": v, **management.totals(sum(q.ready for q in queues),
-                                                    sum(q.unacked for q in queues))})
-    return JSONResponse(out)
-
-
 async def get_queue(request: Request) -> JSONResponse:
     gw, vhost, name = gateway(request), vhost_of(request), name_of(request)
     gw.check(request, "read", "queue", name, vhost)
