@@ -140,3 +140,25 @@ def test_only_administrators_change_users_and_anyone_asks_who_they_are(
     assert http.get("/api/vhosts/%2F").json()["name"] == "/"
     assert http.delete(f"/api/users/{name}").status_code == 204
     assert http.get(f"/api/users/{name}").status_code == 404
+
+
+def test_queue_listings_page_and_filter_as_rabbitmq_for_keda(http: httpx.Client) -> None:
+    tag = uuid.uuid4().hex[:6]
+    for i in range(5):
+        assert http.put(f"/api/queues/%2F/keda-{tag}-{i}", json={}).status_code == 201
+    # what KEDA's RabbitMQ scaler asks with useRegex
+    paged = http.get("/api/queues/%2F", params={
+        "page": 1, "use_regex": "true", "pagination": "false", "name": f"^keda-{tag}-[0-3]$",
+        "page_size": 2}).json()
+    assert [q["name"] for q in paged["items"]] == [f"keda-{tag}-0", f"keda-{tag}-1"]
+    assert (paged["page"], paged["page_size"], paged["page_count"], paged["filtered_count"],
+            paged["item_count"]) == (1, 2, 2, 4, 2)
+    assert paged["total_count"] >= 5 and "messages" in paged["items"][0]
+    second = http.get("/api/queues", params={"page": "2", "page_size": "2", "use_regex":
+                                             "true", "name": f"^keda-{tag}-[0-3]$"}).json()
+    assert [q["name"] for q in second["items"]] == [f"keda-{tag}-2", f"keda-{tag}-3"]
+    plain = http.get("/api/queues", params={"name": f"keda-{tag}-4"}).json()
+    assert [q["name"] for q in plain] == [f"keda-{tag}-4"]  # no page: a list, as before
+    bad = http.get("/api/queues", params={"page": 1, "use_regex": "true", "name": "(("})
+    assert bad.status_code == 400 and "regular expression" in bad.json()["reason"]
+    assert http.get("/api/queues", params={"page": 1, "page_size": 501}).status_code == 400

@@ -4,6 +4,7 @@ receive from it with a lease (long-polling up to ``wait_ms``)."""
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import asdict
 from typing import Any
 from urllib.parse import unquote
@@ -14,6 +15,7 @@ from starlette.responses import JSONResponse
 from tidings.errors import PreconditionFailedError
 from tidings.http import management
 from tidings.http import schemas as sch
+from tidings.http.errors import BadRequestError
 from tidings.http.event_log import is_internal_queue
 from tidings.http.gateway import Gateway, gateway, name_of, vhost_of
 from tidings.http.lease_table import MAX_VISIBILITY_MS
@@ -22,6 +24,9 @@ from tidings.routing.front_door import Delivery, Session
 
 #: Longest a receive may wait for a message.
 MAX_WAIT_MS = 30_000
+#: RabbitMQ's largest page of a listing; the longest name filter taken.
+MAX_PAGE_SIZE = 500
+MAX_FILTER_CHARS = 255
 
 
 def queue_json(gw: Gateway, vhost: str, name: str) -> dict[str, Any]:
@@ -34,12 +39,38 @@ def queue_json(gw: Gateway, vhost: str, name: str) -> dict[str, Any]:
 
 
 async def list_queues(request: Request) -> JSONResponse:
-    gw = gateway(request)
-    vhost = request.path_params.get("vhost") or request.query_params.get("vhost")
+    """Queues, filtered by ``name`` (a substring, or with ``use_regex=true`` a regular
+    expression) and, when ``page`` is given, in RabbitMQ's paged object (``items``,
+    ``page_count``, ...), which KEDA's scaler reads with ``useRegex``."""
+    gw, params = gateway(request), request.query_params
+    vhost = request.path_params.get("vhost") or params.get("vhost")
     vhost = unquote(vhost) if vhost else None
     vhosts = [v for v in gw.vhosts(request) if vhost is None or v == vhost]
-    return JSONResponse([queue_json(gw, v, q.name) for v in vhosts
-                         for q in gw.broker.list_queues(v) if not is_internal_queue(q.name)])
+    names = [(v, q.name) for v in vhosts for q in gw.broker.list_queues(v)
+             if not is_internal_queue(q.name)]
+    total = len(names)
+    if wanted := params.get("name"):
+        names = [(v, n) for v, n in names if _name_matches(n, wanted, params)]
+    if "page" not in params:
+        return JSONResponse([queue_json(gw, v, n) for v, n in names])
+    page = sch.integer(dict(params), "page", 1, 1, 2**31) or 1
+    size = sch.integer(dict(params), "page_size", 100, 1, MAX_PAGE_SIZE) or 100
+    shown = names[(page - 1) * size:page * size]
+    return JSONResponse({
+        "items": [queue_json(gw, v, n) for v, n in shown], "page": page, "page_size": size,
+        "page_count": max(1, -(-len(names) // size)), "item_count": len(shown),
+        "filtered_count": len(names), "total_count": total})
+
+
+def _name_matches(name: str, wanted: str, params: Any) -> bool:
+    if len(wanted) > MAX_FILTER_CHARS:
+        raise BadRequestError(f"a name filter has at most {MAX_FILTER_CHARS} characters")
+    if params.get("use_regex") != "true":
+        return wanted in name
+    try:
+        return re.search(wanted, name) is not None
+    except re.error as e:
+        raise BadRequestError(f"name filter is not a regular expression: {e}") from e
 
 
 async def list_streams(request: Request) -> JSONResponse:
