@@ -330,20 +330,11 @@ async def _start_http(args: argparse.Namespace, broker: Any, amqp: Any,
                       tls: ssl.SSLContext | None) -> list[Any]:
     """The gateway on its own port (and /metrics alone on --prometheus-port), in this event
     loop, served by uvicorn."""
+    from tidings.amqp.listing import AmqpListing
     from tidings.http.app import build_app, build_metrics_app
 
-    def connections() -> list[dict[str, Any]]:
-        return [{
-            "peer": link.peer, "user": link.username, "vhost": link.vhost,
-            "client": str(link.conn.client_properties.get("product", "")),
-            "channels": len(link.channels),
-            "consumers": sum(len(ch.consumers) for ch in link.channels.values()),
-            "blocked": link.blocked,
-            "blocked_by": link.blocked_by,
-        } for link in amqp.links if link.username]
-
     app = build_app(broker, amqp.users, max_body_bytes=args.http_max_body_bytes,
-                    server_stats=_server_stats(amqp), connections=connections,
+                    server_stats=_server_stats(amqp), connections=AmqpListing(amqp),
                     stream_buffer=args.sse_buffer_events)
     app.state.gateway.events.start()
     servers = [await _serve_app(app, args.host, args.http_port, "--http-port", args, tls,

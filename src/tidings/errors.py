@@ -85,6 +85,12 @@ class BrokenResourceError(TidingsError):
     reply_code, status, code = 320, 503, "broken"
 
 
+class ConnectionForcedError(TidingsError):
+    """An operator closed the connection (RabbitMQ's CONNECTION_FORCED)."""
+
+    reply_code, status, code = 320, 503, "connection_forced"
+
+
 class InternalError(TidingsError):
     """Something went wrong inside tidings (a bug); the connection that met it is closed."""
 

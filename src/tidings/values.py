@@ -10,6 +10,7 @@ answers in its own convention (HTTP 400, AMQP 406 or 502, ``InvalidArgumentError
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 #: Deepest nesting of tables and arrays accepted in headers (RabbitMQ's x-death is 3 deep).
@@ -78,3 +79,20 @@ def _problem(value: Any, what: str, max_depth: int, *, field_table: bool) -> str
                 not _INT64[0] <= item <= _INT64[1]:
             return f"{name} is an integer beyond 64 bits"
     return None
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as JSON can carry it: bytes as base64, text made printable, keys as text,
+    anything else as its string."""
+    if isinstance(value, dict):
+        return {printable(k) if isinstance(k, str) else str(k): jsonable(v)
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode()
+    if isinstance(value, str):
+        return printable(value)  # (a header stored before it was checked at the edge)
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    return str(value)

@@ -162,3 +162,34 @@ def test_queue_listings_page_and_filter_as_rabbitmq_for_keda(http: httpx.Client)
     bad = http.get("/api/queues", params={"page": 1, "use_regex": "true", "name": "(("})
     assert bad.status_code == 400 and "regular expression" in bad.json()["reason"]
     assert http.get("/api/queues", params={"page": 1, "page_size": 501}).status_code == 400
+
+
+@pytest.mark.skipif(ADMIN is None, reason="rabbitmqadmin is not installed (it comes with "
+                                          "RabbitMQ's management plugin)")
+def test_rabbitmqadmin_lists_channels_and_consumers_and_closes_a_connection(
+        server: ServerProcess) -> None:
+    q = f"watched-{uuid.uuid4().hex[:6]}"
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", server.port, client_properties={"connection_name": "the-worker"}))
+    ch = conn.channel()
+    ch.queue_declare(q)
+    ch.basic_qos(prefetch_count=7)
+    tag = ch.basic_consume(q, lambda *a: None)
+
+    def listed(kind: str) -> list[dict[str, object]]:
+        return list(json.loads(admin(server, "-f", "raw_json", "list", kind).stdout))
+
+    mine = next(c for c in listed("connections")
+                if c["client_properties"]["connection_name"] == "the-worker")  # type: ignore[index]
+    assert mine["user"] == "guest" and mine["channels"] == 1 and mine["peer_port"]
+    channel = next(c for c in listed("channels")
+                   if c["connection_details"]["name"] == mine["name"])  # type: ignore[index]
+    assert channel["consumer_count"] == 1 and channel["prefetch_count"] == 7
+    consumer = next(c for c in listed("consumers") if c["consumer_tag"] == tag)
+    assert consumer["queue"] == {"name": q, "vhost": "/"} and consumer["ack_required"]
+    done = admin(server, "close", "connection", f"name={mine['name']}")
+    assert done.returncode == 0, done.stderr
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as info:
+        conn.process_data_events(time_limit=2)
+    assert info.value.reply_code == 320
+    assert mine["name"] not in {c["name"] for c in listed("connections")}

@@ -192,6 +192,10 @@ class AmqpLink(asyncio.Protocol):
         self._socket_full = False
         self._reopen_output()
 
+    def connected_for(self) -> float:
+        """Seconds since the connection was made."""
+        return time.monotonic() - self._connected_at
+
     def delivered(self) -> None:
         """After each delivery: past the output limit, deliveries pause until it is written."""
         if self.conn.pending_bytes >= OUTPUT_LIMIT_BYTES and not self._output_full:

@@ -11,7 +11,6 @@ path is written ``%2F`` for ``/``, as in RabbitMQ's management API.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -31,7 +30,7 @@ from tidings.http.endpoints import (
 )
 from tidings.http.errors import EXCEPTION_HANDLERS
 from tidings.http.event_log import STREAM_BUFFER
-from tidings.http.gateway import DEFAULT_MAX_BODY_BYTES, Gateway
+from tidings.http.gateway import DEFAULT_MAX_BODY_BYTES, ConnectionsView, Gateway
 from tidings.http.middleware import AuthMiddleware, EncodedSlashMiddleware
 from tidings.routing.front_door import FrontDoor
 
@@ -47,6 +46,11 @@ ROUTES: list[BaseRoute] = [
     Route("/", admin.dashboard),
     Route("/openapi.json", admin.openapi),
     Route("/api/connections", admin.list_connections),
+    Route("/api/connections/{name}", admin.get_connection, methods=["GET"]),
+    Route("/api/connections/{name}", admin.close_connection, methods=["DELETE"]),
+    Route("/api/channels", admin.list_channels),
+    Route("/api/consumers", admin.list_consumers),
+    Route("/api/consumers/{vhost}", admin.list_consumers),
     Route("/api/definitions", admin.get_definitions, methods=["GET"]),
     Route("/api/definitions", admin.post_definitions, methods=["POST"]),
     Route("/api/quarantine", admin.list_quarantine, methods=["GET"]),
@@ -114,7 +118,7 @@ ROUTES: list[BaseRoute] = [
 def build_app(broker: FrontDoor, users: UserStore, *,
               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
               server_stats: Callable[[], dict[str, float]] | None = None,
-              connections: Callable[[], list[dict[str, Any]]] | None = None,
+              connections: ConnectionsView | None = None,
               stream_buffer: int = STREAM_BUFFER) -> Starlette:
     """The gateway app; call ``app.state.gateway.events.start()`` inside the running loop."""
     gw = Gateway(broker, users, max_body_bytes, server_stats, connections)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 from starlette.requests import HTTPConnection, Request
@@ -27,13 +27,29 @@ from tidings.routing.front_door import DEFAULT_VHOST, FrontDoor
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 
 
+class ConnectionsView(Protocol):
+    """What the gateway sees of the AMQP server's connections (``amqp/listing.py``)."""
+
+    def connections(self) -> list[dict[str, Any]]: ...
+
+    def channels(self) -> list[dict[str, Any]]: ...
+
+    def consumers(self) -> list[dict[str, Any]]: ...
+
+    def close(self, name: str, reason: str) -> bool: ...
+
+
+def _vhost(row: dict[str, Any]) -> str:
+    return str(row.get("vhost") or row.get("queue", {}).get("vhost", ""))
+
+
 @dataclass
 class Gateway:
     broker: FrontDoor
     users: UserStore
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     server_stats: Callable[[], dict[str, float]] | None = None
-    connections: Callable[[], list[dict[str, Any]]] | None = None
+    connections: ConnectionsView | None = None
     events: EventLog = field(init=False)
     leases: Leases = field(init=False)
     idempotency: IdempotencyKeys = field(default_factory=IdempotencyKeys)
@@ -63,9 +79,11 @@ class Gateway:
         if name:
             self.users.check(user, vhost, permission, kind, name)  # type: ignore[arg-type]
 
-    def visible_connections(self, seen: set[str] | None) -> list[dict[str, Any]]:
-        return [c for c in (self.connections() if self.connections else [])
-                if seen is None or c["vhost"] in seen]
+    def visible_connections(self, seen: set[str] | None,
+                            kind: str = "connections") -> list[dict[str, Any]]:
+        """The server's connections (or ``channels``, ``consumers``) in the vhosts ``seen``."""
+        rows = getattr(self.connections, kind)() if self.connections else []
+        return [c for c in rows if seen is None or _vhost(c) in seen]
 
 
 def gateway(connection: HTTPConnection) -> Gateway:

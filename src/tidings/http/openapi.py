@@ -268,6 +268,14 @@ def _access_paths() -> dict[str, Any]:
         "/api/nodes": listing("This node"),
         "/api/nodes/{node}": {"get": {"summary": "This node by name", "parameters":
                                       _path("node"), "responses": _ok("ok")}},
+        "/api/connections/{name}": {
+            "get": {"summary": "One AMQP connection (named 'peer -> local')",
+                    "parameters": _path("name"), "responses": _ok("ok")},
+            "delete": {"summary": "Close it (320 CONNECTION_FORCED; X-Reason says why)",
+                       "parameters": _path("name"), "responses": _ok("closed", None, "204")}},
+        "/api/channels": listing("Open AMQP channels"),
+        "/api/consumers": listing("AMQP consumers"),
+        "/api/consumers/{vhost}": listing("AMQP consumers of one vhost", "vhost"),
         "/api/healthchecks/node": {"get": {"summary": "Is the node up",
                                            "responses": _ok("ok")}},
         "/api/aliveness-test/{vhost}": {"get": {

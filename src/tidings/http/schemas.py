@@ -16,7 +16,7 @@ from starlette.requests import Request
 
 from tidings.http.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 from tidings.message import Message
-from tidings.values import header_problem, json_problem, printable
+from tidings.values import header_problem, json_problem, jsonable
 
 JSON_TYPES = ("application/json",)
 
@@ -169,22 +169,9 @@ def message_to_json(message: Message, **extra: Any) -> dict[str, Any]:
             out["body_base64"] = base64.b64encode(body).decode()
     out.update({
         "routing_key": message.routing_key, "exchange": message.exchange,
-        "headers": _jsonable(message.headers or {}), "content_type": message.content_type,
+        "headers": jsonable(message.headers or {}), "content_type": message.content_type,
         "timestamp": message.timestamp, "priority": message.priority,
     })
     return out
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {printable(k) if isinstance(k, str) else k: _jsonable(v)
-                for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bytes | bytearray):
-        return base64.b64encode(value).decode()
-    if isinstance(value, str):
-        return printable(value)  # (a header stored before it was checked at the edge)
-    if isinstance(value, int | float | bool) or value is None:
-        return value
-    return str(value)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse
+from starlette.responses import FileResponse, JSONResponse, Response
 
-from tidings.errors import AccessRefusedError
+from tidings.errors import AccessRefusedError, NotFoundError
 from tidings.http import schemas as sch
 from tidings.http.endpoints.rabbitmq import binding_json
 from tidings.http.errors import BadRequestError
@@ -38,6 +39,46 @@ async def openapi(request: Request) -> JSONResponse:
 async def list_connections(request: Request) -> JSONResponse:
     gw = gateway(request)
     return JSONResponse(gw.visible_connections(gw.visible(request)))
+
+
+def _connection(request: Request) -> dict[str, Any]:
+    gw, name = gateway(request), unquote(request.path_params["name"])
+    for c in gw.visible_connections(gw.visible(request)):
+        if c["name"] == name:
+            return c
+    raise NotFoundError(f"no connection '{name}'")
+
+
+async def get_connection(request: Request) -> JSONResponse:
+    return JSONResponse(_connection(request))
+
+
+async def close_connection(request: Request) -> Response:
+    """Close a connection (RabbitMQ's ``X-Reason`` header says why): its own user, or an
+    administrator."""
+    gw, found = gateway(request), _connection(request)
+    user = user_of(request)
+    if found["user"] != user and not gw.users.is_administrator(user):
+        raise AccessRefusedError("closing another user's connection needs the administrator "
+                                 "tag")
+    reason = request.headers.get("x-reason", "Closed via management plugin")
+    assert gw.connections is not None
+    gw.connections.close(found["name"], reason[:255])
+    return Response(status_code=204)
+
+
+async def list_channels(request: Request) -> JSONResponse:
+    gw = gateway(request)
+    return JSONResponse(gw.visible_connections(gw.visible(request), "channels"))
+
+
+async def list_consumers(request: Request) -> JSONResponse:
+    gw = gateway(request)
+    seen = gw.visible(request)
+    if "vhost" in request.path_params:
+        wanted = {vhost_of(request)}
+        seen = wanted if seen is None else seen & wanted
+    return JSONResponse(gw.visible_connections(seen, "consumers"))
 
 
 # -- exchanges and bindings ------------------------------------------------------------------
