@@ -193,3 +193,15 @@ def test_rabbitmqadmin_lists_channels_and_consumers_and_closes_a_connection(
         conn.process_data_events(time_limit=2)
     assert info.value.reply_code == 320
     assert mine["name"] not in {c["name"] for c in listed("connections")}
+
+
+def test_the_overview_says_who_answers(http: httpx.Client, server: ServerProcess) -> None:
+    body = http.get("/api/overview").json()
+    assert body["product_name"] == "tidings" and body["rabbitmq_version"].startswith("3.")
+    assert body["node"] == body["cluster_name"] and body["node"].startswith("tidings@")
+    assert {"direct", "fanout", "topic", "headers"} <= {e["name"]
+                                                       for e in body["exchange_types"]}
+    assert "queue_totals" in body and "object_totals" in body  # what was there stays
+    if ADMIN is not None:
+        shown = admin(server, "show", "overview").stdout
+        assert "3.10.0" in shown and body["cluster_name"] in shown

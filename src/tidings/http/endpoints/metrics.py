@@ -3,9 +3,13 @@ RabbitMQ's management names too), each over the vhosts the caller may see."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+import tidings
+from tidings.http.endpoints.access import NODE
 from tidings.http.gateway import gateway
 from tidings.http.prometheus import CONTENT_TYPE, metrics_text, overview
 
@@ -32,4 +36,25 @@ async def api_overview(request: Request) -> JSONResponse:
         mine = gw.visible_connections(seen)
         extra = {**extra, "connections": float(len(mine)),
                  "channels": float(sum(c["channels"] for c in mine))}
-    return JSONResponse(overview(gw.broker, extra, seen))
+    return JSONResponse({**overview(gw.broker, extra, seen), **identity()})
+
+
+#: The RabbitMQ management API whose fields and paths these answers follow.
+MANAGEMENT_API_VERSION = "3.10.0"
+
+
+def identity() -> dict[str, Any]:
+    """Who answers, in RabbitMQ's overview fields: ``product_name`` / ``product_version``
+    are tidings; ``rabbitmq_version`` and ``management_version`` name the RabbitMQ
+    management API these answers follow (tools gate features on them)."""
+    return {
+        "product_name": "tidings", "product_version": tidings.__version__,
+        "rabbitmq_version": MANAGEMENT_API_VERSION,
+        "management_version": MANAGEMENT_API_VERSION,
+        "cluster_name": NODE, "node": NODE, "rates_mode": "basic",
+        "disable_stats": False, "enable_queue_totals": True,
+        "statistics_db_event_queue": 0,
+        "exchange_types": [{"name": kind, "description": "", "enabled": True}
+                           for kind in ("direct", "fanout", "topic", "headers",
+                                        "x-delayed-message")],
+    }
