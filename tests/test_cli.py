@@ -373,3 +373,14 @@ def test_set_password_replaces_the_hash_and_gives_scram_keys(tmp_path: Path) -> 
     assert "new-pw" not in users_file.read_text()
     out = run("--data-dir", str(data), "users", "set-password", "nobody", "x")
     assert out.returncode == 1 and out.stderr.strip() == "tidings: error: no user 'nobody'"
+
+
+async def test_connections_without_a_server_says_so(tmp_path: Path) -> None:
+    """Connections exist only in a running server: with none, one line saying so and exit 1
+    (it printed an empty table, as if the server had no clients)."""
+    data = tmp_path / "data"
+    async with tidings.connect(str(data)):  # a data directory, and no server on it
+        pass
+    out = run("--data-dir", str(data), "connections")
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and "no server is running" in out.stderr

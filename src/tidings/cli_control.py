@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from tidings.errors import ConfigError, NotFoundError
+from tidings.errors import BrokenResourceError, ConfigError, NotFoundError
 
 CONTROL_FILE = "control.json"
 COMMANDS = ("connections", "exchanges", "bindings", "purge", "delete", "publish",
@@ -137,8 +137,10 @@ async def _local(args: argparse.Namespace) -> Any:
     from tidings.storage.sqlite import SqliteStore
 
     c = args.command
-    if c == "connections":
-        return []  # no server, no connections
+    if c == "connections":  # they exist only in a running server, which was not found
+        raise BrokenResourceError(
+            f"no server is running on {args.data_dir}: connections are listed from a running "
+            f"'tidings serve --data-dir {args.data_dir}'")
     broker = Broker(SqliteStore(args.data_dir))
 
     def act() -> Any:
