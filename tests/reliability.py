@@ -14,8 +14,10 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pika
 from pamqp import commands, frame, header
@@ -28,6 +30,8 @@ from tidings.resources import rss_mb
 from .serverproc import ServerProcess
 
 QUEUE = "crash-amqp"
+#: Most messages one batch of the batch producer holds.
+MAX_BATCH = 50
 
 
 def free_port() -> int:
@@ -57,7 +61,10 @@ class Load:
                                            socket_timeout=2, blocked_connection_timeout=5)
         return pika.BlockingConnection(params)
 
-    def produce(self) -> None:
+    def _publishing(self, publish: Callable[[Any, int], list[str]]) -> None:
+        """Until stopped: connect, and ``publish(channel, n)`` again and again; what it
+        returns counts as confirmed. After a failure the ids in flight are skipped (they may
+        or may not have landed: never reuse one)."""
         n = 0
         while not self.stop.is_set():
             try:
@@ -66,41 +73,36 @@ class Load:
                     ch.confirm_delivery()
                     ch.queue_declare(QUEUE, durable=True)
                     while not self.stop.is_set():
-                        mid = f"m{n}"
-                        ch.basic_publish("", QUEUE, b"x" * 200,
-                                         pika.BasicProperties(delivery_mode=2, message_id=mid))
-                        self.confirmed.append(mid)
-                        n += 1
-            except pika.exceptions.AMQPError:
-                self.errors += 1
-                n += 1  # the id in flight may or may not have landed: never reuse it
-                time.sleep(0.05)
-
-    def produce_batches(self) -> None:
-        """Batches of 2-50 persistent messages (the extension the tidings client uses), each
-        confirmed once: all its messages count as confirmed when the confirm came back."""
-        n = 0
-        while not self.stop.is_set():
-            try:
-                with self.connect() as conn:
-                    ch = conn.channel()
-                    ch.confirm_delivery()
-                    ch.queue_declare(QUEUE, durable=True)
-                    while not self.stop.is_set():
-                        mids = [f"b{n + i}" for i in range(random.randint(2, 50))]
-                        body = batches.pack_publishes(
-                            [(QUEUE, Message(b"y" * 200, message_id=mid)) for mid in mids])
-                        ch.basic_publish(
-                            "amq.tidings.control", batches.PUBLISH_BATCH, body,
-                            pika.BasicProperties(message_id=f"batch-{n}", headers={
-                                batches.EXCHANGE_HEADER: "", batches.MANDATORY_HEADER: True}),
-                            mandatory=True)
+                        mids = publish(ch, n)
                         self.confirmed.extend(mids)
                         n += len(mids)
             except pika.exceptions.AMQPError:
                 self.errors += 1
-                n += 50  # the batch in flight may or may not have landed: never reuse its ids
+                n += MAX_BATCH
                 time.sleep(0.05)
+
+    def produce(self) -> None:
+        def one(ch: Any, n: int) -> list[str]:
+            ch.basic_publish("", QUEUE, b"x" * 200,
+                             pika.BasicProperties(delivery_mode=2, message_id=f"m{n}"))
+            return [f"m{n}"]
+
+        self._publishing(one)
+
+    def produce_batches(self) -> None:
+        """Batches of 2-50 persistent messages (the extension the tidings client uses), each
+        confirmed once: all its messages count as confirmed when the confirm came back."""
+        def batch(ch: Any, n: int) -> list[str]:
+            mids = [f"b{n + i}" for i in range(random.randint(2, MAX_BATCH))]
+            body = batches.pack_publishes(
+                [(QUEUE, Message(b"y" * 200, message_id=mid)) for mid in mids])
+            ch.basic_publish("amq.tidings.control", batches.PUBLISH_BATCH, body,
+                             pika.BasicProperties(message_id=f"batch-{n}", headers={
+                                 batches.EXCHANGE_HEADER: "", batches.MANDATORY_HEADER: True}),
+                             mandatory=True)
+            return mids
+
+        self._publishing(batch)
 
     def consume(self) -> None:
         while not self.stop.is_set():

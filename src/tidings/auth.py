@@ -444,9 +444,7 @@ class UserStore:
         users = self.reload()
         if username not in users.users:
             raise NotFoundError(f"no user '{username}'")
-        unknown = [t for t in tags if t not in TAGS]
-        if unknown:
-            raise ConfigError(f"unknown tag '{unknown[0]}' (tags: {', '.join(TAGS)})")
+        check_tags(tags)
         users.users[username]["tags"] = sorted(set(tags))
         self.save(users)
 
@@ -474,6 +472,13 @@ class UserStore:
 
     def permissions_of(self, username: str) -> dict[str, dict[str, str]]:
         return {v: p[username] for v, p in self.reload().permissions.items() if username in p}
+
+
+def check_tags(tags: list[str]) -> None:
+    """ConfigError naming the first tag tidings does not know."""
+    unknown = [t for t in tags if t not in TAGS]
+    if unknown:
+        raise ConfigError(f"unknown tag '{unknown[0]}' (tags: {', '.join(TAGS)})")
 
 
 def _throttled(username: str, user: dict[str, Any] | None, peer_host: str | None) -> str:

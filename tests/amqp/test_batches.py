@@ -228,3 +228,38 @@ def test_what_was_not_taken_is_reported_only_once_the_rest_is_durable() -> None:
     (durable,) = channel.waiting
     durable()  # type: ignore[operator]
     assert channel.sent == [{batches.RETURNED_HEADER: [1], batches.REFUSED_HEADER: []}]
+
+
+def test_deliveries_gathered_before_a_cancel_are_sent_before_its_ok(
+        server: ServerProcess) -> None:
+    """A publish and a cancel read in one go: the batch delivered for the publish comes
+    before cancel-ok (after it, a client has forgotten the consumer and drops it unacked)."""
+    from pamqp import body as pbody
+    from pamqp import commands, frame
+    from pamqp import header as pheader
+
+    from .raw import RawClient
+
+    raw = RawClient(server.port, heartbeat_s=0)
+    try:
+        raw.open_channel(1)
+        q = f"batch-{uuid.uuid4().hex[:8]}"
+        raw.send(1, commands.Queue.Declare(queue=q))
+        raw.expect(commands.Queue.DeclareOk)
+        raw.send(1, commands.Basic.Consume(queue=q, consumer_tag="c", no_ack=True,
+                                           arguments={batches.BATCH_ARGUMENT: True}))
+        raw.expect(commands.Basic.ConsumeOk)
+        raw.sock.sendall(b"".join(frame.marshal(f, 1) for f in (  # type: ignore[arg-type]
+            commands.Basic.Publish(exchange="", routing_key=q),
+            pheader.ContentHeader(0, 2, commands.Basic.Properties()),
+            pbody.ContentBody(b"hi"), commands.Basic.Cancel("c"))))
+        seen: list[str] = []
+        while "CancelOk" not in seen:
+            item = raw.reader.next_frame()
+            if item is None:
+                raw.reader.feed(raw.sock.recv(65536))
+            elif isinstance(item[1], commands.Basic.Deliver | commands.Basic.CancelOk):
+                seen.append(type(item[1]).__name__)
+        assert seen == ["Deliver", "CancelOk"]
+    finally:
+        raw.sock.close()

@@ -79,6 +79,8 @@ def test_the_management_api_takes_rabbitmqs_conventions(http: httpx.Client) -> N
         "routing_key": q, "payload": "aGk=", "payload_encoding": "base64",
         "properties": {"delivery_mode": 2, "headers": {"h": "v"}, "message_id": "m1"}})
     assert sent.json() == {"routed": True}
+    assert http.post("/api/exchanges/%2F/amq.default/publish", json={
+        "routing_key": q, "payload": "x", "properties": []}).status_code == 400
     got = http.post(f"/api/queues/%2F/{q}/get", json={"count": "2", "ackmode":
                                                       "reject_requeue_false",
                                                       "encoding": "auto"}).json()
@@ -125,6 +127,9 @@ def test_rabbitmqadmin_manages_users_permissions_and_vhosts(server: ServerProces
 def test_only_administrators_change_users_and_anyone_asks_who_they_are(
         http: httpx.Client, server: ServerProcess) -> None:
     name = f"m-{uuid.uuid4().hex[:6]}"
+    wrong = http.put(f"/api/users/{name}", json={"password": "pw", "tags": "wizard"})
+    assert wrong.status_code == 400 and "wizard" in wrong.json()["reason"]
+    assert http.get(f"/api/users/{name}").status_code == 404  # a refused PUT made nothing
     assert http.put(f"/api/users/{name}", json={"password": "pw", "tags": "monitoring"}
                     ).status_code == 201
     assert http.put(f"/api/users/{name}", json={"tags": ""}).status_code == 400  # no password

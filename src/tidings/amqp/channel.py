@@ -69,6 +69,8 @@ class ChannelLink(Protocol):
 
     def before_flush(self, action: Callable[[], None]) -> None: ...
 
+    def write_gathered(self) -> None: ...
+
 
 class AmqpChannel:
     def __init__(self, link: ChannelLink, number: int) -> None:
@@ -305,7 +307,7 @@ class AmqpChannel:
         def deliver(d: Delivery) -> None:
             extra = {"x-delivery-count": d.delivery_count} if d.delivery_count else None
             if gathered.add(d.delivery_tag, d.redelivered, d.message, extra):
-                link.before_flush(gathered.pack)
+                link.before_flush(gathered.write)
             link.delivered()
 
         return deliver
@@ -319,6 +321,7 @@ class AmqpChannel:
     def basic_cancel(self, m: B.Cancel) -> None:
         self.consumers.pop(m.consumer_tag, None)
         self.broker.cancel(self.session, m.consumer_tag)
+        self.link.write_gathered()  # deliveries made before the cancel go before its ok
         self.reply(B.CancelOk(m.consumer_tag), m.nowait)
 
     def basic_get(self, m: B.Get) -> None:
@@ -368,7 +371,6 @@ class AmqpChannel:
             raise PreconditionFailedError("a batch cannot be published in a transaction")
         self.check("write", "exchange", exchange)
         for _, message in entries:
-            message.exchange = exchange
             self._admit(message)
         returned: list[int] = []
         refused: list[int] = []

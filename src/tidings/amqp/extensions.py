@@ -147,23 +147,30 @@ class BatchDeliveries:
     #: limit sees them).
     PACK_BYTES = 1 << 16
 
-    __slots__ = ("_bytes", "_consumer_tag", "_number", "_pending", "_send")
+    __slots__ = ("_bytes", "_consumer_tag", "_number", "_pending", "_scheduled", "_send")
 
     def __init__(self, send: Callable[[int, str, int, bool, Message, None], None], number: int,
                  consumer_tag: str) -> None:
         self._send, self._number, self._consumer_tag = send, number, consumer_tag
         self._pending: list[batches.DeliveryEntry] = []
         self._bytes = 0
+        self._scheduled = False
 
     def add(self, delivery_tag: int, redelivered: bool, message: Message,
             extra: dict[str, Any] | None) -> bool:
-        """Gather one delivery; True when it is the first since the last pack."""
-        first = not self._pending
+        """Gather one delivery; True when :meth:`write` must be scheduled (the first since
+        the last write)."""
         self._pending.append((delivery_tag, redelivered, message, extra))
         self._bytes += len(message.body)
         if self._bytes >= self.PACK_BYTES:
             self.pack()
+        first, self._scheduled = not self._scheduled, True
         return first
+
+    def write(self) -> None:
+        """Before the connection writes: pack what is left."""
+        self._scheduled = False
+        self.pack()
 
     def pack(self) -> None:
         pending = self._pending

@@ -386,12 +386,17 @@ class AmqpLink(asyncio.Protocol):
         self._before_flush.append(action)
         self.flush_soon()
 
-    def flush(self) -> None:
-        self._flush_scheduled = False
+    def write_gathered(self) -> None:
+        """Run the before-flush actions now: batch consumers pack what they gathered into the
+        output (before each write, and before a reply that must follow those deliveries)."""
         if self._before_flush:
             actions, self._before_flush = self._before_flush, []
             for action in actions:
                 action()
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        self.write_gathered()
         data = self.conn.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)  # may call pause_writing

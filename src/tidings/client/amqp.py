@@ -658,12 +658,11 @@ class AmqpTransport:
             async def deliver(raw: DeliveredMessage) -> None:
                 headers = raw.header.properties.headers
                 if headers and batches.BATCH_HEADER in headers:  # many in one
-                    channel = raw.channel
                     arrived = []
                     for tag, redelivered, message in batches.unpack_deliveries(raw.body):
                         consumer.delivered(tag)
-                        arrived.append(_delivery(message, queue, channel, tag, redelivered,
-                                                 consumer))
+                        arrived.append(_delivery(message, queue, raw.channel, tag,
+                                                 redelivered, consumer))
                     if many is not None:  # a receiver that takes lists (Transport.consume)
                         many(arrived)
                     else:

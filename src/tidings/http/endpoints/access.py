@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 import tidings
-from tidings.auth import UserStore
+from tidings.auth import UserStore, check_tags
 from tidings.errors import AccessRefusedError, NotFoundError
 from tidings.http import management
 from tidings.http import schemas as sch
@@ -68,12 +68,17 @@ async def get_user(request: Request) -> JSONResponse:
 
 
 def _tags(data: dict[str, Any]) -> list[str]:
+    """The tags of a user's body (checked, so a bad one changes nothing)."""
     tags = data.get("tags", "")
     if isinstance(tags, str):  # RabbitMQ's form: "administrator,monitoring"
-        return [t.strip() for t in tags.split(",") if t.strip()]
-    if isinstance(tags, list) and all(isinstance(t, str) for t in tags):
-        return list(tags)
-    raise BadRequestError("field 'tags' must be a comma-separated string or a list of strings")
+        found = [t.strip() for t in tags.split(",") if t.strip()]
+    elif isinstance(tags, list) and all(isinstance(t, str) for t in tags):
+        found = list(tags)
+    else:
+        raise BadRequestError("field 'tags' must be a comma-separated string or a list of "
+                              "strings")
+    check_tags(found)
+    return found
 
 
 async def put_user(request: Request) -> Response:

@@ -124,7 +124,7 @@ async def delete_binding(request: Request) -> Response:
 
 
 def _message(data: dict[str, Any]) -> Message:
-    props = sch.obj(data.get("properties") or {}, "field 'properties'")
+    props = sch.obj(data.get("properties", {}), "field 'properties'")
     encoding = sch.string(data, "payload_encoding", "string")
     payload = sch.string(data, "payload", "") or ""
     if encoding == "string":
