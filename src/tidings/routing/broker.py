@@ -37,6 +37,7 @@ from tidings.routing.delayed import DelayedDelivery, DelayedMessages, header_del
 from tidings.routing.exchange import DELAYED, Binding, Exchange
 from tidings.routing.expiry import HeadExpiryTimers
 from tidings.routing.front_door import BindingInfo, ExchangeInfo, PublishResult, QueueInfo
+from tidings.routing.policies import Policy
 from tidings.routing.queue import DEFAULT_WINDOW, Entry, Queue
 from tidings.routing.recovery import recover
 from tidings.routing.reporting import broker_statistics, queue_statistics
@@ -239,6 +240,15 @@ class Broker:
 
     def queue_exists(self, vhost: str, name: str) -> bool:
         return self.vhosts.find_queue(vhost, name) is not None
+
+    def set_policy(self, policy: Policy) -> None:
+        self.declarations.set_policy(policy)
+
+    def delete_policy(self, vhost: str, name: str, *, operator: bool = False) -> None:
+        self.declarations.delete_policy(vhost, name, operator=operator)
+
+    def list_policies(self, vhost: str, *, operator: bool = False) -> list[Policy]:
+        return self.vhosts.get(vhost).policies.list(operator)
 
     # routing's own callers and tests reach queues directly (faces use describe_queue)
     def get_queue(self, vhost: str, name: str) -> Queue:
@@ -552,13 +562,15 @@ def _both(a: asyncio.Future[None], b: asyncio.Future[None]) -> asyncio.Future[No
 
 
 def queue_info(q: Queue) -> QueueInfo:
+    a = q.applied
     return QueueInfo(q.vhost, q.name, q.durable, q.exclusive_owner is not None, q.auto_delete,
-                     q.arguments, q.options.queue_type, q.ready_count, len(q.consumers))
+                     q.arguments, q.options.queue_type, q.ready_count, len(q.consumers),
+                     a.policy, a.operator_policy, a.definition)
 
 
 def exchange_info(e: Exchange) -> ExchangeInfo:
     return ExchangeInfo(e.vhost, e.name, e.kind, e.durable, e.auto_delete, e.internal,
-                        e.arguments)
+                        e.arguments, e.policy)
 
 
 def binding_info(v: VirtualHost, source: Exchange, b: Binding) -> BindingInfo:

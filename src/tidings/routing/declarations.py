@@ -1,4 +1,4 @@
-"""Declaring and deleting exchanges, bindings and queues, with RabbitMQ's rules: reserved
+"""Declaring and deleting exchanges, bindings, queues and policies, with RabbitMQ's rules: reserved
 ``amq.`` names, equivalence checks on redeclare, exclusive ownership, if-unused / if-empty,
 and durable definitions written to the store (:mod:`tidings.routing.topology_rows` is their
 stored form). The broker's collaborator for everything that changes the topology.
@@ -21,6 +21,7 @@ from tidings.routing import topology_rows as defs
 from tidings.routing.arguments import parse_queue_arguments
 from tidings.routing.delayed import DelayedMessages
 from tidings.routing.exchange import PREDECLARED, Binding, Exchange, freeze_arguments
+from tidings.routing.policies import Policy
 from tidings.routing.queue import Queue
 from tidings.routing.stream import StreamQueue
 from tidings.routing.vhost import Sequence, VirtualHosts
@@ -76,6 +77,23 @@ class Declarations:
         if durable:
             self.store.put_definition("exchange", *defs.exchange_record(ex))
         return ex
+
+    # -- policies ----------------------------------------------------------------------------
+
+    def set_policy(self, policy: Policy) -> None:
+        """Add or replace a policy; matching queues and exchanges run with it from now on."""
+        v = self.vhosts.get(policy.vhost)
+        v.policies.put(policy)
+        self.store.put_definition(defs.policy_kind(policy.operator), *defs.policy_record(policy))
+        v.apply_policies()
+
+    def delete_policy(self, vhost: str, name: str, *, operator: bool = False) -> None:
+        v = self.vhosts.get(vhost)
+        kind = "operator policy" if operator else "policy"
+        if v.policies.remove(name, operator) is None:
+            raise NotFoundError(f"no {kind} '{name}' in vhost '{vhost}'")
+        self.store.delete_definition(defs.policy_kind(operator), f"{vhost}{defs.SEP}{name}")
+        v.apply_policies()
 
     def delete_exchange(self, vhost: str, name: str, *, if_unused: bool = False) -> None:
         v = self.vhosts.get(vhost)

@@ -68,6 +68,10 @@ class Exchange:
     bindings: list[Binding] = field(default_factory=list)
     _direct: dict[str, list[Binding]] = field(default_factory=dict)
     _cache: dict[str, list[Binding]] = field(default_factory=dict)
+    #: Where unroutable messages go (its ``alternate-exchange`` argument, else a policy's).
+    alternate: str | None = None
+    #: The policy that applies to it, if any (``routing/policies.py``).
+    policy: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tidings.message import Delivery, Message
+from tidings.routing.policies import Policy, make_policy
 from tidings.routing.session import Consumer, Session
 from tidings.routing.vhost import DEFAULT_VHOST
 from tidings.statistics import BrokerStatistics, Histogram, QueueStatistics, StreamStatistics
 from tidings.storage.quarantine import QuarantinedRecord
 
 __all__ = ["DEFAULT_VHOST", "BindingInfo", "Consumer", "Delivery", "ExchangeInfo", "FrontDoor",
-           "PublishResult", "QuarantinedRecord", "QueueInfo", "Session"]
+           "Policy", "PublishResult", "QuarantinedRecord", "QueueInfo", "Session", "make_policy"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,10 @@ class QueueInfo:
     #: Ready messages (``queue.declare-ok``'s message-count; a stream's records).
     ready: int
     consumers: int
+    #: The policy and operator policy that apply, and the definition keys in effect.
+    policy: str | None = None
+    operator_policy: str | None = None
+    effective_policy_definition: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +68,7 @@ class ExchangeInfo:
     auto_delete: bool
     internal: bool
     arguments: dict[str, Any]
+    policy: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +143,13 @@ class FrontDoor(Protocol):
     def describe_queue(self, vhost: str, name: str) -> QueueInfo: ...
 
     def queue_exists(self, vhost: str, name: str) -> bool: ...
+
+    # -- policies (``make_policy`` checks one; see ``routing/policies.py``)
+    def set_policy(self, policy: Policy) -> None: ...
+
+    def delete_policy(self, vhost: str, name: str, *, operator: bool = False) -> None: ...
+
+    def list_policies(self, vhost: str, *, operator: bool = False) -> list[Policy]: ...
 
     # -- messages
     def publish(self, vhost: str, exchange: str, message: Message, *,

@@ -41,31 +41,43 @@ class Bounded(Protocol):
         ...
 
 
+def _over(o: QueueOptions, ready: ReadyMessages, count: int, size: int) -> bool:
+    """Would the ready messages and ``count`` more of ``size`` bytes pass a limit?"""
+    if o.max_length is not None and len(ready) + count > o.max_length:
+        return True
+    return o.max_length_bytes is not None and ready.total_bytes() + size > o.max_length_bytes
+
+
+def _drop_heads(queue: Bounded, count: int, size: int) -> None:
+    """Dead-letter the oldest ready messages until ``count`` more of ``size`` bytes fit."""
+    while _over(queue.options, queue.ready, count, size) and len(queue.ready):
+        head = queue.pop_ready()
+        if head is None:  # the head is paged out and not readable until the commit
+            break
+        queue.drop(head, "maxlen")
+
+
 def admit(queue: Bounded, record: Record) -> Verdict:
     """Apply the queue's length limits before ``record`` is added."""
-    o, ready = queue.options, queue.ready
+    o = queue.options
     size = len(record.message.body)
     if o.max_length is None and o.max_length_bytes is None:
         return Verdict.ENQUEUE
-
-    def over() -> bool:
-        if o.max_length is not None and len(ready) + 1 > o.max_length:
-            return True
-        return (o.max_length_bytes is not None
-                and ready.total_bytes() + size > o.max_length_bytes)
-
-    if not over():
+    if not _over(o, queue.ready, 1, size):
         return Verdict.ENQUEUE
     if o.overflow != "drop-head":
         if o.overflow == "reject-publish-dlx":
             queue.drop(Entry(0, record, False), "maxlen")
         return Verdict.REFUSE
-    while over() and len(ready):
-        head = queue.pop_ready()
-        if head is None:  # the head is paged out and not readable until the commit
-            break
-        queue.drop(head, "maxlen")
-    if over():  # x-max-length 0, or the head is not readable yet: the message is the head
+    _drop_heads(queue, 1, size)
+    if _over(o, queue.ready, 1, size):  # x-max-length 0, or the head is not readable yet
         queue.drop(Entry(0, record, False), "maxlen")
         return Verdict.DROPPED
     return Verdict.ENQUEUE
+
+
+def trim(queue: Bounded) -> None:
+    """The limits were lowered (a policy): with ``drop-head`` the oldest ready messages over
+    them are dead-lettered now, as RabbitMQ does; the rejecting modes keep what they hold."""
+    if queue.options.overflow == "drop-head":
+        _drop_heads(queue, 0, 0)

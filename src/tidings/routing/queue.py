@@ -23,7 +23,8 @@ from tidings.codecs import encode_record
 from tidings.message import Record
 from tidings.routing.arguments import QueueOptions
 from tidings.routing.expiry import expires_at
-from tidings.routing.overflow import Verdict, admit
+from tidings.routing.overflow import Verdict, admit, trim
+from tidings.routing.policies import Applied
 from tidings.routing.ready import DEFAULT_WINDOW, Entry, ReadyMessages
 from tidings.statistics import Counters, Histogram
 from tidings.storage.base import Store
@@ -90,6 +91,8 @@ class Queue:
         self.name, self.vhost, self.options = name, vhost, options
         self.durable, self.exclusive_owner, self.auto_delete = durable, exclusive_owner, auto_delete
         self.arguments = arguments or {}
+        #: The arguments it runs with after policies (``options`` is them parsed).
+        self.applied = Applied(self.arguments)
         self.store_key = f"{vhost}\x1f{name}"
         self._store, self._owner, self._now = store, owner, now
         self._persists = durable and store.keeps_messages
@@ -108,6 +111,16 @@ class Queue:
         self.waiting = Histogram()
         self.processing = Histogram()
         self.last_used = now()
+
+    def reconfigure(self, options: QueueOptions, applied: Applied) -> None:
+        """A policy changed what applies: run with ``options`` from now on. Lower length
+        limits apply at once (``trim``); a TTL applies to messages enqueued from now, as
+        RabbitMQ's does."""
+        self.options, self.applied = options, applied
+        self._bounded = options.max_length is not None or options.max_length_bytes is not None
+        self._ttl = options.message_ttl_ms is not None
+        if self._bounded:
+            trim(self)
 
     # -- counts ----------------------------------------------------------------------------
 

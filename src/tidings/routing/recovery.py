@@ -1,13 +1,13 @@
 """Rebuilding a broker from its store after a restart (or a crash).
 
-Order: vhosts, exchanges, queues, bindings, then messages. Rows of queues that are no longer
-durable definitions are dropped. Each durable queue gets its first window of messages in seq
-order; the rest stay paged out. A record that cannot be read is quarantined, never allowed to stop
-recovery (``storage/quarantine.py``). Messages at or below the queue's delivered mark may have been
-delivered before the crash: they come back marked redelivered (AMQP allows a false
-"redelivered"; it never allows a silent duplicate), with at least one failed delivery counted.
-A requeue rewrites the record with its count, so counts are exact except for a delivery in
-flight at the moment of a crash, which may go uncounted once.
+Order: vhosts, policies, exchanges, queues, bindings, then messages. Rows of queues that are no
+longer durable definitions are dropped. Each durable queue gets its first window of messages in
+seq order; the rest stay paged out. A record that cannot be read is quarantined, never allowed
+to stop recovery (``storage/quarantine.py``). Messages at or below the queue's delivered mark
+may have been delivered before the crash: they come back marked redelivered (AMQP allows a false
+"redelivered"; it never allows a silent duplicate), with at least one failed delivery counted. A
+requeue rewrites the record with its count, so counts are exact except for a delivery in flight
+at the moment of a crash, which may go uncounted once.
 """
 
 from __future__ import annotations
@@ -70,8 +70,16 @@ def recover(store: Store, vhosts: VirtualHosts, delayed: DelayedMessages,
         else:  # its stream is gone
             store.delete_definition(READER_ROWS, key)
 
+    def policy(kind: str) -> Callable[[str, bytes], None]:
+        def apply(key: str, data: bytes) -> None:
+            found = defs.load_policy(kind, key, data)
+            vhosts.declare(found.vhost).policies.put(found)
+        return apply
+
     for name, _ in store.definitions("vhost"):
         vhosts.declare(name)
+    for operator in (False, True):  # before the queues, which are made with them applied
+        _apply(store, defs.policy_kind(operator), policy(defs.policy_kind(operator)), clock)
     _apply(store, "exchange", exchange, clock)
     _apply(store, "queue", queue, clock, plain_queue)
     _apply(store, "binding", binding, clock)

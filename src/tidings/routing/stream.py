@@ -41,6 +41,8 @@ from tidings.record_batch import (
     read_header,
     with_base_offset,
 )
+from tidings.routing.arguments import QueueOptions
+from tidings.routing.policies import Applied
 from tidings.routing.queue import Entry, Queue, QueueConsumer
 from tidings.statistics import ReaderStatistics, StreamStatistics
 from tidings.storage.segments import DEFAULT_SEGMENT_BYTES
@@ -312,6 +314,13 @@ class StreamQueue(Queue):
         if run:
             out.append(encode_batch(run_start, run))
         return out
+
+    def reconfigure(self, options: QueueOptions, applied: Applied) -> None:
+        """A policy changed the retention or the segment size: new segments take the size,
+        the retention applies now."""
+        self.options, self.applied = options, applied
+        self.log.max_segment_bytes = options.segment_bytes or DEFAULT_SEGMENT_BYTES
+        self.housekeep(self._now())
 
     def housekeep(self, now: float) -> None:
         """Apply the retention: whole segments over ``x-max-length-bytes`` or older than

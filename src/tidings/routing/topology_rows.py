@@ -1,4 +1,5 @@
-"""The rows a store keeps for the durable topology (exchanges, queues, bindings), and back.
+"""The rows a store keeps for the durable topology (exchanges, queues, bindings, policies),
+and back.
 
 The store keeps them as opaque ``(kind, key) -> bytes``; this module owns the JSON shape.
 """
@@ -10,6 +11,7 @@ from typing import Any
 
 from tidings.codecs import json_tagged, json_untagged
 from tidings.routing.exchange import Binding, Exchange
+from tidings.routing.policies import Policy, make_policy
 
 SEP = "\x1f"
 
@@ -31,6 +33,23 @@ def binding_record(vhost: str, b: Binding) -> tuple[str, bytes]:
             "arguments": json_tagged(b.args), "to_exchange": b.to_exchange}
     raw = json.dumps(data, sort_keys=True)
     return f"{vhost}{SEP}{raw}", raw.encode()
+
+
+def policy_kind(operator: bool) -> str:
+    return "operator-policy" if operator else "policy"
+
+
+def policy_record(p: Policy) -> tuple[str, bytes]:
+    data = {"pattern": p.pattern, "definition": p.definition, "priority": p.priority,
+            "apply-to": p.apply_to}
+    return f"{p.vhost}{SEP}{p.name}", json.dumps(data).encode()
+
+
+def load_policy(kind: str, key: str, data: bytes) -> Policy:
+    vhost, name = split_key(key)
+    d = load(data)
+    return make_policy(vhost, name, d["pattern"], d["definition"], d["priority"],
+                       d["apply-to"], operator=kind == policy_kind(True))
 
 
 def split_key(key: str) -> tuple[str, str]:

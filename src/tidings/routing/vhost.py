@@ -19,6 +19,7 @@ from tidings.message import Message, Record
 from tidings.routing.arguments import parse_queue_arguments
 from tidings.routing.exchange import PREDECLARED, Binding, Exchange
 from tidings.routing.expiry import HeadExpiryTimers
+from tidings.routing.policies import PolicySet, exchange_alternate, queue_arguments
 from tidings.routing.queue import DEFAULT_WINDOW, Entry, Queue
 from tidings.routing.stream import StreamQueue
 from tidings.statistics import Counters
@@ -53,11 +54,14 @@ class VirtualHost:
         for ex_name, kind in PREDECLARED.items():
             self.exchanges[ex_name] = Exchange(ex_name, kind, name)
         self.queues: dict[str, Queue] = {}
+        self.policies = PolicySet()
 
     # -- contents --------------------------------------------------------------------------
 
     def add_exchange(self, exchange: Exchange) -> None:
         self.exchanges[exchange.name] = exchange
+        exchange.alternate, exchange.policy = exchange_alternate(
+            self.policies, exchange.name, exchange.arguments)
 
     def add_binding(self, binding: Binding) -> bool:
         """Add a binding whose source exists; False when it was there already (or the
@@ -67,15 +71,29 @@ class VirtualHost:
 
     def create_queue(self, name: str, *, durable: bool, auto_delete: bool,
                      arguments: dict[str, Any], exclusive_owner: str | None) -> Queue:
-        options = parse_queue_arguments(name, arguments)
+        applied = queue_arguments(self.policies, name, _queue_type(arguments), arguments)
+        options = parse_queue_arguments(name, applied.arguments)
         parts: dict[str, Any] = dict(
             store=self._store, owner=self, now=self._clock.time, durable=durable,
             exclusive_owner=exclusive_owner, auto_delete=auto_delete, arguments=arguments,
             window=self._window)
         queue = (StreamQueue(name, self.name, options, streams=self._streams(), **parts)
                  if options.queue_type == "stream" else Queue(name, self.name, options, **parts))
+        queue.applied = applied
         self.queues[name] = queue
         return queue
+
+    def apply_policies(self) -> None:
+        """After a policy changed: every queue and exchange runs with what now applies."""
+        for queue in self.queues.values():
+            applied = queue_arguments(self.policies, queue.name, queue.options.queue_type,
+                                      queue.arguments)
+            if applied != queue.applied:
+                queue.reconfigure(parse_queue_arguments(queue.name, applied.arguments), applied)
+        for exchange in self.exchanges.values():
+            if exchange.name:
+                exchange.alternate, exchange.policy = exchange_alternate(
+                    self.policies, exchange.name, exchange.arguments)
 
     def remove_queue(self, queue: Queue) -> None:
         del self.queues[queue.name]
@@ -103,8 +121,8 @@ class VirtualHost:
                         stack.append(nxt)
                 elif (q := self.queues.get(b.destination)) is not None:
                     found[q.name] = q
-            alternate = e.arguments.get("alternate-exchange")
-            if not bindings and isinstance(alternate, str) and alternate in self.exchanges:
+            alternate = e.alternate
+            if not bindings and alternate is not None and alternate in self.exchanges:
                 stack.append(self.exchanges[alternate])
         return list(found.values())
 
@@ -141,6 +159,11 @@ class VirtualHost:
             queue.after_commit(deliver=False)
             return
         future.add_done_callback(lambda _: queue.after_commit())
+
+
+def _queue_type(arguments: dict[str, Any]) -> str:
+    kind = arguments.get("x-queue-type")
+    return kind if kind in ("quorum", "stream") else "classic"
 
 
 def _is_cycle(message: Message, target: str, reason: str) -> bool:
