@@ -210,3 +210,63 @@ def test_the_overview_says_who_answers(http: httpx.Client, server: ServerProcess
     if ADMIN is not None:
         shown = admin(server, "show", "overview").stdout
         assert "3.10.0" in shown and body["cluster_name"] in shown
+
+
+@pytest.mark.skipif(ADMIN is None, reason="rabbitmqadmin is not installed (it comes with "
+                                          "RabbitMQ's management plugin)")
+def test_rabbitmqadmin_declares_a_policy_that_limits_a_live_queue(
+        server: ServerProcess, http: httpx.Client) -> None:
+    tag = uuid.uuid4().hex[:6]
+    q, name = f"capped-{tag}", f"cap-{tag}"
+    with pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", server.port)) as conn:
+        ch = conn.channel()
+        ch.queue_declare(q)
+        for i in range(5):
+            ch.basic_publish("", q, f"m{i}".encode())
+        done = admin(server, "declare", "policy", f"name={name}", f"pattern=^capped-{tag}$",
+                     'definition={"max-length": 2, "ha-mode": "all"}', "priority=3",
+                     "apply-to=queues")
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        assert ch.queue_declare(q, passive=True).method.message_count == 2
+        got = ch.basic_get(q, auto_ack=True)[2]
+        assert got == b"m3"  # drop-head: the oldest went
+    listed = json.loads(admin(server, "-f", "raw_json", "list", "policies").stdout)
+    mine = next(p for p in listed if p["name"] == name)
+    assert (mine["pattern"], mine["priority"], mine["apply-to"], mine["definition"]) == \
+        (f"^capped-{tag}$", 3, "queues", {"max-length": 2, "ha-mode": "all"})
+    assert any("ha-mode" in w and "no effect" in w for w in mine["warnings"])
+    queue = http.get(f"/api/queues/%2F/{q}").json()
+    assert queue["policy"] == name and queue["effective_policy_definition"] == {"max-length": 2}
+    assert admin(server, "delete", "policy", f"name={name}").returncode == 0
+    assert http.get(f"/api/queues/%2F/{q}").json()["policy"] is None
+    assert http.get(f"/api/policies/%2F/{name}").status_code == 404
+
+
+def test_policies_over_http_check_their_input_and_who_asks(
+        http: httpx.Client, server: ServerProcess) -> None:
+    tag = uuid.uuid4().hex[:6]
+    said = http.put(f"/api/policies/%2F/p-{tag}", json={"pattern": "^nothing-yet$",
+                                                       "definition": {"ha-mode": "all"}})
+    assert said.status_code == 201 and "ha-mode" in said.json()["warnings"][0]
+    for bad in [{"pattern": "(", "definition": {"max-length": 1}},
+                {"pattern": ".*", "definition": {"max-length": "many"}},
+                {"pattern": ".*", "definition": {}}, {"pattern": ".*"}]:
+        refused = http.put(f"/api/policies/%2F/bad-{tag}", json=bad)
+        assert refused.status_code == 400 and refused.json()["reason"], bad
+    op = http.put(f"/api/operator-policies/%2F/op-{tag}", json={
+        "pattern": ".*", "definition": {"dead-letter-exchange": "x"}})
+    assert op.status_code == 400 and "operator policy" in op.json()["reason"]
+    assert http.put(f"/api/operator-policies/%2F/op-{tag}", json={
+        "pattern": "^nothing-yet$", "definition": {"max-length": 10}}).status_code == 201
+    assert [p["name"] for p in http.get("/api/operator-policies/%2F").json()] == [f"op-{tag}"]
+    name = f"mon-{tag}"
+    assert http.put(f"/api/users/{name}", json={"password": "pw", "tags": "monitoring"}
+                    ).status_code == 201
+    with httpx.Client(base_url=f"http://127.0.0.1:{server.http_port}", auth=(name, "pw"),
+                      timeout=10) as mon:
+        assert mon.get("/api/policies").status_code == 403
+        assert mon.put(f"/api/policies/%2F/x-{tag}", json={
+            "pattern": ".*", "definition": {"max-length": 0}}).status_code == 403
+    for path in (f"/api/policies/%2F/p-{tag}", f"/api/operator-policies/%2F/op-{tag}",
+                 f"/api/users/{name}"):
+        assert http.delete(path).status_code == 204

@@ -25,6 +25,7 @@ from tidings.http.endpoints import (
     events,
     leases,
     metrics,
+    policies,
     queues,
     rabbitmq,
 )
@@ -82,6 +83,17 @@ ROUTES: list[BaseRoute] = [
     Route("/api/nodes/{node}", access.get_node),
     Route("/api/healthchecks/node", access.node_health),
     Route("/api/aliveness-test/{vhost}", access.aliveness),
+    *[route for base in ("/api/policies", "/api/operator-policies") for route in (
+        Route(base, policies.list_policies),
+        Route(f"{base}/{{vhost}}", policies.list_policies),
+        Route(f"{base}/{{vhost}}/{{name}}", policies.get_policy, methods=["GET"]),
+        Route(f"{base}/{{vhost}}/{{name}}", policies.put_policy, methods=["PUT"]),
+        Route(f"{base}/{{vhost}}/{{name}}", policies.delete_policy, methods=["DELETE"]),
+    )],
+    Route("/api/parameters", access.no_parameters),
+    Route("/api/parameters/{component}", access.no_parameters),
+    Route("/api/parameters/{component}/{vhost}", access.no_parameters),
+    Route("/api/global-parameters", access.global_parameters),
     # metrics
     Route("/metrics", metrics.metrics),
     Route("/api/overview", metrics.api_overview),

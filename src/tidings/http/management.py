@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from tidings.routing.front_door import ExchangeInfo
 from tidings.statistics import QueueStatistics
 
 #: RabbitMQ's message_stats names for tidings' counters.
@@ -30,6 +31,13 @@ def message_stats(counts: dict[str, int], rates: dict[str, float]) -> dict[str, 
 def totals(ready: int, unacked: int) -> dict[str, int]:
     return {"messages": ready + unacked, "messages_ready": ready,
             "messages_unacknowledged": unacked}
+
+
+def exchange_json(e: ExchangeInfo) -> dict[str, Any]:
+    """An exchange as RabbitMQ's management API lists it."""
+    return {"vhost": e.vhost, "name": e.name, "type": e.kind,
+            "durable": e.durable, "auto_delete": e.auto_delete, "internal": e.internal,
+            "arguments": e.arguments, "policy": e.policy, "user_who_performed_action": ""}
 
 
 def queue_fields(s: QueueStatistics, queue_type: str) -> dict[str, Any]:

@@ -281,6 +281,36 @@ def _access_paths() -> dict[str, Any]:
         "/api/aliveness-test/{vhost}": {"get": {
             "summary": "A message through the vhost's aliveness-test queue",
             "parameters": _path("vhost"), "responses": _ok("ok")}},
+        "/api/parameters": listing("Runtime parameters (tidings has none)"),
+        "/api/global-parameters": listing("Global parameters (cluster_name)"),
+        **_policy_paths("/api/policies", "policy"),
+        **_policy_paths("/api/operator-policies", "operator policy"),
+    }
+
+
+def _policy_paths(base: str, what: str) -> dict[str, Any]:
+    """Policies as RabbitMQ's (policymaker or administrator)."""
+    body = {"required": True, **_json({"type": "object", "required": ["pattern",
+                                                                      "definition"]})}
+    params = _path("vhost", "name")
+    return {
+        base: {"get": {"summary": f"Every {what} of the vhosts the caller may see",
+                       "responses": _ok("ok", {"type": "array"})}},
+        f"{base}/{{vhost}}": {"get": {"summary": f"The {what} list of one vhost",
+                                      "parameters": _path("vhost"),
+                                      "responses": _ok("ok", {"type": "array"})}},
+        f"{base}/{{vhost}}/{{name}}": {
+            "get": {"summary": f"One {what}", "parameters": params,
+                    "responses": _ok("ok", {"type": "object"})},
+            "put": {"summary": f"Create or change a {what} ({{pattern, definition, priority, "
+                               f"apply-to}}); keys without effect come back as warnings",
+                    "parameters": params, "requestBody": body,
+                    "responses": {**_ok("created", None, "201"),
+                                  "200": {"description": "changed, with warnings",
+                                          **_json({"type": "object"})},
+                                  "204": {"description": "changed"}}},
+            "delete": {"summary": f"Delete a {what}", "parameters": params,
+                       "responses": _ok("deleted", None, "204")}},
     }
 
 

@@ -206,6 +206,15 @@ async def get_node(request: Request) -> JSONResponse:
     return JSONResponse(_node_json())
 
 
+async def no_parameters(request: Request) -> JSONResponse:
+    """Runtime parameters (federation upstreams, shovels): tidings has none to list."""
+    return JSONResponse([])
+
+
+async def global_parameters(request: Request) -> JSONResponse:
+    return JSONResponse([{"name": "cluster_name", "value": NODE}])
+
+
 async def node_health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 

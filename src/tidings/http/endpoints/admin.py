@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from tidings.errors import AccessRefusedError, NotFoundError
+from tidings.http import management
 from tidings.http import schemas as sch
 from tidings.http.endpoints.rabbitmq import binding_json
 from tidings.http.errors import BadRequestError
@@ -86,11 +87,8 @@ async def list_consumers(request: Request) -> JSONResponse:
 
 async def list_exchanges(request: Request) -> JSONResponse:
     gw = gateway(request)
-    return JSONResponse([
-        {"vhost": e.vhost, "name": e.name, "type": e.kind, "durable": e.durable,
-         "auto_delete": e.auto_delete, "internal": e.internal, "arguments": e.arguments}
-        for v in gw.vhosts(request) for e in gw.broker.list_exchanges(v)
-    ])
+    return JSONResponse([management.exchange_json(e)
+                         for v in gw.vhosts(request) for e in gw.broker.list_exchanges(v)])
 
 
 async def put_exchange(request: Request) -> JSONResponse:

@@ -34,7 +34,8 @@ def queue_json(gw: Gateway, vhost: str, name: str) -> dict[str, Any]:
     return {
         **management.queue_fields(gw.broker.queue_statistics(vhost, name), q.queue_type),
         "durable": q.durable, "auto_delete": q.auto_delete, "exclusive": q.exclusive,
-        "arguments": q.arguments,
+        "arguments": q.arguments, "policy": q.policy, "operator_policy": q.operator_policy,
+        "effective_policy_definition": q.effective_policy_definition,
     }
 
 

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from tidings.errors import NotFoundError
+from tidings.http import management
 from tidings.http import schemas as sch
 from tidings.http.errors import BadRequestError
 from tidings.http.event_log import is_internal_queue
@@ -64,10 +65,7 @@ async def get_exchange(request: Request) -> JSONResponse:
     gw.check(request, "read", "exchange", name or "amq.default", vhost)
     for e in gw.broker.list_exchanges(vhost):
         if e.name == name:
-            return JSONResponse({"vhost": e.vhost, "name": e.name or "amq.default",
-                                 "type": e.kind, "durable": e.durable,
-                                 "auto_delete": e.auto_delete, "internal": e.internal,
-                                 "arguments": e.arguments})
+            return JSONResponse({**management.exchange_json(e), "name": e.name or "amq.default"})
     raise NotFoundError(f"no exchange '{name}' in vhost '{vhost}'")
 
 
