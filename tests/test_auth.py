@@ -10,7 +10,7 @@ import pytest
 
 from tidings import auth
 from tidings.auth import UserStore
-from tidings.errors import AccessRefusedError
+from tidings.errors import AccessRefusedError, ConfigError
 
 
 def test_checks_follow_the_patterns_and_a_cli_change_applies_soon(
@@ -114,3 +114,24 @@ async def test_failed_logins_for_one_user_do_not_delay_another_from_that_address
     assert time.monotonic() - started < 1.0
     assert users._failure_delay("alice\x00192.0.2.9") == auth.FAILURE_DELAY_MAX_S
     assert users._failure_delay("\x00192.0.2.9") > 0  # unknown names share one delay
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha512", "md5"])
+def test_rabbitmq_password_hashes_are_checked_as_rabbitmq_makes_them(algorithm: str) -> None:
+    import base64
+    import hashlib
+
+    from tidings.auth import check_password, exported_hash, imported_hash
+
+    salt = b"\x90\x01\xfe\x22"
+    made = base64.b64encode(salt + hashlib.new(algorithm, salt + b"pa55").digest()).decode()
+    name = f"rabbit_password_hashing_{algorithm}"
+    stored = imported_hash(made, name)
+    assert check_password("pa55", stored) and not check_password("pa56", stored)
+    assert exported_hash(stored) == (made, name)
+    assert imported_hash("", name) == ""  # RabbitMQ's "no password login"
+    assert not check_password("", "")
+    for bad, algo in [("not base64!", name), (base64.b64encode(b"short").decode(), name),
+                      (made, "rabbit_password_hashing_bcrypt")]:
+        with pytest.raises(ConfigError):
+            imported_hash(bad, algo)

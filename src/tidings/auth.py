@@ -78,7 +78,53 @@ def new_user(password: str, **extra: Any) -> dict[str, Any]:
             **extra}
 
 
+#: RabbitMQ's password hashing modules, the hash each uses, and the scheme stored here. A
+#: RabbitMQ hash is base64(salt (4 bytes) + H(salt + password)); a user imported with one logs
+#: in with it and is moved to tidings' own hash (and gets SCRAM keys) at the first good login.
+RABBIT_HASHES = {"rabbit_password_hashing_sha256": "sha256",
+                 "rabbit_password_hashing_sha512": "sha512",
+                 "rabbit_password_hashing_md5": "md5"}
+#: How tidings' own hash is named in a definitions export.
+OWN_HASHING = "tidings_pbkdf2_sha256"
+
+
+def imported_hash(password_hash: str, algorithm: str | None) -> str:
+    """The stored form of a definitions file's ``password_hash`` (ConfigError for a hashing
+    algorithm tidings cannot check). RabbitMQ's default algorithm is SHA-256."""
+    if algorithm == OWN_HASHING:
+        if password_hash and not password_hash.startswith("pbkdf2-sha256$"):
+            raise ConfigError("a tidings_pbkdf2_sha256 hash starts with 'pbkdf2-sha256$'")
+        return password_hash
+    name = RABBIT_HASHES.get(algorithm or "rabbit_password_hashing_sha256")
+    if name is None:
+        raise ConfigError(f"hashing algorithm '{str(algorithm)[:60]}' is not one tidings can "
+                          f"check ({', '.join([*RABBIT_HASHES, OWN_HASHING])})")
+    if not password_hash:  # RabbitMQ's way of saying: no password login
+        return ""
+    try:
+        raw = base64.b64decode(password_hash, validate=True)
+    except ValueError:
+        raise ConfigError("password_hash is not base64") from None
+    if len(raw) != 4 + hashlib.new(name).digest_size:
+        raise ConfigError(f"password_hash is not a salted {name} hash")
+    return f"rabbit-{name}${password_hash}"
+
+
+def exported_hash(stored: str) -> tuple[str, str]:
+    """A stored hash as a definitions file names it: (password_hash, hashing_algorithm)."""
+    scheme, _, rest = stored.partition("$")
+    for algorithm, name in RABBIT_HASHES.items():
+        if scheme == f"rabbit-{name}":
+            return rest, algorithm
+    return stored, OWN_HASHING
+
+
 def check_password(password: str, stored: str) -> bool:
+    if stored.startswith("rabbit-"):
+        scheme, _, encoded = stored.partition("$")
+        raw = base64.b64decode(encoded)
+        got = hashlib.new(scheme.removeprefix("rabbit-"), raw[:4] + password.encode()).digest()
+        return hmac.compare_digest(got, raw[4:])
     try:
         scheme, iterations, salt, digest = stored.split("$")
     except ValueError:
@@ -226,7 +272,18 @@ class UserStore:
                 ok = await asyncio.to_thread(check_password, password, stored)
             self._login_result(user is not None and ok, username, key,
                                _throttled(username, user, peer_host))
+            if user is not None and stored.startswith("rabbit-"):  # imported: rehash it
+                await asyncio.to_thread(self._upgrade, username, password, stored)
         return self._admit(username, user, peer_host)
+
+    def _upgrade(self, username: str, password: str, stored: str) -> None:
+        """A user imported with RabbitMQ's hash logged in: store tidings' hash and SCRAM keys
+        instead (unless the password was changed meanwhile)."""
+        users = self.reload()
+        user = users.users.get(username)
+        if user is not None and user.get("password") == stored:
+            user.update(new_user(password))
+            self.save(users)
 
     def _login_user(self, username: str, password: str
                     ) -> tuple[dict[str, Any] | None, tuple[str, bytes]]:
@@ -424,6 +481,49 @@ class UserStore:
 
     def list_tokens(self) -> list[tuple[str, str]]:
         return sorted((t["name"], t["user"]) for t in self.reload().tokens.values())
+
+    def import_users(self, users: list[tuple[str, str, list[str]]],
+                     permissions: list[tuple[str, str, str, str, str]],
+                     vhosts: list[str]) -> None:
+        """Apply a definitions file's users ``(name, stored hash, tags)``, permissions
+        ``(user, vhost, configure, write, read)`` and vhosts in one save, after checking them
+        all (ConfigError names the first bad one; nothing is changed then)."""
+        current = self.reload()
+        known_users = set(current.users) | {name for name, _, _ in users}
+        known_vhosts = set(current.vhosts) | set(vhosts)
+        for name, _, tags in users:
+            if name == CONTROL_USER or not name:
+                raise ConfigError(f"user name '{name}' cannot be imported")
+            check_tags(tags)
+        for user, vhost, *patterns in permissions:
+            if user not in known_users:
+                raise ConfigError(f"permissions for user '{user}', who is neither here nor in "
+                                  f"the file")
+            if vhost not in known_vhosts:
+                raise ConfigError(f"permissions in vhost '{vhost}', which is neither here nor "
+                                  f"in the file")
+            for pattern in patterns:
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    raise ConfigError(f"bad permission pattern '{pattern}': {e}") from None
+        for vhost in vhosts:
+            if vhost not in current.vhosts:
+                current.vhosts.append(vhost)
+        for name, stored, tags in users:
+            entry = current.users.setdefault(name, {})
+            if entry.get("password") != stored:
+                entry.pop("scram", None)  # keys of another password
+                entry["password"] = stored
+            entry["tags"] = sorted(set(tags))
+        for user, vhost, configure, write, read in permissions:
+            current.permissions.setdefault(vhost, {})[user] = {
+                "configure": configure, "write": write, "read": read}
+        self.save(current)
+        self._logins.clear()
+
+    def stored_hash(self, username: str) -> str:
+        return str(self.reload().users.get(username, {}).get("password", ""))
 
     def add_vhost(self, vhost: str) -> None:
         users = self.reload()

@@ -164,9 +164,10 @@ async def _local(args: argparse.Namespace) -> Any:
                                                    content_type="text/plain"))
             return {"queue": args.queue}
         if args.action == "export":
-            return export_definitions(broker)
-        return {"imported": import_definitions(broker, _read_definitions(args.file),
-                                               UserStore(args.data_dir).list_vhosts())}
+            return export_definitions(broker, users=UserStore(args.data_dir))
+        users = UserStore(args.data_dir)
+        return import_definitions(broker, _read_definitions(args.file), users.list_vhosts(),
+                                  users)
 
     try:
         result = act()

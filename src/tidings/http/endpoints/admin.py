@@ -158,15 +158,22 @@ async def list_quarantine(request: Request) -> JSONResponse:
     ])
 
 
+#: Largest definitions document taken (a RabbitMQ export of thousands of queues is megabytes).
+DEFINITIONS_BYTES = 32 << 20
+
+
 async def get_definitions(request: Request) -> JSONResponse:
+    """The definitions of the vhosts the caller may see; users and permissions (with their
+    password hashes) only for administrators."""
     gw = gateway(request)
-    return JSONResponse(export_definitions(gw.broker, gw.visible(request)))
+    admin = gw.users.is_administrator(user_of(request))
+    return JSONResponse(export_definitions(gw.broker, gw.visible(request),
+                                           gw.users if admin else None))
 
 
 async def post_definitions(request: Request) -> JSONResponse:
     gw = gateway(request)
     if not gw.users.is_administrator(user_of(request)):
         raise AccessRefusedError("importing definitions needs the administrator tag")
-    data = sch.obj(await sch.read_json(request, gw.max_body_bytes))
-    return JSONResponse({"imported": import_definitions(gw.broker, data,
-                                                        gw.users.list_vhosts())})
+    data = sch.obj(await sch.read_json(request, max(gw.max_body_bytes, DEFINITIONS_BYTES)))
+    return JSONResponse(import_definitions(gw.broker, data, gw.users.list_vhosts(), gw.users))
