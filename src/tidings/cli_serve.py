@@ -13,6 +13,7 @@ import gc
 import json
 import logging
 import os
+import shutil
 import signal
 import ssl
 import sys
@@ -320,8 +321,17 @@ def write_control_file(data_dir: Path, host: str, http: Any, users: Any, tls: bo
 
 def _server_stats(amqp: Any) -> Callable[[], dict[str, float]]:
     def server_stats() -> dict[str, float]:
-        return {"connections": float(len(amqp.links)),
-                "channels": float(sum(len(link.channels) for link in amqp.links))}
+        numbers = {"connections": float(len(amqp.links)),
+                   "channels": float(sum(len(link.channels) for link in amqp.links)),
+                   **{name: float(value) for name, value in amqp.counts.items()},
+                   "memory_alarm": float(bool(amqp.alarm and "memory" in amqp.alarm)),
+                   "disk_alarm": float(bool(amqp.alarm and "disk" in amqp.alarm))}
+        if amqp.memory_high_watermark_mb is not None:
+            numbers["memory_limit_bytes"] = amqp.memory_high_watermark_mb * 2**20
+        if amqp.data_dir is not None:
+            numbers["disk_free_bytes"] = float(shutil.disk_usage(amqp.data_dir).free)
+            numbers["disk_free_limit_bytes"] = (amqp.disk_free_limit_mb or 0.0) * 2**20
+        return numbers
 
     return server_stats
 

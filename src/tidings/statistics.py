@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: Bucket growth factor: each bucket covers 10% more than the previous one.
 _GROWTH = 1.1
@@ -75,6 +75,27 @@ class LatencySummary:
     p50_ms: float | None
     p95_ms: float | None
     p99_ms: float | None
+
+
+#: Broker-wide operation counts: what RabbitMQ's channel and queue counters count
+#: (``rabbitmq_channel_messages_unroutable_dropped_total`` and the rest, see
+#: ``http/prometheus_rabbitmq.py``).
+OPERATIONS = ("unroutable_dropped", "unroutable_returned", "consumed_auto_ack",
+              "consumed_manual_ack", "got_auto_ack", "got_manual_ack", "get_empty", "acked",
+              "queues_declared", "queues_created", "queues_deleted")
+
+
+class Tally:
+    """Monotonic counts of :data:`OPERATIONS` (plain integers: kept on the hot path)."""
+
+    __slots__ = OPERATIONS
+
+    def __init__(self) -> None:
+        for name in OPERATIONS:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in OPERATIONS}
 
 
 class Counters:
@@ -171,6 +192,8 @@ class BrokerStatistics:
     quarantined: int = 0
     #: Stream queues' own numbers (they are among ``queues`` too).
     streams: tuple[StreamStatistics, ...] = ()
+    #: Broker-wide :data:`OPERATIONS` counts (empty where the broker is another engine).
+    operations: dict[str, int] = field(default_factory=dict)
 
     def queue(self, name: str, vhost: str = "/") -> QueueStatistics:
         for q in self.queues:

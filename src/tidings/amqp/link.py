@@ -144,6 +144,7 @@ class AmqpLink(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else (
             str(peer) or "unix socket")
         self.server.links.add(self)
+        self.server.counts["connections_opened"] += 1
         self._arm_heartbeat()
         self._connected_at = time.monotonic()
         self._handshake_timer = asyncio.get_running_loop().call_later(
@@ -170,6 +171,8 @@ class AmqpLink(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.links.discard(self)
+        self.server.counts["connections_closed"] += 1
+        self.server.counts["channels_closed"] += len(self.channels)
         if self._login_task is not None:
             self._login_task.cancel()
         for timer in (self._heartbeat, self._close_timer, self._handshake_timer):
@@ -268,11 +271,13 @@ class AmqpLink(asyncio.Protocol):
 
     def _channel_opened(self, event: ChannelOpened) -> None:
         channel = self.channels[event.channel] = AmqpChannel(self, event.channel)
+        self.server.counts["channels_opened"] += 1
         channel.session.output_open = not (self._socket_full or self._output_full)
 
     def _channel_closed(self, event: ChannelClosed) -> None:
         channel = self.channels.pop(event.channel, None)
         if channel is not None:
+            self.server.counts["channels_closed"] += 1
             channel.close()
 
     def _closed(self, event: ConnectionClosed) -> None:
@@ -330,6 +335,7 @@ class AmqpLink(asyncio.Protocol):
             self.conn.close_channel(number, error, method)
         channel = self.channels.pop(number, None)
         if channel is not None:
+            self.server.counts["channels_closed"] += 1
             channel.close()
         self.flush_soon()
 
@@ -351,9 +357,15 @@ class AmqpLink(asyncio.Protocol):
         channels = self.channels
         batches = [(number, channels.get(number), pending)
                    for number, pending in self.confirms.take().items()]
+        counts = self.server.counts
+        waiting = sum(len(pending) for _, _, pending in batches)
+        counts["unconfirmed"] += waiting
 
         def done(future: asyncio.Future[None]) -> None:
             durable = not future.cancelled() and future.exception() is None
+            counts["unconfirmed"] -= waiting
+            if durable:
+                counts["confirmed"] += sum(ok for _, _, pending in batches for _, ok in pending)
             conn = self.conn
             for number, channel, pending in batches:
                 if channel is None or channels.get(number) is not channel:

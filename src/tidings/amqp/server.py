@@ -23,6 +23,9 @@ from tidings.values import MAX_MESSAGE_BYTES
 
 log = logging.getLogger("tidings.amqp")
 
+#: The server's own counts (:attr:`AmqpServer.counts`).
+COUNTS = ("connections_opened", "connections_closed", "channels_opened", "channels_closed",
+          "confirmed", "unconfirmed")
 #: Seconds between checks of the memory and disk alarms.
 ALARM_CHECK_S = 1.0
 
@@ -46,6 +49,9 @@ class AmqpServer:
         self.servers: list[asyncio.Server] = []
         self.alarm: str | None = None
         self._alarm_task: asyncio.Task[None] | None = None
+        #: What RabbitMQ counts per node: connections and channels opened and closed,
+        #: publishes confirmed, and (a gauge) publishes waiting for their confirm.
+        self.counts = dict.fromkeys(COUNTS, 0)
 
     async def listen(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
         """Start listening; returns the bound port (useful with port 0)."""

@@ -9,6 +9,7 @@ RabbitMQ dashboards. tidings' own names (those of the Python API's statistics) s
 
 from __future__ import annotations
 
+import platform
 from dataclasses import asdict
 from typing import Any
 
@@ -18,6 +19,12 @@ from tidings.statistics import QueueStatistics
 #: RabbitMQ's message_stats names for tidings' counters.
 _MESSAGE_STATS = (("publish", "published"), ("deliver_get", "delivered"), ("ack", "acked"),
                   ("redeliver", "redelivered"))
+
+
+#: The node's name in answers (RabbitMQ's ``rabbit@host``).
+NODE = f"tidings@{platform.node()}"
+#: The RabbitMQ management API whose fields and paths these answers follow.
+MANAGEMENT_API_VERSION = "3.10.0"
 
 
 def message_stats(counts: dict[str, int], rates: dict[str, float]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from tidings.http.event_log import is_internal_queue
 from tidings.http.management import message_stats, totals
+from tidings.http.prometheus_rabbitmq import SERVER_COUNTS, rabbitmq_families
 from tidings.routing.front_door import FrontDoor
 from tidings.statistics import COUNTERS, BrokerStatistics, Histogram, QueueStatistics
 
@@ -88,10 +89,14 @@ class BrokerCollector(Collector):
         yield waiting
         yield processing
         yield from stream_metrics(stats)
-        for name, value in (self.extra() if self.extra else {}).items():
-            g = GaugeMetricFamily(f"tidings_{name}", name.replace("_", " "))
-            g.add_metric([], value)
-            yield g
+        server = self.extra() if self.extra else {}
+        for name, value in server.items():
+            if name not in SERVER_COUNTS:
+                g = GaugeMetricFamily(f"tidings_{name}", name.replace("_", " "))
+                g.add_metric([], value)
+                yield g
+        if self.vhosts is None:  # node-wide: for those who see every vhost
+            yield from rabbitmq_families(stats, visible_queues(stats), server)
 
 
 def stream_metrics(stats: BrokerStatistics) -> Iterator[Metric]:

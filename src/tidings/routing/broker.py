@@ -51,6 +51,7 @@ from tidings.statistics import (
     Histogram,
     QueueStatistics,
     StreamStatistics,
+    Tally,
 )
 from tidings.storage import quarantine
 from tidings.storage.base import Store
@@ -80,6 +81,8 @@ class Broker:
         self._streams = streams
         self.clock: Clock = clock or LoopClock()
         self.counters = Counters()
+        #: Broker-wide operation counts (unroutable, deliveries by kind, acks, queues).
+        self.tally = Tally()
         self.seq = seq = Sequence(store.max_seq())
         self.timers = HeadExpiryTimers(self.clock)
         self.vhosts = VirtualHosts(store=store, clock=self.clock, seq=seq,
@@ -88,7 +91,8 @@ class Broker:
         #: The delayed messages (the data); :attr:`delays` releases them.
         self.delayed = DelayedMessages(store, self.clock.time)
         self.delays = DelayedDelivery(self.delayed, self.vhosts, self.clock, seq)
-        self.declarations = Declarations(self.vhosts, store, self.clock, self.delayed, seq)
+        self.declarations = Declarations(self.vhosts, store, self.clock, self.delayed, seq,
+                                         self.tally)
         self.sessions: set[Session] = set()
         self.upkeep = Upkeep(self.vhosts, self.sessions, self.declarations, self.clock,
                              self.counters, default_consumer_timeout_ms)
@@ -280,6 +284,10 @@ class Broker:
             return PublishResult(1)
         queues = v.route(ex, message)
         if not queues:
+            if mandatory:
+                self.tally.unroutable_returned += 1
+            else:
+                self.tally.unroutable_dropped += 1
             return PublishResult(0, returned=mandatory)
         if v.enqueue(queues, message, now):
             return PublishResult(len(queues), refused=True)
@@ -289,7 +297,7 @@ class Broker:
 
     def open_session(self, vhost: str = DEFAULT_VHOST, connection_id: str = "local") -> Session:
         self.vhosts.get(vhost)
-        session = Session(self, vhost, connection_id)
+        session = Session(self, vhost, connection_id, self.tally)
         self.sessions.add(session)
         return session
 
@@ -339,6 +347,7 @@ class Broker:
         queue.touch(now)
         entry = queue.take()
         if entry is None:
+            self.tally.get_empty += 1
             return None
         queue.mark_delivered(entry, now)
         return session.register_get(queue, entry, no_ack)
@@ -537,6 +546,7 @@ class Broker:
             delayed=len(self.delayed) if vhosts is None else sum(q.delayed for q in queues),
             quarantined=len(self.quarantined()),
             streams=streams,
+            operations=self.tally.as_dict() if vhosts is None else None,
         )
 
 

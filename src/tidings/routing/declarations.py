@@ -25,14 +25,16 @@ from tidings.routing.policies import Policy
 from tidings.routing.queue import Queue
 from tidings.routing.stream import StreamQueue
 from tidings.routing.vhost import Sequence, VirtualHosts
+from tidings.statistics import Tally
 from tidings.storage.base import Store
 
 
 class Declarations:
     def __init__(self, vhosts: VirtualHosts, store: Store, clock: Clock,
-                 delayed: DelayedMessages, seq: Sequence) -> None:
+                 delayed: DelayedMessages, seq: Sequence, tally: Tally | None = None) -> None:
         self.vhosts, self.store, self.clock = vhosts, store, clock
         self.delayed, self.seq = delayed, seq
+        self.tally = tally or Tally()
 
     # -- exchanges -------------------------------------------------------------------------
 
@@ -179,6 +181,7 @@ class Declarations:
             )
         arguments = dict(arguments or {})
         existing = v.queues.get(name)
+        self.tally.queues_declared += 1
         if existing is not None:
             self.check_exclusive(existing, connection_id, exclusive)
             _check_equivalent("queue", name, vhost, [
@@ -200,6 +203,7 @@ class Declarations:
         queue = v.create_queue(name, durable=durable, auto_delete=auto_delete,
                                arguments=arguments,
                                exclusive_owner=connection_id if exclusive else None)
+        self.tally.queues_created += 1
         if durable and not exclusive:
             self.store.put_definition("queue", *defs.queue_record(vhost, name, auto_delete,
                                                                   arguments))
@@ -242,6 +246,7 @@ class Declarations:
         """Delete ``queue`` (no checks): consumers cancelled, rows, bindings, definition and
         the messages delayed for it go."""
         count = queue.ready_count
+        self.tally.queues_deleted += 1
         for key in queue.close():
             self.store.remove_after(key, -1)
         v = self.vhosts.get(queue.vhost)

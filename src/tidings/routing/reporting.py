@@ -38,7 +38,8 @@ def queue_statistics(queue: Queue, delayed: int, now: float) -> QueueStatistics:
 def broker_statistics(queues: Iterable[QueueStatistics], counters: Counters | None, *,
                       exchanges: int, sessions: int, delayed: int,
                       quarantined: int,
-                      streams: tuple[StreamStatistics, ...] = ()) -> BrokerStatistics:
+                      streams: tuple[StreamStatistics, ...] = (),
+                      operations: dict[str, int] | None = None) -> BrokerStatistics:
     """Totals over ``queues``. With the broker's ``counters``, publishes are those counted
     at the exchanges (routed or not); without, those that reached the queues."""
     queues = tuple(queues)
@@ -59,4 +60,5 @@ def broker_statistics(queues: Iterable[QueueStatistics], counters: Counters | No
         rates=rates,
         quarantined=quarantined,
         streams=streams,
+        operations=operations or {},
     )

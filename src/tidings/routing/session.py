@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from tidings.errors import PreconditionFailedError
 from tidings.message import Delivery
 from tidings.routing.queue import Entry, Queue
+from tidings.statistics import Tally
 
 #: Most deliveries handed to a consumer in one list.
 BATCH_MAX = 256
@@ -102,8 +103,10 @@ class Consumer:
 class Session:
     """One channel's worth of delivery state."""
 
-    def __init__(self, owner: SessionOwner, vhost: str, connection_id: str) -> None:
+    def __init__(self, owner: SessionOwner, vhost: str, connection_id: str,
+                 tally: Tally | None = None) -> None:
         self._owner, self.vhost, self.connection_id = owner, vhost, connection_id
+        self._tally = tally or Tally()
         self.next_tag = 1
         self.unacked: dict[int, tuple[Queue, Entry, Consumer | None]] = {}
         self.consumers: dict[str, Consumer] = {}
@@ -149,9 +152,11 @@ class Session:
         self.next_tag += 1
         if consumer.no_ack:
             queue.ack(entry)
+            self._tally.consumed_auto_ack += 1
         else:
             consumer.outstanding += 1
             self.unacked[tag] = (queue, entry, consumer)
+            self._tally.consumed_manual_ack += 1
         consumer.on_delivery(self._delivery(tag, queue, entry, consumer.tag))
 
     def deliver_many(self, consumer: Consumer, queue: Queue, entries: list[Entry]) -> None:
@@ -170,6 +175,9 @@ class Session:
         self.next_tag = tag
         if not consumer.no_ack:
             consumer.outstanding += len(entries)
+            self._tally.consumed_manual_ack += len(entries)
+        else:
+            self._tally.consumed_auto_ack += len(entries)
         consumer.on_deliveries(deliveries)  # type: ignore[misc]
 
     def _delivery(self, tag: int, queue: Queue, entry: Entry, ctag: str | None) -> Delivery:
@@ -181,8 +189,10 @@ class Session:
         self.next_tag += 1
         if no_ack:
             queue.ack(entry)
+            self._tally.got_auto_ack += 1
         else:
             self.unacked[tag] = (queue, entry, None)
+            self._tally.got_manual_ack += 1
         delivery = self._delivery(tag, queue, entry, None)
         delivery.message_count = queue.ready_count
         return delivery
@@ -223,6 +233,7 @@ class Session:
         settled = self._settle(delivery_tag, multiple)
         for queue, entry, _ in settled:
             queue.ack(entry)
+        self._tally.acked += len(settled)
         self._release(settled)
 
     def ack_many(self, delivery_tags: list[int]) -> None:
@@ -234,6 +245,7 @@ class Session:
                 raise PreconditionFailedError(f"unknown delivery tag {tag}")
             found[0].ack(found[1])
             settled.append(found)
+        self._tally.acked += len(settled)
         self._release(settled)
 
     def nack(self, delivery_tag: int, multiple: bool = False, requeue: bool = True,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import platform
 import time
 from typing import Any
 from urllib.parse import unquote
@@ -26,12 +25,11 @@ from tidings.http import schemas as sch
 from tidings.http.errors import BadRequestError
 from tidings.http.event_log import is_internal_queue
 from tidings.http.gateway import Gateway, gateway
+from tidings.http.management import NODE
 from tidings.http.middleware import user_of
 from tidings.message import Message
 from tidings.resources import rss_mb
 
-#: The node's name in answers (RabbitMQ's ``rabbit@host``).
-NODE = f"tidings@{platform.node()}"
 _STARTED = time.monotonic()
 
 

@@ -9,8 +9,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 import tidings
-from tidings.http.endpoints.access import NODE
 from tidings.http.gateway import gateway
+from tidings.http.management import MANAGEMENT_API_VERSION, NODE
 from tidings.http.prometheus import CONTENT_TYPE, metrics_text, overview
 
 
@@ -31,16 +31,24 @@ async def open_metrics(request: Request) -> Response:
 async def api_overview(request: Request) -> JSONResponse:
     gw = gateway(request)
     seen = gw.visible(request)
-    extra = gw.server_stats() if gw.server_stats else {}
+    server = gw.server_stats() if gw.server_stats else {}
+    extra = {k: server[k] for k in ("connections", "channels") if k in server}
     if seen is not None and extra:  # count only the caller's vhosts' connections
         mine = gw.visible_connections(seen)
-        extra = {**extra, "connections": float(len(mine)),
+        extra = {"connections": float(len(mine)),
                  "channels": float(sum(c["channels"] for c in mine))}
-    return JSONResponse({**overview(gw.broker, extra, seen), **identity()})
-
-
-#: The RabbitMQ management API whose fields and paths these answers follow.
-MANAGEMENT_API_VERSION = "3.10.0"
+    body = {**overview(gw.broker, extra, seen), **identity()}
+    if seen is None:  # RabbitMQ's node-wide churn counts
+        operations = gw.broker.statistics().operations
+        body["churn_rates"] = {
+            "connection_created": int(server.get("connections_opened", 0)),
+            "connection_closed": int(server.get("connections_closed", 0)),
+            "channel_created": int(server.get("channels_opened", 0)),
+            "channel_closed": int(server.get("channels_closed", 0)),
+            "queue_declared": operations.get("queues_declared", 0),
+            "queue_created": operations.get("queues_created", 0),
+            "queue_deleted": operations.get("queues_deleted", 0)}
+    return JSONResponse(body)
 
 
 def identity() -> dict[str, Any]:
