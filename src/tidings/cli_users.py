@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import secrets
 import sys
 from typing import Any
 
 from tidings.auth import UserStore
+from tidings.cli_control import print_table
 from tidings.errors import ConfigError
 
 
@@ -19,42 +21,45 @@ def add_users_parsers(commands: Any) -> None:
     users = commands.add_parser("users", help="manage users and their permissions")
     sub = users.add_subparsers(dest="action", required=True)
     add = sub.add_parser("add", help="add a user")
-    add.add_argument("name")
-    add.add_argument("password", nargs="?", help="omit to be asked (or give --password-stdin)")
-    add.add_argument("--password-stdin", action="store_true")
-    passwd = sub.add_parser("set-password", help="change a user's password (and the SCRAM "
-                                                 "keys Kafka clients log in with)")
-    passwd.add_argument("name")
-    passwd.add_argument("password", nargs="?",
-                        help="omit to be asked (or give --password-stdin)")
-    passwd.add_argument("--password-stdin", action="store_true")
+    passwd = sub.add_parser("set-password", aliases=["passwd"],
+                            help="change a user's password (and the SCRAM keys Kafka clients "
+                                 "log in with)")
+    for p in (add, passwd):
+        p.add_argument("name", help="user name")
+        p.add_argument("password", nargs="?", help="omit to be asked (or give --password-stdin)")
+        p.add_argument("--password-stdin", action="store_true",
+                       help="read the password from the first line of standard input")
     delete = sub.add_parser("delete", help="delete a user")
-    delete.add_argument("name")
-    sub.add_parser("list", help="list users and their permissions")
+    delete.add_argument("name", help="user name")
+    users_list = sub.add_parser("list", help="list users, their tags and permissions")
+    users_list.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     perms = sub.add_parser("set-permissions", help="set a user's permissions in a vhost")
-    perms.add_argument("name")
-    perms.add_argument("configure", help="regular expression, e.g. '.*' or '^$'")
-    perms.add_argument("write")
-    perms.add_argument("read")
-    perms.add_argument("--vhost", default="/")
+    perms.add_argument("name", help="user name")
+    perms.add_argument("configure", help="regular expression of the names it may declare and "
+                                         "delete, e.g. '.*' or '^$'")
+    perms.add_argument("write", help="regular expression of the names it may publish to")
+    perms.add_argument("read", help="regular expression of the names it may consume from")
+    perms.add_argument("--vhost", default="/", help="virtual host")
     tags = sub.add_parser("set-tags", help="set a user's management tags (administrator and "
                                            "monitoring see every vhost over HTTP)")
-    tags.add_argument("name")
+    tags.add_argument("name", help="user name")
     tags.add_argument("tags", nargs="*", help="administrator, monitoring, management, ...; "
                                               "none to clear")
 
     tokens = commands.add_parser("tokens", help="manage bearer tokens for the HTTP gateway")
     tsub = tokens.add_subparsers(dest="action", required=True)
     create = tsub.add_parser("create", help="create a token for a user (printed once)")
-    create.add_argument("user")
+    create.add_argument("user", help="the user the token logs in as")
     create.add_argument("--name", help="a label to find and delete it by (default: random)")
-    tsub.add_parser("delete", help="revoke a token by its name").add_argument("name")
+    tsub.add_parser("delete", help="revoke a token by its name").add_argument(
+        "name", help="the token's label")
     tsub.add_parser("list", help="list token names and their users")
 
     vhosts = commands.add_parser("vhosts", help="manage virtual hosts")
     vsub = vhosts.add_subparsers(dest="action", required=True)
     for action in ("add", "delete"):
-        vsub.add_parser(action, help=f"{action} a vhost").add_argument("name")
+        vsub.add_parser(action, help=f"{action} a vhost").add_argument(
+            "name", help="virtual host name")
     vsub.add_parser("list", help="list vhosts")
 
 
@@ -78,7 +83,7 @@ def run_users_command(args: argparse.Namespace) -> int:
         else:
             print("\n".join(store.list_vhosts()))
         return 0
-    if args.action in ("add", "set-password"):
+    if args.action in ("add", "set-password", "passwd"):
         password = args.password
         if args.password_stdin or (password is None and not sys.stdin.isatty()):
             password = sys.stdin.readline().rstrip("\n")  # a pipe, or no terminal to ask on
@@ -98,9 +103,14 @@ def run_users_command(args: argparse.Namespace) -> int:
     elif args.action == "set-tags":
         store.set_tags(args.name, args.tags)
     else:
-        for name in store.list_users():
-            perms = store.permissions_of(name)
-            shown = "; ".join(f"{v}: {p['configure']} {p['write']} {p['read']}"
-                              for v, p in perms.items())
-            print(f"{name}\t[{','.join(store.tags_of(name))}]\t{shown}")
+        rows = [{"name": name, "tags": store.tags_of(name),
+                 "permissions": store.permissions_of(name)} for name in store.list_users()]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        print_table([{"name": r["name"], "tags": ",".join(r["tags"]),
+                      "permissions": "; ".join(f"{v}: {p['configure']} {p['write']} {p['read']}"
+                                               for v, p in r["permissions"].items())}
+                     for r in rows], [("name", "name"), ("tags", "tags"),
+                                      ("permissions (configure write read)", "permissions")])
     return 0

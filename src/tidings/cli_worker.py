@@ -51,7 +51,7 @@ def add_worker_parser(commands: Any) -> None:
                         help="worker processes (each its own connection)")
     worker.add_argument("--concurrency", type=_positive, default=8,
                         help="handler calls in flight per process (suits I/O-bound handlers)")
-    worker.add_argument("--queues", default="",
+    worker.add_argument("--queues", default=None,
                         help="comma-separated queues to serve (default: every registered one)")
     worker.add_argument("--grace-s", type=_seconds, default=30.0,
                         help="seconds in-flight handlers get to finish on SIGTERM / Ctrl-C")
@@ -130,7 +130,7 @@ def run_worker(args: argparse.Namespace) -> int:
 def select_subscribers(client: Any, args: argparse.Namespace) -> list[Any]:
     """The client's subscribers that ``--queues`` asks for (all by default); ConfigError
     when there are none."""
-    wanted = {q.strip() for q in args.queues.split(",") if q.strip()}
+    wanted = {q.strip() for q in (args.queues or "").split(",") if q.strip()}
     subscribers = client.handlers.keep_only(wanted) if wanted else \
         list(client.handlers.subscribers)
     if not subscribers:
