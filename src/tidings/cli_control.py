@@ -524,8 +524,12 @@ async def _status(api: Api, as_json: bool) -> int:
                                             f"(RabbitMQ API {overview['rabbitmq_version']})"),
         ("pid", node["os_pid"]), ("uptime", f"{node['uptime'] / 1000:.0f} s"),
         ("memory", f"{node['mem_used'] / 2**20:.1f} MiB resident"),
-        ("descriptors", node["fd_used"]),
-        ("alarms", ", ".join(a for a in ("memory", "disk") if node.get(f"{a}_alarm"))
+        ("descriptors", f"{node['fd_used']} of {node['fd_total']} "
+                        f"({node['sockets_used']} sockets)"),
+        ("disk free", f"{node['disk_free'] / 2**30:.1f} GiB (limit "
+                      f"{node['disk_free_limit'] / 2**20:.0f} MiB)"),
+        ("alarms", ", ".join(name for name, key in (("memory", "mem_alarm"),
+                                                    ("disk", "disk_free_alarm")) if node[key])
          or "none"),
         ("connections", objects.get("connections", 0)),
         ("channels", objects.get("channels", 0)), ("queues", objects.get("queues", 0)),

@@ -10,9 +10,11 @@ RabbitMQ dashboards. tidings' own names (those of the Python API's statistics) s
 from __future__ import annotations
 
 import platform
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
+from tidings.resources import total_memory_mb
 from tidings.routing.front_door import ExchangeInfo
 from tidings.statistics import QueueStatistics
 
@@ -25,6 +27,15 @@ _MESSAGE_STATS = (("publish", "published"), ("deliver_get", "delivered"), ("ack"
 NODE = f"tidings@{platform.node()}"
 #: The RabbitMQ management API whose fields and paths these answers follow.
 MANAGEMENT_API_VERSION = "3.10.0"
+
+
+#: RabbitMQ's default memory high watermark: 40 % of the machine's memory.
+DEFAULT_WATERMARK = 0.4
+
+
+def memory_limit_bytes(server: Mapping[str, float]) -> float:
+    """The node's memory limit: the server's watermark, else RabbitMQ's default share."""
+    return server.get("memory_limit_bytes") or total_memory_mb() * 2**20 * DEFAULT_WATERMARK
 
 
 def message_stats(counts: dict[str, int], rates: dict[str, float]) -> dict[str, Any]:

@@ -11,19 +11,14 @@ channels and confirms in the AMQP server; memory, descriptors and sockets of thi
 
 from __future__ import annotations
 
-import os
-import resource
 from collections.abc import Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 import tidings
-from tidings.http.management import MANAGEMENT_API_VERSION, NODE
-from tidings.resources import rss_mb, total_memory_mb
+from tidings.http.management import MANAGEMENT_API_VERSION, NODE, memory_limit_bytes
+from tidings.resources import max_descriptors, open_descriptors, rss_mb
 from tidings.statistics import BrokerStatistics, QueueStatistics
-
-#: RabbitMQ's default memory high watermark: 40 % of the machine's memory.
-DEFAULT_WATERMARK = 0.4
 
 #: Node counters: family name (``_total`` is added) -> (help, broker operation).
 OPERATION_COUNTERS = {
@@ -122,7 +117,7 @@ def rabbitmq_families(stats: BrokerStatistics, queues: list[QueueStatistics],
 
 def _process_families(server: Mapping[str, float]) -> Iterator[Metric]:
     """Memory, disk, descriptors and sockets of this process, as RabbitMQ reports its node's."""
-    limit = server.get("memory_limit_bytes") or total_memory_mb() * 2**20 * DEFAULT_WATERMARK
+    limit = memory_limit_bytes(server)
     yield _gauge("rabbitmq_resident_memory_limit_bytes", "Memory high watermark", limit)
     yield _gauge("rabbitmq_process_resident_memory_bytes", "Resident memory",
                  rss_mb() * 2**20)
@@ -135,24 +130,10 @@ def _process_families(server: Mapping[str, float]) -> Iterator[Metric]:
                  server.get("memory_alarm", 0.0))
     yield _gauge("rabbitmq_alarms_free_disk_space_watermark", "1 while the disk alarm is on",
                  server.get("disk_alarm", 0.0))
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    fds, sockets = _descriptors()
+    soft = max_descriptors()
+    fds, sockets = open_descriptors()
     yield _gauge("rabbitmq_process_max_fds", "Descriptors this process may open", soft)
     yield _gauge("rabbitmq_process_open_fds", "Descriptors open", fds)
     yield _gauge("rabbitmq_process_max_tcp_sockets", "Sockets this process may open", soft)
     yield _gauge("rabbitmq_process_open_tcp_sockets", "Sockets open", sockets)
 
-
-def _descriptors() -> tuple[int, int]:
-    """Open descriptors of this process, and how many are sockets (0, 0 without /proc)."""
-    try:
-        names = os.listdir("/proc/self/fd")
-    except OSError:
-        return 0, 0
-    sockets = 0
-    for name in names:
-        try:
-            sockets += os.readlink(f"/proc/self/fd/{name}").startswith("socket:")
-        except OSError:
-            continue  # closed meanwhile (the listing's own descriptor, say)
-    return len(names), sockets

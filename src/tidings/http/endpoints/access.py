@@ -28,7 +28,7 @@ from tidings.http.gateway import Gateway, gateway
 from tidings.http.management import NODE
 from tidings.http.middleware import user_of
 from tidings.message import Message
-from tidings.resources import rss_mb
+from tidings.resources import max_descriptors, open_descriptors, rss_mb
 
 _STARTED = time.monotonic()
 
@@ -183,25 +183,33 @@ async def delete_vhost(request: Request) -> Response:
     return Response(status_code=204)
 
 
-def _node_json() -> dict[str, Any]:
-    try:
-        fds = len(os.listdir("/proc/self/fd"))
-    except OSError:
-        fds = 0
+def _node_json(gw: Gateway) -> dict[str, Any]:
+    """This node as RabbitMQ's ``/api/nodes`` shows one: memory, disk, descriptors, sockets
+    and their limits and alarms (the server's numbers where a server runs)."""
+    server = gw.server_stats() if gw.server_stats else {}
+    fds, sockets = open_descriptors()
+    limit = max_descriptors()
+    mem_limit = management.memory_limit_bytes(server)
     return {"name": NODE, "type": "disc", "running": True, "os_pid": str(os.getpid()),
-            "mem_used": int(rss_mb(os.getpid()) * 1024 * 1024), "fd_used": fds,
+            "mem_used": int(rss_mb(os.getpid()) * 1024 * 1024), "mem_limit": int(mem_limit),
+            "mem_alarm": bool(server.get("memory_alarm")),
+            "disk_free": int(server.get("disk_free_bytes", 0)),
+            "disk_free_limit": int(server.get("disk_free_limit_bytes", 0)),
+            "disk_free_alarm": bool(server.get("disk_alarm")),
+            "fd_used": fds, "fd_total": limit, "sockets_used": sockets, "sockets_total": limit,
+            "processors": os.cpu_count() or 1, "partitions": [],
             "uptime": int((time.monotonic() - _STARTED) * 1000),
             "product": "tidings", "version": tidings.__version__}
 
 
 async def list_nodes(request: Request) -> JSONResponse:
-    return JSONResponse([_node_json()])
+    return JSONResponse([_node_json(gateway(request))])
 
 
 async def get_node(request: Request) -> JSONResponse:
     if _param(request, "node") != NODE:
         raise NotFoundError(f"no node '{_param(request, 'node')}' (this one is '{NODE}')")
-    return JSONResponse(_node_json())
+    return JSONResponse(_node_json(gateway(request)))
 
 
 async def no_parameters(request: Request) -> JSONResponse:
