@@ -347,6 +347,7 @@ async def _start_http(args: argparse.Namespace, broker: Any, amqp: Any,
                     server_stats=_server_stats(amqp), connections=AmqpListing(amqp),
                     stream_buffer=args.sse_buffer_events)
     app.state.gateway.events.start()
+    app.state.gateway.history.start()
     servers = [await _serve_app(app, args.host, args.http_port, "--http-port", args, tls,
                                 "dashboard at /")]
     if args.prometheus_port >= 0:

@@ -125,3 +125,88 @@ def test_dashboard_with_credentials_in_the_url_gets_purges_and_deletes(
     expect(row.locator("td.ready")).to_have_text("0", timeout=15_000)
     row.locator("button.action-delete").click()
     expect(row).to_have_count(0, timeout=15_000)
+
+
+def _wait_for_history(server: ServerProcess, queue: str) -> None:
+    import time
+
+    import httpx
+
+    url = f"http://127.0.0.1:{server.http_port}/api/history/queues/%2F/{queue}"
+    for _ in range(80):  # the server samples every 5 s
+        if httpx.get(url, auth=("guest", "guest")).json()["samples"]:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no history of {queue}")
+
+
+def test_a_queue_page_shows_its_history_messages_and_dead_letters_at_800px(
+        server: ServerProcess, browser: Any) -> None:
+    from playwright.sync_api import expect
+
+    with pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", server.port)) as conn:
+        ch = conn.channel()
+        ch.queue_declare("dash-page.dead")
+        ch.queue_declare("dash-page", arguments={"x-dead-letter-exchange": "",
+                                                 "x-dead-letter-routing-key": "dash-page.dead"})
+        for i in range(3):
+            ch.basic_publish("", "dash-page", f"order {i}".encode(), pika.BasicProperties(
+                headers={"tenant": "acme"}, correlation_id=f"c{i}", content_type="text/plain"))
+        method, _, _ = ch.basic_get("dash-page")
+        ch.basic_reject(method.delivery_tag, requeue=False)  # a dead letter
+    _wait_for_history(server, "dash-page")
+    page = browser.new_context(http_credentials={"username": "guest", "password": "guest"},
+                               viewport={"width": 800, "height": 1000}).new_page()
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(f"http://127.0.0.1:{server.http_port}/")
+    page.locator('tr[data-queue="dash-page"] a').click()  # the overview links to the page
+    expect(page.locator("#queue-title")).to_have_text("dash-page", timeout=15_000)
+    # the charts start from the server's history: a reload does not start them empty
+    assert page.evaluate("queueSeries.samples.length") >= 2
+    messages = page.locator("#queue-messages tbody tr")
+    expect(messages).to_have_count(2, timeout=15_000)
+    expect(messages.first).to_contain_text("acme")
+    expect(messages.first).to_contain_text('"correlation_id":"c1"')
+    expect(messages.first.locator("td.payload")).to_have_text("order 1")
+    expect(page.locator("#queue-dead tbody tr")).to_have_count(1)
+    expect(page.locator("#queue-dead")).to_contain_text("rejected")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 800  # no page overflow
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-queue.png"), full_page=True)
+    page.locator("#dead-replay").click()
+    expect(page.locator("#queue-dead tbody tr")).to_have_count(0, timeout=15_000)
+    expect(messages).to_have_count(3, timeout=15_000)  # back in the queue
+
+
+def test_exchanges_connections_and_node_pages(server: ServerProcess, browser: Any) -> None:
+    from playwright.sync_api import expect
+
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", server.port, client_properties={"connection_name": "dash-worker"}))
+    ch = conn.channel()
+    ch.exchange_declare("dash-orders", "topic")
+    ch.queue_declare("dash-bound")
+    ch.queue_bind("dash-bound", "dash-orders", "order.#")
+    page = browser.new_context(http_credentials={"username": "guest", "password": "guest"},
+                               viewport={"width": 800, "height": 900}).new_page()
+    page.on("dialog", lambda dialog: dialog.accept())
+    base = f"http://127.0.0.1:{server.http_port}/"
+    page.goto(base + "#/exchanges")
+    expect(page.locator('tr[data-exchange="dash-orders"]')).to_contain_text("topic",
+                                                                          timeout=15_000)
+    expect(page.locator("#bindings")).to_contain_text("order.#")
+    page.goto(base + "#/node")
+    expect(page.locator("#node-cards")).to_contain_text("memory", timeout=15_000)
+    expect(page.locator("#node-cards")).to_contain_text("descriptors")
+    expect(page.locator("#node-facts")).to_contain_text("tidings@")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-node.png"), full_page=True)
+    page.goto(base + "#/connections")
+    row = page.locator("#connections-table tr", has_text="dash-worker")
+    expect(row).to_have_count(1, timeout=15_000)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-connections.png"), full_page=True)
+    row.locator("button.action-close").click()
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+        conn.process_data_events(time_limit=5)
+    assert closed.value.reply_code == 320
+    expect(row).to_have_count(0, timeout=15_000)

@@ -97,6 +97,8 @@ ROUTES: list[BaseRoute] = [
     # metrics
     Route("/metrics", metrics.metrics),
     Route("/api/overview", metrics.api_overview),
+    Route("/api/history", metrics.node_history),
+    Route("/api/history/queues/{vhost}/{name}", metrics.queue_history),
     # events
     Route("/events/stream", events.stream_events),
     WebSocketRoute("/events/ws", events.websocket_events),
@@ -115,6 +117,7 @@ ROUTES: list[BaseRoute] = [
     Route(f"{_Q}/messages", queues.send, methods=["POST"]),
     Route(f"{_Q}/receive", queues.receive, methods=["POST"]),
     Route(f"{_Q}/get", rabbitmq.get_messages, methods=["POST"]),
+    Route(f"{_Q}/messages", rabbitmq.browse_messages, methods=["GET"]),
     # dead letters
     Route(f"{_Q}/dead-letters", dead_letters.list_dead_letters, methods=["GET"]),
     Route(f"{_Q}/dead-letters", dead_letters.purge_dead_letters, methods=["DELETE"]),

@@ -18,6 +18,7 @@ from starlette.requests import HTTPConnection, Request
 from tidings.auth import UserStore
 from tidings.http.errors import BadRequestError
 from tidings.http.event_log import EventLog, IdempotencyKeys
+from tidings.http.history import History
 from tidings.http.lease_table import Leases
 from tidings.http.middleware import user_of
 from tidings.patterns import MAX_TOPIC_BYTES
@@ -52,17 +53,20 @@ class Gateway:
     connections: ConnectionsView | None = None
     events: EventLog = field(init=False)
     leases: Leases = field(init=False)
+    history: History = field(init=False)
     idempotency: IdempotencyKeys = field(default_factory=IdempotencyKeys)
 
     def __post_init__(self) -> None:
         self.events = EventLog(self.broker)
         self.leases = Leases(self.broker)
+        self.history = History(self.broker)
         self.closing = asyncio.Event()
 
     def shutdown(self) -> None:
         """Before the server stops: end streams and long-polls so it need not wait for them."""
         self.closing.set()
         self.events.close()
+        self.history.close()
 
     def visible(self, request: Request) -> set[str] | None:
         """Vhosts the caller may see in listings (None: all, for administrator/monitoring)."""

@@ -282,6 +282,14 @@ def _access_paths() -> dict[str, Any]:
             "summary": "A message through the vhost's aliveness-test queue",
             "parameters": _path("vhost"), "responses": _ok("ok")}},
         "/api/parameters": listing("Runtime parameters (tidings has none)"),
+        "/api/history": {"get": {"summary": "The node's numbers of the last 15 minutes, "
+                                            "every 5 s (administrator, monitoring)",
+                                 "responses": _ok("ok", {"type": "object"})}},
+        "/api/history/queues/{vhost}/{name}": {"get": {
+            "summary": "One queue's depth, rates, waiting and processing time (p50, p99 per "
+                       "interval) of the last 15 minutes",
+            "parameters": _path("vhost", "name"), "responses": _ok("ok", {"type": "object"})}},
+
         "/api/global-parameters": listing("Global parameters (cluster_name)"),
         **_policy_paths("/api/policies", "policy"),
         **_policy_paths("/api/operator-policies", "operator policy"),
@@ -318,6 +326,9 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {**_service_paths(), **_event_paths(), **_queue_paths(),
                              **_stream_paths(), **_lease_paths(), **_topology_paths(),
                              **_rabbitmq_paths(), **_access_paths()}
+    paths["/api/queues/{vhost}/{name}/messages"]["get"] = {
+        "summary": "The first ready messages (?limit=10), left in place, with properties",
+        "parameters": _path("vhost", "name"), "responses": _ok("ok", {"type": "array"})}
     paths["/api/exchanges/{vhost}/{name}"]["get"] = {
         "summary": "One exchange", "parameters": _path("vhost", "name"),
         "responses": _ok("ok", {"type": "object"})}

@@ -9,8 +9,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 import tidings
-from tidings.http.gateway import gateway
+from tidings.errors import AccessRefusedError
+from tidings.http.gateway import gateway, name_of, vhost_of
+from tidings.http.history import INTERVAL_S
 from tidings.http.management import MANAGEMENT_API_VERSION, NODE
+from tidings.http.middleware import user_of
 from tidings.http.prometheus import CONTENT_TYPE, metrics_text, overview
 
 
@@ -26,6 +29,23 @@ async def open_metrics(request: Request) -> Response:
     has no gateway: ``app.state`` holds the broker and the server's numbers."""
     state = request.app.state
     return Response(metrics_text(state.broker, state.server_stats), media_type=CONTENT_TYPE)
+
+
+async def node_history(request: Request) -> JSONResponse:
+    """The node's numbers of the last minutes (every vhost: administrator and monitoring)."""
+    gw = gateway(request)
+    if gw.visible(request) is not None:
+        raise AccessRefusedError("the node's history needs the administrator or monitoring "
+                                 "tag (a queue's is at /api/history/queues/{vhost}/{name})")
+    return JSONResponse({"interval_s": INTERVAL_S, "samples": list(gw.history.node)})
+
+
+async def queue_history(request: Request) -> JSONResponse:
+    """One queue's numbers of the last minutes: depth, rates, waiting and processing time."""
+    gw, vhost, name = gateway(request), vhost_of(request), name_of(request)
+    gw.users.check_vhost(user_of(request), vhost)
+    gw.broker.describe_queue(vhost, name)  # 404 for a queue that is not there
+    return JSONResponse({"interval_s": INTERVAL_S, "samples": gw.history.of_queue(vhost, name)})
 
 
 async def api_overview(request: Request) -> JSONResponse:

@@ -179,6 +179,28 @@ def _payload(body: bytes, encoding: str) -> tuple[str, str]:
     return base64.b64encode(body).decode(), "base64"
 
 
+def _message_json(message: Message, encoding: str, truncate: int | None,
+                  **extra: Any) -> dict[str, Any]:
+    """A message as RabbitMQ's get answers it."""
+    body = message.body
+    payload, used = _payload(body[:truncate] if truncate is not None else body, encoding)
+    return {"payload_bytes": len(body), **extra, "exchange": message.exchange,
+            "routing_key": message.routing_key, "properties": _properties_json(message),
+            "payload": payload, "payload_encoding": used}
+
+
+async def browse_messages(request: Request) -> JSONResponse:
+    """The first ready messages of a queue, left in place and not marked redelivered (tidings'
+    own: RabbitMQ's get takes them and puts them back): what the dashboard's queue page shows."""
+    gw, vhost, name = gateway(request), vhost_of(request), name_of(request)
+    gw.check(request, "read", "queue", name, vhost)
+    limit_text = request.query_params.get("limit", "10")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 100:
+        raise BadRequestError("query parameter 'limit' must be a whole number from 1 to 100")
+    messages = gw.broker.browse(vhost, name, int(limit_text))
+    return JSONResponse([_message_json(m, "auto", 2048) for m in messages])
+
+
 async def get_messages(request: Request) -> JSONResponse:
     gw, vhost, name = gateway(request), vhost_of(request), name_of(request)
     gw.check(request, "read", "queue", name, vhost)
@@ -197,13 +219,8 @@ async def get_messages(request: Request) -> JSONResponse:
         got.append(d)
     out = []
     for d in got:
-        body = d.message.body
-        payload, used = _payload(body[:truncate] if truncate is not None else body, encoding)
-        out.append({"payload_bytes": len(body), "redelivered": d.redelivered,
-                    "exchange": d.message.exchange, "routing_key": d.message.routing_key,
-                    "message_count": d.message_count,
-                    "properties": _properties_json(d.message),
-                    "payload": payload, "payload_encoding": used})
+        out.append(_message_json(d.message, encoding, truncate, redelivered=d.redelivered,
+                                 message_count=d.message_count))
         if mode == "ack_requeue_false":
             session.ack(d.delivery_tag)
         else:
