@@ -38,38 +38,47 @@ COMMANDS = ("queues", "streams", "exchanges", "bindings", "policies", "declare",
 # -- the parsers -------------------------------------------------------------------------------
 
 
+def _parser(parent: Any, name: str, help_: str) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = parent.add_parser(name, help=help_, description=help_)
+    p.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+    return p
+
+
+def _vhost(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vhost", default="/", help="virtual host")
+
+
+def _named(parent: Any, kind: str, help_: str) -> argparse.ArgumentParser:
+    p = _parser(parent, kind, help_)
+    p.add_argument("name", help=f"{kind} name")
+    _vhost(p)
+    return p
+
+
 def add_control_parsers(commands: Any) -> None:
-    def command(name: str, help_: str, parent: Any = commands) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = parent.add_parser(name, help=help_, description=help_)
-        p.add_argument("--json", action="store_true", help="print JSON (for scripts)")
-        return p
-
-    def vhost(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--vhost", default="/", help="virtual host")
-
-    def named(kind: str, help_: str, parent: Any) -> argparse.ArgumentParser:
-        p = command(kind, help_, parent)
-        p.add_argument("name", help=f"{kind} name")
-        vhost(p)
-        return p
-
     for name, help_ in (("queues", "list queues: depth, consumers, oldest message's age"),
                         ("streams", "list streams: records, size, offsets, readers' lag"),
                         ("exchanges", "list exchanges"), ("bindings", "list bindings"),
                         ("connections", "list AMQP connections (of a running server)"),
                         ("channels", "list AMQP channels (of a running server)"),
                         ("consumers", "list AMQP consumers (of a running server)")):
-        command(name, help_)
+        _parser(commands, name, help_)
+    _add_topology_parsers(commands)
+    _add_message_parsers(commands)
+    _add_operator_parsers(commands)
+
+
+def _add_topology_parsers(commands: Any) -> None:
     declare = commands.add_parser("declare", help="declare a queue, exchange or binding")
     what = declare.add_subparsers(dest="kind", required=True)
-    p = named("queue", "declare a queue", what)
+    p = _named(what, "queue", "declare a queue")
     p.add_argument("--transient", action="store_true", help="not kept across restarts")
     p.add_argument("--auto-delete", action="store_true", help="deleted with its last consumer")
     p.add_argument("--type", choices=("classic", "quorum", "stream"), default="classic",
                    help="queue type (x-queue-type)")
     p.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
                    help="an x- argument (VALUE read as JSON when it parses: x-max-length=5)")
-    p = named("exchange", "declare an exchange", what)
+    p = _named(what, "exchange", "declare an exchange")
     p.add_argument("--type", default="direct",
                    help="direct, fanout, topic, headers or x-delayed-message")
     p.add_argument("--transient", action="store_true", help="not kept across restarts")
@@ -79,49 +88,57 @@ def add_control_parsers(commands: Any) -> None:
                    help="an argument (alternate-exchange=name, ...)")
     delete = commands.add_parser("delete", help="delete a queue, exchange or binding")
     gone = delete.add_subparsers(dest="kind", required=True)
-    p = named("queue", "delete a queue (its messages with it)", gone)
+    p = _named(gone, "queue", "delete a queue (its messages with it)")
     p.add_argument("--if-empty", action="store_true", help="only if it has no messages")
     p.add_argument("--if-unused", action="store_true", help="only if it has no consumers")
-    p = named("exchange", "delete an exchange", gone)
+    p = _named(gone, "exchange", "delete an exchange")
     p.add_argument("--if-unused", action="store_true", help="only if it has no bindings")
     for verb, parent in (("declare", what), ("delete", gone)):
-        p = command("binding", f"{verb} a binding", parent)
+        p = _parser(parent, "binding", f"{verb} a binding")
         p.add_argument("source", help="the exchange it routes from")
         p.add_argument("destination", help="the queue (or exchange) it routes to")
-        vhost(p)
+        _vhost(p)
         p.add_argument("--routing-key", default="", help="routing key or topic pattern")
         p.add_argument("--to-exchange", action="store_true",
                        help="the destination is an exchange")
-    p = command("purge", "drop a queue's ready messages")
+
+
+def _add_message_parsers(commands: Any) -> None:
+    p = _parser(commands, "purge", "drop a queue's ready messages")
     p.add_argument("queue", help="queue name")
-    vhost(p)
-    p = command("publish", "publish one message (to a queue by name, or through --exchange)")
+    _vhost(p)
+    p = _parser(commands, "publish",
+                "publish one message (to a queue by name, or through --exchange)")
     p.add_argument("routing_key", metavar="ROUTING_KEY",
                    help="routing key (with the default exchange: the queue's name)")
     p.add_argument("body", help="the message body (text)")
-    vhost(p)
+    _vhost(p)
     p.add_argument("--exchange", help="exchange (default: the default exchange, which routes "
                                       "to the queue the routing key names)")
     p.add_argument("--header", action="append", default=[], metavar="KEY=VALUE",
                    help="a header")
     p.add_argument("--content-type", default="text/plain", help="content type")
-    p = command("get", "show messages from the head of a queue (left there unless --ack)")
+    p = _parser(commands, "get",
+                "show messages from the head of a queue (left there unless --ack)")
     p.add_argument("queue", help="queue name")
-    vhost(p)
+    _vhost(p)
     p.add_argument("--count", type=int, default=1, help="how many")
     p.add_argument("--ack", action="store_true", help="take them out of the queue")
-    p = command("close", "close an AMQP connection (320 CONNECTION_FORCED)")
+    p = _parser(commands, "close", "close an AMQP connection (320 CONNECTION_FORCED)")
     p.add_argument("connection", help="its name, as 'tidings connections' lists it")
     p.add_argument("--reason", default="closed by the operator",
                    help="the reason the client is told")
-    command("status", "the running server: version, uptime, memory, alarms, totals")
-    command("ping", "is a server running on the data directory and answering")
+
+
+def _add_operator_parsers(commands: Any) -> None:
+    _parser(commands, "status", "the running server: version, uptime, memory, alarms, totals")
+    _parser(commands, "ping", "is a server running on the data directory and answering")
     policies = commands.add_parser("policies", help="list, set or delete policies")
     sub = policies.add_subparsers(dest="action")
     for name, help_ in (("list", "list policies"), ("set", "add or change a policy"),
                         ("delete", "delete a policy")):
-        p = command(name, help_, sub)
-        vhost(p) if name != "list" else p.add_argument(
+        p = _parser(sub, name, help_)
+        _vhost(p) if name != "list" else p.add_argument(
             "--vhost", help="only this virtual host (default: all)")
         p.add_argument("--operator", action="store_true",
                        help="operator policies (limits that cap what policies allow)")
@@ -137,12 +154,12 @@ def add_control_parsers(commands: Any) -> None:
             p.add_argument("--apply-to", default="all",
                            choices=("all", "queues", "exchanges", "classic_queues",
                                     "quorum_queues", "streams"), help="what it applies to")
-    p = command("stats", "broker statistics (or one queue's) as JSON")
+    p = _parser(commands, "stats", "broker statistics (or one queue's) as JSON")
     p.add_argument("--queue", help="only this queue")
-    vhost(p)
-    p = command("dead-letters", "list, replay or purge a queue's dead letters")
+    _vhost(p)
+    p = _parser(commands, "dead-letters", "list, replay or purge a queue's dead letters")
     p.add_argument("queue", help="queue name")
-    vhost(p)
+    _vhost(p)
     action = p.add_mutually_exclusive_group()
     action.add_argument("--replay", action="store_true", help="move them back into the queue")
     action.add_argument("--purge", action="store_true", help="delete them")
@@ -152,7 +169,7 @@ def add_control_parsers(commands: Any) -> None:
     sub = p.add_subparsers(dest="action", required=True)
     sub.add_parser("export", help="write them as JSON").add_argument(
         "file", nargs="?", default="-", help="file to write ('-': standard output)")
-    imp = command("import", "apply a file: all of it, or nothing when any entry is bad", sub)
+    imp = _parser(sub, "import", "apply a file: all of it, or nothing when any entry is bad")
     imp.add_argument("file", help="file to read ('-': standard input)")
 
 
@@ -394,125 +411,157 @@ def _args_table(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-async def _command(api: Api, args: argparse.Namespace) -> int:
-    c, as_json = args.command, getattr(args, "json", False)
+def _said(args: argparse.Namespace, result: Any, line: str) -> int:
+    """An action's answer: one line for people, the API's JSON with ``--json``."""
+    print(json.dumps(result) if getattr(args, "json", False) else line)
+    return 0
+
+
+def _vhost_of(args: argparse.Namespace) -> tuple[str, str]:
     vhost = getattr(args, "vhost", None) or "/"
-    v = _q(vhost)
+    return vhost, _q(vhost)
 
-    def said(result: Any, line: str) -> int:
-        print(json.dumps(result) if as_json else line)
-        return 0
 
-    if c in ("exchanges", "bindings", "connections", "channels", "consumers"):
-        rows = await api.call("GET", f"/api/{c}")
-        if as_json:
-            print(json.dumps(rows, indent=2))
-        else:
-            print_table(rows, COLUMNS[c])
-        return 0
-    if c in ("queues", "streams"):
-        rows = await api.call("GET", f"/api/{c}")
-        if c == "queues":
-            streams = {(s["vhost"], s["name"]) for s in await api.call("GET", "/api/streams")}
-            print_queues([q for q in rows if (q["vhost"], q["name"]) not in streams], as_json)
-        else:
-            print_streams(rows, as_json)
-        return 0
-    if c == "declare" and args.kind == "queue":
+async def _listing(api: Api, args: argparse.Namespace) -> int:
+    c, as_json = args.command, args.json
+    rows = await api.call("GET", f"/api/{c}")
+    if c == "queues":
+        streams = {(s["vhost"], s["name"]) for s in await api.call("GET", "/api/streams")}
+        print_queues([q for q in rows if (q["vhost"], q["name"]) not in streams], as_json)
+    elif c == "streams":
+        print_streams(rows, as_json)
+    elif as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_table(rows, COLUMNS[c])
+    return 0
+
+
+async def _declare(api: Api, args: argparse.Namespace) -> int:
+    vhost, v = _vhost_of(args)
+    if args.kind == "binding":
+        return await _binding(api, args)
+    if args.kind == "queue":
         arguments = _args_table(args.arg)
         if args.type != "classic":
             arguments["x-queue-type"] = args.type
         result = await api.call("PUT", f"/api/queues/{v}/{_q(args.name)}", {
             "durable": not args.transient, "auto_delete": args.auto_delete,
             "arguments": arguments})
-        return said(result, f"queue '{args.name}' declared in vhost '{vhost}'")
-    if c == "declare" and args.kind == "exchange":
-        result = await api.call("PUT", f"/api/exchanges/{v}/{_q(args.name)}", {
-            "type": args.type, "durable": not args.transient, "auto_delete": args.auto_delete,
-            "internal": args.internal, "arguments": _args_table(args.arg)})
-        return said(result, f"exchange '{args.name}' ({args.type}) declared in vhost "
-                            f"'{vhost}'")
-    if c in ("declare", "delete") and args.kind == "binding":
-        result = await api.call("POST" if c == "declare" else "DELETE", f"/api/bindings/{v}", {
-            "source": args.source, "destination": args.destination,
-            "destination_type": "exchange" if args.to_exchange else "queue",
-            "routing_key": args.routing_key})
-        done = "bound" if c == "declare" else "unbound"
-        return said(result, f"{done} '{args.source}' -> '{args.destination}' "
-                            f"({args.routing_key or 'no key'})")
-    if c == "delete":
-        flags = [f"{flag}=true" for flag, on in (
-            ("if_empty", getattr(args, "if_empty", False)),
-            ("if_unused", args.if_unused)) if on]
-        kind = "queues" if args.kind == "queue" else "exchanges"
-        query = f"?{'&'.join(flags)}" if flags else ""
-        result = await api.call("DELETE", f"/api/{kind}/{v}/{_q(args.name)}{query}")
-        extra = f" with {result['messages']} message(s)" if isinstance(result, dict) and \
-            "messages" in result else ""
-        return said(result, f"{args.kind} '{args.name}' deleted{extra}")
-    if c == "purge":
-        result = await api.call("DELETE", f"/api/queues/{v}/{_q(args.queue)}/contents")
-        return said(result, f"purged {result['purged']} message(s) from '{args.queue}'")
-    if c == "publish":
-        exchange = args.exchange or "amq.default"
-        result = await api.call("POST", f"/api/exchanges/{v}/{_q(exchange)}/publish", {
-            "routing_key": args.routing_key, "payload": args.body,
-            "payload_encoding": "string",
-            "properties": {"content_type": args.content_type, "delivery_mode": 2,
-                           "headers": _args_table(args.header)}})
-        if not result.get("routed"):
-            if not args.exchange:
-                raise NotFoundError(f"no queue '{args.routing_key}' in vhost '{vhost}'")
-            raise ConfigError(f"published to exchange '{args.exchange}' but routed to no "
-                              f"queue (routing key '{args.routing_key}')")
-        return said(result, "published")
-    if c == "get":
-        rows = await api.call("POST", f"/api/queues/{v}/{_q(args.queue)}/get", {
-            "count": args.count, "encoding": "auto",
-            "ackmode": "ack_requeue_false" if args.ack else "ack_requeue_true"})
-        if as_json:
-            print(json.dumps(rows, indent=2))
-        elif not rows:
-            print(f"queue '{args.queue}' is empty")
-        else:
-            print_table(rows, COLUMNS["get"])
-        return 0
-    if c == "close":
-        await api.call("DELETE", f"/api/connections/{_q(args.connection)}",
-                       headers={"X-Reason": args.reason})
-        return said({"closed": args.connection}, f"closed '{args.connection}'")
-    if c == "ping":
-        result = await api.call("GET", "/api/healthchecks/node")
-        return said(result, "pong")
-    if c == "status":
-        return await _status(api, as_json)
-    if c == "policies":
-        return await _policies(api, args, as_json)
-    if c == "stats":
-        path = f"/api/queues/{v}/{_q(args.queue)}" if args.queue else "/api/overview"
-        print(json.dumps(await api.call("GET", path), indent=2))
-        return 0
-    if c == "dead-letters":
-        path = f"/api/queues/{v}/{_q(args.queue)}/dead-letters"
-        if args.replay:
-            result = await api.call("POST", f"{path}/replay", {})
-            return said(result, f"replayed {result['replayed']}")
-        if args.purge:
-            result = await api.call("DELETE", path)
-            return said(result, f"purged {result['purged']}")
-        rows = await api.call("GET", f"{path}?limit=1000")
-        if as_json:
-            print(json.dumps(rows, indent=2))
-            return 0
-        for m in rows:
-            death = ((m.get("headers") or {}).get("x-death") or [{}])[0]
-            print(f"{m.get('message_id')}\t{death.get('reason', '?')}\t"
-                  f"{str(m.get('body'))[:60]!r}")
-        return 0
-    return await _definitions(api, args, as_json)
+        return _said(args, result, f"queue '{args.name}' declared in vhost '{vhost}'")
+    result = await api.call("PUT", f"/api/exchanges/{v}/{_q(args.name)}", {
+        "type": args.type, "durable": not args.transient, "auto_delete": args.auto_delete,
+        "internal": args.internal, "arguments": _args_table(args.arg)})
+    return _said(args, result, f"exchange '{args.name}' ({args.type}) declared in vhost "
+                               f"'{vhost}'")
 
 
-async def _status(api: Api, as_json: bool) -> int:
+async def _binding(api: Api, args: argparse.Namespace) -> int:
+    _, v = _vhost_of(args)
+    declare = args.command == "declare"
+    result = await api.call("POST" if declare else "DELETE", f"/api/bindings/{v}", {
+        "source": args.source, "destination": args.destination,
+        "destination_type": "exchange" if args.to_exchange else "queue",
+        "routing_key": args.routing_key})
+    return _said(args, result, f"{'bound' if declare else 'unbound'} '{args.source}' -> "
+                               f"'{args.destination}' ({args.routing_key or 'no key'})")
+
+
+async def _delete(api: Api, args: argparse.Namespace) -> int:
+    if args.kind == "binding":
+        return await _binding(api, args)
+    _, v = _vhost_of(args)
+    flags = [f"{flag}=true" for flag, on in (
+        ("if_empty", getattr(args, "if_empty", False)), ("if_unused", args.if_unused)) if on]
+    kind = "queues" if args.kind == "queue" else "exchanges"
+    query = f"?{'&'.join(flags)}" if flags else ""
+    result = await api.call("DELETE", f"/api/{kind}/{v}/{_q(args.name)}{query}")
+    extra = f" with {result['messages']} message(s)" if isinstance(result, dict) and \
+        "messages" in result else ""
+    return _said(args, result, f"{args.kind} '{args.name}' deleted{extra}")
+
+
+async def _purge(api: Api, args: argparse.Namespace) -> int:
+    _, v = _vhost_of(args)
+    result = await api.call("DELETE", f"/api/queues/{v}/{_q(args.queue)}/contents")
+    return _said(args, result, f"purged {result['purged']} message(s) from '{args.queue}'")
+
+
+async def _publish(api: Api, args: argparse.Namespace) -> int:
+    vhost, v = _vhost_of(args)
+    exchange = args.exchange or "amq.default"
+    result = await api.call("POST", f"/api/exchanges/{v}/{_q(exchange)}/publish", {
+        "routing_key": args.routing_key, "payload": args.body, "payload_encoding": "string",
+        "properties": {"content_type": args.content_type, "delivery_mode": 2,
+                       "headers": _args_table(args.header)}})
+    if not result.get("routed"):
+        if not args.exchange:
+            raise NotFoundError(f"no queue '{args.routing_key}' in vhost '{vhost}'")
+        raise ConfigError(f"published to exchange '{args.exchange}' but routed to no queue "
+                          f"(routing key '{args.routing_key}')")
+    return _said(args, result, "published")
+
+
+async def _get(api: Api, args: argparse.Namespace) -> int:
+    _, v = _vhost_of(args)
+    rows = await api.call("POST", f"/api/queues/{v}/{_q(args.queue)}/get", {
+        "count": args.count, "encoding": "auto",
+        "ackmode": "ack_requeue_false" if args.ack else "ack_requeue_true"})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"queue '{args.queue}' is empty")
+    else:
+        print_table(rows, COLUMNS["get"])
+    return 0
+
+
+async def _close(api: Api, args: argparse.Namespace) -> int:
+    await api.call("DELETE", f"/api/connections/{_q(args.connection)}",
+                   headers={"X-Reason": args.reason})
+    return _said(args, {"closed": args.connection}, f"closed '{args.connection}'")
+
+
+async def _ping(api: Api, args: argparse.Namespace) -> int:
+    return _said(args, await api.call("GET", "/api/healthchecks/node"), "pong")
+
+
+async def _stats(api: Api, args: argparse.Namespace) -> int:
+    _, v = _vhost_of(args)
+    path = f"/api/queues/{v}/{_q(args.queue)}" if args.queue else "/api/overview"
+    print(json.dumps(await api.call("GET", path), indent=2))
+    return 0
+
+
+async def _dead_letters(api: Api, args: argparse.Namespace) -> int:
+    _, v = _vhost_of(args)
+    path = f"/api/queues/{v}/{_q(args.queue)}/dead-letters"
+    if args.replay:
+        result = await api.call("POST", f"{path}/replay", {})
+        return _said(args, result, f"replayed {result['replayed']}")
+    if args.purge:
+        result = await api.call("DELETE", path)
+        return _said(args, result, f"purged {result['purged']}")
+    rows = await api.call("GET", f"{path}?limit=1000")
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for m in rows:
+        death = ((m.get("headers") or {}).get("x-death") or [{}])[0]
+        print(f"{m.get('message_id')}\t{death.get('reason', '?')}\t{str(m.get('body'))[:60]!r}")
+    return 0
+
+
+async def _command(api: Api, args: argparse.Namespace) -> int:
+    handlers = {"declare": _declare, "delete": _delete, "purge": _purge, "publish": _publish,
+                "get": _get, "close": _close, "ping": _ping, "status": _status,
+                "policies": _policies, "stats": _stats, "dead-letters": _dead_letters,
+                "definitions": _definitions}
+    return await handlers.get(args.command, _listing)(api, args)
+
+
+async def _status(api: Api, args: argparse.Namespace) -> int:
+    as_json = args.json
     overview = await api.call("GET", "/api/overview")
     [node] = await api.call("GET", "/api/nodes")
     if as_json:
@@ -540,7 +589,8 @@ async def _status(api: Api, as_json: bool) -> int:
     return 0
 
 
-async def _policies(api: Api, args: argparse.Namespace, as_json: bool) -> int:
+async def _policies(api: Api, args: argparse.Namespace) -> int:
+    as_json = getattr(args, "json", False)
     base = "/api/operator-policies" if getattr(args, "operator", False) else "/api/policies"
     action = args.action or "list"
     if action == "list":
@@ -573,7 +623,8 @@ async def _policies(api: Api, args: argparse.Namespace, as_json: bool) -> int:
     return 0
 
 
-async def _definitions(api: Api, args: argparse.Namespace, as_json: bool) -> int:
+async def _definitions(api: Api, args: argparse.Namespace) -> int:
+    as_json = getattr(args, "json", False)
     if args.action == "export":
         text = json.dumps(await api.call("GET", "/api/definitions"), indent=2)
         if args.file == "-":

@@ -6,6 +6,8 @@ permissions and policies into another tidings."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -115,3 +117,24 @@ def test_an_export_carries_users_permissions_and_policies_to_another_tidings(
         with _client(other, "native", "n-pw") as native:
             assert native.get("/api/whoami").json()["tags"] == ["monitoring"]
         assert http.get("/api/queues/shop/orders.created").json()["policy"] == "orders-cap"
+
+
+@pytest.mark.skipif(shutil.which("rabbitmqadmin") is None,
+                    reason="rabbitmqadmin is not installed (it comes with RabbitMQ's "
+                           "management plugin)")
+def test_rabbitmqadmin_imports_and_exports_a_rabbitmq_export(
+        fresh: ServerProcess, tmp_path: Path) -> None:
+    def admin(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["rabbitmqadmin", "-H", "127.0.0.1", "-P", str(fresh.http_port),
+                               "-u", "guest", "-p", "guest", *args], capture_output=True,
+                              text=True, timeout=30)
+
+    done = admin("import", str(EXPORT))
+    assert done.returncode == 0 and "Uploaded definitions" in done.stdout, done.stderr
+    listed = json.loads(admin("-f", "raw_json", "list", "policies").stdout)
+    assert [p["name"] for p in listed] == ["orders-cap"]
+    assert {"app", "ops"} <= {u["name"] for u in
+                             json.loads(admin("-f", "raw_json", "list", "users").stdout)}
+    out = tmp_path / "out.json"
+    assert admin("export", str(out)).returncode == 0
+    assert {u["name"] for u in json.loads(out.read_text())["users"]} >= {"app", "ops", "guest"}

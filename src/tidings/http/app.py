@@ -45,6 +45,7 @@ ROUTES: list[BaseRoute] = [
     # admin
     Route("/healthz", admin.healthz),
     Route("/", admin.dashboard),
+    Route("/cli/rabbitmqadmin", admin.rabbitmqadmin),
     Route("/openapi.json", admin.openapi),
     Route("/api/connections", admin.list_connections),
     Route("/api/connections/{name}", admin.get_connection, methods=["GET"]),

@@ -23,6 +23,7 @@ from typing import Any
 
 from tidings.auth import UserStore, exported_hash, imported_hash
 from tidings.errors import ConfigError, InvalidArgumentError, TidingsError
+from tidings.patterns import validate_pattern
 from tidings.routing.arguments import parse_queue_arguments
 from tidings.routing.exchange import Exchange, freeze_arguments
 from tidings.routing.front_door import FrontDoor, Policy, make_policy
@@ -188,9 +189,22 @@ def plan_import(broker: FrontDoor, data: Any, known_vhosts: Collection[str] = ()
                 p.get("priority", 0), p.get("apply-to", "all"),
                 operator=section == "operator_policies"))
     exchanges = {(v, e.name): e for v in broker.vhost_names() for e in broker.list_exchanges(v)}
+    kinds = {key: e.kind for key, e in exchanges.items()}
+    kinds.update(_plan_exchanges(plan, entries("exchanges"), exchanges))
     queues = {(v, q.name): q for v in broker.vhost_names() for q in broker.list_queues(v)}
-    new_exchanges: dict[tuple[str, str], str] = {}
-    for i, e, vhost in entries("exchanges"):
+    known, skipped = _plan_queues(plan, entries("queues"), queues)
+    _plan_bindings(plan, entries("bindings"), kinds, known, skipped)
+    return plan
+
+
+Entries = list[tuple[int, dict[str, Any], str]]
+
+
+def _plan_exchanges(plan: ImportPlan, entries: Entries, exchanges: dict[tuple[str, str], Any]
+                    ) -> dict[tuple[str, str], str]:
+    """Check the file's exchanges; the kinds of those it names, by (vhost, name)."""
+    kinds: dict[tuple[str, str], str] = {}
+    for i, e, vhost in entries:
         name, kind = e["name"], e.get("type", "direct")
         if name.startswith("amq.") or not name:
             plan.skipped.append(f"exchanges[{i}] '{name}' in vhost '{vhost}': built in")
@@ -205,38 +219,48 @@ def plan_import(broker: FrontDoor, data: Any, known_vhosts: Collection[str] = ()
                 ("arguments", freeze_arguments(found.arguments), freeze_arguments(args))])
         else:
             _entry("exchanges", i, Exchange, name, kind, vhost, arguments=args)
-        new_exchanges[(vhost, name)] = kind
+        kinds[(vhost, name)] = kind
         plan.steps["exchanges"].append(e)
-    known_queues: set[tuple[str, str]] = set(queues)
-    skipped_queues: set[tuple[str, str]] = set()
-    for i, q, vhost in entries("queues"):
+    return kinds
+
+
+def _plan_queues(plan: ImportPlan, entries: Entries, queues: dict[tuple[str, str], Any]
+                 ) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """Check the file's queues; the queues known after the import, and those skipped."""
+    known: set[tuple[str, str]] = set(queues)
+    skipped: set[tuple[str, str]] = set()
+    for i, q, vhost in entries:
         name, args = q["name"], q.get("arguments") or {}
         if name.startswith(SERVER_NAMED):
             plan.skipped.append(f"queues[{i}] '{name}' in vhost '{vhost}': a server-named "
                                 f"queue (its connection is gone)")
-            skipped_queues.add((vhost, name))
+            skipped.add((vhost, name))
             continue
         if len(name.encode()) > 255:
             raise InvalidArgumentError(f"queues[{i}]: name is longer than 255 bytes")
         options = _entry("queues", i, parse_queue_arguments, name, args)
-        found_q = queues.get((vhost, name))
-        if found_q is not None:
+        found = queues.get((vhost, name))
+        if found is not None:
             _same("queue", name, vhost, [
-                ("durable", found_q.durable, q.get("durable", True)),
-                ("auto_delete", found_q.auto_delete, q.get("auto_delete", False)),
-                *[(k, found_q.arguments.get(k), args.get(k))
-                  for k in sorted(set(found_q.arguments) | set(args)) if k.startswith("x-")]])
+                ("durable", found.durable, q.get("durable", True)),
+                ("auto_delete", found.auto_delete, q.get("auto_delete", False)),
+                *[(k, found.arguments.get(k), args.get(k))
+                  for k in sorted(set(found.arguments) | set(args)) if k.startswith("x-")]])
         elif options.queue_type != "classic" and (not q.get("durable", True)
                                                    or q.get("auto_delete", False)):
             raise InvalidArgumentError(f"queues[{i}] '{name}': a {options.queue_type} queue "
                                        f"must be durable and not auto-delete")
-        known_queues.add((vhost, name))
+        known.add((vhost, name))
         plan.steps["queues"].append(q)
-    all_exchanges = set(exchanges) | set(new_exchanges)
-    for i, b, vhost in entries("bindings"):
+    return known, skipped
+
+
+def _plan_bindings(plan: ImportPlan, entries: Entries, kinds: dict[tuple[str, str], str],
+                   queues: set[tuple[str, str]], skipped: set[tuple[str, str]]) -> None:
+    for i, b, vhost in entries:
         to_exchange = b.get("destination_type", "queue") == "exchange"
         source, destination = b["source"], b["destination"]
-        if not to_exchange and (vhost, destination) in skipped_queues:
+        if not to_exchange and (vhost, destination) in skipped:
             plan.skipped.append(f"bindings[{i}] to '{destination}' in vhost '{vhost}': its "
                                 f"queue is skipped")
             continue
@@ -246,20 +270,16 @@ def plan_import(broker: FrontDoor, data: Any, known_vhosts: Collection[str] = ()
         if source == "":
             plan.skipped.append(f"bindings[{i}] from the default exchange: every queue has it")
             continue
-        if (vhost, source) not in all_exchanges:
+        if (vhost, source) not in kinds:
             raise InvalidArgumentError(f"bindings[{i}]: no exchange '{source}' in vhost "
                                        f"'{vhost}', here or in the file")
-        if (vhost, destination) not in (all_exchanges if to_exchange else known_queues):
+        if (vhost, destination) not in (kinds if to_exchange else queues):
             raise InvalidArgumentError(
                 f"bindings[{i}]: no {'exchange' if to_exchange else 'queue'} '{destination}' "
                 f"in vhost '{vhost}', here or in the file")
-        kind = new_exchanges.get((vhost, source)) or exchanges[(vhost, source)].kind
-        if kind == "topic":
-            from tidings.patterns import validate_pattern
-
+        if kinds[(vhost, source)] == "topic":
             _entry("bindings", i, validate_pattern, b.get("routing_key", ""))
         plan.steps["bindings"].append(b)
-    return plan
 
 
 def _plan_users(plan: ImportPlan, data: dict[str, Any], users: UserStore | None,

@@ -29,6 +29,17 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
+async def rabbitmqadmin(request: Request) -> JSONResponse:
+    """RabbitMQ serves its rabbitmqadmin script here; tidings does not ship RabbitMQ's code,
+    so the answer says where to get it (it works against tidings unchanged)."""
+    reason = ("tidings does not ship rabbitmqadmin (RabbitMQ's, MPL 2.0): take it from a "
+              "RabbitMQ node's /cli/rabbitmqadmin, your distribution's rabbitmq-server "
+              "package, or rabbitmq-server's deps/rabbitmq_management/bin/rabbitmqadmin on "
+              "GitHub; version 3.10 works against tidings unchanged (docs/operations.md)")
+    return JSONResponse({"error": "not_found", "reason": reason, "message": reason},
+                        status_code=404)
+
+
 async def dashboard(request: Request) -> FileResponse:
     return FileResponse(STATIC / "index.html")
 
