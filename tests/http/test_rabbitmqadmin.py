@@ -270,3 +270,20 @@ def test_policies_over_http_check_their_input_and_who_asks(
     for path in (f"/api/policies/%2F/p-{tag}", f"/api/operator-policies/%2F/op-{tag}",
                  f"/api/users/{name}"):
         assert http.delete(path).status_code == 204
+
+
+def test_listings_carry_more_of_rabbitmqs_fields(http: httpx.Client, server: ServerProcess
+                                                 ) -> None:
+    q = f"fields-{uuid.uuid4().hex[:6]}"
+    assert http.put(f"/api/queues/%2F/{q}", json={}).status_code == 201
+    queue = http.get(f"/api/queues/%2F/{q}").json()
+    assert queue["node"].startswith("tidings@")
+    assert queue["messages_ready_details"] == {"rate": 0.0}
+    vhost = http.get("/api/vhosts/%2F").json()
+    assert vhost["default_queue_type"] == "classic" and "message_stats" in vhost
+    assert list(vhost["cluster_state"].values()) == ["running"]
+    with pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", server.port, client_properties={"connection_name": "named"})):
+        [conn] = [c for c in http.get("/api/connections").json()
+                  if c["user_provided_name"] == "named"]
+    assert conn["port"] == server.port and conn["ssl"] is False and conn["channel_max"] > 0

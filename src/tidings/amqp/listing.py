@@ -43,6 +43,9 @@ class AmqpListing:
         for link in self._links():
             host, port = _peer(link)
             props = link.conn.client_properties
+            transport = link.transport
+            local = transport.get_extra_info("sockname") if transport is not None else None
+            tls = transport.get_extra_info("ssl_object") if transport is not None else None
             out.append({
                 "name": _name(link), "peer_host": host, "peer_port": port,
                 "peer": link.peer, "user": link.username, "vhost": link.vhost,
@@ -54,7 +57,13 @@ class AmqpListing:
                 "state": "blocked" if link.blocked else "running",
                 "protocol": "AMQP 0-9-1", "type": "network", "auth_mechanism": "PLAIN",
                 "timeout": link.conn.heartbeat_s, "frame_max": link.conn.frame_max,
+                "channel_max": link.conn.channel_max,
                 "connected_at": int((time.time() - link.connected_for()) * 1000),
+                "host": local[0] if isinstance(local, tuple) else None,
+                "port": local[1] if isinstance(local, tuple) else None,
+                "ssl": tls is not None, "ssl_protocol": tls.version() if tls else None,
+                "ssl_cipher": tls.cipher()[0] if tls and tls.cipher() else None,
+                "user_provided_name": props.get("connection_name"),
             })
         return out
 

@@ -29,6 +29,7 @@ from tidings.http.management import NODE
 from tidings.http.middleware import user_of
 from tidings.message import Message
 from tidings.resources import max_descriptors, open_descriptors, rss_mb
+from tidings.statistics import COUNTERS
 
 _STARTED = time.monotonic()
 
@@ -147,7 +148,12 @@ async def delete_permission(request: Request) -> Response:
 
 def _vhost_json(gw: Gateway, name: str) -> dict[str, Any]:
     queues = [q for q in gw.broker.statistics({name}).queues if not is_internal_queue(q.name)]
+    counts = {k: sum(q.counts[k] for q in queues) for k in COUNTERS}
+    rates = {k: sum(q.rates[k] for q in queues) for k in COUNTERS}
     return {"name": name, "description": "", "tags": [], "tracing": False,
+            "default_queue_type": "classic", "metadata": {"description": "", "tags": []},
+            "cluster_state": {NODE: "running"},
+            "message_stats": management.message_stats(counts, rates),
             **management.totals(sum(q.ready for q in queues), sum(q.unacked for q in queues))}
 
 

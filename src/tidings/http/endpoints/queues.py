@@ -19,6 +19,7 @@ from tidings.http.errors import BadRequestError
 from tidings.http.event_log import is_internal_queue
 from tidings.http.gateway import Gateway, gateway, name_of, vhost_of
 from tidings.http.lease_table import MAX_VISIBILITY_MS
+from tidings.http.management import NODE
 from tidings.http.middleware import user_of
 from tidings.routing.front_door import Delivery, Session
 
@@ -35,8 +36,23 @@ def queue_json(gw: Gateway, vhost: str, name: str) -> dict[str, Any]:
         **management.queue_fields(gw.broker.queue_statistics(vhost, name), q.queue_type),
         "durable": q.durable, "auto_delete": q.auto_delete, "exclusive": q.exclusive,
         "arguments": q.arguments, "policy": q.policy, "operator_policy": q.operator_policy,
-        "effective_policy_definition": q.effective_policy_definition,
+        "effective_policy_definition": q.effective_policy_definition, "node": NODE,
+        **_change_rates(gw.history.of_queue(vhost, name)),
     }
+
+
+def _change_rates(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """RabbitMQ's ``messages_details`` and kin: how fast each count changed per second,
+    between the server's last two samples of the queue (0.0 before there are two)."""
+    rates = {"messages": 0.0, "messages_ready": 0.0, "messages_unacknowledged": 0.0}
+    if len(samples) >= 2:
+        a, b = samples[-2], samples[-1]
+        span = max(b["t"] - a["t"], 1e-9)
+        ready = (b["ready"] - a["ready"]) / span
+        unacked = (b["unacked"] - a["unacked"]) / span
+        rates = {"messages": ready + unacked, "messages_ready": ready,
+                 "messages_unacknowledged": unacked}
+    return {f"{k}_details": {"rate": round(v, 3)} for k, v in rates.items()}
 
 
 async def list_queues(request: Request) -> JSONResponse:
