@@ -25,7 +25,8 @@ GROUND = {"errors", "message", "codecs", "clock", "auth", "patterns", "statistic
 #: routing/, lowest first: a module imports only modules listed before it.
 ROUTING_ORDER = ["arguments", "policies", "exchange", "topology_rows", "ready", "expiry",
                  "overflow", "queue", "stream", "session", "vhost", "delayed", "declarations",
-                 "upkeep", "reporting", "recovery", "front_door", "broker", "definitions_io"]
+                 "machines", "upkeep", "reporting", "recovery", "front_door", "broker",
+                 "definitions_io"]
 
 #: What faces may import from routing/.
 FRONT_DOOR = {"tidings.routing.front_door", "tidings.routing.definitions_io"}

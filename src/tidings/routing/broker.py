@@ -37,6 +37,7 @@ from tidings.routing.delayed import DelayedDelivery, DelayedMessages, header_del
 from tidings.routing.exchange import DELAYED, Binding, Exchange
 from tidings.routing.expiry import HeadExpiryTimers
 from tidings.routing.front_door import BindingInfo, ExchangeInfo, PublishResult, QueueInfo
+from tidings.routing.machines import MachineRows, TransitionCommit
 from tidings.routing.policies import Policy
 from tidings.routing.queue import DEFAULT_WINDOW, Entry, Queue
 from tidings.routing.recovery import recover
@@ -97,7 +98,10 @@ class Broker:
         self.upkeep = Upkeep(self.vhosts, self.sessions, self.declarations, self.clock,
                              self.counters, default_consumer_timeout_ms)
         self.closed = False
+        #: State machine instances (opaque rows) and the transition commit.
+        self.machine_rows = MachineRows(store, self.vhosts)
         recover(store, self.vhosts, self.delayed, self.clock)
+        self.machine_rows.recover()
         self._forget_orphan_streams()
 
     # -- lifecycle and durability ----------------------------------------------------------
@@ -244,6 +248,23 @@ class Broker:
 
     def queue_exists(self, vhost: str, name: str) -> bool:
         return self.vhosts.find_queue(vhost, name) is not None
+
+    # -- state machines ----------------------------------------------------------------------
+
+    def commit_transition(self, session: Session, delivery_tag: int | None,
+                          commit: TransitionCommit) -> None:
+        """One transition as one step (see ``routing/machines.py``)."""
+        self.machine_rows.commit(
+            session, delivery_tag, commit,
+            lambda vhost, exchange, message, delay_ms: self.publish(
+                vhost, exchange, message, delay_ms=delay_ms),
+            lambda vhost, queue, ident: self.take(vhost, queue, ident))
+
+    def find_instance(self, vhost: str, machine: str, key: str) -> bytes | None:
+        return self.machine_rows.find(vhost, machine, key)
+
+    def list_instances(self, vhost: str, machine: str) -> list[tuple[str, bytes]]:
+        return self.machine_rows.list(vhost, machine)
 
     def set_policy(self, policy: Policy) -> None:
         self.declarations.set_policy(policy)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tidings.message import Delivery, Message
+from tidings.routing.machines import TransitionCommit
 from tidings.routing.policies import Policy, make_policy
 from tidings.routing.session import Consumer, Session
 from tidings.routing.vhost import DEFAULT_VHOST
@@ -27,7 +28,8 @@ from tidings.statistics import BrokerStatistics, Histogram, QueueStatistics, Str
 from tidings.storage.quarantine import QuarantinedRecord
 
 __all__ = ["DEFAULT_VHOST", "BindingInfo", "Consumer", "Delivery", "ExchangeInfo", "FrontDoor",
-           "Policy", "PublishResult", "QuarantinedRecord", "QueueInfo", "Session", "make_policy"]
+           "Policy", "PublishResult", "QuarantinedRecord", "QueueInfo", "Session",
+           "TransitionCommit", "make_policy"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +145,16 @@ class FrontDoor(Protocol):
     def describe_queue(self, vhost: str, name: str) -> QueueInfo: ...
 
     def queue_exists(self, vhost: str, name: str) -> bool: ...
+
+    # -- state machines (``routing/machines.py``): instances are opaque rows
+    def commit_transition(self, session: Session, delivery_tag: int | None,
+                          commit: TransitionCommit) -> None:
+        """The new row, the messages, the timers and the event's ack, as one step."""
+        ...
+
+    def find_instance(self, vhost: str, machine: str, key: str) -> bytes | None: ...
+
+    def list_instances(self, vhost: str, machine: str) -> list[tuple[str, bytes]]: ...
 
     # -- policies (``make_policy`` checks one; see ``routing/policies.py``)
     def set_policy(self, policy: Policy) -> None: ...

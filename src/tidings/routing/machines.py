@@ -1,0 +1,109 @@
+"""State machine instances as the broker keeps them, and the one operation that moves one.
+
+The broker does not interpret an instance: it keeps each as opaque bytes (the client's JSON)
+under ``(vhost, machine, key)``, in a definitions row of the store and in memory for reads.
+:meth:`MachineRows.commit` applies a transition as one step: the instance's new row, the
+messages the transition sends, the timers it arms (delayed messages) and cancels, and the
+acknowledgement of the event that caused it. Every change is made in one synchronous call,
+so the store's group commit writes them in one transaction: after a crash either all of them
+happened or none did (the event is then redelivered and the client applies it again).
+Everything that could refuse the step is checked before anything changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tidings.errors import InvalidArgumentError, NotFoundError, PreconditionFailedError
+from tidings.message import Message
+from tidings.routing.session import Session
+from tidings.routing.vhost import VirtualHosts
+from tidings.storage.base import Store
+
+#: The store's kind for instance rows.
+INSTANCE_ROWS = "machine-instance"
+SEP = "\x1f"
+#: Largest instance row kept, bytes (its data, seen ids and timers).
+MAX_ROW_BYTES = 1 << 20
+#: Instances kept per machine (a bound on the memory the index takes).
+MAX_INSTANCES = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionCommit:
+    """One transition, as the client hands it to the broker."""
+
+    vhost: str
+    machine: str
+    key: str
+    #: The instance's new row.
+    row: bytes
+    #: Messages it sends: (exchange, message).
+    messages: tuple[tuple[str, Message], ...] = ()
+    #: Timers it arms: (queue, message, delay in ms); the message's id names the timer.
+    timers: tuple[tuple[str, Message, int], ...] = ()
+    #: Timers it cancels: (queue, timer id).
+    cancels: tuple[tuple[str, str], ...] = ()
+
+
+class MachineRows:
+    """The instances of every machine, by (vhost, machine), then key."""
+
+    def __init__(self, store: Store, vhosts: VirtualHosts) -> None:
+        self._store, self._vhosts = store, vhosts
+        self.rows: dict[tuple[str, str], dict[str, bytes]] = {}
+
+    def recover(self) -> None:
+        for key, data in self._store.definitions(INSTANCE_ROWS):
+            vhost, machine, name = key.split(SEP, 2)
+            self.rows.setdefault((vhost, machine), {})[name] = bytes(data)
+
+    def find(self, vhost: str, machine: str, key: str) -> bytes | None:
+        return self.rows.get((vhost, machine), {}).get(key)
+
+    def list(self, vhost: str, machine: str) -> list[tuple[str, bytes]]:
+        return list(self.rows.get((vhost, machine), {}).items())
+
+    def machines(self, vhost: str) -> list[str]:
+        return sorted(m for v, m in self.rows if v == vhost)
+
+    def commit(self, session: Session, delivery_tag: int | None, c: TransitionCommit,
+               publish: Callable[[str, str, Message, int | None], object],
+               cancel: Callable[[str, str, str], object]) -> None:
+        """Apply ``c`` and settle the event's delivery (None: the event came another way)."""
+        self._check(session, delivery_tag, c)
+        instances = self.rows.setdefault((c.vhost, c.machine), {})
+        instances[c.key] = c.row
+        self._store.put_definition(INSTANCE_ROWS, SEP.join((c.vhost, c.machine, c.key)), c.row)
+        for exchange, message in c.messages:
+            publish(c.vhost, exchange, message, None)
+        for queue, ident in c.cancels:
+            cancel(c.vhost, queue, ident)
+        for queue, message, delay_ms in c.timers:
+            publish(c.vhost, "", _to(message, queue), delay_ms)
+        if delivery_tag is not None:
+            session.ack(delivery_tag)
+
+    def _check(self, session: Session, delivery_tag: int | None, c: TransitionCommit) -> None:
+        if delivery_tag is not None and not session.holds(delivery_tag):
+            raise PreconditionFailedError(f"unknown delivery tag {delivery_tag}")
+        if len(c.row) > MAX_ROW_BYTES:
+            raise InvalidArgumentError(f"instance '{c.key}' of machine '{c.machine}' is "
+                                       f"{len(c.row)} bytes; at most {MAX_ROW_BYTES}")
+        known = self.rows.get((c.vhost, c.machine), {})
+        if c.key not in known and len(known) >= MAX_INSTANCES:
+            raise PreconditionFailedError(f"machine '{c.machine}' has {MAX_INSTANCES} "
+                                          f"instances, the most kept")
+        v = self._vhosts.get(c.vhost)
+        for exchange, _ in c.messages:
+            if exchange not in v.exchanges:
+                raise NotFoundError(f"no exchange '{exchange}' in vhost '{c.vhost}'")
+        for queue, _, _ in c.timers:
+            if queue not in v.queues:
+                raise NotFoundError(f"no queue '{queue}' in vhost '{c.vhost}'")
+
+
+def _to(message: Message, queue: str) -> Message:
+    message.routing_key = queue
+    return message
