@@ -20,7 +20,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "tidings"
 #: The ground floor: imported by everything, imports nothing above it.
 GROUND = {"errors", "message", "codecs", "clock", "auth", "patterns", "statistics", "dead_letters",
           "stream_starts", "basic_properties", "content_header", "message_batches", "files",
-          "resources", "values", "record_batch", "kafka_records"}
+          "resources", "values", "record_batch", "kafka_records", "transitions"}
 
 #: routing/, lowest first: a module imports only modules listed before it.
 ROUTING_ORDER = ["arguments", "policies", "exchange", "topology_rows", "ready", "expiry",

@@ -62,6 +62,7 @@ from tidings.client.transport import (
     Delivery,
     QueueSpec,
     StreamSpec,
+    WithoutMachines,
 )
 from tidings.client.turns import Outcomes, TurnBatches
 from tidings.dead_letters import dead_letter_queue, replay_into, revive
@@ -223,7 +224,7 @@ def _forget_delay(headers: dict[str, Any]) -> None:
             headers.pop(key, None)
 
 
-class AmqpTransport:
+class AmqpTransport(WithoutMachines):
     """The client's :class:`~tidings.client.transport.Transport` over one AMQP connection."""
 
     def __init__(self, url: str, *, ssl_context: ssl.SSLContext | None = None,

@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from typing import Any
 
 from tidings.client.bodies import check_headers, encode_body
+from tidings.client.machine import Machine
+from tidings.client.machine_runner import MachineRunner
 from tidings.client.received import ReceivedMessage, Receiver
 from tidings.client.replay import EVENTS_LOG
 from tidings.client.runner import (
@@ -325,6 +327,13 @@ class Client:
                                 persistent=True)
         await self.transport.publish(topic, [message])
         return message.message_id or ""
+
+    def machine(self, machine: Machine[Any], *, prefetch: int = 100) -> MachineRunner[Any]:
+        """Run ``machine`` on this (open) client: ``await runner.start()`` applies the events
+        of its topics, one committed transition per event; ``get`` and ``list`` read its
+        instances (``client/machine_runner.py``). The embedded broker only, so far."""
+        return MachineRunner(machine, self.transport, prefetch=prefetch, new_id=self.new_id,
+                             ensure_queue=self.ensure_queue)
 
     async def publish_many(self, topic: str, events: Iterable[Any]) -> list[str]:
         messages = self._messages(events, None, True)

@@ -45,7 +45,13 @@ from typing import Any, Protocol
 
 from tidings.client.remote import Leases, QueueRules, dead_letter
 from tidings.client.tokens import Stored, Token
-from tidings.client.transport import Capabilities, Delivery, QueueSpec, StreamSpec
+from tidings.client.transport import (
+    Capabilities,
+    Delivery,
+    QueueSpec,
+    StreamSpec,
+    WithoutMachines,
+)
 from tidings.dead_letters import dead_letter_queue, replay_into
 from tidings.errors import InvalidArgumentError, NotFoundError, NotSupportedError
 from tidings.message import Message
@@ -230,7 +236,7 @@ class Consumer:
         self.core.consumers.discard(self)
 
 
-class EngineTransport:
+class EngineTransport(WithoutMachines):
     """The client's :class:`~tidings.client.transport.Transport` over one :class:`Engine`."""
 
     def __init__(self, engine: Engine) -> None:

@@ -19,6 +19,7 @@ from tidings.dead_letters import dead_letter_queue
 from tidings.errors import InvalidArgumentError, NotFoundError, PreconditionFailedError
 from tidings.message import Delivery, Message
 from tidings.routing.front_door import DEFAULT_VHOST, Consumer, FrontDoor
+from tidings.transitions import TransitionCommit
 from tidings.values import MAX_MESSAGE_BYTES
 
 VHOST = DEFAULT_VHOST
@@ -44,7 +45,7 @@ def spec_arguments(name: str, spec: QueueSpec) -> dict[str, Any]:
 def local_capabilities(*, durable: bool) -> Capabilities:
     """The embedded broker can do everything; ``memory://`` keeps nothing across a crash."""
     return Capabilities(
-        "the embedded broker", durable=durable,
+        "the embedded broker", durable=durable, machines=True,
         reasons=() if durable else (("durable", "memory:// keeps messages in RAM only; give "
                                                 "a data directory for durable ones"),))
 
@@ -180,6 +181,15 @@ class LocalTransport:
 
     async def statistics(self) -> Any:
         return self.broker.statistics()
+
+    async def commit_transition(self, token: Any, commit: TransitionCommit) -> None:
+        self.broker.commit_transition(self._session, token, commit)
+
+    async def find_instance(self, machine: str, key: str) -> bytes | None:
+        return self.broker.find_instance(VHOST, machine, key)
+
+    async def list_instances(self, machine: str) -> list[tuple[str, bytes]]:
+        return self.broker.list_instances(VHOST, machine)
 
     async def close(self) -> None:
         self._session.close()

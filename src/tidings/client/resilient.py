@@ -28,6 +28,7 @@ from tidings.client.transport import Capabilities, Delivery, QueueSpec, StreamSp
 from tidings.errors import BrokenResourceError, ClosedResourceError
 from tidings.message import Message
 from tidings.stream_starts import OFFSET, READER
+from tidings.transitions import TransitionCommit
 
 log = logging.getLogger("tidings.client")
 
@@ -306,6 +307,15 @@ class ResilientTransport:
 
     async def statistics(self) -> Any:
         return await self._run(lambda t: t.statistics())
+
+    async def commit_transition(self, token: Any, commit: TransitionCommit) -> None:
+        await self._run(lambda t: t.commit_transition(token, commit))
+
+    async def find_instance(self, machine: str, key: str) -> bytes | None:
+        return await self._run(lambda t: t.find_instance(machine, key))  # type: ignore[no-any-return]
+
+    async def list_instances(self, machine: str) -> list[tuple[str, bytes]]:
+        return await self._run(lambda t: t.list_instances(machine))  # type: ignore[no-any-return]
 
     async def close(self) -> None:
         self._closed = True

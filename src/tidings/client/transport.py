@@ -18,9 +18,10 @@ from typing import Any, Protocol
 from tidings.errors import NotSupportedError
 from tidings.message import Delivery, Message
 from tidings.patterns import EVENTS_EXCHANGE
+from tidings.transitions import TransitionCommit
 
 __all__ = ["EVENTS_EXCHANGE", "Capabilities", "Delivery", "QueueSpec", "StreamSpec",
-           "Subscription", "Transport"]
+           "Subscription", "Transport", "WithoutMachines"]
 
 
 
@@ -86,10 +87,15 @@ class Capabilities:
     #: Streams: ``client.stream``, ``append``, ``read``, named readers (and, on the brokers,
     #: ``keep_events`` with ``subscribe(replay=...)``).
     streams: bool = True
+    #: State machines run durably (``client.machine``): a transition, its messages, timers
+    #: and the event's ack committed as one step.
+    machines: bool = False
     #: For each capability that is False: why, and what to do instead.
     reasons: tuple[tuple[str, str], ...] = ()
 
     def reason(self, name: str) -> str:
+        if name == "machines" and name not in dict(self.reasons):
+            return "not yet: run the machine on a data directory (the embedded broker)"
         return dict(self.reasons).get(name, "not available on this broker")
 
     def unsupported(self, name: str, operation: str) -> NotSupportedError:
@@ -174,4 +180,29 @@ class Transport(Protocol):
 
     async def statistics(self) -> Any: ...
 
+    async def commit_transition(self, token: Any, commit: TransitionCommit) -> None:
+        """Commit a machine's transition with the ack of the delivery ``token`` (None: no
+        delivery to settle) as one step (when ``capabilities.machines``)."""
+        ...
+
+    async def find_instance(self, machine: str, key: str) -> bytes | None: ...
+
+    async def list_instances(self, machine: str) -> list[tuple[str, bytes]]: ...
+
     async def close(self) -> None: ...
+
+
+class WithoutMachines:
+    """The machine calls of a transport whose broker cannot commit a transition with its
+    event: each says so (``NotSupportedError`` naming the broker and what to do instead)."""
+
+    capabilities: Capabilities
+
+    async def commit_transition(self, token: Any, commit: TransitionCommit) -> None:
+        raise self.capabilities.unsupported("machines", "run a state machine")
+
+    async def find_instance(self, machine: str, key: str) -> bytes | None:
+        raise self.capabilities.unsupported("machines", "read a state machine's instance")
+
+    async def list_instances(self, machine: str) -> list[tuple[str, bytes]]:
+        raise self.capabilities.unsupported("machines", "list a state machine's instances")

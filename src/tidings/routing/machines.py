@@ -13,13 +13,15 @@ Everything that could refuse the step is checked before anything changes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from tidings.errors import InvalidArgumentError, NotFoundError, PreconditionFailedError
 from tidings.message import Message
 from tidings.routing.session import Session
 from tidings.routing.vhost import VirtualHosts
 from tidings.storage.base import Store
+from tidings.transitions import TransitionCommit
+
+__all__ = ["INSTANCE_ROWS", "MachineRows", "TransitionCommit"]
 
 #: The store's kind for instance rows.
 INSTANCE_ROWS = "machine-instance"
@@ -28,23 +30,6 @@ SEP = "\x1f"
 MAX_ROW_BYTES = 1 << 20
 #: Instances kept per machine (a bound on the memory the index takes).
 MAX_INSTANCES = 1_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class TransitionCommit:
-    """One transition, as the client hands it to the broker."""
-
-    vhost: str
-    machine: str
-    key: str
-    #: The instance's new row.
-    row: bytes
-    #: Messages it sends: (exchange, message).
-    messages: tuple[tuple[str, Message], ...] = ()
-    #: Timers it arms: (queue, message, delay in ms); the message's id names the timer.
-    timers: tuple[tuple[str, Message, int], ...] = ()
-    #: Timers it cancels: (queue, timer id).
-    cancels: tuple[tuple[str, str], ...] = ()
 
 
 class MachineRows:
@@ -73,9 +58,10 @@ class MachineRows:
                cancel: Callable[[str, str, str], object]) -> None:
         """Apply ``c`` and settle the event's delivery (None: the event came another way)."""
         self._check(session, delivery_tag, c)
-        instances = self.rows.setdefault((c.vhost, c.machine), {})
-        instances[c.key] = c.row
-        self._store.put_definition(INSTANCE_ROWS, SEP.join((c.vhost, c.machine, c.key)), c.row)
+        if c.row is not None:
+            self.rows.setdefault((c.vhost, c.machine), {})[c.key] = c.row
+            self._store.put_definition(INSTANCE_ROWS, SEP.join((c.vhost, c.machine, c.key)),
+                                       c.row)
         for exchange, message in c.messages:
             publish(c.vhost, exchange, message, None)
         for queue, ident in c.cancels:
@@ -88,7 +74,7 @@ class MachineRows:
     def _check(self, session: Session, delivery_tag: int | None, c: TransitionCommit) -> None:
         if delivery_tag is not None and not session.holds(delivery_tag):
             raise PreconditionFailedError(f"unknown delivery tag {delivery_tag}")
-        if len(c.row) > MAX_ROW_BYTES:
+        if c.row is not None and len(c.row) > MAX_ROW_BYTES:
             raise InvalidArgumentError(f"instance '{c.key}' of machine '{c.machine}' is "
                                        f"{len(c.row)} bytes; at most {MAX_ROW_BYTES}")
         known = self.rows.get((c.vhost, c.machine), {})

@@ -27,6 +27,7 @@ ROWS = (
     ("extend", "`message.extend()` a lease"),
     ("latency_statistics", "waiting / processing times in `statistics()`"),
     ("streams", "streams: `stream`, `append`, `read`, named readers"),
+    ("machines", "state machines: `client.machine(...)`, a transition committed with its event"),
 )
 
 BEGIN, END = "<!-- capability table: begin -->", "<!-- capability table: end -->"

@@ -1,0 +1,220 @@
+"""Running a :class:`~tidings.client.machine.Machine` durably on a client's transport.
+
+The machine's queue ``machine.NAME`` receives the events of every topic its transitions name
+(and its timers). Each event is applied by :meth:`Machine.step`, and what the step decided is
+committed by the broker as one step with the event's acknowledgement
+(``Transport.commit_transition``): the instance's new row, the messages, the timers armed and
+cancelled. A crash before that commit leaves everything as it was and the event comes again;
+after it, the event is gone and its effects are all there. So each event causes exactly one
+transition.
+
+Events of one instance are applied one at a time, in the order they arrive; instances run
+concurrently (one chain per key). An event for no instance that the initial state does not
+take, or one its state does not accept, becomes a dead letter in ``machine.NAME.dead`` with
+the reason in its ``x-machine-reason`` header, committed with its ack. A handler that raises
+is retried (the event comes back after a delay) until the queue's delivery limit
+dead-letters it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any, Generic, TypeVar
+
+from tidings.client.bodies import encode_body
+from tidings.client.machine import (
+    TIMER_PREFIX,
+    Event,
+    Instance,
+    Machine,
+    Step,
+    Verdict,
+    dump_data,
+    load_data,
+)
+from tidings.client.transport import EVENTS_EXCHANGE, QueueSpec, Subscription, Transport
+from tidings.dead_letters import dead_letter_queue
+from tidings.message import Delivery, Message
+from tidings.transitions import TransitionCommit
+
+log = logging.getLogger("tidings.client")
+D = TypeVar("D")
+VHOST = "/"
+#: The header that names a timer's topic (``timer:NAME``) on its message.
+TOPIC_HEADER = "x-machine-topic"
+KEY_HEADER = "x-machine-key"
+REASON_HEADER = "x-machine-reason"
+#: Seconds before a failed event is tried again.
+RETRY_DELAY_MS = 1_000
+
+
+def machine_queue(name: str) -> str:
+    return f"machine.{name}"
+
+
+def encode_instance(instance: Instance[Any]) -> bytes:
+    return json.dumps({
+        "state": instance.state, "data": dump_data(instance.data),
+        "version": instance.version, "history": instance.history, "seen": instance.seen,
+        "timers": {k: list(v) for k, v in instance.timers.items()},
+        "written_by": instance.written_by}, separators=(",", ":")).encode()
+
+
+def decode_instance(machine: Machine[D], key: str, row: bytes) -> Instance[D]:
+    d = json.loads(row)
+    return Instance(key, d["state"], load_data(machine.data_type, d["data"]), d["version"],
+                    d["history"], list(d["seen"]),
+                    {k: (v[0], v[1]) for k, v in d["timers"].items()}, d["written_by"])
+
+
+def event_of(delivery: Delivery) -> Event:
+    m = delivery.message
+    headers = m.headers or {}
+    topic = str(headers.get(TOPIC_HEADER) or m.routing_key)
+    body: Any = None
+    if m.body:
+        try:
+            body = json.loads(m.body)
+        except (ValueError, UnicodeDecodeError):
+            body = m.body
+    return Event(topic, m.message_id or f"seq-{delivery.delivery_tag}", body, dict(headers))
+
+
+class MachineRunner(Generic[D]):
+    """One machine on one transport: its queue, its consumer, its instances."""
+
+    def __init__(self, machine: Machine[D], transport: Transport, *, prefetch: int = 100,
+                 new_id: Callable[[], str] | None = None,
+                 ensure_queue: Callable[[str], Awaitable[None]] | None = None) -> None:
+        self.machine, self.transport, self.prefetch = machine, transport, prefetch
+        #: Declares a queue a transition sends to, as the client's ``send`` would.
+        self._ensure_queue = ensure_queue
+        self.queue = machine_queue(machine.name)
+        self._new_id = new_id
+        self._cache: dict[str, Instance[D]] = {}
+        self._chains: dict[str, asyncio.Task[None]] = {}
+        self._subscription: Subscription | None = None
+        #: Verdicts counted since start.
+        self.counts: dict[str, int] = {v.value: 0 for v in Verdict}
+
+    async def start(self) -> None:
+        if not self.transport.capabilities.machines:
+            raise self.transport.capabilities.unsupported("machines", "run a state machine")
+        await self.transport.declare_queue(self.queue, QueueSpec(delivery_limit=10))
+        for topic in sorted({t.topic for t in self.machine.transitions
+                             if not t.topic.startswith(TIMER_PREFIX)}):
+            await self.transport.bind_events(self.queue, topic)
+        self._subscription = await self.transport.consume(self.queue, self.prefetch,
+                                                          self._arrived)
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.cancel()
+            self._subscription = None
+        chains = list(self._chains.values())
+        if chains:
+            await asyncio.gather(*chains, return_exceptions=True)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def get(self, key: str) -> Instance[D] | None:
+        row = await self.transport.find_instance(self.machine.name, key)
+        return None if row is None else decode_instance(self.machine, key, row)
+
+    async def list(self, state: str | None = None) -> list[Instance[D]]:
+        rows = await self.transport.list_instances(self.machine.name)
+        found = [decode_instance(self.machine, key, row) for key, row in rows]
+        return sorted((i for i in found if state is None or i.state == state),
+                      key=lambda i: i.key)
+
+    # -- applying events --------------------------------------------------------------------
+
+    def _arrived(self, delivery: Delivery) -> None:
+        event = event_of(delivery)
+        try:
+            key = str(event.headers.get(KEY_HEADER) or self.machine.key_of(event))
+        except Exception as e:  # no key: it can never apply; a dead letter says why
+            key = ""
+            self._chain(key, self._dead(delivery, key, str(e)))
+            return
+        self._chain(key, self._apply(delivery, event, key))
+
+    def _chain(self, key: str, work: Any) -> None:
+        before = self._chains.get(key)
+
+        async def run() -> None:
+            if before is not None:
+                with contextlib.suppress(Exception):
+                    await before
+            await work
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._chains[key] = task
+        task.add_done_callback(lambda t: self._chains.pop(key, None)
+                               if self._chains.get(key) is t else None)
+
+    async def _apply(self, delivery: Delivery, event: Event, key: str) -> None:
+        try:
+            instance = self._cache.get(key)
+            if instance is None:
+                instance = await self.get(key)
+            step = self.machine.step(instance, event, key)
+            self.counts[step.verdict.value] += 1
+            if step.verdict is Verdict.APPLIED:
+                for queue in {e.queue for e in step.messages if e.queue}:
+                    if self._ensure_queue is not None:
+                        await self._ensure_queue(queue)
+                await self.transport.commit_transition(delivery.delivery_tag,
+                                                       self._commit(key, step, instance))
+                assert step.instance is not None
+                self._cache[key] = step.instance
+            elif step.verdict in (Verdict.UNKNOWN_INSTANCE, Verdict.NOT_ACCEPTED):
+                await self._dead(delivery, key, step.reason)
+            else:
+                await self.transport.ack([delivery.delivery_tag])
+        except Exception:
+            log.exception("machine '%s': event %s for '%s' failed; it comes again",
+                          self.machine.name, event.id, key)
+            self._cache.pop(key, None)
+            with contextlib.suppress(Exception):
+                await self.transport.nack(delivery.delivery_tag, True, RETRY_DELAY_MS)
+
+    async def _dead(self, delivery: Delivery, key: str, reason: str) -> None:
+        """A dead letter with its reason, committed with the event's ack."""
+        self.counts["dead_lettered"] = self.counts.get("dead_lettered", 0) + 1
+        m = delivery.message
+        dead = replace(m, routing_key=dead_letter_queue(self.queue),
+                       headers={**(m.headers or {}), REASON_HEADER: reason[:500]})
+        await self.transport.commit_transition(delivery.delivery_tag, TransitionCommit(
+            VHOST, self.machine.name, key, None, messages=(("", dead),)))
+
+    def _commit(self, key: str, step: Step[D], before: Instance[D] | None) -> TransitionCommit:
+        assert step.instance is not None
+        messages = []
+        for e in step.messages:
+            body, ctype = encode_body(e.body, None)
+            message = Message(body, e.queue or e.topic or "", headers=e.headers or None,
+                              content_type=ctype, message_id=self._id(), persistent=True)
+            messages.append(("" if e.queue else EVENTS_EXCHANGE, message))
+        armed = before.timers if before is not None else {}
+        cancels, timers = [], []
+        for change in step.timers:
+            old = armed.get(change.name)
+            if old is not None:
+                cancels.append((self.queue, old[0]))
+            if change.after_s is not None:
+                timer = Message(b"", self.queue, message_id=change.id, persistent=True,
+                                headers={TOPIC_HEADER: f"{TIMER_PREFIX}{change.name}",
+                                         KEY_HEADER: key})
+                timers.append((self.queue, timer, int(change.after_s * 1000)))
+        return TransitionCommit(VHOST, self.machine.name, key, encode_instance(step.instance),
+                                tuple(messages), tuple(timers), tuple(cancels))
+
+    def _id(self) -> str:
+        return self._new_id() if self._new_id is not None else uuid.uuid4().hex
