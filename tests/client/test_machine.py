@@ -5,57 +5,14 @@ redeliveries and late timers) against a hand-written model of the same order flo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tidings.client.machine import (
-    Event,
-    Instance,
-    Machine,
-    Output,
-    Verdict,
-    dump_data,
-    load_data,
-)
+from tidings.client.machine import Event, Instance, Machine, Verdict, dump_data, load_data
 from tidings.errors import ConfigError
 
-
-@dataclass
-class Order:
-    amount: int = 0
-    paid: int = 0
-    notes: list[str] = field(default_factory=list)
-
-
-def order_machine() -> Machine[Order]:
-    m: Machine[Order] = Machine("order", key="order_id", initial="new", data=Order,
-                                final=["shipped", "cancelled"])
-
-    @m.transition("new", on="orders.submitted", to="submitted")
-    def submitted(data: Order, event: Event, out: Output) -> None:
-        data.amount = event.body["amount"]
-        out.schedule("payment", after_s=1800)
-
-    @m.transition("submitted", on="orders.paid", to="paid",
-                  guard=lambda data, event: event.body["amount"] >= data.amount)
-    def paid(data: Order, event: Event, out: Output) -> None:
-        data.paid = event.body["amount"]
-        out.cancel("payment")
-        out.send("shipping", {"order_id": event.body["order_id"]})
-
-    @m.transition("submitted", on="timer:payment", to="cancelled")
-    def timed_out(data: Order, event: Event, out: Output) -> None:
-        data.notes.append("payment did not come")
-        out.publish("orders.cancelled", {"reason": "timeout"})
-
-    @m.transition("paid", on="orders.shipped", to="shipped")
-    def shipped(data: Order, event: Event, out: Output) -> None:
-        data.notes.append("shipped")
-
-    return m
+from .order_machine import Order, order_machine
 
 
 def ev(topic: str, ident: str, **body: object) -> Event:

@@ -7,46 +7,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import tidings
-from tidings.client.machine import Event, Machine, Output
 from tidings.errors import NotSupportedError
 
-
-@dataclass
-class Order:
-    amount: int = 0
-    paid: int = 0
-
-
-def orders(payment_s: float = 60.0) -> Machine[Order]:
-    m: Machine[Order] = Machine("order", key="order_id", initial="new", data=Order,
-                                final=["shipped", "cancelled"])
-
-    @m.transition("new", on="orders.submitted", to="submitted")
-    def submitted(data: Order, event: Event, out: Output) -> None:
-        data.amount = event.body["amount"]
-        out.schedule("payment", after_s=payment_s)
-
-    @m.transition("submitted", on="orders.paid", to="paid")
-    def paid(data: Order, event: Event, out: Output) -> None:
-        data.paid = event.body["amount"]
-        out.cancel("payment")
-        out.send("shipping", {"order_id": event.body["order_id"]})
-
-    @m.transition("submitted", on="timer:payment", to="cancelled")
-    def timed_out(data: Order, event: Event, out: Output) -> None:
-        out.publish("orders.cancelled", {"order_id": event.headers["x-machine-key"]})
-
-    @m.transition("paid", on="orders.shipped", to="shipped")
-    def shipped(data: Order, event: Event, out: Output) -> None:
-        pass
-
-    return m
+from .order_machine import order_machine
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
@@ -59,7 +27,7 @@ async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -
 async def test_orders_move_one_committed_transition_per_event(tmp_path: Path) -> None:
     data = tmp_path / "data"
     async with tidings.connect(str(data)) as client:
-        runner = client.machine(orders(payment_s=0.3))
+        runner = client.machine(order_machine(payment_s=0.3))
         await runner.start()
 
         async def state(key: str, wanted: str) -> bool:
@@ -88,7 +56,7 @@ async def test_orders_move_one_committed_transition_per_event(tmp_path: Path) ->
         assert [i.key for i in await runner.list(state="paid")] == ["o1"]
         await runner.stop()
     async with tidings.connect(str(data)) as client:  # kept across a reopen
-        runner = client.machine(orders())
+        runner = client.machine(order_machine())
         o1 = await runner.get("o1")
         assert o1 is not None and o1.state == "paid" and o1.history == 2
 

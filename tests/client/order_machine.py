@@ -1,0 +1,44 @@
+"""The order flow the state machine tests share: new -> submitted -> paid -> shipped, with a
+payment timer that cancels a submitted order nobody pays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tidings.client.machine import Event, Machine, Output
+
+
+@dataclass
+class Order:
+    amount: int = 0
+    paid: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def order_machine(payment_s: float = 1800) -> Machine[Order]:
+    m: Machine[Order] = Machine("order", key="order_id", initial="new", data=Order,
+                                final=["shipped", "cancelled"])
+
+    @m.transition("new", on="orders.submitted", to="submitted")
+    def submitted(data: Order, event: Event, out: Output) -> None:
+        data.amount = event.body["amount"]
+        out.schedule("payment", after_s=payment_s)
+
+    @m.transition("submitted", on="orders.paid", to="paid",
+                  guard=lambda data, event: event.body["amount"] >= data.amount)
+    def paid(data: Order, event: Event, out: Output) -> None:
+        data.paid = event.body["amount"]
+        out.cancel("payment")
+        out.send("shipping", {"order_id": event.body["order_id"]})
+
+    @m.transition("submitted", on="timer:payment", to="cancelled")
+    def timed_out(data: Order, event: Event, out: Output) -> None:
+        data.notes.append("payment did not come")
+        key = (event.body or {}).get("order_id") or event.headers.get("x-machine-key")
+        out.publish("orders.cancelled", {"order_id": key, "reason": "timeout"})
+
+    @m.transition("paid", on="orders.shipped", to="shipped")
+    def shipped(data: Order, event: Event, out: Output) -> None:
+        data.notes.append("shipped")
+
+    return m
