@@ -22,7 +22,7 @@ def order_machine(payment_s: float = 1800) -> Machine[Order]:
     @m.transition("new", on="orders.submitted", to="submitted")
     def submitted(data: Order, event: Event, out: Output) -> None:
         data.amount = event.body["amount"]
-        out.schedule("payment", after_s=payment_s)
+        out.schedule("payment", after_s=event.body.get("pay_within_s", payment_s))
 
     @m.transition("submitted", on="orders.paid", to="paid",
                   guard=lambda data, event: event.body["amount"] >= data.amount)

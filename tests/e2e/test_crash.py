@@ -27,9 +27,11 @@ CHILD = Path(__file__).with_name("crash_child.py")
 KILLS = int(os.environ.get("TIDINGS_CRASH_KILLS", "24"))
 
 
-def run_and_kill(data_dir: Path, log: Path, run: int, rng: random.Random) -> None:
+def run_and_kill(data_dir: Path, log: Path, run: int, rng: random.Random,
+                 child_script: Path = CHILD) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    child = subprocess.Popen([sys.executable, str(CHILD), str(data_dir), str(log), str(run)],
+    child = subprocess.Popen([sys.executable, str(child_script), str(data_dir), str(log),
+                              str(run)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
         assert child.stdout is not None
