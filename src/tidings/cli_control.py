@@ -32,7 +32,8 @@ CONTROL_FILE = "control.json"
 #: Commands that need a running server (connections exist only in one).
 LIVE_ONLY = ("connections", "channels", "consumers", "close", "status", "ping")
 COMMANDS = ("queues", "streams", "exchanges", "bindings", "policies", "declare", "delete",
-            "purge", "publish", "get", "stats", "dead-letters", "definitions", *LIVE_ONLY)
+            "purge", "publish", "get", "stats", "dead-letters", "definitions", "machines",
+            *LIVE_ONLY)
 
 
 # -- the parsers -------------------------------------------------------------------------------
@@ -154,6 +155,12 @@ def _add_operator_parsers(commands: Any) -> None:
             p.add_argument("--apply-to", default="all",
                            choices=("all", "queues", "exchanges", "classic_queues",
                                     "quorum_queues", "streams"), help="what it applies to")
+    p = _parser(commands, "machines", "state machines: instances per state, one machine's "
+                                      "instances, or one instance")
+    p.add_argument("name", nargs="?", help="a machine: its instances")
+    p.add_argument("key", nargs="?", help="an instance of it: the whole instance")
+    p.add_argument("--state", help="only instances in this state")
+    _vhost(p)
     p = _parser(commands, "stats", "broker statistics (or one queue's) as JSON")
     p.add_argument("--queue", help="only this queue")
     _vhost(p)
@@ -552,9 +559,33 @@ async def _dead_letters(api: Api, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _machines(api: Api, args: argparse.Namespace) -> int:
+    _, v = _vhost_of(args)
+    if args.key is not None:
+        found = await api.call("GET", f"/api/machines/{v}/{_q(args.name)}/{_q(args.key)}")
+        print(json.dumps(found, indent=2))
+        return 0
+    if args.name is None:
+        rows = await api.call("GET", "/api/machines")
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print_table(rows, [("vhost", "vhost"), ("machine", "name"),
+                               ("instances", "instances"), ("states", "states")])
+        return 0
+    query = f"?page_size=500&state={quote(args.state)}" if args.state else "?page_size=500"
+    found = await api.call("GET", f"/api/machines/{v}/{_q(args.name)}{query}")
+    if args.json:
+        print(json.dumps(found, indent=2))
+    else:
+        print_table(found["items"], [(k, k) for k in ("key", "state", "version", "history")])
+    return 0
+
+
 async def _command(api: Api, args: argparse.Namespace) -> int:
-    handlers = {"declare": _declare, "delete": _delete, "purge": _purge, "publish": _publish,
-                "get": _get, "close": _close, "ping": _ping, "status": _status,
+    handlers = {"machines": _machines, "declare": _declare, "delete": _delete,
+                "purge": _purge, "publish": _publish, "get": _get, "close": _close,
+                "ping": _ping, "status": _status,
                 "policies": _policies, "stats": _stats, "dead-letters": _dead_letters,
                 "definitions": _definitions}
     return await handlers.get(args.command, _listing)(api, args)

@@ -1,13 +1,17 @@
-"""A state machine's transition as the client hands it to the broker: one step to commit.
+"""A state machine's transition as the client hands it to the broker: one step to commit,
+and the instance row it writes.
 
 Plain data shared by the client (which builds it from a machine's step) and the broker (which
 applies it, ``routing/machines.py``): the instance's new row, the messages the transition
-sends, the timers it arms and cancels. The event's acknowledgement goes with it.
+sends, the timers it arms and cancels. The event's acknowledgement goes with it. The row is
+JSON in one shape (:func:`instance_row`), which the HTTP API and the CLI read too.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 from tidings.message import Message
 
@@ -25,3 +29,20 @@ class TransitionCommit:
     timers: tuple[tuple[str, Message, int], ...] = ()
     #: Timers it cancels: (queue, timer id).
     cancels: tuple[tuple[str, str], ...] = ()
+
+
+def instance_row(state: str, data: Any, version: int, history: int, seen: list[str],
+                 timers: dict[str, tuple[str, str]], written_by: int) -> bytes:
+    """An instance as the broker keeps it: JSON the client writes and every face reads."""
+    return json.dumps({"state": state, "data": data, "version": version, "history": history,
+                       "seen": seen, "timers": {k: list(v) for k, v in timers.items()},
+                       "written_by": written_by}, separators=(",", ":")).encode()
+
+
+def read_row(row: bytes) -> dict[str, Any]:
+    """An instance row's fields (``timers`` as name -> (id, state))."""
+    d = json.loads(row)
+    if not isinstance(d, dict) or "state" not in d:
+        raise ValueError("not an instance row")
+    d["timers"] = {k: (v[0], v[1]) for k, v in d.get("timers", {}).items()}
+    return d  # type: ignore[no-any-return]

@@ -73,3 +73,52 @@ async def test_a_broker_that_cannot_commit_with_the_event_says_so() -> None:
 
     with pytest.raises(NotSupportedError, match=r"RabbitMQ 3\.10"):
         await Remote().commit_transition(None, None)  # type: ignore[arg-type]
+
+
+async def test_instances_are_read_over_http_and_the_cli(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tidings.auth import UserStore
+    from tidings.http.app import build_app
+
+    data = tmp_path / "data"
+    async with tidings.connect(str(data)) as client:
+        runner = client.machine(order_machine())
+        await runner.start()
+        for i in range(3):
+            await client.publish("orders.submitted", {"order_id": f"o{i}", "amount": 2})
+        await client.publish("orders.paid", {"order_id": "o1", "amount": 2})
+
+        async def settled() -> bool:
+            return [i.state for i in await runner.list()] == ["submitted", "paid", "submitted"]
+
+        await until(settled)
+        await runner.stop()
+        broker = client.transport.broker  # type: ignore[attr-defined]
+        app = build_app(broker, UserStore(data))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://gw", auth=("guest", "guest")) as api:
+            assert (await api.get("/api/machines")).json() == [
+                {"vhost": "/", "name": "order", "instances": 3,
+                 "states": {"paid": 1, "submitted": 2}}]
+            page = (await api.get("/api/machines/%2F/order",
+                                  params={"state": "submitted", "page_size": 1})).json()
+            assert (page["filtered_count"], [i["key"] for i in page["items"]]) == (2, ["o0"])
+            one = (await api.get("/api/machines/%2F/order/o1")).json()
+            assert (one["state"], one["data"]["paid"], one["version"]) == ("paid", 2, 2)
+            assert (await api.get("/api/machines/%2F/order/nope")).status_code == 404
+            assert (await api.get("/api/machines/%2F/other")).status_code == 404
+    out = subprocess.run([sys.executable, "-m", "tidings", "--data-dir", str(data), "machines",
+                          "order", "--state", "paid"], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[:4] == ["key", "state", "version", "history"]
+    assert out.stdout.splitlines()[1].split() == ["o1", "paid", "2", "2"]
+    shown = subprocess.run([sys.executable, "-m", "tidings", "--data-dir", str(data),
+                            "machines", "order", "o0"], capture_output=True, text=True,
+                           timeout=60, check=False)
+    assert json.loads(shown.stdout)["timers"]["payment"]["armed_in"] == "submitted"

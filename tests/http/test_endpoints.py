@@ -20,6 +20,7 @@ from tidings.http.endpoints import (
     dead_letters,
     events,
     leases,
+    machines,
     metrics,
     policies,
     queues,
@@ -44,8 +45,8 @@ async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def test_the_route_table_names_module_level_endpoints() -> None:
-    modules = (access, admin, dead_letters, events, leases, metrics, policies, queues,
-               rabbitmq)
+    modules = (access, admin, dead_letters, events, leases, machines, metrics, policies,
+               queues, rabbitmq)
     endpoints = [getattr(r, "endpoint", None) for r in ROUTES]
     assert all(e is None or e.__module__ in {m.__name__ for m in modules} for e in endpoints)
     assert {e.__module__ for e in endpoints if e is not None} == {m.__name__ for m in modules}

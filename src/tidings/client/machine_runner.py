@@ -41,7 +41,7 @@ from tidings.client.machine import (
 from tidings.client.transport import EVENTS_EXCHANGE, QueueSpec, Subscription, Transport
 from tidings.dead_letters import dead_letter_queue
 from tidings.message import Delivery, Message
-from tidings.transitions import TransitionCommit
+from tidings.transitions import TransitionCommit, instance_row, read_row
 
 log = logging.getLogger("tidings.client")
 D = TypeVar("D")
@@ -59,18 +59,14 @@ def machine_queue(name: str) -> str:
 
 
 def encode_instance(instance: Instance[Any]) -> bytes:
-    return json.dumps({
-        "state": instance.state, "data": dump_data(instance.data),
-        "version": instance.version, "history": instance.history, "seen": instance.seen,
-        "timers": {k: list(v) for k, v in instance.timers.items()},
-        "written_by": instance.written_by}, separators=(",", ":")).encode()
+    return instance_row(instance.state, dump_data(instance.data), instance.version,
+                        instance.history, instance.seen, instance.timers, instance.written_by)
 
 
 def decode_instance(machine: Machine[D], key: str, row: bytes) -> Instance[D]:
-    d = json.loads(row)
+    d = read_row(row)
     return Instance(key, d["state"], load_data(machine.data_type, d["data"]), d["version"],
-                    d["history"], list(d["seen"]),
-                    {k: (v[0], v[1]) for k, v in d["timers"].items()}, d["written_by"])
+                    d["history"], list(d["seen"]), d["timers"], d["written_by"])
 
 
 def event_of(delivery: Delivery) -> Event:

@@ -24,6 +24,7 @@ from tidings.http.endpoints import (
     dead_letters,
     events,
     leases,
+    machines,
     metrics,
     policies,
     queues,
@@ -98,6 +99,9 @@ ROUTES: list[BaseRoute] = [
     # metrics
     Route("/metrics", metrics.metrics),
     Route("/api/overview", metrics.api_overview),
+    Route("/api/machines", machines.list_machines),
+    Route("/api/machines/{vhost}/{name}", machines.get_machine),
+    Route("/api/machines/{vhost}/{name}/{key}", machines.get_instance),
     Route("/api/history", metrics.node_history),
     Route("/api/history/queues/{vhost}/{name}", metrics.queue_history),
     # events

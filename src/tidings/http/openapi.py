@@ -282,6 +282,14 @@ def _access_paths() -> dict[str, Any]:
             "summary": "A message through the vhost's aliveness-test queue",
             "parameters": _path("vhost"), "responses": _ok("ok")}},
         "/api/parameters": listing("Runtime parameters (tidings has none)"),
+        "/api/machines": listing("State machines with instances, counts per state"),
+        "/api/machines/{vhost}/{name}": {"get": {
+            "summary": "Counts per state and a page of instances (?state=&page=&page_size=)",
+            "parameters": _path("vhost", "name"), "responses": _ok("ok", {"type": "object"})}},
+        "/api/machines/{vhost}/{name}/{key}": {"get": {
+            "summary": "One instance: state, data, version, history, timers",
+            "parameters": _path("vhost", "name", "key"),
+            "responses": _ok("ok", {"type": "object"})}},
         "/api/history": {"get": {"summary": "The node's numbers of the last 15 minutes, "
                                             "every 5 s (administrator, monitoring)",
                                  "responses": _ok("ok", {"type": "object"})}},

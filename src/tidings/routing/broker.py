@@ -266,6 +266,9 @@ class Broker:
     def list_instances(self, vhost: str, machine: str) -> list[tuple[str, bytes]]:
         return self.machine_rows.list(vhost, machine)
 
+    def machine_names(self, vhost: str) -> list[str]:
+        return self.machine_rows.machines(vhost)
+
     def set_policy(self, policy: Policy) -> None:
         self.declarations.set_policy(policy)
 

@@ -156,6 +156,10 @@ class FrontDoor(Protocol):
 
     def list_instances(self, vhost: str, machine: str) -> list[tuple[str, bytes]]: ...
 
+    def machine_names(self, vhost: str) -> list[str]:
+        """The machines with instances in ``vhost``."""
+        ...
+
     # -- policies (``make_policy`` checks one; see ``routing/policies.py``)
     def set_policy(self, policy: Policy) -> None: ...
 

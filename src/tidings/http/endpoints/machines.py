@@ -1,0 +1,77 @@
+"""State machine instances over HTTP: which machines have instances, how many are in each
+state, one page of them, and one instance whole (``/api/machines``, tidings' own).
+
+Reading a machine needs read permission on its queue (``machine.NAME``). Instances are the
+rows the client writes (``transitions.py``); their data is shown as the machine stored it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from tidings.errors import NotFoundError
+from tidings.http import schemas as sch
+from tidings.http.gateway import Gateway, gateway, name_of, vhost_of
+from tidings.transitions import read_row
+
+#: Largest page of instances.
+MAX_PAGE_SIZE = 500
+
+
+Rows = list[tuple[str, dict[str, Any]]]
+
+
+def _rows(gw: Gateway, request: Request, vhost: str, name: str) -> Rows:
+    gw.check(request, "read", "queue", f"machine.{name}", vhost)
+    known = vhost in gw.broker.vhost_names() and name in gw.broker.machine_names(vhost)
+    if not known:
+        raise NotFoundError(f"no machine '{name}' with instances in vhost '{vhost}'")
+    return [(key, read_row(row)) for key, row in gw.broker.list_instances(vhost, name)]
+
+
+def _summary(vhost: str, name: str, rows: Rows) -> dict[str, Any]:
+    return {"vhost": vhost, "name": name, "instances": len(rows),
+            "states": dict(sorted(Counter(d["state"] for _, d in rows).items()))}
+
+
+async def list_machines(request: Request) -> JSONResponse:
+    gw = gateway(request)
+    return JSONResponse([
+        _summary(v, name, [(k, read_row(r)) for k, r in gw.broker.list_instances(v, name)])
+        for v in gw.vhosts(request) for name in gw.broker.machine_names(v)])
+
+
+async def get_machine(request: Request) -> JSONResponse:
+    """Counts per state and one page of instances (``state``, ``page``, ``page_size``)."""
+    gw, vhost, name = gateway(request), vhost_of(request), name_of(request)
+    rows = _rows(gw, request, vhost, name)
+    params = dict(request.query_params)
+    page = sch.integer(params, "page", 1, 1, 10**9) or 1
+    size = sch.integer(params, "page_size", 100, 1, MAX_PAGE_SIZE) or 100
+    wanted = params.get("state")
+    chosen = sorted((k, d) for k, d in rows if wanted is None or d["state"] == wanted)
+    shown = chosen[(page - 1) * size:page * size]
+    return JSONResponse({**_summary(vhost, name, rows), "filtered_count": len(chosen),
+                         "page": page, "page_size": size,
+                         "items": [{"key": k, "state": d["state"], "version": d["version"],
+                                    "history": d["history"], "written_by": d["written_by"]}
+                                   for k, d in shown]})
+
+
+async def get_instance(request: Request) -> JSONResponse:
+    gw, vhost, name = gateway(request), vhost_of(request), name_of(request)
+    key = request.path_params["key"]
+    gw.check(request, "read", "queue", f"machine.{name}", vhost)
+    row = gw.broker.find_instance(vhost, name, key) \
+        if vhost in gw.broker.vhost_names() else None
+    if row is None:
+        raise NotFoundError(f"no instance '{key}' of machine '{name}' in vhost '{vhost}'")
+    d = read_row(row)
+    return JSONResponse({"key": key, "machine": name, "vhost": vhost, **{
+        k: d[k] for k in ("state", "data", "version", "history", "written_by")},
+        "timers": {t: {"id": i, "armed_in": s} for t, (i, s) in d["timers"].items()},
+        "recent_events": d["seen"][-10:]})
