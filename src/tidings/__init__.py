@@ -5,6 +5,7 @@
 """
 
 from tidings.client import BlockingClient, Client, ReceivedMessage, StreamRecord
+from tidings.client.machine import Event, Machine, Output
 from tidings.client.tasks import TaskError, TaskHandle
 from tidings.errors import (
     AccessRefusedError,
@@ -31,11 +32,14 @@ __all__ = [
     "Client",
     "ClosedResourceError",
     "ConfigError",
+    "Event",
     "InvalidArgumentError",
+    "Machine",
     "Message",
     "NotAllowedError",
     "NotFoundError",
     "NotSupportedError",
+    "Output",
     "PreconditionFailedError",
     "ReceivedMessage",
     "ResourceLockedError",
