@@ -32,11 +32,14 @@ class TransitionCommit:
 
 
 def instance_row(state: str, data: Any, version: int, history: int, seen: list[str],
-                 timers: dict[str, tuple[str, str]], written_by: int) -> bytes:
-    """An instance as the broker keeps it: JSON the client writes and every face reads."""
+                 timers: dict[str, tuple[str, str]], written_by: int,
+                 updated_at: float) -> bytes:
+    """An instance as the broker keeps it: JSON the client writes and every face reads
+    (``updated_at``: when it entered its state, epoch seconds)."""
     return json.dumps({"state": state, "data": data, "version": version, "history": history,
                        "seen": seen, "timers": {k: list(v) for k, v in timers.items()},
-                       "written_by": written_by}, separators=(",", ":")).encode()
+                       "written_by": written_by, "updated_at": round(updated_at, 3)},
+                      separators=(",", ":")).encode()
 
 
 def read_row(row: bytes) -> dict[str, Any]:
@@ -45,4 +48,16 @@ def read_row(row: bytes) -> dict[str, Any]:
     if not isinstance(d, dict) or "state" not in d:
         raise ValueError("not an instance row")
     d["timers"] = {k: (v[0], v[1]) for k, v in d.get("timers", {}).items()}
+    d.setdefault("updated_at", 0.0)
     return d  # type: ignore[no-any-return]
+
+
+def state_numbers(rows: list[dict[str, Any]], now: float) -> dict[str, dict[str, Any]]:
+    """Per state: its instances, and how long the one longest in it has been there (s)."""
+    out: dict[str, dict[str, Any]] = {}
+    for d in rows:
+        entry = out.setdefault(d["state"], {"instances": 0, "oldest_s": 0.0})
+        entry["instances"] += 1
+        if d["updated_at"]:
+            entry["oldest_s"] = round(max(entry["oldest_s"], now - d["updated_at"]), 3)
+    return dict(sorted(out.items()))

@@ -102,9 +102,18 @@ async def test_instances_are_read_over_http_and_the_cli(tmp_path: Path) -> None:
         app = build_app(broker, UserStore(data))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                      base_url="http://gw", auth=("guest", "guest")) as api:
-            assert (await api.get("/api/machines")).json() == [
-                {"vhost": "/", "name": "order", "instances": 3,
-                 "states": {"paid": 1, "submitted": 2}}]
+            [listed] = (await api.get("/api/machines")).json()
+            assert (listed["name"], listed["instances"], listed["states"]) == \
+                ("order", 3, {"paid": 1, "submitted": 2})
+            assert 0 <= listed["oldest_s"]["submitted"] < 60
+            metrics = (await api.get("/metrics")).text
+            assert 'tidings_machine_instances{machine="order",state="submitted",vhost="/"} ' \
+                   '2.0' in metrics
+            numbers = runner.statistics()
+            assert numbers["transitions"]["submitted -> paid on orders.paid"]["count"] == 1
+            assert numbers["events"]["applied"] == 4
+            assert numbers["transitions"]["new -> submitted on orders.submitted"][
+                "commit_ms"].count == 3
             page = (await api.get("/api/machines/%2F/order",
                                   params={"state": "submitted", "page_size": 1})).json()
             assert (page["filtered_count"], [i["key"] for i in page["items"]]) == (2, ["o0"])

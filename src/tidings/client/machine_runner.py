@@ -22,9 +22,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
 from tidings.client.bodies import encode_body
@@ -41,6 +42,7 @@ from tidings.client.machine import (
 from tidings.client.transport import EVENTS_EXCHANGE, QueueSpec, Subscription, Transport
 from tidings.dead_letters import dead_letter_queue
 from tidings.message import Delivery, Message
+from tidings.statistics import Histogram
 from tidings.transitions import TransitionCommit, instance_row, read_row
 
 log = logging.getLogger("tidings.client")
@@ -54,13 +56,22 @@ REASON_HEADER = "x-machine-reason"
 RETRY_DELAY_MS = 1_000
 
 
+@dataclass
+class TransitionNumbers:
+    count: int = 0
+    failures: int = 0
+    handler: Histogram = field(default_factory=Histogram)
+    commit: Histogram = field(default_factory=Histogram)
+
+
 def machine_queue(name: str) -> str:
     return f"machine.{name}"
 
 
-def encode_instance(instance: Instance[Any]) -> bytes:
+def encode_instance(instance: Instance[Any], now: float) -> bytes:
     return instance_row(instance.state, dump_data(instance.data), instance.version,
-                        instance.history, instance.seen, instance.timers, instance.written_by)
+                        instance.history, instance.seen, instance.timers, instance.written_by,
+                        now)
 
 
 def decode_instance(machine: Machine[D], key: str, row: bytes) -> Instance[D]:
@@ -98,6 +109,8 @@ class MachineRunner(Generic[D]):
         self._subscription: Subscription | None = None
         #: Verdicts counted since start.
         self.counts: dict[str, int] = {v.value: 0 for v in Verdict}
+        #: Per transition (``source -> target on topic``): counts and times.
+        self.transitions: dict[str, TransitionNumbers] = {}
 
     async def start(self) -> None:
         if not self.transport.capabilities.machines:
@@ -160,16 +173,27 @@ class MachineRunner(Generic[D]):
             instance = self._cache.get(key)
             if instance is None:
                 instance = await self.get(key)
-            step = self.machine.step(instance, event, key)
+            started = time.perf_counter()
+            try:
+                step = self.machine.step(instance, event, key)
+            except Exception:
+                self._failed(instance, event)
+                raise
+            handled = time.perf_counter()
             self.counts[step.verdict.value] += 1
             if step.verdict is Verdict.APPLIED:
                 for queue in {e.queue for e in step.messages if e.queue}:
                     if self._ensure_queue is not None:
                         await self._ensure_queue(queue)
+                committing = time.perf_counter()
                 await self.transport.commit_transition(delivery.delivery_tag,
                                                        self._commit(key, step, instance))
-                assert step.instance is not None
+                assert step.instance is not None and step.transition is not None
                 self._cache[key] = step.instance
+                numbers = self._numbers(step.transition.name)
+                numbers.count += 1
+                numbers.handler.observe((handled - started) * 1000)
+                numbers.commit.observe((time.perf_counter() - committing) * 1000)
             elif step.verdict in (Verdict.UNKNOWN_INSTANCE, Verdict.NOT_ACCEPTED):
                 await self._dead(delivery, key, step.reason)
             else:
@@ -180,6 +204,29 @@ class MachineRunner(Generic[D]):
             self._cache.pop(key, None)
             with contextlib.suppress(Exception):
                 await self.transport.nack(delivery.delivery_tag, True, RETRY_DELAY_MS)
+
+    def _numbers(self, transition: str) -> TransitionNumbers:
+        found = self.transitions.get(transition)
+        if found is None:
+            found = self.transitions[transition] = TransitionNumbers()
+        return found
+
+    def _failed(self, instance: Instance[D] | None, event: Event) -> None:
+        """A handler (or guard) raised: counted against the transition it was in."""
+        state = instance.state if instance is not None else self.machine.initial
+        for t in self.machine.transitions:
+            if t.source == state and t.topic == event.topic:
+                self._numbers(t.name).failures += 1
+                return
+
+    def statistics(self) -> dict[str, Any]:
+        """Per transition: how many committed, handler and commit time (ms), failures; and
+        the verdicts of every event so far (applied, duplicate, stale, dead-lettered, ...)."""
+        return {"machine": self.machine.name, "events": dict(self.counts),
+                "transitions": {name: {"count": n.count, "failures": n.failures,
+                                       "handler_ms": n.handler.summary(),
+                                       "commit_ms": n.commit.summary()}
+                                for name, n in sorted(self.transitions.items())}}
 
     async def _dead(self, delivery: Delivery, key: str, reason: str) -> None:
         """A dead letter with its reason, committed with the event's ack."""
@@ -209,7 +256,8 @@ class MachineRunner(Generic[D]):
                                 headers={TOPIC_HEADER: f"{TIMER_PREFIX}{change.name}",
                                          KEY_HEADER: key})
                 timers.append((self.queue, timer, int(change.after_s * 1000)))
-        return TransitionCommit(VHOST, self.machine.name, key, encode_instance(step.instance),
+        return TransitionCommit(VHOST, self.machine.name, key,
+                                encode_instance(step.instance, time.time()),
                                 tuple(messages), tuple(timers), tuple(cancels))
 
     def _id(self) -> str:

@@ -6,6 +6,7 @@ Log-scale latency buckets are folded into fixed Prometheus buckets (seconds).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from tidings.http.management import message_stats, totals
 from tidings.http.prometheus_rabbitmq import SERVER_COUNTS, rabbitmq_families
 from tidings.routing.front_door import FrontDoor
 from tidings.statistics import COUNTERS, BrokerStatistics, Histogram, QueueStatistics
+from tidings.transitions import read_row, state_numbers
 
 #: The Prometheus text format's media type.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -54,6 +56,10 @@ class BrokerCollector(Collector):
     def __init__(self, broker: FrontDoor, extra: Callable[[], dict[str, float]] | None,
                  vhosts: set[str] | None = None) -> None:
         self.broker, self.extra, self.vhosts = broker, extra, vhosts
+
+    def machine_metrics(self) -> Iterator[Metric]:
+        shown = [v for v in self.broker.vhost_names() if self.vhosts is None or v in self.vhosts]
+        return _machine_families(self.broker, shown)
 
     def collect(self) -> Iterator[Metric]:
         labels = ["vhost", "queue"]
@@ -89,6 +95,7 @@ class BrokerCollector(Collector):
         yield waiting
         yield processing
         yield from stream_metrics(stats)
+        yield from self.machine_metrics()
         server = self.extra() if self.extra else {}
         for name, value in server.items():
             if name not in SERVER_COUNTS:
@@ -97,6 +104,24 @@ class BrokerCollector(Collector):
                 yield g
         if self.vhosts is None:  # node-wide: for those who see every vhost
             yield from rabbitmq_families(stats, visible_queues(stats), server)
+
+
+def _machine_families(broker: FrontDoor, vhosts: list[str]) -> Iterator[Metric]:
+    """Per state machine and state: its instances and the age of the one there longest."""
+    labels = ["vhost", "machine", "state"]
+    count = GaugeMetricFamily("tidings_machine_instances", "Instances in the state",
+                              labels=labels)
+    oldest = GaugeMetricFamily("tidings_machine_oldest_seconds", "Seconds the instance "
+                               "longest in the state has been there", labels=labels)
+    now = time.time()
+    for v in vhosts:
+        for name in broker.machine_names(v):
+            rows = [read_row(row) for _, row in broker.list_instances(v, name)]
+            for state, n in state_numbers(rows, now).items():
+                count.add_metric([v, name, state], n["instances"])
+                oldest.add_metric([v, name, state], n["oldest_s"])
+    yield count
+    yield oldest
 
 
 def stream_metrics(stats: BrokerStatistics) -> Iterator[Metric]:

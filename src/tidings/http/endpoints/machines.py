@@ -7,7 +7,7 @@ rows the client writes (``transitions.py``); their data is shown as the machine 
 
 from __future__ import annotations
 
-from collections import Counter
+import time
 from typing import Any
 
 from starlette.requests import Request
@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 from tidings.errors import NotFoundError
 from tidings.http import schemas as sch
 from tidings.http.gateway import Gateway, gateway, name_of, vhost_of
-from tidings.transitions import read_row
+from tidings.transitions import read_row, state_numbers
 
 #: Largest page of instances.
 MAX_PAGE_SIZE = 500
@@ -34,8 +34,10 @@ def _rows(gw: Gateway, request: Request, vhost: str, name: str) -> Rows:
 
 
 def _summary(vhost: str, name: str, rows: Rows) -> dict[str, Any]:
+    numbers = state_numbers([d for _, d in rows], time.time())
     return {"vhost": vhost, "name": name, "instances": len(rows),
-            "states": dict(sorted(Counter(d["state"] for _, d in rows).items()))}
+            "states": {state: n["instances"] for state, n in numbers.items()},
+            "oldest_s": {state: n["oldest_s"] for state, n in numbers.items()}}
 
 
 async def list_machines(request: Request) -> JSONResponse:
