@@ -127,7 +127,8 @@ async def _run(args: argparse.Namespace) -> int:
     if args.command in ("users", "vhosts", "tokens"):
         return run_users_command(args)
     creates = args.command == "definitions" and args.action == "import"
-    if not os.path.isdir(args.data_dir) and not creates:
+    drawing = args.command == "machines" and args.name == "graph"  # reads no directory
+    if not os.path.isdir(args.data_dir) and not creates and not drawing:
         raise tidings.ConfigError(f"no data directory '{args.data_dir}' (see --data-dir)")
     if args.command == "quarantine":
         return await _quarantine(args)

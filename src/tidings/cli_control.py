@@ -157,9 +157,11 @@ def _add_operator_parsers(commands: Any) -> None:
                                     "quorum_queues", "streams"), help="what it applies to")
     p = _parser(commands, "machines", "state machines: instances per state, one machine's "
                                       "instances, or one instance")
-    p.add_argument("name", nargs="?", help="a machine: its instances")
+    p.add_argument("name", nargs="?", help="a machine: its instances ('graph': draw the "
+                                           "machine KEY names as MODULE:MACHINE)")
     p.add_argument("key", nargs="?", help="an instance of it: the whole instance")
     p.add_argument("--state", help="only instances in this state")
+    p.add_argument("--svg", action="store_true", help="graph: SVG instead of Mermaid text")
     _vhost(p)
     p = _parser(commands, "stats", "broker statistics (or one queue's) as JSON")
     p.add_argument("--queue", help="only this queue")
@@ -309,6 +311,8 @@ def _q(name: str) -> str:
 
 
 async def run_control_command(args: argparse.Namespace) -> int:
+    if args.command == "machines" and args.name == "graph":  # the definition only
+        return _graph(args.key, args.svg)
     remote = find_server(args.data_dir)
     if remote is None and args.command in LIVE_ONLY:
         if args.command in ("status", "ping"):
@@ -556,6 +560,19 @@ async def _dead_letters(api: Api, args: argparse.Namespace) -> int:
     for m in rows:
         death = ((m.get("headers") or {}).get("x-death") or [{}])[0]
         print(f"{m.get('message_id')}\t{death.get('reason', '?')}\t{str(m.get('body'))[:60]!r}")
+    return 0
+
+
+def _graph(spec: str | None, as_svg: bool) -> int:
+    """``tidings machines graph MODULE:MACHINE``: its diagram, from its definition."""
+    from tidings.cli_worker import load_object
+    from tidings.client.machine import Machine
+    from tidings.client.machine_diagram import svg
+
+    if spec is None:
+        raise ConfigError("tidings machines graph needs MODULE:MACHINE (e.g. app.orders:machine)")
+    machine = load_object(spec, Machine, "a tidings Machine", "app.orders:machine")
+    print(svg(machine) if as_svg else machine.mermaid(), end="")
     return 0
 
 

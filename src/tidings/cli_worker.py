@@ -85,22 +85,29 @@ def _seconds(text: str) -> float:
     return value
 
 
-def load_client(spec: str) -> Any:
-    """The Client that ``module:attribute`` names (the current directory is importable)."""
-    from tidings.client.client import Client
-
+def load_object(spec: str, kind: type, what: str, example: str) -> Any:
+    """The object of type ``kind`` that ``module:attribute`` names (the current directory is
+    importable); ConfigError in one line otherwise."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
-        raise ConfigError(f"'{spec}' is not module:attribute (e.g. app.jobs:client)")
+        raise ConfigError(f"'{spec}' is not module:attribute (e.g. {example})")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise ConfigError(f"cannot import '{module_name}': {e}") from e
-    client = getattr(module, attribute, None)
-    if not isinstance(client, Client):
-        raise ConfigError(f"'{spec}' is not a tidings Client (found {type(client).__name__})")
+    found = getattr(module, attribute, None)
+    if not isinstance(found, kind):
+        raise ConfigError(f"'{spec}' is not {what} (found {type(found).__name__})")
+    return found
+
+
+def load_client(spec: str) -> Any:
+    """The Client that ``module:attribute`` names."""
+    from tidings.client.client import Client
+
+    client = load_object(spec, Client, "a tidings Client", "app.jobs:client")
     from tidings.urls import parse_url
 
     scheme, _ = parse_url(client.url or "")

@@ -5,6 +5,9 @@ redeliveries and late timers) against a hand-written model of the same order flo
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,6 +16,8 @@ from tidings.client.machine import Event, Instance, Machine, Verdict, dump_data,
 from tidings.errors import ConfigError
 
 from .order_machine import Order, order_machine
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def ev(topic: str, ident: str, **body: object) -> Event:
@@ -78,7 +83,7 @@ def test_the_picture_and_the_data_codec() -> None:
     m = order_machine()
     text = m.mermaid()
     assert text.startswith("stateDiagram-v2\n    [*] --> new\n")
-    assert "    submitted --> cancelled: ⏱ payment\n" in text
+    assert "    submitted --> cancelled: timer payment\n" in text
     assert "    submitted --> paid: orders.paid [guard]\n" in text
     assert "    shipped --> [*]\n" in text
     assert m.states == ["new", "submitted", "paid", "cancelled", "shipped"]
@@ -143,3 +148,27 @@ def test_random_sequences_with_redeliveries_match_the_model(
         (state, expected_applied, expected_sent)
     if instance is not None:
         assert instance.version == instance.history == applied
+
+
+def test_the_svg_picture_and_the_cli_that_draws_it(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import xml.etree.ElementTree as ET
+
+    from tidings.client.machine_diagram import svg
+
+    picture = ET.fromstring(svg(order_machine(), {"submitted": 3}))
+    states = {g.get("data-state"): "".join(g.itertext()).strip() for g in picture.iter()
+              if g.get("data-state")}
+    assert states["submitted"] == "submitted (3)" and states["paid"] == "paid (0)"
+    assert set(states) == set(order_machine().states)
+    (tmp_path / "shop.py").write_text(
+        "from tests.client.order_machine import order_machine\nmachine = order_machine()\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
+    out = subprocess.run([sys.executable, "-m", "tidings", "machines", "graph", "shop:machine"],
+                         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0 and out.stdout == order_machine().mermaid(), out.stderr
+    out = subprocess.run([sys.executable, "-m", "tidings", "machines", "graph", "shop:nothing",
+                          "--svg"], cwd=tmp_path, capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert out.returncode == 1 and "is not a tidings Machine" in out.stderr

@@ -249,7 +249,7 @@ class Machine(Generic[D]):
         """The machine as a Mermaid state diagram (states, transitions, timers, final states)."""
         lines = ["stateDiagram-v2", f"    [*] --> {_id(self.initial)}"]
         for t in self.transitions:
-            label = t.topic.replace(TIMER_PREFIX, "⏱ ") + (" [guard]" if t.guard else "")
+            label = t.topic.replace(TIMER_PREFIX, "timer ") + (" [guard]" if t.guard else "")
             lines.append(f"    {_id(t.source)} --> {_id(t.target)}: {label}")
         lines += [f"    {_id(s)} --> [*]" for s in sorted(self.final)]
         return "\n".join(lines) + "\n"
