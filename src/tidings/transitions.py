@@ -29,6 +29,11 @@ class TransitionCommit:
     timers: tuple[tuple[str, Message, int], ...] = ()
     #: Timers it cancels: (queue, timer id).
     cancels: tuple[tuple[str, str], ...] = ()
+    #: The instance's version the transition was computed from (0: none yet); the broker
+    #: refuses the commit if the instance moved on meanwhile (None: no check).
+    expected_version: int | None = None
+    #: The version the row carries after the commit.
+    version: int | None = None
 
 
 def instance_row(state: str, data: Any, version: int, history: int, seen: list[str],

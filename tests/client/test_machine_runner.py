@@ -131,3 +131,26 @@ async def test_instances_are_read_over_http_and_the_cli(tmp_path: Path) -> None:
                             "machines", "order", "o0"], capture_output=True, text=True,
                            timeout=60, check=False)
     assert json.loads(shown.stdout)["timers"]["payment"]["armed_in"] == "submitted"
+
+
+async def test_one_runner_at_a_time_and_the_next_takes_over() -> None:
+    """Two runners of one machine (two worker processes, say): one consumes, the other waits;
+    when the first stops, the second goes on from the instances as the broker has them."""
+    async with tidings.connect("memory://") as client:
+        first, second = client.machine(order_machine()), client.machine(order_machine())
+        await first.start()
+        await second.start()
+        for i in range(5):
+            await client.publish("orders.submitted", {"order_id": f"o{i}", "amount": 1})
+
+        async def states(wanted: str) -> bool:
+            return [i.state for i in await first.list()] == [wanted] * 5
+
+        await until(lambda: states("submitted"))
+        assert first.counts["applied"] == 5 and second.counts["applied"] == 0
+        await first.stop()
+        for i in range(5):
+            await client.publish("orders.paid", {"order_id": f"o{i}", "amount": 1})
+        await until(lambda: states("paid"))
+        assert second.counts["applied"] == 5
+        await second.stop()

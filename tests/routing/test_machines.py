@@ -73,3 +73,17 @@ async def test_cancelled_timers_never_fire(brokers: BrokerFactory) -> None:
     b.commit_transition(session, None, TransitionCommit(
         "/", "order", "o1", b"2", cancels=(("machine.order", "order:o1:t:1"),)))
     assert len(b.delayed) == 0 and b.find_instance("/", "order", "o1") == b"2"
+
+
+async def test_a_commit_computed_from_an_old_version_is_refused(brokers: BrokerFactory) -> None:
+    b = brokers.start()
+    b.declare_queue("/", "machine.order")
+    session = b.open_session()
+    b.commit_transition(session, None, TransitionCommit(
+        "/", "order", "o1", b"v1", expected_version=0, version=1))
+    b.commit_transition(session, None, TransitionCommit(
+        "/", "order", "o1", b"v2", expected_version=1, version=2))
+    with pytest.raises(PreconditionFailedError, match="moved on"):  # computed from version 1
+        b.commit_transition(session, None, TransitionCommit(
+            "/", "order", "o1", b"stale", expected_version=1, version=2))
+    assert b.find_instance("/", "order", "o1") == b"v2"

@@ -104,7 +104,6 @@ class MachineRunner(Generic[D]):
         self._ensure_queue = ensure_queue
         self.queue = machine_queue(machine.name)
         self._new_id = new_id
-        self._cache: dict[str, Instance[D]] = {}
         self._chains: dict[str, asyncio.Task[None]] = {}
         self._subscription: Subscription | None = None
         #: Verdicts counted since start.
@@ -115,7 +114,10 @@ class MachineRunner(Generic[D]):
     async def start(self) -> None:
         if not self.transport.capabilities.machines:
             raise self.transport.capabilities.unsupported("machines", "run a state machine")
-        await self.transport.declare_queue(self.queue, QueueSpec(delivery_limit=10))
+        # one consumer at a time over every process: the events of an instance are applied
+        # in order, one after the other (instances in parallel within the active consumer)
+        await self.transport.declare_queue(self.queue, QueueSpec(
+            delivery_limit=10, arguments=(("x-single-active-consumer", True),)))
         for topic in sorted({t.topic for t in self.machine.transitions
                              if not t.topic.startswith(TIMER_PREFIX)}):
             await self.transport.bind_events(self.queue, topic)
@@ -170,9 +172,9 @@ class MachineRunner(Generic[D]):
 
     async def _apply(self, delivery: Delivery, event: Event, key: str) -> None:
         try:
-            instance = self._cache.get(key)
-            if instance is None:
-                instance = await self.get(key)
+            # read from the broker each time (a dictionary lookup in the embedded one): another
+            # process may have been the active consumer since
+            instance = await self.get(key)
             started = time.perf_counter()
             try:
                 step = self.machine.step(instance, event, key)
@@ -189,19 +191,18 @@ class MachineRunner(Generic[D]):
                 await self.transport.commit_transition(delivery.delivery_tag,
                                                        self._commit(key, step, instance))
                 assert step.instance is not None and step.transition is not None
-                self._cache[key] = step.instance
                 numbers = self._numbers(step.transition.name)
                 numbers.count += 1
                 numbers.handler.observe((handled - started) * 1000)
                 numbers.commit.observe((time.perf_counter() - committing) * 1000)
             elif step.verdict in (Verdict.UNKNOWN_INSTANCE, Verdict.NOT_ACCEPTED):
-                await self._dead(delivery, key, step.reason)
+                await self._dead(delivery, key, step.reason,
+                                 instance.version if instance is not None else 0)
             else:
                 await self.transport.ack([delivery.delivery_tag])
         except Exception:
             log.exception("machine '%s': event %s for '%s' failed; it comes again",
                           self.machine.name, event.id, key)
-            self._cache.pop(key, None)
             with contextlib.suppress(Exception):
                 await self.transport.nack(delivery.delivery_tag, True, RETRY_DELAY_MS)
 
@@ -228,14 +229,17 @@ class MachineRunner(Generic[D]):
                                        "commit_ms": n.commit.summary()}
                                 for name, n in sorted(self.transitions.items())}}
 
-    async def _dead(self, delivery: Delivery, key: str, reason: str) -> None:
-        """A dead letter with its reason, committed with the event's ack."""
+    async def _dead(self, delivery: Delivery, key: str, reason: str,
+                    expected_version: int | None = None) -> None:
+        """A dead letter with its reason, committed with the event's ack (refused if the
+        instance moved on since the verdict, so the event is judged again)."""
         self.counts["dead_lettered"] = self.counts.get("dead_lettered", 0) + 1
         m = delivery.message
         dead = replace(m, routing_key=dead_letter_queue(self.queue),
                        headers={**(m.headers or {}), REASON_HEADER: reason[:500]})
         await self.transport.commit_transition(delivery.delivery_tag, TransitionCommit(
-            VHOST, self.machine.name, key, None, messages=(("", dead),)))
+            VHOST, self.machine.name, key, None, messages=(("", dead),),
+            expected_version=expected_version))
 
     def _commit(self, key: str, step: Step[D], before: Instance[D] | None) -> TransitionCommit:
         assert step.instance is not None
@@ -258,7 +262,9 @@ class MachineRunner(Generic[D]):
                 timers.append((self.queue, timer, int(change.after_s * 1000)))
         return TransitionCommit(VHOST, self.machine.name, key,
                                 encode_instance(step.instance, time.time()),
-                                tuple(messages), tuple(timers), tuple(cancels))
+                                tuple(messages), tuple(timers), tuple(cancels),
+                                expected_version=before.version if before is not None else 0,
+                                version=step.instance.version)
 
     def _id(self) -> str:
         return self._new_id() if self._new_id is not None else uuid.uuid4().hex

@@ -12,6 +12,7 @@ Everything that could refuse the step is checked before anything changes.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from tidings.errors import InvalidArgumentError, NotFoundError, PreconditionFailedError
@@ -19,7 +20,7 @@ from tidings.message import Message
 from tidings.routing.session import Session
 from tidings.routing.vhost import VirtualHosts
 from tidings.storage.base import Store
-from tidings.transitions import TransitionCommit
+from tidings.transitions import TransitionCommit, read_row
 
 __all__ = ["INSTANCE_ROWS", "MachineRows", "TransitionCommit"]
 
@@ -38,11 +39,15 @@ class MachineRows:
     def __init__(self, store: Store, vhosts: VirtualHosts) -> None:
         self._store, self._vhosts = store, vhosts
         self.rows: dict[tuple[str, str], dict[str, bytes]] = {}
+        #: Each instance's version, as its last commit said (for the optimistic check).
+        self.versions: dict[tuple[str, str, str], int] = {}
 
     def recover(self) -> None:
         for key, data in self._store.definitions(INSTANCE_ROWS):
             vhost, machine, name = key.split(SEP, 2)
             self.rows.setdefault((vhost, machine), {})[name] = bytes(data)
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                self.versions[(vhost, machine, name)] = int(read_row(bytes(data))["version"])
 
     def find(self, vhost: str, machine: str, key: str) -> bytes | None:
         return self.rows.get((vhost, machine), {}).get(key)
@@ -60,6 +65,8 @@ class MachineRows:
         self._check(session, delivery_tag, c)
         if c.row is not None:
             self.rows.setdefault((c.vhost, c.machine), {})[c.key] = c.row
+            if c.version is not None:
+                self.versions[(c.vhost, c.machine, c.key)] = c.version
             self._store.put_definition(INSTANCE_ROWS, SEP.join((c.vhost, c.machine, c.key)),
                                        c.row)
         for exchange, message in c.messages:
@@ -74,6 +81,12 @@ class MachineRows:
     def _check(self, session: Session, delivery_tag: int | None, c: TransitionCommit) -> None:
         if delivery_tag is not None and not session.holds(delivery_tag):
             raise PreconditionFailedError(f"unknown delivery tag {delivery_tag}")
+        if c.expected_version is not None:
+            current = self.versions.get((c.vhost, c.machine, c.key), 0)
+            if current != c.expected_version:
+                raise PreconditionFailedError(
+                    f"instance '{c.key}' of machine '{c.machine}' is at version {current}, "
+                    f"not {c.expected_version}: it moved on; apply the event again")
         if c.row is not None and len(c.row) > MAX_ROW_BYTES:
             raise InvalidArgumentError(f"instance '{c.key}' of machine '{c.machine}' is "
                                        f"{len(c.row)} bytes; at most {MAX_ROW_BYTES}")
