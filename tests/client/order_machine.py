@@ -1,5 +1,6 @@
 """The order flow the state machine tests share: new -> submitted -> paid -> shipped, with a
-payment timer that cancels a submitted order nobody pays."""
+payment timer that cancels a submitted order nobody pays; and the same flow written plainly
+(:func:`model`), which the tests compare the machine with."""
 
 from __future__ import annotations
 
@@ -42,3 +43,31 @@ def order_machine(payment_s: float = 1800) -> Machine[Order]:
         data.notes.append("shipped")
 
     return m
+
+
+def model(events: list[tuple[str, str, int]]) -> tuple[str | None, int, list[str]]:
+    """The same order flow written plainly: (state, transitions applied, messages sent)."""
+    state: str | None = None
+    seen: set[str] = set()
+    timer: str | None = None
+    amount, applied, sent = 0, 0, []
+    for topic, ident, value in events:
+        if ident in seen:
+            continue
+        if topic == "timer:payment":
+            if state != "submitted" or timer != ident:
+                continue
+            state, timer = "cancelled", None
+            sent.append("orders.cancelled")
+        elif topic == "orders.submitted" and state is None:
+            state, amount, timer = "submitted", value, "order:o1:payment:1"
+        elif topic == "orders.paid" and state == "submitted" and value >= amount:
+            state, timer = "paid", None
+            sent.append("shipping")
+        elif topic == "orders.shipped" and state == "paid":
+            state = "shipped"
+        else:
+            continue
+        seen.add(ident)
+        applied += 1
+    return state, applied, sent

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tidings.client.machine import Event, Instance, Machine, Verdict, dump_data, load_data
 from tidings.errors import ConfigError
 
-from .order_machine import Order, order_machine
+from .order_machine import Order, model, order_machine
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,34 +92,6 @@ def test_the_picture_and_the_data_codec() -> None:
 
 
 # -- random sequences against a model ---------------------------------------------------------
-
-
-def model(events: list[tuple[str, str, int]]) -> tuple[str | None, int, list[str]]:
-    """The same order flow written plainly: (state, transitions applied, messages sent)."""
-    state: str | None = None
-    seen: set[str] = set()
-    timer: str | None = None
-    amount, applied, sent = 0, 0, []
-    for topic, ident, value in events:
-        if ident in seen:
-            continue
-        if topic == "timer:payment":
-            if state != "submitted" or timer != ident:
-                continue
-            state, timer = "cancelled", None
-            sent.append("orders.cancelled")
-        elif topic == "orders.submitted" and state is None:
-            state, amount, timer = "submitted", value, "order:o1:payment:1"
-        elif topic == "orders.paid" and state == "submitted" and value >= amount:
-            state, timer = "paid", None
-            sent.append("shipping")
-        elif topic == "orders.shipped" and state == "paid":
-            state = "shipped"
-        else:
-            continue
-        seen.add(ident)
-        applied += 1
-    return state, applied, sent
 
 
 EVENTS = st.lists(st.one_of(

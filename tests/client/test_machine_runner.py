@@ -10,11 +10,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import tidings
 from tidings.errors import NotSupportedError
 
-from .order_machine import order_machine
+from .order_machine import model, order_machine
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
@@ -154,3 +156,67 @@ async def test_one_runner_at_a_time_and_the_next_takes_over() -> None:
         await until(lambda: states("paid"))
         assert second.counts["applied"] == 5
         await second.stop()
+
+
+OPS = st.lists(st.one_of(
+    st.tuples(st.just("event"), st.sampled_from(["o0", "o1", "o2"]),
+              st.sampled_from(["orders.submitted", "orders.paid", "orders.shipped"]),
+              st.sampled_from(["e0", "e1", "e2", "e3"]), st.integers(0, 2)),
+    st.tuples(st.just("failover"), st.just(""), st.just(""), st.just(""), st.just(0)),
+), max_size=30)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(OPS)
+def test_the_durable_runner_matches_the_model_across_redeliveries_and_failovers(
+        ops: list[tuple[str, str, str, str, int]]) -> None:
+    """Random events (the same ids again: redeliveries) and hand-overs between runners: the
+    instances and the messages sent equal the plain model's, event by event in publish
+    order (one consumer at a time keeps that order)."""
+    async def run() -> tuple[dict[str, tuple[str, int]], int]:
+        async with tidings.connect("memory://") as client:
+
+            async def idle() -> bool:
+                stats = (await client.statistics()).queue("machine.order")
+                return stats.ready == stats.unacked == 0
+
+            declared = client.machine(order_machine())
+            await declared.start()  # its queue and bindings stay: events wait for a runner
+            await declared.stop()
+            runner = standby = None
+            for kind, key, topic, ident, amount in [*ops, ("failover", "", "", "", 0)]:
+                if kind == "event":
+                    await client.publish(topic, {"order_id": key, "amount": amount,
+                                                 "pay_within_s": 3600},
+                                         message_id=f"{key}-{ident}")
+                    continue
+                if runner is None:  # the first events wait in the queue: a backlog to take
+                    runner = client.machine(order_machine())
+                    standby = client.machine(order_machine())
+                    await runner.start()
+                    await standby.start()
+                await until(idle)
+                await runner.stop()  # a hand-over: the standby goes on, a new one waits
+                runner, standby = standby, client.machine(order_machine())
+                await standby.start()
+            assert runner is not None and standby is not None
+            found = {i.key: (i.state, i.history) for i in await runner.list()}
+            shipped = 0
+            while (m := await client.get("shipping")) is not None:
+                shipped += 1
+                await m.ack()
+            await runner.stop()
+            await standby.stop()
+            return found, shipped
+
+    found, shipped = asyncio.run(run())
+    expected, expected_shipped = {}, 0
+    for key in ("o0", "o1", "o2"):
+        events = [(topic, ident, amount) for kind, k, topic, ident, amount in ops
+                  if kind == "event" and k == key]
+        state, applied, sent = model(events)
+        if state is not None:
+            expected[key] = (state, applied)
+        expected_shipped += sent.count("shipping")
+    assert (found, shipped) == (expected, expected_shipped)
