@@ -162,6 +162,9 @@ def _add_operator_parsers(commands: Any) -> None:
     p.add_argument("key", nargs="?", help="an instance of it: the whole instance")
     p.add_argument("--state", help="only instances in this state")
     p.add_argument("--svg", action="store_true", help="graph: SVG instead of Mermaid text")
+    p.add_argument("--move-to", metavar="STATE",
+                   help="move the instance KEY to STATE (an operator's fix; needs --reason)")
+    p.add_argument("--reason", help="why it was moved (kept in the instance's audit)")
     _vhost(p)
     p = _parser(commands, "stats", "broker statistics (or one queue's) as JSON")
     p.add_argument("--queue", help="only this queue")
@@ -578,6 +581,13 @@ def _graph(spec: str | None, as_svg: bool) -> int:
 
 async def _machines(api: Api, args: argparse.Namespace) -> int:
     _, v = _vhost_of(args)
+    if args.move_to is not None:
+        if args.key is None or not args.reason:
+            raise ConfigError("--move-to needs a machine, an instance key and --reason")
+        moved = await api.call("POST", f"/api/machines/{v}/{_q(args.name)}/{_q(args.key)}/move",
+                               {"state": args.move_to, "reason": args.reason})
+        return _said(args, moved, f"'{args.key}' moved to '{args.move_to}' (version "
+                                  f"{moved['version']})")
     if args.key is not None:
         found = await api.call("GET", f"/api/machines/{v}/{_q(args.name)}/{_q(args.key)}")
         print(json.dumps(found, indent=2))

@@ -36,15 +36,32 @@ class TransitionCommit:
     version: int | None = None
 
 
+#: Operator moves an instance remembers (the newest).
+AUDIT_KEPT = 20
+
+
 def instance_row(state: str, data: Any, version: int, history: int, seen: list[str],
                  timers: dict[str, tuple[str, str]], written_by: int,
-                 updated_at: float) -> bytes:
+                 updated_at: float, audit: list[dict[str, Any]] | None = None) -> bytes:
     """An instance as the broker keeps it: JSON the client writes and every face reads
-    (``updated_at``: when it entered its state, epoch seconds)."""
+    (``updated_at``: when it entered its state, epoch seconds; ``audit``: operator moves)."""
     return json.dumps({"state": state, "data": data, "version": version, "history": history,
                        "seen": seen, "timers": {k: list(v) for k, v in timers.items()},
-                       "written_by": written_by, "updated_at": round(updated_at, 3)},
+                       "written_by": written_by, "updated_at": round(updated_at, 3),
+                       "audit": (audit or [])[-AUDIT_KEPT:]},
                       separators=(",", ":")).encode()
+
+
+def moved_row(row: bytes, state: str, by: str, reason: str, now: float) -> tuple[bytes, int]:
+    """An operator's move of a stuck instance to ``state``: a new version, its timers
+    disarmed, and an audit record (who, when, from, to, why). Returns the row and its
+    version."""
+    d = read_row(row)
+    audit = [*d.get("audit", []), {"at": round(now, 3), "by": by, "from": d["state"],
+                                   "to": state, "reason": reason}]
+    version = int(d["version"]) + 1
+    return instance_row(state, d["data"], version, int(d["history"]), list(d["seen"]), {},
+                        int(d["written_by"]), now, audit), version
 
 
 def read_row(row: bytes) -> dict[str, Any]:
@@ -54,6 +71,7 @@ def read_row(row: bytes) -> dict[str, Any]:
         raise ValueError("not an instance row")
     d["timers"] = {k: (v[0], v[1]) for k, v in d.get("timers", {}).items()}
     d.setdefault("updated_at", 0.0)
+    d.setdefault("audit", [])
     return d  # type: ignore[no-any-return]
 
 

@@ -122,6 +122,11 @@ async def test_instances_are_read_over_http_and_the_cli(tmp_path: Path) -> None:
             one = (await api.get("/api/machines/%2F/order/o1")).json()
             assert (one["state"], one["data"]["paid"], one["version"]) == ("paid", 2, 2)
             assert (await api.get("/api/machines/%2F/order/nope")).status_code == 404
+            moved = await api.post("/api/machines/%2F/order/o2/move",
+                                   json={"state": "paid", "reason": "paid by phone"})
+            assert moved.json() == {"key": "o2", "state": "paid", "version": 2}
+            assert (await api.post("/api/machines/%2F/order/o2/move",
+                                   json={"state": "paid"})).status_code == 400
             assert (await api.get("/api/machines/%2F/other")).status_code == 404
     out = subprocess.run([sys.executable, "-m", "tidings", "--data-dir", str(data), "machines",
                           "order", "--state", "paid"], capture_output=True, text=True,
@@ -133,6 +138,28 @@ async def test_instances_are_read_over_http_and_the_cli(tmp_path: Path) -> None:
                             "machines", "order", "o0"], capture_output=True, text=True,
                            timeout=60, check=False)
     assert json.loads(shown.stdout)["timers"]["payment"]["armed_in"] == "submitted"
+    moved = subprocess.run([sys.executable, "-m", "tidings", "--data-dir", str(data),
+                            "machines", "order", "o0", "--move-to", "cancelled", "--reason",
+                            "customer called"], capture_output=True, text=True, timeout=60,
+                           check=False)
+    assert moved.returncode == 0 and "moved to 'cancelled'" in moved.stdout, moved.stderr
+    async with tidings.connect(str(data)) as client:  # the runner keeps the audit on
+        runner = client.machine(order_machine())
+        await runner.start()
+        await client.publish("orders.shipped", {"order_id": "o2"})
+
+        async def shipped() -> bool:
+            o2 = await runner.get("o2")
+            return o2 is not None and o2.state == "shipped"
+
+        await until(shipped)
+        o2, o0 = await runner.get("o2"), await runner.get("o0")
+        assert o2 is not None and o0 is not None
+        assert [(a["by"], a["from"], a["to"], a["reason"]) for a in o2.audit] == \
+            [("guest", "submitted", "paid", "paid by phone")]
+        assert o0.state == "cancelled" and o0.timers == {}
+        assert o0.audit[0]["by"] == "tidings:control"  # the CLI, as the local operator
+        await runner.stop()
 
 
 async def test_one_runner_at_a_time_and_the_next_takes_over() -> None:

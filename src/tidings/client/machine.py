@@ -76,6 +76,8 @@ class Instance(Generic[D]):
     timers: dict[str, tuple[str, str]] = field(default_factory=dict)
     #: The definition version that last wrote it.
     written_by: int = 1
+    #: Operators' moves of it (who, when, from, to, why), kept across transitions.
+    audit: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +233,8 @@ class Machine(Generic[D]):
             else:
                 timers[change.name] = (change.id, chosen.target)
         new = Instance(key, chosen.target, data, current.version + 1, current.history + 1,
-                       [*current.seen, event.id][-SEEN_IDS:], timers, self.version)
+                       [*current.seen, event.id][-SEEN_IDS:], timers, self.version,
+                       current.audit)
         return Step(Verdict.APPLIED, new, chosen, tuple(out.messages), tuple(out.timers))
 
     def _choose(self, instance: Instance[D], event: Event) -> Transition | None:

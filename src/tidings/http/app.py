@@ -102,6 +102,7 @@ ROUTES: list[BaseRoute] = [
     Route("/api/machines", machines.list_machines),
     Route("/api/machines/{vhost}/{name}", machines.get_machine),
     Route("/api/machines/{vhost}/{name}/{key}", machines.get_instance),
+    Route("/api/machines/{vhost}/{name}/{key}/move", machines.move_instance, methods=["POST"]),
     Route("/api/history", metrics.node_history),
     Route("/api/history/queues/{vhost}/{name}", metrics.queue_history),
     # events

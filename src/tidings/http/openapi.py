@@ -287,9 +287,14 @@ def _access_paths() -> dict[str, Any]:
             "summary": "Counts per state and a page of instances (?state=&page=&page_size=)",
             "parameters": _path("vhost", "name"), "responses": _ok("ok", {"type": "object"})}},
         "/api/machines/{vhost}/{name}/{key}": {"get": {
-            "summary": "One instance: state, data, version, history, timers",
+            "summary": "One instance: state, data, version, history, timers, audit",
             "parameters": _path("vhost", "name", "key"),
             "responses": _ok("ok", {"type": "object"})}},
+        "/api/machines/{vhost}/{name}/{key}/move": {"post": {
+            "summary": "Move a stuck instance ({state, reason}), recorded in its audit",
+            "parameters": _path("vhost", "name", "key"),
+            "requestBody": {"required": True, **_json({"type": "object"})},
+            "responses": _ok("moved", {"type": "object"})}},
         "/api/history": {"get": {"summary": "The node's numbers of the last 15 minutes, "
                                             "every 5 s (administrator, monitoring)",
                                  "responses": _ok("ok", {"type": "object"})}},

@@ -15,8 +15,10 @@ from starlette.responses import JSONResponse
 
 from tidings.errors import NotFoundError
 from tidings.http import schemas as sch
+from tidings.http.errors import BadRequestError
 from tidings.http.gateway import Gateway, gateway, name_of, vhost_of
-from tidings.transitions import read_row, state_numbers
+from tidings.http.middleware import user_of
+from tidings.transitions import TransitionCommit, moved_row, read_row, state_numbers
 
 #: Largest page of instances.
 MAX_PAGE_SIZE = 500
@@ -74,6 +76,31 @@ async def get_instance(request: Request) -> JSONResponse:
         raise NotFoundError(f"no instance '{key}' of machine '{name}' in vhost '{vhost}'")
     d = read_row(row)
     return JSONResponse({"key": key, "machine": name, "vhost": vhost, **{
-        k: d[k] for k in ("state", "data", "version", "history", "written_by")},
+        k: d[k] for k in ("state", "data", "version", "history", "written_by", "audit")},
         "timers": {t: {"id": i, "armed_in": s} for t, (i, s) in d["timers"].items()},
         "recent_events": d["seen"][-10:]})
+
+
+async def move_instance(request: Request) -> JSONResponse:
+    """An operator moves a stuck instance to a state (``{"state", "reason"}``): configure
+    permission on the machine's queue; recorded in the instance's audit with who and why.
+    The broker does not know the machine's states: a state its definition lacks takes no
+    event."""
+    gw, vhost, name = gateway(request), vhost_of(request), name_of(request)
+    key = request.path_params["key"]
+    gw.check(request, "configure", "queue", f"machine.{name}", vhost)
+    data = sch.obj(await sch.read_json(request, gw.max_body_bytes))
+    state = sch.string(data, "state", required=True) or ""
+    reason = sch.string(data, "reason", required=True) or ""
+    if not state or len(state) > 255 or not reason:
+        raise BadRequestError("fields 'state' (1 to 255 characters) and 'reason' are needed")
+    row = gw.broker.find_instance(vhost, name, key) \
+        if vhost in gw.broker.vhost_names() else None
+    if row is None:
+        raise NotFoundError(f"no instance '{key}' of machine '{name}' in vhost '{vhost}'")
+    moved, version = moved_row(row, state, user_of(request), reason[:1000], time.time())
+    session = gw.leases.session(user_of(request), vhost)
+    gw.broker.commit_transition(session, None, TransitionCommit(
+        vhost, name, key, moved, expected_version=version - 1, version=version))
+    await gw.broker.sync()
+    return JSONResponse({"key": key, "state": state, "version": version})
