@@ -249,12 +249,11 @@ class MachineRunner(Generic[D]):
             message = Message(body, e.queue or e.topic or "", headers=e.headers or None,
                               content_type=ctype, message_id=self._id(), persistent=True)
             messages.append(("" if e.queue else EVENTS_EXCHANGE, message))
-        armed = before.timers if before is not None else {}
-        cancels, timers = [], []
+        # A cancelled or replaced timer is not looked for among the delayed messages (a scan
+        # of the delayed store per cancel): its message stays until due, then is dropped
+        # unapplied (the instance no longer has it armed).
+        timers = []
         for change in step.timers:
-            old = armed.get(change.name)
-            if old is not None:
-                cancels.append((self.queue, old[0]))
             if change.after_s is not None:
                 timer = Message(b"", self.queue, message_id=change.id, persistent=True,
                                 headers={TOPIC_HEADER: f"{TIMER_PREFIX}{change.name}",
@@ -262,7 +261,7 @@ class MachineRunner(Generic[D]):
                 timers.append((self.queue, timer, int(change.after_s * 1000)))
         return TransitionCommit(VHOST, self.machine.name, key,
                                 encode_instance(step.instance, time.time()),
-                                tuple(messages), tuple(timers), tuple(cancels),
+                                tuple(messages), tuple(timers), (),
                                 expected_version=before.version if before is not None else 0,
                                 version=step.instance.version)
 
