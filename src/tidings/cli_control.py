@@ -570,12 +570,12 @@ def _graph(spec: str | None, as_svg: bool) -> int:
     """``tidings machines graph MODULE:MACHINE``: its diagram, from its definition."""
     from tidings.cli_worker import load_object
     from tidings.client.machine import Machine
-    from tidings.client.machine_diagram import svg
+    from tidings.machine_diagram import svg
 
     if spec is None:
         raise ConfigError("tidings machines graph needs MODULE:MACHINE (e.g. app.orders:machine)")
     machine = load_object(spec, Machine, "a tidings Machine", "app.orders:machine")
-    print(svg(machine) if as_svg else machine.mermaid(), end="")
+    print(svg(machine.describe()) if as_svg else machine.mermaid(), end="")
     return 0
 
 

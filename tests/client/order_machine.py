@@ -4,7 +4,9 @@ payment timer that cancels a submitted order nobody pays; and the same flow writ
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from tidings.client.machine import Event, Machine, Output
 
@@ -71,3 +73,18 @@ def model(events: list[tuple[str, str, int]]) -> tuple[str | None, int, list[str
         seen.add(ident)
         applied += 1
     return state, applied, sent
+
+
+async def three_orders_one_paid(client: Any) -> Any:
+    """Start the order machine on ``client``, submit o0, o1, o2 and pay o1; return the runner
+    once the instances are there (submitted, paid, submitted)."""
+    runner = client.machine(order_machine())
+    await runner.start()
+    for i in range(3):
+        await client.publish("orders.submitted", {"order_id": f"o{i}", "amount": 2})
+    await client.publish("orders.paid", {"order_id": "o1", "amount": 2})
+    for _ in range(500):
+        if [i.state for i in await runner.list()] == ["submitted", "paid", "submitted"]:
+            return runner
+        await asyncio.sleep(0.02)
+    raise AssertionError("the orders did not settle")

@@ -127,9 +127,9 @@ def test_the_svg_picture_and_the_cli_that_draws_it(tmp_path: Path) -> None:
     import sys
     import xml.etree.ElementTree as ET
 
-    from tidings.client.machine_diagram import svg
+    from tidings.machine_diagram import svg
 
-    picture = ET.fromstring(svg(order_machine(), {"submitted": 3}))
+    picture = ET.fromstring(svg(order_machine().describe(), {"submitted": 3}))
     states = {g.get("data-state"): "".join(g.itertext()).strip() for g in picture.iter()
               if g.get("data-state")}
     assert states["submitted"] == "submitted (3)" and states["paid"] == "paid (0)"

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import tidings
 from tidings.errors import NotSupportedError
 
-from .order_machine import model, order_machine
+from .order_machine import model, order_machine, three_orders_one_paid
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
@@ -94,16 +94,7 @@ async def test_instances_are_read_over_http_and_the_cli(tmp_path: Path) -> None:
 
     data = tmp_path / "data"
     async with tidings.connect(str(data)) as client:
-        runner = client.machine(order_machine())
-        await runner.start()
-        for i in range(3):
-            await client.publish("orders.submitted", {"order_id": f"o{i}", "amount": 2})
-        await client.publish("orders.paid", {"order_id": "o1", "amount": 2})
-
-        async def settled() -> bool:
-            return [i.state for i in await runner.list()] == ["submitted", "paid", "submitted"]
-
-        await until(settled)
+        runner = await three_orders_one_paid(client)
         await runner.stop()
         broker = client.transport.broker  # type: ignore[attr-defined]
         app = build_app(broker, UserStore(data))
@@ -127,6 +118,11 @@ async def test_instances_are_read_over_http_and_the_cli(tmp_path: Path) -> None:
             one = (await api.get("/api/machines/%2F/order/o1")).json()
             assert (one["state"], one["data"]["paid"], one["version"]) == ("paid", 2, 2)
             assert (await api.get("/api/machines/%2F/order/nope")).status_code == 404
+            drawn = await api.get("/api/machine-diagrams/%2F/order")
+            assert drawn.headers["content-type"].startswith("image/svg+xml")
+            assert "submitted (2)" in drawn.text and "paid (1)" in drawn.text
+            described = (await api.get("/api/machines/%2F/order")).json()["description"]
+            assert described["initial"] == "new" and len(described["transitions"]) == 4
             moved = await api.post("/api/machines/%2F/order/o2/move",
                                    json={"state": "paid", "reason": "paid by phone"})
             assert moved.json() == {"key": "o2", "state": "paid", "version": 2}

@@ -210,3 +210,41 @@ def test_exchanges_connections_and_node_pages(server: ServerProcess, browser: An
         conn.process_data_events(time_limit=5)
     assert closed.value.reply_code == 320
     expect(row).to_have_count(0, timeout=15_000)
+
+
+def test_the_machines_page_draws_each_machine_with_its_live_counts(
+        tmp_path: Path, browser: Any) -> None:
+    """A machine run on a data directory registers its description; a server started on the
+    directory draws it on the Machines page with the instances each state holds."""
+    import asyncio
+
+    from playwright.sync_api import expect
+
+    import tidings
+    from tests.client.order_machine import three_orders_one_paid
+
+    data = tmp_path / "data"
+
+    async def run_machine() -> None:
+        async with tidings.connect(str(data)) as client:
+            await (await three_orders_one_paid(client)).stop()
+
+    import threading  # (Playwright's sync API holds this thread's event loop)
+
+    worker = threading.Thread(target=lambda: asyncio.run(run_machine()))
+    worker.start()
+    worker.join(timeout=60)
+    server = ServerProcess(data).start()
+    try:
+        page = browser.new_context(http_credentials={"username": "guest", "password": "guest"},
+                                   viewport={"width": 800, "height": 700}).new_page()
+        page.goto(f"http://127.0.0.1:{server.http_port}/#/machines")
+        box = page.locator('div.machine[data-machine="order"]')
+        expect(box.locator('g[data-state="submitted"]')).to_have_text("submitted (2)",
+                                                                       timeout=15_000)
+        expect(box.locator('g[data-state="paid"]')).to_have_text("paid (1)")
+        expect(box).to_contain_text("3 instances")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-machines.png"), full_page=True)
+    finally:
+        server.stop()

@@ -191,6 +191,9 @@ class LocalTransport:
     async def list_instances(self, machine: str) -> list[tuple[str, bytes]]:
         return self.broker.list_instances(VHOST, machine)
 
+    async def describe_machine(self, machine: str, description: bytes) -> None:
+        self.broker.describe_machine(VHOST, machine, description)
+
     async def close(self) -> None:
         self._session.close()
         self.broker.close_connection(self._session.connection_id)

@@ -248,6 +248,13 @@ class Machine(Generic[D]):
 
     # -- the picture ----------------------------------------------------------------------------
 
+    def describe(self) -> dict[str, Any]:
+        """The definition as plain data (what the broker keeps and the dashboard draws)."""
+        return {"name": self.name, "version": self.version, "initial": self.initial,
+                "final": sorted(self.final), "states": self.states,
+                "transitions": [{"source": t.source, "topic": t.topic, "target": t.target,
+                                 "guard": t.guard is not None} for t in self.transitions]}
+
     def mermaid(self) -> str:
         """The machine as a Mermaid state diagram (states, transitions, timers, final states)."""
         lines = ["stateDiagram-v2", f"    [*] --> {_id(self.initial)}"]

@@ -114,6 +114,8 @@ class MachineRunner(Generic[D]):
     async def start(self) -> None:
         if not self.transport.capabilities.machines:
             raise self.transport.capabilities.unsupported("machines", "run a state machine")
+        await self.transport.describe_machine(
+            self.machine.name, json.dumps(self.machine.describe()).encode())
         # one consumer at a time over every process: the events of an instance are applied
         # in order, one after the other (instances in parallel within the active consumer)
         await self.transport.declare_queue(self.queue, QueueSpec(

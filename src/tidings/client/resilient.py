@@ -317,6 +317,9 @@ class ResilientTransport:
     async def list_instances(self, machine: str) -> list[tuple[str, bytes]]:
         return await self._run(lambda t: t.list_instances(machine))  # type: ignore[no-any-return]
 
+    async def describe_machine(self, machine: str, description: bytes) -> None:
+        await self._run(lambda t: t.describe_machine(machine, description))
+
     async def close(self) -> None:
         self._closed = True
         if self._watcher is not None:

@@ -189,6 +189,10 @@ class Transport(Protocol):
 
     async def list_instances(self, machine: str) -> list[tuple[str, bytes]]: ...
 
+    async def describe_machine(self, machine: str, description: bytes) -> None:
+        """Register a machine's description (what the dashboard draws)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -206,3 +210,6 @@ class WithoutMachines:
 
     async def list_instances(self, machine: str) -> list[tuple[str, bytes]]:
         raise self.capabilities.unsupported("machines", "list a state machine's instances")
+
+    async def describe_machine(self, machine: str, description: bytes) -> None:
+        raise self.capabilities.unsupported("machines", "run a state machine")

@@ -100,6 +100,7 @@ ROUTES: list[BaseRoute] = [
     Route("/metrics", metrics.metrics),
     Route("/api/overview", metrics.api_overview),
     Route("/api/machines", machines.list_machines),
+    Route("/api/machine-diagrams/{vhost}/{name}", machines.machine_diagram),
     Route("/api/machines/{vhost}/{name}", machines.get_machine),
     Route("/api/machines/{vhost}/{name}/{key}", machines.get_instance),
     Route("/api/machines/{vhost}/{name}/{key}/move", machines.move_instance, methods=["POST"]),

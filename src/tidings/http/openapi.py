@@ -283,6 +283,9 @@ def _access_paths() -> dict[str, Any]:
             "parameters": _path("vhost"), "responses": _ok("ok")}},
         "/api/parameters": listing("Runtime parameters (tidings has none)"),
         "/api/machines": listing("State machines with instances, counts per state"),
+        "/api/machine-diagrams/{vhost}/{name}": {"get": {
+            "summary": "The machine's picture (SVG) with each state's instances now",
+            "parameters": _path("vhost", "name"), "responses": _ok("ok")}},
         "/api/machines/{vhost}/{name}": {"get": {
             "summary": "Counts per state and a page of instances (?state=&page=&page_size=)",
             "parameters": _path("vhost", "name"), "responses": _ok("ok", {"type": "object"})}},

@@ -269,6 +269,12 @@ class Broker:
     def machine_names(self, vhost: str) -> list[str]:
         return self.machine_rows.machines(vhost)
 
+    def describe_machine(self, vhost: str, machine: str, description: bytes) -> None:
+        self.machine_rows.describe(vhost, machine, description)
+
+    def machine_description(self, vhost: str, machine: str) -> bytes | None:
+        return self.machine_rows.descriptions.get((vhost, machine))
+
     def set_policy(self, policy: Policy) -> None:
         self.declarations.set_policy(policy)
 

@@ -22,10 +22,13 @@ from tidings.routing.vhost import VirtualHosts
 from tidings.storage.base import Store
 from tidings.transitions import TransitionCommit, read_row
 
-__all__ = ["INSTANCE_ROWS", "MachineRows", "TransitionCommit"]
+__all__ = ["DESCRIPTION_ROWS", "INSTANCE_ROWS", "MachineRows", "TransitionCommit"]
 
-#: The store's kind for instance rows.
+#: The store's kind for instance rows, and for the machines' descriptions.
 INSTANCE_ROWS = "machine-instance"
+DESCRIPTION_ROWS = "machine-description"
+#: Largest description kept, bytes.
+MAX_DESCRIPTION_BYTES = 1 << 20
 SEP = "\x1f"
 #: Largest instance row kept, bytes (its data, seen ids and timers).
 MAX_ROW_BYTES = 1 << 20
@@ -41,8 +44,13 @@ class MachineRows:
         self.rows: dict[tuple[str, str], dict[str, bytes]] = {}
         #: Each instance's version, as its last commit said (for the optimistic check).
         self.versions: dict[tuple[str, str, str], int] = {}
+        #: Each machine's description (JSON its runner registered: states, transitions).
+        self.descriptions: dict[tuple[str, str], bytes] = {}
 
     def recover(self) -> None:
+        for key, data in self._store.definitions(DESCRIPTION_ROWS):
+            vhost, machine = key.split(SEP, 1)
+            self.descriptions[(vhost, machine)] = bytes(data)
         for key, data in self._store.definitions(INSTANCE_ROWS):
             vhost, machine, name = key.split(SEP, 2)
             self.rows.setdefault((vhost, machine), {})[name] = bytes(data)
@@ -56,7 +64,17 @@ class MachineRows:
         return list(self.rows.get((vhost, machine), {}).items())
 
     def machines(self, vhost: str) -> list[str]:
-        return sorted(m for v, m in self.rows if v == vhost)
+        return sorted({m for v, m in (*self.rows, *self.descriptions) if v == vhost})
+
+    def describe(self, vhost: str, machine: str, description: bytes) -> None:
+        """Keep a machine's description (its runner registers it at start)."""
+        if len(description) > MAX_DESCRIPTION_BYTES:
+            raise InvalidArgumentError(f"machine '{machine}': description over "
+                                       f"{MAX_DESCRIPTION_BYTES} bytes")
+        self._vhosts.get(vhost)
+        if self.descriptions.get((vhost, machine)) != description:
+            self.descriptions[(vhost, machine)] = description
+            self._store.put_definition(DESCRIPTION_ROWS, f"{vhost}{SEP}{machine}", description)
 
     def commit(self, session: Session, delivery_tag: int | None, c: TransitionCommit,
                publish: Callable[[str, str, Message, int | None], object],

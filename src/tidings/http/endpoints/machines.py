@@ -7,17 +7,19 @@ rows the client writes (``transitions.py``); their data is shown as the machine 
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from tidings.errors import NotFoundError
 from tidings.http import schemas as sch
 from tidings.http.errors import BadRequestError
 from tidings.http.gateway import Gateway, gateway, name_of, vhost_of
 from tidings.http.middleware import user_of
+from tidings.machine_diagram import svg
 from tidings.transitions import TransitionCommit, moved_row, read_row, state_numbers
 
 #: Largest page of instances.
@@ -31,7 +33,7 @@ def _rows(gw: Gateway, request: Request, vhost: str, name: str) -> Rows:
     gw.check(request, "read", "queue", f"machine.{name}", vhost)
     known = vhost in gw.broker.vhost_names() and name in gw.broker.machine_names(vhost)
     if not known:
-        raise NotFoundError(f"no machine '{name}' with instances in vhost '{vhost}'")
+        raise NotFoundError(f"no machine '{name}' in vhost '{vhost}'")
     return [(key, read_row(row)) for key, row in gw.broker.list_instances(vhost, name)]
 
 
@@ -40,6 +42,27 @@ def _summary(vhost: str, name: str, rows: Rows) -> dict[str, Any]:
     return {"vhost": vhost, "name": name, "instances": len(rows),
             "states": {state: n["instances"] for state, n in numbers.items()},
             "oldest_s": {state: n["oldest_s"] for state, n in numbers.items()}}
+
+
+def _description(gw: Gateway, vhost: str, name: str) -> dict[str, Any] | None:
+    raw = gw.broker.machine_description(vhost, name)
+    try:
+        found = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
+async def machine_diagram(request: Request) -> Response:
+    """The machine's picture (SVG) with the instances each state holds now."""
+    gw, vhost, name = gateway(request), vhost_of(request), name_of(request)
+    rows = _rows(gw, request, vhost, name)
+    description = _description(gw, vhost, name)
+    if description is None:
+        raise NotFoundError(f"machine '{name}' has no description: it is drawn from the one "
+                            f"its runner registers when it starts")
+    counts = _summary(vhost, name, rows)["states"]
+    return Response(svg(description, counts), media_type="image/svg+xml")
 
 
 async def list_machines(request: Request) -> JSONResponse:
@@ -59,7 +82,9 @@ async def get_machine(request: Request) -> JSONResponse:
     wanted = params.get("state")
     chosen = sorted((k, d) for k, d in rows if wanted is None or d["state"] == wanted)
     shown = chosen[(page - 1) * size:page * size]
-    return JSONResponse({**_summary(vhost, name, rows), "filtered_count": len(chosen),
+    return JSONResponse({**_summary(vhost, name, rows),
+                         "description": _description(gw, vhost, name),
+                         "filtered_count": len(chosen),
                          "page": page, "page_size": size,
                          "items": [{"key": k, "state": d["state"], "version": d["version"],
                                     "history": d["history"], "written_by": d["written_by"]}

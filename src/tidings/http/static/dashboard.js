@@ -410,10 +410,31 @@ async function nodePage() {
     ["disk free limit", bytes(node.disk_free_limit)]]);
 }
 
+async function machinesPage() {
+  const machines = (await json("/api/machines")).slice(0, 20);
+  const shown = await Promise.all(machines.map(async m => {
+    const box = el("div", undefined, "machine");
+    box.dataset.machine = m.name;
+    box.appendChild(el("h2", `${m.name} (${m.vhost})`));
+    const states = Object.entries(m.states).map(
+      ([state, n]) => `${state}: ${fmt(n)} (oldest ${age(m.oldest_s[state])})`);
+    box.appendChild(el("div", `${fmt(m.instances)} instances · ${states.join(" · ") || "none yet"}`,
+                       "facts"));
+    const picture = el("div", undefined, "picture");
+    const drawn = await api(`/api/machine-diagrams/${enc(m.vhost)}/${enc(m.name)}`);
+    if (drawn.ok) picture.innerHTML = await drawn.text();  // drawn by the server, escaped
+    else picture.textContent = "no picture: its runner has not described it";
+    box.appendChild(picture);
+    return box;
+  }));
+  document.getElementById("machines").replaceChildren(
+    ...(shown.length ? shown : [el("p", "No state machines yet.", "facts")]));
+}
+
 // -- routing by the hash --------------------------------------------------------------------
 
 const PAGES = { overview: overviewPage, queue: queuePage, exchanges: exchangesPage,
-                connections: connectionsPage, node: nodePage };
+                connections: connectionsPage, machines: machinesPage, node: nodePage };
 
 function pageName() {
   const h = location.hash;

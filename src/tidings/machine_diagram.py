@@ -1,4 +1,8 @@
-"""A machine's picture as SVG, drawn from its definition (no layout library, no browser).
+"""A machine's picture as SVG, drawn from its description (no layout library, no browser).
+
+The description is plain data (:meth:`tidings.Machine.describe`: name, initial and final
+states, states, transitions), so the client and the server's faces draw the same picture:
+the runner registers it with the broker, and the dashboard shows it with live counts.
 
 States stand in columns by their distance from the initial state (states no transition reaches
 come last); a transition is an arrow from its state to the next, labelled with its event's
@@ -13,29 +17,30 @@ from collections import deque
 from html import escape
 from typing import Any
 
-from tidings.client.machine import TIMER_PREFIX, Machine
+TIMER_PREFIX = "timer:"
 
 COLUMN_W, ROW_H, BOX_H, MARGIN = 230, 90, 40, 40
 
 
-def _levels(machine: Machine[Any]) -> dict[str, int]:
-    level = {machine.initial: 0}
-    todo = deque([machine.initial])
+def _levels(d: dict[str, Any]) -> dict[str, int]:
+    level = {d["initial"]: 0}
+    todo = deque([d["initial"]])
     while todo:
         state = todo.popleft()
-        for t in machine.transitions:
-            if t.source == state and t.target not in level:
-                level[t.target] = level[state] + 1
-                todo.append(t.target)
+        for t in d["transitions"]:
+            if t["source"] == state and t["target"] not in level:
+                level[t["target"]] = level[state] + 1
+                todo.append(t["target"])
     last = max(level.values(), default=0) + 1
-    return {s: level.get(s, last) for s in machine.states}
+    return {s: level.get(s, last) for s in d["states"]}
 
 
-def svg(machine: Machine[Any], counts: dict[str, int] | None = None) -> str:
-    levels = _levels(machine)
+def svg(d: dict[str, Any], counts: dict[str, int] | None = None) -> str:
+    """The picture of the machine described by ``d`` (with instance counts per state)."""
+    levels = _levels(d)
     places: dict[str, tuple[float, float, float]] = {}  # state -> x, y, width
     rows: dict[int, int] = {}
-    for state in machine.states:
+    for state in d["states"]:
         column = levels[state]
         row = rows.get(column, 0)
         rows[column] = row + 1
@@ -49,19 +54,20 @@ def svg(machine: Machine[Any], counts: dict[str, int] | None = None) -> str:
            '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
            'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" '
            'fill="#555"/></marker></defs>',
-           f"<title>{escape(machine.name)}</title>"]
-    x0, y0, _ = places[machine.initial]
+           f"<title>{escape(d['name'])}</title>"]
+    x0, y0, _ = places[d["initial"]]
     out.append(f'<circle cx="{x0 - 22}" cy="{y0 + BOX_H / 2}" r="6" fill="#1d2330"/>'
                f'<line x1="{x0 - 16}" y1="{y0 + BOX_H / 2}" x2="{x0}" y2="{y0 + BOX_H / 2}" '
                'stroke="#555" marker-end="url(#arrow)"/>')
-    for t in machine.transitions:
-        out.append(_arrow(places[t.source], places[t.target], t.topic, t.source == t.target))
+    for t in d["transitions"]:
+        out.append(_arrow(places[t["source"]], places[t["target"]], t["topic"],
+                          t["source"] == t["target"]))
     for state, (x, y, w) in places.items():
         label = state if counts is None else f"{state} ({counts.get(state, 0)})"
         out.append(f'<g class="state" data-state="{escape(state)}">'
                    f'<rect x="{x}" y="{y}" width="{w:.0f}" height="{BOX_H}" rx="8" '
                    'fill="#fff" stroke="#3b6fe0" stroke-width="1.5"/>')
-        if state in machine.final:
+        if state in d["final"]:
             out.append(f'<rect x="{x + 3}" y="{y + 3}" width="{w - 6:.0f}" '
                        f'height="{BOX_H - 6}" rx="6" fill="none" stroke="#3b6fe0"/>')
         out.append(f'<text x="{x + w / 2:.0f}" y="{y + BOX_H / 2 + 4}" '
