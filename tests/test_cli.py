@@ -483,6 +483,8 @@ def test_the_cli_declares_gets_binds_sets_policies_and_closes_like_rabbitmqadmin
         assert "cli-watched" in table and table.split()[:3] == ["name", "user", "vhost"]
         [row] = json.loads(cli("connections", "--json").stdout)
         assert "jobs" in cli("consumers").stdout and cli("channels").stdout.count("\n") == 2
+        empty = cli("close", "")
+        assert empty.returncode == 1 and "name the connection" in empty.stderr  # was HTTP 307
         assert cli("close", row["name"], "--reason", "maintenance").returncode == 0
         with pytest.raises(pika.exceptions.ConnectionClosedByBroker):
             conn.process_data_events(time_limit=2)

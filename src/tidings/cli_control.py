@@ -531,6 +531,8 @@ async def _get(api: Api, args: argparse.Namespace) -> int:
 
 
 async def _close(api: Api, args: argparse.Namespace) -> int:
+    if not args.connection:
+        raise ConfigError("name the connection to close, as 'tidings connections' lists it")
     await api.call("DELETE", f"/api/connections/{_q(args.connection)}",
                    headers={"X-Reason": args.reason})
     return _said(args, {"closed": args.connection}, f"closed '{args.connection}'")

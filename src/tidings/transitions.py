@@ -3,7 +3,8 @@ and the instance row it writes.
 
 Plain data shared by the client (which builds it from a machine's step) and the broker (which
 applies it, ``routing/machines.py``): the instance's new row, the messages the transition
-sends, the timers it arms and cancels. The event's acknowledgement goes with it. The row is
+sends, the timers it arms. The event's acknowledgement goes with it. (A cancelled timer is
+not looked up among the delayed messages: it is dropped unapplied when it comes.) The row is
 JSON in one shape (:func:`instance_row`), which the HTTP API and the CLI read too.
 """
 
@@ -27,8 +28,6 @@ class TransitionCommit:
     messages: tuple[tuple[str, Message], ...] = ()
     #: Timers it arms: (queue, message, delay in ms); the message's id names the timer.
     timers: tuple[tuple[str, Message, int], ...] = ()
-    #: Timers it cancels: (queue, timer id).
-    cancels: tuple[tuple[str, str], ...] = ()
     #: The instance's version the transition was computed from (0: none yet); the broker
     #: refuses the commit if the instance moved on meanwhile (None: no check).
     expected_version: int | None = None

@@ -62,19 +62,6 @@ async def test_a_commit_that_cannot_apply_changes_nothing(brokers: BrokerFactory
     assert drain(b, b.open_session(), "machine.order") == [b"paid"]
 
 
-async def test_cancelled_timers_never_fire(brokers: BrokerFactory) -> None:
-    b = brokers.start()
-    b.declare_queue("/", "machine.order")
-    session = b.open_session()
-    timer = Message(b"", "", message_id="order:o1:t:1")
-    b.commit_transition(session, None, TransitionCommit(
-        "/", "order", "o1", b"1", timers=(("machine.order", timer, 1000),)))
-    assert len(b.delayed) == 1
-    b.commit_transition(session, None, TransitionCommit(
-        "/", "order", "o1", b"2", cancels=(("machine.order", "order:o1:t:1"),)))
-    assert len(b.delayed) == 0 and b.find_instance("/", "order", "o1") == b"2"
-
-
 async def test_a_commit_computed_from_an_old_version_is_refused(brokers: BrokerFactory) -> None:
     b = brokers.start()
     b.declare_queue("/", "machine.order")

@@ -263,7 +263,7 @@ class MachineRunner(Generic[D]):
                 timers.append((self.queue, timer, int(change.after_s * 1000)))
         return TransitionCommit(VHOST, self.machine.name, key,
                                 encode_instance(step.instance, time.time()),
-                                tuple(messages), tuple(timers), (),
+                                tuple(messages), tuple(timers),
                                 expected_version=before.version if before is not None else 0,
                                 version=step.instance.version)
 

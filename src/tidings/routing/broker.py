@@ -257,8 +257,7 @@ class Broker:
         self.machine_rows.commit(
             session, delivery_tag, commit,
             lambda vhost, exchange, message, delay_ms: self.publish(
-                vhost, exchange, message, delay_ms=delay_ms),
-            lambda vhost, queue, ident: self.take(vhost, queue, ident))
+                vhost, exchange, message, delay_ms=delay_ms))
 
     def find_instance(self, vhost: str, machine: str, key: str) -> bytes | None:
         return self.machine_rows.find(vhost, machine, key)
@@ -273,7 +272,7 @@ class Broker:
         self.machine_rows.describe(vhost, machine, description)
 
     def machine_description(self, vhost: str, machine: str) -> bytes | None:
-        return self.machine_rows.descriptions.get((vhost, machine))
+        return self.machine_rows.description(vhost, machine)
 
     def set_policy(self, policy: Policy) -> None:
         self.declarations.set_policy(policy)

@@ -3,7 +3,7 @@
 The broker does not interpret an instance: it keeps each as opaque bytes (the client's JSON)
 under ``(vhost, machine, key)``, in a definitions row of the store and in memory for reads.
 :meth:`MachineRows.commit` applies a transition as one step: the instance's new row, the
-messages the transition sends, the timers it arms (delayed messages) and cancels, and the
+messages the transition sends, the timers it arms (delayed messages), and the
 acknowledgement of the event that caused it. Every change is made in one synchronous call,
 so the store's group commit writes them in one transaction: after a crash either all of them
 happened or none did (the event is then redelivered and the client applies it again).
@@ -66,6 +66,9 @@ class MachineRows:
     def machines(self, vhost: str) -> list[str]:
         return sorted({m for v, m in (*self.rows, *self.descriptions) if v == vhost})
 
+    def description(self, vhost: str, machine: str) -> bytes | None:
+        return self.descriptions.get((vhost, machine))
+
     def describe(self, vhost: str, machine: str, description: bytes) -> None:
         """Keep a machine's description (its runner registers it at start)."""
         if len(description) > MAX_DESCRIPTION_BYTES:
@@ -77,8 +80,7 @@ class MachineRows:
             self._store.put_definition(DESCRIPTION_ROWS, f"{vhost}{SEP}{machine}", description)
 
     def commit(self, session: Session, delivery_tag: int | None, c: TransitionCommit,
-               publish: Callable[[str, str, Message, int | None], object],
-               cancel: Callable[[str, str, str], object]) -> None:
+               publish: Callable[[str, str, Message, int | None], object]) -> None:
         """Apply ``c`` and settle the event's delivery (None: the event came another way)."""
         self._check(session, delivery_tag, c)
         if c.row is not None:
@@ -89,8 +91,6 @@ class MachineRows:
                                        c.row)
         for exchange, message in c.messages:
             publish(c.vhost, exchange, message, None)
-        for queue, ident in c.cancels:
-            cancel(c.vhost, queue, ident)
         for queue, message, delay_ms in c.timers:
             publish(c.vhost, "", _to(message, queue), delay_ms)
         if delivery_tag is not None:
