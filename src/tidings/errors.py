@@ -41,6 +41,13 @@ class PreconditionFailedError(TidingsError):
     reply_code, status, code = 406, 409, "precondition_failed"
 
 
+class VersionConflictError(PreconditionFailedError):
+    """A state machine's transition was computed from an instance's version that is no
+    longer current (another process or an operator moved it on): read it and apply again."""
+
+    code = "version_conflict"
+
+
 class AccessRefusedError(TidingsError):
     """The caller may not do this (reserved names, permissions, wrong password)."""
 

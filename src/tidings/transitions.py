@@ -11,10 +11,12 @@ JSON in one shape (:func:`instance_row`), which the HTTP API and the CLI read to
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass
 from typing import Any
 
 from tidings.message import Message
+from tidings.message_batches import pack_publishes, unpack_publishes
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,122 @@ class TransitionCommit:
     expected_version: int | None = None
     #: The version the row carries after the commit.
     version: int | None = None
+
+
+#: Over AMQP (tidings serve's extension, ``amqp/machines.py``): the server's capability, the
+#: operations (routing keys on ``amq.tidings.control``) and their headers.
+CAPABILITY = "tidings.machines"
+COMMIT, FIND, LIST, DESCRIBE = ("machine-commit", "machine-find", "machine-list",
+                                "machine-describe")
+FOUND_HEADER, AFTER_HEADER, LIMIT_HEADER = "x-found", "x-after", "x-limit"
+TAG_HEADER = "x-delivery-tag"
+MACHINE_HEADER, KEY_HEADER = "x-machine", "x-key"
+EXPECTED_HEADER, VERSION_HEADER = "x-expected-version", "x-version"
+EXCHANGES_HEADER, DELAYS_HEADER = "x-exchanges", "x-delays"
+_LENGTH = struct.Struct(">I")
+_NO_ROW = 0xFFFFFFFF
+
+
+def pack_commit(c: TransitionCommit) -> tuple[dict[str, Any], bytes]:
+    """``c`` as the headers and body of a ``machine-commit``: the row (4-byte length, or
+    0xFFFFFFFF for none), then its messages and timers packed as a batch's publishes; the
+    headers name the messages' exchanges and the timers' delays, in that order."""
+    headers: dict[str, Any] = {MACHINE_HEADER: c.machine, KEY_HEADER: c.key,
+                               EXCHANGES_HEADER: [e for e, _ in c.messages],
+                               DELAYS_HEADER: [d for _, _, d in c.timers]}
+    if c.expected_version is not None:
+        headers[EXPECTED_HEADER] = c.expected_version
+    if c.version is not None:
+        headers[VERSION_HEADER] = c.version
+    row = c.row
+    head = _LENGTH.pack(_NO_ROW) if row is None else _LENGTH.pack(len(row)) + row
+    entries = [(m.routing_key, m) for _, m in c.messages]
+    entries += [(queue, m) for queue, m, _ in c.timers]
+    return headers, head + pack_publishes(entries)
+
+
+def unpack_commit(vhost: str, headers: dict[str, Any], body: bytes) -> TransitionCommit:
+    """A ``machine-commit``'s transition; ValueError unless headers and body agree whole."""
+    machine, key = _text(headers, MACHINE_HEADER), _text(headers, KEY_HEADER)
+    exchanges = [_as_text(e, EXCHANGES_HEADER) for e in _list(headers, EXCHANGES_HEADER)]
+    delays = [_count(d, DELAYS_HEADER) for d in _list(headers, DELAYS_HEADER)]
+    if len(body) < _LENGTH.size:
+        raise ValueError("the body ends before the row's length")
+    (size,) = _LENGTH.unpack_from(body)
+    row: bytes | None = None
+    pos = _LENGTH.size
+    if size != _NO_ROW:
+        if pos + size > len(body):
+            raise ValueError("the row runs past the body")
+        row, pos = bytes(body[pos:pos + size]), pos + size
+    entries = unpack_publishes(bytes(body[pos:]))
+    if len(entries) != len(exchanges) + len(delays):
+        raise ValueError(f"{len(entries)} messages packed, {len(exchanges)} exchanges and "
+                         f"{len(delays)} delays named")
+    n = len(exchanges)
+    return TransitionCommit(
+        vhost, machine, key, row,
+        tuple((exchanges[i], m) for i, (_, m) in enumerate(entries[:n])),
+        tuple((rk, m, delays[i]) for i, (rk, m) in enumerate(entries[n:])),
+        expected_version=_optional_count(headers, EXPECTED_HEADER),
+        version=_optional_count(headers, VERSION_HEADER))
+
+
+def pack_instances(rows: list[tuple[str, bytes]]) -> bytes:
+    """Instance rows as one body: per row its key and row, each with a 4-byte length."""
+    parts: list[bytes] = []
+    for key, row in rows:
+        raw = key.encode()
+        parts += [_LENGTH.pack(len(raw)), raw, _LENGTH.pack(len(row)), row]
+    return b"".join(parts)
+
+
+def unpack_instances(body: bytes) -> list[tuple[str, bytes]]:
+    out: list[tuple[str, bytes]] = []
+    pos = 0
+    while pos < len(body):
+        parts: list[bytes] = []
+        for _ in range(2):
+            if pos + _LENGTH.size > len(body):
+                raise ValueError("instance rows cut short")
+            (size,) = _LENGTH.unpack_from(body, pos)
+            pos += _LENGTH.size
+            if pos + size > len(body):
+                raise ValueError("instance rows cut short")
+            parts.append(bytes(body[pos:pos + size]))
+            pos += size
+        out.append((parts[0].decode(), parts[1]))
+    return out
+
+
+def _as_text(value: Any, name: str) -> str:
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value).decode()
+    if not isinstance(value, str):
+        raise ValueError(f"header '{name}' must hold text")
+    return value
+
+
+def _text(headers: dict[str, Any], name: str) -> str:
+    return _as_text(headers.get(name), name)
+
+
+def _list(headers: dict[str, Any], name: str) -> list[Any]:
+    value = headers.get(name, [])
+    if not isinstance(value, list):
+        raise ValueError(f"header '{name}' must be a list")
+    return value
+
+
+def _count(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"header '{name}' must hold counts >= 0")
+    return value
+
+
+def _optional_count(headers: dict[str, Any], name: str) -> int | None:
+    value = headers.get(name)
+    return None if value is None else _count(value, name)
 
 
 #: Operator moves an instance remembers (the newest).

@@ -6,7 +6,8 @@ state takes is a dead letter with its reason, and instances survive closing and 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 import tidings
 from tidings.errors import NotSupportedError
 
+from ..serverproc import ServerProcess, running
 from .order_machine import model, order_machine, three_orders_one_paid
 
 
@@ -26,9 +28,35 @@ async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -
         await asyncio.sleep(0.02)
 
 
-async def test_orders_move_one_committed_transition_per_event(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with running(Path(tmp_path_factory.mktemp("machines")) / "data") as proc:
+        yield proc
+
+
+@contextlib.asynccontextmanager
+async def opened(place: str, data: Path, request: pytest.FixtureRequest,
+                 ) -> AsyncIterator[tidings.Client]:
+    """A client on the embedded broker, on tidings serve, or joining a data directory another
+    client owns (over the owner's socket)."""
+    if place == "serve":
+        server: ServerProcess = request.getfixturevalue("serve")
+        async with tidings.connect(f"amqp://guest:guest@127.0.0.1:{server.port}/") as client:
+            yield client
+    elif place == "joiner":
+        async with tidings.connect(str(data)) as owner, tidings.connect(str(data)) as client:
+            assert owner.transport.capabilities.broker != client.transport.capabilities.broker
+            yield client
+    else:
+        async with tidings.connect(str(data)) as client:
+            yield client
+
+
+@pytest.mark.parametrize("place", ["embedded", "serve", "joiner"])
+async def test_orders_move_one_committed_transition_per_event(
+        tmp_path: Path, place: str, request: pytest.FixtureRequest) -> None:
     data = tmp_path / "data"
-    async with tidings.connect(str(data)) as client:
+    async with opened(place, data, request) as client:
         runner = client.machine(order_machine(payment_s=0.3))
         await runner.start()
 
@@ -58,7 +86,7 @@ async def test_orders_move_one_committed_transition_per_event(tmp_path: Path) ->
         assert "no instance 'o9'" in dead.headers["x-machine-reason"]
         assert [i.key for i in await runner.list(state="paid")] == ["o1"]
         await runner.stop()
-    async with tidings.connect(str(data)) as client:  # kept across a reopen
+    async with opened(place, data, request) as client:  # kept across a reopen
         runner = client.machine(order_machine())
         o1 = await runner.get("o1")
         assert o1 is not None and o1.state == "paid" and o1.history == 2

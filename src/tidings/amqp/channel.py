@@ -345,13 +345,13 @@ class AmqpChannel:
             extensions.control(self, message, m)
             return
         self.check("write", "exchange", m.exchange)
-        self._admit(message)
+        self.admit(message)
         if self.tx is not None:
             self.tx.append(lambda: self._publish(message, m))
             return
         self._publish(message, m)
 
-    def _admit(self, message: Message) -> None:
+    def admit(self, message: Message) -> None:
         """What every publish is checked for beyond the exchange's write permission."""
         if message.user_id is not None and message.user_id != self.link.username:
             raise PreconditionFailedError(
@@ -371,7 +371,7 @@ class AmqpChannel:
             raise PreconditionFailedError("a batch cannot be published in a transaction")
         self.check("write", "exchange", exchange)
         for _, message in entries:
-            self._admit(message)
+            self.admit(message)
         returned: list[int] = []
         refused: list[int] = []
         publish, vhost = self.broker.publish, self.vhost

@@ -33,6 +33,9 @@ send, so the tidings client (and any other) gets them over AMQP:
   ``x-tidings-batch: true`` gets the deliveries of one loop turn as one ``basic.deliver``
   whose message has the header ``x-tidings-batch`` (the count) and the deliveries packed in
   its body, each with its own delivery tag to settle (prefetch still counts messages).
+- **State machines** (the server's capability ``tidings.machines``): ``machine-commit``,
+  ``machine-find``, ``machine-list`` and ``machine-describe`` commit a transition with its
+  event's ack as one step and read instances (:mod:`tidings.amqp.machines`).
 """
 
 from __future__ import annotations
@@ -45,31 +48,23 @@ from pamqp.base import Frame as Method
 
 from tidings import message_batches as batches
 from tidings.amqp import frames as wire
+from tidings.amqp import machines
 from tidings.errors import InvalidArgumentError, NotFoundError
 from tidings.message import Message
-from tidings.routing.front_door import FrontDoor
 
 B = commands.Basic
 
-CONTROL_EXCHANGE = "amq.tidings.control"
+CONTROL_EXCHANGE = machines.CONTROL_EXCHANGE
 BROWSE_ARGUMENT = "x-tidings-browse"
 BROWSE_END_HEADER = "x-tidings-browse-end"
 #: Most messages one browse sends (a client asking for more gets this many).
 MAX_BROWSE = 10_000
 
 
-class ExtensionChannel(Protocol):
+class ExtensionChannel(machines.MachineChannel, Protocol):
     """What an extension uses of the channel it arrived on (``AmqpChannel`` is one)."""
 
-    vhost: str
-    broker: FrontDoor
-
-    def check(self, permission: str, kind: str, name: str) -> None: ...
-
     def reply(self, method: Method, nowait: bool = False) -> None: ...
-
-    def send_content(self, method: Method, message: Message,
-                     extra: dict[str, Any] | None = None) -> None: ...
 
     def confirm(self, ok: bool) -> None: ...
 
@@ -99,6 +94,10 @@ def control(channel: ExtensionChannel, message: Message, method: B.Publish) -> N
     if method.routing_key == batches.PUBLISH_BATCH:
         _publish_batch(channel, message)
         return
+    if method.routing_key in machines.OPERATIONS:
+        machines.operate(channel, method.routing_key, message)
+        channel.confirm(ok=True)
+        return
     if method.routing_key == "extend":
         channel.extend(_header(message, "x-delivery-tag", int))
     elif method.routing_key == "delete":
@@ -113,7 +112,8 @@ def control(channel: ExtensionChannel, message: Message, method: B.Publish) -> N
                                      _header(message, "x-offset", int))
     else:
         raise NotFoundError(f"{CONTROL_EXCHANGE} has no operation '{method.routing_key}' "
-                            f"(extend, delete, commit-offset, {batches.PUBLISH_BATCH})")
+                            f"(extend, delete, commit-offset, {batches.PUBLISH_BATCH}, "
+                            f"{', '.join(machines.OPERATIONS)})")
     if not removed and method.mandatory:
         channel.send_content(wire.Return(312, "NO_ROUTE", method.exchange, method.routing_key),
                              message)

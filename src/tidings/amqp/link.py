@@ -27,6 +27,7 @@ from pamqp import commands
 
 import tidings
 from tidings import message_batches as batches
+from tidings import transitions
 from tidings.amqp.channel import AmqpChannel
 from tidings.amqp.confirms import ConfirmBook, replies
 from tidings.amqp.connection import (
@@ -60,6 +61,7 @@ CAPABILITIES = {
     "per_consumer_qos": True,
     "direct_reply_to": True,
     batches.CAPABILITY: True,
+    transitions.CAPABILITY: True,
 }
 #: Seconds a client has from connecting (TLS handshake included) to an open connection, as
 #: RabbitMQ's handshake_timeout; then it is dropped.

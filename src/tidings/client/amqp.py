@@ -44,6 +44,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
 from tidings import message_batches as batches
+from tidings import transitions
 from tidings.basic_properties import to_message, to_properties
 from tidings.client.amqp_batching import LARGE_BYTES, AmqpConsumer, chunks
 from tidings.client.management import queue_statistics as management_statistics
@@ -62,7 +63,6 @@ from tidings.client.transport import (
     Delivery,
     QueueSpec,
     StreamSpec,
-    WithoutMachines,
 )
 from tidings.client.turns import Outcomes, TurnBatches
 from tidings.dead_letters import dead_letter_queue, replay_into, revive
@@ -75,6 +75,7 @@ from tidings.errors import (
     PreconditionFailedError,
     ResourceLockedError,
     TidingsError,
+    VersionConflictError,
 )
 from tidings.message import Message
 from tidings.statistics import BrokerStatistics
@@ -153,13 +154,14 @@ class UnixSocketFactory(aiormq.connection.TransportFactory):
             raise aiormq.exceptions.AMQPConnectionError(*e.args) from e
 
 
-def amqp_capabilities(broker: str, *, tidings: bool, management: bool) -> Capabilities:
+def amqp_capabilities(broker: str, *, tidings: bool, management: bool,
+                      machines: bool = False) -> Capabilities:
     """What the client can do over AMQP: everything on tidings serve (its extensions give
     what AMQP lacks, its HTTP API the latency statistics), AMQP itself on other brokers."""
     if tidings:
         no_latency = ("waiting and processing times are kept by the broker: connect with "
                       "management_url= (tidings serve's HTTP API) to read them")
-        return Capabilities(broker, latency_statistics=management,
+        return Capabilities(broker, latency_statistics=management, machines=machines,
                             reasons=() if management else (("latency_statistics", no_latency),))
     no_browse = ("AMQP 0-9-1 cannot read a message without taking it; dead letters are "
                  "listed with client.dead_letters(), other queues in the management UI")
@@ -167,10 +169,14 @@ def amqp_capabilities(broker: str, *, tidings: bool, management: bool) -> Capabi
                  "messages a TTL")
     no_extend = ("AMQP 0-9-1 has no lease extension; declare the queue with a longer "
                  "consumer_timeout_ms")
+    no_machines = ("AMQP has no way to keep an instance's state with the publishes and the ack "
+                   "of its event in one step (RabbitMQ's transactions are not atomic across "
+                   "queues): run the machine on tidings serve or a data directory")
     return Capabilities(
         broker, browse=False, delete=False, delete_delayed=False, extend=False,
         latency_statistics=False,
         reasons=(("browse", no_browse), ("delete", no_delete), ("delete_delayed", no_delete),
+                 ("machines", no_machines),
                  ("extend", no_extend),
                  ("latency_statistics", "RabbitMQ does not measure waiting and processing "
                                         "times")),
@@ -224,7 +230,7 @@ def _forget_delay(headers: dict[str, Any]) -> None:
             headers.pop(key, None)
 
 
-class AmqpTransport(WithoutMachines):
+class AmqpTransport:
     """The client's :class:`~tidings.client.transport.Transport` over one AMQP connection."""
 
     def __init__(self, url: str, *, ssl_context: ssl.SSLContext | None = None,
@@ -282,8 +288,10 @@ class AmqpTransport(WithoutMachines):
         self._batcher: TurnBatches[tuple[str, bool], tuple[str, Message]] | None = \
             TurnBatches(self._publish_turn) if isinstance(capabilities, dict) and \
             capabilities.get(batches.CAPABILITY) else None
-        self.capabilities = amqp_capabilities(self._broker(), tidings=self.is_tidings,
-                                              management=self._management is not None)
+        self.capabilities = amqp_capabilities(
+            self._broker(), tidings=self.is_tidings, management=self._management is not None,
+            machines=isinstance(capabilities, dict) and
+            bool(capabilities.get(transitions.CAPABILITY)))
         self._channel = await conn.channel(publisher_confirms=True)
         return self
 
@@ -777,6 +785,79 @@ class AmqpTransport(WithoutMachines):
         except _Returned:  # no such message was waiting
             return False
         return True
+
+    # -- state machines (tidings serve's extension, amqp/machines.py on the server) ---------
+
+    async def commit_transition(self, token: Any, commit: transitions.TransitionCommit) -> None:
+        """The transition and the ack of ``token``'s delivery as one publish on the channel
+        that holds the delivery, confirmed once durable."""
+        if not self.capabilities.machines:
+            raise self.capabilities.unsupported("machines", "run a state machine")
+        headers, body = transitions.pack_commit(commit)
+        if token is not None:
+            channel, tag = token.handle
+            headers[transitions.TAG_HEADER] = tag
+        else:
+            channel = await self._main()
+        try:
+            result = await channel.basic_publish(
+                body, exchange=CONTROL_EXCHANGE, routing_key=transitions.COMMIT,
+                properties=spec.Basic.Properties(message_id=uuid.uuid4().hex, headers=headers),
+                mandatory=True, wait=False)
+        except aiormq.exceptions.PublishError as e:  # the instance moved on: nothing changed
+            current = (e.message.header.properties.headers or {}).get(transitions.VERSION_HEADER)
+            raise VersionConflictError(
+                f"instance '{commit.key}' of machine '{commit.machine}' is at version "
+                f"{current}, not {commit.expected_version}: it moved on") from None
+        except Exception as e:
+            raise translate(e) from e
+        if isinstance(result, spec.Basic.Nack):
+            raise PreconditionFailedError(f"{self._broker()} could not store the transition of "
+                                          f"'{commit.key}' (out of resources)")
+        if token is not None and token.consumer is not None:
+            # settled by the commit: only now may a gathered multiple ack pass over it
+            token.consumer.settling(tag)
+            await token.consumer.settled()
+
+    async def _ask(self, operation: str, headers: dict[str, Any],
+                   body: bytes = b"") -> tuple[dict[str, Any], bytes]:
+        """A machine operation that answers: the request comes back as a return carrying it."""
+        if not self.capabilities.machines:
+            raise self.capabilities.unsupported("machines", "read a state machine's instances")
+        channel = await self._main()
+        try:
+            await channel.basic_publish(
+                body, exchange=CONTROL_EXCHANGE, routing_key=operation,
+                properties=spec.Basic.Properties(message_id=uuid.uuid4().hex, headers=headers),
+                mandatory=True, wait=False)
+        except aiormq.exceptions.PublishError as e:
+            return e.message.header.properties.headers or {}, bytes(e.message.body)
+        except Exception as e:
+            raise translate(e) from e
+        raise TidingsError(f"{self._broker()} did not answer {operation}")
+
+    async def find_instance(self, machine: str, key: str) -> bytes | None:
+        headers, body = await self._ask(transitions.FIND, {
+            transitions.MACHINE_HEADER: machine, transitions.KEY_HEADER: key})
+        return body if headers.get(transitions.FOUND_HEADER) else None
+
+    async def list_instances(self, machine: str) -> list[tuple[str, bytes]]:
+        found: list[tuple[str, bytes]] = []
+        while True:
+            after = found[-1][0] if found else ""
+            _, body = await self._ask(transitions.LIST, {
+                transitions.MACHINE_HEADER: machine, transitions.AFTER_HEADER: after})
+            page = transitions.unpack_instances(body)
+            found += page
+            if not page:
+                return found
+
+    async def describe_machine(self, machine: str, description: bytes) -> None:
+        if not self.capabilities.machines:
+            raise self.capabilities.unsupported("machines", "run a state machine")
+        await self._confirm([(CONTROL_EXCHANGE, transitions.DESCRIBE, Message(
+            description, message_id=uuid.uuid4().hex,
+            headers={transitions.MACHINE_HEADER: machine}), False)])
 
     async def purge(self, queue: str) -> int:
         ok = await self._call("queue_purge", queue)

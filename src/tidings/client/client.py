@@ -331,7 +331,8 @@ class Client:
     def machine(self, machine: Machine[Any], *, prefetch: int = 100) -> MachineRunner[Any]:
         """Run ``machine`` on this (open) client: ``await runner.start()`` applies the events
         of its topics, one committed transition per event; ``get`` and ``list`` read its
-        instances (``client/machine_runner.py``). The embedded broker only, so far."""
+        instances (``client/machine_runner.py``). On the embedded broker, a shared data directory
+        and tidings serve (``capabilities.machines``)."""
         return MachineRunner(machine, self.transport, prefetch=prefetch, new_id=self.new_id,
                              ensure_queue=self.ensure_queue)
 

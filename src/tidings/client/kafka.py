@@ -93,7 +93,10 @@ def kafka_capabilities(broker: str = "Kafka") -> Capabilities:
                  ("extend", "a Kafka consumer holds its deliveries until it leaves its group "
                             "or its session lapses: there is no per-message timeout to "
                             "extend (extend() does nothing)"),
-                 ("latency_statistics", "Kafka counts records but does not time them")))
+                 ("latency_statistics", "Kafka counts records but does not time them"),
+                 ("machines", "not yet (a Kafka transaction could write the instance to a "
+                              "compacted topic with the messages and the event's offset): run "
+                              "the machine on tidings serve or a data directory")))
 
 
 class KafkaEngine:

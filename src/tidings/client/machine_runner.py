@@ -41,6 +41,7 @@ from tidings.client.machine import (
 )
 from tidings.client.transport import EVENTS_EXCHANGE, QueueSpec, Subscription, Transport
 from tidings.dead_letters import dead_letter_queue
+from tidings.errors import VersionConflictError
 from tidings.message import Delivery, Message
 from tidings.statistics import Histogram
 from tidings.transitions import TransitionCommit, instance_row, read_row
@@ -54,6 +55,8 @@ KEY_HEADER = "x-machine-key"
 REASON_HEADER = "x-machine-reason"
 #: Seconds before a failed event is tried again.
 RETRY_DELAY_MS = 1_000
+#: Times an event is judged again at once when its instance moved on under it.
+CONFLICT_ATTEMPTS = 5
 
 
 @dataclass
@@ -173,40 +176,51 @@ class MachineRunner(Generic[D]):
                                if self._chains.get(key) is t else None)
 
     async def _apply(self, delivery: Delivery, event: Event, key: str) -> None:
+        """Apply ``event``; if the instance moved on meanwhile (an operator's move, or another
+        process that was the active consumer), read it again and judge the event anew."""
         try:
-            # read from the broker each time (a dictionary lookup in the embedded one): another
-            # process may have been the active consumer since
-            instance = await self.get(key)
-            started = time.perf_counter()
-            try:
-                step = self.machine.step(instance, event, key)
-            except Exception:
-                self._failed(instance, event)
-                raise
-            handled = time.perf_counter()
-            self.counts[step.verdict.value] += 1
-            if step.verdict is Verdict.APPLIED:
-                for queue in {e.queue for e in step.messages if e.queue}:
-                    if self._ensure_queue is not None:
-                        await self._ensure_queue(queue)
-                committing = time.perf_counter()
-                await self.transport.commit_transition(delivery.delivery_tag,
-                                                       self._commit(key, step, instance))
-                assert step.instance is not None and step.transition is not None
-                numbers = self._numbers(step.transition.name)
-                numbers.count += 1
-                numbers.handler.observe((handled - started) * 1000)
-                numbers.commit.observe((time.perf_counter() - committing) * 1000)
-            elif step.verdict in (Verdict.UNKNOWN_INSTANCE, Verdict.NOT_ACCEPTED):
-                await self._dead(delivery, key, step.reason,
-                                 instance.version if instance is not None else 0)
-            else:
-                await self.transport.ack([delivery.delivery_tag])
+            for _ in range(CONFLICT_ATTEMPTS):
+                try:
+                    await self._apply_once(delivery, event, key)
+                    return
+                except VersionConflictError:
+                    self.counts["conflicts"] = self.counts.get("conflicts", 0) + 1
+            raise VersionConflictError(f"instance '{key}' kept moving on under the event")
         except Exception:
             log.exception("machine '%s': event %s for '%s' failed; it comes again",
                           self.machine.name, event.id, key)
             with contextlib.suppress(Exception):
                 await self.transport.nack(delivery.delivery_tag, True, RETRY_DELAY_MS)
+
+    async def _apply_once(self, delivery: Delivery, event: Event, key: str) -> None:
+        # read from the broker each time: another process may have been the active consumer
+        # since, or an operator moved the instance
+        instance = await self.get(key)
+        started = time.perf_counter()
+        try:
+            step = self.machine.step(instance, event, key)
+        except Exception:
+            self._failed(instance, event)
+            raise
+        handled = time.perf_counter()
+        if step.verdict is Verdict.APPLIED:
+            for queue in {e.queue for e in step.messages if e.queue}:
+                if self._ensure_queue is not None:
+                    await self._ensure_queue(queue)
+            committing = time.perf_counter()
+            await self.transport.commit_transition(delivery.delivery_tag,
+                                                   self._commit(key, step, instance))
+            assert step.instance is not None and step.transition is not None
+            numbers = self._numbers(step.transition.name)
+            numbers.count += 1
+            numbers.handler.observe((handled - started) * 1000)
+            numbers.commit.observe((time.perf_counter() - committing) * 1000)
+        elif step.verdict in (Verdict.UNKNOWN_INSTANCE, Verdict.NOT_ACCEPTED):
+            await self._dead(delivery, key, step.reason,
+                             instance.version if instance is not None else 0)
+        else:
+            await self.transport.ack([delivery.delivery_tag])
+        self.counts[step.verdict.value] += 1
 
     def _numbers(self, transition: str) -> TransitionNumbers:
         found = self.transitions.get(transition)
@@ -235,13 +249,13 @@ class MachineRunner(Generic[D]):
                     expected_version: int | None = None) -> None:
         """A dead letter with its reason, committed with the event's ack (refused if the
         instance moved on since the verdict, so the event is judged again)."""
-        self.counts["dead_lettered"] = self.counts.get("dead_lettered", 0) + 1
         m = delivery.message
         dead = replace(m, routing_key=dead_letter_queue(self.queue),
                        headers={**(m.headers or {}), REASON_HEADER: reason[:500]})
         await self.transport.commit_transition(delivery.delivery_tag, TransitionCommit(
             VHOST, self.machine.name, key, None, messages=(("", dead),),
             expected_version=expected_version))
+        self.counts["dead_lettered"] = self.counts.get("dead_lettered", 0) + 1
 
     def _commit(self, key: str, step: Step[D], before: Instance[D] | None) -> TransitionCommit:
         assert step.instance is not None

@@ -110,7 +110,11 @@ def nats_capabilities(broker: str = "NATS JetStream") -> Capabilities:
     return Capabilities(
         broker, priorities=False, latency_statistics=False,
         reasons=(("priorities", NO_PRIORITIES),
-                 ("latency_statistics", "JetStream counts messages but does not time them")))
+                 ("latency_statistics", "JetStream counts messages but does not time them"),
+                 ("machines", "JetStream cannot update an instance, publish a transition's "
+                              "messages and ack its event as one step (a crash between them "
+                              "applies an event twice or loses its messages): run the machine "
+                              "on tidings serve or a data directory")))
 
 
 class _Reader:

@@ -97,7 +97,10 @@ def stream_key(queue: str, level: int = 0) -> str:
 
 def redis_capabilities(broker: str = "Redis", durable: bool = False,
                        why_not_durable: str = "") -> Capabilities:
-    reasons = [("latency_statistics", "Redis counts entries but does not time them")]
+    reasons = [("latency_statistics", "Redis counts entries but does not time them"),
+               ("machines", "not yet (a script could write the instance, its messages and "
+                            "the ack in one step): run the machine on tidings serve or a data "
+                            "directory")]
     if not durable:
         reasons.append(("durable", why_not_durable or
                         "depends on the server: set appendonly yes and appendfsync always"))

@@ -309,7 +309,14 @@ class ResilientTransport:
         return await self._run(lambda t: t.statistics())
 
     async def commit_transition(self, token: Any, commit: TransitionCommit) -> None:
-        await self._run(lambda t: t.commit_transition(token, commit))
+        if token is None:
+            await self._run(lambda t: t.commit_transition(None, commit))
+            return
+        if token.generation != self._generation or not self._connected.is_set():
+            # (never sent again on a new connection: the broker gives the event again)
+            raise BrokenResourceError("the connection that delivered the event is gone; the "
+                                      "broker delivers it again")
+        await self._inner.commit_transition(token.inner, commit)
 
     async def find_instance(self, machine: str, key: str) -> bytes | None:
         return await self._run(lambda t: t.find_instance(machine, key))  # type: ignore[no-any-return]

@@ -95,7 +95,8 @@ class Capabilities:
 
     def reason(self, name: str) -> str:
         if name == "machines" and name not in dict(self.reasons):
-            return "not yet: run the machine on a data directory (the embedded broker)"
+            return ("this tidings server is older than the state machine extension: upgrade "
+                    "it, or run the machine on a data directory")
         return dict(self.reasons).get(name, "not available on this broker")
 
     def unsupported(self, name: str, operation: str) -> NotSupportedError:

@@ -15,7 +15,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
-from tidings.errors import InvalidArgumentError, NotFoundError, PreconditionFailedError
+from tidings.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    PreconditionFailedError,
+    VersionConflictError,
+)
 from tidings.message import Message
 from tidings.routing.session import Session
 from tidings.routing.vhost import VirtualHosts
@@ -102,7 +107,7 @@ class MachineRows:
         if c.expected_version is not None:
             current = self.versions.get((c.vhost, c.machine, c.key), 0)
             if current != c.expected_version:
-                raise PreconditionFailedError(
+                raise VersionConflictError(
                     f"instance '{c.key}' of machine '{c.machine}' is at version {current}, "
                     f"not {c.expected_version}: it moved on; apply the event again")
         if c.row is not None and len(c.row) > MAX_ROW_BYTES:
