@@ -1,7 +1,7 @@
-"""Child process for the state machine crash test: runs the order machine on a data directory
-while it submits orders and pays two of every three, logging each event once it is confirmed
-durable (``S key`` submitted, ``P key`` paid), until it is killed with SIGKILL. Unpaid orders
-have a payment timer of 0.2 s; paid ones an hour."""
+"""Child process for the state machine crash tests: runs the order machine on a data directory
+(or over ``amqp://`` to tidings serve) while it submits orders and pays two of every three,
+logging each event once it is confirmed durable (``S key`` submitted, ``P key`` paid), until it
+is killed with SIGKILL. Unpaid orders have a payment timer of 0.2 s; paid ones an hour."""
 
 from __future__ import annotations
 

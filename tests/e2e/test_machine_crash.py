@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 import tidings
 from tests.client.order_machine import order_machine
 
+from ..serverproc import ServerProcess
 from .test_crash import run_and_kill
 
 CHILD = Path(__file__).with_name("machine_child.py")
@@ -30,6 +33,41 @@ async def test_kill_9_never_loses_nor_repeats_a_transition(tmp_path: Path) -> No
     data_dir, log = tmp_path / "data", tmp_path / "log"
     for run in range(KILLS):
         run_and_kill(data_dir, log, run, rng, CHILD)
+    await _check(data_dir, log)
+
+
+@pytest.mark.crash
+async def test_kill_9_of_tidings_serve_never_loses_nor_repeats_a_transition(
+        tmp_path: Path) -> None:
+    """The machine runs in a client of tidings serve; the server is killed with -9 under it
+    (every other round the client first), and started again on the same directory."""
+    rng = random.Random(os.environ.get("TIDINGS_CRASH_SEED", str(time.time_ns())))
+    data_dir, log = tmp_path / "data", tmp_path / "log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for run in range(KILLS):
+        server = ServerProcess(data_dir).start()
+        url = f"amqp://guest:guest@127.0.0.1:{server.port}/"
+        child = subprocess.Popen([sys.executable, str(CHILD), url, str(log), str(run)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == b"ready", "the child did not start"
+            time.sleep(rng.uniform(0.05, 0.6))
+            if run % 2 == 0:
+                server.kill()
+                time.sleep(0.1)
+            child.kill()
+        finally:
+            child.wait()
+            if child.stdout is not None:
+                child.stdout.close()
+            server.kill()
+    await _check(data_dir, log)
+
+
+async def _check(data_dir: Path, log: Path) -> None:
+    """Finish the work on the directory, then: no confirmed order lost, no transition twice,
+    one shipping message per paid order, one timer cancellation per unpaid one."""
     submitted, paid = set(), set()
     for line in log.read_text().splitlines():
         parts = line.split()
