@@ -17,6 +17,8 @@ from collections import deque
 from html import escape
 from typing import Any
 
+from tidings.transitions import transition_name
+
 TIMER_PREFIX = "timer:"
 
 COLUMN_W, ROW_H, BOX_H, MARGIN = 230, 90, 40, 40
@@ -35,8 +37,10 @@ def _levels(d: dict[str, Any]) -> dict[str, int]:
     return {s: level.get(s, last) for s in d["states"]}
 
 
-def svg(d: dict[str, Any], counts: dict[str, int] | None = None) -> str:
-    """The picture of the machine described by ``d`` (with instance counts per state)."""
+def svg(d: dict[str, Any], counts: dict[str, int] | None = None,
+        rates: dict[str, float] | None = None) -> str:
+    """The picture of the machine described by ``d`` (with instance counts per state, and
+    transitions per second by transition name when given)."""
     levels = _levels(d)
     places: dict[str, tuple[float, float, float]] = {}  # state -> x, y, width
     rows: dict[int, int] = {}
@@ -60,8 +64,12 @@ def svg(d: dict[str, Any], counts: dict[str, int] | None = None) -> str:
                f'<line x1="{x0 - 16}" y1="{y0 + BOX_H / 2}" x2="{x0}" y2="{y0 + BOX_H / 2}" '
                'stroke="#555" marker-end="url(#arrow)"/>')
     for t in d["transitions"]:
-        out.append(_arrow(places[t["source"]], places[t["target"]], t["topic"],
-                          t["source"] == t["target"]))
+        label = t["topic"].replace(TIMER_PREFIX, "timer ")
+        if rates is not None:
+            rate = rates.get(transition_name(t["source"], t["target"], t["topic"]), 0.0)
+            label += f" · {rate:.3g}/s"
+        out.append(_arrow(places[t["source"]], places[t["target"]], label,
+                          t["topic"].startswith(TIMER_PREFIX), t["source"] == t["target"]))
     for state, (x, y, w) in places.items():
         label = state if counts is None else f"{state} ({counts.get(state, 0)})"
         out.append(f'<g class="state" data-state="{escape(state)}">'
@@ -76,10 +84,9 @@ def svg(d: dict[str, Any], counts: dict[str, int] | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
-def _arrow(a: tuple[float, float, float], b: tuple[float, float, float], topic: str,
-           loop: bool) -> str:
-    timer = topic.startswith(TIMER_PREFIX)
-    label = escape(topic.replace(TIMER_PREFIX, "timer "))
+def _arrow(a: tuple[float, float, float], b: tuple[float, float, float], text: str,
+           timer: bool, loop: bool) -> str:
+    label = escape(text)
     dash = ' stroke-dasharray="5 3"' if timer else ""
     ax, ay, aw = a
     bx, by, bw = b

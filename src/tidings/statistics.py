@@ -7,9 +7,11 @@ broker once a second, so nothing per message touches a clock or a lock.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 #: Bucket growth factor: each bucket covers 10% more than the previous one.
 _GROWTH = 1.1
@@ -96,6 +98,39 @@ class Tally:
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in OPERATIONS}
+
+
+class TransitionNumbers:
+    """One state machine transition's numbers: committed, failed, handler and commit time
+    (ms), and a per-second count of the last minute for its rate."""
+
+    __slots__ = ("_seconds", "commit", "count", "failures", "handler")
+
+    def __init__(self) -> None:
+        self.count = self.failures = 0
+        self.handler, self.commit = Histogram(), Histogram()
+        self._seconds: deque[list[int]] = deque(maxlen=60)
+
+    def committed(self, now: float, handler_ms: float | None = None) -> None:
+        self.count += 1
+        if handler_ms is not None:
+            self.handler.observe(handler_ms)
+        second = int(now)
+        if self._seconds and self._seconds[-1][0] == second:
+            self._seconds[-1][1] += 1
+        else:
+            self._seconds.append([second, 1])
+
+    def rate(self, now: float) -> float:
+        """Per second over the last :data:`RATE_WINDOW_S` whole seconds."""
+        end = int(now)
+        return sum(n for s, n in self._seconds if end - RATE_WINDOW_S <= s < end) / RATE_WINDOW_S
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        return {"count": self.count, "failures": self.failures,
+                "rate": round(self.rate(now), 3),
+                "handler_ms": dataclasses.asdict(self.handler.summary()),
+                "commit_ms": dataclasses.asdict(self.commit.summary())}
 
 
 class Counters:

@@ -35,6 +35,21 @@ class TransitionCommit:
     expected_version: int | None = None
     #: The version the row carries after the commit.
     version: int | None = None
+    #: The transition's name (``source -> target on topic``) for the broker's numbers; with
+    #: ``outcome``: "applied", "dead_lettered", or "failed" (only counted: its handler raised).
+    transition: str = ""
+    outcome: str = "applied"
+    #: How long the handler ran, ms (counted with the transition).
+    handler_ms: float | None = None
+
+
+def transition_name(source: str, target: str, topic: str) -> str:
+    """How a transition is named in numbers and pictures: ``source -> target on topic``."""
+    return f"{source} -> {target} on {topic}"
+
+
+#: What a commit can say happened.
+OUTCOMES = ("applied", "dead_lettered", "failed")
 
 
 #: Over AMQP (tidings serve's extension, ``amqp/machines.py``): the server's capability, the
@@ -47,6 +62,7 @@ TAG_HEADER = "x-delivery-tag"
 MACHINE_HEADER, KEY_HEADER = "x-machine", "x-key"
 EXPECTED_HEADER, VERSION_HEADER = "x-expected-version", "x-version"
 EXCHANGES_HEADER, DELAYS_HEADER = "x-exchanges", "x-delays"
+TRANSITION_HEADER, OUTCOME_HEADER, HANDLER_HEADER = "x-transition", "x-outcome", "x-handler-us"
 _LENGTH = struct.Struct(">I")
 _NO_ROW = 0xFFFFFFFF
 
@@ -62,6 +78,12 @@ def pack_commit(c: TransitionCommit) -> tuple[dict[str, Any], bytes]:
         headers[EXPECTED_HEADER] = c.expected_version
     if c.version is not None:
         headers[VERSION_HEADER] = c.version
+    if c.transition:
+        headers[TRANSITION_HEADER] = c.transition
+    if c.outcome != "applied":
+        headers[OUTCOME_HEADER] = c.outcome
+    if c.handler_ms is not None:
+        headers[HANDLER_HEADER] = int(c.handler_ms * 1000)
     row = c.row
     head = _LENGTH.pack(_NO_ROW) if row is None else _LENGTH.pack(len(row)) + row
     entries = [(m.routing_key, m) for _, m in c.messages]
@@ -88,12 +110,18 @@ def unpack_commit(vhost: str, headers: dict[str, Any], body: bytes) -> Transitio
         raise ValueError(f"{len(entries)} messages packed, {len(exchanges)} exchanges and "
                          f"{len(delays)} delays named")
     n = len(exchanges)
+    outcome = str(headers.get(OUTCOME_HEADER) or "applied")
+    if outcome not in OUTCOMES:
+        raise ValueError(f"header '{OUTCOME_HEADER}' must be one of {', '.join(OUTCOMES)}")
+    handler_us = _optional_count(headers, HANDLER_HEADER)
     return TransitionCommit(
         vhost, machine, key, row,
         tuple((exchanges[i], m) for i, (_, m) in enumerate(entries[:n])),
         tuple((rk, m, delays[i]) for i, (rk, m) in enumerate(entries[n:])),
         expected_version=_optional_count(headers, EXPECTED_HEADER),
-        version=_optional_count(headers, VERSION_HEADER))
+        version=_optional_count(headers, VERSION_HEADER),
+        transition=_as_text(headers.get(TRANSITION_HEADER, ""), TRANSITION_HEADER)[:255],
+        outcome=outcome, handler_ms=None if handler_us is None else handler_us / 1000)
 
 
 def pack_instances(rows: list[tuple[str, bytes]]) -> bytes:

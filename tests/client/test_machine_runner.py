@@ -96,6 +96,11 @@ async def _counted(runner: object, verdict: str, n: int) -> bool:
     return runner.counts[verdict] == n  # type: ignore[attr-defined, no-any-return]
 
 
+async def _failed(runner: object, transition: str) -> bool:
+    found = runner.transitions.get(transition)  # type: ignore[attr-defined]
+    return found is not None and found.failures >= 1  # type: ignore[no-any-return]
+
+
 async def _dead(client: tidings.Client) -> bool:
     return bool(await client.dead_letters("machine.order"))
 
@@ -123,6 +128,10 @@ async def test_instances_are_read_over_http_and_the_cli(tmp_path: Path) -> None:
     data = tmp_path / "data"
     async with tidings.connect(str(data)) as client:
         runner = await three_orders_one_paid(client)
+        await client.publish("orders.submitted", {"order_id": "o5"})  # its handler raises
+        await client.publish("orders.paid", {"order_id": "o9", "amount": 1})  # no such order
+        await until(lambda: _counted(runner, "dead_lettered", 1))
+        await until(lambda: _failed(runner, "new -> submitted on orders.submitted"))
         await runner.stop()
         broker = client.transport.broker  # type: ignore[attr-defined]
         app = build_app(broker, UserStore(data))
@@ -139,7 +148,20 @@ async def test_instances_are_read_over_http_and_the_cli(tmp_path: Path) -> None:
             assert numbers["transitions"]["submitted -> paid on orders.paid"]["count"] == 1
             assert numbers["events"]["applied"] == 4
             assert numbers["transitions"]["new -> submitted on orders.submitted"][
-                "commit_ms"].count == 3
+                "commit_ms"]["count"] == 3
+            # the broker's numbers: over every runner, committed transitions counted exactly
+            served = (await api.get("/api/machines/%2F/order")).json()
+            submitted = served["transitions"]["new -> submitted on orders.submitted"]
+            assert (submitted["count"], submitted["commit_ms"]["count"],
+                    submitted["handler_ms"]["count"]) == (3, 3, 3)
+            assert submitted["failures"] >= 1 and submitted["rate"] >= 0
+            assert served["transitions"]["submitted -> paid on orders.paid"]["count"] == 1
+            assert served["dead_lettered"] == 1
+            assert ('tidings_machine_transitions_total{machine="order",transition="submitted -> '
+                    'paid on orders.paid",vhost="/"} 1.0') in metrics
+            assert 'tidings_machine_dead_letters_total{machine="order",vhost="/"} 1.0' in metrics
+            assert 'tidings_machine_commit_seconds_count{machine="order",transition="new -> ' \
+                   'submitted on orders.submitted",vhost="/"} 3.0' in metrics
             page = (await api.get("/api/machines/%2F/order",
                                   params={"state": "submitted", "page_size": 1})).json()
             assert (page["filtered_count"], [i["key"] for i in page["items"]]) == (2, ["o0"])

@@ -214,8 +214,8 @@ def test_exchanges_connections_and_node_pages(server: ServerProcess, browser: An
 
 def test_the_machines_page_draws_each_machine_with_its_live_counts(
         tmp_path: Path, browser: Any) -> None:
-    """A machine run on a data directory registers its description; a server started on the
-    directory draws it on the Machines page with the instances each state holds."""
+    """A machine run on tidings serve registers its description; the Machines page draws it
+    with the instances each state holds and, per transition, what the server counted."""
     import asyncio
 
     from playwright.sync_api import expect
@@ -224,9 +224,11 @@ def test_the_machines_page_draws_each_machine_with_its_live_counts(
     from tests.client.order_machine import three_orders_one_paid
 
     data = tmp_path / "data"
+    server = ServerProcess(data).start()
 
     async def run_machine() -> None:
-        async with tidings.connect(str(data)) as client:
+        url = f"amqp://guest:guest@127.0.0.1:{server.port}/"
+        async with tidings.connect(url) as client:
             await (await three_orders_one_paid(client)).stop()
 
     import threading  # (Playwright's sync API holds this thread's event loop)
@@ -234,7 +236,6 @@ def test_the_machines_page_draws_each_machine_with_its_live_counts(
     worker = threading.Thread(target=lambda: asyncio.run(run_machine()))
     worker.start()
     worker.join(timeout=60)
-    server = ServerProcess(data).start()
     try:
         page = browser.new_context(http_credentials={"username": "guest", "password": "guest"},
                                    viewport={"width": 800, "height": 700}).new_page()
@@ -244,6 +245,10 @@ def test_the_machines_page_draws_each_machine_with_its_live_counts(
                                                                        timeout=15_000)
         expect(box.locator('g[data-state="paid"]')).to_have_text("paid (1)")
         expect(box).to_contain_text("3 instances")
+        row = box.locator("table.transitions tr", has_text="new -> submitted on orders.submitted")
+        expect(row.locator("td").nth(1)).to_have_text("3")
+        expect(box.locator("table.transitions tr", has_text="submitted -> paid on orders.paid")
+               .locator("td").nth(1)).to_have_text("1")
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "dashboard-machines.png"), full_page=True)
     finally:

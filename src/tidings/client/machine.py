@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from tidings.errors import ConfigError
+from tidings.transitions import transition_name
 
 D = TypeVar("D")
 #: How many event ids an instance remembers to recognise redeliveries.
@@ -136,7 +137,7 @@ class Transition:
 
     @property
     def name(self) -> str:
-        return f"{self.source} -> {self.target} on {self.topic}"
+        return transition_name(self.source, self.target, self.topic)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Generic, TypeVar
 
 from tidings.client.bodies import encode_body
@@ -43,7 +43,7 @@ from tidings.client.transport import EVENTS_EXCHANGE, QueueSpec, Subscription, T
 from tidings.dead_letters import dead_letter_queue
 from tidings.errors import VersionConflictError
 from tidings.message import Delivery, Message
-from tidings.statistics import Histogram
+from tidings.statistics import TransitionNumbers
 from tidings.transitions import TransitionCommit, instance_row, read_row
 
 log = logging.getLogger("tidings.client")
@@ -57,14 +57,6 @@ REASON_HEADER = "x-machine-reason"
 RETRY_DELAY_MS = 1_000
 #: Times an event is judged again at once when its instance moved on under it.
 CONFLICT_ATTEMPTS = 5
-
-
-@dataclass
-class TransitionNumbers:
-    count: int = 0
-    failures: int = 0
-    handler: Histogram = field(default_factory=Histogram)
-    commit: Histogram = field(default_factory=Histogram)
 
 
 def machine_queue(name: str) -> str:
@@ -200,20 +192,19 @@ class MachineRunner(Generic[D]):
         try:
             step = self.machine.step(instance, event, key)
         except Exception:
-            self._failed(instance, event)
+            await self._failed(instance, event, key)
             raise
-        handled = time.perf_counter()
+        handler_ms = (time.perf_counter() - started) * 1000
         if step.verdict is Verdict.APPLIED:
             for queue in {e.queue for e in step.messages if e.queue}:
                 if self._ensure_queue is not None:
                     await self._ensure_queue(queue)
             committing = time.perf_counter()
-            await self.transport.commit_transition(delivery.delivery_tag,
-                                                   self._commit(key, step, instance))
+            await self.transport.commit_transition(
+                delivery.delivery_tag, self._commit(key, step, instance, handler_ms))
             assert step.instance is not None and step.transition is not None
             numbers = self._numbers(step.transition.name)
-            numbers.count += 1
-            numbers.handler.observe((handled - started) * 1000)
+            numbers.committed(time.time(), handler_ms)
             numbers.commit.observe((time.perf_counter() - committing) * 1000)
         elif step.verdict in (Verdict.UNKNOWN_INSTANCE, Verdict.NOT_ACCEPTED):
             await self._dead(delivery, key, step.reason,
@@ -228,21 +219,27 @@ class MachineRunner(Generic[D]):
             found = self.transitions[transition] = TransitionNumbers()
         return found
 
-    def _failed(self, instance: Instance[D] | None, event: Event) -> None:
-        """A handler (or guard) raised: counted against the transition it was in."""
+    async def _failed(self, instance: Instance[D] | None, event: Event, key: str) -> None:
+        """A handler (or guard) raised: counted against the transition it was in, here and
+        by the broker (for its numbers; nothing else changes)."""
         state = instance.state if instance is not None else self.machine.initial
         for t in self.machine.transitions:
             if t.source == state and t.topic == event.topic:
                 self._numbers(t.name).failures += 1
+                with contextlib.suppress(Exception):
+                    await self.transport.commit_transition(None, TransitionCommit(
+                        VHOST, self.machine.name, key, None, transition=t.name,
+                        outcome="failed"))
                 return
 
     def statistics(self) -> dict[str, Any]:
-        """Per transition: how many committed, handler and commit time (ms), failures; and
-        the verdicts of every event so far (applied, duplicate, stale, dead-lettered, ...)."""
+        """This runner's numbers since it started. Per transition: how many committed, their
+        rate (per second, the last few seconds), failures, handler and commit time (ms);
+        and the verdicts of every event so far (applied, duplicate, stale, dead-lettered,
+        ...). The broker counts the same over every runner (``GET /api/machines/V/NAME``)."""
+        now = time.time()
         return {"machine": self.machine.name, "events": dict(self.counts),
-                "transitions": {name: {"count": n.count, "failures": n.failures,
-                                       "handler_ms": n.handler.summary(),
-                                       "commit_ms": n.commit.summary()}
+                "transitions": {name: n.as_dict(now)
                                 for name, n in sorted(self.transitions.items())}}
 
     async def _dead(self, delivery: Delivery, key: str, reason: str,
@@ -254,11 +251,12 @@ class MachineRunner(Generic[D]):
                        headers={**(m.headers or {}), REASON_HEADER: reason[:500]})
         await self.transport.commit_transition(delivery.delivery_tag, TransitionCommit(
             VHOST, self.machine.name, key, None, messages=(("", dead),),
-            expected_version=expected_version))
+            expected_version=expected_version, outcome="dead_lettered"))
         self.counts["dead_lettered"] = self.counts.get("dead_lettered", 0) + 1
 
-    def _commit(self, key: str, step: Step[D], before: Instance[D] | None) -> TransitionCommit:
-        assert step.instance is not None
+    def _commit(self, key: str, step: Step[D], before: Instance[D] | None,
+                handler_ms: float) -> TransitionCommit:
+        assert step.instance is not None and step.transition is not None
         messages = []
         for e in step.messages:
             body, ctype = encode_body(e.body, None)
@@ -279,7 +277,8 @@ class MachineRunner(Generic[D]):
                                 encode_instance(step.instance, time.time()),
                                 tuple(messages), tuple(timers),
                                 expected_version=before.version if before is not None else 0,
-                                version=step.instance.version)
+                                version=step.instance.version,
+                                transition=step.transition.name, handler_ms=handler_ms)
 
     def _id(self) -> str:
         return self._new_id() if self._new_id is not None else uuid.uuid4().hex

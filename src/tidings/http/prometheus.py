@@ -122,6 +122,38 @@ def _machine_families(broker: FrontDoor, vhosts: list[str]) -> Iterator[Metric]:
                 oldest.add_metric([v, name, state], n["oldest_s"])
     yield count
     yield oldest
+    yield from _transition_families(broker, vhosts)
+
+
+def _transition_families(broker: FrontDoor, vhosts: list[str]) -> Iterator[Metric]:
+    """Per state machine transition: committed, failed, handler and commit time."""
+    labels = ["vhost", "machine", "transition"]
+    done = CounterMetricFamily("tidings_machine_transitions", "Transitions committed",
+                               labels=labels)
+    failed = CounterMetricFamily("tidings_machine_transition_failures",
+                                 "Times the transition's handler raised", labels=labels)
+    times = {"handler": HistogramMetricFamily(
+                 "tidings_machine_handler_seconds", "Time the transition's handler ran",
+                 labels=labels),
+             "commit": HistogramMetricFamily(
+                 "tidings_machine_commit_seconds", "Time from the broker taking a transition "
+                 "to its being durable", labels=labels)}
+    dead = CounterMetricFamily("tidings_machine_dead_letters", "Events the machine's states "
+                               "did not take, dead-lettered", labels=["vhost", "machine"])
+    for v in vhosts:
+        for machine in broker.machine_names(v):
+            dead.add_metric([v, machine], broker.machine_statistics(v, machine)["dead_lettered"])
+        for machine, transition, n in broker.transition_numbers(v):
+            key = [v, machine, transition]
+            done.add_metric(key, n.count)
+            failed.add_metric(key, n.failures)
+            for name, hist in (("handler", n.handler), ("commit", n.commit)):
+                buckets, total = fold(hist)
+                times[name].add_metric(key, buckets, total)
+    yield done
+    yield failed
+    yield dead
+    yield from times.values()
 
 
 def stream_metrics(stats: BrokerStatistics) -> Iterator[Metric]:

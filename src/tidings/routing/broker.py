@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ from tidings.statistics import (
     QueueStatistics,
     StreamStatistics,
     Tally,
+    TransitionNumbers,
 )
 from tidings.storage import quarantine
 from tidings.storage.base import Store
@@ -253,11 +255,25 @@ class Broker:
 
     def commit_transition(self, session: Session, delivery_tag: int | None,
                           commit: TransitionCommit) -> None:
-        """One transition as one step (see ``routing/machines.py``)."""
-        self.machine_rows.commit(
+        """One transition as one step (see ``routing/machines.py``); its commit time is
+        counted until the step is durable."""
+        started = time.perf_counter()
+        numbers = self.machine_rows.commit(
             session, delivery_tag, commit,
             lambda vhost, exchange, message, delay_ms: self.publish(
                 vhost, exchange, message, delay_ms=delay_ms))
+        if numbers is not None:
+            def durable(future: asyncio.Future[None]) -> None:
+                if not future.cancelled() and future.exception() is None:
+                    numbers.commit.observe((time.perf_counter() - started) * 1000)
+
+            self.sync().add_done_callback(durable)
+
+    def machine_statistics(self, vhost: str, machine: str) -> dict[str, Any]:
+        return self.machine_rows.statistics(vhost, machine)
+
+    def transition_numbers(self, vhost: str) -> list[tuple[str, str, TransitionNumbers]]:
+        return self.machine_rows.transition_numbers(vhost)
 
     def find_instance(self, vhost: str, machine: str, key: str) -> bytes | None:
         return self.machine_rows.find(vhost, machine, key)

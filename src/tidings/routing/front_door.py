@@ -24,7 +24,13 @@ from tidings.routing.machines import TransitionCommit
 from tidings.routing.policies import Policy, make_policy
 from tidings.routing.session import Consumer, Session
 from tidings.routing.vhost import DEFAULT_VHOST
-from tidings.statistics import BrokerStatistics, Histogram, QueueStatistics, StreamStatistics
+from tidings.statistics import (
+    BrokerStatistics,
+    Histogram,
+    QueueStatistics,
+    StreamStatistics,
+    TransitionNumbers,
+)
 from tidings.storage.quarantine import QuarantinedRecord
 
 __all__ = ["DEFAULT_VHOST", "BindingInfo", "Consumer", "Delivery", "ExchangeInfo", "FrontDoor",
@@ -165,6 +171,15 @@ class FrontDoor(Protocol):
         ...
 
     def machine_description(self, vhost: str, machine: str) -> bytes | None: ...
+
+    def machine_statistics(self, vhost: str, machine: str) -> dict[str, Any]:
+        """Per transition since start: committed, failed, rate, handler and commit time (to
+        durable), ms; and the machine's dead letters."""
+        ...
+
+    def transition_numbers(self, vhost: str) -> list[tuple[str, str, TransitionNumbers]]:
+        """(machine, transition, numbers) of ``vhost``'s machines."""
+        ...
 
     # -- policies (``make_policy`` checks one; see ``routing/policies.py``)
     def set_policy(self, policy: Policy) -> None: ...

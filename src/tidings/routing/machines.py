@@ -13,7 +13,9 @@ Everything that could refuse the step is checked before anything changes.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
+from typing import Any
 
 from tidings.errors import (
     InvalidArgumentError,
@@ -24,6 +26,7 @@ from tidings.errors import (
 from tidings.message import Message
 from tidings.routing.session import Session
 from tidings.routing.vhost import VirtualHosts
+from tidings.statistics import TransitionNumbers
 from tidings.storage.base import Store
 from tidings.transitions import TransitionCommit, read_row
 
@@ -39,6 +42,8 @@ SEP = "\x1f"
 MAX_ROW_BYTES = 1 << 20
 #: Instances kept per machine (a bound on the memory the index takes).
 MAX_INSTANCES = 1_000_000
+#: Transitions counted per machine (names come from clients: a bound on their memory).
+MAX_COUNTED = 1_000
 
 
 class MachineRows:
@@ -51,6 +56,9 @@ class MachineRows:
         self.versions: dict[tuple[str, str, str], int] = {}
         #: Each machine's description (JSON its runner registered: states, transitions).
         self.descriptions: dict[tuple[str, str], bytes] = {}
+        #: Per machine: per transition its numbers since start, and its dead letters.
+        self.numbers: dict[tuple[str, str], dict[str, TransitionNumbers]] = {}
+        self.dead_lettered: dict[tuple[str, str], int] = {}
 
     def recover(self) -> None:
         for key, data in self._store.definitions(DESCRIPTION_ROWS):
@@ -85,9 +93,12 @@ class MachineRows:
             self._store.put_definition(DESCRIPTION_ROWS, f"{vhost}{SEP}{machine}", description)
 
     def commit(self, session: Session, delivery_tag: int | None, c: TransitionCommit,
-               publish: Callable[[str, str, Message, int | None], object]) -> None:
-        """Apply ``c`` and settle the event's delivery (None: the event came another way)."""
+               publish: Callable[[str, str, Message, int | None], object],
+               ) -> TransitionNumbers | None:
+        """Apply ``c`` and settle the event's delivery (None: the event came another way);
+        the numbers of the transition applied, if one was."""
         self._check(session, delivery_tag, c)
+        counted = self._count(c)
         if c.row is not None:
             self.rows.setdefault((c.vhost, c.machine), {})[c.key] = c.row
             if c.version is not None:
@@ -100,6 +111,38 @@ class MachineRows:
             publish(c.vhost, "", _to(message, queue), delay_ms)
         if delivery_tag is not None:
             session.ack(delivery_tag)
+        return counted
+
+    def _count(self, c: TransitionCommit) -> TransitionNumbers | None:
+        where = (c.vhost, c.machine)
+        if c.outcome == "dead_lettered":
+            self.dead_lettered[where] = self.dead_lettered.get(where, 0) + 1
+            return None
+        if not c.transition:
+            return None
+        numbers = self.numbers.setdefault(where, {})
+        found = numbers.get(c.transition)
+        if found is None:
+            if len(numbers) >= MAX_COUNTED:
+                return None
+            found = numbers[c.transition] = TransitionNumbers()
+        if c.outcome == "failed":
+            found.failures += 1
+            return None
+        found.committed(time.time(), c.handler_ms)
+        return found
+
+    def statistics(self, vhost: str, machine: str) -> dict[str, Any]:
+        """Per transition: committed, failed, rate, handler and commit time; dead letters."""
+        now = time.time()
+        numbers = self.numbers.get((vhost, machine), {})
+        return {"transitions": {name: n.as_dict(now) for name, n in sorted(numbers.items())},
+                "dead_lettered": self.dead_lettered.get((vhost, machine), 0)}
+
+    def transition_numbers(self, vhost: str) -> list[tuple[str, str, TransitionNumbers]]:
+        """(machine, transition, numbers) of every machine of ``vhost`` (for Prometheus)."""
+        return [(m, name, n) for (v, m), numbers in sorted(self.numbers.items()) if v == vhost
+                for name, n in sorted(numbers.items())]
 
     def _check(self, session: Session, delivery_tag: int | None, c: TransitionCommit) -> None:
         if delivery_tag is not None and not session.holds(delivery_tag):

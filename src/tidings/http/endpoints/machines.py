@@ -62,13 +62,16 @@ async def machine_diagram(request: Request) -> Response:
         raise NotFoundError(f"machine '{name}' has no description: it is drawn from the one "
                             f"its runner registers when it starts")
     counts = _summary(vhost, name, rows)["states"]
-    return Response(svg(description, counts), media_type="image/svg+xml")
+    numbers = gw.broker.machine_statistics(vhost, name)["transitions"]
+    rates = {t: n["rate"] for t, n in numbers.items()}
+    return Response(svg(description, counts, rates), media_type="image/svg+xml")
 
 
 async def list_machines(request: Request) -> JSONResponse:
     gw = gateway(request)
     return JSONResponse([
-        _summary(v, name, [(k, read_row(r)) for k, r in gw.broker.list_instances(v, name)])
+        {**_summary(v, name, [(k, read_row(r)) for k, r in gw.broker.list_instances(v, name)]),
+         **gw.broker.machine_statistics(v, name)}
         for v in gw.vhosts(request) for name in gw.broker.machine_names(v)])
 
 
@@ -83,6 +86,7 @@ async def get_machine(request: Request) -> JSONResponse:
     chosen = sorted((k, d) for k, d in rows if wanted is None or d["state"] == wanted)
     shown = chosen[(page - 1) * size:page * size]
     return JSONResponse({**_summary(vhost, name, rows),
+                         **gw.broker.machine_statistics(vhost, name),
                          "description": _description(gw, vhost, name),
                          "filtered_count": len(chosen),
                          "page": page, "page_size": size,

@@ -410,6 +410,22 @@ async function nodePage() {
     ["disk free limit", bytes(node.disk_free_limit)]]);
 }
 
+function transitionTable(m) {
+  // per transition since the broker started: committed, rate, failures, handler and commit p99
+  const wrap = el("div", undefined, "scroll");
+  const table = el("table", undefined, "transitions");
+  table.appendChild(el("thead")).appendChild(rowOf(
+    ["transition", "committed", "per s", "failed", "handler p99 ms", "commit p99 ms"]
+      .map(h => el("th", h))));
+  const rows = Object.entries(m.transitions || {}).map(([name, n]) => rowOf([
+    name, fmt(n.count), fmt(n.rate, 1), fmt(n.failures), ms(n.handler_ms.p99_ms),
+    ms(n.commit_ms.p99_ms)]));
+  rows.push(rowOf(["dead letters", fmt(m.dead_lettered || 0), "", "", "", ""]));
+  table.appendChild(el("tbody")).replaceChildren(...rows);
+  wrap.appendChild(table);
+  return wrap;
+}
+
 async function machinesPage() {
   const machines = (await json("/api/machines")).slice(0, 20);
   const shown = await Promise.all(machines.map(async m => {
@@ -425,6 +441,7 @@ async function machinesPage() {
     if (drawn.ok) picture.innerHTML = await drawn.text();  // drawn by the server, escaped
     else picture.textContent = "no picture: its runner has not described it";
     box.appendChild(picture);
+    box.appendChild(transitionTable(m));
     return box;
   }));
   document.getElementById("machines").replaceChildren(
