@@ -26,17 +26,9 @@ def test_the_embedded_quickstart_runs_as_pasted(tmp_path: Path) -> None:
 
 
 def test_the_streams_quickstart_runs_as_pasted_and_resumes(tmp_path: Path) -> None:
-    text = README.read_text()
-    section = text.split("## Quickstart: streams", 1)[1].split("\n## ", 1)[0]
-    (block,) = re.findall(r"```python\n(.*?)```", section, re.S)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    first = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=60)
-    assert first.returncode == 0, first.stderr
+    first = _run_section("Quickstart: streams", tmp_path)
     assert first.stdout.splitlines() == ["0 {'n': 0}", "1 {'n': 1}", "2 {'n': 2}"]
-    again = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=60)
-    assert again.returncode == 0, again.stderr  # the reader resumes after offset 2
+    again = _run_section("Quickstart: streams", tmp_path)  # the reader resumes after 2
     assert again.stdout.splitlines() == ["3 {'n': 0}", "4 {'n': 1}", "5 {'n': 2}"]
 
 
@@ -61,3 +53,19 @@ def test_the_pika_quickstart_runs_as_pasted_against_tidings_serve(tmp_path: Path
         assert out.stdout.strip() == "received b'Hello World!'"
     finally:
         server.stop()
+
+
+def _run_section(title: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the one Python block of the README's section ``title`` as pasted, in ``cwd``."""
+    section = README.read_text().split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", block], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_the_machine_quickstart_runs_as_pasted(tmp_path: Path) -> None:
+    out = _run_section("Quickstart: a state machine", tmp_path)
+    assert out.stdout.splitlines() == ["o1 paid 2", "o2 cancelled 2"]

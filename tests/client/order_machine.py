@@ -18,9 +18,11 @@ class Order:
     notes: list[str] = field(default_factory=list)
 
 
-def order_machine(payment_s: float = 1800) -> Machine[Order]:
+def order_machine(payment_s: float = 1800, *, version: int = 1,
+                  surcharge: int = 0) -> Machine[Order]:
+    """The flow; a later ``version`` may ask ``surcharge`` more than the amount to pay."""
     m: Machine[Order] = Machine("order", key="order_id", initial="new", data=Order,
-                                final=["shipped", "cancelled"])
+                                final=["shipped", "cancelled"], version=version)
 
     @m.transition("new", on="orders.submitted", to="submitted")
     def submitted(data: Order, event: Event, out: Output) -> None:
@@ -28,7 +30,7 @@ def order_machine(payment_s: float = 1800) -> Machine[Order]:
         out.schedule("payment", after_s=event.body.get("pay_within_s", payment_s))
 
     @m.transition("submitted", on="orders.paid", to="paid",
-                  guard=lambda data, event: event.body["amount"] >= data.amount)
+                  guard=lambda data, event: event.body["amount"] >= data.amount + surcharge)
     def paid(data: Order, event: Event, out: Output) -> None:
         data.paid = event.body["amount"]
         out.cancel("payment")

@@ -225,14 +225,9 @@ class Machine(Generic[D]):
         out = Output(self.name, key, current.version + 1)
         if chosen.handler is not None:
             chosen.handler(data, event, out)
-        timers = dict(current.timers)
-        if event.topic.startswith(TIMER_PREFIX):
-            timers.pop(event.topic[len(TIMER_PREFIX):], None)
-        for change in out.timers:
-            if change.after_s is None:
-                timers.pop(change.name, None)
-            else:
-                timers[change.name] = (change.id, chosen.target)
+        target = chosen.target
+        timers = rearmed(current.timers, event.topic, out.timers,
+                         lambda change: (change.id, target))
         new = Instance(key, chosen.target, data, current.version + 1, current.history + 1,
                        [*current.seen, event.id][-SEEN_IDS:], timers, self.version,
                        current.audit)
@@ -264,6 +259,24 @@ class Machine(Generic[D]):
             lines.append(f"    {_id(t.source)} --> {_id(t.target)}: {label}")
         lines += [f"    {_id(s)} --> [*]" for s in sorted(self.final)]
         return "\n".join(lines) + "\n"
+
+
+T = TypeVar("T")
+
+
+def rearmed(timers: dict[str, T], topic: str, changes: Iterable[TimerChange],
+            armed: Callable[[TimerChange], T]) -> dict[str, T]:
+    """``timers`` after an event of ``topic`` whose transition made ``changes``: the timer that
+    fired and those cancelled are gone, those scheduled set to ``armed(change)``."""
+    out = dict(timers)
+    if topic.startswith(TIMER_PREFIX):
+        out.pop(topic[len(TIMER_PREFIX):], None)
+    for change in changes:
+        if change.after_s is None:
+            out.pop(change.name, None)
+        else:
+            out[change.name] = armed(change)
+    return out
 
 
 def _armed(instance: Instance[Any] | None, event: Event) -> bool:

@@ -36,56 +36,32 @@ from tidings.client.machine import (
     Machine,
     Step,
     Verdict,
-    dump_data,
-    load_data,
 )
+from tidings.client.machine_replay import ReplayReport, rebuild
+from tidings.client.machine_rows import (
+    KEY_HEADER,
+    REASON_HEADER,
+    TOPIC_HEADER,
+    VHOST,
+    decode_instance,
+    encode_instance,
+    event_of,
+    machine_queue,
+)
+from tidings.client.streams import Start
 from tidings.client.transport import EVENTS_EXCHANGE, QueueSpec, Subscription, Transport
 from tidings.dead_letters import dead_letter_queue
 from tidings.errors import VersionConflictError
 from tidings.message import Delivery, Message
 from tidings.statistics import TransitionNumbers
-from tidings.transitions import TransitionCommit, instance_row, read_row
+from tidings.transitions import TransitionCommit
 
 log = logging.getLogger("tidings.client")
 D = TypeVar("D")
-VHOST = "/"
-#: The header that names a timer's topic (``timer:NAME``) on its message.
-TOPIC_HEADER = "x-machine-topic"
-KEY_HEADER = "x-machine-key"
-REASON_HEADER = "x-machine-reason"
 #: Seconds before a failed event is tried again.
 RETRY_DELAY_MS = 1_000
 #: Times an event is judged again at once when its instance moved on under it.
 CONFLICT_ATTEMPTS = 5
-
-
-def machine_queue(name: str) -> str:
-    return f"machine.{name}"
-
-
-def encode_instance(instance: Instance[Any], now: float) -> bytes:
-    return instance_row(instance.state, dump_data(instance.data), instance.version,
-                        instance.history, instance.seen, instance.timers, instance.written_by,
-                        now, instance.audit)
-
-
-def decode_instance(machine: Machine[D], key: str, row: bytes) -> Instance[D]:
-    d = read_row(row)
-    return Instance(key, d["state"], load_data(machine.data_type, d["data"]), d["version"],
-                    d["history"], list(d["seen"]), d["timers"], d["written_by"], d["audit"])
-
-
-def event_of(delivery: Delivery) -> Event:
-    m = delivery.message
-    headers = m.headers or {}
-    topic = str(headers.get(TOPIC_HEADER) or m.routing_key)
-    body: Any = None
-    if m.body:
-        try:
-            body = json.loads(m.body)
-        except (ValueError, UnicodeDecodeError):
-            body = m.body
-    return Event(topic, m.message_id or f"seq-{delivery.delivery_tag}", body, dict(headers))
 
 
 class MachineRunner(Generic[D]):
@@ -140,6 +116,15 @@ class MachineRunner(Generic[D]):
         found = [decode_instance(self.machine, key, row) for key, row in rows]
         return sorted((i for i in found if state is None or i.state == state),
                       key=lambda i: i.key)
+
+    async def replay(self, start: Start = "first", *, apply: bool = False) -> ReplayReport[D]:
+        """Rebuild the instances from the events kept since ``start`` (``client.keep_events``)
+        through this definition, outputs suppressed, and report where they differ from the
+        stored ones (a dry run). ``apply=True`` writes the differing ones as new versions and
+        arms their pending timers (``client/machine_replay.py``)."""
+        stored = {i.key: i for i in await self.list()}
+        return await rebuild(self.machine, self.transport, start, stored, apply=apply,
+                             queue=self.queue)
 
     # -- applying events --------------------------------------------------------------------
 
