@@ -135,13 +135,15 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def select_subscribers(client: Any, args: argparse.Namespace) -> list[Any]:
-    """The client's subscribers that ``--queues`` asks for (all by default); ConfigError
-    when there are none."""
+    """The client's subscribers that ``--queues`` asks for (all by default), keeping only
+    the state machines whose queue is asked for; ConfigError when nothing is left."""
     wanted = {q.strip() for q in (args.queues or "").split(",") if q.strip()}
     subscribers = client.handlers.keep_only(wanted) if wanted else \
         list(client.handlers.subscribers)
-    if not subscribers:
-        raise ConfigError(f"'{args.app}' has no tasks, handlers or subscriptions"
+    if wanted:
+        client.machines[:] = [m for m in client.machines if m.queue in wanted]
+    if not subscribers and not client.machines:
+        raise ConfigError(f"'{args.app}' has no tasks, handlers, subscriptions or machines"
                           + (f" for queues {sorted(wanted)}" if wanted else ""))
     return subscribers
 
@@ -248,7 +250,7 @@ async def _serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     await client.open()
     await client.start()
-    names = sorted({s.queue for s in subscribers})
+    names = sorted({s.queue for s in subscribers} | {m.queue for m in client.machines})
     log.info("worker process %d (pid %d) started: %s, concurrency %d", args.child,
              os.getpid(), ", ".join(names), args.concurrency)
     summary = loop.create_task(_summaries(client, args))

@@ -94,6 +94,32 @@ async def test_single_active_consumer_gets_everything_until_it_leaves(broker: Br
     assert len(got2) == 3
 
 
+async def test_partitions_spread_their_active_consumers_and_hand_over_when_settled(
+        broker: Broker) -> None:
+    """Partition I's active consumer is the (I mod n)-th; when a newcomer becomes it, the one
+    before keeps what it holds and the newcomer gets messages only once those are settled."""
+    sac = {"x-single-active-consumer": True}
+    for i in range(2):
+        broker.declare_queue("/", f"p{i}", arguments={**sac, "x-tidings-partition": i})
+    s1, got1 = broker.open_session(), []
+    c1 = [broker.consume(s1, f"p{i}", got1.append) for i in range(2)]
+    pub(broker, "", "p1", "a")
+    assert bodies(got1) == [b"a"]  # alone: it has both partitions
+    s2, got2 = broker.open_session(), []
+    for i in range(2):
+        broker.consume(s2, f"p{i}", got2.append)
+    pub(broker, "", "p0", "b")
+    pub(broker, "", "p1", "c")
+    assert bodies(got1) == [b"a", b"b"] and got2 == []  # p1 waits: "a" is still held
+    s1.ack(got1[0].delivery_tag)
+    assert bodies(got2) == [b"c"]  # settled: p1 is the newcomer's now
+    broker.cancel(s1, c1[0].tag)
+    pub(broker, "", "p0", "d")
+    assert bodies(got2) == [b"c", b"d"]  # the first left p0: the one left takes it
+    with pytest.raises(InvalidArgumentError, match="x-tidings-partition"):
+        broker.declare_queue("/", "p9", arguments={"x-tidings-partition": 1})
+
+
 async def test_queue_ttl_dead_letters_with_x_death(broker: Broker, clock: FakeClock) -> None:
     broker.declare_queue("/", "dead")
     broker.declare_queue("/", "q", arguments={

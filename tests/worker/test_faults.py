@@ -171,7 +171,7 @@ def test_a_worker_that_cannot_run_stops_with_one_line() -> None:
     finally:
         worker.kill()
     assert worker.returncode == 2
-    assert "has no tasks, handlers or subscriptions for queues ['nope']" in err
+    assert "has no tasks, handlers, subscriptions or machines for queues ['nope']" in err
     assert time.monotonic() - started < 20
 
 

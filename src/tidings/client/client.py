@@ -66,6 +66,8 @@ class Client:
         self._results = Results(lambda: self.transport, self.id_prefix)
         #: The subscriptions, handlers and tasks registered here, and the workers running them.
         self.handlers = HandlerRunner(self)
+        #: State machines run on this client (``machine``); ``start`` starts them.
+        self.machines: list[MachineRunner[Any]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -328,13 +330,20 @@ class Client:
         await self.transport.publish(topic, [message])
         return message.message_id or ""
 
-    def machine(self, machine: Machine[Any], *, prefetch: int = 100) -> MachineRunner[Any]:
-        """Run ``machine`` on this (open) client: ``await runner.start()`` applies the events
-        of its topics, one committed transition per event; ``get`` and ``list`` read its
-        instances (``client/machine_runner.py``). On the embedded broker, a shared data directory
-        and tidings serve (``capabilities.machines``)."""
-        return MachineRunner(machine, self.transport, prefetch=prefetch, new_id=self.new_id,
-                             ensure_queue=self.ensure_queue)
+    def machine(self, machine: Machine[Any], *, prefetch: int = 100,
+                partitions: int = 1) -> MachineRunner[Any]:
+        """Run ``machine`` on this client: ``await runner.start()`` (or ``client.start()``,
+        which ``tidings worker`` calls) applies the events of its topics, one committed
+        transition per event; ``get`` and ``list`` read its instances
+        (``client/machine_runner.py``). With ``partitions`` > 1 its instances are spread over
+        that many queues, whose consumers spread over the processes running it. On the
+        embedded broker, a shared data directory and tidings serve
+        (``capabilities.machines``)."""
+        runner = MachineRunner(machine, lambda: self.transport, prefetch=prefetch,
+                               partitions=partitions, new_id=self.new_id,
+                               ensure_queue=self.ensure_queue)
+        self.machines.append(runner)
+        return runner
 
     async def publish_many(self, topic: str, events: Iterable[Any]) -> list[str]:
         messages = self._messages(events, None, True)
@@ -446,13 +455,18 @@ class Client:
         await self.transport.bind_events(EVENTS_LOG, "#")
 
     async def start(self) -> None:
-        """Declare and start every subscription (``run`` calls this, then waits)."""
+        """Declare and start every subscription and state machine (``run`` calls this, then
+        waits)."""
         await self.handlers.start()
+        for runner in self.machines:
+            await runner.start()
 
     async def stop(self, grace_s: float = 30.0) -> bool:
         """Stop taking new work, let handlers in flight finish within ``grace_s``, acknowledge
         what they finished and return the rest to the queue (then close). True when every
         handler finished in time."""
+        for runner in self.machines:
+            await runner.stop()
         return await self.handlers.stop(grace_s)
 
     def handler_stats(self) -> dict[str, int]:

@@ -18,6 +18,7 @@ and arms its pending timers again.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
@@ -114,7 +115,7 @@ class _Rebuild(Generic[D]):
 
 async def rebuild(machine: Machine[D], transport: Transport, start: Start,
                   stored: dict[str, Instance[D]], *, apply: bool = False,
-                  queue: str = "") -> ReplayReport[D]:
+                  queue_of: Callable[[str], str] = str) -> ReplayReport[D]:
     """Rebuild ``machine``'s instances from the events log since ``start`` and compare them
     with ``stored``; with ``apply``, write the differing ones (see the module's text)."""
     await check_events_log(transport)
@@ -141,7 +142,7 @@ async def rebuild(machine: Machine[D], transport: Transport, start: Start,
         work.fire_due(key, now)
     _compare(report, stored)
     if apply:
-        await _apply(machine, transport, report, stored, work.due, now, queue, start)
+        await _apply(machine, transport, report, stored, work.due, now, queue_of, start)
     return report
 
 
@@ -170,7 +171,7 @@ def _compare(report: ReplayReport[D], stored: dict[str, Instance[D]]) -> None:
 
 async def _apply(machine: Machine[D], transport: Transport, report: ReplayReport[D],
                  stored: dict[str, Instance[D]], due: dict[str, dict[str, float]], now: float,
-                 queue: str, start: Start) -> None:
+                 queue_of: Callable[[str], str], start: Start) -> None:
     for difference in report.differences:
         rebuilt = report.rebuilt.get(difference.key)
         if rebuilt is None:
@@ -182,6 +183,7 @@ async def _apply(machine: Machine[D], transport: Transport, report: ReplayReport
             "from": old.state if old is not None else None, "to": rebuilt.state,
             "reason": f"rebuilt from the events log since {start!r}"}]
         written = replace(rebuilt, version=version, audit=audit)
+        queue = queue_of(difference.key)
         timers = tuple(
             (queue, Message(b"", queue, message_id=ident, persistent=True,
                             headers={TOPIC_HEADER: f"{TIMER_PREFIX}{name}",

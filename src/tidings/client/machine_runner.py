@@ -24,6 +24,7 @@ import json
 import logging
 import time
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, Generic, TypeVar
@@ -51,7 +52,7 @@ from tidings.client.machine_rows import (
 from tidings.client.streams import Start
 from tidings.client.transport import EVENTS_EXCHANGE, QueueSpec, Subscription, Transport
 from tidings.dead_letters import dead_letter_queue
-from tidings.errors import VersionConflictError
+from tidings.errors import ConfigError, VersionConflictError
 from tidings.message import Delivery, Message
 from tidings.statistics import TransitionNumbers
 from tidings.transitions import TransitionCommit
@@ -62,21 +63,36 @@ D = TypeVar("D")
 RETRY_DELAY_MS = 1_000
 #: Times an event is judged again at once when its instance moved on under it.
 CONFLICT_ATTEMPTS = 5
+#: Most partitions a machine's instances spread over.
+MAX_PARTITIONS = 256
+#: The queue argument that makes a single-active-consumer queue partition I of a set, and
+#: the consumer argument that orders the members its partitions spread over.
+PARTITION_ARGUMENT, MEMBER_ARGUMENT = "x-tidings-partition", "x-tidings-member"
 
 
 class MachineRunner(Generic[D]):
     """One machine on one transport: its queue, its consumer, its instances."""
 
-    def __init__(self, machine: Machine[D], transport: Transport, *, prefetch: int = 100,
-                 new_id: Callable[[], str] | None = None,
+    def __init__(self, machine: Machine[D], transport: Transport | Callable[[], Transport], *,
+                 prefetch: int = 100,
+                 partitions: int = 1, new_id: Callable[[], str] | None = None,
                  ensure_queue: Callable[[str], Awaitable[None]] | None = None) -> None:
-        self.machine, self.transport, self.prefetch = machine, transport, prefetch
+        if not 1 <= partitions <= MAX_PARTITIONS:
+            raise ConfigError(f"machine '{machine.name}': partitions must be from 1 to "
+                              f"{MAX_PARTITIONS}, not {partitions}")
+        self.machine, self.prefetch = machine, prefetch
+        #: The transport, or how to get it once the client is open (a runner made at import).
+        self._transport = transport
         #: Declares a queue a transition sends to, as the client's ``send`` would.
         self._ensure_queue = ensure_queue
         self.queue = machine_queue(machine.name)
+        #: Instances are spread over this many partition queues (1: the machine's queue).
+        self.partitions = partitions
+        #: This runner among those of the machine (the partitions spread in this order).
+        self.member = uuid.uuid4().hex
         self._new_id = new_id
         self._chains: dict[str, asyncio.Task[None]] = {}
-        self._subscription: Subscription | None = None
+        self._subscriptions: list[Subscription] = []
         #: Verdicts counted since start.
         self.counts: dict[str, int] = {v.value: 0 for v in Verdict}
         #: Per transition (``source -> target on topic``): counts and times.
@@ -87,6 +103,8 @@ class MachineRunner(Generic[D]):
             raise self.transport.capabilities.unsupported("machines", "run a state machine")
         await self.transport.describe_machine(
             self.machine.name, json.dumps(self.machine.describe()).encode())
+        if self._subscriptions:
+            return
         # one consumer at a time over every process: the events of an instance are applied
         # in order, one after the other (instances in parallel within the active consumer)
         await self.transport.declare_queue(self.queue, QueueSpec(
@@ -94,13 +112,39 @@ class MachineRunner(Generic[D]):
         for topic in sorted({t.topic for t in self.machine.transitions
                              if not t.topic.startswith(TIMER_PREFIX)}):
             await self.transport.bind_events(self.queue, topic)
-        self._subscription = await self.transport.consume(self.queue, self.prefetch,
-                                                          self._arrived)
+        if self.partitions == 1:
+            self._subscriptions.append(await self.transport.consume(
+                self.queue, self.prefetch, self._arrived))
+            return
+        # partitions: each instance's events go on to one partition queue, whose single
+        # active consumer is spread over the runners (partition I: the (I mod n)-th of n)
+        for i in range(self.partitions):
+            queue = self.partition_queue(i)
+            await self.transport.declare_queue(queue, QueueSpec(delivery_limit=10, arguments=(
+                ("x-single-active-consumer", True), (PARTITION_ARGUMENT, i))))
+            self._subscriptions.append(await self.transport.consume(
+                queue, self.prefetch, self._arrived, {MEMBER_ARGUMENT: self.member}))
+        self._subscriptions.append(await self.transport.consume(
+            self.queue, self.prefetch, self._forward))
+
+    @property
+    def transport(self) -> Transport:
+        t = self._transport
+        return t() if callable(t) else t
+
+    def partition_queue(self, index: int) -> str:
+        return f"{self.queue}.p{index}"
+
+    def queue_of(self, key: str) -> str:
+        """The queue that takes ``key``'s events and timers."""
+        if self.partitions == 1:
+            return self.queue
+        return self.partition_queue(zlib.crc32(key.encode()) % self.partitions)
 
     async def stop(self) -> None:
-        if self._subscription is not None:
-            await self._subscription.cancel()
-            self._subscription = None
+        subscriptions, self._subscriptions = self._subscriptions, []
+        for subscription in subscriptions:
+            await subscription.cancel()
         chains = list(self._chains.values())
         if chains:
             await asyncio.gather(*chains, return_exceptions=True)
@@ -124,7 +168,7 @@ class MachineRunner(Generic[D]):
         arms their pending timers (``client/machine_replay.py``)."""
         stored = {i.key: i for i in await self.list()}
         return await rebuild(self.machine, self.transport, start, stored, apply=apply,
-                             queue=self.queue)
+                             queue_of=self.queue_of)
 
     # -- applying events --------------------------------------------------------------------
 
@@ -137,6 +181,31 @@ class MachineRunner(Generic[D]):
             self._chain(key, self._dead(delivery, key, str(e)))
             return
         self._chain(key, self._apply(delivery, event, key))
+
+    def _forward(self, delivery: Delivery) -> None:
+        """An event for the machine's queue goes on to its instance's partition, moved there
+        in one step with its ack (so it is neither lost nor doubled)."""
+        event = event_of(delivery)
+        try:
+            key = str(event.headers.get(KEY_HEADER) or self.machine.key_of(event))
+        except Exception as e:
+            self._chain("", self._dead(delivery, "", str(e)))
+            return
+        m = delivery.message
+        moved = replace(m, routing_key=self.queue_of(key), headers={
+            **(m.headers or {}), TOPIC_HEADER: event.topic, KEY_HEADER: key})
+        commit = TransitionCommit(VHOST, self.machine.name, key, None, (("", moved),))
+
+        async def forward() -> None:
+            try:
+                await self.transport.commit_transition(delivery.delivery_tag, commit)
+            except Exception:
+                log.exception("machine '%s': event %s could not move to its partition; it "
+                              "comes again", self.machine.name, event.id)
+                with contextlib.suppress(Exception):
+                    await self.transport.nack(delivery.delivery_tag, True, RETRY_DELAY_MS)
+
+        self._chain(f"\x1f{key}", forward())
 
     def _chain(self, key: str, work: Any) -> None:
         before = self._chains.get(key)
@@ -254,10 +323,11 @@ class MachineRunner(Generic[D]):
         timers = []
         for change in step.timers:
             if change.after_s is not None:
-                timer = Message(b"", self.queue, message_id=change.id, persistent=True,
+                queue = self.queue_of(key)
+                timer = Message(b"", queue, message_id=change.id, persistent=True,
                                 headers={TOPIC_HEADER: f"{TIMER_PREFIX}{change.name}",
                                          KEY_HEADER: key})
-                timers.append((self.queue, timer, int(change.after_s * 1000)))
+                timers.append((queue, timer, int(change.after_s * 1000)))
         return TransitionCommit(VHOST, self.machine.name, key,
                                 encode_instance(step.instance, time.time()),
                                 tuple(messages), tuple(timers),

@@ -38,6 +38,10 @@ class QueueOptions:
     max_priority: int | None = None
     delivery_limit: int | None = None
     single_active_consumer: bool = False
+    #: A single-active-consumer queue that is partition I of a set: its active consumer is
+    #: the (I mod n)-th of its n consumers, so the partitions spread over them
+    #: (``x-tidings-partition``, as RabbitMQ's super streams spread theirs).
+    partition: int | None = None
     consumer_timeout_ms: int | None = None
     queue_type: str = "classic"
     #: Streams: drop whole segments once records are older than this (``x-max-age``).
@@ -80,6 +84,7 @@ def parse_queue_arguments(queue: str, arguments: dict[str, Any]) -> QueueOptions
         "x-delivery-limit": ("delivery_limit", 0, MAX_LONG),
         "x-consumer-timeout": ("consumer_timeout_ms", 1, MAX_EXPIRY_MS),
         "x-stream-max-segment-size-bytes": ("segment_bytes", 64, MAX_LONG),
+        "x-tidings-partition": ("partition", 0, MAX_LONG),
     }
     values: dict[str, Any] = {}
     for arg, (field_name, minimum, maximum) in ints.items():
@@ -117,6 +122,9 @@ def parse_queue_arguments(queue: str, arguments: dict[str, Any]) -> QueueOptions
                 f"invalid arg 'x-single-active-consumer' for queue '{queue}': not a boolean"
             )
         values["single_active_consumer"] = a["x-single-active-consumer"]
+    if values.get("partition") is not None and not values.get("single_active_consumer"):
+        raise InvalidArgumentError(f"invalid arg 'x-tidings-partition' for queue '{queue}': "
+                                   f"only with x-single-active-consumer")
     return QueueOptions(**values)
 
 

@@ -29,6 +29,10 @@ from tidings.routing.ready import DEFAULT_WINDOW, Entry, ReadyMessages
 from tidings.statistics import Counters, Histogram
 from tidings.storage.base import Store
 
+#: A consumer argument naming who consumes (a process): the partitions of a set
+#: (``x-tidings-partition``) spread over their consumers in the order of these names.
+MEMBER_ARGUMENT = "x-tidings-member"
+
 __all__ = ["DEFAULT_WINDOW", "Entry", "Queue", "QueueConsumer", "QueueOwner"]
 
 
@@ -54,6 +58,8 @@ class QueueConsumer(Protocol):
     """What a queue needs of a consumer."""
 
     exclusive: bool
+    #: Its ``basic.consume`` arguments.
+    arguments: dict[str, Any]
     #: Set when it takes deliveries in lists (see :meth:`batch_room`).
     on_deliveries: Callable[[Any], None] | None
 
@@ -70,6 +76,10 @@ class QueueConsumer(Protocol):
     def cancelled(self) -> None:
         """The server cancelled this consumer (its queue is gone)."""
         ...
+
+
+def _member(consumer: QueueConsumer) -> str:
+    return str(consumer.arguments.get(MEMBER_ARGUMENT) or "")
 
 
 class Queue:
@@ -104,6 +114,8 @@ class Queue:
         #: Body bytes of the unacked messages (what the memory alarm counts, with ready bytes).
         self.unacked_bytes = 0
         self.consumers: list[QueueConsumer] = []
+        #: A partition's active consumer (see :meth:`_partition_consumer`).
+        self._active: QueueConsumer | None = None
         self._rr = 0
         self._dispatch_soon = False
         self.deleted = False
@@ -302,7 +314,12 @@ class Queue:
         ready = self.ready
         while consumers and (ready.tail or ready.heap or ready.paged_out):
             if single or len(consumers) == 1:
-                chosen = consumers[0]
+                if self.options.partition is None:
+                    chosen = consumers[0]
+                elif (active := self._partition_consumer()) is not None:
+                    chosen = active
+                else:
+                    return
                 if chosen.on_deliveries is not None and (room := chosen.batch_room()) > 1:
                     self._dispatch_list(chosen, room)
                     continue
@@ -323,6 +340,23 @@ class Queue:
                 return
             self.mark_delivered(entry, self._now())
             chosen.deliver(self, entry)
+
+    def _partition_consumer(self) -> QueueConsumer | None:
+        """A partition's active consumer: the (I mod n)-th of its consumers, ordered by their
+        ``x-tidings-member`` argument (then by arrival), so that a set of partitions consumed
+        by the same members spreads evenly over them. When that changes (a consumer came or
+        went) while the one active before is still here and holds deliveries, none is: the
+        next gets messages once those are settled, so one partition's messages are never in
+        two consumers' hands at once."""
+        consumers = sorted(self.consumers, key=_member)
+        assert self.options.partition is not None
+        wanted = consumers[self.options.partition % len(consumers)]
+        before = self._active
+        if before is not wanted and before is not None and before in consumers and \
+                self.unacked:
+            return None
+        self._active = wanted
+        return wanted
 
     def _dispatch_list(self, consumer: QueueConsumer, room: int) -> None:
         """Up to ``room`` messages to ``consumer`` in one list (a lone consumer that takes
