@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -244,22 +245,29 @@ OPS = st.lists(st.one_of(
 ), max_size=30)
 
 
+@pytest.mark.parametrize("partitions", [1, 3])
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(OPS)
+@given(ops=OPS)
 def test_the_durable_runner_matches_the_model_across_redeliveries_and_failovers(
-        ops: list[tuple[str, str, str, str, int]]) -> None:
-    """Random events (the same ids again: redeliveries) and hand-overs between runners: the
-    instances and the messages sent equal the plain model's, event by event in publish
-    order (one consumer at a time keeps that order)."""
+        partitions: int, ops: list[tuple[str, str, str, str, int]]) -> None:
+    """Random events (the same ids again: redeliveries) and hand-overs between runners (with
+    partitions, two runners at work at once): the instances and the messages sent equal the
+    plain model's, event by event in publish order (one consumer at a time per instance
+    keeps that order)."""
     async def run() -> tuple[dict[str, tuple[str, int]], int]:
         async with tidings.connect("memory://") as client:
 
-            async def idle() -> bool:
-                stats = (await client.statistics()).queue("machine.order")
-                return stats.ready == stats.unacked == 0
+            def machine() -> Any:
+                return client.machine(order_machine(), partitions=partitions)
 
-            declared = client.machine(order_machine())
+            async def idle() -> bool:
+                stats = await client.statistics()
+                return all(q.ready == q.unacked == 0 for q in stats.queues
+                           if q.name.startswith("machine.order")
+                           and not q.name.endswith(".dead"))
+
+            declared = machine()
             await declared.start()  # its queue and bindings stay: events wait for a runner
             await declared.stop()
             runner = standby = None
@@ -270,13 +278,13 @@ def test_the_durable_runner_matches_the_model_across_redeliveries_and_failovers(
                                          message_id=f"{key}-{ident}")
                     continue
                 if runner is None:  # the first events wait in the queue: a backlog to take
-                    runner = client.machine(order_machine())
-                    standby = client.machine(order_machine())
+                    runner = machine()
+                    standby = machine()
                     await runner.start()
                     await standby.start()
                 await until(idle)
                 await runner.stop()  # a hand-over: the standby goes on, a new one waits
-                runner, standby = standby, client.machine(order_machine())
+                runner, standby = standby, machine()
                 await standby.start()
             assert runner is not None and standby is not None
             found = {i.key: (i.state, i.history) for i in await runner.list()}

@@ -88,8 +88,10 @@ class MachineRunner(Generic[D]):
         self.queue = machine_queue(machine.name)
         #: Instances are spread over this many partition queues (1: the machine's queue).
         self.partitions = partitions
-        #: This runner among those of the machine (the partitions spread in this order).
-        self.member = uuid.uuid4().hex
+        #: This runner among those of the machine: the partitions spread in the order of
+        #: these names, which sort by start time (so a newcomer never takes the one partition
+        #: of an unpartitioned machine from the runner that has it).
+        self.member = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
         self._new_id = new_id
         self._chains: dict[str, asyncio.Task[None]] = {}
         self._subscriptions: list[Subscription] = []
@@ -106,15 +108,18 @@ class MachineRunner(Generic[D]):
         if self._subscriptions:
             return
         # one consumer at a time over every process: the events of an instance are applied
-        # in order, one after the other (instances in parallel within the active consumer)
-        await self.transport.declare_queue(self.queue, QueueSpec(
-            delivery_limit=10, arguments=(("x-single-active-consumer", True),)))
+        # in order, one after the other (instances in parallel within the active consumer);
+        # as a partition (of one), the queue moves to another process only once the one
+        # before has settled what it holds
+        await self.transport.declare_queue(self.queue, QueueSpec(delivery_limit=10, arguments=(
+            ("x-single-active-consumer", True), (PARTITION_ARGUMENT, 0))))
         for topic in sorted({t.topic for t in self.machine.transitions
                              if not t.topic.startswith(TIMER_PREFIX)}):
             await self.transport.bind_events(self.queue, topic)
+        member = {MEMBER_ARGUMENT: self.member}
         if self.partitions == 1:
             self._subscriptions.append(await self.transport.consume(
-                self.queue, self.prefetch, self._arrived))
+                self.queue, self.prefetch, self._arrived, member))
             return
         # partitions: each instance's events go on to one partition queue, whose single
         # active consumer is spread over the runners (partition I: the (I mod n)-th of n)
@@ -123,9 +128,9 @@ class MachineRunner(Generic[D]):
             await self.transport.declare_queue(queue, QueueSpec(delivery_limit=10, arguments=(
                 ("x-single-active-consumer", True), (PARTITION_ARGUMENT, i))))
             self._subscriptions.append(await self.transport.consume(
-                queue, self.prefetch, self._arrived, {MEMBER_ARGUMENT: self.member}))
+                queue, self.prefetch, self._arrived, member))
         self._subscriptions.append(await self.transport.consume(
-            self.queue, self.prefetch, self._forward))
+            self.queue, self.prefetch, self._forward, member))
 
     @property
     def transport(self) -> Transport:

@@ -345,15 +345,15 @@ class Queue:
         """A partition's active consumer: the (I mod n)-th of its consumers, ordered by their
         ``x-tidings-member`` argument (then by arrival), so that a set of partitions consumed
         by the same members spreads evenly over them. When that changes (a consumer came or
-        went) while the one active before is still here and holds deliveries, none is: the
-        next gets messages once those are settled, so one partition's messages are never in
-        two consumers' hands at once."""
+        went) while the one active before holds deliveries, none is: the next gets messages
+        once those are settled (acked, or returned when its channel closes or its consumer
+        timeout passes), so one partition's messages are never in two consumers' hands at
+        once."""
         consumers = sorted(self.consumers, key=_member)
         assert self.options.partition is not None
         wanted = consumers[self.options.partition % len(consumers)]
         before = self._active
-        if before is not wanted and before is not None and before in consumers and \
-                self.unacked:
+        if before is not wanted and before is not None and self.unacked:
             return None
         self._active = wanted
         return wanted
