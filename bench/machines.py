@@ -13,6 +13,8 @@ event sent to its transition applied (durable for the durable ones):
   with ``publish_many``; a transition is its row, its messages, its timers and the event's ack
   committed together (latency to the commit; the group commit makes it durable within a few
   milliseconds, and each wave ends with a sync);
+- ``tidings-serve``: the same runner in a client of a ``tidings serve`` started here: each
+  commit is one AMQP publish (the machine extension) confirmed once durable;
 - ``dbos``: DBOS Transact on the machine's PostgreSQL: a durable workflow per order that waits
   for its payment (``DBOS.recv`` with the timeout) and its shipping, one step per transition;
 - ``postgres``: what teams write by hand: an events table, a state row, an outbox and a timers
@@ -48,7 +50,20 @@ def _result(n: int, elapsed: float, latencies: list[float]) -> Result:
 # -- tidings ----------------------------------------------------------------------------------
 
 
-async def run_tidings(n: int) -> Result:
+def run_tidings_serve(n: int) -> Result:
+    """The same, in a client of a ``tidings serve`` started here (the AMQP extension)."""
+    from transports import start_tidings
+
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start_tidings(tmp)
+        try:
+            return asyncio.run(run_tidings(n, url))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+async def run_tidings(n: int, url: str | None = None) -> Result:
     from dataclasses import dataclass
 
     import tidings
@@ -82,7 +97,7 @@ async def run_tidings(n: int) -> Result:
 
     latencies: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        async with tidings.connect(str(Path(tmp) / "data")) as client:
+        async with tidings.connect(url or str(Path(tmp) / "data")) as client:
             runner = client.machine(m, prefetch=500)
             commit = runner.transport.commit_transition
 
@@ -91,7 +106,7 @@ async def run_tidings(n: int) -> Result:
                 if c.row is not None:
                     applied[(c.key, json.loads(c.row)["state"])] = time.perf_counter()
 
-            runner.transport = _Timed(runner.transport, timed)  # type: ignore[assignment]
+            runner._transport = _Timed(runner.transport, timed)  # (the bench's stopwatch)
             await runner.start()
             started = time.perf_counter()
             for topic, state in zip(WAVES, ("submitted", "paid", "shipped"), strict=True):
@@ -294,15 +309,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2,000 orders instead of 10,000")
     parser.add_argument("--orders", type=int, help="how many orders")
-    parser.add_argument("--only", help="comma-separated: tidings,dbos,postgres,statemachine")
+    parser.add_argument("--only", help="comma-separated: tidings,tidings-serve,dbos,postgres,"
+                                       "statemachine")
     args = parser.parse_args()
     n = args.orders or (2_000 if args.quick else 10_000)
-    chosen = (args.only or "tidings,dbos,postgres,statemachine").split(",")
+    chosen = (args.only or "tidings,tidings-serve,dbos,postgres,statemachine").split(",")
     results: dict[str, Any] = {}
     for name in chosen:
         try:
             if name == "tidings":
                 results[name] = asyncio.run(run_tidings(n))
+            elif name == "tidings-serve":
+                results[name] = run_tidings_serve(n)
             elif name == "dbos":
                 results[name] = run_dbos(n)
             elif name == "postgres":

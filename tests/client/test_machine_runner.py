@@ -214,6 +214,31 @@ async def test_instances_are_read_over_http_and_the_cli(tmp_path: Path) -> None:
         await runner.stop()
 
 
+async def test_an_instance_moved_under_a_runner_is_judged_as_it_is_now() -> None:
+    """The runner remembers the instances it committed; when an operator moves one, the
+    next transition judged on its memory is refused by the broker, and the event is judged
+    again on the stored instance (here: cancelled, which takes no payment)."""
+    from tidings.transitions import TransitionCommit, moved_row
+
+    async with tidings.connect("memory://") as client:
+        runner = client.machine(order_machine())
+        await runner.start()
+        await client.publish("orders.submitted", {"order_id": "o1", "amount": 1})
+        await until(lambda: _counted(runner, "applied", 1))
+        broker = client.transport.broker  # type: ignore[attr-defined]
+        moved, version = moved_row(broker.find_instance("/", "order", "o1"), "cancelled",
+                                   "ops", "customer called", 0.0)
+        broker.commit_transition(broker.open_session(), None, TransitionCommit(
+            "/", "order", "o1", moved, expected_version=version - 1, version=version))
+        await client.publish("orders.paid", {"order_id": "o1", "amount": 1})
+        await until(lambda: _dead(client))
+        assert runner.counts["conflicts"] == 1 and runner.counts["applied"] == 1
+        o1 = await runner.get("o1")
+        assert o1 is not None and (o1.state, o1.version) == ("cancelled", 2)
+        assert await client.get("shipping") is None
+        await runner.stop()
+
+
 async def test_one_runner_at_a_time_and_the_next_takes_over() -> None:
     """Two runners of one machine (two worker processes, say): one consumes, the other waits;
     when the first stops, the second goes on from the instances as the broker has them."""

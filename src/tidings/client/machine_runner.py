@@ -25,6 +25,7 @@ import logging
 import time
 import uuid
 import zlib
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, Generic, TypeVar
@@ -63,6 +64,8 @@ D = TypeVar("D")
 RETRY_DELAY_MS = 1_000
 #: Times an event is judged again at once when its instance moved on under it.
 CONFLICT_ATTEMPTS = 5
+#: Instances a runner remembers as it committed them.
+CACHED_INSTANCES = 10_000
 #: Most partitions a machine's instances spread over.
 MAX_PARTITIONS = 256
 #: The queue argument that makes a single-active-consumer queue partition I of a set, and
@@ -95,6 +98,9 @@ class MachineRunner(Generic[D]):
         self._new_id = new_id
         self._chains: dict[str, asyncio.Task[None]] = {}
         self._subscriptions: list[Subscription] = []
+        #: The instances this runner committed last (newest last): a transition judged on
+        #: one needs no read, and the broker refuses it if the instance moved on since.
+        self._cache: OrderedDict[str, Instance[D]] = OrderedDict()
         #: Verdicts counted since start.
         self.counts: dict[str, int] = {v.value: 0 for v in Verdict}
         #: Per transition (``source -> target on topic``): counts and times.
@@ -230,12 +236,15 @@ class MachineRunner(Generic[D]):
         """Apply ``event``; if the instance moved on meanwhile (an operator's move, or another
         process that was the active consumer), read it again and judge the event anew."""
         try:
+            fresh = False
             for _ in range(CONFLICT_ATTEMPTS):
                 try:
-                    await self._apply_once(delivery, event, key)
-                    return
+                    if await self._apply_once(delivery, event, key, fresh):
+                        return
                 except VersionConflictError:
                     self.counts["conflicts"] = self.counts.get("conflicts", 0) + 1
+                self._cache.pop(key, None)
+                fresh = True
             raise VersionConflictError(f"instance '{key}' kept moving on under the event")
         except Exception:
             log.exception("machine '%s': event %s for '%s' failed; it comes again",
@@ -243,10 +252,17 @@ class MachineRunner(Generic[D]):
             with contextlib.suppress(Exception):
                 await self.transport.nack(delivery.delivery_tag, True, RETRY_DELAY_MS)
 
-    async def _apply_once(self, delivery: Delivery, event: Event, key: str) -> None:
-        # read from the broker each time: another process may have been the active consumer
-        # since, or an operator moved the instance
-        instance = await self.get(key)
+    async def _apply_once(self, delivery: Delivery, event: Event, key: str,
+                          fresh: bool) -> bool:
+        """Judge ``event`` on the instance as this runner last committed it (read from the
+        broker when it has none, or ``fresh``) and settle it; False when a verdict made on
+        the remembered instance must be checked on the stored one first. A transition from a
+        version that is no longer current (another process, or an operator, moved it on) is
+        refused by the broker: VersionConflictError."""
+        instance = None if fresh else self._cache.get(key)
+        remembered = instance is not None
+        if not remembered:
+            instance = await self.get(key)
         started = time.perf_counter()
         try:
             step = self.machine.step(instance, event, key)
@@ -254,6 +270,8 @@ class MachineRunner(Generic[D]):
             await self._failed(instance, event, key)
             raise
         handler_ms = (time.perf_counter() - started) * 1000
+        if remembered and step.verdict is not Verdict.APPLIED:
+            return False  # (only a commit checks the version: judge it on the stored one)
         if step.verdict is Verdict.APPLIED:
             for queue in {e.queue for e in step.messages if e.queue}:
                 if self._ensure_queue is not None:
@@ -262,6 +280,7 @@ class MachineRunner(Generic[D]):
             await self.transport.commit_transition(
                 delivery.delivery_tag, self._commit(key, step, instance, handler_ms))
             assert step.instance is not None and step.transition is not None
+            self._remember(key, step.instance)
             numbers = self._numbers(step.transition.name)
             numbers.committed(time.time(), handler_ms)
             numbers.commit.observe((time.perf_counter() - committing) * 1000)
@@ -271,6 +290,14 @@ class MachineRunner(Generic[D]):
         else:
             await self.transport.ack([delivery.delivery_tag])
         self.counts[step.verdict.value] += 1
+        return True
+
+    def _remember(self, key: str, instance: Instance[D]) -> None:
+        cache = self._cache
+        cache[key] = instance
+        cache.move_to_end(key)
+        if len(cache) > CACHED_INSTANCES:
+            cache.popitem(last=False)
 
     def _numbers(self, transition: str) -> TransitionNumbers:
         found = self.transitions.get(transition)

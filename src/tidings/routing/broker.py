@@ -102,6 +102,9 @@ class Broker:
         self.closed = False
         #: State machine instances (opaque rows) and the transition commit.
         self.machine_rows = MachineRows(store, self.vhosts)
+        #: Transitions whose commit time is counted when the store's future is done.
+        self._timed_future: asyncio.Future[None] | None = None
+        self._timed: list[tuple[TransitionNumbers, float]] = []
         recover(store, self.vhosts, self.delayed, self.clock)
         self.machine_rows.recover()
         self._forget_orphan_streams()
@@ -263,11 +266,25 @@ class Broker:
             lambda vhost, exchange, message, delay_ms: self.publish(
                 vhost, exchange, message, delay_ms=delay_ms))
         if numbers is not None:
-            def durable(future: asyncio.Future[None]) -> None:
-                if not future.cancelled() and future.exception() is None:
-                    numbers.commit.observe((time.perf_counter() - started) * 1000)
+            self._time_commit(numbers, started)
 
-            self.sync().add_done_callback(durable)
+    def _time_commit(self, numbers: TransitionNumbers, started: float) -> None:
+        """Count a transition's commit time once it is durable: one callback per group
+        commit (the store's future is shared by the writes it takes), at the store's pace."""
+        future = self.store.sync(hurry=False)
+        if future is self._timed_future:
+            self._timed.append((numbers, started))
+            return
+        batch = [(numbers, started)]
+        self._timed_future, self._timed = future, batch
+
+        def durable(f: asyncio.Future[None]) -> None:
+            if not f.cancelled() and f.exception() is None:
+                now = time.perf_counter()
+                for n, t in batch:
+                    n.commit.observe((now - t) * 1000)
+
+        future.add_done_callback(durable)
 
     def machine_statistics(self, vhost: str, machine: str) -> dict[str, Any]:
         return self.machine_rows.statistics(vhost, machine)

@@ -54,8 +54,9 @@ class Store(Protocol):
 
     def delete_definition(self, kind: str, key: str) -> None: ...
 
-    def sync(self) -> asyncio.Future[None]:
-        """A future resolved when every write submitted so far is durable."""
+    def sync(self, hurry: bool = True) -> asyncio.Future[None]:
+        """A future resolved when every write submitted so far is durable (with ``hurry``
+        False, written at the store's own pace: for a caller that only wants to know when)."""
         ...
 
     def backlog(self) -> int:

@@ -72,7 +72,7 @@ class MemoryStore:
     def write_error(self) -> str | None:
         return None
 
-    def sync(self) -> asyncio.Future[None]:
+    def sync(self, hurry: bool = True) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         future.set_result(None)
         return future

@@ -185,12 +185,12 @@ class SqliteStore:
     def write_error(self) -> str | None:
         return self._write_error
 
-    def sync(self) -> asyncio.Future[None]:
+    def sync(self, hurry: bool = True) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         if self._pending or self._marks:
             if self._next_future is None:
                 self._next_future = loop.create_future()
-            self._schedule(soon=True)
+            self._schedule(soon=hurry)
             return self._next_future
         if self._last_future is not None and not self._last_future.done():
             return self._last_future
