@@ -171,6 +171,11 @@ def run_postgres(n: int, workers: int = 4) -> Result:
                 continue
             for eid, order_id, topic, sent in events:
                 with engine.begin() as c:  # one transaction per event: row, outbox, timer, done
+                    # (claimed again inside it: the batch's locks ended with its transaction,
+                    # so another worker may have taken the same event meanwhile)
+                    if c.execute(sa.text("SELECT 1 FROM bench_events WHERE id = :i AND NOT done "
+                                         "FOR UPDATE SKIP LOCKED"), {"i": eid}).first() is None:
+                        continue
                     row = c.execute(sa.text("SELECT state, version FROM bench_orders WHERE "
                                             "id = :i FOR UPDATE"), {"i": order_id}).first()
                     state, version = row if row else ("new", 0)
