@@ -187,13 +187,15 @@ AUDIT_KEPT = 20
 
 def instance_row(state: str, data: Any, version: int, history: int, seen: list[str],
                  timers: dict[str, tuple[str, str]], written_by: int,
-                 updated_at: float, audit: list[dict[str, Any]] | None = None) -> bytes:
+                 updated_at: float, audit: list[dict[str, Any]] | None = None,
+                 recent: list[dict[str, Any]] | None = None) -> bytes:
     """An instance as the broker keeps it: JSON the client writes and every face reads
-    (``updated_at``: when it entered its state, epoch seconds; ``audit``: operator moves)."""
+    (``updated_at``: when it entered its state, epoch seconds; ``audit``: operator moves;
+    ``recent``: its last transitions)."""
     return json.dumps({"state": state, "data": data, "version": version, "history": history,
                        "seen": seen, "timers": {k: list(v) for k, v in timers.items()},
                        "written_by": written_by, "updated_at": round(updated_at, 3),
-                       "audit": (audit or [])[-AUDIT_KEPT:]},
+                       "audit": (audit or [])[-AUDIT_KEPT:], "recent": recent or []},
                       separators=(",", ":")).encode()
 
 
@@ -206,7 +208,7 @@ def moved_row(row: bytes, state: str, by: str, reason: str, now: float) -> tuple
                                    "to": state, "reason": reason}]
     version = int(d["version"]) + 1
     return instance_row(state, d["data"], version, int(d["history"]), list(d["seen"]), {},
-                        int(d["written_by"]), now, audit), version
+                        int(d["written_by"]), now, audit, d["recent"]), version
 
 
 def read_row(row: bytes) -> dict[str, Any]:
@@ -217,6 +219,7 @@ def read_row(row: bytes) -> dict[str, Any]:
     d["timers"] = {k: (v[0], v[1]) for k, v in d.get("timers", {}).items()}
     d.setdefault("updated_at", 0.0)
     d.setdefault("audit", [])
+    d.setdefault("recent", [])
     return d  # type: ignore[no-any-return]
 
 

@@ -79,6 +79,9 @@ async def test_orders_move_one_committed_transition_per_event(
         await until(lambda: _counted(runner, "stale", 1))
         o1 = await runner.get("o1")
         assert o1 is not None and (o1.state, o1.version, o1.data.paid) == ("paid", 2, 30)
+        assert [(r["from"], r["to"], r["on"], r["event"]) for r in o1.recent][1:] == [
+            ("submitted", "paid", "orders.paid", "pay-1")]  # its last transitions, oldest first
+        assert o1.recent[0]["to"] == "submitted" and o1.recent[0]["at"] > 1e9
         assert runner.counts["duplicate"] == 1
         assert await client.get("shipping") is None  # the duplicate sent nothing more
         await client.publish("orders.paid", {"order_id": "o9", "amount": 1})
@@ -168,6 +171,8 @@ async def test_instances_are_read_over_http_and_the_cli(tmp_path: Path) -> None:
             assert (page["filtered_count"], [i["key"] for i in page["items"]]) == (2, ["o0"])
             one = (await api.get("/api/machines/%2F/order/o1")).json()
             assert (one["state"], one["data"]["paid"], one["version"]) == ("paid", 2, 2)
+            assert [(r["from"], r["to"]) for r in one["recent_transitions"]] == [
+                ("new", "submitted"), ("submitted", "paid")]
             assert (await api.get("/api/machines/%2F/order/nope")).status_code == 404
             drawn = await api.get("/api/machine-diagrams/%2F/order")
             assert drawn.headers["content-type"].startswith("image/svg+xml")

@@ -41,6 +41,8 @@ from tidings.transitions import transition_name
 D = TypeVar("D")
 #: How many event ids an instance remembers to recognise redeliveries.
 SEEN_IDS = 64
+#: Transitions an instance remembers (the newest).
+RECENT_KEPT = 20
 TIMER_PREFIX = "timer:"
 
 
@@ -79,6 +81,9 @@ class Instance(Generic[D]):
     written_by: int = 1
     #: Operators' moves of it (who, when, from, to, why), kept across transitions.
     audit: list[dict[str, Any]] = field(default_factory=list)
+    #: Its last :data:`RECENT_KEPT` transitions, oldest first: when (``at``, epoch seconds),
+    #: ``from``, ``to``, ``on`` (the topic) and ``event`` (its id).
+    recent: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,9 +205,10 @@ class Machine(Generic[D]):
 
     # -- one event ------------------------------------------------------------------------------
 
-    def step(self, instance: Instance[D] | None, event: Event, key: str | None = None
-             ) -> Step[D]:
-        """Apply ``event`` to ``instance`` (None: none exists yet for its key)."""
+    def step(self, instance: Instance[D] | None, event: Event, key: str | None = None,
+             at: float = 0.0) -> Step[D]:
+        """Apply ``event`` to ``instance`` (None: none exists yet for its key); ``at`` is
+        when (epoch seconds, kept in the instance's recent transitions)."""
         key = key if key is not None else self.key_of(event)
         if instance is not None and event.id in instance.seen:
             return Step(Verdict.DUPLICATE, instance, reason="seen before")
@@ -228,9 +234,12 @@ class Machine(Generic[D]):
         target = chosen.target
         timers = rearmed(current.timers, event.topic, out.timers,
                          lambda change: (change.id, target))
+        recent = [*current.recent, {"at": round(at, 3), "from": current.state,
+                                    "to": chosen.target, "on": event.topic,
+                                    "event": event.id}][-RECENT_KEPT:]
         new = Instance(key, chosen.target, data, current.version + 1, current.history + 1,
                        [*current.seen, event.id][-SEEN_IDS:], timers, self.version,
-                       current.audit)
+                       current.audit, recent)
         return Step(Verdict.APPLIED, new, chosen, tuple(out.messages), tuple(out.timers))
 
     def _choose(self, instance: Instance[D], event: Event) -> Transition | None:

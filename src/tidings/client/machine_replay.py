@@ -102,7 +102,7 @@ class _Rebuild(Generic[D]):
             self._step(Event(f"{TIMER_PREFIX}{name}", armed[0], None, {}), key, due)
 
     def _step(self, event: Event, key: str, at: float) -> None:
-        step = self.machine.step(self.report.rebuilt.get(key), event, key)
+        step = self.machine.step(self.report.rebuilt.get(key), event, key, at)
         if step.verdict is Verdict.APPLIED:
             assert step.instance is not None
             self.report.rebuilt[key] = step.instance

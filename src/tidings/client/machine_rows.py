@@ -24,13 +24,14 @@ def machine_queue(name: str) -> str:
 def encode_instance(instance: Instance[Any], now: float) -> bytes:
     return instance_row(instance.state, dump_data(instance.data), instance.version,
                         instance.history, instance.seen, instance.timers, instance.written_by,
-                        now, instance.audit)
+                        now, instance.audit, instance.recent)
 
 
 def decode_instance(machine: Machine[D], key: str, row: bytes) -> Instance[D]:
     d = read_row(row)
     return Instance(key, d["state"], load_data(machine.data_type, d["data"]), d["version"],
-                    d["history"], list(d["seen"]), d["timers"], d["written_by"], d["audit"])
+                    d["history"], list(d["seen"]), d["timers"], d["written_by"], d["audit"],
+                    list(d["recent"]))
 
 
 def event_of(delivery: Delivery) -> Event:

@@ -265,7 +265,7 @@ class MachineRunner(Generic[D]):
             instance = await self.get(key)
         started = time.perf_counter()
         try:
-            step = self.machine.step(instance, event, key)
+            step = self.machine.step(instance, event, key, time.time())
         except Exception:
             await self._failed(instance, event, key)
             raise

@@ -107,7 +107,7 @@ async def get_instance(request: Request) -> JSONResponse:
     return JSONResponse({"key": key, "machine": name, "vhost": vhost, **{
         k: d[k] for k in ("state", "data", "version", "history", "written_by", "audit")},
         "timers": {t: {"id": i, "armed_in": s} for t, (i, s) in d["timers"].items()},
-        "recent_events": d["seen"][-10:]})
+        "recent_events": d["seen"][-10:], "recent_transitions": d["recent"]})
 
 
 async def move_instance(request: Request) -> JSONResponse:
