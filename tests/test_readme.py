@@ -1,4 +1,5 @@
-"""The README is the front door: its embedded quickstart runs as pasted."""
+"""The README is the front door: its quickstarts (and the guides' complete examples) run as
+pasted."""
 
 from __future__ import annotations
 
@@ -55,9 +56,9 @@ def test_the_pika_quickstart_runs_as_pasted_against_tidings_serve(tmp_path: Path
         server.stop()
 
 
-def _run_section(title: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run the one Python block of the README's section ``title`` as pasted, in ``cwd``."""
-    section = README.read_text().split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+def _run_section(title: str, cwd: Path, page: Path = README) -> subprocess.CompletedProcess[str]:
+    """Run the one Python block of ``page``'s section ``title`` as pasted, in ``cwd``."""
+    section = page.read_text().split(f"## {title}", 1)[1].split("\n## ", 1)[0]
     (block,) = re.findall(r"```python\n(.*?)```", section, re.S)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run([sys.executable, "-c", block], cwd=cwd, env=env,
@@ -69,3 +70,8 @@ def _run_section(title: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_the_machine_quickstart_runs_as_pasted(tmp_path: Path) -> None:
     out = _run_section("Quickstart: a state machine", tmp_path)
     assert out.stdout.splitlines() == ["o1 paid 2", "o2 cancelled 2"]
+
+
+def test_the_machines_guide_example_runs_as_pasted(tmp_path: Path) -> None:
+    out = _run_section("A machine", tmp_path, README.parent / "docs" / "machines.md")
+    assert out.stdout.splitlines() == ["paid Order(amount=30, paid=30) 2"]
