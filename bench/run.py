@@ -4,7 +4,8 @@
     python bench/run.py --quick    # smaller sizes, for a smoke run
     python bench/run.py --only E1,E3
 
-E1 durable round trip (256 B, confirms, prefetch, acks) vs persist-queue and litequeue.
+E1 durable round trip (256 B, confirms, prefetch, acks) vs persist-queue and litequeue; and
+   tidings with encryption at rest on (``-encrypted``: a keyring in TIDINGS_ENCRYPTION_KEY).
 E2 the same on memory:// vs asyncio.Queue (the ceiling).
 E3 event fan-out to four subscriber groups vs pyee and blinker.
 E4 deep queue: 2,000,000 x 1 KB enqueued then drained; rates and peak RSS.
@@ -265,9 +266,17 @@ def scenario(name: str, n: int) -> dict[str, Any]:
     raise SystemExit(f"unknown scenario {name!r}")
 
 
+#: The keyring of the ``-encrypted`` scenarios (a fixed bench key: nothing secret here).
+BENCH_KEYRING = "bench:" + "A" * 43 + "="
+
+
 def run_isolated(name: str, n: int) -> dict[str, Any]:
+    env = dict(os.environ)
+    env.pop("TIDINGS_ENCRYPTION_KEY", None)
+    if name.endswith("-encrypted"):
+        name, env["TIDINGS_ENCRYPTION_KEY"] = name.removesuffix("-encrypted"), BENCH_KEYRING
     out = subprocess.run([sys.executable, __file__, "--scenario", name, "--n", str(n)],
-                         capture_output=True, text=True, check=False)
+                         capture_output=True, text=True, check=False, env=env)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -304,7 +313,9 @@ def main() -> None:
     print(f"tidings benchmarks on {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     if "E1" in groups:
         rows = [(name, n, run_isolated(name, n)) for name, n in [
-            ("tidings-durable", 200_000 // q), ("tidings-durable-batch", 200_000 // q),
+            ("tidings-durable", 200_000 // q), ("tidings-durable-encrypted", 200_000 // q),
+            ("tidings-durable-batch", 200_000 // q),
+            ("tidings-durable-batch-encrypted", 200_000 // q),
             ("litequeue", 20_000 // q), ("persist-queue", 5_000 // q),
         ]]
         table("E1 durable round trip, 256 B, confirms + acks (end-to-end msg/s)", rows, "tidings")

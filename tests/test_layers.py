@@ -34,6 +34,7 @@ FRONT_DOOR = {"tidings.routing.front_door", "tidings.routing.definitions_io"}
 
 #: Modules that build the object graph (store → broker → servers) and may import its parts.
 COMPOSITION_ROOTS = {"__main__", "cli", "cli_serve", "cli_control", "cli_users", "cli_worker",
+                     "cli_keys",
                      "shared", "urls"}
 
 #: Client modules that talk to another engine: they know the Transport protocol, the ground

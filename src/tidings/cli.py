@@ -22,10 +22,12 @@ from typing import Any, NoReturn
 
 import tidings
 from tidings.cli_control import COMMANDS, add_control_parsers, find_server, run_control_command
+from tidings.cli_keys import add_keys_parser, run_keys_command
 from tidings.cli_serve import add_serve_parser, kafka_flag_problem, loop_factory, serve
 from tidings.cli_users import add_users_parsers, run_users_command
 from tidings.cli_worker import add_worker_parser, run_worker
 from tidings.errors import ConfigError, TidingsError
+from tidings.storage.keys import KEY_FILE_ENV
 
 #: Where the embedded broker keeps its data unless told otherwise.
 DEFAULT_DATA_DIR = "./tidings-data"
@@ -40,6 +42,10 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.add_argument("--data-dir", default=argparse.SUPPRESS,
                           help="data directory of the broker (env TIDINGS_DATA_DIR)")
+        self.add_argument("--encryption-key-file", default=argparse.SUPPRESS, metavar="PATH",
+                          help="keyring that encrypts the data directory at rest (env "
+                               "TIDINGS_ENCRYPTION_KEY_FILE, or TIDINGS_ENCRYPTION_KEY with "
+                               "the keyring itself; docs/security.md)")
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
@@ -65,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_worker_parser(commands)
     add_users_parsers(commands)
     add_control_parsers(commands)
+    add_keys_parser(commands)
     quarantine = commands.add_parser(
         "quarantine", help="list stored records that could not be read (moved aside on start)")
     quarantine.add_argument("--export", metavar="DIR",
@@ -128,10 +135,14 @@ async def _run(args: argparse.Namespace) -> int:
         return run_users_command(args)
     creates = args.command == "definitions" and args.action == "import"
     drawing = args.command == "machines" and args.name == "graph"  # reads no directory
+    if args.command == "keys" and args.action == "new":
+        return run_keys_command(args)
     if not os.path.isdir(args.data_dir) and not creates and not drawing:
         raise tidings.ConfigError(f"no data directory '{args.data_dir}' (see --data-dir)")
     if args.command == "quarantine":
         return await _quarantine(args)
+    if args.command == "keys":
+        return run_keys_command(args)
     if args.command in COMMANDS:
         return await run_control_command(args)
     raise ConfigError(f"unknown command '{args.command}'")
@@ -143,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:  # bare `tidings`
         parser.print_help()
         return 0
+    if getattr(args, "encryption_key_file", None):  # (every store opened here reads it)
+        os.environ[KEY_FILE_ENV] = args.encryption_key_file
     if args.command == "worker":
         try:
             return run_worker(args)

@@ -9,6 +9,7 @@ with acks; then check what survived.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import random
 import subprocess
@@ -20,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from tidings.routing.broker import Broker
-from tidings.storage import SqliteStore
+from tidings.storage import SqliteStore, key_admin
+from tidings.storage.keys import KEY_ENV
 
 CHILD = Path(__file__).with_name("crash_child.py")
 #: Kills per test run (the issue asks for at least 20 in the default run).
@@ -72,18 +74,27 @@ def parse(log: Path) -> tuple[set[str], dict[str, list[int]], dict[str, int], se
 
 
 @pytest.mark.crash
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
 async def test_kill_9_loses_no_confirmed_message_and_undoes_no_durable_ack(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encrypted: bool,
 ) -> None:
+    """(Encrypted: the children and the check run with a keyring, so every record written
+    under the kills is sealed and must open again.)"""
     rng = random.Random(os.environ.get("TIDINGS_CRASH_SEED", str(time.time_ns())))
     data_dir, log = tmp_path / "data", tmp_path / "log"
-    for run in range(KILLS):
+    if encrypted:
+        monkeypatch.setenv(KEY_ENV, "crash:" + base64.b64encode(b"k" * 32).decode())
+    for run in range(KILLS // 2 if encrypted else KILLS):
         run_and_kill(data_dir, log, run, rng)
 
     confirmed, received, acked, far = parse(log)
-    assert len(confirmed) > KILLS, "the children confirmed too little to prove anything"
+    assert len(confirmed) > KILLS // 2, "the children confirmed too little to prove anything"
+    if encrypted:  # every record the children wrote is sealed
+        written = key_admin.status(data_dir).messages
+        assert None not in written and sum(written.values()) > 0, written
 
     broker = Broker(SqliteStore(data_dir))
+    assert (broker.store.sealer is not None) == encrypted
     broker.start()
     await asyncio.sleep(0.3)  # messages delayed a little fall due
     waiting = [r.message.message_id for _, r in broker.delayed.entries()]

@@ -27,10 +27,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tidings.errors import ClosedResourceError
+from tidings.errors import ClosedResourceError, ConfigError
 from tidings.files import PRIVATE_FILE_MODE, make_private_directory
 from tidings.storage.base import TRANSIENT
 from tidings.storage.handoff import Handoff, resolve
+from tidings.storage.keys import Keyring, Sealer, SealError
 from tidings.storage.lock import DirectoryLock
 
 log = logging.getLogger("tidings.storage")
@@ -56,7 +57,62 @@ CREATE TABLE IF NOT EXISTS definitions (
     PRIMARY KEY (kind, key)
 );
 CREATE TABLE IF NOT EXISTS marks (queue TEXT PRIMARY KEY, delivered_seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS data_keys (
+    number INTEGER PRIMARY KEY,
+    master TEXT NOT NULL,
+    wrapped BLOB NOT NULL
+);
 """
+
+
+def schema() -> str:
+    return SCHEMA
+
+
+def message_place(queue: str, seq: int) -> bytes:
+    """What a sealed message is bound to: its queue and position."""
+    return f"m\x1f{queue}\x1f{seq}".encode()
+
+
+def definition_place(kind: str, key: str) -> bytes:
+    return f"d\x1f{kind}\x1f{key}".encode()
+
+
+def read_data_keys(conn: sqlite3.Connection) -> list[tuple[int, str, bytes]]:
+    return [(int(n), str(m), bytes(w)) for n, m, w in
+            conn.execute("SELECT number, master, wrapped FROM data_keys ORDER BY number")]
+
+
+def add_data_key(conn: sqlite3.Connection, keyring: Keyring) -> tuple[int, bytes]:
+    """A new data key, stored wrapped by the keyring's active master key."""
+    row = conn.execute("SELECT max(number) FROM data_keys").fetchone()
+    number = int(row[0] or 0) + 1
+    if number > 0xFFFF:
+        raise ConfigError("the store has used every data key number (65535)")
+    key = os.urandom(32)
+    master, wrapped = keyring.wrap(number, key)
+    conn.execute("INSERT INTO data_keys (number, master, wrapped) VALUES (?, ?, ?)",
+                 (number, master, wrapped))
+    return number, key
+
+
+def open_sealer(conn: sqlite3.Connection, keyring: Keyring | None,
+                directory: Path) -> Sealer | None:
+    """The store's sealer under ``keyring`` (None: encryption off); a store with data keys
+    and no keyring, or a keyring that does not open them, stops here with a clear error."""
+    rows = read_data_keys(conn)
+    if keyring is None:
+        if rows:
+            masters = ", ".join(sorted({f"'{m}'" for _, m, _ in rows}))
+            raise ConfigError(f"the data directory '{directory}' is encrypted (its data keys "
+                              f"are wrapped by master key {masters}): give the keyring with "
+                              f"--encryption-key-file or TIDINGS_ENCRYPTION_KEY")
+        return None
+    keys = {number: keyring.unwrap(number, master, wrapped) for number, master, wrapped in rows}
+    if not keys:
+        number, key = add_data_key(conn, keyring)
+        keys[number] = key
+    return Sealer(keys, max(keys))
 
 _SQL = {
     "append": "INSERT OR REPLACE INTO messages (seq, queue, flags, data) VALUES (?, ?, ?, ?)",
@@ -92,7 +148,10 @@ class SqliteStore:
     durable = True
     keeps_messages = True
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path,
+                 keyring: Keyring | str | None = "environment") -> None:
+        """``keyring``: the master keys that encrypt it at rest (``storage/keys.py``); by
+        default the environment's (``TIDINGS_ENCRYPTION_KEY``/``_FILE``); None: plain."""
         self.directory = Path(directory)
         make_private_directory(self.directory)
         self._lock = DirectoryLock(self.directory)
@@ -102,6 +161,14 @@ class SqliteStore:
         self._writer = _connect(path, WRITER_CACHE_KIB)
         self._writer.executescript(SCHEMA)
         self._writer.execute("DELETE FROM messages WHERE flags & ?", (TRANSIENT,))
+        try:
+            ring = Keyring.from_environment() if isinstance(keyring, str) else keyring
+            #: Seals what is written and opens what is read (None: encryption is off).
+            self.sealer = open_sealer(self._writer, ring, self.directory)
+        except BaseException:
+            self._writer.close()
+            self._lock.release()
+            raise
         self._reader = _connect(path, READER_CACHE_KIB)
         self._pending: list[Op] = []
         self._marks: dict[str, int] = {}
@@ -156,9 +223,13 @@ class SqliteStore:
             self._pace_timer = loop.call_later(PACE_S, self._handoff)
 
     def append(self, queue: str, seq: int, data: bytes, flags: int = 0) -> None:
+        if self.sealer is not None:
+            data = self.sealer.seal(data, message_place(queue, seq))
         self._submit(("append", (seq, queue, flags, data)), len(data))
 
     def replace(self, queue: str, seq: int, data: bytes) -> None:
+        if self.sealer is not None:
+            data = self.sealer.seal(data, message_place(queue, seq))
         self._submit(("replace", (data, seq)), len(data))
 
     def remove(self, queue: str, seq: int) -> None:
@@ -173,6 +244,8 @@ class SqliteStore:
             self._schedule()
 
     def put_definition(self, kind: str, key: str, data: bytes) -> None:
+        if self.sealer is not None:
+            data = self.sealer.seal(data, definition_place(kind, key))
         self._submit(("put_definition", (kind, key, data)))
 
     def delete_definition(self, kind: str, key: str) -> None:
@@ -275,7 +348,20 @@ class SqliteStore:
             "SELECT seq, data FROM messages WHERE queue = ? AND seq > ? ORDER BY seq LIMIT ?",
             (queue, after_seq, limit),
         )
-        return cur.fetchall()
+        if self.sealer is None:
+            return cur.fetchall()
+        return [(seq, self._open(data, message_place(queue, seq), f"message {seq} of {queue}"))
+                for seq, data in cur]
+
+    def _open(self, data: bytes, place: bytes, what: str) -> bytes:
+        """A sealed record opened; one that does not open is returned as it is (it is no
+        record then: the reader quarantines it, never delivers it)."""
+        assert self.sealer is not None
+        try:
+            return self.sealer.open(data, place)
+        except SealError as e:
+            log.error("%s in '%s' does not open: %s", what, self.directory, e)
+            return bytes(data)
 
     def count(self, queue: str) -> int:
         cur = self._reader.execute("SELECT count(*) FROM messages WHERE queue = ?", (queue,))
@@ -294,7 +380,16 @@ class SqliteStore:
 
     def definitions(self, kind: str) -> list[tuple[str, bytes]]:
         cur = self._reader.execute("SELECT key, data FROM definitions WHERE kind = ?", (kind,))
-        return cur.fetchall()
+        if self.sealer is None:
+            return cur.fetchall()
+        out = []
+        for key, data in cur:
+            try:
+                out.append((key, self.sealer.open(data, definition_place(kind, key))))
+            except SealError as e:  # (left in place, skipped: never read as garbage)
+                log.error("definition '%s' of kind '%s' in '%s' does not open: %s; skipped",
+                          key, kind, self.directory, e)
+        return out
 
     def delivered_marks(self) -> dict[str, int]:
         return dict(self._reader.execute("SELECT queue, delivered_seq FROM marks").fetchall())
