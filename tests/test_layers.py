@@ -21,7 +21,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "tidings"
 GROUND = {"errors", "message", "codecs", "clock", "auth", "patterns", "statistics", "dead_letters",
           "stream_starts", "basic_properties", "content_header", "message_batches", "files",
           "resources", "values", "record_batch", "kafka_records", "transitions",
-          "machine_diagram"}
+          "machine_diagram", "logs"}
 
 #: routing/, lowest first: a module imports only modules listed before it.
 ROUTING_ORDER = ["arguments", "policies", "exchange", "topology_rows", "ready", "expiry",

@@ -27,6 +27,7 @@ from tidings.cli_serve import add_serve_parser, kafka_flag_problem, loop_factory
 from tidings.cli_users import add_users_parsers, run_users_command
 from tidings.cli_worker import add_worker_parser, run_worker
 from tidings.errors import ConfigError, TidingsError
+from tidings.logs import audit, configure_from_environment, os_user
 from tidings.storage.keys import KEY_FILE_ENV
 
 #: Where the embedded broker keeps its data unless told otherwise.
@@ -104,6 +105,7 @@ async def _quarantine(args: argparse.Namespace) -> int:
         if args.drop:
             for r in found:
                 quarantine.drop(store, r.id)
+                audit(f"cli:{os_user()}", "cli", "drop quarantined record", r.id)
             print(f"dropped {len(found)} record(s)")
     finally:
         store.close()
@@ -131,6 +133,7 @@ def _show_quarantine(args: argparse.Namespace, found: list[Any]) -> None:
 async def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return await serve(args)
+    configure_from_environment()  # (the CLI's own changes are audited too)
     if args.command in ("users", "vhosts", "tokens"):
         return run_users_command(args)
     creates = args.command == "definitions" and args.action == "import"

@@ -246,7 +246,7 @@ class InProcess:
         self.broker = Broker(SqliteStore(data_dir))
         self.broker.start()
         users = UserStore(data_dir)
-        self.app = build_app(self.broker, users, max_body_bytes=64 << 20)
+        self.app = build_app(self.broker, users, max_body_bytes=64 << 20, face="cli")
         self.token = users.control_token()
 
     async def call(self, method: str, path: str, body: Any = None,

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tidings import logs
 from tidings.errors import BrokenResourceError, ConfigError, ResourceLockedError
 from tidings.kafka.settings import DEFAULT_MESSAGE_MAX_BYTES
 from tidings.resources import total_memory_mb
@@ -106,9 +107,28 @@ def add_serve_parser(commands: Any, port: Callable[[str], int]) -> None:
     serve.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto",
                        help="event loop: uvloop when it is installed (auto; pip install "
                             "'tidings[uvloop]'), or Python's own asyncio loop")
+    _add_log_flags(serve)
     serve.add_argument("--log-level", default="INFO", type=str.upper,
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                        help="how much to log (any case)")
+
+
+def _add_log_flags(serve: argparse.ArgumentParser) -> None:
+    """The access and audit logs (``logs.py``)."""
+    serve.add_argument("--access-log", metavar="PATH",
+                       default=os.environ.get("TIDINGS_ACCESS_LOG"),
+                       help="one line per HTTP request to this file ('-': stdout; env "
+                            "TIDINGS_ACCESS_LOG; off unless given)")
+    serve.add_argument("--access-log-format", choices=["json", "common"], default="json",
+                       help="JSON lines, or the common log format")
+    serve.add_argument("--audit-log", metavar="PATH", default=os.environ.get("TIDINGS_AUDIT_LOG"),
+                       help="one JSON line per change of users, permissions, vhosts, policies, "
+                            "definitions, the quarantine or a machine instance ('-': stdout; "
+                            "env TIDINGS_AUDIT_LOG; off unless given)")
+    serve.add_argument("--log-max-bytes", type=int, default=logs.DEFAULT_MAX_BYTES,
+                       help="an access or audit log file is rotated at this size")
+    serve.add_argument("--log-backups", type=int, default=logs.DEFAULT_BACKUPS,
+                       help="rotated access or audit log files kept")
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -173,6 +193,12 @@ async def serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for logger, where, style in ((logs.ACCESS, args.access_log, args.access_log_format),
+                                 (logs.AUDIT, args.audit_log, "json")):
+        try:
+            logs.configure(logger, where, style, args.log_max_bytes, args.log_backups)
+        except OSError as e:
+            raise ConfigError(f"cannot open the log '{where}': {e.strerror or e}") from None
     tls = _tls(args)
     data_dir = Path(args.data_dir)
     try:

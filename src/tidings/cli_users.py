@@ -12,6 +12,7 @@ import secrets
 import sys
 from typing import Any
 
+from tidings import logs
 from tidings.auth import UserStore
 from tidings.cli_control import print_table
 from tidings.errors import ConfigError
@@ -64,6 +65,16 @@ def add_users_parsers(commands: Any) -> None:
 
 
 def run_users_command(args: argparse.Namespace) -> int:
+    code = _users_command(args)
+    if args.action not in ("list", None):  # a change: audited, with who ran it
+        target = getattr(args, "name", None) or getattr(args, "user", None) or ""
+        details = {"vhost": args.vhost} if getattr(args, "vhost", None) else {}
+        logs.audit(f"cli:{logs.os_user()}", "cli", f"{args.command} {args.action}", str(target),
+                   **details)
+    return code
+
+
+def _users_command(args: argparse.Namespace) -> int:
     store = UserStore(args.data_dir)
     if args.command == "tokens":
         if args.action == "create":

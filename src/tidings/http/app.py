@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from tidings.auth import UserStore
+from tidings.http.access_log import AccessLogMiddleware
 from tidings.http.endpoints import (
     access,
     admin,
@@ -141,13 +142,15 @@ def build_app(broker: FrontDoor, users: UserStore, *,
               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
               server_stats: Callable[[], dict[str, float]] | None = None,
               connections: ConnectionsView | None = None,
-              stream_buffer: int = STREAM_BUFFER) -> Starlette:
-    """The gateway app; call ``app.state.gateway.events.start()`` inside the running loop."""
+              stream_buffer: int = STREAM_BUFFER, face: str = "http") -> Starlette:
+    """The gateway app; call ``app.state.gateway.events.start()`` inside the running loop.
+    ``face`` names who uses it in the audit log (``cli``: the CLI's own process)."""
     gw = Gateway(broker, users, max_body_bytes, server_stats, connections)
     gw.events.stream_buffer = stream_buffer
     app = Starlette(
         routes=ROUTES,
-        middleware=[Middleware(EncodedSlashMiddleware), Middleware(AuthMiddleware, users=users)],
+        middleware=[Middleware(EncodedSlashMiddleware), Middleware(AccessLogMiddleware, face=face),
+                    Middleware(AuthMiddleware, users=users)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
     )
     app.state.gateway = gw
