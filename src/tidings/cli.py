@@ -139,13 +139,13 @@ async def _run(args: argparse.Namespace) -> int:
     creates = args.command == "definitions" and args.action == "import"
     drawing = args.command == "machines" and args.name == "graph"  # reads no directory
     if args.command == "keys" and args.action == "new":
-        return run_keys_command(args)
+        return await run_keys_command(args)
     if not os.path.isdir(args.data_dir) and not creates and not drawing:
         raise tidings.ConfigError(f"no data directory '{args.data_dir}' (see --data-dir)")
     if args.command == "quarantine":
         return await _quarantine(args)
     if args.command == "keys":
-        return run_keys_command(args)
+        return await run_keys_command(args)
     if args.command in COMMANDS:
         return await run_control_command(args)
     raise ConfigError(f"unknown command '{args.command}'")

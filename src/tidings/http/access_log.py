@@ -31,6 +31,7 @@ AUDITED = tuple((re.compile(p), what) for p, what in (
     (r"^/api/(operator-)?policies/", "policy"),
     (r"^/api/definitions", "definitions"),
     (r"^/api/quarantine", "quarantine"),
+    (r"^/api/tidings/keys/", "encryption keys"),
     (r"^/api/machines/.+/move$", "machine instance"),
 ))
 CHANGES = frozenset({"PUT", "POST", "DELETE", "PATCH"})

@@ -58,6 +58,8 @@ ROUTES: list[BaseRoute] = [
     Route("/api/definitions", admin.get_definitions, methods=["GET"]),
     Route("/api/definitions", admin.post_definitions, methods=["POST"]),
     Route("/api/quarantine", admin.list_quarantine, methods=["GET"]),
+    Route("/api/tidings/keys", admin.get_keys, methods=["GET"]),
+    Route("/api/tidings/keys/rotate", admin.rotate_keys, methods=["POST"]),
     Route("/api/exchanges", admin.list_exchanges),
     Route("/api/exchanges/{vhost}/{name}", rabbitmq.get_exchange, methods=["GET"]),
     Route("/api/exchanges/{vhost}/{name}", admin.put_exchange, methods=["PUT"]),

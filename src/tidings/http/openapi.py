@@ -83,6 +83,13 @@ def _service_paths() -> dict[str, Any]:
                                 "responses": _ok("ok", {"type": "array"})}},
         "/api/quarantine": {"get": {"summary": "Records that could not be read (administrator)",
                                     "responses": _ok("ok", {"type": "array"})}},
+        "/api/tidings/keys": {"get": {
+            "summary": "What the data directory is encrypted under (administrator)",
+            "responses": _ok("ok", ANY_JSON)}},
+        "/api/tidings/keys/rotate": {"post": {
+            "summary": "Rotate the master key while serving: data keys rewrapped by the key "
+                       "file's first key (administrator)",
+            "responses": _ok("rotated", ANY_JSON)}},
         "/api/definitions": {
             "get": {"summary": "Export durable definitions (RabbitMQ's format)",
                     "responses": _ok("ok")},

@@ -28,8 +28,10 @@ from tidings.clock import Clock, LoopClock
 from tidings.dead_letters import dead_letter_queue, revive
 from tidings.errors import (
     AccessRefusedError,
+    ConfigError,
     NotAllowedError,
     NotFoundError,
+    NotSupportedError,
     PreconditionFailedError,
 )
 from tidings.message import Message, Record
@@ -56,8 +58,10 @@ from tidings.statistics import (
     Tally,
     TransitionNumbers,
 )
-from tidings.storage import quarantine
+from tidings.storage import key_admin, quarantine, segment_keys
 from tidings.storage.base import Store
+from tidings.storage.key_admin import KeyStatus, Rotated
+from tidings.storage.keys import Keyring
 from tidings.storage.streams import StreamFiles
 
 __all__ = ["DEFAULT_VHOST", "MAX_WRITE_BACKLOG_BYTES", "Broker", "PublishResult"]
@@ -122,7 +126,8 @@ class Broker:
         if self._streams is None:
             directory = getattr(self.store, "directory", None)
             if self.store.durable and isinstance(directory, Path):
-                self._streams = StreamFiles(directory / "streams")
+                self._streams = StreamFiles(directory / "streams",
+                                            keyring=getattr(self.store, "keyring", None))
             else:
                 self._streams = StreamFiles(tempfile.mkdtemp(prefix="tidings-streams-"),
                                             durable=False, temporary=True)
@@ -147,6 +152,36 @@ class Broker:
         if self._streams is not None and self._streams.pending():
             return _both(future, self._streams.sync())
         return future
+
+    # -- encryption at rest ------------------------------------------------------------------
+
+    async def key_status(self) -> KeyStatus:
+        """What the data directory is sealed under (``tidings keys status`` while serving)."""
+        directory = getattr(self.store, "directory", None)
+        if not self.store.durable or not isinstance(directory, Path):
+            raise NotSupportedError("this broker keeps nothing on disk")
+        return await asyncio.to_thread(key_admin.status, directory, False)
+
+    async def rotate_keys(self, keyring: Keyring | None = None) -> Rotated:
+        """Rotate the master key while serving: every data key (the store's and each stream
+        segment's) rewrapped by ``keyring``'s active key (by default the keyring read again
+        from where the process took it: its key file), new writes under a new data key; no
+        record is rewritten. Refused, changing nothing, when ``keyring`` lacks a master key
+        in use."""
+        rotate = getattr(self.store, "rotate_keys", None)
+        if rotate is None or getattr(self.store, "keyring", None) is None:
+            raise NotSupportedError("this broker was started without a keyring: encryption "
+                                    "at rest is off (docs/security.md)")
+        keyring = keyring or Keyring.from_environment()
+        if keyring is None:
+            raise ConfigError("no keyring to rotate to: the key file or "
+                              "TIDINGS_ENCRYPTION_KEY is gone")
+        streams = self.streams()
+        await asyncio.to_thread(segment_keys.check_all, streams.directory, keyring)
+        rewrapped, number = await asyncio.to_thread(rotate, keyring)
+        streams.use_keyring(keyring)  # segments made from now on: under the new master key
+        segments = await asyncio.to_thread(segment_keys.rewrap_all, streams.directory, keyring)
+        return Rotated(rewrapped, number, segments, keyring.active)
 
     def write_backlog_exceeded(self) -> bool:
         """True when the store lags behind by more than :data:`MAX_WRITE_BACKLOG_BYTES`.

@@ -31,6 +31,7 @@ from tidings.statistics import (
     StreamStatistics,
     TransitionNumbers,
 )
+from tidings.storage.key_admin import KeyStatus, Rotated
 from tidings.storage.quarantine import QuarantinedRecord
 
 __all__ = ["DEFAULT_VHOST", "BindingInfo", "Consumer", "Delivery", "ExchangeInfo", "FrontDoor",
@@ -264,3 +265,7 @@ class FrontDoor(Protocol):
     def quarantined(self) -> list[QuarantinedRecord]: ...
 
     def drop_quarantined(self, ident: str) -> None: ...
+
+    async def key_status(self) -> KeyStatus: ...
+
+    async def rotate_keys(self) -> Rotated: ...

@@ -10,11 +10,14 @@ stored wrapped (AES-256-GCM) by a master key, and seals records with a data key.
 master key rewraps the data keys (a few bytes each) and never rewrites a record; a new data
 key can take the new writes at the same time.
 
-A **sealed record** is ``0xE1``, the data key's number (2 bytes), a 12-byte random nonce and
-the AES-256-GCM ciphertext with its tag. The associated data binds it to its place (its queue
-and position, or a definition's kind and key), so a record moved or swapped on disk fails its
-check like a flipped bit does. A record that does not start with ``0xE1`` is plain (written
-before encryption was turned on) and is read as it is.
+A **sealed record** is ``0xE1``, the data key's number (2 bytes), a 12-byte nonce and the
+AES-256-GCM ciphertext with its tag. A nonce is never used twice under one key: each
+:class:`Sealer` draws 8 random bytes when it is made and counts the other 4 (new random
+bytes when the count runs out), so two sealers share a prefix with a chance of 2^-64 per
+pair, and sealing takes no system call per record. The associated data binds it to its
+place (its queue and position, or a definition's kind and key), so a record moved or swapped
+on disk fails its check like a flipped bit does. A record that does not start with ``0xE1``
+is plain (written before encryption was turned on) and is read as it is.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ KEY_ENV, KEY_FILE_ENV = "TIDINGS_ENCRYPTION_KEY", "TIDINGS_ENCRYPTION_KEY_FILE"
 SEALED = 0xE1
 _HEAD = struct.Struct(">BH")
 NONCE_BYTES = 12
+_COUNTER = struct.Struct(">I")
+_COUNTER_MAX = 2**32 - 1
 #: Bytes a sealed record adds to the plain one.
 OVERHEAD = _HEAD.size + NONCE_BYTES + 16
 _WRAP_AD = b"tidings data key "
@@ -131,16 +136,24 @@ class Sealer:
     def __init__(self, data_keys: dict[int, bytes], current: int) -> None:
         self._ciphers = {n: AESGCM(k) for n, k in data_keys.items()}
         self.current = current
+        self._prefix = os.urandom(NONCE_BYTES - _COUNTER.size)
+        self._count = 0
 
     def seal(self, data: bytes, place: bytes) -> bytes:
-        nonce = os.urandom(NONCE_BYTES)
+        if self._count > _COUNTER_MAX:
+            self._prefix, self._count = os.urandom(NONCE_BYTES - _COUNTER.size), 0
+        nonce = self._prefix + _COUNTER.pack(self._count)
+        self._count += 1
         return _HEAD.pack(SEALED, self.current) + nonce + \
             self._ciphers[self.current].encrypt(nonce, data, place)
 
-    def open(self, data: bytes, place: bytes) -> bytes:
-        """The plain record (a plain one as it is); SealError when it does not open."""
+    def open(self, data: bytes, place: bytes, *, plain_allowed: bool = True) -> bytes:
+        """The plain record (a plain one as it is, unless not ``plain_allowed``); SealError
+        when it does not open."""
         if not is_sealed(data):
-            return data
+            if plain_allowed:
+                return data
+            raise SealError("a record that should be sealed is not")
         if len(data) < OVERHEAD:
             raise SealError("a sealed record cut short")
         _, number = _HEAD.unpack_from(data)

@@ -27,6 +27,12 @@ log, not a table:
   first record whose length runs past the file, or whose CRC or offset is wrong, ends the
   log there, and the file is truncated. So after ``kill -9`` (or a power cut), the log is its
   last whole, durable record, and nothing half-written is ever read.
+- **Encryption at rest** (with a keyring): each segment has its own data key, kept wrapped
+  by the master key in ``<base>.key`` (``storage/segment_keys.py``), and every record's (or
+  batch's) payload is sealed with it, bound to its stream, offset, timestamp and count as
+  associated data. Heads stay readable, so recovery, seeks and retention work without the
+  key. A record that does not open is logged and skipped, never delivered. When a keyring
+  comes to a stream written without one, a new (sealed) segment starts.
 - **Bounded memory.** Reads return at most ``max_records`` and ``max_bytes``; nothing but the
   index (a few entries per MB) is held per segment.
 """
@@ -34,6 +40,7 @@ log, not a table:
 from __future__ import annotations
 
 import bisect
+import logging
 import os
 import struct
 import zlib
@@ -42,7 +49,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 from tidings.errors import InvalidArgumentError
-from tidings.files import make_private_directory
+from tidings.files import make_private_directory, sync_directory
+from tidings.storage import segment_keys
+from tidings.storage.keys import OVERHEAD, Keyring, Sealer, SealError
+from tidings.storage.segment_keys import SEGMENT_SUFFIX
+
+log = logging.getLogger("tidings.storage")
 
 HEAD = struct.Struct(">IIQq")  # length, crc32, offset, timestamp ms
 _CHECKED = struct.Struct(">Qq")  # the part of the head the CRC covers (with the payload)
@@ -51,13 +63,23 @@ _COUNT = struct.Struct(">I")
 #: The length's top bit: the entry is a batch of ``count`` records (see the module's doc).
 BATCH_FLAG = 0x8000_0000
 INDEX_ENTRY = struct.Struct(">QQq")  # offset, position, timestamp ms
-SEGMENT_SUFFIX, INDEX_SUFFIX = ".seg", ".idx"
+INDEX_SUFFIX = ".idx"
+#: A plain segment's sealed copy while :meth:`SegmentLog.seal_plain` writes it.
+RESEALED_SUFFIX = ".sealed"
 #: Bytes of records between two index entries (a seek reads at most this much to skip).
 INDEX_EVERY_BYTES = 64 * 1024
 #: Default size at which a new segment starts (RabbitMQ's default is 500 MB).
 DEFAULT_SEGMENT_BYTES = 64 * 2**20
 #: Largest record accepted (a guard against a corrupt length, too).
 MAX_RECORD_BYTES = 64 * 2**20
+
+
+def _swap_in(copy: Path, segment: _Segment) -> None:
+    """Put the sealed ``copy`` in place of the segment's file (its index goes first: its
+    positions are the plain file's)."""
+    segment.index_path.unlink(missing_ok=True)
+    os.replace(copy, segment.path)
+    sync_directory(segment.path.parent)
 
 
 class LogRecord(NamedTuple):
@@ -79,7 +101,7 @@ class LogRecord(NamedTuple):
 
 class _Segment:
     __slots__ = ("base", "first_timestamp", "index", "last_offset", "last_timestamp", "path",
-                 "size")
+                 "sealer", "size")
 
     def __init__(self, path: Path, base: int) -> None:
         self.path, self.base = path, base
@@ -88,6 +110,8 @@ class _Segment:
         self.index: list[tuple[int, int, int]] = []
         self.last_offset = base - 1
         self.first_timestamp = self.last_timestamp = 0
+        #: Seals and opens the records' payloads (None: a plain segment).
+        self.sealer: Sealer | None = None
 
     @property
     def index_path(self) -> Path:
@@ -95,6 +119,15 @@ class _Segment:
 
     def empty(self) -> bool:
         return self.last_offset < self.base
+
+
+def _entry(offset: int, timestamp_ms: int, payload: bytes, count: int) -> bytes:
+    """One entry's bytes: a record (``count`` 0) or a batch of ``count`` records."""
+    if count:
+        tail = _CHECKED.pack(offset, timestamp_ms) + _COUNT.pack(count) + payload
+        return _LENGTH_CRC.pack(len(payload) | BATCH_FLAG, zlib.crc32(tail)) + tail
+    tail = _CHECKED.pack(offset, timestamp_ms) + payload
+    return _LENGTH_CRC.pack(len(payload), zlib.crc32(tail)) + tail
 
 
 def _name(base: int) -> str:
@@ -105,7 +138,9 @@ class SegmentLog:
     """One stream's records on disk (see the module's docstring)."""
 
     def __init__(self, directory: str | Path, *,
-                 max_segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
+                 max_segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+                 keyring: Keyring | None = None) -> None:
+        """``keyring``: the master keys that encrypt new segments (None: plain)."""
         if max_segment_bytes < HEAD.size + 1:
             raise InvalidArgumentError(f"max_segment_bytes {max_segment_bytes} is too small")
         self.directory = Path(directory)
@@ -116,6 +151,10 @@ class SegmentLog:
         self._fd = -1
         self._index_fd = -1
         self._since_index = 0
+        #: The master keys that wrap new segments' data keys (None: plain).
+        self.keyring = keyring
+        #: Bound into every record's associated data: a record moved to another stream fails.
+        self._place = self.directory.name.encode()
         self._open()
 
     # -- state -------------------------------------------------------------------------------
@@ -191,12 +230,10 @@ class SegmentLog:
                 parts = []
                 segment = self._roll()
             offset = segment.last_offset + 1
-            if count:
-                tail = _CHECKED.pack(offset, timestamp_ms) + _COUNT.pack(count) + payload
-                record = _LENGTH_CRC.pack(len(payload) | BATCH_FLAG, zlib.crc32(tail)) + tail
-            else:
-                tail = _CHECKED.pack(offset, timestamp_ms) + payload
-                record = _LENGTH_CRC.pack(len(payload), zlib.crc32(tail)) + tail
+            if segment.sealer is not None:
+                payload = segment.sealer.seal(payload, self._record_place(offset, timestamp_ms,
+                                                                          count))
+            record = _entry(offset, timestamp_ms, payload, count)
             if segment.empty():
                 segment.first_timestamp = timestamp_ms
             if segment.empty() or self._since_index >= INDEX_EVERY_BYTES:
@@ -211,6 +248,9 @@ class SegmentLog:
             segment.last_timestamp = timestamp_ms
         self._write(parts)
         return first
+
+    def _record_place(self, offset: int, timestamp_ms: int, count: int) -> bytes:
+        return self._place + _CHECKED.pack(offset, timestamp_ms) + _COUNT.pack(count)
 
     def _write(self, parts: list[bytes]) -> None:
         if parts:
@@ -228,6 +268,8 @@ class SegmentLog:
         self._close_files()
         base = self.next_offset
         segment = _Segment(self.directory / _name(base), base)
+        if self.keyring is not None:
+            segment.sealer = segment_keys.new_segment_key(segment.path, base, self.keyring)
         self._segments.append(segment)
         self._bases.append(base)
         self._open_active(segment)
@@ -248,7 +290,7 @@ class SegmentLog:
             segment = self._segments[i]
             if segment.last_offset >= offset:
                 start = self._position(segment, offset)
-                for record in self._scan(segment, start):
+                for record in self._scan(segment, start, opened=True):
                     if record.offset + record.count <= offset:
                         continue
                     if len(out) >= max_records or (out and taken >= max_bytes):
@@ -277,8 +319,27 @@ class SegmentLog:
         i = bisect.bisect_right(offsets, offset) - 1
         return segment.index[i][1] if i >= 0 else 0
 
-    def _scan(self, segment: _Segment, position: int) -> Iterator[LogRecord]:
-        """Records of ``segment`` from byte ``position`` up to its known end."""
+    def _scan(self, segment: _Segment, position: int, opened: bool = False
+              ) -> Iterator[LogRecord]:
+        """Records of ``segment`` from byte ``position`` up to its known end (with their
+        payloads opened when ``opened``; one that does not open is logged and skipped)."""
+        records = self._scan_raw(segment, position)
+        sealer = segment.sealer
+        if not opened or sealer is None:
+            yield from records
+            return
+        for record in records:
+            place = self._record_place(record.offset, record.timestamp_ms,
+                                       record.count if record.batch else 0)
+            try:
+                payload = sealer.open(record.payload, place, plain_allowed=False)
+            except SealError as e:
+                log.error("stream %s: the record at offset %d is not delivered: %s",
+                          self.directory, record.offset, e)
+                continue
+            yield record._replace(payload=payload)
+
+    def _scan_raw(self, segment: _Segment, position: int) -> Iterator[LogRecord]:
         end = segment.size
         with open(segment.path, "rb") as f:
             f.seek(position)
@@ -314,25 +375,88 @@ class SegmentLog:
             removed += oldest.last_offset - oldest.base + 1
             oldest.path.unlink(missing_ok=True)
             oldest.index_path.unlink(missing_ok=True)
+            segment_keys.key_path(oldest.path).unlink(missing_ok=True)
             del self._segments[0]
             del self._bases[0]
         return removed
 
+    # -- encryption of plain segments ------------------------------------------------------------
+
+    def plain_segments(self) -> int:
+        """How many segments holding records are plain (written before encryption was on)."""
+        return sum(1 for s in self._segments if s.sealer is None and not s.empty())
+
+    def seal_plain(self) -> int:
+        """Rewrite every plain segment sealed under a new data key of its own; returns how
+        many. All or nothing per segment: the sealed copy is written and synced first, its
+        key file is the commit point, then the copy replaces the plain file (an open after a
+        crash finishes or forgets the swap)."""
+        if self.keyring is None:
+            raise InvalidArgumentError("sealing needs a keyring")
+        done = 0
+        for segment in self._segments:
+            if segment.sealer is not None or segment.empty():
+                continue
+            copy = segment.path.with_name(segment.path.name + RESEALED_SUFFIX)
+            key = os.urandom(32)
+            sealer = Sealer({segment_keys.SEGMENT_KEY_NUMBER: key},
+                            segment_keys.SEGMENT_KEY_NUMBER)
+            with open(copy, "wb") as f:
+                for record in self._scan_raw(segment, 0):
+                    count = record.count if record.batch else 0
+                    place = self._record_place(record.offset, record.timestamp_ms, count)
+                    f.write(_entry(record.offset, record.timestamp_ms,
+                                   sealer.seal(record.payload, place), count))
+                f.flush()
+                os.fsync(f.fileno())
+            active = segment is self._segments[-1]
+            if active:
+                self._close_files()
+            segment_keys.store_segment_key(segment.path, segment.base, key, self.keyring)
+            _swap_in(copy, segment)
+            segment.sealer = sealer
+            self._load(segment, recover=active)
+            if active:
+                self._open_active(segment)
+            done += 1
+        return done
+
+    def _finish_resealing(self) -> None:
+        """A crash in :meth:`seal_plain`: the swap finishes when the key file was written,
+        else the copy goes."""
+        for copy in self.directory.glob(f"*{SEGMENT_SUFFIX}{RESEALED_SUFFIX}"):
+            base = copy.name.removesuffix(SEGMENT_SUFFIX + RESEALED_SUFFIX)
+            if not base.isdigit():
+                continue
+            segment = _Segment(self.directory / _name(int(base)), int(base))
+            if segment_keys.key_path(segment.path).exists():
+                _swap_in(copy, segment)
+            else:
+                copy.unlink()
+
     # -- opening and recovery ------------------------------------------------------------------
 
     def _open(self) -> None:
+        self._finish_resealing()
         bases = sorted(int(p.stem) for p in self.directory.glob(f"*{SEGMENT_SUFFIX}")
                        if p.stem.isdigit())
         if not bases:
             bases = [0]
         for base in bases:
             segment = _Segment(self.directory / _name(base), base)
+            segment.sealer = segment_keys.segment_key(segment.path, base, self.keyring)
             self._segments.append(segment)
             self._bases.append(base)
         for segment in self._segments[:-1]:
             self._load(segment, recover=False)
-        self._load(self._segments[-1], recover=True)
-        self._open_active(self._segments[-1])
+        last = self._segments[-1]
+        self._load(last, recover=True)
+        self._open_active(last)
+        if self.keyring is not None and last.sealer is None:
+            if last.empty():
+                last.sealer = segment_keys.new_segment_key(last.path, last.base, self.keyring)
+            else:  # a plain segment takes no sealed record: the sealed ones start anew
+                self._roll()
 
     def _load(self, segment: _Segment, recover: bool) -> None:
         """Read the segment's index, then its records after the last index entry (all of
@@ -368,7 +492,7 @@ class SegmentLog:
                     if len(extra) < _COUNT.size:
                         break
                     (count,) = _COUNT.unpack(extra)
-                if length > MAX_RECORD_BYTES or offset != expected or count < 1:
+                if length > MAX_RECORD_BYTES + OVERHEAD or offset != expected or count < 1:
                     break
                 payload = f.read(length)
                 if len(payload) < length or \

@@ -96,6 +96,28 @@ def add_data_key(conn: sqlite3.Connection, keyring: Keyring) -> tuple[int, bytes
     return number, key
 
 
+def rotate_data_keys(conn: sqlite3.Connection, keyring: Keyring
+                     ) -> tuple[int, dict[int, bytes], int]:
+    """Rewrap the store's data keys by the active master key and add a new one, in one
+    transaction; returns (how many were rewrapped, every data key by number, the new one's
+    number)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        rows = read_data_keys(conn)
+        keys = {}
+        for number, master, wrapped in rows:
+            keys[number] = key = keyring.unwrap(number, master, wrapped)
+            active, rewrapped = keyring.wrap(number, key)
+            conn.execute("UPDATE data_keys SET master = ?, wrapped = ? WHERE number = ?",
+                         (active, rewrapped, number))
+        number, keys[number] = add_data_key(conn, keyring)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return len(rows), keys, number
+
+
 def open_sealer(conn: sqlite3.Connection, keyring: Keyring | None,
                 directory: Path) -> Sealer | None:
     """The store's sealer under ``keyring`` (None: encryption off); a store with data keys
@@ -163,6 +185,8 @@ class SqliteStore:
         self._writer.execute("DELETE FROM messages WHERE flags & ?", (TRANSIENT,))
         try:
             ring = Keyring.from_environment() if isinstance(keyring, str) else keyring
+            #: The master keys (None: plain); the streams beside the store use them too.
+            self.keyring = ring
             #: Seals what is written and opens what is read (None: encryption is off).
             self.sealer = open_sealer(self._writer, ring, self.directory)
         except BaseException:
@@ -397,6 +421,18 @@ class SqliteStore:
     def max_seq(self) -> int:
         row = self._reader.execute("SELECT max(seq) FROM messages").fetchone()
         return int(row[0] or 0)
+
+    def rotate_keys(self, keyring: Keyring) -> tuple[int, int]:
+        """Rewrap the data keys by ``keyring``'s active master key and seal new writes
+        under a new data key, while the store serves (on its own connection: call it off the
+        loop); returns (data keys rewrapped, the new one's number)."""
+        conn = sqlite3.connect(self.directory / DB_NAME, isolation_level=None, timeout=30)
+        try:
+            rewrapped, keys, number = rotate_data_keys(conn, keyring)
+        finally:
+            conn.close()
+        self.sealer, self.keyring = Sealer(keys, number), keyring
+        return rewrapped, number
 
     def close(self) -> None:
         if self._closed:

@@ -32,6 +32,7 @@ from pathlib import Path
 from tidings.errors import ClosedResourceError, InvalidArgumentError
 from tidings.files import make_private_directory
 from tidings.storage.handoff import Handoff, resolve
+from tidings.storage.keys import Keyring
 from tidings.storage.segments import DEFAULT_SEGMENT_BYTES, LogRecord, SegmentLog
 
 __all__ = ["LogRecord", "StreamFiles"]
@@ -43,8 +44,10 @@ def _directory_name(name: str) -> str:
 
 class StreamFiles:
     def __init__(self, directory: str | Path, *, durable: bool = True,
-                 temporary: bool = False) -> None:
+                 temporary: bool = False, keyring: Keyring | None = None) -> None:
+        """``keyring``: the master keys that encrypt the streams at rest (None: plain)."""
         self.directory = Path(directory)
+        self.keyring = keyring
         self.durable = durable
         #: Removed on close (a ``memory://`` broker's streams live in a temporary directory).
         self.temporary = temporary
@@ -82,10 +85,16 @@ class StreamFiles:
             if not name:
                 raise InvalidArgumentError("a stream needs a name")
             log = SegmentLog(self.directory / _directory_name(name),
-                             max_segment_bytes=max_segment_bytes)
+                             max_segment_bytes=max_segment_bytes, keyring=self.keyring)
             self._logs[name] = log
             self._committed[name] = log.next_offset
         return log
+
+    def use_keyring(self, keyring: Keyring) -> None:
+        """Seal the segments made from now on under ``keyring`` (a rotation)."""
+        self.keyring = keyring
+        for log in self._logs.values():
+            log.keyring = keyring
 
     def committed(self, name: str) -> int:
         """The offset after the last durable record of ``name``: what readers may see."""

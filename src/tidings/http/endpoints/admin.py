@@ -1,5 +1,6 @@
 """Administration: health, the dashboard and the OpenAPI document, connections,
-exchanges and bindings, definitions (export / import) and the quarantine."""
+exchanges and bindings, definitions (export / import), the quarantine and the encryption
+keys."""
 
 from __future__ import annotations
 
@@ -167,6 +168,23 @@ async def list_quarantine(request: Request) -> JSONResponse:
          "quarantined_at": r.quarantined_at, "data_base64": base64.b64encode(r.data).decode()}
         for r in gw.broker.quarantined()
     ])
+
+
+async def get_keys(request: Request) -> JSONResponse:
+    """What the data directory is encrypted under (``tidings keys status``)."""
+    gw = gateway(request)
+    if not gw.users.is_administrator(user_of(request)):
+        raise AccessRefusedError("encryption keys need the administrator tag")
+    return JSONResponse((await gw.broker.key_status()).as_dict())
+
+
+async def rotate_keys(request: Request) -> JSONResponse:
+    """Rotate the master key while serving: the keyring is read again from where the server
+    took it at start (its key file), never from the request."""
+    gw = gateway(request)
+    if not gw.users.is_administrator(user_of(request)):
+        raise AccessRefusedError("rotating encryption keys needs the administrator tag")
+    return JSONResponse((await gw.broker.rotate_keys()).as_dict())
 
 
 #: Largest definitions document taken (a RabbitMQ export of thousands of queues is megabytes).
