@@ -280,13 +280,16 @@ async def run_a5(url: str, pid: int | None, idle: int = 1000, n: int = 20_000
 # -- driver -----------------------------------------------------------------------------------
 
 
-def start_tidings(tmp: str, loop: str = "auto") -> tuple[subprocess.Popen[str], str]:
+def start_tidings(tmp: str, loop: str = "auto", env: dict[str, str] | None = None
+                  ) -> tuple[subprocess.Popen[str], str]:
+    """``env``: more environment for the server (a keyring, say)."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tidings", "--data-dir", f"{tmp}/data",
                              "serve", "--host", "127.0.0.1", "--amqp-port", str(port),
                              "--http-port", "-1", "--loop", loop,
                              "--log-level", "WARNING"],
-                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, **(env or {})})
     assert proc.stdout is not None
     proc.stdout.readline()
     return proc, f"amqp://guest:guest@127.0.0.1:{port}/"

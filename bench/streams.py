@@ -14,7 +14,10 @@ Targets:
   (XADD pipelined 100 at a time; XREAD COUNT 1000 from 0);
 - NATS JetStream, a file-storage stream on the NATS on this machine (js.publish awaited in
   windows of 100; a pull consumer fetching 1,000 at a time);
-- embedded tidings in this process (``client.append_many`` of 100, ``client.read``).
+- embedded tidings in this process (``client.append_many`` of 100, ``client.read``);
+- both tidings again with encryption at rest on (``+enc``: a keyring in
+  ``TIDINGS_ENCRYPTION_KEY``; every segment sealed), for the cost of encryption in the same
+  run.
 
 Then the big read: the chosen number of megabytes of 4 KB records appended to tidings serve
 and read from the start by one consumer while the server's RSS is sampled: it should stay
@@ -27,6 +30,7 @@ import argparse
 import asyncio
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -45,6 +49,8 @@ amqp_bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(amqp_bench)
 
 WINDOW = 100
+#: The keyring of the encrypted contenders (a fixed bench key: nothing secret here).
+BENCH_KEYRING = "bench:" + "A" * 43 + "="
 Result = dict[str, float]
 
 
@@ -189,10 +195,15 @@ async def nats_read(url: str, stream: str, n: int) -> Result:
 # -- embedded tidings ---------------------------------------------------------------------------
 
 
-async def embedded(directory: str, stream: str, n: int, size: int) -> tuple[Result, Result]:
+async def embedded(directory: str, stream: str, n: int, size: int,
+                   keyring: str | None = None) -> tuple[Result, Result]:
     import tidings
 
     body = b"s" * size
+    if keyring:  # the embedded store takes its keyring from the environment
+        os.environ["TIDINGS_ENCRYPTION_KEY"] = keyring
+    else:
+        os.environ.pop("TIDINGS_ENCRYPTION_KEY", None)
     async with tidings.connect(directory) as client:
         await client.stream(stream)
         t0 = time.perf_counter()
@@ -255,6 +266,10 @@ def server_cpu(pid: int | None, n: int, work: Awaitable[Result]) -> Result:
 # -- the run ----------------------------------------------------------------------------------
 
 
+def _ratio(rows: dict[str, dict[str, float]], title: str, a: str, b: str) -> float:
+    return rows[f"{title}|{a}"]["rate"] / rows[f"{title}|{b}"]["rate"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -269,10 +284,13 @@ def main() -> None:
     rows: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="tidings-stream-bench-") as tmp:
         serve, serve_url = amqp_bench.start_tidings(tmp)
+        sealed, sealed_url = amqp_bench.start_tidings(
+            f"{tmp}/sealed", env={"TIDINGS_ENCRYPTION_KEY": BENCH_KEYRING})
         redis_proc, redis_url = start_redis(tmp)
         peers: list[tuple[str, Callable[..., Awaitable[Result]],
                           Callable[..., Awaitable[Result]], str, int | None]] = [
             ("tidings serve", amqp_append, amqp_read, serve_url, serve.pid),
+            ("serve +enc", amqp_append, amqp_read, sealed_url, sealed.pid),
             ("rabbitmq", amqp_append, amqp_read, args.rabbitmq, amqp_bench.rabbitmq_pid()),
             ("redis aof", redis_append, redis_read, redis_url, redis_proc.pid),
             ("nats file", nats_append, nats_read, args.nats, nats_pid()),
@@ -287,14 +305,20 @@ def main() -> None:
                 a, r = asyncio.run(embedded(f"{tmp}/embedded", f"e-{size}", n, size))
                 rows[f"append {size} B|tidings embedded"] = a
                 rows[f"read {size} B|tidings embedded"] = r
+                a, r = asyncio.run(embedded(f"{tmp}/embedded-sealed", f"e-{size}", n, size,
+                                            BENCH_KEYRING))
+                rows[f"append {size} B|embedded +enc"] = a
+                rows[f"read {size} B|embedded +enc"] = r
             big_result = asyncio.run(big_read(serve_url, serve.pid, big)) if big else None
         finally:
-            serve.terminate()
-            serve.wait()
+            for proc in (serve, sealed):
+                proc.terminate()
+                proc.wait()
             redis_proc.terminate()
             redis_proc.wait()
     print(json.dumps({"rows": rows, "big": big_result}, indent=1), file=sys.stderr)
-    names = ["tidings serve", "tidings embedded", "rabbitmq", "redis aof", "nats file"]
+    names = ["tidings serve", "serve +enc", "tidings embedded", "embedded +enc", "rabbitmq",
+             "redis aof", "nats file"]
     print(f"{'records/s':<18}" + "".join(f"{n:>17}" for n in names)
           + "   serve vs rabbitmq / redis / nats")
     for title in dict.fromkeys(k.split("|")[0] for k in rows):
@@ -311,6 +335,10 @@ def main() -> None:
         f"{title} " + " / ".join(
             f"{rows[f'{title}|{p}'].get('server_cpu_us', float('nan')):.0f}"
             for p in ("tidings serve", "rabbitmq", "redis aof", "nats file"))
+        for title in dict.fromkeys(k.split("|")[0] for k in rows)))
+    print("encryption at rest, throughput with it / without it (serve; embedded): " + "; ".join(
+        f"{title} {_ratio(rows, title, 'serve +enc', 'tidings serve'):.2f} / "
+        f"{_ratio(rows, title, 'embedded +enc', 'tidings embedded'):.2f}"
         for title in dict.fromkeys(k.split("|")[0] for k in rows)))
     if big_result:
         b = big_result

@@ -259,7 +259,7 @@ class StreamQueue(Queue):
         offset = min(self.log.offset_at(timestamp_ms), end)
         scanned = 0
         while offset < end and scanned < 16 * READ_BYTES:
-            entries = self.log.read(offset, READ_RECORDS, READ_BYTES)
+            entries = self.log.read(offset, READ_RECORDS, READ_BYTES, until=end)
             if not entries:
                 break
             for found in entries:
@@ -287,7 +287,7 @@ class StreamQueue(Queue):
         run: list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = []
         run_start = 0
         while offset < end and taken < max_bytes:
-            entries = self.log.read(offset, READ_RECORDS, max(1, max_bytes - taken))
+            entries = self.log.read(offset, READ_RECORDS, max(1, max_bytes - taken), until=end)
             if not entries:
                 break
             for found in entries:
@@ -406,7 +406,7 @@ class StreamQueue(Queue):
 
     def _read_ahead(self, cursor: _Cursor, end: int) -> None:
         """Fill ``cursor.ahead`` from the log (a batch entry record by record)."""
-        for found in self.log.read(cursor.offset, READ_RECORDS, READ_BYTES):
+        for found in self.log.read(cursor.offset, READ_RECORDS, READ_BYTES, until=end):
             if found.offset >= end:
                 break
             if not found.batch:

@@ -60,6 +60,8 @@ HEAD = struct.Struct(">IIQq")  # length, crc32, offset, timestamp ms
 _CHECKED = struct.Struct(">Qq")  # the part of the head the CRC covers (with the payload)
 _LENGTH_CRC = struct.Struct(">II")
 _COUNT = struct.Struct(">I")
+#: A sealed record's place, after its stream's name: offset, timestamp, count (0: a record).
+_PLACE = struct.Struct(">QqI")
 #: The length's top bit: the entry is a batch of ``count`` records (see the module's doc).
 BATCH_FLAG = 0x8000_0000
 INDEX_ENTRY = struct.Struct(">QQq")  # offset, position, timestamp ms
@@ -250,7 +252,7 @@ class SegmentLog:
         return first
 
     def _record_place(self, offset: int, timestamp_ms: int, count: int) -> bytes:
-        return self._place + _CHECKED.pack(offset, timestamp_ms) + _COUNT.pack(count)
+        return self._place + _PLACE.pack(offset, timestamp_ms, count)
 
     def _write(self, parts: list[bytes]) -> None:
         if parts:
@@ -277,12 +279,15 @@ class SegmentLog:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def read(self, offset: int, max_records: int = 1000, max_bytes: int = 4 * 2**20
-             ) -> list[LogRecord]:
+    def read(self, offset: int, max_records: int = 1000, max_bytes: int = 4 * 2**20,
+             until: int | None = None) -> list[LogRecord]:
         """Entries from the one holding ``offset`` on (from the first retained one if it is
         older), at most ``max_records`` of them and about ``max_bytes`` of payload (at least
-        one entry). A batch entry may start before ``offset``."""
+        one entry), none starting at or after ``until``. A batch entry may start before
+        ``offset``."""
         offset = max(offset, self.first_offset)
+        if until is None:
+            until = self.next_offset
         out: list[LogRecord] = []
         taken = 0
         i = max(0, bisect.bisect_right(self._bases, offset) - 1)
@@ -290,9 +295,8 @@ class SegmentLog:
             segment = self._segments[i]
             if segment.last_offset >= offset:
                 start = self._position(segment, offset)
-                for record in self._scan(segment, start, opened=True):
-                    if record.offset + record.count <= offset:
-                        continue
+                for record in self._scan(segment, start, opened=True, since=offset,
+                                         until=until):
                     if len(out) >= max_records or (out and taken >= max_bytes):
                         return out
                     out.append(record)
@@ -319,43 +323,40 @@ class SegmentLog:
         i = bisect.bisect_right(offsets, offset) - 1
         return segment.index[i][1] if i >= 0 else 0
 
-    def _scan(self, segment: _Segment, position: int, opened: bool = False
-              ) -> Iterator[LogRecord]:
-        """Records of ``segment`` from byte ``position`` up to its known end (with their
-        payloads opened when ``opened``; one that does not open is logged and skipped)."""
-        records = self._scan_raw(segment, position)
-        sealer = segment.sealer
-        if not opened or sealer is None:
-            yield from records
-            return
-        for record in records:
-            place = self._record_place(record.offset, record.timestamp_ms,
-                                       record.count if record.batch else 0)
-            try:
-                payload = sealer.open(record.payload, place, plain_allowed=False)
-            except SealError as e:
-                log.error("stream %s: the record at offset %d is not delivered: %s",
-                          self.directory, record.offset, e)
-                continue
-            yield record._replace(payload=payload)
-
-    def _scan_raw(self, segment: _Segment, position: int) -> Iterator[LogRecord]:
+    def _scan(self, segment: _Segment, position: int, opened: bool = False,
+              since: int = 0, until: int | None = None) -> Iterator[LogRecord]:
+        """Records of ``segment`` from byte ``position`` up to its known end or the first one
+        starting at ``until``, leaving out those that end before offset ``since`` (unread),
+        with their payloads opened when ``opened`` (one that does not open is logged and
+        skipped)."""
+        sealer = segment.sealer if opened else None
         end = segment.size
         with open(segment.path, "rb") as f:
             f.seek(position)
             while position < end:
-                head = f.read(HEAD.size)
-                length, _, offset, timestamp = HEAD.unpack(head)
+                length, _, offset, timestamp = HEAD.unpack(f.read(HEAD.size))
+                if until is not None and offset >= until:
+                    return
+                count, batch = 1, False
                 if length & BATCH_FLAG:
                     length &= ~BATCH_FLAG
                     (count,) = _COUNT.unpack(f.read(_COUNT.size))
-                    payload = f.read(length)
-                    position += HEAD.size + _COUNT.size + length
-                    yield LogRecord(offset, timestamp, payload, count, True)
+                    batch = True
+                    position += _COUNT.size
+                position += HEAD.size + length
+                if offset + count <= since:
+                    f.seek(length, os.SEEK_CUR)
                     continue
                 payload = f.read(length)
-                position += HEAD.size + length
-                yield LogRecord(offset, timestamp, payload)
+                if sealer is not None:
+                    try:
+                        payload = sealer.open_sealed(payload, self._place + _PLACE.pack(
+                            offset, timestamp, count if batch else 0))
+                    except SealError as e:
+                        log.error("stream %s: the record at offset %d is not delivered: %s",
+                                  self.directory, offset, e)
+                        continue
+                yield LogRecord(offset, timestamp, payload, count, batch)
 
     # -- retention ---------------------------------------------------------------------------
 
@@ -402,7 +403,7 @@ class SegmentLog:
             sealer = Sealer({segment_keys.SEGMENT_KEY_NUMBER: key},
                             segment_keys.SEGMENT_KEY_NUMBER)
             with open(copy, "wb") as f:
-                for record in self._scan_raw(segment, 0):
+                for record in self._scan(segment, 0):
                     count = record.count if record.batch else 0
                     place = self._record_place(record.offset, record.timestamp_ms, count)
                     f.write(_entry(record.offset, record.timestamp_ms,
