@@ -119,3 +119,16 @@ def test_metrics_on_their_own_port_need_no_credentials(tmp_path: Path) -> None:
                          timeout=10).status_code == 401  # the gateway still asks
     finally:
         server.stop()
+
+
+def test_encryption_keys_are_for_administrators_only(server: ServerProcess) -> None:
+    for user, password in (("mon", "pw-m"), ("alice", "pw-a")):
+        with client(server, user, password) as http:
+            for method, path in (("GET", "/api/tidings/keys"),
+                                 ("POST", "/api/tidings/keys/rotate")):
+                is_error(http.request(method, path), 403, "access_refused")
+    with client(server, "guest", "guest") as http:  # an administrator, on a plain directory
+        status = http.get("/api/tidings/keys")
+        assert status.status_code == 200 and status.json()["data_keys"] == {}
+        body = is_error(http.post("/api/tidings/keys/rotate"), 501, "not_supported")
+        assert "without a keyring" in body["message"]

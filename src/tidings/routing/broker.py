@@ -159,7 +159,8 @@ class Broker:
         """What the data directory is sealed under (``tidings keys status`` while serving)."""
         directory = getattr(self.store, "directory", None)
         if not self.store.durable or not isinstance(directory, Path):
-            raise NotSupportedError("this broker keeps nothing on disk")
+            raise NotSupportedError("this broker", "tell what its data is encrypted under",
+                                    "it keeps nothing on disk")
         return await asyncio.to_thread(key_admin.status, directory, False)
 
     async def rotate_keys(self, keyring: Keyring | None = None) -> Rotated:
@@ -170,8 +171,9 @@ class Broker:
         in use."""
         rotate = getattr(self.store, "rotate_keys", None)
         if rotate is None or getattr(self.store, "keyring", None) is None:
-            raise NotSupportedError("this broker was started without a keyring: encryption "
-                                    "at rest is off (docs/security.md)")
+            raise NotSupportedError("this broker", "rotate encryption keys",
+                                    "it was started without a keyring, so encryption at rest "
+                                    "is off (docs/security.md)")
         keyring = keyring or Keyring.from_environment()
         if keyring is None:
             raise ConfigError("no keyring to rotate to: the key file or "
