@@ -130,5 +130,5 @@ def test_encryption_keys_are_for_administrators_only(server: ServerProcess) -> N
     with client(server, "guest", "guest") as http:  # an administrator, on a plain directory
         status = http.get("/api/tidings/keys")
         assert status.status_code == 200 and status.json()["data_keys"] == {}
-        body = is_error(http.post("/api/tidings/keys/rotate"), 501, "not_supported")
+        body = is_error(http.post("/api/tidings/keys/rotate"), 409, "precondition_failed")
         assert "without a keyring" in body["message"]

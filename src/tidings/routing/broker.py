@@ -31,7 +31,6 @@ from tidings.errors import (
     ConfigError,
     NotAllowedError,
     NotFoundError,
-    NotSupportedError,
     PreconditionFailedError,
 )
 from tidings.message import Message, Record
@@ -159,8 +158,7 @@ class Broker:
         """What the data directory is sealed under (``tidings keys status`` while serving)."""
         directory = getattr(self.store, "directory", None)
         if not self.store.durable or not isinstance(directory, Path):
-            raise NotSupportedError("this broker", "tell what its data is encrypted under",
-                                    "it keeps nothing on disk")
+            return KeyStatus()  # nothing on disk
         return await asyncio.to_thread(key_admin.status, directory, False)
 
     async def rotate_keys(self, keyring: Keyring | None = None) -> Rotated:
@@ -171,9 +169,9 @@ class Broker:
         in use."""
         rotate = getattr(self.store, "rotate_keys", None)
         if rotate is None or getattr(self.store, "keyring", None) is None:
-            raise NotSupportedError("this broker", "rotate encryption keys",
-                                    "it was started without a keyring, so encryption at rest "
-                                    "is off (docs/security.md)")
+            raise PreconditionFailedError("this broker was started without a keyring: "
+                                          "encryption at rest is off, there is no key to "
+                                          "rotate (docs/security.md)")
         keyring = keyring or Keyring.from_environment()
         if keyring is None:
             raise ConfigError("no keyring to rotate to: the key file or "
