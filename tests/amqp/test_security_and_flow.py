@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import os
 import ssl
 import subprocess
 import sys
@@ -438,3 +439,61 @@ def test_the_handshake_timeout_does_not_count_our_own_login_work(tmp_path: Path)
         assert time.monotonic() - started > 1.0  # it was slowed, and not dropped
     finally:
         server.stop()
+
+
+async def test_a_transaction_the_disk_did_not_keep_is_not_committed_ok(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tx.commit-ok means durable: when the stream's fdatasync fails, the connection is closed
+    with 541 INTERNAL_ERROR instead (it used to answer commit-ok), and the server goes on
+    serving new connections."""
+    import asyncio
+    import errno
+
+    import tidings.storage.streams as streams_module
+    from tidings.amqp.server import AmqpServer
+    from tidings.auth import UserStore
+    from tidings.routing.broker import Broker
+    from tidings.storage.sqlite import SqliteStore
+
+    broker = Broker(SqliteStore(tmp_path / "data"))
+    broker.start()
+    amqp = AmqpServer(broker, UserStore(tmp_path / "data"))
+    port = await amqp.listen("127.0.0.1", 0)
+    failing = [False]
+    real_sync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        if failing[0]:
+            raise OSError(errno.EIO, "Input/output error")
+        real_sync(fd)
+
+    monkeypatch.setattr(streams_module.os, "fdatasync", fdatasync)
+
+    def client() -> tuple[int, str, bool]:
+        conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
+        ch = conn.channel()
+        ch.queue_declare("ledger", durable=True, arguments={"x-queue-type": "stream"})
+        ch.tx_select()
+        ch.basic_publish("", "ledger", b"one")
+        ch.tx_commit()  # the disk keeps it
+        failing[0] = True
+        ch.basic_publish("", "ledger", b"two")
+        try:
+            ch.tx_commit()
+            code, text = 200, "commit-ok"
+            conn.close()
+        except pika.exceptions.ConnectionClosedByBroker as e:
+            code, text = e.reply_code, e.reply_text
+        failing[0] = False
+        with pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port)) as again:
+            alive = again.channel().is_open
+        return code, text, alive
+
+    try:
+        code, text, alive = await asyncio.to_thread(client)
+        assert code == 541 and "not durable" in text, (code, text)
+        assert alive
+    finally:
+        failing[0] = False
+        await amqp.close()
+        broker.close()

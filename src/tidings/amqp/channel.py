@@ -30,6 +30,7 @@ from tidings.amqp import states as st
 from tidings.amqp.confirms import ConfirmBook
 from tidings.amqp.connection import ContentReceived, ServerConnection
 from tidings.errors import (
+    InternalError,
     NotFoundError,
     NotImplementedByServerError,
     PreconditionFailedError,
@@ -65,7 +66,7 @@ class ChannelLink(Protocol):
     def flush_soon(self) -> None: ...
 
     def after_durable(self, action: Callable[[], None], *,
-                      durable_only: bool = False) -> None: ...
+                      on_failure: Callable[[BaseException], None] | None = None) -> None: ...
 
     def before_flush(self, action: Callable[[], None]) -> None: ...
 
@@ -118,7 +119,7 @@ class AmqpChannel:
     def after_durable(self, action: Callable[[], None]) -> None:
         """Run ``action`` once what this channel did so far is durable (never if the store
         failed)."""
-        self.link.after_durable(action, durable_only=True)
+        self.link.after_durable(action)
 
     def extend(self, delivery_tag: int) -> None:
         """Restart the consumer-timeout clock of a delivery on this channel."""
@@ -442,7 +443,12 @@ class AmqpChannel:
         actions, self.tx = self.tx, []
         for action in actions:
             action()
-        self.link.after_durable(lambda: self.reply(Tx.CommitOk()))
+        self.link.after_durable(lambda: self.reply(Tx.CommitOk()), on_failure=self._not_durable)
+
+    def _not_durable(self, error: BaseException) -> None:
+        """A transaction the store did not keep: never commit-ok; the channel closes."""
+        self.link.channel_error(self.number, InternalError(
+            f"the transaction is not durable: the store failed ({error})"), None)
 
     def tx_rollback(self, m: Tx.Rollback) -> None:
         self._switch_mode(Tx.Rollback)

@@ -382,11 +382,16 @@ class AmqpLink(asyncio.Protocol):
 
         self.broker.sync().add_done_callback(done)
 
-    def after_durable(self, action: Callable[[], None], *, durable_only: bool = False) -> None:
-        """Run ``action`` once what was done so far is durable (with ``durable_only``, not at
-        all when the store failed: the publishes' confirms are nacks then)."""
+    def after_durable(self, action: Callable[[], None], *,
+                      on_failure: Callable[[BaseException], None] | None = None) -> None:
+        """Run ``action`` once what was done so far is durable; when the store failed, not
+        ``action`` but ``on_failure`` (the publishes' confirms are nacks then)."""
         def done(future: asyncio.Future[None]) -> None:
-            if durable_only and (future.cancelled() or future.exception() is not None):
+            if future.cancelled() or future.exception() is not None:
+                if on_failure is not None:
+                    on_failure(future.exception() if not future.cancelled()
+                               else asyncio.CancelledError())
+                    self.flush()
                 return
             action()
             self.flush()
