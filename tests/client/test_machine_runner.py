@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tidings
-from tidings.errors import NotSupportedError
+from tidings.errors import InvalidArgumentError, NotSupportedError
 
 from ..serverproc import ServerProcess, running
 from .order_machine import model, order_machine, three_orders_one_paid
@@ -244,11 +244,13 @@ async def test_an_instance_moved_under_a_runner_is_judged_as_it_is_now() -> None
         await runner.stop()
 
 
-async def test_one_runner_at_a_time_and_the_next_takes_over() -> None:
-    """Two runners of one machine (two worker processes, say): one consumes, the other waits;
-    when the first stops, the second goes on from the instances as the broker has them."""
-    async with tidings.connect("memory://") as client:
-        first, second = client.machine(order_machine()), client.machine(order_machine())
+async def test_one_runner_at_a_time_and_the_next_takes_over(tmp_path: Path) -> None:
+    """Two runners of one machine (two worker processes, here two clients of one data
+    directory): one consumes, the other waits; when the first stops, the second goes on from
+    the instances as the broker has them."""
+    async with tidings.connect(str(tmp_path / "data")) as client, \
+            tidings.connect(str(tmp_path / "data")) as other:
+        first, second = client.machine(order_machine()), other.machine(order_machine())
         await first.start()
         await second.start()
         for i in range(5):
@@ -263,8 +265,34 @@ async def test_one_runner_at_a_time_and_the_next_takes_over() -> None:
         for i in range(5):
             await client.publish("orders.paid", {"order_id": f"o{i}", "amount": 1})
         await until(lambda: states("paid"))
-        assert second.counts["applied"] == 5
+
+        async def second_applied() -> bool:  # (its counts follow its confirms)
+            return second.counts["applied"] == 5
+
+        await until(second_applied)
+        assert first.counts["applied"] == 5
         await second.stop()
+
+
+async def test_a_client_runs_a_machine_once() -> None:
+    """Asking a client for a machine it already runs gives the same runner (reading instances
+    needs no second consumer); asking with other options is refused."""
+    async with tidings.connect("memory://") as client:
+        machine = order_machine()
+        runner = client.machine(machine)
+        assert client.machine(machine) is runner
+        assert client.machine(order_machine()) is runner  # the same machine, defined again
+        with pytest.raises(InvalidArgumentError, match="already runs machine 'order'"):
+            client.machine(machine, partitions=2)
+        await client.start()
+        assert client.machines == [runner]
+        await client.publish("orders.submitted", {"order_id": "o1", "amount": 1})
+
+        async def submitted() -> bool:
+            return [i.state for i in await runner.list()] == ["submitted"]
+
+        await until(submitted)
+        await client.stop()
 
 
 OPS = st.lists(st.one_of(

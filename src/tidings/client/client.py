@@ -338,7 +338,18 @@ class Client:
         (``client/machine_runner.py``). With ``partitions`` > 1 its instances are spread over
         that many queues, whose consumers spread over the processes running it. On the
         embedded broker, a shared data directory and tidings serve
-        (``capabilities.machines``)."""
+        (``capabilities.machines``). A client runs a machine once: asking again gives the
+        same runner (other options, or another version of it, are refused)."""
+        for runner in self.machines:
+            if runner.machine.name != machine.name:
+                continue
+            if (runner.machine.version, runner.prefetch, runner.partitions) != \
+                    (machine.version, prefetch, partitions):
+                raise InvalidArgumentError(
+                    f"this client already runs machine '{machine.name}' (version "
+                    f"{runner.machine.version}, prefetch {runner.prefetch}, partitions "
+                    f"{runner.partitions}): one client runs a machine once")
+            return runner
         runner = MachineRunner(machine, lambda: self.transport, prefetch=prefetch,
                                partitions=partitions, new_id=self.new_id,
                                ensure_queue=self.ensure_queue)
