@@ -43,6 +43,12 @@ class TransitionCommit:
     handler_ms: float | None = None
 
 
+def machine_queue(machine: str) -> str:
+    """The queue of a state machine's events (``machine.NAME``): every face checks a
+    machine's permissions on it."""
+    return f"machine.{machine}"
+
+
 def transition_name(source: str, target: str, topic: str) -> str:
     """How a transition is named in numbers and pictures: ``source -> target on topic``."""
     return f"{source} -> {target} on {topic}"

@@ -44,6 +44,7 @@ from tidings.transitions import (
     MACHINE_HEADER,
     TAG_HEADER,
     VERSION_HEADER,
+    machine_queue,
     pack_instances,
     read_row,
     unpack_commit,
@@ -69,10 +70,6 @@ class MachineChannel(Protocol):
 
     def send_content(self, method: Method, message: Message,
                      extra: dict[str, Any] | None = None) -> None: ...
-
-
-def machine_queue(machine: str) -> str:
-    return f"machine.{machine}"
 
 
 def operate(channel: MachineChannel, operation: str, message: Message) -> None:

@@ -17,10 +17,6 @@ VHOST = "/"
 TOPIC_HEADER = "x-machine-topic"
 KEY_HEADER = "x-machine-key"
 REASON_HEADER = "x-machine-reason"
-def machine_queue(name: str) -> str:
-    return f"machine.{name}"
-
-
 def encode_instance(instance: Instance[Any], now: float) -> bytes:
     return instance_row(instance.state, dump_data(instance.data), instance.version,
                         instance.history, instance.seen, instance.timers, instance.written_by,

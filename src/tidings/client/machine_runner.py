@@ -48,7 +48,6 @@ from tidings.client.machine_rows import (
     decode_instance,
     encode_instance,
     event_of,
-    machine_queue,
 )
 from tidings.client.streams import Start
 from tidings.client.transport import EVENTS_EXCHANGE, QueueSpec, Subscription, Transport
@@ -56,7 +55,7 @@ from tidings.dead_letters import dead_letter_queue
 from tidings.errors import ConfigError, VersionConflictError
 from tidings.message import Delivery, Message
 from tidings.statistics import TransitionNumbers
-from tidings.transitions import TransitionCommit
+from tidings.transitions import TransitionCommit, machine_queue
 
 log = logging.getLogger("tidings.client")
 D = TypeVar("D")

@@ -20,7 +20,13 @@ from tidings.http.errors import BadRequestError
 from tidings.http.gateway import Gateway, gateway, name_of, vhost_of
 from tidings.http.middleware import user_of
 from tidings.machine_diagram import svg
-from tidings.transitions import TransitionCommit, moved_row, read_row, state_numbers
+from tidings.transitions import (
+    TransitionCommit,
+    machine_queue,
+    moved_row,
+    read_row,
+    state_numbers,
+)
 
 #: Largest page of instances.
 MAX_PAGE_SIZE = 500
@@ -30,7 +36,7 @@ Rows = list[tuple[str, dict[str, Any]]]
 
 
 def _rows(gw: Gateway, request: Request, vhost: str, name: str) -> Rows:
-    gw.check(request, "read", "queue", f"machine.{name}", vhost)
+    gw.check(request, "read", "queue", machine_queue(name), vhost)
     known = vhost in gw.broker.vhost_names() and name in gw.broker.machine_names(vhost)
     if not known:
         raise NotFoundError(f"no machine '{name}' in vhost '{vhost}'")
@@ -98,7 +104,7 @@ async def get_machine(request: Request) -> JSONResponse:
 async def get_instance(request: Request) -> JSONResponse:
     gw, vhost, name = gateway(request), vhost_of(request), name_of(request)
     key = request.path_params["key"]
-    gw.check(request, "read", "queue", f"machine.{name}", vhost)
+    gw.check(request, "read", "queue", machine_queue(name), vhost)
     row = gw.broker.find_instance(vhost, name, key) \
         if vhost in gw.broker.vhost_names() else None
     if row is None:
@@ -117,7 +123,7 @@ async def move_instance(request: Request) -> JSONResponse:
     event."""
     gw, vhost, name = gateway(request), vhost_of(request), name_of(request)
     key = request.path_params["key"]
-    gw.check(request, "configure", "queue", f"machine.{name}", vhost)
+    gw.check(request, "configure", "queue", machine_queue(name), vhost)
     data = sch.obj(await sch.read_json(request, gw.max_body_bytes))
     state = sch.string(data, "state", required=True) or ""
     reason = sch.string(data, "reason", required=True) or ""
