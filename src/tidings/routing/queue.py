@@ -116,6 +116,8 @@ class Queue:
         self.consumers: list[QueueConsumer] = []
         #: A partition's active consumer (see :meth:`_partition_consumer`).
         self._active: QueueConsumer | None = None
+        #: The consumer a partition wants, worked out again when consumers come or go.
+        self._wanted: QueueConsumer | None = None
         self._rr = 0
         self._dispatch_soon = False
         self.deleted = False
@@ -277,11 +279,15 @@ class Queue:
 
     def add_consumer(self, consumer: QueueConsumer, now: float) -> None:
         self.consumers.append(consumer)
+        self._wanted = None
         self.last_used = now
 
     def remove_consumer(self, consumer: QueueConsumer, now: float) -> None:
         if consumer in self.consumers:
             self.consumers.remove(consumer)
+        self._wanted = None
+        if consumer is self._active and not self.unacked:
+            self._active = None  # (kept while its deliveries are out: the next one waits)
         self.last_used = now
 
     def mark_delivered(self, entry: Entry, now: float) -> None:
@@ -349,9 +355,11 @@ class Queue:
         once those are settled (acked, or returned when its channel closes or its consumer
         timeout passes), so one partition's messages are never in two consumers' hands at
         once."""
-        consumers = sorted(self.consumers, key=_member)
-        assert self.options.partition is not None
-        wanted = consumers[self.options.partition % len(consumers)]
+        wanted = self._wanted
+        if wanted is None:
+            assert self.options.partition is not None
+            consumers = sorted(self.consumers, key=_member)
+            wanted = self._wanted = consumers[self.options.partition % len(consumers)]
         before = self._active
         if before is not wanted and before is not None and self.unacked:
             return None
@@ -435,6 +443,7 @@ class Queue:
         the store keys of its rows."""
         self.deleted = True
         consumers, self.consumers = self.consumers, []
+        self._wanted = self._active = None
         for consumer in consumers:
             consumer.cancelled()
         self.unacked.clear()
