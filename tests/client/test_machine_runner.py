@@ -158,7 +158,7 @@ async def test_instances_are_read_over_http_and_the_cli(tmp_path: Path) -> None:
             submitted = served["transitions"]["new -> submitted on orders.submitted"]
             assert (submitted["count"], submitted["commit_ms"]["count"],
                     submitted["handler_ms"]["count"]) == (3, 3, 3)
-            assert submitted["failures"] >= 1 and submitted["rate"] >= 0
+            assert submitted["failures"] >= 1 and isinstance(submitted["rate"], float)
             assert served["transitions"]["submitted -> paid on orders.paid"]["count"] == 1
             assert served["dead_lettered"] == 1
             assert ('tidings_machine_transitions_total{machine="order",transition="submitted -> '
