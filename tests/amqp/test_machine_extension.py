@@ -18,6 +18,7 @@ from tidings.transitions import (
     TransitionCommit,
     instance_row,
     pack_commit,
+    unpack_instances,
 )
 
 from ..serverproc import ServerProcess
@@ -157,3 +158,29 @@ def test_machine_operations_check_permissions(server: ServerProcess) -> None:
                                      pika.BasicProperties(headers=headers))
                 ch.queue_declare("eve-x")
             assert info.value.reply_code == 403, attempt
+
+
+def _page(ch: Channel, machine: str, after: str, limit: int) -> list[str]:
+    answers: list[bytes] = []
+    ch.add_on_return_callback(lambda _c, _m, _p, body: answers.append(body))
+    with pytest.raises(pika.exceptions.UnroutableError):
+        ch.basic_publish(CONTROL, "machine-list", b"", pika.BasicProperties(
+            headers={"x-machine": machine, "x-after": after, "x-limit": limit}),
+            mandatory=True)
+    ch.connection.process_data_events(0)
+    return [key for key, _ in unpack_instances(answers[-1])]
+
+
+def test_instances_are_listed_in_pages_in_key_order(server: ServerProcess) -> None:
+    machine = f"m{uuid.uuid4().hex[:8]}"
+    keys = [f"k{n:02d}" for n in (7, 3, 11, 0, 5, 9, 1)]
+    with pika.BlockingConnection(params(server)) as conn:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        for key in keys:
+            _send(ch, _commit(machine, key, "paid", 1), _event(ch, machine))
+        pages, after = [], ""
+        while page := _page(ch, machine, after, 3):
+            pages.append(page)
+            after = page[-1]
+        assert pages == [["k00", "k01", "k03"], ["k05", "k07", "k09"], ["k11"]]
