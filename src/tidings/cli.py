@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import tidings
-from tidings.cli_control import COMMANDS, add_control_parsers, find_server, run_control_command
+from tidings.cli_control import (
+    COMMANDS,
+    add_control_parsers,
+    delete_vhost,
+    find_server,
+    run_control_command,
+)
 from tidings.cli_keys import add_keys_parser, run_keys_command
 from tidings.cli_serve import add_serve_parser, kafka_flag_problem, loop_factory, serve
 from tidings.cli_users import add_users_parsers, run_users_command
@@ -134,6 +140,8 @@ async def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return await serve(args)
     configure_from_environment()  # (the CLI's own changes are audited too)
+    if args.command == "vhosts" and args.action == "delete":  # its contents go too
+        return await delete_vhost(args.data_dir, args.name)
     if args.command in ("users", "vhosts", "tokens"):
         return run_users_command(args)
     creates = args.command == "definitions" and args.action == "import"

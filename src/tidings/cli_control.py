@@ -306,6 +306,19 @@ def find_server(data_dir: str) -> Remote | None:
     return Remote(control)
 
 
+async def delete_vhost(data_dir: str, name: str) -> int:
+    """``tidings vhosts delete``: the vhost and everything in it (queues and messages,
+    exchanges, policies, machine instances), on the running server or here."""
+    remote = find_server(data_dir)
+    api: Api = remote if remote is not None else InProcess(data_dir)
+    try:
+        await api.call("DELETE", f"/api/vhosts/{_q(name)}")
+    finally:
+        if isinstance(api, InProcess):
+            await api.close()
+    return 0
+
+
 def _q(name: str) -> str:
     return quote(name, safe="")
 

@@ -89,9 +89,7 @@ def _users_command(args: argparse.Namespace) -> int:
     if args.command == "vhosts":
         if args.action == "add":
             store.add_vhost(args.name)
-        elif args.action == "delete":
-            store.delete_vhost(args.name)
-        else:
+        else:  # (delete: through the API, so the vhost's contents go too)
             print("\n".join(store.list_vhosts()))
         return 0
     if args.action in ("add", "set-password", "passwd"):

@@ -227,6 +227,12 @@ class Broker:
     def declare_vhost(self, name: str) -> None:
         self.vhosts.declare(name)
 
+    def delete_vhost(self, name: str) -> None:
+        """Everything of vhost ``name`` goes: queues and their messages, exchanges, bindings,
+        policies, state machine instances; then the vhost."""
+        self.declarations.delete_vhost(name)
+        self.machine_rows.forget_vhost(name)
+
     def declare_exchange(self, vhost: str, name: str, kind: str = "direct", *,
                          durable: bool = True, auto_delete: bool = False,
                          internal: bool = False, arguments: dict[str, Any] | None = None,

@@ -97,6 +97,23 @@ class Declarations:
         self.store.delete_definition(defs.policy_kind(operator), f"{vhost}{defs.SEP}{name}")
         v.apply_policies()
 
+    def delete_vhost(self, vhost: str) -> None:
+        """Delete everything of ``vhost`` (its queues with their messages, its exchanges and
+        bindings, its policies), then the vhost itself, as RabbitMQ does; the default vhost
+        keeps its predeclared exchanges. A vhost that does not exist is no error."""
+        v = self.vhosts.find(vhost)
+        if v is None:
+            return
+        for queue in list(v.queues.values()):
+            self.remove_queue(queue)
+        for name in [n for n in v.exchanges if n and n not in PREDECLARED]:
+            if name in v.exchanges:  # (an auto-delete one may have gone with a binding)
+                self.delete_exchange(vhost, name)
+        for operator in (False, True):
+            for policy in v.policies.list(operator):
+                self.delete_policy(vhost, policy.name, operator=operator)
+        self.vhosts.remove(vhost)
+
     def delete_exchange(self, vhost: str, name: str, *, if_unused: bool = False) -> None:
         v = self.vhosts.get(vhost)
         if name == "" or name in PREDECLARED:

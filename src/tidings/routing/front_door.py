@@ -116,6 +116,8 @@ class FrontDoor(Protocol):
 
     def declare_vhost(self, name: str) -> None: ...
 
+    def delete_vhost(self, name: str) -> None: ...
+
     def declare_exchange(self, vhost: str, name: str, kind: str = "direct", *,
                          durable: bool = True, auto_delete: bool = False,
                          internal: bool = False, arguments: dict[str, Any] | None = None,

@@ -70,6 +70,19 @@ class MachineRows:
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 self.versions[(vhost, machine, name)] = int(read_row(bytes(data))["version"])
 
+    def forget_vhost(self, vhost: str) -> None:
+        """A deleted vhost's machines go: their instances, descriptions and numbers."""
+        for v, machine in [k for k in self.rows if k[0] == vhost]:
+            for key in self.rows.pop((v, machine)):
+                self._store.delete_definition(INSTANCE_ROWS, SEP.join((v, machine, key)))
+                self.versions.pop((v, machine, key), None)
+        for v, machine in [k for k in self.descriptions if k[0] == vhost]:
+            del self.descriptions[(v, machine)]
+            self._store.delete_definition(DESCRIPTION_ROWS, f"{v}{SEP}{machine}")
+        for table in (self.numbers, self.dead_lettered):
+            for k in [k for k in table if k[0] == vhost]:
+                del table[k]
+
     def find(self, vhost: str, machine: str, key: str) -> bytes | None:
         return self.rows.get((vhost, machine), {}).get(key)
 

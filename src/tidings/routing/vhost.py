@@ -201,6 +201,11 @@ class VirtualHosts:
             self._store.put_definition("vhost", name, b"{}")
         return found
 
+    def remove(self, name: str) -> None:
+        """Forget an emptied vhost (the default one stays: the broker always has it)."""
+        if name != DEFAULT_VHOST and self._hosts.pop(name, None) is not None:
+            self._store.delete_definition("vhost", name)
+
     def get(self, name: str) -> VirtualHost:
         found = self._hosts.get(name)
         if found is None:
