@@ -276,7 +276,8 @@ async def test_one_runner_at_a_time_and_the_next_takes_over(tmp_path: Path) -> N
 
 async def test_a_client_runs_a_machine_once() -> None:
     """Asking a client for a machine it already runs gives the same runner (reading instances
-    needs no second consumer); asking with other options is refused."""
+    needs no second consumer); another version gets its own (to replay through it); other
+    options are refused."""
     async with tidings.connect("memory://") as client:
         machine = order_machine()
         runner = client.machine(machine)
@@ -284,6 +285,9 @@ async def test_a_client_runs_a_machine_once() -> None:
         assert client.machine(order_machine()) is runner  # the same machine, defined again
         with pytest.raises(InvalidArgumentError, match="already runs machine 'order'"):
             client.machine(machine, partitions=2)
+        upgraded = client.machine(order_machine(version=2))
+        assert upgraded is not runner and client.machine(order_machine(version=2)) is upgraded
+        client.machines.remove(upgraded)  # (only read here: not started)
         await client.start()
         assert client.machines == [runner]
         await client.publish("orders.submitted", {"order_id": "o1", "amount": 1})

@@ -338,18 +338,19 @@ class Client:
         (``client/machine_runner.py``). With ``partitions`` > 1 its instances are spread over
         that many queues, whose consumers spread over the processes running it. On the
         embedded broker, a shared data directory and tidings serve
-        (``capabilities.machines``). A client runs a machine once: asking again gives the
-        same runner (other options, or another version of it, are refused)."""
+        (``capabilities.machines``). Asking again for a version this client already runs
+        gives the same runner; another version gets its own (to ``replay`` through it, say);
+        other partitions or prefetch for the same machine are refused."""
         for runner in self.machines:
             if runner.machine.name != machine.name:
                 continue
-            if (runner.machine.version, runner.prefetch, runner.partitions) != \
-                    (machine.version, prefetch, partitions):
+            if (runner.prefetch, runner.partitions) != (prefetch, partitions):
                 raise InvalidArgumentError(
-                    f"this client already runs machine '{machine.name}' (version "
-                    f"{runner.machine.version}, prefetch {runner.prefetch}, partitions "
-                    f"{runner.partitions}): one client runs a machine once")
-            return runner
+                    f"this client already runs machine '{machine.name}' with prefetch "
+                    f"{runner.prefetch} and {runner.partitions} partition(s): every runner "
+                    f"of a machine takes the same")
+            if runner.machine.version == machine.version:
+                return runner
         runner = MachineRunner(machine, lambda: self.transport, prefetch=prefetch,
                                partitions=partitions, new_id=self.new_id,
                                ensure_queue=self.ensure_queue)

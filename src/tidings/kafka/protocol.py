@@ -34,6 +34,7 @@ from kio.serial import entity_reader, entity_writer
 
 from tidings.errors import RemoteProtocolError
 from tidings.kafka.frame_check import check_counts
+from tidings.kafka.settings import DEFAULT_MAX_REQUEST_BYTES
 from tidings.kafka.versions import (
     API_NAMES,
     API_VERSIONS,
@@ -54,8 +55,6 @@ _SIZE = struct.Struct(">i")
 #: The version of a bare SASL token (after SaslHandshake v0) read as a SaslAuthenticate.
 RAW_SASL = -1
 _HEAD = struct.Struct(">hhi")  # api key, api version, correlation id
-#: Kafka's socket.request.max.bytes default.
-DEFAULT_MAX_REQUEST_BYTES = 100 * 2**20
 
 _read_header_v1 = entity_reader(RequestHeaderV1)
 _read_header_v2 = entity_reader(RequestHeaderV2)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tidings.kafka.protocol import DEFAULT_MAX_REQUEST_BYTES
-
-__all__ = ["DEFAULT_MESSAGE_MAX_BYTES", "KafkaSettings"]
+__all__ = ["DEFAULT_MAX_REQUEST_BYTES", "DEFAULT_MESSAGE_MAX_BYTES", "KafkaSettings"]
 
 #: Kafka's message.max.bytes default: the largest record batch a producer may send.
 DEFAULT_MESSAGE_MAX_BYTES = 1024 * 1024 + 12
+#: Kafka's socket.request.max.bytes default.
+DEFAULT_MAX_REQUEST_BYTES = 100 * 2**20
 
 
 @dataclass(slots=True)
