@@ -1,6 +1,7 @@
 """Kafka benchmark: librdkafka (confluent-kafka) against tidings serve's Kafka listener and
-against Tansu, a Kafka-compatible broker in Rust, in the same run; plus tidings' own AMQP
-stream append (aio-pika, confirms) for scale.
+against Tansu, a Kafka-compatible broker in Rust, in the same run; plus tidings with
+encryption at rest (``tidings+enc``) and tidings' own AMQP stream append (aio-pika, confirms)
+for scale.
 
     python bench/kafka.py                  # 100 B and 1 KB records
     python bench/kafka.py --records 50000  # fewer
@@ -70,12 +71,17 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], seconds: float = 20) -> 
     raise RuntimeError("did not start listening")
 
 
-def start_tidings(data: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+#: The keyring of ``tidings+enc`` (a fixed bench key: nothing secret here).
+BENCH_KEYRING = "bench:" + "A" * 43 + "="
+
+
+def start_tidings(data: Path, env: dict[str, str] | None = None
+                  ) -> tuple[subprocess.Popen[bytes], int, int]:
     kafka, amqp = free_port(), free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tidings", "--data-dir", str(data), "serve",
                              "--host", "127.0.0.1", "--amqp-port", str(amqp), "--http-port",
                              "-1", "--kafka-port", str(kafka), "--log-level", "WARNING"],
-                            stdout=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, env={**os.environ, **(env or {})})
     wait_port(kafka, proc)
     return proc, kafka, amqp
 
@@ -322,6 +328,10 @@ def main() -> int:
         groups_report(peers, args.records)
         if args.groups_only:
             return 0
+        # encryption at rest: every stored batch sealed (one seal per batch, not per record)
+        sealed, sealed_port, _ = start_tidings(data / "sealed",
+                                               {"TIDINGS_ENCRYPTION_KEY": BENCH_KEYRING})
+        peers.insert(1, ("tidings+enc", sealed, sealed_port))
         for size, n in ((100, args.records), (1000, max(1000, args.records // 2))):
             for label, proc, port in peers:
                 try:
@@ -355,6 +365,11 @@ def main() -> int:
                 print(f"  {size:>5} B vs {peer:<15} produce "
                       f"{ours['produce_rps'] / theirs['produce_rps']:.2f}x, fetch "
                       f"{ours['fetch_rps'] / theirs['fetch_rps']:.2f}x")
+        sealed_result = results.get(("tidings+enc", size))
+        if sealed_result:
+            print(f"  {size:>5} B encrypted at rest / plain: produce "
+                  f"{sealed_result['produce_rps'] / ours['produce_rps']:.2f}, fetch "
+                  f"{sealed_result['fetch_rps'] / ours['fetch_rps']:.2f}")
         amqp = results.get(("tidings-amqp-stream", size))
         if amqp:
             print(f"  {size:>5} B Kafka produce vs tidings' AMQP stream append: "
