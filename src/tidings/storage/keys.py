@@ -152,10 +152,11 @@ class Sealer:
         """A record that must be sealed (a stream segment's: never plain); SealError when it
         does not open. (The reads' hot path; slicing bytes is faster than a memoryview here.)"""
         if len(data) < OVERHEAD or data[0] != SEALED:
-            raise SealError("a record that should be sealed is not")
-        cipher = self._ciphers.get(int.from_bytes(data[1:3]))
+            raise SealError("a record that should be sealed is not (or is cut short)")
+        number = int.from_bytes(data[1:3])
+        cipher = self._ciphers.get(number)
         if cipher is None:
-            raise SealError("sealed under a data key the store does not hold")
+            raise SealError(f"sealed under data key {number}, which the store does not hold")
         try:
             return cipher.decrypt(data[_HEAD.size:_SEALED_AT], data[_SEALED_AT:], place)
         except InvalidTag:
@@ -164,21 +165,7 @@ class Sealer:
 
     def open(self, data: bytes, place: bytes) -> bytes:
         """The plain record (a plain one as it is); SealError when it does not open."""
-        if not is_sealed(data):
-            return data
-        if len(data) < OVERHEAD:
-            raise SealError("a sealed record cut short")
-        _, number = _HEAD.unpack_from(data)
-        cipher = self._ciphers.get(number)
-        if cipher is None:
-            raise SealError(f"sealed under data key {number}, which the store does not hold")
-        start = _HEAD.size
-        try:
-            return cipher.decrypt(data[start:start + NONCE_BYTES], data[start + NONCE_BYTES:],
-                                  place)
-        except InvalidTag:
-            raise SealError("a sealed record failed its check (damaged, or moved from its "
-                            "place)") from None
+        return self.open_sealed(data, place) if is_sealed(data) else data
 
 
 def is_sealed(data: bytes) -> bool:

@@ -350,7 +350,7 @@ class SegmentLog:
                 payload = f.read(length)
                 if sealer is not None:
                     try:
-                        payload = sealer.open_sealed(payload, self._place + _PLACE.pack(
+                        payload = sealer.open_sealed(payload, self._record_place(
                             offset, timestamp, count if batch else 0))
                     except SealError as e:
                         log.error("stream %s: the record at offset %d is not delivered: %s",
